@@ -1,0 +1,270 @@
+//! Durable storage for a detente node.
+//!
+//! The node's writer task gathers everything one group commit must make durable into a
+//! [`WriteBatch`] and hands it to [`Store::commit`], which applies it in **one transaction**:
+//! a message, its outbox row, the stream state it advances and the receipt it triggers are
+//! durable together or not at all. That is what keeps exactly-once delivery and the record in
+//! agreement after a `kill -9` at any instant.
+//!
+//! The rows here are database rows, not protocol types: the store never parses or signs an
+//! envelope. The node has verified every envelope before it reaches a batch.
+//!
+//! One trait, one implementation per database ([`sqlite::SqliteStore`] now; PostgreSQL later,
+//! with the same conformance tests).
+
+#![forbid(unsafe_code)]
+
+pub mod sqlite;
+
+use std::future::Future;
+
+pub use sqlite::SqliteStore;
+
+/// A SHA-256 value as stored (message id, stream hash, channel id).
+pub type Hash32 = [u8; 32];
+
+/// Which way a message went, seen from this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Written by this node's party.
+    Out,
+    /// Received from a peer.
+    In,
+}
+
+/// Whether a received message is in the transcript yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Appended to its sender's stream in `seq` order: every lower `seq` is present.
+    Appended,
+    /// Verified and durable, but ahead of a gap (it overtook lower-precedence traffic on the
+    /// wire). It is shown at once and appended when the gap fills.
+    Held,
+}
+
+/// Receipt levels as stored. The numbers are part of the schema; never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReceiptLevel {
+    Delivered = 0,
+    Read = 1,
+    Acknowledged = 2,
+    Declined = 3,
+}
+
+impl ReceiptLevel {
+    pub fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            0 => Some(Self::Delivered),
+            1 => Some(Self::Read),
+            2 => Some(Self::Acknowledged),
+            3 => Some(Self::Declined),
+            _ => None,
+        }
+    }
+}
+
+/// One envelope as stored, with the fields the node indexes and lists by. `bytes` is the
+/// exact signed encoding; everything else can be re-derived from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRow {
+    pub id: Hash32,
+    pub channel: Hash32,
+    /// Sender party public key.
+    pub sender: Hash32,
+    pub seq: u64,
+    /// Local name of the peer this channel is with.
+    pub peer: String,
+    pub direction: Direction,
+    /// 0 FLASH, 1 IMMEDIATE, 2 PRIORITY, 3 ROUTINE.
+    pub precedence: u8,
+    pub topic: String,
+    /// Body kind: 0 text, 1 receipt, 2 test, 3 notification.
+    pub kind: u8,
+    /// Sender's clock, milliseconds since the Unix epoch, UTC.
+    pub created_at_ms: i64,
+    /// This node's clock when it was stored (for outgoing: when it was written).
+    pub stored_at_ms: i64,
+    pub in_reply_to: Option<Hash32>,
+    pub placement: Placement,
+    pub bytes: Vec<u8>,
+}
+
+/// The contiguous state of one sender's stream in one channel: the next `seq` expected and
+/// the hash (message id) of the last appended envelope (zeros when empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRow {
+    pub channel: Hash32,
+    pub sender: Hash32,
+    pub next_seq: u64,
+    pub last_id: Hash32,
+}
+
+/// A row of the outbox: one of this node's envelopes that the peer has not yet confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub peer: String,
+    pub seq: u64,
+    pub precedence: u8,
+    /// Receipts are not themselves receipted: they leave the outbox when the peer's
+    /// contiguous high-water mark passes them.
+    pub is_receipt: bool,
+}
+
+/// A receipt's effect on a message it refers to: "message `of` reached `level` at `at_ms`,
+/// proven by envelope `receipt_id`".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRow {
+    pub of: Hash32,
+    pub level: ReceiptLevel,
+    pub at_ms: i64,
+    pub receipt_id: Hash32,
+    pub note: Option<String>,
+}
+
+/// Everything one group commit makes durable, applied in one transaction, in this order.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    /// New envelopes, outgoing or received (appended or held). A message whose id already
+    /// exists is an error: the node checks for duplicates before batching.
+    pub messages: Vec<MessageRow>,
+    /// Held messages now appended because the gap before them filled: (channel, sender, seq).
+    pub promote: Vec<(Hash32, Hash32, u64)>,
+    /// New outbox rows (for outgoing envelopes in `messages`).
+    pub outbox: Vec<OutboxRow>,
+    /// Stream states to insert or replace.
+    pub streams: Vec<StreamRow>,
+    /// Outbox rows confirmed by a signed DELIVERED receipt: (peer, seq). Idempotent.
+    pub delivered: Vec<(String, u64)>,
+    /// Receipt effects to record. Idempotent per (of, level): the first one wins.
+    pub receipts: Vec<ReceiptRow>,
+    /// Remove outbox rows of `peer` with `seq <= hwm` (the peer holds them durably, in
+    /// order). Idempotent.
+    pub prune: Vec<(String, u64)>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.promote.is_empty()
+            && self.outbox.is_empty()
+            && self.streams.is_empty()
+            && self.delivered.is_empty()
+            && self.receipts.is_empty()
+            && self.prune.is_empty()
+    }
+}
+
+/// Which messages a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct InboxQuery {
+    pub peer: Option<String>,
+    pub direction: Option<Direction>,
+    /// Include receipt envelopes (kind 1). Listings for people usually leave them out.
+    pub include_receipts: bool,
+    /// At most this many rows (the newest ones), in display order.
+    pub limit: u32,
+}
+
+/// Receipt times of one message, for listings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiptTimes {
+    pub delivered_ms: Option<i64>,
+    pub read_ms: Option<i64>,
+    pub acknowledged_ms: Option<i64>,
+    pub declined_ms: Option<i64>,
+    /// The note of the acknowledged or declined receipt, if any.
+    pub note: Option<String>,
+}
+
+/// Outbox figures for one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Envelopes not yet confirmed by the peer (messages without DELIVERED, receipts above
+    /// the peer's high-water mark).
+    pub pending: u64,
+    /// Of those, how many are FLASH.
+    pub pending_flash: u64,
+}
+
+/// Storage failures. All are operating errors: the node reports them and stops accepting
+/// work rather than acknowledging anything it could not make durable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened or migrated. Remedy: check the path, permissions
+    /// and free space; the message names the cause.
+    #[error("cannot open the database: {0}")]
+    Open(String),
+    /// A query or commit failed (disk full, I/O error, locked database). Nothing of the
+    /// batch was applied.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A row in the database does not have the shape this version expects (corruption or
+    /// a newer schema). Remedy: restore from backup or upgrade detente.
+    #[error("corrupt row in {table}: {what}")]
+    Corrupt { table: &'static str, what: String },
+    /// The batch would insert a second message with the same (channel, sender, seq) or id.
+    /// The node checks for this before batching, so it indicates a bug or a race.
+    #[error("duplicate message {0}")]
+    Duplicate(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The storage interface of a node. Implementations must make [`Store::commit`] atomic and
+/// durable (fsync before returning Ok) — the node acknowledges nothing before it returns.
+pub trait Store: Send + Sync + 'static {
+    /// Apply a batch in one durable transaction.
+    fn commit(&self, batch: WriteBatch) -> impl Future<Output = Result<()>> + Send;
+
+    /// All stream states (this node's streams and the peers' streams).
+    fn streams(&self) -> impl Future<Output = Result<Vec<StreamRow>>> + Send;
+
+    /// The message with this id.
+    fn message(&self, id: Hash32) -> impl Future<Output = Result<Option<MessageRow>>> + Send;
+
+    /// The message at (channel, sender, seq), appended or held.
+    fn message_at(
+        &self,
+        channel: Hash32,
+        sender: Hash32,
+        seq: u64,
+    ) -> impl Future<Output = Result<Option<MessageRow>>> + Send;
+
+    /// Held messages of one stream, lowest `seq` first, at most `limit`.
+    fn held(
+        &self,
+        channel: Hash32,
+        sender: Hash32,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
+
+    /// Undelivered outbox envelopes for `peer` with this precedence and `seq > after`,
+    /// lowest `seq` first, at most `limit`, with their bytes. Receipt rows are included
+    /// until pruned.
+    fn outbox_pending(
+        &self,
+        peer: &str,
+        precedence: u8,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(u64, Vec<u8>)>>> + Send;
+
+    /// Outbox figures for `peer`.
+    fn outbox_counts(&self, peer: &str) -> impl Future<Output = Result<OutboxCounts>> + Send;
+
+    /// Messages for a listing, oldest first by `created_at`, each sender's in `seq` order.
+    fn inbox(&self, query: InboxQuery) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
+
+    /// Receipt times recorded for a message.
+    fn receipt_times(&self, of: Hash32) -> impl Future<Output = Result<ReceiptTimes>> + Send;
+
+    /// Number of messages stored (all directions, all placements).
+    fn message_count(&self) -> impl Future<Output = Result<u64>> + Send;
+}

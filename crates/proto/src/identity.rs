@@ -169,7 +169,9 @@ mod tests {
         let fp = key.fingerprint();
         assert_eq!(fp.len(), 24);
         assert_eq!(fp.matches('-').count(), 4);
-        assert!(fp.chars().all(|c| c == '-' || FINGERPRINT_ALPHABET.contains(&(c as u8))));
+        assert!(fp
+            .chars()
+            .all(|c| c == '-' || FINGERPRINT_ALPHABET.contains(&(c as u8))));
         assert_ne!(fp, PartySecret::from_seed([8; 32]).public().fingerprint());
     }
 
@@ -179,13 +181,19 @@ mod tests {
         assert_eq!(PartyKey::from_text(&key.to_text()).unwrap(), key);
         assert_eq!(PartyKey::from_text("abc"), Err(KeyError::MissingPrefix));
         assert_eq!(PartyKey::from_text("ed25519:zz"), Err(KeyError::NotHex));
-        assert_eq!(PartyKey::from_text("ed25519:abcd"), Err(KeyError::WrongLength));
+        assert_eq!(
+            PartyKey::from_text("ed25519:abcd"),
+            Err(KeyError::WrongLength)
+        );
     }
 
     #[test]
     fn spki_round_trip() {
         let key = PartySecret::from_seed([3; 32]).public();
-        assert_eq!(key_from_spki_der(&spki_der(key.as_bytes())), Some(*key.as_bytes()));
+        assert_eq!(
+            key_from_spki_der(&spki_der(key.as_bytes())),
+            Some(*key.as_bytes())
+        );
         assert_eq!(key_from_spki_der(&[0; 44]), None);
     }
 }

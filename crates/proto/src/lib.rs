@@ -1,12 +1,25 @@
-//! The detente protocol core: identities, envelopes, link frames, the link state machine and
-//! precedence scheduling. **No I/O**: nothing here reads a clock, a socket, a file or a random
-//! generator; callers pass `now` and randomness in. That is what makes every rule here testable
-//! deterministically.
+//! The detente protocol core: identities, envelopes, link frames, the link supervisor,
+//! stream acceptance and precedence scheduling. **No I/O**: nothing here reads a clock, a
+//! socket, a file or a random generator; callers pass `now` and randomness in. That is what
+//! makes every rule here testable deterministically.
 
 #![forbid(unsafe_code)]
 
+pub mod envelope;
 pub mod error;
+pub mod frame;
 pub mod identity;
+pub mod link;
+pub mod sched;
+pub mod stream;
 
+pub use envelope::{
+    Body, ChannelId, Envelope, EnvelopeError, MessageId, Precedence, Receipt, ReceiptLevel,
+    ReceiptTarget, TextBody, VerifiedEnvelope,
+};
 pub use error::KeyError;
+pub use frame::{Frame, FrameError, RefuseCode};
 pub use identity::{fingerprint, PartyKey, PartySecret};
+pub use link::{LinkConfig, LinkState, LinkSupervisor};
+pub use sched::{Outgoing, Refill, Scheduler};
+pub use stream::{Disposition, Refusal, StreamCursor};

@@ -1,0 +1,968 @@
+//! Envelopes: the signed unit of everything said on a channel.
+//!
+//! Wire form: a tagged COSE_Sign1 (RFC 9052) whose protected header is exactly
+//! `{1: -19}` (alg: Ed25519), whose unprotected header is empty, and whose payload is the
+//! deterministic CBOR (RFC 8949 §4.2) of an array — never a map, so that no key order can
+//! differ between encoders. The message id is SHA-256 over the whole signed encoding.
+//!
+//! Decoding is strict: the input must be within [`limits::ENVELOPE_BYTES_MAX`], parse, carry a
+//! valid signature by the expected sender, and re-encode to exactly the bytes received.
+//! Anything else is a typed [`EnvelopeError`]. Only [`VerifiedEnvelope`] values come out,
+//! and only this module can make one, so unverified bytes cannot reach the store.
+
+use coset::cbor::Value;
+use coset::{CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
+use ed25519_dalek::{Signature, Signer};
+use sha2::{Digest, Sha256};
+
+use crate::identity::{PartyKey, PartySecret};
+
+/// Bounds on every field. A value over its bound is refused when written and when received.
+pub mod limits {
+    /// Largest signed envelope, in bytes.
+    pub const ENVELOPE_BYTES_MAX: usize = 64 * 1024;
+    /// Largest text body, in bytes of UTF-8.
+    pub const TEXT_BYTES_MAX: usize = 16 * 1024;
+    /// FLASH traffic is brief by rule: at most this many characters of text. Longer
+    /// explanations follow as IMMEDIATE.
+    pub const FLASH_TEXT_CHARS_MAX: usize = 500;
+    /// Topic names: lowercase ASCII letters, digits and '-'.
+    pub const TOPIC_BYTES_MAX: usize = 32;
+    /// The author's title as shown to the other side ("Duty Officer").
+    pub const AUTHOR_BYTES_MAX: usize = 96;
+    /// BCP 47 language tags.
+    pub const LANGUAGE_BYTES_MAX: usize = 35;
+    /// Courtesy translations carried with a text.
+    pub const TRANSLATIONS_MAX: usize = 4;
+    /// A note on a receipt.
+    pub const NOTE_BYTES_MAX: usize = 2048;
+    /// Ranges in one DELIVERED receipt.
+    pub const RECEIPT_RANGES_MAX: usize = 64;
+}
+
+/// Envelope format version carried in every payload.
+pub const ENVELOPE_VERSION: u64 = 1;
+
+/// The protected header, byte for byte: the bstr-wrapped map `{1: -19}`.
+const PROTECTED_HEADER: [u8; 3] = [0xa1, 0x01, 0x32];
+
+/// SHA-256 of a signed envelope: the message id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MessageId(pub [u8; 32]);
+
+impl MessageId {
+    /// The id of nothing: the `prev` of the first envelope of a stream.
+    pub const ZERO: MessageId = MessageId([0; 32]);
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parse 64 hex digits, or a unique prefix is the caller's business.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let raw = hex::decode(text.trim()).ok()?;
+        Some(Self(raw.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({})", &self.to_hex()[..12])
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A channel id: the hash of the channel's first charter.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub [u8; 32]);
+
+impl ChannelId {
+    /// The channel of two parties before a richer charter exists: SHA-256 over a label and
+    /// both keys in ascending byte order, so both sides derive the same id.
+    pub fn for_pair(a: &PartyKey, b: &PartyKey) -> Self {
+        let (low, high) = if a.as_bytes() <= b.as_bytes() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(b"detente channel v1\0");
+        hasher.update(low.as_bytes());
+        hasher.update(high.as_bytes());
+        Self(hasher.finalize().into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChannelId({})", &self.to_hex()[..12])
+    }
+}
+
+/// Military message precedence. Lower number, higher precedence; the numbers are part of the
+/// wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Precedence {
+    Flash = 0,
+    Immediate = 1,
+    Priority = 2,
+    Routine = 3,
+}
+
+impl Precedence {
+    pub const ALL: [Precedence; 4] = [
+        Precedence::Flash,
+        Precedence::Immediate,
+        Precedence::Priority,
+        Precedence::Routine,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precedence::Flash => "flash",
+            Precedence::Immediate => "immediate",
+            Precedence::Priority => "priority",
+            Precedence::Routine => "routine",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(text.trim()))
+    }
+}
+
+impl std::fmt::Display for Precedence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name().to_ascii_uppercase())
+    }
+}
+
+/// Receipt levels. The numbers are part of the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReceiptLevel {
+    /// Automatic, sent by the receiving node once the messages are durable.
+    Delivered = 0,
+    /// An operator opened the message.
+    Read = 1,
+    /// A principal or supervisor answered on the party's behalf.
+    Acknowledged = 2,
+    /// An explicit, signed refusal, so that it is never mistaken for a dead line.
+    Declined = 3,
+}
+
+impl ReceiptLevel {
+    pub fn from_u64(v: u64) -> Option<Self> {
+        match v {
+            0 => Some(Self::Delivered),
+            1 => Some(Self::Read),
+            2 => Some(Self::Acknowledged),
+            3 => Some(Self::Declined),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Acknowledged => "acknowledged",
+            Self::Declined => "declined",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Delivered,
+            Self::Read,
+            Self::Acknowledged,
+            Self::Declined,
+        ]
+        .into_iter()
+        .find(|l| l.name() == text.trim())
+    }
+}
+
+/// A free-text body: the sender's language, the text, and optional courtesy translations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextBody {
+    pub language: String,
+    pub text: String,
+    /// (language, text) pairs supplied by the sender.
+    pub translations: Vec<(String, String)>,
+}
+
+/// What a receipt is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptTarget {
+    /// DELIVERED: inclusive `seq` ranges of the other party's stream now durable here.
+    Ranges(Vec<(u64, u64)>),
+    /// READ / ACKNOWLEDGED / DECLINED: one message of the other party.
+    Message(MessageId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub level: ReceiptLevel,
+    pub target: ReceiptTarget,
+    pub note: Option<String>,
+}
+
+/// The body kinds of this version. Later versions add notifications, charters, checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Text(TextBody),
+    Receipt(Receipt),
+    /// A link test: proves the line and the far node work end to end.
+    Test {
+        nonce: [u8; 16],
+    },
+}
+
+impl Body {
+    /// The kind number stored and listed: 0 text, 1 receipt, 2 test.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Body::Text(_) => 0,
+            Body::Receipt(_) => 1,
+            Body::Test { .. } => 2,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Body::Text(_) => "text",
+            Body::Receipt(_) => "receipt",
+            Body::Test { .. } => "test",
+        }
+    }
+}
+
+/// The content of an envelope (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub channel: ChannelId,
+    pub sender: PartyKey,
+    /// Gap-free position in the sender's stream in this channel, from 1.
+    pub seq: u64,
+    /// Id of the sender's previous envelope in this channel; zeros for `seq` 1.
+    pub prev: MessageId,
+    /// Sender's clock, milliseconds since the Unix epoch, UTC.
+    pub created_at_ms: u64,
+    pub precedence: Precedence,
+    pub topic: String,
+    /// The operator's title as shown to the other side.
+    pub author: String,
+    pub in_reply_to: Option<MessageId>,
+    pub body: Body,
+}
+
+/// Why an envelope was refused. Each names what is wrong; none is a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    #[error("envelope is {bytes} bytes; the limit is {max}")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("envelope is not well-formed: {0}")]
+    Malformed(String),
+    #[error("envelope encoding is not canonical (it does not re-encode to the same bytes)")]
+    NotCanonical,
+    #[error("envelope version {0} is not supported (this node speaks version 1)")]
+    UnsupportedVersion(u64),
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("envelope is signed by {presented}, not by the expected sender {expected}")]
+    WrongSender { expected: String, presented: String },
+    #[error("{field} is {len} bytes; the limit is {max}")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("a FLASH text is brief by rule: {chars} characters, the limit is {max}; send the details as a following IMMEDIATE message")]
+    FlashTextTooLong { chars: usize, max: usize },
+    #[error("{field} is invalid: {reason}")]
+    InvalidField {
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+type Result<T> = std::result::Result<T, EnvelopeError>;
+
+/// An envelope whose signature has been verified (or that this node just signed), with its
+/// exact bytes and id. The only way to make one is [`VerifiedEnvelope::sign`] or
+/// [`VerifiedEnvelope::decode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedEnvelope {
+    envelope: Envelope,
+    bytes: Vec<u8>,
+    id: MessageId,
+}
+
+impl VerifiedEnvelope {
+    /// Check the envelope's bounds, encode and sign it, then verify our own signature and
+    /// decode our own bytes before handing it out: a bad signature is found here, never by
+    /// the other side.
+    pub fn sign(envelope: Envelope, secret: &PartySecret) -> Result<Self> {
+        if envelope.sender != secret.public() {
+            return Err(EnvelopeError::WrongSender {
+                expected: secret.public().fingerprint(),
+                presented: envelope.sender.fingerprint(),
+            });
+        }
+        check_fields(&envelope)?;
+        let payload = encode_payload(&envelope);
+        let sign1 = CoseSign1Builder::new()
+            .protected(
+                HeaderBuilder::new()
+                    .algorithm(coset::iana::Algorithm::Ed25519)
+                    .build(),
+            )
+            .payload(payload)
+            .create_signature(b"", |tbs| {
+                secret.signing_key().sign(tbs).to_bytes().to_vec()
+            })
+            .build();
+        let bytes = sign1
+            .to_tagged_vec()
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if bytes.len() > limits::ENVELOPE_BYTES_MAX {
+            return Err(EnvelopeError::TooLarge {
+                bytes: bytes.len(),
+                max: limits::ENVELOPE_BYTES_MAX,
+            });
+        }
+        let verified = Self::decode(&bytes, Some(&envelope.sender))?;
+        assert_eq!(
+            verified.envelope, envelope,
+            "signed envelope must decode to itself"
+        );
+        Ok(verified)
+    }
+
+    /// Decode and verify received bytes. With `expected_sender`, an envelope signed by any
+    /// other key is refused.
+    pub fn decode(bytes: &[u8], expected_sender: Option<&PartyKey>) -> Result<Self> {
+        let (envelope, sign1) = Self::parse(bytes)?;
+        if let Some(expected) = expected_sender {
+            if &envelope.sender != expected {
+                return Err(EnvelopeError::WrongSender {
+                    expected: expected.fingerprint(),
+                    presented: envelope.sender.fingerprint(),
+                });
+            }
+        }
+        let key = envelope.sender.verifying_key();
+        sign1.verify_signature(b"", |signature, tbs| {
+            let signature =
+                Signature::from_slice(signature).map_err(|_| EnvelopeError::BadSignature)?;
+            key.verify_strict(tbs, &signature)
+                .map_err(|_| EnvelopeError::BadSignature)
+        })?;
+        Ok(Self {
+            envelope,
+            bytes: bytes.to_vec(),
+            id: message_id(bytes),
+        })
+    }
+
+    /// Parse without verifying the signature: bounds, structure, canonical form, fields.
+    /// Private so that nothing unverified escapes; batch verification uses [`Self::prepare`].
+    fn parse(bytes: &[u8]) -> Result<(Envelope, CoseSign1)> {
+        if bytes.len() > limits::ENVELOPE_BYTES_MAX {
+            return Err(EnvelopeError::TooLarge {
+                bytes: bytes.len(),
+                max: limits::ENVELOPE_BYTES_MAX,
+            });
+        }
+        let sign1 = CoseSign1::from_tagged_slice(bytes)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if sign1.protected.original_data.as_deref() != Some(&PROTECTED_HEADER[..]) {
+            return Err(EnvelopeError::InvalidField {
+                field: "protected header",
+                reason: "must be exactly {alg: Ed25519}",
+            });
+        }
+        if !sign1.unprotected.is_empty() {
+            return Err(EnvelopeError::InvalidField {
+                field: "unprotected header",
+                reason: "must be empty: nothing unsigned is trusted",
+            });
+        }
+        if sign1.signature.len() != 64 {
+            return Err(EnvelopeError::BadSignature);
+        }
+        let payload = sign1
+            .payload
+            .as_deref()
+            .ok_or(EnvelopeError::Malformed("no payload".into()))?;
+        let envelope = decode_payload(payload)?;
+        check_fields(&envelope)?;
+        if encode_payload(&envelope) != payload {
+            return Err(EnvelopeError::NotCanonical);
+        }
+        let reencoded = sign1
+            .clone()
+            .to_tagged_vec()
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if reencoded != bytes {
+            return Err(EnvelopeError::NotCanonical);
+        }
+        Ok((envelope, sign1))
+    }
+
+    /// Verify many envelopes from one sender at once (batch Ed25519 verification is about
+    /// twice as fast). On any failure, falls back to one-by-one so that the result names
+    /// exactly which envelopes are bad.
+    pub fn decode_batch(frames: &[&[u8]], sender: &PartyKey) -> Vec<Result<Self>> {
+        let mut parsed = Vec::with_capacity(frames.len());
+        for bytes in frames {
+            parsed.push(Self::parse(bytes).and_then(|(envelope, sign1)| {
+                if &envelope.sender != sender {
+                    return Err(EnvelopeError::WrongSender {
+                        expected: sender.fingerprint(),
+                        presented: envelope.sender.fingerprint(),
+                    });
+                }
+                Ok((envelope, sign1))
+            }));
+        }
+        let ok: Vec<usize> = (0..parsed.len()).filter(|i| parsed[*i].is_ok()).collect();
+        let mut batch_ok = false;
+        if ok.len() > 1 {
+            let mut messages = Vec::with_capacity(ok.len());
+            let mut signatures = Vec::with_capacity(ok.len());
+            for &i in &ok {
+                if let Ok((_, sign1)) = &parsed[i] {
+                    messages.push(sign1.tbs_data(b""));
+                    signatures.push(Signature::from_slice(&sign1.signature));
+                }
+            }
+            if signatures.iter().all(|s| s.is_ok()) {
+                let signatures: Vec<Signature> = signatures.into_iter().flatten().collect();
+                let refs: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
+                let keys = vec![sender.verifying_key(); refs.len()];
+                batch_ok = ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok();
+            }
+        }
+        parsed
+            .into_iter()
+            .zip(frames)
+            .map(|(item, bytes)| {
+                let (envelope, sign1) = item?;
+                if !batch_ok {
+                    let key = sender.verifying_key();
+                    sign1.verify_signature(b"", |signature, tbs| {
+                        let signature = Signature::from_slice(signature)
+                            .map_err(|_| EnvelopeError::BadSignature)?;
+                        key.verify_strict(tbs, &signature)
+                            .map_err(|_| EnvelopeError::BadSignature)
+                    })?;
+                }
+                Ok(Self {
+                    envelope,
+                    bytes: bytes.to_vec(),
+                    id: message_id(bytes),
+                })
+            })
+            .collect()
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    pub fn into_parts(self) -> (Envelope, Vec<u8>, MessageId) {
+        (self.envelope, self.bytes, self.id)
+    }
+}
+
+/// The message id of signed bytes.
+pub fn message_id(bytes: &[u8]) -> MessageId {
+    MessageId(Sha256::digest(bytes).into())
+}
+
+/// Bounds and syntax of every field, the same for writing and for receiving.
+fn check_fields(e: &Envelope) -> Result<()> {
+    if e.seq == 0 {
+        return Err(EnvelopeError::InvalidField {
+            field: "seq",
+            reason: "starts at 1",
+        });
+    }
+    if (e.seq == 1) != (e.prev == MessageId::ZERO) {
+        return Err(EnvelopeError::InvalidField {
+            field: "prev",
+            reason: "is zero exactly for the first envelope of a stream",
+        });
+    }
+    check_len("topic", &e.topic, limits::TOPIC_BYTES_MAX)?;
+    if e.topic.is_empty()
+        || !e
+            .topic
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(EnvelopeError::InvalidField {
+            field: "topic",
+            reason: "lowercase letters, digits and '-' only",
+        });
+    }
+    check_len("author", &e.author, limits::AUTHOR_BYTES_MAX)?;
+    check_printable("author", &e.author)?;
+    match &e.body {
+        Body::Text(text) => check_text(text, e.precedence),
+        Body::Receipt(receipt) => check_receipt(receipt),
+        Body::Test { .. } => Ok(()),
+    }
+}
+
+fn check_text(text: &TextBody, precedence: Precedence) -> Result<()> {
+    check_language(&text.language)?;
+    check_len("text", &text.text, limits::TEXT_BYTES_MAX)?;
+    if text.text.trim().is_empty() {
+        return Err(EnvelopeError::InvalidField {
+            field: "text",
+            reason: "is empty",
+        });
+    }
+    if precedence == Precedence::Flash {
+        let chars = text.text.chars().count();
+        if chars > limits::FLASH_TEXT_CHARS_MAX {
+            return Err(EnvelopeError::FlashTextTooLong {
+                chars,
+                max: limits::FLASH_TEXT_CHARS_MAX,
+            });
+        }
+    }
+    if text.translations.len() > limits::TRANSLATIONS_MAX {
+        return Err(EnvelopeError::FieldTooLong {
+            field: "translations",
+            len: text.translations.len(),
+            max: limits::TRANSLATIONS_MAX,
+        });
+    }
+    for (language, translated) in &text.translations {
+        check_language(language)?;
+        check_len("translation", translated, limits::TEXT_BYTES_MAX)?;
+    }
+    Ok(())
+}
+
+fn check_receipt(receipt: &Receipt) -> Result<()> {
+    if let Some(note) = &receipt.note {
+        check_len("note", note, limits::NOTE_BYTES_MAX)?;
+    }
+    match (&receipt.target, receipt.level) {
+        (ReceiptTarget::Ranges(ranges), ReceiptLevel::Delivered) => {
+            if ranges.is_empty() || ranges.len() > limits::RECEIPT_RANGES_MAX {
+                return Err(EnvelopeError::InvalidField {
+                    field: "receipt ranges",
+                    reason: "between 1 and 64 ranges",
+                });
+            }
+            if ranges.iter().any(|(from, to)| *from == 0 || from > to) {
+                return Err(EnvelopeError::InvalidField {
+                    field: "receipt ranges",
+                    reason: "each range is 1 <= from <= to",
+                });
+            }
+            Ok(())
+        }
+        (ReceiptTarget::Message(_), level) if level != ReceiptLevel::Delivered => Ok(()),
+        _ => Err(EnvelopeError::InvalidField {
+            field: "receipt",
+            reason: "DELIVERED names ranges; READ, ACKNOWLEDGED and DECLINED name one message",
+        }),
+    }
+}
+
+fn check_len(field: &'static str, value: &str, max: usize) -> Result<()> {
+    if value.len() > max {
+        return Err(EnvelopeError::FieldTooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn check_printable(field: &'static str, value: &str) -> Result<()> {
+    if value.chars().any(|c| c.is_control()) {
+        return Err(EnvelopeError::InvalidField {
+            field,
+            reason: "contains control characters",
+        });
+    }
+    Ok(())
+}
+
+fn check_language(tag: &str) -> Result<()> {
+    check_len("language", tag, limits::LANGUAGE_BYTES_MAX)?;
+    let ok = !tag.is_empty()
+        && tag.split('-').all(|part| {
+            !part.is_empty() && part.len() <= 8 && part.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+    if !ok {
+        return Err(EnvelopeError::InvalidField {
+            field: "language",
+            reason: "must be a BCP 47 tag such as en or zh-CN",
+        });
+    }
+    Ok(())
+}
+
+// ---- payload encoding -------------------------------------------------------------------
+
+fn uint(v: u64) -> Value {
+    Value::Integer(v.into())
+}
+
+fn encode_payload(e: &Envelope) -> Vec<u8> {
+    let body = match &e.body {
+        Body::Text(t) => Value::Array(vec![
+            uint(0),
+            Value::Text(t.language.clone()),
+            Value::Text(t.text.clone()),
+            Value::Array(
+                t.translations
+                    .iter()
+                    .map(|(l, s)| {
+                        Value::Array(vec![Value::Text(l.clone()), Value::Text(s.clone())])
+                    })
+                    .collect(),
+            ),
+        ]),
+        Body::Receipt(r) => Value::Array(vec![
+            uint(1),
+            uint(r.level as u64),
+            match &r.target {
+                ReceiptTarget::Ranges(ranges) => Value::Array(
+                    ranges
+                        .iter()
+                        .map(|(a, b)| Value::Array(vec![uint(*a), uint(*b)]))
+                        .collect(),
+                ),
+                ReceiptTarget::Message(id) => Value::Bytes(id.0.to_vec()),
+            },
+            r.note.clone().map_or(Value::Null, Value::Text),
+        ]),
+        Body::Test { nonce } => Value::Array(vec![uint(2), Value::Bytes(nonce.to_vec())]),
+    };
+    let value = Value::Array(vec![
+        uint(ENVELOPE_VERSION),
+        Value::Bytes(e.channel.0.to_vec()),
+        Value::Bytes(e.sender.as_bytes().to_vec()),
+        uint(e.seq),
+        Value::Bytes(e.prev.0.to_vec()),
+        uint(e.created_at_ms),
+        uint(e.precedence as u64),
+        Value::Text(e.topic.clone()),
+        Value::Text(e.author.clone()),
+        e.in_reply_to
+            .map_or(Value::Null, |id| Value::Bytes(id.0.to_vec())),
+        body,
+    ]);
+    let mut out = Vec::with_capacity(256);
+    // Writing a Value into a Vec cannot fail.
+    coset::cbor::ser::into_writer(&value, &mut out).expect("CBOR into a Vec");
+    out
+}
+
+/// Reads the positional items of a CBOR array with typed errors.
+struct Items {
+    items: std::vec::IntoIter<Value>,
+    what: &'static str,
+}
+
+impl Items {
+    fn new(value: Value, what: &'static str, len: usize) -> Result<Self> {
+        match value {
+            Value::Array(items) if items.len() == len => Ok(Self {
+                items: items.into_iter(),
+                what,
+            }),
+            Value::Array(items) => Err(EnvelopeError::Malformed(format!(
+                "{what} has {} items, expected {len}",
+                items.len()
+            ))),
+            _ => Err(EnvelopeError::Malformed(format!("{what} is not an array"))),
+        }
+    }
+
+    fn next(&mut self) -> Result<Value> {
+        self.items
+            .next()
+            .ok_or_else(|| EnvelopeError::Malformed(format!("{} is short", self.what)))
+    }
+
+    fn uint(&mut self, field: &'static str) -> Result<u64> {
+        match self.next()? {
+            Value::Integer(i) => u64::try_from(i).map_err(|_| bad(field, "unsigned integer")),
+            _ => Err(bad(field, "unsigned integer")),
+        }
+    }
+
+    fn bytes32(&mut self, field: &'static str) -> Result<[u8; 32]> {
+        match self.next()? {
+            Value::Bytes(b) => b.try_into().map_err(|_| bad(field, "32 bytes")),
+            _ => Err(bad(field, "32 bytes")),
+        }
+    }
+
+    fn text(&mut self, field: &'static str) -> Result<String> {
+        match self.next()? {
+            Value::Text(s) => Ok(s),
+            _ => Err(bad(field, "text")),
+        }
+    }
+
+    fn optional_text(&mut self, field: &'static str) -> Result<Option<String>> {
+        match self.next()? {
+            Value::Null => Ok(None),
+            Value::Text(s) => Ok(Some(s)),
+            _ => Err(bad(field, "text or null")),
+        }
+    }
+}
+
+fn bad(field: &'static str, expected: &'static str) -> EnvelopeError {
+    EnvelopeError::Malformed(format!("{field}: expected {expected}"))
+}
+
+fn decode_payload(payload: &[u8]) -> Result<Envelope> {
+    let value: Value = coset::cbor::de::from_reader(payload)
+        .map_err(|e| EnvelopeError::Malformed(format!("payload: {e}")))?;
+    let mut items = Items::new(value, "payload", 11)?;
+    let version = items.uint("version")?;
+    if version != ENVELOPE_VERSION {
+        return Err(EnvelopeError::UnsupportedVersion(version));
+    }
+    let channel = ChannelId(items.bytes32("channel")?);
+    let sender = PartyKey::from_bytes(items.bytes32("sender")?)
+        .map_err(|_| bad("sender", "a valid Ed25519 public key"))?;
+    let seq = items.uint("seq")?;
+    let prev = MessageId(items.bytes32("prev")?);
+    let created_at_ms = items.uint("created_at")?;
+    let precedence = u8::try_from(items.uint("precedence")?)
+        .ok()
+        .and_then(Precedence::from_u8)
+        .ok_or_else(|| bad("precedence", "0 to 3"))?;
+    let topic = items.text("topic")?;
+    let author = items.text("author")?;
+    let in_reply_to = match items.next()? {
+        Value::Null => None,
+        Value::Bytes(b) => Some(MessageId(
+            b.try_into().map_err(|_| bad("in_reply_to", "32 bytes"))?,
+        )),
+        _ => return Err(bad("in_reply_to", "32 bytes or null")),
+    };
+    let body = decode_body(items.next()?)?;
+    Ok(Envelope {
+        channel,
+        sender,
+        seq,
+        prev,
+        created_at_ms,
+        precedence,
+        topic,
+        author,
+        in_reply_to,
+        body,
+    })
+}
+
+fn decode_body(value: Value) -> Result<Body> {
+    let kind = match &value {
+        Value::Array(items) => match items.first() {
+            Some(Value::Integer(i)) => u64::try_from(*i).map_err(|_| bad("body kind", "0 to 2"))?,
+            _ => return Err(bad("body kind", "0 to 2")),
+        },
+        _ => return Err(bad("body", "array")),
+    };
+    match kind {
+        0 => {
+            let mut items = Items::new(value, "text body", 4)?;
+            items.next()?;
+            let language = items.text("language")?;
+            let text = items.text("text")?;
+            let translations = match items.next()? {
+                Value::Array(list) if list.len() <= limits::TRANSLATIONS_MAX => list
+                    .into_iter()
+                    .map(|pair| {
+                        let mut pair = Items::new(pair, "translation", 2)?;
+                        Ok((
+                            pair.text("translation language")?,
+                            pair.text("translation")?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                _ => return Err(bad("translations", "an array of at most 4")),
+            };
+            Ok(Body::Text(TextBody {
+                language,
+                text,
+                translations,
+            }))
+        }
+        1 => {
+            let mut items = Items::new(value, "receipt body", 4)?;
+            items.next()?;
+            let level = ReceiptLevel::from_u64(items.uint("receipt level")?)
+                .ok_or_else(|| bad("receipt level", "0 to 3"))?;
+            let target = match items.next()? {
+                Value::Bytes(b) => ReceiptTarget::Message(MessageId(
+                    b.try_into()
+                        .map_err(|_| bad("receipt target", "32 bytes"))?,
+                )),
+                Value::Array(list) if list.len() <= limits::RECEIPT_RANGES_MAX => {
+                    ReceiptTarget::Ranges(
+                        list.into_iter()
+                            .map(|pair| {
+                                let mut pair = Items::new(pair, "receipt range", 2)?;
+                                Ok((pair.uint("range from")?, pair.uint("range to")?))
+                            })
+                            .collect::<Result<Vec<_>>>()?,
+                    )
+                }
+                _ => return Err(bad("receipt target", "message id or at most 64 ranges")),
+            };
+            let note = items.optional_text("note")?;
+            Ok(Body::Receipt(Receipt {
+                level,
+                target,
+                note,
+            }))
+        }
+        2 => {
+            let mut items = Items::new(value, "test body", 2)?;
+            items.next()?;
+            match items.next()? {
+                Value::Bytes(b) => Ok(Body::Test {
+                    nonce: b.try_into().map_err(|_| bad("nonce", "16 bytes"))?,
+                }),
+                _ => Err(bad("nonce", "16 bytes")),
+            }
+        }
+        _ => Err(bad("body kind", "0 to 2")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(n: u8) -> PartySecret {
+        PartySecret::from_seed([n; 32])
+    }
+
+    pub(crate) fn sample(secret: &PartySecret, seq: u64, prev: MessageId) -> Envelope {
+        let other = PartySecret::from_seed([99; 32]).public();
+        Envelope {
+            channel: ChannelId::for_pair(&secret.public(), &other),
+            sender: secret.public(),
+            seq,
+            prev,
+            created_at_ms: 1_700_000_000_000 + seq,
+            precedence: Precedence::Routine,
+            topic: "general".into(),
+            author: "Duty Officer".into(),
+            in_reply_to: None,
+            body: Body::Text(TextBody {
+                language: "en".into(),
+                text: "hello".into(),
+                translations: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn sign_decode_round_trip() {
+        let s = secret(1);
+        let v = VerifiedEnvelope::sign(sample(&s, 1, MessageId::ZERO), &s).unwrap();
+        let d = VerifiedEnvelope::decode(v.bytes(), Some(&s.public())).unwrap();
+        assert_eq!(d, v);
+        assert_eq!(d.id(), message_id(v.bytes()));
+    }
+
+    #[test]
+    fn wrong_sender_refused() {
+        let s = secret(1);
+        let v = VerifiedEnvelope::sign(sample(&s, 1, MessageId::ZERO), &s).unwrap();
+        let err = VerifiedEnvelope::decode(v.bytes(), Some(&secret(2).public())).unwrap_err();
+        assert!(matches!(err, EnvelopeError::WrongSender { .. }));
+    }
+
+    #[test]
+    fn every_bit_flip_is_refused() {
+        let s = secret(1);
+        let v = VerifiedEnvelope::sign(sample(&s, 1, MessageId::ZERO), &s).unwrap();
+        for i in 0..v.bytes().len() * 8 {
+            let mut b = v.bytes().to_vec();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(
+                VerifiedEnvelope::decode(&b, Some(&s.public())).is_err(),
+                "bit {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn flash_text_is_brief() {
+        let s = secret(1);
+        let mut e = sample(&s, 1, MessageId::ZERO);
+        e.precedence = Precedence::Flash;
+        e.body = Body::Text(TextBody {
+            language: "en".into(),
+            text: "x".repeat(501),
+            translations: vec![],
+        });
+        assert!(matches!(
+            VerifiedEnvelope::sign(e, &s),
+            Err(EnvelopeError::FlashTextTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn batch_names_the_bad_one() {
+        let s = secret(1);
+        let a = VerifiedEnvelope::sign(sample(&s, 1, MessageId::ZERO), &s).unwrap();
+        let b = VerifiedEnvelope::sign(sample(&s, 2, a.id()), &s).unwrap();
+        let mut bad = b.bytes().to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let frames: Vec<&[u8]> = vec![a.bytes(), &bad, b.bytes()];
+        let out = VerifiedEnvelope::decode_batch(&frames, &s.public());
+        assert!(out[0].is_ok());
+        assert_eq!(out[1], Err(EnvelopeError::BadSignature));
+        assert!(out[2].is_ok());
+    }
+}

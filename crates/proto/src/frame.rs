@@ -1,0 +1,274 @@
+//! Link frames: what two nodes say to each other inside a TLS connection.
+//!
+//! Each frame is a 4-byte big-endian length, then a 1-byte type, then the body. The length
+//! counts type and body and is capped at [`FRAME_BYTES_MAX`], so a reader allocates at most
+//! that much for one frame; a larger length is refused before anything is read.
+
+use crate::envelope::limits::ENVELOPE_BYTES_MAX;
+
+/// Version of the link protocol, exchanged in `Hello`.
+pub const LINK_VERSION: u16 = 1;
+
+/// Largest frame (type and body), in bytes.
+pub const FRAME_BYTES_MAX: usize = ENVELOPE_BYTES_MAX + 64;
+
+/// Longest reason text in a `Refuse` frame.
+pub const REASON_BYTES_MAX: usize = 512;
+
+/// A link frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// First frame each way. `hwm` is the highest `seq` of the other side's stream that this
+    /// side holds durably with nothing missing below it (0: none); the other side resends
+    /// everything above it that it has no DELIVERED receipt for.
+    Hello {
+        version: u16,
+        hwm: u64,
+    },
+    /// One signed envelope, exactly as signed.
+    Envelope(Vec<u8>),
+    /// Transport acknowledgment: this side now holds the other's stream up to `hwm`,
+    /// contiguously and durably. Unsigned; it lets the sender drop receipts (which are never
+    /// themselves receipted) from its outbox.
+    Ack {
+        hwm: u64,
+    },
+    /// Heartbeat; the other side answers `Pong` with the same nonce at once.
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// This side refused the envelope `seq` (0: the whole session) and says why; it stored
+    /// nothing of it.
+    Refuse {
+        seq: u64,
+        code: RefuseCode,
+        reason: String,
+    },
+}
+
+/// Why a side refused, as a number the other side can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefuseCode {
+    /// The envelope did not decode or verify.
+    Invalid = 1,
+    /// `seq` is too far ahead of what this side holds.
+    TooFarAhead = 2,
+    /// Too many envelopes already wait ahead of a gap; send in `seq` order for now.
+    HeldFull = 3,
+    /// `prev` does not match the previous envelope.
+    PrevMismatch = 4,
+    /// A different envelope already holds this `seq` (equivocation).
+    Conflict = 5,
+    /// The protocol was not followed (bad frame, wrong version).
+    Protocol = 6,
+    /// This side is overloaded; retry later.
+    Busy = 7,
+    Other = 255,
+}
+
+impl RefuseCode {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Invalid,
+            2 => Self::TooFarAhead,
+            3 => Self::HeldFull,
+            4 => Self::PrevMismatch,
+            5 => Self::Conflict,
+            6 => Self::Protocol,
+            7 => Self::Busy,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// A frame that cannot be read. The connection is closed after it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("frame type {kind} has a body of {len} bytes, which is not valid")]
+    BadLength { kind: u8, len: usize },
+    #[error("refusal reason is not UTF-8")]
+    BadText,
+}
+
+const HELLO: u8 = 0;
+const ENVELOPE: u8 = 1;
+const ACK: u8 = 2;
+const PING: u8 = 3;
+const PONG: u8 = 4;
+const REFUSE: u8 = 5;
+
+impl Frame {
+    /// Append the frame, length prefix included, to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match self {
+            Frame::Hello { version, hwm } => {
+                out.push(HELLO);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(&hwm.to_be_bytes());
+            }
+            Frame::Envelope(bytes) => {
+                out.push(ENVELOPE);
+                out.extend_from_slice(bytes);
+            }
+            Frame::Ack { hwm } => {
+                out.push(ACK);
+                out.extend_from_slice(&hwm.to_be_bytes());
+            }
+            Frame::Ping { nonce } => {
+                out.push(PING);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Pong { nonce } => {
+                out.push(PONG);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Refuse { seq, code, reason } => {
+                out.push(REFUSE);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.push(*code as u8);
+                let mut end = reason.len().min(REASON_BYTES_MAX);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.extend_from_slice(&reason.as_bytes()[..end]);
+            }
+        }
+        let len = out.len() - start - 4;
+        assert!(len <= FRAME_BYTES_MAX, "frames we write fit the limit");
+        out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    }
+
+    /// Check a length prefix before reading the frame it announces.
+    pub fn check_len(len: u32) -> Result<usize, FrameError> {
+        let len = len as usize;
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge {
+                len,
+                max: FRAME_BYTES_MAX,
+            });
+        }
+        Ok(len)
+    }
+
+    /// Decode one frame from its type byte and body (the length prefix already removed).
+    pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
+        Self::check_len(u32::try_from(frame.len()).unwrap_or(u32::MAX))?;
+        let (&kind, body) = frame.split_first().ok_or(FrameError::Empty)?;
+        let fixed = |want: usize| {
+            if body.len() == want {
+                Ok(())
+            } else {
+                Err(FrameError::BadLength {
+                    kind,
+                    len: body.len(),
+                })
+            }
+        };
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&body[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
+        match kind {
+            HELLO => {
+                fixed(10)?;
+                Ok(Frame::Hello {
+                    version: u16::from_be_bytes([body[0], body[1]]),
+                    hwm: u64_at(2),
+                })
+            }
+            ENVELOPE => {
+                if body.is_empty() {
+                    return Err(FrameError::BadLength { kind, len: 0 });
+                }
+                Ok(Frame::Envelope(body.to_vec()))
+            }
+            ACK => fixed(8).map(|()| Frame::Ack { hwm: u64_at(0) }),
+            PING => fixed(8).map(|()| Frame::Ping { nonce: u64_at(0) }),
+            PONG => fixed(8).map(|()| Frame::Pong { nonce: u64_at(0) }),
+            REFUSE => {
+                if body.len() < 9 || body.len() > 9 + REASON_BYTES_MAX {
+                    return Err(FrameError::BadLength {
+                        kind,
+                        len: body.len(),
+                    });
+                }
+                let reason = std::str::from_utf8(&body[9..]).map_err(|_| FrameError::BadText)?;
+                Ok(Frame::Refuse {
+                    seq: u64_at(0),
+                    code: RefuseCode::from_u8(body[8]),
+                    reason: reason.to_string(),
+                })
+            }
+            other => Err(FrameError::UnknownType(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(f: Frame) {
+        let mut out = Vec::new();
+        f.encode(&mut out);
+        let len = u32::from_be_bytes(out[..4].try_into().unwrap());
+        assert_eq!(Frame::check_len(len).unwrap(), out.len() - 4);
+        assert_eq!(Frame::decode(&out[4..]).unwrap(), f);
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        round_trip(Frame::Hello {
+            version: 1,
+            hwm: 42,
+        });
+        round_trip(Frame::Envelope(vec![1, 2, 3]));
+        round_trip(Frame::Ack { hwm: u64::MAX });
+        round_trip(Frame::Ping { nonce: 7 });
+        round_trip(Frame::Pong { nonce: 7 });
+        round_trip(Frame::Refuse {
+            seq: 3,
+            code: RefuseCode::HeldFull,
+            reason: "full".into(),
+        });
+    }
+
+    #[test]
+    fn bad_frames_are_typed_errors() {
+        assert_eq!(Frame::check_len(0), Err(FrameError::Empty));
+        assert!(matches!(
+            Frame::check_len(u32::MAX),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(Frame::decode(&[9]), Err(FrameError::UnknownType(9)));
+        assert!(matches!(
+            Frame::decode(&[ACK, 1, 2]),
+            Err(FrameError::BadLength { .. })
+        ));
+        assert!(matches!(
+            Frame::decode(&[ENVELOPE]),
+            Err(FrameError::BadLength { .. })
+        ));
+        let mut bad = vec![REFUSE];
+        bad.extend_from_slice(&[0; 9]);
+        bad.push(0xff);
+        assert_eq!(Frame::decode(&bad), Err(FrameError::BadText));
+    }
+}

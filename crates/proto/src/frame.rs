@@ -28,10 +28,12 @@ pub enum Frame {
     /// One signed envelope, exactly as signed.
     Envelope(Vec<u8>),
     /// Transport acknowledgment: this side now holds the other's stream up to `hwm`,
-    /// contiguously and durably. Unsigned; it lets the sender drop receipts (which are never
-    /// themselves receipted) from its outbox.
+    /// contiguously and durably, and has processed `received` envelope frames in this
+    /// session. Unsigned; it lets the sender drop receipts (which are never themselves
+    /// receipted) from its outbox, and bounds what is in flight (flow control).
     Ack {
         hwm: u64,
+        received: u64,
     },
     /// Heartbeat; the other side answers `Pong` with the same nonce at once.
     Ping {
@@ -123,9 +125,10 @@ impl Frame {
                 out.push(ENVELOPE);
                 out.extend_from_slice(bytes);
             }
-            Frame::Ack { hwm } => {
+            Frame::Ack { hwm, received } => {
                 out.push(ACK);
                 out.extend_from_slice(&hwm.to_be_bytes());
+                out.extend_from_slice(&received.to_be_bytes());
             }
             Frame::Ping { nonce } => {
                 out.push(PING);
@@ -199,7 +202,10 @@ impl Frame {
                 }
                 Ok(Frame::Envelope(body.to_vec()))
             }
-            ACK => fixed(8).map(|()| Frame::Ack { hwm: u64_at(0) }),
+            ACK => fixed(16).map(|()| Frame::Ack {
+                hwm: u64_at(0),
+                received: u64_at(8),
+            }),
             PING => fixed(8).map(|()| Frame::Ping { nonce: u64_at(0) }),
             PONG => fixed(8).map(|()| Frame::Pong { nonce: u64_at(0) }),
             REFUSE => {
@@ -240,7 +246,10 @@ mod tests {
             hwm: 42,
         });
         round_trip(Frame::Envelope(vec![1, 2, 3]));
-        round_trip(Frame::Ack { hwm: u64::MAX });
+        round_trip(Frame::Ack {
+            hwm: u64::MAX,
+            received: 3,
+        });
         round_trip(Frame::Ping { nonce: 7 });
         round_trip(Frame::Pong { nonce: 7 });
         round_trip(Frame::Refuse {

@@ -49,6 +49,9 @@ struct Lane {
     exhausted: bool,
     /// A refill is outstanding.
     refilling: bool,
+    /// Something was written while the refill was outstanding: the refill's answer may
+    /// predate it, so the lane must not be marked exhausted by that answer.
+    written_during_refill: bool,
 }
 
 /// The send queue of one session.
@@ -67,6 +70,7 @@ impl Scheduler {
             cursor: peer_hwm,
             exhausted: false,
             refilling: false,
+            written_during_refill: false,
         };
         Self {
             lanes: [lane.clone(), lane.clone(), lane.clone(), lane],
@@ -96,7 +100,8 @@ impl Scheduler {
     pub fn on_refill(&mut self, refill: Refill, rows: Vec<Outgoing>) {
         let lane = &mut self.lanes[refill.precedence.index()];
         lane.refilling = false;
-        lane.exhausted = rows.len() < refill.limit;
+        lane.exhausted = rows.len() < refill.limit && !lane.written_during_refill;
+        lane.written_during_refill = false;
         for row in rows {
             if row.seq > lane.cursor {
                 lane.cursor = row.seq;
@@ -107,12 +112,19 @@ impl Scheduler {
 
     /// A refill failed; it will be asked for again.
     pub fn on_refill_failed(&mut self, refill: Refill) {
-        self.lanes[refill.precedence.index()].refilling = false;
+        let lane = &mut self.lanes[refill.precedence.index()];
+        lane.refilling = false;
+        lane.written_during_refill = false;
+        lane.exhausted = false;
     }
 
     /// A new envelope of `precedence` was written to the outbox.
     pub fn on_written(&mut self, precedence: Precedence) {
-        self.lanes[precedence.index()].exhausted = false;
+        let lane = &mut self.lanes[precedence.index()];
+        lane.exhausted = false;
+        if lane.refilling {
+            lane.written_during_refill = true;
+        }
     }
 
     /// The receiver's hold is full: send in `seq` order for the rest of the session, and put
@@ -135,6 +147,7 @@ impl Scheduler {
     }
 
     /// The envelope to send next, if any.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Outgoing> {
         let lowest_head = self
             .lanes
@@ -218,6 +231,18 @@ mod tests {
         s.on_written(Precedence::Flash);
         drain_refills(&mut s, &[out(11, Precedence::Flash)]);
         assert_eq!(s.next().unwrap().seq, 11);
+    }
+
+    #[test]
+    fn a_write_during_a_refill_is_not_lost() {
+        let mut s = Scheduler::new(0);
+        let refill = s.poll_refill().unwrap();
+        assert_eq!(refill.precedence, Precedence::Flash);
+        s.on_written(Precedence::Flash);
+        // The answer was read before the write.
+        s.on_refill(refill, vec![]);
+        drain_refills(&mut s, &[out(1, Precedence::Flash)]);
+        assert_eq!(s.next().unwrap().seq, 1);
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn ranges(sorted: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &seq in sorted {
         match out.last_mut() {
-            Some((_, to)) if *to + 1 == seq => *to = seq,
+            Some((_, to)) if to.checked_add(1) == Some(seq) => *to = seq,
             Some((_, to)) if *to >= seq => {}
             _ => out.push((seq, seq)),
         }

@@ -1,1 +1,415 @@
-fn main() {}
+//! `detente`: the command line of a detente node (see CLI.md for the contract).
+//!
+//! Exit codes: 0 success, 1 failure (including a check that found a problem), 2 bad usage.
+//! Errors go to stderr as `error: WHAT` and, where there is a next step, `hint: WHAT TO DO`.
+
+#![forbid(unsafe_code)]
+
+mod bench;
+mod client;
+mod commands;
+mod demo;
+mod harness;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "detente",
+    version,
+    about = "Crisis-communication channels between parties that must talk even when they do not trust each other."
+)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a node: party key, configuration, API token.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Short name of this node, e.g. washington.
+        #[arg(long)]
+        name: String,
+        /// Full name of the party, e.g. "United States Department of Defense".
+        #[arg(long)]
+        party: String,
+        #[arg(long, default_value = "en")]
+        lang: String,
+        /// IANA time zone of the operators, e.g. America/New_York.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        #[arg(long, default_value = "0.0.0.0:7400")]
+        peer_listen: String,
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        console_listen: String,
+    },
+    /// Show this node's identity: public key and fingerprint.
+    Id {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pinned peers.
+    Peer {
+        #[command(subcommand)]
+        command: PeerCommand,
+    },
+    /// Read and change node.toml.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run the node in the foreground.
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Send a message to a peer.
+    Send {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "routine")]
+        precedence: String,
+        #[arg(long, default_value = "general")]
+        topic: String,
+        #[arg(long)]
+        text: String,
+        /// Language of the text (the node's language by default).
+        #[arg(long)]
+        lang: Option<String>,
+        /// A courtesy translation, LANG=TEXT (repeatable).
+        #[arg(long = "translation")]
+        translations: Vec<String>,
+        #[arg(long)]
+        reply_to: Option<String>,
+        /// Wait for this receipt before exiting.
+        #[arg(long, value_parser = ["delivered", "read", "acknowledged"])]
+        wait: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the messages of this node's channels.
+    Inbox {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        peer: Option<String>,
+        #[arg(long, default_value = "all", value_parser = ["in", "out", "all"])]
+        direction: String,
+        #[arg(long)]
+        lang: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Also list receipt envelopes.
+        #[arg(long)]
+        receipts: bool,
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new messages as they arrive.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Answer a received message with a signed receipt.
+    Ack {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The message id (or a unique prefix of at least 8 hex digits).
+        id: String,
+        #[arg(long, default_value = "acknowledged", value_parser = ["read", "acknowledged", "declined"])]
+        level: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Link health and backlog per peer.
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the whole story on this machine: two nodes, an outage, a FLASH, a crash.
+    Demo {
+        /// Leave both nodes running and print their addresses.
+        #[arg(long)]
+        keep: bool,
+        /// Where to put the two nodes (a temporary directory by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Measure throughput and latency between two local nodes over real TLS.
+    Bench {
+        #[arg(long)]
+        json: bool,
+        /// ROUTINE messages in the throughput run.
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        /// Queued ROUTINE messages in front of the FLASH.
+        #[arg(long, default_value_t = 50_000)]
+        backlog: u64,
+        /// Single messages for the latency run.
+        #[arg(long, default_value_t = 200)]
+        samples: u64,
+        /// Keep the nodes' directories here instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Pin a peer's key and addresses (works whether or not the node is running).
+    Add {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// The peer's public key as `detente id` prints it (ed25519:...).
+        #[arg(long)]
+        key: String,
+        /// HOST:PORT, tried in order (primary first).
+        #[arg(long = "addr", required = true)]
+        addrs: Vec<String>,
+    },
+    /// List pinned peers.
+    List {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print one value, or all of them.
+    Get {
+        #[arg(long)]
+        dir: PathBuf,
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change one value (validated; on a bad value the file is unchanged).
+    Set {
+        #[arg(long)]
+        dir: PathBuf,
+        key: String,
+        value: String,
+    },
+}
+
+/// A failure to report: what, and the next step.
+pub struct Failure {
+    pub error: String,
+    pub hint: Option<String>,
+    pub code: u8,
+}
+
+impl Failure {
+    pub fn new(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            hint: None,
+            code: 1,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn usage(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            hint: None,
+            code: 2,
+        }
+    }
+}
+
+impl From<client::ClientError> for Failure {
+    fn from(e: client::ClientError) -> Self {
+        let code = if e.status == Some(400) { 2 } else { 1 };
+        Self {
+            error: e.error,
+            hint: e.hint,
+            code,
+        }
+    }
+}
+
+impl From<detente_node::config::ConfigError> for Failure {
+    fn from(e: detente_node::config::ConfigError) -> Self {
+        use detente_node::config::ConfigError;
+        let hint = match &e {
+            ConfigError::NoNode(dir) => Some(format!(
+                "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
+                dir.display()
+            )),
+            ConfigError::UnknownKey(_) => Some(format!(
+                "known keys: {}",
+                detente_node::config::CONFIG_KEYS.join(", ")
+            )),
+            _ => None,
+        };
+        Self {
+            error: e.to_string(),
+            hint,
+            code: 1,
+        }
+    }
+}
+
+pub type Outcome = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json, matches!(cli.command, Command::Serve { .. }));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.error);
+            if let Some(hint) = failure.hint {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn init_logging(json: bool, serving: bool) {
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DETENTE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command) -> Outcome {
+    match command {
+        Command::Init {
+            dir,
+            name,
+            party,
+            lang,
+            tz,
+            peer_listen,
+            console_listen,
+        } => commands::init(&dir, name, party, lang, tz, peer_listen, console_listen),
+        Command::Id { dir, json } => commands::id(&dir, json),
+        Command::Peer {
+            command:
+                PeerCommand::Add {
+                    dir,
+                    name,
+                    key,
+                    addrs,
+                },
+        } => commands::peer_add(&dir, name, key, addrs).await,
+        Command::Peer {
+            command: PeerCommand::List { dir, json },
+        } => commands::peer_list(&dir, json),
+        Command::Config {
+            command: ConfigCommand::Get { dir, key, json },
+        } => commands::config_get(&dir, key, json),
+        Command::Config {
+            command: ConfigCommand::Set { dir, key, value },
+        } => commands::config_set(&dir, &key, &value),
+        Command::Serve { dir } => commands::serve(&dir).await,
+        Command::Send {
+            dir,
+            to,
+            precedence,
+            topic,
+            text,
+            lang,
+            translations,
+            reply_to,
+            wait,
+            timeout,
+            json,
+        } => {
+            let options = commands::SendOptions {
+                to,
+                precedence,
+                topic,
+                text,
+                lang,
+                translations,
+                reply_to,
+                wait,
+                timeout,
+                json,
+            };
+            commands::send(&dir, options).await
+        }
+        Command::Inbox {
+            dir,
+            peer,
+            direction,
+            lang,
+            limit,
+            receipts,
+            json,
+            follow,
+        } => commands::inbox(&dir, peer, direction, lang, limit, receipts, json, follow).await,
+        Command::Ack {
+            dir,
+            id,
+            level,
+            note,
+            json,
+        } => commands::ack(&dir, &id, &level, note, json).await,
+        Command::Status { dir, json } => commands::status(&dir, json).await,
+        Command::Demo { keep, dir } => demo::run(keep, dir).await,
+        Command::Bench {
+            json,
+            messages,
+            backlog,
+            samples,
+            dir,
+        } => {
+            bench::run(bench::Options {
+                json,
+                messages,
+                backlog,
+                samples,
+                dir,
+            })
+            .await
+        }
+    }
+}

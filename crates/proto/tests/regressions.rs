@@ -15,11 +15,17 @@ fn batch_decoding_is_as_strict_as_single_decoding() {
     assert!(VerifiedEnvelope::decode(&forged, Some(&key)).is_err());
     let out = VerifiedEnvelope::decode_batch(&[&first, &forged], &key);
     assert!(out[0].is_ok());
-    assert!(out[1].is_err(), "the forged envelope must be refused in a batch too");
+    assert!(
+        out[1].is_err(),
+        "the forged envelope must be refused in a batch too"
+    );
 }
 
 #[test]
 fn ranges_at_the_top_of_the_seq_space_do_not_overflow() {
     assert_eq!(ranges(&[u64::MAX, u64::MAX]), vec![(u64::MAX, u64::MAX)]);
-    assert_eq!(ranges(&[u64::MAX - 1, u64::MAX]), vec![(u64::MAX - 1, u64::MAX)]);
+    assert_eq!(
+        ranges(&[u64::MAX - 1, u64::MAX]),
+        vec![(u64::MAX - 1, u64::MAX)]
+    );
 }

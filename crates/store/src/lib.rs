@@ -121,6 +121,16 @@ pub struct ReceiptRow {
     pub note: Option<String>,
 }
 
+/// "The peer holds our envelopes `from..=to` durably", from a signed DELIVERED receipt
+/// created at `at_ms` on the peer's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredRange {
+    pub peer: String,
+    pub from: u64,
+    pub to: u64,
+    pub at_ms: i64,
+}
+
 /// Everything one group commit makes durable, applied in one transaction, in this order.
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
@@ -133,8 +143,9 @@ pub struct WriteBatch {
     pub outbox: Vec<OutboxRow>,
     /// Stream states to insert or replace.
     pub streams: Vec<StreamRow>,
-    /// Outbox rows confirmed by a signed DELIVERED receipt: (peer, seq). Idempotent.
-    pub delivered: Vec<(String, u64)>,
+    /// Ranges of this node's envelopes confirmed by a signed DELIVERED receipt. Idempotent:
+    /// the first confirmation's time is kept.
+    pub delivered: Vec<DeliveredRange>,
     /// Receipt effects to record. Idempotent per (of, level): the first one wins.
     pub receipts: Vec<ReceiptRow>,
     /// Remove outbox rows of `peer` with `seq <= hwm` (the peer holds them durably, in

@@ -1,0 +1,252 @@
+//! `detente bench`: end-to-end figures between two real node processes over TLS on
+//! loopback, each with its own SQLite file. Bounded in count and time.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::harness::{send_bulk, wait_link_up, wait_outbox_empty, ProcNode};
+use crate::{Failure, Outcome};
+
+pub struct Options {
+    pub json: bool,
+    pub messages: u64,
+    pub backlog: u64,
+    pub samples: u64,
+    pub dir: Option<PathBuf>,
+}
+
+/// Upper bounds that keep a mistyped flag from running for hours.
+const MESSAGES_MAX: u64 = 2_000_000;
+const SAMPLES_MAX: u64 = 100_000;
+const FLASHES: usize = 10;
+const MESSAGE_BYTES: usize = 1024;
+const STEP_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+pub async fn run(o: Options) -> Outcome {
+    if o.messages == 0
+        || o.messages > MESSAGES_MAX
+        || o.backlog > MESSAGES_MAX
+        || o.samples == 0
+        || o.samples > SAMPLES_MAX
+    {
+        return Err(Failure::usage(format!(
+            "--messages and --backlog must be at most {MESSAGES_MAX}, --samples between 1 and {SAMPLES_MAX}"
+        )));
+    }
+    let mut temp = None;
+    let base = match &o.dir {
+        Some(d) => d.clone(),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("detente-bench-")
+                .tempdir()
+                .map_err(|e| Failure::new(format!("cannot make a temporary directory: {e}")))?;
+            let path = t.path().to_path_buf();
+            temp = Some(t);
+            path
+        }
+    };
+    let mut a = ProcNode::init(&base, "alpha", "Bench Party Alpha", "en", "UTC")?;
+    let mut b = ProcNode::init(&base, "bravo", "Bench Party Bravo", "en", "UTC")?;
+    ProcNode::pin_pair(&a, &b)?;
+    for node in [&a, &b] {
+        node.set("link.backoff_initial", "50ms")?;
+        node.set("link.backoff_max", "500ms")?;
+    }
+    a.start()?;
+    b.start()?;
+    let ac = a.wait_ready(Duration::from_secs(30)).await?;
+    b.wait_ready(Duration::from_secs(30)).await?;
+    wait_link_up(&ac, "bravo", Duration::from_secs(30)).await?;
+    let say = |text: &str| {
+        if !o.json {
+            eprintln!("{text}");
+        }
+    };
+
+    say("warming up…");
+    send_bulk(&ac, "bravo", 1000, MESSAGE_BYTES, "warm-up").await?;
+    wait_outbox_empty(&ac, "bravo", STEP_TIMEOUT).await?;
+
+    say(&format!(
+        "latency: {} single messages, one at a time…",
+        o.samples
+    ));
+    let mut latencies = Vec::with_capacity(o.samples as usize);
+    let mut accept = Vec::with_capacity(o.samples as usize);
+    let text = "L".repeat(MESSAGE_BYTES);
+    for _ in 0..o.samples {
+        let t0 = Instant::now();
+        let sent = ac
+            .post("/api/v1/messages", &json!({"to": "bravo", "text": text}))
+            .await?;
+        accept.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let id = sent["id"].as_str().unwrap_or_default();
+        ac.get(&format!(
+            "/api/v1/messages/{id}/wait?level=delivered&timeout_ms=60000"
+        ))
+        .await?;
+        latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    accept.sort_by(f64::total_cmp);
+
+    say(&format!(
+        "throughput: {} messages of {MESSAGE_BYTES} bytes…",
+        o.messages
+    ));
+    let cpu_before = a.cpu_us().unwrap_or(0) + b.cpu_us().unwrap_or(0);
+    let t0 = Instant::now();
+    let sent = send_concurrently(&ac, o.messages).await?;
+    let last = sent
+        .last()
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    ac.get(&format!(
+        "/api/v1/messages/{last}/wait?level=delivered&timeout_ms={}",
+        STEP_TIMEOUT.as_millis()
+    ))
+    .await?;
+    wait_outbox_empty(&ac, "bravo", STEP_TIMEOUT).await?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu_after = a.cpu_us().unwrap_or(0) + b.cpu_us().unwrap_or(0);
+    let throughput = o.messages as f64 / elapsed;
+    let cpu_per_msg = (cpu_after - cpu_before) as f64 / o.messages as f64;
+
+    say(&format!(
+        "FLASH behind a backlog of {} ROUTINE messages…",
+        o.backlog
+    ));
+    b.stop();
+    send_bulk(&ac, "bravo", o.backlog, MESSAGE_BYTES, "backlog").await?;
+    let mut flashes = Vec::new();
+    b.start()?;
+    let first_flash_sent = Instant::now();
+    let first = ac
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "bravo", "precedence": "flash", "text": "FLASH behind the backlog"}),
+        )
+        .await?;
+    b.wait_ready(Duration::from_secs(30)).await?;
+    let id = first["id"].as_str().unwrap_or_default();
+    ac.get(&format!(
+        "/api/v1/messages/{id}/wait?level=delivered&timeout_ms=60000"
+    ))
+    .await?;
+    let reconnect_and_flash_ms = first_flash_sent.elapsed().as_secs_f64() * 1000.0;
+    let mut backlog_seen = Vec::new();
+    for i in 0..FLASHES {
+        let status = ac.get("/api/v1/status").await?;
+        let queued = status["peers"][0]["outbox"].as_u64().unwrap_or(0);
+        let t0 = Instant::now();
+        let sent = ac
+            .post(
+                "/api/v1/messages",
+                &json!({"to": "bravo", "precedence": "flash", "text": format!("FLASH {i}")}),
+            )
+            .await?;
+        let id = sent["id"].as_str().unwrap_or_default();
+        ac.get(&format!(
+            "/api/v1/messages/{id}/wait?level=delivered&timeout_ms=60000"
+        ))
+        .await?;
+        flashes.push(t0.elapsed().as_secs_f64() * 1000.0);
+        backlog_seen.push(queued);
+    }
+    flashes.sort_by(f64::total_cmp);
+    wait_outbox_empty(&ac, "bravo", STEP_TIMEOUT).await?;
+    let peak = [a.memory_mib(), b.memory_mib()]
+        .into_iter()
+        .flatten()
+        .map(|(hwm, _)| hwm)
+        .fold(0.0, f64::max);
+    let result = json!({
+        "messages": o.messages,
+        "message_bytes": MESSAGE_BYTES,
+        "throughput_msgs_per_s": throughput.round(),
+        "latency_p50_ms": round2(percentile(&latencies, 50.0)),
+        "latency_p99_ms": round2(percentile(&latencies, 99.0)),
+        "send_accept_p50_ms": round2(percentile(&accept, 50.0)),
+        "latency_samples": o.samples,
+        "flash_behind_backlog_ms": round2(percentile(&flashes, 99.0)),
+        "flash_behind_backlog_p50_ms": round2(percentile(&flashes, 50.0)),
+        "flash_behind_backlog_max_ms": round2(flashes.last().copied().unwrap_or(f64::NAN)),
+        "flash_after_reconnect_ms": round2(reconnect_and_flash_ms),
+        "backlog": o.backlog,
+        "backlog_when_flash_sent": backlog_seen,
+        "cpu_us_per_msg": cpu_per_msg.round(),
+        "peak_rss_mib": round2(peak),
+    });
+    if o.json {
+        println!("{result}");
+    } else {
+        print_table(&result);
+    }
+    a.stop();
+    b.stop();
+    drop(temp);
+    Ok(())
+}
+
+/// Submit `count` messages in batches, two batches in flight, so that group commits fill.
+async fn send_concurrently(client: &Client, count: u64) -> Result<Vec<Value>, Failure> {
+    let half = count / 2;
+    let first = {
+        let c = client.clone();
+        tokio::spawn(async move { send_bulk(&c, "bravo", half, MESSAGE_BYTES, "bench-a").await })
+    };
+    let second = send_bulk(client, "bravo", count - half, MESSAGE_BYTES, "bench-b").await?;
+    let mut all = first.await.map_err(|e| Failure::new(e.to_string()))??;
+    all.extend(second);
+    all.sort_by_key(|v| v["seq"].as_u64().unwrap_or(0));
+    Ok(all)
+}
+
+fn print_table(r: &Value) {
+    println!("detente bench: two nodes, real TLS on loopback, SQLite each, 1 KiB ROUTINE messages");
+    println!(
+        "  throughput (send accepted → DELIVERED back) {:>10} msg/s over {} messages",
+        r["throughput_msgs_per_s"], r["messages"]
+    );
+    println!(
+        "  latency single message p50 / p99           {:>7} / {} ms",
+        r["latency_p50_ms"], r["latency_p99_ms"]
+    );
+    println!(
+        "  send accepted (durable) p50                 {:>7} ms",
+        r["send_accept_p50_ms"]
+    );
+    println!(
+        "  FLASH behind backlog p50 / p99              {:>7} / {} ms (backlog {})",
+        r["flash_behind_backlog_p50_ms"], r["flash_behind_backlog_ms"], r["backlog"]
+    );
+    println!(
+        "  FLASH sent during restart, delivered after  {:>7} ms",
+        r["flash_after_reconnect_ms"]
+    );
+    println!(
+        "  CPU per message (both nodes)                {:>7} µs",
+        r["cpu_us_per_msg"]
+    );
+    println!(
+        "  peak resident memory (largest node)         {:>7} MiB",
+        r["peak_rss_mib"]
+    );
+}

@@ -1,0 +1,120 @@
+//! A client of a running node's HTTP API, as the command line, the demo and the benchmark
+//! use it. It finds the node through its directory: the run file a running node writes
+//! (actual addresses) and the API token.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use detente_node::config::{NodeDir, RUN_FILE};
+use serde_json::Value;
+
+/// A failed API call, with the words to show the operator.
+#[derive(Debug)]
+pub struct ClientError {
+    pub error: String,
+    pub hint: Option<String>,
+    /// HTTP status, when the node answered.
+    pub status: Option<u16>,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl ClientError {
+    pub fn new(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            hint: None,
+            status: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    dir: PathBuf,
+}
+
+impl Client {
+    /// A client for the node in `dir`. Fails with a hint when there is no node there.
+    pub fn for_dir(dir: &Path) -> Result<Self, ClientError> {
+        let node = NodeDir::new(dir);
+        let config = node.load().map_err(|e| ClientError {
+            error: e.to_string(),
+            hint: Some(format!(
+                "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
+                dir.display()
+            )),
+            status: None,
+        })?;
+        let token = node.token().map_err(|e| ClientError::new(e.to_string()))?;
+        let console = std::fs::read_to_string(node.file(RUN_FILE))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|v| v["console_listen"].as_str().map(str::to_string))
+            .unwrap_or(config.console_listen);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(660))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| ClientError::new(e.to_string()))?;
+        Ok(Self {
+            base: format!("http://{console}"),
+            token,
+            http,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.call(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let response = request.bearer_auth(&self.token).send().await.map_err(|e| {
+            if e.is_connect() {
+                ClientError {
+                    error: format!("the node in {} is not running", self.dir.display()),
+                    hint: Some(format!(
+                        "start it with: detente serve --dir {}",
+                        self.dir.display()
+                    )),
+                    status: None,
+                }
+            } else {
+                ClientError::new(format!("talking to the node: {e}"))
+            }
+        })?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(ClientError {
+            error: body["error"]
+                .as_str()
+                .map_or_else(|| format!("the node answered {status}"), str::to_string),
+            hint: body["hint"].as_str().map(str::to_string),
+            status: Some(status.as_u16()),
+        })
+    }
+
+    /// Whether the node answers at all.
+    pub async fn healthy(&self) -> bool {
+        matches!(self.http.get(format!("{}/healthz", self.base)).send().await, Ok(r) if r.status().is_success())
+    }
+}

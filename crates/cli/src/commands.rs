@@ -1,0 +1,449 @@
+//! The operator commands: setting up a node, running it, and talking to it through its API.
+
+use std::path::Path;
+use std::time::Duration;
+
+use detente_node::config::{InitOptions, NodeDir, PeerConfig, CONFIG_KEYS};
+use detente_proto::PartyKey;
+use rand::RngCore;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::{Failure, Outcome};
+
+pub fn init(
+    dir: &Path,
+    name: String,
+    party: String,
+    lang: String,
+    tz: String,
+    peer_listen: String,
+    console_listen: String,
+) -> Outcome {
+    let mut seed = [0u8; 32];
+    let mut token = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    rand::rngs::OsRng.fill_bytes(&mut token);
+    let node = NodeDir::new(dir);
+    let options = InitOptions {
+        name,
+        party,
+        lang,
+        tz,
+        peer_listen,
+        console_listen,
+    };
+    let config = node.init(&options, seed, token)?;
+    let key = node.secret()?.public();
+    println!("created node {:?} in {}", config.name, dir.display());
+    println!("fingerprint: {}", key.fingerprint());
+    println!("public key:  {}", key.to_text());
+    println!();
+    println!(
+        "Read the fingerprint to the other party over a separate channel, then pin each other:"
+    );
+    println!(
+        "  detente peer add --dir {} --name PEER --key ed25519:... --addr HOST:PORT",
+        dir.display()
+    );
+    Ok(())
+}
+
+pub fn id(dir: &Path, json: bool) -> Outcome {
+    let node = NodeDir::new(dir);
+    let config = node.load()?;
+    let key = node.secret()?.public();
+    if json {
+        let v = json!({
+            "name": config.name, "party": config.party, "public_key": key.to_text(),
+            "fingerprint": key.fingerprint(), "peer_listen": config.peer_listen,
+            "console_listen": config.console_listen, "lang": config.lang, "tz": config.tz,
+        });
+        println!("{v}");
+    } else {
+        println!("name:        {}", config.name);
+        println!("party:       {}", config.party);
+        println!("fingerprint: {}", key.fingerprint());
+        println!("public key:  {}", key.to_text());
+        println!("peer port:   {}", config.peer_listen);
+        println!("console:     {}", config.console_listen);
+        println!("language:    {}   time zone: {}", config.lang, config.tz);
+    }
+    Ok(())
+}
+
+pub async fn peer_add(dir: &Path, name: String, key: String, addrs: Vec<String>) -> Outcome {
+    let node = NodeDir::new(dir);
+    let parsed = PartyKey::from_text(&key).map_err(|e| {
+        Failure::new(format!("--key: {e}"))
+            .hint("copy the public_key that `detente id` prints on the peer's node")
+    })?;
+    node.add_peer(PeerConfig {
+        name: name.clone(),
+        key: parsed.to_text(),
+        addrs,
+    })?;
+    println!("pinned peer {name:?}: fingerprint {}", parsed.fingerprint());
+    println!("check this fingerprint with the other party by telephone before relying on the link");
+    // A running node picks the new peer up at once.
+    if let Ok(client) = Client::for_dir(dir) {
+        if client.healthy().await {
+            client
+                .post(&format!("/api/v1/peers/{name}/reload"), &json!({}))
+                .await?;
+            println!("the running node is now linking to {name}");
+        }
+    }
+    Ok(())
+}
+
+pub fn peer_list(dir: &Path, json: bool) -> Outcome {
+    let config = NodeDir::new(dir).load()?;
+    if json {
+        let peers: Vec<Value> = config
+            .peers
+            .iter()
+            .map(|p| {
+                let fp = PartyKey::from_text(&p.key)
+                    .map(|k| k.fingerprint())
+                    .unwrap_or_default();
+                json!({"name": p.name, "key": p.key, "fingerprint": fp, "addrs": p.addrs})
+            })
+            .collect();
+        println!("{}", Value::Array(peers));
+    } else {
+        for p in &config.peers {
+            let fp = PartyKey::from_text(&p.key)
+                .map(|k| k.fingerprint())
+                .unwrap_or_default();
+            println!("{:<16} {}  {}", p.name, fp, p.addrs.join(", "));
+        }
+    }
+    Ok(())
+}
+
+pub fn config_get(dir: &Path, key: Option<String>, json: bool) -> Outcome {
+    let config = NodeDir::new(dir).load()?;
+    match key {
+        Some(key) => {
+            let value = config.get(&key)?;
+            if json {
+                println!("{}", json!({ key: value }));
+            } else {
+                println!("{value}");
+            }
+        }
+        None => {
+            let mut all = serde_json::Map::new();
+            for key in CONFIG_KEYS {
+                all.insert(key.to_string(), Value::String(config.get(key)?));
+            }
+            if json {
+                println!("{}", Value::Object(all));
+            } else {
+                for (k, v) in all {
+                    println!("{k} = {}", v.as_str().unwrap_or_default());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn config_set(dir: &Path, key: &str, value: &str) -> Outcome {
+    let node = NodeDir::new(dir);
+    let mut config = node.load()?;
+    config.set(key, value)?;
+    node.save(&config)?;
+    println!("{key} = {}", config.get(key)?);
+    if Client::for_dir(dir).is_ok()
+        && NodeDir::new(dir)
+            .file(detente_node::config::RUN_FILE)
+            .exists()
+    {
+        println!("restart the node for this to take effect");
+    }
+    Ok(())
+}
+
+pub async fn serve(dir: &Path) -> Outcome {
+    let node = detente_node::Node::start(NodeDir::new(dir))
+        .await
+        .map_err(|e| {
+            let failure = Failure::new(e.to_string());
+            match e {
+                detente_node::StartError::Config(detente_node::config::ConfigError::NoNode(_)) => {
+                    failure.hint(format!(
+                        "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
+                        dir.display()
+                    ))
+                }
+                _ => failure,
+            }
+        })?;
+    let shared = &node.shared;
+    eprintln!(
+        "detente node {} serving: peers on {}, console and API on http://{}",
+        shared
+            .config
+            .read()
+            .map(|c| c.name.clone())
+            .unwrap_or_default(),
+        shared.peer_addr,
+        shared.console_addr
+    );
+    wait_for_signal().await;
+    eprintln!("shutting down");
+    node.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub struct SendOptions {
+    pub to: String,
+    pub precedence: String,
+    pub topic: String,
+    pub text: String,
+    pub lang: Option<String>,
+    pub translations: Vec<String>,
+    pub reply_to: Option<String>,
+    pub wait: Option<String>,
+    pub timeout: u64,
+    pub json: bool,
+}
+
+pub async fn send(dir: &Path, o: SendOptions) -> Outcome {
+    let client = Client::for_dir(dir)?;
+    let mut translations = Vec::new();
+    for t in &o.translations {
+        let (lang, text) = t
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--translation {t:?}: write it as LANG=TEXT")))?;
+        translations.push(json!([lang, text]));
+    }
+    let body = json!({
+        "to": o.to, "precedence": o.precedence, "topic": o.topic, "text": o.text,
+        "lang": o.lang, "translations": translations, "reply_to": o.reply_to,
+    });
+    let mut sent = client.post("/api/v1/messages", &body).await?;
+    if let Some(level) = &o.wait {
+        let id = sent["id"].as_str().unwrap_or_default().to_string();
+        let path = format!(
+            "/api/v1/messages/{id}/wait?level={level}&timeout_ms={}",
+            o.timeout * 1000
+        );
+        match client.get(&path).await {
+            Ok(message) => {
+                if !message["receipts"]["declined"].is_null() {
+                    sent["state"] = json!("declined");
+                } else {
+                    sent["state"] = json!(level);
+                }
+            }
+            Err(e) if e.status == Some(408) => {
+                return Err(Failure::new(format!(
+                    "message {id} stored, but no {level} receipt within {}s",
+                    o.timeout
+                ))
+                .hint("the message stays queued and will be delivered; check `detente status`"))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if o.json {
+        println!("{sent}");
+    } else {
+        println!("{}", sent["id"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn inbox(
+    dir: &Path,
+    peer: Option<String>,
+    direction: String,
+    lang: Option<String>,
+    limit: u32,
+    receipts: bool,
+    json: bool,
+    follow: bool,
+) -> Outcome {
+    let client = Client::for_dir(dir)?;
+    let mut query =
+        format!("/api/v1/messages?direction={direction}&limit={limit}&receipts={receipts}");
+    if let Some(p) = &peer {
+        query.push_str(&format!("&peer={p}"));
+    }
+    if let Some(l) = &lang {
+        query.push_str(&format!("&lang={l}"));
+    }
+    let messages = client.get(&query).await?;
+    let list = messages.as_array().cloned().unwrap_or_default();
+    if json && !follow {
+        println!("{messages}");
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for m in &list {
+        seen.insert(m["id"].as_str().unwrap_or_default().to_string());
+        print_message(m, json);
+    }
+    while follow {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let messages = client.get(&query).await?;
+        for m in messages.as_array().into_iter().flatten() {
+            if seen.insert(m["id"].as_str().unwrap_or_default().to_string()) {
+                print_message(m, json);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line per message, for people.
+pub fn message_line(m: &Value) -> String {
+    let arrow = if m["direction"] == "out" {
+        "→"
+    } else {
+        "←"
+    };
+    let receipts = &m["receipts"];
+    let mut marks = Vec::new();
+    for level in ["delivered", "read", "acknowledged", "declined"] {
+        if !receipts[level].is_null() {
+            marks.push(level);
+        }
+    }
+    let overdue = if m["overdue"] == true {
+        "  OVERDUE"
+    } else {
+        ""
+    };
+    format!(
+        "{} {} {:<9} {:>5} {:<10} {} {}: {}  [{}]{}  {}",
+        m["created_at"].as_str().unwrap_or_default(),
+        arrow,
+        m["precedence"].as_str().unwrap_or_default().to_uppercase(),
+        m["seq"],
+        m["sender"].as_str().unwrap_or_default(),
+        m["topic"].as_str().unwrap_or_default(),
+        m["author"].as_str().unwrap_or_default(),
+        m["rendered"].as_str().unwrap_or_default(),
+        marks.join(","),
+        overdue,
+        &m["id"].as_str().unwrap_or_default()[..12.min(m["id"].as_str().unwrap_or_default().len())],
+    )
+}
+
+fn print_message(m: &Value, json: bool) {
+    if json {
+        println!("{m}");
+    } else {
+        println!("{}", message_line(m));
+    }
+}
+
+pub async fn ack(dir: &Path, id: &str, level: &str, note: Option<String>, json: bool) -> Outcome {
+    let client = Client::for_dir(dir)?;
+    let id = resolve_id(&client, id).await?;
+    let receipt = client
+        .post(
+            &format!("/api/v1/messages/{id}/receipts"),
+            &json!({"level": level, "note": note}),
+        )
+        .await?;
+    if json {
+        println!("{receipt}");
+    } else {
+        println!(
+            "{level} receipt {} sent for {id}",
+            receipt["id"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// A full id from a full id or a unique prefix of at least 8 hex digits.
+async fn resolve_id(client: &Client, id: &str) -> Result<String, Failure> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() == 64 {
+        return Ok(id);
+    }
+    if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Failure::usage(
+            "give the message id, or at least its first 8 hex digits",
+        ));
+    }
+    let list = client
+        .get("/api/v1/messages?direction=in&limit=10000")
+        .await?;
+    let matches: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str())
+        .filter(|full| full.starts_with(&id))
+        .map(str::to_string)
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(
+            Failure::new(format!("no received message starts with {id}"))
+                .hint("list them with: detente inbox --direction in"),
+        ),
+        _ => Err(Failure::new(format!(
+            "{id} matches {} messages; give more digits",
+            matches.len()
+        ))),
+    }
+}
+
+pub async fn status(dir: &Path, json: bool) -> Outcome {
+    let client = Client::for_dir(dir)?;
+    let status = client.get("/api/v1/status").await?;
+    if json {
+        println!("{status}");
+        return Ok(());
+    }
+    println!(
+        "node {} ({}), fingerprint {}, {} messages stored",
+        status["name"].as_str().unwrap_or_default(),
+        status["party"].as_str().unwrap_or_default(),
+        status["fingerprint"].as_str().unwrap_or_default(),
+        status["messages"]
+    );
+    for p in status["peers"].as_array().into_iter().flatten() {
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{r:.1} ms"));
+        println!(
+            "  {:<14} {:<9} rtt {:<10} outbox {:<7} (flash {})  last heard {}{}",
+            p["name"].as_str().unwrap_or_default(),
+            p["state"].as_str().unwrap_or_default().to_uppercase(),
+            rtt,
+            p["outbox"],
+            p["outbox_flash"],
+            p["last_heard"].as_str().unwrap_or("never"),
+            p["last_error"]
+                .as_str()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(())
+}

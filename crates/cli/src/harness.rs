@@ -1,0 +1,308 @@
+//! Real node processes on this machine, for the demo and the benchmark: each node is this
+//! same binary running `detente serve` in its own directory, on loopback ports, so that it
+//! can be killed with SIGKILL and restarted like a real one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use detente_node::config::{InitOptions, NodeDir, PeerConfig};
+use rand::RngCore;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::Failure;
+
+/// A free TCP port on loopback (the system picks it; a race with another program is
+/// possible but harmless here: start-up would fail with a clear error).
+pub fn free_port() -> Result<u16, Failure> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Failure::new(format!("cannot find a free port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Failure::new(format!("cannot find a free port: {e}")))
+}
+
+pub struct ProcNode {
+    pub name: String,
+    pub dir: PathBuf,
+    pub peer_addr: String,
+    pub console_addr: String,
+    child: Option<Child>,
+}
+
+impl ProcNode {
+    /// Create a node directory under `base` with fresh ports on loopback.
+    pub fn init(
+        base: &Path,
+        name: &str,
+        party: &str,
+        lang: &str,
+        tz: &str,
+    ) -> Result<Self, Failure> {
+        let dir = base.join(name);
+        let peer_addr = format!("127.0.0.1:{}", free_port()?);
+        let console_addr = format!("127.0.0.1:{}", free_port()?);
+        let mut seed = [0u8; 32];
+        let mut token = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        rand::rngs::OsRng.fill_bytes(&mut token);
+        let options = InitOptions {
+            name: name.into(),
+            party: party.into(),
+            lang: lang.into(),
+            tz: tz.into(),
+            peer_listen: peer_addr.clone(),
+            console_listen: console_addr.clone(),
+        };
+        NodeDir::new(&dir).init(&options, seed, token)?;
+        Ok(Self {
+            name: name.into(),
+            dir,
+            peer_addr,
+            console_addr,
+            child: None,
+        })
+    }
+
+    /// Pin `a` and `b` to each other.
+    pub fn pin_pair(a: &ProcNode, b: &ProcNode) -> Result<(), Failure> {
+        for (me, other) in [(a, b), (b, a)] {
+            let key = NodeDir::new(&other.dir).secret()?.public();
+            NodeDir::new(&me.dir).add_peer(PeerConfig {
+                name: other.name.clone(),
+                key: key.to_text(),
+                addrs: vec![other.peer_addr.clone()],
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn set(&self, key: &str, value: &str) -> Result<(), Failure> {
+        let node = NodeDir::new(&self.dir);
+        let mut config = node.load()?;
+        config.set(key, value)?;
+        node.save(&config)?;
+        Ok(())
+    }
+
+    /// Start `detente serve` for this node; its log goes to `DIR/node.log`.
+    pub fn start(&mut self) -> Result<(), Failure> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Failure::new(format!("cannot find this program: {e}")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .map_err(|e| Failure::new(format!("cannot open the node log: {e}")))?;
+        let child = Command::new(exe)
+            .arg("serve")
+            .arg("--dir")
+            .arg(&self.dir)
+            .env(
+                "DETENTE_LOG",
+                std::env::var("DETENTE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Failure::new(format!("cannot start node {}: {e}", self.name)))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn client(&self) -> Result<Client, Failure> {
+        Ok(Client::for_dir(&self.dir)?)
+    }
+
+    /// Wait until the node's API answers.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Client, Failure> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Failure::new(format!(
+                        "node {} exited at start-up ({status}); see {}",
+                        self.name,
+                        self.dir.join("node.log").display()
+                    )));
+                }
+            }
+            // The run file appears once the node listens.
+            if self.dir.join(detente_node::config::RUN_FILE).exists() {
+                let client = self.client()?;
+                if client.healthy().await {
+                    return Ok(client);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Failure::new(format!(
+                    "node {} did not start within {timeout:?}",
+                    self.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: the process dies at once, mid-write if it was writing.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(self.dir.join(detente_node::config::RUN_FILE));
+    }
+
+    /// SIGTERM and wait for a clean shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Leave the process running after this value is dropped.
+    pub fn detach(&mut self) {
+        self.child = None;
+    }
+
+    /// Peak and current resident memory of the process, in MiB (Linux /proc).
+    pub fn memory_mib(&self) -> Option<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map(|kb| kb / 1024.0)
+        };
+        Some((field("VmHWM:")?, field("VmRSS:")?))
+    }
+
+    /// CPU time used by the process so far (user + system), in microseconds.
+    pub fn cpu_us(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        // Clock ticks are 100 per second on Linux.
+        Some((utime + stime) * 10_000)
+    }
+}
+
+impl Drop for ProcNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Wait until `node` reports its link to `peer` up.
+pub async fn wait_link_up(
+    client: &Client,
+    peer: &str,
+    timeout: Duration,
+) -> Result<Value, Failure> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = client.get("/api/v1/status").await?;
+        if let Some(p) = status["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == peer)
+        {
+            if p["state"] == "up" && p["connected"] == true && !p["rtt_ms"].is_null() {
+                return Ok(p.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::new(format!(
+                "the link to {peer} did not come up within {timeout:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until `node` has no undelivered envelope for `peer` (outbox empty).
+pub async fn wait_outbox_empty(
+    client: &Client,
+    peer: &str,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = client.get("/api/v1/status").await?;
+        if let Some(p) = status["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == peer)
+        {
+            if p["outbox"] == 0 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::new(format!(
+                "the outbox for {peer} did not drain within {timeout:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Queue `count` ROUTINE text messages of about `size` bytes, in batches.
+pub async fn send_bulk(
+    client: &Client,
+    to: &str,
+    count: u64,
+    size: usize,
+    label: &str,
+) -> Result<Vec<Value>, Failure> {
+    let mut sent = Vec::with_capacity(count as usize);
+    let mut i = 0;
+    while i < count {
+        let n = (count - i).min(detente_node::api::SEND_BATCH_MAX as u64);
+        let messages: Vec<Value> = (0..n)
+            .map(|k| {
+                let head = format!("{label} {} ", i + k + 1);
+                let pad = "x".repeat(size.saturating_sub(head.len()));
+                serde_json::json!({"to": to, "precedence": "routine", "text": format!("{head}{pad}")})
+            })
+            .collect();
+        let answer = client
+            .post(
+                "/api/v1/messages/batch",
+                &serde_json::json!({"messages": messages}),
+            )
+            .await?;
+        sent.extend(answer.as_array().cloned().unwrap_or_default());
+        i += n;
+    }
+    Ok(sent)
+}

@@ -1,0 +1,633 @@
+//! The local HTTP JSON API under `/api/v1`, on the console address.
+//!
+//! The command line and any integration use it. Every route but `/healthz` needs the bearer
+//! token kept in the node directory (`api.token`, owner-readable only); without it the answer
+//! is 401. The JSON shapes here are the API's own types, separate from rows and envelopes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use detente_proto::{
+    Body, MessageId, Precedence, Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
+};
+use detente_store::{Direction, InboxQuery, MessageRow, Placement, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::events::Event;
+use crate::writer::{SendRequest, WriteError};
+use crate::{now_ms, Shared};
+
+/// Messages in one batch send, at most.
+pub const SEND_BATCH_MAX: usize = 1000;
+/// Longest wait a client may ask for.
+pub const WAIT_MS_MAX: u64 = 600_000;
+/// Rows in one listing, at most.
+pub const LIST_LIMIT_MAX: u32 = 10_000;
+/// Largest request body.
+const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+type ApiResult = Result<Response, ApiError>;
+
+/// An error answer: a status and `{"error": ..., "hint": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    hint: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: error.into(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"error": self.error, "hint": self.hint})),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match &e {
+            WriteError::UnknownPeer(name) => ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+                .hint(format!(
+                "add it with: detente peer add --dir DIR --name {name} --key KEY --addr HOST:PORT"
+            )),
+            WriteError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            WriteError::Store(_) | WriteError::Stopped => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<detente_store::StoreError> for ApiError {
+    fn from(e: detente_store::StoreError) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+/// Serve the API until shutdown.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let mut shutdown = shared.shutdown.clone();
+    let app = router(shared);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the API server stopped");
+    }
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/id", get(id))
+        .route("/status", get(status))
+        .route("/messages", get(list).post(send))
+        .route("/messages/batch", post(send_batch))
+        .route("/messages/{id}", get(one))
+        .route("/messages/{id}/wait", get(wait))
+        .route("/messages/{id}/receipts", post(receipt))
+        .route("/peers/{name}/reload", post(reload_peer))
+        .layer(middleware::from_fn_with_state(shared.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .nest("/api/v1", api)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(shared)
+}
+
+async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.as_bytes(), shared.token.as_bytes()) {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong API token")
+            .hint("the command line reads the token from api.token in the node directory")
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn id(State(shared): State<Arc<Shared>>) -> ApiResult {
+    let c = shared.config.read().map_err(|_| internal())?.clone();
+    let key = shared.secret.public();
+    Ok(Json(json!({
+        "name": c.name, "party": c.party, "public_key": key.to_text(),
+        "fingerprint": key.fingerprint(), "peer_listen": shared.peer_addr.to_string(),
+        "console_listen": shared.console_addr.to_string(), "lang": c.lang, "tz": c.tz,
+    }))
+    .into_response())
+}
+
+fn internal() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal state is unavailable",
+    )
+}
+
+/// Wall-clock milliseconds of a monotonic instant in the past.
+fn wall_ms(at: Instant) -> u64 {
+    now_ms().saturating_sub(at.elapsed().as_millis() as u64)
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
+    let mut peers = Vec::new();
+    for entry in shared.table.all() {
+        let s = entry.status.read().map_err(|_| internal())?.clone();
+        let counts = shared.store.outbox_counts(&entry.name).await?;
+        peers.push(json!({
+            "name": entry.name,
+            "fingerprint": entry.key.fingerprint(),
+            "state": s.state.name(),
+            "connected": s.connected,
+            "rtt_ms": s.rtt_ms,
+            "outbox": counts.pending,
+            "outbox_flash": counts.pending_flash,
+            "last_heard": s.last_heard.map(|t| time_text(wall_ms(t) as i64)),
+            "last_test": Value::Null,
+            "address": s.address,
+            "addresses": entry.addrs,
+            "sessions": s.sessions,
+            "last_error": s.last_error,
+        }));
+    }
+    let c = shared.config.read().map_err(|_| internal())?.clone();
+    Ok(Json(json!({
+        "name": c.name,
+        "party": c.party,
+        "fingerprint": shared.secret.public().fingerprint(),
+        "messages": shared.store.message_count().await?,
+        "peers": peers,
+    }))
+    .into_response())
+}
+
+/// A message to send, as the API accepts it.
+#[derive(Debug, Deserialize)]
+pub struct SendBody {
+    pub to: String,
+    #[serde(default)]
+    pub precedence: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    pub text: String,
+    /// Language of the text; the node's language by default.
+    #[serde(default)]
+    pub lang: Option<String>,
+    #[serde(default)]
+    pub translations: Vec<(String, String)>,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    #[serde(default)]
+    pub author: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SentJson {
+    id: String,
+    seq: u64,
+    precedence: &'static str,
+    state: &'static str,
+}
+
+fn build_request(shared: &Shared, body: SendBody) -> Result<SendRequest, ApiError> {
+    let config = shared.config.read().map_err(|_| internal())?;
+    let precedence = match body.precedence.as_deref() {
+        None => Precedence::Routine,
+        Some(p) => Precedence::parse(p).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("unknown precedence {p:?}"),
+            )
+            .hint("use flash, immediate, priority or routine")
+        })?,
+    };
+    let in_reply_to = match body.reply_to.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(MessageId::from_hex(text).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "reply_to is not a message id (64 hex digits)",
+            )
+        })?),
+    };
+    Ok(SendRequest {
+        peer: body.to,
+        precedence,
+        topic: body.topic.unwrap_or_else(|| "general".into()),
+        author: body.author.unwrap_or_else(|| config.author.clone()),
+        in_reply_to,
+        body: Body::Text(TextBody {
+            language: body.lang.unwrap_or_else(|| config.lang.clone()),
+            text: body.text,
+            translations: body.translations,
+        }),
+    })
+}
+
+async fn send(State(shared): State<Arc<Shared>>, Json(body): Json<SendBody>) -> ApiResult {
+    let request = build_request(&shared, body)?;
+    let sent = shared.writer.send(request).await?;
+    let json = SentJson {
+        id: sent.id.to_hex(),
+        seq: sent.seq,
+        precedence: sent.precedence.name(),
+        state: "stored",
+    };
+    Ok((StatusCode::CREATED, Json(json)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchBody {
+    messages: Vec<SendBody>,
+}
+
+/// Send many messages; each is durable when the answer comes. They are written in order.
+async fn send_batch(State(shared): State<Arc<Shared>>, Json(body): Json<BatchBody>) -> ApiResult {
+    if body.messages.len() > SEND_BATCH_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {SEND_BATCH_MAX} messages per batch"),
+        ));
+    }
+    let mut requests = Vec::with_capacity(body.messages.len());
+    for message in body.messages {
+        requests.push(build_request(&shared, message)?);
+    }
+    // Queued in order before waiting, so that they share group commits and keep their order.
+    let mut out = Vec::with_capacity(requests.len());
+    for sent in shared.writer.send_many(requests).await {
+        let sent = sent?;
+        out.push(SentJson {
+            id: sent.id.to_hex(),
+            seq: sent.seq,
+            precedence: sent.precedence.name(),
+            state: "stored",
+        });
+    }
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    peer: Option<String>,
+    direction: Option<String>,
+    lang: Option<String>,
+    limit: Option<u32>,
+    #[serde(default)]
+    receipts: bool,
+}
+
+async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> ApiResult {
+    let direction = match q.direction.as_deref() {
+        None | Some("all") => None,
+        Some("in") => Some(Direction::In),
+        Some("out") => Some(Direction::Out),
+        Some(other) => {
+            return Err(
+                ApiError::new(StatusCode::BAD_REQUEST, format!("direction {other:?}"))
+                    .hint("use in, out or all"),
+            )
+        }
+    };
+    if let Some(peer) = &q.peer {
+        if shared.table.get(peer).is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("peer {peer:?} is not known"),
+            ));
+        }
+    }
+    let rows = shared
+        .store
+        .inbox(InboxQuery {
+            peer: q.peer,
+            direction,
+            include_receipts: q.receipts,
+            limit: q.limit.unwrap_or(1000).min(LIST_LIMIT_MAX),
+        })
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(message_json(&shared, &row, q.lang.as_deref()).await?);
+    }
+    Ok(Json(out).into_response())
+}
+
+fn parse_id(text: &str) -> Result<MessageId, ApiError> {
+    MessageId::from_hex(text)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "not a message id (64 hex digits)"))
+}
+
+async fn one(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let row = shared
+        .store
+        .message(id.0)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such message"))?;
+    Ok(Json(message_json(&shared, &row, q.lang.as_deref()).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    level: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// Wait until a message reached a receipt level (delivered, read, acknowledged); 408 if not
+/// within the timeout. A declined receipt ends the wait too (the answer says which).
+async fn wait(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let level = match q.level.as_deref() {
+        None => ReceiptLevel::Delivered,
+        Some(l) => ReceiptLevel::parse(l).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("unknown level {l:?}"))
+                .hint("use delivered, read or acknowledged")
+        })?,
+    };
+    let deadline =
+        Instant::now() + Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(WAIT_MS_MAX));
+    let mut events = shared.events.subscribe();
+    loop {
+        let row = shared
+            .store
+            .message(id.0)
+            .await?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such message"))?;
+        let json = message_json(&shared, &row, None).await?;
+        let receipts = &json["receipts"];
+        let reached = !receipts[level.name()].is_null()
+            || !receipts["declined"].is_null()
+            || (level == ReceiptLevel::Read && !receipts["acknowledged"].is_null());
+        if reached {
+            return Ok(Json(json).into_response());
+        }
+        // Wait for any event that may concern it, then look again.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, events.recv()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("no {} receipt yet", level.name()),
+                ))
+            }
+            Ok(Ok(Event::Stored { .. })) => continue,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReceiptBody {
+    level: Option<String>,
+    note: Option<String>,
+}
+
+/// Send a signed READ / ACKNOWLEDGED / DECLINED receipt for a received message.
+async fn receipt(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Json(body): Json<ReceiptBody>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let level = match body.level.as_deref() {
+        None => ReceiptLevel::Acknowledged,
+        Some(l) => match ReceiptLevel::parse(l) {
+            Some(ReceiptLevel::Delivered) | None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("level {l:?} cannot be sent by hand"),
+                )
+                .hint("use read, acknowledged or declined"))
+            }
+            Some(level) => level,
+        },
+    };
+    let row = shared
+        .store
+        .message(id.0)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such message"))?;
+    if row.direction != Direction::In || row.kind == 1 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "only messages received from a peer can be answered with a receipt",
+        ));
+    }
+    let author = shared.config.read().map_err(|_| internal())?.author.clone();
+    let request = SendRequest {
+        peer: row.peer.clone(),
+        precedence: Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine),
+        topic: row.topic.clone(),
+        author,
+        in_reply_to: Some(id),
+        body: Body::Receipt(Receipt {
+            level,
+            target: ReceiptTarget::Message(id),
+            note: body.note,
+        }),
+    };
+    let sent = shared.writer.send(request).await?;
+    let json = SentJson {
+        id: sent.id.to_hex(),
+        seq: sent.seq,
+        precedence: sent.precedence.name(),
+        state: "stored",
+    };
+    Ok((StatusCode::CREATED, Json(json)).into_response())
+}
+
+async fn reload_peer(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    crate::add_peer(&shared, &name)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Json(json!({"peer": name, "state": "pinned"})).into_response())
+}
+
+/// RFC 3339 UTC text of a millisecond timestamp.
+pub fn time_text(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+}
+
+fn opt_time(ms: Option<i64>) -> Value {
+    ms.map_or(Value::Null, |m| Value::String(time_text(m)))
+}
+
+/// The API's view of a stored message.
+async fn message_json(
+    shared: &Shared,
+    row: &MessageRow,
+    lang: Option<&str>,
+) -> Result<Value, ApiError> {
+    let (my_name, node_lang, deadlines) = {
+        let c = shared.config.read().map_err(|_| internal())?;
+        (c.name.clone(), c.lang.clone(), c.deadlines.clone())
+    };
+    let lang = lang.unwrap_or(&node_lang);
+    // Stored bytes were verified before they were stored; decoding them again is a check.
+    let envelope = VerifiedEnvelope::decode(&row.bytes, None).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored envelope unreadable: {e}"),
+        )
+    })?;
+    let e = envelope.envelope();
+    let times = shared.store.receipt_times(row.id).await?;
+    let delivered = match row.direction {
+        Direction::In => Some(row.stored_at_ms),
+        Direction::Out => times.delivered_ms,
+    };
+    let (text, language, translations, rendered, target) = match &e.body {
+        Body::Text(t) => {
+            let shown = t
+                .translations
+                .iter()
+                .find(|(l, _)| l == lang)
+                .filter(|_| t.language != lang)
+                .map_or(t.text.clone(), |(_, s)| {
+                    format!("{} [{}: {}]", t.text, lang, s)
+                });
+            (
+                Value::String(t.text.clone()),
+                Value::String(t.language.clone()),
+                json!(t.translations),
+                shown,
+                Value::Null,
+            )
+        }
+        Body::Receipt(r) => {
+            let what = match &r.target {
+                ReceiptTarget::Ranges(ranges) => {
+                    let list: Vec<String> = ranges
+                        .iter()
+                        .map(|(a, b)| {
+                            if a == b {
+                                a.to_string()
+                            } else {
+                                format!("{a}-{b}")
+                            }
+                        })
+                        .collect();
+                    format!("{} seq {}", r.level.name(), list.join(","))
+                }
+                ReceiptTarget::Message(id) => format!("{} {}", r.level.name(), &id.to_hex()[..12]),
+            };
+            let what = match &r.note {
+                Some(n) => format!("{what}: {n}"),
+                None => what,
+            };
+            let target = match &r.target {
+                ReceiptTarget::Message(id) => Value::String(id.to_hex()),
+                ReceiptTarget::Ranges(ranges) => json!(ranges),
+            };
+            (Value::Null, Value::Null, json!([]), what, target)
+        }
+        Body::Test { .. } => (
+            Value::Null,
+            Value::Null,
+            json!([]),
+            "link test".to_string(),
+            Value::Null,
+        ),
+    };
+    let precedence = Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine);
+    let overdue = row.direction == Direction::Out
+        && row.kind == 0
+        && times.acknowledged_ms.is_none()
+        && times.declined_ms.is_none()
+        && deadline_ms(&deadlines, precedence)
+            .is_some_and(|d| now_ms() as i64 > row.created_at_ms + d);
+    Ok(json!({
+        "id": hex::encode(row.id),
+        "peer": row.peer,
+        "sender": if row.direction == Direction::Out { my_name } else { row.peer.clone() },
+        "seq": row.seq,
+        "direction": if row.direction == Direction::Out { "out" } else { "in" },
+        "precedence": precedence.name(),
+        "topic": row.topic,
+        "author": e.author,
+        "created_at": time_text(row.created_at_ms),
+        "kind": e.body.kind_name(),
+        "text": text,
+        "language": language,
+        "translations": translations,
+        "format": Value::Null,
+        "fields": Value::Null,
+        "rendered": rendered,
+        "target": target,
+        "received_at": if row.direction == Direction::In { Value::String(time_text(row.stored_at_ms)) } else { Value::Null },
+        "placement": if row.placement == Placement::Held { "held" } else { "appended" },
+        "in_reply_to": row.in_reply_to.map(hex::encode),
+        "receipts": {
+            "delivered": opt_time(delivered),
+            "read": opt_time(times.read_ms),
+            "acknowledged": opt_time(times.acknowledged_ms),
+            "declined": opt_time(times.declined_ms),
+            "note": times.note,
+        },
+        "overdue": overdue,
+    }))
+}
+
+fn deadline_ms(d: &crate::config::DeadlineSection, p: Precedence) -> Option<i64> {
+    let text = match p {
+        Precedence::Flash => &d.flash_acknowledged,
+        Precedence::Immediate => &d.immediate_acknowledged,
+        Precedence::Priority => &d.priority_acknowledged,
+        Precedence::Routine => &d.routine_acknowledged,
+    };
+    crate::config::parse_duration(text)
+        .ok()
+        .map(|d| d.as_millis() as i64)
+}

@@ -1,0 +1,670 @@
+//! A node's directory: `node.toml`, the party key, the API token and the database.
+//!
+//! The configuration file is the one thing an operator edits (through `detente config set`
+//! and `detente peer add`, never by hand if avoidable), so every value is validated when it
+//! is read and when it is set, and a bad value leaves the file unchanged.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use detente_proto::{PartyKey, PartySecret};
+use serde::{Deserialize, Serialize};
+
+/// Names of the files in a node directory.
+pub const CONFIG_FILE: &str = "node.toml";
+pub const KEY_FILE: &str = "party.key";
+pub const TOKEN_FILE: &str = "api.token";
+pub const DATABASE_FILE: &str = "detente.db";
+/// Written by a running node: its process id and the addresses it actually listens on.
+pub const RUN_FILE: &str = "node.run.json";
+
+/// Most peers a node may pin (SPEC §10 targets 100).
+pub const PEERS_MAX: usize = 256;
+/// Most addresses per peer.
+pub const ADDRESSES_MAX: usize = 8;
+/// Longest node or peer name.
+pub const NAME_BYTES_MAX: usize = 64;
+
+/// Errors reading or changing a node directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// There is no node in the directory. Remedy: `detente init --dir DIR ...`.
+    #[error("no node in {0} (no {CONFIG_FILE})")]
+    NoNode(PathBuf),
+    /// `init` refuses to overwrite an existing node.
+    #[error("{0} already holds a node; refusing to overwrite it")]
+    Exists(PathBuf),
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    /// A value given to `config set`, `peer add` or `init` is not acceptable.
+    #[error("{key}: {reason}")]
+    BadValue { key: String, reason: String },
+    #[error("unknown configuration key {0:?}")]
+    UnknownKey(String),
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
+    move |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One pinned peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub name: String,
+    /// Text form of the peer's public key (`ed25519:...`).
+    pub key: String,
+    /// Addresses tried in order: primary first, then backups.
+    pub addrs: Vec<String>,
+}
+
+impl PeerConfig {
+    pub fn party_key(&self) -> Result<PartyKey> {
+        PartyKey::from_text(&self.key).map_err(|e| ConfigError::BadValue {
+            key: format!("peers.{}.key", self.name),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Link tunables (`link.*`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct LinkSection {
+    pub heartbeat_interval: String,
+    pub test_interval: String,
+    pub backoff_initial: String,
+    pub backoff_max: String,
+}
+
+impl Default for LinkSection {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: "2s".into(),
+            test_interval: "1h".into(),
+            backoff_initial: "200ms".into(),
+            backoff_max: "30s".into(),
+        }
+    }
+}
+
+/// Acknowledgment deadlines per precedence (`deadlines.*`, SPEC §5 defaults).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct DeadlineSection {
+    pub flash_delivered: String,
+    pub flash_acknowledged: String,
+    pub immediate_acknowledged: String,
+    pub priority_acknowledged: String,
+    pub routine_acknowledged: String,
+}
+
+impl Default for DeadlineSection {
+    fn default() -> Self {
+        Self {
+            flash_delivered: "10s".into(),
+            flash_acknowledged: "10m".into(),
+            immediate_acknowledged: "30m".into(),
+            priority_acknowledged: "3h".into(),
+            routine_acknowledged: "24h".into(),
+        }
+    }
+}
+
+/// Escalation hooks (`hooks.*`); used by the deadline work.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct HookSection {
+    pub webhook_url: String,
+    pub command: String,
+}
+
+/// `node.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Short name of this node ("washington").
+    pub name: String,
+    /// Full name of the party ("United States Department of Defense").
+    pub party: String,
+    /// Language of this node's operators (en, zh-CN).
+    pub lang: String,
+    /// Time zone of this node's operators (IANA name).
+    pub tz: String,
+    /// The operator's title shown to the other side by default.
+    #[serde(default = "default_author")]
+    pub author: String,
+    /// Where the peer port (TLS) listens.
+    pub peer_listen: String,
+    /// Where the console and API listen (loopback unless configured otherwise).
+    pub console_listen: String,
+    /// Empty: the SQLite file in the node directory.
+    #[serde(default)]
+    pub database_url: String,
+    #[serde(default)]
+    pub link: LinkSection,
+    #[serde(default)]
+    pub deadlines: DeadlineSection,
+    #[serde(default)]
+    pub hooks: HookSection,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+fn default_author() -> String {
+    "Duty Officer".into()
+}
+
+/// A node directory on disk.
+#[derive(Debug, Clone)]
+pub struct NodeDir {
+    pub path: PathBuf,
+}
+
+/// What `init` needs.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub name: String,
+    pub party: String,
+    pub lang: String,
+    pub tz: String,
+    pub peer_listen: String,
+    pub console_listen: String,
+}
+
+impl NodeDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Create a node: the directory (owner-only), a new party key from `seed`, an API token
+    /// from `token`, and `node.toml`. Refuses to touch an existing node.
+    pub fn init(
+        &self,
+        options: &InitOptions,
+        seed: [u8; 32],
+        token: [u8; 32],
+    ) -> Result<NodeConfig> {
+        if self.file(CONFIG_FILE).exists() || self.file(KEY_FILE).exists() {
+            return Err(ConfigError::Exists(self.path.clone()));
+        }
+        validate_name("name", &options.name)?;
+        validate_lang(&options.lang)?;
+        validate_tz(&options.tz)?;
+        validate_addr("peer_listen", &options.peer_listen)?;
+        validate_addr("console_listen", &options.console_listen)?;
+        if options.party.trim().is_empty() || options.party.len() > 200 {
+            return Err(ConfigError::BadValue {
+                key: "party".into(),
+                reason: "give the party's full name, up to 200 bytes".into(),
+            });
+        }
+        fs::create_dir_all(&self.path).map_err(io_err(&self.path))?;
+        fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(&self.path))?;
+        write_private(&self.file(KEY_FILE), hex::encode(seed).as_bytes())?;
+        write_private(&self.file(TOKEN_FILE), hex::encode(token).as_bytes())?;
+        let config = NodeConfig {
+            name: options.name.clone(),
+            party: options.party.clone(),
+            lang: options.lang.clone(),
+            tz: options.tz.clone(),
+            author: default_author(),
+            peer_listen: options.peer_listen.clone(),
+            console_listen: options.console_listen.clone(),
+            database_url: String::new(),
+            link: LinkSection::default(),
+            deadlines: DeadlineSection::default(),
+            hooks: HookSection::default(),
+            peers: Vec::new(),
+        };
+        self.save(&config)?;
+        Ok(config)
+    }
+
+    /// Read and validate `node.toml`.
+    pub fn load(&self) -> Result<NodeConfig> {
+        let path = self.file(CONFIG_FILE);
+        if !path.exists() {
+            return Err(ConfigError::NoNode(self.path.clone()));
+        }
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        config.validate().map_err(|e| ConfigError::Invalid {
+            path,
+            reason: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Write `node.toml` atomically (write a temporary file, then rename over).
+    pub fn save(&self, config: &NodeConfig) -> Result<()> {
+        config.validate()?;
+        let text = toml::to_string_pretty(config).map_err(|e| ConfigError::BadValue {
+            key: "node.toml".into(),
+            reason: e.to_string(),
+        })?;
+        let path = self.file(CONFIG_FILE);
+        let tmp = self.file("node.toml.tmp");
+        write_private(&tmp, text.as_bytes())?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// The party key. Refuses a key file readable by others.
+    pub fn secret(&self) -> Result<PartySecret> {
+        let path = self.file(KEY_FILE);
+        let meta = fs::metadata(&path).map_err(io_err(&path))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(ConfigError::Invalid {
+                path,
+                reason: "the key file is readable by others; run: chmod 600 on it".into(),
+            });
+        }
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let seed: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|raw| raw.try_into().ok())
+            .ok_or_else(|| ConfigError::Invalid {
+                path: path.clone(),
+                reason: "not a 32-byte hex key".into(),
+            })?;
+        Ok(PartySecret::from_seed(seed))
+    }
+
+    /// The API token the command line presents.
+    pub fn token(&self) -> Result<String> {
+        let path = self.file(TOKEN_FILE);
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        Ok(text.trim().to_string())
+    }
+
+    /// Pin a peer (or change its key or addresses). Works whether or not the node runs.
+    pub fn add_peer(&self, peer: PeerConfig) -> Result<NodeConfig> {
+        let mut config = self.load()?;
+        validate_peer(&peer)?;
+        if peer.party_key()? == self.secret()?.public() {
+            return Err(ConfigError::BadValue {
+                key: "key".into(),
+                reason: "that is this node's own key".into(),
+            });
+        }
+        if let Some(other) = config
+            .peers
+            .iter()
+            .find(|p| p.name != peer.name && p.key == peer.key)
+        {
+            return Err(ConfigError::BadValue {
+                key: "key".into(),
+                reason: format!("already pinned for peer {:?}", other.name),
+            });
+        }
+        match config.peers.iter_mut().find(|p| p.name == peer.name) {
+            Some(existing) => *existing = peer,
+            None => {
+                if config.peers.len() >= PEERS_MAX {
+                    return Err(ConfigError::BadValue {
+                        key: "peers".into(),
+                        reason: format!("at most {PEERS_MAX} peers"),
+                    });
+                }
+                config.peers.push(peer)
+            }
+        }
+        self.save(&config)?;
+        Ok(config)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(bytes).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<()> {
+        validate_name("name", &self.name)?;
+        validate_lang(&self.lang)?;
+        validate_tz(&self.tz)?;
+        validate_addr("peer_listen", &self.peer_listen)?;
+        validate_addr("console_listen", &self.console_listen)?;
+        if self.author.is_empty()
+            || self.author.len() > detente_proto::envelope::limits::AUTHOR_BYTES_MAX
+        {
+            return Err(bad("author", "between 1 and 96 bytes"));
+        }
+        for key in CONFIG_KEYS {
+            if key.starts_with("link.") || key.starts_with("deadlines.") {
+                parse_duration(&self.get(key)?).map_err(|reason| bad(key, &reason))?;
+            }
+        }
+        if self.peers.len() > PEERS_MAX {
+            return Err(bad("peers", "too many peers"));
+        }
+        for peer in &self.peers {
+            validate_peer(peer)?;
+        }
+        Ok(())
+    }
+
+    /// The link configuration of the protocol core.
+    pub fn link_config(&self) -> detente_proto::LinkConfig {
+        let d = |s: &str, default: Duration| parse_duration(s).unwrap_or(default);
+        detente_proto::LinkConfig {
+            heartbeat: d(&self.link.heartbeat_interval, Duration::from_secs(2)),
+            backoff_initial: d(&self.link.backoff_initial, Duration::from_millis(200)),
+            backoff_max: d(&self.link.backoff_max, Duration::from_secs(30)),
+            degraded_rtt: Duration::from_secs(1),
+        }
+    }
+
+    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// `config get KEY`.
+    pub fn get(&self, key: &str) -> Result<String> {
+        Ok(match key {
+            "name" => self.name.clone(),
+            "party" => self.party.clone(),
+            "lang" => self.lang.clone(),
+            "tz" => self.tz.clone(),
+            "author" => self.author.clone(),
+            "peer_listen" => self.peer_listen.clone(),
+            "console_listen" => self.console_listen.clone(),
+            "database_url" => self.database_url.clone(),
+            "link.heartbeat_interval" => self.link.heartbeat_interval.clone(),
+            "link.test_interval" => self.link.test_interval.clone(),
+            "link.backoff_initial" => self.link.backoff_initial.clone(),
+            "link.backoff_max" => self.link.backoff_max.clone(),
+            "deadlines.flash_delivered" => self.deadlines.flash_delivered.clone(),
+            "deadlines.flash_acknowledged" => self.deadlines.flash_acknowledged.clone(),
+            "deadlines.immediate_acknowledged" => self.deadlines.immediate_acknowledged.clone(),
+            "deadlines.priority_acknowledged" => self.deadlines.priority_acknowledged.clone(),
+            "deadlines.routine_acknowledged" => self.deadlines.routine_acknowledged.clone(),
+            "hooks.webhook_url" => self.hooks.webhook_url.clone(),
+            "hooks.command" => self.hooks.command.clone(),
+            other => return Err(ConfigError::UnknownKey(other.to_string())),
+        })
+    }
+
+    /// `config set KEY VALUE`: validates, then changes this value only. Durations are
+    /// normalised (`120s` stays `120s`; `2m` stays `2m`) but must parse.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let value = value.trim().to_string();
+        let duration = |v: &str| {
+            parse_duration(v)
+                .map(|_| v.to_string())
+                .map_err(|r| bad(key, &r))
+        };
+        let slot: &mut String = match key {
+            "name" => {
+                validate_name(key, &value)?;
+                &mut self.name
+            }
+            "party" => &mut self.party,
+            "lang" => {
+                validate_lang(&value)?;
+                &mut self.lang
+            }
+            "tz" => {
+                validate_tz(&value)?;
+                &mut self.tz
+            }
+            "author" => &mut self.author,
+            "peer_listen" | "console_listen" => {
+                validate_addr(key, &value)?;
+                if key == "peer_listen" {
+                    &mut self.peer_listen
+                } else {
+                    &mut self.console_listen
+                }
+            }
+            "database_url" => {
+                if !(value.is_empty()
+                    || value.starts_with("sqlite:")
+                    || value.starts_with("postgres"))
+                {
+                    return Err(bad(key, "empty (the SQLite file in the node directory), sqlite:PATH or postgres://..."));
+                }
+                &mut self.database_url
+            }
+            "hooks.webhook_url" => {
+                if !(value.is_empty()
+                    || value.starts_with("http://")
+                    || value.starts_with("https://"))
+                {
+                    return Err(bad(key, "an http:// or https:// URL, or empty"));
+                }
+                &mut self.hooks.webhook_url
+            }
+            "hooks.command" => &mut self.hooks.command,
+            "link.heartbeat_interval" => {
+                let d = parse_duration(&value).map_err(|r| bad(key, &r))?;
+                if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+                    return Err(bad(key, "between 100ms and 10m"));
+                }
+                &mut self.link.heartbeat_interval
+            }
+            "link.test_interval" => {
+                duration(&value)?;
+                &mut self.link.test_interval
+            }
+            "link.backoff_initial" => {
+                duration(&value)?;
+                &mut self.link.backoff_initial
+            }
+            "link.backoff_max" => {
+                duration(&value)?;
+                &mut self.link.backoff_max
+            }
+            "deadlines.flash_delivered" => {
+                duration(&value)?;
+                &mut self.deadlines.flash_delivered
+            }
+            "deadlines.flash_acknowledged" => {
+                duration(&value)?;
+                &mut self.deadlines.flash_acknowledged
+            }
+            "deadlines.immediate_acknowledged" => {
+                duration(&value)?;
+                &mut self.deadlines.immediate_acknowledged
+            }
+            "deadlines.priority_acknowledged" => {
+                duration(&value)?;
+                &mut self.deadlines.priority_acknowledged
+            }
+            "deadlines.routine_acknowledged" => {
+                duration(&value)?;
+                &mut self.deadlines.routine_acknowledged
+            }
+            other => return Err(ConfigError::UnknownKey(other.to_string())),
+        };
+        *slot = value;
+        self.validate()
+    }
+}
+
+/// Every key `config get` and `config set` know, in display order.
+pub const CONFIG_KEYS: &[&str] = &[
+    "name",
+    "party",
+    "lang",
+    "tz",
+    "author",
+    "peer_listen",
+    "console_listen",
+    "database_url",
+    "link.heartbeat_interval",
+    "link.test_interval",
+    "link.backoff_initial",
+    "link.backoff_max",
+    "deadlines.flash_delivered",
+    "deadlines.flash_acknowledged",
+    "deadlines.immediate_acknowledged",
+    "deadlines.priority_acknowledged",
+    "deadlines.routine_acknowledged",
+    "hooks.webhook_url",
+    "hooks.command",
+];
+
+fn bad(key: &str, reason: &str) -> ConfigError {
+    ConfigError::BadValue {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Parse `250ms`, `3s`, `10m`, `1h`, `2d` (one number, one unit).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write it like 3s, 10m or 1h"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        _ => return Err(format!("{text:?} has no known unit; use ms, s, m, h or d")),
+    };
+    if ms == 0 || ms > 365 * 86_400_000 {
+        return Err(format!("{text:?} must be between 1ms and 365d"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn validate_name(key: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(bad(
+            key,
+            "lowercase letters, digits, '-' and '_', up to 64 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_lang(lang: &str) -> Result<()> {
+    if !matches!(lang, "en" | "zh-CN") {
+        return Err(bad("lang", "en or zh-CN"));
+    }
+    Ok(())
+}
+
+fn validate_tz(tz: &str) -> Result<()> {
+    jiff::tz::TimeZone::get(tz).map_err(|_| {
+        bad(
+            "tz",
+            "an IANA time zone such as America/New_York or Asia/Shanghai",
+        )
+    })?;
+    Ok(())
+}
+
+fn validate_addr(key: &str, addr: &str) -> Result<()> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        return Err(bad(key, "HOST:PORT, e.g. 127.0.0.1:7400"));
+    }
+    Ok(())
+}
+
+fn validate_peer(peer: &PeerConfig) -> Result<()> {
+    validate_name("peer name", &peer.name)?;
+    peer.party_key()?;
+    if peer.addrs.is_empty() || peer.addrs.len() > ADDRESSES_MAX {
+        return Err(bad("addr", "between 1 and 8 addresses per peer"));
+    }
+    for addr in &peer.addrs {
+        validate_addr("addr", addr)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("3").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn init_load_set_and_refuse_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeDir::new(dir.path().join("w"));
+        let options = InitOptions {
+            name: "washington".into(),
+            party: "United States Department of Defense".into(),
+            lang: "en".into(),
+            tz: "America/New_York".into(),
+            peer_listen: "127.0.0.1:7400".into(),
+            console_listen: "127.0.0.1:7401".into(),
+        };
+        node.init(&options, [1; 32], [2; 32]).unwrap();
+        assert!(matches!(
+            node.init(&options, [1; 32], [2; 32]),
+            Err(ConfigError::Exists(_))
+        ));
+        let mut config = node.load().unwrap();
+        assert_eq!(config.get("deadlines.flash_delivered").unwrap(), "10s");
+        config.set("link.heartbeat_interval", "1s").unwrap();
+        assert!(config.set("link.heartbeat_interval", "fast").is_err());
+        assert!(config.set("lang", "fr").is_err());
+        assert!(matches!(
+            config.set("nope", "1"),
+            Err(ConfigError::UnknownKey(_))
+        ));
+        node.save(&config).unwrap();
+        assert_eq!(node.load().unwrap().link.heartbeat_interval, "1s");
+        let mode = fs::metadata(node.file(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(node.secret().unwrap().seed(), [1; 32]);
+    }
+}

@@ -1,0 +1,608 @@
+//! Peer links: dialing, accepting, and running a session over TLS.
+//!
+//! One task per peer owns the [`LinkSupervisor`] (heartbeats, state, backoff, failover) and
+//! at most one session. Both nodes dial; when two sessions meet, the one dialed by the party
+//! with the smaller key wins, so both sides converge on the same connection.
+//!
+//! A session runs three tasks:
+//! - the **reader** reads frames; envelopes are gathered into batches (everything that
+//!   arrived in one read) and handed to the receive pipeline;
+//! - the **receive pipeline** verifies a batch (batch signature verification), gives it to
+//!   the writer, and only after the writer's commit sends back `Ack` — the signed DELIVERED
+//!   receipt was staged in that same commit and goes out through the scheduler;
+//! - the **session loop** owns the write half: heartbeats, acks, and the precedence
+//!   scheduler that feeds envelopes from the outbox, at most [`WINDOW_MAX`] in flight.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use detente_proto::frame::LINK_VERSION;
+use detente_proto::{
+    ChannelId, Frame, LinkSupervisor, Outgoing, Precedence, RefuseCode, Scheduler, VerifiedEnvelope,
+};
+use detente_store::Store;
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsStream;
+
+use crate::peers::PeerEntry;
+use crate::Shared;
+
+/// Envelopes sent and not yet processed by the peer, at most. Bounds what a FLASH can find
+/// ahead of it in the peer's receive path.
+pub const WINDOW_MAX: u64 = 2048;
+/// Envelopes handed to the receive pipeline in one batch, at most.
+pub const RECEIVE_BATCH_MAX: usize = 512;
+/// Batches queued for verification and commit per session, at most.
+pub const RECEIVE_QUEUE_MAX: usize = 4;
+/// Bytes written in one go, at most.
+const WRITE_CHUNK_BYTES: usize = 256 * 1024;
+/// How long a TCP connect plus TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS session with a peer, and whether this node dialed it.
+pub struct Connection {
+    pub stream: TlsStream<TcpStream>,
+    pub dialed_by_us: bool,
+    pub address: String,
+}
+
+/// Why a session ended.
+enum End {
+    Closed(String),
+    Replaced(Connection),
+    Shutdown,
+}
+
+/// Run the link of one peer until shutdown.
+pub async fn run_peer(
+    shared: Arc<Shared>,
+    entry: Arc<PeerEntry>,
+    mut incoming: mpsc::Receiver<Connection>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = shared.link_config;
+    let mut supervisor = LinkSupervisor::new(config, entry.addrs.len(), Instant::now());
+    let mut pending: Option<Connection> = None;
+    loop {
+        let connection = match pending.take() {
+            Some(c) => c,
+            None => {
+                let wait_until = supervisor.next_attempt().unwrap_or_else(Instant::now);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wait_until.into()) => {
+                        match dial(&shared, &entry, supervisor.address_index()).await {
+                            Ok(c) => c,
+                            Err(reason) => {
+                                set_error(&entry, &reason);
+                                tracing::debug!(peer = %entry.name, %reason, "dial failed");
+                                supervisor.on_dial_failed(Instant::now(), rand::thread_rng().gen());
+                                publish(&entry, &supervisor, None);
+                                continue;
+                            }
+                        }
+                    }
+                    Some(c) = incoming.recv() => c,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        let address = connection.address.clone();
+        let end = session(
+            &shared,
+            &entry,
+            &mut supervisor,
+            connection,
+            &mut incoming,
+            &mut shutdown,
+        )
+        .await;
+        supervisor.on_disconnected(Instant::now(), rand::thread_rng().gen());
+        publish(&entry, &supervisor, None);
+        match end {
+            End::Shutdown => return,
+            End::Replaced(next) => pending = Some(next),
+            End::Closed(reason) => {
+                tracing::info!(peer = %entry.name, %address, %reason, "session ended");
+                set_error(&entry, &reason);
+            }
+        }
+    }
+}
+
+fn set_error(entry: &PeerEntry, reason: &str) {
+    if let Ok(mut status) = entry.status.write() {
+        status.last_error = Some(reason.to_string());
+    }
+}
+
+fn publish(entry: &PeerEntry, supervisor: &LinkSupervisor, address: Option<&str>) {
+    if let Ok(mut status) = entry.status.write() {
+        let now = Instant::now();
+        status.state = supervisor.state(now);
+        status.connected = supervisor.is_connected();
+        status.rtt_ms = supervisor.rtt().map(|d| d.as_secs_f64() * 1000.0);
+        status.last_heard = supervisor.last_heard();
+        if let Some(a) = address {
+            status.address = Some(a.to_string());
+        }
+    }
+}
+
+async fn dial(shared: &Shared, entry: &PeerEntry, index: usize) -> Result<Connection, String> {
+    let address = entry.addrs.get(index).cloned().ok_or("no address")?;
+    let config = crate::tls::client_config(&shared.secret, entry.key).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let attempt = async {
+        let tcp = TcpStream::connect(&address)
+            .await
+            .map_err(|e| format!("connect {address}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = connector
+            .connect(crate::tls::server_name(), tcp)
+            .await
+            .map_err(|e| match crate::tls::rejection(&e) {
+                Some(reason) => {
+                    tracing::warn!(peer = %entry.name, %address, %reason, "refused the peer's key");
+                    reason.to_string()
+                }
+                None => format!("TLS handshake with {address}: {e}"),
+            })?;
+        Ok::<_, String>(tls)
+    };
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("{address}: no answer within {HANDSHAKE_TIMEOUT:?}"))??;
+    Ok(Connection {
+        stream: TlsStream::Client(tls),
+        dialed_by_us: true,
+        address,
+    })
+}
+
+/// Whether `new` should replace the current session: keep the one dialed by the smaller key.
+fn should_replace(
+    shared: &Shared,
+    entry: &PeerEntry,
+    current_dialed_by_us: bool,
+    new: &Connection,
+) -> bool {
+    let we_are_smaller = shared.secret.public() < entry.key;
+    let winner_dialed_by_us = we_are_smaller;
+    if new.dialed_by_us == current_dialed_by_us {
+        // The same side dialed again: the old connection is stale from its view.
+        return true;
+    }
+    new.dialed_by_us == winner_dialed_by_us
+}
+
+/// Messages from the reader and the receive pipeline to the session loop.
+enum Control {
+    Send(Frame),
+    Heard,
+    Pong(u64),
+    PeerAck {
+        hwm: u64,
+        received: u64,
+    },
+    Refused {
+        seq: u64,
+        code: RefuseCode,
+        reason: String,
+    },
+    Closed(String),
+}
+
+async fn session(
+    shared: &Arc<Shared>,
+    entry: &Arc<PeerEntry>,
+    supervisor: &mut LinkSupervisor,
+    connection: Connection,
+    incoming: &mut mpsc::Receiver<Connection>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> End {
+    let dialed_by_us = connection.dialed_by_us;
+    let address = connection.address.clone();
+    let (mut reader, mut writer) = tokio::io::split(connection.stream);
+
+    // Hello both ways: each tells the other how much of its stream it holds.
+    let channel = ChannelId::for_pair(&shared.secret.public(), &entry.key);
+    let our_hwm = match inbound_hwm(shared, channel, entry).await {
+        Ok(h) => h,
+        Err(e) => return End::Closed(e),
+    };
+    let mut out = Vec::new();
+    Frame::Hello {
+        version: LINK_VERSION,
+        hwm: our_hwm,
+    }
+    .encode(&mut out);
+    if let Err(e) = writer.write_all(&out).await {
+        return End::Closed(format!("write: {e}"));
+    }
+    let mut buffer = FrameBuffer::default();
+    let peer_hwm = match tokio::time::timeout(HANDSHAKE_TIMEOUT, buffer.next(&mut reader)).await {
+        Ok(Ok(Frame::Hello { version, hwm })) if version == LINK_VERSION => hwm,
+        Ok(Ok(Frame::Hello { version, .. })) => {
+            return End::Closed(format!(
+                "peer speaks link version {version}, we speak {LINK_VERSION}"
+            ))
+        }
+        Ok(Ok(other)) => return End::Closed(format!("expected Hello, got {other:?}")),
+        Ok(Err(e)) => return End::Closed(e),
+        Err(_) => return End::Closed("no Hello within the handshake timeout".into()),
+    };
+    tracing::info!(peer = %entry.name, %address, dialed_by_us, our_hwm, peer_hwm, "session up");
+    shared.writer.prune(&entry.name, peer_hwm).await;
+    supervisor.on_connected(Instant::now());
+    if let Ok(mut status) = entry.status.write() {
+        status.sessions += 1;
+        status.last_error = None;
+    }
+    publish(entry, supervisor, Some(&address));
+
+    let (control_tx, mut control) = mpsc::channel::<Control>(1024);
+    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Vec<u8>>>(RECEIVE_QUEUE_MAX);
+    let reader_task = tokio::spawn(read_frames(buffer, reader, control_tx.clone(), batch_tx));
+    let pipeline_task = tokio::spawn(receive_pipeline(
+        shared.clone(),
+        entry.clone(),
+        batch_rx,
+        control_tx,
+    ));
+
+    let mut scheduler = Scheduler::new(peer_hwm);
+    let mut sent: u64 = 0;
+    let mut peer_received: u64 = 0;
+    let mut in_flight: std::collections::VecDeque<Outgoing> = std::collections::VecDeque::new();
+    let end = loop {
+        // Send what the window allows.
+        if let Err(e) = pump(
+            shared,
+            entry,
+            &mut scheduler,
+            &mut writer,
+            &mut sent,
+            peer_received,
+            &mut in_flight,
+        )
+        .await
+        {
+            break End::Closed(e);
+        }
+        let timeout = supervisor
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            message = control.recv() => {
+                let Some(message) = message else { break End::Closed("reader ended".into()) };
+                let now = Instant::now();
+                match message {
+                    Control::Send(frame) => {
+                        out.clear();
+                        frame.encode(&mut out);
+                        if let Err(e) = writer.write_all(&out).await {
+                            break End::Closed(format!("write: {e}"));
+                        }
+                    }
+                    Control::Heard => supervisor.on_heard(now),
+                    Control::Pong(nonce) => supervisor.on_pong(now, nonce),
+                    Control::PeerAck { hwm, received } => {
+                        supervisor.on_heard(now);
+                        peer_received = peer_received.max(received);
+                        while in_flight.len() as u64 > sent.saturating_sub(peer_received) {
+                            in_flight.pop_front();
+                        }
+                        shared.writer.prune(&entry.name, hwm).await;
+                    }
+                    Control::Refused { seq, code, reason } => {
+                        tracing::warn!(peer = %entry.name, seq, ?code, %reason, "peer refused our envelope");
+                        if code == RefuseCode::HeldFull {
+                            if let Some(o) = in_flight.iter().find(|o| o.seq == seq).cloned() {
+                                scheduler.on_held_full(o);
+                            }
+                        }
+                    }
+                    Control::Closed(reason) => break End::Closed(reason),
+                }
+                publish(entry, supervisor, None);
+            }
+            _ = entry.wake.notified() => {
+                for precedence in entry.take_written() {
+                    scheduler.on_written(precedence);
+                }
+            }
+            _ = tokio::time::sleep_until(timeout.into()) => {
+                let now = Instant::now();
+                if supervisor.should_close(now) {
+                    break End::Closed("nothing heard for three heartbeats".into());
+                }
+                if let Some(nonce) = supervisor.poll_ping(now) {
+                    out.clear();
+                    Frame::Ping { nonce }.encode(&mut out);
+                    if let Err(e) = writer.write_all(&out).await {
+                        break End::Closed(format!("write: {e}"));
+                    }
+                }
+                publish(entry, supervisor, None);
+            }
+            Some(next) = incoming.recv() => {
+                if should_replace(shared, entry, dialed_by_us, &next) {
+                    break End::Replaced(next);
+                }
+                tracing::debug!(peer = %entry.name, "kept the current session over a duplicate");
+            }
+            _ = shutdown.changed() => break End::Shutdown,
+        }
+    };
+    reader_task.abort();
+    pipeline_task.abort();
+    let _ = writer.shutdown().await;
+    end
+}
+
+/// The contiguous high-water mark of the peer's stream as durably stored.
+async fn inbound_hwm(
+    shared: &Shared,
+    channel: ChannelId,
+    entry: &PeerEntry,
+) -> Result<u64, String> {
+    let streams = shared.store.streams().await.map_err(|e| e.to_string())?;
+    Ok(streams
+        .iter()
+        .find(|s| s.channel == channel.0 && &s.sender == entry.key.as_bytes())
+        .map_or(0, |s| s.next_seq - 1))
+}
+
+/// Refill the scheduler from the outbox and write envelopes while the window allows.
+async fn pump<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    entry: &PeerEntry,
+    scheduler: &mut Scheduler,
+    writer: &mut W,
+    sent: &mut u64,
+    peer_received: u64,
+    in_flight: &mut std::collections::VecDeque<Outgoing>,
+) -> Result<(), String> {
+    let mut out = Vec::with_capacity(WRITE_CHUNK_BYTES);
+    loop {
+        while let Some(refill) = scheduler.poll_refill() {
+            match shared
+                .store
+                .outbox_pending(
+                    &entry.name,
+                    refill.precedence as u8,
+                    refill.after,
+                    refill.limit as u32,
+                )
+                .await
+            {
+                Ok(rows) => {
+                    let rows = rows
+                        .into_iter()
+                        .map(|(seq, bytes)| Outgoing {
+                            seq,
+                            precedence: refill.precedence,
+                            bytes,
+                        })
+                        .collect();
+                    scheduler.on_refill(refill, rows);
+                }
+                Err(e) => {
+                    scheduler.on_refill_failed(refill);
+                    return Err(format!("reading the outbox: {e}"));
+                }
+            }
+        }
+        if sent.saturating_sub(peer_received) >= WINDOW_MAX || out.len() >= WRITE_CHUNK_BYTES {
+            break;
+        }
+        let Some(next) = scheduler.next() else { break };
+        Frame::Envelope(next.bytes.clone()).encode(&mut out);
+        *sent += 1;
+        if next.precedence == Precedence::Flash {
+            tracing::info!(peer = %entry.name, seq = next.seq, "FLASH sent ahead of the queue");
+        }
+        in_flight.push_back(next);
+    }
+    if !out.is_empty() {
+        writer
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        writer.flush().await.map_err(|e| format!("flush: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Reads length-prefixed frames from a byte stream, keeping what a read brought in so that
+/// every complete frame of one read can be handled together.
+#[derive(Default)]
+struct FrameBuffer {
+    data: Vec<u8>,
+    start: usize,
+}
+
+impl FrameBuffer {
+    /// The next complete frame already buffered, if any.
+    fn take(&mut self) -> Result<Option<Frame>, String> {
+        let available = &self.data[self.start..];
+        if available.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([available[0], available[1], available[2], available[3]]);
+        let len = Frame::check_len(len).map_err(|e| format!("bad frame: {e}"))?;
+        if available.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = Frame::decode(&available[4..4 + len]).map_err(|e| format!("bad frame: {e}"))?;
+        self.start += 4 + len;
+        Ok(Some(frame))
+    }
+
+    /// Read more bytes; false at end of stream.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<bool, String> {
+        if self.start > 0 {
+            self.data.drain(..self.start);
+            self.start = 0;
+        }
+        let old = self.data.len();
+        self.data.resize(old + 64 * 1024, 0);
+        let n = reader
+            .read(&mut self.data[old..])
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        self.data.truncate(old + n);
+        Ok(n > 0)
+    }
+
+    async fn next<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<Frame, String> {
+        loop {
+            if let Some(frame) = self.take()? {
+                return Ok(frame);
+            }
+            if !self.fill(reader).await? {
+                return Err("the peer closed the connection".into());
+            }
+        }
+    }
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut buffer: FrameBuffer,
+    mut reader: R,
+    control: mpsc::Sender<Control>,
+    batches: mpsc::Sender<Vec<Vec<u8>>>,
+) {
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    loop {
+        loop {
+            match buffer.take() {
+                Ok(Some(frame)) => {
+                    let message = match frame {
+                        Frame::Envelope(bytes) => {
+                            batch.push(bytes);
+                            if batch.len() >= RECEIVE_BATCH_MAX {
+                                if batches.send(std::mem::take(&mut batch)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
+                        Frame::Ping { nonce } => Control::Send(Frame::Pong { nonce }),
+                        Frame::Pong { nonce } => Control::Pong(nonce),
+                        Frame::Ack { hwm, received } => Control::PeerAck { hwm, received },
+                        Frame::Refuse { seq, code, reason } => {
+                            Control::Refused { seq, code, reason }
+                        }
+                        Frame::Hello { .. } => {
+                            Control::Closed("a second Hello in one session".into())
+                        }
+                    };
+                    if control.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(reason) => {
+                    tracing::warn!(%reason, "closing the session: the peer sent a bad frame");
+                    let refuse = Frame::Refuse {
+                        seq: 0,
+                        code: RefuseCode::Protocol,
+                        reason: reason.clone(),
+                    };
+                    let _ = control.send(Control::Send(refuse)).await;
+                    let _ = control.send(Control::Closed(reason)).await;
+                    return;
+                }
+            }
+        }
+        if !batch.is_empty() && batches.send(std::mem::take(&mut batch)).await.is_err() {
+            return;
+        }
+        match buffer.fill(&mut reader).await {
+            Ok(true) => {
+                let _ = control.send(Control::Heard).await;
+            }
+            Ok(false) => {
+                let _ = control
+                    .send(Control::Closed("the peer closed the connection".into()))
+                    .await;
+                return;
+            }
+            Err(reason) => {
+                let _ = control.send(Control::Closed(reason)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Verify, store, and acknowledge batches of envelopes, in order.
+async fn receive_pipeline(
+    shared: Arc<Shared>,
+    entry: Arc<PeerEntry>,
+    mut batches: mpsc::Receiver<Vec<Vec<u8>>>,
+    control: mpsc::Sender<Control>,
+) {
+    let mut received: u64 = 0;
+    while let Some(batch) = batches.recv().await {
+        received += batch.len() as u64;
+        let key = entry.key;
+        let decoded = tokio::task::spawn_blocking(move || {
+            let frames: Vec<&[u8]> = batch.iter().map(|b| b.as_slice()).collect();
+            VerifiedEnvelope::decode_batch(&frames, &key)
+        })
+        .await
+        .unwrap_or_default();
+        let mut valid = Vec::with_capacity(decoded.len());
+        for item in decoded {
+            match item {
+                Ok(v) => valid.push(v),
+                Err(e) => {
+                    tracing::warn!(peer = %entry.name, reason = %e, "refused an envelope; nothing stored");
+                    let refuse = Frame::Refuse {
+                        seq: 0,
+                        code: RefuseCode::Invalid,
+                        reason: e.to_string(),
+                    };
+                    if control.send(Control::Send(refuse)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let outcome = match shared.writer.receive(&entry.name, valid).await {
+            Ok(o) => o,
+            Err(e) => {
+                // Nothing was stored; the session ends and the peer resends from our
+                // high-water mark on the next one.
+                let _ = control
+                    .send(Control::Closed(format!("storing failed: {e}")))
+                    .await;
+                return;
+            }
+        };
+        for (seq, code, reason) in outcome.refused {
+            if control
+                .send(Control::Send(Frame::Refuse { seq, code, reason }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if control
+            .send(Control::Send(Frame::Ack {
+                hwm: outcome.hwm,
+                received,
+            }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The table of pinned peers shared by the listener, the links, the writer and the API:
+//! who they are, and what their links look like right now.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use detente_proto::{LinkState, PartyKey, Precedence};
+use tokio::sync::Notify;
+
+/// What the API shows about one link.
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    pub state: LinkState,
+    pub connected: bool,
+    pub rtt_ms: Option<f64>,
+    pub last_heard: Option<Instant>,
+    /// Address of the current or last session.
+    pub address: Option<String>,
+    pub sessions: u64,
+    pub last_error: Option<String>,
+}
+
+impl Default for LinkStatus {
+    fn default() -> Self {
+        Self {
+            state: LinkState::Down,
+            connected: false,
+            rtt_ms: None,
+            last_heard: None,
+            address: None,
+            sessions: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// One pinned peer.
+pub struct PeerEntry {
+    pub name: String,
+    pub key: PartyKey,
+    pub addrs: Vec<String>,
+    pub status: RwLock<LinkStatus>,
+    /// Bit `p` set: envelopes of precedence `p` were written for this peer.
+    written: AtomicU8,
+    pub wake: Notify,
+}
+
+impl PeerEntry {
+    /// Take and clear the precedences written since the last call.
+    pub fn take_written(&self) -> Vec<Precedence> {
+        let bits = self.written.swap(0, Ordering::AcqRel);
+        Precedence::ALL
+            .into_iter()
+            .filter(|p| bits & (1 << p.index()) != 0)
+            .collect()
+    }
+}
+
+#[derive(Default)]
+pub struct PeerTable {
+    peers: RwLock<HashMap<String, Arc<PeerEntry>>>,
+}
+
+impl PeerTable {
+    pub fn insert(&self, name: &str, key: PartyKey, addrs: Vec<String>) -> Arc<PeerEntry> {
+        let entry = Arc::new(PeerEntry {
+            name: name.to_string(),
+            key,
+            addrs,
+            status: RwLock::new(LinkStatus::default()),
+            written: AtomicU8::new(0),
+            wake: Notify::new(),
+        });
+        self.peers
+            .write()
+            .expect("peer table lock")
+            .insert(name.to_string(), entry.clone());
+        entry
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<PeerEntry>> {
+        self.peers
+            .read()
+            .expect("peer table lock")
+            .get(name)
+            .cloned()
+    }
+
+    pub fn by_key(&self, key: &PartyKey) -> Option<Arc<PeerEntry>> {
+        self.peers
+            .read()
+            .expect("peer table lock")
+            .values()
+            .find(|p| &p.key == key)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<PeerEntry>> {
+        let mut all: Vec<_> = self
+            .peers
+            .read()
+            .expect("peer table lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Tell the peer's link that envelopes of `precedence` are waiting.
+    pub fn notify_written(&self, name: &str, precedence: Precedence) {
+        if let Some(entry) = self.get(name) {
+            entry
+                .written
+                .fetch_or(1 << precedence.index(), Ordering::AcqRel);
+            entry.wake.notify_one();
+        }
+    }
+}
+
+impl crate::tls::PinSet for PeerTable {
+    fn is_pinned(&self, key: &[u8; 32]) -> bool {
+        self.peers
+            .read()
+            .expect("peer table lock")
+            .values()
+            .any(|p| p.key.as_bytes() == key)
+    }
+}
+
+impl std::fmt::Debug for PeerTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PeerTable({} peers)",
+            self.peers.read().map(|p| p.len()).unwrap_or(0)
+        )
+    }
+}

@@ -1,0 +1,809 @@
+//! The SQLite implementation of [`Store`].
+//!
+//! One file, WAL journal, `synchronous = FULL`: a commit has reached the disk (the WAL is
+//! fsynced) before [`Store::commit`] returns, which is what lets the node acknowledge.
+//!
+//! Two pools share the file. Writes go through a pool of exactly one connection, so batches
+//! are applied one after another and never fight over SQLite's single write lock. Reads go
+//! through a small pool of `query_only` connections: in WAL mode a reader sees the last
+//! committed state and never waits behind a commit in progress, so listings stay fast while
+//! the writer is busy.
+//!
+//! Commits are built from multi-row statements (`INSERT … VALUES (…), (…)`,
+//! `UPDATE … FROM (VALUES …)`), because every statement is a round trip to sqlx's worker
+//! thread and a per-row statement would cap the commit rate well below what the node needs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Decode, QueryBuilder, Row, Type};
+
+use crate::{
+    DeliveredRange, Direction, Hash32, InboxQuery, MessageRow, OutboxCounts, OutboxRow, Placement,
+    ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError, StreamRow, WriteBatch,
+};
+
+/// How long a connection waits for a lock held by another process (a backup tool, the
+/// `sqlite3` shell) before giving up with an error.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read connections. Listings are short; a few let the API serve concurrent requests
+/// without queueing, and more would only cost file handles and page cache.
+const READ_CONNECTIONS_MAX: u32 = 4;
+
+/// Largest number of rows in one multi-row statement. Chunks are powers of two up to this
+/// (see [`pow2_chunks`]) so a handful of distinct SQL texts cover every batch size and all
+/// stay in the prepared-statement cache.
+const CHUNK_ROWS_MAX: usize = 512;
+
+/// Bound parameters per `messages` row, the widest row a commit writes.
+const MESSAGE_COLUMNS: usize = 14;
+
+// SQLite refuses statements with more than 32766 parameters; keep a margin.
+const _: () = assert!(CHUNK_ROWS_MAX * MESSAGE_COLUMNS < 30_000);
+
+/// Rows an inbox listing returns when the query asks for 0.
+const INBOX_ROWS_DEFAULT: u32 = 1000;
+
+/// Page cache of the writer connection, in KiB. The id index takes inserts at random
+/// places; keeping its interior pages cached saves reads on every commit.
+const WRITER_CACHE_KIB: u32 = 8 * 1024;
+
+/// The columns of `messages` in the order [`decode_message`] reads them.
+const MESSAGE_SELECT: &str = "SELECT id, channel, sender, seq, peer, direction, precedence, \
+     topic, kind, created_at_ms, stored_at_ms, in_reply_to, placement, bytes FROM messages";
+
+/// A detente store in one SQLite file. Cloning is cheap and shares the connections.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// Exactly one connection: SQLite admits one writer at a time, so queueing here is
+    /// cheaper and fairer than spinning on `SQLITE_BUSY`.
+    writer: SqlitePool,
+    /// `query_only` connections for everything that does not write.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) the database at `path` and bring its schema up to date.
+    ///
+    /// A new file is created with mode 0600 before SQLite touches it: the transcript is
+    /// confidential, and SQLite gives the `-wal` and `-shm` files the same mode as the
+    /// database. An existing file keeps the mode its operator gave it.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        create_private_file(path)?;
+
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            // Created above with the right mode; SQLite must not create it with its own.
+            .create_if_missing(false)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            // FULL in WAL mode fsyncs the WAL at every commit; NORMAL would not, and a power
+            // cut could then lose a batch the node had already acknowledged.
+            .synchronous(SqliteSynchronous::Full);
+
+        let writer_options = base
+            .clone()
+            .journal_mode(SqliteJournalMode::Wal)
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            // Keep the writer open for the store's whole life: it holds the WAL open, and
+            // reopening costs a WAL recovery scan.
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            // A local file does not go stale like a socket; the ping would cost a round
+            // trip per commit.
+            .test_before_acquire(false)
+            .connect_with(writer_options)
+            .await
+            .map_err(|e| open_error(path, &e))?;
+
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| open_error(path, &e))?;
+
+        // Readers do not set journal_mode: WAL is persistent in the file (set above), and
+        // asking for it again would need a lock.
+        let reader_options = base.pragma("query_only", "ON");
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS_MAX)
+            .test_before_acquire(false)
+            .connect_with(reader_options)
+            .await
+            .map_err(|e| open_error(path, &e))?;
+
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Close every connection, waiting for work in progress. A commit that already
+    /// returned is durable whether or not this is called; closing lets SQLite checkpoint
+    /// and remove the WAL. Calls made after this fail with [`StoreError::Database`].
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn commit_batch(&self, batch: WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Refuse out-of-range numbers before taking the write lock, so a bad batch costs
+        // nothing and the statement builders below can convert without failing.
+        check_ranges(&batch)?;
+
+        // IMMEDIATE takes the write lock up front: a deferred transaction that upgrades
+        // later can fail with SQLITE_BUSY half-way if another process (a backup, the shell)
+        // wrote in between.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let conn: &mut SqliteConnection = &mut tx;
+
+        insert_messages(conn, &batch.messages).await?;
+        promote(conn, &batch.promote).await?;
+        insert_outbox(conn, &batch.outbox).await?;
+        upsert_streams(conn, &batch.streams).await?;
+        mark_delivered(conn, &batch.delivered).await?;
+        insert_receipts(conn, &batch.receipts).await?;
+        prune(conn, &batch.prune).await?;
+
+        // Any early return above drops `tx`, which rolls the whole batch back.
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    async fn commit(&self, batch: WriteBatch) -> Result<()> {
+        self.commit_batch(batch).await
+    }
+
+    async fn streams(&self) -> Result<Vec<StreamRow>> {
+        let rows = sqlx::query(
+            "SELECT channel, sender, next_seq, last_id FROM streams ORDER BY channel, sender",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StreamRow {
+                    channel: hash(row, "streams", "channel")?,
+                    sender: hash(row, "streams", "sender")?,
+                    next_seq: uint(row, "streams", "next_seq")?,
+                    last_id: hash(row, "streams", "last_id")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn message(&self, id: Hash32) -> Result<Option<MessageRow>> {
+        let sql = format!("{MESSAGE_SELECT} WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id.as_slice())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(decode_message).transpose()
+    }
+
+    async fn message_at(
+        &self,
+        channel: Hash32,
+        sender: Hash32,
+        seq: u64,
+    ) -> Result<Option<MessageRow>> {
+        // Nothing beyond i64::MAX can have been stored.
+        let Ok(seq) = i64::try_from(seq) else {
+            return Ok(None);
+        };
+        let sql = format!("{MESSAGE_SELECT} WHERE channel = ? AND sender = ? AND seq = ?");
+        let row = sqlx::query(&sql)
+            .bind(channel.as_slice())
+            .bind(sender.as_slice())
+            .bind(seq)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(decode_message).transpose()
+    }
+
+    /// `limit` is taken literally: 0 returns nothing.
+    async fn held(&self, channel: Hash32, sender: Hash32, limit: u32) -> Result<Vec<MessageRow>> {
+        // The partial index holds only held rows, so this never walks a whole stream.
+        let sql = format!(
+            "{MESSAGE_SELECT} INDEXED BY messages_held \
+             WHERE channel = ? AND sender = ? AND placement = 1 ORDER BY seq LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(channel.as_slice())
+            .bind(sender.as_slice())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_message).collect()
+    }
+
+    /// `limit` is taken literally: 0 returns nothing.
+    async fn outbox_pending(
+        &self,
+        peer: &str,
+        precedence: u8,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        // INDEXED BY pins the partial index: without statistics the planner prefers the
+        // primary key, which also walks delivered rows and other precedences. The LEFT JOIN
+        // turns an outbox row without its message into an error instead of silently
+        // never sending it.
+        let rows = sqlx::query(
+            "SELECT o.seq AS seq, m.bytes AS bytes \
+             FROM outbox AS o INDEXED BY outbox_pending \
+             LEFT JOIN messages AS m ON m.peer = o.peer AND m.direction = 0 AND m.seq = o.seq \
+             WHERE o.peer = ? AND o.precedence = ? AND o.delivered = 0 AND o.seq > ? \
+             ORDER BY o.seq LIMIT ?",
+        )
+        .bind(peer)
+        .bind(i64::from(precedence))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let seq = uint(row, "outbox", "seq")?;
+                let bytes: Option<Vec<u8>> = get(row, "outbox", "bytes")?;
+                let bytes = bytes.ok_or_else(|| StoreError::Corrupt {
+                    table: "outbox",
+                    what: format!("row ({peer:?}, {seq}) has no outgoing message"),
+                })?;
+                Ok((seq, bytes))
+            })
+            .collect()
+    }
+
+    async fn outbox_counts(&self, peer: &str) -> Result<OutboxCounts> {
+        // Counted from the partial index alone (it covers peer and precedence).
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS pending, COALESCE(SUM(precedence = 0), 0) AS pending_flash \
+             FROM outbox INDEXED BY outbox_pending WHERE peer = ? AND delivered = 0",
+        )
+        .bind(peer)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(OutboxCounts {
+            pending: uint(&row, "outbox", "pending")?,
+            pending_flash: uint(&row, "outbox", "pending_flash")?,
+        })
+    }
+
+    /// `limit` 0 means [`INBOX_ROWS_DEFAULT`].
+    async fn inbox(&self, query: InboxQuery) -> Result<Vec<MessageRow>> {
+        let limit = if query.limit == 0 {
+            INBOX_ROWS_DEFAULT
+        } else {
+            query.limit
+        };
+        // Walk the listing index backwards from the newest row and stop after `limit`
+        // matches; INDEXED BY keeps the planner from choosing a narrower index (such as the
+        // outgoing (peer, seq) one) that would need a sort of the whole result.
+        let mut qb = QueryBuilder::<Sqlite>::new(MESSAGE_SELECT);
+        match &query.peer {
+            Some(peer) => {
+                qb.push(" INDEXED BY messages_by_peer_time WHERE peer = ");
+                qb.push_bind(peer.as_str());
+            }
+            None => {
+                qb.push(" INDEXED BY messages_by_time WHERE 1");
+            }
+        }
+        if let Some(direction) = query.direction {
+            qb.push(" AND direction = ");
+            qb.push_bind(direction_code(direction));
+        }
+        if !query.include_receipts {
+            qb.push(" AND kind <> 1");
+        }
+        qb.push(" ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT ");
+        qb.push_bind(i64::from(limit));
+
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        let mut messages = rows
+            .iter()
+            .map(decode_message)
+            .collect::<Result<Vec<_>>>()?;
+        // Fetched newest first so LIMIT keeps the newest; shown oldest first.
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn receipt_times(&self, of: Hash32) -> Result<ReceiptTimes> {
+        let rows = sqlx::query(r#"SELECT level, at_ms, note FROM receipts WHERE "of" = ?"#)
+            .bind(of.as_slice())
+            .fetch_all(&self.reader)
+            .await?;
+        let mut times = ReceiptTimes::default();
+        // DELIVERED receipts cover ranges; their time is kept on the message itself.
+        let delivered: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT delivered_at_ms FROM messages WHERE id = ?")
+                .bind(of.as_slice())
+                .fetch_optional(&self.reader)
+                .await?;
+        times.delivered_ms = delivered.flatten();
+        let mut declined_note = None;
+        for row in &rows {
+            let level: i64 = get(row, "receipts", "level")?;
+            let at_ms: i64 = get(row, "receipts", "at_ms")?;
+            let note: Option<String> = get(row, "receipts", "note")?;
+            match ReceiptLevel::from_i64(level) {
+                Some(ReceiptLevel::Delivered) => {
+                    times.delivered_ms = times.delivered_ms.or(Some(at_ms))
+                }
+                Some(ReceiptLevel::Read) => times.read_ms = Some(at_ms),
+                Some(ReceiptLevel::Acknowledged) => {
+                    times.acknowledged_ms = Some(at_ms);
+                    times.note = note;
+                }
+                Some(ReceiptLevel::Declined) => {
+                    times.declined_ms = Some(at_ms);
+                    declined_note = note;
+                }
+                None => {
+                    return Err(StoreError::Corrupt {
+                        table: "receipts",
+                        what: format!("unknown receipt level {level}"),
+                    })
+                }
+            }
+        }
+        // The acknowledgement's note wins; the decline's is shown only without one.
+        if times.note.is_none() {
+            times.note = declined_note;
+        }
+        Ok(times)
+    }
+
+    async fn message_count(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM messages")
+            .fetch_one(&self.reader)
+            .await?;
+        uint(&row, "messages", "n")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Opening
+
+/// Create `path` with mode 0600 if it does not exist, and make its directory entry durable.
+fn create_private_file(path: &Path) -> Result<()> {
+    use std::fs::OpenOptions;
+    use std::io::ErrorKind;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {
+            // A crash right after creation must not lose the file's name: fsync the
+            // directory. SQLite does the same for the WAL it creates.
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    StoreError::Open(format!("cannot sync directory {}: {e}", dir.display()))
+                })
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Open(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn open_error(path: &Path, e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Open(format!("{}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Commit steps. Each takes the transaction's connection and writes one part of the batch.
+
+/// Every `u64` in the batch must fit SQLite's signed 64-bit integers.
+fn check_ranges(batch: &WriteBatch) -> Result<()> {
+    let too_big = |what: &str, v: u64| {
+        StoreError::Database(format!(
+            "{what} {v} is beyond the largest integer SQLite stores"
+        ))
+    };
+    let limit = i64::MAX as u64;
+    for m in &batch.messages {
+        if m.seq > limit {
+            return Err(too_big("message seq", m.seq));
+        }
+    }
+    for &(_, _, seq) in &batch.promote {
+        if seq > limit {
+            return Err(too_big("promote seq", seq));
+        }
+    }
+    for o in &batch.outbox {
+        if o.seq > limit {
+            return Err(too_big("outbox seq", o.seq));
+        }
+    }
+    for s in &batch.streams {
+        if s.next_seq > limit {
+            return Err(too_big("stream next_seq", s.next_seq));
+        }
+    }
+    // Delivered ranges are only compared against stored seqs; `int` clamps them.
+    // A prune high-water mark beyond the range is not stored, only compared; it is
+    // clamped in `prune`, where it still means "everything".
+    Ok(())
+}
+
+/// A `u64` that [`check_ranges`] has already accepted.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+async fn insert_messages(conn: &mut SqliteConnection, messages: &[MessageRow]) -> Result<()> {
+    for chunk in pow2_chunks(messages, CHUNK_ROWS_MAX) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO messages (id, channel, sender, seq, peer, direction, precedence, \
+             topic, kind, created_at_ms, stored_at_ms, in_reply_to, placement, bytes) ",
+        );
+        qb.push_values(chunk, |mut b, m| {
+            b.push_bind(m.id.as_slice())
+                .push_bind(m.channel.as_slice())
+                .push_bind(m.sender.as_slice())
+                .push_bind(int(m.seq))
+                .push_bind(m.peer.as_str())
+                .push_bind(direction_code(m.direction))
+                .push_bind(i64::from(m.precedence))
+                .push_bind(m.topic.as_str())
+                .push_bind(i64::from(m.kind))
+                .push_bind(m.created_at_ms)
+                .push_bind(m.stored_at_ms)
+                .push_bind(m.in_reply_to.as_ref().map(|h| h.as_slice()))
+                .push_bind(placement_code(m.placement))
+                .push_bind(m.bytes.as_slice());
+        });
+        if let Err(e) = qb.build().execute(&mut *conn).await {
+            if is_unique_violation(&e) {
+                let which = describe_duplicate(conn, chunk).await;
+                return Err(StoreError::Duplicate(format!("{which} ({e})")));
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// Name the message of `chunk` that collided, for the error. Only runs after a failed
+/// insert; SQLite rolled back just that statement, so earlier chunks of the batch are
+/// visible and a collision with them is found too.
+async fn describe_duplicate(conn: &mut SqliteConnection, chunk: &[MessageRow]) -> String {
+    let mut ids = HashSet::new();
+    let mut positions = HashSet::new();
+    let mut outgoing = HashSet::new();
+    for m in chunk {
+        let in_chunk = !ids.insert(m.id)
+            || !positions.insert((m.channel, m.sender, m.seq))
+            || (m.direction == Direction::Out && !outgoing.insert((m.peer.as_str(), m.seq)));
+        if in_chunk {
+            return format!("{} twice in one batch", describe_message(m));
+        }
+    }
+    for m in chunk {
+        let found = sqlx::query(
+            "SELECT 1 FROM messages WHERE id = ? OR (channel = ? AND sender = ? AND seq = ?) \
+             OR (? = 0 AND direction = 0 AND peer = ? AND seq = ?) LIMIT 1",
+        )
+        .bind(m.id.as_slice())
+        .bind(m.channel.as_slice())
+        .bind(m.sender.as_slice())
+        .bind(int(m.seq))
+        .bind(direction_code(m.direction))
+        .bind(m.peer.as_str())
+        .bind(int(m.seq))
+        .fetch_optional(&mut *conn)
+        .await;
+        if let Ok(Some(_)) = found {
+            return format!("{} already stored", describe_message(m));
+        }
+    }
+    String::from("in batch")
+}
+
+fn describe_message(m: &MessageRow) -> String {
+    format!(
+        "{} (peer {:?}, sender {}…, seq {})",
+        hex(&m.id),
+        m.peer,
+        hex(&m.sender[..4]),
+        m.seq
+    )
+}
+
+async fn promote(conn: &mut SqliteConnection, keys: &[(Hash32, Hash32, u64)]) -> Result<()> {
+    // UPDATE … FROM a VALUES list probes the (channel, sender, seq) index once per key; a
+    // row-value `IN (VALUES …)` would scan the whole table instead.
+    for chunk in pow2_chunks(keys, CHUNK_ROWS_MAX) {
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE messages SET placement = 0 FROM (");
+        qb.push_values(chunk, |mut b, (channel, sender, seq)| {
+            b.push_bind(channel.as_slice())
+                .push_bind(sender.as_slice())
+                .push_bind(int(*seq));
+        });
+        qb.push(
+            ") AS v WHERE messages.channel = v.column1 AND messages.sender = v.column2 \
+             AND messages.seq = v.column3",
+        );
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_outbox(conn: &mut SqliteConnection, rows: &[OutboxRow]) -> Result<()> {
+    for chunk in pow2_chunks(rows, CHUNK_ROWS_MAX) {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("INSERT INTO outbox (peer, seq, precedence, is_receipt) ");
+        qb.push_values(chunk, |mut b, o| {
+            b.push_bind(o.peer.as_str())
+                .push_bind(int(o.seq))
+                .push_bind(i64::from(o.precedence))
+                .push_bind(o.is_receipt);
+        });
+        if let Err(e) = qb.build().execute(&mut *conn).await {
+            // A second outbox row for the same (peer, seq) means its message was sent
+            // twice: the same bug the message check reports.
+            if is_unique_violation(&e) {
+                return Err(StoreError::Duplicate(format!("outbox row ({e})")));
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+async fn upsert_streams(conn: &mut SqliteConnection, rows: &[StreamRow]) -> Result<()> {
+    // SQLite applies the VALUES rows in order, so if a batch names a stream twice the later
+    // state wins, as it would with one statement per row.
+    for chunk in pow2_chunks(rows, CHUNK_ROWS_MAX) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO streams (channel, sender, next_seq, last_id) ",
+        );
+        qb.push_values(chunk, |mut b, s| {
+            b.push_bind(s.channel.as_slice())
+                .push_bind(s.sender.as_slice())
+                .push_bind(int(s.next_seq))
+                .push_bind(s.last_id.as_slice());
+        });
+        qb.push(
+            " ON CONFLICT (channel, sender) DO UPDATE \
+             SET next_seq = excluded.next_seq, last_id = excluded.last_id",
+        );
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn mark_delivered(conn: &mut SqliteConnection, ranges: &[DeliveredRange]) -> Result<()> {
+    // Rows already delivered or already pruned are simply not matched: idempotent, and the
+    // first confirmation's time stays. A range is two indexed range updates, however wide
+    // it is, so a hostile receipt claiming [1, 2^63] costs no more than an honest one.
+    for r in ranges {
+        sqlx::query("UPDATE outbox SET delivered = 1 WHERE peer = ? AND seq BETWEEN ? AND ? AND delivered = 0")
+            .bind(r.peer.as_str())
+            .bind(int(r.from))
+            .bind(int(r.to))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "UPDATE messages SET delivered_at_ms = ? \
+             WHERE peer = ? AND direction = 0 AND seq BETWEEN ? AND ? AND delivered_at_ms IS NULL",
+        )
+        .bind(r.at_ms)
+        .bind(r.peer.as_str())
+        .bind(int(r.from))
+        .bind(int(r.to))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_receipts(conn: &mut SqliteConnection, rows: &[ReceiptRow]) -> Result<()> {
+    // DO NOTHING on the key only (not INSERT OR IGNORE, which would also swallow CHECK
+    // failures): the first receipt per (of, level) wins, including within one batch.
+    for chunk in pow2_chunks(rows, CHUNK_ROWS_MAX) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            r#"INSERT INTO receipts ("of", level, at_ms, receipt_id, note) "#,
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.of.as_slice())
+                .push_bind(r.level as i64)
+                .push_bind(r.at_ms)
+                .push_bind(r.receipt_id.as_slice())
+                .push_bind(r.note.as_deref());
+        });
+        qb.push(r#" ON CONFLICT ("of", level) DO NOTHING"#);
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn prune(conn: &mut SqliteConnection, marks: &[(String, u64)]) -> Result<()> {
+    // One range delete per peer with its highest mark: a batch carries at most a few
+    // peers, and each delete is a primary-key range scan.
+    let mut highest: BTreeMap<&str, u64> = BTreeMap::new();
+    for (peer, hwm) in marks {
+        let entry = highest.entry(peer.as_str()).or_insert(*hwm);
+        *entry = (*entry).max(*hwm);
+    }
+    for (peer, hwm) in highest {
+        sqlx::query("DELETE FROM outbox WHERE peer = ? AND seq <= ?")
+            .bind(peer)
+            .bind(i64::try_from(hwm).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+/// Split `items` into chunks whose lengths are powers of two no larger than `max` (which
+/// should itself be one): 700 rows with max 512 become 512 + 128 + 32 + 16 + 8 + 4. Each
+/// length has its own SQL text, so this keeps the set of texts small and every one of them
+/// prepared once and cached, instead of a fresh prepare for each batch size.
+fn pow2_chunks<T>(mut items: &[T], max: usize) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    while !items.is_empty() {
+        let n = items.len().min(max);
+        // Largest power of two <= n (n >= 1 here).
+        let size = 1usize << (usize::BITS - 1 - n.leading_zeros());
+        let (head, tail) = items.split_at(size);
+        chunks.push(head);
+        items = tail;
+    }
+    chunks
+}
+
+// ---------------------------------------------------------------------------------------
+// Codes and decoding
+
+fn direction_code(d: Direction) -> i64 {
+    match d {
+        Direction::Out => 0,
+        Direction::In => 1,
+    }
+}
+
+fn placement_code(p: Placement) -> i64 {
+    match p {
+        Placement::Appended => 0,
+        Placement::Held => 1,
+    }
+}
+
+fn corrupt(table: &'static str, what: String) -> StoreError {
+    StoreError::Corrupt { table, what }
+}
+
+/// Read a column; a value of the wrong type is a corrupt row, not a query failure.
+fn get<'r, T>(row: &'r SqliteRow, table: &'static str, column: &str) -> Result<T>
+where
+    T: Decode<'r, Sqlite> + Type<Sqlite>,
+{
+    row.try_get(column)
+        .map_err(|e| corrupt(table, format!("column {column}: {e}")))
+}
+
+fn hash(row: &SqliteRow, table: &'static str, column: &str) -> Result<Hash32> {
+    let bytes: &[u8] = get(row, table, column)?;
+    to_hash(bytes, table, column)
+}
+
+fn opt_hash(row: &SqliteRow, table: &'static str, column: &str) -> Result<Option<Hash32>> {
+    let bytes: Option<&[u8]> = get(row, table, column)?;
+    bytes.map(|b| to_hash(b, table, column)).transpose()
+}
+
+fn to_hash(bytes: &[u8], table: &'static str, column: &str) -> Result<Hash32> {
+    Hash32::try_from(bytes).map_err(|_| {
+        corrupt(
+            table,
+            format!("column {column} is {} bytes, expected 32", bytes.len()),
+        )
+    })
+}
+
+fn uint(row: &SqliteRow, table: &'static str, column: &str) -> Result<u64> {
+    let v: i64 = get(row, table, column)?;
+    u64::try_from(v).map_err(|_| corrupt(table, format!("column {column} is negative: {v}")))
+}
+
+fn small(row: &SqliteRow, table: &'static str, column: &str) -> Result<u8> {
+    let v: i64 = get(row, table, column)?;
+    u8::try_from(v).map_err(|_| corrupt(table, format!("column {column} out of range: {v}")))
+}
+
+fn decode_message(row: &SqliteRow) -> Result<MessageRow> {
+    const T: &str = "messages";
+    let direction = match get::<i64>(row, T, "direction")? {
+        0 => Direction::Out,
+        1 => Direction::In,
+        v => return Err(corrupt(T, format!("unknown direction {v}"))),
+    };
+    let placement = match get::<i64>(row, T, "placement")? {
+        0 => Placement::Appended,
+        1 => Placement::Held,
+        v => return Err(corrupt(T, format!("unknown placement {v}"))),
+    };
+    Ok(MessageRow {
+        id: hash(row, T, "id")?,
+        channel: hash(row, T, "channel")?,
+        sender: hash(row, T, "sender")?,
+        seq: uint(row, T, "seq")?,
+        peer: get(row, T, "peer")?,
+        direction,
+        precedence: small(row, T, "precedence")?,
+        topic: get(row, T, "topic")?,
+        kind: small(row, T, "kind")?,
+        created_at_ms: get(row, T, "created_at_ms")?,
+        stored_at_ms: get(row, T, "stored_at_ms")?,
+        in_reply_to: opt_hash(row, T, "in_reply_to")?,
+        placement,
+        bytes: get(row, T, "bytes")?,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pow2_chunks_cover_everything_in_order() {
+        for n in 0..1500usize {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks = pow2_chunks(&items, CHUNK_ROWS_MAX);
+            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(joined, items);
+            for c in &chunks {
+                assert!(c.len().is_power_of_two() && c.len() <= CHUNK_ROWS_MAX);
+            }
+        }
+    }
+
+    #[test]
+    fn hex_encodes_lowercase() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+    }
+}

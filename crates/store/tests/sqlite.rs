@@ -1,0 +1,1067 @@
+//! Behaviour tests of [`SqliteStore`] against a real file: every row type round-trips, a
+//! batch is all-or-nothing, the idempotent parts are idempotent, queries order and filter as
+//! the trait documents, and everything survives closing and reopening.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use detente_store::{
+    DeliveredRange, Direction, Hash32, InboxQuery, MessageRow, OutboxCounts, OutboxRow, Placement,
+    ReceiptLevel, ReceiptRow, ReceiptTimes, SqliteStore, Store, StoreError, StreamRow, WriteBatch,
+};
+
+const CHANNEL_A: Hash32 = [0xa0; 32];
+const CHANNEL_B: Hash32 = [0xb0; 32];
+/// This node's party.
+const ME: Hash32 = [0x01; 32];
+/// The parties at the other end of channels A and B.
+const ALICE: Hash32 = [0x02; 32];
+const BOB: Hash32 = [0x03; 32];
+
+struct Db {
+    // Held so the directory outlives the store.
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    store: SqliteStore,
+}
+
+async fn open_temp() -> Db {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("detente.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    Db {
+        _dir: dir,
+        path,
+        store,
+    }
+}
+
+/// A distinct id per (tag, n).
+fn id(tag: u8, n: u64) -> Hash32 {
+    let mut h = [tag; 32];
+    h[..8].copy_from_slice(&n.to_be_bytes());
+    h
+}
+
+/// Channel, sender and peer name of a message of `direction` with the given peer.
+fn stream_of(peer: &str, direction: Direction) -> (Hash32, Hash32) {
+    let (channel, them) = match peer {
+        "alice" => (CHANNEL_A, ALICE),
+        _ => (CHANNEL_B, BOB),
+    };
+    match direction {
+        Direction::Out => (channel, ME),
+        Direction::In => (channel, them),
+    }
+}
+
+fn msg(peer: &str, direction: Direction, seq: u64, created_at_ms: i64) -> MessageRow {
+    let (channel, sender) = stream_of(peer, direction);
+    let tag = match (peer, direction) {
+        ("alice", Direction::Out) => 0x10,
+        ("alice", Direction::In) => 0x11,
+        (_, Direction::Out) => 0x20,
+        (_, Direction::In) => 0x21,
+    };
+    MessageRow {
+        id: id(tag, seq),
+        channel,
+        sender,
+        seq,
+        peer: peer.to_owned(),
+        direction,
+        precedence: 3,
+        topic: format!("topic {seq}"),
+        kind: 0,
+        created_at_ms,
+        stored_at_ms: created_at_ms + 5,
+        in_reply_to: None,
+        placement: Placement::Appended,
+        bytes: format!("envelope {peer} {direction:?} {seq}").into_bytes(),
+    }
+}
+
+fn outbox(peer: &str, seq: u64, precedence: u8) -> OutboxRow {
+    OutboxRow {
+        peer: peer.to_owned(),
+        seq,
+        precedence,
+        is_receipt: false,
+    }
+}
+
+/// An outgoing message and its outbox row.
+fn send(batch: &mut WriteBatch, peer: &str, seq: u64, precedence: u8) {
+    let mut m = msg(peer, Direction::Out, seq, 1_000 + seq as i64);
+    m.precedence = precedence;
+    batch.messages.push(m);
+    batch.outbox.push(outbox(peer, seq, precedence));
+}
+
+fn receipt(of: Hash32, level: ReceiptLevel, at_ms: i64, note: Option<&str>) -> ReceiptRow {
+    ReceiptRow {
+        of,
+        level,
+        at_ms,
+        receipt_id: id(0x99, at_ms as u64),
+        note: note.map(str::to_owned),
+    }
+}
+
+fn delivered(peer: &str, from: u64, to: u64, at_ms: i64) -> DeliveredRange {
+    DeliveredRange {
+        peer: peer.to_owned(),
+        from,
+        to,
+        at_ms,
+    }
+}
+
+fn seqs(rows: &[(u64, Vec<u8>)]) -> Vec<u64> {
+    rows.iter().map(|(seq, _)| *seq).collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn every_row_type_round_trips() {
+    let db = open_temp().await;
+    let s = &db.store;
+
+    let out = MessageRow {
+        precedence: 0,
+        kind: 2,
+        ..msg("alice", Direction::Out, 1, 1_000)
+    };
+    let reply = MessageRow {
+        in_reply_to: Some(out.id),
+        bytes: vec![0u8; 1200],
+        ..msg("alice", Direction::In, 1, 2_000)
+    };
+    let held = MessageRow {
+        placement: Placement::Held,
+        ..msg("alice", Direction::In, 3, 3_000)
+    };
+    let out_stream = StreamRow {
+        channel: CHANNEL_A,
+        sender: ME,
+        next_seq: 2,
+        last_id: out.id,
+    };
+    let in_stream = StreamRow {
+        channel: CHANNEL_A,
+        sender: ALICE,
+        next_seq: 2,
+        last_id: reply.id,
+    };
+    let read = receipt(out.id, ReceiptLevel::Read, 2_500, None);
+    let ack = receipt(
+        out.id,
+        ReceiptLevel::Acknowledged,
+        2_600,
+        Some("understood"),
+    );
+
+    let batch = WriteBatch {
+        messages: vec![out.clone(), reply.clone(), held.clone()],
+        outbox: vec![OutboxRow {
+            is_receipt: true,
+            ..outbox("alice", 1, 0)
+        }],
+        streams: vec![out_stream, in_stream],
+        receipts: vec![read, ack],
+        ..WriteBatch::default()
+    };
+    s.commit(batch).await.expect("commit");
+
+    assert_eq!(s.message(out.id).await.unwrap(), Some(out.clone()));
+    assert_eq!(s.message(reply.id).await.unwrap(), Some(reply.clone()));
+    assert_eq!(s.message(id(0x77, 0)).await.unwrap(), None);
+    assert_eq!(
+        s.message_at(CHANNEL_A, ALICE, 3).await.unwrap(),
+        Some(held.clone())
+    );
+    assert_eq!(s.message_at(CHANNEL_A, ALICE, 2).await.unwrap(), None);
+    assert_eq!(
+        s.message_at(CHANNEL_A, ALICE, u64::MAX).await.unwrap(),
+        None
+    );
+
+    let mut streams = s.streams().await.unwrap();
+    streams.sort_by_key(|r| r.sender);
+    assert_eq!(streams, vec![out_stream, in_stream]);
+
+    assert_eq!(s.held(CHANNEL_A, ALICE, 10).await.unwrap(), vec![held]);
+    assert_eq!(
+        s.outbox_pending("alice", 0, 0, 10).await.unwrap(),
+        vec![(1, out.bytes.clone())]
+    );
+    assert_eq!(
+        s.outbox_pending("alice", 0, 1, 10).await.unwrap(),
+        Vec::<(u64, Vec<u8>)>::new(),
+        "after is exclusive"
+    );
+    assert_eq!(
+        s.outbox_pending("alice", 0, u64::MAX, 10).await.unwrap(),
+        Vec::<(u64, Vec<u8>)>::new()
+    );
+    assert_eq!(
+        s.outbox_counts("alice").await.unwrap(),
+        OutboxCounts {
+            pending: 1,
+            pending_flash: 1
+        }
+    );
+    assert_eq!(
+        s.receipt_times(out.id).await.unwrap(),
+        ReceiptTimes {
+            delivered_ms: None,
+            read_ms: Some(2_500),
+            acknowledged_ms: Some(2_600),
+            declined_ms: None,
+            note: Some("understood".into()),
+        }
+    );
+    assert_eq!(
+        s.receipt_times(reply.id).await.unwrap(),
+        ReceiptTimes::default()
+    );
+    assert_eq!(s.message_count().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn outbox_pending_returns_the_message_bytes() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    for seq in 1..=3 {
+        send(&mut batch, "alice", seq, 1);
+    }
+    let expected: Vec<(u64, Vec<u8>)> = batch
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.bytes.clone()))
+        .collect();
+    s.commit(batch).await.unwrap();
+    // Streams start at seq 1, so `after` 0 means "from the start".
+    assert_eq!(s.outbox_pending("alice", 1, 0, 10).await.unwrap(), expected);
+    assert_eq!(
+        s.outbox_pending("alice", 1, 1, 10).await.unwrap(),
+        expected[1..].to_vec()
+    );
+}
+
+#[tokio::test]
+async fn empty_batch_is_ok() {
+    let db = open_temp().await;
+    db.store.commit(WriteBatch::default()).await.unwrap();
+    assert_eq!(db.store.message_count().await.unwrap(), 0);
+}
+
+/// State that a failed batch must leave exactly as it was.
+async fn snapshot(s: &SqliteStore) -> (u64, Vec<StreamRow>, OutboxCounts, Vec<MessageRow>) {
+    (
+        s.message_count().await.unwrap(),
+        s.streams().await.unwrap(),
+        s.outbox_counts("alice").await.unwrap(),
+        s.inbox(InboxQuery {
+            include_receipts: true,
+            ..InboxQuery::default()
+        })
+        .await
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_duplicate_id_fails_the_whole_batch() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut first = WriteBatch::default();
+    send(&mut first, "alice", 1, 3);
+    first.streams.push(StreamRow {
+        channel: CHANNEL_A,
+        sender: ME,
+        next_seq: 2,
+        last_id: id(0x10, 1),
+    });
+    s.commit(first).await.unwrap();
+    let before = snapshot(s).await;
+
+    // Second message reuses the first batch's id at a new position.
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 2, 0);
+    send(&mut batch, "alice", 3, 0);
+    batch.messages[1].id = id(0x10, 1);
+    batch.streams.push(StreamRow {
+        channel: CHANNEL_A,
+        sender: ME,
+        next_seq: 4,
+        last_id: id(0x10, 3),
+    });
+    batch
+        .receipts
+        .push(receipt(id(0x10, 1), ReceiptLevel::Read, 9, None));
+    batch.prune.push(("alice".into(), 10));
+
+    let err = s.commit(batch).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
+    assert_eq!(snapshot(s).await, before);
+    assert_eq!(s.message_at(CHANNEL_A, ME, 2).await.unwrap(), None);
+    assert_eq!(
+        s.receipt_times(id(0x10, 1)).await.unwrap(),
+        ReceiptTimes::default()
+    );
+
+    // The store still works after the failure.
+    let mut next = WriteBatch::default();
+    send(&mut next, "alice", 2, 0);
+    s.commit(next).await.unwrap();
+    assert_eq!(s.message_count().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_duplicate_position_fails_the_whole_batch() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut first = WriteBatch::default();
+    first.messages.push(msg("alice", Direction::In, 5, 100));
+    s.commit(first).await.unwrap();
+    let before = snapshot(s).await;
+
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 0, 3);
+    // Same (channel, sender, seq), different id.
+    batch.messages.push(MessageRow {
+        id: id(0x55, 5),
+        ..msg("alice", Direction::In, 5, 100)
+    });
+    let err = s.commit(batch).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(_)), "{err:?}");
+    assert_eq!(snapshot(s).await, before);
+}
+
+#[tokio::test]
+async fn a_duplicate_within_one_batch_fails_it() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 0, 3);
+    send(&mut batch, "alice", 0, 3);
+    let err = s.commit(batch).await.unwrap_err();
+    match err {
+        StoreError::Duplicate(what) => assert!(what.contains("twice"), "{what}"),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    assert_eq!(s.message_count().await.unwrap(), 0);
+    assert_eq!(
+        s.outbox_counts("alice").await.unwrap(),
+        OutboxCounts::default()
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_in_a_late_chunk_rolls_back_earlier_chunks() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut first = WriteBatch::default();
+    send(&mut first, "alice", 5_000, 3);
+    s.commit(first).await.unwrap();
+
+    // 1300 rows are written as several statements; the collision is in the last one.
+    let mut batch = WriteBatch::default();
+    for seq in 0..1_300 {
+        send(&mut batch, "bob", seq, 3);
+    }
+    send(&mut batch, "alice", 5_000, 3);
+    let err = s.commit(batch).await.unwrap_err();
+    match err {
+        StoreError::Duplicate(what) => assert!(what.contains("already stored"), "{what}"),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    assert_eq!(s.message_count().await.unwrap(), 1);
+    assert_eq!(
+        s.outbox_counts("bob").await.unwrap(),
+        OutboxCounts::default()
+    );
+}
+
+#[tokio::test]
+async fn large_batches_are_written_completely() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    for seq in 0..1_300 {
+        send(&mut batch, "bob", seq, (seq % 4) as u8);
+        batch.receipts.push(receipt(
+            id(0x20, seq),
+            ReceiptLevel::Delivered,
+            seq as i64,
+            None,
+        ));
+        batch.delivered.push(delivered("bob", seq * 2, seq * 2, 7));
+    }
+    s.commit(batch).await.unwrap();
+    assert_eq!(s.message_count().await.unwrap(), 1_300);
+    // Even seqs were marked delivered; of the odd ones, those with seq % 4 == 1 are
+    // precedence 1.
+    let pending = s.outbox_pending("bob", 1, 0, 10_000).await.unwrap();
+    assert_eq!(pending.len(), 325);
+    assert_eq!(
+        s.outbox_counts("bob").await.unwrap(),
+        OutboxCounts {
+            pending: 650,
+            pending_flash: 0
+        }
+    );
+    assert_eq!(
+        s.receipt_times(id(0x20, 1_299)).await.unwrap().delivered_ms,
+        Some(1_299)
+    );
+}
+
+#[tokio::test]
+async fn out_of_range_numbers_are_refused_before_writing() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 0, 3);
+    batch.streams.push(StreamRow {
+        channel: CHANNEL_A,
+        sender: ME,
+        next_seq: u64::MAX,
+        last_id: [0; 32],
+    });
+    let err = s.commit(batch).await.unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert_eq!(s.message_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn promote_appends_held_messages() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    for seq in [3, 1, 2] {
+        batch.messages.push(MessageRow {
+            placement: Placement::Held,
+            ..msg("alice", Direction::In, seq, 100)
+        });
+    }
+    // Another stream's held message must not appear in alice's list.
+    batch.messages.push(MessageRow {
+        placement: Placement::Held,
+        ..msg("bob", Direction::In, 7, 100)
+    });
+    s.commit(batch).await.unwrap();
+
+    let held: Vec<u64> = s
+        .held(CHANNEL_A, ALICE, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(held, vec![1, 2, 3]);
+    let first_two: Vec<u64> = s
+        .held(CHANNEL_A, ALICE, 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(first_two, vec![1, 2]);
+
+    // Promote 1 and 2 (and a position that does not exist, which is ignored), with the
+    // gap-filling message 0 in the same batch.
+    let batch = WriteBatch {
+        messages: vec![msg("alice", Direction::In, 0, 90)],
+        promote: vec![
+            (CHANNEL_A, ALICE, 1),
+            (CHANNEL_A, ALICE, 2),
+            (CHANNEL_A, ALICE, 40),
+        ],
+        streams: vec![StreamRow {
+            channel: CHANNEL_A,
+            sender: ALICE,
+            next_seq: 3,
+            last_id: id(0x11, 2),
+        }],
+        ..WriteBatch::default()
+    };
+    s.commit(batch).await.unwrap();
+    let held: Vec<u64> = s
+        .held(CHANNEL_A, ALICE, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(held, vec![3]);
+    assert_eq!(
+        s.message_at(CHANNEL_A, ALICE, 2)
+            .await
+            .unwrap()
+            .map(|m| m.placement),
+        Some(Placement::Appended)
+    );
+    assert_eq!(s.held(CHANNEL_B, BOB, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn streams_are_replaced() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let row = |next_seq| StreamRow {
+        channel: CHANNEL_A,
+        sender: ALICE,
+        next_seq,
+        last_id: id(0x11, next_seq),
+    };
+    s.commit(WriteBatch {
+        streams: vec![row(1)],
+        ..WriteBatch::default()
+    })
+    .await
+    .unwrap();
+    // The same stream twice in one batch: the later state wins.
+    s.commit(WriteBatch {
+        streams: vec![row(2), row(3)],
+        ..WriteBatch::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.streams().await.unwrap(), vec![row(3)]);
+}
+
+#[tokio::test]
+async fn delivered_and_prune_are_idempotent() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    for seq in 0..6 {
+        send(&mut batch, "alice", seq, if seq < 2 { 0 } else { 3 });
+        send(&mut batch, "bob", seq, 0);
+    }
+    s.commit(batch).await.unwrap();
+    assert_eq!(
+        s.outbox_counts("alice").await.unwrap(),
+        OutboxCounts {
+            pending: 6,
+            pending_flash: 2
+        }
+    );
+
+    let deliver = |at_ms| WriteBatch {
+        delivered: vec![
+            delivered("alice", 1, 1, at_ms),
+            delivered("alice", 4, 4, at_ms),
+            delivered("alice", 99, 120, at_ms),
+        ],
+        ..WriteBatch::default()
+    };
+    s.commit(deliver(500)).await.unwrap();
+    s.commit(deliver(600)).await.unwrap();
+    let expected = OutboxCounts {
+        pending: 4,
+        pending_flash: 1,
+    };
+    assert_eq!(s.outbox_counts("alice").await.unwrap(), expected);
+    // The first confirmation's time is kept; unconfirmed messages have none.
+    assert_eq!(
+        s.receipt_times(id(0x10, 4)).await.unwrap().delivered_ms,
+        Some(500)
+    );
+    assert_eq!(
+        s.receipt_times(id(0x10, 3)).await.unwrap().delivered_ms,
+        None
+    );
+    // Bob's envelopes with the same seqs are not alice's.
+    assert_eq!(
+        s.receipt_times(id(0x20, 4)).await.unwrap().delivered_ms,
+        None
+    );
+    assert_eq!(
+        seqs(&s.outbox_pending("alice", 3, 0, 10).await.unwrap()),
+        vec![2, 3, 5]
+    );
+
+    let prune = WriteBatch {
+        prune: vec![("alice".into(), 2), ("alice".into(), 1)],
+        ..WriteBatch::default()
+    };
+    s.commit(prune.clone()).await.unwrap();
+    s.commit(prune).await.unwrap();
+    assert_eq!(
+        s.outbox_counts("alice").await.unwrap(),
+        OutboxCounts {
+            pending: 2,
+            pending_flash: 0
+        }
+    );
+    assert_eq!(
+        seqs(&s.outbox_pending("alice", 3, 0, 10).await.unwrap()),
+        vec![3, 5]
+    );
+    // Delivered after pruning: nothing left to mark, still fine.
+    s.commit(WriteBatch {
+        delivered: vec![delivered("alice", 0, 1, 1)],
+        prune: vec![("alice".into(), u64::MAX)],
+        ..WriteBatch::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.outbox_counts("alice").await.unwrap(),
+        OutboxCounts::default()
+    );
+    // Bob's rows were never touched; pruning removes outbox rows, never messages.
+    assert_eq!(s.outbox_counts("bob").await.unwrap().pending, 6);
+    assert_eq!(s.message_count().await.unwrap(), 12);
+}
+
+#[tokio::test]
+async fn a_delivered_range_covers_every_seq_in_it() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    for seq in 1..=50 {
+        send(&mut batch, "alice", seq, 0);
+    }
+    // An incoming message with a seq in the range is not one of ours.
+    batch.messages.push(msg("alice", Direction::In, 10, 5));
+    s.commit(batch).await.unwrap();
+
+    s.commit(WriteBatch {
+        delivered: vec![delivered("alice", 11, 20, 100)],
+        ..WriteBatch::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.outbox_counts("alice").await.unwrap().pending, 40);
+    assert_eq!(
+        seqs(&s.outbox_pending("alice", 0, 9, 3).await.unwrap()),
+        vec![10, 21, 22]
+    );
+    assert_eq!(
+        s.receipt_times(id(0x10, 20)).await.unwrap().delivered_ms,
+        Some(100)
+    );
+    assert_eq!(
+        s.receipt_times(id(0x11, 10)).await.unwrap().delivered_ms,
+        None
+    );
+
+    // A range wider than anything stored (even beyond SQLite's integers) is harmless.
+    s.commit(WriteBatch {
+        delivered: vec![delivered("alice", 1, u64::MAX, 200)],
+        ..WriteBatch::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.outbox_counts("alice").await.unwrap(),
+        OutboxCounts::default()
+    );
+    assert_eq!(
+        s.receipt_times(id(0x10, 20)).await.unwrap().delivered_ms,
+        Some(100)
+    );
+    assert_eq!(
+        s.receipt_times(id(0x10, 50)).await.unwrap().delivered_ms,
+        Some(200)
+    );
+}
+
+#[tokio::test]
+async fn the_first_receipt_per_level_wins() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let of = id(0x10, 0);
+    s.commit(WriteBatch {
+        receipts: vec![
+            receipt(of, ReceiptLevel::Delivered, 10, None),
+            receipt(of, ReceiptLevel::Delivered, 11, None),
+            receipt(of, ReceiptLevel::Declined, 30, Some("no")),
+        ],
+        ..WriteBatch::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.receipt_times(of).await.unwrap(),
+        ReceiptTimes {
+            delivered_ms: Some(10),
+            declined_ms: Some(30),
+            note: Some("no".into()),
+            ..ReceiptTimes::default()
+        }
+    );
+
+    s.commit(WriteBatch {
+        receipts: vec![
+            receipt(of, ReceiptLevel::Delivered, 12, None),
+            receipt(of, ReceiptLevel::Read, 20, None),
+            receipt(of, ReceiptLevel::Acknowledged, 40, Some("yes")),
+            receipt(of, ReceiptLevel::Declined, 41, Some("changed my mind")),
+        ],
+        ..WriteBatch::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.receipt_times(of).await.unwrap(),
+        ReceiptTimes {
+            delivered_ms: Some(10),
+            read_ms: Some(20),
+            acknowledged_ms: Some(40),
+            declined_ms: Some(30),
+            // The acknowledgement's note is preferred over the decline's.
+            note: Some("yes".into()),
+        }
+    );
+}
+
+#[tokio::test]
+async fn delivered_receipts_only_record() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 0, 0);
+    s.commit(batch).await.unwrap();
+    s.commit(WriteBatch {
+        receipts: vec![receipt(id(0x10, 0), ReceiptLevel::Delivered, 5, None)],
+        ..WriteBatch::default()
+    })
+    .await
+    .unwrap();
+    // Recording the receipt does not by itself touch the outbox; `delivered` does that.
+    assert_eq!(s.outbox_counts("alice").await.unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn inbox_orders_limits_and_filters() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    // Inserted out of order; ties on created_at are broken by sender, then seq.
+    batch.messages.push(msg("alice", Direction::In, 1, 200));
+    batch.messages.push(msg("alice", Direction::In, 0, 200));
+    batch.messages.push(msg("alice", Direction::Out, 0, 200));
+    batch.messages.push(msg("bob", Direction::In, 0, 100));
+    batch.messages.push(msg("bob", Direction::Out, 0, 300));
+    batch.messages.push(MessageRow {
+        kind: 1,
+        ..msg("alice", Direction::Out, 1, 250)
+    });
+    s.commit(batch).await.unwrap();
+
+    let list = |q: InboxQuery| async move {
+        s.inbox(q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.peer, m.direction, m.seq))
+            .collect::<Vec<_>>()
+    };
+    use Direction::{In, Out};
+    let a = || "alice".to_string();
+    let b = || "bob".to_string();
+
+    // ME (0x01) sorts before ALICE (0x02) at the same created_at.
+    assert_eq!(
+        list(InboxQuery::default()).await,
+        vec![
+            (b(), In, 0),
+            (a(), Out, 0),
+            (a(), In, 0),
+            (a(), In, 1),
+            (b(), Out, 0)
+        ]
+    );
+    assert_eq!(
+        list(InboxQuery {
+            include_receipts: true,
+            ..InboxQuery::default()
+        })
+        .await,
+        vec![
+            (b(), In, 0),
+            (a(), Out, 0),
+            (a(), In, 0),
+            (a(), In, 1),
+            (a(), Out, 1),
+            (b(), Out, 0)
+        ]
+    );
+    // The newest two, still oldest first.
+    assert_eq!(
+        list(InboxQuery {
+            limit: 2,
+            ..InboxQuery::default()
+        })
+        .await,
+        vec![(a(), In, 1), (b(), Out, 0)]
+    );
+    assert_eq!(
+        list(InboxQuery {
+            peer: Some(a()),
+            ..InboxQuery::default()
+        })
+        .await,
+        vec![(a(), Out, 0), (a(), In, 0), (a(), In, 1)]
+    );
+    assert_eq!(
+        list(InboxQuery {
+            peer: Some(a()),
+            direction: Some(In),
+            limit: 1,
+            ..InboxQuery::default()
+        })
+        .await,
+        vec![(a(), In, 1)]
+    );
+    assert_eq!(
+        list(InboxQuery {
+            direction: Some(Out),
+            include_receipts: true,
+            ..InboxQuery::default()
+        })
+        .await,
+        vec![(a(), Out, 0), (a(), Out, 1), (b(), Out, 0)]
+    );
+    assert_eq!(
+        list(InboxQuery {
+            peer: Some("carol".into()),
+            ..InboxQuery::default()
+        })
+        .await,
+        vec![]
+    );
+}
+
+#[tokio::test]
+async fn inbox_limit_zero_means_the_default_of_1000() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    for seq in 0..1_005 {
+        batch
+            .messages
+            .push(msg("alice", Direction::In, seq, seq as i64));
+    }
+    s.commit(batch).await.unwrap();
+    let rows = s.inbox(InboxQuery::default()).await.unwrap();
+    assert_eq!(rows.len(), 1_000);
+    assert_eq!(rows.first().map(|m| m.seq), Some(5));
+    assert_eq!(rows.last().map(|m| m.seq), Some(1_004));
+}
+
+#[tokio::test]
+async fn outbox_pending_orders_and_filters() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    for seq in [4, 1, 7, 2, 9] {
+        send(&mut batch, "alice", seq, 0);
+    }
+    send(&mut batch, "alice", 3, 2);
+    send(&mut batch, "bob", 5, 0);
+    // A receipt envelope sits in the outbox like any other until pruned.
+    batch.messages.push(MessageRow {
+        kind: 1,
+        ..msg("alice", Direction::Out, 8, 50)
+    });
+    batch.outbox.push(OutboxRow {
+        is_receipt: true,
+        ..outbox("alice", 8, 0)
+    });
+    batch.delivered.push(delivered("alice", 7, 7, 1));
+    s.commit(batch).await.unwrap();
+
+    let pending = s.outbox_pending("alice", 0, 0, 100).await.unwrap();
+    assert_eq!(seqs(&pending), vec![1, 2, 4, 8, 9]);
+    assert_eq!(pending[0].1, b"envelope alice Out 1".to_vec());
+    assert_eq!(
+        seqs(&s.outbox_pending("alice", 0, 2, 2).await.unwrap()),
+        vec![4, 8]
+    );
+    assert_eq!(
+        seqs(&s.outbox_pending("alice", 2, 0, 100).await.unwrap()),
+        vec![3]
+    );
+    assert_eq!(
+        seqs(&s.outbox_pending("alice", 1, 0, 100).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(&s.outbox_pending("bob", 0, 0, 100).await.unwrap()),
+        vec![5]
+    );
+    assert_eq!(
+        seqs(&s.outbox_pending("alice", 0, 0, 0).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        s.outbox_counts("alice").await.unwrap(),
+        OutboxCounts {
+            pending: 6,
+            pending_flash: 5
+        }
+    );
+    assert_eq!(
+        s.outbox_counts("carol").await.unwrap(),
+        OutboxCounts::default()
+    );
+}
+
+#[tokio::test]
+async fn everything_survives_close_and_reopen() {
+    let db = open_temp().await;
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 1, 0);
+    send(&mut batch, "alice", 2, 3);
+    batch.messages.push(MessageRow {
+        placement: Placement::Held,
+        in_reply_to: Some(id(0x10, 1)),
+        ..msg("alice", Direction::In, 4, 10)
+    });
+    batch.streams.push(StreamRow {
+        channel: CHANNEL_A,
+        sender: ME,
+        next_seq: 3,
+        last_id: id(0x10, 2),
+    });
+    batch.receipts.push(receipt(
+        id(0x10, 1),
+        ReceiptLevel::Acknowledged,
+        77,
+        Some("ok"),
+    ));
+    let messages = batch.messages.clone();
+    db.store.commit(batch).await.unwrap();
+    db.store
+        .commit(WriteBatch {
+            delivered: vec![delivered("alice", 2, 2, 1)],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    db.store.close().await;
+    assert!(
+        db.store.message_count().await.is_err(),
+        "a closed store refuses work"
+    );
+
+    let s = SqliteStore::open(&db.path).await.expect("reopen");
+    assert_eq!(s.message_count().await.unwrap(), 3);
+    for m in &messages {
+        assert_eq!(s.message(m.id).await.unwrap().as_ref(), Some(m));
+    }
+    assert_eq!(s.streams().await.unwrap().len(), 1);
+    assert_eq!(s.held(CHANNEL_A, ALICE, 5).await.unwrap().len(), 1);
+    assert_eq!(
+        s.outbox_counts("alice").await.unwrap(),
+        OutboxCounts {
+            pending: 1,
+            pending_flash: 1
+        }
+    );
+    assert_eq!(
+        s.receipt_times(id(0x10, 1)).await.unwrap().acknowledged_ms,
+        Some(77)
+    );
+    // Migrations are not re-applied on an up-to-date file, and the store still writes.
+    let mut more = WriteBatch::default();
+    send(&mut more, "alice", 3, 0);
+    s.commit(more).await.unwrap();
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_new_file_is_private() {
+    let db = open_temp().await;
+    assert_eq!(mode(&db.path), 0o600);
+    // The WAL inherits the database's mode.
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 0, 0);
+    db.store.commit(batch).await.unwrap();
+    let wal = db.path.with_extension("db-wal");
+    assert!(wal.exists(), "WAL mode is on");
+    assert_eq!(mode(&wal), 0o600);
+    db.store.close().await;
+}
+
+#[tokio::test]
+async fn opening_something_that_is_not_a_database_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junk.db");
+    std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert!(matches!(err, StoreError::Open(_)), "{err:?}");
+
+    let missing_dir = dir.path().join("no/such/dir/x.db");
+    let err = SqliteStore::open(&missing_dir).await.unwrap_err();
+    assert!(matches!(err, StoreError::Open(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_malformed_row_is_reported_as_corrupt() {
+    use sqlx::Connection;
+
+    let db = open_temp().await;
+    let good = msg("alice", Direction::In, 0, 1);
+    db.store
+        .commit(WriteBatch {
+            messages: vec![good.clone()],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+
+    // Damage the row behind the store's back; the schema's CHECKs would refuse it, so
+    // switch them off for this connection.
+    let url = format!("sqlite://{}", db.path.display());
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE messages SET channel = x'0102', direction = 1 WHERE id = ?")
+        .bind(good.id.as_slice())
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    raw.close().await.unwrap();
+
+    let err = db.store.message(good.id).await.unwrap_err();
+    match err {
+        StoreError::Corrupt { table, what } => {
+            assert_eq!(table, "messages");
+            assert!(what.contains("channel"), "{what}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reads_proceed_while_a_commit_is_in_flight() {
+    let db = open_temp().await;
+    let s = db.store.clone();
+    let mut batch = WriteBatch::default();
+    for seq in 0..2_000 {
+        send(&mut batch, "bob", seq, 3);
+    }
+    let writer = tokio::spawn(async move { s.commit(batch).await });
+    // Whatever the reader sees is a committed state: all of the batch or none of it.
+    let n = db.store.message_count().await.unwrap();
+    assert!(n == 0 || n == 2_000, "saw {n}");
+    writer.await.unwrap().unwrap();
+    assert_eq!(db.store.message_count().await.unwrap(), 2_000);
+}

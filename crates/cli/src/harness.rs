@@ -29,6 +29,8 @@ pub struct ProcNode {
     pub dir: PathBuf,
     pub peer_addr: String,
     pub console_addr: String,
+    /// The `detente` program to run (this program by default).
+    pub exe: PathBuf,
     child: Option<Child>,
 }
 
@@ -57,25 +59,32 @@ impl ProcNode {
             console_listen: console_addr.clone(),
         };
         NodeDir::new(&dir).init(&options, seed, token)?;
+        let exe = std::env::current_exe()
+            .map_err(|e| Failure::new(format!("cannot find this program: {e}")))?;
         Ok(Self {
             name: name.into(),
             dir,
             peer_addr,
             console_addr,
+            exe,
             child: None,
         })
     }
 
-    /// Pin `a` and `b` to each other.
+    /// Pin `a` and `b` to each other at their real addresses.
     pub fn pin_pair(a: &ProcNode, b: &ProcNode) -> Result<(), Failure> {
-        for (me, other) in [(a, b), (b, a)] {
-            let key = NodeDir::new(&other.dir).secret()?.public();
-            NodeDir::new(&me.dir).add_peer(PeerConfig {
-                name: other.name.clone(),
-                key: key.to_text(),
-                addrs: vec![other.peer_addr.clone()],
-            })?;
-        }
+        a.pin(b, vec![b.peer_addr.clone()])?;
+        b.pin(a, vec![a.peer_addr.clone()])
+    }
+
+    /// Pin `other` as a peer of this node, reached at `addrs` (a proxy, say).
+    pub fn pin(&self, other: &ProcNode, addrs: Vec<String>) -> Result<(), Failure> {
+        let key = NodeDir::new(&other.dir).secret()?.public();
+        NodeDir::new(&self.dir).add_peer(PeerConfig {
+            name: other.name.clone(),
+            key: key.to_text(),
+            addrs,
+        })?;
         Ok(())
     }
 
@@ -89,14 +98,12 @@ impl ProcNode {
 
     /// Start `detente serve` for this node; its log goes to `DIR/node.log`.
     pub fn start(&mut self) -> Result<(), Failure> {
-        let exe = std::env::current_exe()
-            .map_err(|e| Failure::new(format!("cannot find this program: {e}")))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("node.log"))
             .map_err(|e| Failure::new(format!("cannot open the node log: {e}")))?;
-        let child = Command::new(exe)
+        let child = Command::new(&self.exe)
             .arg("serve")
             .arg("--dir")
             .arg(&self.dir)

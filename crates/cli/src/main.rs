@@ -5,11 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-mod bench;
-mod client;
-mod commands;
-mod demo;
-mod harness;
+use detente::{bench, commands, demo, Outcome};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -213,71 +209,6 @@ enum ConfigCommand {
         value: String,
     },
 }
-
-/// A failure to report: what, and the next step.
-pub struct Failure {
-    pub error: String,
-    pub hint: Option<String>,
-    pub code: u8,
-}
-
-impl Failure {
-    pub fn new(error: impl Into<String>) -> Self {
-        Self {
-            error: error.into(),
-            hint: None,
-            code: 1,
-        }
-    }
-
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-
-    pub fn usage(error: impl Into<String>) -> Self {
-        Self {
-            error: error.into(),
-            hint: None,
-            code: 2,
-        }
-    }
-}
-
-impl From<client::ClientError> for Failure {
-    fn from(e: client::ClientError) -> Self {
-        let code = if e.status == Some(400) { 2 } else { 1 };
-        Self {
-            error: e.error,
-            hint: e.hint,
-            code,
-        }
-    }
-}
-
-impl From<detente_node::config::ConfigError> for Failure {
-    fn from(e: detente_node::config::ConfigError) -> Self {
-        use detente_node::config::ConfigError;
-        let hint = match &e {
-            ConfigError::NoNode(dir) => Some(format!(
-                "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
-                dir.display()
-            )),
-            ConfigError::UnknownKey(_) => Some(format!(
-                "known keys: {}",
-                detente_node::config::CONFIG_KEYS.join(", ")
-            )),
-            _ => None,
-        };
-        Self {
-            error: e.to_string(),
-            hint,
-            code: 1,
-        }
-    }
-}
-
-pub type Outcome = Result<(), Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -17,7 +17,7 @@ use detente_store::{
 const MESSAGE_BYTES: usize = 1024;
 
 /// Messages committed per batch size when no count is given.
-const MESSAGES_DEFAULT: u64 = 50_000;
+const MESSAGES_DEFAULT: u64 = 100_000;
 
 /// Fills a hash-sized value from a counter (splitmix64), so ids spread like real hashes.
 fn pseudo_hash(mut x: u64) -> Hash32 {

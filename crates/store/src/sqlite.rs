@@ -98,7 +98,11 @@ impl SqliteStore {
             .clone()
             .journal_mode(SqliteJournalMode::Wal)
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string());
+            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string())
+            // A multi-row INSERT keeps a statement journal (so a failing row undoes only
+            // its statement) of every index page it touches; in a temporary file that is a
+            // kernel write per page, in memory a copy. Measured 15-20% more commits/s.
+            .pragma("temp_store", "MEMORY");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // Keep the writer open for the store's whole life: it holds the WAL open, and

@@ -106,7 +106,9 @@ async fn a_thousand_each_way_through_cuts_and_crashes() {
     }
     let to_b = Proxy::start(b.peer_addr.clone()).await;
     let to_a = Proxy::start(a.peer_addr.clone()).await;
-    a.pin(&b, vec![to_b.listen.clone()]).ok().unwrap();
+    // alpha's primary address for bravo is dead: every session goes through failover.
+    let dead = format!("127.0.0.1:{}", free_port().ok().unwrap());
+    a.pin(&b, vec![dead, to_b.listen.clone()]).ok().unwrap();
     b.pin(&a, vec![to_a.listen.clone()]).ok().unwrap();
     a.start().ok().unwrap();
     b.start().ok().unwrap();

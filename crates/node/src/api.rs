@@ -13,9 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use detente_proto::{
-    Body, MessageId, Precedence, Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
-};
+use detente_proto::{Body, MessageId, Precedence, Receipt, ReceiptLevel, ReceiptTarget, TextBody};
 use detente_store::{Direction, InboxQuery, MessageRow, Placement, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -413,17 +411,30 @@ async fn wait(
         if reached {
             return Ok(Json(json).into_response());
         }
-        // Wait for any event that may concern it, then look again.
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, events.recv()).await {
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("no {} receipt yet", level.name()),
-                ))
+        // Look again only when an event concerns this message (or events were missed).
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let event = match tokio::time::timeout(remaining, events.recv()).await {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("no {} receipt yet", level.name()),
+                    ))
+                }
+                Ok(event) => event,
+            };
+            let concerns = match event {
+                Ok(Event::Delivered { peer, from, to }) => {
+                    peer == row.peer && (from..=to).contains(&row.seq)
+                }
+                Ok(Event::Receipt { of, .. }) => of == id,
+                Ok(Event::Stored { .. }) => false,
+                // Lagged: some events were lost; look at the store again.
+                Err(_) => true,
+            };
+            if concerns {
+                break;
             }
-            Ok(Ok(Event::Stored { .. })) => continue,
-            Ok(_) => continue,
         }
     }
 }
@@ -516,13 +527,14 @@ async fn message_json(
     };
     let lang = lang.unwrap_or(&node_lang);
     // Stored bytes were verified before they were stored; decoding them again is a check.
-    let envelope = VerifiedEnvelope::decode(&row.bytes, None).map_err(|e| {
+    // Stored bytes were verified before they were stored; showing them needs only a parse.
+    let envelope = detente_proto::envelope::parse_unverified(&row.bytes).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("stored envelope unreadable: {e}"),
         )
     })?;
-    let e = envelope.envelope();
+    let e = &envelope;
     let times = shared.store.receipt_times(row.id).await?;
     let delivered = match row.direction {
         Direction::In => Some(row.stored_at_ms),

@@ -355,8 +355,12 @@ impl NodeConfig {
         validate_addr("console_listen", &self.console_listen)?;
         if self.author.is_empty()
             || self.author.len() > detente_proto::envelope::limits::AUTHOR_BYTES_MAX
+            || self.author.chars().any(char::is_control)
         {
-            return Err(bad("author", "between 1 and 96 bytes"));
+            return Err(bad(
+                "author",
+                "between 1 and 96 bytes, no control characters",
+            ));
         }
         for key in CONFIG_KEYS {
             if key.starts_with("link.") || key.starts_with("deadlines.") {

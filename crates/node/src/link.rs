@@ -7,7 +7,7 @@
 //! A session runs three tasks:
 //! - the **reader** reads frames; envelopes are gathered into batches (everything that
 //!   arrived in one read) and handed to the receive pipeline;
-//! - the **receive pipeline** verifies a batch (batch signature verification), gives it to
+//! - the **receive pipeline** verifies a batch (strictly, one signature at a time), gives it to
 //!   the writer, and only after the writer's commit sends back `Ack` — the signed DELIVERED
 //!   receipt was staged in that same commit and goes out through the scheduler;
 //! - the **session loop** owns the write half: heartbeats, acks, and the precedence
@@ -33,10 +33,16 @@ use crate::Shared;
 /// Envelopes sent and not yet processed by the peer, at most. Bounds what a FLASH can find
 /// ahead of it in the peer's receive path.
 pub const WINDOW_MAX: u64 = 2048;
+/// Extra envelopes in flight allowed for FLASH and IMMEDIATE traffic, so that a full window
+/// of ROUTINE never holds a FLASH back at the sender.
+pub const URGENT_WINDOW_EXTRA: u64 = 256;
 /// Envelopes handed to the receive pipeline in one batch, at most.
 pub const RECEIVE_BATCH_MAX: usize = 512;
 /// Batches queued for verification and commit per session, at most.
-pub const RECEIVE_QUEUE_MAX: usize = 4;
+pub const RECEIVE_QUEUE_MAX: usize = 64;
+/// Batches of FLASH and IMMEDIATE envelopes queued per session, at most. They are verified
+/// and stored before any queued batch of lower precedence.
+pub const URGENT_QUEUE_MAX: usize = 16;
 /// Bytes written in one go, at most.
 const WRITE_CHUNK_BYTES: usize = 256 * 1024;
 /// How long a TCP connect plus TLS handshake may take.
@@ -245,11 +251,17 @@ async fn session(
 
     let (control_tx, mut control) = mpsc::channel::<Control>(1024);
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Vec<u8>>>(RECEIVE_QUEUE_MAX);
-    let reader_task = tokio::spawn(read_frames(buffer, reader, control_tx.clone(), batch_tx));
+    let (urgent_tx, urgent_rx) = mpsc::channel::<Vec<Vec<u8>>>(URGENT_QUEUE_MAX);
+    let lanes = Lanes {
+        normal: batch_tx,
+        urgent: urgent_tx,
+    };
+    let reader_task = tokio::spawn(read_frames(buffer, reader, control_tx.clone(), lanes));
     let pipeline_task = tokio::spawn(receive_pipeline(
         shared.clone(),
         entry.clone(),
         batch_rx,
+        urgent_rx,
         control_tx,
     ));
 
@@ -396,7 +408,16 @@ async fn pump<W: AsyncWrite + Unpin>(
                 }
             }
         }
-        if sent.saturating_sub(peer_received) >= WINDOW_MAX || out.len() >= WRITE_CHUNK_BYTES {
+        let in_flight_now = sent.saturating_sub(peer_received);
+        let urgent = scheduler
+            .next_precedence()
+            .is_some_and(|p| p <= Precedence::Immediate);
+        let window = if urgent {
+            WINDOW_MAX + URGENT_WINDOW_EXTRA
+        } else {
+            WINDOW_MAX
+        };
+        if in_flight_now >= window || out.len() >= WRITE_CHUNK_BYTES {
             break;
         }
         let Some(next) = scheduler.next() else { break };
@@ -470,19 +491,34 @@ impl FrameBuffer {
     }
 }
 
+/// Where the reader hands envelopes: FLASH and IMMEDIATE on the urgent lane, the rest on
+/// the normal one. The lane is chosen from the precedence the envelope claims
+/// ([`detente_proto::envelope::peek_precedence`]); everything is verified afterwards either way.
+struct Lanes {
+    normal: mpsc::Sender<Vec<Vec<u8>>>,
+    urgent: mpsc::Sender<Vec<Vec<u8>>>,
+}
+
 async fn read_frames<R: AsyncRead + Unpin>(
     mut buffer: FrameBuffer,
     mut reader: R,
     control: mpsc::Sender<Control>,
-    batches: mpsc::Sender<Vec<Vec<u8>>>,
+    lanes: Lanes,
 ) {
+    let batches = &lanes.normal;
     let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut urgent: Vec<Vec<u8>> = Vec::new();
     loop {
         loop {
             match buffer.take() {
                 Ok(Some(frame)) => {
                     let message = match frame {
                         Frame::Envelope(bytes) => {
+                            let precedence = detente_proto::envelope::peek_precedence(&bytes);
+                            if precedence.is_some_and(|p| p <= Precedence::Immediate) {
+                                urgent.push(bytes);
+                                continue;
+                            }
                             batch.push(bytes);
                             if batch.len() >= RECEIVE_BATCH_MAX {
                                 if batches.send(std::mem::take(&mut batch)).await.is_err() {
@@ -519,6 +555,15 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 }
             }
         }
+        if !urgent.is_empty()
+            && lanes
+                .urgent
+                .send(std::mem::take(&mut urgent))
+                .await
+                .is_err()
+        {
+            return;
+        }
         if !batch.is_empty() && batches.send(std::mem::take(&mut batch)).await.is_err() {
             return;
         }
@@ -545,10 +590,17 @@ async fn receive_pipeline(
     shared: Arc<Shared>,
     entry: Arc<PeerEntry>,
     mut batches: mpsc::Receiver<Vec<Vec<u8>>>,
+    mut urgent: mpsc::Receiver<Vec<Vec<u8>>>,
     control: mpsc::Sender<Control>,
 ) {
     let mut received: u64 = 0;
-    while let Some(batch) = batches.recv().await {
+    loop {
+        let batch = tokio::select! {
+            biased;
+            Some(batch) = urgent.recv() => batch,
+            Some(batch) = batches.recv() => batch,
+            else => return,
+        };
         received += batch.len() as u64;
         let key = entry.key;
         let decoded = tokio::task::spawn_blocking(move || {

@@ -456,6 +456,9 @@ impl Writer {
     ) -> Result<ReceiveOutcome, WriteError> {
         let mut outcome = ReceiveOutcome::default();
         let mut delivered_seqs = Vec::new();
+        // Envelopes of this batch by seq, not yet in the store: a second, different envelope
+        // for the same seq in the same batch is equivocation too.
+        let mut in_batch: HashMap<u64, MessageId> = HashMap::new();
         let mut receipt_precedence = Precedence::Routine;
         for verified in envelopes {
             let Some(p) = self.peers.get_mut(peer) else {
@@ -492,7 +495,16 @@ impl Writer {
                     Placement::Held
                 }
                 Disposition::Known => {
-                    if !p.held.contains_key(&seq) {
+                    if let Some(id) = in_batch.get(&seq) {
+                        if *id != verified.id() {
+                            conflict(peer, seq);
+                            outcome.refused.push((
+                                seq,
+                                RefuseCode::Conflict,
+                                "a different envelope holds this seq".into(),
+                            ));
+                        }
+                    } else if !p.held.contains_key(&seq) {
                         let stored = self
                             .store
                             .message_at(p.channel.0, *p.key.as_bytes(), seq)
@@ -521,6 +533,7 @@ impl Writer {
                     continue;
                 }
             };
+            in_batch.insert(seq, verified.id());
             self.promote_held(batch, peer);
             staged.touched.insert(peer.to_string());
             outcome.stored += 1;

@@ -38,6 +38,9 @@ pub mod limits {
     pub const NOTE_BYTES_MAX: usize = 2048;
     /// Ranges in one DELIVERED receipt.
     pub const RECEIPT_RANGES_MAX: usize = 64;
+    /// Latest creation time, in milliseconds since the Unix epoch (2^48: the year 10889);
+    /// keeps every time representable as a signed 64-bit number everywhere it is stored.
+    pub const CREATED_AT_MS_MAX: u64 = 1 << 48;
 }
 
 /// Envelope format version carried in every payload.
@@ -460,6 +463,77 @@ impl VerifiedEnvelope {
     }
 }
 
+/// The content of an envelope **without checking its signature**: for showing envelopes that
+/// were verified before they were stored. It cannot make a [`VerifiedEnvelope`], so nothing
+/// parsed this way can be stored or appended.
+pub fn parse_unverified(bytes: &[u8]) -> Result<Envelope> {
+    VerifiedEnvelope::parse(bytes).map(|(envelope, _)| envelope)
+}
+
+/// The precedence an envelope claims, read from the fixed layout of its first bytes without
+/// decoding or verifying anything: a scheduling hint for the receive path (a FLASH is
+/// verified and stored ahead of queued ROUTINE traffic). `None` when the bytes do not have
+/// the expected shape; the full decode decides everything else.
+pub fn peek_precedence(bytes: &[u8]) -> Option<Precedence> {
+    let mut at = 0usize;
+    let expect = |want: &[u8], at: &mut usize| -> Option<()> {
+        let got = bytes.get(*at..*at + want.len())?;
+        (got == want).then(|| *at += want.len())
+    };
+    // Tag 18, array of 4, the protected header bstr, the empty unprotected map.
+    expect(&[0xd2, 0x84, 0x43, 0xa1, 0x01, 0x32, 0xa0], &mut at)?;
+    // The payload bstr's length head, then the payload array of 11.
+    at += match *bytes.get(at)? {
+        0x58 => 2,
+        0x59 => 3,
+        0x5a => 5,
+        _ => return None,
+    };
+    expect(&[0x8b], &mut at)?;
+    let skip_uint = |at: &mut usize| -> Option<u64> {
+        let head = *bytes.get(*at)?;
+        if head >> 5 != 0 {
+            return None;
+        }
+        let (len, value) = match head & 0x1f {
+            n @ 0..=23 => (1, u64::from(n)),
+            24 => (2, u64::from(*bytes.get(*at + 1)?)),
+            25 => (
+                3,
+                u64::from(u16::from_be_bytes(
+                    bytes.get(*at + 1..*at + 3)?.try_into().ok()?,
+                )),
+            ),
+            26 => (
+                5,
+                u64::from(u32::from_be_bytes(
+                    bytes.get(*at + 1..*at + 5)?.try_into().ok()?,
+                )),
+            ),
+            27 => (
+                9,
+                u64::from_be_bytes(bytes.get(*at + 1..*at + 9)?.try_into().ok()?),
+            ),
+            _ => return None,
+        };
+        *at += len;
+        Some(value)
+    };
+    let skip_hash = |at: &mut usize| -> Option<()> {
+        (bytes.get(*at..*at + 2)? == [0x58, 0x20]).then_some(())?;
+        *at += 34;
+        Some(())
+    };
+    skip_uint(&mut at)?; // version
+    skip_hash(&mut at)?; // channel
+    skip_hash(&mut at)?; // sender
+    skip_uint(&mut at)?; // seq
+    skip_hash(&mut at)?; // prev
+    skip_uint(&mut at)?; // created_at
+    let precedence = skip_uint(&mut at)?;
+    Precedence::from_u8(u8::try_from(precedence).ok()?)
+}
+
 /// The message id of signed bytes.
 pub fn message_id(bytes: &[u8]) -> MessageId {
     MessageId(Sha256::digest(bytes).into())
@@ -477,6 +551,12 @@ fn check_fields(e: &Envelope) -> Result<()> {
         return Err(EnvelopeError::InvalidField {
             field: "prev",
             reason: "is zero exactly for the first envelope of a stream",
+        });
+    }
+    if e.created_at_ms > limits::CREATED_AT_MS_MAX {
+        return Err(EnvelopeError::InvalidField {
+            field: "created_at",
+            reason: "is after the year 10889",
         });
     }
     check_len("topic", &e.topic, limits::TOPIC_BYTES_MAX)?;
@@ -889,6 +969,31 @@ mod tests {
                 "bit {i}"
             );
         }
+    }
+
+    #[test]
+    fn peeked_precedence_matches_the_signed_one() {
+        let s = secret(1);
+        for p in Precedence::ALL {
+            for seq in [1, 30, 300, 70_000, 5_000_000_000] {
+                let mut e = sample(
+                    &s,
+                    seq,
+                    if seq == 1 {
+                        MessageId::ZERO
+                    } else {
+                        MessageId([1; 32])
+                    },
+                );
+                e.precedence = p;
+                let v = VerifiedEnvelope::sign(e, &s).unwrap();
+                assert_eq!(peek_precedence(v.bytes()), Some(p));
+                for cut in 0..60 {
+                    let _ = peek_precedence(&v.bytes()[..cut]);
+                }
+            }
+        }
+        assert_eq!(peek_precedence(b"garbage"), None);
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub enum Frame {
     Pong {
         nonce: u64,
     },
-    /// This side refused the envelope `seq` (0: the whole session) and says why; it stored
-    /// nothing of it.
+    /// This side refused the envelope `seq` (0: an envelope too malformed to have a
+    /// trustworthy `seq`, or — with code `Protocol` — the session, which is then closed) and
+    /// says why; it stored nothing of it.
     Refuse {
         seq: u64,
         code: RefuseCode,

@@ -17,33 +17,64 @@ pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
 const FINGERPRINT_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// A party's public key: 32 bytes of an Ed25519 verifying key, checked to be a valid point.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartyKey([u8; 32]);
+/// The decompressed point is kept, because decompressing costs about a quarter of a
+/// signature verification and every envelope names its sender.
+#[derive(Clone, Copy)]
+pub struct PartyKey {
+    bytes: [u8; 32],
+    point: VerifyingKey,
+}
+
+impl PartialEq for PartyKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for PartyKey {}
+
+impl std::hash::Hash for PartyKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state);
+    }
+}
+
+impl PartialOrd for PartyKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PartyKey {
+    /// Byte order of the encoded key (the order the channel id and the link tie-break use).
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bytes.cmp(&other.bytes)
+    }
+}
 
 impl PartyKey {
     /// Parse raw bytes; refuses bytes that are not a valid Ed25519 point.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, KeyError> {
-        VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidPoint)?;
-        Ok(Self(bytes))
+        let point = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidPoint)?;
+        Ok(Self { bytes, point })
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.bytes
     }
 
     pub fn verifying_key(&self) -> VerifyingKey {
-        // Checked in every constructor.
-        VerifyingKey::from_bytes(&self.0).expect("PartyKey holds a valid point")
+        self.point
     }
 
     /// The fingerprint to read aloud, e.g. `7KQF-2M9X-R4TD-8PWA-3JHN`.
     pub fn fingerprint(&self) -> String {
-        fingerprint(&self.0)
+        fingerprint(&self.bytes)
     }
 
     /// The text form: `ed25519:` followed by 64 lowercase hex digits.
     pub fn to_text(&self) -> String {
-        format!("{PUBLIC_KEY_PREFIX}{}", hex::encode(self.0))
+        format!("{PUBLIC_KEY_PREFIX}{}", hex::encode(self.bytes))
     }
 
     /// Parse the text form printed by [`PartyKey::to_text`]. Whitespace around it is allowed.
@@ -105,7 +136,11 @@ impl PartySecret {
     /// tests are deterministic).
     pub fn from_seed(seed: [u8; 32]) -> Self {
         let signing = SigningKey::from_bytes(&seed);
-        let public = PartyKey(signing.verifying_key().to_bytes());
+        let point = signing.verifying_key();
+        let public = PartyKey {
+            bytes: point.to_bytes(),
+            point,
+        };
         Self { signing, public }
     }
 

@@ -172,6 +172,14 @@ impl Scheduler {
         Some(out)
     }
 
+    /// The precedence of the envelope [`Scheduler::next`] would most likely give (the highest
+    /// loaded), so that the driver can let a FLASH past a full flow-control window.
+    pub fn next_precedence(&self) -> Option<Precedence> {
+        self.lanes
+            .iter()
+            .find_map(|l| l.queue.front().map(|o| o.precedence))
+    }
+
     /// Envelopes in memory, for tests and status.
     pub fn queued(&self) -> usize {
         self.lanes.iter().map(|l| l.queue.len()).sum()

@@ -346,7 +346,7 @@ fn arb_envelope() -> impl Strategy<Value = ([u8; 32], Envelope)> {
             any::<[u8; 32]>(),
             prop_oneof![Just(1u64), 2u64..1000, 2u64..=u64::MAX],
             any::<[u8; 32]>(),
-            any::<u64>(),
+            0..=detente_proto::envelope::limits::CREATED_AT_MS_MAX,
             "[a-z0-9-]{1,32}",
             arb_author(),
             option::of(any::<[u8; 32]>()),

@@ -615,8 +615,8 @@ async fn upsert_streams(conn: &mut SqliteConnection, rows: &[StreamRow]) -> Resu
 
 async fn mark_delivered(conn: &mut SqliteConnection, ranges: &[DeliveredRange]) -> Result<()> {
     // Rows already delivered or already pruned are simply not matched: idempotent, and the
-    // first confirmation's time stays. A range is two indexed range updates, however wide
-    // it is, so a hostile receipt claiming [1, 2^63] costs no more than an honest one.
+    // first confirmation's time stays. Both updates walk partial indexes of rows still
+    // waiting, so a receipt claiming a huge range costs what is actually outstanding.
     for r in ranges {
         sqlx::query("UPDATE outbox SET delivered = 1 WHERE peer = ? AND seq BETWEEN ? AND ? AND delivered = 0")
             .bind(r.peer.as_str())
@@ -625,7 +625,7 @@ async fn mark_delivered(conn: &mut SqliteConnection, ranges: &[DeliveredRange]) 
             .execute(&mut *conn)
             .await?;
         sqlx::query(
-            "UPDATE messages SET delivered_at_ms = ? \
+            "UPDATE messages INDEXED BY messages_out_undelivered SET delivered_at_ms = ? \
              WHERE peer = ? AND direction = 0 AND seq BETWEEN ? AND ? AND delivered_at_ms IS NULL",
         )
         .bind(r.at_ms)

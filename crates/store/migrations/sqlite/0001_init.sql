@@ -40,6 +40,10 @@ CREATE INDEX messages_held ON messages (channel, sender, seq) WHERE placement = 
 -- outgoing stream per peer, so the pair names one message; the index both enforces that
 -- and serves the outbox join.
 CREATE UNIQUE INDEX messages_out_by_peer_seq ON messages (peer, seq) WHERE direction = 0;
+-- Outgoing messages still waiting for a DELIVERED receipt: marking a range delivered walks
+-- only these, however wide the range a receipt claims.
+CREATE INDEX messages_out_undelivered ON messages (peer, seq)
+    WHERE direction = 0 AND delivered_at_ms IS NULL;
 
 -- Contiguous state of each sender's stream in each channel.
 CREATE TABLE streams (

@@ -1,0 +1,310 @@
+//! The command-line contract (CLI.md): outputs, JSON shapes, errors with hints, exit codes
+//! 0 / 1 / 2, and a short session with a running node.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn detente(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_detente"))
+        .args(args)
+        .output()
+        .expect("run detente")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn init(dir: &Path, name: &str, lang: &str, tz: &str) -> Output {
+    detente(&[
+        "init",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--party",
+        "Test Party",
+        "--lang",
+        lang,
+        "--tz",
+        tz,
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--console-listen",
+        "127.0.0.1:0",
+    ])
+}
+
+#[test]
+fn init_id_and_refusing_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("w");
+    let out = init(&dir, "washington", "en", "America/New_York");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("fingerprint: "));
+    let id = detente(&["id", "--dir", dir.to_str().unwrap(), "--json"]);
+    assert_eq!(id.status.code(), Some(0));
+    let v: Value = serde_json::from_str(&stdout(&id)).expect("one JSON document");
+    for key in [
+        "name",
+        "party",
+        "public_key",
+        "fingerprint",
+        "peer_listen",
+        "console_listen",
+        "lang",
+        "tz",
+    ] {
+        assert!(v.get(key).is_some(), "id --json has {key}");
+    }
+    assert!(v["public_key"].as_str().unwrap().starts_with("ed25519:"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("party.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the key file is owner-only");
+    let again = init(&dir, "washington", "en", "America/New_York");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).starts_with("error: "));
+}
+
+#[test]
+fn usage_errors_exit_2_and_bad_values_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    assert_eq!(
+        detente(&["send", "--dir", dir.to_str().unwrap()])
+            .status
+            .code(),
+        Some(2),
+        "missing --to"
+    );
+    assert_eq!(detente(&["frobnicate"]).status.code(), Some(2));
+    let out = init(&dir, "n1", "en", "UTC");
+    assert_eq!(out.status.code(), Some(0));
+    let d = dir.to_str().unwrap();
+    let before = std::fs::read(dir.join("node.toml")).unwrap();
+    let bad = detente(&[
+        "config",
+        "set",
+        "--dir",
+        d,
+        "link.heartbeat_interval",
+        "fast",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("3s"),
+        "the error says how to write a duration: {}",
+        stderr(&bad)
+    );
+    assert_eq!(
+        std::fs::read(dir.join("node.toml")).unwrap(),
+        before,
+        "file unchanged"
+    );
+    let unknown = detente(&["config", "set", "--dir", d, "no.such.key", "1"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("hint: known keys"));
+    let good = detente(&[
+        "config",
+        "set",
+        "--dir",
+        d,
+        "deadlines.flash_acknowledged",
+        "5m",
+    ]);
+    assert_eq!(good.status.code(), Some(0), "{}", stderr(&good));
+    let get = detente(&["config", "get", "--dir", d, "deadlines.flash_acknowledged"]);
+    assert_eq!(stdout(&get).trim(), "5m");
+    let bad_key = detente(&[
+        "peer",
+        "add",
+        "--dir",
+        d,
+        "--name",
+        "x",
+        "--key",
+        "nonsense",
+        "--addr",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(bad_key.status.code(), Some(1));
+    assert!(stderr(&bad_key).contains("hint:"));
+}
+
+#[test]
+fn commands_that_need_the_node_say_how_to_start_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    init(&dir, "n1", "en", "UTC");
+    let d = dir.to_str().unwrap();
+    for args in [
+        vec!["status", "--dir", d],
+        vec!["inbox", "--dir", d],
+        vec!["send", "--dir", d, "--to", "x", "--text", "hello"],
+    ] {
+        let out = detente(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("error: the node in")
+                && err.contains("hint: start it with: detente serve"),
+            "{err}"
+        );
+    }
+    let none = detente(&[
+        "status",
+        "--dir",
+        tmp.path().join("nothing").to_str().unwrap(),
+    ]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(stderr(&none).contains("detente init"));
+}
+
+#[test]
+fn a_running_node_sends_lists_and_refuses_what_it_must() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    init(&a, "alpha", "en", "UTC");
+    init(&b, "bravo", "zh-CN", "Asia/Shanghai");
+    let key_b: Value = serde_json::from_str(&stdout(&detente(&[
+        "id",
+        "--dir",
+        b.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    // The peer is pinned at an address where nothing listens: messages wait in the outbox.
+    let add = detente(&[
+        "peer",
+        "add",
+        "--dir",
+        a.to_str().unwrap(),
+        "--name",
+        "bravo",
+        "--key",
+        key_b["public_key"].as_str().unwrap(),
+        "--addr",
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(add.status.code(), Some(0), "{}", stderr(&add));
+    let mut node = Command::new(env!("CARGO_BIN_EXE_detente"))
+        .args(["serve", "--dir", a.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = a.to_str().unwrap();
+    // Wait for the node to write its run file and answer.
+    let mut status = None;
+    for _ in 0..500 {
+        let out = detente(&["status", "--dir", d, "--json"]);
+        if out.status.success() {
+            status = Some(out);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status: Value = serde_json::from_str(&stdout(&status.expect("node answered"))).unwrap();
+    assert_eq!(status["peers"][0]["name"], "bravo");
+    assert!(["down", "degraded"].contains(&status["peers"][0]["state"].as_str().unwrap()));
+
+    let sent = detente(&[
+        "send",
+        "--dir",
+        d,
+        "--to",
+        "bravo",
+        "--precedence",
+        "priority",
+        "--text",
+        "hello",
+        "--json",
+    ]);
+    assert_eq!(sent.status.code(), Some(0), "{}", stderr(&sent));
+    let sent: Value = serde_json::from_str(&stdout(&sent)).unwrap();
+    assert_eq!(sent["seq"], 1);
+    assert_eq!(sent["precedence"], "priority");
+    assert_eq!(sent["state"], "stored");
+
+    let long_flash = "x".repeat(600);
+    let refused = detente(&[
+        "send",
+        "--dir",
+        d,
+        "--to",
+        "bravo",
+        "--precedence",
+        "flash",
+        "--text",
+        &long_flash,
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("FLASH"), "{}", stderr(&refused));
+    let unknown = detente(&["send", "--dir", d, "--to", "nobody", "--text", "hi"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("hint: add it with: detente peer add"));
+    let timeout = detente(&[
+        "send",
+        "--dir",
+        d,
+        "--to",
+        "bravo",
+        "--text",
+        "wait",
+        "--wait",
+        "delivered",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(
+        timeout.status.code(),
+        Some(1),
+        "no receipt from a dead peer"
+    );
+
+    let inbox = detente(&["inbox", "--dir", d, "--json"]);
+    let list: Value = serde_json::from_str(&stdout(&inbox)).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "the refused FLASH was not stored");
+    for key in [
+        "id",
+        "peer",
+        "sender",
+        "seq",
+        "direction",
+        "precedence",
+        "topic",
+        "created_at",
+        "kind",
+        "text",
+        "format",
+        "fields",
+        "rendered",
+        "received_at",
+        "in_reply_to",
+        "receipts",
+        "overdue",
+    ] {
+        assert!(list[0].get(key).is_some(), "inbox --json has {key}");
+    }
+    assert_eq!(list[0]["direction"], "out");
+    assert!(list[0]["receipts"]["delivered"].is_null());
+    let status: Value =
+        serde_json::from_str(&stdout(&detente(&["status", "--dir", d, "--json"]))).unwrap();
+    assert_eq!(status["peers"][0]["outbox"], 2);
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status();
+    let exit = node.wait().unwrap();
+    assert!(exit.success(), "SIGTERM is a clean shutdown");
+}

@@ -1,0 +1,1012 @@
+//! Hostile input on the peer link of a running node.
+//!
+//! Each test starts a real node in-process (its own temporary directory, its own SQLite
+//! file) that pins one peer, "fake", whose only address is dead. The test then plays that
+//! peer: it dials the node over TLS 1.3 with the pinned key, exchanges `Hello`, and sends
+//! envelope frames that a broken or malicious peer could send — a flipped signature bit, an
+//! envelope signed by a third party, a replay, an equivocation, a `seq` far ahead, a
+//! non-canonical encoding, garbage, a wrong `prev`, an oversized frame. Each test checks that
+//! the refusal arrives as a typed `Refuse` frame with a reason, that **nothing** was stored
+//! (message count and stream state unchanged), and that valid traffic continues afterwards.
+//! Also covered: a FLASH held ahead of a gap and its promotion when the gap fills, and a
+//! connection attempt with an unpinned key.
+//!
+//! Nothing here sleeps to wait: every wait reads frames, with a timeout, until the expected
+//! one arrives (answering pings on the way).
+
+use std::time::Duration;
+
+use detente_node::config::{InitOptions, NodeDir, PeerConfig};
+use detente_node::{tls, Node};
+use detente_proto::envelope::message_id;
+use detente_proto::frame::LINK_VERSION;
+use detente_proto::stream::SEQ_AHEAD_MAX;
+use detente_proto::{
+    Body, ChannelId, Envelope, Frame, MessageId, PartyKey, PartySecret, Precedence, Receipt,
+    ReceiptLevel, ReceiptTarget, RefuseCode, TextBody, VerifiedEnvelope,
+};
+use detente_store::{Direction, Placement, Store, StreamRow};
+use ed25519_dalek::Signer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// How long any single expected event may take before the test fails.
+const WAIT: Duration = Duration::from_secs(10);
+
+const TARGET_SEED: [u8; 32] = [0x11; 32];
+const FAKE_SEED: [u8; 32] = [0x22; 32];
+const THIRD_SEED: [u8; 32] = [0x33; 32];
+const STRANGER_SEED: [u8; 32] = [0x44; 32];
+
+/// A refusal as received: (seq, code, reason).
+type Refused = (u64, RefuseCode, String);
+
+// ---- the node under test ----------------------------------------------------------------
+
+/// A running node that pins the fake peer, and the fake peer's secret.
+struct Harness {
+    _tmp: tempfile::TempDir,
+    node: Node,
+    target: PartyKey,
+    fake: PartySecret,
+    channel: ChannelId,
+}
+
+/// What "nothing was stored" compares: every message and every stream state.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    count: u64,
+    streams: Vec<StreamRow>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let dir = NodeDir::new(tmp.path().join("target"));
+        let options = InitOptions {
+            name: "target".into(),
+            party: "Target".into(),
+            lang: "en".into(),
+            tz: "UTC".into(),
+            peer_listen: "127.0.0.1:0".into(),
+            console_listen: "127.0.0.1:0".into(),
+        };
+        dir.init(&options, TARGET_SEED, [0x55; 32])
+            .expect("init the node directory");
+        let fake = PartySecret::from_seed(FAKE_SEED);
+        dir.add_peer(PeerConfig {
+            name: "fake".into(),
+            key: fake.public().to_text(),
+            // Nothing listens there: the node's own dialer fails and backs off.
+            addrs: vec!["127.0.0.1:9".into()],
+        })
+        .expect("pin the fake peer");
+        let mut config = dir.load().expect("load node.toml");
+        // The node should not be busy redialing the dead address, and a slow machine must
+        // not make it drop a session for want of heartbeats.
+        config.set("link.backoff_initial", "10m").unwrap();
+        config.set("link.backoff_max", "1h").unwrap();
+        config.set("link.heartbeat_interval", "1m").unwrap();
+        dir.save(&config).expect("save node.toml");
+        let node = Node::start(dir).await.expect("start the node");
+        let target = PartySecret::from_seed(TARGET_SEED).public();
+        assert_eq!(node.shared.secret.public(), target);
+        let channel = ChannelId::for_pair(&target, &fake.public());
+        Harness {
+            _tmp: tmp,
+            node,
+            target,
+            fake,
+            channel,
+        }
+    }
+
+    async fn stop(self) {
+        self.node.stop().await;
+    }
+
+    async fn count(&self) -> u64 {
+        self.node.shared.store.message_count().await.expect("count")
+    }
+
+    async fn snapshot(&self) -> Snapshot {
+        let mut streams = self.node.shared.store.streams().await.expect("streams");
+        streams.sort_by_key(|s| (s.channel, s.sender));
+        Snapshot {
+            count: self.count().await,
+            streams,
+        }
+    }
+
+    /// The stored state of the fake peer's stream: (next_seq, last_id), if any.
+    async fn fake_stream(&self) -> Option<(u64, MessageId)> {
+        let streams = self.node.shared.store.streams().await.expect("streams");
+        streams
+            .iter()
+            .find(|s| s.channel == self.channel.0 && s.sender == *self.fake.public().as_bytes())
+            .map(|s| (s.next_seq, MessageId(s.last_id)))
+    }
+
+    async fn fake_message_at(&self, seq: u64) -> Option<detente_store::MessageRow> {
+        self.node
+            .shared
+            .store
+            .message_at(self.channel.0, *self.fake.public().as_bytes(), seq)
+            .await
+            .expect("message_at")
+    }
+
+    async fn is_stored(&self, bytes: &[u8]) -> bool {
+        self.node
+            .shared
+            .store
+            .message(message_id(bytes).0)
+            .await
+            .expect("message")
+            .is_some()
+    }
+
+    /// An envelope of the fake peer's stream, not yet signed.
+    fn envelope(&self, seq: u64, prev: MessageId, text: &str) -> Envelope {
+        Envelope {
+            channel: self.channel,
+            sender: self.fake.public(),
+            seq,
+            prev,
+            created_at_ms: 1_700_000_000_000 + seq,
+            precedence: Precedence::Routine,
+            topic: "general".into(),
+            author: "Tester".into(),
+            in_reply_to: None,
+            body: Body::Text(TextBody {
+                language: "en".into(),
+                text: text.into(),
+                translations: vec![],
+            }),
+        }
+    }
+
+    fn sign(&self, envelope: Envelope) -> VerifiedEnvelope {
+        VerifiedEnvelope::sign(envelope, &self.fake).expect("sign a valid envelope")
+    }
+
+    /// The fake peer's valid stream `1..=n`, hash-linked.
+    fn chain(&self, n: u64) -> Vec<VerifiedEnvelope> {
+        let mut prev = MessageId::ZERO;
+        (1..=n)
+            .map(|seq| {
+                let v = self.sign(self.envelope(seq, prev, &format!("message {seq}")));
+                prev = v.id();
+                v
+            })
+            .collect()
+    }
+
+    /// Send a valid envelope and check that it is appended and acknowledged: no refusal,
+    /// `Ack` at `hwm`, stored as appended, one DELIVERED receipt stored with it and sent.
+    async fn accepts(&self, peer: &mut FakePeer, v: &VerifiedEnvelope, hwm: u64) {
+        let seq = v.envelope().seq;
+        let before = self.count().await;
+        let (refused, ack_hwm) = peer.exchange(v.bytes()).await;
+        assert!(refused.is_empty(), "seq {seq} refused: {refused:?}");
+        assert_eq!(ack_hwm, hwm, "Ack hwm after seq {seq}");
+        let row = self
+            .fake_message_at(seq)
+            .await
+            .expect("the envelope is stored");
+        assert_eq!(row.id, v.id().0);
+        assert_eq!(row.bytes, v.bytes());
+        assert_eq!(row.direction, Direction::In);
+        assert_eq!(row.placement, Placement::Appended);
+        // The message and the DELIVERED receipt, in one transaction.
+        assert_eq!(self.count().await, before + 2);
+        peer.delivered_receipt_covering(seq).await;
+    }
+
+    /// Send a hostile envelope frame and check it is refused with `code` (for `seq`) and a
+    /// reason containing `reason`, that nothing was stored, and that `hwm` did not move.
+    async fn refuses(
+        &self,
+        peer: &mut FakePeer,
+        bytes: &[u8],
+        seq: u64,
+        code: RefuseCode,
+        reason: &str,
+    ) {
+        let before = self.snapshot().await;
+        let hwm = before_hwm(&before, self);
+        let (refused, ack_hwm) = peer.exchange(bytes).await;
+        assert_single_refusal(&refused, seq, code, reason);
+        assert_eq!(ack_hwm, hwm, "the Ack hwm must not move on a refusal");
+        assert_eq!(self.snapshot().await, before, "nothing may be stored");
+        assert!(!self.is_stored(bytes).await, "the refused bytes are stored");
+    }
+}
+
+/// The contiguous hwm of the fake peer's stream in a snapshot.
+fn before_hwm(snapshot: &Snapshot, h: &Harness) -> u64 {
+    snapshot
+        .streams
+        .iter()
+        .find(|s| s.channel == h.channel.0 && s.sender == *h.fake.public().as_bytes())
+        .map_or(0, |s| s.next_seq - 1)
+}
+
+fn assert_single_refusal(refused: &[Refused], seq: u64, code: RefuseCode, reason: &str) {
+    assert_eq!(
+        refused.len(),
+        1,
+        "exactly one refusal expected: {refused:?}"
+    );
+    let (got_seq, got_code, got_reason) = &refused[0];
+    assert_eq!(*got_code, code, "refusal code ({got_reason})");
+    assert_eq!(*got_seq, seq, "refusal seq ({got_reason})");
+    assert!(!got_reason.trim().is_empty(), "a refusal carries a reason");
+    assert!(
+        got_reason.contains(reason),
+        "reason {got_reason:?} should mention {reason:?}"
+    );
+}
+
+// ---- the fake peer ----------------------------------------------------------------------
+
+/// The far side of a link, played by the test over a real TLS connection.
+struct FakePeer {
+    stream: TlsStream<TcpStream>,
+    buf: Vec<u8>,
+    /// Envelope frames sent in this session (what the node's `Ack::received` counts).
+    sent: u64,
+    /// Envelopes the node sent us, verified under its key, in arrival order.
+    from_node: Vec<VerifiedEnvelope>,
+    /// The hwm the node announced in its `Hello`.
+    node_hwm: u64,
+    target: PartyKey,
+}
+
+/// TCP connect and TLS handshake to the node's peer port as `secret`.
+async fn dial(h: &Harness, secret: &PartySecret) -> std::io::Result<TlsStream<TcpStream>> {
+    let config = tls::client_config(secret, h.target).expect("client TLS config");
+    let tcp = TcpStream::connect(h.node.shared.peer_addr).await?;
+    tcp.set_nodelay(true)?;
+    TlsConnector::from(config)
+        .connect(tls::server_name(), tcp)
+        .await
+}
+
+impl FakePeer {
+    /// Connect as the pinned fake peer and exchange `Hello` (ours says hwm 0).
+    async fn connect(h: &Harness) -> FakePeer {
+        let stream = tokio::time::timeout(WAIT, dial(h, &h.fake))
+            .await
+            .expect("handshake within the timeout")
+            .expect("the pinned peer connects");
+        let mut peer = FakePeer {
+            stream,
+            buf: Vec::new(),
+            sent: 0,
+            from_node: Vec::new(),
+            node_hwm: 0,
+            target: h.target,
+        };
+        peer.send(&Frame::Hello {
+            version: LINK_VERSION,
+            hwm: 0,
+        })
+        .await;
+        match peer.next_frame().await {
+            Ok(Frame::Hello { version, hwm }) => {
+                assert_eq!(version, LINK_VERSION);
+                peer.node_hwm = hwm;
+            }
+            other => panic!("expected the node's Hello, got {other:?}"),
+        }
+        peer
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+        self.stream.flush().await.expect("flush");
+    }
+
+    async fn send(&mut self, frame: &Frame) {
+        let mut out = Vec::new();
+        frame.encode(&mut out);
+        self.write_raw(&out).await;
+    }
+
+    /// Send bytes as one `Envelope` frame.
+    async fn send_envelope(&mut self, bytes: &[u8]) {
+        self.send(&Frame::Envelope(bytes.to_vec())).await;
+        self.sent += 1;
+    }
+
+    /// The next frame other than `Ping` (answered with `Pong` on the way). An envelope of
+    /// the node is verified under its key and also kept in `from_node`. `Err` when the node
+    /// closed the connection; panics if nothing arrives within [`WAIT`].
+    async fn next_frame(&mut self) -> Result<Frame, String> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.read_frame())
+                .await
+                .expect("a frame from the node within the timeout")?;
+            match frame {
+                Frame::Ping { nonce } => {
+                    // The node may be closing the session; a failed Pong shows on the next read.
+                    let mut out = Vec::new();
+                    Frame::Pong { nonce }.encode(&mut out);
+                    let _ = self.stream.write_all(&out).await;
+                    let _ = self.stream.flush().await;
+                }
+                Frame::Envelope(bytes) => {
+                    let v = VerifiedEnvelope::decode(&bytes, Some(&self.target))
+                        .expect("the node's envelopes verify under its key");
+                    self.from_node.push(v);
+                    return Ok(Frame::Envelope(bytes));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// The next frame that is neither a `Ping` nor an envelope of the node (those are kept
+    /// in `from_node`).
+    async fn next_control(&mut self) -> Result<Frame, String> {
+        loop {
+            match self.next_frame().await? {
+                Frame::Envelope(_) => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Read one length-prefixed frame.
+    async fn read_frame(&mut self) -> Result<Frame, String> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap());
+                let len = Frame::check_len(len).expect("the node writes frames within the cap");
+                if self.buf.len() >= 4 + len {
+                    let frame = Frame::decode(&self.buf[4..4 + len]).expect("a valid frame");
+                    self.buf.drain(..4 + len);
+                    return Ok(frame);
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) => return Err("the node closed the connection".into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    /// Read until the node acknowledged every envelope frame sent so far; return the
+    /// refusals that came before that `Ack` and its hwm.
+    async fn until_ack(&mut self) -> (Vec<Refused>, u64) {
+        let mut refused = Vec::new();
+        loop {
+            match self.next_control().await {
+                Ok(Frame::Refuse { seq, code, reason }) => refused.push((seq, code, reason)),
+                Ok(Frame::Ack { hwm, received }) => {
+                    assert!(received <= self.sent, "Ack counts frames never sent");
+                    if received == self.sent {
+                        return (refused, hwm);
+                    }
+                }
+                other => panic!("unexpected while waiting for an Ack: {other:?}"),
+            }
+        }
+    }
+
+    /// Send one envelope frame and wait for its `Ack`.
+    async fn exchange(&mut self, bytes: &[u8]) -> (Vec<Refused>, u64) {
+        self.send_envelope(bytes).await;
+        self.until_ack().await
+    }
+
+    /// Wait for the node's DELIVERED receipt that covers `seq` of our stream.
+    async fn delivered_receipt_covering(&mut self, seq: u64) -> VerifiedEnvelope {
+        loop {
+            let found = self.from_node.iter().find(|v| {
+                matches!(
+                    &v.envelope().body,
+                    Body::Receipt(Receipt {
+                        level: ReceiptLevel::Delivered,
+                        target: ReceiptTarget::Ranges(ranges),
+                        ..
+                    }) if ranges.iter().any(|&(from, to)| from <= seq && seq <= to)
+                )
+            });
+            if let Some(v) = found {
+                return v.clone();
+            }
+            match self.next_frame().await {
+                Ok(Frame::Envelope(_)) => {}
+                // Acks of frames we already counted may only repeat what we know.
+                Ok(Frame::Ack { .. }) => {}
+                other => panic!("unexpected while waiting for a receipt: {other:?}"),
+            }
+        }
+    }
+}
+
+// ---- hand-built COSE_Sign1 --------------------------------------------------------------
+
+/// Tag 18, array of 4, protected header `{1: -19}` as a 3-byte bstr, empty unprotected map.
+const COSE_PREFIX: [u8; 7] = [0xd2, 0x84, 0x43, 0xa1, 0x01, 0x32, 0xa0];
+
+/// A minimal CBOR byte-string head for `len` bytes.
+fn bstr_head(len: usize) -> Vec<u8> {
+    match len {
+        0..=23 => vec![0x40 | len as u8],
+        24..=0xff => vec![0x58, len as u8],
+        _ => {
+            let len = u16::try_from(len).expect("test payloads are small");
+            let [a, b] = len.to_be_bytes();
+            vec![0x59, a, b]
+        }
+    }
+}
+
+/// The payload of a COSE_Sign1 as the node's encoder writes it.
+fn cose_payload(bytes: &[u8]) -> Vec<u8> {
+    assert_eq!(bytes[..7], COSE_PREFIX, "canonical COSE_Sign1 prefix");
+    let (len, head) = match bytes[7] {
+        b @ 0x40..=0x57 => (usize::from(b - 0x40), 1),
+        0x58 => (usize::from(bytes[8]), 2),
+        0x59 => (usize::from(u16::from_be_bytes([bytes[8], bytes[9]])), 3),
+        other => panic!("unexpected payload head {other:#04x}"),
+    };
+    bytes[7 + head..7 + head + len].to_vec()
+}
+
+/// A tagged COSE_Sign1 around `payload`, correctly signed by `secret` (RFC 9052 §4.4,
+/// empty external AAD), with every head minimal.
+fn cose_sign1(secret: &PartySecret, payload: &[u8]) -> Vec<u8> {
+    let mut tbs = vec![0x84, 0x6a];
+    tbs.extend_from_slice(b"Signature1");
+    tbs.extend_from_slice(&[0x43, 0xa1, 0x01, 0x32, 0x40]);
+    tbs.extend_from_slice(&bstr_head(payload.len()));
+    tbs.extend_from_slice(payload);
+    let signature = secret.signing_key().sign(&tbs).to_bytes();
+    let mut out = COSE_PREFIX.to_vec();
+    out.extend_from_slice(&bstr_head(payload.len()));
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&[0x58, 0x40]);
+    out.extend_from_slice(&signature);
+    out
+}
+
+/// Offset of `seq` in the payload: array head, version, channel and sender (34 bytes each).
+const SEQ_OFFSET: usize = 1 + 1 + 34 + 34;
+
+// ---- the tests ----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_envelope_is_stored_acked_and_receipted() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    assert_eq!(peer.node_hwm, 0, "a new node holds nothing of our stream");
+    assert_eq!(h.count().await, 0);
+
+    let chain = h.chain(1);
+    let (refused, hwm) = peer.exchange(chain[0].bytes()).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(hwm, 1);
+    let row = h.fake_message_at(1).await.expect("stored");
+    assert_eq!(row.id, chain[0].id().0);
+    assert_eq!(row.bytes, chain[0].bytes());
+    assert_eq!(row.direction, Direction::In);
+    assert_eq!(row.placement, Placement::Appended);
+    assert_eq!(h.fake_stream().await, Some((2, chain[0].id())));
+
+    // The node's own signed DELIVERED receipt comes back as an envelope frame.
+    let receipt = peer.delivered_receipt_covering(1).await;
+    let again = VerifiedEnvelope::decode(receipt.bytes(), Some(&h.target)).expect("verifies");
+    let e = again.envelope();
+    assert_eq!(e.sender, h.target);
+    assert_eq!(e.channel, h.channel);
+    assert_eq!(e.seq, 1, "the node's first envelope on this channel");
+    assert_eq!(e.prev, MessageId::ZERO);
+    assert_eq!(
+        e.body,
+        Body::Receipt(Receipt {
+            level: ReceiptLevel::Delivered,
+            target: ReceiptTarget::Ranges(vec![(1, 1)]),
+            note: None,
+        })
+    );
+    // It was stored with the message, in the same commit.
+    assert_eq!(h.count().await, 2);
+    let ours = h
+        .node
+        .shared
+        .store
+        .message(again.id().0)
+        .await
+        .unwrap()
+        .expect("the receipt is stored");
+    assert_eq!(ours.direction, Direction::Out);
+
+    let next = h.sign(h.envelope(2, chain[0].id(), "second"));
+    h.accepts(&mut peer, &next, 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_signature_bit_is_refused_invalid() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    let mut bad = chain[1].bytes().to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    h.refuses(
+        &mut peer,
+        &bad,
+        0,
+        RefuseCode::Invalid,
+        "signature does not verify",
+    )
+    .await;
+
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_signed_by_another_party_is_refused_invalid() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    // A third party signs a perfectly formed envelope for this channel and seq.
+    let third = PartySecret::from_seed(THIRD_SEED);
+    let mut e = h.envelope(2, chain[0].id(), "not from the pinned peer");
+    e.sender = third.public();
+    let forged = VerifiedEnvelope::sign(e, &third).expect("valid under the third key");
+    h.refuses(
+        &mut peer,
+        forged.bytes(),
+        0,
+        RefuseCode::Invalid,
+        "not by the expected sender",
+    )
+    .await;
+
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_envelope_is_an_idempotent_no_op() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    let before = h.snapshot().await;
+    let (refused, hwm) = peer.exchange(chain[0].bytes()).await;
+    assert!(refused.is_empty(), "a replay is not refused: {refused:?}");
+    assert_eq!(hwm, 1, "a replay does not move the hwm");
+    // No second copy and no second receipt (receipts are stored when signed).
+    assert_eq!(h.snapshot().await, before);
+
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivocation_on_a_used_seq_is_refused_conflict() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    let twin = h.sign(h.envelope(1, MessageId::ZERO, "a different first message"));
+    assert_ne!(twin.id(), chain[0].id());
+    h.refuses(
+        &mut peer,
+        twin.bytes(),
+        1,
+        RefuseCode::Conflict,
+        "different envelope",
+    )
+    .await;
+    let row = h.fake_message_at(1).await.expect("the original stays");
+    assert_eq!(row.id, chain[0].id().0);
+
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seq_too_far_ahead_is_refused() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    let hwm = 1;
+    let seq = hwm + 1 + SEQ_AHEAD_MAX + 1;
+    let far = h.sign(h.envelope(seq, MessageId([0x5a; 32]), "from the far future"));
+    h.refuses(
+        &mut peer,
+        far.bytes(),
+        seq,
+        RefuseCode::TooFarAhead,
+        "ahead",
+    )
+    .await;
+
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_canonical_encoding_is_refused_invalid() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    // The hand-built encoder reproduces the node's bytes exactly when nothing is changed.
+    let payload = cose_payload(chain[1].bytes());
+    assert_eq!(cose_sign1(&h.fake, &payload), chain[1].bytes());
+    assert_eq!(
+        payload[SEQ_OFFSET], 0x02,
+        "seq 2 is one byte in canonical form"
+    );
+
+    // The same envelope with `seq` as an 8-byte integer, correctly signed.
+    let mut wide = payload[..SEQ_OFFSET].to_vec();
+    wide.extend_from_slice(&[0x1b, 0, 0, 0, 0, 0, 0, 0, 0x02]);
+    wide.extend_from_slice(&payload[SEQ_OFFSET + 1..]);
+    let bad = cose_sign1(&h.fake, &wide);
+    h.refuses(&mut peer, &bad, 0, RefuseCode::Invalid, "not canonical")
+        .await;
+
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_an_envelope_frame_is_refused_invalid() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    // Deterministic pseudo-random bytes.
+    let mut x: u32 = 0x1234_5678;
+    let garbage: Vec<u8> = (0..300)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        })
+        .collect();
+    h.refuses(&mut peer, &garbage, 0, RefuseCode::Invalid, "envelope")
+        .await;
+    // A valid envelope cut short, and one with a byte appended.
+    let cut = &chain[1].bytes()[..chain[1].bytes().len() - 10];
+    h.refuses(&mut peer, cut, 0, RefuseCode::Invalid, "envelope")
+        .await;
+    let mut long = chain[1].bytes().to_vec();
+    long.push(0x00);
+    h.refuses(&mut peer, &long, 0, RefuseCode::Invalid, "envelope")
+        .await;
+
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_prev_at_the_next_seq_is_refused_prev_mismatch() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    let forked = h.sign(h.envelope(2, MessageId([0x77; 32]), "on a forked history"));
+    h.refuses(
+        &mut peer,
+        forked.bytes(),
+        2,
+        RefuseCode::PrevMismatch,
+        "prev",
+    )
+    .await;
+
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_closes_the_session_and_a_new_one_works() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+    let before = h.snapshot().await;
+
+    // A length prefix of 10 MiB, and nothing else.
+    let len: u32 = 10 * 1024 * 1024;
+    peer.write_raw(&len.to_be_bytes()).await;
+    match peer.next_control().await {
+        Ok(Frame::Refuse { seq, code, reason }) => {
+            assert_eq!(code, RefuseCode::Protocol, "{reason}");
+            assert_eq!(seq, 0, "the whole session is refused");
+            assert!(reason.contains("exceeds"), "{reason}");
+        }
+        other => panic!("expected Refuse{{Protocol}}, got {other:?}"),
+    }
+    match peer.next_control().await {
+        Err(_) => {}
+        Ok(frame) => panic!("the node should close the connection, sent {frame:?}"),
+    }
+    assert_eq!(h.snapshot().await, before, "nothing may be stored");
+
+    // The node still runs and takes a new session from the same peer.
+    let mut peer = FakePeer::connect(&h).await;
+    assert_eq!(peer.node_hwm, 1, "the node still holds seq 1");
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flash_ahead_of_a_gap_is_held_then_promoted() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+
+    // The stream 1..=5, properly linked; 5 is a FLASH that overtook 3 and 4.
+    let v1 = h.sign(h.envelope(1, MessageId::ZERO, "one"));
+    let v2 = h.sign(h.envelope(2, v1.id(), "two"));
+    let v3 = h.sign(h.envelope(3, v2.id(), "three"));
+    let v4 = h.sign(h.envelope(4, v3.id(), "four"));
+    let mut e5 = h.envelope(5, v4.id(), "FLASH: stand down");
+    e5.precedence = Precedence::Flash;
+    let v5 = h.sign(e5);
+    h.accepts(&mut peer, &v1, 1).await;
+    h.accepts(&mut peer, &v2, 2).await;
+
+    let before = h.count().await;
+    let (refused, hwm) = peer.exchange(v5.bytes()).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(hwm, 2, "held, not appended");
+    let row = h.fake_message_at(5).await.expect("held is durable");
+    assert_eq!(row.id, v5.id().0);
+    assert_eq!(row.placement, Placement::Held);
+    assert_eq!(
+        h.count().await,
+        before + 2,
+        "the held FLASH and its receipt"
+    );
+    assert_eq!(
+        h.fake_stream().await,
+        Some((3, v2.id())),
+        "stream unchanged"
+    );
+    let receipt = peer.delivered_receipt_covering(5).await;
+    let e = receipt.envelope();
+    assert_eq!(
+        e.precedence,
+        Precedence::Flash,
+        "a FLASH is receipted at FLASH"
+    );
+    match &e.body {
+        Body::Receipt(r) => assert_eq!(r.target, ReceiptTarget::Ranges(vec![(5, 5)])),
+        other => panic!("not a receipt: {other:?}"),
+    }
+
+    h.accepts(&mut peer, &v3, 3).await;
+    let row = h.fake_message_at(5).await.expect("still there");
+    assert_eq!(row.placement, Placement::Held, "4 is still missing");
+    // Filling the gap appends 4 and promotes the held 5.
+    h.accepts(&mut peer, &v4, 5).await;
+    let row = h.fake_message_at(5).await.expect("still there");
+    assert_eq!(row.placement, Placement::Appended);
+    assert_eq!(h.fake_stream().await, Some((6, v5.id())));
+    // The replayed FLASH is now a harmless known envelope.
+    let before = h.snapshot().await;
+    let (refused, hwm) = peer.exchange(v5.bytes()).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(hwm, 5);
+    assert_eq!(h.snapshot().await, before);
+
+    let v6 = h.sign(h.envelope(6, v5.id(), "six"));
+    h.accepts(&mut peer, &v6, 6).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpinned_key_cannot_connect() {
+    let h = Harness::start().await;
+    let before = h.snapshot().await;
+    let stranger = PartySecret::from_seed(STRANGER_SEED);
+
+    // In TLS 1.3 the client finishes first; the server's refusal shows on the first read.
+    // Either way the stranger must never hear a Hello.
+    let outcome = tokio::time::timeout(WAIT, async {
+        let mut stream = dial(&h, &stranger).await?;
+        // Try to talk anyway: a Hello and a validly signed envelope of its own.
+        let mut out = Vec::new();
+        Frame::Hello {
+            version: LINK_VERSION,
+            hwm: 0,
+        }
+        .encode(&mut out);
+        let e = Envelope {
+            channel: ChannelId::for_pair(&h.target, &stranger.public()),
+            sender: stranger.public(),
+            seq: 1,
+            prev: MessageId::ZERO,
+            created_at_ms: 1_700_000_000_000,
+            precedence: Precedence::Flash,
+            topic: "general".into(),
+            author: "Stranger".into(),
+            in_reply_to: None,
+            body: Body::Text(TextBody {
+                language: "en".into(),
+                text: "let me in".into(),
+                translations: vec![],
+            }),
+        };
+        let v = VerifiedEnvelope::sign(e, &stranger).expect("valid");
+        Frame::Envelope(v.bytes().to_vec()).encode(&mut out);
+        // The write may already fail if the refusal came first.
+        let _ = stream.write_all(&out).await;
+        let _ = stream.flush().await;
+        let mut buf = [0u8; 1024];
+        stream.read(&mut buf).await
+    })
+    .await
+    .expect("the node answers the stranger within the timeout");
+    match outcome {
+        Err(_) | Ok(0) => {}
+        Ok(n) => panic!("an unpinned key got {n} bytes from the node"),
+    }
+    assert_eq!(h.snapshot().await, before, "nothing may be stored");
+    assert_eq!(h.count().await, 0);
+
+    // The pinned peer is unaffected.
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(1);
+    h.accepts(&mut peer, &chain[0], 1).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn right_sender_on_a_wrong_channel_is_refused_invalid() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    // Validly signed by the pinned peer, but for its channel with someone else.
+    let third = PartySecret::from_seed(THIRD_SEED);
+    let mut e = h.envelope(2, chain[0].id(), "meant for another channel");
+    e.channel = ChannelId::for_pair(&h.fake.public(), &third.public());
+    let misrouted = h.sign(e);
+    h.refuses(
+        &mut peer,
+        misrouted.bytes(),
+        2,
+        RefuseCode::Invalid,
+        "wrong channel",
+    )
+    .await;
+
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_envelopes_do_not_poison_a_batch() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(3);
+    h.accepts(&mut peer, &chain[0], 1).await;
+    let before = h.count().await;
+
+    // One write: a flipped signature, the valid seq 2, garbage, a wrong prev for seq 3.
+    let mut flipped = chain[1].bytes().to_vec();
+    flipped[40] ^= 0x10;
+    let forked = h.sign(h.envelope(3, MessageId([0x66; 32]), "forked"));
+    let mut out = Vec::new();
+    for bytes in [
+        &flipped[..],
+        chain[1].bytes(),
+        &[0xd2, 0x84, 0xff][..],
+        forked.bytes(),
+    ] {
+        Frame::Envelope(bytes.to_vec()).encode(&mut out);
+    }
+    peer.write_raw(&out).await;
+    peer.sent += 4;
+    let (mut refused, hwm) = peer.until_ack().await;
+    assert_eq!(hwm, 2, "the valid envelope of the batch is appended");
+    refused.sort_by_key(|r| (r.0, r.1 as u8));
+    let codes: Vec<(u64, RefuseCode)> = refused.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (0, RefuseCode::Invalid),
+            (0, RefuseCode::Invalid),
+            (3, RefuseCode::PrevMismatch)
+        ],
+        "{refused:?}"
+    );
+    assert!(refused.iter().all(|r| !r.2.trim().is_empty()));
+    assert_eq!(h.count().await, before + 2, "seq 2 and its receipt only");
+    assert_eq!(h.fake_stream().await, Some((3, chain[1].id())));
+    assert!(!h.is_stored(&flipped).await);
+    assert!(!h.is_stored(forked.bytes()).await);
+    peer.delivered_receipt_covering(2).await;
+
+    h.accepts(&mut peer, &chain[2], 3).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_frame_type_closes_the_session_and_a_new_one_works() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+    let before = h.snapshot().await;
+
+    // A one-byte frame of type 9, which does not exist.
+    peer.write_raw(&[0, 0, 0, 1, 9]).await;
+    match peer.next_control().await {
+        Ok(Frame::Refuse { seq, code, reason }) => {
+            assert_eq!(code, RefuseCode::Protocol, "{reason}");
+            assert_eq!(seq, 0);
+            assert!(reason.contains("unknown frame type"), "{reason}");
+        }
+        other => panic!("expected Refuse{{Protocol}}, got {other:?}"),
+    }
+    if let Ok(frame) = peer.next_control().await {
+        panic!("the node should close the connection, sent {frame:?}");
+    }
+    assert_eq!(h.snapshot().await, before, "nothing may be stored");
+
+    let mut peer = FakePeer::connect(&h).await;
+    assert_eq!(peer.node_hwm, 1);
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+/// A READ / ACKNOWLEDGED / DECLINED receipt answers one of *our* messages. A peer must not be
+/// able to record, in our store, that we acknowledged a message it sent us.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: writer::stage_receipt_effects records a peer's receipt for any message id"]
+async fn peer_cannot_acknowledge_its_own_message_on_our_behalf() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(1);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    // The peer "acknowledges" the message it sent us itself.
+    let mut e = h.envelope(2, chain[0].id(), "unused");
+    e.body = Body::Receipt(Receipt {
+        level: ReceiptLevel::Acknowledged,
+        target: ReceiptTarget::Message(chain[0].id()),
+        note: Some("forged by the peer".into()),
+    });
+    let forged = h.sign(e);
+    let (refused, hwm) = peer.exchange(forged.bytes()).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(hwm, 2, "the signed envelope is part of the peer's stream");
+
+    let store = &h.node.shared.store;
+    let times = store.receipt_times(chain[0].id().0).await.unwrap();
+    assert_eq!(
+        times.acknowledged_ms, None,
+        "a peer's receipt for its own message was recorded as ours: {times:?}"
+    );
+    h.stop().await;
+}

@@ -303,7 +303,11 @@ pub async fn inbox(
         seen.insert(m["id"].as_str().unwrap_or_default().to_string());
         print_message(m, json);
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    // Until interrupted: look for new messages twice a second.
+    loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let messages = client.get(&query).await?;
         for m in messages.as_array().into_iter().flatten() {
@@ -312,7 +316,6 @@ pub async fn inbox(
             }
         }
     }
-    Ok(())
 }
 
 /// One line per message, for people.

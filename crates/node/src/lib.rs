@@ -248,7 +248,8 @@ pub async fn add_peer(shared: &Arc<Shared>, name: &str) -> Result<(), StartError
     if let Ok(mut c) = shared.config.write() {
         *c = config;
     }
-    let _ = start_link(shared, entry);
+    // The link stops by itself when the node shuts down.
+    drop(start_link(shared, entry));
     Ok(())
 }
 

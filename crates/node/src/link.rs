@@ -58,7 +58,7 @@ pub struct Connection {
 /// Why a session ended.
 enum End {
     Closed(String),
-    Replaced(Connection),
+    Replaced(Box<Connection>),
     Shutdown,
 }
 
@@ -109,7 +109,7 @@ pub async fn run_peer(
         publish(&entry, &supervisor, None);
         match end {
             End::Shutdown => return,
-            End::Replaced(next) => pending = Some(next),
+            End::Replaced(next) => pending = Some(*next),
             End::Closed(reason) => {
                 tracing::info!(peer = %entry.name, %address, %reason, "session ended");
                 set_error(&entry, &reason);
@@ -342,7 +342,7 @@ async fn session(
             }
             Some(next) = incoming.recv() => {
                 if should_replace(shared, entry, dialed_by_us, &next) {
-                    break End::Replaced(next);
+                    break End::Replaced(Box::new(next));
                 }
                 tracing::debug!(peer = %entry.name, "kept the current session over a duplicate");
             }
@@ -520,10 +520,10 @@ async fn read_frames<R: AsyncRead + Unpin>(
                                 continue;
                             }
                             batch.push(bytes);
-                            if batch.len() >= RECEIVE_BATCH_MAX {
-                                if batches.send(std::mem::take(&mut batch)).await.is_err() {
-                                    return;
-                                }
+                            if batch.len() >= RECEIVE_BATCH_MAX
+                                && batches.send(std::mem::take(&mut batch)).await.is_err()
+                            {
+                                return;
                             }
                             continue;
                         }

@@ -113,11 +113,11 @@ pub enum TlsError {
     #[error(
         "peer presented key {} but {} is pinned for it",
         fingerprint(.presented),
-        .expected.fingerprint()
+        fingerprint(.expected)
     )]
     UnexpectedPeerKey {
         /// The key pinned for the peer we dialled.
-        expected: PartyKey,
+        expected: [u8; 32],
         /// The raw Ed25519 public key the server presented.
         presented: [u8; 32],
     },
@@ -331,7 +331,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         let presented = presented_key(end_entity, intermediates)?;
         if presented != *self.expected.as_bytes() {
             let err = TlsError::UnexpectedPeerKey {
-                expected: self.expected,
+                expected: *self.expected.as_bytes(),
                 presented,
             };
             tracing::warn!("{err}; refusing");

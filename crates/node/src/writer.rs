@@ -539,7 +539,17 @@ impl Writer {
             outcome.stored += 1;
             match &e.body {
                 Body::Receipt(receipt) => {
-                    stage_receipt_effects(batch, staged, peer, &verified, receipt)
+                    if self.receipt_names_our_message(peer, receipt).await? {
+                        stage_receipt_effects(batch, staged, peer, &verified, receipt)
+                    } else {
+                        // Kept in the transcript (it is what the peer signed), but it
+                        // changes nothing: it answers no message of ours.
+                        tracing::warn!(
+                            peer,
+                            seq,
+                            "a receipt names no message we sent to this peer; ignored"
+                        );
+                    }
                 }
                 _ => {
                     delivered_seqs.push(seq);
@@ -578,6 +588,20 @@ impl Writer {
         }
         outcome.hwm = self.peers.get(peer).map_or(0, |p| p.inbound.hwm());
         Ok(outcome)
+    }
+
+    /// Whether a READ / ACKNOWLEDGED / DECLINED receipt from `peer` answers a message this
+    /// node sent to that peer. DELIVERED ranges always refer to our stream to the peer.
+    async fn receipt_names_our_message(
+        &self,
+        peer: &str,
+        receipt: &Receipt,
+    ) -> Result<bool, WriteError> {
+        let ReceiptTarget::Message(of) = receipt.target else {
+            return Ok(true);
+        };
+        let row = self.store.message(of.0).await.map_err(store_err)?;
+        Ok(row.is_some_and(|m| m.direction == Direction::Out && m.peer == peer && m.kind != 1))
     }
 
     /// Append held envelopes whose gap has filled, checking each one's `prev`.

@@ -983,7 +983,6 @@ async fn unknown_frame_type_closes_the_session_and_a_new_one_works() {
 /// A READ / ACKNOWLEDGED / DECLINED receipt answers one of *our* messages. A peer must not be
 /// able to record, in our store, that we acknowledged a message it sent us.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: writer::stage_receipt_effects records a peer's receipt for any message id"]
 async fn peer_cannot_acknowledge_its_own_message_on_our_behalf() {
     let h = Harness::start().await;
     let mut peer = FakePeer::connect(&h).await;

@@ -507,8 +507,24 @@ async fn reload_peer(State(shared): State<Arc<Shared>>, Path(name): Path<String>
 }
 
 /// RFC 3339 UTC text of a millisecond timestamp.
+/// RFC 3339 UTC with exactly three fractional digits, so that times sort as text too.
 pub fn time_text(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+    jiff::Timestamp::from_millisecond(ms).map_or_else(
+        |_| ms.to_string(),
+        |t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_text;
+
+    #[test]
+    fn times_have_fixed_width_and_sort_as_text() {
+        assert_eq!(time_text(1_700_000_000_200), "2023-11-14T22:13:20.200Z");
+        assert_eq!(time_text(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert!(time_text(1_700_000_000_200) < time_text(1_700_000_000_210));
+    }
 }
 
 fn opt_time(ms: Option<i64>) -> Value {

@@ -515,18 +515,6 @@ pub fn time_text(ms: i64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::time_text;
-
-    #[test]
-    fn times_have_fixed_width_and_sort_as_text() {
-        assert_eq!(time_text(1_700_000_000_200), "2023-11-14T22:13:20.200Z");
-        assert_eq!(time_text(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
-        assert!(time_text(1_700_000_000_200) < time_text(1_700_000_000_210));
-    }
-}
-
 fn opt_time(ms: Option<i64>) -> Value {
     ms.map_or(Value::Null, |m| Value::String(time_text(m)))
 }
@@ -658,4 +646,16 @@ fn deadline_ms(d: &crate::config::DeadlineSection, p: Precedence) -> Option<i64>
     crate::config::parse_duration(text)
         .ok()
         .map(|d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_text;
+
+    #[test]
+    fn times_have_fixed_width_and_sort_as_text() {
+        assert_eq!(time_text(1_700_000_000_200), "2023-11-14T22:13:20.200Z");
+        assert_eq!(time_text(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert!(time_text(1_700_000_000_200) < time_text(1_700_000_000_210));
+    }
 }

@@ -227,11 +227,14 @@ impl Drop for ProcNode {
     }
 }
 
-/// Wait until `node` reports its link to `peer` up.
-pub async fn wait_link_up(
+/// Poll `client`'s status until `peer`'s entry satisfies `ready`, or fail after `timeout`
+/// saying `what` did not happen.
+async fn wait_for_peer(
     client: &Client,
     peer: &str,
     timeout: Duration,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
 ) -> Result<Value, Failure> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -242,17 +245,28 @@ pub async fn wait_link_up(
             .flatten()
             .find(|p| p["name"] == peer)
         {
-            if p["state"] == "up" && p["connected"] == true && !p["rtt_ms"].is_null() {
+            if ready(p) {
                 return Ok(p.clone());
             }
         }
         if Instant::now() > deadline {
-            return Err(Failure::new(format!(
-                "the link to {peer} did not come up within {timeout:?}"
-            )));
+            return Err(Failure::new(format!("{what} within {timeout:?}")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Wait until `node` reports its link to `peer` up, with a measured round trip.
+pub async fn wait_link_up(
+    client: &Client,
+    peer: &str,
+    timeout: Duration,
+) -> Result<Value, Failure> {
+    let what = format!("the link to {peer} did not come up");
+    wait_for_peer(client, peer, timeout, &what, |p| {
+        p["state"] == "up" && p["connected"] == true && !p["rtt_ms"].is_null()
+    })
+    .await
 }
 
 /// Wait until `node` has no undelivered envelope for `peer` (outbox empty).
@@ -261,26 +275,9 @@ pub async fn wait_outbox_empty(
     peer: &str,
     timeout: Duration,
 ) -> Result<(), Failure> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = client.get("/api/v1/status").await?;
-        if let Some(p) = status["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["name"] == peer)
-        {
-            if p["outbox"] == 0 {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(Failure::new(format!(
-                "the outbox for {peer} did not drain within {timeout:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("the outbox for {peer} did not drain");
+    wait_for_peer(client, peer, timeout, &what, |p| p["outbox"] == 0).await?;
+    Ok(())
 }
 
 /// Queue `count` ROUTINE text messages of about `size` bytes, in batches.

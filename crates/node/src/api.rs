@@ -230,6 +230,18 @@ struct SentJson {
     state: &'static str,
 }
 
+impl From<crate::writer::Sent> for SentJson {
+    /// A message the writer has made durable.
+    fn from(sent: crate::writer::Sent) -> Self {
+        SentJson {
+            id: sent.id.to_hex(),
+            seq: sent.seq,
+            precedence: sent.precedence.name(),
+            state: "stored",
+        }
+    }
+}
+
 fn build_request(shared: &Shared, body: SendBody) -> Result<SendRequest, ApiError> {
     let config = shared.config.read().map_err(|_| internal())?;
     let precedence = match body.precedence.as_deref() {
@@ -268,12 +280,7 @@ fn build_request(shared: &Shared, body: SendBody) -> Result<SendRequest, ApiErro
 async fn send(State(shared): State<Arc<Shared>>, Json(body): Json<SendBody>) -> ApiResult {
     let request = build_request(&shared, body)?;
     let sent = shared.writer.send(request).await?;
-    let json = SentJson {
-        id: sent.id.to_hex(),
-        seq: sent.seq,
-        precedence: sent.precedence.name(),
-        state: "stored",
-    };
+    let json = SentJson::from(sent);
     Ok((StatusCode::CREATED, Json(json)).into_response())
 }
 
@@ -298,12 +305,7 @@ async fn send_batch(State(shared): State<Arc<Shared>>, Json(body): Json<BatchBod
     let mut out = Vec::with_capacity(requests.len());
     for sent in shared.writer.send_many(requests).await {
         let sent = sent?;
-        out.push(SentJson {
-            id: sent.id.to_hex(),
-            seq: sent.seq,
-            precedence: sent.precedence.name(),
-            state: "stored",
-        });
+        out.push(SentJson::from(sent));
     }
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
@@ -490,12 +492,7 @@ async fn receipt(
         }),
     };
     let sent = shared.writer.send(request).await?;
-    let json = SentJson {
-        id: sent.id.to_hex(),
-        seq: sent.seq,
-        precedence: sent.precedence.name(),
-        state: "stored",
-    };
+    let json = SentJson::from(sent);
     Ok((StatusCode::CREATED, Json(json)).into_response())
 }
 

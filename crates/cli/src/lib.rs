@@ -7,7 +7,9 @@ pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod demo_deadlines;
 pub mod harness;
+pub mod hook_sink;
 
 /// A failure to report: what, and the next step.
 pub struct Failure {

@@ -9,8 +9,11 @@
 
 pub mod api;
 pub mod config;
+pub mod deadlines;
 pub mod events;
+pub mod hooks;
 pub mod link;
+pub mod metrics;
 pub mod peers;
 pub mod tls;
 pub mod writer;
@@ -73,6 +76,8 @@ pub struct Shared {
     pub writer: WriterHandle,
     pub table: Arc<PeerTable>,
     pub events: Events,
+    /// Escalation hooks (raise alarms with [`deadlines::raise`]).
+    pub hooks: Arc<hooks::Hooks>,
     pub link_config: LinkConfig,
     pub token: String,
     pub peer_addr: SocketAddr,
@@ -146,6 +151,7 @@ impl Node {
             store,
             writer,
             table,
+            hooks: hooks::Hooks::new(events.metrics().clone()),
             events,
             token,
             peer_addr,
@@ -161,6 +167,11 @@ impl Node {
         for entry in shared.table.all() {
             node.tasks.push(start_link(&shared, entry));
         }
+        node.tasks.push(tokio::spawn(
+            shared.hooks.clone().run(shared.shutdown.clone()),
+        ));
+        node.tasks
+            .push(tokio::spawn(deadlines::run(shared.clone())));
         node.tasks
             .push(tokio::spawn(accept_peers(shared.clone(), peer_listener)));
         node.tasks

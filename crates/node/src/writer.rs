@@ -93,6 +93,11 @@ enum Command {
         name: String,
         key: PartyKey,
     },
+    /// Record deadlines missed (durable when the reply comes).
+    Misses(
+        Vec<detente_store::MissRow>,
+        oneshot::Sender<Result<(), WriteError>>,
+    ),
 }
 
 /// A handle to queue commands for the writer.
@@ -154,6 +159,16 @@ impl WriterHandle {
                 hwm,
             })
             .await;
+    }
+
+    /// Record deadlines missed; durable when this returns Ok.
+    pub async fn record_misses(&self, rows: Vec<detente_store::MissRow>) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Misses(rows, reply))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
     }
 
     pub async fn add_peer(&self, name: &str, key: PartyKey) {
@@ -297,6 +312,7 @@ impl Writer {
         let mut staged = Staged::default();
         let mut sends = Vec::new();
         let mut receives = Vec::new();
+        let mut misses = Vec::new();
         for command in commands {
             match command {
                 Command::Send(request, reply) => {
@@ -314,6 +330,10 @@ impl Writer {
                     receives.push((result, reply));
                 }
                 Command::Prune { peer, hwm } => batch.prune.push((peer, hwm)),
+                Command::Misses(rows, reply) => {
+                    batch.misses.extend(rows);
+                    misses.push(reply);
+                }
                 Command::AddPeer { name, key } => {
                     if let Err(e) = self.load_peer(&name, key).await {
                         tracing::error!(peer = %name, error = %e, "cannot load the new peer's streams");
@@ -348,6 +368,12 @@ impl Writer {
             let _ = reply.send(match &failure {
                 Some(f) => Err(f.clone()),
                 None => result,
+            });
+        }
+        for reply in misses {
+            let _ = reply.send(match &failure {
+                Some(f) => Err(f.clone()),
+                None => Ok(()),
             });
         }
         if failure.is_none() {

@@ -151,6 +151,34 @@ pub struct WriteBatch {
     /// Remove outbox rows of `peer` with `seq <= hwm` (the peer holds them durably, in
     /// order). Idempotent.
     pub prune: Vec<(String, u64)>,
+    /// Deadlines missed. Idempotent per (id, level): the first one wins.
+    pub misses: Vec<MissRow>,
+}
+
+/// "Message `id` missed its deadline for receipt `level` (0 delivered, 2 acknowledged),
+/// due at `due_at_ms`, noticed at `missed_at_ms`" (this node's wall clock, for display).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissRow {
+    pub id: Hash32,
+    pub level: u8,
+    pub due_at_ms: i64,
+    pub missed_at_ms: i64,
+}
+
+/// A message that may still owe a receipt by a deadline: text or notification with no
+/// acknowledged or declined receipt and no recorded miss of its acknowledged deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlineCandidate {
+    pub id: Hash32,
+    pub peer: String,
+    pub seq: u64,
+    pub direction: Direction,
+    pub precedence: u8,
+    pub kind: u8,
+    pub created_at_ms: i64,
+    pub stored_at_ms: i64,
+    /// Deadline levels already recorded missed.
+    pub missed: Vec<u8>,
 }
 
 impl WriteBatch {
@@ -162,6 +190,7 @@ impl WriteBatch {
             && self.delivered.is_empty()
             && self.receipts.is_empty()
             && self.prune.is_empty()
+            && self.misses.is_empty()
     }
 }
 
@@ -278,4 +307,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of messages stored (all directions, all placements).
     fn message_count(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Messages that may still owe a receipt by a deadline (see [`DeadlineCandidate`]), at
+    /// most `limit`, oldest first.
+    fn deadline_candidates(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeadlineCandidate>>> + Send;
+
+    /// Deadlines recorded missed for a message, by level.
+    fn misses(&self, id: Hash32) -> impl Future<Output = Result<Vec<MissRow>>> + Send;
 }

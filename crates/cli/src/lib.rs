@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod charter;
 pub mod client;
 pub mod commands;
 pub mod demo;

@@ -322,7 +322,7 @@ impl FakePeer {
         self.sent += 1;
     }
 
-    /// The next frame other than `Ping` (answered with `Pong` on the way). An envelope of
+    /// The next frame other than `Ping` (answered with `Pong` on the way) or `Terms`. An envelope of
     /// the node is verified under its key and also kept in `from_node`. `Err` when the node
     /// closed the connection; panics if nothing arrives within [`WAIT`].
     async fn next_frame(&mut self) -> Result<Frame, String> {
@@ -338,6 +338,8 @@ impl FakePeer {
                     let _ = self.stream.write_all(&out).await;
                     let _ = self.stream.flush().await;
                 }
+                // The node's charter terms; this fake peer never agrees a charter.
+                Frame::Terms(_) => {}
                 Frame::Envelope(bytes) => {
                     let v = VerifiedEnvelope::decode(&bytes, Some(&self.target))
                         .expect("the node's envelopes verify under its key");

@@ -8,6 +8,7 @@ pub mod charter;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod demo_charter;
 pub mod harness;
 
 /// A failure to report: what, and the next step.

@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod charter;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod demo_charter;
 pub mod demo_deadlines;
 pub mod harness;
 pub mod hook_sink;

@@ -61,39 +61,23 @@ pub struct PeerAlarms {
     pub unanswered_in: u64,
 }
 
-/// The deadlines that apply on the channel with `peer`: the single place to switch to the
-/// charter's agreed (stricter of both parties') values. Until the charter exists, this
-/// node's configured values.
-pub fn deadlines_for(shared: &Shared, _peer: &str) -> Deadlines {
-    let Ok(c) = shared.config.read() else {
-        return Deadlines::default();
-    };
-    local_deadlines(&c.deadlines)
+/// The deadlines that apply on the channel with `peer`: the agreed charter's (the stricter
+/// of both parties' values), or this node's own configuration before the first agreement.
+pub fn deadlines_for(shared: &Shared, peer: &str) -> Deadlines {
+    shared.deadlines(peer)
 }
 
-/// This node's own deadlines from `deadlines.*` (bad text falls back to the SPEC default;
-/// `config set` refuses bad text anyway).
-pub fn local_deadlines(d: &crate::config::DeadlineSection) -> Deadlines {
-    let default = Deadlines::default();
-    let p =
-        |text: &str, fallback: Duration| crate::config::parse_duration(text).unwrap_or(fallback);
-    Deadlines {
-        flash_delivered: p(&d.flash_delivered, default.flash_delivered),
-        flash_acknowledged: p(&d.flash_acknowledged, default.flash_acknowledged),
-        immediate_acknowledged: p(&d.immediate_acknowledged, default.immediate_acknowledged),
-        priority_acknowledged: p(&d.priority_acknowledged, default.priority_acknowledged),
-        routine_acknowledged: p(&d.routine_acknowledged, default.routine_acknowledged),
+/// The link-test interval with `peer`: the charter's (the shorter of both parties'), or this
+/// node's `link.test_interval` before the first agreement.
+pub fn test_interval_for(shared: &Shared, peer: &str) -> Duration {
+    match shared.charter(peer) {
+        Some(c) => c.link_test_interval,
+        None => shared
+            .config
+            .read()
+            .map(|c| c.link_test_interval())
+            .unwrap_or(Duration::from_secs(3600)),
     }
-}
-
-/// The link-test interval with `peer` (switch to the charter's with the deadlines).
-pub fn test_interval_for(shared: &Shared, _peer: &str) -> Duration {
-    shared
-        .config
-        .read()
-        .ok()
-        .and_then(|c| crate::config::parse_duration(&c.link.test_interval).ok())
-        .unwrap_or(Duration::from_secs(3600))
 }
 
 fn targets(shared: &Shared) -> (Targets, String) {

@@ -80,8 +80,8 @@ impl Events {
 /// store or the links (outbox depth, link state) are read when `/metrics` is asked.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Messages stored, by [direction 0 out / 1 in][precedence][kind 0..=3].
-    messages: [[[AtomicU64; 4]; 4]; 2],
+    /// Messages stored, by [direction 0 out / 1 in][precedence][kind, see KIND_NAMES].
+    messages: [[[AtomicU64; 5]; 4]; 2],
     /// Our envelopes confirmed by the peer's signed DELIVERED receipts.
     delivered: AtomicU64,
     /// Receipts (READ / ACKNOWLEDGED / DECLINED) recorded.
@@ -102,7 +102,8 @@ pub struct Metrics {
     checkpoint_at_ms: Mutex<Option<i64>>,
 }
 
-pub const KIND_NAMES: [&str; 4] = ["text", "receipt", "test", "notification"];
+/// Kinds counted apart; every other kind (the charter, ...) counts as `other`.
+pub const KIND_NAMES: [&str; 5] = ["text", "receipt", "test", "notification", "other"];
 
 fn target_index(target: &str) -> usize {
     usize::from(target != "webhook")
@@ -118,7 +119,7 @@ impl Metrics {
                 ..
             } => {
                 let d = usize::from(*direction != Direction::Out);
-                let k = usize::from(*kind).min(3);
+                let k = usize::from(*kind).min(4);
                 self.messages[d][precedence.index()][k].fetch_add(1, Ordering::Relaxed);
             }
             Event::Delivered { from, to, .. } => {

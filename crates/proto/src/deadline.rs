@@ -11,53 +11,8 @@ use std::time::{Duration, Instant};
 use crate::link::LinkState;
 use crate::Precedence;
 
-/// Deadlines per precedence (SPEC §5 defaults). Between two parties the stricter (shorter)
-/// value of each wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadlines {
-    pub flash_delivered: Duration,
-    pub flash_acknowledged: Duration,
-    pub immediate_acknowledged: Duration,
-    pub priority_acknowledged: Duration,
-    pub routine_acknowledged: Duration,
-}
-
-impl Default for Deadlines {
-    fn default() -> Self {
-        Self {
-            flash_delivered: Duration::from_secs(10),
-            flash_acknowledged: Duration::from_secs(600),
-            immediate_acknowledged: Duration::from_secs(1800),
-            priority_acknowledged: Duration::from_secs(3 * 3600),
-            routine_acknowledged: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
-impl Deadlines {
-    /// The acknowledgment deadline of a precedence.
-    pub fn acknowledged(&self, precedence: Precedence) -> Duration {
-        match precedence {
-            Precedence::Flash => self.flash_acknowledged,
-            Precedence::Immediate => self.immediate_acknowledged,
-            Precedence::Priority => self.priority_acknowledged,
-            Precedence::Routine => self.routine_acknowledged,
-        }
-    }
-
-    /// Each deadline the shorter of the two.
-    pub fn stricter(&self, other: &Deadlines) -> Deadlines {
-        Deadlines {
-            flash_delivered: self.flash_delivered.min(other.flash_delivered),
-            flash_acknowledged: self.flash_acknowledged.min(other.flash_acknowledged),
-            immediate_acknowledged: self
-                .immediate_acknowledged
-                .min(other.immediate_acknowledged),
-            priority_acknowledged: self.priority_acknowledged.min(other.priority_acknowledged),
-            routine_acknowledged: self.routine_acknowledged.min(other.routine_acknowledged),
-        }
-    }
-}
+/// Deadlines per precedence: the charter's (the stricter of both parties' values).
+pub use crate::charter::Deadlines;
 
 /// Which side of a message this node is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod charter;
 pub mod deadline;
 pub mod envelope;
 pub mod error;
@@ -14,7 +15,8 @@ pub mod link;
 pub mod sched;
 pub mod stream;
 
-pub use deadline::{Deadlines, LineVerdict, LinkTest, Need, Side, Verdict};
+pub use charter::{Charter, CharterError, Deadlines, FormatRef, Member, Terms};
+pub use deadline::{LineVerdict, LinkTest, Need, Side, Verdict};
 pub use envelope::{
     Body, ChannelId, Envelope, EnvelopeError, MessageId, Precedence, Receipt, ReceiptLevel,
     ReceiptTarget, TextBody, VerifiedEnvelope,

@@ -166,7 +166,8 @@ pub struct MissRow {
 }
 
 /// A message that may still owe a receipt by a deadline: text or notification with no
-/// acknowledged or declined receipt and no recorded miss of its acknowledged deadline.
+/// acknowledged or declined receipt (whether or not a deadline was already recorded missed:
+/// an overdue message stays watched until its answer comes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadlineCandidate {
     pub id: Hash32,
@@ -309,7 +310,7 @@ pub trait Store: Send + Sync + 'static {
     fn message_count(&self) -> impl Future<Output = Result<u64>> + Send;
 
     /// Messages that may still owe a receipt by a deadline (see [`DeadlineCandidate`]), at
-    /// most `limit`, oldest first.
+    /// most `limit`, the newest first.
     fn deadline_candidates(
         &self,
         limit: u32,
@@ -317,4 +318,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deadlines recorded missed for a message, by level.
     fn misses(&self, id: Hash32) -> impl Future<Output = Result<Vec<MissRow>>> + Send;
+
+    /// Envelopes of body `kind` exchanged with `peer` (both directions), oldest first by
+    /// `seq` within each direction, at most `limit` per direction, the newest kept. Served by a partial
+    /// index for charters (kind 6).
+    fn messages_of_kind(
+        &self,
+        peer: &str,
+        kind: u8,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
 }

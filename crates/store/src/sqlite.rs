@@ -346,8 +346,7 @@ impl Store for SqliteStore {
                FROM messages m
                WHERE m.kind IN (0, 3)
                  AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r."of" = m.id AND r.level IN (2, 3))
-                 AND NOT EXISTS (SELECT 1 FROM deadline_misses d WHERE d.id = m.id AND d.level = 2)
-               ORDER BY m.created_at_ms LIMIT ?"#,
+               ORDER BY m.created_at_ms DESC LIMIT ?"#,
         )
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
@@ -398,6 +397,30 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn messages_of_kind(&self, peer: &str, kind: u8, limit: u32) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "{MESSAGE_SELECT} WHERE peer = ? AND direction = ? AND kind = ? \
+             ORDER BY seq DESC LIMIT ?"
+        );
+        let mut out = Vec::new();
+        for direction in [Direction::Out, Direction::In] {
+            let rows = sqlx::query(&sql)
+                .bind(peer)
+                .bind(direction_code(direction))
+                .bind(i64::from(kind))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+            let mut messages = rows
+                .iter()
+                .map(decode_message)
+                .collect::<Result<Vec<_>>>()?;
+            messages.reverse();
+            out.extend(messages);
+        }
+        Ok(out)
     }
 
     async fn receipt_times(&self, of: Hash32) -> Result<ReceiptTimes> {

@@ -371,6 +371,61 @@ async fn flash_goes_overdue_on_both_sides_and_a_late_ack_is_marked() {
     let status = peer_status(&ca, "bravo").await;
     assert_eq!(status["overdue_out"], 1);
     assert_eq!(status["verdict"], "unanswered");
+    let mid = metrics(&ca).await;
+    assert_eq!(sent_flash(&mid), sent_flash(&before) + 1.0);
+    let missed_ack = [("needed", "acknowledged")];
+    assert!(sample(&mid, "detente_deadlines_missed_total", &missed_ack) >= 1.0);
+    assert!(
+        sample(
+            &mid,
+            "detente_alarms_total",
+            &[("event", "deadline_missed")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &mid,
+            "detente_overdue",
+            &[("peer", "bravo"), ("direction", "out")]
+        ),
+        1.0
+    );
+    until("the webhook attempt counted", WAIT, || async {
+        let m = metrics(&ca).await;
+        (sample(
+            &m,
+            "detente_hook_attempts_total",
+            &[("target", "webhook"), ("result", "ok")],
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await;
+
+    // A restart neither forgets the alarm nor raises it again.
+    a.stop();
+    let ca = start(&mut a).await;
+    wait_link_up(&ca, "bravo", WAIT).await.ok().unwrap();
+    assert_eq!(message(&ca, &id).await["overdue"], true);
+    until("the overdue count after the restart", WAIT, || async {
+        (peer_status(&ca, "bravo").await["overdue_out"] == 1).then_some(())
+    })
+    .await;
+    let restarted = metrics(&ca).await;
+    let routine = ca
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "bravo", "text": "counted"}),
+        )
+        .await
+        .ok()
+        .unwrap();
+    ca.get(&format!(
+        "/api/v1/messages/{}/wait?level=delivered&timeout_ms=30000",
+        routine["id"].as_str().unwrap()
+    ))
+    .await
+    .ok()
+    .unwrap();
 
     // A late acknowledgment: delivered and shown, with how late.
     cb.post(
@@ -405,29 +460,28 @@ async fn flash_goes_overdue_on_both_sides_and_a_late_ack_is_marked() {
 
     // Counters moved with the traffic, and the exposition is well formed.
     let after = metrics(&ca).await;
-    assert_eq!(sent_flash(&after), sent_flash(&before) + 1.0);
-    assert!(
-        sample(
-            &after,
-            "detente_deadlines_missed_total",
-            &[("needed", "acknowledged")]
-        ) >= 1.0
+    let routine_text = [
+        ("direction", "out"),
+        ("precedence", "routine"),
+        ("kind", "text"),
+    ];
+    assert_eq!(
+        sample(&after, "detente_messages_total", &routine_text),
+        sample(&restarted, "detente_messages_total", &routine_text) + 1.0
     );
     assert!(
-        sample(
-            &after,
-            "detente_alarms_total",
-            &[("event", "deadline_missed")]
-        ) >= 1.0
-    );
-    assert!(
-        sample(
-            &after,
-            "detente_hook_attempts_total",
-            &[("target", "webhook"), ("result", "ok")]
-        ) >= 1.0
+        sample(&after, "detente_delivered_total", &[])
+            > sample(&restarted, "detente_delivered_total", &[])
     );
     assert!(sample(&after, "detente_receipts_total", &[]) >= 1.0);
+    assert_eq!(
+        sample(
+            &after,
+            "detente_overdue",
+            &[("peer", "bravo"), ("direction", "out")]
+        ),
+        0.0
+    );
     assert_eq!(
         sample(
             &after,
@@ -447,6 +501,20 @@ async fn flash_goes_overdue_on_both_sides_and_a_late_ack_is_marked() {
                 ("precedence", "flash"),
                 ("kind", "text")
             ]
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &received,
+            "detente_deadlines_missed_total",
+            &[("needed", "acknowledged")]
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &received,
+            "detente_hook_attempts_total",
+            &[("target", "command"), ("result", "ok")]
         ) >= 1.0
     );
 }

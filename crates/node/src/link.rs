@@ -663,6 +663,15 @@ async fn receive_pipeline(
             }
         };
         for (seq, code, reason) in outcome.refused {
+            if code == RefuseCode::Conflict {
+                crate::deadlines::raise(
+                    &shared,
+                    crate::hooks::HookEvent::Equivocation {
+                        peer: entry.name.clone(),
+                        detail: format!("seq {seq}: {reason}"),
+                    },
+                );
+            }
             if control
                 .send(Control::Send(Frame::Refuse { seq, code, reason }))
                 .await

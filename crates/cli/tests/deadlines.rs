@@ -598,17 +598,23 @@ async fn link_cut_is_down_alarmed_once_and_cleared_on_restore() {
     let cut_at = Instant::now();
     to_b.set_cut(true);
     to_a.set_cut(true);
-    until("link down at alpha", WAIT, || async {
-        (peer_status(&ca, "bravo").await["state"] == "down").then_some(())
-    })
-    .await;
-    let took = cut_at.elapsed();
-    // Three heartbeats after the last thing heard, plus the 20 ms polling of this test and
-    // one status round trip; the last thing heard was before the cut.
-    assert!(
-        took <= heartbeat * 3 + Duration::from_millis(400),
-        "down after {took:?}"
-    );
+    // Nothing is heard after the cut, so the link is down three heartbeats after it (50 ms
+    // for frames already in flight). Any status asked after that must say `down`; this holds
+    // however slowly the machine answers, since the node computes the state when asked.
+    let limit = heartbeat * 3 + Duration::from_millis(50);
+    loop {
+        let asked = Instant::now();
+        let state = peer_status(&ca, "bravo").await["state"].clone();
+        if state == "down" {
+            break;
+        }
+        assert!(
+            asked.duration_since(cut_at) < limit,
+            "still {state} when asked {:?} after the cut",
+            asked.duration_since(cut_at)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let p = until("link-down alarm and missed test", WAIT, || async {
         let p = peer_status(&ca, "bravo").await;
         (p["link_down_alarm"] == true && p["link_test_missed"] == true).then_some(p)

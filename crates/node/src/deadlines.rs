@@ -410,7 +410,7 @@ async fn fire_due(shared: &Shared, state: &mut Deadline, now: Instant) {
             due_at_ms,
             missed_at_ms: wall,
         });
-        fired.push((id, need, due_at_ms));
+        fired.push((id, need, after, due_at_ms));
     }
     if rows.is_empty() {
         return;
@@ -418,16 +418,20 @@ async fn fire_due(shared: &Shared, state: &mut Deadline, now: Instant) {
     if let Err(e) = shared.writer.record_misses(rows).await {
         tracing::error!(error = %e, "cannot record missed deadlines; will retry");
         // Put them back so the next wake-up tries again.
-        for (id, need, _) in fired {
+        for (id, need, after, _) in fired {
             if let Some(t) = state.tracked.get_mut(&id) {
                 t.overdue.remove(&need);
-                t.open.push((need, Duration::ZERO));
-                state.queue.insert((t.start, id.0, need));
+                t.open.push((need, after));
+                // Try again in a second (a failing store must not make this spin). A
+                // settled message's stale queue entry is skipped when it comes up.
+                state
+                    .queue
+                    .insert((Instant::now() + Duration::from_secs(1), id.0, need));
             }
         }
         return;
     }
-    for (id, need, due_at_ms) in fired {
+    for (id, need, _, due_at_ms) in fired {
         let Some(t) = state.tracked.get(&id) else {
             continue;
         };

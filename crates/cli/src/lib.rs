@@ -7,9 +7,14 @@ pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod demo_console;
 pub mod harness;
+pub mod screenshots;
+pub mod users;
+pub mod webdriver;
 
 /// A failure to report: what, and the next step.
+#[derive(Debug)]
 pub struct Failure {
     pub error: String,
     pub hint: Option<String>,

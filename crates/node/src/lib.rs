@@ -3,12 +3,14 @@
 //! [`Node::start`] opens the store, starts the [`writer`] (the only task that changes the
 //! store, by group commit), one [`link`] task per pinned peer, the TLS peer listener and the
 //! HTTP API ([`api`]). Everything that decides — encoding, verification, sequencing rules,
-//! link state, scheduling — lives in `detente-proto`.
+//! link state, scheduling — lives in `detente-proto`. The operator [`console`] shares the
+//! HTTP server with the API.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod events;
 pub mod link;
 pub mod peers;
@@ -77,6 +79,8 @@ pub struct Shared {
     pub token: String,
     pub peer_addr: SocketAddr,
     pub console_addr: SocketAddr,
+    /// Console state that is not in the store (login limiter, interface texts).
+    pub console: console::ConsoleState,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -150,6 +154,7 @@ impl Node {
             token,
             peer_addr,
             console_addr,
+            console: console::ConsoleState::new(),
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });
@@ -201,7 +206,9 @@ fn write_run_file(shared: &Shared) {
     }
 }
 
-async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
+/// Open the store a node directory names (the node need not be running: SQLite in WAL mode
+/// lets a second process write while it runs).
+pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
     let path = match config.database_url.strip_prefix("sqlite:") {
         Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
         _ if config.database_url.is_empty() => dir.file(config::DATABASE_FILE),

@@ -1,7 +1,8 @@
 //! The console in a real headless Chromium (Debian's `chromium` and `chromium-driver`),
 //! against two real node processes linked over TLS on loopback.
 //!
-//! The story: a supervisor at washington sends a FLASH `encounter`; a principal already
+//! The story: a supervisor at washington fills the `encounter` notification form (an
+//! invalid position is refused next to its field) and sends it as a FLASH; a principal already
 //! looking at beijing's timeline sees it appear, with the alarm, without reloading; the
 //! principal acknowledges it; washington's open page shows the acknowledgment without
 //! reloading. Then: a wrong password is refused, an invalid field is reported next to the
@@ -109,21 +110,53 @@ async fn console_in_a_real_browser() {
     mark(&sb).await;
     assert!(sb.find_all("#alarm .alarm-flash").await.unwrap().is_empty());
 
-    // washington sends a FLASH encounter from the compose page.
+    // washington fills the `encounter` notification form; an invalid position is reported
+    // next to that field, and nothing is sent.
     sw.goto(&format!("http://{}/console/compose", w.console_addr))
         .await
         .unwrap();
+    sw.select("#format", "encounter").await.unwrap();
+    sw.click(&sw.find("#choose-format").await.unwrap())
+        .await
+        .unwrap();
+    sw.wait_for("#f-position", WAIT).await.unwrap();
     sw.select("#precedence", "flash").await.unwrap();
-    let topic = sw.find("#topic").await.unwrap();
-    sw.clear(&topic).await.unwrap();
-    sw.type_text(&topic, "encounter").await.unwrap();
-    let text = sw.find("#text").await.unwrap();
-    sw.type_text(
-        &text,
-        "Unplanned encounter, 18.2N 114.6E, two aircraft within 500 m.",
-    )
-    .await
-    .unwrap();
+    for (id, value) in [
+        ("#f-time", "2026-11-29T02:40:00Z"),
+        ("#f-position", "somewhere north"),
+        ("#f-own_units", "Two F/A-18"),
+        ("#f-other_units", "One J-15"),
+        (
+            "#f-description",
+            "Closest approach about 150 m; no weapons used.",
+        ),
+    ] {
+        let field = sw.find(id).await.unwrap();
+        sw.type_text(&field, value).await.unwrap();
+    }
+    sw.select("#f-domain", "air").await.unwrap();
+    sw.select("#f-signals", "radio-voice").await.unwrap();
+    sw.click(&sw.find("#send").await.unwrap()).await.unwrap();
+    sw.wait_for("#err-f-position", WAIT).await.unwrap();
+    let beside = sw
+        .execute(
+            "const f = document.getElementById('f-position'); const e = document.getElementById('err-f-position'); \
+             return f.parentElement === e.parentElement && f.getAttribute('aria-invalid') === 'true' \
+             && f.getAttribute('aria-describedby').split(' ').includes('err-f-position');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        beside,
+        json!(true),
+        "the position error is not next to its field"
+    );
+    assert_eq!(sw.find_all(".field-error").await.unwrap().len(), 1);
+    // The form kept what was typed; correct the position and send the FLASH.
+    let position = sw.find("#f-position").await.unwrap();
+    sw.clear(&position).await.unwrap();
+    sw.type_text(&position, "18.2,114.6").await.unwrap();
     sw.click(&sw.find("#send").await.unwrap()).await.unwrap();
     sw.wait_for(".msg.prec-flash.dir-out", WAIT).await.unwrap();
     let message_id = sw
@@ -140,6 +173,10 @@ async fn console_in_a_real_browser() {
         .await
         .unwrap()
         .contains("特急"));
+    // beijing reads the notification in Chinese (rendered from the validated fields).
+    let item = format!(".msg[data-id=\"{message_id}\"] .translation");
+    sb.wait_for(&item, WAIT).await.unwrap();
+    assert!(sb.text_of(&item).await.unwrap().contains("意外相遇报告"));
     sb.wait_for(
         &format!(".msg.prec-flash.dir-in[data-id=\"{message_id}\"]"),
         WAIT,

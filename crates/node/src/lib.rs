@@ -159,7 +159,18 @@ impl Node {
             token,
             peer_addr,
             console_addr,
-            formats: std::sync::RwLock::new(Vec::new()),
+            // The built-in notification catalogue: every node built from the same source holds
+            // byte-identical definitions, so both sides' charters list the same formats.
+            formats: std::sync::RwLock::new(
+                detente_formats::builtin_held()
+                    .into_iter()
+                    .map(|f| detente_proto::FormatRef {
+                        id: f.id,
+                        version: f.version,
+                        digest: f.digest,
+                    })
+                    .collect(),
+            ),
             charters: charter::Charters::default(),
             console: console::ConsoleState::new(),
             incoming: Mutex::new(HashMap::new()),

@@ -344,8 +344,10 @@ fn ack_deadline_ms(shared: &Shared, m: &Value) -> Option<i64> {
         return None;
     }
     let precedence = Precedence::parse(m["precedence"].as_str()?)?;
-    let deadlines = shared.config.read().ok()?.deadlines.clone();
-    Some(ms_of(&m["created_at"])? + api::deadline_ms(&deadlines, precedence)?)
+    // The channel's charter decides (the stricter of both parties' deadlines).
+    let deadlines = shared.deadlines(m["peer"].as_str()?);
+    let due = deadlines.acknowledged(precedence).as_millis() as i64;
+    Some(ms_of(&m["created_at"])? + due)
 }
 
 /// Whether an outgoing FLASH missed its delivery deadline (no DELIVERED receipt in time).
@@ -356,12 +358,11 @@ fn delivery_overdue(shared: &Shared, m: &Value, now: i64) -> bool {
     let Some(created) = ms_of(&m["created_at"]) else {
         return false;
     };
-    let limit = shared
-        .config
-        .read()
-        .ok()
-        .and_then(|c| crate::config::parse_duration(&c.deadlines.flash_delivered).ok());
-    limit.is_some_and(|d| now > created + d.as_millis() as i64)
+    let Some(peer) = m["peer"].as_str() else {
+        return false;
+    };
+    let limit = shared.deadlines(peer).flash_delivered;
+    now > created + limit.as_millis() as i64
 }
 
 fn precedence_label(shared: &Shared, op: &Operator, m: &Value) -> String {
@@ -811,37 +812,198 @@ pub async fn receipt(
 
 // ---------------------------------------------------------------- compose
 
-#[derive(Deserialize, Default, Clone)]
+/// The compose form as posted (or as a query, to start from a reply or a format).
+#[derive(Default, Clone)]
 pub struct ComposeForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     to: String,
-    #[serde(default)]
     precedence: String,
-    #[serde(default)]
     topic: String,
-    #[serde(default)]
     text: String,
-    #[serde(default)]
     lang: String,
-    #[serde(default)]
     reply_to: String,
+    /// A notification format id; empty for free text.
+    format: String,
+    /// The format's fields (`f.KEY` in the form), by key.
+    fields: BTreeMap<String, String>,
 }
 
-type FieldErrors = BTreeMap<&'static str, String>;
+/// Fields of one form, at most (a format has far fewer).
+const FORM_PAIRS_MAX: usize = 128;
 
-fn field_error(errors: &FieldErrors, key: &str) -> (String, String) {
+impl ComposeForm {
+    fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        let mut form = ComposeForm::default();
+        for (k, v) in pairs.into_iter().take(FORM_PAIRS_MAX) {
+            match k.as_str() {
+                "csrf" => form.csrf = v,
+                "to" => form.to = v,
+                "precedence" => form.precedence = v,
+                "topic" => form.topic = v,
+                "text" => form.text = v,
+                "lang" => form.lang = v,
+                "reply_to" => form.reply_to = v,
+                "format" => form.format = v,
+                _ => {
+                    if let Some(key) = k.strip_prefix("f.") {
+                        form.fields.insert(key.to_string(), v);
+                    }
+                }
+            }
+        }
+        form
+    }
+
+    /// The chosen format, if it is one of the catalogue's.
+    fn format_def(&self) -> Option<&'static detente_formats::FormatDef> {
+        if self.format.is_empty() || self.format == "text" {
+            return None;
+        }
+        detente_formats::builtin().latest(&self.format)
+    }
+}
+
+/// Errors by field id (`to`, `text`, `f-position`, ...).
+type FieldErrors = BTreeMap<String, String>;
+
+fn field_error(errors: &FieldErrors, key: &str, help: Option<&str>) -> (String, String) {
+    let described = |extra: &str| {
+        let ids: Vec<&str> = help
+            .into_iter()
+            .chain(Some(extra).filter(|e| !e.is_empty()))
+            .collect();
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(" aria-describedby=\"{}\"", ids.join(" "))
+        }
+    };
     match errors.get(key) {
         Some(e) => (
-            format!(" aria-invalid=\"true\" aria-describedby=\"err-{key}\""),
+            format!(" aria-invalid=\"true\"{}", described(&format!("err-{key}"))),
             format!(
                 "<span class=\"field-error\" id=\"err-{key}\" role=\"alert\">{}</span>",
                 esc(e)
             ),
         ),
-        None => (String::new(), String::new()),
+        None => (described(""), String::new()),
     }
+}
+
+/// The format chooser: a small GET form, so it works without script.
+fn format_chooser(
+    shared: &Shared,
+    op: &Operator,
+    form: &ComposeForm,
+    errors: &FieldErrors,
+) -> String {
+    let t = |k: &str| tr(shared, op, k);
+    let mut out = format!(
+        "<form method=\"get\" action=\"/console/compose\" class=\"chooser\">\
+         <input type=\"hidden\" name=\"to\" value=\"{}\"><input type=\"hidden\" name=\"reply_to\" value=\"{}\">\
+         <p><label for=\"format\">{}</label><select id=\"format\" name=\"format\"><option value=\"\">{}</option>",
+        esc(&form.to),
+        esc(&form.reply_to),
+        esc(&t("compose-format")),
+        esc(&t("compose-free-text"))
+    );
+    for def in detente_formats::builtin().formats() {
+        if def.id == "text" {
+            continue;
+        }
+        let d = detente_formats::describe(def, &op.lang);
+        let sel = if def.id == form.format {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "<option value=\"{}\"{sel}>{}</option>",
+            esc(&def.id),
+            esc(&d.title)
+        );
+    }
+    let err = errors.get("format").map_or_else(String::new, |e| {
+        format!(
+            "<span class=\"field-error\" id=\"err-format\" role=\"alert\">{}</span>",
+            esc(e)
+        )
+    });
+    let _ = write!(
+        out,
+        "</select> <button type=\"submit\" id=\"choose-format\">{}</button>{err}</p></form>",
+        esc(&t("compose-format-use"))
+    );
+    out
+}
+
+/// The fields of a format, each with its label, help, what it accepts, and its error.
+fn format_fields(
+    op: &Operator,
+    def: &detente_formats::FormatDef,
+    form: &ComposeForm,
+    errors: &FieldErrors,
+) -> String {
+    let d = detente_formats::describe(def, &op.lang);
+    let mut out = format!(
+        "<fieldset class=\"format\"><legend>{}</legend><input type=\"hidden\" name=\"format\" value=\"{}\">",
+        esc(&d.title),
+        esc(&def.id)
+    );
+    for f in &d.fields {
+        let id = format!("f-{}", f.key);
+        let help_id = format!("help-{id}");
+        let (attr, err) = field_error(errors, &id, Some(&help_id));
+        let value = form.fields.get(&f.key).map_or("", String::as_str);
+        let required = if f.required { " required" } else { "" };
+        let _ = write!(
+            out,
+            "<p><label for=\"{id}\">{}{}</label>",
+            esc(&f.label),
+            if f.required { " *" } else { "" }
+        );
+        if !f.values.is_empty() {
+            let _ = write!(
+                out,
+                "<select id=\"{id}\" name=\"f.{}\"{attr}{required}><option value=\"\">—</option>",
+                esc(&f.key)
+            );
+            for (v, label) in &f.values {
+                let sel = if v == value { " selected" } else { "" };
+                let _ = write!(
+                    out,
+                    "<option value=\"{}\"{sel}>{}</option>",
+                    esc(v),
+                    esc(label)
+                );
+            }
+            out.push_str("</select>");
+        } else if f.type_name == "text" {
+            let _ = write!(
+                out,
+                "<textarea id=\"{id}\" name=\"f.{}\" rows=\"3\"{attr}{required}>{}</textarea>",
+                esc(&f.key),
+                esc(value)
+            );
+        } else {
+            let _ = write!(
+                out,
+                "<input id=\"{id}\" name=\"f.{}\" value=\"{}\"{attr}{required}>",
+                esc(&f.key),
+                esc(value)
+            );
+        }
+        let _ = write!(
+            out,
+            "<span class=\"hint\" id=\"{help_id}\">{}{}{}</span>{err}</p>",
+            esc(&f.help),
+            if f.help.is_empty() { "" } else { " — " },
+            esc(&f.accepts)
+        );
+    }
+    out.push_str("</fieldset>");
+    out
 }
 
 fn compose_html(
@@ -851,6 +1013,7 @@ fn compose_html(
     errors: &FieldErrors,
 ) -> String {
     let t = |k: &str| tr(shared, op, k);
+    let def = form.format_def();
     let mut out = String::new();
     if !errors.is_empty() {
         let _ = write!(
@@ -859,13 +1022,14 @@ fn compose_html(
             esc(&t("compose-has-errors"))
         );
     }
+    out.push_str(&format_chooser(shared, op, form, errors));
     let _ = write!(
         out,
         "<form method=\"post\" action=\"/console/compose\" class=\"compose\" novalidate>{}",
         csrf_field(op)
     );
     // Peer.
-    let (attr, err) = field_error(errors, "to");
+    let (attr, err) = field_error(errors, "to", None);
     let _ = write!(
         out,
         "<p><label for=\"to\">{}</label><select id=\"to\" name=\"to\"{attr}>",
@@ -880,17 +1044,22 @@ fn compose_html(
         let _ = write!(out, "<option{sel}>{}</option>", esc(&entry.name));
     }
     let _ = write!(out, "</select>{err}</p>");
-    // Precedence: only those this role may send.
-    let (attr, err) = field_error(errors, "precedence");
+    // Precedence: only those this role may send; a format proposes its own.
+    let (attr, err) = field_error(errors, "precedence", None);
     let _ = write!(
         out,
         "<p><label for=\"precedence\">{}</label><select id=\"precedence\" name=\"precedence\"{attr}>",
         esc(&t("compose-precedence"))
     );
-    let chosen = if form.precedence.is_empty() {
-        "routine"
+    let proposed = def.map(|d| {
+        detente_formats::describe(d, "en")
+            .precedence
+            .to_ascii_lowercase()
+    });
+    let chosen = if !form.precedence.is_empty() {
+        form.precedence.clone()
     } else {
-        form.precedence.as_str()
+        proposed.unwrap_or_else(|| "routine".into())
     };
     for p in Precedence::ALL {
         if !op.role.can_send(p) {
@@ -905,19 +1074,19 @@ fn compose_html(
         );
     }
     let _ = write!(out, "</select>{err}</p>");
-    let (attr, err) = field_error(errors, "topic");
-    let topic = if form.topic.is_empty() {
-        "general"
-    } else {
-        form.topic.as_str()
+    let (attr, err) = field_error(errors, "topic", None);
+    let topic = match (form.topic.is_empty(), def) {
+        (false, _) => form.topic.clone(),
+        (true, Some(d)) => detente_formats::describe(d, "en").topic,
+        (true, None) => "general".into(),
     };
     let _ = write!(
         out,
         "<p><label for=\"topic\">{}</label><input id=\"topic\" name=\"topic\" maxlength=\"{TOPIC_CHARS_MAX}\" value=\"{}\"{attr}>{err}</p>",
         esc(&t("topic")),
-        esc(topic)
+        esc(&topic)
     );
-    let (attr, err) = field_error(errors, "lang");
+    let (attr, err) = field_error(errors, "lang", None);
     let lang = if form.lang.is_empty() {
         super::html::node_lang(shared)
     } else {
@@ -929,14 +1098,19 @@ fn compose_html(
         esc(&t("text-language")),
         esc(&lang)
     );
-    let (attr, err) = field_error(errors, "text");
-    let _ = write!(
-        out,
-        "<p><label for=\"text\">{}</label><textarea id=\"text\" name=\"text\" rows=\"6\"{attr}>{}</textarea>{err}</p>",
-        esc(&t("compose-text")),
-        esc(&form.text)
-    );
-    let (attr, err) = field_error(errors, "reply_to");
+    match def {
+        Some(def) => out.push_str(&format_fields(op, def, form, errors)),
+        None => {
+            let (attr, err) = field_error(errors, "text", None);
+            let _ = write!(
+                out,
+                "<p><label for=\"text\">{}</label><textarea id=\"text\" name=\"text\" rows=\"6\"{attr}>{}</textarea>{err}</p>",
+                esc(&t("compose-text")),
+                esc(&form.text)
+            );
+        }
+    }
+    let (attr, err) = field_error(errors, "reply_to", None);
     let _ = write!(
         out,
         "<input type=\"hidden\" name=\"reply_to\" value=\"{}\"{attr}>{err}",
@@ -950,41 +1124,45 @@ fn compose_html(
     out
 }
 
-pub async fn compose(State(shared): Shr, op: Operator, Query(q): Query<ComposeForm>) -> Response {
+pub async fn compose(
+    State(shared): Shr,
+    op: Operator,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
     if !op.role.can_compose() {
         return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
     }
-    let main = compose_html(&shared, &op, &q, &FieldErrors::new());
+    let form = ComposeForm::from_pairs(q);
+    let main = compose_html(&shared, &op, &form, &FieldErrors::new());
     let title = tr(&shared, &op, "nav-compose");
     html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
 }
 
-/// Check every field of the compose form; the errors name the field they belong to.
-fn check_compose(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErrors {
+/// Check the fields every message has; the errors name the field they belong to.
+fn check_common(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErrors {
     let mut errors = FieldErrors::new();
+    let mut put = |k: &str, v: String| {
+        errors.insert(k.to_string(), v);
+    };
     if shared.table.get(&form.to).is_none() {
-        errors.insert("to", tr(shared, op, "error-peer-unknown"));
+        put("to", tr(shared, op, "error-peer-unknown"));
     }
     match Precedence::parse(&form.precedence) {
-        None => {
-            errors.insert("precedence", tr(shared, op, "error-precedence-unknown"));
-        }
-        Some(p) if !op.role.can_send(p) => {
-            errors.insert(
-                "precedence",
-                tr_with(
-                    shared,
-                    op,
-                    "error-precedence-role",
-                    &[("precedence", p.to_string())],
-                ),
-            );
-        }
+        None => put("precedence", tr(shared, op, "error-precedence-unknown")),
+        Some(p) if !op.role.can_send(p) => put(
+            "precedence",
+            tr_with(
+                shared,
+                op,
+                "error-precedence-role",
+                &[("precedence", p.to_string())],
+            ),
+        ),
         Some(_) => {}
     }
     let topic = form.topic.trim();
     if topic.is_empty() || topic.chars().count() > TOPIC_CHARS_MAX {
-        errors.insert(
+        put(
             "topic",
             tr_with(
                 shared,
@@ -994,12 +1172,26 @@ fn check_compose(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErr
             ),
         );
     }
+    let lang = form.lang.trim();
+    let lang_ok = !lang.is_empty()
+        && lang.len() <= 35
+        && lang.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !lang_ok {
+        put("lang", tr(shared, op, "error-lang"));
+    }
+    if !form.reply_to.is_empty() && MessageId::from_hex(&form.reply_to).is_none() {
+        put("reply_to", tr(shared, op, "error-reply-to"));
+    }
+    errors
+}
+
+fn check_text(shared: &Shared, op: &Operator, form: &ComposeForm, errors: &mut FieldErrors) {
     let text = form.text.trim();
     if text.is_empty() {
-        errors.insert("text", tr(shared, op, "error-text-empty"));
+        errors.insert("text".into(), tr(shared, op, "error-text-empty"));
     } else if text.chars().count() > TEXT_CHARS_MAX {
         errors.insert(
-            "text",
+            "text".into(),
             tr_with(
                 shared,
                 op,
@@ -1008,25 +1200,93 @@ fn check_compose(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErr
             ),
         );
     }
-    let lang = form.lang.trim();
-    let lang_ok = !lang.is_empty()
-        && lang.len() <= 35
-        && lang.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if !lang_ok {
-        errors.insert("lang", tr(shared, op, "error-lang"));
+}
+
+/// Validate the format's fields with the catalogue (the same rules a receiving node
+/// applies). Returns the notification rendered in the sender's language, with a courtesy
+/// rendering in the peer's language when it differs.
+fn check_notification(
+    shared: &Shared,
+    op: &Operator,
+    def: &detente_formats::FormatDef,
+    form: &ComposeForm,
+    errors: &mut FieldErrors,
+) -> Option<(String, Vec<(String, String)>)> {
+    use detente_formats::{Raw, Reader};
+    if let Some(charter) = shared.charter(&form.to) {
+        if !charter
+            .formats
+            .iter()
+            .any(|f| f.id == def.id && f.version == def.version)
+        {
+            errors.insert("format".into(), tr(shared, op, "error-format-not-agreed"));
+        }
     }
-    if !form.reply_to.is_empty() && MessageId::from_hex(&form.reply_to).is_none() {
-        errors.insert("reply_to", tr(shared, op, "error-reply-to"));
+    let lang = form.lang.trim().to_string();
+    let mut raw = BTreeMap::new();
+    for field in &def.fields {
+        let Some(value) = form
+            .fields
+            .get(&field.key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
+        let value = if field.kind.name() == "text" {
+            Raw::Text {
+                lang: lang.clone(),
+                text: value.to_string(),
+                translations: Vec::new(),
+            }
+        } else {
+            Raw::Typed(value.to_string())
+        };
+        raw.insert(field.key.clone(), value);
     }
-    errors
+    let now =
+        jiff::Timestamp::from_millisecond(now_ms() as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let notification = match def.validate(&raw, now) {
+        Ok(n) => n,
+        Err(e) => {
+            let key = e
+                .key()
+                .map_or_else(|| "format".to_string(), |k| format!("f-{k}"));
+            errors.insert(key, e.to_string());
+            return None;
+        }
+    };
+    let (tz, my_lang) = shared
+        .config
+        .read()
+        .map(|c| (c.tz.clone(), c.lang.clone()))
+        .unwrap_or_else(|_| ("UTC".into(), "en".into()));
+    let render = |l: &str| {
+        notification
+            .render(def, Reader { lang: l, tz: &tz }, &[])
+            .text()
+    };
+    let mut translations = Vec::new();
+    let peer_lang = shared.charter(&form.to).and_then(|c| {
+        let me = shared.secret.public();
+        c.members
+            .iter()
+            .find(|m| m.key != me)
+            .map(|m| m.lang.clone())
+    });
+    if let Some(peer_lang) = peer_lang.filter(|l| *l != my_lang) {
+        translations.push((peer_lang.clone(), render(&peer_lang)));
+    }
+    Some((render(&my_lang), translations))
 }
 
 pub async fn compose_send(
     State(shared): Shr,
     op: Operator,
     Source(source): Source,
-    Form(form): Form<ComposeForm>,
+    Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
+    let form = ComposeForm::from_pairs(pairs);
     if !op.csrf_ok(&form.csrf) {
         return bad_csrf(&shared, &op);
     }
@@ -1034,37 +1294,52 @@ pub async fn compose_send(
         audit(&shared, &op.login, "refused", "compose", source).await;
         return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
     }
-    let mut errors = check_compose(&shared, &op, &form);
+    let mut errors = check_common(&shared, &op, &form);
     if errors.contains_key("precedence") && Precedence::parse(&form.precedence).is_some() {
-        audit(
-            &shared,
-            &op.login,
-            "refused",
-            &format!("send {}", form.precedence),
-            source,
-        )
-        .await;
+        let detail = format!("send {}", form.precedence);
+        audit(&shared, &op.login, "refused", &detail, source).await;
     }
-    if errors.is_empty() {
+    let content = match form.format_def() {
+        None if !form.format.is_empty() && form.format != "text" => {
+            errors.insert("format".into(), tr(&shared, &op, "error-format-unknown"));
+            None
+        }
+        None => {
+            check_text(&shared, &op, &form, &mut errors);
+            Some((form.text.trim().to_string(), Vec::new()))
+        }
+        Some(def) => check_notification(&shared, &op, def, &form, &mut errors),
+    };
+    if let (true, Some((text, translations))) = (errors.is_empty(), content) {
+        let lang = if form.format_def().is_some() {
+            super::html::node_lang(&shared)
+        } else {
+            form.lang.trim().to_string()
+        };
         let body = SendBody {
             to: form.to.clone(),
             precedence: Some(form.precedence.clone()),
             topic: Some(form.topic.trim().to_string()),
-            text: form.text.trim().to_string(),
-            lang: Some(form.lang.trim().to_string()),
-            translations: Vec::new(),
+            text,
+            lang: Some(lang),
+            translations,
             reply_to: Some(form.reply_to.clone()).filter(|r| !r.is_empty()),
             author: None,
         };
         match api::send_one(&shared, body).await {
             Ok(sent) => {
                 let id = sent.id.to_hex();
-                let detail = format!("{} to {} {id}", sent.precedence.name(), form.to);
+                let what = if form.format.is_empty() {
+                    "text"
+                } else {
+                    form.format.as_str()
+                };
+                let detail = format!("{} {what} to {} {id}", sent.precedence.name(), form.to);
                 audit(&shared, &op.login, "send", &detail, source).await;
                 return Redirect::to(&format!("/console/messages/{id}")).into_response();
             }
             Err(e) => {
-                errors.insert("text", e.to_string());
+                errors.insert("text".into(), e.to_string());
             }
         }
     }
@@ -1281,9 +1556,26 @@ pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
             esc(&t("channel-id")),
             channel.to_hex()
         );
+        let charter = match shared.charter(&entry.name) {
+            Some(c) => {
+                let version = shared.charters.get(&entry.name).version;
+                tr_with(
+                    &shared,
+                    &op,
+                    "charter-agreed",
+                    &[
+                        ("version", version.to_string()),
+                        ("digest", hex::encode(c.digest())),
+                    ],
+                )
+            }
+            None => t("charter-none"),
+        };
         let _ = write!(
             main,
-            "<h3>{}</h3><p class=\"checkpoint\">{}</p>",
+            "<h3>{}</h3><p class=\"charter\">{}</p><h3>{}</h3><p class=\"checkpoint\">{}</p>",
+            esc(&t("charter-title")),
+            esc(&charter),
             esc(&t("checkpoint-title")),
             esc(&t("checkpoint-none"))
         );
@@ -1425,7 +1717,6 @@ pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
     for k in [
         "cp-node",
         "cp-party",
-        "cp-position",
         "cp-fingerprint",
         "cp-language",
         "cp-tz",
@@ -1434,29 +1725,94 @@ pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
         let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
     }
     main.push_str("</tr></thead><tbody>");
-    let _ = write!(
-        main,
-        "<tr><th scope=\"row\">{} ({})</th><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-        esc(&c.name),
-        esc(&t("cp-this-node")),
-        esc(&c.party),
-        esc(&c.author),
-        esc(&shared.secret.public().fingerprint()),
-        esc(&c.lang),
-        esc(&c.tz),
-        esc(&shared.peer_addr.to_string())
-    );
-    for entry in shared.table.all() {
+    let row = |main: &mut String,
+               name: String,
+               party: &str,
+               fp: String,
+               lang: &str,
+               tz: &str,
+               addrs: String| {
         let _ = write!(
             main,
-            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&entry.name),
-            esc(&t("cp-unknown")),
-            esc(&t("cp-unknown")),
-            esc(&entry.key.fingerprint()),
-            esc(&t("cp-unknown")),
-            esc(&t("cp-unknown")),
-            esc(&entry.addrs.join(", "))
+            "<tr><th scope=\"row\">{}</th><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&name),
+            esc(party),
+            esc(&fp),
+            esc(lang),
+            esc(tz),
+            esc(&addrs)
+        );
+    };
+    row(
+        &mut main,
+        format!("{} ({})", c.name, t("cp-this-node")),
+        &c.party,
+        shared.secret.public().fingerprint(),
+        &c.lang,
+        &c.tz,
+        shared.peer_addr.to_string(),
+    );
+    let mut pairs = Vec::new();
+    let me = shared.secret.public();
+    for entry in shared.table.all() {
+        match shared.charter(&entry.name) {
+            Some(charter) => {
+                for m in charter.members.iter().filter(|m| m.key != me) {
+                    row(
+                        &mut main,
+                        entry.name.clone(),
+                        &m.party,
+                        m.key.fingerprint(),
+                        &m.lang,
+                        &m.tz,
+                        m.addresses.join(", "),
+                    );
+                }
+                // Positions: ours first, whatever the charter's member order.
+                let we_are_first = charter.members.first().is_some_and(|m| m.key == me);
+                for cp in &charter.counterparts {
+                    let (ours, theirs) = if we_are_first {
+                        (cp.first.clone(), cp.second.clone())
+                    } else {
+                        (cp.second.clone(), cp.first.clone())
+                    };
+                    pairs.push((entry.name.clone(), ours, theirs));
+                }
+            }
+            None => row(
+                &mut main,
+                entry.name.clone(),
+                &t("cp-unknown"),
+                entry.key.fingerprint(),
+                &t("cp-unknown"),
+                &t("cp-unknown"),
+                entry.addrs.join(", "),
+            ),
+        }
+    }
+    main.push_str("</tbody></table>");
+    let _ = write!(
+        main,
+        "<table id=\"positions\"><caption>{}</caption><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>",
+        esc(&t("positions-caption")),
+        esc(&t("positions-ours")),
+        esc(&t("positions-theirs")),
+        esc(&t("cp-node"))
+    );
+    if pairs.is_empty() {
+        let _ = write!(
+            main,
+            "<tr><td colspan=\"3\">{}</td></tr>",
+            esc(&t("positions-none"))
+        );
+    }
+    for (peer, ours, theirs) in pairs {
+        let _ = write!(
+            main,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&ours),
+            esc(&theirs),
+            esc(&peer)
         );
     }
     main.push_str("</tbody></table>");

@@ -107,23 +107,36 @@ async fn story(sw: &Session, sb: &Session, w: &ProcNode, b: &ProcNode, out: &Pat
                 "translations": [["zh-CN", "晚上好。这是华盛顿值班员，正在测试线路。"]]}),
     )
     .await?;
-    sw.goto(&format!("http://{}/console/compose", w.console_addr))
-        .await?;
-    sw.select("#precedence", "flash").await?;
-    let topic = sw.find("#topic").await?;
-    sw.clear(&topic).await?;
-    sw.type_text(&topic, "encounter").await?;
-    let text = sw.find("#text").await?;
-    sw.type_text(
-        &text,
-        "Unplanned encounter at 21:40 UTC, 18.2N 114.6E: two aircraft within 500 m. No weapons used. Requesting acknowledgment.",
-    )
+    sw.goto(&format!(
+        "http://{}/console/compose?format=encounter",
+        w.console_addr
+    ))
     .await?;
+    sw.wait_for("#f-position", WAIT).await?;
+    sw.select("#precedence", "flash").await?;
+    for (id, value) in [
+        ("#f-time", "2026-11-29T02:40:00Z"),
+        ("#f-position", "18.2,114.6"),
+        ("#f-own_units", "Two F/A-18"),
+        ("#f-other_units", "One J-15"),
+        ("#f-closest_approach", "150"),
+        (
+            "#f-description",
+            "Closest approach about 150 m; no weapons used. Requesting acknowledgment.",
+        ),
+    ] {
+        let field = sw.find(id).await?;
+        sw.type_text(&field, value).await?;
+    }
+    sw.select("#f-domain", "air").await?;
+    sw.select("#f-signals", "radio-voice").await?;
     shoot(sw, out, "compose").await?;
     sw.click(&sw.find("#send").await?).await?;
     sw.wait_for(".msg.prec-flash", WAIT).await?;
     sb.wait_for("#alarm .alarm-flash", WAIT).await?;
     shoot(sb, out, "timeline-alarm-zh-CN").await?;
+    let item = ".msg.prec-flash .translation";
+    sb.wait_for(item, WAIT).await?;
     let open = sb.find("#alarm .alarm-flash a").await?;
     sb.click(&open).await?;
     let note = sb.wait_for("#note", WAIT).await?;

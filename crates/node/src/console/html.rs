@@ -117,7 +117,7 @@ fn nav(out: &mut String, shared: &Shared, op: &Operator, t: &dyn Fn(&str) -> Str
     out.push_str("</ul></nav>");
     let _ = write!(
         out,
-        "<div class=\"who\"><span>{} <strong>{}</strong> ({})</span>",
+        "<div class=\"account\"><span>{} <strong>{}</strong> ({})</span>",
         esc(&t("signed-in-as")),
         esc(&op.login),
         esc(&t(&format!("role-{}", op.role.name())))

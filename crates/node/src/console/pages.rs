@@ -333,9 +333,14 @@ fn time_element(shared: &Shared, ms: i64) -> String {
     )
 }
 
+/// Whether a message is one people answer (not a charter or another protocol envelope).
+fn answerable(m: &Value) -> bool {
+    matches!(m["kind"].as_str(), Some("text" | "notification"))
+}
+
 /// Whether a message still waits for an acknowledgment (or a refusal).
 fn unanswered(m: &Value) -> bool {
-    m["receipts"]["acknowledged"].is_null() && m["receipts"]["declined"].is_null()
+    answerable(m) && m["receipts"]["acknowledged"].is_null() && m["receipts"]["declined"].is_null()
 }
 
 /// When the acknowledgment of `m` is due, if it still is.
@@ -352,7 +357,7 @@ fn ack_deadline_ms(shared: &Shared, m: &Value) -> Option<i64> {
 
 /// Whether an outgoing FLASH missed its delivery deadline (no DELIVERED receipt in time).
 fn delivery_overdue(shared: &Shared, m: &Value, now: i64) -> bool {
-    if !m["receipts"]["delivered"].is_null() {
+    if !answerable(m) || !m["receipts"]["delivered"].is_null() {
         return false;
     }
     let Some(created) = ms_of(&m["created_at"]) else {
@@ -672,7 +677,8 @@ async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
 fn answer_form(shared: &Shared, op: &Operator, m: &Value) -> String {
     let id = m["id"].as_str().unwrap_or_default();
     let mut out = String::new();
-    if m["direction"] == "in" && (op.role.can_mark_read() || op.role.can_answer()) {
+    if m["direction"] == "in" && answerable(m) && (op.role.can_mark_read() || op.role.can_answer())
+    {
         let _ = write!(
             out,
             "<form method=\"post\" action=\"/console/messages/{id}/receipt\" class=\"answer\">{}<h2>{}</h2>\

@@ -461,3 +461,130 @@ async fn every_route_checks_session_role_and_csrf() {
     }
     drop((w, b));
 }
+
+/// `detente user add` reads the password from a file or standard input (never from the
+/// command line), refuses a short one, and `user list --json` shows the account.
+#[test]
+fn user_add_reads_the_password_from_a_file_or_stdin() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let exe = env!("CARGO_BIN_EXE_detente");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let init = Command::new(exe)
+        .args([
+            "init",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "washington",
+            "--party",
+            "US",
+        ])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let file = tmp.path().join("pw");
+    std::fs::write(&file, "a long enough password\n").unwrap();
+    let add = Command::new(exe)
+        .args([
+            "user",
+            "add",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "duty",
+            "--role",
+            "supervisor",
+        ])
+        .arg("--password-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let mut child = Command::new(exe)
+        .args([
+            "user",
+            "add",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "chief",
+            "--role",
+            "principal",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"another long password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Too short: refused, exit 1, with a hint.
+    let mut child = Command::new(exe)
+        .args([
+            "user",
+            "add",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "x",
+            "--role",
+            "watch",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("hint: "),
+        "{stderr}"
+    );
+    // There is no flag that takes the password itself.
+    let out = Command::new(exe)
+        .args([
+            "user",
+            "add",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "y",
+            "--role",
+            "watch",
+            "--password",
+            "secret123",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let list = Command::new(exe)
+        .args(["user", "list", "--dir", dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let users: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(
+        users,
+        json!([
+            {"login": "chief", "role": "principal", "lang": "en"},
+            {"login": "duty", "role": "supervisor", "lang": "en"},
+        ])
+    );
+}

@@ -82,8 +82,11 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
             out,
             "<section id=\"alarm\" class=\"alarm-region\" data-live=\"/console/live/alarm\" \
              aria-live=\"assertive\" aria-label=\"{}\"></section>\
-             <audio id=\"alarm-sound\" src=\"/console/assets/alarm.wav\" preload=\"auto\"></audio>",
-            esc(&t("alarm-region"))
+             <audio id=\"alarm-sound\" src=\"/console/assets/alarm.wav\" preload=\"auto\"></audio>\
+             <p id=\"sound-blocked\" class=\"sound-blocked\" hidden>{} <button type=\"button\" id=\"enable-sound\">{}</button></p>",
+            esc(&t("alarm-region")),
+            esc(&t("sound-blocked")),
+            esc(&t("sound-enable"))
         );
     }
     let _ = write!(

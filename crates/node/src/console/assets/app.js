@@ -21,7 +21,12 @@
       audio.currentTime = 0;
       const played = audio.play();
       if (played && played.catch) {
-        played.catch(() => document.body.classList.add("sound-blocked"));
+        played.catch(() => {
+          // Browsers refuse sound before the operator has touched the page: say so, and
+          // offer a button (a click is the gesture that allows it).
+          const note = document.getElementById("sound-blocked");
+          if (note) note.hidden = false;
+        });
       }
     }
   }
@@ -127,6 +132,15 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    const enable = document.getElementById("enable-sound");
+    if (enable) {
+      enable.addEventListener("click", () => {
+        const audio = document.getElementById("alarm-sound");
+        if (audio) audio.play().then(() => {
+          document.getElementById("sound-blocked").hidden = true;
+        }).catch(() => {});
+      });
+    }
     connect();
     polls();
     setInterval(tick, 1000);

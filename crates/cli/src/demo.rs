@@ -100,6 +100,7 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Outcome {
                 node.pid().unwrap_or(0)
             );
         }
+        crate::demo_console::logins([&w, &b]).await?;
         println!("Try: detente status --dir {}", w.dir.display());
         println!(
             "Stop them with: kill {} {}",

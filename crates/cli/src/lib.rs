@@ -9,11 +9,16 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod demo_charter;
+pub mod demo_console;
 pub mod demo_deadlines;
 pub mod harness;
 pub mod hook_sink;
+pub mod screenshots;
+pub mod users;
+pub mod webdriver;
 
 /// A failure to report: what, and the next step.
+#[derive(Debug)]
 pub struct Failure {
     pub error: String,
     pub hint: Option<String>,

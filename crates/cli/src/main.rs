@@ -5,7 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-use detente::{bench, charter, commands, demo, Outcome};
+use detente::{bench, charter, commands, demo, screenshots, users, Outcome};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +73,11 @@ enum Command {
     Counterpart {
         #[command(subcommand)]
         command: CounterpartCommand,
+    },
+    /// Console accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Read and change node.toml.
     Config {
@@ -162,6 +167,11 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Regenerate the console screenshots (two local nodes and a headless Chromium).
+    Screenshots {
+        #[arg(long, default_value = "docs/screenshots")]
+        out: PathBuf,
+    },
     /// Measure throughput and latency between two local nodes over real TLS.
     Bench {
         #[arg(long)]
@@ -219,6 +229,34 @@ enum PeerCommand {
         addrs: Vec<String>,
     },
     /// List pinned peers.
+    List {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a console account, or change its role and password. The password is read
+    /// from --password-file, or from the terminal (not echoed), or from standard input.
+    Add {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The login name.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["watch", "supervisor", "principal", "auditor", "admin"])]
+        role: String,
+        /// A file whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Interface language (the node's by default).
+        #[arg(long)]
+        lang: Option<String>,
+    },
+    /// List console accounts.
     List {
         #[arg(long)]
         dir: PathBuf,
@@ -309,6 +347,19 @@ async fn run(command: Command) -> Outcome {
         Command::Peer {
             command: PeerCommand::List { dir, json },
         } => commands::peer_list(&dir, json),
+        Command::User {
+            command:
+                UserCommand::Add {
+                    dir,
+                    name,
+                    role,
+                    password_file,
+                    lang,
+                },
+        } => users::user_add(&dir, &name, &role, password_file.as_deref(), lang).await,
+        Command::User {
+            command: UserCommand::List { dir, json },
+        } => users::user_list(&dir, json).await,
         Command::Config {
             command: ConfigCommand::Get { dir, key, json },
         } => commands::config_get(&dir, key, json),
@@ -369,6 +420,7 @@ async fn run(command: Command) -> Outcome {
             command: CounterpartCommand::List { dir, json },
         } => charter::list(&dir, json),
         Command::Demo { keep, dir } => demo::run(keep, dir).await,
+        Command::Screenshots { out } => screenshots::run(out).await,
         Command::Bench {
             json,
             messages,

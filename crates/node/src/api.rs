@@ -1,13 +1,17 @@
 //! The local HTTP JSON API under `/api/v1`, on the console address.
 //!
-//! The command line and any integration use it. Every route but `/healthz` needs the bearer
-//! token kept in the node directory (`api.token`, owner-readable only); without it the answer
+//! The command line and any integration use it. Every route but `/healthz` needs either the
+//! bearer token kept in the node directory (`api.token`, owner-readable only; full rights)
+//! or a console session cookie (the operator's role decides, and a request that changes
+//! anything must carry the session's CSRF token in `X-CSRF-Token`); with neither the answer
 //! is 401. The JSON shapes here are the API's own types, separate from rows and envelopes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::console::{self, auth::Role, Operator};
 use crate::events::Event;
 use crate::writer::{SendRequest, WriteError};
 use crate::{now_ms, Shared};
@@ -54,6 +59,60 @@ impl ApiError {
     fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn forbidden(what: &str, role: Role) -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("the {} role cannot {what}", role.name()),
+        )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Who is calling the API: the command line (the token: every right) or a console operator.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Token,
+    Operator(Operator),
+}
+
+impl Caller {
+    fn role(&self) -> Option<Role> {
+        match self {
+            Caller::Token => None,
+            Caller::Operator(op) => Some(op.role),
+        }
+    }
+
+    fn login(&self) -> &str {
+        match self {
+            Caller::Token => "api-token",
+            Caller::Operator(op) => &op.login,
+        }
+    }
+
+    fn may_send(&self, precedence: Precedence) -> Result<(), ApiError> {
+        match self.role() {
+            Some(role) if !role.can_send(precedence) => Err(ApiError::forbidden(
+                &format!("send {precedence} messages"),
+                role,
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -99,7 +158,7 @@ impl From<detente_store::StoreError> for ApiError {
 /// Serve the API until shutdown.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let mut shutdown = shared.shutdown.clone();
-    let app = router(shared);
+    let app = router(shared).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
@@ -131,23 +190,67 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 .layer(middleware::from_fn_with_state(shared.clone(), authenticate)),
         )
         .nest("/api/v1", api)
+        .merge(console::router())
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn(console::security_headers))
         .with_state(shared)
 }
 
-async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+async fn authenticate(
+    State(shared): State<Arc<Shared>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(presented.as_bytes(), shared.token.as_bytes()) {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong API token")
-            .hint("the command line reads the token from api.token in the node directory")
-            .into_response();
-    }
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let caller = match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), shared.token.as_bytes()) => {
+            Caller::Token
+        }
+        Some(_) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "wrong API token")
+                .hint("the command line reads the token from api.token in the node directory")
+                .into_response()
+        }
+        None => match console::session_operator(&shared, request.headers()).await {
+            Some(op) => {
+                let safe = matches!(request.method().as_str(), "GET" | "HEAD");
+                let csrf = request
+                    .headers()
+                    .get(console::CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !safe && !op.csrf_ok(csrf) {
+                    return ApiError::new(StatusCode::FORBIDDEN, "missing or wrong CSRF token")
+                        .hint("send the page's csrf-token in the X-CSRF-Token header")
+                        .into_response();
+                }
+                Caller::Operator(op)
+            }
+            None => {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "missing API token or session")
+                    .hint("the command line reads the token from api.token in the node directory; a browser logs in at /login")
+                    .into_response()
+            }
+        },
+    };
+    request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// Record an action taken through the API.
+async fn audit_api(shared: &Shared, caller: &Caller, action: &str, detail: &str) {
+    console::audit(
+        shared,
+        caller.login(),
+        action,
+        detail,
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    )
+    .await;
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -287,7 +390,7 @@ impl From<crate::writer::Sent> for SentJson {
     }
 }
 
-fn build_request(shared: &Shared, body: SendBody) -> Result<SendRequest, ApiError> {
+pub(crate) fn build_request(shared: &Shared, body: SendBody) -> Result<SendRequest, ApiError> {
     let config = shared.config.read().map_err(|_| internal())?;
     let precedence = match body.precedence.as_deref() {
         None => Precedence::Routine,
@@ -322,9 +425,26 @@ fn build_request(shared: &Shared, body: SendBody) -> Result<SendRequest, ApiErro
     })
 }
 
-async fn send(State(shared): State<Arc<Shared>>, Json(body): Json<SendBody>) -> ApiResult {
+/// Build, store and queue one message.
+pub(crate) async fn send_one(
+    shared: &Shared,
+    body: SendBody,
+) -> Result<crate::writer::Sent, ApiError> {
+    let request = build_request(shared, body)?;
+    Ok(shared.writer.send(request).await?)
+}
+
+async fn send(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<SendBody>,
+) -> ApiResult {
     let request = build_request(&shared, body)?;
+    caller.may_send(request.precedence)?;
+    let to = request.peer.clone();
     let sent = shared.writer.send(request).await?;
+    let detail = format!("{} to {to} {}", sent.precedence.name(), sent.id.to_hex());
+    audit_api(&shared, &caller, "send", &detail).await;
     let json = SentJson::from(sent);
     Ok((StatusCode::CREATED, Json(json)).into_response())
 }
@@ -335,7 +455,11 @@ struct BatchBody {
 }
 
 /// Send many messages; each is durable when the answer comes. They are written in order.
-async fn send_batch(State(shared): State<Arc<Shared>>, Json(body): Json<BatchBody>) -> ApiResult {
+async fn send_batch(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<BatchBody>,
+) -> ApiResult {
     if body.messages.len() > SEND_BATCH_MAX {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -344,7 +468,13 @@ async fn send_batch(State(shared): State<Arc<Shared>>, Json(body): Json<BatchBod
     }
     let mut requests = Vec::with_capacity(body.messages.len());
     for message in body.messages {
-        requests.push(build_request(&shared, message)?);
+        let request = build_request(&shared, message)?;
+        caller.may_send(request.precedence)?;
+        requests.push(request);
+    }
+    if !requests.is_empty() {
+        let detail = format!("batch of {}", requests.len());
+        audit_api(&shared, &caller, "send", &detail).await;
     }
     // Queued in order before waiting, so that they share group commits and keep their order.
     let mut out = Vec::with_capacity(requests.len());
@@ -495,10 +625,11 @@ struct ReceiptBody {
 /// Send a signed READ / ACKNOWLEDGED / DECLINED receipt for a received message.
 async fn receipt(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Json(body): Json<ReceiptBody>,
 ) -> ApiResult {
-    let id = parse_id(&id)?;
+    let parsed = parse_id(&id)?;
     let level = match body.level.as_deref() {
         None => ReceiptLevel::Acknowledged,
         Some(l) => match ReceiptLevel::parse(l) {
@@ -512,6 +643,32 @@ async fn receipt(
             Some(level) => level,
         },
     };
+    if let Some(role) = caller.role() {
+        let allowed = match level {
+            ReceiptLevel::Read => role.can_mark_read(),
+            _ => role.can_answer(),
+        };
+        if !allowed {
+            return Err(ApiError::forbidden(
+                &format!("send {} receipts", level.name()),
+                role,
+            ));
+        }
+    }
+    let detail = format!("{} {id}", level.name());
+    let sent = answer(&shared, parsed, level, body.note).await?;
+    audit_api(&shared, &caller, "receipt", &detail).await;
+    let json = SentJson::from(sent);
+    Ok((StatusCode::CREATED, Json(json)).into_response())
+}
+
+/// Send a signed READ / ACKNOWLEDGED / DECLINED receipt for a received message.
+pub(crate) async fn answer(
+    shared: &Shared,
+    id: MessageId,
+    level: ReceiptLevel,
+    note: Option<String>,
+) -> Result<crate::writer::Sent, ApiError> {
     let row = shared
         .store
         .message(id.0)
@@ -533,17 +690,23 @@ async fn receipt(
         body: Body::Receipt(Receipt {
             level,
             target: ReceiptTarget::Message(id),
-            note: body.note,
+            note,
         }),
     };
     let sent = shared.writer.send(request).await?;
     // Our answer settles the message's deadline on this side.
     shared.events.publish(Event::Receipt { of: id, level });
-    let json = SentJson::from(sent);
-    Ok((StatusCode::CREATED, Json(json)).into_response())
+    Ok(sent)
 }
 
-async fn reload_peer(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+async fn reload_peer(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    if let Some(role) = caller.role().filter(|r| !r.can_admin()) {
+        return Err(ApiError::forbidden("change peers", role));
+    }
     crate::add_peer(&shared, &name)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
@@ -586,7 +749,7 @@ fn opt_time(ms: Option<i64>) -> Value {
 }
 
 /// The API's view of a stored message.
-async fn message_json(
+pub(crate) async fn message_json(
     shared: &Shared,
     row: &MessageRow,
     lang: Option<&str>,

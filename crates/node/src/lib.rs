@@ -3,13 +3,15 @@
 //! [`Node::start`] opens the store, starts the [`writer`] (the only task that changes the
 //! store, by group commit), one [`link`] task per pinned peer, the TLS peer listener and the
 //! HTTP API ([`api`]). Everything that decides — encoding, verification, sequencing rules,
-//! link state, scheduling — lives in `detente-proto`.
+//! link state, scheduling — lives in `detente-proto`. The operator [`console`] shares the
+//! HTTP server with the API.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod charter;
 pub mod config;
+pub mod console;
 pub mod deadlines;
 pub mod events;
 pub mod hooks;
@@ -87,6 +89,8 @@ pub struct Shared {
     pub formats: std::sync::RwLock<Vec<detente_proto::FormatRef>>,
     /// Charter state per peer.
     pub charters: charter::Charters,
+    /// Console state that is not in the store (login limiter, interface texts).
+    pub console: console::ConsoleState,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -161,8 +165,20 @@ impl Node {
             token,
             peer_addr,
             console_addr,
-            formats: std::sync::RwLock::new(Vec::new()),
+            // The built-in notification catalogue: every node built from the same source holds
+            // byte-identical definitions, so both sides' charters list the same formats.
+            formats: std::sync::RwLock::new(
+                detente_formats::builtin_held()
+                    .into_iter()
+                    .map(|f| detente_proto::FormatRef {
+                        id: f.id,
+                        version: f.version,
+                        digest: f.digest,
+                    })
+                    .collect(),
+            ),
             charters: charter::Charters::default(),
+            console: console::ConsoleState::new(),
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });
@@ -223,7 +239,9 @@ fn write_run_file(shared: &Shared) {
     }
 }
 
-async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
+/// Open the store a node directory names (the node need not be running: SQLite in WAL mode
+/// lets a second process write while it runs).
+pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
     let path = match config.database_url.strip_prefix("sqlite:") {
         Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
         _ if config.database_url.is_empty() => dir.file(config::DATABASE_FILE),

@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod console;
 pub mod sqlite;
 
 use std::future::Future;

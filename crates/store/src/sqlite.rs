@@ -71,9 +71,9 @@ const MESSAGE_SELECT: &str = "SELECT id, channel, sender, seq, peer, direction, 
 pub struct SqliteStore {
     /// Exactly one connection: SQLite admits one writer at a time, so queueing here is
     /// cheaper and fairer than spinning on `SQLITE_BUSY`.
-    writer: SqlitePool,
+    pub(crate) writer: SqlitePool,
     /// `query_only` connections for everything that does not write.
-    reader: SqlitePool,
+    pub(crate) reader: SqlitePool,
 }
 
 impl SqliteStore {

@@ -1,0 +1,162 @@
+//! `detente screenshots --out DIR`: start two local nodes, play a short exchange (a FLASH
+//! from washington, acknowledged at beijing), and save PNGs of the console's main pages from
+//! a headless Chromium. The README shows them; run this again after changing a page.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use detente_node::console::auth::Role;
+use serde_json::json;
+
+use crate::harness::{wait_link_up, ProcNode};
+use crate::webdriver::{Driver, Session};
+use crate::{Failure, Outcome};
+
+const WAIT: Duration = Duration::from_secs(30);
+const PASSWORD: &str = "screenshots only";
+
+/// The password of every account [`two_nodes`] makes.
+pub const TEST_PASSWORD: &str = PASSWORD;
+
+/// Two nodes, linked and running, each with a supervisor `duty`, a principal `chief` and an
+/// auditor `audit`. `exe` is the `detente` program (this one by default).
+pub async fn two_nodes(base: &Path, exe: Option<&Path>) -> Result<(ProcNode, ProcNode), Failure> {
+    let mut w = ProcNode::init(
+        base,
+        "washington",
+        "United States Department of Defense",
+        "en",
+        "America/New_York",
+    )?;
+    let mut b = ProcNode::init(
+        base,
+        "beijing",
+        "Ministry of National Defense of the People's Republic of China",
+        "zh-CN",
+        "Asia/Shanghai",
+    )?;
+    if let Some(exe) = exe {
+        w.exe = exe.to_path_buf();
+        b.exe = exe.to_path_buf();
+    }
+    ProcNode::pin_pair(&w, &b)?;
+    for node in [&w, &b] {
+        node.set("link.heartbeat_interval", "500ms")?;
+        crate::users::create(&node.dir, "duty", Role::Supervisor, PASSWORD, None).await?;
+        crate::users::create(&node.dir, "chief", Role::Principal, PASSWORD, None).await?;
+        crate::users::create(&node.dir, "audit", Role::Auditor, PASSWORD, None).await?;
+    }
+    w.start()?;
+    b.start()?;
+    let wc = w.wait_ready(WAIT).await?;
+    let bc = b.wait_ready(WAIT).await?;
+    wait_link_up(&wc, "beijing", WAIT).await?;
+    wait_link_up(&bc, "washington", WAIT).await?;
+    Ok((w, b))
+}
+
+/// Sign in through the login form.
+pub async fn login(s: &Session, node: &ProcNode, login: &str, password: &str) -> Outcome {
+    s.goto(&format!("http://{}/login", node.console_addr))
+        .await?;
+    let l = s.wait_for("#login", WAIT).await?;
+    s.type_text(&l, login).await?;
+    let p = s.find("#password").await?;
+    s.type_text(&p, password).await?;
+    let submit = s.find("#login-submit").await?;
+    s.click(&submit).await
+}
+
+async fn shoot(s: &Session, out: &Path, name: &str) -> Outcome {
+    let png = s.screenshot().await?;
+    let path = out.join(format!("{name}.png"));
+    std::fs::write(&path, png)
+        .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))?;
+    println!("  {}", path.display());
+    Ok(())
+}
+
+pub async fn run(out: PathBuf) -> Outcome {
+    std::fs::create_dir_all(&out)
+        .map_err(|e| Failure::new(format!("cannot create {}: {e}", out.display())))?;
+    let temp = tempfile::tempdir().map_err(|e| Failure::new(e.to_string()))?;
+    let (w, b) = two_nodes(temp.path(), None).await?;
+    let driver = Driver::start().await?;
+    let sw = driver.session(&temp.path().join("profile-w")).await?;
+    let sb = driver.session(&temp.path().join("profile-b")).await?;
+    let result = story(&sw, &sb, &w, &b, &out).await;
+    sw.close().await;
+    sb.close().await;
+    result
+}
+
+async fn story(sw: &Session, sb: &Session, w: &ProcNode, b: &ProcNode, out: &Path) -> Outcome {
+    println!("Screenshots into {}:", out.display());
+    sw.goto(&format!("http://{}/login", w.console_addr)).await?;
+    shoot(sw, out, "login").await?;
+    login(sw, w, "duty", PASSWORD).await?;
+    sw.wait_for("#live", WAIT).await?;
+    login(sb, b, "chief", PASSWORD).await?;
+    sb.wait_for("#live", WAIT).await?;
+    // A routine message with a courtesy translation, then a FLASH.
+    let wc = w.client()?;
+    wc.post(
+        "/api/v1/messages",
+        &json!({"to": "beijing", "precedence": "routine", "topic": "liaison",
+                "text": "Good evening. This is the Washington duty officer testing the line.",
+                "translations": [["zh-CN", "晚上好。这是华盛顿值班员，正在测试线路。"]]}),
+    )
+    .await?;
+    sw.goto(&format!(
+        "http://{}/console/compose?format=encounter",
+        w.console_addr
+    ))
+    .await?;
+    sw.wait_for("#f-position", WAIT).await?;
+    sw.select("#precedence", "flash").await?;
+    for (id, value) in [
+        ("#f-time", "2026-11-29T02:40:00Z"),
+        ("#f-position", "18.2,114.6"),
+        ("#f-own_units", "Two F/A-18"),
+        ("#f-other_units", "One J-15"),
+        ("#f-closest_approach", "150"),
+        (
+            "#f-description",
+            "Closest approach about 150 m; no weapons used. Requesting acknowledgment.",
+        ),
+    ] {
+        let field = sw.find(id).await?;
+        sw.type_text(&field, value).await?;
+    }
+    sw.select("#f-domain", "air").await?;
+    sw.select("#f-signals", "radio-voice").await?;
+    shoot(sw, out, "compose").await?;
+    sw.click(&sw.find("#send").await?).await?;
+    sw.wait_for(".msg.prec-flash", WAIT).await?;
+    sb.wait_for("#alarm .alarm-flash", WAIT).await?;
+    shoot(sb, out, "timeline-alarm-zh-CN").await?;
+    let item = ".msg.prec-flash .translation";
+    sb.wait_for(item, WAIT).await?;
+    let open = sb.find("#alarm .alarm-flash a").await?;
+    sb.click(&open).await?;
+    let note = sb.wait_for("#note", WAIT).await?;
+    sb.type_text(&note, "已收到，正在核实。").await?;
+    sb.click(&sb.find("#acknowledge").await?).await?;
+    sb.wait_for(".r-acknowledged.done", WAIT).await?;
+    sw.wait_for(".r-acknowledged.done", WAIT).await?;
+    shoot(sw, out, "message-acknowledged").await?;
+    sw.goto(&format!("http://{}/console", w.console_addr))
+        .await?;
+    sw.wait_for(".msg", WAIT).await?;
+    shoot(sw, out, "timeline").await?;
+    for (path, name) in [
+        ("/console/link", "link-health"),
+        ("/console/transcript", "transcript"),
+        ("/console/counterparts", "counterparts"),
+    ] {
+        sw.goto(&format!("http://{}{path}", w.console_addr)).await?;
+        sw.wait_for("main h1", WAIT).await?;
+        shoot(sw, out, name).await?;
+    }
+    Ok(())
+}

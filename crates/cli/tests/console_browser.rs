@@ -1,0 +1,292 @@
+//! The console in a real headless Chromium (Debian's `chromium` and `chromium-driver`),
+//! against two real node processes linked over TLS on loopback.
+//!
+//! The story: a supervisor at washington fills the `encounter` notification form (an
+//! invalid position is refused next to its field) and sends it as a FLASH; a principal already
+//! looking at beijing's timeline sees it appear, with the alarm, without reloading; the
+//! principal acknowledges it; washington's open page shows the acknowledgment without
+//! reloading. Then: a wrong password is refused, an invalid field is reported next to the
+//! field, and a watch officer cannot send a FLASH.
+//!
+//! Without Chromium this test FAILS, unless DETENTE_SKIP_BROWSER=1 says to skip it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use detente::screenshots::{login, two_nodes, TEST_PASSWORD};
+use detente::webdriver::{chromium_paths, Driver, Session};
+use detente_node::console::auth::Role;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn browser_available() -> bool {
+    let (browser, driver) = chromium_paths();
+    if browser.exists() && driver.exists() {
+        return true;
+    }
+    if std::env::var("DETENTE_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!(
+            "\n*** SKIPPING the console browser test: DETENTE_SKIP_BROWSER=1 and {} or {} is missing ***\n",
+            browser.display(),
+            driver.display()
+        );
+        return false;
+    }
+    panic!(
+        "{} or {} is missing: install them with `apt-get install -y --no-install-recommends chromium chromium-driver` \
+         (scripts/test does), or set DETENTE_SKIP_BROWSER=1 to skip this test deliberately",
+        browser.display(),
+        driver.display()
+    );
+}
+
+/// Mark the page, so that a later check can tell it was not reloaded.
+async fn mark(s: &Session) {
+    s.execute("window.__detenteMark = 'still-here'; return true;", vec![])
+        .await
+        .unwrap();
+}
+
+async fn not_reloaded(s: &Session) -> bool {
+    s.execute("return window.__detenteMark === 'still-here';", vec![])
+        .await
+        .unwrap()
+        == json!(true)
+}
+
+async fn wait_gone(s: &Session, css: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !s.find_all(css).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{css} did not go away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until the page's script has its event stream open (so nothing is missed).
+async fn wait_live(s: &Session) {
+    s.wait_for("body[data-live-connected=yes]", WAIT)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_real_browser() {
+    if !browser_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    detente::users::create(&w.dir, "watch1", Role::Watch, TEST_PASSWORD, None)
+        .await
+        .unwrap();
+    let driver = Driver::start().await.unwrap();
+    let sw = driver.session(&tmp.path().join("profile-w")).await.unwrap();
+    let sb = driver.session(&tmp.path().join("profile-b")).await.unwrap();
+
+    // A wrong password is refused.
+    login(&sw, &w, "duty", "not the password").await.unwrap();
+    sw.wait_for("#login-error", WAIT).await.unwrap();
+    assert!(!sw.text_of("#login-error").await.unwrap().is_empty());
+    assert!(sw.current_url().await.unwrap().ends_with("/login"));
+    assert!(sw.find_all("#logout").await.unwrap().is_empty());
+
+    // Both sides sign in; beijing watches its timeline (in Chinese).
+    login(&sw, &w, "duty", TEST_PASSWORD).await.unwrap();
+    sw.wait_for("#logout", WAIT).await.unwrap();
+    login(&sb, &b, "chief", TEST_PASSWORD).await.unwrap();
+    sb.wait_for("#logout", WAIT).await.unwrap();
+    assert_eq!(
+        sb.execute("return document.documentElement.lang;", vec![])
+            .await
+            .unwrap(),
+        json!("zh-CN")
+    );
+    wait_live(&sb).await;
+    mark(&sb).await;
+    assert!(sb.find_all("#alarm .alarm-flash").await.unwrap().is_empty());
+
+    // washington fills the `encounter` notification form; an invalid position is reported
+    // next to that field, and nothing is sent.
+    sw.goto(&format!("http://{}/console/compose", w.console_addr))
+        .await
+        .unwrap();
+    sw.select("#format", "encounter").await.unwrap();
+    sw.click(&sw.find("#choose-format").await.unwrap())
+        .await
+        .unwrap();
+    sw.wait_for("#f-position", WAIT).await.unwrap();
+    sw.select("#precedence", "flash").await.unwrap();
+    for (id, value) in [
+        ("#f-time", "2026-11-29T02:40:00Z"),
+        ("#f-position", "somewhere north"),
+        ("#f-own_units", "Two F/A-18"),
+        ("#f-other_units", "One J-15"),
+        (
+            "#f-description",
+            "Closest approach about 150 m; no weapons used.",
+        ),
+    ] {
+        let field = sw.find(id).await.unwrap();
+        sw.type_text(&field, value).await.unwrap();
+    }
+    sw.select("#f-domain", "air").await.unwrap();
+    sw.select("#f-signals", "radio-voice").await.unwrap();
+    sw.click(&sw.find("#send").await.unwrap()).await.unwrap();
+    sw.wait_for("#err-f-position", WAIT).await.unwrap();
+    let beside = sw
+        .execute(
+            "const f = document.getElementById('f-position'); const e = document.getElementById('err-f-position'); \
+             return f.parentElement === e.parentElement && f.getAttribute('aria-invalid') === 'true' \
+             && f.getAttribute('aria-describedby').split(' ').includes('err-f-position');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        beside,
+        json!(true),
+        "the position error is not next to its field"
+    );
+    assert_eq!(sw.find_all(".field-error").await.unwrap().len(), 1);
+    // The form kept what was typed; correct the position and send the FLASH.
+    let position = sw.find("#f-position").await.unwrap();
+    sw.clear(&position).await.unwrap();
+    sw.type_text(&position, "18.2,114.6").await.unwrap();
+    sw.click(&sw.find("#send").await.unwrap()).await.unwrap();
+    sw.wait_for(".msg.prec-flash.dir-out", WAIT).await.unwrap();
+    let message_id = sw
+        .attribute_of(".msg.prec-flash.dir-out", "data-id")
+        .await
+        .unwrap();
+    wait_live(&sw).await;
+    mark(&sw).await;
+
+    // beijing sees it without reloading, with the alarm (and its sound).
+    sb.wait_for("#alarm .alarm-flash", WAIT).await.unwrap();
+    assert!(sb
+        .text_of("#alarm .alarm-flash")
+        .await
+        .unwrap()
+        .contains("特急"));
+    // beijing reads the notification in Chinese (rendered from the validated fields).
+    let item = format!(".msg[data-id=\"{message_id}\"] .translation");
+    sb.wait_for(&item, WAIT).await.unwrap();
+    assert!(sb.text_of(&item).await.unwrap().contains("意外相遇报告"));
+    sb.wait_for(
+        &format!(".msg.prec-flash.dir-in[data-id=\"{message_id}\"]"),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert!(not_reloaded(&sb).await, "beijing's page was reloaded");
+    let sounded = sb
+        .execute(
+            "return Number(document.body.getAttribute('data-alarm-sounded') || '0');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        sounded.as_u64().unwrap_or(0) >= 1,
+        "the alarm sound was not played"
+    );
+
+    // The principal opens it from the alarm and acknowledges with a note.
+    sb.click(&sb.find("#alarm .alarm-flash a").await.unwrap())
+        .await
+        .unwrap();
+    let note = sb.wait_for("#note", WAIT).await.unwrap();
+    sb.type_text(&note, "收到").await.unwrap();
+    sb.click(&sb.find("#acknowledge").await.unwrap())
+        .await
+        .unwrap();
+    sb.wait_for(".r-acknowledged.done", WAIT).await.unwrap();
+    wait_gone(&sb, "#alarm .alarm-flash").await;
+
+    // washington's open page shows the acknowledgment without reloading.
+    sw.wait_for(".r-acknowledged.done", WAIT).await.unwrap();
+    assert!(not_reloaded(&sw).await, "washington's page was reloaded");
+    assert!(sw
+        .text_of(".r-acknowledged.done")
+        .await
+        .unwrap()
+        .contains("Acknowledged"));
+    sw.wait_for(".receipts .note", WAIT).await.unwrap();
+    assert!(sw
+        .text_of(".receipts .note")
+        .await
+        .unwrap()
+        .contains("收到"));
+
+    // An invalid field: the error is next to that field.
+    sw.goto(&format!("http://{}/console/compose", w.console_addr))
+        .await
+        .unwrap();
+    sw.wait_for("#text", WAIT).await.unwrap();
+    sw.click(&sw.find("#send").await.unwrap()).await.unwrap();
+    sw.wait_for("#err-text", WAIT).await.unwrap();
+    assert!(!sw.text_of("#err-text").await.unwrap().is_empty());
+    let beside = sw
+        .execute(
+            "const f = document.getElementById('text'); const e = document.getElementById('err-text'); \
+             return f.parentElement === e.parentElement && f.getAttribute('aria-describedby') === 'err-text';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(beside, json!(true), "the error is not next to its field");
+
+    // A watch officer is not offered FLASH, and a forged FLASH is refused at the field.
+    sw.click(&sw.find("#logout").await.unwrap()).await.unwrap();
+    sw.wait_for("#login", WAIT).await.unwrap();
+    login(&sw, &w, "watch1", TEST_PASSWORD).await.unwrap();
+    sw.wait_for("#logout", WAIT).await.unwrap();
+    sw.goto(&format!("http://{}/console/compose", w.console_addr))
+        .await
+        .unwrap();
+    sw.wait_for("#precedence", WAIT).await.unwrap();
+    assert!(sw
+        .find_all("#precedence option[value=flash]")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!sw
+        .find_all("#precedence option[value=routine]")
+        .await
+        .unwrap()
+        .is_empty());
+    sw.execute(
+        "const s = document.getElementById('precedence'); const o = document.createElement('option'); \
+         o.value = 'flash'; o.textContent = 'FLASH'; s.appendChild(o); s.value = 'flash'; return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let text = sw.find("#text").await.unwrap();
+    sw.type_text(&text, "a forged flash").await.unwrap();
+    sw.click(&sw.find("#send").await.unwrap()).await.unwrap();
+    sw.wait_for("#err-precedence", WAIT).await.unwrap();
+    let out = w
+        .client()
+        .unwrap()
+        .get("/api/v1/messages?direction=out")
+        .await
+        .unwrap();
+    let flashes = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["precedence"] == "flash")
+        .count();
+    assert_eq!(flashes, 1, "only the supervisor's FLASH was sent");
+
+    sw.close().await;
+    sb.close().await;
+    drop(driver);
+    drop((w, b));
+}

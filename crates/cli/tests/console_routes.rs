@@ -1,0 +1,590 @@
+//! The console's HTTP surface with real node processes: every route without a session
+//! (redirect to the login page, or 401 for the API), with a session of each role, CSRF
+//! rejection, the login rate limit, security headers, and the audit log.
+
+use std::path::PathBuf;
+
+use detente::harness::ProcNode;
+use detente::screenshots::{two_nodes, TEST_PASSWORD};
+use detente_node::console::auth::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn check_headers(r: &reqwest::Response, what: &str) {
+    let h = r.headers();
+    let csp = h
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("{what}: no CSP"));
+    assert!(csp.contains("default-src 'self'"), "{what}: {csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp}");
+    assert!(!csp.contains("unsafe-inline"), "{what}: {csp}");
+    assert_eq!(
+        h.get("x-content-type-options").unwrap(),
+        "nosniff",
+        "{what}"
+    );
+    assert_eq!(h.get("referrer-policy").unwrap(), "no-referrer", "{what}");
+}
+
+/// GET /login for the CSRF cookie, then post the form. Returns the answer.
+async fn post_login(
+    http: &reqwest::Client,
+    base: &str,
+    login: &str,
+    password: &str,
+) -> reqwest::Response {
+    let page = http.get(format!("{base}/login")).send().await.unwrap();
+    check_headers(&page, "login page");
+    let set = page
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let csrf = cookie.split_once('=').unwrap().1.to_string();
+    http.post(format!("{base}/login"))
+        .header("cookie", &cookie)
+        .form(&[("login", login), ("password", password), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn login(node: &ProcNode, login: &str) -> Browser {
+    let http = client();
+    let base = format!("http://{}", node.console_addr);
+    let r = post_login(&http, &base, login, TEST_PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "login {login}");
+    let set = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|v| v.starts_with("detente_session="))
+        .expect("a session cookie");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let page = http
+        .get(format!("{base}/console"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("<meta name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the page carries its CSRF token")
+        .to_string();
+    Browser {
+        http,
+        base,
+        cookie,
+        csrf,
+    }
+}
+
+impl Browser {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap();
+        check_headers(&r, path);
+        r
+    }
+
+    async fn form(&self, path: &str, fields: &[(&str, &str)], csrf: bool) -> reqwest::Response {
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        if csrf {
+            all.push(("csrf", &self.csrf));
+        }
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .form(&all)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn api(&self, method: Method, path: &str, body: Value, csrf: bool) -> reqwest::Response {
+        let mut r = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .header("cookie", &self.cookie)
+            .json(&body);
+        if csrf {
+            r = r.header("x-csrf-token", &self.csrf);
+        }
+        r.send().await.unwrap()
+    }
+}
+
+const PAGES: &[&str] = &[
+    "/console",
+    "/console/live/timeline",
+    "/console/live/alarm",
+    "/console/live/link",
+    "/console/messages/ID",
+    "/console/live/messages/ID",
+    "/console/compose",
+    "/console/link",
+    "/console/transcript",
+    "/console/transcript/export?peer=beijing",
+    "/console/counterparts",
+    "/console/audit",
+    "/console/users",
+    "/console/events",
+];
+
+const FORMS: &[&str] = &[
+    "/logout",
+    "/console/messages/ID/receipt",
+    "/console/compose",
+    "/console/lang",
+];
+
+/// What a GET of `page` answers for `role`.
+fn expected_get(page: &str, role: Role) -> StatusCode {
+    let allowed = match page {
+        "/console/compose" => role.can_compose(),
+        p if p.starts_with("/console/transcript/export") => role.can_export(),
+        "/console/audit" => role.can_read_audit(),
+        "/console/users" => role == Role::Admin,
+        _ => true,
+    };
+    if allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_checks_session_role_and_csrf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    for (login, role) in [("watch1", Role::Watch), ("admin1", Role::Admin)] {
+        detente::users::create(&w.dir, login, role, TEST_PASSWORD, None)
+            .await
+            .unwrap();
+    }
+    // A message from beijing to answer at washington.
+    let sent = b
+        .client()
+        .unwrap()
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "text": "hello", "precedence": "priority"}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    let wc = w.client().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let base = format!("http://{}", w.console_addr);
+    let anon = client();
+
+    // Without a session: pages and forms go to the login page, the API answers 401.
+    for page in PAGES {
+        let r = anon
+            .get(format!("{base}{}", page.replace("ID", &id)))
+            .send()
+            .await
+            .unwrap();
+        check_headers(&r, page);
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{page}");
+        assert_eq!(r.headers().get("location").unwrap(), "/login", "{page}");
+    }
+    for form in FORMS {
+        let r = anon
+            .post(format!("{base}{}", form.replace("ID", &id)))
+            .form(&[("csrf", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{form}");
+    }
+    for (method, path) in [
+        (Method::GET, "/api/v1/id"),
+        (Method::GET, "/api/v1/status"),
+        (Method::GET, "/api/v1/messages"),
+        (Method::POST, "/api/v1/messages"),
+        (Method::POST, "/api/v1/messages/batch"),
+        (Method::POST, "/api/v1/peers/beijing/reload"),
+    ] {
+        let r = anon
+            .request(method, format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        check_headers(&r, path);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // The static assets need no session, and carry the headers too.
+    for asset in ["app.js", "app.css", "alarm.wav"] {
+        let r = anon
+            .get(format!("{base}/console/assets/{asset}"))
+            .send()
+            .await
+            .unwrap();
+        check_headers(&r, asset);
+        assert_eq!(r.status(), StatusCode::OK, "{asset}");
+    }
+
+    // With a session of each role.
+    let roles = [
+        ("watch1", Role::Watch),
+        ("duty", Role::Supervisor),
+        ("chief", Role::Principal),
+        ("audit", Role::Auditor),
+        ("admin1", Role::Admin),
+    ];
+    for (login_name, role) in roles {
+        let s = login(&w, login_name).await;
+        for page in PAGES {
+            let r = s.get(&page.replace("ID", &id)).await;
+            assert_eq!(
+                r.status(),
+                expected_get(page, role),
+                "{page} as {login_name}"
+            );
+        }
+        // Every form and every changing API call without the CSRF token: refused.
+        for form in FORMS {
+            let r = s
+                .form(&form.replace("ID", &id), &[("level", "read")], false)
+                .await;
+            assert_eq!(
+                r.status(),
+                StatusCode::FORBIDDEN,
+                "{form} without CSRF as {login_name}"
+            );
+        }
+        let r = s
+            .api(
+                Method::POST,
+                "/messages",
+                json!({"to": "beijing", "text": "x"}),
+                false,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "API POST without CSRF");
+
+        // Sending a FLASH: form and API.
+        let flash = [
+            ("to", "beijing"),
+            ("precedence", "flash"),
+            ("topic", "test"),
+            ("text", "flash from the route test"),
+            ("lang", "en"),
+        ];
+        let r = s.form("/console/compose", &flash, true).await;
+        let expected = match role {
+            Role::Supervisor | Role::Principal => StatusCode::SEE_OTHER,
+            Role::Watch => StatusCode::UNPROCESSABLE_ENTITY,
+            Role::Auditor | Role::Admin => StatusCode::FORBIDDEN,
+        };
+        assert_eq!(r.status(), expected, "compose FLASH as {login_name}");
+        if role == Role::Watch {
+            let page = r.text().await.unwrap();
+            assert!(
+                page.contains("id=\"err-precedence\""),
+                "the error is at the field"
+            );
+        }
+        let r = s
+            .api(
+                Method::POST,
+                "/messages",
+                json!({"to": "beijing", "text": "api flash", "precedence": "flash"}),
+                true,
+            )
+            .await;
+        let expected = if role.can_send(detente_proto::Precedence::Flash) {
+            StatusCode::CREATED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(r.status(), expected, "API FLASH as {login_name}");
+        let r = s
+            .api(
+                Method::POST,
+                "/messages",
+                json!({"to": "beijing", "text": "api routine", "precedence": "routine"}),
+                true,
+            )
+            .await;
+        let expected = if role.can_compose() {
+            StatusCode::CREATED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(r.status(), expected, "API ROUTINE as {login_name}");
+
+        // Marking read, then acknowledging (the answer needs a principal or supervisor).
+        let receipt = format!("/console/messages/{id}/receipt");
+        let r = s.form(&receipt, &[("level", "read")], true).await;
+        let expected = if role.can_mark_read() {
+            StatusCode::SEE_OTHER
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(r.status(), expected, "mark read as {login_name}");
+        if !role.can_answer() {
+            let r = s.form(&receipt, &[("level", "acknowledged")], true).await;
+            assert_eq!(
+                r.status(),
+                StatusCode::FORBIDDEN,
+                "acknowledge as {login_name}"
+            );
+            let r = s
+                .api(
+                    Method::POST,
+                    &format!("/messages/{id}/receipts"),
+                    json!({"level": "acknowledged"}),
+                    true,
+                )
+                .await;
+            assert_eq!(
+                r.status(),
+                StatusCode::FORBIDDEN,
+                "API acknowledge as {login_name}"
+            );
+        }
+        let r = s
+            .api(Method::POST, "/peers/beijing/reload", json!({}), true)
+            .await;
+        let expected = if role == Role::Admin {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(r.status(), expected, "reload peer as {login_name}");
+
+        // Logout ends the session.
+        let r = s.form("/logout", &[], true).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let r = s.get("/console").await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "after logout");
+    }
+
+    // The principal acknowledges; the command line's token keeps working.
+    let s = login(&w, "chief").await;
+    let r = s
+        .form(
+            &format!("/console/messages/{id}/receipt"),
+            &[("level", "acknowledged"), ("note", "seen")],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let m = wc.get(&format!("/api/v1/messages/{id}")).await.unwrap();
+    assert!(!m["receipts"]["acknowledged"].is_null());
+
+    // Wrong passwords: refused, then throttled even with the right one.
+    let http = client();
+    for _ in 0..detente_node::console::auth::LOGIN_FAILURES_PER_LOGIN_MAX {
+        let r = post_login(&http, &base, "duty", "wrong password").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = post_login(&http, &base, "duty", TEST_PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A login form without its CSRF cookie is refused.
+    let r = http
+        .post(format!("{base}/login"))
+        .form(&[
+            ("login", "chief"),
+            ("password", TEST_PASSWORD),
+            ("csrf", "forged"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // The auditor sees every action in the audit log.
+    let a = login(&w, "audit").await;
+    let log = a.get("/console/audit").await.text().await.unwrap();
+    for action in [
+        "login-failed",
+        "login-throttled",
+        "send",
+        "receipt",
+        "refused",
+        "logout",
+        "user-add",
+    ] {
+        assert!(
+            log.contains(&format!("<td>{action}</td>")),
+            "audit log lacks {action}"
+        );
+    }
+    drop((w, b));
+}
+
+/// `detente user add` reads the password from a file or standard input (never from the
+/// command line), refuses a short one, and `user list --json` shows the account.
+#[test]
+fn user_add_reads_the_password_from_a_file_or_stdin() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let exe = env!("CARGO_BIN_EXE_detente");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let init = Command::new(exe)
+        .args([
+            "init",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "washington",
+            "--party",
+            "US",
+        ])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let file = tmp.path().join("pw");
+    std::fs::write(&file, "a long enough password\n").unwrap();
+    let add = Command::new(exe)
+        .args([
+            "user",
+            "add",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "duty",
+            "--role",
+            "supervisor",
+        ])
+        .arg("--password-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let mut child = Command::new(exe)
+        .args([
+            "user",
+            "add",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "chief",
+            "--role",
+            "principal",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"another long password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Too short: refused, exit 1, with a hint.
+    let mut child = Command::new(exe)
+        .args([
+            "user",
+            "add",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "x",
+            "--role",
+            "watch",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("hint: "),
+        "{stderr}"
+    );
+    // There is no flag that takes the password itself.
+    let out = Command::new(exe)
+        .args([
+            "user",
+            "add",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "y",
+            "--role",
+            "watch",
+            "--password",
+            "secret123",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let list = Command::new(exe)
+        .args(["user", "list", "--dir", dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let users: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(
+        users,
+        json!([
+            {"login": "chief", "role": "principal", "lang": "en"},
+            {"login": "duty", "role": "supervisor", "lang": "en"},
+        ])
+    );
+}

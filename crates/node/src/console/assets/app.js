@@ -1,0 +1,148 @@
+// detente console: live regions over server-sent events, countdowns, the alarm sound.
+// No framework, no other host: this file and the page's own HTML are all there is.
+"use strict";
+
+(function () {
+  const regions = () => Array.from(document.querySelectorAll("[data-live]"));
+  const seenAlarms = new Set();
+  let firstAlarmLoad = true;
+  let refreshing = null;
+
+  function alarmIds() {
+    return Array.from(document.querySelectorAll("#alarm [data-alarm-id]")).map(
+      (e) => e.getAttribute("data-alarm-id"));
+  }
+
+  function soundAlarm() {
+    const audio = document.getElementById("alarm-sound");
+    const count = Number(document.body.getAttribute("data-alarm-sounded") || "0") + 1;
+    document.body.setAttribute("data-alarm-sounded", String(count));
+    if (audio) {
+      audio.currentTime = 0;
+      const played = audio.play();
+      if (played && played.catch) {
+        played.catch(() => {
+          // Browsers refuse sound before the operator has touched the page: say so, and
+          // offer a button (a click is the gesture that allows it).
+          const note = document.getElementById("sound-blocked");
+          if (note) note.hidden = false;
+        });
+      }
+    }
+  }
+
+  function checkAlarms() {
+    let fresh = false;
+    for (const id of alarmIds()) {
+      if (!seenAlarms.has(id)) {
+        seenAlarms.add(id);
+        fresh = true;
+      }
+    }
+    // An alarm already standing when the page opens sounds too: it is unanswered.
+    if (fresh) soundAlarm();
+    firstAlarmLoad = false;
+  }
+
+  async function refresh(region) {
+    const url = region.getAttribute("data-live");
+    try {
+      const response = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+      if (response.status === 401 || response.redirected) {
+        window.location.assign("/login");
+        return;
+      }
+      if (!response.ok) return;
+      const html = await response.text();
+      // Keep focus where the operator was when the region is replaced.
+      const focused = document.activeElement && region.contains(document.activeElement)
+        ? document.activeElement.id : null;
+      region.innerHTML = html;
+      if (focused) {
+        const again = document.getElementById(focused);
+        if (again) again.focus();
+      }
+      region.setAttribute("data-refreshed", String(Date.now()));
+    } catch (e) {
+      document.body.classList.add("offline");
+    }
+  }
+
+  async function refreshAll() {
+    if (refreshing) return refreshing;
+    refreshing = (async () => {
+      await Promise.all(regions().map(refresh));
+      checkAlarms();
+      tick();
+      document.body.setAttribute("data-updates", String(
+        Number(document.body.getAttribute("data-updates") || "0") + 1));
+    })();
+    try { await refreshing; } finally { refreshing = null; }
+  }
+
+  function format(ms) {
+    const s = Math.floor(Math.max(0, ms) / 1000);
+    const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, r = s % 60;
+    const two = (n) => String(n).padStart(2, "0");
+    if (h > 0) return h + "h " + two(m) + "m " + two(r) + "s";
+    if (m > 0) return m + "m " + two(r) + "s";
+    return r + "s";
+  }
+
+  let crossed = false;
+  function tick() {
+    const now = Date.now();
+    for (const e of document.querySelectorAll("[data-deadline]")) {
+      const due = Number(e.getAttribute("data-deadline"));
+      const left = due - now;
+      const template = left >= 0 ? e.getAttribute("data-due-in") : e.getAttribute("data-overdue-by");
+      if (template) e.textContent = template.replace("{}", format(Math.abs(left)));
+      const wasOverdue = e.parentElement.classList.contains("overdue");
+      if (left < 0 && !wasOverdue) {
+        e.parentElement.classList.add("overdue");
+        crossed = true;
+      }
+    }
+    if (crossed) {
+      // A deadline just passed: the server decides the alarm; ask it.
+      crossed = false;
+      refreshAll();
+    }
+  }
+
+  function connect() {
+    // Only a signed-in page (it carries its CSRF token) has anything live.
+    if (!window.EventSource || !document.querySelector("meta[name=csrf-token]")) return;
+    const source = new EventSource("/console/events");
+    source.addEventListener("change", () => refreshAll());
+    source.addEventListener("open", () => {
+      document.body.classList.remove("offline");
+      document.body.setAttribute("data-live-connected", "yes");
+      // Anything missed while disconnected.
+      refreshAll();
+    });
+    source.addEventListener("error", () => document.body.classList.add("offline"));
+  }
+
+  function polls() {
+    for (const region of regions()) {
+      const seconds = Number(region.getAttribute("data-refresh-s") || "0");
+      if (seconds > 0) setInterval(() => refresh(region), seconds * 1000);
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const enable = document.getElementById("enable-sound");
+    if (enable) {
+      enable.addEventListener("click", () => {
+        const audio = document.getElementById("alarm-sound");
+        if (audio) audio.play().then(() => {
+          document.getElementById("sound-blocked").hidden = true;
+        }).catch(() => {});
+      });
+    }
+    connect();
+    polls();
+    setInterval(tick, 1000);
+  });
+})();

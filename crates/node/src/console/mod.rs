@@ -1,0 +1,257 @@
+//! The operator console: server-rendered HTML pages on the console address, next to the
+//! `/api/v1` JSON API, for duty officers in a browser.
+//!
+//! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
+//! - [`pages`]: the pages and the forms they post.
+//! - [`sse`]: server-sent events that tell open pages to refresh their live regions.
+//! - [`i18n`]: the interface text in each operator's language (Fluent).
+//!
+//! **Everything a page needs ships in the binary** (one script, one style sheet, one alarm
+//! sound); the Content-Security-Policy allows nothing else and no inline script or style.
+//! **Roles are checked on the server** for every page, form and API call; the page merely
+//! hides what a role cannot do.
+
+pub mod auth;
+pub mod html;
+pub mod i18n;
+pub mod pages;
+pub mod sse;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use detente_store::console::AuditRow;
+
+use crate::{now_ms, Shared};
+use auth::Role;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "detente_session";
+/// The cookie that carries the login form's CSRF token (double submit: no session yet).
+pub const LOGIN_CSRF_COOKIE: &str = "detente_login_csrf";
+/// The header a script sends its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Audit detail text kept, at most.
+const AUDIT_DETAIL_CHARS_MAX: usize = 500;
+
+/// Per-node console state that is not in the store.
+pub struct ConsoleState {
+    pub limiter: auth::LoginLimiter,
+    pub i18n: i18n::Texts,
+    /// Set the `Secure` attribute on cookies (the console is served over TLS).
+    pub secure_cookies: bool,
+    /// Open event streams ([`sse::STREAMS_MAX`]).
+    pub streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl ConsoleState {
+    pub fn new() -> Self {
+        Self {
+            limiter: auth::LoginLimiter::default(),
+            i18n: i18n::Texts::load(),
+            secure_cookies: false,
+            streams: Arc::new(tokio::sync::Semaphore::new(sse::STREAMS_MAX)),
+        }
+    }
+}
+
+impl Default for ConsoleState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The console's routes, merged into the node's HTTP router.
+pub fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console") }))
+        .route("/login", get(pages::login_page).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/console", get(pages::timeline))
+        .route("/console/live/timeline", get(pages::timeline_live))
+        .route("/console/live/alarm", get(pages::alarm_live))
+        .route("/console/live/link", get(pages::link_live))
+        .route("/console/live/messages/{id}", get(pages::message_live))
+        .route("/console/events", get(sse::events))
+        .route("/console/messages/{id}", get(pages::message))
+        .route("/console/messages/{id}/receipt", post(pages::receipt))
+        .route(
+            "/console/compose",
+            get(pages::compose).post(pages::compose_send),
+        )
+        .route("/console/link", get(pages::link))
+        .route("/console/transcript", get(pages::transcript))
+        .route("/console/transcript/export", get(pages::export))
+        .route("/console/counterparts", get(pages::counterparts))
+        .route("/console/audit", get(pages::audit_log))
+        .route("/console/users", get(pages::users))
+        .route("/console/lang", post(pages::set_lang))
+        .route("/console/assets/{name}", get(asset))
+}
+
+/// Security headers on every answer, pages and API alike.
+pub async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+const ALARM_WAV: &[u8] = include_bytes!("assets/alarm.wav");
+
+async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    let (kind, body): (&'static str, &'static [u8]) = match name.as_str() {
+        "app.js" => ("text/javascript; charset=utf-8", APP_JS.as_bytes()),
+        "app.css" => ("text/css; charset=utf-8", APP_CSS.as_bytes()),
+        "alarm.wav" => ("audio/wav", ALARM_WAV),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "private, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The value of one cookie in the request.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A `Set-Cookie` value with the attributes every console cookie carries.
+pub fn set_cookie(shared: &Shared, name: &str, value: &str, max_age_s: i64) -> String {
+    let secure = if shared.console.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}")
+}
+
+/// A logged-in operator, resolved from the session cookie.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub login: String,
+    pub role: Role,
+    pub lang: String,
+    pub csrf: String,
+    pub token_hash: [u8; 32],
+}
+
+impl Operator {
+    /// Whether `presented` is this session's CSRF token.
+    pub fn csrf_ok(&self, presented: &str) -> bool {
+        auth::same_secret(presented, &self.csrf)
+    }
+}
+
+/// The operator of the session in `headers`, if it is live.
+pub async fn session_operator(shared: &Shared, headers: &HeaderMap) -> Option<Operator> {
+    let token = cookie(headers, SESSION_COOKIE)?;
+    if token.len() != 64 {
+        return None;
+    }
+    let hash = auth::token_hash(token);
+    let (session, user) = shared
+        .store
+        .session(hash, now_ms() as i64)
+        .await
+        .ok()
+        .flatten()?;
+    Some(Operator {
+        login: user.login,
+        role: Role::parse(&user.role)?,
+        lang: user.lang,
+        csrf: session.csrf,
+        token_hash: hash,
+    })
+}
+
+/// What a page route answers without a live session: to the login page.
+pub struct NoSession;
+
+impl IntoResponse for NoSession {
+    fn into_response(self) -> Response {
+        Redirect::to("/login").into_response()
+    }
+}
+
+impl FromRequestParts<Arc<Shared>> for Operator {
+    type Rejection = NoSession;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        session_operator(shared, &parts.headers)
+            .await
+            .ok_or(NoSession)
+    }
+}
+
+/// Where a request came from (unspecified when the server was not asked to tell).
+pub struct Source(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Source(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
+        ))
+    }
+}
+
+/// Record an operator action. A failure to record is logged; the action already happened
+/// (it is durable in the transcript), so it is not undone.
+pub async fn audit(shared: &Shared, login: &str, action: &str, detail: &str, source: IpAddr) {
+    let row = AuditRow {
+        at_ms: now_ms() as i64,
+        login: login.to_string(),
+        action: action.to_string(),
+        detail: detail.chars().take(AUDIT_DETAIL_CHARS_MAX).collect(),
+        source: source.to_string(),
+    };
+    if let Err(e) = shared.store.append_audit(&row).await {
+        tracing::error!(error = %e, action, login, "cannot write the audit log");
+    }
+}

@@ -1,0 +1,1909 @@
+//! The console's pages and the forms they post. Every handler takes an [`Operator`] (no
+//! session: to the login page) and checks the operator's role itself before acting.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use detente_proto::{ChannelId, MessageId, Precedence, ReceiptLevel};
+use detente_store::{Direction, InboxQuery, Store};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::auth::{self, Role};
+use super::html::{csrf_field, esc, page, url_value};
+use super::{audit, cookie, set_cookie, Operator, Source, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
+use crate::api::{self, SendBody};
+use crate::{now_ms, Shared};
+
+/// Messages shown on the timeline, at most (the newest).
+pub const TIMELINE_ROWS_MAX: u32 = 200;
+/// Messages scanned for alarms, at most (the newest).
+pub const ALARM_SCAN_MAX: u32 = 200;
+/// Envelopes per stream checked on the transcript page (the newest).
+pub const VERIFY_TAIL_MAX: u64 = 200;
+/// Longest topic accepted from the compose form.
+pub const TOPIC_CHARS_MAX: usize = 64;
+/// Longest free text accepted from the compose form.
+pub const TEXT_CHARS_MAX: usize = 16_000;
+/// Longest receipt note.
+pub const NOTE_CHARS_MAX: usize = 2_000;
+
+type Shr = State<Arc<Shared>>;
+
+fn tr(shared: &Shared, op: &Operator, key: &str) -> String {
+    shared.console.i18n.text(&op.lang, key)
+}
+
+fn tr_with(shared: &Shared, op: &Operator, key: &str, args: &[(&str, String)]) -> String {
+    shared.console.i18n.text_with(&op.lang, key, args)
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// A page-level refusal in the operator's language.
+fn refuse(shared: &Shared, op: &Operator, status: StatusCode, key: &str) -> Response {
+    let title = tr(shared, op, "refused-title");
+    let main = format!(
+        "<p class=\"error\" role=\"alert\">{}</p>",
+        esc(&tr(shared, op, key))
+    );
+    html(status, page(shared, Some(op), &title, &main))
+}
+
+fn bad_csrf(shared: &Shared, op: &Operator) -> Response {
+    refuse(shared, op, StatusCode::FORBIDDEN, "csrf-refused")
+}
+
+// ---------------------------------------------------------------- login and logout
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    login: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+fn login_form(shared: &Shared, lang: &str, csrf: &str, error: Option<&str>, login: &str) -> String {
+    let t = |k: &str| shared.console.i18n.text(lang, k);
+    let mut main = String::new();
+    if let Some(e) = error {
+        let _ = write!(
+            main,
+            "<p class=\"error\" id=\"login-error\" role=\"alert\">{}</p>",
+            esc(e)
+        );
+    }
+    let described = if error.is_some() {
+        " aria-describedby=\"login-error\""
+    } else {
+        ""
+    };
+    let _ = write!(
+        main,
+        "<form method=\"post\" action=\"/login\" class=\"login\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <p><label for=\"login\">{l}</label><input id=\"login\" name=\"login\" autocomplete=\"username\" required value=\"{login}\"{described}></p>\
+         <p><label for=\"password\">{p}</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{described}></p>\
+         <p><button type=\"submit\" id=\"login-submit\">{s}</button></p></form>",
+        csrf = esc(csrf),
+        l = esc(&t("login-name")),
+        p = esc(&t("password")),
+        s = esc(&t("login-submit")),
+        login = esc(login),
+    );
+    let title = t("login-title");
+    page(shared, None, &title, &main)
+}
+
+pub async fn login_page(State(shared): Shr, headers: HeaderMap) -> Response {
+    if super::session_operator(&shared, &headers).await.is_some() {
+        return Redirect::to("/console").into_response();
+    }
+    let csrf = auth::random_token();
+    let lang = super::html::node_lang(&shared);
+    let body = login_form(&shared, &lang, &csrf, None, "");
+    let mut response = html(StatusCode::OK, body);
+    if let Ok(v) = set_cookie(&shared, LOGIN_CSRF_COOKIE, &csrf, 3600).parse() {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// A PHC string to verify against when the login does not exist, so that an unknown login
+/// costs the same time as a wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| auth::hash_password("not a password of anyone").unwrap_or_default())
+}
+
+pub async fn login(
+    State(shared): Shr,
+    Source(source): Source,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let lang = super::html::node_lang(&shared);
+    let t = |k: &str| shared.console.i18n.text(&lang, k);
+    let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
+    if expected.is_empty() || !auth::same_secret(&form.csrf, expected) {
+        let body = login_form(&shared, &lang, expected, Some(&t("csrf-refused")), "");
+        return html(StatusCode::FORBIDDEN, body);
+    }
+    let login = form.login.trim().to_string();
+    let now = now_ms();
+    if !shared.console.limiter.allowed(&login, source, now) {
+        audit(&shared, &login, "login-throttled", "", source).await;
+        let body = login_form(
+            &shared,
+            &lang,
+            expected,
+            Some(&t("login-throttled")),
+            &login,
+        );
+        let mut r = html(StatusCode::TOO_MANY_REQUESTS, body);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+        return r;
+    }
+    let user = if auth::valid_login(&login) {
+        shared.store.user(&login).await.ok().flatten()
+    } else {
+        None
+    };
+    let stored = user
+        .as_ref()
+        .map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
+    let password = form.password;
+    let matches = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
+        .await
+        .unwrap_or(false);
+    let Some(user) = user.filter(|_| matches) else {
+        shared.console.limiter.failed(&login, source, now);
+        audit(&shared, &login, "login-failed", "", source).await;
+        let body = login_form(&shared, &lang, expected, Some(&t("login-failed")), &login);
+        return html(StatusCode::UNAUTHORIZED, body);
+    };
+    shared.console.limiter.succeeded(&login);
+    let token = auth::random_token();
+    let session = detente_store::console::SessionRow {
+        token_hash: auth::token_hash(&token),
+        login: user.login.clone(),
+        csrf: auth::random_token(),
+        created_at_ms: now as i64,
+        expires_at_ms: now as i64 + auth::SESSION_MS,
+    };
+    if let Err(e) = shared.store.create_session(&session).await {
+        tracing::error!(error = %e, "cannot store a session");
+        let body = login_form(
+            &shared,
+            &lang,
+            expected,
+            Some(&t("store-unavailable")),
+            &login,
+        );
+        return html(StatusCode::SERVICE_UNAVAILABLE, body);
+    }
+    audit(&shared, &user.login, "login", &user.role, source).await;
+    let mut response = Redirect::to("/console").into_response();
+    let h = response.headers_mut();
+    let max_age = auth::SESSION_MS / 1000;
+    for value in [
+        set_cookie(&shared, SESSION_COOKIE, &token, max_age),
+        set_cookie(&shared, LOGIN_CSRF_COOKIE, "", 0),
+    ] {
+        if let Ok(v) = value.parse() {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(
+    State(shared): Shr,
+    op: Operator,
+    Source(source): Source,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !op.csrf_ok(&form.csrf) {
+        return bad_csrf(&shared, &op);
+    }
+    let _ = shared.store.delete_session(op.token_hash).await;
+    audit(&shared, &op.login, "logout", "", source).await;
+    let mut response = Redirect::to("/login").into_response();
+    if let Ok(v) = set_cookie(&shared, SESSION_COOKIE, "", 0).parse() {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+pub struct LangForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    lang: String,
+}
+
+pub async fn set_lang(
+    State(shared): Shr,
+    op: Operator,
+    Source(source): Source,
+    Form(form): Form<LangForm>,
+) -> Response {
+    if !op.csrf_ok(&form.csrf) {
+        return bad_csrf(&shared, &op);
+    }
+    if !super::i18n::supported(&form.lang) {
+        return refuse(&shared, &op, StatusCode::BAD_REQUEST, "language-unknown");
+    }
+    if shared
+        .store
+        .set_user_lang(&op.login, &form.lang)
+        .await
+        .is_err()
+    {
+        return refuse(
+            &shared,
+            &op,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+        );
+    }
+    audit(&shared, &op.login, "language", &form.lang, source).await;
+    Redirect::to("/console").into_response()
+}
+
+// ---------------------------------------------------------------- messages as shown
+
+/// The newest messages (not receipts), oldest first, as the API describes them.
+async fn messages(shared: &Shared, peer: Option<String>, limit: u32) -> Vec<Value> {
+    let rows = shared
+        .store
+        .inbox(InboxQuery {
+            peer,
+            direction: None,
+            include_receipts: false,
+            limit,
+        })
+        .await
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows.iter().filter(|r| r.kind != 2) {
+        if let Ok(v) = api::message_json(shared, row, None).await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn ms_of(text: &Value) -> Option<i64> {
+    text.as_str()?
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+/// "2026-11-29 03:10:00 UTC · 22:10 EST" in the node's time zone.
+fn both_times(shared: &Shared, ms: i64) -> String {
+    let tz_name = shared
+        .config
+        .read()
+        .map(|c| c.tz.clone())
+        .unwrap_or_else(|_| "UTC".into());
+    let Ok(ts) = jiff::Timestamp::from_millisecond(ms) else {
+        return ms.to_string();
+    };
+    let utc = ts.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+    match jiff::tz::TimeZone::get(&tz_name) {
+        Ok(tz) if tz_name != "UTC" => {
+            let local = ts.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
+            format!("{utc} · {local}")
+        }
+        _ => utc,
+    }
+}
+
+fn time_element(shared: &Shared, ms: i64) -> String {
+    let iso = api::time_text(ms);
+    format!(
+        "<time datetime=\"{}\">{}</time>",
+        esc(&iso),
+        esc(&both_times(shared, ms))
+    )
+}
+
+/// Whether a message is one people answer (not a charter or another protocol envelope).
+fn answerable(m: &Value) -> bool {
+    matches!(m["kind"].as_str(), Some("text" | "notification"))
+}
+
+/// Whether a message still waits for an acknowledgment (or a refusal).
+fn unanswered(m: &Value) -> bool {
+    answerable(m) && m["receipts"]["acknowledged"].is_null() && m["receipts"]["declined"].is_null()
+}
+
+/// When the acknowledgment of `m` is due, if it still is.
+fn ack_deadline_ms(shared: &Shared, m: &Value) -> Option<i64> {
+    if !unanswered(m) {
+        return None;
+    }
+    let precedence = Precedence::parse(m["precedence"].as_str()?)?;
+    // The channel's charter decides (the stricter of both parties' deadlines).
+    let deadlines = shared.deadlines(m["peer"].as_str()?);
+    let due = deadlines.acknowledged(precedence).as_millis() as i64;
+    Some(ms_of(&m["created_at"])? + due)
+}
+
+/// Whether an outgoing FLASH missed its delivery deadline (no DELIVERED receipt in time).
+fn delivery_overdue(shared: &Shared, m: &Value, now: i64) -> bool {
+    if !answerable(m) || !m["receipts"]["delivered"].is_null() {
+        return false;
+    }
+    let Some(created) = ms_of(&m["created_at"]) else {
+        return false;
+    };
+    let Some(peer) = m["peer"].as_str() else {
+        return false;
+    };
+    let limit = shared.deadlines(peer).flash_delivered;
+    now > created + limit.as_millis() as i64
+}
+
+fn precedence_label(shared: &Shared, op: &Operator, m: &Value) -> String {
+    let p = m["precedence"].as_str().unwrap_or("routine");
+    format!(
+        "<span class=\"prec prec-{p}\">{}</span>",
+        esc(&tr(shared, op, &format!("prec-{p}")))
+    )
+}
+
+fn receipts_list(shared: &Shared, op: &Operator, m: &Value) -> String {
+    let mut out = format!(
+        "<ul class=\"receipts\" aria-label=\"{}\">",
+        esc(&tr(shared, op, "receipts"))
+    );
+    for level in ["delivered", "read", "acknowledged", "declined"] {
+        let label = tr(shared, op, &format!("receipt-{level}"));
+        let value = &m["receipts"][level];
+        match ms_of(value) {
+            Some(ms) => {
+                let _ = write!(
+                    out,
+                    "<li class=\"r-{level} done\" data-level=\"{level}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {}</li>",
+                    esc(&label),
+                    time_element(shared, ms)
+                );
+            }
+            None if level == "declined" => {}
+            None => {
+                let _ = write!(
+                    out,
+                    "<li class=\"r-{level} pending\"><span class=\"mark\" aria-hidden=\"true\">○</span> {}: {}</li>",
+                    esc(&label),
+                    esc(&tr(shared, op, "receipt-not-yet"))
+                );
+            }
+        }
+    }
+    if let Some(note) = m["receipts"]["note"].as_str() {
+        let _ = write!(
+            out,
+            "<li class=\"note\">{}: {}</li>",
+            esc(&tr(shared, op, "note")),
+            esc(note)
+        );
+    }
+    out.push_str("</ul>");
+    out
+}
+
+fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
+    let Some(due) = ack_deadline_ms(shared, m) else {
+        return String::new();
+    };
+    let key = if m["direction"] == "in" {
+        "deadline-ours"
+    } else {
+        "deadline-theirs"
+    };
+    let now = now_ms() as i64;
+    let remaining = if now > due {
+        tr_with(
+            shared,
+            op,
+            "overdue-by",
+            &[("time", duration_text(now - due))],
+        )
+    } else {
+        tr_with(shared, op, "due-in", &[("time", duration_text(due - now))])
+    };
+    format!(
+        "<p class=\"deadline{}\">{}: {} <span class=\"countdown\" data-deadline=\"{due}\" \
+         data-due-in=\"{}\" data-overdue-by=\"{}\">{}</span></p>",
+        if now > due { " overdue" } else { "" },
+        esc(&tr(shared, op, key)),
+        time_element(shared, due),
+        esc(&tr_with(shared, op, "due-in", &[("time", "{}".into())])),
+        esc(&tr_with(shared, op, "overdue-by", &[("time", "{}".into())])),
+        esc(&remaining)
+    )
+}
+
+/// "1h 02m 03s".
+pub fn duration_text(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
+    if h > 0 {
+        format!("{h}h {m:02}m {s:02}s")
+    } else if m > 0 {
+        format!("{m}m {s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn message_text(shared: &Shared, op: &Operator, m: &Value, link: bool) -> String {
+    let id = m["id"].as_str().unwrap_or_default();
+    let text = m["text"]
+        .as_str()
+        .unwrap_or_else(|| m["rendered"].as_str().unwrap_or(""));
+    let lang = m["language"].as_str().unwrap_or("");
+    let mut out = String::new();
+    let body = if link {
+        format!("<a href=\"/console/messages/{id}\">{}</a>", esc(text))
+    } else {
+        esc(text)
+    };
+    let _ = write!(
+        out,
+        "<div class=\"text\"><p class=\"msg-text\" lang=\"{l}\">{body}</p><p class=\"lang-mark\">{}: {l}</p>",
+        esc(&tr(shared, op, "text-language")),
+        l = esc(lang)
+    );
+    if let Some(translations) = m["translations"].as_array() {
+        for pair in translations {
+            let (Some(tl), Some(tt)) = (pair[0].as_str(), pair[1].as_str()) else {
+                continue;
+            };
+            let _ = write!(
+                out,
+                "<p class=\"translation\" lang=\"{l}\"><span class=\"lang-mark\">{}: {l}</span> {}</p>",
+                esc(&tr(shared, op, "courtesy-translation")),
+                esc(tt),
+                l = esc(tl)
+            );
+        }
+    }
+    out.push_str("</div>");
+    out
+}
+
+fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
+    let id = m["id"].as_str().unwrap_or_default();
+    let dir = m["direction"].as_str().unwrap_or("in");
+    let p = m["precedence"].as_str().unwrap_or("routine");
+    let who = if dir == "in" {
+        tr_with(
+            shared,
+            op,
+            "received-from",
+            &[("peer", m["peer"].as_str().unwrap_or("").into())],
+        )
+    } else {
+        tr_with(
+            shared,
+            op,
+            "sent-to",
+            &[("peer", m["peer"].as_str().unwrap_or("").into())],
+        )
+    };
+    let mut out = format!(
+        "<li class=\"msg dir-{dir} prec-{p}\" id=\"m-{id}\" data-id=\"{id}\"><div class=\"msg-head\">{} <span class=\"who\">{}</span> · <span class=\"topic\">{}: {}</span> · <span class=\"author\">{}: {}</span> · <span class=\"seq\">#{}</span></div>",
+        precedence_label(shared, op, m),
+        esc(&who),
+        esc(&tr(shared, op, "topic")),
+        esc(m["topic"].as_str().unwrap_or("")),
+        esc(&tr(shared, op, "author")),
+        esc(m["author"].as_str().unwrap_or("")),
+        m["seq"]
+    );
+    out.push_str(&message_text(shared, op, m, true));
+    out.push_str("<dl class=\"times\">");
+    if let Some(ms) = ms_of(&m["created_at"]) {
+        let _ = write!(
+            out,
+            "<dt>{}</dt><dd>{}</dd>",
+            esc(&tr(shared, op, "sent-at")),
+            time_element(shared, ms)
+        );
+    }
+    if let Some(ms) = ms_of(&m["received_at"]) {
+        let _ = write!(
+            out,
+            "<dt>{}</dt><dd>{}</dd>",
+            esc(&tr(shared, op, "received-at")),
+            time_element(shared, ms)
+        );
+    }
+    out.push_str("</dl>");
+    out.push_str(&receipts_list(shared, op, m));
+    out.push_str(&countdown(shared, op, m));
+    out.push_str("</li>");
+    out
+}
+
+// ---------------------------------------------------------------- timeline
+
+async fn timeline_html(shared: &Shared, op: &Operator) -> String {
+    let list = messages(shared, None, TIMELINE_ROWS_MAX).await;
+    if list.is_empty() {
+        return format!(
+            "<p class=\"empty\">{}</p>",
+            esc(&tr(shared, op, "timeline-empty"))
+        );
+    }
+    let mut out = format!(
+        "<ol class=\"timeline\" aria-label=\"{}\">",
+        esc(&tr(shared, op, "timeline-label"))
+    );
+    // Newest first: a night shift reads the top of the page.
+    for m in list.iter().rev() {
+        out.push_str(&message_item(shared, op, m));
+    }
+    out.push_str("</ol>");
+    out
+}
+
+pub async fn timeline(State(shared): Shr, op: Operator) -> Response {
+    let inner = timeline_html(&shared, &op).await;
+    let main = format!(
+        "<div id=\"live\" data-live=\"/console/live/timeline\" aria-live=\"polite\">{inner}</div>"
+    );
+    let title = tr(&shared, &op, "nav-timeline");
+    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+}
+
+pub async fn timeline_live(State(shared): Shr, op: Operator) -> Response {
+    html(StatusCode::OK, timeline_html(&shared, &op).await)
+}
+
+// ---------------------------------------------------------------- alarm
+
+async fn alarm_html(shared: &Shared, op: &Operator) -> String {
+    let list = messages(shared, None, ALARM_SCAN_MAX).await;
+    let now = now_ms() as i64;
+    let mut items = String::new();
+    for m in list.iter().rev() {
+        let id = m["id"].as_str().unwrap_or_default();
+        let incoming = m["direction"] == "in";
+        let flash = m["precedence"] == "flash";
+        let undelivered = !incoming && flash && delivery_overdue(shared, m, now);
+        // The node's deadline watch (monotonic clock, persisted) is the authority; the
+        // wall-clock check only makes the banner appear without waiting for its event.
+        let missed = undelivered
+            || (m["overdue"] == true && unanswered(m))
+            || ack_deadline_ms(shared, m).is_some_and(|due| now > due);
+        let key = if undelivered {
+            "alarm-undelivered"
+        } else if missed {
+            if incoming {
+                "alarm-missed-ours"
+            } else {
+                "alarm-missed-theirs"
+            }
+        } else if incoming && flash && unanswered(m) {
+            "alarm-flash"
+        } else {
+            continue;
+        };
+        let kind = if missed { "missed" } else { "flash" };
+        let _ = write!(
+            items,
+            "<li class=\"alarm-item alarm-{kind}\" data-alarm-id=\"{kind}-{id}\"><span class=\"alarm-sign\" aria-hidden=\"true\">⚠</span> \
+             <strong>{}</strong> {} · {}: {} <a href=\"/console/messages/{id}\">{}</a></li>",
+            esc(&tr(shared, op, key)),
+            precedence_label(shared, op, m),
+            esc(&tr(shared, op, "topic")),
+            esc(m["topic"].as_str().unwrap_or("")),
+            esc(&tr(shared, op, if incoming { "alarm-open" } else { "alarm-view" })),
+        );
+    }
+    if items.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<div class=\"alarm\" role=\"alert\"><h2>{}</h2><ul>{items}</ul></div>",
+        esc(&tr(shared, op, "alarm-title"))
+    )
+}
+
+pub async fn alarm_live(State(shared): Shr, op: Operator) -> Response {
+    html(StatusCode::OK, alarm_html(&shared, &op).await)
+}
+
+// ---------------------------------------------------------------- one message
+
+async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
+    let mut out = format!(
+        "<ol class=\"timeline single\">{}</ol>",
+        message_item(shared, op, m)
+    );
+    // The thread: what this answers, and the answers to it.
+    let peer = m["peer"].as_str().map(str::to_string);
+    let id = m["id"].as_str().unwrap_or_default();
+    let all = messages(shared, peer, api::LIST_LIMIT_MAX).await;
+    if let Some(parent) = m["in_reply_to"].as_str() {
+        if let Some(p) = all.iter().find(|x| x["id"] == parent) {
+            let _ = write!(
+                out,
+                "<h2>{}</h2><ol class=\"timeline thread\">{}</ol>",
+                esc(&tr(shared, op, "in-reply-to")),
+                message_item(shared, op, p)
+            );
+        }
+    }
+    let replies: Vec<&Value> = all.iter().filter(|x| x["in_reply_to"] == id).collect();
+    if !replies.is_empty() {
+        let _ = write!(
+            out,
+            "<h2>{}</h2><ol class=\"timeline thread\" id=\"replies\">",
+            esc(&tr(shared, op, "replies"))
+        );
+        for r in replies {
+            out.push_str(&message_item(shared, op, r));
+        }
+        out.push_str("</ol>");
+    }
+    out
+}
+
+fn answer_form(shared: &Shared, op: &Operator, m: &Value) -> String {
+    let id = m["id"].as_str().unwrap_or_default();
+    let mut out = String::new();
+    if m["direction"] == "in" && answerable(m) && (op.role.can_mark_read() || op.role.can_answer())
+    {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/console/messages/{id}/receipt\" class=\"answer\">{}<h2>{}</h2>\
+             <p><label for=\"note\">{}</label><textarea id=\"note\" name=\"note\" rows=\"2\" maxlength=\"{NOTE_CHARS_MAX}\"></textarea></p><p>",
+            csrf_field(op),
+            esc(&tr(shared, op, "answer-title")),
+            esc(&tr(shared, op, "note")),
+        );
+        if op.role.can_mark_read() && m["receipts"]["read"].is_null() {
+            let _ = write!(
+                out,
+                "<button type=\"submit\" name=\"level\" value=\"read\" id=\"mark-read\">{}</button> ",
+                esc(&tr(shared, op, "mark-read"))
+            );
+        }
+        if op.role.can_answer() && unanswered(m) {
+            let _ = write!(
+                out,
+                "<button type=\"submit\" name=\"level\" value=\"acknowledged\" id=\"acknowledge\">{}</button> \
+                 <button type=\"submit\" name=\"level\" value=\"declined\" id=\"decline\">{}</button>",
+                esc(&tr(shared, op, "acknowledge")),
+                esc(&tr(shared, op, "decline"))
+            );
+        }
+        out.push_str("</p></form>");
+    }
+    if op.role.can_compose() {
+        let _ = write!(
+            out,
+            "<p><a class=\"button\" href=\"/console/compose?to={}&amp;reply_to={id}&amp;topic={}\">{}</a></p>",
+            url_value(m["peer"].as_str().unwrap_or("")),
+            url_value(m["topic"].as_str().unwrap_or("")),
+            esc(&tr(shared, op, "reply"))
+        );
+    }
+    out
+}
+
+async fn find_message(shared: &Shared, id: &str) -> Option<Value> {
+    let id = MessageId::from_hex(id)?;
+    let row = shared.store.message(id.0).await.ok().flatten()?;
+    if row.kind == 1 || row.kind == 2 {
+        return None;
+    }
+    api::message_json(shared, &row, None).await.ok()
+}
+
+pub async fn message(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
+    let Some(m) = find_message(&shared, &id).await else {
+        return refuse(&shared, &op, StatusCode::NOT_FOUND, "message-unknown");
+    };
+    let detail = message_detail(&shared, &op, &m).await;
+    // The answer form stays outside the live region, so that a refresh never wipes a note
+    // being typed.
+    let main = format!(
+        "<div id=\"live\" data-live=\"/console/live/messages/{}\" aria-live=\"polite\">{detail}</div>{}",
+        esc(&id),
+        answer_form(&shared, &op, &m)
+    );
+    let title = tr(&shared, &op, "message-title");
+    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+}
+
+pub async fn message_live(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
+    let Some(m) = find_message(&shared, &id).await else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    html(StatusCode::OK, message_detail(&shared, &op, &m).await)
+}
+
+#[derive(Deserialize)]
+pub struct ReceiptForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    level: String,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn receipt(
+    State(shared): Shr,
+    op: Operator,
+    Source(source): Source,
+    Path(id): Path<String>,
+    Form(form): Form<ReceiptForm>,
+) -> Response {
+    if !op.csrf_ok(&form.csrf) {
+        return bad_csrf(&shared, &op);
+    }
+    let level = match ReceiptLevel::parse(&form.level) {
+        Some(ReceiptLevel::Read) if op.role.can_mark_read() => ReceiptLevel::Read,
+        Some(l @ (ReceiptLevel::Acknowledged | ReceiptLevel::Declined)) if op.role.can_answer() => {
+            l
+        }
+        Some(ReceiptLevel::Read | ReceiptLevel::Acknowledged | ReceiptLevel::Declined) => {
+            audit(
+                &shared,
+                &op.login,
+                "refused",
+                &format!("{} {id}", form.level),
+                source,
+            )
+            .await;
+            return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-answer");
+        }
+        _ => return refuse(&shared, &op, StatusCode::BAD_REQUEST, "level-unknown"),
+    };
+    let Some(message_id) = MessageId::from_hex(&id) else {
+        return refuse(&shared, &op, StatusCode::NOT_FOUND, "message-unknown");
+    };
+    if form.note.chars().count() > NOTE_CHARS_MAX {
+        return refuse(
+            &shared,
+            &op,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "note-too-long",
+        );
+    }
+    let note = Some(form.note.trim().to_string()).filter(|n| !n.is_empty());
+    match api::answer(&shared, message_id, level, note.clone()).await {
+        Ok(_) => {
+            let detail = format!("{} {id} {}", level.name(), note.unwrap_or_default());
+            audit(&shared, &op.login, "receipt", &detail, source).await;
+            Redirect::to(&format!("/console/messages/{id}")).into_response()
+        }
+        Err(e) => {
+            let main = format!(
+                "<p class=\"error\" role=\"alert\">{}</p>",
+                esc(&e.to_string())
+            );
+            let title = tr(&shared, &op, "refused-title");
+            html(e.status(), page(&shared, Some(&op), &title, &main))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- compose
+
+/// The compose form as posted (or as a query, to start from a reply or a format).
+#[derive(Default, Clone)]
+pub struct ComposeForm {
+    csrf: String,
+    to: String,
+    precedence: String,
+    topic: String,
+    text: String,
+    lang: String,
+    reply_to: String,
+    /// A notification format id; empty for free text.
+    format: String,
+    /// The format's fields (`f.KEY` in the form), by key.
+    fields: BTreeMap<String, String>,
+}
+
+/// Fields of one form, at most (a format has far fewer).
+const FORM_PAIRS_MAX: usize = 128;
+
+impl ComposeForm {
+    fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        let mut form = ComposeForm::default();
+        for (k, v) in pairs.into_iter().take(FORM_PAIRS_MAX) {
+            match k.as_str() {
+                "csrf" => form.csrf = v,
+                "to" => form.to = v,
+                "precedence" => form.precedence = v,
+                "topic" => form.topic = v,
+                "text" => form.text = v,
+                "lang" => form.lang = v,
+                "reply_to" => form.reply_to = v,
+                "format" => form.format = v,
+                _ => {
+                    if let Some(key) = k.strip_prefix("f.") {
+                        form.fields.insert(key.to_string(), v);
+                    }
+                }
+            }
+        }
+        form
+    }
+
+    /// The chosen format, if it is one of the catalogue's.
+    fn format_def(&self) -> Option<&'static detente_formats::FormatDef> {
+        if self.format.is_empty() || self.format == "text" {
+            return None;
+        }
+        detente_formats::builtin().latest(&self.format)
+    }
+}
+
+/// Errors by field id (`to`, `text`, `f-position`, ...).
+type FieldErrors = BTreeMap<String, String>;
+
+fn field_error(errors: &FieldErrors, key: &str, help: Option<&str>) -> (String, String) {
+    let described = |extra: &str| {
+        let ids: Vec<&str> = help
+            .into_iter()
+            .chain(Some(extra).filter(|e| !e.is_empty()))
+            .collect();
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(" aria-describedby=\"{}\"", ids.join(" "))
+        }
+    };
+    match errors.get(key) {
+        Some(e) => (
+            format!(" aria-invalid=\"true\"{}", described(&format!("err-{key}"))),
+            format!(
+                "<span class=\"field-error\" id=\"err-{key}\" role=\"alert\">{}</span>",
+                esc(e)
+            ),
+        ),
+        None => (described(""), String::new()),
+    }
+}
+
+/// The format chooser: a small GET form, so it works without script.
+fn format_chooser(
+    shared: &Shared,
+    op: &Operator,
+    form: &ComposeForm,
+    errors: &FieldErrors,
+) -> String {
+    let t = |k: &str| tr(shared, op, k);
+    let mut out = format!(
+        "<form method=\"get\" action=\"/console/compose\" class=\"chooser\">\
+         <input type=\"hidden\" name=\"to\" value=\"{}\"><input type=\"hidden\" name=\"reply_to\" value=\"{}\">\
+         <p><label for=\"format\">{}</label><select id=\"format\" name=\"format\"><option value=\"\">{}</option>",
+        esc(&form.to),
+        esc(&form.reply_to),
+        esc(&t("compose-format")),
+        esc(&t("compose-free-text"))
+    );
+    for def in detente_formats::builtin().formats() {
+        if def.id == "text" {
+            continue;
+        }
+        let d = detente_formats::describe(def, &op.lang);
+        let sel = if def.id == form.format {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "<option value=\"{}\"{sel}>{}</option>",
+            esc(&def.id),
+            esc(&d.title)
+        );
+    }
+    let err = errors.get("format").map_or_else(String::new, |e| {
+        format!(
+            "<span class=\"field-error\" id=\"err-format\" role=\"alert\">{}</span>",
+            esc(e)
+        )
+    });
+    let _ = write!(
+        out,
+        "</select> <button type=\"submit\" id=\"choose-format\">{}</button>{err}</p></form>",
+        esc(&t("compose-format-use"))
+    );
+    out
+}
+
+/// The fields of a format, each with its label, help, what it accepts, and its error.
+fn format_fields(
+    op: &Operator,
+    def: &detente_formats::FormatDef,
+    form: &ComposeForm,
+    errors: &FieldErrors,
+) -> String {
+    let d = detente_formats::describe(def, &op.lang);
+    let mut out = format!(
+        "<fieldset class=\"format\"><legend>{}</legend><input type=\"hidden\" name=\"format\" value=\"{}\">",
+        esc(&d.title),
+        esc(&def.id)
+    );
+    for f in &d.fields {
+        let id = format!("f-{}", f.key);
+        let help_id = format!("help-{id}");
+        let (attr, err) = field_error(errors, &id, Some(&help_id));
+        let value = form.fields.get(&f.key).map_or("", String::as_str);
+        let required = if f.required { " required" } else { "" };
+        let _ = write!(
+            out,
+            "<p><label for=\"{id}\">{}{}</label>",
+            esc(&f.label),
+            if f.required { " *" } else { "" }
+        );
+        if !f.values.is_empty() {
+            let _ = write!(
+                out,
+                "<select id=\"{id}\" name=\"f.{}\"{attr}{required}><option value=\"\">—</option>",
+                esc(&f.key)
+            );
+            for (v, label) in &f.values {
+                let sel = if v == value { " selected" } else { "" };
+                let _ = write!(
+                    out,
+                    "<option value=\"{}\"{sel}>{}</option>",
+                    esc(v),
+                    esc(label)
+                );
+            }
+            out.push_str("</select>");
+        } else if f.type_name == "text" {
+            let _ = write!(
+                out,
+                "<textarea id=\"{id}\" name=\"f.{}\" rows=\"3\"{attr}{required}>{}</textarea>",
+                esc(&f.key),
+                esc(value)
+            );
+        } else {
+            let _ = write!(
+                out,
+                "<input id=\"{id}\" name=\"f.{}\" value=\"{}\"{attr}{required}>",
+                esc(&f.key),
+                esc(value)
+            );
+        }
+        let _ = write!(
+            out,
+            "<span class=\"hint\" id=\"{help_id}\">{}{}{}</span>{err}</p>",
+            esc(&f.help),
+            if f.help.is_empty() { "" } else { " — " },
+            esc(&f.accepts)
+        );
+    }
+    out.push_str("</fieldset>");
+    out
+}
+
+fn compose_html(
+    shared: &Shared,
+    op: &Operator,
+    form: &ComposeForm,
+    errors: &FieldErrors,
+) -> String {
+    let t = |k: &str| tr(shared, op, k);
+    let def = form.format_def();
+    let mut out = String::new();
+    if !errors.is_empty() {
+        let _ = write!(
+            out,
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            esc(&t("compose-has-errors"))
+        );
+    }
+    out.push_str(&format_chooser(shared, op, form, errors));
+    let _ = write!(
+        out,
+        "<form method=\"post\" action=\"/console/compose\" class=\"compose\" novalidate>{}",
+        csrf_field(op)
+    );
+    // Peer.
+    let (attr, err) = field_error(errors, "to", None);
+    let _ = write!(
+        out,
+        "<p><label for=\"to\">{}</label><select id=\"to\" name=\"to\"{attr}>",
+        esc(&t("compose-to"))
+    );
+    for entry in shared.table.all() {
+        let sel = if entry.name == form.to {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(out, "<option{sel}>{}</option>", esc(&entry.name));
+    }
+    let _ = write!(out, "</select>{err}</p>");
+    // Precedence: only those this role may send; a format proposes its own.
+    let (attr, err) = field_error(errors, "precedence", None);
+    let _ = write!(
+        out,
+        "<p><label for=\"precedence\">{}</label><select id=\"precedence\" name=\"precedence\"{attr}>",
+        esc(&t("compose-precedence"))
+    );
+    let proposed = def.map(|d| {
+        detente_formats::describe(d, "en")
+            .precedence
+            .to_ascii_lowercase()
+    });
+    let chosen = if !form.precedence.is_empty() {
+        form.precedence.clone()
+    } else {
+        proposed.unwrap_or_else(|| "routine".into())
+    };
+    for p in Precedence::ALL {
+        if !op.role.can_send(p) {
+            continue;
+        }
+        let sel = if p.name() == chosen { " selected" } else { "" };
+        let _ = write!(
+            out,
+            "<option value=\"{}\"{sel}>{}</option>",
+            p.name(),
+            esc(&t(&format!("prec-{}", p.name())))
+        );
+    }
+    let _ = write!(out, "</select>{err}</p>");
+    let (attr, err) = field_error(errors, "topic", None);
+    let topic = match (form.topic.is_empty(), def) {
+        (false, _) => form.topic.clone(),
+        (true, Some(d)) => detente_formats::describe(d, "en").topic,
+        (true, None) => "general".into(),
+    };
+    let _ = write!(
+        out,
+        "<p><label for=\"topic\">{}</label><input id=\"topic\" name=\"topic\" maxlength=\"{TOPIC_CHARS_MAX}\" value=\"{}\"{attr}>{err}</p>",
+        esc(&t("topic")),
+        esc(&topic)
+    );
+    let (attr, err) = field_error(errors, "lang", None);
+    let lang = if form.lang.is_empty() {
+        super::html::node_lang(shared)
+    } else {
+        form.lang.clone()
+    };
+    let _ = write!(
+        out,
+        "<p><label for=\"lang\">{}</label><input id=\"lang\" name=\"lang\" value=\"{}\"{attr}>{err}</p>",
+        esc(&t("text-language")),
+        esc(&lang)
+    );
+    match def {
+        Some(def) => out.push_str(&format_fields(op, def, form, errors)),
+        None => {
+            let (attr, err) = field_error(errors, "text", None);
+            let _ = write!(
+                out,
+                "<p><label for=\"text\">{}</label><textarea id=\"text\" name=\"text\" rows=\"6\"{attr}>{}</textarea>{err}</p>",
+                esc(&t("compose-text")),
+                esc(&form.text)
+            );
+        }
+    }
+    let (attr, err) = field_error(errors, "reply_to", None);
+    let _ = write!(
+        out,
+        "<input type=\"hidden\" name=\"reply_to\" value=\"{}\"{attr}>{err}",
+        esc(&form.reply_to)
+    );
+    let _ = write!(
+        out,
+        "<p><button type=\"submit\" id=\"send\">{}</button></p></form>",
+        esc(&t("compose-send"))
+    );
+    out
+}
+
+pub async fn compose(
+    State(shared): Shr,
+    op: Operator,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    if !op.role.can_compose() {
+        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
+    }
+    let form = ComposeForm::from_pairs(q);
+    let main = compose_html(&shared, &op, &form, &FieldErrors::new());
+    let title = tr(&shared, &op, "nav-compose");
+    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+}
+
+/// Check the fields every message has; the errors name the field they belong to.
+fn check_common(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErrors {
+    let mut errors = FieldErrors::new();
+    let mut put = |k: &str, v: String| {
+        errors.insert(k.to_string(), v);
+    };
+    if shared.table.get(&form.to).is_none() {
+        put("to", tr(shared, op, "error-peer-unknown"));
+    }
+    match Precedence::parse(&form.precedence) {
+        None => put("precedence", tr(shared, op, "error-precedence-unknown")),
+        Some(p) if !op.role.can_send(p) => put(
+            "precedence",
+            tr_with(
+                shared,
+                op,
+                "error-precedence-role",
+                &[("precedence", p.to_string())],
+            ),
+        ),
+        Some(_) => {}
+    }
+    let topic = form.topic.trim();
+    if topic.is_empty() || topic.chars().count() > TOPIC_CHARS_MAX {
+        put(
+            "topic",
+            tr_with(
+                shared,
+                op,
+                "error-topic",
+                &[("max", TOPIC_CHARS_MAX.to_string())],
+            ),
+        );
+    }
+    let lang = form.lang.trim();
+    let lang_ok = !lang.is_empty()
+        && lang.len() <= 35
+        && lang.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !lang_ok {
+        put("lang", tr(shared, op, "error-lang"));
+    }
+    if !form.reply_to.is_empty() && MessageId::from_hex(&form.reply_to).is_none() {
+        put("reply_to", tr(shared, op, "error-reply-to"));
+    }
+    errors
+}
+
+fn check_text(shared: &Shared, op: &Operator, form: &ComposeForm, errors: &mut FieldErrors) {
+    let text = form.text.trim();
+    if text.is_empty() {
+        errors.insert("text".into(), tr(shared, op, "error-text-empty"));
+    } else if text.chars().count() > TEXT_CHARS_MAX {
+        errors.insert(
+            "text".into(),
+            tr_with(
+                shared,
+                op,
+                "error-text-long",
+                &[("max", TEXT_CHARS_MAX.to_string())],
+            ),
+        );
+    }
+}
+
+/// Validate the format's fields with the catalogue (the same rules a receiving node
+/// applies). Returns the notification rendered in the sender's language, with a courtesy
+/// rendering in the peer's language when it differs.
+fn check_notification(
+    shared: &Shared,
+    op: &Operator,
+    def: &detente_formats::FormatDef,
+    form: &ComposeForm,
+    errors: &mut FieldErrors,
+) -> Option<(String, Vec<(String, String)>)> {
+    use detente_formats::{Raw, Reader};
+    if let Some(charter) = shared.charter(&form.to) {
+        if !charter
+            .formats
+            .iter()
+            .any(|f| f.id == def.id && f.version == def.version)
+        {
+            errors.insert("format".into(), tr(shared, op, "error-format-not-agreed"));
+        }
+    }
+    let lang = form.lang.trim().to_string();
+    let mut raw = BTreeMap::new();
+    for field in &def.fields {
+        let Some(value) = form
+            .fields
+            .get(&field.key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
+        let value = if field.kind.name() == "text" {
+            Raw::Text {
+                lang: lang.clone(),
+                text: value.to_string(),
+                translations: Vec::new(),
+            }
+        } else {
+            Raw::Typed(value.to_string())
+        };
+        raw.insert(field.key.clone(), value);
+    }
+    let now =
+        jiff::Timestamp::from_millisecond(now_ms() as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let notification = match def.validate(&raw, now) {
+        Ok(n) => n,
+        Err(e) => {
+            let key = e
+                .key()
+                .map_or_else(|| "format".to_string(), |k| format!("f-{k}"));
+            errors.insert(key, e.to_string());
+            return None;
+        }
+    };
+    let (tz, my_lang) = shared
+        .config
+        .read()
+        .map(|c| (c.tz.clone(), c.lang.clone()))
+        .unwrap_or_else(|_| ("UTC".into(), "en".into()));
+    let render = |l: &str| {
+        notification
+            .render(def, Reader { lang: l, tz: &tz }, &[])
+            .text()
+    };
+    let mut translations = Vec::new();
+    let peer_lang = shared.charter(&form.to).and_then(|c| {
+        let me = shared.secret.public();
+        c.members
+            .iter()
+            .find(|m| m.key != me)
+            .map(|m| m.lang.clone())
+    });
+    if let Some(peer_lang) = peer_lang.filter(|l| *l != my_lang) {
+        translations.push((peer_lang.clone(), render(&peer_lang)));
+    }
+    Some((render(&my_lang), translations))
+}
+
+pub async fn compose_send(
+    State(shared): Shr,
+    op: Operator,
+    Source(source): Source,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let form = ComposeForm::from_pairs(pairs);
+    if !op.csrf_ok(&form.csrf) {
+        return bad_csrf(&shared, &op);
+    }
+    if !op.role.can_compose() {
+        audit(&shared, &op.login, "refused", "compose", source).await;
+        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
+    }
+    let mut errors = check_common(&shared, &op, &form);
+    if errors.contains_key("precedence") && Precedence::parse(&form.precedence).is_some() {
+        let detail = format!("send {}", form.precedence);
+        audit(&shared, &op.login, "refused", &detail, source).await;
+    }
+    let content = match form.format_def() {
+        None if !form.format.is_empty() && form.format != "text" => {
+            errors.insert("format".into(), tr(&shared, &op, "error-format-unknown"));
+            None
+        }
+        None => {
+            check_text(&shared, &op, &form, &mut errors);
+            Some((form.text.trim().to_string(), Vec::new()))
+        }
+        Some(def) => check_notification(&shared, &op, def, &form, &mut errors),
+    };
+    if let (true, Some((text, translations))) = (errors.is_empty(), content) {
+        let lang = if form.format_def().is_some() {
+            super::html::node_lang(&shared)
+        } else {
+            form.lang.trim().to_string()
+        };
+        let body = SendBody {
+            to: form.to.clone(),
+            precedence: Some(form.precedence.clone()),
+            topic: Some(form.topic.trim().to_string()),
+            text,
+            lang: Some(lang),
+            translations,
+            reply_to: Some(form.reply_to.clone()).filter(|r| !r.is_empty()),
+            author: None,
+        };
+        match api::send_one(&shared, body).await {
+            Ok(sent) => {
+                let id = sent.id.to_hex();
+                let what = if form.format.is_empty() {
+                    "text"
+                } else {
+                    form.format.as_str()
+                };
+                let detail = format!("{} {what} to {} {id}", sent.precedence.name(), form.to);
+                audit(&shared, &op.login, "send", &detail, source).await;
+                return Redirect::to(&format!("/console/messages/{id}")).into_response();
+            }
+            Err(e) => {
+                errors.insert("text".into(), e.to_string());
+            }
+        }
+    }
+    let main = compose_html(&shared, &op, &form, &errors);
+    let title = tr(&shared, &op, "nav-compose");
+    html(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        page(&shared, Some(&op), &title, &main),
+    )
+}
+
+// ---------------------------------------------------------------- link health
+
+async fn link_html(shared: &Shared, op: &Operator) -> String {
+    let t = |k: &str| tr(shared, op, k);
+    let mut out = format!(
+        "<table class=\"links\"><caption>{}</caption><thead><tr>",
+        esc(&t("link-caption"))
+    );
+    for k in [
+        "link-peer",
+        "link-state",
+        "link-rtt",
+        "link-last-heard",
+        "link-last-test",
+        "link-backlog-out",
+        "link-backlog-in",
+        "link-address",
+        "link-last-error",
+    ] {
+        let _ = write!(out, "<th scope=\"col\">{}</th>", esc(&t(k)));
+    }
+    out.push_str("</tr></thead><tbody>");
+    let me = shared.secret.public();
+    for entry in shared.table.all() {
+        let Ok(s) = entry.status.read().map(|s| s.clone()) else {
+            continue;
+        };
+        let counts = shared
+            .store
+            .outbox_counts(&entry.name)
+            .await
+            .unwrap_or_default();
+        let channel = ChannelId::for_pair(&me, &entry.key);
+        let held = shared
+            .store
+            .held(channel.0, *entry.key.as_bytes(), 10_000)
+            .await
+            .map_or(0, |h| h.len());
+        let state = s.state.name();
+        let sign = match state {
+            "up" => "●",
+            "degraded" => "◐",
+            _ => "○",
+        };
+        let heard = s
+            .last_heard
+            .map(|i| now_ms() as i64 - i.elapsed().as_millis() as i64)
+            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, ms));
+        let last_test = last_test_ms(shared, &entry.name)
+            .await
+            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, ms));
+        let _ = write!(
+            out,
+            "<tr class=\"link-{state}\" data-peer=\"{name}\"><th scope=\"row\">{name}</th>\
+             <td class=\"state\"><span aria-hidden=\"true\">{sign}</span> {state_text}</td>\
+             <td>{rtt}</td><td>{heard}</td><td>{last_test}</td><td>{out_n}{flash}</td><td>{held}</td><td>{addr}</td><td>{err}</td></tr>",
+            name = esc(&entry.name),
+            state_text = esc(&t(&format!("link-state-{state}"))),
+            rtt = s.rtt_ms.map_or_else(|| "—".to_string(), |r| format!("{r:.1} ms")),
+            out_n = counts.pending,
+            flash = if counts.pending_flash > 0 {
+                format!(" ({} FLASH)", counts.pending_flash)
+            } else {
+                String::new()
+            },
+            addr = esc(s.address.as_deref().unwrap_or("—")),
+            err = esc(s.last_error.as_deref().unwrap_or("—")),
+        );
+    }
+    out.push_str("</tbody></table>");
+    let _ = write!(
+        out,
+        "<p class=\"hint\">{}</p>",
+        esc(&t("link-backlog-hint"))
+    );
+    out
+}
+
+/// When the last link test with this peer was stored (either direction).
+async fn last_test_ms(shared: &Shared, peer: &str) -> Option<i64> {
+    let rows = shared
+        .store
+        .inbox(InboxQuery {
+            peer: Some(peer.to_string()),
+            direction: None,
+            include_receipts: true,
+            limit: 500,
+        })
+        .await
+        .ok()?;
+    rows.iter()
+        .filter(|r| r.kind == 2)
+        .map(|r| r.stored_at_ms)
+        .max()
+}
+
+pub async fn link(State(shared): Shr, op: Operator) -> Response {
+    let inner = link_html(&shared, &op).await;
+    let main = format!(
+        "<div id=\"live\" data-live=\"/console/live/link\" data-refresh-s=\"2\" aria-live=\"off\">{inner}</div>"
+    );
+    let title = tr(&shared, &op, "nav-link");
+    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+}
+
+pub async fn link_live(State(shared): Shr, op: Operator) -> Response {
+    html(StatusCode::OK, link_html(&shared, &op).await)
+}
+
+// ---------------------------------------------------------------- transcript
+
+/// The result of checking the newest envelopes of one stream.
+struct StreamCheck {
+    size: u64,
+    head: String,
+    checked: u64,
+    problem: Option<String>,
+}
+
+/// Check the newest [`VERIFY_TAIL_MAX`] envelopes of a stream: each signature against the
+/// sender's pinned key, each `prev` against the id of the envelope before it, no gap.
+async fn check_stream(
+    shared: &Shared,
+    channel: ChannelId,
+    sender: detente_proto::PartyKey,
+) -> StreamCheck {
+    let streams = shared.store.streams().await.unwrap_or_default();
+    let Some(state) = streams
+        .iter()
+        .find(|s| s.channel == channel.0 && s.sender == *sender.as_bytes())
+    else {
+        return StreamCheck {
+            size: 0,
+            head: String::new(),
+            checked: 0,
+            problem: None,
+        };
+    };
+    let size = state.next_seq.saturating_sub(1);
+    let first = size.saturating_sub(VERIFY_TAIL_MAX - 1).max(1);
+    let mut expected_next: Option<MessageId> = None;
+    let mut checked = 0;
+    let mut problem = None;
+    for seq in (first..=size).rev() {
+        let row = match shared
+            .store
+            .message_at(channel.0, *sender.as_bytes(), seq)
+            .await
+        {
+            Ok(Some(r)) => r,
+            _ => {
+                problem = Some(format!("seq {seq}: missing"));
+                break;
+            }
+        };
+        let verified = match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
+            Ok(v) => v,
+            Err(e) => {
+                problem = Some(format!("seq {seq}: {e}"));
+                break;
+            }
+        };
+        if let Some(prev_of_next) = expected_next {
+            if verified.id() != prev_of_next {
+                problem = Some(format!("seq {}: prev does not match seq {seq}", seq + 1));
+                break;
+            }
+        } else if verified.id().0 != state.last_id {
+            problem = Some(format!("seq {seq}: not the stream head"));
+            break;
+        }
+        expected_next = Some(verified.envelope().prev);
+        checked += 1;
+    }
+    StreamCheck {
+        size,
+        head: hex::encode(state.last_id),
+        checked,
+        problem,
+    }
+}
+
+pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
+    let t = |k: &str| tr(&shared, &op, k);
+    let me = shared.secret.public();
+    let my_name = shared
+        .config
+        .read()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    let mut main = format!("<p>{}</p>", esc(&t("transcript-intro")));
+    for entry in shared.table.all() {
+        let channel = ChannelId::for_pair(&me, &entry.key);
+        let _ = write!(
+            main,
+            "<section class=\"channel\"><h2>{}</h2><p>{}: <code>{}</code></p>",
+            esc(&tr_with(
+                &shared,
+                &op,
+                "transcript-channel",
+                &[("peer", entry.name.clone())]
+            )),
+            esc(&t("channel-id")),
+            channel.to_hex()
+        );
+        let charter = match shared.charter(&entry.name) {
+            Some(c) => {
+                let version = shared.charters.get(&entry.name).version;
+                tr_with(
+                    &shared,
+                    &op,
+                    "charter-agreed",
+                    &[
+                        ("version", version.to_string()),
+                        ("digest", hex::encode(c.digest())),
+                    ],
+                )
+            }
+            None => t("charter-none"),
+        };
+        let _ = write!(
+            main,
+            "<h3>{}</h3><p class=\"charter\">{}</p><h3>{}</h3><p class=\"checkpoint\">{}</p>",
+            esc(&t("charter-title")),
+            esc(&charter),
+            esc(&t("checkpoint-title")),
+            esc(&t("checkpoint-none"))
+        );
+        let _ = write!(
+            main,
+            "<table><caption>{}</caption><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>",
+            esc(&t("streams-caption")),
+            esc(&t("stream-sender")),
+            esc(&t("stream-size")),
+            esc(&t("stream-head")),
+            esc(&t("stream-check"))
+        );
+        for (name, key) in [(my_name.clone(), me), (entry.name.clone(), entry.key)] {
+            let c = check_stream(&shared, channel, key).await;
+            let verdict = match &c.problem {
+                None => format!(
+                    "<span class=\"ok\"><span aria-hidden=\"true\">✓</span> {}</span>",
+                    esc(&tr_with(
+                        &shared,
+                        &op,
+                        "stream-ok",
+                        &[("count", c.checked.to_string())]
+                    ))
+                ),
+                Some(p) => format!(
+                    "<span class=\"bad\"><span aria-hidden=\"true\">✗</span> {}: {}</span>",
+                    esc(&t("stream-broken")),
+                    esc(p)
+                ),
+            };
+            let _ = write!(
+                main,
+                "<tr><th scope=\"row\">{}</th><td>{}</td><td><code>{}</code></td><td class=\"verify\">{verdict}</td></tr>",
+                esc(&name),
+                c.size,
+                esc(&c.head)
+            );
+        }
+        main.push_str("</tbody></table>");
+        if op.role.can_export() {
+            let _ = write!(
+                main,
+                "<p><a class=\"button\" href=\"/console/transcript/export?peer={}\" download>{}</a></p>",
+                url_value(&entry.name),
+                esc(&t("export"))
+            );
+        }
+        main.push_str("</section>");
+    }
+    let title = t("nav-transcript");
+    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+}
+
+#[derive(Deserialize)]
+pub struct ExportQuery {
+    peer: String,
+}
+
+/// The channel's envelopes as signed (hex), each sender's in `seq` order, for offline
+/// checking. At most [`api::LIST_LIMIT_MAX`] newest envelopes.
+pub async fn export(
+    State(shared): Shr,
+    op: Operator,
+    Source(source): Source,
+    Query(q): Query<ExportQuery>,
+) -> Response {
+    if !op.role.can_export() {
+        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-export");
+    }
+    let Some(entry) = shared.table.get(&q.peer) else {
+        return refuse(&shared, &op, StatusCode::NOT_FOUND, "error-peer-unknown");
+    };
+    let rows = shared
+        .store
+        .inbox(InboxQuery {
+            peer: Some(q.peer.clone()),
+            direction: None,
+            include_receipts: true,
+            limit: api::LIST_LIMIT_MAX,
+        })
+        .await
+        .unwrap_or_default();
+    let me = shared.secret.public();
+    let mut envelopes: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.direction == Direction::In,
+                r.seq,
+                serde_json::json!({
+                    "sender": if r.direction == Direction::In { entry.name.clone() } else { "self".into() },
+                    "seq": r.seq,
+                    "id": hex::encode(r.id),
+                    "envelope": hex::encode(&r.bytes),
+                }),
+            )
+        })
+        .collect();
+    envelopes.sort_by_key(|(incoming, seq, _)| (*incoming, *seq));
+    let doc = serde_json::json!({
+        "format": "detente-console-export-1",
+        "channel": ChannelId::for_pair(&me, &entry.key).to_hex(),
+        "members": [
+            {"name": "self", "public_key": me.to_text()},
+            {"name": entry.name, "public_key": entry.key.to_text()},
+        ],
+        "exported_at": api::time_text(now_ms() as i64),
+        "envelopes": envelopes.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),
+    });
+    audit(&shared, &op.login, "export", &q.peer, source).await;
+    let file = format!("attachment; filename=\"detente-{}.json\"", q.peer);
+    (
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::CONTENT_DISPOSITION, file),
+        ],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------- counterparts, audit, users
+
+pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
+    let t = |k: &str| tr(&shared, &op, k);
+    let Ok(c) = shared.config.read().map(|c| c.clone()) else {
+        return refuse(
+            &shared,
+            &op,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+        );
+    };
+    let mut main = format!(
+        "<p>{}</p><table><caption>{}</caption><thead><tr>",
+        esc(&t("counterparts-intro")),
+        esc(&t("counterparts-caption"))
+    );
+    for k in [
+        "cp-node",
+        "cp-party",
+        "cp-fingerprint",
+        "cp-language",
+        "cp-tz",
+        "cp-addresses",
+    ] {
+        let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
+    }
+    main.push_str("</tr></thead><tbody>");
+    let row = |main: &mut String,
+               name: String,
+               party: &str,
+               fp: String,
+               lang: &str,
+               tz: &str,
+               addrs: String| {
+        let _ = write!(
+            main,
+            "<tr><th scope=\"row\">{}</th><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&name),
+            esc(party),
+            esc(&fp),
+            esc(lang),
+            esc(tz),
+            esc(&addrs)
+        );
+    };
+    row(
+        &mut main,
+        format!("{} ({})", c.name, t("cp-this-node")),
+        &c.party,
+        shared.secret.public().fingerprint(),
+        &c.lang,
+        &c.tz,
+        shared.peer_addr.to_string(),
+    );
+    let mut pairs = Vec::new();
+    let me = shared.secret.public();
+    for entry in shared.table.all() {
+        match shared.charter(&entry.name) {
+            Some(charter) => {
+                for m in charter.members.iter().filter(|m| m.key != me) {
+                    row(
+                        &mut main,
+                        entry.name.clone(),
+                        &m.party,
+                        m.key.fingerprint(),
+                        &m.lang,
+                        &m.tz,
+                        m.addresses.join(", "),
+                    );
+                }
+                // Positions: ours first, whatever the charter's member order.
+                let we_are_first = charter.members.first().is_some_and(|m| m.key == me);
+                for cp in &charter.counterparts {
+                    let (ours, theirs) = if we_are_first {
+                        (cp.first.clone(), cp.second.clone())
+                    } else {
+                        (cp.second.clone(), cp.first.clone())
+                    };
+                    pairs.push((entry.name.clone(), ours, theirs));
+                }
+            }
+            None => row(
+                &mut main,
+                entry.name.clone(),
+                &t("cp-unknown"),
+                entry.key.fingerprint(),
+                &t("cp-unknown"),
+                &t("cp-unknown"),
+                entry.addrs.join(", "),
+            ),
+        }
+    }
+    main.push_str("</tbody></table>");
+    let _ = write!(
+        main,
+        "<table id=\"positions\"><caption>{}</caption><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>",
+        esc(&t("positions-caption")),
+        esc(&t("positions-ours")),
+        esc(&t("positions-theirs")),
+        esc(&t("cp-node"))
+    );
+    if pairs.is_empty() {
+        let _ = write!(
+            main,
+            "<tr><td colspan=\"3\">{}</td></tr>",
+            esc(&t("positions-none"))
+        );
+    }
+    for (peer, ours, theirs) in pairs {
+        let _ = write!(
+            main,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&ours),
+            esc(&theirs),
+            esc(&peer)
+        );
+    }
+    main.push_str("</tbody></table>");
+    let _ = write!(
+        main,
+        "<p class=\"hint\">{}</p>",
+        esc(&t("counterparts-hint"))
+    );
+    let title = t("nav-counterparts");
+    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+}
+
+pub async fn audit_page(shared: &Shared, op: &Operator) -> Response {
+    let t = |k: &str| tr(shared, op, k);
+    let rows = shared.store.audit(1000).await.unwrap_or_default();
+    let mut main = format!(
+        "<table class=\"audit\"><caption>{}</caption><thead><tr>",
+        esc(&t("audit-caption"))
+    );
+    for k in [
+        "audit-time",
+        "audit-login",
+        "audit-action",
+        "audit-detail",
+        "audit-source",
+    ] {
+        let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
+    }
+    main.push_str("</tr></thead><tbody>");
+    for r in rows {
+        let _ = write!(
+            main,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            time_element(shared, r.at_ms),
+            esc(&r.login),
+            esc(&r.action),
+            esc(&r.detail),
+            esc(&r.source)
+        );
+    }
+    main.push_str("</tbody></table>");
+    let title = t("nav-audit");
+    html(StatusCode::OK, page(shared, Some(op), &title, &main))
+}
+
+pub async fn audit_log(State(shared): Shr, op: Operator) -> Response {
+    if !op.role.can_read_audit() {
+        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-audit");
+    }
+    audit_page(&shared, &op).await
+}
+
+pub async fn users(State(shared): Shr, op: Operator) -> Response {
+    if op.role != Role::Admin {
+        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-admin");
+    }
+    let t = |k: &str| tr(&shared, &op, k);
+    let rows = shared.store.users().await.unwrap_or_default();
+    let mut main = format!(
+        "<table><caption>{}</caption><thead><tr>",
+        esc(&t("users-caption"))
+    );
+    for k in ["audit-login", "user-role", "language", "user-created"] {
+        let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
+    }
+    main.push_str("</tr></thead><tbody>");
+    for u in rows {
+        let _ = write!(
+            main,
+            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&u.login),
+            esc(&t(&format!("role-{}", u.role))),
+            esc(&u.lang),
+            time_element(&shared, u.created_at_ms)
+        );
+    }
+    let _ = write!(
+        main,
+        "</tbody></table><p class=\"hint\">{}</p>",
+        esc(&t("users-hint"))
+    );
+    let title = t("nav-users");
+    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+}

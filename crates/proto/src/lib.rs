@@ -14,8 +14,8 @@ pub mod sched;
 pub mod stream;
 
 pub use envelope::{
-    Body, ChannelId, Envelope, EnvelopeError, MessageId, Precedence, Receipt, ReceiptLevel,
-    ReceiptTarget, TextBody, VerifiedEnvelope,
+    Body, ChannelId, Envelope, EnvelopeError, FieldValue, MessageId, NotificationBody, Precedence,
+    Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
 };
 pub use error::KeyError;
 pub use frame::{Frame, FrameError, RefuseCode};

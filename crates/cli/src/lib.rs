@@ -7,6 +7,7 @@ pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod formats_cmd;
 pub mod harness;
 
 /// A failure to report: what, and the next step.

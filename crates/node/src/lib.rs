@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod events;
 pub mod link;
+pub mod notify;
 pub mod peers;
 pub mod tls;
 pub mod writer;

@@ -93,6 +93,11 @@ enum Command {
         name: String,
         key: PartyKey,
     },
+    /// Add (or replace) a glossary term of a channel.
+    Glossary(
+        detente_store::GlossaryRow,
+        oneshot::Sender<Result<(), WriteError>>,
+    ),
 }
 
 /// A handle to queue commands for the writer.
@@ -154,6 +159,16 @@ impl WriterHandle {
                 hwm,
             })
             .await;
+    }
+
+    /// Add a glossary term; durable when this returns.
+    pub async fn add_glossary(&self, row: detente_store::GlossaryRow) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Glossary(row, reply))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
     }
 
     pub async fn add_peer(&self, name: &str, key: PartyKey) {
@@ -297,6 +312,7 @@ impl Writer {
         let mut staged = Staged::default();
         let mut sends = Vec::new();
         let mut receives = Vec::new();
+        let mut glossary_replies = Vec::new();
         for command in commands {
             match command {
                 Command::Send(request, reply) => {
@@ -314,6 +330,10 @@ impl Writer {
                     receives.push((result, reply));
                 }
                 Command::Prune { peer, hwm } => batch.prune.push((peer, hwm)),
+                Command::Glossary(row, reply) => {
+                    batch.glossary.push(row);
+                    glossary_replies.push(reply);
+                }
                 Command::AddPeer { name, key } => {
                     if let Err(e) = self.load_peer(&name, key).await {
                         tracing::error!(peer = %name, error = %e, "cannot load the new peer's streams");
@@ -349,6 +369,9 @@ impl Writer {
                 Some(f) => Err(f.clone()),
                 None => result,
             });
+        }
+        for reply in glossary_replies {
+            let _ = reply.send(failure.clone().map_or(Ok(()), Err));
         }
         if failure.is_none() {
             for (peer, precedence) in staged.written {

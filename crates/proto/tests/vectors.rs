@@ -476,7 +476,11 @@ fn envelopes_sign_and_decode_to_the_vectors() {
         assert_eq!(decoded.envelope(), &e, "{name}: decoded");
         assert_eq!(decoded.id().to_hex(), v["id"]);
     }
-    assert_eq!(kinds.len(), 4, "text, receipt, test and notification bodies");
+    assert_eq!(
+        kinds.len(),
+        4,
+        "text, receipt, test and notification bodies"
+    );
     assert_eq!(precedences.len(), 4, "every precedence");
 }
 

@@ -24,8 +24,9 @@ use sqlx::sqlite::{
 use sqlx::{Decode, QueryBuilder, Row, Type};
 
 use crate::{
-    DeliveredRange, Direction, Hash32, InboxQuery, MessageRow, OutboxCounts, OutboxRow, Placement,
-    ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError, StreamRow, WriteBatch,
+    DeliveredRange, Direction, GlossaryRow, Hash32, InboxQuery, MessageRow, OutboxCounts,
+    OutboxRow, Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError,
+    StreamRow, WriteBatch,
 };
 
 /// How long a connection waits for a lock held by another process (a backup tool, the
@@ -164,6 +165,7 @@ impl SqliteStore {
         mark_delivered(conn, &batch.delivered).await?;
         insert_receipts(conn, &batch.receipts).await?;
         prune(conn, &batch.prune).await?;
+        upsert_glossary(conn, &batch.glossary).await?;
 
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().await?;
@@ -379,6 +381,35 @@ impl Store for SqliteStore {
             times.note = declined_note;
         }
         Ok(times)
+    }
+
+    async fn glossary(&self, peer: &str, limit: u32) -> Result<Vec<GlossaryRow>> {
+        let rows = sqlx::query(
+            "SELECT peer, lang_a, term_a, lang_b, term_b, added_at_ms FROM glossary \
+             WHERE peer = ? ORDER BY added_at_ms, lang_a, term_a LIMIT ?",
+        )
+        .bind(peer)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let text = |col: &str| {
+                    row.try_get::<String, _>(col)
+                        .map_err(|e| StoreError::Database(format!("glossary.{col}: {e}")))
+                };
+                Ok(GlossaryRow {
+                    peer: text("peer")?,
+                    lang_a: text("lang_a")?,
+                    term_a: text("term_a")?,
+                    lang_b: text("lang_b")?,
+                    term_b: text("term_b")?,
+                    added_at_ms: row
+                        .try_get("added_at_ms")
+                        .map_err(|e| StoreError::Database(format!("glossary.added_at_ms: {e}")))?,
+                })
+            })
+            .collect()
     }
 
     async fn message_count(&self) -> Result<u64> {
@@ -654,6 +685,26 @@ async fn insert_receipts(conn: &mut SqliteConnection, rows: &[ReceiptRow]) -> Re
         });
         qb.push(r#" ON CONFLICT ("of", level) DO NOTHING"#);
         qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_glossary(conn: &mut SqliteConnection, rows: &[GlossaryRow]) -> Result<()> {
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO glossary (peer, lang_a, term_a, lang_b, term_b, added_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (peer, lang_a, term_a, lang_b) DO UPDATE SET \
+             term_b = excluded.term_b, added_at_ms = excluded.added_at_ms",
+        )
+        .bind(&r.peer)
+        .bind(&r.lang_a)
+        .bind(&r.term_a)
+        .bind(&r.lang_b)
+        .bind(&r.term_b)
+        .bind(r.added_at_ms)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

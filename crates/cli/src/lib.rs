@@ -4,9 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod charter;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod demo_charter;
+pub mod demo_formats;
 pub mod formats_cmd;
 pub mod harness;
 

@@ -88,6 +88,12 @@ async fn a_launch_from_washington_reads_in_chinese_at_beijing() {
         .await
         .ok()
         .unwrap();
+    let bc = b.client().ok().unwrap();
+    // Formats are agreed in the channel's charter, signed by both on first contact.
+    detente::demo_charter::show_agreed(&wc, &bc, Duration::from_secs(60))
+        .await
+        .ok()
+        .unwrap();
     let wd = w.dir.to_str().unwrap().to_string();
     let bd = b.dir.to_str().unwrap().to_string();
 

@@ -121,6 +121,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/messages/{id}/receipts", post(receipt))
         .route("/peers/{name}/reload", post(reload_peer))
         .route("/glossary", get(glossary_list).post(glossary_add))
+        .route("/peers/{name}/charter", get(peer_charter))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -190,6 +191,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
             "addresses": entry.addrs,
             "sessions": s.sessions,
             "last_error": s.last_error,
+            "charter": crate::charter::status_json(&shared.charters.get(&entry.name)),
         }));
     }
     let c = shared.config.read().map_err(|_| internal())?.clone();
@@ -276,8 +278,6 @@ fn request_body(
             let def = crate::notify::format(id, body.format_version).map_err(|e| {
                 unprocessable(e.to_string()).hint("see the formats with: detente formats list")
             })?;
-            crate::notify::check_peer_holds(shared, &body.to, def)
-                .map_err(|e| unprocessable(e).hint("the peer's node must hold the same format definition; both sides upgrade, then the charter is renewed"))?;
             let text_lang = body.lang.clone().unwrap_or_else(|| lang.to_string());
             let notification = crate::notify::build(def, &body.fields, &text_lang, now_ms())
                 .map_err(|e| {
@@ -286,6 +286,16 @@ fn request_body(
                         def.id
                     ))
                 })?;
+            // The fields are checked first, so an operator learns of every mistake of theirs
+            // even before the channel is agreed. (An unknown peer is the writer's error.)
+            if shared.table.get(&body.to).is_some() {
+                crate::notify::check_peer_holds(shared, &body.to, def).map_err(|e| {
+                    unprocessable(e).hint(format!(
+                        "both nodes must hold the same definition; see the agreed formats with: detente charter --dir DIR --peer {}",
+                        body.to
+                    ))
+                })?;
+            }
             let precedence = Precedence::parse(&def.precedence).unwrap_or(Precedence::Routine);
             Ok((
                 Body::Notification(notification),
@@ -661,7 +671,29 @@ async fn reload_peer(State(shared): State<Arc<Shared>>, Path(name): Path<String>
     Ok(Json(json!({"peer": name, "state": "pinned"})).into_response())
 }
 
-/// RFC 3339 UTC text of a millisecond timestamp.
+/// The channel charter with a peer: the agreed one, the latest each side signed, and the
+/// peer's terms from the last session.
+async fn peer_charter(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    if shared.table.get(&name).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("peer {name:?} is not known"),
+        ));
+    }
+    let state = shared.charters.get(&name);
+    let mut body = crate::charter::status_json(&state);
+    body["peer"] = json!(name);
+    body["ours"] = json!(state.ours.as_ref().map(|(c, id)| json!({
+        "digest": hex::encode(c.digest()),
+        "message": id.to_hex(),
+    })));
+    body["theirs"] = json!(state.theirs.as_ref().map(|(c, id)| json!({
+        "digest": hex::encode(c.digest()),
+        "message": id.to_hex(),
+    })));
+    Ok(Json(body).into_response())
+}
+
 /// RFC 3339 UTC with exactly three fractional digits, so that times sort as text too.
 pub fn time_text(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(
@@ -762,6 +794,18 @@ async fn message_json(
             Value::Null,
             json!([]),
             "link test".to_string(),
+            Value::Null,
+        ),
+        Body::Charter(c) => (
+            Value::Null,
+            Value::Null,
+            json!([]),
+            format!(
+                "channel charter {} ({} members, {} formats)",
+                &hex::encode(c.digest())[..12],
+                c.members.len(),
+                c.formats.len()
+            ),
             Value::Null,
         ),
     };

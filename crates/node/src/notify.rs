@@ -184,10 +184,40 @@ pub async fn glossary(
         .collect())
 }
 
-/// Refuse a notification in a format the channel with `peer` has not agreed on.
+/// The formats this node holds, as its charter terms offer them: the built-in catalogue.
+pub fn held_formats() -> Vec<detente_proto::FormatRef> {
+    detente_formats::builtin_held()
+        .into_iter()
+        .map(|h| detente_proto::FormatRef {
+            id: h.id,
+            version: h.version,
+            digest: h.digest,
+        })
+        .collect()
+}
+
+/// Refuse a notification in a format the channel with `peer` has not agreed on: the
+/// charter both sides signed must list this format with this definition's digest.
 pub fn check_peer_holds(shared: &crate::Shared, peer: &str, def: &FormatDef) -> Result<(), String> {
-    let _ = (shared, peer, def);
-    Ok(())
+    let Some(charter) = shared.charter(peer) else {
+        return Err(format!(
+            "no charter is agreed with {peer:?} yet, so no notification format is: formats are agreed when the nodes first meet"
+        ));
+    };
+    let agreed = charter
+        .formats
+        .iter()
+        .any(|f| f.id == def.id && f.version == def.version && f.digest == def.digest);
+    if agreed {
+        Ok(())
+    } else {
+        Err(format!(
+            "format {} v{} is not held by {peer:?}: the channel's charter does not list it with this definition (digest {})",
+            def.id,
+            def.version,
+            &def.digest_hex()[..16]
+        ))
+    }
 }
 
 /// The fields as JSON: typed values as their text, free text as

@@ -257,7 +257,7 @@ pub struct NotificationBody {
     pub fields: Vec<(String, FieldValue)>,
 }
 
-/// The body kinds of this version. Later versions add charters, checkpoints.
+/// The body kinds of this version. Later versions add checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Text(TextBody),
@@ -268,16 +268,26 @@ pub enum Body {
     },
     /// A structured notification (tag 4).
     Notification(NotificationBody),
+    /// This party's signature on a channel charter (SPEC §2). The charter is agreed once
+    /// every member's stream carries one with the same digest.
+    Charter(crate::charter::Charter),
 }
 
+/// Body kind number of a notification.
+pub const KIND_NOTIFICATION: u8 = 4;
+/// Body kind number of a charter (3 and 5 are reserved for checkpoints).
+pub const KIND_CHARTER: u8 = 6;
+
 impl Body {
-    /// The kind number stored and listed: 0 text, 1 receipt, 2 test, 4 notification.
+    /// The kind number stored and listed: 0 text, 1 receipt, 2 test, 4 notification,
+    /// 6 charter.
     pub fn kind(&self) -> u8 {
         match self {
             Body::Text(_) => 0,
             Body::Receipt(_) => 1,
             Body::Test { .. } => 2,
-            Body::Notification(_) => 4,
+            Body::Notification(_) => KIND_NOTIFICATION,
+            Body::Charter(_) => KIND_CHARTER,
         }
     }
 
@@ -287,6 +297,7 @@ impl Body {
             Body::Receipt(_) => "receipt",
             Body::Test { .. } => "test",
             Body::Notification(_) => "notification",
+            Body::Charter(_) => "charter",
         }
     }
 }
@@ -610,6 +621,9 @@ fn check_fields(e: &Envelope) -> Result<()> {
         Body::Receipt(receipt) => check_receipt(receipt),
         Body::Test { .. } => Ok(()),
         Body::Notification(n) => check_notification(n),
+        Body::Charter(charter) => charter
+            .check()
+            .map_err(|e| EnvelopeError::Malformed(format!("charter: {e}"))),
     }
 }
 
@@ -824,6 +838,9 @@ fn encode_payload(e: &Envelope) -> Vec<u8> {
             r.note.clone().map_or(Value::Null, Value::Text),
         ]),
         Body::Test { nonce } => Value::Array(vec![uint(2), Value::Bytes(nonce.to_vec())]),
+        Body::Charter(charter) => {
+            Value::Array(vec![uint(u64::from(KIND_CHARTER)), charter.to_value()])
+        }
     };
     let value = Value::Array(vec![
         uint(ENVELOPE_VERSION),
@@ -952,9 +969,9 @@ fn decode_body(value: Value) -> Result<Body> {
     let kind = match &value {
         Value::Array(items) => match items.first() {
             Some(Value::Integer(i)) => {
-                u64::try_from(*i).map_err(|_| bad("body kind", "0, 1, 2 or 4"))?
+                u64::try_from(*i).map_err(|_| bad("body kind", "0, 1, 2, 4 or 6"))?
             }
-            _ => return Err(bad("body kind", "0, 1, 2 or 4")),
+            _ => return Err(bad("body kind", "0, 1, 2, 4 or 6")),
         },
         _ => return Err(bad("body", "array")),
     };
@@ -1022,7 +1039,14 @@ fn decode_body(value: Value) -> Result<Body> {
                 _ => Err(bad("nonce", "16 bytes")),
             }
         }
-        _ => Err(bad("body kind", "0, 1, 2 or 4")),
+        6 => {
+            let mut items = Items::new(value, "charter body", 2)?;
+            items.next()?;
+            crate::charter::Charter::from_value(items.next()?)
+                .map(Body::Charter)
+                .map_err(|e| EnvelopeError::Malformed(format!("charter: {e}")))
+        }
+        _ => Err(bad("body kind", "0, 1, 2, 4 or 6")),
     }
 }
 

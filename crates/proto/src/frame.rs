@@ -50,6 +50,10 @@ pub enum Frame {
         code: RefuseCode,
         reason: String,
     },
+    /// This side's charter terms ([`crate::charter::Terms`], canonical CBOR), sent after
+    /// `Hello`. Unsigned: the terms bind nobody until each side signs the charter they make
+    /// in a charter envelope of its own stream.
+    Terms(Vec<u8>),
 }
 
 /// Why a side refused, as a number the other side can act on.
@@ -110,6 +114,8 @@ const ACK: u8 = 2;
 const PING: u8 = 3;
 const PONG: u8 = 4;
 const REFUSE: u8 = 5;
+/// Types 6 to 15 are left for frames of the transcript work.
+const TERMS: u8 = 16;
 
 impl Frame {
     /// Append the frame, length prefix included, to `out`.
@@ -148,6 +154,10 @@ impl Frame {
                     end -= 1;
                 }
                 out.extend_from_slice(&reason.as_bytes()[..end]);
+            }
+            Frame::Terms(bytes) => {
+                out.push(TERMS);
+                out.extend_from_slice(bytes);
             }
         }
         let len = out.len() - start - 4;
@@ -223,6 +233,15 @@ impl Frame {
                     reason: reason.to_string(),
                 })
             }
+            TERMS => {
+                if body.is_empty() || body.len() > crate::charter::limits::ENCODED_BYTES_MAX {
+                    return Err(FrameError::BadLength {
+                        kind,
+                        len: body.len(),
+                    });
+                }
+                Ok(Frame::Terms(body.to_vec()))
+            }
             other => Err(FrameError::UnknownType(other)),
         }
     }
@@ -258,6 +277,7 @@ mod tests {
             code: RefuseCode::HeldFull,
             reason: "full".into(),
         });
+        round_trip(Frame::Terms(vec![0x80]));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod charter;
 pub mod envelope;
 pub mod error;
 pub mod frame;
@@ -13,6 +14,7 @@ pub mod link;
 pub mod sched;
 pub mod stream;
 
+pub use charter::{Charter, CharterError, Deadlines, FormatRef, Member, Terms};
 pub use envelope::{
     Body, ChannelId, Envelope, EnvelopeError, FieldValue, MessageId, NotificationBody, Precedence,
     Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,

@@ -82,7 +82,7 @@ pub async fn run(w: &Client, b: &Client) -> Outcome {
 
     let request = fields(&[
         ("from_name", "国防部副部长 王".into()),
-        ("to_name", "Deputy Secretary of Defense".into()),
+        ("to_name", "美国国防部常务副部长".into()),
         ("mode", "video-call".into()),
         ("slot_1", format!("{}/{}", utc(hour(26)?), utc(hour(27)?))),
         ("slot_2", format!("{}/{}", utc(hour(50)?), utc(hour(51)?))),

@@ -108,7 +108,8 @@ pub fn build(
     Ok(to_body(&notification))
 }
 
-fn to_body(n: &Notification) -> NotificationBody {
+/// The envelope body of a validated notification.
+pub fn to_body(n: &Notification) -> NotificationBody {
     let fields = n
         .to_raw()
         .into_iter()

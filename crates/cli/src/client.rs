@@ -113,6 +113,29 @@ impl Client {
         })
     }
 
+    /// A text document (such as `/metrics`), with the token.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ClientError::new(format!("talking to the node: {e}")))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ClientError::new(format!("reading the answer: {e}")))?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(ClientError::new(format!(
+                "the node answered {status}: {text}"
+            )))
+        }
+    }
+
     /// Whether the node answers at all.
     pub async fn healthy(&self) -> bool {
         matches!(self.http.get(format!("{}/healthz", self.base)).send().await, Ok(r) if r.status().is_success())

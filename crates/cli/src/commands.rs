@@ -347,9 +347,11 @@ pub fn message_line(m: &Value) -> String {
         }
     }
     let overdue = if m["overdue"] == true {
-        "  OVERDUE"
+        "  OVERDUE".to_string()
+    } else if let Some(late) = m["late_ms"].as_i64() {
+        format!("  LATE {:.1}s", late as f64 / 1000.0)
     } else {
-        ""
+        String::new()
     };
     format!(
         "{} {} {:<9} {:>5} {:<10} {} {}: {}  [{}]{}  {}",
@@ -467,6 +469,18 @@ pub async fn status(dir: &Path, json: bool) -> Outcome {
                 .map(|e| format!("  ({e})"))
                 .unwrap_or_default(),
         );
+        println!(
+            "  {:<14} {}; overdue out {} in {}; last link test {}",
+            "",
+            p["verdict_text"].as_str().unwrap_or_default(),
+            p["overdue_out"],
+            p["overdue_in"],
+            p["last_test"].as_str().unwrap_or("none yet"),
+        );
     }
+    println!(
+        "verdict: {}",
+        status["verdict_text"].as_str().unwrap_or_default()
+    );
     Ok(())
 }

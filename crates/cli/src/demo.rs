@@ -77,7 +77,10 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Outcome {
         node.set("link.backoff_initial", "100ms")?;
         node.set("link.backoff_max", "1s")?;
     }
-    let result = story(&mut w, &mut b).await;
+    let mut result = story(&mut w, &mut b).await;
+    if result.is_ok() {
+        result = crate::demo_deadlines::step(10, &mut w, &mut b).await;
+    }
     if let Err(failure) = &result {
         println!("\nThe demo stopped: {}", failure.error);
         println!(

@@ -9,9 +9,11 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod demo_charter;
+pub mod demo_deadlines;
 pub mod demo_formats;
 pub mod formats_cmd;
 pub mod harness;
+pub mod hook_sink;
 
 /// A failure to report: what, and the next step.
 pub struct Failure {

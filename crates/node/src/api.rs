@@ -120,11 +120,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/messages/{id}/wait", get(wait))
         .route("/messages/{id}/receipts", post(receipt))
         .route("/peers/{name}/reload", post(reload_peer))
+        .route("/metrics", get(crate::metrics::exposition))
         .route("/glossary", get(glossary_list).post(glossary_add))
         .route("/peers/{name}/charter", get(peer_charter))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(crate::metrics::exposition)
+                .layer(middleware::from_fn_with_state(shared.clone(), authenticate)),
+        )
         .nest("/api/v1", api)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(shared)
@@ -174,19 +180,35 @@ fn wall_ms(at: Instant) -> u64 {
 
 async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
     let mut peers = Vec::new();
+    let now = Instant::now();
+    let mut worst = detente_proto::LineVerdict::AllWell;
     for entry in shared.table.all() {
         let s = entry.status.read().map_err(|_| internal())?.clone();
+        let alarms = entry.alarms.read().map_err(|_| internal())?.clone();
         let counts = shared.store.outbox_counts(&entry.name).await?;
+        let state = s.current_state(now);
+        let verdict =
+            detente_proto::deadline::line_verdict(state, alarms.overdue_out, alarms.test_missed);
+        if verdict_rank(verdict) < verdict_rank(worst) {
+            worst = verdict;
+        }
         peers.push(json!({
             "name": entry.name,
             "fingerprint": entry.key.fingerprint(),
-            "state": s.state.name(),
+            "state": state.name(),
             "connected": s.connected,
             "rtt_ms": s.rtt_ms,
             "outbox": counts.pending,
             "outbox_flash": counts.pending_flash,
             "last_heard": s.last_heard.map(|t| time_text(wall_ms(t) as i64)),
-            "last_test": Value::Null,
+            "last_test": alarms.last_test_ms.map(time_text),
+            "link_test_missed": alarms.test_missed,
+            "link_down_alarm": alarms.link_down,
+            "overdue_out": alarms.overdue_out,
+            "overdue_in": alarms.overdue_in,
+            "unanswered_in": alarms.unanswered_in,
+            "verdict": verdict.code(),
+            "verdict_text": verdict.text(),
             "address": s.address,
             "addresses": entry.addrs,
             "sessions": s.sessions,
@@ -195,14 +217,35 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         }));
     }
     let c = shared.config.read().map_err(|_| internal())?.clone();
+    let heartbeat = shared.link_config.heartbeat;
     Ok(Json(json!({
         "name": c.name,
         "party": c.party,
         "fingerprint": shared.secret.public().fingerprint(),
         "messages": shared.store.message_count().await?,
+        "verdict": worst.code(),
+        "verdict_text": worst.text(),
+        "thresholds": {
+            "heartbeat_ms": heartbeat.as_millis() as u64,
+            "degraded_after_ms": (heartbeat * 2).as_millis() as u64,
+            "down_after_ms": (heartbeat * 3).as_millis() as u64,
+            "degraded_rtt_ms": shared.link_config.degraded_rtt.as_millis() as u64,
+        },
         "peers": peers,
     }))
     .into_response())
+}
+
+/// Worst first: the overall verdict is the worst of the peers'.
+fn verdict_rank(v: detente_proto::LineVerdict) -> u8 {
+    use detente_proto::LineVerdict as V;
+    match v {
+        V::LinkDown => 0,
+        V::TestMissed => 1,
+        V::Unanswered => 2,
+        V::Degraded => 3,
+        V::AllWell => 4,
+    }
 }
 
 /// A message to send, as the API accepts it.
@@ -598,7 +641,7 @@ async fn wait(
                     peer == row.peer && (from..=to).contains(&row.seq)
                 }
                 Ok(Event::Receipt { of, .. }) => of == id,
-                Ok(Event::Stored { .. }) => false,
+                Ok(_) => false,
                 // Lagged: some events were lost; look at the store again.
                 Err(_) => true,
             };
@@ -660,6 +703,8 @@ async fn receipt(
         }),
     };
     let sent = shared.writer.send(request).await?;
+    // Our answer settles the message's deadline on this side.
+    shared.events.publish(Event::Receipt { of: id, level });
     let json = SentJson::from(sent);
     Ok((StatusCode::CREATED, Json(json)).into_response())
 }
@@ -712,14 +757,9 @@ async fn message_json(
     row: &MessageRow,
     lang: Option<&str>,
 ) -> Result<Value, ApiError> {
-    let (my_name, node_lang, tz, deadlines) = {
+    let (my_name, node_lang, tz) = {
         let c = shared.config.read().map_err(|_| internal())?;
-        (
-            c.name.clone(),
-            c.lang.clone(),
-            c.tz.clone(),
-            c.deadlines.clone(),
-        )
+        (c.name.clone(), c.lang.clone(), c.tz.clone())
     };
     let lang = lang.unwrap_or(&node_lang);
     // Stored bytes were verified before they were stored; decoding them again is a check.
@@ -810,12 +850,30 @@ async fn message_json(
         ),
     };
     let precedence = Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine);
-    let overdue = row.direction == Direction::Out
-        && (row.kind == 0 || row.kind == 4)
-        && times.acknowledged_ms.is_none()
-        && times.declined_ms.is_none()
-        && deadline_ms(&deadlines, precedence)
-            .is_some_and(|d| now_ms() as i64 > row.created_at_ms + d);
+    // Overdue is decided by the watch task on the monotonic clock and recorded; here it is
+    // only read: a deadline missed whose receipt has not come.
+    let misses = shared.store.misses(row.id).await?;
+    let answered = times.acknowledged_ms.or(times.declined_ms);
+    let (overdue, late_ms) = crate::deadlines::lateness(&misses, times.delivered_ms, answered);
+    let deadline = if detente_proto::deadline::bears_deadline(row.kind) {
+        let d = crate::deadlines::deadlines_for(shared, &row.peer);
+        let start = if row.direction == Direction::Out {
+            row.created_at_ms
+        } else {
+            row.stored_at_ms
+        };
+        json!({
+            "acknowledge_by": time_text(start + d.acknowledged(precedence).as_millis() as i64),
+            "missed": misses.iter().map(|m| json!({
+                "needed": detente_proto::Need::from_code(m.level).map_or("?", |n| n.name()),
+                "due_at": time_text(m.due_at_ms),
+                "missed_at": time_text(m.missed_at_ms),
+                "noticed_after_ms": m.missed_at_ms - m.due_at_ms,
+            })).collect::<Vec<_>>(),
+        })
+    } else {
+        Value::Null
+    };
     Ok(json!({
         "id": hex::encode(row.id),
         "peer": row.peer,
@@ -845,19 +903,10 @@ async fn message_json(
             "note": times.note,
         },
         "overdue": overdue,
+        "late": late_ms.is_some(),
+        "late_ms": late_ms,
+        "deadline": deadline,
     }))
-}
-
-fn deadline_ms(d: &crate::config::DeadlineSection, p: Precedence) -> Option<i64> {
-    let text = match p {
-        Precedence::Flash => &d.flash_acknowledged,
-        Precedence::Immediate => &d.immediate_acknowledged,
-        Precedence::Priority => &d.priority_acknowledged,
-        Precedence::Routine => &d.routine_acknowledged,
-    };
-    crate::config::parse_duration(text)
-        .ok()
-        .map(|d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -10,8 +10,11 @@
 pub mod api;
 pub mod charter;
 pub mod config;
+pub mod deadlines;
 pub mod events;
+pub mod hooks;
 pub mod link;
+pub mod metrics;
 pub mod notify;
 pub mod peers;
 pub mod tls;
@@ -75,6 +78,8 @@ pub struct Shared {
     pub writer: WriterHandle,
     pub table: Arc<PeerTable>,
     pub events: Events,
+    /// Escalation hooks (raise alarms with [`deadlines::raise`]).
+    pub hooks: Arc<hooks::Hooks>,
     pub link_config: LinkConfig,
     pub token: String,
     pub peer_addr: SocketAddr,
@@ -152,6 +157,7 @@ impl Node {
             store,
             writer,
             table,
+            hooks: hooks::Hooks::new(events.metrics().clone()),
             events,
             token,
             peer_addr,
@@ -169,6 +175,11 @@ impl Node {
         for entry in shared.table.all() {
             node.tasks.push(start_link(&shared, entry));
         }
+        node.tasks.push(tokio::spawn(
+            shared.hooks.clone().run(shared.shutdown.clone()),
+        ));
+        node.tasks
+            .push(tokio::spawn(deadlines::run(shared.clone())));
         node.tasks.push(tokio::spawn(charter::watch(
             shared.clone(),
             shared.shutdown.clone(),

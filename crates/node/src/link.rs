@@ -131,6 +131,7 @@ fn publish(entry: &PeerEntry, supervisor: &LinkSupervisor, address: Option<&str>
         status.connected = supervisor.is_connected();
         status.rtt_ms = supervisor.rtt().map(|d| d.as_secs_f64() * 1000.0);
         status.last_heard = supervisor.last_heard();
+        status.view = Some(supervisor.clone());
         if let Some(a) = address {
             status.address = Some(a.to_string());
         }
@@ -650,6 +651,7 @@ async fn receive_pipeline(
             match item {
                 Ok(v) => valid.push(v),
                 Err(e) => {
+                    shared.events.metrics().verification_failed();
                     tracing::warn!(peer = %entry.name, reason = %e, "refused an envelope; nothing stored");
                     let refuse = Frame::Refuse {
                         seq: 0,
@@ -674,6 +676,15 @@ async fn receive_pipeline(
             }
         };
         for (seq, code, reason) in outcome.refused {
+            if code == RefuseCode::Conflict {
+                crate::deadlines::raise(
+                    &shared,
+                    crate::hooks::HookEvent::Equivocation {
+                        peer: entry.name.clone(),
+                        detail: format!("seq {seq}: {reason}"),
+                    },
+                );
+            }
             if control
                 .send(Control::Send(Frame::Refuse { seq, code, reason }))
                 .await

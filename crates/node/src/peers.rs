@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use detente_proto::{LinkState, PartyKey, Precedence};
+use detente_proto::{LinkState, LinkSupervisor, PartyKey, Precedence};
 use tokio::sync::Notify;
 
 /// What the API shows about one link.
@@ -20,6 +20,17 @@ pub struct LinkStatus {
     pub address: Option<String>,
     pub sessions: u64,
     pub last_error: Option<String>,
+    /// The supervisor as last published, to compute the state at any moment (a link that
+    /// goes quiet turns `down` without any event).
+    pub view: Option<LinkSupervisor>,
+}
+
+impl LinkStatus {
+    /// The link state now (thresholds in `detente_proto::link`: `down` after three
+    /// heartbeats without hearing anything, `degraded` after two or with a slow round trip).
+    pub fn current_state(&self, now: Instant) -> LinkState {
+        self.view.as_ref().map_or(self.state, |v| v.state(now))
+    }
 }
 
 impl Default for LinkStatus {
@@ -32,6 +43,7 @@ impl Default for LinkStatus {
             address: None,
             sessions: 0,
             last_error: None,
+            view: None,
         }
     }
 }
@@ -42,6 +54,8 @@ pub struct PeerEntry {
     pub key: PartyKey,
     pub addrs: Vec<String>,
     pub status: RwLock<LinkStatus>,
+    /// Alarms on this peer, kept by the watch task ([`crate::deadlines`]).
+    pub alarms: RwLock<crate::deadlines::PeerAlarms>,
     /// Bit `p` set: envelopes of precedence `p` were written for this peer.
     written: AtomicU8,
     pub wake: Notify,
@@ -70,6 +84,7 @@ impl PeerTable {
             key,
             addrs,
             status: RwLock::new(LinkStatus::default()),
+            alarms: RwLock::new(Default::default()),
             written: AtomicU8::new(0),
             wake: Notify::new(),
         });

@@ -93,6 +93,11 @@ enum Command {
         name: String,
         key: PartyKey,
     },
+    /// Record deadlines missed (durable when the reply comes).
+    Misses(
+        Vec<detente_store::MissRow>,
+        oneshot::Sender<Result<(), WriteError>>,
+    ),
     /// Add (or replace) a glossary term of a channel.
     Glossary(
         detente_store::GlossaryRow,
@@ -166,6 +171,16 @@ impl WriterHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Glossary(row, reply))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Record deadlines missed; durable when this returns Ok.
+    pub async fn record_misses(&self, rows: Vec<detente_store::MissRow>) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Misses(rows, reply))
             .await
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
@@ -312,6 +327,7 @@ impl Writer {
         let mut staged = Staged::default();
         let mut sends = Vec::new();
         let mut receives = Vec::new();
+        let mut misses = Vec::new();
         let mut glossary_replies = Vec::new();
         for command in commands {
             match command {
@@ -333,6 +349,10 @@ impl Writer {
                 Command::Glossary(row, reply) => {
                     batch.glossary.push(row);
                     glossary_replies.push(reply);
+                }
+                Command::Misses(rows, reply) => {
+                    batch.misses.extend(rows);
+                    misses.push(reply);
                 }
                 Command::AddPeer { name, key } => {
                     if let Err(e) = self.load_peer(&name, key).await {
@@ -372,6 +392,12 @@ impl Writer {
         }
         for reply in glossary_replies {
             let _ = reply.send(failure.clone().map_or(Ok(()), Err));
+        }
+        for reply in misses {
+            let _ = reply.send(match &failure {
+                Some(f) => Err(f.clone()),
+                None => Ok(()),
+            });
         }
         if failure.is_none() {
             for (peer, precedence) in staged.written {

@@ -621,6 +621,14 @@ async fn equivocation_on_a_used_seq_is_refused_conflict() {
     .await;
     let row = h.fake_message_at(1).await.expect("the original stays");
     assert_eq!(row.id, chain[0].id().0);
+    // It raised the equivocation alarm (and its hooks).
+    let alarms = h.node.shared.events.metrics().alarms();
+    assert!(
+        alarms
+            .iter()
+            .any(|(name, n)| *name == "equivocation" && *n >= 1),
+        "{alarms:?}"
+    );
 
     h.accepts(&mut peer, &chain[1], 2).await;
     h.stop().await;

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod charter;
+pub mod deadline;
 pub mod envelope;
 pub mod error;
 pub mod frame;
@@ -15,6 +16,7 @@ pub mod sched;
 pub mod stream;
 
 pub use charter::{Charter, CharterError, Deadlines, FormatRef, Member, Terms};
+pub use deadline::{LineVerdict, LinkTest, Need, Side, Verdict};
 pub use envelope::{
     Body, ChannelId, Envelope, EnvelopeError, FieldValue, MessageId, NotificationBody, Precedence,
     Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,

@@ -151,6 +151,8 @@ pub struct WriteBatch {
     /// Remove outbox rows of `peer` with `seq <= hwm` (the peer holds them durably, in
     /// order). Idempotent.
     pub prune: Vec<(String, u64)>,
+    /// Deadlines missed. Idempotent per (id, level): the first one wins.
+    pub misses: Vec<MissRow>,
     /// Glossary terms to add (or replace, per peer, term and language pair).
     pub glossary: Vec<GlossaryRow>,
 }
@@ -166,6 +168,33 @@ pub struct GlossaryRow {
     pub added_at_ms: i64,
 }
 
+/// "Message `id` missed its deadline for receipt `level` (0 delivered, 2 acknowledged),
+/// due at `due_at_ms`, noticed at `missed_at_ms`" (this node's wall clock, for display).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissRow {
+    pub id: Hash32,
+    pub level: u8,
+    pub due_at_ms: i64,
+    pub missed_at_ms: i64,
+}
+
+/// A message that may still owe a receipt by a deadline: text or notification with no
+/// acknowledged or declined receipt (whether or not a deadline was already recorded missed:
+/// an overdue message stays watched until its answer comes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlineCandidate {
+    pub id: Hash32,
+    pub peer: String,
+    pub seq: u64,
+    pub direction: Direction,
+    pub precedence: u8,
+    pub kind: u8,
+    pub created_at_ms: i64,
+    pub stored_at_ms: i64,
+    /// Deadline levels already recorded missed.
+    pub missed: Vec<u8>,
+}
+
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
@@ -175,6 +204,7 @@ impl WriteBatch {
             && self.delivered.is_empty()
             && self.receipts.is_empty()
             && self.prune.is_empty()
+            && self.misses.is_empty()
             && self.glossary.is_empty()
     }
 }
@@ -299,6 +329,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<GlossaryRow>>> + Send;
 
     fn message_count(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Messages that may still owe a receipt by a deadline (see [`DeadlineCandidate`]), at
+    /// most `limit`, the newest first.
+    fn deadline_candidates(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeadlineCandidate>>> + Send;
+
+    /// Deadlines recorded missed for a message, by level.
+    fn misses(&self, id: Hash32) -> impl Future<Output = Result<Vec<MissRow>>> + Send;
 
     /// Envelopes of body `kind` exchanged with `peer` (both directions), oldest first by
     /// `seq` within each direction, at most `limit` per direction, the newest kept. Served by a partial

@@ -24,9 +24,9 @@ use sqlx::sqlite::{
 use sqlx::{Decode, QueryBuilder, Row, Type};
 
 use crate::{
-    DeliveredRange, Direction, GlossaryRow, Hash32, InboxQuery, MessageRow, OutboxCounts,
-    OutboxRow, Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError,
-    StreamRow, WriteBatch,
+    DeadlineCandidate, DeliveredRange, Direction, GlossaryRow, Hash32, InboxQuery, MessageRow,
+    MissRow, OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, Result,
+    Store, StoreError, StreamRow, WriteBatch,
 };
 
 /// How long a connection waits for a lock held by another process (a backup tool, the
@@ -165,6 +165,7 @@ impl SqliteStore {
         mark_delivered(conn, &batch.delivered).await?;
         insert_receipts(conn, &batch.receipts).await?;
         prune(conn, &batch.prune).await?;
+        insert_misses(conn, &batch.misses).await?;
         upsert_glossary(conn, &batch.glossary).await?;
 
         // Any early return above drops `tx`, which rolls the whole batch back.
@@ -335,6 +336,68 @@ impl Store for SqliteStore {
         // Fetched newest first so LIMIT keeps the newest; shown oldest first.
         messages.reverse();
         Ok(messages)
+    }
+
+    async fn deadline_candidates(&self, limit: u32) -> Result<Vec<DeadlineCandidate>> {
+        let rows = sqlx::query(
+            r#"SELECT m.id, m.peer, m.seq, m.direction, m.precedence, m.kind, m.created_at_ms,
+                      m.stored_at_ms,
+                      (SELECT group_concat(d.level) FROM deadline_misses d WHERE d.id = m.id)
+                          AS missed
+               FROM messages m
+               WHERE m.kind IN (0, 4)
+                 AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r."of" = m.id AND r.level IN (2, 3))
+               ORDER BY m.created_at_ms DESC LIMIT ?"#,
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let direction: i64 = get(row, "messages", "direction")?;
+                let missed: Option<String> = get(row, "messages", "missed")?;
+                Ok(DeadlineCandidate {
+                    id: hash(row, "messages", "id")?,
+                    peer: get(row, "messages", "peer")?,
+                    seq: uint(row, "messages", "seq")?,
+                    direction: if direction == 0 {
+                        Direction::Out
+                    } else {
+                        Direction::In
+                    },
+                    precedence: u8::try_from(get::<i64>(row, "messages", "precedence")?)
+                        .unwrap_or(u8::MAX),
+                    kind: u8::try_from(get::<i64>(row, "messages", "kind")?).unwrap_or(u8::MAX),
+                    created_at_ms: get(row, "messages", "created_at_ms")?,
+                    stored_at_ms: get(row, "messages", "stored_at_ms")?,
+                    missed: missed
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter_map(|l| l.trim().parse().ok())
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    async fn misses(&self, id: Hash32) -> Result<Vec<MissRow>> {
+        let rows = sqlx::query(
+            "SELECT level, due_at_ms, missed_at_ms FROM deadline_misses WHERE id = ? ORDER BY level",
+        )
+        .bind(id.as_slice())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(MissRow {
+                    id,
+                    level: u8::try_from(get::<i64>(row, "deadline_misses", "level")?)
+                        .unwrap_or(u8::MAX),
+                    due_at_ms: get(row, "deadline_misses", "due_at_ms")?,
+                    missed_at_ms: get(row, "deadline_misses", "missed_at_ms")?,
+                })
+            })
+            .collect()
     }
 
     async fn messages_of_kind(&self, peer: &str, kind: u8, limit: u32) -> Result<Vec<MessageRow>> {
@@ -729,6 +792,23 @@ async fn upsert_glossary(conn: &mut SqliteConnection, rows: &[GlossaryRow]) -> R
         .bind(r.added_at_ms)
         .execute(&mut *conn)
         .await?;
+    }
+    Ok(())
+}
+
+async fn insert_misses(conn: &mut SqliteConnection, rows: &[MissRow]) -> Result<()> {
+    for chunk in pow2_chunks(rows, CHUNK_ROWS_MAX) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO deadline_misses (id, level, due_at_ms, missed_at_ms) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.id.as_slice())
+                .push_bind(i64::from(r.level))
+                .push_bind(r.due_at_ms)
+                .push_bind(r.missed_at_ms);
+        });
+        qb.push(" ON CONFLICT (id, level) DO NOTHING");
+        qb.build().execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -6,8 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use detente_store::{
-    DeliveredRange, Direction, Hash32, InboxQuery, MessageRow, OutboxCounts, OutboxRow, Placement,
-    ReceiptLevel, ReceiptRow, ReceiptTimes, SqliteStore, Store, StoreError, StreamRow, WriteBatch,
+    DeliveredRange, Direction, Hash32, InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow,
+    Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, SqliteStore, Store, StoreError, StreamRow,
+    WriteBatch,
 };
 
 const CHANNEL_A: Hash32 = [0xa0; 32];
@@ -1115,6 +1116,92 @@ async fn messages_of_kind_lists_one_peer_both_directions_newest_kept() {
         .await
         .expect("query")
         .is_empty());
+}
+
+/// Deadline misses: recorded once per (message, level), kept across reopening, and the
+/// candidates for deadlines are exactly the text messages not yet answered (receipts, tests
+/// and answered messages owe nothing), with the levels already missed.
+#[tokio::test]
+async fn deadline_misses_and_candidates() {
+    let db = open_temp().await;
+    let s = &db.store;
+    let answered = msg("alice", Direction::Out, 1, 1_000);
+    let overdue = msg("alice", Direction::Out, 2, 2_000);
+    let pending = msg("alice", Direction::In, 1, 3_000);
+    let declined = msg("alice", Direction::In, 2, 3_500);
+    let receipt_row = MessageRow {
+        kind: 1,
+        ..msg("alice", Direction::In, 3, 4_000)
+    };
+    let test_row = MessageRow {
+        kind: 2,
+        ..msg("alice", Direction::Out, 3, 5_000)
+    };
+    let miss = |m: &MessageRow, level: u8, due: i64| MissRow {
+        id: m.id,
+        level,
+        due_at_ms: due,
+        missed_at_ms: due + 3,
+    };
+    s.commit(WriteBatch {
+        messages: vec![
+            answered.clone(),
+            overdue.clone(),
+            pending.clone(),
+            declined.clone(),
+            receipt_row,
+            test_row,
+        ],
+        receipts: vec![
+            receipt(answered.id, ReceiptLevel::Acknowledged, 1_500, None),
+            receipt(declined.id, ReceiptLevel::Declined, 3_600, Some("no")),
+            receipt(pending.id, ReceiptLevel::Read, 3_100, None),
+        ],
+        misses: vec![miss(&overdue, 0, 2_010), miss(&overdue, 2, 2_600)],
+        ..WriteBatch::default()
+    })
+    .await
+    .expect("commit");
+    // The first miss per (id, level) wins.
+    s.commit(WriteBatch {
+        misses: vec![miss(&overdue, 2, 9_999)],
+        ..WriteBatch::default()
+    })
+    .await
+    .expect("idempotent");
+    assert!(s
+        .commit(WriteBatch {
+            misses: vec![miss(&overdue, 1, 1)],
+            ..WriteBatch::default()
+        })
+        .await
+        .is_err());
+
+    let misses = s.misses(overdue.id).await.unwrap();
+    assert_eq!(
+        misses,
+        vec![miss(&overdue, 0, 2_010), miss(&overdue, 2, 2_600)]
+    );
+    assert!(s.misses(pending.id).await.unwrap().is_empty());
+
+    let candidates = s.deadline_candidates(100).await.unwrap();
+    let ids: Vec<Hash32> = candidates.iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![pending.id, overdue.id], "newest first");
+    let o = &candidates[1];
+    assert_eq!(o.missed, vec![0, 2]);
+    assert_eq!(
+        (o.direction, o.seq, o.created_at_ms),
+        (Direction::Out, 2, 2_000)
+    );
+    assert!(candidates[0].missed.is_empty());
+    assert_eq!(s.deadline_candidates(1).await.unwrap().len(), 1);
+
+    // Reopened, everything is still there.
+    let path = db.path.clone();
+    s.close().await;
+    let again = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(again.misses(overdue.id).await.unwrap().len(), 2);
+    assert_eq!(again.deadline_candidates(100).await.unwrap().len(), 2);
 }
 
 #[tokio::test]

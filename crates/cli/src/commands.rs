@@ -215,9 +215,13 @@ async fn wait_for_signal() {
 
 pub struct SendOptions {
     pub to: String,
-    pub precedence: String,
-    pub topic: String,
-    pub text: String,
+    pub precedence: Option<String>,
+    pub topic: Option<String>,
+    pub text: Option<String>,
+    pub format: Option<String>,
+    pub format_version: Option<u32>,
+    /// `KEY=VALUE` or `KEY@LANG=TEXT`.
+    pub fields: Vec<String>,
     pub lang: Option<String>,
     pub translations: Vec<String>,
     pub reply_to: Option<String>,
@@ -227,6 +231,10 @@ pub struct SendOptions {
 }
 
 pub async fn send(dir: &Path, o: SendOptions) -> Outcome {
+    if o.format.is_none() && !o.fields.is_empty() {
+        return Err(Failure::usage("--field needs --format ID")
+            .hint("see the formats with: detente formats list"));
+    }
     let client = Client::for_dir(dir)?;
     let mut translations = Vec::new();
     for t in &o.translations {
@@ -235,8 +243,14 @@ pub async fn send(dir: &Path, o: SendOptions) -> Outcome {
             .ok_or_else(|| Failure::usage(format!("--translation {t:?}: write it as LANG=TEXT")))?;
         translations.push(json!([lang, text]));
     }
+    let fields = o
+        .fields
+        .iter()
+        .map(|f| crate::formats_cmd::parse_field(f))
+        .collect::<Result<Vec<_>, _>>()?;
     let body = json!({
         "to": o.to, "precedence": o.precedence, "topic": o.topic, "text": o.text,
+        "format": o.format, "format_version": o.format_version, "fields": fields,
         "lang": o.lang, "translations": translations, "reply_to": o.reply_to,
     });
     let mut sent = client.post("/api/v1/messages", &body).await?;

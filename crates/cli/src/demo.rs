@@ -148,6 +148,7 @@ async fn story(w: &mut ProcNode, b: &mut ProcNode) -> Outcome {
             .map_or("?".into(), |r| format!("{r:.2}"))
     ));
     crate::demo_charter::show_agreed(&wc, &bc, START_TIMEOUT).await?;
+    crate::demo_formats::run(&wc, &bc).await?;
 
     step(
         3,

@@ -11,6 +11,8 @@ pub mod demo;
 pub mod demo_charter;
 pub mod demo_console;
 pub mod demo_deadlines;
+pub mod demo_formats;
+pub mod formats_cmd;
 pub mod harness;
 pub mod hook_sink;
 pub mod screenshots;

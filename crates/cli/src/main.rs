@@ -5,7 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-use detente::{bench, charter, commands, demo, screenshots, users, Outcome};
+use detente::{bench, charter, commands, demo, formats_cmd, screenshots, users, Outcome};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,12 +95,25 @@ enum Command {
         dir: PathBuf,
         #[arg(long)]
         to: String,
-        #[arg(long, default_value = "routine")]
-        precedence: String,
-        #[arg(long, default_value = "general")]
-        topic: String,
+        /// flash, immediate, priority or routine (routine for text; the format's default
+        /// for a notification).
         #[arg(long)]
-        text: String,
+        precedence: Option<String>,
+        /// general for text; the format's topic for a notification.
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long, required_unless_present = "format", conflicts_with = "format")]
+        text: Option<String>,
+        /// Send a structured notification in this format (see `detente formats list`).
+        #[arg(long)]
+        format: Option<String>,
+        /// The format's version (its latest by default).
+        #[arg(long, requires = "format")]
+        format_version: Option<u32>,
+        /// A field of the notification, KEY=VALUE; KEY@LANG=TEXT adds a courtesy
+        /// translation of a free-text field (repeatable).
+        #[arg(long = "field", requires = "format")]
+        fields: Vec<String>,
         /// Language of the text (the node's language by default).
         #[arg(long)]
         lang: Option<String>,
@@ -137,6 +150,16 @@ enum Command {
         /// Keep printing new messages as they arrive.
         #[arg(long)]
         follow: bool,
+    },
+    /// The notification formats this build holds.
+    Formats {
+        #[command(subcommand)]
+        command: FormatsCommand,
+    },
+    /// A channel's glossary of agreed bilingual terms.
+    Glossary {
+        #[command(subcommand)]
+        command: GlossaryCommand,
     },
     /// Answer a received message with a signed receipt.
     Ack {
@@ -266,6 +289,49 @@ enum UserCommand {
 }
 
 #[derive(Subcommand)]
+enum FormatsCommand {
+    /// Every format: id, version, default precedence and topic, title.
+    List {
+        #[arg(long, default_value = "en")]
+        lang: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A format's fields, types, constraints and rules.
+    Show {
+        id: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long, default_value = "en")]
+        lang: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GlossaryCommand {
+    /// Add an agreed pair of terms: --term LANG=TERM --term LANG=TERM.
+    Add {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        peer: String,
+        #[arg(long = "term", required = true)]
+        terms: Vec<String>,
+    },
+    /// The channel's terms.
+    List {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Print one value, or all of them.
     Get {
@@ -373,6 +439,9 @@ async fn run(command: Command) -> Outcome {
             precedence,
             topic,
             text,
+            format,
+            format_version,
+            fields,
             lang,
             translations,
             reply_to,
@@ -385,6 +454,9 @@ async fn run(command: Command) -> Outcome {
                 precedence,
                 topic,
                 text,
+                format,
+                format_version,
+                fields,
                 lang,
                 translations,
                 reply_to,
@@ -412,6 +484,24 @@ async fn run(command: Command) -> Outcome {
             json,
         } => commands::ack(&dir, &id, &level, note, json).await,
         Command::Status { dir, json } => commands::status(&dir, json).await,
+        Command::Formats {
+            command: FormatsCommand::List { lang, json },
+        } => formats_cmd::list(&lang, json),
+        Command::Formats {
+            command:
+                FormatsCommand::Show {
+                    id,
+                    version,
+                    lang,
+                    json,
+                },
+        } => formats_cmd::show(&id, version, &lang, json),
+        Command::Glossary {
+            command: GlossaryCommand::Add { dir, peer, terms },
+        } => formats_cmd::glossary_add(&dir, &peer, &terms).await,
+        Command::Glossary {
+            command: GlossaryCommand::List { dir, peer, json },
+        } => formats_cmd::glossary_list(&dir, &peer, json).await,
         Command::Charter { dir, peer, json } => charter::show(&dir, &peer, json).await,
         Command::Counterpart {
             command: CounterpartCommand::Add { dir, ours, theirs },

@@ -180,6 +180,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/messages/{id}/receipts", post(receipt))
         .route("/peers/{name}/reload", post(reload_peer))
         .route("/metrics", get(crate::metrics::exposition))
+        .route("/glossary", get(glossary_list).post(glossary_add))
         .route("/peers/{name}/charter", get(peer_charter))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     Router::new()
@@ -358,7 +359,17 @@ pub struct SendBody {
     pub precedence: Option<String>,
     #[serde(default)]
     pub topic: Option<String>,
-    pub text: String,
+    /// Free text; or leave it out and give `format` and `fields`.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// A structured notification: the format id (see `detente formats list`).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// The format's version; its latest by default.
+    #[serde(default)]
+    pub format_version: Option<u32>,
+    #[serde(default)]
+    pub fields: Vec<crate::notify::FieldInput>,
     /// Language of the text; the node's language by default.
     #[serde(default)]
     pub lang: Option<String>,
@@ -390,10 +401,70 @@ impl From<crate::writer::Sent> for SentJson {
     }
 }
 
+/// The envelope body of a send: free text, or a notification validated against its format
+/// (and the peer's charter) before anything is stored. Also the default precedence and
+/// topic (the format's, for a notification).
+fn request_body(
+    shared: &Shared,
+    body: &SendBody,
+    lang: &str,
+) -> Result<(Body, Precedence, String), ApiError> {
+    let unprocessable = |e: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e);
+    match (&body.text, &body.format) {
+        (Some(text), None) => Ok((
+            Body::Text(TextBody {
+                language: body.lang.clone().unwrap_or_else(|| lang.to_string()),
+                text: text.clone(),
+                translations: body.translations.clone(),
+            }),
+            Precedence::Routine,
+            "general".to_string(),
+        )),
+        (None, Some(id)) => {
+            let def = crate::notify::format(id, body.format_version).map_err(|e| {
+                unprocessable(e.to_string()).hint("see the formats with: detente formats list")
+            })?;
+            let text_lang = body.lang.clone().unwrap_or_else(|| lang.to_string());
+            let notification = crate::notify::build(def, &body.fields, &text_lang, now_ms())
+                .map_err(|e| {
+                    unprocessable(e.to_string()).hint(format!(
+                        "see the fields and rules with: detente formats show {}",
+                        def.id
+                    ))
+                })?;
+            // The fields are checked first, so an operator learns of every mistake of theirs
+            // even before the channel is agreed. (An unknown peer is the writer's error.)
+            if shared.table.get(&body.to).is_some() {
+                crate::notify::check_peer_holds(shared, &body.to, def).map_err(|e| {
+                    unprocessable(e).hint(format!(
+                        "both nodes must hold the same definition; see the agreed formats with: detente charter --dir DIR --peer {}",
+                        body.to
+                    ))
+                })?;
+            }
+            let precedence = Precedence::parse(&def.precedence).unwrap_or(Precedence::Routine);
+            Ok((
+                Body::Notification(notification),
+                precedence,
+                def.topic.clone(),
+            ))
+        }
+        (Some(_), Some(_)) => Err(unprocessable(
+            "give either text or a format, not both".into(),
+        )),
+        (None, None) => Err(unprocessable("nothing to send".into())
+            .hint("give --text TEXT, or --format ID with --field KEY=VALUE ...")),
+    }
+}
+
 pub(crate) fn build_request(shared: &Shared, body: SendBody) -> Result<SendRequest, ApiError> {
-    let config = shared.config.read().map_err(|_| internal())?;
+    let (lang, author) = {
+        let config = shared.config.read().map_err(|_| internal())?;
+        (config.lang.clone(), config.author.clone())
+    };
+    let (message, default_precedence, default_topic) = request_body(shared, &body, &lang)?;
     let precedence = match body.precedence.as_deref() {
-        None => Precedence::Routine,
+        None => default_precedence,
         Some(p) => Precedence::parse(p).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -414,14 +485,10 @@ pub(crate) fn build_request(shared: &Shared, body: SendBody) -> Result<SendReque
     Ok(SendRequest {
         peer: body.to,
         precedence,
-        topic: body.topic.unwrap_or_else(|| "general".into()),
-        author: body.author.unwrap_or_else(|| config.author.clone()),
+        topic: body.topic.unwrap_or(default_topic),
+        author: body.author.unwrap_or(author),
         in_reply_to,
-        body: Body::Text(TextBody {
-            language: body.lang.unwrap_or_else(|| config.lang.clone()),
-            text: body.text,
-            translations: body.translations,
-        }),
+        body: message,
     })
 }
 
@@ -447,6 +514,105 @@ async fn send(
     audit_api(&shared, &caller, "send", &detail).await;
     let json = SentJson::from(sent);
     Ok((StatusCode::CREATED, Json(json)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct GlossaryQuery {
+    peer: String,
+}
+
+fn known_peer(shared: &Shared, peer: &str) -> Result<(), ApiError> {
+    if shared.table.get(peer).is_none() {
+        return Err(
+            ApiError::new(StatusCode::NOT_FOUND, format!("peer {peer:?} is not known"))
+                .hint("add it with: detente peer add --name NAME --key KEY --addr HOST:PORT"),
+        );
+    }
+    Ok(())
+}
+
+async fn glossary_list(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<GlossaryQuery>,
+) -> ApiResult {
+    known_peer(&shared, &q.peer)?;
+    let rows = shared
+        .store
+        .glossary(&q.peer, crate::notify::GLOSSARY_TERMS_MAX)
+        .await?;
+    let out: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            json!({
+                "peer": r.peer,
+                "lang_a": r.lang_a,
+                "term_a": r.term_a,
+                "lang_b": r.lang_b,
+                "term_b": r.term_b,
+                "added_at": time_text(r.added_at_ms),
+            })
+        })
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct GlossaryBody {
+    peer: String,
+    lang_a: String,
+    term_a: String,
+    lang_b: String,
+    term_b: String,
+}
+
+/// Add an agreed pair of terms to the channel's glossary (replacing an earlier equivalent
+/// of the same term in the same languages).
+async fn glossary_add(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<GlossaryBody>,
+) -> ApiResult {
+    known_peer(&shared, &body.peer)?;
+    let bad = |e: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+    let tag_ok = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 35
+            && t.split('-')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+    };
+    let term_ok = |t: &str| {
+        !t.trim().is_empty()
+            && t.len() <= detente_formats::render::GLOSSARY_TERM_BYTES_MAX
+            && !t.chars().any(char::is_control)
+    };
+    if !tag_ok(&body.lang_a) || !tag_ok(&body.lang_b) || body.lang_a == body.lang_b {
+        return Err(bad("two different language tags, such as en and zh-CN"));
+    }
+    if !term_ok(&body.term_a) || !term_ok(&body.term_b) {
+        return Err(bad(
+            "each term is 1 to 200 bytes of text without control characters",
+        ));
+    }
+    let count = shared
+        .store
+        .glossary(&body.peer, crate::notify::GLOSSARY_TERMS_MAX + 1)
+        .await?
+        .len();
+    if count >= crate::notify::GLOSSARY_TERMS_MAX as usize {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the glossary is full (1000 terms)",
+        ));
+    }
+    let row = detente_store::GlossaryRow {
+        peer: body.peer,
+        lang_a: body.lang_a,
+        term_a: body.term_a,
+        lang_b: body.lang_b,
+        term_b: body.term_b,
+        added_at_ms: now_ms() as i64,
+    };
+    shared.writer.add_glossary(row).await?;
+    Ok((StatusCode::CREATED, Json(json!({"ok": true}))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -754,9 +920,9 @@ pub(crate) async fn message_json(
     row: &MessageRow,
     lang: Option<&str>,
 ) -> Result<Value, ApiError> {
-    let (my_name, node_lang) = {
+    let (my_name, node_lang, tz) = {
         let c = shared.config.read().map_err(|_| internal())?;
-        (c.name.clone(), c.lang.clone())
+        (c.name.clone(), c.lang.clone(), c.tz.clone())
     };
     let lang = lang.unwrap_or(&node_lang);
     // Stored bytes were verified before they were stored; decoding them again is a check.
@@ -773,7 +939,15 @@ pub(crate) async fn message_json(
         Direction::In => Some(row.stored_at_ms),
         Direction::Out => times.delivered_ms,
     };
+    let (mut format, mut fields) = (Value::Null, Value::Null);
     let (text, language, translations, rendered, target) = match &e.body {
+        Body::Notification(n) => {
+            let glossary = crate::notify::glossary(shared, &row.peer).await?;
+            format = Value::String(n.format.clone());
+            fields = crate::notify::fields_json(n);
+            let shown = crate::notify::render(n, e.created_at_ms, lang, &tz, &glossary);
+            (Value::Null, Value::Null, json!([]), shown, Value::Null)
+        }
         Body::Text(t) => {
             let shown = t
                 .translations
@@ -877,8 +1051,8 @@ pub(crate) async fn message_json(
         "text": text,
         "language": language,
         "translations": translations,
-        "format": Value::Null,
-        "fields": Value::Null,
+        "format": format,
+        "fields": fields,
         "rendered": rendered,
         "target": target,
         "received_at": if row.direction == Direction::In { Value::String(time_text(row.stored_at_ms)) } else { Value::Null },

@@ -17,6 +17,7 @@ pub mod events;
 pub mod hooks;
 pub mod link;
 pub mod metrics;
+pub mod notify;
 pub mod peers;
 pub mod tls;
 pub mod writer;
@@ -165,18 +166,7 @@ impl Node {
             token,
             peer_addr,
             console_addr,
-            // The built-in notification catalogue: every node built from the same source holds
-            // byte-identical definitions, so both sides' charters list the same formats.
-            formats: std::sync::RwLock::new(
-                detente_formats::builtin_held()
-                    .into_iter()
-                    .map(|f| detente_proto::FormatRef {
-                        id: f.id,
-                        version: f.version,
-                        digest: f.digest,
-                    })
-                    .collect(),
-            ),
+            formats: std::sync::RwLock::new(notify::held_formats()),
             charters: charter::Charters::default(),
             console: console::ConsoleState::new(),
             incoming: Mutex::new(HashMap::new()),

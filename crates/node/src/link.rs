@@ -635,6 +635,19 @@ async fn receive_pipeline(
         .unwrap_or_default();
         let mut valid = Vec::with_capacity(decoded.len());
         for item in decoded {
+            // A notification must be one this node can read: a held format, canonical and
+            // valid values. Otherwise it is refused like a bad signature, nothing stored.
+            let item = item
+                .map_err(|e| e.to_string())
+                .and_then(|v| match &v.envelope().body {
+                    detente_proto::Body::Notification(n) => {
+                        match crate::notify::check(n, v.envelope().created_at_ms) {
+                            Ok(_) => Ok(v),
+                            Err(e) => Err(format!("seq {}: {e}", v.envelope().seq)),
+                        }
+                    }
+                    _ => Ok(v),
+                });
             match item {
                 Ok(v) => valid.push(v),
                 Err(e) => {
@@ -643,7 +656,7 @@ async fn receive_pipeline(
                     let refuse = Frame::Refuse {
                         seq: 0,
                         code: RefuseCode::Invalid,
-                        reason: e.to_string(),
+                        reason: e,
                     };
                     if control.send(Control::Send(refuse)).await.is_err() {
                         return;

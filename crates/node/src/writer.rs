@@ -98,6 +98,11 @@ enum Command {
         Vec<detente_store::MissRow>,
         oneshot::Sender<Result<(), WriteError>>,
     ),
+    /// Add (or replace) a glossary term of a channel.
+    Glossary(
+        detente_store::GlossaryRow,
+        oneshot::Sender<Result<(), WriteError>>,
+    ),
 }
 
 /// A handle to queue commands for the writer.
@@ -159,6 +164,16 @@ impl WriterHandle {
                 hwm,
             })
             .await;
+    }
+
+    /// Add a glossary term; durable when this returns.
+    pub async fn add_glossary(&self, row: detente_store::GlossaryRow) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Glossary(row, reply))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
     }
 
     /// Record deadlines missed; durable when this returns Ok.
@@ -313,6 +328,7 @@ impl Writer {
         let mut sends = Vec::new();
         let mut receives = Vec::new();
         let mut misses = Vec::new();
+        let mut glossary_replies = Vec::new();
         for command in commands {
             match command {
                 Command::Send(request, reply) => {
@@ -330,6 +346,10 @@ impl Writer {
                     receives.push((result, reply));
                 }
                 Command::Prune { peer, hwm } => batch.prune.push((peer, hwm)),
+                Command::Glossary(row, reply) => {
+                    batch.glossary.push(row);
+                    glossary_replies.push(reply);
+                }
                 Command::Misses(rows, reply) => {
                     batch.misses.extend(rows);
                     misses.push(reply);
@@ -369,6 +389,9 @@ impl Writer {
                 Some(f) => Err(f.clone()),
                 None => result,
             });
+        }
+        for reply in glossary_replies {
+            let _ = reply.send(failure.clone().map_or(Ok(()), Err));
         }
         for reply in misses {
             let _ = reply.send(match &failure {

@@ -1132,3 +1132,57 @@ async fn charter_terms_from_the_peer_are_checked_and_only_a_charter_both_signed_
     assert_eq!(h.node.shared.charters.get("fake").version, 1);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_in_a_format_not_held_or_with_a_bad_field_is_refused_invalid() {
+    use detente_proto::{FieldValue, NotificationBody};
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+
+    let typed = |k: &str, v: &str| (k.to_string(), FieldValue::Typed(v.to_string()));
+    let mut unknown = h.envelope(2, chain[0].id(), "");
+    unknown.body = Body::Notification(NotificationBody {
+        format: "warp-drive".into(),
+        version: 1,
+        fields: vec![typed("speed", "9")],
+    });
+    let unknown = h.sign(unknown);
+    h.refuses(
+        &mut peer,
+        unknown.bytes(),
+        0,
+        RefuseCode::Invalid,
+        "not held by this node",
+    )
+    .await;
+
+    // A launch whose count is 0 (created 2023-11-14; the window a year later).
+    let mut bad = h.envelope(2, chain[0].id(), "");
+    bad.body = Body::Notification(NotificationBody {
+        format: "launch".into(),
+        version: 1,
+        fields: vec![
+            typed("category", "icbm"),
+            typed("count", "0"),
+            typed("impact_area", "circle:10,170,50"),
+            typed("launch_area", "circle:40,-100,25"),
+            typed("window_end", "2024-11-14T14:00:00Z"),
+            typed("window_start", "2024-11-14T10:00:00Z"),
+        ],
+    });
+    let bad = h.sign(bad);
+    h.refuses(
+        &mut peer,
+        bad.bytes(),
+        0,
+        RefuseCode::Invalid,
+        "field \"count\"",
+    )
+    .await;
+
+    // Nothing of either was stored: the stream goes on at seq 2.
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}

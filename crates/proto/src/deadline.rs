@@ -55,10 +55,11 @@ impl Need {
     }
 }
 
-/// Body kinds that bind people to a deadline: text (0) and notifications (3). Receipts are
-/// never receipted, and link tests are the machine's business (see [`LinkTest`]).
+/// Body kinds that bind people to a deadline: text (0) and notifications
+/// ([`crate::envelope::KIND_NOTIFICATION`], 4). Receipts are never receipted, and link
+/// tests are the machine's business (see [`LinkTest`]).
 pub fn bears_deadline(kind: u8) -> bool {
-    kind == 0 || kind == 3
+    kind == 0 || kind == crate::envelope::KIND_NOTIFICATION
 }
 
 /// The deadlines a message carries on one side: `(need, time after its start)`, earliest

@@ -41,6 +41,16 @@ pub mod limits {
     /// Latest creation time, in milliseconds since the Unix epoch (2^48: the year 10889);
     /// keeps every time representable as a signed 64-bit number everywhere it is stored.
     pub const CREATED_AT_MS_MAX: u64 = 1 << 48;
+    /// A notification's format id.
+    pub const FORMAT_ID_BYTES_MAX: usize = 32;
+    /// Fields in one notification.
+    pub const NOTIFICATION_FIELDS_MAX: usize = 32;
+    /// A notification field's key.
+    pub const FIELD_KEY_BYTES_MAX: usize = 32;
+    /// A typed field value in its canonical text form (a 64-vertex polygon fits).
+    pub const FIELD_VALUE_BYTES_MAX: usize = 4096;
+    /// A free-text field value (and each of its courtesy translations).
+    pub const FIELD_TEXT_BYTES_MAX: usize = 8192;
 }
 
 /// Envelope format version carried in every payload.
@@ -229,7 +239,25 @@ pub struct Receipt {
     pub note: Option<String>,
 }
 
-/// The body kinds of this version. Later versions add notifications, charters, checkpoints.
+/// One field value of a notification: a typed value in its canonical text form (checked
+/// against the format by the formats crate), or free text that carries its language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldValue {
+    Typed(String),
+    Text(TextBody),
+}
+
+/// A structured notification: format id and version, and the fields sorted by key (each key
+/// once). The envelope layer checks shape and bounds; the node checks the values against
+/// the format definition before storing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationBody {
+    pub format: String,
+    pub version: u32,
+    pub fields: Vec<(String, FieldValue)>,
+}
+
+/// The body kinds of this version. Later versions add checkpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Text(TextBody),
@@ -238,21 +266,27 @@ pub enum Body {
     Test {
         nonce: [u8; 16],
     },
+    /// A structured notification (tag 4).
+    Notification(NotificationBody),
     /// This party's signature on a channel charter (SPEC §2). The charter is agreed once
     /// every member's stream carries one with the same digest.
     Charter(crate::charter::Charter),
 }
 
-/// Body kind number of a charter (3 to 5 are reserved for notifications and checkpoints).
+/// Body kind number of a notification.
+pub const KIND_NOTIFICATION: u8 = 4;
+/// Body kind number of a charter (3 and 5 are reserved for checkpoints).
 pub const KIND_CHARTER: u8 = 6;
 
 impl Body {
-    /// The kind number stored and listed: 0 text, 1 receipt, 2 test, 6 charter.
+    /// The kind number stored and listed: 0 text, 1 receipt, 2 test, 4 notification,
+    /// 6 charter.
     pub fn kind(&self) -> u8 {
         match self {
             Body::Text(_) => 0,
             Body::Receipt(_) => 1,
             Body::Test { .. } => 2,
+            Body::Notification(_) => KIND_NOTIFICATION,
             Body::Charter(_) => KIND_CHARTER,
         }
     }
@@ -262,6 +296,7 @@ impl Body {
             Body::Text(_) => "text",
             Body::Receipt(_) => "receipt",
             Body::Test { .. } => "test",
+            Body::Notification(_) => "notification",
             Body::Charter(_) => "charter",
         }
     }
@@ -585,10 +620,67 @@ fn check_fields(e: &Envelope) -> Result<()> {
         Body::Text(text) => check_text(text, e.precedence),
         Body::Receipt(receipt) => check_receipt(receipt),
         Body::Test { .. } => Ok(()),
+        Body::Notification(n) => check_notification(n),
         Body::Charter(charter) => charter
             .check()
             .map_err(|e| EnvelopeError::Malformed(format!("charter: {e}"))),
     }
+}
+
+fn check_notification(n: &NotificationBody) -> Result<()> {
+    check_len("format", &n.format, limits::FORMAT_ID_BYTES_MAX)?;
+    if n.format.is_empty()
+        || !n
+            .format
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(EnvelopeError::InvalidField {
+            field: "format",
+            reason: "lowercase letters, digits and '-' only",
+        });
+    }
+    if n.fields.is_empty() || n.fields.len() > limits::NOTIFICATION_FIELDS_MAX {
+        return Err(EnvelopeError::InvalidField {
+            field: "fields",
+            reason: "between 1 and 32 fields",
+        });
+    }
+    for (i, (key, value)) in n.fields.iter().enumerate() {
+        check_len("field key", key, limits::FIELD_KEY_BYTES_MAX)?;
+        if key.is_empty() || (i > 0 && n.fields[i - 1].0 >= *key) {
+            return Err(EnvelopeError::InvalidField {
+                field: "fields",
+                reason: "keys are non-empty, each once, sorted",
+            });
+        }
+        match value {
+            FieldValue::Typed(text) => {
+                check_len("field value", text, limits::FIELD_VALUE_BYTES_MAX)?;
+                check_printable("field value", text)?;
+            }
+            FieldValue::Text(t) => {
+                check_language(&t.language)?;
+                check_len("field text", &t.text, limits::FIELD_TEXT_BYTES_MAX)?;
+                if t.translations.len() > limits::TRANSLATIONS_MAX {
+                    return Err(EnvelopeError::FieldTooLong {
+                        field: "translations",
+                        len: t.translations.len(),
+                        max: limits::TRANSLATIONS_MAX,
+                    });
+                }
+                for (language, translated) in &t.translations {
+                    check_language(language)?;
+                    check_len(
+                        "field translation",
+                        translated,
+                        limits::FIELD_TEXT_BYTES_MAX,
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_text(text: &TextBody, precedence: Precedence) -> Result<()> {
@@ -693,17 +785,40 @@ fn uint(v: u64) -> Value {
     Value::Integer(v.into())
 }
 
+fn translations_value(translations: &[(String, String)]) -> Value {
+    Value::Array(
+        translations
+            .iter()
+            .map(|(l, s)| Value::Array(vec![Value::Text(l.clone()), Value::Text(s.clone())]))
+            .collect(),
+    )
+}
+
 fn encode_payload(e: &Envelope) -> Vec<u8> {
     let body = match &e.body {
         Body::Text(t) => Value::Array(vec![
             uint(0),
             Value::Text(t.language.clone()),
             Value::Text(t.text.clone()),
+            translations_value(&t.translations),
+        ]),
+        Body::Notification(n) => Value::Array(vec![
+            uint(4),
+            Value::Text(n.format.clone()),
+            uint(n.version.into()),
             Value::Array(
-                t.translations
+                n.fields
                     .iter()
-                    .map(|(l, s)| {
-                        Value::Array(vec![Value::Text(l.clone()), Value::Text(s.clone())])
+                    .map(|(key, value)| {
+                        let value = match value {
+                            FieldValue::Typed(text) => Value::Text(text.clone()),
+                            FieldValue::Text(t) => Value::Array(vec![
+                                Value::Text(t.language.clone()),
+                                Value::Text(t.text.clone()),
+                                translations_value(&t.translations),
+                            ]),
+                        };
+                        Value::Array(vec![Value::Text(key.clone()), value])
                     })
                     .collect(),
             ),
@@ -854,9 +969,9 @@ fn decode_body(value: Value) -> Result<Body> {
     let kind = match &value {
         Value::Array(items) => match items.first() {
             Some(Value::Integer(i)) => {
-                u64::try_from(*i).map_err(|_| bad("body kind", "0, 1, 2 or 6"))?
+                u64::try_from(*i).map_err(|_| bad("body kind", "0, 1, 2, 4 or 6"))?
             }
-            _ => return Err(bad("body kind", "0, 1, 2 or 6")),
+            _ => return Err(bad("body kind", "0, 1, 2, 4 or 6")),
         },
         _ => return Err(bad("body", "array")),
     };
@@ -864,25 +979,25 @@ fn decode_body(value: Value) -> Result<Body> {
         0 => {
             let mut items = Items::new(value, "text body", 4)?;
             items.next()?;
-            let language = items.text("language")?;
-            let text = items.text("text")?;
-            let translations = match items.next()? {
-                Value::Array(list) if list.len() <= limits::TRANSLATIONS_MAX => list
+            Ok(Body::Text(decode_text(&mut items)?))
+        }
+        4 => {
+            let mut items = Items::new(value, "notification body", 4)?;
+            items.next()?;
+            let format = items.text("format")?;
+            let version = u32::try_from(items.uint("format version")?)
+                .map_err(|_| bad("format version", "a 32-bit unsigned integer"))?;
+            let fields = match items.next()? {
+                Value::Array(list) if list.len() <= limits::NOTIFICATION_FIELDS_MAX => list
                     .into_iter()
-                    .map(|pair| {
-                        let mut pair = Items::new(pair, "translation", 2)?;
-                        Ok((
-                            pair.text("translation language")?,
-                            pair.text("translation")?,
-                        ))
-                    })
+                    .map(decode_field)
                     .collect::<Result<Vec<_>>>()?,
-                _ => return Err(bad("translations", "an array of at most 4")),
+                _ => return Err(bad("fields", "an array of at most 32")),
             };
-            Ok(Body::Text(TextBody {
-                language,
-                text,
-                translations,
+            Ok(Body::Notification(NotificationBody {
+                format,
+                version,
+                fields,
             }))
         }
         1 => {
@@ -931,8 +1046,46 @@ fn decode_body(value: Value) -> Result<Body> {
                 .map(Body::Charter)
                 .map_err(|e| EnvelopeError::Malformed(format!("charter: {e}")))
         }
-        _ => Err(bad("body kind", "0, 1, 2 or 6")),
+        _ => Err(bad("body kind", "0, 1, 2, 4 or 6")),
     }
+}
+
+/// Language, text and translations: the tail of a text body and a free-text field value.
+fn decode_text(items: &mut Items) -> Result<TextBody> {
+    let language = items.text("language")?;
+    let text = items.text("text")?;
+    let translations = match items.next()? {
+        Value::Array(list) if list.len() <= limits::TRANSLATIONS_MAX => list
+            .into_iter()
+            .map(|pair| {
+                let mut pair = Items::new(pair, "translation", 2)?;
+                Ok((
+                    pair.text("translation language")?,
+                    pair.text("translation")?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => return Err(bad("translations", "an array of at most 4")),
+    };
+    Ok(TextBody {
+        language,
+        text,
+        translations,
+    })
+}
+
+fn decode_field(pair: Value) -> Result<(String, FieldValue)> {
+    let mut pair = Items::new(pair, "notification field", 2)?;
+    let key = pair.text("field key")?;
+    let value = match pair.next()? {
+        Value::Text(text) => FieldValue::Typed(text),
+        free @ Value::Array(_) => {
+            let mut items = Items::new(free, "free-text field", 3)?;
+            FieldValue::Text(decode_text(&mut items)?)
+        }
+        _ => return Err(bad("field value", "text or [language, text, translations]")),
+    };
+    Ok((key, value))
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ pub mod stream;
 pub use charter::{Charter, CharterError, Deadlines, FormatRef, Member, Terms};
 pub use deadline::{LineVerdict, LinkTest, Need, Side, Verdict};
 pub use envelope::{
-    Body, ChannelId, Envelope, EnvelopeError, MessageId, Precedence, Receipt, ReceiptLevel,
-    ReceiptTarget, TextBody, VerifiedEnvelope,
+    Body, ChannelId, Envelope, EnvelopeError, FieldValue, MessageId, NotificationBody, Precedence,
+    Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
 };
 pub use error::KeyError;
 pub use frame::{Frame, FrameError, RefuseCode};

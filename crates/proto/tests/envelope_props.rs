@@ -8,8 +8,8 @@
 
 use detente_proto::envelope::{limits, message_id};
 use detente_proto::{
-    Body, ChannelId, Envelope, EnvelopeError, MessageId, PartyKey, PartySecret, Precedence,
-    Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
+    Body, ChannelId, Envelope, EnvelopeError, FieldValue, MessageId, NotificationBody, PartyKey,
+    PartySecret, Precedence, Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
 };
 use detente_proto::{Charter, Deadlines, FormatRef, Member, Terms};
 use ed25519_dalek::{Signer, Verifier};
@@ -160,6 +160,31 @@ fn encode_payload_into(enc: &mut Enc, e: &Envelope, version: u64) {
             enc.array(2);
             enc.uint(2);
             enc.bytes(nonce);
+        }
+        Body::Notification(n) => {
+            enc.array(4);
+            enc.uint(4);
+            enc.text(&n.format);
+            enc.uint(n.version.into());
+            enc.array(n.fields.len());
+            for (key, value) in &n.fields {
+                enc.array(2);
+                enc.text(key);
+                match value {
+                    FieldValue::Typed(text) => enc.text(text),
+                    FieldValue::Text(t) => {
+                        enc.array(3);
+                        enc.text(&t.language);
+                        enc.text(&t.text);
+                        enc.array(t.translations.len());
+                        for (l, s) in &t.translations {
+                            enc.array(2);
+                            enc.text(l);
+                            enc.text(s);
+                        }
+                    }
+                }
+            }
         }
         Body::Charter(c) => {
             enc.array(2);
@@ -376,8 +401,42 @@ fn arb_receipt() -> impl Strategy<Value = Receipt> {
     prop_oneof![delivered, about_one]
 }
 
+fn arb_notification() -> impl Strategy<Value = Body> {
+    let value = prop_oneof![
+        arb_any_text(200)
+            .prop_map(|t| FieldValue::Typed(t.chars().filter(|c| !c.is_control()).collect())),
+        (
+            arb_language(),
+            arb_text(300),
+            vec(
+                (arb_language(), arb_any_text(100)),
+                0..=limits::TRANSLATIONS_MAX
+            )
+        )
+            .prop_map(|(language, text, translations)| FieldValue::Text(TextBody {
+                language,
+                text,
+                translations,
+            })),
+    ];
+    (
+        "[a-z][a-z0-9-]{0,31}",
+        any::<u32>(),
+        // Few enough fields that the largest values still fit one envelope.
+        prop::collection::btree_map("[a-z_]{1,32}", value, 1..=8),
+    )
+        .prop_map(|(format, version, fields)| {
+            Body::Notification(NotificationBody {
+                format,
+                version,
+                fields: fields.into_iter().collect(),
+            })
+        })
+}
+
 fn arb_body(precedence: Precedence) -> impl Strategy<Value = Body> {
     prop_oneof![
+        arb_notification(),
         arb_text_body(precedence),
         arb_receipt().prop_map(Body::Receipt),
         any::<[u8; 16]>().prop_map(|nonce| Body::Test { nonce }),

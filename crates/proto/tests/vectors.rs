@@ -9,9 +9,9 @@
 
 use detente_proto::envelope::message_id;
 use detente_proto::{
-    fingerprint, Body, ChannelId, Charter, Deadlines, Envelope, FormatRef, Member, MessageId,
-    PartyKey, PartySecret, Precedence, Receipt, ReceiptLevel, ReceiptTarget, Terms, TextBody,
-    VerifiedEnvelope,
+    fingerprint, Body, ChannelId, Charter, Deadlines, Envelope, FieldValue, FormatRef, Member,
+    MessageId, NotificationBody, PartyKey, PartySecret, Precedence, Receipt, ReceiptLevel,
+    ReceiptTarget, Terms, TextBody, VerifiedEnvelope,
 };
 use serde_json::{json, Value};
 
@@ -176,6 +176,36 @@ fn vector_envelopes() -> Vec<(&'static str, [u8; 32], Envelope)> {
         None,
         Body::Charter(vector_charter()),
     ));
+    let typed = |k: &str, v: &str| (k.to_string(), FieldValue::Typed(v.to_string()));
+    ids.push(push(
+        "a5-notification-launch",
+        0,
+        90_000_000,
+        Precedence::Immediate,
+        "launch",
+        "Duty Officer",
+        None,
+        Body::Notification(NotificationBody {
+            format: "launch".into(),
+            version: 1,
+            fields: vec![
+                typed("category", "icbm"),
+                typed("count", "2"),
+                typed("impact_area", "polygon:10,170;12,172;9,174"),
+                typed("launch_area", "circle:40.5,-100.2,25"),
+                (
+                    "remarks".into(),
+                    FieldValue::Text(TextBody {
+                        language: "en".into(),
+                        text: "Scheduled test.".into(),
+                        translations: vec![("zh-CN".into(), "例行试验。".into())],
+                    }),
+                ),
+                typed("window_end", "2026-01-03T14:00:00Z"),
+                typed("window_start", "2026-01-03T10:00:00Z"),
+            ],
+        }),
+    ));
     out
 }
 
@@ -240,6 +270,19 @@ fn envelope_json(e: &Envelope) -> Value {
             v
         }
         Body::Test { nonce } => json!({ "kind": "test", "nonce": hex::encode(nonce) }),
+        Body::Notification(n) => json!({
+            "kind": "notification",
+            "format": n.format,
+            "version": n.version,
+            "fields": n.fields.iter().map(|(k, v)| match v {
+                FieldValue::Typed(text) => json!([k, text]),
+                FieldValue::Text(t) => json!([k, {
+                    "language": t.language,
+                    "text": t.text,
+                    "translations": t.translations.iter().map(|(l, s)| json!([l, s])).collect::<Vec<_>>(),
+                }]),
+            }).collect::<Vec<_>>(),
+        }),
         Body::Charter(c) => json!({
             "kind": "charter",
             "charter_cbor": hex::encode(c.encode()),
@@ -305,6 +348,31 @@ fn envelope_from_json(v: &Value) -> Envelope {
                 .try_into()
                 .unwrap(),
         },
+        "notification" => Body::Notification(NotificationBody {
+            format: text_of(&body["format"]),
+            version: body["version"].as_u64().unwrap() as u32,
+            fields: body["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|pair| {
+                    let value = match &pair[1] {
+                        Value::String(text) => FieldValue::Typed(text.clone()),
+                        free => FieldValue::Text(TextBody {
+                            language: text_of(&free["language"]),
+                            text: text_of(&free["text"]),
+                            translations: free["translations"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|p| (text_of(&p[0]), text_of(&p[1])))
+                                .collect(),
+                        }),
+                    };
+                    (text_of(&pair[0]), value)
+                })
+                .collect(),
+        }),
         "charter" => {
             let c = Charter::decode(&hex::decode(body["charter_cbor"].as_str().unwrap()).unwrap())
                 .unwrap();
@@ -462,7 +530,11 @@ fn envelopes_sign_and_decode_to_the_vectors() {
         assert_eq!(decoded.envelope(), &e, "{name}: decoded");
         assert_eq!(decoded.id().to_hex(), v["id"]);
     }
-    assert_eq!(kinds.len(), 4, "text, receipt, test and charter bodies");
+    assert_eq!(
+        kinds.len(),
+        5,
+        "text, receipt, test, notification and charter bodies"
+    );
     assert_eq!(precedences.len(), 4, "every precedence");
 }
 

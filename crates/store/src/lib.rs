@@ -154,6 +154,19 @@ pub struct WriteBatch {
     pub prune: Vec<(String, u64)>,
     /// Deadlines missed. Idempotent per (id, level): the first one wins.
     pub misses: Vec<MissRow>,
+    /// Glossary terms to add (or replace, per peer, term and language pair).
+    pub glossary: Vec<GlossaryRow>,
+}
+
+/// An agreed pair of terms on the channel with `peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlossaryRow {
+    pub peer: String,
+    pub lang_a: String,
+    pub term_a: String,
+    pub lang_b: String,
+    pub term_b: String,
+    pub added_at_ms: i64,
 }
 
 /// "Message `id` missed its deadline for receipt `level` (0 delivered, 2 acknowledged),
@@ -193,6 +206,7 @@ impl WriteBatch {
             && self.receipts.is_empty()
             && self.prune.is_empty()
             && self.misses.is_empty()
+            && self.glossary.is_empty()
     }
 }
 
@@ -308,6 +322,13 @@ pub trait Store: Send + Sync + 'static {
     fn receipt_times(&self, of: Hash32) -> impl Future<Output = Result<ReceiptTimes>> + Send;
 
     /// Number of messages stored (all directions, all placements).
+    /// The glossary of the channel with `peer`, oldest first, at most `limit` terms.
+    fn glossary(
+        &self,
+        peer: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<GlossaryRow>>> + Send;
+
     fn message_count(&self) -> impl Future<Output = Result<u64>> + Send;
 
     /// Messages that may still owe a receipt by a deadline (see [`DeadlineCandidate`]), at

@@ -24,9 +24,9 @@ use sqlx::sqlite::{
 use sqlx::{Decode, QueryBuilder, Row, Type};
 
 use crate::{
-    DeadlineCandidate, DeliveredRange, Direction, Hash32, InboxQuery, MessageRow, MissRow,
-    OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store,
-    StoreError, StreamRow, WriteBatch,
+    DeadlineCandidate, DeliveredRange, Direction, GlossaryRow, Hash32, InboxQuery, MessageRow,
+    MissRow, OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, Result,
+    Store, StoreError, StreamRow, WriteBatch,
 };
 
 /// How long a connection waits for a lock held by another process (a backup tool, the
@@ -166,6 +166,7 @@ impl SqliteStore {
         insert_receipts(conn, &batch.receipts).await?;
         prune(conn, &batch.prune).await?;
         insert_misses(conn, &batch.misses).await?;
+        upsert_glossary(conn, &batch.glossary).await?;
 
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().await?;
@@ -344,7 +345,7 @@ impl Store for SqliteStore {
                       (SELECT group_concat(d.level) FROM deadline_misses d WHERE d.id = m.id)
                           AS missed
                FROM messages m
-               WHERE m.kind IN (0, 3)
+               WHERE m.kind IN (0, 4)
                  AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r."of" = m.id AND r.level IN (2, 3))
                ORDER BY m.created_at_ms DESC LIMIT ?"#,
         )
@@ -467,6 +468,35 @@ impl Store for SqliteStore {
             times.note = declined_note;
         }
         Ok(times)
+    }
+
+    async fn glossary(&self, peer: &str, limit: u32) -> Result<Vec<GlossaryRow>> {
+        let rows = sqlx::query(
+            "SELECT peer, lang_a, term_a, lang_b, term_b, added_at_ms FROM glossary \
+             WHERE peer = ? ORDER BY added_at_ms, lang_a, term_a LIMIT ?",
+        )
+        .bind(peer)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let text = |col: &str| {
+                    row.try_get::<String, _>(col)
+                        .map_err(|e| StoreError::Database(format!("glossary.{col}: {e}")))
+                };
+                Ok(GlossaryRow {
+                    peer: text("peer")?,
+                    lang_a: text("lang_a")?,
+                    term_a: text("term_a")?,
+                    lang_b: text("lang_b")?,
+                    term_b: text("term_b")?,
+                    added_at_ms: row
+                        .try_get("added_at_ms")
+                        .map_err(|e| StoreError::Database(format!("glossary.added_at_ms: {e}")))?,
+                })
+            })
+            .collect()
     }
 
     async fn message_count(&self) -> Result<u64> {
@@ -742,6 +772,26 @@ async fn insert_receipts(conn: &mut SqliteConnection, rows: &[ReceiptRow]) -> Re
         });
         qb.push(r#" ON CONFLICT ("of", level) DO NOTHING"#);
         qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_glossary(conn: &mut SqliteConnection, rows: &[GlossaryRow]) -> Result<()> {
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO glossary (peer, lang_a, term_a, lang_b, term_b, added_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (peer, lang_a, term_a, lang_b) DO UPDATE SET \
+             term_b = excluded.term_b, added_at_ms = excluded.added_at_ms",
+        )
+        .bind(&r.peer)
+        .bind(&r.lang_a)
+        .bind(&r.term_a)
+        .bind(&r.lang_b)
+        .bind(&r.term_b)
+        .bind(r.added_at_ms)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

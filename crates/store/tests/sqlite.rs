@@ -1203,3 +1203,43 @@ async fn deadline_misses_and_candidates() {
     assert_eq!(again.misses(overdue.id).await.unwrap().len(), 2);
     assert_eq!(again.deadline_candidates(100).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn glossary_terms_are_kept_per_peer_and_replaced_per_term() {
+    let db = open_temp().await;
+    let term = |peer: &str, a: &str, b: &str, at: i64| detente_store::GlossaryRow {
+        peer: peer.into(),
+        lang_a: "en".into(),
+        term_a: a.into(),
+        lang_b: "zh-CN".into(),
+        term_b: b.into(),
+        added_at_ms: at,
+    };
+    let mut batch = WriteBatch::default();
+    batch.glossary.push(term("beijing", "hotline", "热线", 1));
+    batch.glossary.push(term("beijing", "launch", "发射", 2));
+    batch
+        .glossary
+        .push(term("moscow", "hotline", "горячая линия", 3));
+    db.store.commit(batch).await.expect("commit");
+    let mut batch = WriteBatch::default();
+    batch
+        .glossary
+        .push(term("beijing", "hotline", "直通电话", 4));
+    db.store.commit(batch).await.expect("commit");
+    let rows = db.store.glossary("beijing", 10).await.expect("list");
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.term_a.as_str(), r.term_b.as_str()))
+        .collect();
+    assert_eq!(got, vec![("launch", "发射"), ("hotline", "直通电话")]);
+    assert_eq!(db.store.glossary("beijing", 1).await.unwrap().len(), 1);
+    assert_eq!(db.store.glossary("nobody", 10).await.unwrap().len(), 0);
+    // A term over the column's bound is refused by the database, and nothing is written.
+    let mut batch = WriteBatch::default();
+    batch
+        .glossary
+        .push(term("beijing", &"x".repeat(201), "长", 5));
+    assert!(db.store.commit(batch).await.is_err());
+    assert_eq!(db.store.glossary("beijing", 10).await.unwrap().len(), 2);
+}

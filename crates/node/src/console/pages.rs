@@ -277,7 +277,8 @@ pub async fn set_lang(
 // ---------------------------------------------------------------- messages as shown
 
 /// The newest messages (not receipts), oldest first, as the API describes them.
-async fn messages(shared: &Shared, peer: Option<String>, limit: u32) -> Vec<Value> {
+/// Messages as the API shows them, rendered in the operator's language.
+async fn messages(shared: &Shared, op: &Operator, peer: Option<String>, limit: u32) -> Vec<Value> {
     let rows = shared
         .store
         .inbox(InboxQuery {
@@ -290,7 +291,7 @@ async fn messages(shared: &Shared, peer: Option<String>, limit: u32) -> Vec<Valu
         .unwrap_or_default();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows.iter().filter(|r| r.kind != 2) {
-        if let Ok(v) = api::message_json(shared, row, None).await {
+        if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
             out.push(v);
         }
     }
@@ -556,7 +557,7 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
 // ---------------------------------------------------------------- timeline
 
 async fn timeline_html(shared: &Shared, op: &Operator) -> String {
-    let list = messages(shared, None, TIMELINE_ROWS_MAX).await;
+    let list = messages(shared, op, None, TIMELINE_ROWS_MAX).await;
     if list.is_empty() {
         return format!(
             "<p class=\"empty\">{}</p>",
@@ -591,7 +592,7 @@ pub async fn timeline_live(State(shared): Shr, op: Operator) -> Response {
 // ---------------------------------------------------------------- alarm
 
 async fn alarm_html(shared: &Shared, op: &Operator) -> String {
-    let list = messages(shared, None, ALARM_SCAN_MAX).await;
+    let list = messages(shared, op, None, ALARM_SCAN_MAX).await;
     let now = now_ms() as i64;
     let mut items = String::new();
     for m in list.iter().rev() {
@@ -652,7 +653,7 @@ async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
     // The thread: what this answers, and the answers to it.
     let peer = m["peer"].as_str().map(str::to_string);
     let id = m["id"].as_str().unwrap_or_default();
-    let all = messages(shared, peer, api::LIST_LIMIT_MAX).await;
+    let all = messages(shared, op, peer, api::LIST_LIMIT_MAX).await;
     if let Some(parent) = m["in_reply_to"].as_str() {
         if let Some(p) = all.iter().find(|x| x["id"] == parent) {
             let _ = write!(
@@ -721,17 +722,17 @@ fn answer_form(shared: &Shared, op: &Operator, m: &Value) -> String {
     out
 }
 
-async fn find_message(shared: &Shared, id: &str) -> Option<Value> {
+async fn find_message(shared: &Shared, op: &Operator, id: &str) -> Option<Value> {
     let id = MessageId::from_hex(id)?;
     let row = shared.store.message(id.0).await.ok().flatten()?;
     if row.kind == 1 || row.kind == 2 {
         return None;
     }
-    api::message_json(shared, &row, None).await.ok()
+    api::message_json(shared, &row, Some(&op.lang)).await.ok()
 }
 
 pub async fn message(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
-    let Some(m) = find_message(&shared, &id).await else {
+    let Some(m) = find_message(&shared, &op, &id).await else {
         return refuse(&shared, &op, StatusCode::NOT_FOUND, "message-unknown");
     };
     let detail = message_detail(&shared, &op, &m).await;
@@ -747,7 +748,7 @@ pub async fn message(State(shared): Shr, op: Operator, Path(id): Path<String>) -
 }
 
 pub async fn message_live(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
-    let Some(m) = find_message(&shared, &id).await else {
+    let Some(m) = find_message(&shared, &op, &id).await else {
         return StatusCode::NOT_FOUND.into_response();
     };
     html(StatusCode::OK, message_detail(&shared, &op, &m).await)
@@ -1221,8 +1222,8 @@ fn check_notification(
     def: &detente_formats::FormatDef,
     form: &ComposeForm,
     errors: &mut FieldErrors,
-) -> Option<(String, Vec<(String, String)>)> {
-    use detente_formats::{Raw, Reader};
+) -> Option<()> {
+    use detente_formats::Raw;
     if let Some(charter) = shared.charter(&form.to) {
         if !charter
             .formats
@@ -1256,38 +1257,18 @@ fn check_notification(
     }
     let now =
         jiff::Timestamp::from_millisecond(now_ms() as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let notification = match def.validate(&raw, now) {
-        Ok(n) => n,
+    // The node validates again when it builds the envelope; this pass only puts each
+    // error next to its field.
+    match def.validate(&raw, now) {
+        Ok(_) => Some(()),
         Err(e) => {
             let key = e
                 .key()
                 .map_or_else(|| "format".to_string(), |k| format!("f-{k}"));
             errors.insert(key, e.to_string());
-            return None;
+            None
         }
-    };
-    let (tz, my_lang) = shared
-        .config
-        .read()
-        .map(|c| (c.tz.clone(), c.lang.clone()))
-        .unwrap_or_else(|_| ("UTC".into(), "en".into()));
-    let render = |l: &str| {
-        notification
-            .render(def, Reader { lang: l, tz: &tz }, &[])
-            .text()
-    };
-    let mut translations = Vec::new();
-    let peer_lang = shared.charter(&form.to).and_then(|c| {
-        let me = shared.secret.public();
-        c.members
-            .iter()
-            .find(|m| m.key != me)
-            .map(|m| m.lang.clone())
-    });
-    if let Some(peer_lang) = peer_lang.filter(|l| *l != my_lang) {
-        translations.push((peer_lang.clone(), render(&peer_lang)));
     }
-    Some((render(&my_lang), translations))
 }
 
 pub async fn compose_send(
@@ -1316,23 +1297,45 @@ pub async fn compose_send(
         }
         None => {
             check_text(&shared, &op, &form, &mut errors);
-            Some((form.text.trim().to_string(), Vec::new()))
+            Some(None)
         }
-        Some(def) => check_notification(&shared, &op, def, &form, &mut errors),
+        Some(def) => check_notification(&shared, &op, def, &form, &mut errors).map(|()| Some(def)),
     };
-    if let (true, Some((text, translations))) = (errors.is_empty(), content) {
-        let lang = if form.format_def().is_some() {
-            super::html::node_lang(&shared)
-        } else {
-            form.lang.trim().to_string()
+    if let (true, Some(def)) = (errors.is_empty(), content) {
+        let lang = Some(form.lang.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| super::html::node_lang(&shared));
+        let (text, format, format_version, fields) = match def {
+            None => (Some(form.text.trim().to_string()), None, None, Vec::new()),
+            // A structured notification: the reader's node renders it in its own language.
+            Some(def) => (
+                None,
+                Some(def.id.clone()),
+                Some(def.version),
+                def.fields
+                    .iter()
+                    .filter_map(|field| {
+                        let value = form.fields.get(&field.key)?.trim();
+                        (!value.is_empty()).then(|| crate::notify::FieldInput {
+                            key: field.key.clone(),
+                            value: value.to_string(),
+                            translation: None,
+                        })
+                    })
+                    .collect(),
+            ),
         };
         let body = SendBody {
             to: form.to.clone(),
             precedence: Some(form.precedence.clone()),
-            topic: Some(form.topic.trim().to_string()),
+            // Empty: the format's default topic (or `general` for text).
+            topic: Some(form.topic.trim().to_string()).filter(|t| !t.is_empty()),
             text,
+            format,
+            format_version,
+            fields,
             lang: Some(lang),
-            translations,
+            translations: Vec::new(),
             reply_to: Some(form.reply_to.clone()).filter(|r| !r.is_empty()),
             author: None,
         };

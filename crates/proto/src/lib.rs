@@ -5,11 +5,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
+pub mod checkpoint;
 pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod link;
+pub mod merkle;
 pub mod sched;
 pub mod stream;
 

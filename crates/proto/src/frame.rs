@@ -50,6 +50,11 @@ pub enum Frame {
         code: RefuseCode,
         reason: String,
     },
+    /// An encoded `SignedCheckpoint` (docs/transcript-format.md). A side that has not signed
+    /// it yet checks it against its own record, signs, and sends it back with both
+    /// signatures; one it has already signed is only stored, so the exchange ends there.
+    /// Checkpoints are frames, not envelopes, so exchanging one does not itself grow a stream.
+    Checkpoint(Vec<u8>),
 }
 
 /// Why a side refused, as a number the other side can act on.
@@ -110,6 +115,7 @@ const ACK: u8 = 2;
 const PING: u8 = 3;
 const PONG: u8 = 4;
 const REFUSE: u8 = 5;
+const CHECKPOINT: u8 = 6;
 
 impl Frame {
     /// Append the frame, length prefix included, to `out`.
@@ -148,6 +154,10 @@ impl Frame {
                     end -= 1;
                 }
                 out.extend_from_slice(&reason.as_bytes()[..end]);
+            }
+            Frame::Checkpoint(bytes) => {
+                out.push(CHECKPOINT);
+                out.extend_from_slice(bytes);
             }
         }
         let len = out.len() - start - 4;
@@ -223,6 +233,15 @@ impl Frame {
                     reason: reason.to_string(),
                 })
             }
+            CHECKPOINT => {
+                if body.is_empty() || body.len() > crate::checkpoint::SIGNED_CHECKPOINT_BYTES_MAX {
+                    return Err(FrameError::BadLength {
+                        kind,
+                        len: body.len(),
+                    });
+                }
+                Ok(Frame::Checkpoint(body.to_vec()))
+            }
             other => Err(FrameError::UnknownType(other)),
         }
     }
@@ -253,6 +272,7 @@ mod tests {
         });
         round_trip(Frame::Ping { nonce: 7 });
         round_trip(Frame::Pong { nonce: 7 });
+        round_trip(Frame::Checkpoint(vec![0x82, 0x40, 0x80]));
         round_trip(Frame::Refuse {
             seq: 3,
             code: RefuseCode::HeldFull,

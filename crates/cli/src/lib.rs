@@ -4,10 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_verify;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod demo_transcript;
 pub mod harness;
+pub mod transcript;
 
 /// A failure to report: what, and the next step.
 pub struct Failure {

@@ -25,6 +25,8 @@ pub enum Event {
     Delivered { peer: String, from: u64, to: u64 },
     /// A READ / ACKNOWLEDGED / DECLINED receipt for one of our messages.
     Receipt { of: MessageId, level: ReceiptLevel },
+    /// Equivocation evidence was stored; the channel with `peer` is flagged.
+    Alarm { peer: String, detail: String },
 }
 
 #[derive(Clone)]

@@ -13,6 +13,7 @@ pub mod events;
 pub mod link;
 pub mod peers;
 pub mod tls;
+pub mod transcript;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -110,6 +111,7 @@ impl Node {
             peers,
             table.clone(),
             events.clone(),
+            config.checkpoint_policy(),
         )
         .await?;
         let peer_listener = TcpListener::bind(&config.peer_listen)

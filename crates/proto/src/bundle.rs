@@ -469,9 +469,11 @@ pub fn verify(bytes: &[u8]) -> Report {
                     continue;
                 }
                 let tree = &trees[&old.key];
-                let consistent = tree.consistency_proof(old.size, new.size).is_ok_and(|path| {
-                    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &path)
-                });
+                let consistent = tree
+                    .consistency_proof(old.size, new.size)
+                    .is_ok_and(|path| {
+                        merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &path)
+                    });
                 if !consistent {
                     report.push(problem(
                         Some(old.key.to_text()),

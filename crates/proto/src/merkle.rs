@@ -146,7 +146,7 @@ pub fn subtree_root<E>(
 ) -> Result<Hash, E> {
     debug_assert!(end > start);
     let n = end - start;
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start & (n - 1) == 0 {
         let level = n.trailing_zeros() as u8;
         return get(level, start >> level);
     }

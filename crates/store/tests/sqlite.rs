@@ -1096,7 +1096,10 @@ async fn tree_nodes_commit_with_their_message_and_survive_reopening() {
         tree_nodes: vec![node(0, 1), node(0, 0)],
         ..WriteBatch::default()
     };
-    assert!(matches!(db.store.commit(bad).await, Err(StoreError::Duplicate(_))));
+    assert!(matches!(
+        db.store.commit(bad).await,
+        Err(StoreError::Duplicate(_))
+    ));
     assert_eq!(db.store.message_count().await.unwrap(), 1);
     let found = db
         .store
@@ -1106,7 +1109,10 @@ async fn tree_nodes_commit_with_their_message_and_survive_reopening() {
     assert_eq!(found, vec![None, Some(node(0, 0).hash), None]);
     // Another stream's nodes are not this one's.
     assert_eq!(
-        db.store.tree_nodes(CHANNEL_A, ALICE, vec![(0, 0)]).await.unwrap(),
+        db.store
+            .tree_nodes(CHANNEL_A, ALICE, vec![(0, 0)])
+            .await
+            .unwrap(),
         vec![None]
     );
     db.store.close().await;

@@ -434,8 +434,14 @@ pub async fn status(dir: &Path, json: bool) -> Outcome {
         let rtt = p["rtt_ms"]
             .as_f64()
             .map_or("-".to_string(), |r| format!("{r:.1} ms"));
+        let charter = &p["charter"];
+        let charter = match charter["state"].as_str() {
+            Some("agreed") => format!("charter v{} agreed", charter["version"]),
+            Some("pending") => "charter pending".to_string(),
+            _ => "no charter yet".to_string(),
+        };
         println!(
-            "  {:<14} {:<9} rtt {:<10} outbox {:<7} (flash {})  last heard {}{}",
+            "  {:<14} {:<9} rtt {:<10} outbox {:<7} (flash {})  {charter}  last heard {}{}",
             p["name"].as_str().unwrap_or_default(),
             p["state"].as_str().unwrap_or_default().to_uppercase(),
             rtt,

@@ -143,6 +143,7 @@ async fn story(w: &mut ProcNode, b: &mut ProcNode) -> Outcome {
             .as_f64()
             .map_or("?".into(), |r| format!("{r:.2}"))
     ));
+    crate::demo_charter::show_agreed(&wc, &bc, START_TIMEOUT).await?;
 
     step(
         3,

@@ -5,9 +5,11 @@
 
 pub mod bench;
 pub mod bench_verify;
+pub mod charter;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod demo_charter;
 pub mod demo_transcript;
 pub mod harness;
 pub mod transcript;

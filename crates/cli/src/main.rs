@@ -5,7 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-use detente::{bench, commands, demo, transcript, Outcome};
+use detente::{bench, charter, commands, demo, transcript, Outcome};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +59,20 @@ enum Command {
     Peer {
         #[command(subcommand)]
         command: PeerCommand,
+    },
+    /// Show the charter agreed with a peer: members, deadlines, link-test cadence, formats.
+    Charter {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counterpart positions offered for the charter's directory.
+    Counterpart {
+        #[command(subcommand)]
+        command: CounterpartCommand,
     },
     /// Read and change node.toml.
     Config {
@@ -199,6 +213,28 @@ enum Command {
         /// messages (no nodes; try --messages 100000).
         #[arg(long)]
         verify: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CounterpartCommand {
+    /// Offer a pair of positions (ours and the peer's) for the channels' counterpart directory.
+    Add {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Our position, e.g. "Secretary of Defense".
+        #[arg(long)]
+        ours: String,
+        /// The peer's position, e.g. "Minister of National Defense".
+        #[arg(long)]
+        theirs: String,
+    },
+    /// List the pairs this node offers.
+    List {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -364,6 +400,13 @@ async fn run(command: Command) -> Outcome {
         Command::Proof { dir, id } => transcript::proof(&dir, &id).await,
         Command::Export { dir, peer, out } => transcript::export(&dir, &peer, &out).await,
         Command::Verify { file, json } => transcript::verify(&file, json),
+        Command::Charter { dir, peer, json } => charter::show(&dir, &peer, json).await,
+        Command::Counterpart {
+            command: CounterpartCommand::Add { dir, ours, theirs },
+        } => charter::add(&dir, &ours, &theirs),
+        Command::Counterpart {
+            command: CounterpartCommand::List { dir, json },
+        } => charter::list(&dir, json),
         Command::Demo { keep, dir } => demo::run(keep, dir).await,
         Command::Bench {
             json,

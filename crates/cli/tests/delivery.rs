@@ -87,6 +87,12 @@ async fn send_batch(client: &Client, name: &str, to: &str, batch: usize) {
     assert_eq!(answer.as_array().map(|a| a.len()), Some(BATCH));
 }
 
+/// Sessions alpha has had with bravo so far.
+async fn sessions(client: &Client) -> u64 {
+    let status = client.get("/api/v1/status").await.ok().unwrap();
+    status["peers"][0]["sessions"].as_u64().unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_each_way_through_cuts_and_crashes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -128,11 +134,22 @@ async fn a_thousand_each_way_through_cuts_and_crashes() {
                 send_batch(&bc, "bravo", "alpha", batch)
             );
         }
+        let before = sessions(&ac).await;
         to_a.set_cut(true);
         to_b.set_cut(true);
         tokio::time::sleep(Duration::from_millis(30)).await;
         to_a.set_cut(false);
         to_b.set_cut(false);
+        // The cut really broke the session: wait for the next one before going on, so that
+        // a restart right after cannot merge two outages into one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while sessions(&ac).await <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new session after a cut"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if round % 2 == 1 {
             b.kill9();
             b.start().ok().unwrap();

@@ -124,6 +124,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/peers/{name}/export", get(export))
         .route("/messages/{id}/proof", get(proof))
         .route("/alarms", get(alarms))
+        .route("/peers/{name}/charter", get(peer_charter))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -193,6 +194,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
             "addresses": entry.addrs,
             "sessions": s.sessions,
             "last_error": s.last_error,
+            "charter": crate::charter::status_json(&shared.charters.get(&entry.name)),
         }));
     }
     let alarms = alarm_list(&shared).await?;
@@ -656,7 +658,29 @@ async fn reload_peer(State(shared): State<Arc<Shared>>, Path(name): Path<String>
     Ok(Json(json!({"peer": name, "state": "pinned"})).into_response())
 }
 
-/// RFC 3339 UTC text of a millisecond timestamp.
+/// The channel charter with a peer: the agreed one, the latest each side signed, and the
+/// peer's terms from the last session.
+async fn peer_charter(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    if shared.table.get(&name).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("peer {name:?} is not known"),
+        ));
+    }
+    let state = shared.charters.get(&name);
+    let mut body = crate::charter::status_json(&state);
+    body["peer"] = json!(name);
+    body["ours"] = json!(state.ours.as_ref().map(|(c, id)| json!({
+        "digest": hex::encode(c.digest()),
+        "message": id.to_hex(),
+    })));
+    body["theirs"] = json!(state.theirs.as_ref().map(|(c, id)| json!({
+        "digest": hex::encode(c.digest()),
+        "message": id.to_hex(),
+    })));
+    Ok(Json(body).into_response())
+}
+
 /// RFC 3339 UTC with exactly three fractional digits, so that times sort as text too.
 pub fn time_text(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(
@@ -744,6 +768,18 @@ async fn message_json(
             Value::Null,
             json!([]),
             "link test".to_string(),
+            Value::Null,
+        ),
+        Body::Charter(c) => (
+            Value::Null,
+            Value::Null,
+            json!([]),
+            format!(
+                "channel charter {} ({} members, {} formats)",
+                &hex::encode(c.digest())[..12],
+                c.members.len(),
+                c.formats.len()
+            ),
             Value::Null,
         ),
     };

@@ -184,6 +184,17 @@ pub struct NodeConfig {
     pub transcript: TranscriptSection,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Counterpart positions this party offers for the charter's directory.
+    #[serde(default)]
+    pub counterparts: Vec<CounterpartConfig>,
+}
+
+/// A pair of positions: ours and the peer's ("Secretary of Defense" ↔ "Minister of National
+/// Defense"). Listed in every channel's charter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CounterpartConfig {
+    pub ours: String,
+    pub theirs: String,
 }
 
 fn default_author() -> String {
@@ -257,6 +268,7 @@ impl NodeDir {
             hooks: HookSection::default(),
             peers: Vec::new(),
             transcript: TranscriptSection::default(),
+            counterparts: Vec::new(),
         };
         self.save(&config)?;
         Ok(config)
@@ -401,6 +413,22 @@ impl NodeConfig {
         for peer in &self.peers {
             validate_peer(peer)?;
         }
+        if self.counterparts.len() > detente_proto::charter::limits::COUNTERPARTS_MAX {
+            return Err(bad("counterparts", "at most 128 pairs"));
+        }
+        for c in &self.counterparts {
+            for position in [&c.ours, &c.theirs] {
+                if position.is_empty()
+                    || position.len() > detente_proto::charter::limits::POSITION_BYTES_MAX
+                    || position.chars().any(char::is_control)
+                {
+                    return Err(bad(
+                        "counterparts",
+                        "each position between 1 and 128 bytes, no control characters",
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -430,6 +458,25 @@ impl NodeConfig {
                 parse_duration(&self.transcript.checkpoint_quiet).unwrap_or(default.quiet)
             },
         }
+    }
+
+    /// The acknowledgment deadlines this party asks for (its contribution to the charter).
+    pub fn deadlines(&self) -> detente_proto::Deadlines {
+        let base = detente_proto::Deadlines::default();
+        let d = |s: &str, default: Duration| parse_duration(s).unwrap_or(default);
+        let dl = &self.deadlines;
+        detente_proto::Deadlines {
+            flash_delivered: d(&dl.flash_delivered, base.flash_delivered),
+            flash_acknowledged: d(&dl.flash_acknowledged, base.flash_acknowledged),
+            immediate_acknowledged: d(&dl.immediate_acknowledged, base.immediate_acknowledged),
+            priority_acknowledged: d(&dl.priority_acknowledged, base.priority_acknowledged),
+            routine_acknowledged: d(&dl.routine_acknowledged, base.routine_acknowledged),
+        }
+    }
+
+    /// The link-test cadence this party asks for.
+    pub fn link_test_interval(&self) -> Duration {
+        parse_duration(&self.link.test_interval).unwrap_or(Duration::from_secs(3600))
     }
 
     pub fn peer(&self, name: &str) -> Option<&PeerConfig> {

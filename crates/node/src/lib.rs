@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod charter;
 pub mod config;
 pub mod events;
 pub mod link;
@@ -78,6 +79,10 @@ pub struct Shared {
     pub token: String,
     pub peer_addr: SocketAddr,
     pub console_addr: SocketAddr,
+    /// Notification formats this node holds (offered in its charter terms).
+    pub formats: std::sync::RwLock<Vec<detente_proto::FormatRef>>,
+    /// Charter state per peer.
+    pub charters: charter::Charters,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -152,6 +157,8 @@ impl Node {
             token,
             peer_addr,
             console_addr,
+            formats: std::sync::RwLock::new(Vec::new()),
+            charters: charter::Charters::default(),
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });
@@ -163,6 +170,10 @@ impl Node {
         for entry in shared.table.all() {
             node.tasks.push(start_link(&shared, entry));
         }
+        node.tasks.push(tokio::spawn(charter::watch(
+            shared.clone(),
+            shared.shutdown.clone(),
+        )));
         node.tasks
             .push(tokio::spawn(accept_peers(shared.clone(), peer_listener)));
         node.tasks

@@ -199,6 +199,8 @@ enum Control {
         reason: String,
     },
     Closed(String),
+    /// The peer's charter terms.
+    Terms(Vec<u8>),
 }
 
 async fn session(
@@ -242,6 +244,13 @@ async fn session(
     };
     tracing::info!(peer = %entry.name, %address, dialed_by_us, our_hwm, peer_hwm, "session up");
     shared.writer.prune(&entry.name, peer_hwm).await;
+    // Our charter terms; the peer answers with its own, and each side signs the charter
+    // both make (crate::charter).
+    out.clear();
+    Frame::Terms(shared.local_terms().encode()).encode(&mut out);
+    if let Err(e) = writer.write_all(&out).await {
+        return End::Closed(format!("write: {e}"));
+    }
     supervisor.on_connected(Instant::now());
     if let Ok(mut status) = entry.status.write() {
         status.sessions += 1;
@@ -280,6 +289,7 @@ async fn session(
     ));
 
     let mut scheduler = Scheduler::new(peer_hwm);
+    let mut terms_seen = false;
     let mut sent: u64 = 0;
     let mut peer_received: u64 = 0;
     let mut in_flight: std::collections::VecDeque<Outgoing> = std::collections::VecDeque::new();
@@ -332,6 +342,18 @@ async fn session(
                         }
                     }
                     Control::Closed(reason) => break End::Closed(reason),
+                    Control::Terms(bytes) => {
+                        supervisor.on_heard(now);
+                        // Once per session: more would only queue negotiations.
+                        if !terms_seen {
+                            terms_seen = true;
+                            tokio::spawn(crate::charter::on_terms(
+                                shared.clone(),
+                                entry.name.clone(),
+                                bytes,
+                            ));
+                        }
+                    }
                 }
                 publish(entry, supervisor, None);
             }
@@ -605,6 +627,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
                             }
                             continue;
                         }
+                        Frame::Terms(bytes) => Control::Terms(bytes),
                     };
                     if control.send(message).await.is_err() {
                         return;

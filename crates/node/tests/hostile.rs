@@ -325,7 +325,7 @@ impl FakePeer {
         self.sent += 1;
     }
 
-    /// The next frame other than `Ping` (answered with `Pong` on the way). An envelope of
+    /// The next frame other than `Ping` (answered with `Pong` on the way) or `Terms`. An envelope of
     /// the node is verified under its key and also kept in `from_node`. `Err` when the node
     /// closed the connection; panics if nothing arrives within [`WAIT`].
     async fn next_frame(&mut self) -> Result<Frame, String> {
@@ -341,6 +341,8 @@ impl FakePeer {
                     let _ = self.stream.write_all(&out).await;
                     let _ = self.stream.flush().await;
                 }
+                // The node's charter terms; this fake peer never agrees a charter.
+                Frame::Terms(_) => {}
                 Frame::Envelope(bytes) => {
                     let v = VerifiedEnvelope::decode(&bytes, Some(&self.target))
                         .expect("the node's envelopes verify under its key");
@@ -1213,5 +1215,118 @@ async fn checkpoints_are_cosigned_witnessed_across_restart_and_contradictions_ar
     assert_eq!(status["alarms"][0]["kind"], "inconsistent-checkpoints");
     assert_eq!(status["peers"][0]["flagged"], true);
     h.accepts(&mut peer, &chain[2], 3).await;
+    h.stop().await;
+}
+
+/// The fake peer's charter terms.
+fn fake_terms(key: PartyKey) -> detente_proto::Terms {
+    detente_proto::Terms {
+        member: detente_proto::Member {
+            key,
+            name: "fake".into(),
+            party: "Fake".into(),
+            addresses: vec!["127.0.0.1:9".into()],
+            lang: "zh-CN".into(),
+            tz: "Asia/Shanghai".into(),
+        },
+        formats: vec![],
+        deadlines: detente_proto::Deadlines {
+            flash_acknowledged: Duration::from_secs(120),
+            ..detente_proto::Deadlines::default()
+        },
+        link_test_interval: Duration::from_secs(3600),
+        counterparts: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charter_terms_from_the_peer_are_checked_and_only_a_charter_both_signed_binds() {
+    let h = Harness::start().await;
+    let chain = h.chain(3);
+
+    // Garbage terms are ignored; the session carries on.
+    let mut peer = FakePeer::connect(&h).await;
+    peer.send(&Frame::Terms(vec![0xff, 0x00, 0x13])).await;
+    h.accepts(&mut peer, &chain[0], 1).await;
+    drop(peer);
+
+    // Terms that name another party's key are refused: nothing is signed.
+    let third = PartySecret::from_seed(THIRD_SEED).public();
+    let mut peer = FakePeer::connect(&h).await;
+    peer.send(&Frame::Terms(fake_terms(third).encode())).await;
+    h.accepts(&mut peer, &chain[1], 2).await;
+    assert!(
+        peer.from_node
+            .iter()
+            .all(|v| !matches!(v.envelope().body, Body::Charter(_))),
+        "the node signed a charter for terms with a wrong key"
+    );
+    assert!(h.node.shared.charter("fake").is_none());
+    drop(peer);
+
+    // Valid terms: the node signs the charter both terms make, IMMEDIATE, in its stream.
+    let terms = fake_terms(h.fake.public());
+    let expected = detente_proto::Charter::agree(&h.node.shared.local_terms(), &terms).unwrap();
+    assert_eq!(
+        expected.deadlines.flash_acknowledged,
+        Duration::from_secs(120),
+        "the stricter deadline"
+    );
+    let mut peer = FakePeer::connect(&h).await;
+    peer.send(&Frame::Terms(terms.encode())).await;
+    let signed = loop {
+        let found = peer
+            .from_node
+            .iter()
+            .find_map(|v| match &v.envelope().body {
+                Body::Charter(c) => Some((c.clone(), v.envelope().precedence)),
+                _ => None,
+            });
+        if let Some(found) = found {
+            break found;
+        }
+        peer.next_frame()
+            .await
+            .expect("the node's charter envelope");
+    };
+    assert_eq!(signed.0, expected);
+    assert_eq!(signed.1, Precedence::Immediate);
+    // Signed by the node alone, it does not bind yet.
+    detente_node::charter::refresh(&h.node.shared, "fake").await;
+    assert!(h.node.shared.charter("fake").is_none());
+    assert_eq!(
+        h.node.shared.deadlines("fake").flash_acknowledged,
+        Duration::from_secs(600),
+        "the node's own deadlines until a charter is agreed"
+    );
+
+    // The fake peer signs a different charter: still nothing agreed.
+    let mut other = expected.clone();
+    other.link_test_interval = Duration::from_secs(60);
+    let mut e = h.envelope(3, chain[1].id(), "");
+    e.precedence = Precedence::Immediate;
+    e.body = Body::Charter(other);
+    let wrong = h.sign(e);
+    let (refused, _) = peer.exchange(wrong.bytes()).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    detente_node::charter::refresh(&h.node.shared, "fake").await;
+    assert!(h.node.shared.charter("fake").is_none());
+
+    // It signs the same charter: agreed, and its deadlines are in force.
+    let mut e = h.envelope(4, wrong.id(), "");
+    e.precedence = Precedence::Immediate;
+    e.body = Body::Charter(expected.clone());
+    let same = h.sign(e);
+    let (refused, hwm) = peer.exchange(same.bytes()).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(hwm, 4);
+    detente_node::charter::refresh(&h.node.shared, "fake").await;
+    let agreed = h.node.shared.charter("fake").expect("agreed");
+    assert_eq!(agreed.digest(), expected.digest());
+    assert_eq!(
+        h.node.shared.deadlines("fake").flash_acknowledged,
+        Duration::from_secs(120)
+    );
+    assert_eq!(h.node.shared.charters.get("fake").version, 1);
     h.stop().await;
 }

@@ -238,15 +238,22 @@ pub enum Body {
     Test {
         nonce: [u8; 16],
     },
+    /// This party's signature on a channel charter (SPEC §2). The charter is agreed once
+    /// every member's stream carries one with the same digest.
+    Charter(crate::charter::Charter),
 }
 
+/// Body kind number of a charter (3 to 5 are reserved for notifications and checkpoints).
+pub const KIND_CHARTER: u8 = 6;
+
 impl Body {
-    /// The kind number stored and listed: 0 text, 1 receipt, 2 test.
+    /// The kind number stored and listed: 0 text, 1 receipt, 2 test, 6 charter.
     pub fn kind(&self) -> u8 {
         match self {
             Body::Text(_) => 0,
             Body::Receipt(_) => 1,
             Body::Test { .. } => 2,
+            Body::Charter(_) => KIND_CHARTER,
         }
     }
 
@@ -255,6 +262,7 @@ impl Body {
             Body::Text(_) => "text",
             Body::Receipt(_) => "receipt",
             Body::Test { .. } => "test",
+            Body::Charter(_) => "charter",
         }
     }
 }
@@ -577,6 +585,9 @@ fn check_fields(e: &Envelope) -> Result<()> {
         Body::Text(text) => check_text(text, e.precedence),
         Body::Receipt(receipt) => check_receipt(receipt),
         Body::Test { .. } => Ok(()),
+        Body::Charter(charter) => charter
+            .check()
+            .map_err(|e| EnvelopeError::Malformed(format!("charter: {e}"))),
     }
 }
 
@@ -712,6 +723,9 @@ fn encode_payload(e: &Envelope) -> Vec<u8> {
             r.note.clone().map_or(Value::Null, Value::Text),
         ]),
         Body::Test { nonce } => Value::Array(vec![uint(2), Value::Bytes(nonce.to_vec())]),
+        Body::Charter(charter) => {
+            Value::Array(vec![uint(u64::from(KIND_CHARTER)), charter.to_value()])
+        }
     };
     let value = Value::Array(vec![
         uint(ENVELOPE_VERSION),
@@ -839,8 +853,10 @@ fn decode_payload(payload: &[u8]) -> Result<Envelope> {
 fn decode_body(value: Value) -> Result<Body> {
     let kind = match &value {
         Value::Array(items) => match items.first() {
-            Some(Value::Integer(i)) => u64::try_from(*i).map_err(|_| bad("body kind", "0 to 2"))?,
-            _ => return Err(bad("body kind", "0 to 2")),
+            Some(Value::Integer(i)) => {
+                u64::try_from(*i).map_err(|_| bad("body kind", "0, 1, 2 or 6"))?
+            }
+            _ => return Err(bad("body kind", "0, 1, 2 or 6")),
         },
         _ => return Err(bad("body", "array")),
     };
@@ -908,7 +924,14 @@ fn decode_body(value: Value) -> Result<Body> {
                 _ => Err(bad("nonce", "16 bytes")),
             }
         }
-        _ => Err(bad("body kind", "0 to 2")),
+        6 => {
+            let mut items = Items::new(value, "charter body", 2)?;
+            items.next()?;
+            crate::charter::Charter::from_value(items.next()?)
+                .map(Body::Charter)
+                .map_err(|e| EnvelopeError::Malformed(format!("charter: {e}")))
+        }
+        _ => Err(bad("body kind", "0, 1, 2 or 6")),
     }
 }
 

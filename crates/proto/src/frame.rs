@@ -55,6 +55,10 @@ pub enum Frame {
     /// signatures; one it has already signed is only stored, so the exchange ends there.
     /// Checkpoints are frames, not envelopes, so exchanging one does not itself grow a stream.
     Checkpoint(Vec<u8>),
+    /// This side's charter terms ([`crate::charter::Terms`], canonical CBOR), sent after
+    /// `Hello`. Unsigned: the terms bind nobody until each side signs the charter they make
+    /// in a charter envelope of its own stream.
+    Terms(Vec<u8>),
 }
 
 /// Why a side refused, as a number the other side can act on.
@@ -115,7 +119,9 @@ const ACK: u8 = 2;
 const PING: u8 = 3;
 const PONG: u8 = 4;
 const REFUSE: u8 = 5;
+/// Types 6 to 15 are left for frames of the transcript work.
 const CHECKPOINT: u8 = 6;
+const TERMS: u8 = 16;
 
 impl Frame {
     /// Append the frame, length prefix included, to `out`.
@@ -157,6 +163,10 @@ impl Frame {
             }
             Frame::Checkpoint(bytes) => {
                 out.push(CHECKPOINT);
+                out.extend_from_slice(bytes);
+            }
+            Frame::Terms(bytes) => {
+                out.push(TERMS);
                 out.extend_from_slice(bytes);
             }
         }
@@ -242,6 +252,15 @@ impl Frame {
                 }
                 Ok(Frame::Checkpoint(body.to_vec()))
             }
+            TERMS => {
+                if body.is_empty() || body.len() > crate::charter::limits::ENCODED_BYTES_MAX {
+                    return Err(FrameError::BadLength {
+                        kind,
+                        len: body.len(),
+                    });
+                }
+                Ok(Frame::Terms(body.to_vec()))
+            }
             other => Err(FrameError::UnknownType(other)),
         }
     }
@@ -278,6 +297,7 @@ mod tests {
             code: RefuseCode::HeldFull,
             reason: "full".into(),
         });
+        round_trip(Frame::Terms(vec![0x80]));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod charter;
 pub mod checkpoint;
 pub mod envelope;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod merkle;
 pub mod sched;
 pub mod stream;
 
+pub use charter::{Charter, CharterError, Deadlines, FormatRef, Member, Terms};
 pub use envelope::{
     Body, ChannelId, Envelope, EnvelopeError, MessageId, Precedence, Receipt, ReceiptLevel,
     ReceiptTarget, TextBody, VerifiedEnvelope,

@@ -11,11 +11,13 @@ use detente_proto::{
     Body, ChannelId, Envelope, EnvelopeError, MessageId, PartyKey, PartySecret, Precedence,
     Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
 };
+use detente_proto::{Charter, Deadlines, FormatRef, Member, Terms};
 use ed25519_dalek::{Signer, Verifier};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::Index;
+use std::time::Duration;
 
 // ---- an independent encoder of the wire form --------------------------------------------
 
@@ -158,6 +160,50 @@ fn encode_payload_into(enc: &mut Enc, e: &Envelope, version: u64) {
             enc.array(2);
             enc.uint(2);
             enc.bytes(nonce);
+        }
+        Body::Charter(c) => {
+            enc.array(2);
+            enc.uint(6);
+            enc.array(6);
+            enc.uint(1);
+            enc.array(c.members.len());
+            for m in &c.members {
+                enc.array(6);
+                enc.bytes(m.key.as_bytes());
+                enc.text(&m.name);
+                enc.text(&m.party);
+                enc.array(m.addresses.len());
+                for a in &m.addresses {
+                    enc.text(a);
+                }
+                enc.text(&m.lang);
+                enc.text(&m.tz);
+            }
+            enc.array(c.formats.len());
+            for f in &c.formats {
+                enc.array(3);
+                enc.text(&f.id);
+                enc.uint(u64::from(f.version));
+                enc.bytes(&f.digest);
+            }
+            let d = &c.deadlines;
+            enc.array(5);
+            for v in [
+                d.flash_delivered,
+                d.flash_acknowledged,
+                d.immediate_acknowledged,
+                d.priority_acknowledged,
+                d.routine_acknowledged,
+            ] {
+                enc.uint(v.as_millis() as u64);
+            }
+            enc.uint(c.link_test_interval.as_millis() as u64);
+            enc.array(c.counterparts.len());
+            for p in &c.counterparts {
+                enc.array(2);
+                enc.text(&p.first);
+                enc.text(&p.second);
+            }
         }
     }
 }
@@ -335,7 +381,57 @@ fn arb_body(precedence: Precedence) -> impl Strategy<Value = Body> {
         arb_text_body(precedence),
         arb_receipt().prop_map(Body::Receipt),
         any::<[u8; 16]>().prop_map(|nonce| Body::Test { nonce }),
+        arb_charter().prop_map(Body::Charter),
     ]
+}
+
+fn arb_terms(seed: [u8; 32]) -> impl Strategy<Value = Terms> {
+    let secs = || 1u64..=2_592_000;
+    (
+        (
+            "[a-z]{1,12}",
+            "[A-Za-z 部国防]{0,40}",
+            vec("[0-9.:]{3,21}", 0..3),
+        ),
+        vec(("[a-z-]{1,12}", 1u32..4, any::<[u8; 2]>()), 0..4),
+        (secs(), secs(), secs(), secs(), secs(), secs()),
+        vec(("[A-Za-z 值班员]{0,20}", "[A-Za-z 值班员]{0,20}"), 0..3),
+    )
+        .prop_map(
+            move |((name, party, addresses), formats, d, counterparts)| Terms {
+                member: Member {
+                    key: PartySecret::from_seed(seed).public(),
+                    name,
+                    party,
+                    addresses,
+                    lang: "en".into(),
+                    tz: "UTC".into(),
+                },
+                formats: formats
+                    .into_iter()
+                    .map(|(id, version, digest)| FormatRef {
+                        id,
+                        version,
+                        // Few distinct digests, so that both parties often hold the same one.
+                        digest: [digest[0] % 2; 32],
+                    })
+                    .collect(),
+                deadlines: Deadlines {
+                    flash_delivered: Duration::from_secs(d.0),
+                    flash_acknowledged: Duration::from_secs(d.1),
+                    immediate_acknowledged: Duration::from_secs(d.2),
+                    priority_acknowledged: Duration::from_secs(d.3),
+                    routine_acknowledged: Duration::from_secs(d.4),
+                },
+                link_test_interval: Duration::from_secs(d.5),
+                counterparts,
+            },
+        )
+}
+
+fn arb_charter() -> impl Strategy<Value = Charter> {
+    (arb_terms([7; 32]), arb_terms([8; 32]))
+        .prop_map(|(a, b)| Charter::agree(&a, &b).expect("random valid terms agree"))
 }
 
 /// A valid envelope and the seed of its sender.

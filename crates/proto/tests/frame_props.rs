@@ -74,6 +74,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             arb_reason()
         )
             .prop_map(|(seq, code, reason)| Frame::Refuse { seq, code, reason }),
+        vec(any::<u8>(), 1..600).prop_map(Frame::Terms),
     ]
 }
 
@@ -91,7 +92,8 @@ fn truncated(reason: &str) -> String {
 /// valid ones, or anything.
 fn arb_body() -> impl Strategy<Value = Vec<u8>> {
     let len = prop_oneof![0usize..24, 0usize..600];
-    (0u8..8, len).prop_flat_map(|(kind, len)| {
+    let kind = prop_oneof![0u8..8, Just(16u8)];
+    (kind, len).prop_flat_map(|(kind, len)| {
         vec(any::<u8>(), len).prop_map(move |mut body| {
             body.insert(0, kind);
             body

@@ -9,8 +9,9 @@
 
 use detente_proto::envelope::message_id;
 use detente_proto::{
-    fingerprint, Body, ChannelId, Envelope, MessageId, PartyKey, PartySecret, Precedence, Receipt,
-    ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
+    fingerprint, Body, ChannelId, Charter, Deadlines, Envelope, FormatRef, Member, MessageId,
+    PartyKey, PartySecret, Precedence, Receipt, ReceiptLevel, ReceiptTarget, Terms, TextBody,
+    VerifiedEnvelope,
 };
 use serde_json::{json, Value};
 
@@ -165,7 +166,46 @@ fn vector_envelopes() -> Vec<(&'static str, [u8; 32], Envelope)> {
         None,
         Body::Test { nonce: [0xa5; 16] },
     ));
+    ids.push(push(
+        "b4-charter",
+        1,
+        90_000_000,
+        Precedence::Immediate,
+        "general",
+        "",
+        None,
+        Body::Charter(vector_charter()),
+    ));
     out
+}
+
+/// The charter of the vector channel: both parties' terms agreed.
+fn vector_charter() -> Charter {
+    let terms = |seed: [u8; 32], name: &str, lang: &str, tz: &str, port: u16| Terms {
+        member: Member {
+            key: PartySecret::from_seed(seed).public(),
+            name: name.into(),
+            party: format!("The {name} party"),
+            addresses: vec![format!("192.0.2.{}:{port}", seed[0])],
+            lang: lang.into(),
+            tz: tz.into(),
+        },
+        formats: vec![FormatRef {
+            id: "launch".into(),
+            version: 1,
+            digest: [0x42; 32],
+        }],
+        deadlines: Deadlines::default(),
+        link_test_interval: std::time::Duration::from_secs(3600),
+        counterparts: vec![("Duty Officer".into(), "值班员".into())],
+    };
+    let mut b = terms(SEEDS[1], "bravo", "zh-CN", "Asia/Shanghai", 7001);
+    b.deadlines.flash_acknowledged = std::time::Duration::from_secs(300);
+    Charter::agree(
+        &terms(SEEDS[0], "alpha", "en", "America/New_York", 7000),
+        &b,
+    )
+    .unwrap()
 }
 
 // ---- JSON form of the fields ------------------------------------------------------------
@@ -200,6 +240,11 @@ fn envelope_json(e: &Envelope) -> Value {
             v
         }
         Body::Test { nonce } => json!({ "kind": "test", "nonce": hex::encode(nonce) }),
+        Body::Charter(c) => json!({
+            "kind": "charter",
+            "charter_cbor": hex::encode(c.encode()),
+            "charter_digest": hex::encode(c.digest()),
+        }),
     };
     json!({
         "channel": e.channel.to_hex(),
@@ -260,6 +305,15 @@ fn envelope_from_json(v: &Value) -> Envelope {
                 .try_into()
                 .unwrap(),
         },
+        "charter" => {
+            let c = Charter::decode(&hex::decode(body["charter_cbor"].as_str().unwrap()).unwrap())
+                .unwrap();
+            assert_eq!(
+                hex::encode(c.digest()),
+                body["charter_digest"].as_str().unwrap()
+            );
+            Body::Charter(c)
+        }
         other => panic!("unknown body kind {other}"),
     };
     Envelope {
@@ -408,7 +462,7 @@ fn envelopes_sign_and_decode_to_the_vectors() {
         assert_eq!(decoded.envelope(), &e, "{name}: decoded");
         assert_eq!(decoded.id().to_hex(), v["id"]);
     }
-    assert_eq!(kinds.len(), 3, "text, receipt and test bodies");
+    assert_eq!(kinds.len(), 4, "text, receipt, test and charter bodies");
     assert_eq!(precedences.len(), 4, "every precedence");
 }
 

@@ -379,4 +379,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// All evidence, oldest first.
     fn evidence(&self) -> impl Future<Output = Result<Vec<EvidenceRow>>> + Send;
+    /// Envelopes of body `kind` exchanged with `peer` (both directions), oldest first by
+    /// `seq` within each direction, at most `limit` per direction, the newest kept. Served by a partial
+    /// index for charters (kind 6).
+    fn messages_of_kind(
+        &self,
+        peer: &str,
+        kind: u8,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
 }

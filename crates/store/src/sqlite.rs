@@ -340,6 +340,30 @@ impl Store for SqliteStore {
         Ok(messages)
     }
 
+    async fn messages_of_kind(&self, peer: &str, kind: u8, limit: u32) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "{MESSAGE_SELECT} WHERE peer = ? AND direction = ? AND kind = ? \
+             ORDER BY seq DESC LIMIT ?"
+        );
+        let mut out = Vec::new();
+        for direction in [Direction::Out, Direction::In] {
+            let rows = sqlx::query(&sql)
+                .bind(peer)
+                .bind(direction_code(direction))
+                .bind(i64::from(kind))
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+            let mut messages = rows
+                .iter()
+                .map(decode_message)
+                .collect::<Result<Vec<_>>>()?;
+            messages.reverse();
+            out.extend(messages);
+        }
+        Ok(out)
+    }
+
     async fn receipt_times(&self, of: Hash32) -> Result<ReceiptTimes> {
         let rows = sqlx::query(r#"SELECT level, at_ms, note FROM receipts WHERE "of" = ?"#)
             .bind(of.as_slice())

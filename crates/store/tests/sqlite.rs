@@ -1187,3 +1187,54 @@ async fn checkpoints_merge_signatures_and_witness_and_evidence_persist() {
     assert_eq!(stored[0].first, evidence.first);
     assert_eq!(stored[0].seq, Some(4));
 }
+
+#[tokio::test]
+async fn messages_of_kind_lists_one_peer_both_directions_newest_kept() {
+    let db = open_temp().await;
+    let mut batch = WriteBatch::default();
+    for seq in 1..=6 {
+        for (peer, direction) in [
+            ("alice", Direction::Out),
+            ("alice", Direction::In),
+            ("bob", Direction::Out),
+        ] {
+            let mut m = msg(peer, direction, seq, 1_000 + seq as i64);
+            // Every other message is a charter (kind 6).
+            m.kind = if seq % 2 == 0 { 6 } else { 0 };
+            batch.messages.push(m);
+        }
+    }
+    db.store.commit(batch).await.expect("commit");
+    let rows = db
+        .store
+        .messages_of_kind("alice", 6, 10)
+        .await
+        .expect("query");
+    let got: Vec<(Direction, u64)> = rows.iter().map(|r| (r.direction, r.seq)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Direction::Out, 2),
+            (Direction::Out, 4),
+            (Direction::Out, 6),
+            (Direction::In, 2),
+            (Direction::In, 4),
+            (Direction::In, 6),
+        ]
+    );
+    assert!(rows.iter().all(|r| r.kind == 6 && r.peer == "alice"));
+    // The limit keeps the newest of each direction.
+    let newest = db
+        .store
+        .messages_of_kind("alice", 6, 1)
+        .await
+        .expect("query");
+    let got: Vec<(Direction, u64)> = newest.iter().map(|r| (r.direction, r.seq)).collect();
+    assert_eq!(got, vec![(Direction::Out, 6), (Direction::In, 6)]);
+    assert!(db
+        .store
+        .messages_of_kind("carol", 6, 10)
+        .await
+        .expect("query")
+        .is_empty());
+}

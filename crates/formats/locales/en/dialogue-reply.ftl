@@ -1,0 +1,16 @@
+dialogue-reply-title = Reply to a request for dialogue
+dialogue-reply-request = In reply to
+dialogue-reply-request-help = Id of the dialogue-request message.
+dialogue-reply-response = Response
+dialogue-reply-response-help = Accept one slot, counter-propose, or decline.
+dialogue-reply-response-accept = Accepted
+dialogue-reply-response-counter-propose = Counter-proposal
+dialogue-reply-response-decline = Declined
+dialogue-reply-accepted_slot = Accepted time
+dialogue-reply-accepted_slot-help = Number of the proposed time accepted (1 to 3); only when accepting.
+dialogue-reply-counter_slot_1 = Counter-proposed time 1
+dialogue-reply-counter_slot_1-help = START/END in UTC; required for a counter-proposal.
+dialogue-reply-counter_slot_2 = Counter-proposed time 2
+dialogue-reply-counter_slot_2-help = START/END in UTC.
+dialogue-reply-remarks = Remarks
+dialogue-reply-remarks-help = Anything else.

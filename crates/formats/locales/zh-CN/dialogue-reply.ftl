@@ -1,0 +1,16 @@
+dialogue-reply-title = 对话请求答复
+dialogue-reply-request = 答复的请求
+dialogue-reply-request-help = 对话请求消息的标识。
+dialogue-reply-response = 答复
+dialogue-reply-response-help = 接受一个时间、提出其他时间或拒绝。
+dialogue-reply-response-accept = 接受
+dialogue-reply-response-counter-propose = 提出其他时间
+dialogue-reply-response-decline = 拒绝
+dialogue-reply-accepted_slot = 接受的时间
+dialogue-reply-accepted_slot-help = 所接受建议时间的编号（1至3）；仅在接受时填写。
+dialogue-reply-counter_slot_1 = 另提时间一
+dialogue-reply-counter_slot_1-help = 起/止（协调世界时）；提出其他时间时必填。
+dialogue-reply-counter_slot_2 = 另提时间二
+dialogue-reply-counter_slot_2-help = 起/止（协调世界时）。
+dialogue-reply-remarks = 备注
+dialogue-reply-remarks-help = 其他事项。

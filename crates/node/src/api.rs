@@ -271,14 +271,24 @@ async fn checkpoint_now(State(shared): State<Arc<Shared>>, Path(name): Path<Stri
 /// The channel with a peer as one bundle (application/cbor).
 async fn export(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
     let entry = peer_entry(&shared, &name)?;
-    let bundle = crate::transcript::export(
-        &shared.store,
-        &shared.secret.public(),
-        &entry.key,
-        Vec::new(),
-    )
-    .await
-    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    // The charter envelopes both sides signed (kind 6), appended ones only; they are also in
+    // the streams, and the verifier checks that every one is.
+    let charters = shared
+        .store
+        .messages_of_kind(
+            &name,
+            detente_proto::envelope::KIND_CHARTER,
+            detente_proto::bundle::CHARTERS_MAX as u32,
+        )
+        .await?
+        .into_iter()
+        .filter(|m| m.placement == Placement::Appended)
+        .map(|m| m.bytes)
+        .collect();
+    let bundle =
+        crate::transcript::export(&shared.store, &shared.secret.public(), &entry.key, charters)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     let bytes = tokio::task::spawn_blocking(move || bundle.encode())
         .await
         .map_err(|_| internal())?;

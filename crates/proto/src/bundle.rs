@@ -341,6 +341,21 @@ pub fn verify(bytes: &[u8]) -> Report {
         trees.insert(*sender, tree);
     }
 
+    // Charters: each one is a charter envelope (kind 6) of one of the streams.
+    for (i, charter) in bundle.charters.iter().enumerate() {
+        let id = crate::envelope::message_id(charter);
+        let is_charter = crate::envelope::parse_unverified(charter)
+            .is_ok_and(|e| e.body.kind() == crate::envelope::KIND_CHARTER);
+        if !ids.contains_key(&id) || !is_charter {
+            report.push(Problem {
+                stream: None,
+                seq: None,
+                item: format!("charter {}", i + 1),
+                what: "is not a charter envelope of the streams in this bundle".into(),
+            });
+        }
+    }
+
     // Receipts must point at messages of another member that are in the bundle.
     for (sender, position, target) in receipts {
         let problem = |what: String| Problem {

@@ -84,6 +84,49 @@ impl Client {
             .await
     }
 
+    /// A binary answer (an export bundle).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| ClientError::new(format!("reading the answer: {e}")));
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(ClientError {
+            error: body["error"]
+                .as_str()
+                .map_or_else(|| format!("the node answered {status}"), str::to_string),
+            hint: body["hint"].as_str().map(str::to_string),
+            status: Some(status.as_u16()),
+        })
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        request.bearer_auth(&self.token).send().await.map_err(|e| {
+            if e.is_connect() {
+                ClientError {
+                    error: format!("the node in {} is not running", self.dir.display()),
+                    hint: Some(format!(
+                        "start it with: detente serve --dir {}",
+                        self.dir.display()
+                    )),
+                    status: None,
+                }
+            } else {
+                ClientError::new(format!("talking to the node: {e}"))
+            }
+        })
+    }
+
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let response = request.bearer_auth(&self.token).send().await.map_err(|e| {
             if e.is_connect() {

@@ -477,6 +477,33 @@ pub async fn status(dir: &Path, json: bool) -> Outcome {
             p["overdue_in"],
             p["last_test"].as_str().unwrap_or("none yet"),
         );
+        if let Some(c) = p.get("checkpoint").filter(|c| !c.is_null()) {
+            let sizes: Vec<String> = c["streams"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    format!(
+                        "{} {}",
+                        s["fingerprint"].as_str().unwrap_or_default(),
+                        s["size"]
+                    )
+                })
+                .collect();
+            println!(
+                "    latest checkpoint signed by all: {} ms, sizes {}",
+                c["time_ms"],
+                sizes.join(", ")
+            );
+        }
+    }
+    for a in status["alarms"].as_array().into_iter().flatten() {
+        println!(
+            "  ALARM {} peer {}: {}",
+            a["kind"].as_str().unwrap_or_default().to_uppercase(),
+            a["peer"].as_str().unwrap_or_default(),
+            a["detail"].as_str().unwrap_or_default()
+        );
     }
     println!(
         "verdict: {}",

@@ -260,6 +260,7 @@ async fn story(w: &mut ProcNode, b: &mut ProcNode) -> Outcome {
         }
         println!("   {}", message_line(m));
     }
+    crate::demo_transcript::run(10, w, b).await?;
     println!("\nAll steps held. detente kept every word through an outage and two crashes.");
     Ok(())
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_verify;
 pub mod charter;
 pub mod client;
 pub mod commands;
@@ -12,10 +13,12 @@ pub mod demo_charter;
 pub mod demo_console;
 pub mod demo_deadlines;
 pub mod demo_formats;
+pub mod demo_transcript;
 pub mod formats_cmd;
 pub mod harness;
 pub mod hook_sink;
 pub mod screenshots;
+pub mod transcript;
 pub mod users;
 pub mod webdriver;
 

@@ -5,7 +5,9 @@
 
 #![forbid(unsafe_code)]
 
-use detente::{bench, charter, commands, demo, formats_cmd, screenshots, users, Outcome};
+use detente::{
+    bench, charter, commands, demo, formats_cmd, screenshots, transcript, users, Outcome,
+};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -181,6 +183,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sign a checkpoint of the channel with a peer now and send it for co-signing.
+    Checkpoint {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a self-contained inclusion proof of a message (JSON; `verify` accepts it).
+    Proof {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The message id (64 hex digits).
+        id: String,
+    },
+    /// Write the channel with a peer as one verifiable bundle.
+    Export {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a bundle or a proof offline: no node, no network. Exit 1 on any problem.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole story on this machine: two nodes, an outage, a FLASH, a crash.
     Demo {
         /// Leave both nodes running and print their addresses.
@@ -211,6 +244,10 @@ enum Command {
         /// Keep the nodes' directories here instead of a temporary directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Instead: measure offline verification of an export bundle of --messages
+        /// messages (no nodes; try --messages 100000).
+        #[arg(long)]
+        verify: bool,
     },
 }
 
@@ -502,6 +539,10 @@ async fn run(command: Command) -> Outcome {
         Command::Glossary {
             command: GlossaryCommand::List { dir, peer, json },
         } => formats_cmd::glossary_list(&dir, &peer, json).await,
+        Command::Checkpoint { dir, peer, json } => transcript::checkpoint(&dir, &peer, json).await,
+        Command::Proof { dir, id } => transcript::proof(&dir, &id).await,
+        Command::Export { dir, peer, out } => transcript::export(&dir, &peer, &out).await,
+        Command::Verify { file, json } => transcript::verify(&file, json),
         Command::Charter { dir, peer, json } => charter::show(&dir, &peer, json).await,
         Command::Counterpart {
             command: CounterpartCommand::Add { dir, ours, theirs },
@@ -514,9 +555,16 @@ async fn run(command: Command) -> Outcome {
         Command::Bench {
             json,
             messages,
+            verify: true,
+            ..
+        } => detente::bench_verify::run(messages, json),
+        Command::Bench {
+            json,
+            messages,
             backlog,
             samples,
             dir,
+            ..
         } => {
             bench::run(bench::Options {
                 json,

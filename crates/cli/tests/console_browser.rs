@@ -173,8 +173,9 @@ async fn console_in_a_real_browser() {
         .await
         .unwrap()
         .contains("特急"));
-    // beijing reads the notification in Chinese (rendered from the validated fields).
-    let item = format!(".msg[data-id=\"{message_id}\"] .translation");
+    // beijing reads the notification in Chinese, rendered at beijing from the structured
+    // fields (no translation involved).
+    let item = format!(".msg[data-id=\"{message_id}\"] .msg-text");
     sb.wait_for(&item, WAIT).await.unwrap();
     assert!(sb.text_of(&item).await.unwrap().contains("意外相遇报告"));
     sb.wait_for(

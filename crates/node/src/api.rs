@@ -181,6 +181,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/peers/{name}/reload", post(reload_peer))
         .route("/metrics", get(crate::metrics::exposition))
         .route("/glossary", get(glossary_list).post(glossary_add))
+        .route("/peers/{name}/checkpoint", post(checkpoint_now))
+        .route("/peers/{name}/export", get(export))
+        .route("/messages/{id}/proof", get(proof))
+        .route("/alarms", get(alarms))
         .route("/peers/{name}/charter", get(peer_charter))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     Router::new()
@@ -319,6 +323,23 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
             "charter": crate::charter::status_json(&shared.charters.get(&entry.name)),
         }));
     }
+    let alarms = alarm_list(&shared).await?;
+    for p in peers.iter_mut() {
+        let name = p["name"].as_str().unwrap_or_default().to_string();
+        let entry = shared.table.get(&name);
+        let mut latest = Value::Null;
+        if let Some(entry) = entry {
+            let channel = detente_proto::ChannelId::for_pair(&shared.secret.public(), &entry.key);
+            let rows = shared.store.checkpoints(channel.0).await?;
+            if let Some(row) = rows.iter().rev().find(|r| r.cosigned) {
+                if let Ok(s) = detente_proto::checkpoint::SignedCheckpoint::decode(&row.signed) {
+                    latest = crate::transcript::checkpoint_json(&s);
+                }
+            }
+        }
+        p["checkpoint"] = latest;
+        p["flagged"] = Value::Bool(alarms.iter().any(|a| a["peer"] == name.as_str()));
+    }
     let c = shared.config.read().map_err(|_| internal())?.clone();
     let heartbeat = shared.link_config.heartbeat;
     Ok(Json(json!({
@@ -335,6 +356,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
             "degraded_rtt_ms": shared.link_config.degraded_rtt.as_millis() as u64,
         },
         "peers": peers,
+        "alarms": alarms,
     }))
     .into_response())
 }
@@ -349,6 +371,147 @@ fn verdict_rank(v: detente_proto::LineVerdict) -> u8 {
         V::Degraded => 3,
         V::AllWell => 4,
     }
+}
+
+/// Every stored piece of equivocation evidence, as alarms.
+async fn alarm_list(shared: &Shared) -> Result<Vec<Value>, ApiError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(shared
+        .store
+        .evidence()
+        .await?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "peer": e.peer,
+                "kind": if e.kind == detente_store::EVIDENCE_ENVELOPES { "equivocation" } else { "inconsistent-checkpoints" },
+                "seq": e.seq,
+                "detail": e.detail,
+                "detected_at": time_text(e.detected_at_ms),
+                "first": b64.encode(&e.first),
+                "second": b64.encode(&e.second),
+            })
+        })
+        .collect())
+}
+
+async fn alarms(State(shared): State<Arc<Shared>>) -> ApiResult {
+    Ok(Json(json!({ "alarms": alarm_list(&shared).await? })).into_response())
+}
+
+fn peer_entry(shared: &Shared, name: &str) -> Result<Arc<crate::peers::PeerEntry>, ApiError> {
+    shared.table.get(name).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("peer {name:?} is not known"))
+            .hint("list the peers with: detente peer list --dir DIR")
+    })
+}
+
+/// Sign a checkpoint of the channel now and send it to the peer for co-signing.
+async fn checkpoint_now(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    peer_entry(&shared, &name)?;
+    let signed = shared.writer.checkpoint(&name).await?;
+    Ok(Json(crate::transcript::checkpoint_json(&signed)).into_response())
+}
+
+/// The channel with a peer as one bundle (application/cbor).
+async fn export(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    let entry = peer_entry(&shared, &name)?;
+    // The charter envelopes both sides signed (kind 6), appended ones only; they are also in
+    // the streams, and the verifier checks that every one is.
+    let charters = shared
+        .store
+        .messages_of_kind(
+            &name,
+            detente_proto::envelope::KIND_CHARTER,
+            detente_proto::bundle::CHARTERS_MAX as u32,
+        )
+        .await?
+        .into_iter()
+        .filter(|m| m.placement == Placement::Appended)
+        .map(|m| m.bytes)
+        .collect();
+    let bundle =
+        crate::transcript::export(&shared.store, &shared.secret.public(), &entry.key, charters)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let bytes = tokio::task::spawn_blocking(move || bundle.encode())
+        .await
+        .map_err(|_| internal())?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cbor"),
+        )],
+        bytes,
+    )
+        .into_response())
+}
+
+/// A self-contained inclusion proof of one message against the latest checkpoint that
+/// covers it (preferring one signed by every member); if none covers it yet, this node signs
+/// one now.
+async fn proof(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+    use detente_proto::checkpoint::SignedCheckpoint;
+    let id = parse_id(&id)?;
+    let row = shared
+        .store
+        .message(id.0)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such message"))?;
+    if row.placement != Placement::Appended {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the message is held ahead of a gap and not in its stream's tree yet",
+        )
+        .hint("wait until the missing messages before it arrive"));
+    }
+    let sender = detente_proto::PartyKey::from_bytes(row.sender).map_err(|_| internal())?;
+    let covering = |rows: &[detente_store::CheckpointRow]| {
+        let decoded: Vec<SignedCheckpoint> = rows
+            .iter()
+            .rev()
+            .filter_map(|r| SignedCheckpoint::decode(&r.signed).ok())
+            .filter(|s| {
+                s.checkpoint()
+                    .head(&sender)
+                    .is_some_and(|h| h.size >= row.seq)
+            })
+            .collect();
+        decoded
+            .iter()
+            .find(|s| s.cosigned())
+            .or(decoded.first())
+            .cloned()
+    };
+    let rows = shared.store.checkpoints(row.channel).await?;
+    let signed = match covering(&rows) {
+        Some(s) => s,
+        None => shared.writer.checkpoint(&row.peer).await?,
+    };
+    let size = signed
+        .checkpoint()
+        .head(&sender)
+        .map(|h| h.size)
+        .ok_or_else(internal)?;
+    let path = crate::transcript::inclusion_proof(
+        &shared.store,
+        row.channel,
+        row.sender,
+        row.seq - 1,
+        size,
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let proof = detente_proto::bundle::InclusionProof {
+        envelope: row.bytes,
+        checkpoint: signed.encode(),
+        index: row.seq - 1,
+        size,
+        path,
+    };
+    Ok(Json(crate::transcript::proof_json(&proof)).into_response())
 }
 
 /// A message to send, as the API accepts it.

@@ -124,6 +124,27 @@ impl Default for DeadlineSection {
     }
 }
 
+/// When checkpoints are signed on their own (`transcript.*`); changes take effect at the
+/// next start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TranscriptSection {
+    /// Sign a checkpoint after this many envelopes appended to a channel (0: never by count).
+    pub checkpoint_every: String,
+    /// Sign a checkpoint after this long with nothing to do while something is unsigned
+    /// (`off`: never by time).
+    pub checkpoint_quiet: String,
+}
+
+impl Default for TranscriptSection {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: "1000".into(),
+            checkpoint_quiet: "5s".into(),
+        }
+    }
+}
+
 /// Escalation hooks (`hooks.*`); used by the deadline work.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
@@ -159,6 +180,8 @@ pub struct NodeConfig {
     pub deadlines: DeadlineSection,
     #[serde(default)]
     pub hooks: HookSection,
+    #[serde(default)]
+    pub transcript: TranscriptSection,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
     /// Counterpart positions this party offers for the charter's directory.
@@ -244,6 +267,7 @@ impl NodeDir {
             deadlines: DeadlineSection::default(),
             hooks: HookSection::default(),
             peers: Vec::new(),
+            transcript: TranscriptSection::default(),
             counterparts: Vec::new(),
         };
         self.save(&config)?;
@@ -375,7 +399,11 @@ impl NodeConfig {
             ));
         }
         for key in CONFIG_KEYS {
-            if key.starts_with("link.") || key.starts_with("deadlines.") {
+            if key.starts_with("link.")
+                || key.starts_with("deadlines.")
+                || (*key == "transcript.checkpoint_quiet"
+                    && self.transcript.checkpoint_quiet != "off")
+            {
                 parse_duration(&self.get(key)?).map_err(|reason| bad(key, &reason))?;
             }
         }
@@ -412,6 +440,23 @@ impl NodeConfig {
             backoff_initial: d(&self.link.backoff_initial, Duration::from_millis(200)),
             backoff_max: d(&self.link.backoff_max, Duration::from_secs(30)),
             degraded_rtt: Duration::from_secs(1),
+        }
+    }
+
+    /// The writer's checkpoint policy.
+    pub fn checkpoint_policy(&self) -> crate::writer::CheckpointPolicy {
+        let default = crate::writer::CheckpointPolicy::default();
+        crate::writer::CheckpointPolicy {
+            every: self
+                .transcript
+                .checkpoint_every
+                .parse()
+                .unwrap_or(default.every),
+            quiet: if self.transcript.checkpoint_quiet == "off" {
+                std::time::Duration::ZERO
+            } else {
+                parse_duration(&self.transcript.checkpoint_quiet).unwrap_or(default.quiet)
+            },
         }
     }
 
@@ -460,6 +505,8 @@ impl NodeConfig {
             "deadlines.routine_acknowledged" => self.deadlines.routine_acknowledged.clone(),
             "hooks.webhook_url" => self.hooks.webhook_url.clone(),
             "hooks.command" => self.hooks.command.clone(),
+            "transcript.checkpoint_every" => self.transcript.checkpoint_every.clone(),
+            "transcript.checkpoint_quiet" => self.transcript.checkpoint_quiet.clone(),
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         })
     }
@@ -517,6 +564,22 @@ impl NodeConfig {
                 &mut self.hooks.webhook_url
             }
             "hooks.command" => &mut self.hooks.command,
+            "transcript.checkpoint_every" => {
+                match value.parse::<u64>() {
+                    Ok(n) if n <= 1_000_000 => {}
+                    _ => return Err(bad(key, "a number of envelopes from 0 (never) to 1000000")),
+                }
+                &mut self.transcript.checkpoint_every
+            }
+            "transcript.checkpoint_quiet" => {
+                if value != "off" {
+                    let d = parse_duration(&value).map_err(|r| bad(key, &r))?;
+                    if d > Duration::from_secs(24 * 3600) {
+                        return Err(bad(key, "at most 24h, or off"));
+                    }
+                }
+                &mut self.transcript.checkpoint_quiet
+            }
             "link.heartbeat_interval" => {
                 let d = parse_duration(&value).map_err(|r| bad(key, &r))?;
                 if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
@@ -584,6 +647,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "deadlines.routine_acknowledged",
     "hooks.webhook_url",
     "hooks.command",
+    "transcript.checkpoint_every",
+    "transcript.checkpoint_quiet",
 ];
 
 fn bad(key: &str, reason: &str) -> ConfigError {

@@ -308,6 +308,11 @@ async fn on_event(
     event: Event,
 ) {
     match event {
+        // Equivocation evidence was stored (two envelopes for one seq, or inconsistent
+        // checkpoints): escalate.
+        Event::Alarm { peer, detail } => {
+            raise(shared, HookEvent::Equivocation { peer, detail });
+        }
         Event::Stored {
             peer,
             id,

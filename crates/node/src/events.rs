@@ -37,6 +37,8 @@ pub enum Event {
         id: MessageId,
         needed: &'static str,
     },
+    /// Equivocation evidence was stored; the channel with `peer` is flagged.
+    Alarm { peer: String, detail: String },
 }
 
 #[derive(Clone)]
@@ -119,7 +121,13 @@ impl Metrics {
                 ..
             } => {
                 let d = usize::from(*direction != Direction::Out);
-                let k = usize::from(*kind).min(4);
+                // Body kinds: 0 text, 1 receipt, 2 test, 4 notification; the rest (charter)
+                // count as other.
+                let k = match kind {
+                    0..=2 => usize::from(*kind),
+                    4 => 3,
+                    _ => 4,
+                };
                 self.messages[d][precedence.index()][k].fetch_add(1, Ordering::Relaxed);
             }
             Event::Delivered { from, to, .. } => {
@@ -135,6 +143,8 @@ impl Metrics {
                 let i = usize::from(*needed != "delivered");
                 self.overdue[i].fetch_add(1, Ordering::Relaxed);
             }
+            // Counted by name when the deadline watch raises it (`alarms`).
+            Event::Alarm { .. } => {}
         }
     }
 

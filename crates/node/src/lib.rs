@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod notify;
 pub mod peers;
 pub mod tls;
+pub mod transcript;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -125,6 +126,7 @@ impl Node {
             peers,
             table.clone(),
             events.clone(),
+            config.checkpoint_policy(),
         )
         .await?;
         let peer_listener = TcpListener::bind(&config.peer_listen)

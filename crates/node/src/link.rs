@@ -262,10 +262,24 @@ async fn session(
     let (control_tx, mut control) = mpsc::channel::<Control>(1024);
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Vec<u8>>>(RECEIVE_QUEUE_MAX);
     let (urgent_tx, urgent_rx) = mpsc::channel::<Vec<Vec<u8>>>(URGENT_QUEUE_MAX);
+    let (checkpoint_tx, checkpoint_rx) = mpsc::channel::<Vec<u8>>(CHECKPOINT_QUEUE_MAX);
     let lanes = Lanes {
         normal: batch_tx,
         urgent: urgent_tx,
+        checkpoints: checkpoint_tx,
     };
+    let checkpoint_task = tokio::spawn(checkpoint_exchange(
+        shared.clone(),
+        entry.clone(),
+        checkpoint_rx,
+        control_tx.clone(),
+    ));
+    // A checkpoint of ours the peer may not have co-signed yet goes again on every session.
+    if let Ok(rows) = shared.store.checkpoints(channel.0).await {
+        if let Some(last) = rows.last().filter(|r| !r.cosigned) {
+            entry.send_checkpoint(last.signed.clone());
+        }
+    }
     let reader_task = tokio::spawn(read_frames(buffer, reader, control_tx.clone(), lanes));
     let pipeline_task = tokio::spawn(receive_pipeline(
         shared.clone(),
@@ -348,6 +362,13 @@ async fn session(
                 for precedence in entry.take_written() {
                     scheduler.on_written(precedence);
                 }
+                if let Some(signed) = entry.take_checkpoint() {
+                    out.clear();
+                    Frame::Checkpoint(signed).encode(&mut out);
+                    if let Err(e) = writer.write_all(&out).await {
+                        break End::Closed(format!("write: {e}"));
+                    }
+                }
             }
             _ = tokio::time::sleep_until(timeout.into()) => {
                 let now = Instant::now();
@@ -374,6 +395,7 @@ async fn session(
     };
     reader_task.abort();
     pipeline_task.abort();
+    checkpoint_task.abort();
     let _ = writer.shutdown().await;
     end
 }
@@ -520,6 +542,47 @@ impl FrameBuffer {
 struct Lanes {
     normal: mpsc::Sender<Vec<Vec<u8>>>,
     urgent: mpsc::Sender<Vec<Vec<u8>>>,
+    /// Signed checkpoints, handled one at a time by [`checkpoint_exchange`].
+    checkpoints: mpsc::Sender<Vec<u8>>,
+}
+
+/// Checkpoint frames queued per session, at most (the reader waits beyond this).
+const CHECKPOINT_QUEUE_MAX: usize = 4;
+
+/// Handle the peer's checkpoints: verify the signatures, let the writer check and sign, and
+/// send our co-signed copy back. One at a time; a refusal is logged and answered with
+/// nothing (the peer's next checkpoint tries again).
+async fn checkpoint_exchange(
+    shared: Arc<Shared>,
+    entry: Arc<PeerEntry>,
+    mut frames: mpsc::Receiver<Vec<u8>>,
+    control: mpsc::Sender<Control>,
+) {
+    while let Some(bytes) = frames.recv().await {
+        let signed = match detente_proto::checkpoint::SignedCheckpoint::decode(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer = %entry.name, error = %e, "refused a checkpoint");
+                continue;
+            }
+        };
+        match shared.writer.peer_checkpoint(&entry.name, signed).await {
+            Ok(Some(cosigned)) => {
+                tracing::info!(peer = %entry.name, "co-signed the peer's checkpoint");
+                if control
+                    .send(Control::Send(Frame::Checkpoint(cosigned.encode())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(peer = %entry.name, error = %e, "did not sign the peer's checkpoint")
+            }
+        }
+    }
 }
 
 async fn read_frames<R: AsyncRead + Unpin>(
@@ -558,6 +621,12 @@ async fn read_frames<R: AsyncRead + Unpin>(
                         }
                         Frame::Hello { .. } => {
                             Control::Closed("a second Hello in one session".into())
+                        }
+                        Frame::Checkpoint(bytes) => {
+                            if lanes.checkpoints.send(bytes).await.is_err() {
+                                return;
+                            }
+                            continue;
                         }
                         Frame::Terms(bytes) => Control::Terms(bytes),
                     };
@@ -675,16 +744,9 @@ async fn receive_pipeline(
                 return;
             }
         };
+        // An equivocation (RefuseCode::Conflict) is stored as evidence by the writer, which
+        // publishes Event::Alarm; the deadline watch escalates it to the hooks.
         for (seq, code, reason) in outcome.refused {
-            if code == RefuseCode::Conflict {
-                crate::deadlines::raise(
-                    &shared,
-                    crate::hooks::HookEvent::Equivocation {
-                        peer: entry.name.clone(),
-                        detail: format!("seq {seq}: {reason}"),
-                    },
-                );
-            }
             if control
                 .send(Control::Send(Frame::Refuse { seq, code, reason }))
                 .await

@@ -59,6 +59,9 @@ pub struct PeerEntry {
     /// Bit `p` set: envelopes of precedence `p` were written for this peer.
     written: AtomicU8,
     pub wake: Notify,
+    /// A signed checkpoint waiting to go to the peer (the latest wins; checkpoints are
+    /// cumulative, so an older one not yet sent is superseded).
+    checkpoint_out: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl PeerEntry {
@@ -69,6 +72,19 @@ impl PeerEntry {
             .into_iter()
             .filter(|p| bits & (1 << p.index()) != 0)
             .collect()
+    }
+
+    /// Queue a signed checkpoint for the peer's link and wake it.
+    pub fn send_checkpoint(&self, signed: Vec<u8>) {
+        if let Ok(mut slot) = self.checkpoint_out.lock() {
+            *slot = Some(signed);
+        }
+        self.wake.notify_one();
+    }
+
+    /// The checkpoint waiting to be sent, if any.
+    pub fn take_checkpoint(&self) -> Option<Vec<u8>> {
+        self.checkpoint_out.lock().ok().and_then(|mut s| s.take())
     }
 }
 
@@ -87,6 +103,7 @@ impl PeerTable {
             alarms: RwLock::new(Default::default()),
             written: AtomicU8::new(0),
             wake: Notify::new(),
+            checkpoint_out: std::sync::Mutex::new(None),
         });
         self.peers
             .write()

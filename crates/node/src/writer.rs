@@ -13,6 +13,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
+
+use detente_proto::checkpoint::{Checkpoint, SignedCheckpoint, StreamHead};
+use detente_proto::merkle::{self, Frontier, Hash};
 
 use detente_proto::stream::{classify, ranges, Disposition};
 use detente_proto::{
@@ -20,8 +24,9 @@ use detente_proto::{
     ReceiptTarget, RefuseCode, StreamCursor, VerifiedEnvelope,
 };
 use detente_store::{
-    DeliveredRange, Direction, MessageRow, OutboxRow, Placement, ReceiptRow, Store, StreamRow,
-    WriteBatch,
+    CheckpointRow, DeliveredRange, Direction, EvidenceRow, MessageRow, OutboxRow, Placement,
+    ReceiptRow, Store, StreamRow, TreeNodeRow, WriteBatch, EVIDENCE_CHECKPOINTS,
+    EVIDENCE_ENVELOPES,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -103,6 +108,35 @@ enum Command {
         detente_store::GlossaryRow,
         oneshot::Sender<Result<(), WriteError>>,
     ),
+    /// Sign a checkpoint of the channel with `peer` as it stands now.
+    Checkpoint {
+        peer: String,
+        reply: oneshot::Sender<Result<SignedCheckpoint, WriteError>>,
+    },
+    /// A checkpoint the peer sent (its signatures already verified).
+    PeerCheckpoint {
+        peer: String,
+        signed: SignedCheckpoint,
+        reply: oneshot::Sender<Result<Option<SignedCheckpoint>, WriteError>>,
+    },
+}
+
+/// When the writer signs checkpoints on its own (`transcript.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    /// After this many envelopes appended to the channel's streams (0: never by count).
+    pub every: u64,
+    /// After this long without any command while something is unsigned (zero: never).
+    pub quiet: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self {
+            every: 1000,
+            quiet: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A handle to queue commands for the writer.
@@ -176,11 +210,42 @@ impl WriterHandle {
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
+    /// Sign and store a checkpoint of the channel with `peer` now, and queue it for the peer.
+    pub async fn checkpoint(&self, peer: &str) -> Result<SignedCheckpoint, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Checkpoint {
+                peer: peer.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
     /// Record deadlines missed; durable when this returns Ok.
     pub async fn record_misses(&self, rows: Vec<detente_store::MissRow>) -> Result<(), WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Misses(rows, reply))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Handle a checkpoint the peer sent. `Some` is our co-signed copy to send back.
+    pub async fn peer_checkpoint(
+        &self,
+        peer: &str,
+        signed: SignedCheckpoint,
+    ) -> Result<Option<SignedCheckpoint>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::PeerCheckpoint {
+                peer: peer.to_string(),
+                signed,
+                reply,
+            })
             .await
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
@@ -207,8 +272,13 @@ struct PeerStreams {
     out_last_created_ms: u64,
     /// The peer's stream to this node.
     inbound: StreamCursor,
-    /// Held envelopes of the peer's stream: seq -> (id, prev).
-    held: BTreeMap<u64, (MessageId, MessageId)>,
+    /// Held envelopes of the peer's stream: seq -> (id, prev, Merkle leaf hash).
+    held: BTreeMap<u64, (MessageId, MessageId, Hash)>,
+    /// Merkle frontiers of both streams (sizes equal the cursors' high-water marks).
+    out_tree: Frontier,
+    in_tree: Frontier,
+    /// Envelopes appended to either stream since this node last signed a checkpoint.
+    unsigned: u64,
 }
 
 struct Writer {
@@ -218,6 +288,7 @@ struct Writer {
     peers: HashMap<String, PeerStreams>,
     table: Arc<PeerTable>,
     events: Events,
+    policy: CheckpointPolicy,
 }
 
 /// Start the writer task for the given peers (name, key).
@@ -228,6 +299,7 @@ pub async fn start(
     peers: Vec<(String, PartyKey)>,
     table: Arc<PeerTable>,
     events: Events,
+    policy: CheckpointPolicy,
 ) -> Result<WriterHandle, WriteError> {
     let mut writer = Writer {
         store,
@@ -236,6 +308,7 @@ pub async fn start(
         peers: HashMap::new(),
         table,
         events,
+        policy,
     };
     for (name, key) in peers {
         writer.load_peer(&name, key).await?;
@@ -283,7 +356,10 @@ impl Writer {
         for row in rows {
             // Held rows were verified before they were stored; the prev is in the bytes.
             if let Ok(v) = VerifiedEnvelope::decode(&row.bytes, Some(&key)) {
-                held.insert(row.seq, (v.id(), v.envelope().prev));
+                held.insert(
+                    row.seq,
+                    (v.id(), v.envelope().prev, merkle::leaf_hash(v.bytes())),
+                );
             }
         }
         let out_last_created_ms = if out.next_seq > 1 {
@@ -295,6 +371,8 @@ impl Writer {
         } else {
             0
         };
+        let out_tree = self.load_tree(channel, &me, out.hwm()).await?;
+        let in_tree = self.load_tree(channel, &key, inbound.hwm()).await?;
         self.peers.insert(
             name.to_string(),
             PeerStreams {
@@ -304,13 +382,112 @@ impl Writer {
                 out_last_created_ms,
                 inbound,
                 held,
+                out_tree,
+                in_tree,
+                unsigned: 0,
             },
         );
         Ok(())
     }
 
+    /// The Merkle frontier of a stream of `size` appended envelopes, from the stored complete
+    /// subtrees. A stream written before trees were kept (schema 1) is hashed once here and
+    /// its subtrees stored.
+    async fn load_tree(
+        &self,
+        channel: ChannelId,
+        sender: &PartyKey,
+        size: u64,
+    ) -> Result<Frontier, WriteError> {
+        let positions = Frontier::positions(size);
+        let nodes = self
+            .store
+            .tree_nodes(channel.0, *sender.as_bytes(), positions)
+            .await
+            .map_err(store_err)?;
+        if let Some(nodes) = nodes.into_iter().collect::<Option<Vec<_>>>() {
+            if let Some(f) = Frontier::from_parts(size, nodes) {
+                return Ok(f);
+            }
+        }
+        tracing::info!(stream = %sender.fingerprint(), size, "building the Merkle tree of a stream stored before trees were kept");
+        let mut tree = Frontier::default();
+        let mut created = Vec::new();
+        let mut after = 0;
+        while tree.size() < size {
+            let page = self
+                .store
+                .stream_envelopes(channel.0, *sender.as_bytes(), after, 1024)
+                .await
+                .map_err(store_err)?;
+            let Some(&(last, _)) = page.last() else { break };
+            for (_, bytes) in &page {
+                tree.push(merkle::leaf_hash(bytes), &mut created);
+            }
+            after = last;
+        }
+        if tree.size() != size {
+            return Err(WriteError::Store(format!(
+                "stream {} has {} appended envelopes, its state says {size}",
+                sender.fingerprint(),
+                tree.size()
+            )));
+        }
+        let mut rows: Vec<TreeNodeRow> = Vec::new();
+        for chunk in created.chunks(4096) {
+            let positions = chunk.iter().map(|(l, i, _)| (*l, *i)).collect();
+            let present = self
+                .store
+                .tree_nodes(channel.0, *sender.as_bytes(), positions)
+                .await
+                .map_err(store_err)?;
+            for ((level, index, hash), have) in chunk.iter().zip(present) {
+                if have.is_none() {
+                    rows.push(TreeNodeRow {
+                        channel: channel.0,
+                        sender: *sender.as_bytes(),
+                        level: *level,
+                        index: *index,
+                        hash: *hash,
+                    });
+                }
+            }
+        }
+        let batch = WriteBatch {
+            tree_nodes: rows,
+            ..WriteBatch::default()
+        };
+        self.store.commit(batch).await.map_err(store_err)?;
+        Ok(tree)
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(first) = rx.recv().await {
+        loop {
+            let pending = self.peers.values().any(|p| p.unsigned > 0);
+            let first = if pending && !self.policy.quiet.is_zero() {
+                match tokio::time::timeout(self.policy.quiet, rx.recv()).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Quiet: checkpoint every channel with something unsigned.
+                        let due: Vec<String> = self
+                            .peers
+                            .iter()
+                            .filter(|(_, p)| p.unsigned > 0)
+                            .map(|(n, _)| n.clone())
+                            .collect();
+                        for peer in due {
+                            self.auto_checkpoint(&peer).await;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                match rx.recv().await {
+                    Some(c) => c,
+                    None => break,
+                }
+            };
             let mut commands = vec![first];
             while commands.len() < BATCH_COMMANDS_MAX {
                 match rx.try_recv() {
@@ -319,6 +496,32 @@ impl Writer {
                 }
             }
             self.apply(commands).await;
+            if self.policy.every > 0 {
+                let due: Vec<String> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.unsigned >= self.policy.every)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for peer in due {
+                    self.auto_checkpoint(&peer).await;
+                }
+            }
+        }
+    }
+
+    /// Sign a checkpoint on our own and queue it for the peer; failures are logged (the
+    /// next trigger tries again).
+    async fn auto_checkpoint(&mut self, peer: &str) {
+        match self.sign_checkpoint(peer).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "cannot sign a checkpoint");
+                // Do not retry at once in a loop; the next append or quiet period will.
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.unsigned = 0;
+                }
+            }
         }
     }
 
@@ -329,6 +532,9 @@ impl Writer {
         let mut receives = Vec::new();
         let mut misses = Vec::new();
         let mut glossary_replies = Vec::new();
+        // Checkpoint commands read the trees from the store, so they run after this batch
+        // is committed.
+        let mut deferred = Vec::new();
         for command in commands {
             match command {
                 Command::Send(request, reply) => {
@@ -358,6 +564,9 @@ impl Writer {
                     if let Err(e) = self.load_peer(&name, key).await {
                         tracing::error!(peer = %name, error = %e, "cannot load the new peer's streams");
                     }
+                }
+                c @ (Command::Checkpoint { .. } | Command::PeerCheckpoint { .. }) => {
+                    deferred.push(c)
                 }
             }
         }
@@ -407,6 +616,210 @@ impl Writer {
                 self.events.publish(event);
             }
         }
+        for command in deferred {
+            match command {
+                Command::Checkpoint { peer, reply } => {
+                    let _ = reply.send(self.sign_checkpoint(&peer).await);
+                }
+                Command::PeerCheckpoint {
+                    peer,
+                    signed,
+                    reply,
+                } => {
+                    let _ = reply.send(self.on_peer_checkpoint(&peer, signed).await);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The checkpoint of the channel with `peer` as this node's record stands.
+    fn current_checkpoint(&self, peer: &str) -> Result<Checkpoint, WriteError> {
+        let p = self
+            .peers
+            .get(peer)
+            .ok_or_else(|| WriteError::UnknownPeer(peer.to_string()))?;
+        let me = self.secret.public();
+        Checkpoint::new(
+            p.channel,
+            now_ms(),
+            vec![
+                StreamHead {
+                    key: me,
+                    size: p.out_tree.size(),
+                    root: p.out_tree.root(),
+                },
+                StreamHead {
+                    key: p.key,
+                    size: p.in_tree.size(),
+                    root: p.in_tree.root(),
+                },
+            ],
+        )
+        .map_err(|e| WriteError::Invalid(e.to_string()))
+    }
+
+    /// Sign (witness rule first), store, then queue for the peer.
+    async fn sign_checkpoint(&mut self, peer: &str) -> Result<SignedCheckpoint, WriteError> {
+        let checkpoint = self.current_checkpoint(peer)?;
+        let signed = SignedCheckpoint::sign(checkpoint, &self.secret)
+            .map_err(|e| WriteError::Invalid(e.to_string()))?;
+        self.commit_signed(peer, &signed, None).await?;
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.unsigned = 0;
+        }
+        if let Some(entry) = self.table.get(peer) {
+            entry.send_checkpoint(signed.encode());
+        }
+        Ok(signed)
+    }
+
+    /// Check the witness rule for `signed` (which carries our signature), then store it with
+    /// the new witness state (and any evidence) in one transaction. Nothing signed leaves the
+    /// node before this returns.
+    async fn commit_signed(
+        &self,
+        peer: &str,
+        signed: &SignedCheckpoint,
+        evidence: Option<EvidenceRow>,
+    ) -> Result<(), WriteError> {
+        let witness = crate::transcript::witness_check(&self.store, signed.checkpoint())
+            .await
+            .map_err(|e| {
+                tracing::error!(peer, error = %e, "refusing to sign a checkpoint (witness rule)");
+                WriteError::Invalid(e.to_string())
+            })?;
+        let mut batch = WriteBatch {
+            witness,
+            ..WriteBatch::default()
+        };
+        batch.checkpoints.push(checkpoint_row(signed));
+        batch.evidence.extend(evidence);
+        failpoint("checkpoint-before-commit");
+        self.store.commit(batch).await.map_err(store_err)?;
+        failpoint("checkpoint-after-commit");
+        if signed.cosigned() {
+            // For the checkpoint-age gauge of /metrics.
+            self.events
+                .metrics()
+                .set_checkpoint(signed.checkpoint().time_ms as i64);
+        }
+        Ok(())
+    }
+
+    /// A checkpoint from the peer: check it against our record; sign it if we have not,
+    /// store it either way. Evidence when the peer signed roots our record contradicts.
+    async fn on_peer_checkpoint(
+        &mut self,
+        peer: &str,
+        mut signed: SignedCheckpoint,
+    ) -> Result<Option<SignedCheckpoint>, WriteError> {
+        let (channel, key, out_size, in_size) = {
+            let p = self
+                .peers
+                .get(peer)
+                .ok_or_else(|| WriteError::UnknownPeer(peer.to_string()))?;
+            (p.channel, p.key, p.out_tree.size(), p.in_tree.size())
+        };
+        let me = self.secret.public();
+        let c = signed.checkpoint().clone();
+        let mut members: Vec<PartyKey> = c.members.iter().map(|m| m.key).collect();
+        members.sort();
+        let mut expected = vec![me, key];
+        expected.sort();
+        if c.channel != channel || members != expected {
+            return Err(WriteError::Invalid(
+                "the checkpoint is not of this channel or its members".into(),
+            ));
+        }
+        if !signed.signed_by(&key) {
+            return Err(WriteError::Invalid(
+                "the peer did not sign its checkpoint".into(),
+            ));
+        }
+        // Compare with our record, stream by stream.
+        let mut behind = false;
+        for head in &c.members {
+            let local = if head.key == me { out_size } else { in_size };
+            if head.size > local {
+                behind = true;
+                continue;
+            }
+            let ours =
+                crate::transcript::root_at(&self.store, channel.0, *head.key.as_bytes(), head.size)
+                    .await
+                    .map_err(WriteError::Store)?;
+            if ours != head.root {
+                let detail = format!(
+                    "the peer signed root {} for {} envelopes of stream {}; our record has {}",
+                    hex::encode(head.root),
+                    head.size,
+                    head.key.fingerprint(),
+                    hex::encode(ours)
+                );
+                tracing::error!(peer, %detail, "EQUIVOCATION: a checkpoint contradicts the record");
+                // The first item: the latest checkpoint the peer signed that agrees with us.
+                let first = self
+                    .store
+                    .checkpoints(channel.0)
+                    .await
+                    .map_err(store_err)?
+                    .into_iter()
+                    .rev()
+                    .map(|r| r.signed)
+                    .find(|b| SignedCheckpoint::decode(b).is_ok_and(|s| s.signed_by(&key)))
+                    .unwrap_or_default();
+                let evidence = EvidenceRow {
+                    id: 0,
+                    channel: channel.0,
+                    peer: peer.to_string(),
+                    kind: EVIDENCE_CHECKPOINTS,
+                    seq: None,
+                    first,
+                    second: signed.encode(),
+                    detail: detail.clone(),
+                    detected_at_ms: now_ms() as i64,
+                };
+                let batch = WriteBatch {
+                    evidence: vec![evidence],
+                    ..WriteBatch::default()
+                };
+                self.store.commit(batch).await.map_err(store_err)?;
+                self.events.publish(Event::Alarm {
+                    peer: peer.to_string(),
+                    detail: detail.clone(),
+                });
+                return Err(WriteError::Invalid(detail));
+            }
+        }
+        if behind {
+            // We cannot vouch for envelopes we do not hold yet; our own checkpoint will
+            // follow once they arrive.
+            tracing::debug!(
+                peer,
+                "a checkpoint covers envelopes not yet here; not signed"
+            );
+            return Ok(None);
+        }
+        if signed.signed_by(&me) {
+            // Our own checkpoint came back co-signed: store the fuller signature set.
+            let batch = WriteBatch {
+                checkpoints: vec![checkpoint_row(&signed)],
+                ..WriteBatch::default()
+            };
+            self.store.commit(batch).await.map_err(store_err)?;
+            if signed.cosigned() {
+                self.events
+                    .metrics()
+                    .set_checkpoint(signed.checkpoint().time_ms as i64);
+            }
+            return Ok(None);
+        }
+        signed
+            .add_signature(&self.secret)
+            .map_err(|e| WriteError::Invalid(e.to_string()))?;
+        self.commit_signed(peer, &signed, None).await?;
+        Ok(Some(signed))
     }
 
     /// Record the final cursor of every stream touched (cheap: one row per stream).
@@ -465,6 +878,14 @@ impl Writer {
         };
         p.out.advance(verified.id());
         p.out_last_created_ms = created_at_ms;
+        p.unsigned += 1;
+        grow(
+            batch,
+            &mut p.out_tree,
+            p.channel,
+            &me,
+            merkle::leaf_hash(verified.bytes()),
+        );
         batch.outbox.push(OutboxRow {
             peer: request.peer.clone(),
             seq: e.seq,
@@ -522,9 +943,18 @@ impl Writer {
                 continue;
             }
             let disposition = match p.held.get(&seq) {
-                Some((id, _)) if *id == verified.id() => Disposition::Known,
+                Some((id, _, _)) if *id == verified.id() => Disposition::Known,
                 Some(_) => {
-                    conflict(peer, seq);
+                    let channel = p.channel;
+                    let key = p.key;
+                    let first = self
+                        .store
+                        .message_at(channel.0, *key.as_bytes(), seq)
+                        .await
+                        .map_err(store_err)?
+                        .map(|m| m.bytes)
+                        .unwrap_or_default();
+                    equivocation(batch, staged, peer, channel, seq, first, &verified);
                     outcome.refused.push((
                         seq,
                         RefuseCode::Conflict,
@@ -537,16 +967,35 @@ impl Writer {
             let placement = match disposition {
                 Disposition::Append => {
                     p.inbound.advance(verified.id());
+                    p.unsigned += 1;
+                    let (channel, key) = (p.channel, p.key);
+                    grow(
+                        batch,
+                        &mut p.in_tree,
+                        channel,
+                        &key,
+                        merkle::leaf_hash(verified.bytes()),
+                    );
                     Placement::Appended
                 }
                 Disposition::Hold => {
-                    p.held.insert(seq, (verified.id(), e.prev));
+                    p.held.insert(
+                        seq,
+                        (verified.id(), e.prev, merkle::leaf_hash(verified.bytes())),
+                    );
                     Placement::Held
                 }
                 Disposition::Known => {
                     if let Some(id) = in_batch.get(&seq) {
                         if *id != verified.id() {
-                            conflict(peer, seq);
+                            let first = batch
+                                .messages
+                                .iter()
+                                .find(|m| m.id == id.0)
+                                .map(|m| m.bytes.clone())
+                                .unwrap_or_default();
+                            let channel = p.channel;
+                            equivocation(batch, staged, peer, channel, seq, first, &verified);
                             outcome.refused.push((
                                 seq,
                                 RefuseCode::Conflict,
@@ -559,8 +1008,9 @@ impl Writer {
                             .message_at(p.channel.0, *p.key.as_bytes(), seq)
                             .await
                             .map_err(store_err)?;
-                        if stored.is_some_and(|m| m.id != verified.id().0) {
-                            conflict(peer, seq);
+                        if let Some(m) = stored.filter(|m| m.id != verified.id().0) {
+                            let channel = p.channel;
+                            equivocation(batch, staged, peer, channel, seq, m.bytes, &verified);
                             outcome.refused.push((
                                 seq,
                                 RefuseCode::Conflict,
@@ -658,11 +1108,14 @@ impl Writer {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        while let Some(&(id, prev)) = p.held.get(&p.inbound.next_seq) {
+        while let Some(&(id, prev, leaf)) = p.held.get(&p.inbound.next_seq) {
             if prev != p.inbound.last_id {
                 conflict(peer, p.inbound.next_seq);
                 break;
             }
+            let (channel, key) = (p.channel, p.key);
+            grow(batch, &mut p.in_tree, channel, &key, leaf);
+            p.unsigned += 1;
             batch
                 .promote
                 .push((p.channel.0, *p.key.as_bytes(), p.inbound.next_seq));
@@ -717,6 +1170,85 @@ fn receipt_row(of: MessageId, receipt: &Receipt, verified: &VerifiedEnvelope) ->
         at_ms: verified.envelope().created_at_ms as i64,
         receipt_id: verified.id().0,
         note: receipt.note.clone(),
+    }
+}
+
+/// Append a leaf to a stream's tree and stage the complete subtrees it creates in the same
+/// batch as the message.
+fn grow(
+    batch: &mut WriteBatch,
+    tree: &mut Frontier,
+    channel: ChannelId,
+    sender: &PartyKey,
+    leaf: Hash,
+) {
+    let mut created = Vec::with_capacity(2);
+    tree.push(leaf, &mut created);
+    batch
+        .tree_nodes
+        .extend(created.into_iter().map(|(level, index, hash)| TreeNodeRow {
+            channel: channel.0,
+            sender: *sender.as_bytes(),
+            level,
+            index,
+            hash,
+        }));
+}
+
+fn checkpoint_row(signed: &SignedCheckpoint) -> CheckpointRow {
+    let c = signed.checkpoint();
+    CheckpointRow {
+        id: 0,
+        channel: c.channel.0,
+        body_hash: merkle_body_hash(signed.body()),
+        time_ms: c.time_ms as i64,
+        cosigned: signed.cosigned(),
+        signed: signed.encode(),
+        stored_at_ms: now_ms() as i64,
+    }
+}
+
+fn merkle_body_hash(body: &[u8]) -> [u8; 32] {
+    detente_proto::envelope::message_id(body).0
+}
+
+/// Two different envelopes signed by the peer for one seq: keep both as evidence (in this
+/// batch), raise the alarm, flag the channel. The second envelope is still refused.
+fn equivocation(
+    batch: &mut WriteBatch,
+    staged: &mut Staged,
+    peer: &str,
+    channel: ChannelId,
+    seq: u64,
+    first: Vec<u8>,
+    second: &VerifiedEnvelope,
+) {
+    conflict(peer, seq);
+    let detail = format!("the peer signed two different envelopes for seq {seq}");
+    batch.evidence.push(EvidenceRow {
+        id: 0,
+        channel: channel.0,
+        peer: peer.to_string(),
+        kind: EVIDENCE_ENVELOPES,
+        seq: Some(seq),
+        first,
+        second: second.bytes().to_vec(),
+        detail: detail.clone(),
+        detected_at_ms: now_ms() as i64,
+    });
+    staged.events.push(Event::Alarm {
+        peer: peer.to_string(),
+        detail,
+    });
+}
+
+/// Test-only crash points: with `DETENTE_FAILPOINT=<name>` in the environment, the process
+/// exits at once (as a `kill -9` would) when it reaches that point. Compiled only into debug
+/// builds.
+fn failpoint(name: &str) {
+    if cfg!(debug_assertions) && std::env::var("DETENTE_FAILPOINT").is_ok_and(|v| v == name) {
+        tracing::error!(failpoint = name, "failpoint reached: exiting");
+        std::process::exit(86);
     }
 }
 

@@ -89,6 +89,9 @@ impl Harness {
         config.set("link.backoff_initial", "10m").unwrap();
         config.set("link.backoff_max", "1h").unwrap();
         config.set("link.heartbeat_interval", "1m").unwrap();
+        // Checkpoints only when a test asks (a quiet-time checkpoint would arrive at a
+        // machine-speed-dependent moment).
+        config.set("transcript.checkpoint_quiet", "off").unwrap();
         dir.save(&config).expect("save node.toml");
         let node = Node::start(dir).await.expect("start the node");
         let target = PartySecret::from_seed(TARGET_SEED).public();
@@ -1017,6 +1020,209 @@ async fn peer_cannot_acknowledge_its_own_message_on_our_behalf() {
         times.acknowledged_ms, None,
         "a peer's receipt for its own message was recorded as ours: {times:?}"
     );
+    h.stop().await;
+}
+
+// ---- the transcript: evidence, alarms, checkpoints ----------------------------------------
+
+/// GET an API path of the node under test (plain HTTP/1.1 on loopback, with the token).
+async fn api_get(h: &Harness, path: &str) -> serde_json::Value {
+    let shared = &h.node.shared;
+    let mut s = TcpStream::connect(shared.console_addr).await.expect("API");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        shared.token
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .expect("API answers")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let body = text.split("\r\n\r\n").nth(1).expect("a body");
+    serde_json::from_str(body).expect("JSON")
+}
+
+/// A checkpoint of the channel signed by the fake peer.
+fn fake_checkpoint(
+    h: &Harness,
+    target_size: u64,
+    target_root: [u8; 32],
+    fake: &[VerifiedEnvelope],
+) -> detente_proto::checkpoint::SignedCheckpoint {
+    use detente_proto::checkpoint::{Checkpoint, SignedCheckpoint, StreamHead};
+    use detente_proto::merkle::{leaf_hash, root_of_leaves};
+    let leaves: Vec<[u8; 32]> = fake.iter().map(|v| leaf_hash(v.bytes())).collect();
+    let c = Checkpoint::new(
+        h.channel,
+        1_800_000_000_000,
+        vec![
+            StreamHead {
+                key: h.target,
+                size: target_size,
+                root: target_root,
+            },
+            StreamHead {
+                key: h.fake.public(),
+                size: fake.len() as u64,
+                root: root_of_leaves(&leaves),
+            },
+        ],
+    )
+    .unwrap();
+    SignedCheckpoint::sign(c, &h.fake).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivocation_is_kept_as_evidence_and_raises_the_alarm() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(2);
+    h.accepts(&mut peer, &chain[0], 1).await;
+    let status = api_get(&h, "/api/v1/status").await;
+    assert_eq!(status["alarms"], serde_json::json!([]));
+    assert_eq!(status["peers"][0]["flagged"], false);
+
+    let twin = h.sign(h.envelope(1, MessageId::ZERO, "what we never said"));
+    h.refuses(
+        &mut peer,
+        twin.bytes(),
+        1,
+        RefuseCode::Conflict,
+        "different envelope",
+    )
+    .await;
+
+    // Both signed envelopes are kept, exactly as the peer signed them.
+    let evidence = h.node.shared.store.evidence().await.unwrap();
+    assert_eq!(evidence.len(), 1);
+    assert_eq!(evidence[0].kind, detente_store::EVIDENCE_ENVELOPES);
+    assert_eq!(evidence[0].seq, Some(1));
+    assert_eq!(evidence[0].peer, "fake");
+    assert_eq!(evidence[0].first, chain[0].bytes());
+    assert_eq!(evidence[0].second, twin.bytes());
+    for item in [&evidence[0].first, &evidence[0].second] {
+        let v = VerifiedEnvelope::decode(item, Some(&h.fake.public())).unwrap();
+        assert_eq!(v.envelope().seq, 1);
+    }
+
+    // The alarm shows in status and flags the channel; valid traffic still flows.
+    let status = api_get(&h, "/api/v1/status").await;
+    assert_eq!(status["alarms"][0]["kind"], "equivocation");
+    assert_eq!(status["alarms"][0]["peer"], "fake");
+    assert_eq!(status["alarms"][0]["seq"], 1);
+    assert_eq!(status["peers"][0]["flagged"], true);
+    h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_cosigned_witnessed_across_restart_and_contradictions_are_evidence() {
+    use detente_node::transcript::{witness_check, WitnessError};
+    use detente_proto::merkle::empty_root;
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(3);
+    h.accepts(&mut peer, &chain[0], 1).await;
+    h.accepts(&mut peer, &chain[1], 2).await;
+
+    // A checkpoint the node can vouch for comes back signed by both.
+    let proposal = fake_checkpoint(&h, 0, empty_root(), &chain[..2]);
+    peer.send(&Frame::Checkpoint(proposal.encode())).await;
+    let cosigned = loop {
+        match peer.next_control().await {
+            Ok(Frame::Checkpoint(bytes)) => {
+                break detente_proto::checkpoint::SignedCheckpoint::decode(&bytes).unwrap()
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("the node closed the session: {e}"),
+        }
+    };
+    assert!(cosigned.cosigned());
+    assert_eq!(cosigned.body(), proposal.body());
+    let status = api_get(&h, "/api/v1/status").await;
+    assert_eq!(status["peers"][0]["checkpoint"]["cosigned"], true);
+    let streams = status["peers"][0]["checkpoint"]["streams"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let fake_stream = streams
+        .iter()
+        .find(|s| s["fingerprint"] == h.fake.public().fingerprint().as_str())
+        .expect("the fake peer's stream");
+    assert_eq!(fake_stream["size"], 2);
+
+    // The witness rule, from the store: never a smaller tree, never an inconsistent one.
+    let smaller = fake_checkpoint(&h, 0, empty_root(), &chain[..1]);
+    let forked = {
+        let other = h.sign(h.envelope(2, chain[0].id(), "a rewritten second message"));
+        fake_checkpoint(&h, 0, empty_root(), &[chain[0].clone(), other])
+    };
+    let store = h.node.shared.store.clone();
+    assert!(matches!(
+        witness_check(&store, smaller.checkpoint()).await,
+        Err(WitnessError::Smaller { .. })
+    ));
+    assert!(matches!(
+        witness_check(&store, forked.checkpoint()).await,
+        Err(WitnessError::Inconsistent { .. })
+    ));
+
+    // ... and the same after a restart: the witness state is durable.
+    let Harness {
+        _tmp,
+        node,
+        target,
+        fake,
+        channel,
+    } = h;
+    node.stop().await;
+    let node = Node::start(NodeDir::new(_tmp.path().join("target")))
+        .await
+        .expect("restart");
+    let h = Harness {
+        _tmp,
+        node,
+        target,
+        fake,
+        channel,
+    };
+    let store = h.node.shared.store.clone();
+    assert!(matches!(
+        witness_check(&store, smaller.checkpoint()).await,
+        Err(WitnessError::Smaller { .. })
+    ));
+    assert!(matches!(
+        witness_check(&store, forked.checkpoint()).await,
+        Err(WitnessError::Inconsistent { .. })
+    ));
+
+    // A checkpoint signed by the peer whose root contradicts the envelopes it signed is
+    // evidence: kept, alarmed, never co-signed.
+    let mut peer = FakePeer::connect(&h).await;
+    peer.send(&Frame::Checkpoint(forked.encode())).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let evidence = loop {
+        let evidence = h.node.shared.store.evidence().await.unwrap();
+        if !evidence.is_empty() {
+            break evidence;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no evidence stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(evidence[0].kind, detente_store::EVIDENCE_CHECKPOINTS);
+    assert_eq!(evidence[0].second, forked.encode());
+    let first = detente_proto::checkpoint::SignedCheckpoint::decode(&evidence[0].first).unwrap();
+    assert_eq!(
+        first.body(),
+        proposal.body(),
+        "the earlier checkpoint the peer signed"
+    );
+    let status = api_get(&h, "/api/v1/status").await;
+    assert_eq!(status["alarms"][0]["kind"], "inconsistent-checkpoints");
+    assert_eq!(status["peers"][0]["flagged"], true);
+    h.accepts(&mut peer, &chain[2], 3).await;
     h.stop().await;
 }
 

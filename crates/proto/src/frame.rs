@@ -50,6 +50,11 @@ pub enum Frame {
         code: RefuseCode,
         reason: String,
     },
+    /// An encoded `SignedCheckpoint` (docs/transcript-format.md). A side that has not signed
+    /// it yet checks it against its own record, signs, and sends it back with both
+    /// signatures; one it has already signed is only stored, so the exchange ends there.
+    /// Checkpoints are frames, not envelopes, so exchanging one does not itself grow a stream.
+    Checkpoint(Vec<u8>),
     /// This side's charter terms ([`crate::charter::Terms`], canonical CBOR), sent after
     /// `Hello`. Unsigned: the terms bind nobody until each side signs the charter they make
     /// in a charter envelope of its own stream.
@@ -115,6 +120,7 @@ const PING: u8 = 3;
 const PONG: u8 = 4;
 const REFUSE: u8 = 5;
 /// Types 6 to 15 are left for frames of the transcript work.
+const CHECKPOINT: u8 = 6;
 const TERMS: u8 = 16;
 
 impl Frame {
@@ -154,6 +160,10 @@ impl Frame {
                     end -= 1;
                 }
                 out.extend_from_slice(&reason.as_bytes()[..end]);
+            }
+            Frame::Checkpoint(bytes) => {
+                out.push(CHECKPOINT);
+                out.extend_from_slice(bytes);
             }
             Frame::Terms(bytes) => {
                 out.push(TERMS);
@@ -233,6 +243,15 @@ impl Frame {
                     reason: reason.to_string(),
                 })
             }
+            CHECKPOINT => {
+                if body.is_empty() || body.len() > crate::checkpoint::SIGNED_CHECKPOINT_BYTES_MAX {
+                    return Err(FrameError::BadLength {
+                        kind,
+                        len: body.len(),
+                    });
+                }
+                Ok(Frame::Checkpoint(body.to_vec()))
+            }
             TERMS => {
                 if body.is_empty() || body.len() > crate::charter::limits::ENCODED_BYTES_MAX {
                     return Err(FrameError::BadLength {
@@ -272,6 +291,7 @@ mod tests {
         });
         round_trip(Frame::Ping { nonce: 7 });
         round_trip(Frame::Pong { nonce: 7 });
+        round_trip(Frame::Checkpoint(vec![0x82, 0x40, 0x80]));
         round_trip(Frame::Refuse {
             seq: 3,
             code: RefuseCode::HeldFull,

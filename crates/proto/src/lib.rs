@@ -5,13 +5,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod charter;
+pub mod checkpoint;
 pub mod deadline;
 pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod link;
+pub mod merkle;
 pub mod sched;
 pub mod stream;
 

@@ -132,6 +132,65 @@ pub struct DeliveredRange {
     pub at_ms: i64,
 }
 
+/// A complete Merkle subtree of an appended stream (see `detente_proto::merkle`): it covers
+/// leaves `index·2^level .. (index+1)·2^level`; leaf `i` is the envelope with `seq = i + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeNodeRow {
+    pub channel: Hash32,
+    pub sender: Hash32,
+    pub level: u8,
+    pub index: u64,
+    pub hash: Hash32,
+}
+
+/// A checkpoint signed or received by this node: one row per body, `signed` holding every
+/// signature known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    /// Assigned by the store (ascending in storage order); ignored on insert.
+    pub id: i64,
+    pub channel: Hash32,
+    /// SHA-256 of the checkpoint body: the same body stored twice merges signatures.
+    pub body_hash: Hash32,
+    pub time_ms: i64,
+    /// Signed by every member.
+    pub cosigned: bool,
+    /// The encoded `SignedCheckpoint`.
+    pub signed: Vec<u8>,
+    pub stored_at_ms: i64,
+}
+
+/// The largest tree of one stream this node has signed in a checkpoint (the witness rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WitnessRow {
+    pub channel: Hash32,
+    pub sender: Hash32,
+    pub size: u64,
+    pub root: Hash32,
+}
+
+/// Evidence kinds. The numbers are part of the schema; never renumber.
+pub const EVIDENCE_ENVELOPES: u8 = 0;
+pub const EVIDENCE_CHECKPOINTS: u8 = 1;
+
+/// Two things one party signed that cannot both be true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceRow {
+    /// Assigned by the store; ignored on insert.
+    pub id: i64,
+    pub channel: Hash32,
+    pub peer: String,
+    /// [`EVIDENCE_ENVELOPES`] or [`EVIDENCE_CHECKPOINTS`].
+    pub kind: u8,
+    pub seq: Option<u64>,
+    /// The first signed item (envelope or signed checkpoint), exactly as received.
+    pub first: Vec<u8>,
+    /// The second, contradicting one.
+    pub second: Vec<u8>,
+    pub detail: String,
+    pub detected_at_ms: i64,
+}
+
 /// Everything one group commit makes durable, applied in one transaction, in this order.
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
@@ -156,6 +215,14 @@ pub struct WriteBatch {
     pub misses: Vec<MissRow>,
     /// Glossary terms to add (or replace, per peer, term and language pair).
     pub glossary: Vec<GlossaryRow>,
+    /// Complete Merkle subtrees created by the appends of this batch.
+    pub tree_nodes: Vec<TreeNodeRow>,
+    /// Checkpoints to insert, or (same body) whose signatures to replace by a fuller set.
+    pub checkpoints: Vec<CheckpointRow>,
+    /// Witness states to insert or replace.
+    pub witness: Vec<WitnessRow>,
+    /// Evidence to record.
+    pub evidence: Vec<EvidenceRow>,
 }
 
 /// An agreed pair of terms on the channel with `peer`.
@@ -207,6 +274,10 @@ impl WriteBatch {
             && self.prune.is_empty()
             && self.misses.is_empty()
             && self.glossary.is_empty()
+            && self.tree_nodes.is_empty()
+            && self.checkpoints.is_empty()
+            && self.witness.is_empty()
+            && self.evidence.is_empty()
     }
 }
 
@@ -341,6 +412,35 @@ pub trait Store: Send + Sync + 'static {
     /// Deadlines recorded missed for a message, by level.
     fn misses(&self, id: Hash32) -> impl Future<Output = Result<Vec<MissRow>>> + Send;
 
+    /// Complete Merkle subtrees of one stream at these `(level, index)` positions, in the
+    /// order asked (`None` where the tree has not grown past a position).
+    fn tree_nodes(
+        &self,
+        channel: Hash32,
+        sender: Hash32,
+        positions: Vec<(u8, u64)>,
+    ) -> impl Future<Output = Result<Vec<Option<Hash32>>>> + Send;
+
+    /// Appended envelopes of one stream with `seq > after`, lowest first, at most `limit`.
+    fn stream_envelopes(
+        &self,
+        channel: Hash32,
+        sender: Hash32,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(u64, Vec<u8>)>>> + Send;
+
+    /// Checkpoints of one channel, oldest first.
+    fn checkpoints(
+        &self,
+        channel: Hash32,
+    ) -> impl Future<Output = Result<Vec<CheckpointRow>>> + Send;
+
+    /// The witness state of every stream of one channel.
+    fn witness(&self, channel: Hash32) -> impl Future<Output = Result<Vec<WitnessRow>>> + Send;
+
+    /// All evidence, oldest first.
+    fn evidence(&self) -> impl Future<Output = Result<Vec<EvidenceRow>>> + Send;
     /// Envelopes of body `kind` exchanged with `peer` (both directions), oldest first by
     /// `seq` within each direction, at most `limit` per direction, the newest kept. Served by a partial
     /// index for charters (kind 6).

@@ -13,7 +13,7 @@
 //! `UPDATE … FROM (VALUES …)`), because every statement is a round trip to sqlx's worker
 //! thread and a per-row statement would cap the commit rate well below what the node needs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,9 +24,9 @@ use sqlx::sqlite::{
 use sqlx::{Decode, QueryBuilder, Row, Type};
 
 use crate::{
-    DeadlineCandidate, DeliveredRange, Direction, GlossaryRow, Hash32, InboxQuery, MessageRow,
-    MissRow, OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, Result,
-    Store, StoreError, StreamRow, WriteBatch,
+    CheckpointRow, DeadlineCandidate, DeliveredRange, Direction, EvidenceRow, GlossaryRow, Hash32,
+    InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow,
+    ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow, WitnessRow, WriteBatch,
 };
 
 /// How long a connection waits for a lock held by another process (a backup tool, the
@@ -167,6 +167,10 @@ impl SqliteStore {
         prune(conn, &batch.prune).await?;
         insert_misses(conn, &batch.misses).await?;
         upsert_glossary(conn, &batch.glossary).await?;
+        insert_tree_nodes(conn, &batch.tree_nodes).await?;
+        upsert_checkpoints(conn, &batch.checkpoints).await?;
+        upsert_witness(conn, &batch.witness).await?;
+        insert_evidence(conn, &batch.evidence).await?;
 
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().await?;
@@ -505,6 +509,133 @@ impl Store for SqliteStore {
             .await?;
         uint(&row, "messages", "n")
     }
+
+    async fn tree_nodes(
+        &self,
+        channel: Hash32,
+        sender: Hash32,
+        positions: Vec<(u8, u64)>,
+    ) -> Result<Vec<Option<Hash32>>> {
+        let mut found: HashMap<(u8, u64), Hash32> = HashMap::new();
+        for chunk in pow2_chunks(&positions, CHUNK_ROWS_MAX) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT t.level AS level, t.idx AS idx, t.hash AS hash FROM (",
+            );
+            qb.push_values(chunk, |mut b, (level, index)| {
+                b.push_bind(i64::from(*level))
+                    .push_bind(i64::try_from(*index).unwrap_or(i64::MAX));
+            });
+            qb.push(") AS v JOIN tree_nodes AS t ON t.channel = ");
+            qb.push_bind(channel.as_slice());
+            qb.push(" AND t.sender = ");
+            qb.push_bind(sender.as_slice());
+            qb.push(" AND t.level = v.column1 AND t.idx = v.column2");
+            for row in qb.build().fetch_all(&self.reader).await? {
+                let level = small(&row, "tree_nodes", "level")?;
+                let index = uint(&row, "tree_nodes", "idx")?;
+                found.insert((level, index), hash(&row, "tree_nodes", "hash")?);
+            }
+        }
+        Ok(positions.iter().map(|p| found.get(p).copied()).collect())
+    }
+
+    async fn stream_envelopes(
+        &self,
+        channel: Hash32,
+        sender: Hash32,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT seq, bytes FROM messages WHERE channel = ? AND sender = ? AND seq > ? \
+             AND placement = 0 ORDER BY seq LIMIT ?",
+        )
+        .bind(channel.as_slice())
+        .bind(sender.as_slice())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    uint(row, "messages", "seq")?,
+                    get(row, "messages", "bytes")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn checkpoints(&self, channel: Hash32) -> Result<Vec<CheckpointRow>> {
+        let rows = sqlx::query(
+            "SELECT id, channel, body_hash, time_ms, cosigned, signed, stored_at_ms \
+             FROM checkpoints WHERE channel = ? ORDER BY id",
+        )
+        .bind(channel.as_slice())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                const T: &str = "checkpoints";
+                Ok(CheckpointRow {
+                    id: get(row, T, "id")?,
+                    channel: hash(row, T, "channel")?,
+                    body_hash: hash(row, T, "body_hash")?,
+                    time_ms: get(row, T, "time_ms")?,
+                    cosigned: get::<i64>(row, T, "cosigned")? == 1,
+                    signed: get(row, T, "signed")?,
+                    stored_at_ms: get(row, T, "stored_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn witness(&self, channel: Hash32) -> Result<Vec<WitnessRow>> {
+        let rows = sqlx::query("SELECT channel, sender, size, root FROM witness WHERE channel = ?")
+            .bind(channel.as_slice())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                const T: &str = "witness";
+                Ok(WitnessRow {
+                    channel: hash(row, T, "channel")?,
+                    sender: hash(row, T, "sender")?,
+                    size: uint(row, T, "size")?,
+                    root: hash(row, T, "root")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn evidence(&self) -> Result<Vec<EvidenceRow>> {
+        let rows = sqlx::query(
+            "SELECT id, channel, peer, kind, seq, first, second, detail, detected_at_ms \
+             FROM evidence ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                const T: &str = "evidence";
+                let seq: Option<i64> = get(row, T, "seq")?;
+                Ok(EvidenceRow {
+                    id: get(row, T, "id")?,
+                    channel: hash(row, T, "channel")?,
+                    peer: get(row, T, "peer")?,
+                    kind: small(row, T, "kind")?,
+                    seq: seq.map(|v| v.max(0) as u64),
+                    first: get(row, T, "first")?,
+                    second: get(row, T, "second")?,
+                    detail: get(row, T, "detail")?,
+                    detected_at_ms: get(row, T, "detected_at_ms")?,
+                })
+            })
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -576,6 +707,16 @@ fn check_ranges(batch: &WriteBatch) -> Result<()> {
     for s in &batch.streams {
         if s.next_seq > limit {
             return Err(too_big("stream next_seq", s.next_seq));
+        }
+    }
+    for t in &batch.tree_nodes {
+        if t.index > limit {
+            return Err(too_big("tree node index", t.index));
+        }
+    }
+    for e in &batch.evidence {
+        if e.seq.is_some_and(|s| s > limit) {
+            return Err(too_big("evidence seq", e.seq.unwrap_or(0)));
         }
     }
     // Delivered ranges are only compared against stored seqs; `int` clamps them.
@@ -827,6 +968,93 @@ async fn prune(conn: &mut SqliteConnection, marks: &[(String, u64)]) -> Result<(
             .bind(i64::try_from(hwm).unwrap_or(i64::MAX))
             .execute(&mut *conn)
             .await?;
+    }
+    Ok(())
+}
+
+async fn insert_tree_nodes(conn: &mut SqliteConnection, rows: &[TreeNodeRow]) -> Result<()> {
+    for chunk in pow2_chunks(rows, CHUNK_ROWS_MAX) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO tree_nodes (channel, sender, level, idx, hash) ",
+        );
+        qb.push_values(chunk, |mut b, t| {
+            b.push_bind(t.channel.as_slice())
+                .push_bind(t.sender.as_slice())
+                .push_bind(i64::from(t.level))
+                .push_bind(int(t.index))
+                .push_bind(t.hash.as_slice());
+        });
+        if let Err(e) = qb.build().execute(&mut *conn).await {
+            // A complete subtree never changes: a second one at a position is a bug.
+            if is_unique_violation(&e) {
+                return Err(StoreError::Duplicate(format!("tree node ({e})")));
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+async fn upsert_checkpoints(conn: &mut SqliteConnection, rows: &[CheckpointRow]) -> Result<()> {
+    for c in rows {
+        // The same body again carries a superset of signatures (the node merges them
+        // before storing); a row never loses its co-signed state.
+        sqlx::query(
+            "INSERT INTO checkpoints (channel, body_hash, time_ms, cosigned, signed, stored_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (body_hash) DO UPDATE \
+             SET signed = excluded.signed, cosigned = excluded.cosigned \
+             WHERE excluded.cosigned >= checkpoints.cosigned",
+        )
+        .bind(c.channel.as_slice())
+        .bind(c.body_hash.as_slice())
+        .bind(c.time_ms)
+        .bind(i64::from(c.cosigned))
+        .bind(c.signed.as_slice())
+        .bind(c.stored_at_ms)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn upsert_witness(conn: &mut SqliteConnection, rows: &[WitnessRow]) -> Result<()> {
+    for w in rows {
+        if w.size > i64::MAX as u64 {
+            return Err(StoreError::Database(format!(
+                "witness size {} too large",
+                w.size
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO witness (channel, sender, size, root) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (channel, sender) DO UPDATE SET size = excluded.size, root = excluded.root",
+        )
+        .bind(w.channel.as_slice())
+        .bind(w.sender.as_slice())
+        .bind(int(w.size))
+        .bind(w.root.as_slice())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_evidence(conn: &mut SqliteConnection, rows: &[EvidenceRow]) -> Result<()> {
+    for e in rows {
+        sqlx::query(
+            "INSERT INTO evidence (channel, peer, kind, seq, first, second, detail, detected_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.channel.as_slice())
+        .bind(e.peer.as_str())
+        .bind(i64::from(e.kind))
+        .bind(e.seq.map(int))
+        .bind(e.first.as_slice())
+        .bind(e.second.as_slice())
+        .bind(e.detail.as_str())
+        .bind(e.detected_at_ms)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

@@ -1067,6 +1067,128 @@ async fn reads_proceed_while_a_commit_is_in_flight() {
     assert_eq!(db.store.message_count().await.unwrap(), 2_000);
 }
 
+// ---------------------------------------------------------------------------------------
+// The transcript tables (schema 2).
+
+fn node(level: u8, index: u64) -> detente_store::TreeNodeRow {
+    let mut hash = [level; 32];
+    hash[..8].copy_from_slice(&index.to_be_bytes());
+    detente_store::TreeNodeRow {
+        channel: CHANNEL_A,
+        sender: ME,
+        level,
+        index,
+        hash,
+    }
+}
+
+#[tokio::test]
+async fn tree_nodes_commit_with_their_message_and_survive_reopening() {
+    let db = open_temp().await;
+    let batch = WriteBatch {
+        messages: vec![msg("alice", Direction::Out, 1, 1000)],
+        tree_nodes: vec![node(0, 0)],
+        ..WriteBatch::default()
+    };
+    db.store.commit(batch).await.unwrap();
+    // A batch whose tree node collides is refused whole: its message is not stored either.
+    let bad = WriteBatch {
+        messages: vec![msg("alice", Direction::Out, 2, 1001)],
+        tree_nodes: vec![node(0, 1), node(0, 0)],
+        ..WriteBatch::default()
+    };
+    assert!(matches!(
+        db.store.commit(bad).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(db.store.message_count().await.unwrap(), 1);
+    let found = db
+        .store
+        .tree_nodes(CHANNEL_A, ME, vec![(0, 1), (0, 0), (1, 0)])
+        .await
+        .unwrap();
+    assert_eq!(found, vec![None, Some(node(0, 0).hash), None]);
+    // Another stream's nodes are not this one's.
+    assert_eq!(
+        db.store
+            .tree_nodes(CHANNEL_A, ALICE, vec![(0, 0)])
+            .await
+            .unwrap(),
+        vec![None]
+    );
+    db.store.close().await;
+    let store = SqliteStore::open(&db.path).await.unwrap();
+    assert_eq!(
+        store.tree_nodes(CHANNEL_A, ME, vec![(0, 0)]).await.unwrap(),
+        vec![Some(node(0, 0).hash)]
+    );
+    let envelopes = store.stream_envelopes(CHANNEL_A, ME, 0, 10).await.unwrap();
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(envelopes[0].0, 1);
+}
+
+#[tokio::test]
+async fn checkpoints_merge_signatures_and_witness_and_evidence_persist() {
+    let db = open_temp().await;
+    let row = |signed: &[u8], cosigned: bool| detente_store::CheckpointRow {
+        id: 0,
+        channel: CHANNEL_A,
+        body_hash: [7; 32],
+        time_ms: 5,
+        cosigned,
+        signed: signed.to_vec(),
+        stored_at_ms: 6,
+    };
+    let witness = detente_store::WitnessRow {
+        channel: CHANNEL_A,
+        sender: ME,
+        size: 3,
+        root: [9; 32],
+    };
+    let evidence = detente_store::EvidenceRow {
+        id: 0,
+        channel: CHANNEL_A,
+        peer: "alice".into(),
+        kind: detente_store::EVIDENCE_ENVELOPES,
+        seq: Some(4),
+        first: b"one".to_vec(),
+        second: b"two".to_vec(),
+        detail: "two envelopes for seq 4".into(),
+        detected_at_ms: 8,
+    };
+    db.store
+        .commit(WriteBatch {
+            checkpoints: vec![row(b"one signature", false)],
+            witness: vec![witness],
+            evidence: vec![evidence.clone()],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    // The same body with both signatures replaces the row; a later copy with fewer does not.
+    for (signed, cosigned) in [(&b"both"[..], true), (&b"one again"[..], false)] {
+        db.store
+            .commit(WriteBatch {
+                checkpoints: vec![row(signed, cosigned)],
+                ..WriteBatch::default()
+            })
+            .await
+            .unwrap();
+    }
+    db.store.close().await;
+    let store = SqliteStore::open(&db.path).await.unwrap();
+    let rows = store.checkpoints(CHANNEL_A).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].cosigned);
+    assert_eq!(rows[0].signed, b"both");
+    assert_eq!(store.witness(CHANNEL_A).await.unwrap(), vec![witness]);
+    assert!(store.witness(CHANNEL_B).await.unwrap().is_empty());
+    let stored = store.evidence().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].first, evidence.first);
+    assert_eq!(stored[0].seq, Some(4));
+}
+
 #[tokio::test]
 async fn messages_of_kind_lists_one_peer_both_directions_newest_kept() {
     let db = open_temp().await;

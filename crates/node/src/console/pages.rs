@@ -476,12 +476,21 @@ fn message_text(shared: &Shared, op: &Operator, m: &Value, link: bool) -> String
     } else {
         esc(text)
     };
-    let _ = write!(
-        out,
-        "<div class=\"text\"><p class=\"msg-text\" lang=\"{l}\">{body}</p><p class=\"lang-mark\">{}: {l}</p>",
-        esc(&tr(shared, op, "text-language")),
-        l = esc(lang)
-    );
+    if lang.is_empty() {
+        // A notification: rendered here, in the operator's language, from its fields.
+        let _ = write!(
+            out,
+            "<div class=\"text\"><p class=\"msg-text\" lang=\"{}\">{body}</p>",
+            esc(&op.lang)
+        );
+    } else {
+        let _ = write!(
+            out,
+            "<div class=\"text\"><p class=\"msg-text\" lang=\"{l}\">{body}</p><p class=\"lang-mark\">{}: {l}</p>",
+            esc(&tr(shared, op, "text-language")),
+            l = esc(lang)
+        );
+    }
     if let Some(translations) = m["translations"].as_array() {
         for pair in translations {
             let (Some(tl), Some(tt)) = (pair[0].as_str(), pair[1].as_str()) else {

@@ -41,6 +41,7 @@ fn describe(event: &Event) -> serde_json::Value {
         Event::Overdue { peer, needed, .. } => {
             json!({"what": "overdue", "peer": peer, "needed": needed})
         }
+        Event::Alarm { peer, .. } => json!({"what": "alarm", "peer": peer}),
     }
 }
 

@@ -1,0 +1,303 @@
+//! The verifiable transcript on a node: Merkle trees read from the store, proofs, the
+//! witness rule, and the bundle export (docs/transcript-format.md).
+//!
+//! The trees themselves are grown by the writer, in the same transaction as the messages
+//! (see `writer.rs`); this module only reads complete subtrees back, so a proof costs
+//! O(log n) row lookups.
+
+use std::collections::HashMap;
+
+use detente_proto::bundle::Bundle;
+use detente_proto::checkpoint::Checkpoint;
+use detente_proto::merkle::{self, Hash, MissingNode};
+use detente_proto::{ChannelId, PartyKey};
+use detente_store::{Hash32, Store, WitnessRow};
+
+use crate::NodeStore;
+
+/// Envelopes read from the store per query while exporting.
+const EXPORT_PAGE: u32 = 2048;
+
+/// Run a Merkle computation over the complete subtrees of one stream in the store: a first
+/// pass records which `(level, index)` nodes it needs, one query fetches them all, and a
+/// second pass computes with them.
+pub async fn with_nodes<T, E>(
+    store: &NodeStore,
+    channel: Hash32,
+    sender: Hash32,
+    run: impl Fn(&mut dyn FnMut(u8, u64) -> Result<Hash, MissingNode>) -> Result<T, E>,
+) -> Result<Result<T, E>, String> {
+    let mut wanted = Vec::new();
+    let mut record = |level: u8, index: u64| {
+        wanted.push((level, index));
+        Ok([0u8; 32])
+    };
+    // The first pass's result is meaningless (every node is zeros); only its reads count.
+    let _ = run(&mut record);
+    let found = store
+        .tree_nodes(channel, sender, wanted.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let map: HashMap<(u8, u64), Hash> = wanted
+        .into_iter()
+        .zip(found)
+        .filter_map(|(p, h)| h.map(|h| (p, h)))
+        .collect();
+    let mut lookup = |level: u8, index: u64| {
+        map.get(&(level, index))
+            .copied()
+            .ok_or(MissingNode { level, index })
+    };
+    Ok(run(&mut lookup))
+}
+
+/// Root of the first `size` envelopes of a stream, from the store.
+pub async fn root_at(
+    store: &NodeStore,
+    channel: Hash32,
+    sender: Hash32,
+    size: u64,
+) -> Result<Hash, String> {
+    with_nodes(store, channel, sender, |get| {
+        merkle::root_at(size, &mut &mut *get)
+    })
+    .await?
+    .map_err(|e| format!("the stream has fewer than {size} envelopes ({e})"))
+}
+
+/// Inclusion path of leaf `index` in the first `size` envelopes of a stream.
+pub async fn inclusion_proof(
+    store: &NodeStore,
+    channel: Hash32,
+    sender: Hash32,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, String> {
+    with_nodes(store, channel, sender, |get| {
+        merkle::inclusion_proof(index, size, &mut &mut *get)
+    })
+    .await?
+    .map_err(|e| e.to_string())
+}
+
+/// Consistency path between the first `old` and the first `new` envelopes of a stream.
+pub async fn consistency_proof(
+    store: &NodeStore,
+    channel: Hash32,
+    sender: Hash32,
+    old: u64,
+    new: u64,
+) -> Result<Vec<Hash>, String> {
+    with_nodes(store, channel, sender, |get| {
+        merkle::consistency_proof(old, new, &mut &mut *get)
+    })
+    .await?
+    .map_err(|e| e.to_string())
+}
+
+/// Why this node will not sign a checkpoint.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WitnessError {
+    #[error("would sign a smaller tree of stream {stream} ({size}) after a larger one ({signed})")]
+    Smaller {
+        stream: String,
+        size: u64,
+        signed: u64,
+    },
+    #[error(
+        "stream {stream}: our record no longer extends the tree of {size} envelopes we signed"
+    )]
+    Inconsistent { stream: String, size: u64 },
+    #[error("{0}")]
+    Store(String),
+}
+
+/// The witness rule: a checkpoint may be signed only if, for every stream, its size is at
+/// least the largest this node signed before and the tree it names extends that one. `root_at`
+/// gives our record's root at a size (our record is what the checkpoint was checked against).
+/// Returns the new witness rows to store with the signature.
+pub async fn witness_check(
+    store: &NodeStore,
+    checkpoint: &Checkpoint,
+) -> Result<Vec<WitnessRow>, WitnessError> {
+    let channel = checkpoint.channel.0;
+    let signed = store
+        .witness(channel)
+        .await
+        .map_err(|e| WitnessError::Store(e.to_string()))?;
+    let mut rows = Vec::new();
+    for head in &checkpoint.members {
+        let sender = *head.key.as_bytes();
+        if let Some(w) = signed.iter().find(|w| w.sender == sender) {
+            if head.size < w.size {
+                return Err(WitnessError::Smaller {
+                    stream: head.key.to_text(),
+                    size: head.size,
+                    signed: w.size,
+                });
+            }
+            // The tree we signed must be a prefix of the one we are asked to sign: prove
+            // it with our record's consistency path, checked against both signed roots.
+            let consistent = if w.size == 0 || w.size == head.size {
+                w.size == head.size && w.root == head.root || w.size == 0
+            } else {
+                let path = consistency_proof(store, channel, sender, w.size, head.size)
+                    .await
+                    .map_err(WitnessError::Store)?;
+                merkle::verify_consistency(w.size, head.size, &w.root, &head.root, &path)
+            };
+            if !consistent {
+                return Err(WitnessError::Inconsistent {
+                    stream: head.key.to_text(),
+                    size: w.size,
+                });
+            }
+        }
+        rows.push(WitnessRow {
+            channel,
+            sender,
+            size: head.size,
+            root: head.root,
+        });
+    }
+    Ok(rows)
+}
+
+/// Everything of one channel as a bundle: charters, both streams (appended envelopes, in
+/// `seq` order), and every checkpoint, oldest first.
+pub async fn export(
+    store: &NodeStore,
+    me: &PartyKey,
+    peer: &PartyKey,
+    charters: Vec<Vec<u8>>,
+) -> Result<Bundle, String> {
+    let channel = ChannelId::for_pair(me, peer);
+    let mut members = vec![*me, *peer];
+    members.sort();
+    let mut streams = Vec::new();
+    for key in &members {
+        let mut envelopes = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let page = store
+                .stream_envelopes(channel.0, *key.as_bytes(), after, EXPORT_PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(&(last, _)) = page.last() else { break };
+            for (seq, bytes) in page {
+                if seq != envelopes.len() as u64 + 1 {
+                    return Err(format!(
+                        "stream {} has a gap before seq {seq} in the store",
+                        key.to_text()
+                    ));
+                }
+                envelopes.push(bytes);
+            }
+            after = last;
+        }
+        streams.push((*key, envelopes));
+    }
+    let checkpoints = store
+        .checkpoints(channel.0)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|c| c.signed)
+        .collect();
+    Ok(Bundle {
+        channel,
+        members,
+        charters,
+        streams,
+        checkpoints,
+    })
+}
+
+/// The `format` of a proof JSON document.
+pub const PROOF_FORMAT: &str = "detente-inclusion-proof-v1";
+
+/// A self-contained inclusion proof as JSON (docs/transcript-format.md): the envelope and
+/// the signed checkpoint in base64, the leaf index, the tree size and the path in hex. The
+/// other fields are for people and are not trusted by the verifier.
+pub fn proof_json(proof: &detente_proto::bundle::InclusionProof) -> serde_json::Value {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let envelope = detente_proto::envelope::parse_unverified(&proof.envelope).ok();
+    serde_json::json!({
+        "format": PROOF_FORMAT,
+        "message_id": detente_proto::envelope::message_id(&proof.envelope).to_hex(),
+        "stream": envelope.as_ref().map(|e| e.sender.to_text()),
+        "seq": envelope.as_ref().map(|e| e.seq),
+        "index": proof.index,
+        "size": proof.size,
+        "path": proof.path.iter().map(hex::encode).collect::<Vec<_>>(),
+        "envelope": b64.encode(&proof.envelope),
+        "checkpoint": b64.encode(&proof.checkpoint),
+    })
+}
+
+/// Read a proof JSON document back (structure only; [`InclusionProof::verify`] checks it).
+///
+/// [`InclusionProof::verify`]: detente_proto::bundle::InclusionProof::verify
+pub fn proof_from_json(
+    value: &serde_json::Value,
+) -> Result<detente_proto::bundle::InclusionProof, String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if value.get("format").and_then(|f| f.as_str()) != Some(PROOF_FORMAT) {
+        return Err(format!("not a proof: \"format\" is not \"{PROOF_FORMAT}\""));
+    }
+    let bytes = |field: &str| -> Result<Vec<u8>, String> {
+        let text = value
+            .get(field)
+            .and_then(|v| v.as_str())
+            .ok_or(format!("proof has no \"{field}\""))?;
+        b64.decode(text)
+            .map_err(|e| format!("proof field \"{field}\" is not base64: {e}"))
+    };
+    let number = |field: &str| -> Result<u64, String> {
+        value
+            .get(field)
+            .and_then(|v| v.as_u64())
+            .ok_or(format!("proof field \"{field}\" is not a number"))
+    };
+    let path = value
+        .get("path")
+        .and_then(|p| p.as_array())
+        .ok_or("proof has no \"path\" list")?;
+    if path.len() > merkle::PROOF_HASHES_MAX {
+        return Err("proof path is too long".into());
+    }
+    let path = path
+        .iter()
+        .map(|h| {
+            h.as_str()
+                .and_then(|t| hex::decode(t).ok())
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| "a path entry is not 64 hex digits".to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(detente_proto::bundle::InclusionProof {
+        envelope: bytes("envelope")?,
+        checkpoint: bytes("checkpoint")?,
+        index: number("index")?,
+        size: number("size")?,
+        path,
+    })
+}
+
+/// A checkpoint for people: time, whether every member signed, and each stream.
+pub fn checkpoint_json(signed: &detente_proto::checkpoint::SignedCheckpoint) -> serde_json::Value {
+    let c = signed.checkpoint();
+    serde_json::json!({
+        "time_ms": c.time_ms,
+        "cosigned": signed.cosigned(),
+        "signed_by": signed.signers().map(|k| k.fingerprint()).collect::<Vec<_>>(),
+        "streams": c.members.iter().map(|m| serde_json::json!({
+            "key": m.key.to_text(),
+            "fingerprint": m.key.fingerprint(),
+            "size": m.size,
+            "root": hex::encode(m.root),
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,573 @@
+//! Export bundles and their offline verifier, and self-contained inclusion proofs.
+//!
+//! A bundle is one deterministic CBOR array (see docs/transcript-format.md):
+//!
+//! ```text
+//! ["detente-bundle", 1, channel: bstr32, [member key: bstr32, …],
+//!  [charter: bstr, …],
+//!  [[key: bstr32, [envelope: bstr, …]], …],      ; one per member, seq 1.. in order
+//!  [signed checkpoint: bstr, …]]                  ; oldest first
+//! ```
+//!
+//! [`verify`] checks everything a bundle claims, with no node and no network, and returns
+//! every problem found, in bundle order, each naming the item (stream and seq, or
+//! checkpoint number) and what is wrong.
+
+use std::collections::HashMap;
+
+use coset::cbor::Value;
+
+use crate::checkpoint::{SignedCheckpoint, MEMBERS_MAX};
+use crate::envelope::{Body, ChannelId, MessageId, ReceiptTarget, VerifiedEnvelope};
+use crate::identity::PartyKey;
+use crate::merkle::{self, Hash, MemoryTree};
+
+/// The first item of every bundle.
+pub const BUNDLE_MAGIC: &str = "detente-bundle";
+/// Bundle format version.
+pub const BUNDLE_VERSION: u64 = 1;
+/// Largest bundle file, in bytes (4 GiB).
+pub const BUNDLE_BYTES_MAX: u64 = 4 << 30;
+/// Envelopes in one stream of a bundle at most.
+pub const STREAM_ENVELOPES_MAX: usize = 1 << 24;
+/// Checkpoints in one bundle at most.
+pub const CHECKPOINTS_MAX: usize = 1 << 20;
+/// Charters in one bundle at most.
+pub const CHARTERS_MAX: usize = 1024;
+/// Problems reported at most (the count of further ones is still reported).
+pub const PROBLEMS_MAX: usize = 1000;
+
+/// The content of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub channel: ChannelId,
+    pub members: Vec<PartyKey>,
+    /// Charter(s) of the channel as signed by the members, oldest first.
+    pub charters: Vec<Vec<u8>>,
+    /// Per member, in the order of `members`: every envelope of its stream, `seq` 1 up.
+    pub streams: Vec<(PartyKey, Vec<Vec<u8>>)>,
+    /// Encoded [`SignedCheckpoint`]s, oldest first.
+    pub checkpoints: Vec<Vec<u8>>,
+}
+
+fn bytes_list(list: &[Vec<u8>]) -> Value {
+    Value::Array(list.iter().map(|b| Value::Bytes(b.clone())).collect())
+}
+
+impl Bundle {
+    pub fn encode(&self) -> Vec<u8> {
+        let value = Value::Array(vec![
+            Value::Text(BUNDLE_MAGIC.into()),
+            Value::Integer(BUNDLE_VERSION.into()),
+            Value::Bytes(self.channel.0.to_vec()),
+            Value::Array(
+                self.members
+                    .iter()
+                    .map(|k| Value::Bytes(k.as_bytes().to_vec()))
+                    .collect(),
+            ),
+            bytes_list(&self.charters),
+            Value::Array(
+                self.streams
+                    .iter()
+                    .map(|(k, list)| {
+                        Value::Array(vec![Value::Bytes(k.as_bytes().to_vec()), bytes_list(list)])
+                    })
+                    .collect(),
+            ),
+            bytes_list(&self.checkpoints),
+        ]);
+        let mut out = Vec::new();
+        coset::cbor::ser::into_writer(&value, &mut out).expect("CBOR into a Vec");
+        out
+    }
+
+    /// Structural decoding (no signature checked): the container must be well-formed and
+    /// within every limit.
+    pub fn decode(bytes: &[u8]) -> Result<Bundle, String> {
+        if bytes.len() as u64 > BUNDLE_BYTES_MAX {
+            return Err(format!(
+                "the file is {} bytes; the limit is {BUNDLE_BYTES_MAX}",
+                bytes.len()
+            ));
+        }
+        let value: Value = coset::cbor::de::from_reader(bytes)
+            .map_err(|e| format!("not a bundle (truncated or not CBOR): {e}"))?;
+        let Value::Array(items) = value else {
+            return Err("not a bundle: the top level is not an array".into());
+        };
+        if items.len() != 7 {
+            return Err(format!("not a bundle: {} items, expected 7", items.len()));
+        }
+        let mut items = items.into_iter();
+        let mut next = || items.next().expect("length checked");
+        if next() != Value::Text(BUNDLE_MAGIC.into()) {
+            return Err("not a bundle: the first item is not \"detente-bundle\"".into());
+        }
+        match next() {
+            Value::Integer(v) if u64::try_from(v) == Ok(BUNDLE_VERSION) => {}
+            _ => return Err("bundle version is not 1".into()),
+        }
+        let channel = ChannelId(hash32(next(), "channel")?);
+        let members = list(next(), MEMBERS_MAX, "members")?
+            .into_iter()
+            .map(|v| key(v, "member"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if members.is_empty() {
+            return Err("the bundle names no members".into());
+        }
+        let charters = byte_list(next(), CHARTERS_MAX, "charters")?;
+        let mut streams = Vec::new();
+        for s in list(next(), MEMBERS_MAX, "streams")? {
+            let mut pair = list(s, 2, "stream")?.into_iter();
+            let (Some(k), Some(envs), None) = (pair.next(), pair.next(), pair.next()) else {
+                return Err("a stream is not [key, envelopes]".into());
+            };
+            streams.push((
+                key(k, "stream key")?,
+                byte_list(envs, STREAM_ENVELOPES_MAX, "stream")?,
+            ));
+        }
+        let checkpoints = byte_list(next(), CHECKPOINTS_MAX, "checkpoints")?;
+        Ok(Bundle {
+            channel,
+            members,
+            charters,
+            streams,
+            checkpoints,
+        })
+    }
+}
+
+fn list(v: Value, max: usize, what: &str) -> Result<Vec<Value>, String> {
+    match v {
+        Value::Array(items) if items.len() <= max => Ok(items),
+        Value::Array(items) => Err(format!("{what}: {} items; the limit is {max}", items.len())),
+        _ => Err(format!("{what} is not an array")),
+    }
+}
+
+fn byte_list(v: Value, max: usize, what: &str) -> Result<Vec<Vec<u8>>, String> {
+    list(v, max, what)?
+        .into_iter()
+        .map(|b| match b {
+            Value::Bytes(b) => Ok(b),
+            _ => Err(format!("{what}: an item is not a byte string")),
+        })
+        .collect()
+}
+
+fn hash32(v: Value, what: &str) -> Result<[u8; 32], String> {
+    match v {
+        Value::Bytes(b) => b.try_into().map_err(|_| format!("{what} is not 32 bytes")),
+        _ => Err(format!("{what} is not a byte string")),
+    }
+}
+
+fn key(v: Value, what: &str) -> Result<PartyKey, String> {
+    PartyKey::from_bytes(hash32(v, what)?).map_err(|_| format!("{what} is not an Ed25519 key"))
+}
+
+/// One thing wrong with a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The stream's member key (`ed25519:<hex>`), when the problem is in a stream.
+    pub stream: Option<String>,
+    /// The position (`seq`) in that stream.
+    pub seq: Option<u64>,
+    /// Which item: "bundle", "envelope", "receipt", "checkpoint 3", "charter 1".
+    pub item: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.stream, self.seq) {
+            (Some(s), Some(seq)) => write!(f, "stream {s} seq {seq}: {}: {}", self.item, self.what),
+            (Some(s), None) => write!(f, "stream {s}: {}: {}", self.item, self.what),
+            _ => write!(f, "{}: {}", self.item, self.what),
+        }
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Envelopes in the bundle.
+    pub messages: u64,
+    /// Checkpoints in the bundle.
+    pub checkpoints: u64,
+    /// Of those, signed by every member.
+    pub cosigned: u64,
+    /// Stream sizes covered by the last checkpoint signed by every member, by member key.
+    pub latest_cosigned: Option<Vec<(String, u64)>>,
+    pub problems: Vec<Problem>,
+    /// Problems found beyond [`PROBLEMS_MAX`].
+    pub problems_dropped: u64,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn push(&mut self, p: Problem) {
+        if self.problems.len() < PROBLEMS_MAX {
+            self.problems.push(p);
+        } else {
+            self.problems_dropped += 1;
+        }
+    }
+
+    fn bundle(&mut self, what: impl Into<String>) {
+        self.push(Problem {
+            stream: None,
+            seq: None,
+            item: "bundle".into(),
+            what: what.into(),
+        });
+    }
+}
+
+/// Decode and verify envelopes of one sender on every core (strict single verification each,
+/// the same rule as the node's receive path).
+fn verify_all(envelopes: &[Vec<u8>], sender: &PartyKey) -> Vec<Result<VerifiedEnvelope, String>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 64);
+    if envelopes.len() < 256 || threads == 1 {
+        return envelopes
+            .iter()
+            .map(|b| VerifiedEnvelope::decode(b, Some(sender)).map_err(|e| e.to_string()))
+            .collect();
+    }
+    let chunk = envelopes.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = envelopes
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|b| {
+                            VerifiedEnvelope::decode(b, Some(sender)).map_err(|e| e.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("verifier thread does not panic"))
+            .collect()
+    })
+}
+
+/// Verify a bundle: every envelope's signature, gap-free `seq`, `prev` links, the channel,
+/// receipts pointing at messages in the bundle, every checkpoint's signatures, its roots
+/// against the streams, and consistency between successive checkpoints.
+pub fn verify(bytes: &[u8]) -> Report {
+    let mut report = Report::default();
+    let bundle = match Bundle::decode(bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            report.bundle(e);
+            return report;
+        }
+    };
+    let mut sorted: Vec<[u8; 32]> = bundle.members.iter().map(|k| *k.as_bytes()).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != bundle.members.len() {
+        report.bundle("a member is listed twice");
+    }
+    if bundle.streams.len() != bundle.members.len()
+        || bundle
+            .streams
+            .iter()
+            .zip(&bundle.members)
+            .any(|((k, _), m)| k != m)
+    {
+        report.bundle("the streams are not exactly one per member, in member order");
+    }
+
+    // Envelopes: signatures (in parallel), then order, links and the channel.
+    let mut trees: HashMap<PartyKey, MemoryTree> = HashMap::new();
+    let mut ids: HashMap<MessageId, (PartyKey, u64)> = HashMap::new();
+    let mut receipts: Vec<(PartyKey, u64, ReceiptTarget)> = Vec::new();
+    for (sender, envelopes) in &bundle.streams {
+        let stream = Some(sender.to_text());
+        let mut tree = MemoryTree::new();
+        let mut prev = MessageId::ZERO;
+        for (i, result) in verify_all(envelopes, sender).into_iter().enumerate() {
+            let position = i as u64 + 1;
+            report.messages += 1;
+            tree.push(merkle::leaf_hash(&envelopes[i]));
+            let problem = |what: String| Problem {
+                stream: stream.clone(),
+                seq: Some(position),
+                item: "envelope".into(),
+                what,
+            };
+            let verified = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    report.push(problem(e));
+                    // The chain cannot be followed through an envelope that does not verify.
+                    prev = crate::envelope::message_id(&envelopes[i]);
+                    continue;
+                }
+            };
+            let e = verified.envelope();
+            if e.channel != bundle.channel {
+                report.push(problem("belongs to another channel".into()));
+            }
+            if e.seq != position {
+                report.push(problem(format!(
+                    "gap or reordering: expected seq {position}, found seq {}",
+                    e.seq
+                )));
+            }
+            if e.prev != prev {
+                report.push(problem(
+                    "prev does not name the previous envelope of the stream".into(),
+                ));
+            }
+            if let Body::Receipt(r) = &e.body {
+                receipts.push((*sender, position, r.target.clone()));
+            }
+            prev = verified.id();
+            ids.insert(verified.id(), (*sender, e.seq));
+        }
+        trees.insert(*sender, tree);
+    }
+
+    // Charters: each one is a charter envelope (kind 6) of one of the streams.
+    for (i, charter) in bundle.charters.iter().enumerate() {
+        let id = crate::envelope::message_id(charter);
+        let is_charter = crate::envelope::parse_unverified(charter)
+            .is_ok_and(|e| e.body.kind() == crate::envelope::KIND_CHARTER);
+        if !ids.contains_key(&id) || !is_charter {
+            report.push(Problem {
+                stream: None,
+                seq: None,
+                item: format!("charter {}", i + 1),
+                what: "is not a charter envelope of the streams in this bundle".into(),
+            });
+        }
+    }
+
+    // Receipts must point at messages of another member that are in the bundle.
+    for (sender, position, target) in receipts {
+        let problem = |what: String| Problem {
+            stream: Some(sender.to_text()),
+            seq: Some(position),
+            item: "receipt".into(),
+            what,
+        };
+        match target {
+            ReceiptTarget::Message(of) => match ids.get(&of) {
+                Some((author, _)) if *author != sender => {}
+                Some(_) => report.push(problem(format!("answers its own sender's message {of}"))),
+                None => report.push(problem(format!(
+                    "names message {of}, which is not in the bundle"
+                ))),
+            },
+            ReceiptTarget::Ranges(ranges) => {
+                let others: Vec<u64> = trees
+                    .iter()
+                    .filter(|(k, _)| **k != sender)
+                    .map(|(_, t)| t.size())
+                    .collect();
+                let longest = others.iter().copied().max().unwrap_or(0);
+                if let Some((from, to)) = ranges.iter().find(|(_, to)| *to > longest) {
+                    report.push(problem(format!(
+                        "confirms seq {from}..={to}, beyond the {longest} envelopes in the bundle"
+                    )));
+                }
+            }
+        }
+    }
+
+    // Checkpoints.
+    let mut previous: Option<(usize, crate::checkpoint::Checkpoint)> = None;
+    for (i, bytes) in bundle.checkpoints.iter().enumerate() {
+        let n = i + 1;
+        report.checkpoints += 1;
+        let item = format!("checkpoint {n}");
+        let problem = |stream: Option<String>, what: String| Problem {
+            stream,
+            seq: None,
+            item: item.clone(),
+            what,
+        };
+        let signed = match SignedCheckpoint::decode(bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                report.push(problem(None, e.to_string()));
+                continue;
+            }
+        };
+        let c = signed.checkpoint().clone();
+        if c.channel != bundle.channel {
+            report.push(problem(None, "belongs to another channel".into()));
+            continue;
+        }
+        let mut keys: Vec<[u8; 32]> = c.members.iter().map(|m| *m.key.as_bytes()).collect();
+        keys.sort_unstable();
+        if keys != sorted {
+            report.push(problem(
+                None,
+                "its members are not the bundle's members".into(),
+            ));
+            continue;
+        }
+        // Two checkpoints that cannot both be true, whatever the streams say: a stream that
+        // shrank, or two roots for one size.
+        if let Some((pn, p)) = &previous {
+            for (old, new) in p.members.iter().zip(&c.members) {
+                let s = Some(old.key.to_text());
+                if new.size < old.size {
+                    report.push(problem(
+                        s,
+                        format!(
+                            "inconsistent with checkpoint {pn}: the stream shrank from {} to {} envelopes",
+                            old.size, new.size
+                        ),
+                    ));
+                } else if new.size == old.size && new.root != old.root {
+                    report.push(problem(
+                        s,
+                        format!(
+                            "inconsistent with checkpoint {pn}: two different roots for {} envelopes",
+                            new.size
+                        ),
+                    ));
+                }
+            }
+        }
+        // Each root against the bundle's stream.
+        let mut roots_match = true;
+        for head in &c.members {
+            let s = Some(head.key.to_text());
+            let tree = &trees[&head.key];
+            if head.size > tree.size() {
+                roots_match = false;
+                report.push(problem(
+                    s,
+                    format!(
+                        "covers {} envelopes of this stream; the bundle has {}",
+                        head.size,
+                        tree.size()
+                    ),
+                ));
+                continue;
+            }
+            let root: Hash = tree.root_at(head.size).unwrap_or_default();
+            if root != head.root {
+                roots_match = false;
+                report.push(problem(
+                    s,
+                    format!(
+                        "root at size {} does not match the stream: signed {}, computed {}",
+                        head.size,
+                        hex::encode(head.root),
+                        hex::encode(root)
+                    ),
+                ));
+            }
+        }
+        // With both checkpoints' roots on the bundle's trees, the earlier is a prefix of the
+        // later; checked with an RFC 9162 consistency proof against both signed roots.
+        if let (true, Some((pn, p))) = (roots_match, &previous) {
+            for (old, new) in p.members.iter().zip(&c.members) {
+                if old.size == 0 || old.size > new.size {
+                    continue;
+                }
+                let tree = &trees[&old.key];
+                let consistent = tree
+                    .consistency_proof(old.size, new.size)
+                    .is_ok_and(|path| {
+                        merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &path)
+                    });
+                if !consistent {
+                    report.push(problem(
+                        Some(old.key.to_text()),
+                        format!(
+                            "inconsistent with checkpoint {pn}: size {} is not a prefix of size {}",
+                            old.size, new.size
+                        ),
+                    ));
+                }
+            }
+        }
+        if signed.cosigned() {
+            report.cosigned += 1;
+            report.latest_cosigned = Some(
+                c.members
+                    .iter()
+                    .map(|m| (m.key.to_text(), m.size))
+                    .collect(),
+            );
+        }
+        previous = Some((n, c));
+    }
+    report
+}
+
+/// "Envelope E is at `seq` in its sender's stream, which checkpoint C covers", with the
+/// RFC 9162 inclusion path: everything needed to check it offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InclusionProof {
+    pub envelope: Vec<u8>,
+    /// Encoded [`SignedCheckpoint`].
+    pub checkpoint: Vec<u8>,
+    /// Leaf index (`seq - 1`) and tree size, as in the checkpoint.
+    pub index: u64,
+    pub size: u64,
+    pub path: Vec<Hash>,
+}
+
+/// What an inclusion proof proves, once verified.
+#[derive(Debug, Clone)]
+pub struct ProvenInclusion {
+    pub envelope: VerifiedEnvelope,
+    pub checkpoint: SignedCheckpoint,
+}
+
+impl InclusionProof {
+    /// Verify the envelope's and the checkpoint's signatures and the path.
+    pub fn verify(&self) -> Result<ProvenInclusion, String> {
+        let envelope =
+            VerifiedEnvelope::decode(&self.envelope, None).map_err(|e| format!("envelope: {e}"))?;
+        let checkpoint =
+            SignedCheckpoint::decode(&self.checkpoint).map_err(|e| format!("checkpoint: {e}"))?;
+        let e = envelope.envelope();
+        if checkpoint.checkpoint().channel != e.channel {
+            return Err("the checkpoint is of another channel".into());
+        }
+        let head = checkpoint
+            .checkpoint()
+            .head(&e.sender)
+            .ok_or("the envelope's sender is not a member of the checkpoint")?;
+        if self.index + 1 != e.seq {
+            return Err(format!(
+                "index {} does not match the envelope's seq {}",
+                self.index, e.seq
+            ));
+        }
+        if self.size != head.size {
+            return Err(format!(
+                "tree size {} is not the checkpoint's {} for this stream",
+                self.size, head.size
+            ));
+        }
+        let leaf = merkle::leaf_hash(&self.envelope);
+        if !merkle::verify_inclusion(self.index, self.size, &leaf, &self.path, &head.root) {
+            return Err("the inclusion path does not lead to the checkpoint's root".into());
+        }
+        Ok(ProvenInclusion {
+            envelope,
+            checkpoint,
+        })
+    }
+}

@@ -661,10 +661,14 @@ async fn link_cut_is_down_alarmed_once_and_cleared_on_restore() {
             .then_some(())
     })
     .await;
-    assert!(sink
-        .received()
-        .iter()
-        .any(|v| v["event"] == "link_restored" && v["node"] == "alpha"));
+    // Hooks run from their own bounded queue, after the state changed: wait for delivery.
+    until("the link-restored hook", WAIT, || async {
+        sink.received()
+            .iter()
+            .any(|v| v["event"] == "link_restored" && v["node"] == "alpha")
+            .then_some(())
+    })
+    .await;
     assert_eq!(downs("alpha"), 1, "one link-down event per outage");
     let status = ca.get("/api/v1/status").await.ok().unwrap();
     assert_eq!(status["thresholds"]["down_after_ms"], 900);

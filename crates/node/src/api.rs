@@ -417,13 +417,26 @@ async fn checkpoint_now(State(shared): State<Arc<Shared>>, Path(name): Path<Stri
 
 /// The channel with a peer as one bundle (application/cbor).
 async fn export(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
-    let entry = peer_entry(&shared, &name)?;
+    let bytes = export_bundle(&shared, &name).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cbor"),
+        )],
+        bytes,
+    )
+        .into_response())
+}
+
+/// The encoded export bundle of the channel with `name` (`detente verify` checks it).
+pub(crate) async fn export_bundle(shared: &Shared, name: &str) -> Result<Vec<u8>, ApiError> {
+    let entry = peer_entry(shared, name)?;
     // The charter envelopes both sides signed (kind 6), appended ones only; they are also in
     // the streams, and the verifier checks that every one is.
     let charters = shared
         .store
         .messages_of_kind(
-            &name,
+            name,
             detente_proto::envelope::KIND_CHARTER,
             detente_proto::bundle::CHARTERS_MAX as u32,
         )
@@ -436,17 +449,9 @@ async fn export(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> 
         crate::transcript::export(&shared.store, &shared.secret.public(), &entry.key, charters)
             .await
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let bytes = tokio::task::spawn_blocking(move || bundle.encode())
+    tokio::task::spawn_blocking(move || bundle.encode())
         .await
-        .map_err(|_| internal())?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/cbor"),
-        )],
-        bytes,
-    )
-        .into_response())
+        .map_err(|_| internal())
 }
 
 /// A self-contained inclusion proof of one message against the latest checkpoint that

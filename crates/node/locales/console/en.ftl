@@ -116,6 +116,7 @@ transcript-intro = Each sender's messages form a chain of signed envelopes. The 
 transcript-channel = Channel with { $peer }
 channel-id = Channel id
 checkpoint-title = Latest checkpoint signed by all
+checkpoint-cosigned = Signed by both sides at { $time }; stream sizes: { $sizes }.
 checkpoint-none = No checkpoint has been co-signed on this channel yet.
 streams-caption = Streams
 stream-sender = Sender

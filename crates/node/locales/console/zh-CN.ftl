@@ -116,6 +116,7 @@ transcript-intro = 每个发送方的消息构成一条签名信封链。节点�
 transcript-channel = 与 { $peer } 的信道
 channel-id = 信道编号
 checkpoint-title = 各方共同签署的最新检查点
+checkpoint-cosigned = 双方于 { $time } 共同签署；各流长度：{ $sizes }。
 checkpoint-none = 此信道尚无共同签署的检查点。
 streams-caption = 消息流
 stream-sender = 发送方

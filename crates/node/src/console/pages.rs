@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use detente_proto::{ChannelId, MessageId, Precedence, ReceiptLevel};
-use detente_store::{Direction, InboxQuery, Store};
+use detente_store::{InboxQuery, Store};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -1593,13 +1593,39 @@ pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
             }
             None => t("charter-none"),
         };
+        let checkpoint = latest_cosigned(&shared, channel).await.map_or_else(
+            || t("checkpoint-none"),
+            |c| {
+                let sizes: Vec<String> = c
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let who = if m.key == me {
+                            my_name.clone()
+                        } else {
+                            entry.name.clone()
+                        };
+                        format!("{who} {}", m.size)
+                    })
+                    .collect();
+                tr_with(
+                    &shared,
+                    &op,
+                    "checkpoint-cosigned",
+                    &[
+                        ("time", api::time_text(c.time_ms as i64)),
+                        ("sizes", sizes.join(", ")),
+                    ],
+                )
+            },
+        );
         let _ = write!(
             main,
             "<h3>{}</h3><p class=\"charter\">{}</p><h3>{}</h3><p class=\"checkpoint\">{}</p>",
             esc(&t("charter-title")),
             esc(&charter),
             esc(&t("checkpoint-title")),
-            esc(&t("checkpoint-none"))
+            esc(&checkpoint)
         );
         let _ = write!(
             main,
@@ -1656,8 +1682,21 @@ pub struct ExportQuery {
     peer: String,
 }
 
-/// The channel's envelopes as signed (hex), each sender's in `seq` order, for offline
-/// checking. At most [`api::LIST_LIMIT_MAX`] newest envelopes.
+/// The latest checkpoint of `channel` signed by every member, if any.
+async fn latest_cosigned(
+    shared: &Shared,
+    channel: ChannelId,
+) -> Option<detente_proto::checkpoint::Checkpoint> {
+    let rows = shared.store.checkpoints(channel.0).await.ok()?;
+    rows.iter()
+        .rev()
+        .filter(|r| r.cosigned)
+        .find_map(|r| detente_proto::checkpoint::SignedCheckpoint::decode(&r.signed).ok())
+        .map(|s| s.checkpoint().clone())
+}
+
+/// The channel's export bundle, exactly as `detente export` writes it: `detente verify` checks
+/// it offline.
 pub async fn export(
     State(shared): Shr,
     op: Operator,
@@ -1667,54 +1706,31 @@ pub async fn export(
     if !op.role.can_export() {
         return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-export");
     }
-    let Some(entry) = shared.table.get(&q.peer) else {
+    if shared.table.get(&q.peer).is_none() {
         return refuse(&shared, &op, StatusCode::NOT_FOUND, "error-peer-unknown");
-    };
-    let rows = shared
-        .store
-        .inbox(InboxQuery {
-            peer: Some(q.peer.clone()),
-            direction: None,
-            include_receipts: true,
-            limit: api::LIST_LIMIT_MAX,
-        })
-        .await
-        .unwrap_or_default();
-    let me = shared.secret.public();
-    let mut envelopes: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.direction == Direction::In,
-                r.seq,
-                serde_json::json!({
-                    "sender": if r.direction == Direction::In { entry.name.clone() } else { "self".into() },
-                    "seq": r.seq,
-                    "id": hex::encode(r.id),
-                    "envelope": hex::encode(&r.bytes),
-                }),
+    }
+    let bytes = match api::export_bundle(&shared, &q.peer).await {
+        Ok(b) => b,
+        Err(e) => {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                page(
+                    &shared,
+                    Some(&op),
+                    &tr(&shared, &op, "nav-transcript"),
+                    &format!("<p class=\"bad\">{}</p>", esc(&e.to_string())),
+                ),
             )
-        })
-        .collect();
-    envelopes.sort_by_key(|(incoming, seq, _)| (*incoming, *seq));
-    let doc = serde_json::json!({
-        "format": "detente-console-export-1",
-        "channel": ChannelId::for_pair(&me, &entry.key).to_hex(),
-        "members": [
-            {"name": "self", "public_key": me.to_text()},
-            {"name": entry.name, "public_key": entry.key.to_text()},
-        ],
-        "exported_at": api::time_text(now_ms() as i64),
-        "envelopes": envelopes.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),
-    });
+        }
+    };
     audit(&shared, &op.login, "export", &q.peer, source).await;
-    let file = format!("attachment; filename=\"detente-{}.json\"", q.peer);
+    let file = format!("attachment; filename=\"detente-{}.bundle\"", q.peer);
     (
         [
-            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::CONTENT_TYPE, "application/cbor".to_string()),
             (header::CONTENT_DISPOSITION, file),
         ],
-        doc.to_string(),
+        bytes,
     )
         .into_response()
 }

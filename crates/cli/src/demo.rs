@@ -81,6 +81,13 @@ pub async fn run(keep: bool, dir: Option<PathBuf>) -> Outcome {
     if result.is_ok() {
         result = crate::demo_deadlines::step(10, &mut w, &mut b).await;
     }
+    // The demo ends with the record: everything above, co-signed, exported and verified.
+    if result.is_ok() {
+        result = crate::demo_transcript::run(11, &w, &b).await;
+    }
+    if result.is_ok() {
+        println!("\nAll steps held. detente kept every word through an outage and two crashes.");
+    }
     if let Err(failure) = &result {
         println!("\nThe demo stopped: {}", failure.error);
         println!(
@@ -260,8 +267,6 @@ async fn story(w: &mut ProcNode, b: &mut ProcNode) -> Outcome {
         }
         println!("   {}", message_line(m));
     }
-    crate::demo_transcript::run(10, w, b).await?;
-    println!("\nAll steps held. detente kept every word through an outage and two crashes.");
     Ok(())
 }
 

@@ -310,3 +310,53 @@ pub async fn send_bulk(
     }
     Ok(sent)
 }
+
+/// A TCP proxy on loopback that can cut every connection through it and refuse new ones,
+/// for tests that break links (`set_cut(true)`) and restore them.
+pub struct Proxy {
+    /// Where it listens: pin this address instead of the node's.
+    pub listen: String,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Forward connections on a free loopback port to `target`.
+    pub async fn start(target: String) -> Result<Proxy, Failure> {
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| Failure::new(format!("proxy cannot listen on {listen}: {e}")))?;
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if *cut_rx.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Ok(Proxy { listen, cut })
+    }
+
+    /// Cut (true) or restore (false) the path.
+    pub fn set_cut(&self, cut: bool) {
+        let _ = self.cut.send(cut);
+    }
+}

@@ -11,11 +11,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use detente::client::Client;
-use detente::harness::{free_port, wait_link_up, ProcNode};
+use detente::harness::{wait_link_up, ProcNode, Proxy};
 use detente::hook_sink::{HookSink, SinkMode};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -519,50 +517,6 @@ async fn flash_goes_overdue_on_both_sides_and_a_late_ack_is_marked() {
     );
 }
 
-/// A TCP proxy that can cut every connection through it and refuse new ones.
-struct Proxy {
-    listen: String,
-    cut: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let listen = format!("127.0.0.1:{}", free_port().ok().unwrap());
-        let listener = TcpListener::bind(&listen).await.unwrap();
-        let (cut, cut_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                if *cut_rx.borrow() {
-                    drop(inbound);
-                    continue;
-                }
-                let target = target.clone();
-                let mut cut_rx = cut_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let (mut ri, mut wi) = inbound.into_split();
-                    let (mut ro, mut wo) = outbound.into_split();
-                    tokio::select! {
-                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
-                        _ = cut_rx.wait_for(|c| *c) => {}
-                    }
-                });
-            }
-        });
-        Proxy { listen, cut }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        let _ = self.cut.send(cut);
-    }
-}
-
 /// A cut link is `down` within three heartbeats and fires the link-down hook once; a link
 /// test during the outage is missed and raises its alarm; restoring the link clears both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,8 +525,8 @@ async fn link_cut_is_down_alarmed_once_and_cleared_on_restore() {
     let sink = HookSink::start(SinkMode::Answer).await.unwrap();
     let mut a = node(base.path(), "alpha");
     let mut b = node(base.path(), "bravo");
-    let to_b = Proxy::start(b.peer_addr.clone()).await;
-    let to_a = Proxy::start(a.peer_addr.clone()).await;
+    let to_b = Proxy::start(b.peer_addr.clone()).await.ok().unwrap();
+    let to_a = Proxy::start(a.peer_addr.clone()).await.ok().unwrap();
     a.pin(&b, vec![to_b.listen.clone()]).ok().unwrap();
     b.pin(&a, vec![to_a.listen.clone()]).ok().unwrap();
     let heartbeat = Duration::from_millis(300);

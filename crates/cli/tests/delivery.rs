@@ -11,60 +11,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use detente::client::Client;
-use detente::harness::{free_port, wait_outbox_empty, ProcNode};
+use detente::harness::{free_port, wait_outbox_empty, ProcNode, Proxy};
 use detente_node::config::NodeDir;
 use detente_proto::{Body, MessageId, VerifiedEnvelope};
 use detente_store::{Direction, InboxQuery, Placement, SqliteStore, Store};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 const PER_SIDE: usize = 1000;
 const BATCH: usize = 50;
-
-/// A TCP proxy that can cut every connection through it and refuse new ones.
-struct Proxy {
-    listen: String,
-    cut: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let listen = format!("127.0.0.1:{}", free_port().ok().unwrap());
-        let listener = TcpListener::bind(&listen).await.unwrap();
-        let (cut, cut_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                if *cut_rx.borrow() {
-                    drop(inbound);
-                    continue;
-                }
-                let target = target.clone();
-                let mut cut_rx = cut_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let (mut ri, mut wi) = inbound.into_split();
-                    let (mut ro, mut wo) = outbound.into_split();
-                    tokio::select! {
-                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
-                        _ = cut_rx.wait_for(|c| *c) => {}
-                    }
-                });
-            }
-        });
-        Proxy { listen, cut }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        let _ = self.cut.send(cut);
-    }
-}
 
 fn precedence(i: usize) -> &'static str {
     match i % 20 {
@@ -110,8 +64,8 @@ async fn a_thousand_each_way_through_cuts_and_crashes() {
         node.set("link.backoff_initial", "50ms").ok().unwrap();
         node.set("link.backoff_max", "400ms").ok().unwrap();
     }
-    let to_b = Proxy::start(b.peer_addr.clone()).await;
-    let to_a = Proxy::start(a.peer_addr.clone()).await;
+    let to_b = Proxy::start(b.peer_addr.clone()).await.ok().unwrap();
+    let to_a = Proxy::start(a.peer_addr.clone()).await.ok().unwrap();
     // alpha's primary address for bravo is dead: every session goes through failover.
     let dead = format!("127.0.0.1:{}", free_port().ok().unwrap());
     a.pin(&b, vec![dead, to_b.listen.clone()]).ok().unwrap();

@@ -123,10 +123,44 @@ struct Deadline {
     queue: BTreeSet<(Instant, [u8; 32], Need)>,
     /// Our FLASH messages waiting for DELIVERED: (peer, seq) -> id.
     flash_out: BTreeMap<(String, u64), MessageId>,
+    /// Per peer, what `status` shows, kept in step with `tracked` on every change (so an
+    /// event costs O(1) here, not a walk over every pending message).
+    counts: HashMap<String, Counts>,
+}
+
+/// Per peer: our overdue messages, the peer's overdue messages, the peer's unanswered ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    overdue_out: u64,
+    overdue_in: u64,
+    unanswered_in: u64,
+}
+
+/// Add (`add`) or remove a tracked message's share of its peer's [`Counts`].
+fn tally(counts: &mut HashMap<String, Counts>, t: &Tracked, add: bool) {
+    let c = match counts.get_mut(&t.peer) {
+        Some(c) => c,
+        None => counts.entry(t.peer.clone()).or_default(),
+    };
+    let step = |v: &mut u64, by: bool| {
+        if by {
+            *v = if add { *v + 1 } else { v.saturating_sub(1) };
+        }
+    };
+    let overdue = !t.overdue.is_empty();
+    match t.direction {
+        Direction::Out => step(&mut c.overdue_out, overdue),
+        Direction::In => {
+            step(&mut c.overdue_in, overdue);
+            step(&mut c.unanswered_in, true);
+        }
+    }
 }
 
 impl Deadline {
-    fn track(&mut self, shared: &Shared, id: MessageId, t: Tracked, missed: &[u8]) {
+    /// Start watching `id` under deadlines `d` (the channel's), skipping the needs in
+    /// `missed` (already recorded as missed: overdue from the start).
+    fn track(&mut self, d: &Deadlines, id: MessageId, t: Tracked, missed: &[u8]) {
         if self.tracked.contains_key(&id) || self.tracked.len() >= TRACKED_MAX {
             return;
         }
@@ -135,9 +169,8 @@ impl Deadline {
         } else {
             Side::Receiver
         };
-        let d = deadlines_for(shared, &t.peer);
         let mut t = t;
-        for (need, after) in deadline::obligations(0, side, t.precedence, &d) {
+        for (need, after) in deadline::obligations(0, side, t.precedence, d) {
             if missed.contains(&need.code()) {
                 t.overdue.insert(need);
             } else {
@@ -149,6 +182,7 @@ impl Deadline {
             }
         }
         if !t.open.is_empty() || !t.overdue.is_empty() {
+            tally(&mut self.counts, &t, true);
             self.tracked.insert(id, t);
         }
     }
@@ -156,6 +190,7 @@ impl Deadline {
     /// The receipt `need` came for `id` (Answered also settles Delivered).
     fn settle(&mut self, id: MessageId, need: Need) -> Option<(String, bool)> {
         let t = self.tracked.get_mut(&id)?;
+        tally(&mut self.counts, t, false);
         let was_overdue = !t.overdue.is_empty();
         let settles = |n: Need| n == need || need == Need::Answered;
         for (n, after) in t.open.iter().filter(|(n, _)| settles(*n)) {
@@ -170,6 +205,8 @@ impl Deadline {
         let late = was_overdue && t.overdue.is_empty();
         if t.open.is_empty() && t.overdue.is_empty() {
             self.tracked.remove(&id);
+        } else {
+            tally(&mut self.counts, t, true);
         }
         Some((peer, late))
     }
@@ -178,20 +215,8 @@ impl Deadline {
         self.queue.first().map(|(at, _, _)| *at)
     }
 
-    fn counts(&self) -> HashMap<String, (u64, u64, u64)> {
-        let mut out: HashMap<String, (u64, u64, u64)> = HashMap::new();
-        for t in self.tracked.values() {
-            let c = out.entry(t.peer.clone()).or_default();
-            let overdue = u64::from(!t.overdue.is_empty());
-            match t.direction {
-                Direction::Out => c.0 += overdue,
-                Direction::In => {
-                    c.1 += overdue;
-                    c.2 += 1;
-                }
-            }
-        }
-        out
+    fn counts(&self, peer: &str) -> Counts {
+        self.counts.get(peer).copied().unwrap_or_default()
     }
 }
 
@@ -238,13 +263,14 @@ async fn load(shared: &Shared, state: &mut Deadline) {
                         // Delivered late: settled, not pending.
                         let mut t = t;
                         t.overdue.clear();
-                        state.track(shared, id, t, &missed);
+                        state.track(&deadlines_for(shared, &t.peer), id, t, &missed);
                         state.settle(id, Need::Delivered);
                         continue;
                     }
                 }
             }
-            state.track(shared, id, t, &missed);
+            let d = deadlines_for(shared, &t.peer);
+            state.track(&d, id, t, &missed);
         }
     }
     if rows.len() >= TRACKED_MAX {
@@ -332,7 +358,8 @@ async fn on_event(
                 open: Vec::new(),
                 overdue: BTreeSet::new(),
             };
-            state.track(shared, id, t, &[]);
+            let d = deadlines_for(shared, &t.peer);
+            state.track(&d, id, t, &[]);
         }
         Event::Delivered { peer, from, to } => {
             let ids: Vec<MessageId> = state
@@ -406,8 +433,10 @@ async fn fire_due(shared: &Shared, state: &mut Deadline, now: Instant) {
         let Some(pos) = t.open.iter().position(|(n, _)| *n == need) else {
             continue;
         };
+        tally(&mut state.counts, t, false);
         let (_, after) = t.open.remove(pos);
         t.overdue.insert(need);
+        tally(&mut state.counts, t, true);
         let due_at_ms = t.start_ms + after.as_millis() as i64;
         rows.push(MissRow {
             id: id.0,
@@ -425,8 +454,10 @@ async fn fire_due(shared: &Shared, state: &mut Deadline, now: Instant) {
         // Put them back so the next wake-up tries again.
         for (id, need, after, _) in fired {
             if let Some(t) = state.tracked.get_mut(&id) {
+                tally(&mut state.counts, t, false);
                 t.overdue.remove(&need);
                 t.open.push((need, after));
+                tally(&mut state.counts, t, true);
                 // Try again in a second (a failing store must not make this spin). A
                 // settled message's stale queue entry is skipped when it comes up.
                 state
@@ -555,13 +586,12 @@ async fn poll_links(shared: &Shared, links: &mut HashMap<String, LinkWatch>, now
 }
 
 fn publish_counts(shared: &Shared, state: &Deadline, _links: &HashMap<String, LinkWatch>) {
-    let counts = state.counts();
     for entry in shared.table.all() {
-        let (o, i, u) = counts.get(&entry.name).copied().unwrap_or_default();
+        let c = state.counts(&entry.name);
         if let Ok(mut a) = entry.alarms.write() {
-            a.overdue_out = o;
-            a.overdue_in = i;
-            a.unanswered_in = u;
+            a.overdue_out = c.overdue_out;
+            a.overdue_in = c.overdue_in;
+            a.unanswered_in = c.unanswered_in;
         }
     }
 }
@@ -591,4 +621,135 @@ pub fn lateness(
         }
     }
     (overdue, late_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The counts recomputed from scratch, the way `status` used to walk every message.
+    fn recount(state: &Deadline) -> HashMap<String, Counts> {
+        let mut out: HashMap<String, Counts> = HashMap::new();
+        for t in state.tracked.values() {
+            tally(&mut out, t, true);
+        }
+        out
+    }
+
+    fn tracked(peer: u8, seq: u64, out: bool, flash: bool) -> Tracked {
+        Tracked {
+            peer: format!("p{peer}"),
+            seq,
+            direction: if out { Direction::Out } else { Direction::In },
+            precedence: if flash {
+                Precedence::Flash
+            } else {
+                Precedence::Routine
+            },
+            topic: String::new(),
+            start: Instant::now(),
+            start_ms: 0,
+            open: Vec::new(),
+            overdue: BTreeSet::new(),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Track {
+            n: u8,
+            peer: u8,
+            out: bool,
+            flash: bool,
+            missed: bool,
+        },
+        Settle {
+            n: u8,
+            answered: bool,
+        },
+        Overdue {
+            n: u8,
+            answered: bool,
+        },
+        Retry {
+            n: u8,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..24, 0u8..3, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+                |(n, peer, out, flash, missed)| Op::Track {
+                    n,
+                    peer,
+                    out,
+                    flash,
+                    missed
+                }
+            ),
+            (0u8..24, any::<bool>()).prop_map(|(n, answered)| Op::Settle { n, answered }),
+            (0u8..24, any::<bool>()).prop_map(|(n, answered)| Op::Overdue { n, answered }),
+            (0u8..24).prop_map(|n| Op::Retry { n }),
+        ]
+    }
+
+    fn need(answered: bool) -> Need {
+        if answered {
+            Need::Answered
+        } else {
+            Need::Delivered
+        }
+    }
+
+    proptest! {
+        /// Whatever happens to the tracked messages (tracked, settled, missed, put back after
+        /// a failed write), the per-peer counts kept step by step equal a full recount.
+        #[test]
+        fn counts_kept_in_step_equal_a_recount(ops in proptest::collection::vec(op(), 1..120)) {
+            let d = Deadlines::default();
+            let mut state = Deadline::default();
+            for op in ops {
+                match op {
+                    Op::Track { n, peer, out, flash, missed } => {
+                        let missed = if missed { vec![Need::Answered.code()] } else { vec![] };
+                        state.track(&d, MessageId([n; 32]), tracked(peer, n.into(), out, flash), &missed);
+                    }
+                    Op::Settle { n, answered } => {
+                        state.settle(MessageId([n; 32]), need(answered));
+                    }
+                    // What fire_due and its retry path do to one message.
+                    Op::Overdue { n, answered } => {
+                        let need = need(answered);
+                        if let Some(t) = state.tracked.get_mut(&MessageId([n; 32])) {
+                            if let Some(pos) = t.open.iter().position(|(x, _)| *x == need) {
+                                tally(&mut state.counts, t, false);
+                                t.open.remove(pos);
+                                t.overdue.insert(need);
+                                tally(&mut state.counts, t, true);
+                            }
+                        }
+                    }
+                    Op::Retry { n } => {
+                        if let Some(t) = state.tracked.get_mut(&MessageId([n; 32])) {
+                            if let Some(&need) = t.overdue.iter().next() {
+                                tally(&mut state.counts, t, false);
+                                t.overdue.remove(&need);
+                                t.open.push((need, Duration::from_secs(1)));
+                                tally(&mut state.counts, t, true);
+                            }
+                        }
+                    }
+                }
+                let expected = recount(&state);
+                for peer in ["p0", "p1", "p2"] {
+                    prop_assert_eq!(
+                        state.counts(peer),
+                        expected.get(peer).copied().unwrap_or_default(),
+                        "peer {}", peer
+                    );
+                }
+            }
+        }
+    }
 }

@@ -42,6 +42,12 @@ fn text(o: &Output) -> String {
 
 /// Two nodes that checkpoint only on demand.
 async fn pair(base: &Path) -> (ProcNode, ProcNode, Client, Client) {
+    pair_with(base, "0").await
+}
+
+/// Two nodes that checkpoint automatically after `every` appended envelopes (`"0"`: only on
+/// demand), never on quiet time (that would come at a machine-speed-dependent moment).
+async fn pair_with(base: &Path, every: &str) -> (ProcNode, ProcNode, Client, Client) {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
     let mut a = ProcNode::init(base, "alpha", "Party Alpha", "en", "UTC")
         .ok()
@@ -54,7 +60,7 @@ async fn pair(base: &Path) -> (ProcNode, ProcNode, Client, Client) {
     ProcNode::pin_pair(&a, &b).ok().unwrap();
     for node in [&a, &b] {
         node.set("transcript.checkpoint_quiet", "off").ok().unwrap();
-        node.set("transcript.checkpoint_every", "0").ok().unwrap();
+        node.set("transcript.checkpoint_every", every).ok().unwrap();
     }
     a.start().ok().unwrap();
     b.start().ok().unwrap();
@@ -117,6 +123,70 @@ fn assert_refused(dir: &Path, name: &str, bytes: &[u8], expect: &str) {
 
 fn resign_bundle(b: &Bundle) -> Vec<u8> {
     b.encode()
+}
+
+/// Automatic checkpoints while both sides send at once. One member (the smaller key)
+/// proposes, naming only as much of its own stream as the other has confirmed holding, so the
+/// other can always check and co-sign: no crossing proposals refused by the witness rule, no
+/// pile of checkpoints nobody co-signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_checkpoints_under_traffic_both_ways_are_all_cosigned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, ac, bc) = pair_with(tmp.path(), "25").await;
+    let (x, y) = tokio::join!(
+        send_bulk(&ac, "bravo", 150, 200, "alpha report"),
+        send_bulk(&bc, "alpha", 150, 200, "bravo report")
+    );
+    x.ok().unwrap();
+    y.ok().unwrap();
+    settle(&ac, &bc).await;
+    // The last proposal and its co-signature may still be on the way: wait until both sides
+    // show the same latest checkpoint, signed by both.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sa = ac.get("/api/v1/status").await.ok().unwrap();
+        let sb = bc.get("/api/v1/status").await.ok().unwrap();
+        let (ca, cb) = (&sa["peers"][0]["checkpoint"], &sb["peers"][0]["checkpoint"]);
+        if ca["cosigned"] == true && cb["cosigned"] == true && ca["time_ms"] == cb["time_ms"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no common co-signed checkpoint: {sa} {sb}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (node, peer) in [(&a, "bravo"), (&b, "alpha")] {
+        let file = tmp.path().join(format!("{peer}.bundle"));
+        let out = detente(&[
+            "export",
+            "--dir",
+            node.dir.to_str().unwrap(),
+            "--peer",
+            peer,
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let bundle = Bundle::decode(&std::fs::read(&file).unwrap()).unwrap();
+        assert!(
+            bundle.checkpoints.len() >= 2,
+            "{} checkpoints",
+            bundle.checkpoints.len()
+        );
+        for (i, bytes) in bundle.checkpoints.iter().enumerate() {
+            let signed = SignedCheckpoint::decode(bytes).unwrap();
+            assert!(
+                signed.cosigned(),
+                "checkpoint {} of {} in {peer}'s export is not co-signed: {:?}",
+                i + 1,
+                bundle.checkpoints.len(),
+                signed.checkpoint()
+            );
+        }
+        let out = detente(&["verify", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

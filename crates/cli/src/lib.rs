@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_append;
 pub mod bench_verify;
 pub mod charter;
 pub mod client;

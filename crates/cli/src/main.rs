@@ -248,6 +248,10 @@ enum Command {
         /// messages (no nodes; try --messages 100000).
         #[arg(long)]
         verify: bool,
+        /// Instead: measure what growing the Merkle streams adds to committing --messages
+        /// messages (no nodes; a real SQLite file; try --messages 20000).
+        #[arg(long, conflicts_with = "verify")]
+        append: bool,
     },
 }
 
@@ -558,6 +562,12 @@ async fn run(command: Command) -> Outcome {
             verify: true,
             ..
         } => detente::bench_verify::run(messages, json),
+        Command::Bench {
+            json,
+            messages,
+            append: true,
+            ..
+        } => detente::bench_append::run(messages, json).await,
         Command::Bench {
             json,
             messages,

@@ -308,3 +308,25 @@ fn a_running_node_sends_lists_and_refuses_what_it_must() {
     let exit = node.wait().unwrap();
     assert!(exit.success(), "SIGTERM is a clean shutdown");
 }
+
+/// `bench --append` runs on a real SQLite file and reports both ways and their difference;
+/// a count it cannot batch is a usage error.
+#[test]
+fn bench_append_reports_the_merkle_cost() {
+    let out = detente(&["bench", "--append", "--messages", "256", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["messages"], 256);
+    for key in [
+        "commit_us_per_msg",
+        "commit_with_merkle_us_per_msg",
+        "append_cost_us_per_msg",
+        "append_share_of_foundation_pct",
+    ] {
+        assert!(v[key].is_f64(), "{key}: {v}");
+    }
+    assert!(v["commit_us_per_msg"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["runs_with"].as_array().unwrap().len(), 7);
+    let out = detente(&["bench", "--append", "--messages", "5"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -1229,8 +1229,8 @@ fn receipt_row(of: MessageId, receipt: &Receipt, verified: &VerifiedEnvelope) ->
 }
 
 /// Append a leaf to a stream's tree and stage the complete subtrees it creates in the same
-/// batch as the message.
-fn grow(
+/// batch as the message. (Public for `detente bench --append`, which times exactly this.)
+pub fn grow(
     batch: &mut WriteBatch,
     tree: &mut Frontier,
     channel: ChannelId,
@@ -1315,7 +1315,13 @@ fn conflict(peer: &str, seq: u64) {
     );
 }
 
-fn row(peer: &str, v: &VerifiedEnvelope, direction: Direction, placement: Placement) -> MessageRow {
+/// The stored row of an envelope. (Public for `detente bench --append`.)
+pub fn row(
+    peer: &str,
+    v: &VerifiedEnvelope,
+    direction: Direction,
+    placement: Placement,
+) -> MessageRow {
     let e = v.envelope();
     MessageRow {
         id: v.id().0,

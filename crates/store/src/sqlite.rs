@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use detente_proto::merkle;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -27,6 +28,7 @@ use crate::{
     CheckpointRow, DeadlineCandidate, DeliveredRange, Direction, EvidenceRow, GlossaryRow, Hash32,
     InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow,
     ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow, WitnessRow, WriteBatch,
+    TREE_LEVEL_STORED_MIN,
 };
 
 /// How long a connection waits for a lock held by another process (a backup tool, the
@@ -536,6 +538,48 @@ impl Store for SqliteStore {
                 found.insert((level, index), hash(&row, "tree_nodes", "hash")?);
             }
         }
+        // Low levels (not stored since TREE_LEVEL_STORED_MIN; a database written before may
+        // still hold some): from the envelopes they cover, all of which must be appended.
+        let low: HashSet<(u8, u64)> = positions
+            .iter()
+            .filter(|p| p.0 < TREE_LEVEL_STORED_MIN && !found.contains_key(p))
+            .copied()
+            .collect();
+        for (level, index) in low {
+            let width = 1u64 << level;
+            let Some(first) = index.checked_mul(width).and_then(|f| f.checked_add(1)) else {
+                continue;
+            };
+            let last = first + (width - 1);
+            let (Ok(lo), Ok(hi)) = (i64::try_from(first), i64::try_from(last)) else {
+                continue;
+            };
+            let rows = sqlx::query(
+                "SELECT seq, bytes FROM messages WHERE channel = ? AND sender = ? \
+                 AND seq BETWEEN ? AND ? AND placement = 0 ORDER BY seq",
+            )
+            .bind(channel.as_slice())
+            .bind(sender.as_slice())
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(&self.reader)
+            .await?;
+            if rows.len() as u64 != width {
+                continue;
+            }
+            let mut hashes = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let bytes: Vec<u8> = get(row, "messages", "bytes")?;
+                hashes.push(merkle::leaf_hash(&bytes));
+            }
+            while hashes.len() > 1 {
+                hashes = hashes
+                    .chunks(2)
+                    .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+                    .collect();
+            }
+            found.insert((level, index), hashes[0]);
+        }
         Ok(positions.iter().map(|p| found.get(p).copied()).collect())
     }
 
@@ -973,7 +1017,13 @@ async fn prune(conn: &mut SqliteConnection, marks: &[(String, u64)]) -> Result<(
 }
 
 async fn insert_tree_nodes(conn: &mut SqliteConnection, rows: &[TreeNodeRow]) -> Result<()> {
-    for chunk in pow2_chunks(rows, CHUNK_ROWS_MAX) {
+    // The low levels are recomputed from the envelopes when read (`tree_nodes`).
+    let rows: Vec<TreeNodeRow> = rows
+        .iter()
+        .filter(|t| t.level >= TREE_LEVEL_STORED_MIN)
+        .copied()
+        .collect();
+    for chunk in pow2_chunks(&rows, CHUNK_ROWS_MAX) {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO tree_nodes (channel, sender, level, idx, hash) ",
         );

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use detente_store::{
     DeliveredRange, Direction, Hash32, InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow,
     Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, SqliteStore, Store, StoreError, StreamRow,
-    WriteBatch,
+    WriteBatch, TREE_LEVEL_STORED_MIN,
 };
 
 const CHANNEL_A: Hash32 = [0xa0; 32];
@@ -1087,14 +1087,14 @@ async fn tree_nodes_commit_with_their_message_and_survive_reopening() {
     let db = open_temp().await;
     let batch = WriteBatch {
         messages: vec![msg("alice", Direction::Out, 1, 1000)],
-        tree_nodes: vec![node(0, 0)],
+        tree_nodes: vec![node(4, 0)],
         ..WriteBatch::default()
     };
     db.store.commit(batch).await.unwrap();
     // A batch whose tree node collides is refused whole: its message is not stored either.
     let bad = WriteBatch {
         messages: vec![msg("alice", Direction::Out, 2, 1001)],
-        tree_nodes: vec![node(0, 1), node(0, 0)],
+        tree_nodes: vec![node(4, 1), node(4, 0)],
         ..WriteBatch::default()
     };
     assert!(matches!(
@@ -1104,14 +1104,14 @@ async fn tree_nodes_commit_with_their_message_and_survive_reopening() {
     assert_eq!(db.store.message_count().await.unwrap(), 1);
     let found = db
         .store
-        .tree_nodes(CHANNEL_A, ME, vec![(0, 1), (0, 0), (1, 0)])
+        .tree_nodes(CHANNEL_A, ME, vec![(4, 1), (4, 0), (5, 0)])
         .await
         .unwrap();
-    assert_eq!(found, vec![None, Some(node(0, 0).hash), None]);
+    assert_eq!(found, vec![None, Some(node(4, 0).hash), None]);
     // Another stream's nodes are not this one's.
     assert_eq!(
         db.store
-            .tree_nodes(CHANNEL_A, ALICE, vec![(0, 0)])
+            .tree_nodes(CHANNEL_A, ALICE, vec![(4, 0)])
             .await
             .unwrap(),
         vec![None]
@@ -1119,12 +1119,53 @@ async fn tree_nodes_commit_with_their_message_and_survive_reopening() {
     db.store.close().await;
     let store = SqliteStore::open(&db.path).await.unwrap();
     assert_eq!(
-        store.tree_nodes(CHANNEL_A, ME, vec![(0, 0)]).await.unwrap(),
-        vec![Some(node(0, 0).hash)]
+        store.tree_nodes(CHANNEL_A, ME, vec![(4, 0)]).await.unwrap(),
+        vec![Some(node(4, 0).hash)]
     );
     let envelopes = store.stream_envelopes(CHANNEL_A, ME, 0, 10).await.unwrap();
     assert_eq!(envelopes.len(), 1);
     assert_eq!(envelopes[0].0, 1);
+}
+
+/// Subtrees below `TREE_LEVEL_STORED_MIN` are not written; reading them hashes the appended
+/// envelopes they cover, and gives nothing while one of those is missing or only held.
+#[tokio::test]
+async fn low_tree_levels_are_recomputed_from_the_appended_envelopes() {
+    use detente_proto::merkle::{leaf_hash, MemoryTree};
+    let db = open_temp().await;
+    let mut tree = MemoryTree::new();
+    let mut batch = WriteBatch::default();
+    for seq in 1..=20 {
+        let m = msg("alice", Direction::Out, seq, 1000 + seq as i64);
+        tree.push(leaf_hash(&m.bytes));
+        batch.messages.push(m);
+    }
+    // Rows below the stored levels are ignored, even wrong ones.
+    batch.tree_nodes = vec![node(0, 0), node(1, 0), node(3, 0)];
+    let mut held = msg("alice", Direction::Out, 24, 2000);
+    held.placement = Placement::Held;
+    batch.messages.push(held);
+    db.store.commit(batch).await.unwrap();
+    let mut positions = Vec::new();
+    for level in 0..TREE_LEVEL_STORED_MIN {
+        for index in 0..(24u64 >> level) {
+            positions.push((level, index));
+        }
+    }
+    let found = db
+        .store
+        .tree_nodes(CHANNEL_A, ME, positions.clone())
+        .await
+        .unwrap();
+    for ((level, index), got) in positions.into_iter().zip(found) {
+        let complete = (index + 1) << level <= 20;
+        let expected = if complete {
+            tree.node(level, index)
+        } else {
+            None
+        };
+        assert_eq!(got, expected, "level {level} index {index}");
+    }
 }
 
 #[tokio::test]

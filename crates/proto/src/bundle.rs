@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 
 use coset::cbor::Value;
+use rand_core::{CryptoRng, RngCore};
 
 use crate::checkpoint::{SignedCheckpoint, MEMBERS_MAX};
 use crate::envelope::{Body, ChannelId, MessageId, ReceiptTarget, VerifiedEnvelope};
@@ -229,43 +230,135 @@ impl Report {
     }
 }
 
-/// Decode and verify envelopes of one sender on every core (strict single verification each,
-/// the same rule as the node's receive path).
-fn verify_all(envelopes: &[Vec<u8>], sender: &PartyKey) -> Vec<Result<VerifiedEnvelope, String>> {
+/// Envelopes in one unit of parallel work: one signature batch.
+const VERIFY_CHUNK_ENVELOPES: usize = crate::sig::BATCH_SIGNATURES_MAX;
+
+/// Verifier threads at most.
+const VERIFY_THREADS_MAX: usize = 64;
+
+/// What the verifier keeps of one envelope: its leaf hash and id, and, if it verified, the
+/// fields the checks after verification look at (not the whole envelope: a bundle can hold
+/// millions).
+struct Checked {
+    leaf: Hash,
+    id: MessageId,
+    fields: Result<Fields, String>,
+}
+
+struct Fields {
+    channel: ChannelId,
+    seq: u64,
+    prev: MessageId,
+    receipt: Option<ReceiptTarget>,
+}
+
+/// Decode, verify and hash every envelope of every stream on every core: the same per-item
+/// results as the node's receive path (batch verification under the one signature rule,
+/// [`crate::sig`]), in stream order. Work is handed out in chunks of one signature batch, so
+/// the cores stay busy to the end whatever the stream sizes.
+fn check_streams<G, F>(streams: &[(PartyKey, Vec<Vec<u8>>)], rng_for_chunk: &F) -> Vec<Vec<Checked>>
+where
+    G: RngCore + CryptoRng,
+    F: Fn(usize) -> G + Sync,
+{
+    let units: Vec<(usize, usize)> = streams
+        .iter()
+        .enumerate()
+        .flat_map(|(s, (_, envelopes))| {
+            (0..envelopes.len())
+                .step_by(VERIFY_CHUNK_ENVELOPES)
+                .map(move |start| (s, start))
+        })
+        .collect();
+    let check_unit = |i: usize| -> Vec<Checked> {
+        let (s, start) = units[i];
+        let (sender, envelopes) = &streams[s];
+        let end = (start + VERIFY_CHUNK_ENVELOPES).min(envelopes.len());
+        let frames: Vec<&[u8]> = envelopes[start..end].iter().map(Vec::as_slice).collect();
+        let results = crate::envelope::verify_frames(&frames, sender, &mut rng_for_chunk(i));
+        frames
+            .iter()
+            .zip(results)
+            .map(|(bytes, result)| Checked {
+                leaf: merkle::leaf_hash(bytes),
+                id: crate::envelope::message_id(bytes),
+                fields: result
+                    .map(|e| Fields {
+                        channel: e.channel,
+                        seq: e.seq,
+                        prev: e.prev,
+                        receipt: match e.body {
+                            Body::Receipt(r) => Some(r.target),
+                            _ => None,
+                        },
+                    })
+                    .map_err(|e| e.to_string()),
+            })
+            .collect()
+    };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, 64);
-    if envelopes.len() < 256 || threads == 1 {
-        return envelopes
-            .iter()
-            .map(|b| VerifiedEnvelope::decode(b, Some(sender)).map_err(|e| e.to_string()))
-            .collect();
-    }
-    let chunk = envelopes.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = envelopes
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|b| {
-                            VerifiedEnvelope::decode(b, Some(sender)).map_err(|e| e.to_string())
-                        })
-                        .collect::<Vec<_>>()
+        .clamp(1, VERIFY_THREADS_MAX)
+        .min(units.len().max(1));
+    let mut done: Vec<Option<Vec<Checked>>> = Vec::new();
+    done.resize_with(units.len(), || None);
+    if threads == 1 {
+        for (i, slot) in done.iter_mut().enumerate() {
+            *slot = Some(check_unit(i));
+        }
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let finished: Vec<Vec<(usize, Vec<Checked>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= units.len() {
+                                break;
+                            }
+                            mine.push((i, check_unit(i)));
+                        }
+                        mine
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("verifier thread does not panic"))
-            .collect()
-    })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("verifier thread does not panic"))
+                .collect()
+        });
+        for (i, checked) in finished.into_iter().flatten() {
+            done[i] = Some(checked);
+        }
+    }
+    let mut out: Vec<Vec<Checked>> = streams
+        .iter()
+        .map(|(_, e)| Vec::with_capacity(e.len()))
+        .collect();
+    for ((s, _), checked) in units.iter().zip(done) {
+        out[*s].extend(checked.expect("every unit is checked"));
+    }
+    out
 }
 
 /// Verify a bundle: every envelope's signature, gap-free `seq`, `prev` links, the channel,
 /// receipts pointing at messages in the bundle, every checkpoint's signatures, its roots
-/// against the streams, and consistency between successive checkpoints.
+/// against the streams, and consistency between successive checkpoints. The coefficients of
+/// batch signature verification come from the operating system's CSPRNG.
 pub fn verify(bytes: &[u8]) -> Report {
+    verify_with_rng(bytes, |_| rand_core::OsRng)
+}
+
+/// [`verify`] with the generators of the batch coefficients given: `rng_for_chunk(i)` makes
+/// the generator for the `i`-th chunk of envelopes (chunks are checked on several threads).
+/// Anything but a test should use a CSPRNG, as the bound says.
+pub fn verify_with_rng<G, F>(bytes: &[u8], rng_for_chunk: F) -> Report
+where
+    G: RngCore + CryptoRng,
+    F: Fn(usize) -> G + Sync,
+{
     let mut report = Report::default();
     let bundle = match Bundle::decode(bytes) {
         Ok(b) => b,
@@ -294,30 +387,33 @@ pub fn verify(bytes: &[u8]) -> Report {
     let mut trees: HashMap<PartyKey, MemoryTree> = HashMap::new();
     let mut ids: HashMap<MessageId, (PartyKey, u64)> = HashMap::new();
     let mut receipts: Vec<(PartyKey, u64, ReceiptTarget)> = Vec::new();
-    for (sender, envelopes) in &bundle.streams {
+    for ((sender, _), checked) in bundle
+        .streams
+        .iter()
+        .zip(check_streams(&bundle.streams, &rng_for_chunk))
+    {
         let stream = Some(sender.to_text());
         let mut tree = MemoryTree::new();
         let mut prev = MessageId::ZERO;
-        for (i, result) in verify_all(envelopes, sender).into_iter().enumerate() {
+        for (i, one) in checked.into_iter().enumerate() {
             let position = i as u64 + 1;
             report.messages += 1;
-            tree.push(merkle::leaf_hash(&envelopes[i]));
+            tree.push(one.leaf);
             let problem = |what: String| Problem {
                 stream: stream.clone(),
                 seq: Some(position),
                 item: "envelope".into(),
                 what,
             };
-            let verified = match result {
-                Ok(v) => v,
+            let e = match one.fields {
+                Ok(fields) => fields,
                 Err(e) => {
                     report.push(problem(e));
                     // The chain cannot be followed through an envelope that does not verify.
-                    prev = crate::envelope::message_id(&envelopes[i]);
+                    prev = one.id;
                     continue;
                 }
             };
-            let e = verified.envelope();
             if e.channel != bundle.channel {
                 report.push(problem("belongs to another channel".into()));
             }
@@ -332,11 +428,11 @@ pub fn verify(bytes: &[u8]) -> Report {
                     "prev does not name the previous envelope of the stream".into(),
                 ));
             }
-            if let Body::Receipt(r) = &e.body {
-                receipts.push((*sender, position, r.target.clone()));
+            if let Some(target) = e.receipt {
+                receipts.push((*sender, position, target));
             }
-            prev = verified.id();
-            ids.insert(verified.id(), (*sender, e.seq));
+            prev = one.id;
+            ids.insert(one.id, (*sender, e.seq));
         }
         trees.insert(*sender, tree);
     }

@@ -286,7 +286,7 @@ fn long_batches_name_exactly_the_bad_items() {
                 _ => Kind::Valid,
             };
             let mut pick = [0u8; 64];
-            pick[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            pick[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
             make(
                 kind,
                 SEEDS[i % 3],

@@ -6,7 +6,7 @@
 //! with members in ascending byte order of their keys, no key twice, 1 to
 //! [`MEMBERS_MAX`] members.
 //!
-//! A signature is Ed25519 (verified strictly) over `"detente checkpoint v1\0" ‖ body bytes`;
+//! A signature is Ed25519 (verified under the rule of [`crate::sig`]) over `"detente checkpoint v1\0" ‖ body bytes`;
 //! the label keeps a checkpoint signature from ever being valid as anything else.
 //! A [`SignedCheckpoint`] is `[body: bstr, [[key: bstr32, signature: bstr64], …]]`,
 //! signatures in ascending key order, each by a member, no key twice. Signed by every member

@@ -169,6 +169,151 @@ fn key(v: Value, what: &str) -> Result<PartyKey, String> {
     PartyKey::from_bytes(hash32(v, what)?).map_err(|_| format!("{what} is not an Ed25519 key"))
 }
 
+/// A bundle as [`verify`] reads it: the items borrowed from the file, not copied.
+#[derive(Debug, PartialEq, Eq)]
+struct View<'a> {
+    channel: ChannelId,
+    members: Vec<PartyKey>,
+    charters: Vec<&'a [u8]>,
+    streams: Vec<(PartyKey, Vec<&'a [u8]>)>,
+    checkpoints: Vec<&'a [u8]>,
+}
+
+impl<'a> View<'a> {
+    fn of(bundle: &'a Bundle) -> Self {
+        let slices = |list: &'a [Vec<u8>]| list.iter().map(Vec::as_slice).collect();
+        View {
+            channel: bundle.channel,
+            members: bundle.members.clone(),
+            charters: slices(&bundle.charters),
+            streams: bundle
+                .streams
+                .iter()
+                .map(|(k, list)| (*k, slices(list)))
+                .collect(),
+            checkpoints: slices(&bundle.checkpoints),
+        }
+    }
+
+    /// The common case without copying: a bundle in definite-length CBOR without tags or
+    /// trailing bytes, with every item of the right type and within its limit. `None` for
+    /// anything else; [`Bundle::decode`] then decides, with its own words for what is wrong
+    /// (so a bundle this refuses gets exactly the report it always got).
+    fn parse(bytes: &'a [u8]) -> Option<Self> {
+        if bytes.len() as u64 > BUNDLE_BYTES_MAX {
+            return None;
+        }
+        let mut r = Reader { bytes, at: 0 };
+        if r.array(7)? != 7 || r.text()? != BUNDLE_MAGIC.as_bytes() || r.uint()? != BUNDLE_VERSION {
+            return None;
+        }
+        let channel = ChannelId(r.bytes()?.try_into().ok()?);
+        let members = (0..r.array(MEMBERS_MAX)?)
+            .map(|_| r.key())
+            .collect::<Option<Vec<_>>>()?;
+        if members.is_empty() {
+            return None;
+        }
+        let charters = r.byte_list(CHARTERS_MAX)?;
+        let streams = (0..r.array(MEMBERS_MAX)?)
+            .map(|_| {
+                if r.array(2)? != 2 {
+                    return None;
+                }
+                Some((r.key()?, r.byte_list(STREAM_ENVELOPES_MAX)?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let checkpoints = r.byte_list(CHECKPOINTS_MAX)?;
+        (r.at == bytes.len()).then_some(View {
+            channel,
+            members,
+            charters,
+            streams,
+            checkpoints,
+        })
+    }
+}
+
+/// Reads definite-length CBOR items in place, for [`View::parse`]. Every method returns `None`
+/// on anything unexpected.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// The major type and argument of the next item (no indefinite lengths, no reserved
+    /// values).
+    fn head(&mut self) -> Option<(u8, u64)> {
+        let first = *self.bytes.get(self.at)?;
+        let (major, info) = (first >> 5, first & 0x1f);
+        let extra = match info {
+            0..=23 => 0,
+            24 => 1,
+            25 => 2,
+            26 => 4,
+            27 => 8,
+            _ => return None,
+        };
+        let argument = match extra {
+            0 => u64::from(info),
+            n => {
+                let raw = self.bytes.get(self.at + 1..self.at + 1 + n)?;
+                raw.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b))
+            }
+        };
+        self.at += 1 + extra;
+        Some((major, argument))
+    }
+
+    fn uint(&mut self) -> Option<u64> {
+        match self.head()? {
+            (0, v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// An array's length, at most `max`.
+    fn array(&mut self, max: usize) -> Option<usize> {
+        match self.head()? {
+            // Each item takes at least a byte: a length beyond the rest is refused before
+            // anything is allocated for it.
+            (4, n) => usize::try_from(n)
+                .ok()
+                .filter(|n| *n <= max && *n <= self.bytes.len() - self.at),
+            _ => None,
+        }
+    }
+
+    fn string(&mut self, major: u8) -> Option<&'a [u8]> {
+        match self.head()? {
+            (m, n) if m == major => {
+                let end = self.at.checked_add(usize::try_from(n).ok()?)?;
+                let item = self.bytes.get(self.at..end)?;
+                self.at = end;
+                Some(item)
+            }
+            _ => None,
+        }
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        self.string(2)
+    }
+
+    fn text(&mut self) -> Option<&'a [u8]> {
+        self.string(3)
+    }
+
+    fn key(&mut self) -> Option<PartyKey> {
+        PartyKey::from_bytes(self.bytes()?.try_into().ok()?).ok()
+    }
+
+    fn byte_list(&mut self, max: usize) -> Option<Vec<&'a [u8]>> {
+        (0..self.array(max)?).map(|_| self.bytes()).collect()
+    }
+}
+
 /// One thing wrong with a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -256,7 +401,7 @@ struct Fields {
 /// results as the node's receive path (batch verification under the one signature rule,
 /// [`crate::sig`]), in stream order. Work is handed out in chunks of one signature batch, so
 /// the cores stay busy to the end whatever the stream sizes.
-fn check_streams<G, F>(streams: &[(PartyKey, Vec<Vec<u8>>)], rng_for_chunk: &F) -> Vec<Vec<Checked>>
+fn check_streams<G, F>(streams: &[(PartyKey, Vec<&[u8]>)], rng_for_chunk: &F) -> Vec<Vec<Checked>>
 where
     G: RngCore + CryptoRng,
     F: Fn(usize) -> G + Sync,
@@ -274,8 +419,8 @@ where
         let (s, start) = units[i];
         let (sender, envelopes) = &streams[s];
         let end = (start + VERIFY_CHUNK_ENVELOPES).min(envelopes.len());
-        let frames: Vec<&[u8]> = envelopes[start..end].iter().map(Vec::as_slice).collect();
-        let results = crate::envelope::verify_frames(&frames, sender, &mut rng_for_chunk(i));
+        let frames = &envelopes[start..end];
+        let results = crate::envelope::verify_frames(frames, sender, &mut rng_for_chunk(i));
         frames
             .iter()
             .zip(results)
@@ -360,12 +505,19 @@ where
     F: Fn(usize) -> G + Sync,
 {
     let mut report = Report::default();
-    let bundle = match Bundle::decode(bytes) {
-        Ok(b) => b,
-        Err(e) => {
-            report.bundle(e);
-            return report;
-        }
+    let owned: Bundle;
+    let bundle = match View::parse(bytes) {
+        Some(view) => view,
+        None => match Bundle::decode(bytes) {
+            Ok(b) => {
+                owned = b;
+                View::of(&owned)
+            }
+            Err(e) => {
+                report.bundle(e);
+                return report;
+            }
+        },
     };
     let mut sorted: Vec<[u8; 32]> = bundle.members.iter().map(|k| *k.as_bytes()).collect();
     sorted.sort_unstable();
@@ -665,5 +817,97 @@ impl InclusionProof {
             envelope,
             checkpoint,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, Precedence, TextBody};
+    use crate::identity::PartySecret;
+
+    fn sample_bundle() -> Bundle {
+        let secrets = [
+            PartySecret::from_seed([1; 32]),
+            PartySecret::from_seed([2; 32]),
+        ];
+        let mut members: Vec<PartyKey> = secrets.iter().map(|s| s.public()).collect();
+        members.sort();
+        let channel = ChannelId::for_pair(&members[0], &members[1]);
+        let streams = members
+            .iter()
+            .map(|key| {
+                let secret = secrets.iter().find(|s| s.public() == *key).unwrap();
+                let mut prev = MessageId::ZERO;
+                let envelopes = (1..=3)
+                    .map(|seq| {
+                        let e = Envelope {
+                            channel,
+                            sender: *key,
+                            seq,
+                            prev,
+                            created_at_ms: 1_767_225_600_000 + seq,
+                            precedence: Precedence::Routine,
+                            topic: "general".into(),
+                            author: String::new(),
+                            in_reply_to: None,
+                            body: Body::Text(TextBody {
+                                language: "en".into(),
+                                text: format!("message {seq}"),
+                                translations: Vec::new(),
+                            }),
+                        };
+                        let v = VerifiedEnvelope::sign(e, secret).unwrap();
+                        prev = v.id();
+                        v.bytes().to_vec()
+                    })
+                    .collect();
+                (*key, envelopes)
+            })
+            .collect();
+        Bundle {
+            channel,
+            members,
+            charters: Vec::new(),
+            streams,
+            checkpoints: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_borrowing_parser_reads_what_decode_reads() {
+        let bundle = sample_bundle();
+        let bytes = bundle.encode();
+        let decoded = Bundle::decode(&bytes).unwrap();
+        assert_eq!(View::parse(&bytes), Some(View::of(&decoded)));
+        assert!(verify(&bytes).ok());
+        // Every truncation falls back to the full decoder and gets its report.
+        for n in 0..bytes.len() {
+            assert_eq!(View::parse(&bytes[..n]), None, "prefix of {n} bytes");
+        }
+    }
+
+    #[test]
+    fn odd_but_decodable_encodings_get_the_full_decoders_result() {
+        let bytes = sample_bundle().encode();
+        // A non-shortest array head: read alike by both parsers.
+        let mut wide = vec![0x98, 7];
+        wide.extend_from_slice(&bytes[1..]);
+        let decoded = Bundle::decode(&wide).unwrap();
+        assert_eq!(View::parse(&wide), Some(View::of(&decoded)));
+        // A trailing byte: not for the borrowing parser; the full decoder decides as it always
+        // did.
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(View::parse(&trailing), None);
+        let expected = match Bundle::decode(&trailing) {
+            Ok(b) => verify(&b.encode()),
+            Err(e) => {
+                let mut r = Report::default();
+                r.bundle(e);
+                r
+            }
+        };
+        assert_eq!(verify(&trailing), expected);
     }
 }

@@ -15,6 +15,6 @@ pub enum KeyError {
     InvalidPoint,
     #[error("the public key is not in canonical encoding")]
     NonCanonical,
-    #[error("the public key is a point of small order, which anyone can sign for")]
+    #[error("the public key is a point of small order, which is not a usable key")]
     SmallOrder,
 }

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use coset::cbor::Value;
 use rand_core::{CryptoRng, RngCore};
 
+use crate::cbor::Reader;
 use crate::checkpoint::{SignedCheckpoint, MEMBERS_MAX};
 use crate::envelope::{Body, ChannelId, MessageId, ReceiptTarget, VerifiedEnvelope};
 use crate::identity::PartyKey;
@@ -203,7 +204,7 @@ impl<'a> View<'a> {
         if bytes.len() as u64 > BUNDLE_BYTES_MAX {
             return None;
         }
-        let mut r = Reader { bytes, at: 0 };
+        let mut r = Reader::new(bytes);
         if r.array(7)? != 7 || r.text()? != BUNDLE_MAGIC.as_bytes() || r.uint()? != BUNDLE_VERSION {
             return None;
         }
@@ -224,93 +225,13 @@ impl<'a> View<'a> {
             })
             .collect::<Option<Vec<_>>>()?;
         let checkpoints = r.byte_list(CHECKPOINTS_MAX)?;
-        (r.at == bytes.len()).then_some(View {
+        r.at_end().then_some(View {
             channel,
             members,
             charters,
             streams,
             checkpoints,
         })
-    }
-}
-
-/// Reads definite-length CBOR items in place, for [`View::parse`]. Every method returns `None`
-/// on anything unexpected.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    /// The major type and argument of the next item (no indefinite lengths, no reserved
-    /// values).
-    fn head(&mut self) -> Option<(u8, u64)> {
-        let first = *self.bytes.get(self.at)?;
-        let (major, info) = (first >> 5, first & 0x1f);
-        let extra = match info {
-            0..=23 => 0,
-            24 => 1,
-            25 => 2,
-            26 => 4,
-            27 => 8,
-            _ => return None,
-        };
-        let argument = match extra {
-            0 => u64::from(info),
-            n => {
-                let raw = self.bytes.get(self.at + 1..self.at + 1 + n)?;
-                raw.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b))
-            }
-        };
-        self.at += 1 + extra;
-        Some((major, argument))
-    }
-
-    fn uint(&mut self) -> Option<u64> {
-        match self.head()? {
-            (0, v) => Some(v),
-            _ => None,
-        }
-    }
-
-    /// An array's length, at most `max`.
-    fn array(&mut self, max: usize) -> Option<usize> {
-        match self.head()? {
-            // Each item takes at least a byte: a length beyond the rest is refused before
-            // anything is allocated for it.
-            (4, n) => usize::try_from(n)
-                .ok()
-                .filter(|n| *n <= max && *n <= self.bytes.len() - self.at),
-            _ => None,
-        }
-    }
-
-    fn string(&mut self, major: u8) -> Option<&'a [u8]> {
-        match self.head()? {
-            (m, n) if m == major => {
-                let end = self.at.checked_add(usize::try_from(n).ok()?)?;
-                let item = self.bytes.get(self.at..end)?;
-                self.at = end;
-                Some(item)
-            }
-            _ => None,
-        }
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        self.string(2)
-    }
-
-    fn text(&mut self) -> Option<&'a [u8]> {
-        self.string(3)
-    }
-
-    fn key(&mut self) -> Option<PartyKey> {
-        PartyKey::from_bytes(self.bytes()?.try_into().ok()?).ok()
-    }
-
-    fn byte_list(&mut self, max: usize) -> Option<Vec<&'a [u8]>> {
-        (0..self.array(max)?).map(|_| self.bytes()).collect()
     }
 }
 

@@ -16,6 +16,7 @@ use ed25519_dalek::Signer;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 
+use crate::cbor;
 use crate::identity::{PartyKey, PartySecret};
 use crate::sig;
 
@@ -553,7 +554,10 @@ impl<'a> Parsed<'a> {
         };
         let payload_item = &bytes[SIGN1_PREFIX.len()..bytes.len() - 66];
         let payload = &bytes[payload_at..bytes.len() - 66];
-        let envelope = decode_payload(payload, known)?;
+        let envelope = match read_payload(payload, known) {
+            Some(envelope) => envelope,
+            None => decode_payload(payload, known)?,
+        };
         check_fields(&envelope)?;
         if encode_payload(&envelope) != payload {
             return Err(EnvelopeError::NotCanonical);
@@ -1008,6 +1012,132 @@ fn encode_payload(e: &Envelope) -> Vec<u8> {
     out
 }
 
+// ---- payload reading in place ------------------------------------------------------------
+
+/// The payload of a text, receipt, test or notification envelope, read in place: the same
+/// envelope [`decode_payload`] makes of these bytes, without a `Value` tree in between.
+/// `None` for anything else (charter bodies, and anything unexpected); [`decode_payload`] then
+/// decides, so every error still comes from it.
+fn read_payload(payload: &[u8], known: Option<&PartyKey>) -> Option<Envelope> {
+    let mut r = cbor::Reader::new(payload);
+    r.array_of(11)?;
+    if r.uint()? != ENVELOPE_VERSION {
+        return None;
+    }
+    let channel = ChannelId(r.bytes32()?);
+    let sender = match (r.bytes32()?, known) {
+        (bytes, Some(key)) if bytes == *key.as_bytes() => *key,
+        (bytes, _) => PartyKey::from_bytes(bytes).ok()?,
+    };
+    let seq = r.uint()?;
+    let prev = MessageId(r.bytes32()?);
+    let created_at_ms = r.uint()?;
+    let precedence = u8::try_from(r.uint()?).ok().and_then(Precedence::from_u8)?;
+    let topic = r.string_owned()?;
+    let author = r.string_owned()?;
+    let in_reply_to = match r.null() {
+        true => None,
+        false => Some(MessageId(r.bytes32()?)),
+    };
+    let body = read_body(&mut r)?;
+    r.at_end().then_some(Envelope {
+        channel,
+        sender,
+        seq,
+        prev,
+        created_at_ms,
+        precedence,
+        topic,
+        author,
+        in_reply_to,
+        body,
+    })
+}
+
+/// A body as [`decode_body`] reads it, for every kind but charters.
+fn read_body(r: &mut cbor::Reader) -> Option<Body> {
+    let len = r.array(4)?;
+    match (r.uint()?, len) {
+        (0, 4) => Some(Body::Text(read_text(r)?)),
+        (1, 4) => {
+            let level = ReceiptLevel::from_u64(r.uint()?)?;
+            let target = match r.peek_major()? {
+                2 => ReceiptTarget::Message(MessageId(r.bytes32()?)),
+                4 => {
+                    let n = r.array(limits::RECEIPT_RANGES_MAX)?;
+                    let ranges = (0..n)
+                        .map(|_| {
+                            r.array_of(2)?;
+                            Some((r.uint()?, r.uint()?))
+                        })
+                        .collect::<Option<Vec<_>>>()?;
+                    ReceiptTarget::Ranges(ranges)
+                }
+                _ => return None,
+            };
+            let note = match r.null() {
+                true => None,
+                false => Some(r.string_owned()?),
+            };
+            Some(Body::Receipt(Receipt {
+                level,
+                target,
+                note,
+            }))
+        }
+        (2, 2) => Some(Body::Test {
+            nonce: r.bytes()?.try_into().ok()?,
+        }),
+        (4, 4) => {
+            let format = r.string_owned()?;
+            let version = u32::try_from(r.uint()?).ok()?;
+            let n = r.array(limits::NOTIFICATION_FIELDS_MAX)?;
+            let fields = (0..n).map(|_| read_field(r)).collect::<Option<Vec<_>>>()?;
+            Some(Body::Notification(NotificationBody {
+                format,
+                version,
+                fields,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// Language, text and translations, as [`decode_text`] reads them.
+fn read_text(r: &mut cbor::Reader) -> Option<TextBody> {
+    let language = r.string_owned()?;
+    let text = r.string_owned()?;
+    let n = r.array(limits::TRANSLATIONS_MAX)?;
+    let translations = (0..n)
+        .map(|_| {
+            r.array_of(2)?;
+            Some((r.string_owned()?, r.string_owned()?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(TextBody {
+        language,
+        text,
+        translations,
+    })
+}
+
+/// A notification field, as [`decode_field`] reads it.
+fn read_field(r: &mut cbor::Reader) -> Option<(String, FieldValue)> {
+    r.array_of(2)?;
+    let key = r.string_owned()?;
+    let value = match r.peek_major()? {
+        3 => FieldValue::Typed(r.string_owned()?),
+        4 => {
+            r.array_of(3)?;
+            FieldValue::Text(read_text(r)?)
+        }
+        _ => return None,
+    };
+    Some((key, value))
+}
+
+// ---- payload decoding through a Value tree ----------------------------------------------
+
 /// Reads the positional items of a CBOR array with typed errors.
 struct Items {
     items: std::vec::IntoIter<Value>,
@@ -1350,6 +1480,60 @@ mod tests {
         let sign1 = CoseSign1::from_tagged_slice(v.bytes()).unwrap();
         assert_eq!(ours, sign1.tbs_data(b""));
         assert_eq!(&parsed.signature[..], &sign1.signature[..]);
+    }
+
+    #[test]
+    fn reading_in_place_agrees_with_the_value_decoder() {
+        let s = secret(1);
+        let mut e = sample(&s, 2, MessageId([3; 32]));
+        let mut bodies = vec![
+            e.body.clone(),
+            Body::Receipt(Receipt {
+                level: ReceiptLevel::Read,
+                target: ReceiptTarget::Message(MessageId([4; 32])),
+                note: Some("noted".into()),
+            }),
+            Body::Receipt(Receipt {
+                level: ReceiptLevel::Delivered,
+                target: ReceiptTarget::Ranges(vec![(1, 5), (7, 300)]),
+                note: None,
+            }),
+            Body::Test { nonce: [9; 16] },
+            Body::Notification(NotificationBody {
+                format: "launch".into(),
+                version: 70_000,
+                fields: vec![
+                    ("count".into(), FieldValue::Typed("2".into())),
+                    (
+                        "remarks".into(),
+                        FieldValue::Text(TextBody {
+                            language: "en".into(),
+                            text: "x".repeat(300),
+                            translations: vec![("ru".into(), "да".into())],
+                        }),
+                    ),
+                ],
+            }),
+        ];
+        e.in_reply_to = Some(MessageId([5; 32]));
+        for body in bodies.drain(..) {
+            e.body = body;
+            let payload = encode_payload(&e);
+            assert_eq!(read_payload(&payload, None).as_ref(), Some(&e));
+            assert_eq!(decode_payload(&payload, None).as_ref(), Ok(&e));
+            for n in 0..payload.len() {
+                assert_eq!(read_payload(&payload[..n], None), None, "prefix {n}");
+            }
+            // Whatever a bit flip makes of the payload, reading in place never accepts what
+            // the Value decoder refuses, and never reads it differently.
+            for bit in 0..payload.len() * 8 {
+                let mut flipped = payload.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                if let Some(read) = read_payload(&flipped, None) {
+                    assert_eq!(decode_payload(&flipped, None), Ok(read), "bit {bit}");
+                }
+            }
+        }
     }
 
     #[test]

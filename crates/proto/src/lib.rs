@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+mod cbor;
 pub mod charter;
 pub mod checkpoint;
 pub mod deadline;

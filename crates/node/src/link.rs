@@ -7,9 +7,10 @@
 //! A session runs three tasks:
 //! - the **reader** reads frames; envelopes are gathered into batches (everything that
 //!   arrived in one read) and handed to the receive pipeline;
-//! - the **receive pipeline** verifies a batch (strictly, one signature at a time), gives it to
-//!   the writer, and only after the writer's commit sends back `Ack` — the signed DELIVERED
-//!   receipt was staged in that same commit and goes out through the scheduler;
+//! - the **receive pipeline** verifies a batch (batch signature verification, each envelope
+//!   getting exactly its single-verification result), gives it to the writer, and only after
+//!   the writer's commit sends back `Ack` — the signed DELIVERED receipt was staged in that
+//!   same commit and goes out through the scheduler;
 //! - the **session loop** owns the write half: heartbeats, acks, and the precedence
 //!   scheduler that feeds envelopes from the outbox, at most [`WINDOW_MAX`] in flight.
 

@@ -16,7 +16,9 @@
 use std::collections::HashMap;
 
 use coset::cbor::Value;
+use rand_core::{CryptoRng, RngCore};
 
+use crate::cbor::Reader;
 use crate::checkpoint::{SignedCheckpoint, MEMBERS_MAX};
 use crate::envelope::{Body, ChannelId, MessageId, ReceiptTarget, VerifiedEnvelope};
 use crate::identity::PartyKey;
@@ -168,6 +170,71 @@ fn key(v: Value, what: &str) -> Result<PartyKey, String> {
     PartyKey::from_bytes(hash32(v, what)?).map_err(|_| format!("{what} is not an Ed25519 key"))
 }
 
+/// A bundle as [`verify`] reads it: the items borrowed from the file, not copied.
+#[derive(Debug, PartialEq, Eq)]
+struct View<'a> {
+    channel: ChannelId,
+    members: Vec<PartyKey>,
+    charters: Vec<&'a [u8]>,
+    streams: Vec<(PartyKey, Vec<&'a [u8]>)>,
+    checkpoints: Vec<&'a [u8]>,
+}
+
+impl<'a> View<'a> {
+    fn of(bundle: &'a Bundle) -> Self {
+        let slices = |list: &'a [Vec<u8>]| list.iter().map(Vec::as_slice).collect();
+        View {
+            channel: bundle.channel,
+            members: bundle.members.clone(),
+            charters: slices(&bundle.charters),
+            streams: bundle
+                .streams
+                .iter()
+                .map(|(k, list)| (*k, slices(list)))
+                .collect(),
+            checkpoints: slices(&bundle.checkpoints),
+        }
+    }
+
+    /// The common case without copying: a bundle in definite-length CBOR without tags or
+    /// trailing bytes, with every item of the right type and within its limit. `None` for
+    /// anything else; [`Bundle::decode`] then decides, with its own words for what is wrong
+    /// (so a bundle this refuses gets exactly the report it always got).
+    fn parse(bytes: &'a [u8]) -> Option<Self> {
+        if bytes.len() as u64 > BUNDLE_BYTES_MAX {
+            return None;
+        }
+        let mut r = Reader::new(bytes);
+        if r.array(7)? != 7 || r.text()? != BUNDLE_MAGIC.as_bytes() || r.uint()? != BUNDLE_VERSION {
+            return None;
+        }
+        let channel = ChannelId(r.bytes()?.try_into().ok()?);
+        let members = (0..r.array(MEMBERS_MAX)?)
+            .map(|_| r.key())
+            .collect::<Option<Vec<_>>>()?;
+        if members.is_empty() {
+            return None;
+        }
+        let charters = r.byte_list(CHARTERS_MAX)?;
+        let streams = (0..r.array(MEMBERS_MAX)?)
+            .map(|_| {
+                if r.array(2)? != 2 {
+                    return None;
+                }
+                Some((r.key()?, r.byte_list(STREAM_ENVELOPES_MAX)?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let checkpoints = r.byte_list(CHECKPOINTS_MAX)?;
+        r.at_end().then_some(View {
+            channel,
+            members,
+            charters,
+            streams,
+            checkpoints,
+        })
+    }
+}
+
 /// One thing wrong with a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -229,50 +296,149 @@ impl Report {
     }
 }
 
-/// Decode and verify envelopes of one sender on every core (strict single verification each,
-/// the same rule as the node's receive path).
-fn verify_all(envelopes: &[Vec<u8>], sender: &PartyKey) -> Vec<Result<VerifiedEnvelope, String>> {
+/// Envelopes in one unit of parallel work: one signature batch.
+const VERIFY_CHUNK_ENVELOPES: usize = crate::sig::BATCH_SIGNATURES_MAX;
+
+/// Verifier threads at most.
+const VERIFY_THREADS_MAX: usize = 64;
+
+/// What the verifier keeps of one envelope: its leaf hash and id, and, if it verified, the
+/// fields the checks after verification look at (not the whole envelope: a bundle can hold
+/// millions).
+struct Checked {
+    leaf: Hash,
+    id: MessageId,
+    fields: Result<Fields, String>,
+}
+
+struct Fields {
+    channel: ChannelId,
+    seq: u64,
+    prev: MessageId,
+    receipt: Option<ReceiptTarget>,
+}
+
+/// Decode, verify and hash every envelope of every stream on every core: the same per-item
+/// results as the node's receive path (batch verification under the one signature rule,
+/// [`crate::sig`]), in stream order. Work is handed out in chunks of one signature batch, so
+/// the cores stay busy to the end whatever the stream sizes.
+fn check_streams<G, F>(streams: &[(PartyKey, Vec<&[u8]>)], rng_for_chunk: &F) -> Vec<Vec<Checked>>
+where
+    G: RngCore + CryptoRng,
+    F: Fn(usize) -> G + Sync,
+{
+    let units: Vec<(usize, usize)> = streams
+        .iter()
+        .enumerate()
+        .flat_map(|(s, (_, envelopes))| {
+            (0..envelopes.len())
+                .step_by(VERIFY_CHUNK_ENVELOPES)
+                .map(move |start| (s, start))
+        })
+        .collect();
+    let check_unit = |i: usize| -> Vec<Checked> {
+        let (s, start) = units[i];
+        let (sender, envelopes) = &streams[s];
+        let end = (start + VERIFY_CHUNK_ENVELOPES).min(envelopes.len());
+        let frames = &envelopes[start..end];
+        let results = crate::envelope::verify_frames(frames, sender, &mut rng_for_chunk(i));
+        frames
+            .iter()
+            .zip(results)
+            .map(|(bytes, result)| Checked {
+                leaf: merkle::leaf_hash(bytes),
+                id: crate::envelope::message_id(bytes),
+                fields: result
+                    .map(|e| Fields {
+                        channel: e.channel,
+                        seq: e.seq,
+                        prev: e.prev,
+                        receipt: match e.body {
+                            Body::Receipt(r) => Some(r.target),
+                            _ => None,
+                        },
+                    })
+                    .map_err(|e| e.to_string()),
+            })
+            .collect()
+    };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, 64);
-    if envelopes.len() < 256 || threads == 1 {
-        return envelopes
-            .iter()
-            .map(|b| VerifiedEnvelope::decode(b, Some(sender)).map_err(|e| e.to_string()))
-            .collect();
-    }
-    let chunk = envelopes.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = envelopes
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|b| {
-                            VerifiedEnvelope::decode(b, Some(sender)).map_err(|e| e.to_string())
-                        })
-                        .collect::<Vec<_>>()
+        .clamp(1, VERIFY_THREADS_MAX)
+        .min(units.len().max(1));
+    let mut done: Vec<Option<Vec<Checked>>> = Vec::new();
+    done.resize_with(units.len(), || None);
+    if threads == 1 {
+        for (i, slot) in done.iter_mut().enumerate() {
+            *slot = Some(check_unit(i));
+        }
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let finished: Vec<Vec<(usize, Vec<Checked>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= units.len() {
+                                break;
+                            }
+                            mine.push((i, check_unit(i)));
+                        }
+                        mine
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("verifier thread does not panic"))
-            .collect()
-    })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("verifier thread does not panic"))
+                .collect()
+        });
+        for (i, checked) in finished.into_iter().flatten() {
+            done[i] = Some(checked);
+        }
+    }
+    let mut out: Vec<Vec<Checked>> = streams
+        .iter()
+        .map(|(_, e)| Vec::with_capacity(e.len()))
+        .collect();
+    for ((s, _), checked) in units.iter().zip(done) {
+        out[*s].extend(checked.expect("every unit is checked"));
+    }
+    out
 }
 
 /// Verify a bundle: every envelope's signature, gap-free `seq`, `prev` links, the channel,
 /// receipts pointing at messages in the bundle, every checkpoint's signatures, its roots
-/// against the streams, and consistency between successive checkpoints.
+/// against the streams, and consistency between successive checkpoints. The coefficients of
+/// batch signature verification come from the operating system's CSPRNG.
 pub fn verify(bytes: &[u8]) -> Report {
+    verify_with_rng(bytes, |_| rand_core::OsRng)
+}
+
+/// [`verify`] with the generators of the batch coefficients given: `rng_for_chunk(i)` makes
+/// the generator for the `i`-th chunk of envelopes (chunks are checked on several threads).
+/// Anything but a test should use a CSPRNG, as the bound says.
+pub fn verify_with_rng<G, F>(bytes: &[u8], rng_for_chunk: F) -> Report
+where
+    G: RngCore + CryptoRng,
+    F: Fn(usize) -> G + Sync,
+{
     let mut report = Report::default();
-    let bundle = match Bundle::decode(bytes) {
-        Ok(b) => b,
-        Err(e) => {
-            report.bundle(e);
-            return report;
-        }
+    let owned: Bundle;
+    let bundle = match View::parse(bytes) {
+        Some(view) => view,
+        None => match Bundle::decode(bytes) {
+            Ok(b) => {
+                owned = b;
+                View::of(&owned)
+            }
+            Err(e) => {
+                report.bundle(e);
+                return report;
+            }
+        },
     };
     let mut sorted: Vec<[u8; 32]> = bundle.members.iter().map(|k| *k.as_bytes()).collect();
     sorted.sort_unstable();
@@ -294,30 +460,33 @@ pub fn verify(bytes: &[u8]) -> Report {
     let mut trees: HashMap<PartyKey, MemoryTree> = HashMap::new();
     let mut ids: HashMap<MessageId, (PartyKey, u64)> = HashMap::new();
     let mut receipts: Vec<(PartyKey, u64, ReceiptTarget)> = Vec::new();
-    for (sender, envelopes) in &bundle.streams {
+    for ((sender, _), checked) in bundle
+        .streams
+        .iter()
+        .zip(check_streams(&bundle.streams, &rng_for_chunk))
+    {
         let stream = Some(sender.to_text());
         let mut tree = MemoryTree::new();
         let mut prev = MessageId::ZERO;
-        for (i, result) in verify_all(envelopes, sender).into_iter().enumerate() {
+        for (i, one) in checked.into_iter().enumerate() {
             let position = i as u64 + 1;
             report.messages += 1;
-            tree.push(merkle::leaf_hash(&envelopes[i]));
+            tree.push(one.leaf);
             let problem = |what: String| Problem {
                 stream: stream.clone(),
                 seq: Some(position),
                 item: "envelope".into(),
                 what,
             };
-            let verified = match result {
-                Ok(v) => v,
+            let e = match one.fields {
+                Ok(fields) => fields,
                 Err(e) => {
                     report.push(problem(e));
                     // The chain cannot be followed through an envelope that does not verify.
-                    prev = crate::envelope::message_id(&envelopes[i]);
+                    prev = one.id;
                     continue;
                 }
             };
-            let e = verified.envelope();
             if e.channel != bundle.channel {
                 report.push(problem("belongs to another channel".into()));
             }
@@ -332,11 +501,11 @@ pub fn verify(bytes: &[u8]) -> Report {
                     "prev does not name the previous envelope of the stream".into(),
                 ));
             }
-            if let Body::Receipt(r) = &e.body {
-                receipts.push((*sender, position, r.target.clone()));
+            if let Some(target) = e.receipt {
+                receipts.push((*sender, position, target));
             }
-            prev = verified.id();
-            ids.insert(verified.id(), (*sender, e.seq));
+            prev = one.id;
+            ids.insert(one.id, (*sender, e.seq));
         }
         trees.insert(*sender, tree);
     }
@@ -569,5 +738,97 @@ impl InclusionProof {
             envelope,
             checkpoint,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, Precedence, TextBody};
+    use crate::identity::PartySecret;
+
+    fn sample_bundle() -> Bundle {
+        let secrets = [
+            PartySecret::from_seed([1; 32]),
+            PartySecret::from_seed([2; 32]),
+        ];
+        let mut members: Vec<PartyKey> = secrets.iter().map(|s| s.public()).collect();
+        members.sort();
+        let channel = ChannelId::for_pair(&members[0], &members[1]);
+        let streams = members
+            .iter()
+            .map(|key| {
+                let secret = secrets.iter().find(|s| s.public() == *key).unwrap();
+                let mut prev = MessageId::ZERO;
+                let envelopes = (1..=3)
+                    .map(|seq| {
+                        let e = Envelope {
+                            channel,
+                            sender: *key,
+                            seq,
+                            prev,
+                            created_at_ms: 1_767_225_600_000 + seq,
+                            precedence: Precedence::Routine,
+                            topic: "general".into(),
+                            author: String::new(),
+                            in_reply_to: None,
+                            body: Body::Text(TextBody {
+                                language: "en".into(),
+                                text: format!("message {seq}"),
+                                translations: Vec::new(),
+                            }),
+                        };
+                        let v = VerifiedEnvelope::sign(e, secret).unwrap();
+                        prev = v.id();
+                        v.bytes().to_vec()
+                    })
+                    .collect();
+                (*key, envelopes)
+            })
+            .collect();
+        Bundle {
+            channel,
+            members,
+            charters: Vec::new(),
+            streams,
+            checkpoints: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_borrowing_parser_reads_what_decode_reads() {
+        let bundle = sample_bundle();
+        let bytes = bundle.encode();
+        let decoded = Bundle::decode(&bytes).unwrap();
+        assert_eq!(View::parse(&bytes), Some(View::of(&decoded)));
+        assert!(verify(&bytes).ok());
+        // Every truncation falls back to the full decoder and gets its report.
+        for n in 0..bytes.len() {
+            assert_eq!(View::parse(&bytes[..n]), None, "prefix of {n} bytes");
+        }
+    }
+
+    #[test]
+    fn odd_but_decodable_encodings_get_the_full_decoders_result() {
+        let bytes = sample_bundle().encode();
+        // A non-shortest array head: read alike by both parsers.
+        let mut wide = vec![0x98, 7];
+        wide.extend_from_slice(&bytes[1..]);
+        let decoded = Bundle::decode(&wide).unwrap();
+        assert_eq!(View::parse(&wide), Some(View::of(&decoded)));
+        // A trailing byte: not for the borrowing parser; the full decoder decides as it always
+        // did.
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(View::parse(&trailing), None);
+        let expected = match Bundle::decode(&trailing) {
+            Ok(b) => verify(&b.encode()),
+            Err(e) => {
+                let mut r = Report::default();
+                r.bundle(e);
+                r
+            }
+        };
+        assert_eq!(verify(&trailing), expected);
     }
 }

@@ -13,4 +13,8 @@ pub enum KeyError {
     WrongLength,
     #[error("the bytes are not a valid Ed25519 public key")]
     InvalidPoint,
+    #[error("the public key is not in canonical encoding")]
+    NonCanonical,
+    #[error("the public key is a point of small order, which is not a usable key")]
+    SmallOrder,
 }

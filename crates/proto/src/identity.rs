@@ -4,10 +4,12 @@
 //! pinning each other's key, so it is short (100 bits, 20 characters in five groups of four)
 //! and uses an alphabet without look-alike characters (no 0/O, 1/I/L, U).
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use curve25519_dalek::edwards::EdwardsPoint;
+use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
 use crate::error::KeyError;
+use crate::sig::{decode_point, PointError};
 
 /// Prefix of the text form of a public key, as `detente id` prints it and `peer add --key`
 /// accepts it.
@@ -16,13 +18,15 @@ pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
 /// Crockford's base32 alphabet: digits and letters minus I, L, O, U.
 const FINGERPRINT_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-/// A party's public key: 32 bytes of an Ed25519 verifying key, checked to be a valid point.
-/// The decompressed point is kept, because decompressing costs about a quarter of a
-/// signature verification and every envelope names its sender.
+/// A party's public key: 32 bytes of an Ed25519 public key, checked once at parse time against
+/// condition 3 of the signature rule (docs/wire-format.md §5.4, [`crate::sig`]): a canonical
+/// encoding of a curve point that is not of small order. The decompressed point is kept,
+/// because decompressing costs about a quarter of a signature verification and every envelope
+/// names its sender.
 #[derive(Clone, Copy)]
 pub struct PartyKey {
     bytes: [u8; 32],
-    point: VerifyingKey,
+    point: EdwardsPoint,
 }
 
 impl PartialEq for PartyKey {
@@ -53,9 +57,14 @@ impl Ord for PartyKey {
 }
 
 impl PartyKey {
-    /// Parse raw bytes; refuses bytes that are not a valid Ed25519 point.
+    /// Parse raw bytes; refuses bytes that are not a canonical encoding of a curve point, and
+    /// points of small order (no signature by such a key can be trusted).
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, KeyError> {
-        let point = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidPoint)?;
+        let point = decode_point(&bytes).map_err(|e| match e {
+            PointError::NonCanonical => KeyError::NonCanonical,
+            PointError::NotAPoint => KeyError::InvalidPoint,
+            PointError::SmallOrder => KeyError::SmallOrder,
+        })?;
         Ok(Self { bytes, point })
     }
 
@@ -63,7 +72,8 @@ impl PartyKey {
         &self.bytes
     }
 
-    pub fn verifying_key(&self) -> VerifyingKey {
+    /// The decompressed point, for the signature equations.
+    pub(crate) fn point(&self) -> EdwardsPoint {
         self.point
     }
 
@@ -136,11 +146,10 @@ impl PartySecret {
     /// tests are deterministic).
     pub fn from_seed(seed: [u8; 32]) -> Self {
         let signing = SigningKey::from_bytes(&seed);
-        let point = signing.verifying_key();
-        let public = PartyKey {
-            bytes: point.to_bytes(),
-            point,
-        };
+        // A key derived from a seed is a multiple of the base point (clamping makes the scalar
+        // nonzero modulo the group order), so it always passes condition 3.
+        let public = PartyKey::from_bytes(signing.verifying_key().to_bytes())
+            .expect("a key derived from a seed is a valid key");
         Self { signing, public }
     }
 

@@ -1,11 +1,15 @@
 //! The detente protocol core: identities, envelopes, link frames, the link supervisor,
 //! stream acceptance and precedence scheduling. **No I/O**: nothing here reads a clock, a
 //! socket, a file or a random generator; callers pass `now` and randomness in. That is what
-//! makes every rule here testable deterministically.
+//! makes every rule here testable deterministically. The one exception is batch signature
+//! verification ([`VerifiedEnvelope::decode_batch`], [`bundle::verify`]), which draws its
+//! random coefficients from the operating system's CSPRNG; its verdicts do not depend on
+//! them, and the `_with_rng` variants take the generator for tests.
 
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+mod cbor;
 pub mod charter;
 pub mod checkpoint;
 pub mod deadline;
@@ -16,6 +20,7 @@ pub mod identity;
 pub mod link;
 pub mod merkle;
 pub mod sched;
+pub mod sig;
 pub mod stream;
 
 pub use charter::{Charter, CharterError, Deadlines, FormatRef, Member, Terms};

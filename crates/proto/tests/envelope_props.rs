@@ -12,7 +12,7 @@ use detente_proto::{
     PartySecret, Precedence, Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
 };
 use detente_proto::{Charter, Deadlines, FormatRef, Member, Terms};
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Signer;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -581,12 +581,14 @@ proptest! {
             signature: &signature,
         });
         prop_assert_eq!(&enc.out[..], v.bytes());
-        let sig = ed25519_dalek::Signature::from_bytes(&signature);
-        prop_assert!(secret
-            .public()
-            .verifying_key()
-            .verify(&sig_structure(&PROTECTED, &payload), &sig)
-            .is_ok());
+        prop_assert_eq!(
+            detente_proto::sig::verify(
+                &secret.public(),
+                &sig_structure(&PROTECTED, &payload),
+                &signature
+            ),
+            Ok(())
+        );
     }
 
     #[test]

@@ -144,8 +144,9 @@ enum Command {
         lang: Option<String>,
         #[arg(long, default_value_t = 1000)]
         limit: u32,
-        /// Also list receipt envelopes.
-        #[arg(long)]
+        /// Also list the envelopes the nodes exchange among themselves: receipts, link
+        /// tests and charters.
+        #[arg(long, alias = "system")]
         receipts: bool,
         #[arg(long)]
         json: bool,

@@ -190,7 +190,7 @@ async fn stream_rows(
         .inbox(InboxQuery {
             peer: Some(peer.into()),
             direction: Some(direction),
-            include_receipts: true,
+            include_system: true,
             limit: 100_000,
         })
         .await

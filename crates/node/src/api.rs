@@ -854,7 +854,7 @@ async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> 
         .inbox(InboxQuery {
             peer: q.peer,
             direction,
-            include_receipts: q.receipts,
+            include_system: q.receipts,
             limit: q.limit.unwrap_or(1000).min(LIST_LIMIT_MAX),
         })
         .await?;

@@ -294,8 +294,10 @@ impl WriteBatch {
 pub struct InboxQuery {
     pub peer: Option<String>,
     pub direction: Option<Direction>,
-    /// Include receipt envelopes (kind 1). Listings for people usually leave them out.
-    pub include_receipts: bool,
+    /// Include the envelopes the nodes exchange among themselves: receipts (kind 1), link
+    /// tests (kind 2) and charters (kind 6). Listings for people show only texts (kind 0) and
+    /// notifications (kind 4).
+    pub include_system: bool,
     /// At most this many rows (the newest ones), in display order.
     pub limit: u32,
 }

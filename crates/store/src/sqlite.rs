@@ -328,8 +328,8 @@ impl Store for SqliteStore {
             qb.push(" AND direction = ");
             qb.push_bind(direction_code(direction));
         }
-        if !query.include_receipts {
-            qb.push(" AND kind <> 1");
+        if !query.include_system {
+            qb.push(" AND kind IN (0, 4)");
         }
         qb.push(" ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT ");
         qb.push_bind(i64::from(limit));

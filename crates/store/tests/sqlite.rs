@@ -272,7 +272,7 @@ async fn snapshot(s: &SqliteStore) -> (u64, Vec<StreamRow>, OutboxCounts, Vec<Me
         s.streams().await.unwrap(),
         s.outbox_counts("alice").await.unwrap(),
         s.inbox(InboxQuery {
-            include_receipts: true,
+            include_system: true,
             ..InboxQuery::default()
         })
         .await
@@ -761,6 +761,20 @@ async fn inbox_orders_limits_and_filters() {
         kind: 1,
         ..msg("alice", Direction::Out, 1, 250)
     });
+    // A link test and a charter (system envelopes, like receipts) and a notification (for
+    // people, like texts).
+    batch.messages.push(MessageRow {
+        kind: 2,
+        ..msg("alice", Direction::In, 2, 260)
+    });
+    batch.messages.push(MessageRow {
+        kind: 6,
+        ..msg("bob", Direction::Out, 1, 270)
+    });
+    batch.messages.push(MessageRow {
+        kind: 4,
+        ..msg("bob", Direction::In, 1, 280)
+    });
     s.commit(batch).await.unwrap();
 
     let list = |q: InboxQuery| async move {
@@ -783,12 +797,13 @@ async fn inbox_orders_limits_and_filters() {
             (a(), Out, 0),
             (a(), In, 0),
             (a(), In, 1),
+            (b(), In, 1),
             (b(), Out, 0)
         ]
     );
     assert_eq!(
         list(InboxQuery {
-            include_receipts: true,
+            include_system: true,
             ..InboxQuery::default()
         })
         .await,
@@ -798,6 +813,9 @@ async fn inbox_orders_limits_and_filters() {
             (a(), In, 0),
             (a(), In, 1),
             (a(), Out, 1),
+            (a(), In, 2),
+            (b(), Out, 1),
+            (b(), In, 1),
             (b(), Out, 0)
         ]
     );
@@ -808,7 +826,7 @@ async fn inbox_orders_limits_and_filters() {
             ..InboxQuery::default()
         })
         .await,
-        vec![(a(), In, 1), (b(), Out, 0)]
+        vec![(b(), In, 1), (b(), Out, 0)]
     );
     assert_eq!(
         list(InboxQuery {
@@ -831,11 +849,11 @@ async fn inbox_orders_limits_and_filters() {
     assert_eq!(
         list(InboxQuery {
             direction: Some(Out),
-            include_receipts: true,
+            include_system: true,
             ..InboxQuery::default()
         })
         .await,
-        vec![(a(), Out, 0), (a(), Out, 1), (b(), Out, 0)]
+        vec![(a(), Out, 0), (a(), Out, 1), (b(), Out, 1), (b(), Out, 0)]
     );
     assert_eq!(
         list(InboxQuery {

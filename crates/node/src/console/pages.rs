@@ -284,7 +284,7 @@ async fn messages(shared: &Shared, op: &Operator, peer: Option<String>, limit: u
         .inbox(InboxQuery {
             peer,
             direction: None,
-            include_receipts: false,
+            include_system: false,
             limit,
         })
         .await
@@ -1458,7 +1458,7 @@ async fn last_test_ms(shared: &Shared, peer: &str) -> Option<i64> {
         .inbox(InboxQuery {
             peer: Some(peer.to_string()),
             direction: None,
-            include_receipts: true,
+            include_system: true,
             limit: 500,
         })
         .await

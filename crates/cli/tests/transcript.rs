@@ -94,6 +94,20 @@ async fn settle(ac: &Client, bc: &Client) {
     wait_outbox_empty(bc, "alpha", WAIT).await.ok().unwrap();
 }
 
+/// `detente export` of the node in `dir`'s channel with `peer` into `file`; must succeed.
+fn export(dir: &Path, peer: &str, file: &Path) {
+    let out = detente(&[
+        "export",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--peer",
+        peer,
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 fn write(path: &Path, bytes: &[u8]) -> String {
     std::fs::write(path, bytes).unwrap();
     path.to_str().unwrap().to_string()
@@ -158,16 +172,7 @@ async fn automatic_checkpoints_under_traffic_both_ways_are_all_cosigned() {
     }
     for (node, peer) in [(&a, "bravo"), (&b, "alpha")] {
         let file = tmp.path().join(format!("{peer}.bundle"));
-        let out = detente(&[
-            "export",
-            "--dir",
-            node.dir.to_str().unwrap(),
-            "--peer",
-            peer,
-            "--out",
-            file.to_str().unwrap(),
-        ]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        export(&node.dir, peer, &file);
         let bundle = Bundle::decode(&std::fs::read(&file).unwrap()).unwrap();
         assert!(
             bundle.checkpoints.len() >= 2,
@@ -231,16 +236,7 @@ async fn export_verify_and_every_tampering_is_caught() {
     );
 
     let file = tmp.path().join("alpha.bundle");
-    let out = detente(&[
-        "export",
-        "--dir",
-        a.dir.to_str().unwrap(),
-        "--peer",
-        "bravo",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    export(&a.dir, "bravo", &file);
     let out = detente(&["verify", file.to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -254,16 +250,7 @@ async fn export_verify_and_every_tampering_is_caught() {
 
     // The other side's export verifies too and holds the same streams.
     let other = tmp.path().join("bravo.bundle");
-    let out = detente(&[
-        "export",
-        "--dir",
-        b.dir.to_str().unwrap(),
-        "--peer",
-        "alpha",
-        "--out",
-        other.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    export(&b.dir, "alpha", &other);
     let original = std::fs::read(&file).unwrap();
     let bundle = Bundle::decode(&original).unwrap();
     let theirs = Bundle::decode(&std::fs::read(&other).unwrap()).unwrap();
@@ -479,16 +466,7 @@ async fn killed_between_storing_and_sending_a_checkpoint_never_signs_inconsisten
     settle(&ac, &bc).await;
     cosign(&ac, "bravo").await;
     let file = tmp.path().join("after-crash.bundle");
-    let out = detente(&[
-        "export",
-        "--dir",
-        a.dir.to_str().unwrap(),
-        "--peer",
-        "bravo",
-        "--out",
-        file.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    export(&a.dir, "bravo", &file);
     let out = detente(&["verify", file.to_str().unwrap(), "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true, "{v}");

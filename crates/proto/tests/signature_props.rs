@@ -4,6 +4,7 @@
 //! in random positions. Batch verification gives each item exactly the single verdict, and
 //! each kind gets the verdict the rule says.
 
+use common::{challenge, plus_order, secret_scalar};
 use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -13,32 +14,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use sha2::{Digest, Sha512};
 
-/// The group order ℓ, little-endian.
-const ORDER: [u8; 32] = [
-    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
-
-/// The secret scalar of a seed, the way Ed25519 derives it: the first half of SHA-512(seed),
-/// clamped.
-fn secret_scalar(seed: &[u8; 32]) -> Scalar {
-    let digest = Sha512::digest(seed);
-    let mut a: [u8; 32] = digest[..32].try_into().unwrap();
-    a[0] &= 248;
-    a[31] &= 127;
-    a[31] |= 64;
-    Scalar::from_bytes_mod_order(a)
-}
-
-fn challenge(r: &[u8; 32], key: &[u8; 32], message: &[u8]) -> Scalar {
-    let mut h = Sha512::new();
-    h.update(r);
-    h.update(key);
-    h.update(message);
-    Scalar::from_bytes_mod_order_wide(&h.finalize().into())
-}
+mod common;
 
 /// A signature by `seed` with nonce point `[r]B + extra` (extra: a torsion point or the
 /// identity): `S = r + k·a` with `k` hashed over the shifted R, as only the key holder can.
@@ -60,19 +37,6 @@ fn sign_with_r_bytes(seed: &[u8; 32], r_bytes: [u8; 32], message: &[u8]) -> [u8;
     let mut out = [0u8; 64];
     out[..32].copy_from_slice(&r_bytes);
     out[32..].copy_from_slice(s.as_bytes());
-    out
-}
-
-/// S + ℓ: the same scalar, not canonical (it still fits 32 bytes: S < ℓ < 2^253).
-fn plus_order(s: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    let mut carry = 0u16;
-    for i in 0..32 {
-        let sum = u16::from(s[i]) + u16::from(ORDER[i]) + carry;
-        out[i] = sum as u8;
-        carry = sum >> 8;
-    }
-    assert_eq!(carry, 0);
     out
 }
 

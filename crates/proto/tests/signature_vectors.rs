@@ -17,35 +17,16 @@ use detente_proto::sig::{self, Prepared, SignatureError};
 use detente_proto::{PartyKey, PartySecret};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+
+use common::{challenge, plus_order, secret_scalar};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha512};
+
+mod common;
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/signature-v1.json");
 
 const SEED: [u8; 32] = [1; 32];
-
-/// The group order ℓ, little-endian.
-const ORDER: [u8; 32] = [
-    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
-
-fn secret_scalar(seed: &[u8; 32]) -> Scalar {
-    let digest = Sha512::digest(seed);
-    let mut a: [u8; 32] = digest[..32].try_into().unwrap();
-    a[0] &= 248;
-    a[31] &= 127;
-    a[31] |= 64;
-    Scalar::from_bytes_mod_order(a)
-}
-
-fn challenge(r: &[u8; 32], key: &[u8; 32], message: &[u8]) -> Scalar {
-    let mut h = Sha512::new();
-    h.update(r);
-    h.update(key);
-    h.update(message);
-    Scalar::from_bytes_mod_order_wide(&h.finalize().into())
-}
 
 fn signature(r: &[u8; 32], s: &Scalar) -> [u8; 64] {
     let mut out = [0u8; 64];
@@ -147,12 +128,7 @@ fn vectors() -> Vec<Vector> {
         None,
     ));
     let mut high_s = valid;
-    let mut carry = 0u16;
-    for i in 0..32 {
-        let sum = u16::from(high_s[32 + i]) + u16::from(ORDER[i]) + carry;
-        high_s[32 + i] = sum as u8;
-        carry = sum >> 8;
-    }
+    high_s[32..].copy_from_slice(&plus_order(&valid[32..]));
     out.push((
         "s-not-canonical: S + ℓ",
         key,

@@ -144,7 +144,7 @@ pub async fn run(o: Options) -> Outcome {
             &json!({"to": "bravo", "precedence": "flash", "text": "FLASH behind the backlog"}),
         )
         .await?;
-    b.wait_ready(Duration::from_secs(30)).await?;
+    let bc = b.wait_ready(Duration::from_secs(30)).await?;
     let id = first["id"].as_str().unwrap_or_default();
     ac.get(&format!(
         "/api/v1/messages/{id}/wait?level=delivered&timeout_ms=60000"
@@ -152,6 +152,7 @@ pub async fn run(o: Options) -> Outcome {
     .await?;
     let reconnect_and_flash_ms = first_flash_sent.elapsed().as_secs_f64() * 1000.0;
     let mut backlog_seen = Vec::new();
+    let mut stages = Vec::new();
     for i in 0..FLASHES {
         let status = ac.get("/api/v1/status").await?;
         let queued = status["peers"][0]["outbox"].as_u64().unwrap_or(0);
@@ -169,6 +170,23 @@ pub async fn run(o: Options) -> Outcome {
         .await?;
         flashes.push(t0.elapsed().as_secs_f64() * 1000.0);
         backlog_seen.push(queued);
+        // Where the time went (both nodes share this machine's clock, milliseconds):
+        // written at alpha → stored at bravo → DELIVERED signed at bravo → seen back at alpha.
+        let seen_back_ms = now_ms();
+        let at_a = ac.get(&format!("/api/v1/messages/{id}")).await?;
+        let at_b = bc.get(&format!("/api/v1/messages/{id}")).await?;
+        let (written, received, delivered) = (
+            time_ms(&at_a["created_at"]),
+            time_ms(&at_b["received_at"]),
+            time_ms(&at_a["receipts"]["delivered"]),
+        );
+        if let (Some(w), Some(r), Some(d)) = (written, received, delivered) {
+            stages.push(json!({
+                "to_peer_ms": r - w,
+                "receipt_signed_ms": d - r,
+                "back_ms": seen_back_ms - d,
+            }));
+        }
     }
     flashes.sort_by(f64::total_cmp);
     wait_outbox_empty(&ac, "bravo", STEP_TIMEOUT).await?;
@@ -191,6 +209,7 @@ pub async fn run(o: Options) -> Outcome {
         "flash_after_reconnect_ms": round2(reconnect_and_flash_ms),
         "backlog": o.backlog,
         "backlog_when_flash_sent": backlog_seen,
+        "flash_stages": stages,
         "cpu_us_per_msg": cpu_per_msg.round(),
         "peak_rss_mib": round2(peak),
     });
@@ -237,6 +256,20 @@ fn print_table(r: &Value) {
         "  FLASH behind backlog p50 / p99              {:>7} / {} ms (backlog {})",
         r["flash_behind_backlog_p50_ms"], r["flash_behind_backlog_ms"], r["backlog"]
     );
+    let worst = |key: &str| {
+        r["flash_stages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s[key].as_i64())
+            .max()
+            .unwrap_or(0)
+    };
+    println!(
+        "    slowest stages: written → stored at peer {:>4} ms, DELIVERED signed → back {} ms",
+        worst("to_peer_ms"),
+        worst("back_ms")
+    );
     println!(
         "  FLASH sent during restart, delivered after  {:>7} ms",
         r["flash_after_reconnect_ms"]
@@ -249,4 +282,19 @@ fn print_table(r: &Value) {
         "  peak resident memory (largest node)         {:>7} MiB",
         r["peak_rss_mib"]
     );
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// An API time (RFC 3339, UTC) in milliseconds since the Unix epoch.
+fn time_ms(v: &Value) -> Option<i64> {
+    v.as_str()?
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }

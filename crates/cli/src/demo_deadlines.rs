@@ -59,6 +59,25 @@ pub async fn step(n: u32, w: &mut ProcNode, b: &mut ProcNode) -> Outcome {
     let wc = w.wait_ready(Duration::from_secs(30)).await?;
     let bc = b.wait_ready(Duration::from_secs(30)).await?;
     wait_link_up(&wc, &b.name, Duration::from_secs(30)).await?;
+    // The new deadline applies once both nodes have signed the charter that carries it; a
+    // message sent before that is judged by the charter in force when it was written.
+    for (c, peer) in [(&wc, &b.name), (&bc, &w.name)] {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = c.get(&format!("/api/v1/peers/{peer}/charter")).await?;
+            if v["state"] == "agreed"
+                && v["charter"]["deadlines"]["flash_acknowledged"] == FLASH_ACK
+            {
+                break;
+            }
+            if Instant::now() > until {
+                return Err(Failure::new(
+                    "demo: the charter with the new deadline was not agreed within 30 s",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let sent = wc
         .post(
             "/api/v1/messages",

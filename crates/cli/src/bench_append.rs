@@ -11,12 +11,11 @@ use std::time::Instant;
 
 use detente_node::writer::{grow, row};
 use detente_proto::merkle::{leaf_hash, Frontier};
-use detente_proto::{
-    Body, ChannelId, Envelope, MessageId, PartySecret, Precedence, TextBody, VerifiedEnvelope,
-};
+use detente_proto::{ChannelId, MessageId, PartySecret, Precedence, VerifiedEnvelope};
 use detente_store::{Direction, OutboxRow, Placement, SqliteStore, Store, StreamRow, WriteBatch};
 use serde_json::json;
 
+use crate::bench_verify::report;
 use crate::{Failure, Outcome};
 
 const ROUNDS: usize = 7;
@@ -25,30 +24,12 @@ const BATCH: usize = 128;
 /// The foundation's end-to-end throughput (README, `detente bench`, two runs: 3,341 and
 /// 3,548 msg/s): the budget is taken against the lower one.
 const FOUNDATION_MSGS_PER_S: f64 = 3341.0;
-const T0: u64 = 1_767_225_600_000;
 
 fn envelopes(count: usize, secret: &PartySecret, channel: ChannelId) -> Vec<VerifiedEnvelope> {
-    let pad = "x".repeat(1000);
     let mut prev = MessageId::ZERO;
-    (0..count)
+    (0..count as u64)
         .map(|i| {
-            let e = Envelope {
-                channel,
-                sender: secret.public(),
-                seq: i as u64 + 1,
-                prev,
-                created_at_ms: T0 + i as u64,
-                precedence: Precedence::Routine,
-                topic: "general".into(),
-                author: "Duty Officer".into(),
-                in_reply_to: None,
-                body: Body::Text(TextBody {
-                    language: "en".into(),
-                    text: format!("report {i} {pad}"),
-                    translations: Vec::new(),
-                }),
-            };
-            let v = VerifiedEnvelope::sign(e, secret).expect("a valid envelope");
+            let v = report(channel, secret, i + 1, prev, i);
             prev = v.id();
             v
         })

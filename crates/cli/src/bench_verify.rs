@@ -19,6 +19,33 @@ const RUNS: usize = 5;
 const CHECKPOINT_EVERY: usize = 1000;
 const T0: u64 = 1_767_225_600_000;
 
+/// The benchmarks' message: a signed ROUTINE text of about 1 KiB, the `n`-th written.
+pub fn report(
+    channel: ChannelId,
+    secret: &PartySecret,
+    seq: u64,
+    prev: MessageId,
+    n: u64,
+) -> VerifiedEnvelope {
+    let e = Envelope {
+        channel,
+        sender: secret.public(),
+        seq,
+        prev,
+        created_at_ms: T0 + n,
+        precedence: Precedence::Routine,
+        topic: "general".into(),
+        author: "Duty Officer".into(),
+        in_reply_to: None,
+        body: Body::Text(TextBody {
+            language: "en".into(),
+            text: format!("report {n} {}", "x".repeat(1000)),
+            translations: Vec::new(),
+        }),
+    };
+    VerifiedEnvelope::sign(e, secret).expect("a valid envelope")
+}
+
 /// Build a bundle of `messages` envelopes, split evenly between two parties.
 pub fn build(messages: u64) -> Vec<u8> {
     let secrets = [
@@ -36,27 +63,16 @@ pub fn build(messages: u64) -> Vec<u8> {
     let mut trees = [MemoryTree::new(), MemoryTree::new()];
     let mut last = [MessageId::ZERO; 2];
     let mut checkpoints = Vec::new();
-    let pad = "x".repeat(1000);
     for i in 0..messages as usize {
         let m = i % 2;
         let secret = &secrets[order[m]];
-        let e = Envelope {
+        let v = report(
             channel,
-            sender: secret.public(),
-            seq: streams[m].len() as u64 + 1,
-            prev: last[m],
-            created_at_ms: T0 + i as u64,
-            precedence: Precedence::Routine,
-            topic: "general".into(),
-            author: "Duty Officer".into(),
-            in_reply_to: None,
-            body: Body::Text(TextBody {
-                language: "en".into(),
-                text: format!("report {i} {pad}"),
-                translations: Vec::new(),
-            }),
-        };
-        let v = VerifiedEnvelope::sign(e, secret).expect("a valid envelope");
+            secret,
+            streams[m].len() as u64 + 1,
+            last[m],
+            i as u64,
+        );
         last[m] = v.id();
         trees[m].push(leaf_hash(v.bytes()));
         streams[m].push(v.bytes().to_vec());

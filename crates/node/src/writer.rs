@@ -534,25 +534,26 @@ impl Writer {
         }
         // Nothing the peer can check beyond the last one signed (our new envelopes are not
         // confirmed yet): wait for the next trigger rather than sign the same sizes again.
-        if let Ok(c) = self.current_checkpoint(peer).await {
-            let signed = self.store.witness(c.channel.0).await.unwrap_or_default();
-            let same = c.members.iter().all(|head| {
-                signed
-                    .iter()
-                    .any(|w| w.sender == *head.key.as_bytes() && w.size == head.size)
-            });
-            if same {
-                return;
-            }
-        }
-        match self.sign_checkpoint(peer).await {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(peer, error = %e, "cannot sign a checkpoint");
-                // Do not retry at once in a loop; the next append or quiet period will.
-                if let Some(p) = self.peers.get_mut(peer) {
-                    p.unsigned = 0;
+        let proposal = match self.current_checkpoint(peer).await {
+            Ok(c) => {
+                let signed = self.store.witness(c.channel.0).await.unwrap_or_default();
+                let same = c.members.iter().all(|head| {
+                    signed
+                        .iter()
+                        .any(|w| w.sender == *head.key.as_bytes() && w.size == head.size)
+                });
+                if same {
+                    return;
                 }
+                self.sign_proposal(peer, c).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = proposal {
+            tracing::warn!(peer, error = %e, "cannot sign a checkpoint");
+            // Do not retry at once in a loop; the next append or quiet period will.
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.unsigned = 0;
             }
         }
     }
@@ -714,9 +715,19 @@ impl Writer {
         .map_err(|e| WriteError::Invalid(e.to_string()))
     }
 
-    /// Sign (witness rule first), store, then queue for the peer.
+    /// Propose the channel's checkpoint as it stands now (see [`Self::current_checkpoint`]).
     async fn sign_checkpoint(&mut self, peer: &str) -> Result<SignedCheckpoint, WriteError> {
         let checkpoint = self.current_checkpoint(peer).await?;
+        self.sign_proposal(peer, checkpoint).await
+    }
+
+    /// Sign our proposal `checkpoint` for the channel with `peer` (witness rule first), store
+    /// it, then queue it for the peer.
+    async fn sign_proposal(
+        &mut self,
+        peer: &str,
+        checkpoint: Checkpoint,
+    ) -> Result<SignedCheckpoint, WriteError> {
         let signed = SignedCheckpoint::sign(checkpoint, &self.secret)
             .map_err(|e| WriteError::Invalid(e.to_string()))?;
         self.commit_signed(peer, &signed, None).await?;

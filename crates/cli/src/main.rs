@@ -1,4 +1,4 @@
-//! `detente`: the command line of a detente node (see CLI.md for the contract).
+//! `detente`: the command line of a detente node (the contract is docs/cli.md).
 //!
 //! Exit codes: 0 success, 1 failure (including a check that found a problem), 2 bad usage.
 //! Errors go to stderr as `error: WHAT` and, where there is a next step, `hint: WHAT TO DO`.

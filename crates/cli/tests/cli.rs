@@ -1,4 +1,4 @@
-//! The command-line contract (CLI.md): outputs, JSON shapes, errors with hints, exit codes
+//! The command-line contract (docs/cli.md): outputs, JSON shapes, errors with hints, exit codes
 //! 0 / 1 / 2, and a short session with a running node.
 
 use std::path::Path;

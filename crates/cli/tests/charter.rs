@@ -95,7 +95,10 @@ async fn both_sides_sign_the_stricter_charter_and_a_change_makes_a_new_version()
         c["deadlines"]["routine_acknowledged"], "2h",
         "the stricter one wins"
     );
-    assert_eq!(c["deadlines"]["flash_delivered"], "10s", "default of docs/spec.md §5");
+    assert_eq!(
+        c["deadlines"]["flash_delivered"], "10s",
+        "default of docs/spec.md §5"
+    );
     assert_eq!(c["link_test_interval"], "30m");
     let members = c["members"].as_array().unwrap();
     assert_eq!(members.len(), 2);

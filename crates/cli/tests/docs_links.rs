@@ -64,7 +64,13 @@ fn link_targets(text: &str) -> Vec<String> {
         let trimmed = line.trim_start();
         if trimmed.starts_with('[') {
             if let Some(end) = trimmed.find("]: ") {
-                targets.push(trimmed[end + 3..].split_whitespace().next().unwrap_or("").into());
+                targets.push(
+                    trimmed[end + 3..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .into(),
+                );
                 continue;
             }
         }
@@ -160,7 +166,10 @@ fn every_link_in_the_documents_resolves_inside_the_repository() {
             }
         }
     }
-    assert!(links > 20, "found only {links} links: the extractor is broken");
+    assert!(
+        links > 20,
+        "found only {links} links: the extractor is broken"
+    );
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 

@@ -19,6 +19,7 @@ pub mod formats_cmd;
 pub mod harness;
 pub mod home;
 pub mod hook_sink;
+pub mod progress;
 pub mod screenshots;
 pub mod transcript;
 pub mod users;

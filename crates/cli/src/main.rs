@@ -185,6 +185,9 @@ enum Command {
         /// Keep printing new messages as they arrive.
         #[arg(long)]
         follow: bool,
+        /// Show times in this IANA time zone, with UTC beside (the node's zone by default).
+        #[arg(long)]
+        tz: Option<String>,
     },
     /// The notification formats this build holds.
     Formats {
@@ -595,6 +598,7 @@ async fn run(command: Command) -> Outcome {
             receipts,
             json,
             follow,
+            tz,
         } => {
             commands::inbox(
                 &dir.get()?,
@@ -605,6 +609,7 @@ async fn run(command: Command) -> Outcome {
                 receipts,
                 json,
                 follow,
+                tz,
             )
             .await
         }

@@ -18,6 +18,7 @@ pub mod demo_formats;
 pub mod demo_transcript;
 pub mod formats_cmd;
 pub mod harness;
+pub mod home;
 pub mod hook_sink;
 pub mod screenshots;
 pub mod transcript;

@@ -21,7 +21,7 @@ pub const DATABASE_FILE: &str = "detente.db";
 /// Written by a running node: its process id and the addresses it actually listens on.
 pub const RUN_FILE: &str = "node.run.json";
 
-/// Most peers a node may pin (SPEC §10 targets 100).
+/// Most peers a node may pin (docs/spec.md §10 targets 100).
 pub const PEERS_MAX: usize = 256;
 /// Most addresses per peer.
 pub const ADDRESSES_MAX: usize = 8;
@@ -101,7 +101,7 @@ impl Default for LinkSection {
     }
 }
 
-/// Acknowledgment deadlines per precedence (`deadlines.*`, SPEC §5 defaults).
+/// Acknowledgment deadlines per precedence (`deadlines.*`, docs/spec.md §5 defaults).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct DeadlineSection {

@@ -27,7 +27,7 @@ pub const LOGIN_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Keys the rate limiter remembers, at most (logins plus addresses).
 pub const LIMITER_KEYS_MAX: usize = 10_000;
 
-/// An operator's role (SPEC §2).
+/// An operator's role (docs/spec.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Reads, drafts, sends PRIORITY and ROUTINE, marks read.

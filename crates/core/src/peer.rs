@@ -1,7 +1,7 @@
 //! The state of one channel (this node and one peer): both streams, the outbox, held
 //! envelopes, the link, the session, the charter; and writing our own envelopes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use detente_proto::charter::{Member, Terms};
@@ -113,7 +113,7 @@ pub(crate) struct OutEntry {
 }
 
 /// What we know of a message by id: its `seq` and body kind.
-pub(crate) type Index = HashMap<MessageId, (u64, u8, Precedence)>;
+pub(crate) type Index = BTreeMap<MessageId, (u64, u8, Precedence)>;
 
 pub(crate) struct Peer {
     pub name: String,
@@ -165,8 +165,8 @@ impl Peer {
             held: BTreeMap::new(),
             outbox: BTreeMap::new(),
             confirmed: 0,
-            out_index: HashMap::new(),
-            in_index: HashMap::new(),
+            out_index: BTreeMap::new(),
+            in_index: BTreeMap::new(),
             witness: BTreeMap::new(),
             checkpoints: Vec::new(),
             link: LinkSupervisor::new(link, config.addresses, now),

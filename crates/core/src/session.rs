@@ -230,9 +230,10 @@ impl Core {
         let s = p.session.as_mut()?;
         let sched = s.sched.as_mut()?;
         while let Some(refill) = sched.poll_refill() {
+            let from = (refill.after + 1).min(p.out_durable + 1);
             let rows: Vec<Outgoing> = p
                 .outbox
-                .range(refill.after + 1..=p.out_durable)
+                .range(from..p.out_durable + 1)
                 .filter(|(_, e)| e.precedence == refill.precedence)
                 .take(refill.limit)
                 .filter_map(|(&seq, e)| {

@@ -17,6 +17,8 @@ pub struct Options {
     pub backlog: u64,
     pub samples: u64,
     pub dir: Option<PathBuf>,
+    /// Also measure the machine's baselines ([`crate::bench_compare`]) in the same run.
+    pub compare: bool,
 }
 
 /// Upper bounds that keep a mistyped flag from running for hours.
@@ -61,6 +63,14 @@ pub async fn run(o: Options) -> Outcome {
             temp = Some(t);
             path
         }
+    };
+    let baselines = if o.compare {
+        if !o.json {
+            eprintln!("measuring this machine's baselines (disk, SQLite, signatures)…");
+        }
+        Some(crate::bench_compare::measure(&base).await?)
+    } else {
+        None
     };
     let mut a = ProcNode::init(&base, "alpha", "Bench Party Alpha", "en", "UTC")?;
     let mut b = ProcNode::init(&base, "bravo", "Bench Party Bravo", "en", "UTC")?;
@@ -222,10 +232,17 @@ pub async fn run(o: Options) -> Outcome {
         "cpu_us_per_msg": cpu_per_msg.round(),
         "peak_rss_mib": round2(peak),
     });
+    let mut result = result;
+    if let Some(b) = &baselines {
+        result["compare"] = b.to_json(throughput);
+    }
     if o.json {
         println!("{result}");
     } else {
         print_table(&result);
+        if let Some(b) = &baselines {
+            crate::bench_compare::print(b, throughput);
+        }
     }
     a.stop();
     b.stop();

@@ -300,6 +300,11 @@ enum Command {
         /// messages (no nodes; a real SQLite file; try --messages 20000).
         #[arg(long, conflicts_with = "verify")]
         append: bool,
+        /// Also measure, in the same run, this machine's raw fdatasync rate, SQLite's commit
+        /// rate at 1 and 128 rows per commit, and one core's sign and batch-verify rates, and
+        /// print the end-to-end figure as a ratio of each.
+        #[arg(long, conflicts_with_all = ["verify", "append"])]
+        compare: bool,
     },
 }
 
@@ -672,6 +677,7 @@ async fn run(command: Command) -> Outcome {
             backlog,
             samples,
             dir,
+            compare,
             ..
         } => {
             bench::run(bench::Options {
@@ -680,6 +686,7 @@ async fn run(command: Command) -> Outcome {
                 backlog,
                 samples,
                 dir,
+                compare,
             })
             .await
         }

@@ -53,12 +53,18 @@ const _: () = assert!(CHUNK_ROWS_MAX * MESSAGE_COLUMNS < 30_000);
 /// Rows an inbox listing returns when the query asks for 0.
 const INBOX_ROWS_DEFAULT: u32 = 1000;
 
-/// WAL pages after which a commit also checkpoints (SQLite's default is 1000). The
-/// checkpoint runs inside the commit that crosses the mark, so with the default a busy
-/// writer pays for one every few batches; a larger WAL checkpoints less often and writes a
-/// page rewritten by several batches (an index leaf, say) to the database file only once.
-/// 4096 pages is 16 MiB at the default page size.
-const WAL_CHECKPOINT_PAGES: u32 = 4096;
+/// WAL pages after which a commit checkpoints by itself (SQLite's default is 1000). Such a
+/// checkpoint runs inside the commit that crosses the mark, and that commit (and every
+/// answer waiting for it, a FLASH's among them) pays for copying the WAL into the database
+/// file. So checkpoints normally run in the background ([`CHECKPOINT_INTERVAL`]) on a
+/// connection of their own, and this mark is only the backstop that bounds the WAL if the
+/// background checkpointer ever falls behind. 16384 pages is 64 MiB at the default page size.
+const WAL_CHECKPOINT_PAGES: u32 = 16_384;
+
+/// How often the background checkpointer copies the WAL into the database file (PASSIVE:
+/// it never waits for the writer or a reader, and never blocks either). A WAL filled over
+/// this long is a few MiB at the node's highest rates.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// Page cache of the writer connection, in KiB. The id index takes inserts at random
 /// places; keeping its interior pages cached saves reads on every commit.
@@ -76,6 +82,21 @@ pub struct SqliteStore {
     pub(crate) writer: SqlitePool,
     /// `query_only` connections for everything that does not write.
     pub(crate) reader: SqlitePool,
+    /// One connection for WAL checkpoints, off the commit path.
+    checkpointer: SqlitePool,
+    /// Dropped with the last clone of the store: the background checkpointer then stops.
+    _checkpointing: std::sync::Arc<tokio::sync::watch::Sender<()>>,
+}
+
+/// What one WAL checkpoint did, in pages (SQLite's `wal_checkpoint` result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalCheckpoint {
+    /// The checkpoint could not finish because a writer or reader held the WAL.
+    pub busy: bool,
+    /// Pages in the WAL.
+    pub wal_pages: i64,
+    /// Pages of the WAL now copied into the database file.
+    pub checkpointed_pages: i64,
 }
 
 impl SqliteStore {
@@ -127,7 +148,7 @@ impl SqliteStore {
 
         // Readers do not set journal_mode: WAL is persistent in the file (set above), and
         // asking for it again would need a lock.
-        let reader_options = base.pragma("query_only", "ON");
+        let reader_options = base.clone().pragma("query_only", "ON");
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS_MAX)
             .test_before_acquire(false)
@@ -135,13 +156,37 @@ impl SqliteStore {
             .await
             .map_err(|e| open_error(path, &e))?;
 
-        Ok(SqliteStore { writer, reader })
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_with(base)
+            .await
+            .map_err(|e| open_error(path, &e))?;
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        tokio::spawn(checkpoint_in_background(checkpointer.clone(), stopped));
+
+        Ok(SqliteStore {
+            writer,
+            reader,
+            checkpointer,
+            _checkpointing: std::sync::Arc::new(stop),
+        })
+    }
+
+    /// Copy the WAL into the database file now, without waiting for the writer or readers
+    /// (PASSIVE). The background checkpointer calls this every [`CHECKPOINT_INTERVAL`].
+    pub async fn checkpoint_wal(&self) -> Result<WalCheckpoint> {
+        wal_checkpoint(&self.checkpointer).await
     }
 
     /// Close every connection, waiting for work in progress. A commit that already
     /// returned is durable whether or not this is called; closing lets SQLite checkpoint
     /// and remove the WAL. Calls made after this fail with [`StoreError::Database`].
     pub async fn close(&self) {
+        self.checkpointer.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -178,6 +223,35 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+async fn wal_checkpoint(pool: &SqlitePool) -> Result<WalCheckpoint> {
+    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await?;
+    Ok(WalCheckpoint {
+        busy: row.try_get::<i64, _>(0)? != 0,
+        wal_pages: row.try_get(1)?,
+        checkpointed_pages: row.try_get(2)?,
+    })
+}
+
+/// Checkpoint the WAL every [`CHECKPOINT_INTERVAL`] until the store is dropped or closed, so
+/// that no commit waits for a checkpoint (the writer's automatic one is only a backstop).
+async fn checkpoint_in_background(pool: SqlitePool, mut stopped: tokio::sync::watch::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+            _ = stopped.changed() => break,
+        }
+        if pool.is_closed() {
+            break;
+        }
+        // A failed or busy checkpoint is harmless: the next round copies the same pages, and
+        // the writer's automatic checkpoint bounds the WAL meanwhile.
+        let _ = wal_checkpoint(&pool).await;
+    }
+    pool.close().await;
 }
 
 impl Store for SqliteStore {

@@ -20,6 +20,8 @@ pub mod formats_cmd;
 pub mod harness;
 pub mod home;
 pub mod hook_sink;
+pub mod report;
+pub mod report_html;
 pub mod screenshots;
 pub mod transcript;
 pub mod users;

@@ -28,7 +28,10 @@ fn dashboard_queries() -> Vec<(String, String)> {
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().expect("a query has an expression");
-            out.push((panel["title"].as_str().unwrap_or("").to_string(), expr.into()));
+            out.push((
+                panel["title"].as_str().unwrap_or("").to_string(),
+                expr.into(),
+            ));
         }
     }
     out
@@ -79,7 +82,10 @@ fn dashboard_and_rules_use_only_families_the_node_serves() {
         "DetenteOverdue",
         "DetenteEquivocation",
     ] {
-        assert!(rules.contains(&format!("alert: {alert}")), "{alert} missing");
+        assert!(
+            rules.contains(&format!("alert: {alert}")),
+            "{alert} missing"
+        );
     }
 }
 

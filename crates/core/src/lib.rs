@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::{
-    Body, Deadlines, Frame, LinkConfig, MessageId, PartyKey, PartySecret, Precedence,
-    ReceiptLevel,
+    Body, Deadlines, Frame, LinkConfig, MessageId, PartyKey, PartySecret, Precedence, ReceiptLevel,
 };
 use detente_store_types::{Direction, WriteBatch};
 use rand::rngs::StdRng;
@@ -148,16 +147,34 @@ pub enum CommandError {
 /// Inputs from the driver.
 #[derive(Debug, Clone)]
 pub enum Input {
-    Operator { ticket: Ticket, command: Command },
+    Operator {
+        ticket: Ticket,
+        command: Command,
+    },
     /// A session with `peer` is established (either side dialed).
-    SessionOpened { peer: String, session: SessionId },
-    SessionClosed { session: SessionId },
+    SessionOpened {
+        peer: String,
+        session: SessionId,
+    },
+    SessionClosed {
+        session: SessionId,
+    },
     /// Dialing `peer` at the address asked for failed.
-    DialFailed { peer: String },
+    DialFailed {
+        peer: String,
+    },
     /// One frame (type byte and body; the length prefix removed) read from a session.
-    Frame { session: SessionId, bytes: Vec<u8> },
-    Committed { batch: BatchId },
-    CommitFailed { batch: BatchId, error: String },
+    Frame {
+        session: SessionId,
+        bytes: Vec<u8>,
+    },
+    Committed {
+        batch: BatchId,
+    },
+    CommitFailed {
+        batch: BatchId,
+        error: String,
+    },
     /// The timer asked for by [`Core::poll_timeout`] fired (or any time: it is idempotent).
     Tick,
 }
@@ -389,12 +406,16 @@ impl Core {
     }
 
     fn release_frame(&mut self, session: SessionId, frame: Frame) {
-        self.staging.releases.push(Release::Frame { session, frame });
+        self.staging
+            .releases
+            .push(Release::Frame { session, frame });
     }
 
     /// Whether new work must be refused: a commit is failing, or too much waits.
     fn busy(&self) -> bool {
-        self.in_flight.as_ref().is_some_and(|f| f.retry_at.is_some())
+        self.in_flight
+            .as_ref()
+            .is_some_and(|f| f.retry_at.is_some())
             || self.staging.batch.messages.len() >= STAGED_MESSAGES_MAX
     }
 
@@ -470,7 +491,9 @@ impl Core {
                     received: s.received,
                 };
                 let session = s.id;
-                self.staging.releases.push(Release::Frame { session, frame });
+                self.staging
+                    .releases
+                    .push(Release::Frame { session, frame });
             }
         }
         if self.staging.batch.is_empty() && self.staging.releases.is_empty() {

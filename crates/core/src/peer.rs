@@ -205,7 +205,10 @@ impl Peer {
     }
 
     /// The deadlines in force: the agreed charter's, else our own terms'.
-    pub fn deadlines<'a>(&'a self, own: &'a detente_proto::Deadlines) -> &'a detente_proto::Deadlines {
+    pub fn deadlines<'a>(
+        &'a self,
+        own: &'a detente_proto::Deadlines,
+    ) -> &'a detente_proto::Deadlines {
         self.agreed.as_ref().map_or(own, |c| &c.deadlines)
     }
 }
@@ -321,7 +324,8 @@ impl Core {
         p.out
             .append(batch, channel, &self.me, id, verified.bytes().to_vec());
         let deadlines = p.deadlines(&self.deadlines).clone();
-        self.tracker.start_sent(&peer_name, id, kind, precedence, &deadlines, self.now);
+        self.tracker
+            .start_sent(&peer_name, id, kind, precedence, &deadlines, self.now);
         self.release_event(Event::Stored {
             peer: peer_name,
             id,
@@ -344,10 +348,14 @@ impl Core {
             .peer_index(peer)
             .ok_or_else(|| CommandError::UnknownPeer(peer.to_string()))?;
         if level == ReceiptLevel::Delivered {
-            return Err(CommandError::Invalid("DELIVERED is the node's own act".into()));
+            return Err(CommandError::Invalid(
+                "DELIVERED is the node's own act".into(),
+            ));
         }
         let Some(&(_, kind, precedence)) = self.peers[index].in_index.get(&of) else {
-            return Err(CommandError::Invalid(format!("no message {of} from {peer}")));
+            return Err(CommandError::Invalid(format!(
+                "no message {of} from {peer}"
+            )));
         };
         if kind == 1 {
             return Err(CommandError::Invalid("receipts are not answered".into()));
@@ -423,7 +431,12 @@ impl Core {
             return;
         }
         if self
-            .stage_send(index, Precedence::Routine, Body::Charter(charter.clone()), None)
+            .stage_send(
+                index,
+                Precedence::Routine,
+                Body::Charter(charter.clone()),
+                None,
+            )
             .is_ok()
         {
             self.peers[index].our_charter = Some(digest);

@@ -260,12 +260,15 @@ impl Core {
     /// batch is durable.
     pub(crate) fn decide(&mut self, peer: String, id: MessageId, need: Need, decision: Decision) {
         if decision == Decision::Missed {
-            self.staging.batch.misses.push(detente_store_types::MissRow {
-                id: id.0,
-                level: need.code(),
-                due_at_ms: self.wall_ms,
-                missed_at_ms: self.wall_ms,
-            });
+            self.staging
+                .batch
+                .misses
+                .push(detente_store_types::MissRow {
+                    id: id.0,
+                    level: need.code(),
+                    due_at_ms: self.wall_ms,
+                    missed_at_ms: self.wall_ms,
+                });
         }
         self.release_event(Event::Deadline {
             peer,

@@ -37,7 +37,8 @@ impl Core {
         let now = self.now;
         let p = &mut self.peers[index];
         if let Some(old) = p.session.take() {
-            self.events.push_back(Event::CloseSession { session: old.id });
+            self.events
+                .push_back(Event::CloseSession { session: old.id });
         }
         p.dialing = false;
         p.link.on_connected(now);

@@ -20,6 +20,7 @@ pub mod formats_cmd;
 pub mod harness;
 pub mod home;
 pub mod hook_sink;
+pub mod progress;
 pub mod report;
 pub mod report_html;
 pub mod screenshots;

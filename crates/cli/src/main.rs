@@ -185,6 +185,9 @@ enum Command {
         /// Keep printing new messages as they arrive.
         #[arg(long)]
         follow: bool,
+        /// Show times in this IANA time zone, with UTC beside (the node's zone by default).
+        #[arg(long)]
+        tz: Option<String>,
     },
     /// The notification formats this build holds.
     Formats {
@@ -618,6 +621,7 @@ async fn run(command: Command) -> Outcome {
             receipts,
             json,
             follow,
+            tz,
         } => {
             commands::inbox(
                 &dir.get()?,
@@ -628,6 +632,7 @@ async fn run(command: Command) -> Outcome {
                 receipts,
                 json,
                 follow,
+                tz,
             )
             .await
         }

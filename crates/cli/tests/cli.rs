@@ -159,6 +159,23 @@ fn the_directory_defaults_to_detente_dir_then_the_user_data_directory() {
 }
 
 #[test]
+fn progress_is_not_drawn_when_stderr_is_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-bundle");
+    std::fs::write(&file, vec![0x9f; 100_000]).unwrap();
+    let out = detente(&["verify", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: verification failed"), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    let out = detente(&["bench", "--verify", "--messages", "200", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    let _: Value = serde_json::from_str(&stdout(&out)).expect("one JSON document");
+}
+
+#[test]
 fn usage_errors_exit_2_and_bad_values_exit_1() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("n");
@@ -381,6 +398,15 @@ fn a_running_node_sends_lists_and_refuses_what_it_must() {
     }
     assert_eq!(list[0]["direction"], "out");
     assert!(list[0]["receipts"]["delivered"].is_null());
+    // For people: the time in the reader's zone (--tz, else the node's), UTC beside.
+    let text = stdout(&detente(&["inbox", "--dir", d, "--tz", "Asia/Shanghai"]));
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(" CST (") && first.contains("Z) →"),
+        "{first}"
+    );
+    let bad_zone = detente(&["inbox", "--dir", d, "--tz", "Mars/Olympus"]);
+    assert_eq!(bad_zone.status.code(), Some(2));
     let status: Value =
         serde_json::from_str(&stdout(&detente(&["status", "--dir", d, "--json"]))).unwrap();
     assert_eq!(status["peers"][0]["outbox"], 2);

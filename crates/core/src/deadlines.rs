@@ -1,4 +1,4 @@
-//! Deadline tracking on the monotonic clock: each obligation of a message (SPEC §5, the
+//! Deadline tracking on the monotonic clock: each obligation of a message (docs/spec.md §5, the
 //! rules of `detente_proto::deadline`) is decided exactly once, met or missed, and the
 //! decision is released only with the batch that records it.
 

@@ -212,7 +212,10 @@ impl Peer {
     }
 
     /// The deadlines in force: the agreed charter's, else our own terms'.
-    pub fn deadlines<'a>(&'a self, own: &'a detente_proto::Deadlines) -> &'a detente_proto::Deadlines {
+    pub fn deadlines<'a>(
+        &'a self,
+        own: &'a detente_proto::Deadlines,
+    ) -> &'a detente_proto::Deadlines {
         self.agreed.as_ref().map_or(own, |c| &c.deadlines)
     }
 }
@@ -327,8 +330,9 @@ impl Core {
         let (channel, peer_name) = (p.channel, p.name.clone());
         p.out
             .append(batch, channel, &self.me, id, verified.bytes().to_vec());
-        let deadlines = p.deadlines(&self.deadlines).clone();
-        self.tracker.start_sent(&peer_name, id, kind, precedence, &deadlines, self.now);
+        let deadlines = *p.deadlines(&self.deadlines);
+        self.tracker
+            .start_sent(&peer_name, id, kind, precedence, &deadlines, self.now);
         self.release_event(Event::Stored {
             peer: peer_name,
             id,
@@ -351,10 +355,14 @@ impl Core {
             .peer_index(peer)
             .ok_or_else(|| CommandError::UnknownPeer(peer.to_string()))?;
         if level == ReceiptLevel::Delivered {
-            return Err(CommandError::Invalid("DELIVERED is the node's own act".into()));
+            return Err(CommandError::Invalid(
+                "DELIVERED is the node's own act".into(),
+            ));
         }
         let Some(&(_, kind, precedence)) = self.peers[index].in_index.get(&of) else {
-            return Err(CommandError::Invalid(format!("no message {of} from {peer}")));
+            return Err(CommandError::Invalid(format!(
+                "no message {of} from {peer}"
+            )));
         };
         if kind == 1 {
             return Err(CommandError::Invalid("receipts are not answered".into()));
@@ -402,7 +410,7 @@ impl Core {
                 tz: "UTC".into(),
             },
             formats: Vec::new(),
-            deadlines: self.deadlines.clone(),
+            deadlines: self.deadlines,
             link_test_interval: self.link_test_interval,
             counterparts: Vec::new(),
         }
@@ -430,7 +438,12 @@ impl Core {
             return;
         }
         if self
-            .stage_send(index, Precedence::Routine, Body::Charter(charter.clone()), None)
+            .stage_send(
+                index,
+                Precedence::Routine,
+                Body::Charter(charter.clone()),
+                None,
+            )
             .is_ok()
         {
             self.peers[index].our_charter = Some(digest);

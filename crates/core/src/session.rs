@@ -40,7 +40,8 @@ impl Core {
         let now = self.now;
         let p = &mut self.peers[index];
         if let Some(old) = p.session.take() {
-            self.events.push_back(Event::CloseSession { session: old.id });
+            self.events
+                .push_back(Event::CloseSession { session: old.id });
         }
         p.dialing = None;
         p.link.on_connected(now);

@@ -89,7 +89,10 @@ pub fn run_many(first: u64, count: u64, bug: Option<PlantedBug>, threads: usize)
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().expect("a simulation thread panicked outside a run"))
+            .flat_map(|h| {
+                h.join()
+                    .expect("a simulation thread panicked outside a run")
+            })
             .collect()
     });
     all.sort_by_key(|o| o.seed);

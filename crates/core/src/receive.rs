@@ -111,7 +111,7 @@ impl Core {
             p.delivered_pending.push(seq);
             p.receipt_precedence = p.receipt_precedence.min(precedence);
         }
-        let deadlines = p.deadlines(&self.deadlines).clone();
+        let deadlines = *p.deadlines(&self.deadlines);
         self.tracker
             .start_received(&peer, id, kind, precedence, &deadlines, now);
         self.release_event(Event::Stored {

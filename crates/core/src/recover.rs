@@ -192,7 +192,7 @@ impl Core {
                 decided.entry(r.of).or_default().push(Need::Answered);
             }
         }
-        let deadlines = p.deadlines(&self.deadlines).clone();
+        let deadlines = *p.deadlines(&self.deadlines);
         let held: Vec<&Held> = p.held.values().collect();
         let held_rows: Vec<&MessageRow> = snapshot
             .messages

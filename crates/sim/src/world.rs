@@ -72,6 +72,7 @@ enum Ev {
     Timer {
         node: usize,
         generation: u64,
+        at: u64,
     },
     Operator {
         node: usize,
@@ -326,8 +327,13 @@ impl World {
                 batch,
                 ok,
             } => self.commit_done(node, generation, batch, ok),
-            Ev::Timer { node, generation } => {
-                if self.nodes[node].generation == generation {
+            Ev::Timer {
+                node,
+                generation,
+                at,
+            } => {
+                // Only the timer last asked for fires (earlier requests are superseded).
+                if self.nodes[node].generation == generation && self.nodes[node].timer == Some(at) {
                     self.nodes[node].timer = None;
                     self.input(node, Input::Tick);
                 }
@@ -455,7 +461,12 @@ impl World {
             if self.nodes[node].timer.is_none_or(|t| t > at_ms) {
                 self.nodes[node].timer = Some(at_ms);
                 let generation = self.nodes[node].generation;
-                self.at(at_ms - self.now_ms, Ev::Timer { node, generation });
+                let ev = Ev::Timer {
+                    node,
+                    generation,
+                    at: at_ms,
+                };
+                self.at(at_ms - self.now_ms, ev);
             }
         }
     }
@@ -617,7 +628,7 @@ impl World {
         };
         if let Command::SetDeadlines { deadlines } = &command {
             // The operator edits the node's configuration: it survives a restart.
-            self.nodes[node].config.deadlines = deadlines.clone();
+            self.nodes[node].config.deadlines = *deadlines;
         }
         self.operate(node, command);
     }
@@ -730,11 +741,11 @@ impl World {
                     self.close_session(id, None);
                 }
             }
-            3 if self.faults.stall => {
-                if !self.stalled.remove(&a) {
-                    self.stalled.insert(a);
-                    self.count("stalls");
-                }
+            3 if self.faults.stall && !self.stalled.remove(&a) => {
+                // A node that stops reading: its frames arrive late (a second time: it
+                // reads again).
+                self.stalled.insert(a);
+                self.count("stalls");
             }
             4 if self.faults.address_down => {
                 let address = self.rng.gen_range(0..ADDRESSES);

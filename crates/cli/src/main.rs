@@ -90,6 +90,10 @@ enum Command {
     Serve {
         #[arg(long)]
         dir: PathBuf,
+        /// Start even though the store's file is missing while peers are pinned (a fresh
+        /// store: only when the old one is truly gone).
+        #[arg(long)]
+        new_store: bool,
     },
     /// Send a message to a peer.
     Send {
@@ -474,7 +478,7 @@ async fn run(command: Command) -> Outcome {
         Command::Config {
             command: ConfigCommand::Set { dir, key, value },
         } => commands::config_set(&dir, &key, &value),
-        Command::Serve { dir } => commands::serve(&dir).await,
+        Command::Serve { dir, new_store } => commands::serve(&dir, new_store).await,
         Command::Send {
             dir,
             to,

@@ -320,6 +320,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
             "addresses": entry.addrs,
             "sessions": s.sessions,
             "last_error": s.last_error,
+            "sending_stopped": s.sending_stopped,
             "charter": crate::charter::status_json(&shared.charters.get(&entry.name)),
         }));
     }

@@ -254,6 +254,17 @@ impl NodeDir {
             .map_err(io_err(&self.path))?;
         write_private(&self.file(KEY_FILE), hex::encode(seed).as_bytes())?;
         write_private(&self.file(TOKEN_FILE), hex::encode(token).as_bytes())?;
+        // An empty file is an empty SQLite database. Made here, so that a store missing at
+        // a later start means it was moved or lost (the node then refuses to start).
+        // Never truncate: a database already there is kept as it is.
+        let db = self.file(DATABASE_FILE);
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&db)
+            .map_err(io_err(&db))?;
         let config = NodeConfig {
             name: options.name.clone(),
             party: options.party.clone(),

@@ -70,6 +70,22 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Writer(#[from] writer::WriteError),
+    /// The store's file is missing while `node.toml` pins peers: most likely the database
+    /// was moved or lost, and a fresh one would reuse sequence numbers the peers already
+    /// hold. Remedy: put the file back, or start afresh explicitly with `serve --new-store`.
+    #[error(
+        "the store {path} does not exist, but node.toml pins peers ({peers}): starting on an \
+         empty store would reuse sequence numbers the peers already hold. Put the database \
+         back, or, to start afresh on purpose, run: detente serve --dir DIR --new-store"
+    )]
+    NewStore { path: String, peers: String },
+}
+
+/// How a node starts ([`Node::start_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Start even when the store's file is missing and peers are pinned (`serve --new-store`).
+    pub new_store: bool,
 }
 
 /// State shared by the tasks of a running node.
@@ -105,12 +121,25 @@ pub struct Node {
 }
 
 impl Node {
-    /// Start the node in `dir`.
+    /// Start the node in `dir`; refuses a missing store while peers are pinned.
     pub async fn start(dir: NodeDir) -> Result<Node, StartError> {
+        Self::start_with(dir, StartOptions::default()).await
+    }
+
+    /// Start the node in `dir` with `options`.
+    pub async fn start_with(dir: NodeDir, options: StartOptions) -> Result<Node, StartError> {
         let config = dir.load()?;
         let secret = Arc::new(dir.secret()?);
         let token = dir.token()?;
-        let store = Arc::new(open_store(&dir, &config).await?);
+        let path = store_path(&dir, &config)?;
+        if !path.exists() && !config.peers.is_empty() && !options.new_store {
+            let peers: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+            return Err(StartError::NewStore {
+                path: path.display().to_string(),
+                peers: peers.join(", "),
+            });
+        }
+        let store = Arc::new(NodeStore::open(&path).await?);
         let table = Arc::new(PeerTable::default());
         let events = Events::new();
         let mut peers = Vec::new();
@@ -232,8 +261,22 @@ fn write_run_file(shared: &Shared) {
 }
 
 /// Open the store a node directory names (the node need not be running: SQLite in WAL mode
-/// lets a second process write while it runs).
+/// lets a second process write while it runs). A missing file is created only by
+/// `detente init` and `serve --new-store`, never here: an offline command must not leave an
+/// empty store behind that a later `serve` would take for the real one.
 pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
+    let path = store_path(dir, config)?;
+    if !path.exists() {
+        return Err(StartError::Store(detente_store::StoreError::Open(format!(
+            "{}: no such file (was the database moved?)",
+            path.display()
+        ))));
+    }
+    Ok(NodeStore::open(&path).await?)
+}
+
+/// Where the node's SQLite file is.
+fn store_path(dir: &NodeDir, config: &NodeConfig) -> Result<std::path::PathBuf, StartError> {
     let path = match config.database_url.strip_prefix("sqlite:") {
         Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
         _ if config.database_url.is_empty() => dir.file(config::DATABASE_FILE),
@@ -244,7 +287,7 @@ pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore,
             }))
         }
     };
-    Ok(NodeStore::open(&path).await?)
+    Ok(path)
 }
 
 /// Start the link task of a peer and register where its inbound connections go.

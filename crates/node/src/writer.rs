@@ -606,6 +606,13 @@ impl Writer {
                 }
                 Command::Prune { peer, hwm } => {
                     if let Some(p) = self.peers.get_mut(&peer) {
+                        let written = p.out.next_seq.saturating_sub(1);
+                        if hwm > written {
+                            // Never a prune: the outbox rows at or below `hwm` were never
+                            // sent to this peer (issue 12, item 1).
+                            stream_ahead(&self.table, &self.events, &peer, hwm, written);
+                            continue;
+                        }
                         p.confirmed = p.confirmed.max(hwm.min(p.out_tree.size()));
                     }
                     batch.prune.push((peer, hwm));
@@ -1366,6 +1373,25 @@ pub fn row(
         in_reply_to: e.in_reply_to.map(|id| id.0),
         placement,
         bytes: v.bytes().to_vec(),
+    }
+}
+
+/// A peer claims to hold our stream up to `hwm`, beyond the `written` envelopes our store
+/// has: the store was replaced or lost, and the peer holds envelopes of ours we no longer
+/// know. Stop sending to it (new envelopes would reuse its seqs) and raise the alarm once.
+pub fn stream_ahead(table: &PeerTable, events: &Events, peer: &str, hwm: u64, written: u64) {
+    let detail = format!(
+        "peer {peer} holds our stream up to seq {hwm} but our store has only {written}: \
+         this store is not the one the channel ran on (moved, restored from an old backup, \
+         or new). Nothing more is sent to {peer}; put the right database back and restart"
+    );
+    let Some(entry) = table.get(peer) else { return };
+    if entry.stop_sending(detail.clone()) {
+        tracing::error!(peer, hwm, written, "STREAM AHEAD: {detail}");
+        events.publish(Event::Alarm {
+            peer: peer.to_string(),
+            detail,
+        });
     }
 }
 

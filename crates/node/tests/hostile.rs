@@ -281,6 +281,11 @@ async fn dial(h: &Harness, secret: &PartySecret) -> std::io::Result<TlsStream<Tc
 impl FakePeer {
     /// Connect as the pinned fake peer and exchange `Hello` (ours says hwm 0).
     async fn connect(h: &Harness) -> FakePeer {
+        Self::connect_with_hwm(h, 0).await
+    }
+
+    /// Connect and exchange `Hello`, ours claiming to hold the node's stream up to `hwm`.
+    async fn connect_with_hwm(h: &Harness, hwm: u64) -> FakePeer {
         let stream = tokio::time::timeout(WAIT, dial(h, &h.fake))
             .await
             .expect("handshake within the timeout")
@@ -295,7 +300,7 @@ impl FakePeer {
         };
         peer.send(&Frame::Hello {
             version: LINK_VERSION,
-            hwm: 0,
+            hwm,
         })
         .await;
         match peer.next_frame().await {
@@ -1390,5 +1395,121 @@ async fn notification_in_a_format_not_held_or_with_a_bad_field_is_refused_invali
 
     // Nothing of either was stored: the stream goes on at seq 2.
     h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+// ---- a replaced store (issue 12, item 1) ---------------------------------------------------
+
+fn text_request(n: u64) -> detente_node::writer::SendRequest {
+    detente_node::writer::SendRequest {
+        peer: "fake".into(),
+        precedence: if n == 2 {
+            Precedence::Flash
+        } else {
+            Precedence::Routine
+        },
+        topic: "general".into(),
+        author: "Tester".into(),
+        in_reply_to: None,
+        body: Body::Text(TextBody {
+            language: "en".into(),
+            text: format!("report {n}"),
+            translations: vec![],
+        }),
+    }
+}
+
+/// The database file moved away used to start a fresh, empty store silently. With peers
+/// pinned the node now refuses, naming the file and the next step; `--new-store` starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_store_with_pinned_peers_refuses_to_start_unless_new_store() {
+    let h = Harness::start().await;
+    let dir = h.node.shared.dir.clone();
+    let Harness { _tmp, node, .. } = h;
+    node.stop().await;
+    for name in ["detente.db", "detente.db-wal", "detente.db-shm"] {
+        let _ = std::fs::remove_file(dir.file(name));
+    }
+    let refused = match Node::start(dir.clone()).await {
+        Ok(node) => {
+            node.stop().await;
+            panic!("the node started on an empty store with a pinned peer");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("detente.db"), "names the file: {refused}");
+    assert!(refused.contains("fake"), "names the peers: {refused}");
+    assert!(
+        refused.contains("--new-store"),
+        "gives the next step: {refused}"
+    );
+    assert!(
+        !dir.file("detente.db").exists(),
+        "a refused start creates nothing"
+    );
+    let options = detente_node::StartOptions { new_store: true };
+    let node = Node::start_with(dir, options)
+        .await
+        .expect("--new-store starts on a fresh store");
+    node.stop().await;
+}
+
+/// A peer whose Hello (or Ack) says it holds our stream beyond what our store ever wrote used
+/// to make the node prune those outbox rows unsent (a FLASH among them). Now it is an alarm:
+/// nothing is pruned, nothing more is sent to that peer, and status says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
+    let h = Harness::start().await;
+    let shared = h.node.shared.clone();
+    let mut events = shared.events.subscribe();
+    for n in 1..=3 {
+        shared.writer.send(text_request(n)).await.expect("send");
+    }
+    let pending = |shared: std::sync::Arc<detente_node::Shared>| async move {
+        shared
+            .store
+            .outbox_counts("fake")
+            .await
+            .expect("outbox")
+            .pending
+    };
+    assert_eq!(pending(shared.clone()).await, 3);
+    let mut peer = FakePeer::connect_with_hwm(&h, 7).await;
+    // A round trip through the session loop: it has run its send step by then.
+    peer.send(&Frame::Ping { nonce: 1 }).await;
+    match peer.next_control().await {
+        Ok(Frame::Pong { nonce: 1 }) => {}
+        other => panic!("expected Pong, got {other:?}"),
+    }
+    // The Ack path: a hwm beyond our stream is no prune either.
+    peer.send(&Frame::Ack {
+        hwm: 9,
+        received: 0,
+    })
+    .await;
+    peer.send(&Frame::Ping { nonce: 2 }).await;
+    match peer.next_control().await {
+        Ok(Frame::Pong { nonce: 2 }) => {}
+        other => panic!("expected Pong, got {other:?}"),
+    }
+    // The writer takes commands in order: the prune was handled before this send returns.
+    shared.writer.send(text_request(4)).await.expect("send");
+    assert_eq!(pending(shared.clone()).await, 4, "nothing was pruned");
+    assert!(peer.from_node.is_empty(), "nothing was sent to the peer");
+    let status = api_get(&h, "/api/v1/status").await;
+    let stopped = status["peers"][0]["sending_stopped"].as_str().unwrap_or("");
+    assert!(stopped.contains("up to seq 7"), "status says why: {status}");
+    let alarm = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(detente_node::events::Event::Alarm { detail, .. }) => return detail,
+                Ok(_) => continue,
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("an alarm");
+    assert!(alarm.contains("holds our stream"), "{alarm}");
     h.stop().await;
 }

@@ -358,8 +358,40 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         },
         "peers": peers,
         "alarms": alarms,
+        "listener": listener_json(&shared),
     }))
     .into_response())
+}
+
+/// What the peer listener refused: keys that are not pinned (who keeps trying) and
+/// connections closed before their handshake (crate::gate).
+fn listener_json(shared: &Shared) -> Value {
+    let keys: Vec<Value> = shared
+        .gate
+        .refused_keys()
+        .iter()
+        .map(|k| {
+            json!({
+                "fingerprint": detente_proto::identity::fingerprint(&k.key),
+                "key": format!("ed25519:{}", hex::encode(k.key)),
+                "attempts": k.count,
+                "last_address": k.last_address.to_string(),
+                "last_seen": time_text(wall_ms(k.last_seen) as i64),
+            })
+        })
+        .collect();
+    let closed: serde_json::Map<String, Value> = shared
+        .gate
+        .closed()
+        .into_iter()
+        .map(|(why, n)| (why.name().to_string(), Value::from(n)))
+        .collect();
+    json!({
+        "refused_keys": keys,
+        "keys_refused_total": shared.gate.keys_refused_total(),
+        "closed_before_handshake": closed,
+        "log_lines": shared.gate.log_lines(),
+    })
 }
 
 /// Worst first: the overall verdict is the worst of the peers'.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod console;
 pub mod deadlines;
 pub mod events;
+pub mod gate;
 pub mod hooks;
 pub mod link;
 pub mod metrics;
@@ -43,8 +44,6 @@ pub type NodeStore = detente_store::SqliteStore;
 
 /// Inbound connections queued per peer, at most.
 const INCOMING_QUEUE_MAX: usize = 4;
-/// Unauthenticated connections being handshaken at once, at most.
-const HANDSHAKES_MAX: usize = 64;
 
 /// Milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {
@@ -109,6 +108,8 @@ pub struct Shared {
     pub charters: charter::Charters,
     /// Console state that is not in the store (login limiter, interface texts).
     pub console: console::ConsoleState,
+    /// Admission of inbound peer connections before they authenticate.
+    pub gate: Arc<gate::Gate>,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -200,6 +201,7 @@ impl Node {
             formats: std::sync::RwLock::new(notify::held_formats()),
             charters: charter::Charters::default(),
             console: console::ConsoleState::new(),
+            gate: gate::Gate::new(),
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });
@@ -328,7 +330,8 @@ pub async fn add_peer(shared: &Arc<Shared>, name: &str) -> Result<(), StartError
     Ok(())
 }
 
-/// Accept TLS connections from pinned peers and hand each to its peer's link task.
+/// Accept TLS connections from pinned peers and hand each to its peer's link task. Before
+/// any TLS, the [`gate`] decides whether the connection gets a handshake slot.
 async fn accept_peers(shared: Arc<Shared>, listener: TcpListener) {
     let server_config = match tls::server_config(&shared.secret, shared.table.clone()) {
         Ok(c) => c,
@@ -338,7 +341,6 @@ async fn accept_peers(shared: Arc<Shared>, listener: TcpListener) {
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -352,50 +354,95 @@ async fn accept_peers(shared: Arc<Shared>, listener: TcpListener) {
             },
             _ = shutdown.changed() => return,
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "too many handshakes in progress; dropping a connection");
-            continue;
+        let pinned = pinned_address(&shared, remote.ip());
+        let ticket = match shared
+            .gate
+            .admit(remote.ip(), pinned, std::time::Instant::now())
+        {
+            Ok(t) => t,
+            Err(why) => {
+                log_refusals(&shared, remote, why.name());
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(link::HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                .await
-            {
+            let accepted = tokio::time::timeout(gate::PRE_AUTH_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(ticket);
+            let tls = match accepted {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    match tls::rejection(&e) {
-                        Some(reason) => tracing::warn!(%remote, %reason, "refused a connection"),
-                        None => tracing::info!(%remote, error = %e, "TLS handshake failed"),
+                    if let Some(tls::TlsError::UnpinnedPeer { presented }) = tls::rejection(&e) {
+                        let now = std::time::Instant::now();
+                        shared
+                            .gate
+                            .key_refused(remote.ip(), pinned, *presented, now);
+                        log_refusals(&shared, remote, "unpinned key");
+                    } else {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     }
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(%remote, "TLS handshake timed out");
+                    tracing::debug!(%remote, "TLS handshake timed out");
                     return;
                 }
             };
-            let Some(key) = tls::peer_key(tls.get_ref().1) else {
-                return;
-            };
-            let Some(entry) = shared.table.by_key(&key) else {
-                return;
-            };
-            let sender = shared
-                .incoming
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&entry.name).cloned());
-            if let Some(sender) = sender {
-                let connection = Connection {
-                    stream: tokio_rustls::TlsStream::Server(tls),
-                    dialed_by_us: false,
-                    address: remote.to_string(),
-                };
-                let _ = sender.try_send(connection);
-            }
+            hand_over(&shared, tls, remote);
         });
+    }
+}
+
+/// Give an authenticated connection to its peer's link task.
+fn hand_over(
+    shared: &Shared,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    remote: SocketAddr,
+) {
+    let Some(key) = tls::peer_key(tls.get_ref().1) else {
+        return;
+    };
+    let Some(entry) = shared.table.by_key(&key) else {
+        return;
+    };
+    shared.gate.authenticated(remote.ip());
+    let sender = shared
+        .incoming
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&entry.name).cloned());
+    if let Some(sender) = sender {
+        let connection = Connection {
+            stream: tokio_rustls::TlsStream::Server(tls),
+            dialed_by_us: false,
+            address: remote.to_string(),
+        };
+        let _ = sender.try_send(connection);
+    }
+}
+
+/// Whether `ip` is the address of a pinned peer (an IP literal in its `addrs`).
+fn pinned_address(shared: &Shared, ip: std::net::IpAddr) -> bool {
+    shared.table.all().iter().any(|entry| {
+        entry
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+            .any(|a| a.ip() == ip)
+    })
+}
+
+/// One WARN line per [`gate::FLOOD_LOG_INTERVAL`] at most, however many are refused.
+fn log_refusals(shared: &Shared, remote: SocketAddr, why: &str) {
+    if let Some(count) = shared.gate.log_line(std::time::Instant::now()) {
+        tracing::warn!(
+            %remote,
+            reason = why,
+            refused = count,
+            "refusing inbound peer connections ({count} since the last such line; \
+             see /metrics detente_peer_connections_refused_total and status refused_keys)"
+        );
     }
 }

@@ -106,7 +106,15 @@ pub async fn run_peer(
             &mut shutdown,
         )
         .await;
-        supervisor.on_disconnected(Instant::now(), rand::thread_rng().gen());
+        if supervisor.is_connected() {
+            supervisor.on_disconnected(Instant::now(), rand::thread_rng().gen());
+        } else {
+            // Ended before the peer's Hello: in TLS 1.3 a peer that refuses our key lets
+            // the handshake "succeed" and closes at once. That is a failed dial, with its
+            // growing backoff, not a session (which would redial at once, several times a
+            // second: issue 12, item 7).
+            supervisor.on_dial_failed(Instant::now(), rand::thread_rng().gen());
+        }
         publish(&entry, &supervisor, None);
         match end {
             End::Shutdown => return,

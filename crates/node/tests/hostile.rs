@@ -1513,3 +1513,138 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
     assert!(alarm.contains("holds our stream"), "{alarm}");
     h.stop().await;
 }
+
+// ---- strangers at the door (issue 12, items 5 and 7) ---------------------------------------
+
+/// TCP connect to the node's peer port from a chosen loopback source address.
+async fn connect_from(h: &Harness, source: [u8; 4]) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((source, 0)))?;
+    socket.connect(h.node.shared.peer_addr).await
+}
+
+/// TLS dial as `secret` from a chosen loopback source address.
+async fn dial_from(
+    h: &Harness,
+    secret: &PartySecret,
+    source: [u8; 4],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let config = tls::client_config(secret, h.target).expect("client TLS config");
+    let tcp = connect_from(h, source).await?;
+    TlsConnector::from(config)
+        .connect(tls::server_name(), tcp)
+        .await
+}
+
+/// Sources the flood comes from: 127.0.0.2 and up (the pinned peer's address is 127.0.0.1).
+const FLOOD_SOURCES: u8 = 80;
+/// Idle connections the flood opens from each source.
+const FLOOD_PER_SOURCE: usize = 6;
+
+/// 64 idle TCP connections used to take every handshake slot and lock the pinned peer out
+/// (and each refused one wrote a WARN line). Now a flood of idle connections from 80
+/// addresses, kept up while the peer dials, leaves the peer's own slots free: it connects at
+/// the first attempt and its FLASH is stored and acknowledged; the flood's refusals write at
+/// most a couple of log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_does_not_lock_out_the_pinned_peer() {
+    let h = Harness::start().await;
+    let mut idle = Vec::new();
+    for round in 0..FLOOD_PER_SOURCE {
+        for i in 0..FLOOD_SOURCES {
+            match connect_from(&h, [127, 0, 0, 2 + i]).await {
+                Ok(s) => idle.push(s),
+                Err(e) => panic!("flood connect (round {round}): {e}"),
+            }
+        }
+    }
+    // The flood holds every stranger slot now; the pinned peer dials in.
+    let started = std::time::Instant::now();
+    let mut peer = FakePeer::connect(&h).await;
+    let mut flash = h.envelope(1, MessageId::ZERO, "FLASH during the flood");
+    flash.precedence = Precedence::Flash;
+    let flash = h.sign(flash);
+    h.accepts(&mut peer, &flash, 1).await;
+    let delivered = started.elapsed();
+    let status = api_get(&h, "/api/v1/status").await;
+    let listener = &status["listener"];
+    let closed = &listener["closed_before_handshake"];
+    let refused =
+        closed["source_busy"].as_u64().unwrap_or(0) + closed["full"].as_u64().unwrap_or(0);
+    assert!(refused > 0, "the flood was refused: {listener}");
+    let lines = listener["log_lines"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        lines <= 2,
+        "log lines during the flood: {lines} ({listener})"
+    );
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(String::from))
+        .unwrap_or_default();
+    println!(
+        "flood: {} idle connections from {FLOOD_SOURCES} sources, {refused} closed before a \
+         handshake, {lines} log line(s); pinned peer connected and FLASH stored and acked \
+         in {} ms; test process {rss}",
+        idle.len(),
+        delivered.as_millis()
+    );
+    drop(idle);
+    h.stop().await;
+}
+
+/// An unpinned node used to be given a full handshake (and a WARN line) on every redial.
+/// Now its key is counted and shown (status `listener.refused_keys`, `/metrics`), and its
+/// source address is refused before any TLS for a backoff that doubles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpinned_redialer_is_backed_off_counted_and_shown() {
+    let h = Harness::start().await;
+    let stranger = PartySecret::from_seed(STRANGER_SEED);
+    let source = [127, 0, 0, 3];
+    // The first attempt: the handshake completes on the client, the refusal shows on read.
+    let mut stream = tokio::time::timeout(WAIT, dial_from(&h, &stranger, source))
+        .await
+        .expect("first attempt within the timeout")
+        .expect("TLS 1.3: the client finishes first");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, stream.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Err(_)) | Ok(Ok(0))), "refused: {read:?}");
+    // The refusal is recorded right after the alert is written; wait for it (bounded).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = api_get(&h, "/api/v1/status").await;
+        if status["listener"]["keys_refused_total"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal: {status}");
+        tokio::task::yield_now().await;
+    }
+    // Redials within the backoff get no handshake at all.
+    for _ in 0..10 {
+        let attempt = tokio::time::timeout(WAIT, dial_from(&h, &stranger, source))
+            .await
+            .expect("answered within the timeout");
+        if let Ok(mut s) = attempt {
+            let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await;
+            assert!(
+                matches!(n, Ok(Err(_)) | Ok(Ok(0))),
+                "a redial got bytes: {n:?}"
+            );
+        }
+    }
+    let status = api_get(&h, "/api/v1/status").await;
+    let listener = &status["listener"];
+    assert_eq!(listener["keys_refused_total"], 1, "{listener}");
+    assert_eq!(
+        listener["closed_before_handshake"]["backing_off"], 10,
+        "{listener}"
+    );
+    let keys = listener["refused_keys"].as_array().expect("refused keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["fingerprint"], stranger.public().fingerprint());
+    assert_eq!(keys[0]["last_address"], "127.0.0.3");
+    // The pinned peer is unaffected.
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(1);
+    h.accepts(&mut peer, &chain[0], 1).await;
+    h.stop().await;
+}

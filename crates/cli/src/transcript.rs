@@ -34,8 +34,12 @@ pub async fn checkpoint(dir: &Path, peer: &str, json: bool) -> Outcome {
 /// `detente proof --dir DIR ID`: a self-contained inclusion proof (JSON) that `verify` accepts.
 pub async fn proof(dir: &Path, id: &str) -> Outcome {
     let client = Client::for_dir(dir)?;
+    // POST: signs a checkpoint first when none covers the message yet.
     let proof = client
-        .get(&format!("/api/v1/messages/{}/proof", id.trim()))
+        .post(
+            &format!("/api/v1/messages/{}/proof", id.trim()),
+            &serde_json::json!({}),
+        )
         .await?;
     println!(
         "{}",

@@ -145,6 +145,16 @@ impl Default for TranscriptSection {
     }
 }
 
+/// The console and API (`console.*`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ConsoleSection {
+    /// Serve the console and API on an address other than loopback although they have no
+    /// TLS (passwords and session cookies then cross the network in clear). Off by default;
+    /// the node refuses such an address without it and warns with it.
+    pub insecure_public_bind: bool,
+}
+
 /// Escalation hooks (`hooks.*`); used by the deadline work.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
@@ -182,6 +192,8 @@ pub struct NodeConfig {
     pub hooks: HookSection,
     #[serde(default)]
     pub transcript: TranscriptSection,
+    #[serde(default)]
+    pub console: ConsoleSection,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
     /// Counterpart positions this party offers for the charter's directory.
@@ -279,6 +291,7 @@ impl NodeDir {
             hooks: HookSection::default(),
             peers: Vec::new(),
             transcript: TranscriptSection::default(),
+            console: ConsoleSection::default(),
             counterparts: Vec::new(),
         };
         self.save(&config)?;
@@ -518,6 +531,7 @@ impl NodeConfig {
             "hooks.command" => self.hooks.command.clone(),
             "transcript.checkpoint_every" => self.transcript.checkpoint_every.clone(),
             "transcript.checkpoint_quiet" => self.transcript.checkpoint_quiet.clone(),
+            "console.insecure_public_bind" => self.console.insecure_public_bind.to_string(),
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         })
     }
@@ -575,6 +589,14 @@ impl NodeConfig {
                 &mut self.hooks.webhook_url
             }
             "hooks.command" => &mut self.hooks.command,
+            "console.insecure_public_bind" => {
+                self.console.insecure_public_bind = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(key, "true or false")),
+                };
+                return Ok(());
+            }
             "transcript.checkpoint_every" => {
                 match value.parse::<u64>() {
                     Ok(n) if n <= 1_000_000 => {}
@@ -660,6 +682,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "hooks.command",
     "transcript.checkpoint_every",
     "transcript.checkpoint_quiet",
+    "console.insecure_public_bind",
 ];
 
 fn bad(key: &str, reason: &str) -> ConfigError {

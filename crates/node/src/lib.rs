@@ -78,6 +78,15 @@ pub enum StartError {
          back, or, to start afresh on purpose, run: detente serve --dir DIR --new-store"
     )]
     NewStore { path: String, peers: String },
+    /// The console would listen beyond loopback without TLS. Remedy: listen on 127.0.0.1
+    /// (and reach it through an SSH tunnel or a TLS proxy), or accept the risk explicitly.
+    #[error(
+        "the console and API would listen on {addr}, beyond this machine, without TLS \
+         (passwords and session cookies would cross the network in clear). Listen on \
+         127.0.0.1 behind a TLS proxy, or accept the risk with: detente config set --dir DIR \
+         console.insecure_public_bind true"
+    )]
+    PublicConsole { addr: String },
 }
 
 /// How a node starts ([`Node::start_with`]).
@@ -184,6 +193,19 @@ impl Node {
                 addr: config.console_listen.clone(),
                 source,
             })?;
+        if !console_addr.ip().is_loopback() {
+            if !config.console.insecure_public_bind {
+                return Err(StartError::PublicConsole {
+                    addr: console_addr.to_string(),
+                });
+            }
+            tracing::warn!(
+                console = %console_addr,
+                "the console and API listen beyond loopback without TLS \
+                 (console.insecure_public_bind = true): passwords and cookies cross the \
+                 network in clear"
+            );
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             dir,

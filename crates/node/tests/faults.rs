@@ -256,3 +256,32 @@ async fn a_failed_reload_after_a_failed_commit_never_forgets_the_peer() {
     }
     node.stop().await;
 }
+
+/// Issue 12, item 19: the console could be bound to 0.0.0.0 (no TLS) without a word. Now the
+/// node refuses unless `console.insecure_public_bind = true`, and then warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_beyond_loopback_needs_the_explicit_insecure_setting() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let node = start_node(&tmp.path().join("node")).await;
+    let dir = node.shared.dir.clone();
+    node.stop().await;
+    let mut config = dir.load().unwrap();
+    config.set("console_listen", "0.0.0.0:0").unwrap();
+    dir.save(&config).unwrap();
+    let refused = match Node::start(dir.clone()).await {
+        Ok(node) => {
+            node.stop().await;
+            panic!("the console was bound to 0.0.0.0 without TLS");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.contains("console.insecure_public_bind"),
+        "{refused}"
+    );
+    config.set("console.insecure_public_bind", "true").unwrap();
+    dir.save(&config).unwrap();
+    let node = Node::start(dir).await.expect("explicitly allowed");
+    assert!(node.shared.console_addr.ip().is_unspecified());
+    node.stop().await;
+}

@@ -112,6 +112,10 @@ enum Command {
     Serve {
         #[command(flatten)]
         dir: NodeDirArg,
+        /// Start even though the store's file is missing while peers are pinned (a fresh
+        /// store: only when the old one is truly gone).
+        #[arg(long)]
+        new_store: bool,
     },
     /// Send a message to a peer.
     Send {
@@ -578,7 +582,7 @@ async fn run(command: Command) -> Outcome {
         Command::Config {
             command: ConfigCommand::Set { dir, key, value },
         } => commands::config_set(&dir.get()?, &key, &value),
-        Command::Serve { dir } => commands::serve(&dir.get()?).await,
+        Command::Serve { dir, new_store } => commands::serve(&dir.get()?, new_store).await,
         Command::Send {
             dir,
             to,

@@ -8,6 +8,7 @@
 
 use sqlx::Row;
 
+use crate::sqlite::WriteTx;
 use crate::{Result, SqliteStore, StoreError};
 
 /// Sessions kept per login, at most; creating one more removes the oldest.
@@ -61,7 +62,7 @@ impl SqliteStore {
     /// Create an account, or replace the role and password of an existing one (its
     /// sessions end). Returns true when the account is new.
     pub async fn put_user(&self, row: &UserRow) -> Result<bool> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let existed: Option<String> = sqlx::query_scalar("SELECT login FROM users WHERE login = ?")
             .bind(&row.login)
             .fetch_optional(&mut *tx)
@@ -113,7 +114,7 @@ impl SqliteStore {
     /// Store a new session, dropping expired ones and the oldest of this login's beyond
     /// [`SESSIONS_PER_LOGIN_MAX`].
     pub async fn create_session(&self, row: &SessionRow) -> Result<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= ?")
             .bind(row.created_at_ms)
             .execute(&mut *tx)

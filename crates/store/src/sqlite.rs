@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use detente_proto::merkle;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -199,29 +200,129 @@ impl SqliteStore {
         // nothing and the statement builders below can convert without failing.
         check_ranges(&batch)?;
 
-        // IMMEDIATE takes the write lock up front: a deferred transaction that upgrades
-        // later can fail with SQLITE_BUSY half-way if another process (a backup, the shell)
-        // wrote in between.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let conn: &mut SqliteConnection = &mut tx;
+        let mut tx = WriteTx::begin(&self.writer).await?;
+        let applied = apply_batch(&mut tx, &batch).await;
+        tx.finish(applied).await
+    }
+}
 
-        insert_messages(conn, &batch.messages).await?;
-        promote(conn, &batch.promote).await?;
-        insert_outbox(conn, &batch.outbox).await?;
-        upsert_streams(conn, &batch.streams).await?;
-        mark_delivered(conn, &batch.delivered).await?;
-        insert_receipts(conn, &batch.receipts).await?;
-        prune(conn, &batch.prune).await?;
-        insert_misses(conn, &batch.misses).await?;
-        upsert_glossary(conn, &batch.glossary).await?;
-        insert_tree_nodes(conn, &batch.tree_nodes).await?;
-        upsert_checkpoints(conn, &batch.checkpoints).await?;
-        upsert_witness(conn, &batch.witness).await?;
-        insert_evidence(conn, &batch.evidence).await?;
+/// Every step of a batch, in order, on the transaction's connection.
+async fn apply_batch(conn: &mut SqliteConnection, batch: &WriteBatch) -> Result<()> {
+    insert_messages(conn, &batch.messages).await?;
+    promote(conn, &batch.promote).await?;
+    insert_outbox(conn, &batch.outbox).await?;
+    upsert_streams(conn, &batch.streams).await?;
+    mark_delivered(conn, &batch.delivered).await?;
+    insert_receipts(conn, &batch.receipts).await?;
+    prune(conn, &batch.prune).await?;
+    insert_misses(conn, &batch.misses).await?;
+    upsert_glossary(conn, &batch.glossary).await?;
+    insert_tree_nodes(conn, &batch.tree_nodes).await?;
+    upsert_checkpoints(conn, &batch.checkpoints).await?;
+    upsert_witness(conn, &batch.witness).await?;
+    insert_evidence(conn, &batch.evidence).await?;
+    Ok(())
+}
 
-        // Any early return above drops `tx`, which rolls the whole batch back.
-        tx.commit().await?;
-        Ok(())
+/// A write transaction on the writer connection that always ends cleanly.
+///
+/// sqlx's own `Transaction` counts its nesting depth itself. When a `COMMIT` fails with
+/// `SQLITE_FULL`, SQLite may already have rolled the transaction back; sqlx's `ROLLBACK` then
+/// fails ("no transaction is active"), its depth stays at 1, and every later `BEGIN` on the
+/// one writer connection fails with "begin_with at non-zero transaction depth" until the
+/// process restarts. Here the transaction is plain SQL: after any failure it is rolled back
+/// (an already rolled back one is fine), and if that fails too, or the future is dropped
+/// half-way, the connection is closed instead of returned, so the pool opens a fresh one
+/// (closing a SQLite connection rolls back what it had open).
+pub(crate) struct WriteTx {
+    conn: PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl WriteTx {
+    /// `BEGIN IMMEDIATE` on the writer: the write lock is taken up front, since a deferred
+    /// transaction that upgrades later can fail with `SQLITE_BUSY` half-way if another
+    /// process (a backup, the shell) wrote in between.
+    pub(crate) async fn begin(pool: &SqlitePool) -> Result<WriteTx> {
+        let mut conn = pool.acquire().await.map_err(db_error)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        Ok(WriteTx { conn, open: true })
+    }
+
+    /// Commit if `applied` is Ok, roll back otherwise; returns the first failure.
+    pub(crate) async fn finish<T>(mut self, applied: Result<T>) -> Result<T> {
+        let value = match applied {
+            Ok(v) => v,
+            Err(e) => {
+                self.rollback().await;
+                return Err(e);
+            }
+        };
+        match sqlx::query("COMMIT").execute(&mut *self.conn).await {
+            Ok(_) => {
+                self.open = false;
+                Ok(value)
+            }
+            Err(e) => {
+                self.rollback().await;
+                Err(db_error(e))
+            }
+        }
+    }
+
+    /// Commit (for callers that return early with `?` and let a drop undo the rest).
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.finish(Ok(())).await
+    }
+
+    async fn rollback(&mut self) {
+        match sqlx::query("ROLLBACK").execute(&mut *self.conn).await {
+            Ok(_) => self.open = false,
+            // SQLite rolls back by itself on some errors (SQLITE_FULL, SQLITE_IOERR, …).
+            Err(e) if e.to_string().contains("no transaction is active") => self.open = false,
+            // Still open: the drop closes the connection rather than return it.
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+/// A database error with a clear word for the one an operator can fix: a full disk.
+fn db_error(e: sqlx::Error) -> StoreError {
+    let full = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "13");
+    if full {
+        StoreError::Database(format!(
+            "the disk is full (SQLITE_FULL): {e}; free space on the node's disk, \
+             the node resumes by itself"
+        ))
+    } else {
+        StoreError::from(e)
     }
 }
 

@@ -98,6 +98,16 @@ impl Role {
     pub fn can_admin(self) -> bool {
         self == Role::Admin
     }
+
+    /// Sign a checkpoint of a channel on the party's behalf.
+    pub fn can_checkpoint(self) -> bool {
+        matches!(self, Role::Supervisor | Role::Principal)
+    }
+
+    /// Add or replace glossary terms of a channel.
+    pub fn can_edit_glossary(self) -> bool {
+        matches!(self, Role::Supervisor | Role::Principal | Role::Admin)
+    }
 }
 
 /// A login name is 1–64 characters of letters, digits, `.`, `_`, `-`.

@@ -3,6 +3,10 @@
 //!
 //! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
 //! - [`pages`]: the pages and the forms they post.
+//! - [`queue`]: the "needs action" queue and the alarm banner, from one source of deadline
+//!   state.
+//! - [`status`]: the status light on every page (link state and since when, link test,
+//!   alarms).
 //! - [`sse`]: server-sent events that tell open pages to refresh their live regions.
 //! - [`i18n`]: the interface text in each operator's language (Fluent).
 //!
@@ -15,7 +19,9 @@ pub mod auth;
 pub mod html;
 pub mod i18n;
 pub mod pages;
+pub mod queue;
 pub mod sse;
+pub mod status;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -77,6 +83,8 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console", get(pages::timeline))
         .route("/console/live/timeline", get(pages::timeline_live))
         .route("/console/live/alarm", get(pages::alarm_live))
+        .route("/console/live/queue", get(pages::queue_live))
+        .route("/console/live/status", get(pages::status_live))
         .route("/console/live/link", get(pages::link_live))
         .route("/console/live/messages/{id}", get(pages::message_live))
         .route("/console/events", get(sse::events))

@@ -20,10 +20,10 @@ use super::{audit, cookie, set_cookie, Operator, Source, LOGIN_CSRF_COOKIE, SESS
 use crate::api::{self, SendBody};
 use crate::{now_ms, Shared};
 
-/// Messages shown on the timeline, at most (the newest).
-pub const TIMELINE_ROWS_MAX: u32 = 200;
-/// Messages scanned for alarms, at most (the newest).
-pub const ALARM_SCAN_MAX: u32 = 200;
+/// Messages on one timeline page (older ones are on the next pages).
+pub const TIMELINE_PAGE_ROWS: u32 = 50;
+/// Longest topic accepted as a timeline filter.
+const FILTER_TOPIC_BYTES_MAX: usize = 256;
 /// Envelopes per stream checked on the transcript page (the newest).
 pub const VERIFY_TAIL_MAX: u64 = 200;
 /// Longest topic accepted from the compose form.
@@ -344,31 +344,14 @@ fn unanswered(m: &Value) -> bool {
     answerable(m) && m["receipts"]["acknowledged"].is_null() && m["receipts"]["declined"].is_null()
 }
 
-/// When the acknowledgment of `m` is due, if it still is.
-fn ack_deadline_ms(shared: &Shared, m: &Value) -> Option<i64> {
+/// When the acknowledgment of `m` is due, if it still is. The API's `acknowledge_by` counts
+/// from where the deadline watch counts (our `stored_at` for a received message, never the
+/// peer's `created_at`): one source of deadline state for every view.
+fn ack_deadline_ms(m: &Value) -> Option<i64> {
     if !unanswered(m) {
         return None;
     }
-    let precedence = Precedence::parse(m["precedence"].as_str()?)?;
-    // The channel's charter decides (the stricter of both parties' deadlines).
-    let deadlines = shared.deadlines(m["peer"].as_str()?);
-    let due = deadlines.acknowledged(precedence).as_millis() as i64;
-    Some(ms_of(&m["created_at"])? + due)
-}
-
-/// Whether an outgoing FLASH missed its delivery deadline (no DELIVERED receipt in time).
-fn delivery_overdue(shared: &Shared, m: &Value, now: i64) -> bool {
-    if !answerable(m) || !m["receipts"]["delivered"].is_null() {
-        return false;
-    }
-    let Some(created) = ms_of(&m["created_at"]) else {
-        return false;
-    };
-    let Some(peer) = m["peer"].as_str() else {
-        return false;
-    };
-    let limit = shared.deadlines(peer).flash_delivered;
-    now > created + limit.as_millis() as i64
+    ms_of(&m["deadline"]["acknowledge_by"])
 }
 
 fn precedence_label(shared: &Shared, op: &Operator, m: &Value) -> String {
@@ -387,7 +370,29 @@ fn receipts_list(shared: &Shared, op: &Operator, m: &Value) -> String {
     for level in ["delivered", "read", "acknowledged", "declined"] {
         let label = tr(shared, op, &format!("receipt-{level}"));
         let value = &m["receipts"][level];
+        // Once answered, "read: not yet" says nothing (an answer implies it was read).
+        if level == "read" && value.is_null() && !unanswered(m) {
+            continue;
+        }
+        let late =
+            matches!(level, "acknowledged" | "declined") && !value.is_null() && m["late"] == true;
         match ms_of(value) {
+            Some(ms) if late => {
+                let how = tr_with(
+                    shared,
+                    op,
+                    "receipt-late-by",
+                    &[("time", duration_text(m["late_ms"].as_i64().unwrap_or(0)))],
+                );
+                let _ = write!(
+                    out,
+                    "<li class=\"r-{level} done late\" data-level=\"{level}\" data-late-ms=\"{}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {} <strong class=\"late-mark\">{}</strong></li>",
+                    m["late_ms"].as_i64().unwrap_or(0),
+                    esc(&label),
+                    time_element(shared, ms),
+                    esc(&how)
+                );
+            }
             Some(ms) => {
                 let _ = write!(
                     out,
@@ -419,8 +424,26 @@ fn receipts_list(shared: &Shared, op: &Operator, m: &Value) -> String {
     out
 }
 
+/// Answered or not, in words and a sign (never by colour alone).
+fn answer_state(shared: &Shared, op: &Operator, m: &Value) -> String {
+    if !answerable(m) {
+        return String::new();
+    }
+    let (class, sign, key) = if !m["receipts"]["declined"].is_null() {
+        ("declined", "✗", "state-declined")
+    } else if !m["receipts"]["acknowledged"].is_null() {
+        ("answered", "✓", "state-answered")
+    } else {
+        ("unanswered", "◇", "state-unanswered")
+    };
+    format!(
+        "<span class=\"answer-state {class}\"><span aria-hidden=\"true\">{sign}</span> {}</span>",
+        esc(&tr(shared, op, key))
+    )
+}
+
 fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let Some(due) = ack_deadline_ms(shared, m) else {
+    let Some(due) = ack_deadline_ms(m) else {
         return String::new();
     };
     let key = if m["direction"] == "in" {
@@ -528,9 +551,15 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
             &[("peer", m["peer"].as_str().unwrap_or("").into())],
         )
     };
+    let state = if unanswered(m) {
+        "unanswered"
+    } else {
+        "answered"
+    };
     let mut out = format!(
-        "<li class=\"msg dir-{dir} prec-{p}\" id=\"m-{id}\" data-id=\"{id}\"><div class=\"msg-head\">{} <span class=\"who\">{}</span> · <span class=\"topic\">{}: {}</span> · <span class=\"author\">{}: {}</span> · <span class=\"seq\">#{}</span></div>",
+        "<li class=\"msg dir-{dir} prec-{p} {state}\" id=\"m-{id}\" data-id=\"{id}\"><div class=\"msg-head\">{} {} <span class=\"who\">{}</span> · <span class=\"topic\">{}: {}</span> · <span class=\"author\">{}: {}</span> · <span class=\"seq\">#{}</span></div>",
         precedence_label(shared, op, m),
+        answer_state(shared, op, m),
         esc(&who),
         esc(&tr(shared, op, "topic")),
         esc(m["topic"].as_str().unwrap_or("")),
@@ -565,91 +594,239 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
 
 // ---------------------------------------------------------------- timeline
 
-async fn timeline_html(shared: &Shared, op: &Operator) -> String {
-    let list = messages(shared, op, None, TIMELINE_ROWS_MAX).await;
+/// The timeline's filters and page cursor, from the query string.
+#[derive(Deserialize, Default, Clone)]
+pub struct TimelineFilter {
+    #[serde(default)]
+    peer: String,
+    #[serde(default)]
+    precedence: String,
+    #[serde(default)]
+    direction: String,
+    /// `yes`, `no` or empty.
+    #[serde(default)]
+    answered: String,
+    #[serde(default)]
+    topic: String,
+    /// `CREATED.SENDERHEX.SEQ` of the last row of the previous page.
+    #[serde(default)]
+    before: String,
+}
+
+impl TimelineFilter {
+    fn query(&self) -> detente_store::TimelineQuery {
+        let text = |v: &str| Some(v.trim().to_string()).filter(|v| !v.is_empty());
+        detente_store::TimelineQuery {
+            peer: text(&self.peer),
+            direction: match self.direction.as_str() {
+                "in" => Some(detente_store::Direction::In),
+                "out" => Some(detente_store::Direction::Out),
+                _ => None,
+            },
+            precedence: Precedence::parse(&self.precedence).map(|p| p as u8),
+            topic: text(&self.topic).filter(|t| t.len() <= FILTER_TOPIC_BYTES_MAX),
+            answered: match self.answered.as_str() {
+                "yes" => Some(true),
+                "no" => Some(false),
+                _ => None,
+            },
+            before: parse_cursor(&self.before),
+            limit: TIMELINE_PAGE_ROWS,
+        }
+    }
+
+    /// The filters as a query string (without the cursor), `&`-separated and escaped.
+    fn params(&self) -> String {
+        [
+            ("peer", &self.peer),
+            ("precedence", &self.precedence),
+            ("direction", &self.direction),
+            ("answered", &self.answered),
+            ("topic", &self.topic),
+        ]
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", url_value(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}
+
+fn parse_cursor(text: &str) -> Option<(i64, [u8; 32], u64)> {
+    let mut parts = text.splitn(3, '.');
+    let created = parts.next()?.parse().ok()?;
+    let sender: [u8; 32] = hex::decode(parts.next()?).ok()?.try_into().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    Some((created, sender, seq))
+}
+
+fn select_filter(
+    shared: &Shared,
+    op: &Operator,
+    name: &str,
+    chosen: &str,
+    options: &[(String, String)],
+) -> String {
+    let mut out = format!(
+        "<p><label for=\"filter-{name}\">{}</label><select id=\"filter-{name}\" name=\"{name}\"><option value=\"\">{}</option>",
+        esc(&tr(shared, op, &format!("filter-{name}"))),
+        esc(&tr(shared, op, "filter-all"))
+    );
+    for (value, label) in options {
+        let sel = if value == chosen { " selected" } else { "" };
+        let _ = write!(
+            out,
+            "<option value=\"{}\"{sel}>{}</option>",
+            esc(value),
+            esc(label)
+        );
+    }
+    out.push_str("</select></p>");
+    out
+}
+
+fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
+    let t = |k: &str| tr(shared, op, k);
+    let peers: Vec<(String, String)> = shared
+        .table
+        .all()
+        .iter()
+        .map(|e| (e.name.clone(), e.name.clone()))
+        .collect();
+    let precedences: Vec<(String, String)> = Precedence::ALL
+        .iter()
+        .map(|p| (p.name().to_string(), t(&format!("prec-{}", p.name()))))
+        .collect();
+    let directions = [
+        ("in".to_string(), t("filter-direction-in")),
+        ("out".to_string(), t("filter-direction-out")),
+    ];
+    let answered = [
+        ("no".to_string(), t("state-unanswered")),
+        ("yes".to_string(), t("state-answered")),
+    ];
+    format!(
+        "<form method=\"get\" action=\"/console\" class=\"filters\" aria-label=\"{}\">{}{}{}{}\
+         <p><label for=\"filter-topic\">{}</label><input id=\"filter-topic\" name=\"topic\" maxlength=\"{FILTER_TOPIC_BYTES_MAX}\" value=\"{}\"></p>\
+         <p><button type=\"submit\" id=\"filter-apply\">{}</button> <a href=\"/console\">{}</a></p></form>",
+        esc(&t("filter-label")),
+        select_filter(shared, op, "peer", &f.peer, &peers),
+        select_filter(shared, op, "precedence", &f.precedence, &precedences),
+        select_filter(shared, op, "direction", &f.direction, &directions),
+        select_filter(shared, op, "answered", &f.answered, &answered),
+        esc(&t("filter-topic")),
+        esc(&f.topic),
+        esc(&t("filter-apply")),
+        esc(&t("filter-clear")),
+    )
+}
+
+async fn timeline_html(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
+    let rows = shared.store.timeline(f.query()).await.unwrap_or_default();
+    let mut list = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
+            list.push(v);
+        }
+    }
     if list.is_empty() {
         return format!(
             "<p class=\"empty\">{}</p>",
             esc(&tr(shared, op, "timeline-empty"))
         );
     }
+    // Newest first: a night shift reads the top of the page.
     let mut out = format!(
         "<ol class=\"timeline\" aria-label=\"{}\">",
         esc(&tr(shared, op, "timeline-label"))
     );
-    // Newest first: a night shift reads the top of the page.
-    for m in list.iter().rev() {
+    for m in &list {
         out.push_str(&message_item(shared, op, m));
     }
     out.push_str("</ol>");
+    if let Some(last) = rows
+        .last()
+        .filter(|_| rows.len() as u32 >= TIMELINE_PAGE_ROWS)
+    {
+        let cursor = format!(
+            "{}.{}.{}",
+            last.created_at_ms,
+            hex::encode(last.sender),
+            last.seq
+        );
+        let params = f.params();
+        let sep = if params.is_empty() { "" } else { "&amp;" };
+        let _ = write!(
+            out,
+            "<nav class=\"pager\" aria-label=\"{}\"><a id=\"older\" rel=\"next\" href=\"/console?{}{sep}before={}\">{}</a></nav>",
+            esc(&tr(shared, op, "pager-label")),
+            esc(&params),
+            url_value(&cursor),
+            esc(&tr(shared, op, "pager-older"))
+        );
+    }
     out
 }
 
-pub async fn timeline(State(shared): Shr, op: Operator) -> Response {
-    let inner = timeline_html(&shared, &op).await;
+pub async fn timeline(
+    State(shared): Shr,
+    op: Operator,
+    Query(f): Query<TimelineFilter>,
+) -> Response {
+    let inner = timeline_html(&shared, &op, &f).await;
+    // Only the newest page follows the channel live; an older page stays where it is.
+    let live = if f.before.is_empty() {
+        format!(
+            " data-live=\"/console/live/timeline?{}\" aria-live=\"polite\"",
+            esc(&f.params())
+        )
+    } else {
+        String::new()
+    };
+    let newest = if f.before.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<p><a id=\"newest\" href=\"/console?{}\">{}</a></p>",
+            esc(&f.params()),
+            esc(&tr(&shared, &op, "pager-newest"))
+        )
+    };
     let main = format!(
-        "<div id=\"live\" data-live=\"/console/live/timeline\" aria-live=\"polite\">{inner}</div>"
+        "{}{newest}<div id=\"live\"{live}>{inner}</div>",
+        filter_form(&shared, &op, &f)
     );
     let title = tr(&shared, &op, "nav-timeline");
     html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
 }
 
-pub async fn timeline_live(State(shared): Shr, op: Operator) -> Response {
-    html(StatusCode::OK, timeline_html(&shared, &op).await)
+pub async fn timeline_live(
+    State(shared): Shr,
+    op: Operator,
+    Query(f): Query<TimelineFilter>,
+) -> Response {
+    html(StatusCode::OK, timeline_html(&shared, &op, &f).await)
 }
 
-// ---------------------------------------------------------------- alarm
-
-async fn alarm_html(shared: &Shared, op: &Operator) -> String {
-    let list = messages(shared, op, None, ALARM_SCAN_MAX).await;
-    let now = now_ms() as i64;
-    let mut items = String::new();
-    for m in list.iter().rev() {
-        let id = m["id"].as_str().unwrap_or_default();
-        let incoming = m["direction"] == "in";
-        let flash = m["precedence"] == "flash";
-        let undelivered = !incoming && flash && delivery_overdue(shared, m, now);
-        // The node's deadline watch (monotonic clock, persisted) is the authority; the
-        // wall-clock check only makes the banner appear without waiting for its event.
-        let missed = undelivered
-            || (m["overdue"] == true && unanswered(m))
-            || ack_deadline_ms(shared, m).is_some_and(|due| now > due);
-        let key = if undelivered {
-            "alarm-undelivered"
-        } else if missed {
-            if incoming {
-                "alarm-missed-ours"
-            } else {
-                "alarm-missed-theirs"
-            }
-        } else if incoming && flash && unanswered(m) {
-            "alarm-flash"
-        } else {
-            continue;
-        };
-        let kind = if missed { "missed" } else { "flash" };
-        let _ = write!(
-            items,
-            "<li class=\"alarm-item alarm-{kind}\" data-alarm-id=\"{kind}-{id}\"><span class=\"alarm-sign\" aria-hidden=\"true\">⚠</span> \
-             <strong>{}</strong> {} · {}: {} <a href=\"/console/messages/{id}\">{}</a></li>",
-            esc(&tr(shared, op, key)),
-            precedence_label(shared, op, m),
-            esc(&tr(shared, op, "topic")),
-            esc(m["topic"].as_str().unwrap_or("")),
-            esc(&tr(shared, op, if incoming { "alarm-open" } else { "alarm-view" })),
-        );
-    }
-    if items.is_empty() {
-        return String::new();
-    }
-    format!(
-        "<div class=\"alarm\" role=\"alert\"><h2>{}</h2><ul>{items}</ul></div>",
-        esc(&tr(shared, op, "alarm-title"))
-    )
-}
+// ---------------------------------------------------------------- queue, alarm, status
 
 pub async fn alarm_live(State(shared): Shr, op: Operator) -> Response {
-    html(StatusCode::OK, alarm_html(&shared, &op).await)
+    let q = super::queue::load(&shared, &op).await;
+    html(StatusCode::OK, super::queue::alarm_html(&shared, &op, &q))
+}
+
+pub async fn queue_live(State(shared): Shr, op: Operator) -> Response {
+    let q = super::queue::load(&shared, &op).await;
+    html(StatusCode::OK, super::queue::queue_html(&shared, &op, &q))
+}
+
+pub async fn status_live(State(shared): Shr, op: Operator) -> Response {
+    html(StatusCode::OK, super::status::status_html(&shared, &op))
+}
+
+/// A short time for the status light and the queue, in the node's time zone.
+pub fn clock_text(shared: &Shared, _op: &Operator, ms: i64) -> String {
+    both_times(shared, ms)
 }
 
 // ---------------------------------------------------------------- one message

@@ -68,14 +68,24 @@
     }
   }
 
+  // An event that arrives while a refresh is under way may not be in what that refresh
+  // fetched: remember it and refresh once more afterwards, so the last event is never
+  // dropped (however many arrive meanwhile, one more refresh covers them all).
+  let again = false;
   async function refreshAll() {
-    if (refreshing) return refreshing;
+    if (refreshing) {
+      again = true;
+      return refreshing;
+    }
     refreshing = (async () => {
-      await Promise.all(regions().map(refresh));
-      checkAlarms();
-      tick();
-      document.body.setAttribute("data-updates", String(
-        Number(document.body.getAttribute("data-updates") || "0") + 1));
+      do {
+        again = false;
+        await Promise.all(regions().map(refresh));
+        checkAlarms();
+        tick();
+        document.body.setAttribute("data-updates", String(
+          Number(document.body.getAttribute("data-updates") || "0") + 1));
+      } while (again);
     })();
     try { await refreshing; } finally { refreshing = null; }
   }
@@ -126,8 +136,9 @@
 
   function polls() {
     for (const region of regions()) {
-      const seconds = Number(region.getAttribute("data-refresh-s") || "0");
-      if (seconds > 0) setInterval(() => refresh(region), seconds * 1000);
+      const ms = Number(region.getAttribute("data-refresh-ms") || "0") ||
+        Number(region.getAttribute("data-refresh-s") || "0") * 1000;
+      if (ms > 0) setInterval(() => refresh(region), ms);
     }
   }
 

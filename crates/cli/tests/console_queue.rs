@@ -4,7 +4,11 @@
 //! - an overdue FLASH we owe an answer to stays in the "needs action" queue and in the alarm
 //!   banner after 1,000 newer ROUTINE messages;
 //! - the timeline pages through the whole channel and its filters find that FLASH;
-//! - the status light on every page turns `down` when the peer dies.
+//! - a received FLASH takes the screen (full-width alert, repeating sound, tab badge) until
+//!   it is acknowledged; silencing the sound is audited;
+//! - a late acknowledgment shows how late, on both sides;
+//! - the status light on every page turns `down` when the peer dies, within three
+//!   heartbeats (and one refresh of the light).
 //!
 //! Without Chromium this test FAILS, unless DETENTE_SKIP_BROWSER=1 says to skip it.
 
@@ -51,6 +55,14 @@ where
             return v;
         }
         assert!(Instant::now() < deadline, "{what} within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_gone(s: &Session, css: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !s.find_all(css).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "{css} did not go away");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -174,9 +186,75 @@ async fn overdue_flash_stays_in_queue_and_banner_and_a_dead_link_shows() {
         .await
         .unwrap();
 
-    // The status light: washington's page shows the link up, then down once beijing dies.
+    // The FLASH takes the screen: a full-width alert, a repeating sound, a badge in the tab
+    // title. Silencing stops the sound, not the alert, and is audited.
+    let takeover = format!("#alarm .takeover [data-flash-id=\"{id}\"]");
+    sb.wait_for(&takeover, WAIT).await.unwrap();
+    let title = sb.execute("return document.title;", vec![]).await.unwrap();
+    assert!(
+        title.as_str().unwrap().starts_with('('),
+        "no badge: {title}"
+    );
+    until("the FLASH sound did not repeat", || async {
+        let n = sb
+            .execute(
+                "return Number(document.body.getAttribute('data-alarm-sounded') || '0');",
+                vec![],
+            )
+            .await
+            .ok()?;
+        (n.as_u64()? >= 2).then_some(n)
+    })
+    .await;
+    // A click by script: the region may be refreshed between finding and clicking.
+    sb.execute(
+        "document.getElementById('silence').click(); return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    sb.wait_for("body[data-silenced=yes]", WAIT).await.unwrap();
+    sb.wait_for(&takeover, WAIT).await.unwrap();
+
+    // The principal acknowledges it, late: the alert goes; both sides show how late, and
+    // nothing says "read: not yet" beside the acknowledgment.
+    sb.goto(&format!("{base}/messages/{id}")).await.unwrap();
+    sb.click(&sb.wait_for("#acknowledge", WAIT).await.unwrap())
+        .await
+        .unwrap();
+    sb.wait_for(".r-acknowledged.done.late .late-mark", WAIT)
+        .await
+        .unwrap();
+    wait_gone(&sb, &takeover).await;
     let sw = driver.session(&tmp.path().join("profile-w")).await.unwrap();
     login(&sw, &w, "duty", TEST_PASSWORD).await.unwrap();
+    sw.wait_for("#logout", WAIT).await.unwrap();
+    sw.goto(&format!("http://{}/console/messages/{id}", w.console_addr))
+        .await
+        .unwrap();
+    let late = sw
+        .wait_for(".r-acknowledged.done.late .late-mark", WAIT)
+        .await
+        .unwrap();
+    assert!(sw.text(&late).await.unwrap().contains("late"));
+    assert_eq!(count(&sw, ".r-read.pending").await, 0);
+    assert!(sw
+        .text_of(".answer-state.answered")
+        .await
+        .unwrap()
+        .contains("Answered"));
+    let audit = driver.session(&tmp.path().join("profile-a")).await.unwrap();
+    login(&audit, &b, "audit", TEST_PASSWORD).await.unwrap();
+    audit.wait_for("#logout", WAIT).await.unwrap();
+    audit.goto(&format!("{base}/audit")).await.unwrap();
+    let log = audit.text_of("table.audit").await.unwrap();
+    assert!(log.contains("silence"), "silencing is not in the audit log");
+    audit.close().await;
+
+    // The status light: washington's page shows the link up, then down once beijing dies.
+    sw.goto(&format!("http://{}/console", w.console_addr))
+        .await
+        .unwrap();
     sw.wait_for("#status .light[data-peer=beijing][data-state=up]", WAIT)
         .await
         .unwrap();
@@ -190,6 +268,12 @@ async fn overdue_flash_stays_in_queue_and_banner_and_a_dead_link_shows() {
         "link down shown {} ms after the peer was killed (heartbeat {} ms)",
         shown_after.as_millis(),
         HEARTBEAT.as_millis()
+    );
+    // Down means nothing heard for three heartbeats; the light is read every heartbeat.
+    // The slack is for a loaded machine.
+    assert!(
+        shown_after <= HEARTBEAT * 4 + Duration::from_secs(3),
+        "link down shown only after {shown_after:?}"
     );
     assert!(sw
         .text_of("#status .light[data-peer=beijing] .light-since")

@@ -191,3 +191,9 @@ filter-clear = Clear filters
 pager-label = Pages
 pager-older = Older messages
 pager-newest = Back to the newest
+takeover-title = { $count ->
+    [one] FLASH received — acknowledge it
+   *[other] { $count } FLASH messages received — acknowledge them
+}
+takeover-silence = Silence the alarm sound
+takeover-silenced = Sound silenced; the alert stays until the FLASH is acknowledged.

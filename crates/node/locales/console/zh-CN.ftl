@@ -191,3 +191,6 @@ filter-clear = 清除筛选
 pager-label = 翻页
 pager-older = 更早的消息
 pager-newest = 回到最新
+takeover-title = 收到 { $count } 条特急消息——请确认
+takeover-silence = 关闭警报声音
+takeover-silenced = 声音已关闭；在确认该特急消息之前，警报保持显示。

@@ -85,6 +85,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/live/alarm", get(pages::alarm_live))
         .route("/console/live/queue", get(pages::queue_live))
         .route("/console/live/status", get(pages::status_live))
+        .route("/console/alarm/silence", post(pages::silence))
         .route("/console/live/link", get(pages::link_live))
         .route("/console/live/messages/{id}", get(pages::message_live))
         .route("/console/events", get(sse::events))

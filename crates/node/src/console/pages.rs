@@ -463,9 +463,14 @@ fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
         tr_with(shared, op, "due-in", &[("time", duration_text(due - now))])
     };
     format!(
-        "<p class=\"deadline{}\">{}: {} <span class=\"countdown\" data-deadline=\"{due}\" \
+        "<p class=\"deadline{}\">{}: {} <span class=\"countdown\" data-deadline=\"{due}\"{} \
          data-due-in=\"{}\" data-overdue-by=\"{}\">{}</span></p>",
         if now > due { " overdue" } else { "" },
+        if now > due {
+            " data-passed=\"yes\""
+        } else {
+            ""
+        },
         esc(&tr(shared, op, key)),
         time_element(shared, due),
         esc(&tr_with(shared, op, "due-in", &[("time", "{}".into())])),
@@ -822,6 +827,48 @@ pub async fn queue_live(State(shared): Shr, op: Operator) -> Response {
 
 pub async fn status_live(State(shared): Shr, op: Operator) -> Response {
     html(StatusCode::OK, super::status::status_html(&shared, &op))
+}
+
+#[derive(Deserialize)]
+pub struct SilenceForm {
+    #[serde(default)]
+    csrf: String,
+    /// Message ids, comma-separated.
+    #[serde(default)]
+    ids: String,
+}
+
+/// FLASH alerts silenced in one request, at most.
+const SILENCE_IDS_MAX: usize = 32;
+
+/// Silence the repeating FLASH sound for these alerts (the alerts stay until answered).
+/// Recorded in the audit log: who chose not to hear an unanswered FLASH, and when. A script
+/// asks with `X-Requested-With: fetch` and gets 204; a plain form goes back to the timeline.
+pub async fn silence(
+    State(shared): Shr,
+    op: Operator,
+    Source(source): Source,
+    headers: HeaderMap,
+    Form(form): Form<SilenceForm>,
+) -> Response {
+    if !op.csrf_ok(&form.csrf) {
+        return bad_csrf(&shared, &op);
+    }
+    let ids: Vec<&str> = form.ids.split(',').filter(|i| !i.is_empty()).collect();
+    if ids.is_empty()
+        || ids.len() > SILENCE_IDS_MAX
+        || ids.iter().any(|i| MessageId::from_hex(i).is_none())
+    {
+        return refuse(&shared, &op, StatusCode::BAD_REQUEST, "message-unknown");
+    }
+    audit(&shared, &op.login, "silence", &ids.join(" "), source).await;
+    if headers
+        .get("x-requested-with")
+        .is_some_and(|v| v == "fetch")
+    {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    Redirect::to("/console").into_response()
 }
 
 /// A short time for the status light and the queue, in the node's time zone.

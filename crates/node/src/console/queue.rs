@@ -174,8 +174,15 @@ pub fn countdown_span(shared: &Shared, op: &Operator, due: i64, now: i64) -> Str
             &[("time", super::pages::duration_text(due - now))],
         )
     };
+    // `data-passed`: the deadline had passed when this was rendered, so the script does not
+    // ask the server again about it.
+    let passed = if now >= due {
+        " data-passed=\"yes\""
+    } else {
+        ""
+    };
     format!(
-        "<span class=\"countdown\" data-deadline=\"{due}\" data-due-in=\"{}\" data-overdue-by=\"{}\">{}</span>",
+        "<span class=\"countdown\" data-deadline=\"{due}\"{passed} data-due-in=\"{}\" data-overdue-by=\"{}\">{}</span>",
         esc(&tr_with(shared, op, "due-in", &[("time", "{}".into())])),
         esc(&tr_with(shared, op, "overdue-by", &[("time", "{}".into())])),
         esc(&text)
@@ -341,8 +348,67 @@ fn link_alarms(shared: &Shared, op: &Operator) -> Vec<Alarm> {
     out
 }
 
-/// The alarm banner, from the same queue as the "needs action" list.
+/// FLASH messages received and not yet acknowledged take the screen: one full-width block
+/// each, which stays until someone answers it, with a button to silence the repeating sound
+/// (an audited action; the alert itself stays).
+fn takeover_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
+    let flashes: Vec<&(Entry, Value)> = q
+        .entries
+        .iter()
+        .filter(|(e, _)| e.incoming() && e.precedence == Precedence::Flash)
+        .take(ALARM_ROWS_MAX)
+        .collect();
+    if flashes.is_empty() {
+        return String::new();
+    }
+    let now = now_ms() as i64;
+    let mut ids = Vec::with_capacity(flashes.len());
+    let mut out = format!(
+        "<div class=\"takeover\" id=\"takeover\"><h2>{}</h2><ul>",
+        esc(&tr_with(
+            shared,
+            op,
+            "takeover-title",
+            &[("count", flashes.len().to_string())]
+        ))
+    );
+    for (e, m) in flashes {
+        let id = m["id"].as_str().unwrap_or_default();
+        ids.push(id.to_string());
+        let _ = write!(
+            out,
+            "<li data-flash-id=\"{id}\"><p class=\"takeover-head\">{} {} · {} {}</p>\
+             <p class=\"takeover-text\">{}</p><p><a class=\"button takeover-open\" href=\"/console/messages/{id}\">{}</a></p></li>",
+            precedence_label(shared, op, e.precedence),
+            esc(&tr_with(shared, op, "received-from", &[("peer", e.row.peer.clone())])),
+            esc(m["topic"].as_str().unwrap_or("")),
+            countdown_span(shared, op, e.due_ms, now),
+            esc(&snippet(m)),
+            esc(&tr(shared, op, "alarm-open")),
+        );
+    }
+    let _ = write!(
+        out,
+        "</ul><form method=\"post\" action=\"/console/alarm/silence\" class=\"silence\">{}\
+         <input type=\"hidden\" name=\"ids\" value=\"{}\">\
+         <button type=\"submit\" id=\"silence\">{}</button> <span class=\"silenced-note\" hidden>{}</span></form></div>",
+        super::html::csrf_field(op),
+        esc(&ids.join(",")),
+        esc(&tr(shared, op, "takeover-silence")),
+        esc(&tr(shared, op, "takeover-silenced")),
+    );
+    out
+}
+
+/// The alarm banner, from the same queue as the "needs action" list, after the FLASH
+/// takeover.
 pub fn alarm_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
+    let takeover = takeover_html(shared, op, q);
+    let banner = banner_html(shared, op, q);
+    format!("{takeover}{banner}")
+}
+
+fn banner_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
     let now = now_ms() as i64;
     let mut alarms = link_alarms(shared, op);
     alarms.extend(

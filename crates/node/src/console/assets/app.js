@@ -31,6 +31,60 @@
     }
   }
 
+  // FLASH takeover: the sound repeats every ALARM_REPEAT_MS while a received FLASH is
+  // unanswered, unless the operator silenced it (an audited request); the silenced ids
+  // outlive a reload of the tab.
+  const ALARM_REPEAT_MS = 5000;
+  const SILENCED_KEY = "detente-silenced";
+  const baseTitle = document.title;
+
+  function silenced() {
+    try { return new Set(JSON.parse(sessionStorage.getItem(SILENCED_KEY) || "[]")); }
+    catch (e) { return new Set(); }
+  }
+
+  function flashIds() {
+    return Array.from(document.querySelectorAll("#alarm [data-flash-id]")).map(
+      (e) => e.getAttribute("data-flash-id"));
+  }
+
+  function loudFlashes() {
+    const quiet = silenced();
+    return flashIds().filter((id) => !quiet.has(id));
+  }
+
+  function repeatSound() {
+    if (loudFlashes().length > 0) soundAlarm();
+  }
+
+  function showSilenced() {
+    const loud = loudFlashes().length > 0;
+    for (const note of document.querySelectorAll("#alarm .silenced-note")) note.hidden = loud;
+    document.body.setAttribute("data-silenced", loud ? "no" : "yes");
+  }
+
+  // The tab title carries the count of standing alarms, so a FLASH shows in another tab.
+  function badge() {
+    const n = document.querySelectorAll("#alarm [data-alarm-id], #alarm [data-flash-id]").length;
+    document.title = n > 0 ? "(" + n + ") ⚠ " + baseTitle : baseTitle;
+  }
+
+  async function silence(form) {
+    const ids = (form.querySelector("input[name=ids]") || {}).value || "";
+    const response = await fetch(form.action, {
+      method: "POST", credentials: "same-origin", cache: "no-store",
+      headers: { "X-Requested-With": "fetch" },
+      body: new URLSearchParams(new FormData(form)),
+    });
+    if (!response.ok) return;
+    const quiet = silenced();
+    for (const id of ids.split(",")) if (id) quiet.add(id);
+    sessionStorage.setItem(SILENCED_KEY, JSON.stringify(Array.from(quiet)));
+    const audio = document.getElementById("alarm-sound");
+    if (audio) audio.pause();
+    showSilenced();
+  }
+
   function checkAlarms() {
     let fresh = false;
     for (const id of alarmIds()) {
@@ -82,6 +136,8 @@
         again = false;
         await Promise.all(regions().map(refresh));
         checkAlarms();
+        showSilenced();
+        badge();
         tick();
         document.body.setAttribute("data-updates", String(
           Number(document.body.getAttribute("data-updates") || "0") + 1));
@@ -107,8 +163,9 @@
       const left = due - now;
       const template = left >= 0 ? e.getAttribute("data-due-in") : e.getAttribute("data-overdue-by");
       if (template) e.textContent = template.replace("{}", format(Math.abs(left)));
-      const wasOverdue = e.parentElement.classList.contains("overdue");
-      if (left < 0 && !wasOverdue) {
+      // Crossed here, in this tab (not already past when the server rendered it).
+      if (left < 0 && !e.hasAttribute("data-passed")) {
+        e.setAttribute("data-passed", "yes");
         e.parentElement.classList.add("overdue");
         crossed = true;
       }
@@ -152,8 +209,17 @@
         }).catch(() => {});
       });
     }
+    // The silence form is replaced with its region on every refresh: listen on the page.
+    document.addEventListener("submit", (event) => {
+      const form = event.target;
+      if (form && form.classList && form.classList.contains("silence")) {
+        event.preventDefault();
+        silence(form);
+      }
+    });
     connect();
     polls();
     setInterval(tick, 1000);
+    setInterval(repeatSound, ALARM_REPEAT_MS);
   });
 })();

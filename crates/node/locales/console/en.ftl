@@ -197,3 +197,4 @@ takeover-title = { $count ->
 }
 takeover-silence = Silence the alarm sound
 takeover-silenced = Sound silenced; the alert stays until the FLASH is acknowledged.
+login-busy = The console is busy checking other logins. Try again in a moment.

@@ -194,3 +194,4 @@ pager-newest = 回到最新
 takeover-title = 收到 { $count } 条特急消息——请确认
 takeover-silence = 关闭警报声音
 takeover-silenced = 声音已关闭；在确认该特急消息之前，警报保持显示。
+login-busy = 控制台正在核验其他登录，请稍后再试。

@@ -131,6 +131,41 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| auth::hash_password("not a password of anyone").unwrap_or_default())
 }
 
+/// The login name as the audit log records it: capped, and only if it could be a login.
+fn audit_name(login: &str) -> String {
+    if auth::valid_login(login) {
+        login.to_string()
+    } else {
+        format!("(not a login name, {} bytes)", login.len())
+    }
+}
+
+fn login_refused(
+    shared: &Shared,
+    lang: &str,
+    csrf: &str,
+    status: StatusCode,
+    key: &str,
+    login: &str,
+) -> Response {
+    let shown = if auth::valid_login(login) { login } else { "" };
+    let text = shared.console.i18n.text(lang, key);
+    let mut r = html(status, login_form(shared, lang, csrf, Some(&text), shown));
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        let after = if status == StatusCode::TOO_MANY_REQUESTS {
+            "60"
+        } else {
+            "1"
+        };
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static(after));
+    }
+    r
+}
+
 pub async fn login(
     State(shared): Shr,
     Source(source): Source,
@@ -138,30 +173,29 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let lang = super::html::node_lang(&shared);
-    let t = |k: &str| shared.console.i18n.text(&lang, k);
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
     if expected.is_empty() || !auth::same_secret(&form.csrf, expected) {
-        let body = login_form(&shared, &lang, expected, Some(&t("csrf-refused")), "");
-        return html(StatusCode::FORBIDDEN, body);
-    }
-    let login = form.login.trim().to_string();
-    let now = now_ms();
-    if !shared.console.limiter.allowed(&login, source, now) {
-        audit(&shared, &login, "login-throttled", "", source).await;
-        let body = login_form(
-            &shared,
-            &lang,
-            expected,
-            Some(&t("login-throttled")),
-            &login,
+        let t = shared.console.i18n.text(&lang, "csrf-refused");
+        return html(
+            StatusCode::FORBIDDEN,
+            login_form(&shared, &lang, expected, Some(&t), ""),
         );
-        let mut r = html(StatusCode::TOO_MANY_REQUESTS, body);
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
-        return r;
     }
-    let user = if auth::valid_login(&login) {
-        shared.store.user(&login).await.ok().flatten()
+    let login = form.login.trim();
+    let now = now_ms();
+    // Checked and recorded at once: parallel guesses each use up an attempt.
+    let source_attempts = match shared.console.limiter.begin(login, source, now) {
+        auth::Attempt::Allowed { source_attempts } => source_attempts,
+        auth::Attempt::Throttled { first } => {
+            if first {
+                audit(&shared, &audit_name(login), "login-throttled", "", source).await;
+            }
+            let status = StatusCode::TOO_MANY_REQUESTS;
+            return login_refused(&shared, &lang, expected, status, "login-throttled", login);
+        }
+    };
+    let user = if auth::valid_login(login) {
+        shared.store.user(login).await.ok().flatten()
     } else {
         None
     };
@@ -169,16 +203,37 @@ pub async fn login(
         .as_ref()
         .map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
     let password = form.password;
-    let matches = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
-        .await
-        .unwrap_or(false);
-    let Some(user) = user.filter(|_| matches) else {
-        shared.console.limiter.failed(&login, source, now);
-        audit(&shared, &login, "login-failed", "", source).await;
-        let body = login_form(&shared, &lang, expected, Some(&t("login-failed")), &login);
-        return html(StatusCode::UNAUTHORIZED, body);
+    let checked = shared
+        .console
+        .passwords
+        .run(move || auth::verify_password(&password, &stored))
+        .await;
+    let Ok(matches) = checked else {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return login_refused(&shared, &lang, expected, status, "login-busy", login);
     };
-    shared.console.limiter.succeeded(&login);
+    let Some(user) = user.filter(|_| matches) else {
+        // One audit row for the first failure from this address in the window and one
+        // per LOGIN_FAILURES_PER_AUDIT_ROW after it, each saying how many there were.
+        if source_attempts % auth::LOGIN_FAILURES_PER_AUDIT_ROW == 1 {
+            let detail = format!("{source_attempts} attempts from this address in the window");
+            audit(&shared, &audit_name(login), "login-failed", &detail, source).await;
+        }
+        let status = StatusCode::UNAUTHORIZED;
+        return login_refused(&shared, &lang, expected, status, "login-failed", login);
+    };
+    shared.console.limiter.succeeded(login, source);
+    start_session(&shared, &lang, expected, user, source, now).await
+}
+
+async fn start_session(
+    shared: &Shared,
+    lang: &str,
+    expected: &str,
+    user: detente_store::console::UserRow,
+    source: std::net::IpAddr,
+    now: u64,
+) -> Response {
     let token = auth::random_token();
     let session = detente_store::console::SessionRow {
         token_hash: auth::token_hash(&token),
@@ -189,22 +244,23 @@ pub async fn login(
     };
     if let Err(e) = shared.store.create_session(&session).await {
         tracing::error!(error = %e, "cannot store a session");
-        let body = login_form(
-            &shared,
-            &lang,
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return login_refused(
+            shared,
+            lang,
             expected,
-            Some(&t("store-unavailable")),
-            &login,
+            status,
+            "store-unavailable",
+            &user.login,
         );
-        return html(StatusCode::SERVICE_UNAVAILABLE, body);
     }
-    audit(&shared, &user.login, "login", &user.role, source).await;
+    audit(shared, &user.login, "login", &user.role, source).await;
     let mut response = Redirect::to("/console").into_response();
     let h = response.headers_mut();
     let max_age = auth::SESSION_MS / 1000;
     for value in [
-        set_cookie(&shared, SESSION_COOKIE, &token, max_age),
-        set_cookie(&shared, LOGIN_CSRF_COOKIE, "", 0),
+        set_cookie(shared, SESSION_COOKIE, &token, max_age),
+        set_cookie(shared, LOGIN_CSRF_COOKIE, "", 0),
     ] {
         if let Ok(v) = value.parse() {
             h.append(header::SET_COOKIE, v);
@@ -229,6 +285,8 @@ pub async fn logout(
         return bad_csrf(&shared, &op);
     }
     let _ = shared.store.delete_session(op.token_hash).await;
+    // The session's open event streams end now, not at their next check.
+    shared.console.streams.end_session(op.token_hash);
     audit(&shared, &op.login, "logout", "", source).await;
     let mut response = Redirect::to("/login").into_response();
     if let Ok(v) = set_cookie(&shared, SESSION_COOKIE, "", 0).parse() {

@@ -177,18 +177,34 @@
     }
   }
 
+  // The browser reconnects a closed stream by itself after the server's `retry:`; it gives
+  // up only when an answer is not an event stream (the session ended: the page's regions
+  // then lead to the login page) or the server is unreachable. Then this tries again, with
+  // a growing pause, so that an alarm banner never goes silent for good.
+  const RECONNECT_MS_MAX = 30000;
+  let reconnectMs = 1000;
   function connect() {
     // Only a signed-in page (it carries its CSRF token) has anything live.
     if (!window.EventSource || !document.querySelector("meta[name=csrf-token]")) return;
     const source = new EventSource("/console/events");
     source.addEventListener("change", () => refreshAll());
-    source.addEventListener("open", () => {
+    source.addEventListener("busy", () => document.body.setAttribute("data-live-busy", "yes"));
+    source.addEventListener("hello", () => {
+      reconnectMs = 1000;
+      document.body.removeAttribute("data-live-busy");
       document.body.classList.remove("offline");
       document.body.setAttribute("data-live-connected", "yes");
       // Anything missed while disconnected.
       refreshAll();
     });
-    source.addEventListener("error", () => document.body.classList.add("offline"));
+    source.addEventListener("error", () => {
+      document.body.classList.add("offline");
+      if (source.readyState === EventSource.CLOSED) {
+        refreshAll();
+        setTimeout(connect, reconnectMs);
+        reconnectMs = Math.min(reconnectMs * 2, RECONNECT_MS_MAX);
+      }
+    });
   }
 
   function polls() {

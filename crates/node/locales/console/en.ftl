@@ -198,3 +198,19 @@ takeover-title = { $count ->
 takeover-silence = Silence the alarm sound
 takeover-silenced = Sound silenced; the alert stays until the FLASH is acknowledged.
 login-busy = The console is busy checking other logins. Try again in a moment.
+error-field-required = This field is required.
+error-field-invalid = Not accepted. Write { $accepts }.
+error-field-limit = Too long for this field.
+error-field-rule = { $rule }
+rule-order = This must come after the earlier time.
+rule-lead-time = This is too soon after now; to notify late, give the reason in its field.
+rule-required-when = This field is required with the value chosen above.
+rule-absent-when = Leave this field empty with the value chosen above.
+compose-error-count = { $count ->
+    [one] One field needs correcting.
+   *[other] { $count } fields need correcting.
+}
+decline-confirm-title = Decline this message?
+decline-confirm-intro = Declining tells the other side, in a signed receipt, that we refuse this message. It cannot be taken back.
+decline-confirm = Yes, decline it
+decline-cancel = No, go back

@@ -1045,10 +1045,37 @@ pub async fn message_live(State(shared): Shr, op: Operator, Path(id): Path<Strin
     html(StatusCode::OK, message_detail(&shared, &op, &m).await)
 }
 
+/// A decline cannot be taken back: ask first, carrying the note typed so far.
+async fn decline_confirmation(shared: &Shared, op: &Operator, id: &str, note: &str) -> Response {
+    let Some(m) = find_message(shared, op, id).await else {
+        return refuse(shared, op, StatusCode::NOT_FOUND, "message-unknown");
+    };
+    let main = format!(
+        "<p class=\"confirm-intro\">{}</p><ol class=\"timeline single\">{}</ol>\
+         <form method=\"post\" action=\"/console/messages/{id}/receipt\" class=\"confirm\">{}\
+         <input type=\"hidden\" name=\"level\" value=\"declined\"><input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+         <p><label for=\"note\">{}</label><textarea id=\"note\" name=\"note\" rows=\"2\" maxlength=\"{NOTE_CHARS_MAX}\">{}</textarea></p>\
+         <p><button type=\"submit\" id=\"decline-confirm\">{}</button> <a class=\"button\" id=\"decline-cancel\" href=\"/console/messages/{id}\">{}</a></p></form>",
+        esc(&tr(shared, op, "decline-confirm-intro")),
+        message_item(shared, op, &m),
+        csrf_field(op),
+        esc(&tr(shared, op, "note")),
+        esc(note),
+        esc(&tr(shared, op, "decline-confirm")),
+        esc(&tr(shared, op, "decline-cancel")),
+        id = esc(id),
+    );
+    let title = tr(shared, op, "decline-confirm-title");
+    html(StatusCode::OK, page(shared, Some(op), &title, &main))
+}
+
 #[derive(Deserialize)]
 pub struct ReceiptForm {
     #[serde(default)]
     csrf: String,
+    /// `yes` once the operator confirmed a decline.
+    #[serde(default)]
+    confirm: String,
     #[serde(default)]
     level: String,
     #[serde(default)]
@@ -1093,6 +1120,9 @@ pub async fn receipt(
             StatusCode::UNPROCESSABLE_ENTITY,
             "note-too-long",
         );
+    }
+    if level == ReceiptLevel::Declined && form.confirm != "yes" {
+        return decline_confirmation(&shared, &op, &id, &form.note).await;
     }
     let note = Some(form.note.trim().to_string()).filter(|n| !n.is_empty());
     match api::answer(&shared, message_id, level, note.clone()).await {
@@ -1320,8 +1350,14 @@ fn compose_html(
     if !errors.is_empty() {
         let _ = write!(
             out,
-            "<p class=\"error\" role=\"alert\">{}</p>",
-            esc(&t("compose-has-errors"))
+            "<p class=\"error\" role=\"alert\" id=\"compose-errors\">{} {}</p>",
+            esc(&t("compose-has-errors")),
+            esc(&tr_with(
+                shared,
+                op,
+                "compose-error-count",
+                &[("count", errors.len().to_string())]
+            ))
         );
     }
     out.push_str(&format_chooser(shared, op, form, errors));
@@ -1457,7 +1493,7 @@ fn check_common(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErro
                 shared,
                 op,
                 "error-precedence-role",
-                &[("precedence", p.to_string())],
+                &[("precedence", tr(shared, op, &format!("prec-{}", p.name())))],
             ),
         ),
         Some(_) => {}
@@ -1504,9 +1540,37 @@ fn check_text(shared: &Shared, op: &Operator, form: &ComposeForm, errors: &mut F
     }
 }
 
+/// A format's error in the operator's language: what the field accepts (from the format's
+/// own localized description), never the catalogue's English wording.
+fn field_error_text(
+    shared: &Shared,
+    op: &Operator,
+    error: &detente_formats::FieldError,
+    accepts: &str,
+) -> String {
+    use detente_formats::FieldError as E;
+    match error {
+        E::Missing { .. } => tr(shared, op, "error-field-required"),
+        E::Invalid { .. } => tr_with(
+            shared,
+            op,
+            "error-field-invalid",
+            &[("accepts", accepts.to_string())],
+        ),
+        E::Limit { .. } => tr(shared, op, "error-field-limit"),
+        E::Rule { rule, .. } => tr_with(
+            shared,
+            op,
+            "error-field-rule",
+            &[("rule", tr(shared, op, &format!("rule-{rule}")))],
+        ),
+        _ => tr(shared, op, "error-format-unknown"),
+    }
+}
+
 /// Validate the format's fields with the catalogue (the same rules a receiving node
-/// applies). Returns the notification rendered in the sender's language, with a courtesy
-/// rendering in the peer's language when it differs.
+/// applies), reporting every field's error at once, each under its own field; the
+/// cross-field rules are checked when every field is valid on its own.
 fn check_notification(
     shared: &Shared,
     op: &Operator,
@@ -1524,15 +1588,31 @@ fn check_notification(
             errors.insert("format".into(), tr(shared, op, "error-format-not-agreed"));
         }
     }
+    let described = detente_formats::describe(def, &op.lang);
+    let accepts = |key: &str| {
+        described
+            .fields
+            .iter()
+            .find(|f| f.key == key)
+            .map_or_else(String::new, |f| f.accepts.clone())
+    };
     let lang = form.lang.trim().to_string();
     let mut raw = BTreeMap::new();
+    let before = errors.len();
     for field in &def.fields {
-        let Some(value) = form
+        let value = form
             .fields
             .get(&field.key)
             .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-        else {
+            .filter(|v| !v.is_empty());
+        let Some(value) = value else {
+            if field.required {
+                let e = detente_formats::FieldError::Missing {
+                    key: field.key.clone(),
+                };
+                let text = field_error_text(shared, op, &e, "");
+                errors.insert(format!("f-{}", field.key), text);
+            }
             continue;
         };
         let value = if field.kind.name() == "text" {
@@ -1544,7 +1624,14 @@ fn check_notification(
         } else {
             Raw::Typed(value.to_string())
         };
+        if let Err(e) = detente_formats::validate::parse_value(&field.key, &field.kind, &value) {
+            let text = field_error_text(shared, op, &e, &accepts(&field.key));
+            errors.insert(format!("f-{}", field.key), text);
+        }
         raw.insert(field.key.clone(), value);
+    }
+    if errors.len() > before {
+        return None;
     }
     let now =
         jiff::Timestamp::from_millisecond(now_ms() as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
@@ -1556,7 +1643,8 @@ fn check_notification(
             let key = e
                 .key()
                 .map_or_else(|| "format".to_string(), |k| format!("f-{k}"));
-            errors.insert(key, e.to_string());
+            let text = field_error_text(shared, op, &e, &accepts(e.key().unwrap_or("")));
+            errors.insert(key, text);
             None
         }
     }

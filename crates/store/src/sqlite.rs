@@ -72,7 +72,8 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
 /// The columns of `messages` in the order [`decode_message`] reads them.
-const MESSAGE_SELECT: &str = "SELECT id, channel, sender, seq, peer, direction, precedence, \
+pub(crate) const MESSAGE_SELECT: &str =
+    "SELECT id, channel, sender, seq, peer, direction, precedence, \
      topic, kind, created_at_ms, stored_at_ms, in_reply_to, placement, bytes FROM messages";
 
 /// A detente store in one SQLite file. Cloning is cheap and shares the connections.
@@ -855,6 +856,25 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+
+    // ---- console queries (issue 15): implemented in `console.rs`.
+
+    async fn unanswered(
+        &self,
+        peer: &str,
+        precedence: u8,
+        limit: u32,
+    ) -> Result<Vec<crate::UnansweredRow>> {
+        self.console_unanswered(peer, precedence, limit).await
+    }
+
+    async fn unanswered_counts(&self) -> Result<Vec<crate::UnansweredCount>> {
+        self.console_unanswered_counts().await
+    }
+
+    async fn timeline(&self, query: crate::TimelineQuery) -> Result<Vec<MessageRow>> {
+        self.console_timeline(query).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1365,7 +1385,7 @@ fn small(row: &SqliteRow, table: &'static str, column: &str) -> Result<u8> {
     u8::try_from(v).map_err(|_| corrupt(table, format!("column {column} out of range: {v}")))
 }
 
-fn decode_message(row: &SqliteRow) -> Result<MessageRow> {
+pub(crate) fn decode_message(row: &SqliteRow) -> Result<MessageRow> {
     const T: &str = "messages";
     let direction = match get::<i64>(row, T, "direction")? {
         0 => Direction::Out,

@@ -166,8 +166,9 @@ pub fn config_set(dir: &Path, key: &str, value: &str) -> Outcome {
     Ok(())
 }
 
-pub async fn serve(dir: &Path) -> Outcome {
-    let node = detente_node::Node::start(NodeDir::new(dir))
+pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
+    let options = detente_node::StartOptions { new_store };
+    let node = detente_node::Node::start_with(NodeDir::new(dir), options)
         .await
         .map_err(|e| {
             let failure = Failure::new(e.to_string());

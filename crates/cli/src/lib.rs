@@ -21,6 +21,8 @@ pub mod harness;
 pub mod home;
 pub mod hook_sink;
 pub mod progress;
+pub mod report;
+pub mod report_html;
 pub mod screenshots;
 pub mod transcript;
 pub mod users;

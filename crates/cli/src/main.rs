@@ -112,6 +112,10 @@ enum Command {
     Serve {
         #[command(flatten)]
         dir: NodeDirArg,
+        /// Start even though the store's file is missing while peers are pinned (a fresh
+        /// store: only when the old one is truly gone).
+        #[arg(long)]
+        new_store: bool,
     },
     /// Send a message to a peer.
     Send {
@@ -259,6 +263,24 @@ enum Command {
         /// Print one JSON object: ok, counts and every problem.
         #[arg(long)]
         json: bool,
+    },
+    /// Verify a bundle offline, then write a printable record of it (HTML, and PDF through
+    /// headless Chromium): both parties, the charter, every message in each party's
+    /// language, every receipt with its lateness, the checkpoints. A bundle that fails
+    /// verification is refused.
+    Report {
+        /// The bundle (from `detente export`).
+        bundle: PathBuf,
+        /// Where to write the HTML record.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also print the record to this PDF file (needs Debian's chromium).
+        #[arg(long)]
+        pdf: Option<PathBuf>,
+        /// Write a record even if the bundle fails verification, marked as failing on every
+        /// page, for examining the damage.
+        #[arg(long)]
+        even_if_damaged: bool,
     },
     /// Run the whole story on this machine: two nodes, an outage, a FLASH, a crash.
     Demo {
@@ -560,7 +582,7 @@ async fn run(command: Command) -> Outcome {
         Command::Config {
             command: ConfigCommand::Set { dir, key, value },
         } => commands::config_set(&dir.get()?, &key, &value),
-        Command::Serve { dir } => commands::serve(&dir.get()?).await,
+        Command::Serve { dir, new_store } => commands::serve(&dir.get()?, new_store).await,
         Command::Send {
             dir,
             to,
@@ -650,6 +672,20 @@ async fn run(command: Command) -> Outcome {
         Command::Proof { dir, id } => transcript::proof(&dir.get()?, &id).await,
         Command::Export { dir, peer, out } => transcript::export(&dir.get()?, &peer, &out).await,
         Command::Verify { file, json } => transcript::verify(&file, json),
+        Command::Report {
+            bundle,
+            out,
+            pdf,
+            even_if_damaged,
+        } => {
+            detente::report::run(detente::report::Options {
+                bundle,
+                out,
+                pdf,
+                even_if_damaged,
+            })
+            .await
+        }
         Command::Charter { dir, peer, json } => charter::show(&dir.get()?, &peer, json).await,
         Command::Counterpart {
             command: CounterpartCommand::Add { dir, ours, theirs },

@@ -35,14 +35,31 @@ pub async fn checkpoint(dir: &Path, peer: &str, json: bool) -> Outcome {
 /// `detente proof --dir DIR ID`: a self-contained inclusion proof (JSON) that `verify` accepts.
 pub async fn proof(dir: &Path, id: &str) -> Outcome {
     let client = Client::for_dir(dir)?;
+    // POST: signs a checkpoint first when none covers the message yet.
     let proof = client
-        .get(&format!("/api/v1/messages/{}/proof", id.trim()))
+        .post(
+            &format!("/api/v1/messages/{}/proof", id.trim()),
+            &serde_json::json!({}),
+        )
         .await?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&proof).unwrap_or_default()
-    );
+    print_lines(std::iter::once(
+        serde_json::to_string_pretty(&proof).unwrap_or_default(),
+    ));
     Ok(())
+}
+
+/// Write lines to standard output, stopping quietly when the reader has gone (`verify … |
+/// head -1`): `println!` would panic on the broken pipe. The verdict (exit status) is
+/// decided by the caller either way.
+fn print_lines(lines: impl Iterator<Item = String>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
 }
 
 /// `detente export --dir DIR --peer PEER --out FILE`.
@@ -219,11 +236,9 @@ pub fn verify(file: &Path, as_json: bool) -> Outcome {
     let verified = verify_bytes(&bytes);
     drop(progress);
     if as_json {
-        println!("{}", verified.json);
+        print_lines(std::iter::once(verified.json.to_string()));
     } else if verified.ok {
-        for line in &verified.lines {
-            println!("{line}");
-        }
+        print_lines(verified.lines.iter().cloned());
     } else {
         for line in verified.lines.iter().skip(1) {
             eprintln!("  {line}");

@@ -439,3 +439,28 @@ fn bench_append_reports_the_merkle_cost() {
     let out = detente(&["bench", "--append", "--messages", "5"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// Issue 12, item 19: `detente verify … | head -1` used to panic on the broken pipe. The
+/// reader is gone before the first line here; the command ends without a panic, with the
+/// verdict as its exit status.
+#[test]
+fn verify_into_a_closed_pipe_exits_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-bundle");
+    std::fs::write(&file, b"\x84garbage").unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_detente"))
+        .args(["verify", file.to_str().unwrap(), "--json"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run detente");
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the verdict (a failed verification): {err}"
+    );
+}

@@ -73,7 +73,11 @@ impl Core {
     /// The witness rule for a checkpoint we are about to sign: for every stream, no
     /// smaller tree than we signed before, the same root at the same size, and a root our
     /// own record has. Then stage it with the new witness state.
-    fn store_signed(&mut self, index: usize, signed: &SignedCheckpoint) -> Result<(), CommandError> {
+    fn store_signed(
+        &mut self,
+        index: usize,
+        signed: &SignedCheckpoint,
+    ) -> Result<(), CommandError> {
         let skip = bugs::is(self.bug, PlantedBug::SmallerCheckpoint);
         let p = &self.peers[index];
         for head in &signed.checkpoint().members {

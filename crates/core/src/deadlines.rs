@@ -44,7 +44,16 @@ impl Tracker {
         deadlines: &Deadlines,
         start: Instant,
     ) {
-        self.start(peer, id, kind, Side::Sender, precedence, deadlines, start, &[]);
+        self.start(
+            peer,
+            id,
+            kind,
+            Side::Sender,
+            precedence,
+            deadlines,
+            start,
+            &[],
+        );
     }
 
     pub fn start_received(
@@ -56,7 +65,16 @@ impl Tracker {
         deadlines: &Deadlines,
         start: Instant,
     ) {
-        self.start(peer, id, kind, Side::Receiver, precedence, deadlines, start, &[]);
+        self.start(
+            peer,
+            id,
+            kind,
+            Side::Receiver,
+            precedence,
+            deadlines,
+            start,
+            &[],
+        );
     }
 
     /// Watch a message's obligations counted from `start`, except those already decided.

@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::{
-    Body, Deadlines, Frame, LinkConfig, MessageId, PartyKey, PartySecret, Precedence,
-    ReceiptLevel,
+    Body, Deadlines, Frame, LinkConfig, MessageId, PartyKey, PartySecret, Precedence, ReceiptLevel,
 };
 use detente_store_types::{Direction, WriteBatch};
 use rand::rngs::StdRng;
@@ -145,19 +144,39 @@ pub enum CommandError {
     Busy { retry_after_ms: u64 },
 }
 
-/// Inputs from the driver.
+/// Inputs from the driver. (An operator command is the large variant; inputs are moved
+/// once, so boxing it would only add an allocation.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
-    Operator { ticket: Ticket, command: Command },
+    Operator {
+        ticket: Ticket,
+        command: Command,
+    },
     /// A session with `peer` is established (either side dialed).
-    SessionOpened { peer: String, session: SessionId },
-    SessionClosed { session: SessionId },
+    SessionOpened {
+        peer: String,
+        session: SessionId,
+    },
+    SessionClosed {
+        session: SessionId,
+    },
     /// Dialing `peer` at the address asked for failed.
-    DialFailed { peer: String },
+    DialFailed {
+        peer: String,
+    },
     /// One frame (type byte and body; the length prefix removed) read from a session.
-    Frame { session: SessionId, bytes: Vec<u8> },
-    Committed { batch: BatchId },
-    CommitFailed { batch: BatchId, error: String },
+    Frame {
+        session: SessionId,
+        bytes: Vec<u8>,
+    },
+    Committed {
+        batch: BatchId,
+    },
+    CommitFailed {
+        batch: BatchId,
+        error: String,
+    },
     /// The timer asked for by [`Core::poll_timeout`] fired (or any time: it is idempotent).
     Tick,
 }
@@ -264,13 +283,13 @@ impl Core {
         let peers = config
             .peers
             .iter()
-            .map(|p| Peer::new(p, &me, config.link.clone(), now))
+            .map(|p| Peer::new(p, &me, config.link, now))
             .collect();
         Core {
             secret,
             me,
             name: config.name.clone(),
-            deadlines: config.deadlines.clone(),
+            deadlines: config.deadlines,
             link_test_interval: config.link_test_interval,
             checkpoint_interval: config.checkpoint_interval,
             peers,
@@ -389,12 +408,16 @@ impl Core {
     }
 
     fn release_frame(&mut self, session: SessionId, frame: Frame) {
-        self.staging.releases.push(Release::Frame { session, frame });
+        self.staging
+            .releases
+            .push(Release::Frame { session, frame });
     }
 
     /// Whether new work must be refused: a commit is failing, or too much waits.
     fn busy(&self) -> bool {
-        self.in_flight.as_ref().is_some_and(|f| f.retry_at.is_some())
+        self.in_flight
+            .as_ref()
+            .is_some_and(|f| f.retry_at.is_some())
             || self.staging.batch.messages.len() >= STAGED_MESSAGES_MAX
     }
 
@@ -470,7 +493,9 @@ impl Core {
                     received: s.received,
                 };
                 let session = s.id;
-                self.staging.releases.push(Release::Frame { session, frame });
+                self.staging
+                    .releases
+                    .push(Release::Frame { session, frame });
             }
         }
         if self.staging.batch.is_empty() && self.staging.releases.is_empty() {

@@ -136,7 +136,10 @@ pub(crate) struct Peer {
     pub witness: BTreeMap<[u8; 32], (u64, Hash)>,
     pub checkpoints: Vec<SignedCheckpoint>,
     pub link: LinkSupervisor,
-    pub dialing: bool,
+    /// A dial is outstanding; given up (as failed) at this instant if unanswered.
+    pub dialing: Option<Instant>,
+    /// This node dials the peer (it has the smaller key); the other side only accepts.
+    pub dials: bool,
     pub session: Option<Session>,
     /// Staged in the current batch.
     pub touched: bool,
@@ -170,7 +173,8 @@ impl Peer {
             witness: BTreeMap::new(),
             checkpoints: Vec::new(),
             link: LinkSupervisor::new(link, config.addresses, now),
-            dialing: false,
+            dialing: None,
+            dials: me.as_bytes() < config.key.as_bytes(),
             session: None,
             touched: false,
             delivered_pending: Vec::new(),
@@ -197,15 +201,21 @@ impl Peer {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = self.link.poll_timeout();
-        if self.dialing {
-            // Waiting for the driver's answer to a dial.
-            return link.filter(|_| self.link.is_connected());
+        if let Some(give_up) = self.dialing.filter(|_| !self.link.is_connected()) {
+            return Some(give_up);
+        }
+        if !self.link.is_connected() && !self.dials {
+            // The peer dials us.
+            return None;
         }
         link
     }
 
     /// The deadlines in force: the agreed charter's, else our own terms'.
-    pub fn deadlines<'a>(&'a self, own: &'a detente_proto::Deadlines) -> &'a detente_proto::Deadlines {
+    pub fn deadlines<'a>(
+        &'a self,
+        own: &'a detente_proto::Deadlines,
+    ) -> &'a detente_proto::Deadlines {
         self.agreed.as_ref().map_or(own, |c| &c.deadlines)
     }
 }
@@ -320,8 +330,9 @@ impl Core {
         let (channel, peer_name) = (p.channel, p.name.clone());
         p.out
             .append(batch, channel, &self.me, id, verified.bytes().to_vec());
-        let deadlines = p.deadlines(&self.deadlines).clone();
-        self.tracker.start_sent(&peer_name, id, kind, precedence, &deadlines, self.now);
+        let deadlines = *p.deadlines(&self.deadlines);
+        self.tracker
+            .start_sent(&peer_name, id, kind, precedence, &deadlines, self.now);
         self.release_event(Event::Stored {
             peer: peer_name,
             id,
@@ -344,10 +355,14 @@ impl Core {
             .peer_index(peer)
             .ok_or_else(|| CommandError::UnknownPeer(peer.to_string()))?;
         if level == ReceiptLevel::Delivered {
-            return Err(CommandError::Invalid("DELIVERED is the node's own act".into()));
+            return Err(CommandError::Invalid(
+                "DELIVERED is the node's own act".into(),
+            ));
         }
         let Some(&(_, kind, precedence)) = self.peers[index].in_index.get(&of) else {
-            return Err(CommandError::Invalid(format!("no message {of} from {peer}")));
+            return Err(CommandError::Invalid(format!(
+                "no message {of} from {peer}"
+            )));
         };
         if kind == 1 {
             return Err(CommandError::Invalid("receipts are not answered".into()));
@@ -395,7 +410,7 @@ impl Core {
                 tz: "UTC".into(),
             },
             formats: Vec::new(),
-            deadlines: self.deadlines.clone(),
+            deadlines: self.deadlines,
             link_test_interval: self.link_test_interval,
             counterparts: Vec::new(),
         }
@@ -423,7 +438,12 @@ impl Core {
             return;
         }
         if self
-            .stage_send(index, Precedence::Routine, Body::Charter(charter.clone()), None)
+            .stage_send(
+                index,
+                Precedence::Routine,
+                Body::Charter(charter.clone()),
+                None,
+            )
             .is_ok()
         {
             self.peers[index].our_charter = Some(digest);

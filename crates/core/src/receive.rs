@@ -111,7 +111,7 @@ impl Core {
             p.delivered_pending.push(seq);
             p.receipt_precedence = p.receipt_precedence.min(precedence);
         }
-        let deadlines = p.deadlines(&self.deadlines).clone();
+        let deadlines = *p.deadlines(&self.deadlines);
         self.tracker
             .start_received(&peer, id, kind, precedence, &deadlines, now);
         self.release_event(Event::Stored {
@@ -260,12 +260,15 @@ impl Core {
     /// batch is durable.
     pub(crate) fn decide(&mut self, peer: String, id: MessageId, need: Need, decision: Decision) {
         if decision == Decision::Missed {
-            self.staging.batch.misses.push(detente_store_types::MissRow {
-                id: id.0,
-                level: need.code(),
-                due_at_ms: self.wall_ms,
-                missed_at_ms: self.wall_ms,
-            });
+            self.staging
+                .batch
+                .misses
+                .push(detente_store_types::MissRow {
+                    id: id.0,
+                    level: need.code(),
+                    due_at_ms: self.wall_ms,
+                    missed_at_ms: self.wall_ms,
+                });
         }
         self.release_event(Event::Deadline {
             peer,

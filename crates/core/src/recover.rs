@@ -134,7 +134,10 @@ impl Core {
         for w in snapshot.witness.iter().filter(|w| w.channel == p.channel.0) {
             p.witness.insert(w.sender, (w.size, w.root));
         }
-        let rows = snapshot.checkpoints.iter().filter(|c| c.channel == p.channel.0);
+        let rows = snapshot
+            .checkpoints
+            .iter()
+            .filter(|c| c.channel == p.channel.0);
         for row in rows {
             let Ok(signed) = SignedCheckpoint::decode(&row.signed) else {
                 continue;
@@ -169,7 +172,13 @@ impl Core {
         }
     }
 
-    fn recover_deadlines(&mut self, index: usize, snapshot: &Snapshot, out: &[Parsed], inb: &[Parsed]) {
+    fn recover_deadlines(
+        &mut self,
+        index: usize,
+        snapshot: &Snapshot,
+        out: &[Parsed],
+        inb: &[Parsed],
+    ) {
         let p = &self.peers[index];
         let delivered = delivered_set(snapshot, &p.name);
         let mut decided: HashMap<[u8; 32], Vec<Need>> = HashMap::new();
@@ -183,7 +192,7 @@ impl Core {
                 decided.entry(r.of).or_default().push(Need::Answered);
             }
         }
-        let deadlines = p.deadlines(&self.deadlines).clone();
+        let deadlines = *p.deadlines(&self.deadlines);
         let held: Vec<&Held> = p.held.values().collect();
         let held_rows: Vec<&MessageRow> = snapshot
             .messages
@@ -214,7 +223,11 @@ impl Core {
     }
 }
 
-fn parsed<'a>(rows: &[&'a MessageRow], sender: &[u8; 32], placement: Option<Placement>) -> Vec<Parsed<'a>> {
+fn parsed<'a>(
+    rows: &[&'a MessageRow],
+    sender: &[u8; 32],
+    placement: Option<Placement>,
+) -> Vec<Parsed<'a>> {
     rows.iter()
         .filter(|m| &m.sender == sender && placement.is_none_or(|p| p == m.placement))
         .filter_map(|row| {
@@ -225,7 +238,12 @@ fn parsed<'a>(rows: &[&'a MessageRow], sender: &[u8; 32], placement: Option<Plac
 }
 
 /// Re-append a stream in `seq` order, checking it is gap-free and hash-linked.
-fn rebuild(p: &mut Peer, list: &[Parsed], ours: bool, scratch: &mut WriteBatch) -> Result<(), RecoverError> {
+fn rebuild(
+    p: &mut Peer,
+    list: &[Parsed],
+    ours: bool,
+    scratch: &mut WriteBatch,
+) -> Result<(), RecoverError> {
     let (channel, sender) = if ours {
         (p.channel, list.first().map(|m| m.envelope.sender))
     } else {

@@ -7,6 +7,9 @@ use detente_proto::{Frame, Precedence, RefuseCode, Scheduler};
 
 use crate::{Core, Event, SessionId, SESSION_IN_FLIGHT_MAX};
 
+/// A dial the driver has not answered after this long counts as failed.
+pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One established session with a peer.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -37,9 +40,10 @@ impl Core {
         let now = self.now;
         let p = &mut self.peers[index];
         if let Some(old) = p.session.take() {
-            self.events.push_back(Event::CloseSession { session: old.id });
+            self.events
+                .push_back(Event::CloseSession { session: old.id });
         }
-        p.dialing = false;
+        p.dialing = None;
         p.link.on_connected(now);
         p.session = Some(Session {
             id: session,
@@ -76,8 +80,8 @@ impl Core {
         let jitter = self.jitter();
         let now = self.now;
         let p = &mut self.peers[index];
-        if p.dialing && p.session.is_none() {
-            p.dialing = false;
+        if p.dialing.is_some() && p.session.is_none() {
+            p.dialing = None;
             p.link.on_dial_failed(now, jitter);
         }
     }
@@ -107,11 +111,17 @@ impl Core {
             return;
         }
         // Only the member with the smaller key dials, so two sessions never cross.
-        if p.dialing || self.me.as_bytes() > p.key.as_bytes() {
+        if p.dialing.is_some_and(|give_up| now >= give_up) {
+            // The driver never answered the dial (the connection died before it was
+            // reported open): count it as failed rather than wait forever.
+            let name = p.name.clone();
+            return self.on_dial_failed(&name);
+        }
+        if p.dialing.is_some() || !p.dials {
             return;
         }
         if p.link.next_attempt().is_some_and(|at| at <= now) {
-            p.dialing = true;
+            p.dialing = Some(now + DIAL_TIMEOUT);
             let event = Event::Dial {
                 peer: p.name.clone(),
                 address: p.link.address_index(),

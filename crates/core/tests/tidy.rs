@@ -8,7 +8,15 @@ const FORBIDDEN: [&str; 4] = ["tokio", "sqlx", "mio", "socket2"];
 #[test]
 fn core_depends_on_no_runtime_database_or_sockets() {
     let output = Command::new(env!("CARGO"))
-        .args(["tree", "-p", "detente-core", "-e", "normal", "--prefix", "none"])
+        .args([
+            "tree",
+            "-p",
+            "detente-core",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
         .args(["--format", "{p}"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -25,5 +33,8 @@ fn core_depends_on_no_runtime_database_or_sockets() {
         .filter_map(|line| line.split_whitespace().next())
         .filter(|name| FORBIDDEN.contains(name))
         .collect();
-    assert!(found.is_empty(), "detente-core depends on {found:?}:\n{tree}");
+    assert!(
+        found.is_empty(),
+        "detente-core depends on {found:?}:\n{tree}"
+    );
 }

@@ -348,6 +348,12 @@ pub enum EnvelopeError {
         len: usize,
         max: usize,
     },
+    #[error("{count} {field} given; at most {max} are allowed")]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
     #[error("a FLASH text is brief by rule: {chars} characters, the limit is {max}; send the details as a following IMMEDIATE message")]
     FlashTextTooLong { chars: usize, max: usize },
     #[error("{field} is invalid: {reason}")]
@@ -815,9 +821,9 @@ fn check_notification(n: &NotificationBody) -> Result<()> {
                 check_language(&t.language)?;
                 check_len("field text", &t.text, limits::FIELD_TEXT_BYTES_MAX)?;
                 if t.translations.len() > limits::TRANSLATIONS_MAX {
-                    return Err(EnvelopeError::FieldTooLong {
+                    return Err(EnvelopeError::TooMany {
                         field: "translations",
-                        len: t.translations.len(),
+                        count: t.translations.len(),
                         max: limits::TRANSLATIONS_MAX,
                     });
                 }
@@ -854,9 +860,9 @@ fn check_text(text: &TextBody, precedence: Precedence) -> Result<()> {
         }
     }
     if text.translations.len() > limits::TRANSLATIONS_MAX {
-        return Err(EnvelopeError::FieldTooLong {
+        return Err(EnvelopeError::TooMany {
             field: "translations",
-            len: text.translations.len(),
+            count: text.translations.len(),
             max: limits::TRANSLATIONS_MAX,
         });
     }

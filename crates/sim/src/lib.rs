@@ -64,8 +64,13 @@ pub fn run(seed: u64, bug: Option<PlantedBug>, trace: bool) -> Outcome {
 
 /// The command that replays `seed` with a trace.
 pub fn replay_command(seed: u64, bug: Option<PlantedBug>) -> String {
-    let bug = bug.map_or(String::new(), |b| format!(" --bug {}", b.name()));
-    format!("cargo run -p detente-sim -- --seed {seed} --trace{bug}")
+    match bug {
+        None => format!("cargo run -p detente-sim -- --seed {seed} --trace"),
+        Some(b) => format!(
+            "cargo run -p detente-sim --features planted-bugs -- --seed {seed} --trace --bug {}",
+            b.name()
+        ),
+    }
 }
 
 /// Run `count` seeds from `first` on `threads` threads; outcomes in seed order.
@@ -84,7 +89,10 @@ pub fn run_many(first: u64, count: u64, bug: Option<PlantedBug>, threads: usize)
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().expect("a simulation thread panicked outside a run"))
+            .flat_map(|h| {
+                h.join()
+                    .expect("a simulation thread panicked outside a run")
+            })
             .collect()
     });
     all.sort_by_key(|o| o.seed);

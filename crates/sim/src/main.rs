@@ -33,7 +33,10 @@ fn main() -> ExitCode {
         for line in &outcome.trace {
             println!("{line}");
         }
-        println!("seed {seed}: {} nodes, {} steps, faults {:?}", outcome.nodes, outcome.steps, outcome.counts);
+        println!(
+            "seed {seed}: {} nodes, {} steps, faults {:?}",
+            outcome.nodes, outcome.steps, outcome.counts
+        );
         return match outcome.failure {
             Some(f) => {
                 println!("FAILED: {f}");
@@ -45,7 +48,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let seeds: u64 = value("--seeds").and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let seeds: u64 = value("--seeds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let first: u64 = value("--first").and_then(|s| s.parse().ok()).unwrap_or(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = std::time::Instant::now();
@@ -56,7 +61,8 @@ fn main() -> ExitCode {
             *counts.entry(k).or_default() += v;
         }
     }
-    let failures: Vec<&detente_sim::Outcome> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
+    let failures: Vec<&detente_sim::Outcome> =
+        outcomes.iter().filter(|o| o.failure.is_some()).collect();
     if args.iter().any(|a| a == "--json") {
         let json = serde_json::json!({
             "seeds": seeds,
@@ -72,9 +78,18 @@ fn main() -> ExitCode {
         println!("{json}");
     } else {
         for o in &failures {
-            println!("seed {} FAILED: {}\n  replay: {}", o.seed, o.failure.as_deref().unwrap_or(""), replay_command(o.seed, bug));
+            println!(
+                "seed {} FAILED: {}\n  replay: {}",
+                o.seed,
+                o.failure.as_deref().unwrap_or(""),
+                replay_command(o.seed, bug)
+            );
         }
-        println!("{seeds} seeds, {} failures, {:.1} s; faults injected: {counts:?}", failures.len(), started.elapsed().as_secs_f64());
+        println!(
+            "{seeds} seeds, {} failures, {:.1} s; faults injected: {counts:?}",
+            failures.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
     if failures.is_empty() {
         ExitCode::SUCCESS

@@ -50,7 +50,10 @@ impl StoreModel {
             self.by_pos.insert(((m.channel, m.sender), m.seq), m.id);
             self.messages.insert(m.id, m.clone());
             if m.placement == Placement::Appended {
-                appended.entry((m.channel, m.sender)).or_default().push(m.seq);
+                appended
+                    .entry((m.channel, m.sender))
+                    .or_default()
+                    .push(m.seq);
             }
         }
         for &(channel, sender, seq) in &batch.promote {
@@ -101,7 +104,9 @@ impl StoreModel {
             self.outbox.retain(|(p, seq), _| p != peer || seq > hwm);
         }
         for m in &batch.misses {
-            self.misses.entry((m.id, m.level)).or_insert_with(|| m.clone());
+            self.misses
+                .entry((m.id, m.level))
+                .or_insert_with(|| m.clone());
         }
         for c in &batch.checkpoints {
             match self

@@ -45,15 +45,44 @@ pub struct Faults {
 
 #[derive(Debug, Clone)]
 enum Ev {
-    Deliver { session: SessionId, to: usize, bytes: Vec<u8> },
-    Opened { session: SessionId, node: usize, peer: usize },
-    Closed { session: SessionId, node: usize },
-    DialFailed { node: usize, peer: usize },
-    CommitDone { node: usize, generation: u64, batch: u64, ok: bool },
-    Timer { node: usize, generation: u64 },
-    Operator { node: usize },
-    Crash { node: usize },
-    Restart { node: usize },
+    Deliver {
+        session: SessionId,
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    Opened {
+        session: SessionId,
+        node: usize,
+        peer: usize,
+    },
+    Closed {
+        session: SessionId,
+        node: usize,
+    },
+    DialFailed {
+        node: usize,
+        peer: usize,
+    },
+    CommitDone {
+        node: usize,
+        generation: u64,
+        batch: u64,
+        ok: bool,
+    },
+    Timer {
+        node: usize,
+        generation: u64,
+        at: u64,
+    },
+    Operator {
+        node: usize,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
     Fault,
     Hostile,
 }
@@ -122,7 +151,10 @@ impl World {
             hostile: n == 3 && rng.gen_bool(0.6),
         };
         let secrets: Vec<[u8; 32]> = (0..n).map(|_| rng.gen()).collect();
-        let keys: Vec<_> = secrets.iter().map(|s| PartySecret::from_seed(*s).public()).collect();
+        let keys: Vec<_> = secrets
+            .iter()
+            .map(|s| PartySecret::from_seed(*s).public())
+            .collect();
         let nodes = (0..n)
             .map(|i| {
                 let peers = (0..n)
@@ -145,9 +177,17 @@ impl World {
                     bug,
                 };
                 let hostile = faults.hostile && i == n - 1;
-                let skew_ms = if faults.clock { rng.gen_range(-600_000..600_000) } else { 0 };
+                let skew_ms = if faults.clock {
+                    rng.gen_range(-600_000..600_000)
+                } else {
+                    0
+                };
                 // The hostile member back-dates everything it writes by a month.
-                let skew_ms = if hostile { skew_ms - 30 * 86_400_000 } else { skew_ms };
+                let skew_ms = if hostile {
+                    skew_ms - 30 * 86_400_000
+                } else {
+                    skew_ms
+                };
                 Node {
                     name: format!("n{i}"),
                     secret: PartySecret::from_seed(secrets[i]),
@@ -206,7 +246,8 @@ impl World {
 
     fn at(&mut self, delay_ms: u64, ev: Ev) {
         self.order += 1;
-        self.queue.push(Reverse((self.now_ms + delay_ms, self.order)));
+        self.queue
+            .push(Reverse((self.now_ms + delay_ms, self.order)));
         self.events.insert(self.order, ev);
     }
 
@@ -257,14 +298,19 @@ impl World {
     fn step(&mut self, ev: Ev) {
         match ev {
             Ev::Deliver { session, to, bytes } => {
-                let live = self.sessions.get(&session).is_some_and(|s| {
-                    s.open && !s.broken[usize::from(to == s.b)]
-                });
+                let live = self
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.open && !s.broken[usize::from(to == s.b)]);
                 if live {
                     self.input(to, Input::Frame { session, bytes });
                 }
             }
-            Ev::Opened { session, node, peer } => {
+            Ev::Opened {
+                session,
+                node,
+                peer,
+            } => {
                 if self.sessions.get(&session).is_some_and(|s| s.open) {
                     let peer = self.nodes[peer].name.clone();
                     self.input(node, Input::SessionOpened { peer, session });
@@ -275,11 +321,19 @@ impl World {
                 let peer = self.nodes[peer].name.clone();
                 self.input(node, Input::DialFailed { peer });
             }
-            Ev::CommitDone { node, generation, batch, ok } => {
-                self.commit_done(node, generation, batch, ok)
-            }
-            Ev::Timer { node, generation } => {
-                if self.nodes[node].generation == generation {
+            Ev::CommitDone {
+                node,
+                generation,
+                batch,
+                ok,
+            } => self.commit_done(node, generation, batch, ok),
+            Ev::Timer {
+                node,
+                generation,
+                at,
+            } => {
+                // Only the timer last asked for fires (earlier requests are superseded).
+                if self.nodes[node].generation == generation && self.nodes[node].timer == Some(at) {
                     self.nodes[node].timer = None;
                     self.input(node, Input::Tick);
                 }
@@ -407,7 +461,12 @@ impl World {
             if self.nodes[node].timer.is_none_or(|t| t > at_ms) {
                 self.nodes[node].timer = Some(at_ms);
                 let generation = self.nodes[node].generation;
-                self.at(at_ms - self.now_ms, Ev::Timer { node, generation });
+                let ev = Ev::Timer {
+                    node,
+                    generation,
+                    at: at_ms,
+                };
+                self.at(at_ms - self.now_ms, ev);
             }
         }
     }
@@ -423,7 +482,15 @@ impl World {
             self.count("commit_failures");
         }
         let ok = !fail;
-        self.at(latency, Ev::CommitDone { node, generation, batch, ok });
+        self.at(
+            latency,
+            Ev::CommitDone {
+                node,
+                generation,
+                batch,
+                ok,
+            },
+        );
     }
 
     fn commit_done(&mut self, node: usize, generation: u64, batch: u64, ok: bool) {
@@ -508,8 +575,22 @@ impl World {
             last: [0; 2],
         };
         self.sessions.insert(id, session);
-        self.at(d, Ev::Opened { session: id, node, peer: to });
-        self.at(d, Ev::Opened { session: id, node: to, peer: node });
+        self.at(
+            d,
+            Ev::Opened {
+                session: id,
+                node,
+                peer: to,
+            },
+        );
+        self.at(
+            d,
+            Ev::Opened {
+                session: id,
+                node: to,
+                peer: node,
+            },
+        );
     }
 
     /// An operator at `node` does something.
@@ -547,7 +628,7 @@ impl World {
         };
         if let Command::SetDeadlines { deadlines } = &command {
             // The operator edits the node's configuration: it survives a restart.
-            self.nodes[node].config.deadlines = deadlines.clone();
+            self.nodes[node].config.deadlines = *deadlines;
         }
         self.operate(node, command);
     }
@@ -634,12 +715,25 @@ impl World {
                 if two_way {
                     self.blocked[b][a] = on;
                 }
-                self.count(if two_way { "partitions_two_way" } else { "partitions_one_way" });
-                self.note(|| format!("partition n{a}->n{b} {} (two-way {two_way})", if on { "on" } else { "off" }));
+                self.count(if two_way {
+                    "partitions_two_way"
+                } else {
+                    "partitions_one_way"
+                });
+                self.note(|| {
+                    format!(
+                        "partition n{a}->n{b} {} (two-way {two_way})",
+                        if on { "on" } else { "off" }
+                    )
+                });
             }
             2 if self.faults.session_drop => {
-                let open: Vec<SessionId> =
-                    self.sessions.iter().filter(|(_, s)| s.open).map(|(&i, _)| i).collect();
+                let open: Vec<SessionId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.open)
+                    .map(|(&i, _)| i)
+                    .collect();
                 if !open.is_empty() {
                     let id = open[self.rng.gen_range(0..open.len())];
                     self.count("sessions_dropped");
@@ -647,11 +741,11 @@ impl World {
                     self.close_session(id, None);
                 }
             }
-            3 if self.faults.stall => {
-                if !self.stalled.remove(&a) {
-                    self.stalled.insert(a);
-                    self.count("stalls");
-                }
+            3 if self.faults.stall && !self.stalled.remove(&a) => {
+                // A node that stops reading: its frames arrive late (a second time: it
+                // reads again).
+                self.stalled.insert(a);
+                self.count("stalls");
             }
             4 if self.faults.address_down => {
                 let address = self.rng.gen_range(0..ADDRESSES);
@@ -663,7 +757,11 @@ impl World {
             5 if self.faults.clock => {
                 let jump = self.rng.gen_range(-3_600_000..3_600_000i64);
                 self.nodes[a].skew_ms += jump;
-                self.count(if jump < 0 { "clock_jumps_back" } else { "clock_jumps_forward" });
+                self.count(if jump < 0 {
+                    "clock_jumps_back"
+                } else {
+                    "clock_jumps_forward"
+                });
                 self.note(|| format!("n{a} wall clock jumps {jump} ms"));
             }
             _ => {}
@@ -769,12 +867,22 @@ impl World {
     }
 
     /// A checkpoint signed by `h` naming `root` for its own stream to `target`.
-    pub(crate) fn forge_checkpoint(&self, h: usize, target: usize, size: u64, root: [u8; 32]) -> Option<Vec<u8>> {
+    pub(crate) fn forge_checkpoint(
+        &self,
+        h: usize,
+        target: usize,
+        size: u64,
+        root: [u8; 32],
+    ) -> Option<Vec<u8>> {
         let me = self.nodes[h].secret.public();
         let them = self.nodes[target].secret.public();
         let channel = detente_proto::ChannelId::for_pair(&me, &them);
         let heads = vec![
-            StreamHead { key: me, size, root },
+            StreamHead {
+                key: me,
+                size,
+                root,
+            },
             StreamHead {
                 key: them,
                 size: 0,
@@ -782,7 +890,9 @@ impl World {
             },
         ];
         let c = Checkpoint::new(channel, 1, heads).ok()?;
-        SignedCheckpoint::sign(c, &self.nodes[h].secret).ok().map(|s| s.encode())
+        SignedCheckpoint::sign(c, &self.nodes[h].secret)
+            .ok()
+            .map(|s| s.encode())
     }
 
     pub(crate) fn parse(bytes: &[u8]) -> Option<detente_proto::Envelope> {
@@ -840,7 +950,9 @@ fn describe_input(input: &Input) -> String {
 
 fn short(command: &Command) -> String {
     match command {
-        Command::Send { peer, precedence, .. } => format!("send {precedence} to {peer}"),
+        Command::Send {
+            peer, precedence, ..
+        } => format!("send {precedence} to {peer}"),
         Command::Answer { peer, level, .. } => format!("answer {} to {peer}", level.name()),
         Command::Checkpoint { peer } => format!("checkpoint with {peer}"),
         Command::SetDeadlines { .. } => "new deadlines".into(),

@@ -60,6 +60,45 @@ pub struct OutboxCounts {
     pub pending_flash: u64,
 }
 
+/// A text or notification with no ACKNOWLEDGED or DECLINED receipt yet, for the console's
+/// "needs action" queue ([`Store::unanswered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnansweredRow {
+    pub id: Hash32,
+    pub peer: String,
+    pub direction: Direction,
+    pub precedence: u8,
+    /// When its deadlines count from, on this node's clock: `created_at_ms` for ours,
+    /// `stored_at_ms` for received ones (as the deadline watch counts them).
+    pub start_ms: i64,
+}
+
+/// One page of the console's timeline ([`Store::timeline`]): newest first, filtered, after a
+/// keyset cursor.
+#[derive(Debug, Clone, Default)]
+pub struct TimelineQuery {
+    pub peer: Option<String>,
+    pub direction: Option<Direction>,
+    pub precedence: Option<u8>,
+    /// Exact topic.
+    pub topic: Option<String>,
+    /// `Some(false)`: only messages still waiting for an answer; `Some(true)`: only answered.
+    pub answered: Option<bool>,
+    /// Only messages listed after this one (its `created_at_ms`, `sender`, `seq`), i.e. older.
+    pub before: Option<(i64, Hash32, u64)>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// How many unanswered messages one peer's channel holds, per direction and precedence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnansweredCount {
+    pub peer: String,
+    pub direction: Direction,
+    pub precedence: u8,
+    pub count: u64,
+}
+
 /// Storage failures. All are operating errors: the node reports them and stops accepting
 /// work rather than acknowledging anything it could not make durable.
 #[derive(Debug, thiserror::Error)]
@@ -197,5 +236,26 @@ pub trait Store: Send + Sync + 'static {
         peer: &str,
         kind: u8,
         limit: u32,
+    ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
+
+    // ---- console queries (issue 15): added by the console branch, kept together here.
+
+    /// Unanswered messages with `peer` at one precedence, earliest `start_ms` first (so
+    /// earliest due first: one precedence has one deadline per channel), at most `limit`.
+    fn unanswered(
+        &self,
+        peer: &str,
+        precedence: u8,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<UnansweredRow>>> + Send;
+
+    /// How many messages are unanswered, per peer, direction and precedence.
+    fn unanswered_counts(&self) -> impl Future<Output = Result<Vec<UnansweredCount>>> + Send;
+
+    /// Texts and notifications for one page of the console's timeline (see
+    /// [`TimelineQuery`]), newest first by `created_at`, each sender's in `seq` order.
+    fn timeline(
+        &self,
+        query: TimelineQuery,
     ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
 }

@@ -154,3 +154,63 @@ users-caption = Console accounts
 user-role = Role
 user-created = Created
 users-hint = Add or change an account with: detente user add --dir DIR --name LOGIN --role ROLE
+# The "needs action" queue, the status light, the timeline's filters and pages (issue 15).
+queue-title = Needs action
+queue-totals = We owe { $ours } answers ({ $ours_overdue } overdue) · the other side owes us { $theirs } ({ $theirs_overdue } overdue)
+queue-empty = Nothing waits for an answer.
+queue-ours = we owe { $peer }
+queue-theirs = { $peer } owes us
+queue-overdue = OVERDUE
+queue-pending = waiting
+queue-more = and { $count } more
+alarm-link-down = Link down
+alarm-test-missed = Link test not confirmed
+alarm-peer = with { $peer }
+alarm-link-view = Link health
+status-label = Status of the links
+status-heard = nothing heard since { $time }
+status-never-heard = never heard
+status-test = last link test { $time }
+status-test-none = no link test confirmed yet
+status-overdue = { $count } overdue
+state-answered = Answered
+state-unanswered = Unanswered
+state-declined = Declined
+receipt-late-by = { $time } late
+filter-label = Filter the timeline
+filter-peer = Peer
+filter-precedence = Precedence
+filter-direction = Direction
+filter-direction-in = Received
+filter-direction-out = Sent
+filter-answered = Answer
+filter-topic = Topic
+filter-all = All
+filter-apply = Filter
+filter-clear = Clear filters
+pager-label = Pages
+pager-older = Older messages
+pager-newest = Back to the newest
+takeover-title = { $count ->
+    [one] FLASH received — acknowledge it
+   *[other] { $count } FLASH messages received — acknowledge them
+}
+takeover-silence = Silence the alarm sound
+takeover-silenced = Sound silenced; the alert stays until the FLASH is acknowledged.
+login-busy = The console is busy checking other logins. Try again in a moment.
+error-field-required = This field is required.
+error-field-invalid = Not accepted. Write { $accepts }.
+error-field-limit = Too long for this field.
+error-field-rule = { $rule }
+rule-order = This must come after the earlier time.
+rule-lead-time = This is too soon after now; to notify late, give the reason in its field.
+rule-required-when = This field is required with the value chosen above.
+rule-absent-when = Leave this field empty with the value chosen above.
+compose-error-count = { $count ->
+    [one] One field needs correcting.
+   *[other] { $count } fields need correcting.
+}
+decline-confirm-title = Decline this message?
+decline-confirm-intro = Declining tells the other side, in a signed receipt, that we refuse this message. It cannot be taken back.
+decline-confirm = Yes, decline it
+decline-cancel = No, go back

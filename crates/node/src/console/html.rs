@@ -77,7 +77,16 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
     }
     out.push_str("</header>");
     if op.is_some() {
-        // The alarm banner: refreshed live on every page, sounds on a new alarm.
+        // The status light, refreshed every heartbeat (a dead link turns it down without
+        // any event), then the alarm banner: refreshed live on every page, sounds on a new
+        // alarm.
+        let _ = write!(
+            out,
+            "<section id=\"status\" class=\"status-region\" data-live=\"/console/live/status\" \
+             data-refresh-ms=\"{}\" aria-label=\"{}\"></section>",
+            super::status::refresh_ms(shared),
+            esc(&t("status-label"))
+        );
         let _ = write!(
             out,
             "<section id=\"alarm\" class=\"alarm-region\" data-live=\"/console/live/alarm\" \
@@ -91,9 +100,19 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
     }
     let _ = write!(
         out,
-        "<main id=\"main\" tabindex=\"-1\"><h1>{}</h1>{main}</main></body></html>",
+        "<main id=\"main\" tabindex=\"-1\"><h1>{}</h1>",
         esc(title)
     );
+    if op.is_some() {
+        // What needs an answer, on every page, earliest due first.
+        let _ = write!(
+            out,
+            "<section id=\"queue\" class=\"queue-region\" data-live=\"/console/live/queue\" \
+             aria-label=\"{}\"></section>",
+            esc(&t("queue-title"))
+        );
+    }
+    let _ = write!(out, "{main}</main></body></html>");
     out
 }
 

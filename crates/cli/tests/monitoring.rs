@@ -75,6 +75,26 @@ fn dashboard_and_rules_use_only_families_the_node_serves() {
             "{name} is not documented in docs/deadlines.md"
         );
     }
+    // The other way round: every family the node serves is documented and on the dashboard.
+    let dashboard = read("ops/grafana/detente-dashboard.json");
+    for line in served.lines() {
+        let line = line.trim();
+        let Some(name) = line
+            .strip_prefix('"')
+            .and_then(|rest| rest.strip_suffix("\","))
+            .filter(|name| name.starts_with("detente_"))
+        else {
+            continue;
+        };
+        assert!(
+            documented.contains(name),
+            "{name} is served but not documented in docs/deadlines.md"
+        );
+        assert!(
+            dashboard.contains(name),
+            "{name} is served but not on ops/grafana/detente-dashboard.json"
+        );
+    }
     // And the four alerts the operators asked for are there.
     for alert in [
         "DetenteLinkDown",

@@ -1324,6 +1324,125 @@ async fn glossary_terms_are_kept_per_peer_and_replaced_per_term(db: Db) {
     assert_eq!(db.store.glossary("beijing", 10).await.unwrap().len(), 2);
 }
 
+// ---------------------------------------------------------------------------------------
+// The console's accounts, sessions and audit log (console.rs).
+
+fn account(login: &str, role: &str) -> detente_store::console::UserRow {
+    detente_store::console::UserRow {
+        login: login.into(),
+        role: role.into(),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1${login}"),
+        lang: "en".into(),
+        created_at_ms: 10,
+    }
+}
+
+fn session(login: &str, n: u8, created_at_ms: i64) -> detente_store::console::SessionRow {
+    detente_store::console::SessionRow {
+        token_hash: [n; 32],
+        login: login.into(),
+        csrf: format!("csrf{n}"),
+        created_at_ms,
+        expires_at_ms: created_at_ms + 1_000,
+    }
+}
+
+/// Accounts are created, replaced (ending their sessions) and listed by login; a role
+/// outside the five is refused.
+async fn console_accounts_are_created_replaced_and_listed(db: Db) {
+    let s = &db.store;
+    assert!(s.put_user(&account("zoe", "watch")).await.unwrap());
+    assert!(s.put_user(&account("adam", "admin")).await.unwrap());
+    s.create_session(&session("zoe", 1, 100)).await.unwrap();
+    assert!(s.session([1; 32], 150).await.unwrap().is_some());
+    // Replacing an account keeps its creation time and language, and ends its sessions.
+    let mut changed = account("zoe", "supervisor");
+    changed.created_at_ms = 99;
+    assert!(!s.put_user(&changed).await.unwrap());
+    let zoe = s.user("zoe").await.unwrap().expect("zoe");
+    assert_eq!((zoe.role.as_str(), zoe.created_at_ms), ("supervisor", 10));
+    assert!(s.session([1; 32], 150).await.unwrap().is_none());
+    s.set_user_lang("zoe", "zh-CN").await.unwrap();
+    assert_eq!(s.user("zoe").await.unwrap().unwrap().lang, "zh-CN");
+    let logins: Vec<String> = s
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.login)
+        .collect();
+    assert_eq!(logins, vec!["adam", "zoe"]);
+    assert_eq!(s.user("nobody").await.unwrap(), None);
+    assert!(s.put_user(&account("eve", "root")).await.is_err());
+    assert_eq!(s.users().await.unwrap().len(), 2);
+}
+
+/// A session is found only before it expires, ends when deleted or when its account is
+/// replaced, and a login keeps at most `SESSIONS_PER_LOGIN_MAX`, the newest.
+async fn console_sessions_expire_and_are_bounded_per_login(db: Db) {
+    use detente_store::console::SESSIONS_PER_LOGIN_MAX;
+    let s = &db.store;
+    s.put_user(&account("ann", "watch")).await.unwrap();
+    s.create_session(&session("ann", 1, 100)).await.unwrap();
+    let (found, user) = s.session([1; 32], 1_099).await.unwrap().expect("live");
+    assert_eq!(found, session("ann", 1, 100));
+    assert_eq!(user.login, "ann");
+    assert!(
+        s.session([1; 32], 1_100).await.unwrap().is_none(),
+        "expired"
+    );
+    s.delete_session([1; 32]).await.unwrap();
+    assert!(s.session([1; 32], 500).await.unwrap().is_none());
+    // A session for an unknown login is refused (foreign key).
+    assert!(s.create_session(&session("ghost", 2, 100)).await.is_err());
+    let max = u8::try_from(SESSIONS_PER_LOGIN_MAX).unwrap();
+    for n in 1..=max + 2 {
+        s.create_session(&session("ann", n, 200 + i64::from(n)))
+            .await
+            .unwrap();
+    }
+    let now = 250;
+    assert!(
+        s.session([1; 32], now).await.unwrap().is_none(),
+        "oldest dropped"
+    );
+    assert!(
+        s.session([2; 32], now).await.unwrap().is_none(),
+        "oldest dropped"
+    );
+    for n in 3..=max + 2 {
+        assert!(
+            s.session([n; 32], now).await.unwrap().is_some(),
+            "session {n}"
+        );
+    }
+    // Creating a session also drops every expired one.
+    s.put_user(&account("bob", "watch")).await.unwrap();
+    s.create_session(&session("bob", 200, 5_000)).await.unwrap();
+    assert!(s.session([max + 2; 32], 1_000).await.unwrap().is_none());
+}
+
+/// The audit log lists the newest rows first, at most the limit asked.
+async fn console_audit_lists_newest_first(db: Db) {
+    let s = &db.store;
+    for n in 0..5 {
+        s.append_audit(&detente_store::console::AuditRow {
+            at_ms: n,
+            login: "ann".into(),
+            action: format!("action {n}"),
+            detail: "详细".into(),
+            source: "127.0.0.1".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let rows = s.audit(3).await.unwrap();
+    let at: Vec<i64> = rows.iter().map(|r| r.at_ms).collect();
+    assert_eq!(at, vec![4, 3, 2]);
+    assert_eq!(rows[0].detail, "详细");
+    assert_eq!(s.audit(100).await.unwrap().len(), 5);
+}
+
 /// Instantiate each test for both stores: `sqlite::NAME` and `postgres::NAME`.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1376,4 +1495,7 @@ conformance!(
     messages_of_kind_lists_one_peer_both_directions_newest_kept,
     deadline_misses_and_candidates,
     glossary_terms_are_kept_per_peer_and_replaced_per_term,
+    console_accounts_are_created_replaced_and_listed,
+    console_sessions_expire_and_are_bounded_per_login,
+    console_audit_lists_newest_first,
 );

@@ -4,7 +4,7 @@
 //! `conformance.rs`. Each test makes its own database (see `detente_store::pg_test`).
 
 use detente_store::{
-    Direction, Hash32, MessageRow, OutboxRow, Placement, PgStore, Store, StoreError, WriteBatch,
+    Direction, Hash32, MessageRow, OutboxRow, PgStore, Placement, Store, StoreError, WriteBatch,
 };
 use sqlx::Connection;
 

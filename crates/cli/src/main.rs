@@ -49,6 +49,10 @@ enum Command {
         peer_listen: String,
         #[arg(long, default_value = "127.0.0.1:7401")]
         console_listen: String,
+        /// Keep the node's data in PostgreSQL (postgres://USER:PASSWORD@HOST:PORT/DB)
+        /// instead of the SQLite file in --dir.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Show this node's identity: public key and fingerprint.
     Id {
@@ -441,7 +445,19 @@ async fn run(command: Command) -> Outcome {
             tz,
             peer_listen,
             console_listen,
-        } => commands::init(&dir, name, party, lang, tz, peer_listen, console_listen),
+            database_url,
+        } => commands::init(
+            &dir,
+            commands::InitArgs {
+                name,
+                party,
+                lang,
+                tz,
+                peer_listen,
+                console_listen,
+                database_url,
+            },
+        ),
         Command::Id { dir, json } => commands::id(&dir, json),
         Command::Peer {
             command:

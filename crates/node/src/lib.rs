@@ -38,8 +38,8 @@ use crate::link::Connection;
 use crate::peers::PeerTable;
 use crate::writer::WriterHandle;
 
-/// The store implementation in use.
-pub type NodeStore = detente_store::SqliteStore;
+/// The store implementation in use: SQLite or PostgreSQL, as `database_url` says.
+pub type NodeStore = detente_store::AnyStore;
 
 /// Inbound connections queued per peer, at most.
 const INCOMING_QUEUE_MAX: usize = 4;
@@ -231,20 +231,14 @@ fn write_run_file(shared: &Shared) {
     }
 }
 
-/// Open the store a node directory names (the node need not be running: SQLite in WAL mode
-/// lets a second process write while it runs).
+/// Open the store a node directory names: `database_url` in `node.toml` (empty: the SQLite
+/// file in the directory; `sqlite:PATH`; `postgres://…`). The node need not be running:
+/// SQLite in WAL mode lets a second process write while it runs, and PostgreSQL serves
+/// several clients. A database that cannot be reached is an error naming its URL, with the
+/// password hidden.
 pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
-    let path = match config.database_url.strip_prefix("sqlite:") {
-        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
-        _ if config.database_url.is_empty() => dir.file(config::DATABASE_FILE),
-        _ => {
-            return Err(StartError::Config(config::ConfigError::BadValue {
-                key: "database_url".into(),
-                reason: "only SQLite is supported in this version; leave it empty".into(),
-            }))
-        }
-    };
-    Ok(NodeStore::open(&path).await?)
+    let default_file = dir.file(config::DATABASE_FILE);
+    Ok(NodeStore::open(&config.database_url, &default_file).await?)
 }
 
 /// Start the link task of a peer and register where its inbound connections go.

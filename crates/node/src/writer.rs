@@ -296,6 +296,11 @@ struct Writer {
     table: Arc<PeerTable>,
     events: Events,
     policy: CheckpointPolicy,
+    /// Peers whose stream state must be read again from the store before any command runs:
+    /// a commit failed after staging had advanced their cursors, and the reload failed too
+    /// (the database was away). Until it succeeds every command is answered with
+    /// [`WriteError::Store`], so the node resumes by itself when the database returns.
+    reload: Vec<(String, PartyKey)>,
 }
 
 /// Start the writer task for the given peers (name, key).
@@ -316,6 +321,7 @@ pub async fn start(
         table,
         events,
         policy,
+        reload: Vec::new(),
     };
     for (name, key) in peers {
         writer.load_peer(&name, key).await?;
@@ -335,6 +341,19 @@ struct Staged {
 }
 
 impl Writer {
+    /// Read the stream state of every peer in `reload` from the store; true when none is
+    /// left to read.
+    async fn reload_peers(&mut self) -> bool {
+        while let Some((name, key)) = self.reload.last().cloned() {
+            if let Err(e) = self.load_peer(&name, key).await {
+                tracing::warn!(peer = %name, error = %e, "cannot reload stream state yet");
+                return false;
+            }
+            self.reload.pop();
+        }
+        true
+    }
+
     async fn load_peer(&mut self, name: &str, key: PartyKey) -> Result<(), WriteError> {
         let me = self.secret.public();
         let channel = ChannelId::for_pair(&me, &key);
@@ -559,6 +578,14 @@ impl Writer {
     }
 
     async fn apply(&mut self, commands: Vec<Command>) {
+        if !self.reload_peers().await {
+            let failure =
+                WriteError::Store("the database is unavailable; retry when it is back".into());
+            for command in commands {
+                refuse(command, &failure, &mut self.reload);
+            }
+            return;
+        }
         let mut batch = WriteBatch::default();
         let mut staged = Staged::default();
         let mut sends = Vec::new();
@@ -612,14 +639,10 @@ impl Writer {
         let committed = self.store.commit(batch).await;
         if let Err(e) = &committed {
             tracing::error!(error = %e, "commit failed; nothing of this batch was stored or acknowledged");
-            let names: Vec<(String, PartyKey)> =
-                self.peers.iter().map(|(n, p)| (n.clone(), p.key)).collect();
-            self.peers.clear();
-            for (name, key) in names {
-                if let Err(e) = self.load_peer(&name, key).await {
-                    tracing::error!(peer = %name, error = %e, "cannot reload stream state");
-                }
-            }
+            // Staging advanced the in-memory cursors: read every stream again (now, or
+            // before the next command if the database is away).
+            self.reload = self.peers.drain().map(|(n, p)| (n, p.key)).collect();
+            self.reload_peers().await;
         }
         let failure = committed
             .as_ref()
@@ -1354,4 +1377,25 @@ pub fn row(
 
 fn store_err(e: detente_store::StoreError) -> WriteError {
     WriteError::Store(e.to_string())
+}
+
+/// Answer `command` with `failure` without running it (the stream state is not loaded). A
+/// peer added meanwhile joins the peers to load.
+fn refuse(command: Command, failure: &WriteError, reload: &mut Vec<(String, PartyKey)>) {
+    match command {
+        Command::Send(_, reply) => drop(reply.send(Err(failure.clone()))),
+        Command::Receive { reply, .. } => drop(reply.send(Err(failure.clone()))),
+        Command::Misses(_, reply) | Command::Glossary(_, reply) => {
+            drop(reply.send(Err(failure.clone())))
+        }
+        Command::Checkpoint { reply, .. } => drop(reply.send(Err(failure.clone()))),
+        Command::PeerCheckpoint { reply, .. } => drop(reply.send(Err(failure.clone()))),
+        // The peer will say it again with its next receipt.
+        Command::Prune { .. } => {}
+        Command::AddPeer { name, key } => {
+            if !reload.iter().any(|(n, _)| *n == name) {
+                reload.push((name, key));
+            }
+        }
+    }
 }

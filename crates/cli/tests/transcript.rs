@@ -179,13 +179,20 @@ async fn automatic_checkpoints(alpha_database: Option<&str>) {
     y.ok().unwrap();
     settle(&ac, &bc).await;
     // The last proposal and its co-signature may still be on the way: wait until both sides
-    // show the same latest checkpoint, signed by both.
+    // show the same latest checkpoint, signed by both, and neither holds a newer proposal
+    // still waiting for its co-signature (status shows only co-signed ones, so a proposal
+    // stored by the proposer but not yet answered is seen in the export).
     let deadline = Instant::now() + WAIT;
     loop {
         let sa = ac.get("/api/v1/status").await.ok().unwrap();
         let sb = bc.get("/api/v1/status").await.ok().unwrap();
         let (ca, cb) = (&sa["peers"][0]["checkpoint"], &sb["peers"][0]["checkpoint"]);
-        if ca["cosigned"] == true && cb["cosigned"] == true && ca["time_ms"] == cb["time_ms"] {
+        if ca["cosigned"] == true
+            && cb["cosigned"] == true
+            && ca["time_ms"] == cb["time_ms"]
+            && !proposal_pending(&ac, "bravo").await
+            && !proposal_pending(&bc, "alpha").await
+        {
             break;
         }
         assert!(
@@ -216,6 +223,21 @@ async fn automatic_checkpoints(alpha_database: Option<&str>) {
         let out = detente(&["verify", file.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     }
+}
+
+/// Whether the node behind `client` holds a checkpoint of its channel with `peer` that is
+/// not co-signed yet.
+async fn proposal_pending(client: &Client, peer: &str) -> bool {
+    let bytes = client
+        .get_bytes(&format!("/api/v1/peers/{peer}/export"))
+        .await
+        .ok()
+        .unwrap();
+    Bundle::decode(&bytes)
+        .unwrap()
+        .checkpoints
+        .iter()
+        .any(|c| !SignedCheckpoint::decode(c).unwrap().cosigned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

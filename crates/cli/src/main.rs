@@ -257,6 +257,14 @@ enum Command {
         /// messages (no nodes; a real SQLite file; try --messages 20000).
         #[arg(long, conflicts_with = "verify")]
         append: bool,
+        /// Where both nodes keep their data: sqlite (a file each) or postgres (a new
+        /// database each, made through --database-url and dropped afterwards).
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+        store: String,
+        /// With --store postgres: an administrative connection to the server, e.g.
+        /// postgres://postgres:PASSWORD@127.0.0.1:5432/postgres.
+        #[arg(long, env = "DETENTE_BENCH_DATABASE_URL")]
+        database_url: Option<String>,
     },
 }
 
@@ -591,6 +599,8 @@ async fn run(command: Command) -> Outcome {
             backlog,
             samples,
             dir,
+            store,
+            database_url,
             ..
         } => {
             bench::run(bench::Options {
@@ -599,6 +609,7 @@ async fn run(command: Command) -> Outcome {
                 backlog,
                 samples,
                 dir,
+                postgres: (store == "postgres").then_some(database_url),
             })
             .await
         }

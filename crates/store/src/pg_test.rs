@@ -11,8 +11,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sqlx::Connection;
-
 /// The variable that carries the test server's URL.
 pub const URL_VAR: &str = "DETENTE_TEST_PG_URL";
 
@@ -57,46 +55,8 @@ pub async fn fresh_database(tag: &str) -> Option<String> {
         .take(30)
         .collect();
     let name = format!("t_{clean}_{}_{n}_{nanos}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {URL_VAR}: {e}"));
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
-    let _ = conn.close().await;
-    Some(with_database(&admin, &name))
-}
-
-/// `url` with its database name replaced by `name`.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..host_end]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_database_name_is_replaced() {
-        assert_eq!(
-            super::with_database("postgres://u:p@127.0.0.1:5/postgres", "x"),
-            "postgres://u:p@127.0.0.1:5/x"
-        );
-        assert_eq!(
-            super::with_database("postgres://h:5?sslmode=disable", "y"),
-            "postgres://h:5/y?sslmode=disable"
-        );
+    match crate::postgres::create_database(&admin, &name).await {
+        Ok(url) => Some(url),
+        Err(e) => panic!("cannot create test database {name} on {URL_VAR}: {e}"),
     }
 }

@@ -206,6 +206,67 @@ async fn check_durability(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
+/// Create database `name` through the administrative connection `admin_url` and return the
+/// URL of the new database (for benchmarks and tests, which make a fresh one per run). The
+/// name must be a plain identifier: lowercase letters, digits and '_'.
+pub async fn create_database(admin_url: &str, name: &str) -> Result<String> {
+    admin_statement(admin_url, name, "CREATE DATABASE").await?;
+    Ok(with_database(admin_url, name))
+}
+
+/// Drop database `name` (made by [`create_database`]), ending its sessions.
+pub async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
+    admin_statement(admin_url, name, "DROP DATABASE IF EXISTS").await?;
+    Ok(())
+}
+
+async fn admin_statement(admin_url: &str, name: &str, verb: &str) -> Result<()> {
+    use sqlx::Connection;
+    let plain = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !plain {
+        return Err(StoreError::Open(format!(
+            "database name {name:?}: lowercase letters, digits and '_', at most 63"
+        )));
+    }
+    let shown = redact_url(admin_url);
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .map_err(|e| StoreError::Open(format!("{shown}: {e}")))?;
+    let force = if verb.starts_with("DROP") {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
+    // The name was checked above: it cannot close the quotes.
+    sqlx::query(&format!("{verb} \"{name}\"{force}"))
+        .execute(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 /// `url` with any password replaced by `***`, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -1037,7 +1098,19 @@ async fn insert_evidence(conn: &mut PgConnection, rows: &[EvidenceRow]) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, with_database};
+
+    #[test]
+    fn the_database_name_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u:p@127.0.0.1:5/postgres", "x"),
+            "postgres://u:p@127.0.0.1:5/x"
+        );
+        assert_eq!(
+            with_database("postgres://h:5?sslmode=disable", "y"),
+            "postgres://h:5/y?sslmode=disable"
+        );
+    }
 
     #[test]
     fn passwords_are_hidden_in_urls() {

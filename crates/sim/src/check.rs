@@ -348,14 +348,21 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
             w.count("alarms");
             w.checker.alarms.insert((node, peer.clone()));
         }
-        Event::Deadline { id, need, .. } => {
+        Event::Deadline {
+            id, need, decision, ..
+        } => {
             let n = w
                 .checker
                 .decisions
                 .entry((node, id.0, need.code()))
                 .or_default();
             *n += 1;
-            if *n > 1 {
+            let twice = *n > 1;
+            w.count(match decision {
+                detente_core::Decision::Met => "deadlines_met",
+                detente_core::Decision::Missed => "deadlines_missed",
+            });
+            if twice {
                 w.fail(format!(
                     "n{node} decided the {} deadline of {id} twice",
                     need.name()
@@ -363,6 +370,11 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
             }
         }
         Event::Refused { .. } => w.count("refusals"),
+        Event::CharterAgreed { .. } => w.count("charters_agreed"),
+        Event::Stored { direction, .. } => w.count(match direction {
+            Direction::Out => "envelopes_written",
+            Direction::In => "envelopes_received",
+        }),
         _ => {}
     }
 }

@@ -237,7 +237,19 @@ fn check_evidence(w: &mut World, node: usize, batch: &WriteBatch) {
                 _ => false,
             }
         } else {
-            w.checker.forged_checkpoints.contains(&ev.second)
+            // A checkpoint it forged, or an honest proposal of its core contradicting a
+            // forged envelope this member recorded (it signed both).
+            let hostile = key_of(w, peer);
+            let covers_forgery = SignedCheckpoint::decode(&ev.second).is_ok_and(|s| {
+                s.checkpoint().head(&hostile).is_some_and(|head| {
+                    w.checker
+                        .forged
+                        .range((peer, node, 1)..=(peer, node, head.size))
+                        .next()
+                        .is_some()
+                })
+            });
+            w.checker.forged_checkpoints.contains(&ev.second) || covers_forgery
         };
         if !justified {
             return w.fail(format!(

@@ -778,7 +778,15 @@ impl World {
         let Some(session) = self.session_between(h, target) else {
             return;
         };
-        let kind = self.rng.gen_range(0..8);
+        let kind = self.rng.gen_range(0..9);
+        if kind == 8 {
+            // It reads slowly: everything sent to it arrives late, until it reads again.
+            if !self.stalled.remove(&h) {
+                self.stalled.insert(h);
+                self.count("hostile_slow_reads");
+            }
+            return;
+        }
         if let Some((name, bytes)) = crate::check::hostile_frame(self, h, target, kind) {
             self.count(name);
             self.note(|| format!("n{h} (hostile) sends n{target} {name}"));

@@ -119,6 +119,8 @@ pub struct Shared {
     pub console: console::ConsoleState,
     /// Admission of inbound peer connections before they authenticate.
     pub gate: Arc<gate::Gate>,
+    /// Tampered-row alarms already raised (`api::tampered_alarm`).
+    pub tampered: Mutex<std::collections::HashSet<String>>,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -226,6 +228,7 @@ impl Node {
             charters: charter::Charters::default(),
             console: console::ConsoleState::new(),
             gate: gate::Gate::new(),
+            tampered: Mutex::new(std::collections::HashSet::new()),
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });
@@ -250,6 +253,7 @@ impl Node {
             .push(tokio::spawn(accept_peers(shared.clone(), peer_listener)));
         node.tasks
             .push(tokio::spawn(api::serve(shared.clone(), console_listener)));
+        check_stream_tails(&shared).await;
         write_run_file(&shared);
         tracing::info!(
             name = %shared.config.read().map(|c| c.name.clone()).unwrap_or_default(),
@@ -269,6 +273,54 @@ impl Node {
         }
         self.shared.store.close().await;
         let _ = std::fs::remove_file(self.shared.dir.file(config::RUN_FILE));
+    }
+}
+
+/// At start, the last envelope of every stream must verify and be the stream's recorded
+/// head: a row altered in the file since is named in an alarm (and in `status`), not shown
+/// later as genuine. The rest of each stream is verified when it is shown or exported.
+async fn check_stream_tails(shared: &Arc<Shared>) {
+    use detente_store::Store;
+    let Ok(streams) = shared.store.streams().await else {
+        return;
+    };
+    let me = shared.secret.public();
+    for entry in shared.table.all() {
+        let channel = detente_proto::ChannelId::for_pair(&me, &entry.key);
+        for sender in [me, entry.key] {
+            let Some(state) = streams
+                .iter()
+                .find(|s| s.channel == channel.0 && &s.sender == sender.as_bytes())
+                .filter(|s| s.next_seq > 1)
+            else {
+                continue;
+            };
+            let seq = state.next_seq - 1;
+            let row = shared
+                .store
+                .message_at(channel.0, *sender.as_bytes(), seq)
+                .await;
+            let problem = match row {
+                Ok(Some(row)) => {
+                    match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
+                        Ok(v) if v.id().0 == state.last_id && row.id == state.last_id => None,
+                        Ok(_) => Some("it is not the stream's recorded head".to_string()),
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+                Ok(None) => Some("the stream's last message is missing".to_string()),
+                Err(_) => None,
+            };
+            if let Some(why) = problem {
+                let detail = format!(
+                    "{}: stream {} seq {seq} in the channel with {} ({why})",
+                    transcript::TAMPERED,
+                    sender.fingerprint(),
+                    entry.name
+                );
+                api::tampered_alarm(shared, &entry.name, &detail);
+            }
+        }
     }
 }
 

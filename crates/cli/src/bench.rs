@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::harness::{send_bulk, wait_link_up, wait_outbox_empty, ProcNode};
+use crate::progress::Progress;
 use crate::{Failure, Outcome};
 
 pub struct Options {
@@ -16,6 +17,8 @@ pub struct Options {
     pub backlog: u64,
     pub samples: u64,
     pub dir: Option<PathBuf>,
+    /// Also measure the machine's baselines ([`crate::bench_compare`]) in the same run.
+    pub compare: bool,
 }
 
 /// Upper bounds that keep a mistyped flag from running for hours.
@@ -61,6 +64,14 @@ pub async fn run(o: Options) -> Outcome {
             path
         }
     };
+    let baselines = if o.compare {
+        if !o.json {
+            eprintln!("measuring this machine's baselines (disk, SQLite, signatures)…");
+        }
+        Some(crate::bench_compare::measure(&base).await?)
+    } else {
+        None
+    };
     let mut a = ProcNode::init(&base, "alpha", "Bench Party Alpha", "en", "UTC")?;
     let mut b = ProcNode::init(&base, "bravo", "Bench Party Bravo", "en", "UTC")?;
     ProcNode::pin_pair(&a, &b)?;
@@ -90,6 +101,7 @@ pub async fn run(o: Options) -> Outcome {
     let mut latencies = Vec::with_capacity(o.samples as usize);
     let mut accept = Vec::with_capacity(o.samples as usize);
     let text = "L".repeat(MESSAGE_BYTES);
+    let progress = Progress::bar(o.samples, "latency");
     for _ in 0..o.samples {
         let t0 = Instant::now();
         let sent = ac
@@ -102,7 +114,9 @@ pub async fn run(o: Options) -> Outcome {
         ))
         .await?;
         latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
+        progress.inc(1);
     }
+    drop(progress);
     latencies.sort_by(f64::total_cmp);
     accept.sort_by(f64::total_cmp);
 
@@ -111,6 +125,7 @@ pub async fn run(o: Options) -> Outcome {
         o.messages
     ));
     let cpu_before = a.cpu_us().unwrap_or(0) + b.cpu_us().unwrap_or(0);
+    let progress = Progress::spinner(format!("throughput: {} messages", o.messages));
     let t0 = Instant::now();
     let sent = send_concurrently(&ac, o.messages).await?;
     let last = sent
@@ -125,6 +140,7 @@ pub async fn run(o: Options) -> Outcome {
     .await?;
     wait_outbox_empty(&ac, "bravo", STEP_TIMEOUT).await?;
     let elapsed = t0.elapsed().as_secs_f64();
+    drop(progress);
     let cpu_after = a.cpu_us().unwrap_or(0) + b.cpu_us().unwrap_or(0);
     let throughput = o.messages as f64 / elapsed;
     let cpu_per_msg = (cpu_after - cpu_before) as f64 / o.messages as f64;
@@ -153,6 +169,7 @@ pub async fn run(o: Options) -> Outcome {
     let reconnect_and_flash_ms = first_flash_sent.elapsed().as_secs_f64() * 1000.0;
     let mut backlog_seen = Vec::new();
     let mut stages = Vec::new();
+    let progress = Progress::bar(FLASHES as u64, "FLASH behind the backlog");
     for i in 0..FLASHES {
         let status = ac.get("/api/v1/status").await?;
         let queued = status["peers"][0]["outbox"].as_u64().unwrap_or(0);
@@ -187,7 +204,9 @@ pub async fn run(o: Options) -> Outcome {
                 "back_ms": seen_back_ms - d,
             }));
         }
+        progress.inc(1);
     }
+    drop(progress);
     flashes.sort_by(f64::total_cmp);
     wait_outbox_empty(&ac, "bravo", STEP_TIMEOUT).await?;
     let peak = [a.memory_mib(), b.memory_mib()]
@@ -213,10 +232,17 @@ pub async fn run(o: Options) -> Outcome {
         "cpu_us_per_msg": cpu_per_msg.round(),
         "peak_rss_mib": round2(peak),
     });
+    let mut result = result;
+    if let Some(b) = &baselines {
+        result["compare"] = b.to_json(throughput);
+    }
     if o.json {
         println!("{result}");
     } else {
         print_table(&result);
+        if let Some(b) = &baselines {
+            crate::bench_compare::print(b, throughput);
+        }
     }
     a.stop();
     b.stop();

@@ -14,6 +14,7 @@ pub mod config;
 pub mod console;
 pub mod deadlines;
 pub mod events;
+pub mod gate;
 pub mod hooks;
 pub mod link;
 pub mod metrics;
@@ -43,8 +44,6 @@ pub type NodeStore = detente_store::SqliteStore;
 
 /// Inbound connections queued per peer, at most.
 const INCOMING_QUEUE_MAX: usize = 4;
-/// Unauthenticated connections being handshaken at once, at most.
-const HANDSHAKES_MAX: usize = 64;
 
 /// Milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {
@@ -70,6 +69,31 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Writer(#[from] writer::WriteError),
+    /// The store's file is missing while `node.toml` pins peers: most likely the database
+    /// was moved or lost, and a fresh one would reuse sequence numbers the peers already
+    /// hold. Remedy: put the file back, or start afresh explicitly with `serve --new-store`.
+    #[error(
+        "the store {path} does not exist, but node.toml pins peers ({peers}): starting on an \
+         empty store would reuse sequence numbers the peers already hold. Put the database \
+         back, or, to start afresh on purpose, run: detente serve --dir DIR --new-store"
+    )]
+    NewStore { path: String, peers: String },
+    /// The console would listen beyond loopback without TLS. Remedy: listen on 127.0.0.1
+    /// (and reach it through an SSH tunnel or a TLS proxy), or accept the risk explicitly.
+    #[error(
+        "the console and API would listen on {addr}, beyond this machine, without TLS \
+         (passwords and session cookies would cross the network in clear). Listen on \
+         127.0.0.1 behind a TLS proxy, or accept the risk with: detente config set --dir DIR \
+         console.insecure_public_bind true"
+    )]
+    PublicConsole { addr: String },
+}
+
+/// How a node starts ([`Node::start_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Start even when the store's file is missing and peers are pinned (`serve --new-store`).
+    pub new_store: bool,
 }
 
 /// State shared by the tasks of a running node.
@@ -93,6 +117,8 @@ pub struct Shared {
     pub charters: charter::Charters,
     /// Console state that is not in the store (login limiter, interface texts).
     pub console: console::ConsoleState,
+    /// Admission of inbound peer connections before they authenticate.
+    pub gate: Arc<gate::Gate>,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -105,12 +131,25 @@ pub struct Node {
 }
 
 impl Node {
-    /// Start the node in `dir`.
+    /// Start the node in `dir`; refuses a missing store while peers are pinned.
     pub async fn start(dir: NodeDir) -> Result<Node, StartError> {
+        Self::start_with(dir, StartOptions::default()).await
+    }
+
+    /// Start the node in `dir` with `options`.
+    pub async fn start_with(dir: NodeDir, options: StartOptions) -> Result<Node, StartError> {
         let config = dir.load()?;
         let secret = Arc::new(dir.secret()?);
         let token = dir.token()?;
-        let store = Arc::new(open_store(&dir, &config).await?);
+        let path = store_path(&dir, &config)?;
+        if !path.exists() && !config.peers.is_empty() && !options.new_store {
+            let peers: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+            return Err(StartError::NewStore {
+                path: path.display().to_string(),
+                peers: peers.join(", "),
+            });
+        }
+        let store = Arc::new(NodeStore::open(&path).await?);
         let table = Arc::new(PeerTable::default());
         let events = Events::new();
         let mut peers = Vec::new();
@@ -154,6 +193,19 @@ impl Node {
                 addr: config.console_listen.clone(),
                 source,
             })?;
+        if !console_addr.ip().is_loopback() {
+            if !config.console.insecure_public_bind {
+                return Err(StartError::PublicConsole {
+                    addr: console_addr.to_string(),
+                });
+            }
+            tracing::warn!(
+                console = %console_addr,
+                "the console and API listen beyond loopback without TLS \
+                 (console.insecure_public_bind = true): passwords and cookies cross the \
+                 network in clear"
+            );
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             dir,
@@ -171,6 +223,7 @@ impl Node {
             formats: std::sync::RwLock::new(notify::held_formats()),
             charters: charter::Charters::default(),
             console: console::ConsoleState::new(),
+            gate: gate::Gate::new(),
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });
@@ -232,8 +285,22 @@ fn write_run_file(shared: &Shared) {
 }
 
 /// Open the store a node directory names (the node need not be running: SQLite in WAL mode
-/// lets a second process write while it runs).
+/// lets a second process write while it runs). A missing file is created only by
+/// `detente init` and `serve --new-store`, never here: an offline command must not leave an
+/// empty store behind that a later `serve` would take for the real one.
 pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
+    let path = store_path(dir, config)?;
+    if !path.exists() {
+        return Err(StartError::Store(detente_store::StoreError::Open(format!(
+            "{}: no such file (was the database moved?)",
+            path.display()
+        ))));
+    }
+    Ok(NodeStore::open(&path).await?)
+}
+
+/// Where the node's SQLite file is.
+fn store_path(dir: &NodeDir, config: &NodeConfig) -> Result<std::path::PathBuf, StartError> {
     let path = match config.database_url.strip_prefix("sqlite:") {
         Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
         _ if config.database_url.is_empty() => dir.file(config::DATABASE_FILE),
@@ -244,7 +311,7 @@ pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore,
             }))
         }
     };
-    Ok(NodeStore::open(&path).await?)
+    Ok(path)
 }
 
 /// Start the link task of a peer and register where its inbound connections go.
@@ -285,7 +352,8 @@ pub async fn add_peer(shared: &Arc<Shared>, name: &str) -> Result<(), StartError
     Ok(())
 }
 
-/// Accept TLS connections from pinned peers and hand each to its peer's link task.
+/// Accept TLS connections from pinned peers and hand each to its peer's link task. Before
+/// any TLS, the [`gate`] decides whether the connection gets a handshake slot.
 async fn accept_peers(shared: Arc<Shared>, listener: TcpListener) {
     let server_config = match tls::server_config(&shared.secret, shared.table.clone()) {
         Ok(c) => c,
@@ -295,7 +363,6 @@ async fn accept_peers(shared: Arc<Shared>, listener: TcpListener) {
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -309,50 +376,95 @@ async fn accept_peers(shared: Arc<Shared>, listener: TcpListener) {
             },
             _ = shutdown.changed() => return,
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "too many handshakes in progress; dropping a connection");
-            continue;
+        let pinned = pinned_address(&shared, remote.ip());
+        let ticket = match shared
+            .gate
+            .admit(remote.ip(), pinned, std::time::Instant::now())
+        {
+            Ok(t) => t,
+            Err(why) => {
+                log_refusals(&shared, remote, why.name());
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(link::HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                .await
-            {
+            let accepted = tokio::time::timeout(gate::PRE_AUTH_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(ticket);
+            let tls = match accepted {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    match tls::rejection(&e) {
-                        Some(reason) => tracing::warn!(%remote, %reason, "refused a connection"),
-                        None => tracing::info!(%remote, error = %e, "TLS handshake failed"),
+                    if let Some(tls::TlsError::UnpinnedPeer { presented }) = tls::rejection(&e) {
+                        let now = std::time::Instant::now();
+                        shared
+                            .gate
+                            .key_refused(remote.ip(), pinned, *presented, now);
+                        log_refusals(&shared, remote, "unpinned key");
+                    } else {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     }
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(%remote, "TLS handshake timed out");
+                    tracing::debug!(%remote, "TLS handshake timed out");
                     return;
                 }
             };
-            let Some(key) = tls::peer_key(tls.get_ref().1) else {
-                return;
-            };
-            let Some(entry) = shared.table.by_key(&key) else {
-                return;
-            };
-            let sender = shared
-                .incoming
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&entry.name).cloned());
-            if let Some(sender) = sender {
-                let connection = Connection {
-                    stream: tokio_rustls::TlsStream::Server(tls),
-                    dialed_by_us: false,
-                    address: remote.to_string(),
-                };
-                let _ = sender.try_send(connection);
-            }
+            hand_over(&shared, tls, remote);
         });
+    }
+}
+
+/// Give an authenticated connection to its peer's link task.
+fn hand_over(
+    shared: &Shared,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    remote: SocketAddr,
+) {
+    let Some(key) = tls::peer_key(tls.get_ref().1) else {
+        return;
+    };
+    let Some(entry) = shared.table.by_key(&key) else {
+        return;
+    };
+    shared.gate.authenticated(remote.ip());
+    let sender = shared
+        .incoming
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&entry.name).cloned());
+    if let Some(sender) = sender {
+        let connection = Connection {
+            stream: tokio_rustls::TlsStream::Server(tls),
+            dialed_by_us: false,
+            address: remote.to_string(),
+        };
+        let _ = sender.try_send(connection);
+    }
+}
+
+/// Whether `ip` is the address of a pinned peer (an IP literal in its `addrs`).
+fn pinned_address(shared: &Shared, ip: std::net::IpAddr) -> bool {
+    shared.table.all().iter().any(|entry| {
+        entry
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+            .any(|a| a.ip() == ip)
+    })
+}
+
+/// One WARN line per [`gate::FLOOD_LOG_INTERVAL`] at most, however many are refused.
+fn log_refusals(shared: &Shared, remote: SocketAddr, why: &str) {
+    if let Some(count) = shared.gate.log_line(std::time::Instant::now()) {
+        tracing::warn!(
+            %remote,
+            reason = why,
+            refused = count,
+            "refusing inbound peer connections ({count} since the last such line; \
+             see /metrics detente_peer_connections_refused_total and status refused_keys)"
+        );
     }
 }

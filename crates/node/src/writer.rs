@@ -296,6 +296,10 @@ struct Writer {
     table: Arc<PeerTable>,
     events: Events,
     policy: CheckpointPolicy,
+    /// Peers whose stream state could not be reloaded after a failed commit: retried before
+    /// every batch; until then their commands answer [`WriteError::Store`] (503), never
+    /// "peer not known".
+    unloaded: HashMap<String, PartyKey>,
 }
 
 /// Start the writer task for the given peers (name, key).
@@ -316,6 +320,7 @@ pub async fn start(
         table,
         events,
         policy,
+        unloaded: HashMap::new(),
     };
     for (name, key) in peers {
         writer.load_peer(&name, key).await?;
@@ -558,7 +563,22 @@ impl Writer {
         }
     }
 
+    /// Load the streams of every peer a failed commit left unloaded; those that still fail
+    /// stay for the next batch.
+    async fn reload_unloaded(&mut self) {
+        let names: Vec<(String, PartyKey)> = self.unloaded.drain().collect();
+        for (name, key) in names {
+            if let Err(e) = self.load_peer(&name, key).await {
+                tracing::error!(peer = %name, error = %e, "cannot reload stream state; retrying before the next batch");
+                self.unloaded.insert(name, key);
+            }
+        }
+    }
+
     async fn apply(&mut self, commands: Vec<Command>) {
+        if !self.unloaded.is_empty() {
+            self.reload_unloaded().await;
+        }
         let mut batch = WriteBatch::default();
         let mut staged = Staged::default();
         let mut sends = Vec::new();
@@ -586,6 +606,13 @@ impl Writer {
                 }
                 Command::Prune { peer, hwm } => {
                     if let Some(p) = self.peers.get_mut(&peer) {
+                        let written = p.out.next_seq.saturating_sub(1);
+                        if hwm > written {
+                            // Never a prune: the outbox rows at or below `hwm` were never
+                            // sent to this peer (issue 12, item 1).
+                            stream_ahead(&self.table, &self.events, &peer, hwm, written);
+                            continue;
+                        }
                         p.confirmed = p.confirmed.max(hwm.min(p.out_tree.size()));
                     }
                     batch.prune.push((peer, hwm));
@@ -612,14 +639,11 @@ impl Writer {
         let committed = self.store.commit(batch).await;
         if let Err(e) = &committed {
             tracing::error!(error = %e, "commit failed; nothing of this batch was stored or acknowledged");
+            // What was staged changed the in-memory streams; read them back from the store.
             let names: Vec<(String, PartyKey)> =
-                self.peers.iter().map(|(n, p)| (n.clone(), p.key)).collect();
-            self.peers.clear();
-            for (name, key) in names {
-                if let Err(e) = self.load_peer(&name, key).await {
-                    tracing::error!(peer = %name, error = %e, "cannot reload stream state");
-                }
-            }
+                self.peers.drain().map(|(n, p)| (n, p.key)).collect();
+            self.unloaded.extend(names);
+            self.reload_unloaded().await;
         }
         let failure = committed
             .as_ref()
@@ -678,7 +702,7 @@ impl Writer {
         let p = self
             .peers
             .get(peer)
-            .ok_or_else(|| WriteError::UnknownPeer(peer.to_string()))?;
+            .ok_or_else(|| missing(&self.unloaded, peer))?;
         let me = self.secret.public();
         let signed = self
             .store
@@ -784,7 +808,7 @@ impl Writer {
             let p = self
                 .peers
                 .get(peer)
-                .ok_or_else(|| WriteError::UnknownPeer(peer.to_string()))?;
+                .ok_or_else(|| missing(&self.unloaded, peer))?;
             (p.channel, p.key, p.out_tree.size(), p.in_tree.size())
         };
         let me = self.secret.public();
@@ -919,7 +943,7 @@ impl Writer {
         let p = self
             .peers
             .get_mut(&request.peer)
-            .ok_or_else(|| WriteError::UnknownPeer(request.peer.clone()))?;
+            .ok_or_else(|| missing(&self.unloaded, &request.peer))?;
         // The sender's clock may step back; creation times within a stream never do.
         let created_at_ms = now_ms().max(p.out_last_created_ms);
         let envelope = Envelope {
@@ -998,7 +1022,7 @@ impl Writer {
         let mut receipt_precedence = Precedence::Routine;
         for verified in envelopes {
             let Some(p) = self.peers.get_mut(peer) else {
-                return Err(WriteError::UnknownPeer(peer.to_string()));
+                return Err(missing(&self.unloaded, peer));
             };
             let e = verified.envelope();
             let seq = e.seq;
@@ -1349,6 +1373,36 @@ pub fn row(
         in_reply_to: e.in_reply_to.map(|id| id.0),
         placement,
         bytes: v.bytes().to_vec(),
+    }
+}
+
+/// A peer claims to hold our stream up to `hwm`, beyond the `written` envelopes our store
+/// has: the store was replaced or lost, and the peer holds envelopes of ours we no longer
+/// know. Stop sending to it (new envelopes would reuse its seqs) and raise the alarm once.
+pub fn stream_ahead(table: &PeerTable, events: &Events, peer: &str, hwm: u64, written: u64) {
+    let detail = format!(
+        "peer {peer} holds our stream up to seq {hwm} but our store has only {written}: \
+         this store is not the one the channel ran on (moved, restored from an old backup, \
+         or new). Nothing more is sent to {peer}; put the right database back and restart"
+    );
+    let Some(entry) = table.get(peer) else { return };
+    if entry.stop_sending(detail.clone()) {
+        tracing::error!(peer, hwm, written, "STREAM AHEAD: {detail}");
+        events.publish(Event::Alarm {
+            peer: peer.to_string(),
+            detail,
+        });
+    }
+}
+
+/// The error for a command naming a peer the writer does not hold.
+fn missing(unloaded: &HashMap<String, PartyKey>, peer: &str) -> WriteError {
+    if unloaded.contains_key(peer) {
+        WriteError::Store(format!(
+            "the stream state of peer {peer:?} is being reloaded after a database failure"
+        ))
+    } else {
+        WriteError::UnknownPeer(peer.to_string())
     }
 }
 

@@ -8,7 +8,7 @@
 
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::sqlite::{decode_message, MESSAGE_SELECT};
+use crate::sqlite::{decode_message, WriteTx, MESSAGE_SELECT};
 use crate::{
     Direction, MessageRow, Result, SqliteStore, StoreError, TimelineQuery, UnansweredCount,
     UnansweredRow,
@@ -69,7 +69,7 @@ impl SqliteStore {
     /// Create an account, or replace the role and password of an existing one (its
     /// sessions end). Returns true when the account is new.
     pub async fn put_user(&self, row: &UserRow) -> Result<bool> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let existed: Option<String> = sqlx::query_scalar("SELECT login FROM users WHERE login = ?")
             .bind(&row.login)
             .fetch_optional(&mut *tx)
@@ -121,7 +121,7 @@ impl SqliteStore {
     /// Store a new session, dropping expired ones and the oldest of this login's beyond
     /// [`SESSIONS_PER_LOGIN_MAX`].
     pub async fn create_session(&self, row: &SessionRow) -> Result<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= ?")
             .bind(row.created_at_ms)
             .execute(&mut *tx)

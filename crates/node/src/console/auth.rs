@@ -45,7 +45,7 @@ pub const PASSWORD_CHECKS_WAITING_MAX: usize = 8;
 /// in the next one, not written one by one).
 pub const LOGIN_FAILURES_PER_AUDIT_ROW: u32 = 5;
 
-/// An operator's role (SPEC §2).
+/// An operator's role (docs/spec.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Reads, drafts, sends PRIORITY and ROUTINE, marks read.
@@ -115,6 +115,16 @@ impl Role {
 
     pub fn can_admin(self) -> bool {
         self == Role::Admin
+    }
+
+    /// Sign a checkpoint of a channel on the party's behalf.
+    pub fn can_checkpoint(self) -> bool {
+        matches!(self, Role::Supervisor | Role::Principal)
+    }
+
+    /// Add or replace glossary terms of a channel.
+    pub fn can_edit_glossary(self) -> bool {
+        matches!(self, Role::Supervisor | Role::Principal | Role::Admin)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Console forms for people, in a real headless Chromium against two real nodes (issue 15):
 //! a notification form with three invalid fields shows three errors at once, each next to
 //! its own field, in the operator's language (Chinese here, with none of the catalogue's
-//! English); Decline asks for confirmation before anything is signed.
+//! English); Decline asks for confirmation before anything is signed; a message's answers
+//! are listed under it.
 //!
 //! Without Chromium this test FAILS, unless DETENTE_SKIP_BROWSER=1 says to skip it.
 
@@ -149,6 +150,21 @@ async fn three_invalid_fields_three_localized_errors_and_decline_asks_first() {
     sb.wait_for(".r-declined.done", WAIT).await.unwrap();
     let m = bc.get(&format!("/api/v1/messages/{id}")).await.unwrap();
     assert!(!m["receipts"]["declined"].is_null());
+
+    // The answers to a message are listed under it (found by the message they answer).
+    let reply = bc
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "precedence": "routine", "reply_to": id,
+                    "text": "我方建议改为 11:00 UTC。", "lang": "zh-CN"}),
+        )
+        .await
+        .unwrap();
+    let reply_id = reply["id"].as_str().unwrap().to_string();
+    sb.goto(&page).await.unwrap();
+    sb.wait_for(&format!("#replies .msg[data-id=\"{reply_id}\"]"), WAIT)
+        .await
+        .unwrap();
     sb.close().await;
     drop(driver);
     drop((w, b));

@@ -22,6 +22,8 @@ use crate::{now_ms, Shared};
 
 /// Messages on one timeline page (older ones are on the next pages).
 pub const TIMELINE_PAGE_ROWS: u32 = 50;
+/// Answers shown under one message, at most.
+const THREAD_REPLIES_MAX: u32 = 100;
 /// Longest topic accepted as a timeline filter.
 const FILTER_TOPIC_BYTES_MAX: usize = 256;
 /// Envelopes per stream checked on the transcript page (the newest).
@@ -333,28 +335,6 @@ pub async fn set_lang(
 }
 
 // ---------------------------------------------------------------- messages as shown
-
-/// The newest messages (not receipts), oldest first, as the API describes them.
-/// Messages as the API shows them, rendered in the operator's language.
-async fn messages(shared: &Shared, op: &Operator, peer: Option<String>, limit: u32) -> Vec<Value> {
-    let rows = shared
-        .store
-        .inbox(InboxQuery {
-            peer,
-            direction: None,
-            include_system: false,
-            limit,
-        })
-        .await
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows.iter().filter(|r| r.kind != 2) {
-        if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
-            out.push(v);
-        }
-    }
-    out
-}
 
 fn ms_of(text: &Value) -> Option<i64> {
     text.as_str()?
@@ -993,28 +973,38 @@ async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
         "<ol class=\"timeline single\">{}</ol>",
         message_item(shared, op, m)
     );
-    // The thread: what this answers, and the answers to it.
-    let peer = m["peer"].as_str().map(str::to_string);
-    let id = m["id"].as_str().unwrap_or_default();
-    let all = messages(shared, op, peer, api::LIST_LIMIT_MAX).await;
+    // The thread: what this answers, and the answers to it, read by id (never by walking
+    // the channel).
     if let Some(parent) = m["in_reply_to"].as_str() {
-        if let Some(p) = all.iter().find(|x| x["id"] == parent) {
+        if let Some(p) = find_message(shared, op, parent).await {
             let _ = write!(
                 out,
                 "<h2>{}</h2><ol class=\"timeline thread\">{}</ol>",
                 esc(&tr(shared, op, "in-reply-to")),
-                message_item(shared, op, p)
+                message_item(shared, op, &p)
             );
         }
     }
-    let replies: Vec<&Value> = all.iter().filter(|x| x["in_reply_to"] == id).collect();
+    let mut replies = Vec::new();
+    if let Some(id) = m["id"].as_str().and_then(MessageId::from_hex) {
+        let rows = shared
+            .store
+            .replies(id.0, THREAD_REPLIES_MAX)
+            .await
+            .unwrap_or_default();
+        for row in &rows {
+            if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
+                replies.push(v);
+            }
+        }
+    }
     if !replies.is_empty() {
         let _ = write!(
             out,
             "<h2>{}</h2><ol class=\"timeline thread\" id=\"replies\">",
             esc(&tr(shared, op, "replies"))
         );
-        for r in replies {
+        for r in &replies {
             out.push_str(&message_item(shared, op, r));
         }
         out.push_str("</ol>");

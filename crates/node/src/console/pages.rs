@@ -24,7 +24,7 @@ use crate::{now_ms, Shared};
 pub const TIMELINE_PAGE_ROWS: u32 = 50;
 /// Answers shown under one message, at most.
 const THREAD_REPLIES_MAX: u32 = 100;
-/// Longest topic accepted as a timeline filter.
+/// Longest topic (or peer name) accepted as a timeline filter; a longer one is ignored.
 const FILTER_TOPIC_BYTES_MAX: usize = 256;
 /// Envelopes per stream checked on the transcript page (the newest).
 pub const VERIFY_TAIL_MAX: u64 = 200;
@@ -712,7 +712,7 @@ impl TimelineFilter {
     fn query(&self) -> detente_store::TimelineQuery {
         let text = |v: &str| Some(v.trim().to_string()).filter(|v| !v.is_empty());
         detente_store::TimelineQuery {
-            peer: text(&self.peer),
+            peer: text(&self.peer).filter(|p| p.len() <= FILTER_TOPIC_BYTES_MAX),
             direction: match self.direction.as_str() {
                 "in" => Some(detente_store::Direction::In),
                 "out" => Some(detente_store::Direction::Out),

@@ -65,7 +65,8 @@
 
   // The tab title carries the count of standing alarms, so a FLASH shows in another tab.
   function badge() {
-    const n = document.querySelectorAll("#alarm [data-alarm-id], #alarm [data-flash-id]").length;
+    // One per alarm: a FLASH is both in the takeover and in the banner's list.
+    const n = document.querySelectorAll("#alarm [data-alarm-id]").length;
     document.title = n > 0 ? "(" + n + ") ⚠ " + baseTitle : baseTitle;
   }
 

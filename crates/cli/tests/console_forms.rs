@@ -2,7 +2,7 @@
 //! a notification form with three invalid fields shows three errors at once, each next to
 //! its own field, in the operator's language (Chinese here, with none of the catalogue's
 //! English); Decline asks for confirmation before anything is signed; a message's answers
-//! are listed under it.
+//! are listed under it; the English header fits on one line at 1,280 px.
 //!
 //! Without Chromium this test FAILS, unless DETENTE_SKIP_BROWSER=1 says to skip it.
 
@@ -165,6 +165,27 @@ async fn three_invalid_fields_three_localized_errors_and_decline_asks_first() {
     sb.wait_for(&format!("#replies .msg[data-id=\"{reply_id}\"]"), WAIT)
         .await
         .unwrap();
+    // The English header fits on one line in a 1,280 px window.
+    let sw = driver.session(&tmp.path().join("profile-w")).await.unwrap();
+    login(&sw, &w, "duty", TEST_PASSWORD).await.unwrap();
+    sw.wait_for("#logout", WAIT).await.unwrap();
+    let one_line = sw
+        .execute(
+            "const h = document.querySelector('header'); \
+             const nav = h.querySelector('nav').getBoundingClientRect(); \
+             const out = document.getElementById('logout').getBoundingClientRect(); \
+             return [window.innerWidth, Math.abs(nav.top - out.top) < nav.height];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        one_line[1],
+        json!(true),
+        "the header wraps at {}",
+        one_line[0]
+    );
+    sw.close().await;
     sb.close().await;
     drop(driver);
     drop((w, b));

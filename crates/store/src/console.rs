@@ -314,6 +314,26 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// See [`crate::Store::replies`]; served by `console_replies` (migration 0011).
+    pub(crate) async fn console_replies(
+        &self,
+        of: crate::Hash32,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "{MESSAGE_SELECT} INDEXED BY console_replies WHERE in_reply_to = ? AND kind IN (0, 4) \
+             ORDER BY created_at_ms, sender, seq LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(of.as_slice())
+            .bind(i64::from(limit.clamp(1, TIMELINE_ROWS_MAX)))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_message).collect()
+    }
+}
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt {
         table: "console_unanswered",

@@ -318,4 +318,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: TimelineQuery,
     ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
+
+    /// Texts and notifications that answer message `of` (`in_reply_to`), oldest first, at
+    /// most `limit`.
+    fn replies(
+        &self,
+        of: Hash32,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
 }

@@ -877,6 +877,10 @@ impl Store for SqliteStore {
     async fn timeline(&self, query: crate::TimelineQuery) -> Result<Vec<MessageRow>> {
         self.console_timeline(query).await
     }
+
+    async fn replies(&self, of: Hash32, limit: u32) -> Result<Vec<MessageRow>> {
+        self.console_replies(of, limit).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------

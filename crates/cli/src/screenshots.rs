@@ -148,7 +148,8 @@ async fn story(sw: &Session, sb: &Session, w: &ProcNode, b: &ProcNode, out: &Pat
     sw.wait_for(".msg.prec-flash", WAIT).await?;
     sb.wait_for("#alarm .alarm-flash", WAIT).await?;
     shoot(sb, out, "timeline-alarm-zh-CN").await?;
-    let item = ".msg.prec-flash .translation";
+    // The routine message's courtesy translation (the FLASH is a notification: none).
+    let item = ".msg.prec-routine .translation";
     sb.wait_for(item, WAIT).await?;
     let open = sb.find("#alarm .alarm-flash a").await?;
     sb.click(&open).await?;

@@ -1,7 +1,8 @@
 //! Console forms for people, in a real headless Chromium against two real nodes (issue 15):
 //! a notification form with three invalid fields shows three errors at once, each next to
 //! its own field, in the operator's language (Chinese here, with none of the catalogue's
-//! English); Decline asks for confirmation before anything is signed.
+//! English); Decline asks for confirmation before anything is signed; a message's answers
+//! are listed under it; the English header fits on one line at 1,280 px.
 //!
 //! Without Chromium this test FAILS, unless DETENTE_SKIP_BROWSER=1 says to skip it.
 
@@ -149,6 +150,42 @@ async fn three_invalid_fields_three_localized_errors_and_decline_asks_first() {
     sb.wait_for(".r-declined.done", WAIT).await.unwrap();
     let m = bc.get(&format!("/api/v1/messages/{id}")).await.unwrap();
     assert!(!m["receipts"]["declined"].is_null());
+
+    // The answers to a message are listed under it (found by the message they answer).
+    let reply = bc
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "precedence": "routine", "reply_to": id,
+                    "text": "我方建议改为 11:00 UTC。", "lang": "zh-CN"}),
+        )
+        .await
+        .unwrap();
+    let reply_id = reply["id"].as_str().unwrap().to_string();
+    sb.goto(&page).await.unwrap();
+    sb.wait_for(&format!("#replies .msg[data-id=\"{reply_id}\"]"), WAIT)
+        .await
+        .unwrap();
+    // The English header fits on one line in a 1,280 px window.
+    let sw = driver.session(&tmp.path().join("profile-w")).await.unwrap();
+    login(&sw, &w, "duty", TEST_PASSWORD).await.unwrap();
+    sw.wait_for("#logout", WAIT).await.unwrap();
+    let one_line = sw
+        .execute(
+            "const h = document.querySelector('header'); \
+             const nav = h.querySelector('nav').getBoundingClientRect(); \
+             const out = document.getElementById('logout').getBoundingClientRect(); \
+             return [window.innerWidth, Math.abs(nav.top - out.top) < nav.height];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        one_line[1],
+        json!(true),
+        "the header wraps at {}",
+        one_line[0]
+    );
+    sw.close().await;
     sb.close().await;
     drop(driver);
     drop((w, b));

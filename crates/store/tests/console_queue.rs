@@ -30,7 +30,7 @@ fn msg(direction: Direction, seq: u64, precedence: u8, created: i64, stored: i64
         peer: "beijing".into(),
         direction,
         precedence,
-        topic: if seq % 2 == 0 { "even" } else { "odd" }.into(),
+        topic: if seq.is_multiple_of(2) { "even" } else { "odd" }.into(),
         kind: 0,
         created_at_ms: created,
         stored_at_ms: stored,
@@ -90,12 +90,14 @@ async fn unanswered_counts_from_our_clock_and_leaves_on_an_answer() {
     assert!(store.unanswered("nobody", 0, 10).await.unwrap().is_empty());
 
     // READ is not an answer; ACKNOWLEDGED and DECLINED are.
-    let mut batch = WriteBatch::default();
-    batch.receipts = vec![
-        receipt(id(Direction::In, 1), ReceiptLevel::Read, 1),
-        receipt(id(Direction::In, 2), ReceiptLevel::Declined, 2),
-        receipt(id(Direction::Out, 1), ReceiptLevel::Acknowledged, 3),
-    ];
+    let batch = WriteBatch {
+        receipts: vec![
+            receipt(id(Direction::In, 1), ReceiptLevel::Read, 1),
+            receipt(id(Direction::In, 2), ReceiptLevel::Declined, 2),
+            receipt(id(Direction::Out, 1), ReceiptLevel::Acknowledged, 3),
+        ],
+        ..Default::default()
+    };
     store.commit(batch).await.unwrap();
     let rows = store.unanswered("beijing", 0, 10).await.unwrap();
     assert_eq!(rows.len(), 1);
@@ -188,4 +190,33 @@ async fn the_timeline_pages_through_everything_with_filters() {
     assert!(unanswered_in
         .iter()
         .all(|m| m.direction == Direction::In && m.seq % 2 == 1 && m.seq != 3));
+}
+
+#[tokio::test]
+async fn replies_are_found_by_the_message_they_answer() {
+    let (_dir, store) = open().await;
+    let mut batch = WriteBatch::default();
+    let asked = msg(Direction::In, 1, 3, 1_000, 1_001);
+    let question = asked.id;
+    batch.messages.push(asked);
+    for seq in 1..=3u64 {
+        let mut answer = msg(
+            Direction::Out,
+            seq,
+            3,
+            2_000 + seq as i64,
+            2_001 + seq as i64,
+        );
+        answer.in_reply_to = Some(question);
+        batch.messages.push(answer);
+    }
+    let mut unrelated = msg(Direction::Out, 4, 3, 3_000, 3_001);
+    unrelated.in_reply_to = Some([0x77; 32]);
+    batch.messages.push(unrelated);
+    store.commit(batch).await.unwrap();
+    let replies = store.replies(question, 10).await.unwrap();
+    let seqs: Vec<u64> = replies.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "oldest first, only the answers");
+    assert_eq!(store.replies(question, 2).await.unwrap().len(), 2);
+    assert!(store.replies([0x55; 32], 10).await.unwrap().is_empty());
 }

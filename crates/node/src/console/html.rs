@@ -64,7 +64,9 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
             esc(&op.csrf)
         );
     }
-    out.push_str("</head><body>");
+    // The units the script writes countdowns in, in the page's language.
+    let units = super::pages::duration_units(shared, &lang).join("|");
+    let _ = write!(out, "</head><body data-duration-units=\"{}\">", esc(&units));
     let _ = write!(
         out,
         "<a class=\"skip\" href=\"#main\">{}</a><header><p class=\"node\">{} <span class=\"node-name\">{}</span></p>",
@@ -74,6 +76,12 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
     );
     if let Some(op) = op {
         nav(&mut out, shared, op, &t);
+        // Shown (by the style sheet) while the page's live connection is down.
+        let _ = write!(
+            out,
+            "<p class=\"offline-note\" role=\"status\">⟳ {}</p>",
+            esc(&t("reconnecting"))
+        );
     }
     out.push_str("</header>");
     if op.is_some() {
@@ -139,7 +147,7 @@ fn nav(out: &mut String, shared: &Shared, op: &Operator, t: &dyn Fn(&str) -> Str
     out.push_str("</ul></nav>");
     let _ = write!(
         out,
-        "<div class=\"account\"><span>{} <strong>{}</strong> ({})</span>",
+        "<div class=\"account\"><span>{} <strong translate=\"no\">{}</strong> ({})</span>",
         esc(&t("signed-in-as")),
         esc(&op.login),
         esc(&t(&format!("role-{}", op.role.name())))

@@ -22,7 +22,9 @@ use crate::{now_ms, Shared};
 
 /// Messages on one timeline page (older ones are on the next pages).
 pub const TIMELINE_PAGE_ROWS: u32 = 50;
-/// Longest topic accepted as a timeline filter.
+/// Answers shown under one message, at most.
+const THREAD_REPLIES_MAX: u32 = 100;
+/// Longest topic (or peer name) accepted as a timeline filter; a longer one is ignored.
 const FILTER_TOPIC_BYTES_MAX: usize = 256;
 /// Envelopes per stream checked on the transcript page (the newest).
 pub const VERIFY_TAIL_MAX: u64 = 200;
@@ -334,28 +336,6 @@ pub async fn set_lang(
 
 // ---------------------------------------------------------------- messages as shown
 
-/// The newest messages (not receipts), oldest first, as the API describes them.
-/// Messages as the API shows them, rendered in the operator's language.
-async fn messages(shared: &Shared, op: &Operator, peer: Option<String>, limit: u32) -> Vec<Value> {
-    let rows = shared
-        .store
-        .inbox(InboxQuery {
-            peer,
-            direction: None,
-            include_system: false,
-            limit,
-        })
-        .await
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows.iter().filter(|r| r.kind != 2) {
-        if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
-            out.push(v);
-        }
-    }
-    out
-}
-
 fn ms_of(text: &Value) -> Option<i64> {
     text.as_str()?
         .parse::<jiff::Timestamp>()
@@ -363,8 +343,32 @@ fn ms_of(text: &Value) -> Option<i64> {
         .map(|t| t.as_millisecond())
 }
 
-/// "2026-11-29 03:10:00 UTC · 22:10 EST" in the node's time zone.
-fn both_times(shared: &Shared, ms: i64) -> String {
+/// A time zone's name in the operator's language ("北京时间", "Eastern Time"), from the
+/// console's texts (`tz-` and the zone's id with `/` as `-`); its abbreviation otherwise.
+fn tz_label(shared: &Shared, lang: &str, tz_name: &str, abbreviation: &str) -> String {
+    let key = format!("tz-{}", tz_name.replace('/', "-"));
+    let label = shared.console.i18n.text(lang, &key);
+    if label == key {
+        abbreviation.to_string()
+    } else {
+        label
+    }
+}
+
+/// A language's name in the operator's language ("英语" for `en`); the tag otherwise.
+pub fn language_name(shared: &Shared, lang: &str, tag: &str) -> String {
+    let key = format!("language-name-{tag}");
+    let name = shared.console.i18n.text(lang, &key);
+    if name == key {
+        tag.to_string()
+    } else {
+        name
+    }
+}
+
+/// "2026-11-29 03:10:00 UTC · 2026-11-29 11:10:00 北京时间" in the node's time zone, named
+/// in the operator's language.
+fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
     let tz_name = shared
         .config
         .read()
@@ -376,19 +380,22 @@ fn both_times(shared: &Shared, ms: i64) -> String {
     let utc = ts.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
     match jiff::tz::TimeZone::get(&tz_name) {
         Ok(tz) if tz_name != "UTC" => {
-            let local = ts.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
-            format!("{utc} · {local}")
+            let zoned = ts.to_zoned(tz);
+            let local = zoned.strftime("%Y-%m-%d %H:%M:%S").to_string();
+            let abbreviation = zoned.strftime("%Z").to_string();
+            let zone = tz_label(shared, lang, &tz_name, &abbreviation);
+            format!("{utc} · {local} {zone}")
         }
         _ => utc,
     }
 }
 
-fn time_element(shared: &Shared, ms: i64) -> String {
+fn time_element(shared: &Shared, lang: &str, ms: i64) -> String {
     let iso = api::time_text(ms);
     format!(
         "<time datetime=\"{}\">{}</time>",
         esc(&iso),
-        esc(&both_times(shared, ms))
+        esc(&both_times(shared, lang, ms))
     )
 }
 
@@ -440,14 +447,17 @@ fn receipts_list(shared: &Shared, op: &Operator, m: &Value) -> String {
                     shared,
                     op,
                     "receipt-late-by",
-                    &[("time", duration_text(m["late_ms"].as_i64().unwrap_or(0)))],
+                    &[(
+                        "time",
+                        duration_words(shared, &op.lang, m["late_ms"].as_i64().unwrap_or(0)),
+                    )],
                 );
                 let _ = write!(
                     out,
                     "<li class=\"r-{level} done late\" data-level=\"{level}\" data-late-ms=\"{}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {} <strong class=\"late-mark\">{}</strong></li>",
                     m["late_ms"].as_i64().unwrap_or(0),
                     esc(&label),
-                    time_element(shared, ms),
+                    time_element(shared, &op.lang, ms),
                     esc(&how)
                 );
             }
@@ -456,7 +466,7 @@ fn receipts_list(shared: &Shared, op: &Operator, m: &Value) -> String {
                     out,
                     "<li class=\"r-{level} done\" data-level=\"{level}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {}</li>",
                     esc(&label),
-                    time_element(shared, ms)
+                    time_element(shared, &op.lang, ms)
                 );
             }
             None if level == "declined" => {}
@@ -515,22 +525,27 @@ fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
             shared,
             op,
             "overdue-by",
-            &[("time", duration_text(now - due))],
+            &[("time", duration_words(shared, &op.lang, now - due))],
         )
     } else {
-        tr_with(shared, op, "due-in", &[("time", duration_text(due - now))])
+        tr_with(
+            shared,
+            op,
+            "due-in",
+            &[("time", duration_words(shared, &op.lang, due - now))],
+        )
     };
     format!(
         "<p class=\"deadline{}\">{}: {} <span class=\"countdown\" data-deadline=\"{due}\"{} \
          data-due-in=\"{}\" data-overdue-by=\"{}\">{}</span></p>",
         if now > due { " overdue" } else { "" },
+        esc(&tr(shared, op, key)),
+        time_element(shared, &op.lang, due),
         if now > due {
             " data-passed=\"yes\""
         } else {
             ""
         },
-        esc(&tr(shared, op, key)),
-        time_element(shared, due),
         esc(&tr_with(shared, op, "due-in", &[("time", "{}".into())])),
         esc(&tr_with(shared, op, "overdue-by", &[("time", "{}".into())])),
         esc(&remaining)
@@ -539,14 +554,29 @@ fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
 
 /// "1h 02m 03s".
 pub fn duration_text(ms: i64) -> String {
+    duration_with(ms, ["h", "m", "s"])
+}
+
+/// The units of durations in `lang` ("h m s", "小时 分 秒"), as the page's script uses them too.
+pub fn duration_units(shared: &Shared, lang: &str) -> [String; 3] {
+    ["unit-h", "unit-m", "unit-s"].map(|k| shared.console.i18n.text(lang, k))
+}
+
+/// A duration in the operator's language: "1h 02m 03s", "1小时 02分 03秒".
+pub fn duration_words(shared: &Shared, lang: &str, ms: i64) -> String {
+    let [h, m, s] = duration_units(shared, lang);
+    duration_with(ms, [h.as_str(), m.as_str(), s.as_str()])
+}
+
+fn duration_with(ms: i64, [uh, um, us]: [&str; 3]) -> String {
     let s = ms.max(0) / 1000;
     let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
     if h > 0 {
-        format!("{h}h {m:02}m {s:02}s")
+        format!("{h}{uh} {m:02}{um} {s:02}{us}")
     } else if m > 0 {
-        format!("{m}m {s:02}s")
+        format!("{m}{um} {s:02}{us}")
     } else {
-        format!("{s}s")
+        format!("{s}{us}")
     }
 }
 
@@ -572,8 +602,9 @@ fn message_text(shared: &Shared, op: &Operator, m: &Value, link: bool) -> String
     } else {
         let _ = write!(
             out,
-            "<div class=\"text\"><p class=\"msg-text\" lang=\"{l}\">{body}</p><p class=\"lang-mark\">{}: {l}</p>",
+            "<div class=\"text\"><p class=\"msg-text\" lang=\"{l}\">{body}</p><p class=\"lang-mark\">{}: {}</p>",
             esc(&tr(shared, op, "text-language")),
+            esc(&language_name(shared, &op.lang, lang)),
             l = esc(lang)
         );
     }
@@ -584,8 +615,9 @@ fn message_text(shared: &Shared, op: &Operator, m: &Value, link: bool) -> String
             };
             let _ = write!(
                 out,
-                "<p class=\"translation\" lang=\"{l}\"><span class=\"lang-mark\">{}: {l}</span> {}</p>",
+                "<p class=\"translation\"><span class=\"lang-mark\">{}: {}</span> <span lang=\"{l}\">{}</span></p>",
                 esc(&tr(shared, op, "courtesy-translation")),
+                esc(&language_name(shared, &op.lang, tl)),
                 esc(tt),
                 l = esc(tl)
             );
@@ -620,7 +652,7 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
         "answered"
     };
     let mut out = format!(
-        "<li class=\"msg dir-{dir} prec-{p} {state}\" id=\"m-{id}\" data-id=\"{id}\"><div class=\"msg-head\">{} {} <span class=\"who\">{}</span> · <span class=\"topic\">{}: {}</span> · <span class=\"author\">{}: {}</span> · <span class=\"seq\">#{}</span></div>",
+        "<li class=\"msg dir-{dir} prec-{p} {state}\" id=\"m-{id}\" data-id=\"{id}\"><div class=\"msg-head\">{} {} <span class=\"who\">{}</span> · <span class=\"topic\">{}: <span translate=\"no\">{}</span></span> · <span class=\"author\">{}: <span translate=\"no\">{}</span></span> · <span class=\"seq\">#{}</span></div>",
         precedence_label(shared, op, m),
         answer_state(shared, op, m),
         esc(&who),
@@ -637,7 +669,7 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
             out,
             "<dt>{}</dt><dd>{}</dd>",
             esc(&tr(shared, op, "sent-at")),
-            time_element(shared, ms)
+            time_element(shared, &op.lang, ms)
         );
     }
     if let Some(ms) = ms_of(&m["received_at"]) {
@@ -645,7 +677,7 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
             out,
             "<dt>{}</dt><dd>{}</dd>",
             esc(&tr(shared, op, "received-at")),
-            time_element(shared, ms)
+            time_element(shared, &op.lang, ms)
         );
     }
     out.push_str("</dl>");
@@ -680,7 +712,7 @@ impl TimelineFilter {
     fn query(&self) -> detente_store::TimelineQuery {
         let text = |v: &str| Some(v.trim().to_string()).filter(|v| !v.is_empty());
         detente_store::TimelineQuery {
-            peer: text(&self.peer),
+            peer: text(&self.peer).filter(|p| p.len() <= FILTER_TOPIC_BYTES_MAX),
             direction: match self.direction.as_str() {
                 "in" => Some(detente_store::Direction::In),
                 "out" => Some(detente_store::Direction::Out),
@@ -930,8 +962,8 @@ pub async fn silence(
 }
 
 /// A short time for the status light and the queue, in the node's time zone.
-pub fn clock_text(shared: &Shared, _op: &Operator, ms: i64) -> String {
-    both_times(shared, ms)
+pub fn clock_text(shared: &Shared, op: &Operator, ms: i64) -> String {
+    both_times(shared, &op.lang, ms)
 }
 
 // ---------------------------------------------------------------- one message
@@ -941,28 +973,38 @@ async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
         "<ol class=\"timeline single\">{}</ol>",
         message_item(shared, op, m)
     );
-    // The thread: what this answers, and the answers to it.
-    let peer = m["peer"].as_str().map(str::to_string);
-    let id = m["id"].as_str().unwrap_or_default();
-    let all = messages(shared, op, peer, api::LIST_LIMIT_MAX).await;
+    // The thread: what this answers, and the answers to it, read by id (never by walking
+    // the channel).
     if let Some(parent) = m["in_reply_to"].as_str() {
-        if let Some(p) = all.iter().find(|x| x["id"] == parent) {
+        if let Some(p) = find_message(shared, op, parent).await {
             let _ = write!(
                 out,
                 "<h2>{}</h2><ol class=\"timeline thread\">{}</ol>",
                 esc(&tr(shared, op, "in-reply-to")),
-                message_item(shared, op, p)
+                message_item(shared, op, &p)
             );
         }
     }
-    let replies: Vec<&Value> = all.iter().filter(|x| x["in_reply_to"] == id).collect();
+    let mut replies = Vec::new();
+    if let Some(id) = m["id"].as_str().and_then(MessageId::from_hex) {
+        let rows = shared
+            .store
+            .replies(id.0, THREAD_REPLIES_MAX)
+            .await
+            .unwrap_or_default();
+        for row in &rows {
+            if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
+                replies.push(v);
+            }
+        }
+    }
     if !replies.is_empty() {
         let _ = write!(
             out,
             "<h2>{}</h2><ol class=\"timeline thread\" id=\"replies\">",
             esc(&tr(shared, op, "replies"))
         );
-        for r in replies {
+        for r in &replies {
             out.push_str(&message_item(shared, op, r));
         }
         out.push_str("</ol>");
@@ -1330,8 +1372,17 @@ fn format_fields(
             out,
             "<span class=\"hint\" id=\"{help_id}\">{}{}{}</span>{err}</p>",
             esc(&f.help),
-            if f.help.is_empty() { "" } else { " — " },
-            esc(&f.accepts)
+            if f.help.is_empty() || !f.values.is_empty() {
+                ""
+            } else {
+                " — "
+            },
+            // A select shows its choices in the operator's language; the codes would not.
+            if f.values.is_empty() {
+                esc(&f.accepts)
+            } else {
+                String::new()
+            }
         );
     }
     out.push_str("</fieldset>");
@@ -1790,21 +1841,24 @@ async fn link_html(shared: &Shared, op: &Operator) -> String {
         let heard = s
             .last_heard
             .map(|i| now_ms() as i64 - i.elapsed().as_millis() as i64)
-            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, ms));
+            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, &op.lang, ms));
         let last_test = last_test_ms(shared, &entry.name)
             .await
-            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, ms));
+            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, &op.lang, ms));
         let _ = write!(
             out,
             "<tr class=\"link-{state}\" data-peer=\"{name}\"><th scope=\"row\">{name}</th>\
              <td class=\"state\"><span aria-hidden=\"true\">{sign}</span> {state_text}</td>\
-             <td>{rtt}</td><td>{heard}</td><td>{last_test}</td><td>{out_n}{flash}</td><td>{held}</td><td>{addr}</td><td>{err}</td></tr>",
+             <td>{rtt}</td><td>{heard}</td><td>{last_test}</td><td>{out_n}{flash}</td><td>{held}</td><td translate=\"no\">{addr}</td><td>{err}</td></tr>",
             name = esc(&entry.name),
             state_text = esc(&t(&format!("link-state-{state}"))),
-            rtt = s.rtt_ms.map_or_else(|| "—".to_string(), |r| format!("{r:.1} ms")),
+            rtt = s.rtt_ms.map_or_else(
+                || "—".to_string(),
+                |r| esc(&tr_with(shared, op, "link-rtt-value", &[("ms", format!("{r:.1}"))]))
+            ),
             out_n = counts.pending,
             flash = if counts.pending_flash > 0 {
-                format!(" ({} FLASH)", counts.pending_flash)
+                format!(" ({} {})", counts.pending_flash, esc(&t("prec-flash")))
             } else {
                 String::new()
             },
@@ -1983,7 +2037,7 @@ pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
                     &op,
                     "checkpoint-cosigned",
                     &[
-                        ("time", api::time_text(c.time_ms as i64)),
+                        ("time", both_times(&shared, &op.lang, c.time_ms as i64)),
                         ("sizes", sizes.join(", ")),
                     ],
                 )
@@ -1993,7 +2047,14 @@ pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
             main,
             "<h3>{}</h3><p class=\"charter\">{}</p><h3>{}</h3><p class=\"checkpoint\">{}</p>",
             esc(&t("charter-title")),
-            esc(&charter),
+            // The digest is a code: shown as one.
+            match shared.charter(&entry.name) {
+                Some(c) => {
+                    let digest = hex::encode(c.digest());
+                    esc(&charter).replace(&digest, &format!("<code>{digest}</code>"))
+                }
+                None => esc(&charter),
+            },
             esc(&t("checkpoint-title")),
             esc(&checkpoint)
         );
@@ -2142,12 +2203,12 @@ pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
                addrs: String| {
         let _ = write!(
             main,
-            "<tr><th scope=\"row\">{}</th><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><th scope=\"row\" translate=\"no\">{}</th><td translate=\"no\">{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td translate=\"no\">{}</td></tr>",
             esc(&name),
             esc(party),
             esc(&fp),
-            esc(lang),
-            esc(tz),
+            esc(&language_name(&shared, &op.lang, lang)),
+            esc(&tz_label(&shared, &op.lang, tz, tz)),
             esc(&addrs)
         );
     };
@@ -2210,7 +2271,7 @@ pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
     if pairs.is_empty() {
         let _ = write!(
             main,
-            "<tr><td colspan=\"3\">{}</td></tr>",
+            "<tr><td colspan=\"3\">{} <code>detente counterpart add</code></td></tr>",
             esc(&t("positions-none"))
         );
     }
@@ -2253,8 +2314,8 @@ pub async fn audit_page(shared: &Shared, op: &Operator) -> Response {
     for r in rows {
         let _ = write!(
             main,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            time_element(shared, r.at_ms),
+            "<tr><td>{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td></tr>",
+            time_element(shared, &op.lang, r.at_ms),
             esc(&r.login),
             esc(&r.action),
             esc(&r.detail),
@@ -2290,16 +2351,16 @@ pub async fn users(State(shared): Shr, op: Operator) -> Response {
     for u in rows {
         let _ = write!(
             main,
-            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><th scope=\"row\" translate=\"no\">{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&u.login),
             esc(&t(&format!("role-{}", u.role))),
-            esc(&u.lang),
-            time_element(&shared, u.created_at_ms)
+            esc(&language_name(&shared, &op.lang, &u.lang)),
+            time_element(&shared, &op.lang, u.created_at_ms)
         );
     }
     let _ = write!(
         main,
-        "</tbody></table><p class=\"hint\">{}</p>",
+        "</tbody></table><p class=\"hint\">{} <code>detente user add --dir DIR --name LOGIN --role ROLE</code></p>",
         esc(&t("users-hint"))
     );
     let title = t("nav-users");

@@ -157,6 +157,14 @@ pub fn snippet(m: &Value) -> String {
     out
 }
 
+/// ` lang="…"` for a message's own text when it is in a language of its own (a text
+/// message; a notification is rendered in the operator's language).
+pub fn lang_attr(m: &Value) -> String {
+    m["language"]
+        .as_str()
+        .map_or_else(String::new, |l| format!(" lang=\"{}\"", esc(l)))
+}
+
 /// A live countdown to `due` ("due in 4m 10s" / "overdue by 12s"), ticked by the script.
 pub fn countdown_span(shared: &Shared, op: &Operator, due: i64, now: i64) -> String {
     let text = if now >= due {
@@ -164,14 +172,20 @@ pub fn countdown_span(shared: &Shared, op: &Operator, due: i64, now: i64) -> Str
             shared,
             op,
             "overdue-by",
-            &[("time", super::pages::duration_text(now - due))],
+            &[(
+                "time",
+                super::pages::duration_words(shared, &op.lang, now - due),
+            )],
         )
     } else {
         tr_with(
             shared,
             op,
             "due-in",
-            &[("time", super::pages::duration_text(due - now))],
+            &[(
+                "time",
+                super::pages::duration_words(shared, &op.lang, due - now),
+            )],
         )
     };
     // `data-passed`: the deadline had passed when this was rendered, so the script does not
@@ -236,13 +250,14 @@ pub fn queue_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
             out,
             "<li class=\"q-item{}{}\" data-id=\"{id}\" data-direction=\"{}\">\
              <span class=\"q-state\">{}</span> {} <span class=\"q-owner\"><span aria-hidden=\"true\">{sign}</span> {}</span> \
-             <a href=\"/console/messages/{id}\">{}</a> <span class=\"q-topic\">{}</span> {}</li>",
+             <a href=\"/console/messages/{id}\"{}>{}</a> <span class=\"q-topic\" translate=\"no\">{}</span> {}</li>",
             if late { " overdue" } else { "" },
             if e.incoming() { " ours" } else { " theirs" },
             if e.incoming() { "in" } else { "out" },
             esc(&tr(shared, op, if late { "queue-overdue" } else { "queue-pending" })),
             precedence_label(shared, op, e.precedence),
             esc(&tr_with(shared, op, owner, &[("peer", e.row.peer.clone())])),
+            lang_attr(m),
             esc(&snippet(m)),
             esc(m["topic"].as_str().unwrap_or("")),
             countdown_span(shared, op, e.due_ms, now),
@@ -292,10 +307,11 @@ fn message_alarm(shared: &Shared, op: &Operator, e: &Entry, m: &Value, now: i64)
     };
     let id = m["id"].as_str().unwrap_or_default().to_string();
     let html = format!(
-        "{} · {}: {} · <q class=\"alarm-text\">{}</q> <a href=\"/console/messages/{id}\">{}</a>",
+        "{} · {}: <span translate=\"no\">{}</span> · <q class=\"alarm-text\"{}>{}</q> <a href=\"/console/messages/{id}\">{}</a>",
         precedence_label(shared, op, e.precedence),
         esc(&tr(shared, op, "topic")),
         esc(m["topic"].as_str().unwrap_or("")),
+        lang_attr(m),
         esc(&snippet(m)),
         esc(&tr(
             shared,
@@ -377,12 +393,13 @@ fn takeover_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
         ids.push(id.to_string());
         let _ = write!(
             out,
-            "<li data-flash-id=\"{id}\"><p class=\"takeover-head\">{} {} · {} {}</p>\
-             <p class=\"takeover-text\">{}</p><p><a class=\"button takeover-open\" href=\"/console/messages/{id}\">{}</a></p></li>",
+            "<li data-flash-id=\"{id}\"><p class=\"takeover-head\">{} {} · <span translate=\"no\">{}</span> {}</p>\
+             <p class=\"takeover-text\"{}>{}</p><p><a class=\"button takeover-open\" href=\"/console/messages/{id}\">{}</a></p></li>",
             precedence_label(shared, op, e.precedence),
             esc(&tr_with(shared, op, "received-from", &[("peer", e.row.peer.clone())])),
             esc(m["topic"].as_str().unwrap_or("")),
             countdown_span(shared, op, e.due_ms, now),
+            lang_attr(m),
             esc(&snippet(m)),
             esc(&tr(shared, op, "alarm-open")),
         );

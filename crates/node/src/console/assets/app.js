@@ -65,7 +65,8 @@
 
   // The tab title carries the count of standing alarms, so a FLASH shows in another tab.
   function badge() {
-    const n = document.querySelectorAll("#alarm [data-alarm-id], #alarm [data-flash-id]").length;
+    // One per alarm: a FLASH is both in the takeover and in the banner's list.
+    const n = document.querySelectorAll("#alarm [data-alarm-id]").length;
     document.title = n > 0 ? "(" + n + ") ⚠ " + baseTitle : baseTitle;
   }
 
@@ -146,13 +147,20 @@
     try { await refreshing; } finally { refreshing = null; }
   }
 
+  // Units in the page's language (the server puts them on <body>), as the server writes them.
+  function units() {
+    const u = (document.body.getAttribute("data-duration-units") || "h|m|s").split("|");
+    return u.length === 3 ? u : ["h", "m", "s"];
+  }
+
   function format(ms) {
     const s = Math.floor(Math.max(0, ms) / 1000);
     const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, r = s % 60;
     const two = (n) => String(n).padStart(2, "0");
-    if (h > 0) return h + "h " + two(m) + "m " + two(r) + "s";
-    if (m > 0) return m + "m " + two(r) + "s";
-    return r + "s";
+    const [uh, um, us] = units();
+    if (h > 0) return h + uh + " " + two(m) + um + " " + two(r) + us;
+    if (m > 0) return m + um + " " + two(r) + us;
+    return r + us;
   }
 
   let crossed = false;

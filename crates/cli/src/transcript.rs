@@ -6,6 +6,7 @@ use detente_proto::bundle;
 use serde_json::{json, Value};
 
 use crate::client::Client;
+use crate::progress::Progress;
 use crate::{Failure, Outcome};
 
 /// `detente checkpoint --dir DIR --peer PEER [--json]`: sign a checkpoint now and send it to
@@ -64,13 +65,21 @@ fn print_lines(lines: impl Iterator<Item = String>) {
 /// `detente export --dir DIR --peer PEER --out FILE`.
 pub async fn export(dir: &Path, peer: &str, out: &Path) -> Outcome {
     let client = Client::for_dir(dir)?;
+    let progress = Progress::spinner(format!("exporting the channel with {peer}"));
     let bytes = client
         .get_bytes(&format!("/api/v1/peers/{peer}/export"))
         .await?;
+    progress.set_message(format!(
+        "writing {} MiB to {}",
+        mib(bytes.len()),
+        out.display()
+    ));
     write_file(out, &bytes)?;
+    progress.set_message(format!("checking the {} MiB written", mib(bytes.len())));
     let report = tokio::task::spawn_blocking(move || bundle::verify(&bytes))
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
+    drop(progress);
     eprintln!(
         "exported {} messages and {} checkpoints to {}",
         report.messages,
@@ -78,6 +87,11 @@ pub async fn export(dir: &Path, peer: &str, out: &Path) -> Outcome {
         out.display()
     );
     Ok(())
+}
+
+/// A size for people, in MiB with one decimal.
+fn mib(bytes: usize) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Outcome {
@@ -214,7 +228,13 @@ pub fn verify(file: &Path, as_json: bool) -> Outcome {
             "give the path of a bundle written by detente export or a proof from detente proof",
         )
     })?;
+    let progress = Progress::spinner(format!(
+        "verifying {} ({} MiB)",
+        file.display(),
+        mib(bytes.len())
+    ));
     let verified = verify_bytes(&bytes);
+    drop(progress);
     if as_json {
         print_lines(std::iter::once(verified.json.to_string()));
     } else if verified.ok {

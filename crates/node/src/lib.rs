@@ -39,8 +39,8 @@ use crate::link::Connection;
 use crate::peers::PeerTable;
 use crate::writer::WriterHandle;
 
-/// The store implementation in use.
-pub type NodeStore = detente_store::SqliteStore;
+/// The store implementation in use: SQLite or PostgreSQL, as `database_url` says.
+pub type NodeStore = detente_store::AnyStore;
 
 /// Inbound connections queued per peer, at most.
 const INCOMING_QUEUE_MAX: usize = 4;
@@ -143,15 +143,17 @@ impl Node {
         let config = dir.load()?;
         let secret = Arc::new(dir.secret()?);
         let token = dir.token()?;
-        let path = store_path(&dir, &config)?;
-        if !path.exists() && !config.peers.is_empty() && !options.new_store {
-            let peers: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
-            return Err(StartError::NewStore {
-                path: path.display().to_string(),
-                peers: peers.join(", "),
-            });
+        let default_file = dir.file(config::DATABASE_FILE);
+        if let Some(path) = sqlite_path(&config, &default_file)? {
+            if !path.exists() && !config.peers.is_empty() && !options.new_store {
+                let peers: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+                return Err(StartError::NewStore {
+                    path: path.display().to_string(),
+                    peers: peers.join(", "),
+                });
+            }
         }
-        let store = Arc::new(NodeStore::open(&path).await?);
+        let store = Arc::new(NodeStore::open(&config.database_url, &default_file).await?);
         let table = Arc::new(PeerTable::default());
         let events = Events::new();
         let mut peers = Vec::new();
@@ -336,34 +338,37 @@ fn write_run_file(shared: &Shared) {
     }
 }
 
-/// Open the store a node directory names (the node need not be running: SQLite in WAL mode
-/// lets a second process write while it runs). A missing file is created only by
-/// `detente init` and `serve --new-store`, never here: an offline command must not leave an
-/// empty store behind that a later `serve` would take for the real one.
+/// Open the store a node directory names: `database_url` in `node.toml` (empty: the SQLite
+/// file in the directory; `sqlite:PATH`; `postgres://…`). The node need not be running:
+/// SQLite in WAL mode lets a second process write while it runs, and PostgreSQL serves
+/// several clients. A database that cannot be reached is an error naming its URL, with the
+/// password hidden. A missing SQLite file is created only by `detente init` and `serve
+/// --new-store`, never here: an offline command must not leave an empty store behind that a
+/// later `serve` would take for the real one.
 pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
-    let path = store_path(dir, config)?;
-    if !path.exists() {
-        return Err(StartError::Store(detente_store::StoreError::Open(format!(
-            "{}: no such file (was the database moved?)",
-            path.display()
-        ))));
+    let default_file = dir.file(config::DATABASE_FILE);
+    if let Some(path) = sqlite_path(config, &default_file)? {
+        if !path.exists() {
+            return Err(StartError::Store(detente_store::StoreError::Open(format!(
+                "{}: no such file (was the database moved?)",
+                path.display()
+            ))));
+        }
     }
-    Ok(NodeStore::open(&path).await?)
+    Ok(NodeStore::open(&config.database_url, &default_file).await?)
 }
 
-/// Where the node's SQLite file is.
-fn store_path(dir: &NodeDir, config: &NodeConfig) -> Result<std::path::PathBuf, StartError> {
-    let path = match config.database_url.strip_prefix("sqlite:") {
-        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
-        _ if config.database_url.is_empty() => dir.file(config::DATABASE_FILE),
-        _ => {
-            return Err(StartError::Config(config::ConfigError::BadValue {
-                key: "database_url".into(),
-                reason: "only SQLite is supported in this version; leave it empty".into(),
-            }))
-        }
-    };
-    Ok(path)
+/// Where the node's SQLite file is, when its store is SQLite.
+fn sqlite_path(
+    config: &NodeConfig,
+    default_file: &std::path::Path,
+) -> Result<Option<std::path::PathBuf>, StartError> {
+    Ok(
+        match detente_store::StoreUrl::parse(&config.database_url, default_file)? {
+            detente_store::StoreUrl::Sqlite(path) => Some(path.to_path_buf()),
+            detente_store::StoreUrl::Postgres(_) => None,
+        },
+    )
 }
 
 /// Start the link task of a peer and register where its inbound connections go.

@@ -1,5 +1,7 @@
 //! `detente bench`: end-to-end figures between two real node processes over TLS on
-//! loopback, each with its own SQLite file. Bounded in count and time.
+//! loopback, each with its own SQLite file, or with `--store postgres` each with its own
+//! database on a PostgreSQL server (made for the run and dropped after it). Bounded in count
+//! and time.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,6 +21,42 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// Also measure the machine's baselines ([`crate::bench_compare`]) in the same run.
     pub compare: bool,
+    /// `Some`: both nodes on PostgreSQL, through this administrative URL (`None` inside:
+    /// none was given).
+    pub postgres: Option<Option<String>>,
+}
+
+/// The two nodes' PostgreSQL databases for one run; dropped by [`Databases::drop_all`].
+struct Databases {
+    admin: String,
+    names: Vec<String>,
+}
+
+impl Databases {
+    /// Make a database for each node and point the node at it.
+    async fn create(admin: String, nodes: [&ProcNode; 2]) -> Result<Databases, Failure> {
+        let mut made = Databases {
+            admin,
+            names: Vec::new(),
+        };
+        for node in nodes {
+            let name = format!("detente_bench_{}_{}", std::process::id(), node.name);
+            let url = detente_store::postgres::create_database(&made.admin, &name)
+                .await
+                .map_err(|e| Failure::new(format!("--database-url: {e}")))?;
+            made.names.push(name);
+            node.set("database_url", &url)?;
+        }
+        Ok(made)
+    }
+
+    async fn drop_all(self) {
+        for name in &self.names {
+            if let Err(e) = detente_store::postgres::drop_database(&self.admin, name).await {
+                eprintln!("cannot drop benchmark database {name}: {e}");
+            }
+        }
+    }
 }
 
 /// Upper bounds that keep a mistyped flag from running for hours.
@@ -74,7 +112,33 @@ pub async fn run(o: Options) -> Outcome {
     };
     let mut a = ProcNode::init(&base, "alpha", "Bench Party Alpha", "en", "UTC")?;
     let mut b = ProcNode::init(&base, "bravo", "Bench Party Bravo", "en", "UTC")?;
-    ProcNode::pin_pair(&a, &b)?;
+    let databases = match o.postgres.clone() {
+        None => None,
+        Some(None) => {
+            return Err(Failure::usage(
+                "--store postgres needs --database-url (or DETENTE_BENCH_DATABASE_URL)",
+            ))
+        }
+        Some(Some(admin)) => Some(Databases::create(admin, [&a, &b]).await?),
+    };
+    let result = measure(&o, &mut a, &mut b, baselines.as_ref()).await;
+    a.stop();
+    b.stop();
+    if let Some(d) = databases {
+        d.drop_all().await;
+    }
+    drop(temp);
+    result
+}
+
+/// The benchmark proper, on the two initialised nodes.
+async fn measure(
+    o: &Options,
+    a: &mut ProcNode,
+    b: &mut ProcNode,
+    baselines: Option<&crate::bench_compare::Baselines>,
+) -> Outcome {
+    ProcNode::pin_pair(a, b)?;
     for node in [&a, &b] {
         node.set("link.backoff_initial", "50ms")?;
         node.set("link.backoff_max", "500ms")?;
@@ -215,6 +279,7 @@ pub async fn run(o: Options) -> Outcome {
         .map(|(hwm, _)| hwm)
         .fold(0.0, f64::max);
     let result = json!({
+        "store": if o.postgres.is_some() { "postgres" } else { "sqlite" },
         "messages": o.messages,
         "message_bytes": MESSAGE_BYTES,
         "throughput_msgs_per_s": throughput.round(),
@@ -233,20 +298,17 @@ pub async fn run(o: Options) -> Outcome {
         "peak_rss_mib": round2(peak),
     });
     let mut result = result;
-    if let Some(b) = &baselines {
+    if let Some(b) = baselines {
         result["compare"] = b.to_json(throughput);
     }
     if o.json {
         println!("{result}");
     } else {
         print_table(&result);
-        if let Some(b) = &baselines {
+        if let Some(b) = baselines {
             crate::bench_compare::print(b, throughput);
         }
     }
-    a.stop();
-    b.stop();
-    drop(temp);
     Ok(())
 }
 
@@ -265,7 +327,14 @@ async fn send_concurrently(client: &Client, count: u64) -> Result<Vec<Value>, Fa
 }
 
 fn print_table(r: &Value) {
-    println!("detente bench: two nodes, real TLS on loopback, SQLite each, 1 KiB ROUTINE messages");
+    let store = if r["store"] == "postgres" {
+        "a PostgreSQL database"
+    } else {
+        "SQLite"
+    };
+    println!(
+        "detente bench: two nodes, real TLS on loopback, {store} each, 1 KiB ROUTINE messages"
+    );
     println!(
         "  throughput (send accepted → DELIVERED back) {:>10} msg/s over {} messages",
         r["throughput_msgs_per_s"], r["messages"]

@@ -11,33 +11,55 @@ use serde_json::{json, Value};
 use crate::client::Client;
 use crate::{Failure, Outcome};
 
-pub fn init(
-    dir: &Path,
-    name: String,
-    party: String,
-    lang: String,
-    tz: String,
-    peer_listen: String,
-    console_listen: String,
-) -> Outcome {
+/// What `detente init` was given.
+pub struct InitArgs {
+    pub name: String,
+    pub party: String,
+    pub lang: String,
+    pub tz: String,
+    pub peer_listen: String,
+    pub console_listen: String,
+    /// `postgres://…` or `sqlite:PATH`; none for the SQLite file in the node directory.
+    pub database_url: Option<String>,
+}
+
+pub fn init(dir: &Path, args: InitArgs) -> Outcome {
+    // Refuse a malformed URL before anything is written.
+    if let Some(url) = &args.database_url {
+        detente_store::StoreUrl::parse(url, Path::new("")).map_err(|e| {
+            Failure::new(format!("--database-url: {e}")).hint(
+                "for example --database-url postgres://detente:PASSWORD@127.0.0.1:5432/detente",
+            )
+        })?;
+    }
     let mut seed = [0u8; 32];
     let mut token = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     rand::rngs::OsRng.fill_bytes(&mut token);
     let node = NodeDir::new(dir);
     let options = InitOptions {
-        name,
-        party,
-        lang,
-        tz,
-        peer_listen,
-        console_listen,
+        name: args.name,
+        party: args.party,
+        lang: args.lang,
+        tz: args.tz,
+        peer_listen: args.peer_listen,
+        console_listen: args.console_listen,
     };
-    let config = node.init(&options, seed, token)?;
+    let mut config = node.init(&options, seed, token)?;
+    if let Some(url) = &args.database_url {
+        config.set("database_url", url)?;
+        node.save(&config)?;
+    }
     let key = node.secret()?.public();
     println!("created node {:?} in {}", config.name, dir.display());
     println!("fingerprint: {}", key.fingerprint());
     println!("public key:  {}", key.to_text());
+    if let Some(url) = &args.database_url {
+        println!(
+            "database:    {} (the schema is created when the node starts)",
+            detente_store::postgres::redact_url(url)
+        );
+    }
     println!();
     println!(
         "Read the fingerprint to the other party over a separate channel, then pin each other:"

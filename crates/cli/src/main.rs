@@ -68,6 +68,10 @@ enum Command {
         /// Address of the console and the local API, HOST:PORT (keep it on loopback unless a proxy guards it).
         #[arg(long, default_value = "127.0.0.1:7401")]
         console_listen: String,
+        /// Keep the node's data in PostgreSQL (postgres://USER:PASSWORD@HOST:PORT/DB)
+        /// instead of the SQLite file in --dir.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Show this node's identity: public key and fingerprint.
     Id {
@@ -327,6 +331,14 @@ enum Command {
         /// print the end-to-end figure as a ratio of each.
         #[arg(long, conflicts_with_all = ["verify", "append"])]
         compare: bool,
+        /// Where both nodes keep their data: sqlite (a file each) or postgres (a new
+        /// database each, made through --database-url and dropped afterwards).
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+        store: String,
+        /// With --store postgres: an administrative connection to the server, e.g.
+        /// postgres://postgres:PASSWORD@127.0.0.1:5432/postgres.
+        #[arg(long, env = "DETENTE_BENCH_DATABASE_URL")]
+        database_url: Option<String>,
     },
 }
 
@@ -541,14 +553,18 @@ async fn run(command: Command) -> Outcome {
             tz,
             peer_listen,
             console_listen,
+            database_url,
         } => commands::init(
             &dir.get()?,
-            name,
-            party,
-            lang,
-            tz,
-            peer_listen,
-            console_listen,
+            commands::InitArgs {
+                name,
+                party,
+                lang,
+                tz,
+                peer_listen,
+                console_listen,
+                database_url,
+            },
         ),
         Command::Id { dir, json } => commands::id(&dir.get()?, json),
         Command::Peer {
@@ -714,6 +730,8 @@ async fn run(command: Command) -> Outcome {
             samples,
             dir,
             compare,
+            store,
+            database_url,
             ..
         } => {
             bench::run(bench::Options {
@@ -723,6 +741,7 @@ async fn run(command: Command) -> Outcome {
                 samples,
                 dir,
                 compare,
+                postgres: (store == "postgres").then_some(database_url),
             })
             .await
         }

@@ -5,6 +5,11 @@
 //! sent, each once, in `seq` order, hash-linked, every signature valid.
 //!
 //! Timing only shapes the chaos; no assertion depends on how fast anything ran.
+//!
+//! The test runs twice: both nodes on SQLite, and with bravo — the node that is killed — on
+//! PostgreSQL (a database of its own on the test server, see `detente_store::pg_test`), so
+//! that the two stores are seen to interoperate and PostgreSQL to lose nothing it
+//! acknowledged across SIGKILL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -14,7 +19,7 @@ use detente::client::Client;
 use detente::harness::{free_port, wait_outbox_empty, ProcNode, Proxy};
 use detente_node::config::NodeDir;
 use detente_proto::{Body, MessageId, VerifiedEnvelope};
-use detente_store::{Direction, InboxQuery, Placement, SqliteStore, Store};
+use detente_store::{Direction, InboxQuery, Placement, Store};
 use serde_json::json;
 
 const PER_SIDE: usize = 1000;
@@ -49,6 +54,19 @@ async fn sessions(client: &Client) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_each_way_through_cuts_and_crashes() {
+    deliver_through_cuts_and_crashes(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_each_way_with_the_crashing_node_on_postgres() {
+    let Some(url) = detente_store::pg_test::fresh_database("delivery").await else {
+        return;
+    };
+    deliver_through_cuts_and_crashes(Some(url)).await;
+}
+
+/// The test itself; bravo keeps its data at `bravo_database` when given.
+async fn deliver_through_cuts_and_crashes(bravo_database: Option<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
     let mut a = ProcNode::init(tmp.path(), "alpha", "Party Alpha", "en", "UTC")
@@ -59,6 +77,9 @@ async fn a_thousand_each_way_through_cuts_and_crashes() {
         .unwrap();
     a.exe = exe.clone();
     b.exe = exe;
+    if let Some(url) = &bravo_database {
+        b.set("database_url", url).ok().unwrap();
+    }
     for node in [&a, &b] {
         node.set("link.heartbeat_interval", "200ms").ok().unwrap();
         node.set("link.backoff_initial", "50ms").ok().unwrap();
@@ -183,7 +204,8 @@ async fn stream_rows(
     peer: &str,
     direction: Direction,
 ) -> BTreeMap<u64, (Vec<u8>, Placement)> {
-    let store = SqliteStore::open(&node.dir.join("detente.db"))
+    let dir = NodeDir::new(&node.dir);
+    let store = detente_node::open_store(&dir, &dir.load().unwrap())
         .await
         .unwrap();
     let rows = store

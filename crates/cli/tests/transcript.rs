@@ -7,6 +7,10 @@
 //! checkpoints. Also `detente proof` → `detente verify`, and a node killed (failpoint)
 //! between storing its checkpoint and sending it, which after restart sends that same
 //! checkpoint, gets it co-signed, and signs only consistent ones after it.
+//!
+//! The automatic-checkpoint test and the failpoint test also run with alpha on PostgreSQL
+//! and bravo on SQLite (`…_alpha_on_postgres`, a database of its own on the test server; see
+//! `detente_store::pg_test`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -41,13 +45,18 @@ fn text(o: &Output) -> String {
 }
 
 /// Two nodes that checkpoint only on demand.
-async fn pair(base: &Path) -> (ProcNode, ProcNode, Client, Client) {
-    pair_with(base, "0").await
+async fn pair(base: &Path, alpha_database: Option<&str>) -> (ProcNode, ProcNode, Client, Client) {
+    pair_with(base, "0", alpha_database).await
 }
 
 /// Two nodes that checkpoint automatically after `every` appended envelopes (`"0"`: only on
 /// demand), never on quiet time (that would come at a machine-speed-dependent moment).
-async fn pair_with(base: &Path, every: &str) -> (ProcNode, ProcNode, Client, Client) {
+/// Alpha keeps its data at `alpha_database` when given.
+async fn pair_with(
+    base: &Path,
+    every: &str,
+    alpha_database: Option<&str>,
+) -> (ProcNode, ProcNode, Client, Client) {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
     let mut a = ProcNode::init(base, "alpha", "Party Alpha", "en", "UTC")
         .ok()
@@ -58,6 +67,9 @@ async fn pair_with(base: &Path, every: &str) -> (ProcNode, ProcNode, Client, Cli
     a.exe = exe.clone();
     b.exe = exe;
     ProcNode::pin_pair(&a, &b).ok().unwrap();
+    if let Some(url) = alpha_database {
+        a.set("database_url", url).ok().unwrap();
+    }
     for node in [&a, &b] {
         node.set("transcript.checkpoint_quiet", "off").ok().unwrap();
         node.set("transcript.checkpoint_every", every).ok().unwrap();
@@ -145,8 +157,20 @@ fn resign_bundle(b: &Bundle) -> Vec<u8> {
 /// pile of checkpoints nobody co-signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_checkpoints_under_traffic_both_ways_are_all_cosigned() {
+    automatic_checkpoints(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_checkpoints_alpha_on_postgres() {
+    let Some(url) = detente_store::pg_test::fresh_database("checkpoints").await else {
+        return;
+    };
+    automatic_checkpoints(Some(&url)).await;
+}
+
+async fn automatic_checkpoints(alpha_database: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, ac, bc) = pair_with(tmp.path(), "25").await;
+    let (a, b, ac, bc) = pair_with(tmp.path(), "25", alpha_database).await;
     let (x, y) = tokio::join!(
         send_bulk(&ac, "bravo", 150, 200, "alpha report"),
         send_bulk(&bc, "alpha", 150, 200, "bravo report")
@@ -155,13 +179,20 @@ async fn automatic_checkpoints_under_traffic_both_ways_are_all_cosigned() {
     y.ok().unwrap();
     settle(&ac, &bc).await;
     // The last proposal and its co-signature may still be on the way: wait until both sides
-    // show the same latest checkpoint, signed by both.
+    // show the same latest checkpoint, signed by both, and neither holds a newer proposal
+    // still waiting for its co-signature (status shows only co-signed ones, so a proposal
+    // stored by the proposer but not yet answered is seen in the export).
     let deadline = Instant::now() + WAIT;
     loop {
         let sa = ac.get("/api/v1/status").await.ok().unwrap();
         let sb = bc.get("/api/v1/status").await.ok().unwrap();
         let (ca, cb) = (&sa["peers"][0]["checkpoint"], &sb["peers"][0]["checkpoint"]);
-        if ca["cosigned"] == true && cb["cosigned"] == true && ca["time_ms"] == cb["time_ms"] {
+        if ca["cosigned"] == true
+            && cb["cosigned"] == true
+            && ca["time_ms"] == cb["time_ms"]
+            && !proposal_pending(&ac, "bravo").await
+            && !proposal_pending(&bc, "alpha").await
+        {
             break;
         }
         assert!(
@@ -194,10 +225,25 @@ async fn automatic_checkpoints_under_traffic_both_ways_are_all_cosigned() {
     }
 }
 
+/// Whether the node behind `client` holds a checkpoint of its channel with `peer` that is
+/// not co-signed yet.
+async fn proposal_pending(client: &Client, peer: &str) -> bool {
+    let bytes = client
+        .get_bytes(&format!("/api/v1/peers/{peer}/export"))
+        .await
+        .ok()
+        .unwrap();
+    Bundle::decode(&bytes)
+        .unwrap()
+        .checkpoints
+        .iter()
+        .any(|c| !SignedCheckpoint::decode(c).unwrap().cosigned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_verify_and_every_tampering_is_caught() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut a, mut b, ac, bc) = pair(tmp.path()).await;
+    let (mut a, mut b, ac, bc) = pair(tmp.path(), None).await;
 
     let sent = send_bulk(&ac, "bravo", 30, 200, "alpha report")
         .await
@@ -409,8 +455,20 @@ async fn export_verify_and_every_tampering_is_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_storing_and_sending_a_checkpoint_never_signs_inconsistently() {
+    killed_at_the_checkpoint_failpoint(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_the_checkpoint_failpoint_alpha_on_postgres() {
+    let Some(url) = detente_store::pg_test::fresh_database("failpoint").await else {
+        return;
+    };
+    killed_at_the_checkpoint_failpoint(Some(&url)).await;
+}
+
+async fn killed_at_the_checkpoint_failpoint(alpha_database: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut a, mut b, ac, bc) = pair(tmp.path()).await;
+    let (mut a, mut b, ac, bc) = pair(tmp.path(), alpha_database).await;
     send_bulk(&ac, "bravo", 10, 100, "before")
         .await
         .ok()
@@ -424,9 +482,16 @@ async fn killed_between_storing_and_sending_a_checkpoint_never_signs_inconsisten
     // Restart alpha with a failpoint: it exits right after the checkpoint is durable and
     // before the signature is queued for bravo or the API answers.
     a.stop();
-    std::env::set_var("DETENTE_FAILPOINT", "checkpoint-after-commit");
-    a.start().ok().unwrap();
-    std::env::remove_var("DETENTE_FAILPOINT");
+    {
+        // The variable is the whole process's: the two runs of this test (SQLite and
+        // PostgreSQL) must not start a node while the other has it set.
+        static FAILPOINT_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _env = FAILPOINT_ENV.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var("DETENTE_FAILPOINT", "checkpoint-after-commit");
+        let started = a.start();
+        std::env::remove_var("DETENTE_FAILPOINT");
+        started.ok().unwrap();
+    }
     let ac = a.wait_ready(WAIT).await.ok().unwrap();
     let answer = ac.post("/api/v1/peers/bravo/checkpoint", &json!({})).await;
     assert!(

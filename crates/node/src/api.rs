@@ -499,6 +499,12 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         "peers": peers,
         "alarms": alarms,
         "listener": listener_json(&shared),
+        // Stored rows that failed verification when shown, exported or checked at start.
+        "tampered": shared
+            .tampered
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>())
+            .unwrap_or_default(),
     }))
     .into_response())
 }
@@ -633,7 +639,15 @@ pub(crate) async fn export_bundle(shared: &Shared, name: &str) -> Result<Vec<u8>
     let bundle =
         crate::transcript::export(&shared.store, &shared.secret.public(), &entry.key, charters)
             .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+            .map_err(|e| {
+                if e.starts_with(crate::transcript::TAMPERED) {
+                    tampered_alarm(shared, name, &e);
+                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e).hint(
+                        "restore the database from a backup and compare with the peer's export",
+                    );
+                }
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
+            })?;
     tokio::task::spawn_blocking(move || bundle.encode())
         .await
         .map_err(|_| internal())
@@ -1307,6 +1321,27 @@ fn opt_time(ms: Option<i64>) -> Value {
     ms.map_or(Value::Null, |m| Value::String(time_text(m)))
 }
 
+/// Raise the alarm for a stored row that fails verification, once per detail text (a page
+/// listed again does not repeat it), at most [`TAMPERED_ALARMS_MAX`] distinct ones kept.
+pub(crate) fn tampered_alarm(shared: &Shared, peer: &str, detail: &str) {
+    let first = shared.tampered.lock().is_ok_and(|mut seen| {
+        if seen.len() >= TAMPERED_ALARMS_MAX {
+            seen.clear();
+        }
+        seen.insert(detail.to_string())
+    });
+    if first {
+        tracing::error!(peer, "{detail}");
+        shared.events.publish(Event::Alarm {
+            peer: peer.to_string(),
+            detail: detail.to_string(),
+        });
+    }
+}
+
+/// Distinct tampered-row alarms remembered (to raise each once), at most.
+const TAMPERED_ALARMS_MAX: usize = 1024;
+
 /// The API's view of a stored message.
 pub(crate) async fn message_json(
     shared: &Shared,
@@ -1318,15 +1353,33 @@ pub(crate) async fn message_json(
         (c.name.clone(), c.lang.clone(), c.tz.clone())
     };
     let lang = lang.unwrap_or(&node_lang);
-    // Stored bytes were verified before they were stored; decoding them again is a check.
-    // Stored bytes were verified before they were stored; showing them needs only a parse.
-    let envelope = detente_proto::envelope::parse_unverified(&row.bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("stored envelope unreadable: {e}"),
-        )
-    })?;
-    let e = &envelope;
+    // Stored bytes were verified before they were stored, but the file can be altered since:
+    // nothing is shown unverified. A row that fails is shown as such, never its text.
+    let sender = detente_proto::PartyKey::from_bytes(row.sender).map_err(|_| internal())?;
+    let verified = match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
+        Ok(v) if v.id().0 == row.id => v,
+        verdict => {
+            let why = verdict
+                .err()
+                .map_or("its id does not match its bytes".into(), |e| e.to_string());
+            let detail = format!(
+                "{}: message {} seq {} of peer {} ({why})",
+                crate::transcript::TAMPERED,
+                hex::encode(row.id),
+                row.seq,
+                row.peer
+            );
+            tampered_alarm(shared, &row.peer, &detail);
+            return Ok(json!({
+                "id": hex::encode(row.id),
+                "seq": row.seq,
+                "peer": row.peer,
+                "tampered": true,
+                "error": detail,
+            }));
+        }
+    };
+    let e = verified.envelope();
     let times = shared.store.receipt_times(row.id).await?;
     let delivered = match row.direction {
         Direction::In => Some(row.stored_at_ms),

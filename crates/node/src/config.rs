@@ -406,6 +406,17 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     file.sync_all().map_err(io_err(path))
 }
 
+/// What `database_url` may be, for error messages.
+const DATABASE_URL_FORMS: &str = "empty (the SQLite file in the node directory), sqlite:PATH or \
+     postgres://USER:PASSWORD@HOST:PORT/DB";
+
+fn database_url_is_valid(url: &str) -> bool {
+    url.is_empty()
+        || url.strip_prefix("sqlite:").is_some_and(|p| !p.is_empty())
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+}
+
 impl NodeConfig {
     pub fn validate(&self) -> Result<()> {
         validate_name("name", &self.name)?;
@@ -430,6 +441,9 @@ impl NodeConfig {
             {
                 parse_duration(&self.get(key)?).map_err(|reason| bad(key, &reason))?;
             }
+        }
+        if !database_url_is_valid(&self.database_url) {
+            return Err(bad("database_url", DATABASE_URL_FORMS));
         }
         if self.peers.len() > PEERS_MAX {
             return Err(bad("peers", "too many peers"));
@@ -569,11 +583,8 @@ impl NodeConfig {
                 }
             }
             "database_url" => {
-                if !(value.is_empty()
-                    || value.starts_with("sqlite:")
-                    || value.starts_with("postgres"))
-                {
-                    return Err(bad(key, "empty (the SQLite file in the node directory), sqlite:PATH or postgres://..."));
+                if !database_url_is_valid(&value) {
+                    return Err(bad(key, DATABASE_URL_FORMS));
                 }
                 &mut self.database_url
             }

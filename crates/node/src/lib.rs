@@ -39,8 +39,8 @@ use crate::link::Connection;
 use crate::peers::PeerTable;
 use crate::writer::WriterHandle;
 
-/// The store implementation in use.
-pub type NodeStore = detente_store::SqliteStore;
+/// The store implementation in use: SQLite or PostgreSQL, as `database_url` says.
+pub type NodeStore = detente_store::AnyStore;
 
 /// Inbound connections queued per peer, at most.
 const INCOMING_QUEUE_MAX: usize = 4;
@@ -119,6 +119,8 @@ pub struct Shared {
     pub console: console::ConsoleState,
     /// Admission of inbound peer connections before they authenticate.
     pub gate: Arc<gate::Gate>,
+    /// Tampered-row alarms already raised (`api::tampered_alarm`).
+    pub tampered: Mutex<std::collections::HashSet<String>>,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -141,15 +143,17 @@ impl Node {
         let config = dir.load()?;
         let secret = Arc::new(dir.secret()?);
         let token = dir.token()?;
-        let path = store_path(&dir, &config)?;
-        if !path.exists() && !config.peers.is_empty() && !options.new_store {
-            let peers: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
-            return Err(StartError::NewStore {
-                path: path.display().to_string(),
-                peers: peers.join(", "),
-            });
+        let default_file = dir.file(config::DATABASE_FILE);
+        if let Some(path) = sqlite_path(&config, &default_file)? {
+            if !path.exists() && !config.peers.is_empty() && !options.new_store {
+                let peers: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+                return Err(StartError::NewStore {
+                    path: path.display().to_string(),
+                    peers: peers.join(", "),
+                });
+            }
         }
-        let store = Arc::new(NodeStore::open(&path).await?);
+        let store = Arc::new(NodeStore::open(&config.database_url, &default_file).await?);
         let table = Arc::new(PeerTable::default());
         let events = Events::new();
         let mut peers = Vec::new();
@@ -224,6 +228,7 @@ impl Node {
             charters: charter::Charters::default(),
             console: console::ConsoleState::new(),
             gate: gate::Gate::new(),
+            tampered: Mutex::new(std::collections::HashSet::new()),
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });
@@ -248,6 +253,7 @@ impl Node {
             .push(tokio::spawn(accept_peers(shared.clone(), peer_listener)));
         node.tasks
             .push(tokio::spawn(api::serve(shared.clone(), console_listener)));
+        check_stream_tails(&shared).await;
         write_run_file(&shared);
         tracing::info!(
             name = %shared.config.read().map(|c| c.name.clone()).unwrap_or_default(),
@@ -270,6 +276,54 @@ impl Node {
     }
 }
 
+/// At start, the last envelope of every stream must verify and be the stream's recorded
+/// head: a row altered in the file since is named in an alarm (and in `status`), not shown
+/// later as genuine. The rest of each stream is verified when it is shown or exported.
+async fn check_stream_tails(shared: &Arc<Shared>) {
+    use detente_store::Store;
+    let Ok(streams) = shared.store.streams().await else {
+        return;
+    };
+    let me = shared.secret.public();
+    for entry in shared.table.all() {
+        let channel = detente_proto::ChannelId::for_pair(&me, &entry.key);
+        for sender in [me, entry.key] {
+            let Some(state) = streams
+                .iter()
+                .find(|s| s.channel == channel.0 && &s.sender == sender.as_bytes())
+                .filter(|s| s.next_seq > 1)
+            else {
+                continue;
+            };
+            let seq = state.next_seq - 1;
+            let row = shared
+                .store
+                .message_at(channel.0, *sender.as_bytes(), seq)
+                .await;
+            let problem = match row {
+                Ok(Some(row)) => {
+                    match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
+                        Ok(v) if v.id().0 == state.last_id && row.id == state.last_id => None,
+                        Ok(_) => Some("it is not the stream's recorded head".to_string()),
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+                Ok(None) => Some("the stream's last message is missing".to_string()),
+                Err(_) => None,
+            };
+            if let Some(why) = problem {
+                let detail = format!(
+                    "{}: stream {} seq {seq} in the channel with {} ({why})",
+                    transcript::TAMPERED,
+                    sender.fingerprint(),
+                    entry.name
+                );
+                api::tampered_alarm(shared, &entry.name, &detail);
+            }
+        }
+    }
+}
+
 /// Record where a running node actually listens (ports may have been chosen by the system),
 /// so that the command line finds its API.
 fn write_run_file(shared: &Shared) {
@@ -284,34 +338,37 @@ fn write_run_file(shared: &Shared) {
     }
 }
 
-/// Open the store a node directory names (the node need not be running: SQLite in WAL mode
-/// lets a second process write while it runs). A missing file is created only by
-/// `detente init` and `serve --new-store`, never here: an offline command must not leave an
-/// empty store behind that a later `serve` would take for the real one.
+/// Open the store a node directory names: `database_url` in `node.toml` (empty: the SQLite
+/// file in the directory; `sqlite:PATH`; `postgres://…`). The node need not be running:
+/// SQLite in WAL mode lets a second process write while it runs, and PostgreSQL serves
+/// several clients. A database that cannot be reached is an error naming its URL, with the
+/// password hidden. A missing SQLite file is created only by `detente init` and `serve
+/// --new-store`, never here: an offline command must not leave an empty store behind that a
+/// later `serve` would take for the real one.
 pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
-    let path = store_path(dir, config)?;
-    if !path.exists() {
-        return Err(StartError::Store(detente_store::StoreError::Open(format!(
-            "{}: no such file (was the database moved?)",
-            path.display()
-        ))));
+    let default_file = dir.file(config::DATABASE_FILE);
+    if let Some(path) = sqlite_path(config, &default_file)? {
+        if !path.exists() {
+            return Err(StartError::Store(detente_store::StoreError::Open(format!(
+                "{}: no such file (was the database moved?)",
+                path.display()
+            ))));
+        }
     }
-    Ok(NodeStore::open(&path).await?)
+    Ok(NodeStore::open(&config.database_url, &default_file).await?)
 }
 
-/// Where the node's SQLite file is.
-fn store_path(dir: &NodeDir, config: &NodeConfig) -> Result<std::path::PathBuf, StartError> {
-    let path = match config.database_url.strip_prefix("sqlite:") {
-        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
-        _ if config.database_url.is_empty() => dir.file(config::DATABASE_FILE),
-        _ => {
-            return Err(StartError::Config(config::ConfigError::BadValue {
-                key: "database_url".into(),
-                reason: "only SQLite is supported in this version; leave it empty".into(),
-            }))
-        }
-    };
-    Ok(path)
+/// Where the node's SQLite file is, when its store is SQLite.
+fn sqlite_path(
+    config: &NodeConfig,
+    default_file: &std::path::Path,
+) -> Result<Option<std::path::PathBuf>, StartError> {
+    Ok(
+        match detente_store::StoreUrl::parse(&config.database_url, default_file)? {
+            detente_store::StoreUrl::Sqlite(path) => Some(path.to_path_buf()),
+            detente_store::StoreUrl::Postgres(_) => None,
+        },
+    )
 }
 
 /// Start the link task of a peer and register where its inbound connections go.

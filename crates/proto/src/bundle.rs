@@ -671,7 +671,16 @@ where
         let mut roots_match = true;
         for head in &c.members {
             let s = Some(head.key.to_text());
-            let tree = &trees[&head.key];
+            // A member without a stream in the bundle (the fuzzer found a bundle whose member
+            // list and streams disagree): a problem, not a panic.
+            let Some(tree) = trees.get(&head.key) else {
+                roots_match = false;
+                report.push(problem(
+                    s,
+                    "names a stream the bundle does not carry".into(),
+                ));
+                continue;
+            };
             if head.size > tree.size() {
                 roots_match = false;
                 report.push(problem(
@@ -705,7 +714,9 @@ where
                 if old.size == 0 || old.size > new.size {
                     continue;
                 }
-                let tree = &trees[&old.key];
+                let Some(tree) = trees.get(&old.key) else {
+                    continue;
+                };
                 let consistent = tree
                     .consistency_proof(old.size, new.size)
                     .is_ok_and(|path| {

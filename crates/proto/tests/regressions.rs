@@ -79,3 +79,14 @@ fn too_many_translations_are_counted_not_measured_in_bytes() {
         .to_string();
     assert_eq!(error, "5 translations given; at most 4 are allowed");
 }
+
+/// Found by the `bundle` fuzz target in its first seconds: a bundle whose checkpoint names a
+/// member the bundle carries no stream for made `bundle::verify` (and so `detente verify`)
+/// panic on a map index. It is a problem in the report now.
+#[test]
+fn a_bundle_checkpoint_naming_a_stream_it_lacks_is_a_problem_not_a_panic() {
+    let bytes = include_bytes!("../testdata/fuzz/bundle-member-without-stream.bin");
+    let report = detente_proto::bundle::verify(bytes);
+    assert!(!report.ok());
+    assert!(!report.problems.is_empty());
+}

@@ -237,7 +237,19 @@ fn check_evidence(w: &mut World, node: usize, batch: &WriteBatch) {
                 _ => false,
             }
         } else {
-            w.checker.forged_checkpoints.contains(&ev.second)
+            // A checkpoint it forged, or an honest proposal of its core contradicting a
+            // forged envelope this member recorded (it signed both).
+            let hostile = key_of(w, peer);
+            let covers_forgery = SignedCheckpoint::decode(&ev.second).is_ok_and(|s| {
+                s.checkpoint().head(&hostile).is_some_and(|head| {
+                    w.checker
+                        .forged
+                        .range((peer, node, 1)..=(peer, node, head.size))
+                        .next()
+                        .is_some()
+                })
+            });
+            w.checker.forged_checkpoints.contains(&ev.second) || covers_forgery
         };
         if !justified {
             return w.fail(format!(
@@ -348,14 +360,21 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
             w.count("alarms");
             w.checker.alarms.insert((node, peer.clone()));
         }
-        Event::Deadline { id, need, .. } => {
+        Event::Deadline {
+            id, need, decision, ..
+        } => {
             let n = w
                 .checker
                 .decisions
                 .entry((node, id.0, need.code()))
                 .or_default();
             *n += 1;
-            if *n > 1 {
+            let twice = *n > 1;
+            w.count(match decision {
+                detente_core::Decision::Met => "deadlines_met",
+                detente_core::Decision::Missed => "deadlines_missed",
+            });
+            if twice {
                 w.fail(format!(
                     "n{node} decided the {} deadline of {id} twice",
                     need.name()
@@ -363,6 +382,11 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
             }
         }
         Event::Refused { .. } => w.count("refusals"),
+        Event::CharterAgreed { .. } => w.count("charters_agreed"),
+        Event::Stored { direction, .. } => w.count(match direction {
+            Direction::Out => "envelopes_written",
+            Direction::In => "envelopes_received",
+        }),
         _ => {}
     }
 }

@@ -37,8 +37,13 @@ pub struct Outcome {
 /// Run one seed. `bug` plants a defect (only in builds with the `planted-bugs` feature of
 /// `detente-core`).
 pub fn run(seed: u64, bug: Option<PlantedBug>, trace: bool) -> Outcome {
+    run_with(seed, bug, trace, None)
+}
+
+/// Run one seed with `nodes` members (two or three, drawn from the seed, when `None`).
+pub fn run_with(seed: u64, bug: Option<PlantedBug>, trace: bool, nodes: Option<usize>) -> Outcome {
     let result = std::panic::catch_unwind(|| {
-        let mut world = World::new(seed, bug, trace);
+        let mut world = World::new(seed, bug, trace, nodes);
         world.run();
         world.outcome()
     });
@@ -64,10 +69,16 @@ pub fn run(seed: u64, bug: Option<PlantedBug>, trace: bool) -> Outcome {
 
 /// The command that replays `seed` with a trace.
 pub fn replay_command(seed: u64, bug: Option<PlantedBug>) -> String {
+    replay_command_with(seed, bug, None)
+}
+
+/// The replay command for a world with a forced number of members.
+pub fn replay_command_with(seed: u64, bug: Option<PlantedBug>, nodes: Option<usize>) -> String {
+    let nodes = nodes.map_or(String::new(), |n| format!(" --nodes {n}"));
     match bug {
-        None => format!("cargo run -p detente-sim -- --seed {seed} --trace"),
+        None => format!("cargo run -p detente-sim -- --seed {seed} --trace{nodes}"),
         Some(b) => format!(
-            "cargo run -p detente-sim --features planted-bugs -- --seed {seed} --trace --bug {}",
+            "cargo run -p detente-sim --features planted-bugs -- --seed {seed} --trace --bug {}{nodes}",
             b.name()
         ),
     }
@@ -75,6 +86,17 @@ pub fn replay_command(seed: u64, bug: Option<PlantedBug>) -> String {
 
 /// Run `count` seeds from `first` on `threads` threads; outcomes in seed order.
 pub fn run_many(first: u64, count: u64, bug: Option<PlantedBug>, threads: usize) -> Vec<Outcome> {
+    run_many_with(first, count, bug, threads, None)
+}
+
+/// [`run_many`] with `nodes` members in every world.
+pub fn run_many_with(
+    first: u64,
+    count: u64,
+    bug: Option<PlantedBug>,
+    threads: usize,
+    nodes: Option<usize>,
+) -> Vec<Outcome> {
     let threads = threads.max(1) as u64;
     let mut all: Vec<Outcome> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -82,7 +104,7 @@ pub fn run_many(first: u64, count: u64, bug: Option<PlantedBug>, threads: usize)
                 scope.spawn(move || {
                     (first..first + count)
                         .filter(|s| (s - first) % threads == t)
-                        .map(|s| run(s, bug, false))
+                        .map(|s| run_with(s, bug, false, nodes))
                         .collect::<Vec<_>>()
                 })
             })

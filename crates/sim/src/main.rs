@@ -1,10 +1,10 @@
-//! `detente-sim --seeds N [--first S] [--json]`: run N seeds; `--seed S --trace`: replay one
+//! `detente-sim --seeds N [--first S] [--nodes N] [--json]`: run N seeds; `--seed S --trace`: replay one
 //! with its trace. Exit 1 if any seed broke an invariant.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use detente_sim::{replay_command, run, run_many, PlantedBug};
+use detente_sim::{replay_command_with, run_many_with, run_with, PlantedBug};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,12 +24,13 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+    let nodes: Option<usize> = value("--nodes").and_then(|n| n.parse().ok());
     if let Some(seed) = value("--seed") {
         let Ok(seed) = seed.parse::<u64>() else {
             eprintln!("error: --seed takes a number");
             return ExitCode::from(2);
         };
-        let outcome = run(seed, bug, args.iter().any(|a| a == "--trace"));
+        let outcome = run_with(seed, bug, args.iter().any(|a| a == "--trace"), nodes);
         for line in &outcome.trace {
             println!("{line}");
         }
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
     let first: u64 = value("--first").and_then(|s| s.parse().ok()).unwrap_or(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = std::time::Instant::now();
-    let outcomes = run_many(first, seeds, bug, threads);
+    let outcomes = run_many_with(first, seeds, bug, threads, nodes);
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     for o in &outcomes {
         for (k, v) in &o.counts {
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
             "failures": failures.iter().map(|o| serde_json::json!({
                 "seed": o.seed,
                 "invariant": o.failure,
-                "replay": replay_command(o.seed, bug),
+                "replay": replay_command_with(o.seed, bug, nodes),
             })).collect::<Vec<_>>(),
             "faults": counts,
             "seconds": started.elapsed().as_secs_f64(),
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
                 "seed {} FAILED: {}\n  replay: {}",
                 o.seed,
                 o.failure.as_deref().unwrap_or(""),
-                replay_command(o.seed, bug)
+                replay_command_with(o.seed, bug, nodes)
             );
         }
         println!(

@@ -29,6 +29,8 @@ const STEPS_MAX: u64 = 400_000;
 /// Wall clock at virtual time zero: 2026-12-01T00:00:00Z.
 const EPOCH_MS: i64 = 1_796_083_200_000;
 const ADDRESSES: usize = 2;
+/// Most members a world may have.
+pub const NODES_MAX: usize = 8;
 
 /// Which fault kinds this seed switches on.
 #[derive(Debug, Clone, Copy, Default)]
@@ -137,9 +139,11 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(seed: u64, bug: Option<PlantedBug>, trace: bool) -> World {
+    /// The world of `seed`: two or three members unless `nodes` forces the number.
+    pub fn new(seed: u64, bug: Option<PlantedBug>, trace: bool, nodes: Option<usize>) -> World {
         let mut rng = StdRng::seed_from_u64(seed);
-        let n = rng.gen_range(2..=3usize);
+        let drawn = rng.gen_range(2..=3usize);
+        let n = nodes.map_or(drawn, |n| n.clamp(2, NODES_MAX));
         let faults = Faults {
             crash: rng.gen_bool(0.5),
             commit_fail: rng.gen_bool(0.4),
@@ -148,7 +152,7 @@ impl World {
             stall: rng.gen_bool(0.3),
             address_down: rng.gen_bool(0.3),
             clock: rng.gen_bool(0.5),
-            hostile: n == 3 && rng.gen_bool(0.6),
+            hostile: n >= 3 && rng.gen_bool(0.6),
         };
         let secrets: Vec<[u8; 32]> = (0..n).map(|_| rng.gen()).collect();
         let keys: Vec<_> = secrets
@@ -778,7 +782,15 @@ impl World {
         let Some(session) = self.session_between(h, target) else {
             return;
         };
-        let kind = self.rng.gen_range(0..8);
+        let kind = self.rng.gen_range(0..9);
+        if kind == 8 {
+            // It reads slowly: everything sent to it arrives late, until it reads again.
+            if !self.stalled.remove(&h) {
+                self.stalled.insert(h);
+                self.count("hostile_slow_reads");
+            }
+            return;
+        }
         if let Some((name, bytes)) = crate::check::hostile_frame(self, h, target, kind) {
             self.count(name);
             self.note(|| format!("n{h} (hostile) sends n{target} {name}"));

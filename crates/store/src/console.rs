@@ -1,17 +1,19 @@
-//! Console accounts, sessions and the audit log, in the same SQLite file.
+//! Console accounts, sessions and the audit log, in the same database as the transcript.
 //!
 //! These rows are local to the node and never part of the transcript, so they are not
 //! [`WriteBatch`](crate::WriteBatch) members: they are written through the store's single
 //! write connection (so they queue behind group commits and never contend for SQLite's write
 //! lock) by short statements of their own. That also lets `detente user add` write while
-//! the node runs, as a second process waiting on the busy timeout.
+//! the node runs, as a second process waiting on the busy timeout (SQLite) or on its own
+//! connection (PostgreSQL). Both stores have the same methods with the same behaviour.
 
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ColumnIndex, Decode, QueryBuilder, Row, Sqlite, Type};
 
-use crate::sqlite::{decode_message, WriteTx, MESSAGE_SELECT};
+use crate::rows::{decode_message, MESSAGE_SELECT};
+use crate::sqlite::WriteTx;
 use crate::{
-    Direction, MessageRow, Result, SqliteStore, StoreError, TimelineQuery, UnansweredCount,
-    UnansweredRow,
+    Direction, MessageRow, PgStore, Result, SqliteStore, StoreError, TimelineQuery,
+    UnansweredCount, UnansweredRow,
 };
 
 /// Sessions kept per login, at most; creating one more removes the oldest.
@@ -55,7 +57,13 @@ pub struct AuditRow {
     pub source: String,
 }
 
-fn user(row: &sqlx::sqlite::SqliteRow) -> Result<UserRow> {
+fn user<R>(row: &R) -> Result<UserRow>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
     Ok(UserRow {
         login: row.try_get("login")?,
         role: row.try_get("role")?,
@@ -246,18 +254,7 @@ impl SqliteStore {
         .bind(i64::from(limit.min(UNANSWERED_ROWS_MAX)))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let id: Vec<u8> = r.try_get("id")?;
-                Ok(UnansweredRow {
-                    id: id.try_into().map_err(|_| corrupt("id is not 32 bytes"))?,
-                    peer: r.try_get("peer")?,
-                    direction: direction(r.try_get("direction")?)?,
-                    precedence: small(r.try_get("precedence")?)?,
-                    start_ms: r.try_get("start_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(unanswered_row).collect()
     }
 
     /// See [`crate::Store::unanswered_counts`].
@@ -268,16 +265,7 @@ impl SqliteStore {
         )
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UnansweredCount {
-                    peer: r.try_get("peer")?,
-                    direction: direction(r.try_get("direction")?)?,
-                    precedence: small(r.try_get("precedence")?)?,
-                    count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
-                })
-            })
-            .collect()
+        rows.iter().map(unanswered_count).collect()
     }
 }
 
@@ -363,4 +351,277 @@ fn direction(code: i64) -> Result<Direction> {
 
 fn small(v: i64) -> Result<u8> {
     u8::try_from(v).map_err(|_| corrupt("precedence out of range"))
+}
+
+impl PgStore {
+    /// Create an account, or replace the role and password of an existing one (its
+    /// sessions end). Returns true when the account is new.
+    pub async fn put_user(&self, row: &UserRow) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let existed: Option<String> =
+            sqlx::query_scalar("SELECT login FROM users WHERE login = $1 FOR UPDATE")
+                .bind(&row.login)
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO users (login, role, password_hash, lang, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (login) DO UPDATE SET \
+             role = excluded.role, password_hash = excluded.password_hash",
+        )
+        .bind(&row.login)
+        .bind(&row.role)
+        .bind(&row.password_hash)
+        .bind(&row.lang)
+        .bind(row.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM sessions WHERE login = $1")
+            .bind(&row.login)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(existed.is_none())
+    }
+
+    pub async fn user(&self, login: &str) -> Result<Option<UserRow>> {
+        let row = sqlx::query("SELECT * FROM users WHERE login = $1")
+            .bind(login)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(user).transpose()
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRow>> {
+        let rows = sqlx::query("SELECT * FROM users ORDER BY login")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(user).collect()
+    }
+
+    pub async fn set_user_lang(&self, login: &str, lang: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET lang = $1 WHERE login = $2")
+            .bind(lang)
+            .bind(login)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Store a new session, dropping expired ones and the oldest of this login's beyond
+    /// [`SESSIONS_PER_LOGIN_MAX`].
+    pub async fn create_session(&self, row: &SessionRow) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= $1")
+            .bind(row.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, login, csrf, created_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(row.token_hash.as_slice())
+        .bind(&row.login)
+        .bind(&row.csrf)
+        .bind(row.created_at_ms)
+        .bind(row.expires_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM sessions WHERE login = $1 AND token_hash NOT IN \
+             (SELECT token_hash FROM sessions WHERE login = $1 \
+              ORDER BY created_at_ms DESC LIMIT $2)",
+        )
+        .bind(&row.login)
+        .bind(SESSIONS_PER_LOGIN_MAX)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The live session with this token hash at `now_ms`, and its account.
+    pub async fn session(
+        &self,
+        token_hash: [u8; 32],
+        now_ms: i64,
+    ) -> Result<Option<(SessionRow, UserRow)>> {
+        let row = sqlx::query(
+            "SELECT s.token_hash, s.csrf, s.created_at_ms AS s_created, s.expires_at_ms, u.* \
+             FROM sessions s JOIN users u ON u.login = s.login \
+             WHERE s.token_hash = $1 AND s.expires_at_ms > $2",
+        )
+        .bind(token_hash.as_slice())
+        .bind(now_ms)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let hash: Vec<u8> = row.try_get("token_hash")?;
+        let token_hash = hash.try_into().map_err(|_| StoreError::Corrupt {
+            table: "sessions",
+            what: "token_hash is not 32 bytes".into(),
+        })?;
+        let account = user(&row)?;
+        Ok(Some((
+            SessionRow {
+                token_hash,
+                login: account.login.clone(),
+                csrf: row.try_get("csrf")?,
+                created_at_ms: row.try_get("s_created")?,
+                expires_at_ms: row.try_get("expires_at_ms")?,
+            },
+            account,
+        )))
+    }
+
+    pub async fn delete_session(&self, token_hash: [u8; 32]) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(token_hash.as_slice())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn append_audit(&self, row: &AuditRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit (at_ms, login, action, detail, source) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(row.at_ms)
+        .bind(&row.login)
+        .bind(&row.action)
+        .bind(&row.detail)
+        .bind(&row.source)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest audit rows, newest first.
+    pub async fn audit(&self, limit: u32) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT at_ms, login, action, detail, source FROM audit ORDER BY id DESC LIMIT $1",
+        )
+        .bind(i64::from(limit.min(AUDIT_ROWS_MAX)))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    at_ms: r.try_get("at_ms")?,
+                    login: r.try_get("login")?,
+                    action: r.try_get("action")?,
+                    detail: r.try_get("detail")?,
+                    source: r.try_get("source")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One `console_unanswered` row, from either store.
+fn unanswered_row<R>(r: &R) -> Result<UnansweredRow>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: Vec<u8> = r.try_get("id")?;
+    Ok(UnansweredRow {
+        id: id.try_into().map_err(|_| corrupt("id is not 32 bytes"))?,
+        peer: r.try_get("peer")?,
+        direction: direction(r.try_get("direction")?)?,
+        precedence: small(r.try_get("precedence")?)?,
+        start_ms: r.try_get("start_ms")?,
+    })
+}
+
+/// One per-peer count of `console_unanswered`, from either store.
+fn unanswered_count<R>(r: &R) -> Result<UnansweredCount>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(UnansweredCount {
+        peer: r.try_get("peer")?,
+        direction: direction(r.try_get("direction")?)?,
+        precedence: small(r.try_get("precedence")?)?,
+        count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+    })
+}
+
+impl PgStore {
+    /// See [`crate::Store::unanswered`] (PostgreSQL's migration 0010 keeps the same table).
+    pub(crate) async fn console_unanswered(
+        &self,
+        peer: &str,
+        precedence: u8,
+        limit: u32,
+    ) -> Result<Vec<UnansweredRow>> {
+        let rows = sqlx::query(
+            "SELECT id, peer, direction, precedence, start_ms FROM console_unanswered \
+             WHERE peer = $1 AND precedence = $2 ORDER BY start_ms, id LIMIT $3",
+        )
+        .bind(peer)
+        .bind(i64::from(precedence))
+        .bind(i64::from(limit.min(UNANSWERED_ROWS_MAX)))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(unanswered_row).collect()
+    }
+
+    /// See [`crate::Store::unanswered_counts`].
+    pub(crate) async fn console_unanswered_counts(&self) -> Result<Vec<UnansweredCount>> {
+        let rows = sqlx::query(
+            "SELECT peer, direction, precedence, count(*) AS n FROM console_unanswered \
+             GROUP BY peer, direction, precedence ORDER BY peer, direction, precedence",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(unanswered_count).collect()
+    }
+
+    /// See [`crate::Store::timeline`]; the same walk as SQLite's over `messages_by_time`.
+    pub(crate) async fn console_timeline(&self, q: TimelineQuery) -> Result<Vec<MessageRow>> {
+        let mut qb = QueryBuilder::<sqlx::Postgres>::new(MESSAGE_SELECT);
+        qb.push(" WHERE kind IN (0, 4)");
+        if let Some(peer) = &q.peer {
+            qb.push(" AND peer = ").push_bind(peer.clone());
+        }
+        if let Some(d) = q.direction {
+            qb.push(" AND direction = ")
+                .push_bind(i64::from(d == Direction::In));
+        }
+        if let Some(p) = q.precedence {
+            qb.push(" AND precedence = ").push_bind(i64::from(p));
+        }
+        if let Some(topic) = &q.topic {
+            qb.push(" AND topic = ").push_bind(topic.clone());
+        }
+        match q.answered {
+            Some(false) => {
+                qb.push(" AND id IN (SELECT id FROM console_unanswered)");
+            }
+            Some(true) => {
+                qb.push(" AND id NOT IN (SELECT id FROM console_unanswered)");
+            }
+            None => {}
+        }
+        if let Some((created, sender, seq)) = q.before {
+            qb.push(" AND (created_at_ms, sender, seq) < (")
+                .push_bind(created)
+                .push(", ")
+                .push_bind(sender.to_vec())
+                .push(", ")
+                .push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .push(")");
+        }
+        qb.push(" ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT ")
+            .push_bind(i64::from(q.limit.clamp(1, TIMELINE_ROWS_MAX)));
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        rows.iter().map(decode_message).collect()
+    }
 }

@@ -9,16 +9,25 @@
 //! The rows here are database rows, not protocol types: the store never parses or signs an
 //! envelope. The node has verified every envelope before it reaches a batch.
 //!
-//! One trait, one implementation per database ([`sqlite::SqliteStore`] now; PostgreSQL later,
-//! with the same conformance tests).
+//! One trait, one implementation per database: [`sqlite::SqliteStore`] (the embedded
+//! default) and [`postgres::PgStore`], held to the same behaviour by one conformance suite
+//! (`tests/conformance.rs`). [`AnyStore`] is whichever of the two a node's configuration
+//! names.
 
 #![forbid(unsafe_code)]
 
+mod any;
 pub mod console;
+#[doc(hidden)]
+pub mod pg_test;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::future::Future;
 
+pub use any::{AnyStore, StoreUrl};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The rows and the batch are the storage interface, shared with the sans-IO core; they live
@@ -120,11 +129,62 @@ pub enum StoreError {
     /// The node checks for this before batching, so it indicates a bug or a race.
     #[error("duplicate message {0}")]
     Duplicate(String),
+    /// The database server cannot be reached (connection refused or lost, server shutting
+    /// down). Nothing of the call was applied; the next call reconnects. Remedy: bring the
+    /// database back; the node resumes by itself.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database was migrated by a newer detente than this one. Remedy: run a detente
+    /// that knows schema version `found` (or restore a backup made by this version).
+    #[error(
+        "the database schema is at version {found}, newer than this detente knows (up to \
+         {known}); run a detente release whose store has migration {found}"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e.to_string())
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Database(e.to_string())
+        }
+    }
+}
+
+/// Whether `e` means "no server to talk to" rather than "the server refused this": I/O
+/// failures, pool timeouts, and PostgreSQL's connection-exception and shutdown states.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+            // Class 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
+            // cannot connect now (starting up or in recovery).
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// Apply `migrator`'s migrations, refusing a database that a newer detente migrated
+/// ([`StoreError::SchemaTooNew`]) instead of running against a schema it does not know.
+pub(crate) async fn migrate<'a, A>(migrator: &sqlx::migrate::Migrator, target: A) -> Result<()>
+where
+    A: sqlx::Acquire<'a>,
+    <A::Connection as std::ops::Deref>::Target: sqlx::migrate::Migrate,
+{
+    use sqlx::migrate::MigrateError;
+    match migrator.run(target).await {
+        Ok(()) => Ok(()),
+        Err(MigrateError::VersionMissing(found)) => Err(StoreError::SchemaTooNew {
+            found,
+            known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
+        }),
+        Err(MigrateError::Execute(e)) if is_unavailable(&e) => {
+            Err(StoreError::Unavailable(e.to_string()))
+        }
+        Err(e) => Err(StoreError::Open(e.to_string())),
     }
 }
 

@@ -21,13 +21,18 @@ use detente_proto::merkle;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Decode, QueryBuilder, Row, Type};
+use sqlx::{QueryBuilder, Row};
 
+use crate::rows::{
+    check_ranges, decode_message, describe_message, direction_code, get, hash, int,
+    is_unique_violation, placement_code, pow2_chunks, small, uint, INBOX_ROWS_DEFAULT,
+    MESSAGE_SELECT,
+};
 use crate::{
     CheckpointRow, DeadlineCandidate, DeliveredRange, Direction, EvidenceRow, GlossaryRow, Hash32,
-    InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow,
+    InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow,
     ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow, WitnessRow, WriteBatch,
     TREE_LEVEL_STORED_MIN,
 };
@@ -51,9 +56,6 @@ const MESSAGE_COLUMNS: usize = 14;
 // SQLite refuses statements with more than 32766 parameters; keep a margin.
 const _: () = assert!(CHUNK_ROWS_MAX * MESSAGE_COLUMNS < 30_000);
 
-/// Rows an inbox listing returns when the query asks for 0.
-const INBOX_ROWS_DEFAULT: u32 = 1000;
-
 /// WAL pages after which a commit checkpoints by itself (SQLite's default is 1000). Such a
 /// checkpoint runs inside the commit that crosses the mark, and that commit (and every
 /// answer waiting for it, a FLASH's among them) pays for copying the WAL into the database
@@ -71,10 +73,8 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
 /// places; keeping its interior pages cached saves reads on every commit.
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
-/// The columns of `messages` in the order [`decode_message`] reads them.
-pub(crate) const MESSAGE_SELECT: &str =
-    "SELECT id, channel, sender, seq, peer, direction, precedence, \
-     topic, kind, created_at_ms, stored_at_ms, in_reply_to, placement, bytes FROM messages";
+/// sqlx's embedded SQLite migrations (`migrations/sqlite`).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// A detente store in one SQLite file. Cloning is cheap and shares the connections.
 #[derive(Debug, Clone)]
@@ -143,10 +143,12 @@ impl SqliteStore {
             .await
             .map_err(|e| open_error(path, &e))?;
 
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&writer)
+        crate::migrate(&MIGRATOR, &writer)
             .await
-            .map_err(|e| open_error(path, &e))?;
+            .map_err(|e| match e {
+                StoreError::Open(m) => open_error(path, &m),
+                other => other,
+            })?;
 
         // Readers do not set journal_mode: WAL is persistent in the file (set above), and
         // asking for it again would need a lock.
@@ -547,9 +549,9 @@ impl Store for SqliteStore {
                     } else {
                         Direction::In
                     },
-                    precedence: u8::try_from(get::<i64>(row, "messages", "precedence")?)
+                    precedence: u8::try_from(get::<_, i64>(row, "messages", "precedence")?)
                         .unwrap_or(u8::MAX),
-                    kind: u8::try_from(get::<i64>(row, "messages", "kind")?).unwrap_or(u8::MAX),
+                    kind: u8::try_from(get::<_, i64>(row, "messages", "kind")?).unwrap_or(u8::MAX),
                     created_at_ms: get(row, "messages", "created_at_ms")?,
                     stored_at_ms: get(row, "messages", "stored_at_ms")?,
                     missed: missed
@@ -573,7 +575,7 @@ impl Store for SqliteStore {
             .map(|row| {
                 Ok(MissRow {
                     id,
-                    level: u8::try_from(get::<i64>(row, "deadline_misses", "level")?)
+                    level: u8::try_from(get::<_, i64>(row, "deadline_misses", "level")?)
                         .unwrap_or(u8::MAX),
                     due_at_ms: get(row, "deadline_misses", "due_at_ms")?,
                     missed_at_ms: get(row, "deadline_misses", "missed_at_ms")?,
@@ -805,7 +807,7 @@ impl Store for SqliteStore {
                     channel: hash(row, T, "channel")?,
                     body_hash: hash(row, T, "body_hash")?,
                     time_ms: get(row, T, "time_ms")?,
-                    cosigned: get::<i64>(row, T, "cosigned")? == 1,
+                    cosigned: get::<_, i64>(row, T, "cosigned")? == 1,
                     signed: get(row, T, "signed")?,
                     stored_at_ms: get(row, T, "stored_at_ms")?,
                 })
@@ -924,55 +926,6 @@ fn open_error(path: &Path, e: &dyn std::fmt::Display) -> StoreError {
 // ---------------------------------------------------------------------------------------
 // Commit steps. Each takes the transaction's connection and writes one part of the batch.
 
-/// Every `u64` in the batch must fit SQLite's signed 64-bit integers.
-fn check_ranges(batch: &WriteBatch) -> Result<()> {
-    let too_big = |what: &str, v: u64| {
-        StoreError::Database(format!(
-            "{what} {v} is beyond the largest integer SQLite stores"
-        ))
-    };
-    let limit = i64::MAX as u64;
-    for m in &batch.messages {
-        if m.seq > limit {
-            return Err(too_big("message seq", m.seq));
-        }
-    }
-    for &(_, _, seq) in &batch.promote {
-        if seq > limit {
-            return Err(too_big("promote seq", seq));
-        }
-    }
-    for o in &batch.outbox {
-        if o.seq > limit {
-            return Err(too_big("outbox seq", o.seq));
-        }
-    }
-    for s in &batch.streams {
-        if s.next_seq > limit {
-            return Err(too_big("stream next_seq", s.next_seq));
-        }
-    }
-    for t in &batch.tree_nodes {
-        if t.index > limit {
-            return Err(too_big("tree node index", t.index));
-        }
-    }
-    for e in &batch.evidence {
-        if e.seq.is_some_and(|s| s > limit) {
-            return Err(too_big("evidence seq", e.seq.unwrap_or(0)));
-        }
-    }
-    // Delivered ranges are only compared against stored seqs; `int` clamps them.
-    // A prune high-water mark beyond the range is not stored, only compared; it is
-    // clamped in `prune`, where it still means "everything".
-    Ok(())
-}
-
-/// A `u64` that [`check_ranges`] has already accepted.
-fn int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 async fn insert_messages(conn: &mut SqliteConnection, messages: &[MessageRow]) -> Result<()> {
     for chunk in pow2_chunks(messages, CHUNK_ROWS_MAX) {
         let mut qb = QueryBuilder::<Sqlite>::new(
@@ -1040,16 +993,6 @@ async fn describe_duplicate(conn: &mut SqliteConnection, chunk: &[MessageRow]) -
         }
     }
     String::from("in batch")
-}
-
-fn describe_message(m: &MessageRow) -> String {
-    format!(
-        "{} (peer {:?}, sender {}…, seq {})",
-        hex(&m.id),
-        m.peer,
-        hex(&m.sender[..4]),
-        m.seq
-    )
 }
 
 async fn promote(conn: &mut SqliteConnection, keys: &[(Hash32, Hash32, u64)]) -> Result<()> {
@@ -1306,148 +1249,4 @@ async fn insert_evidence(conn: &mut SqliteConnection, rows: &[EvidenceRow]) -> R
         .await?;
     }
     Ok(())
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
-}
-
-/// Split `items` into chunks whose lengths are powers of two no larger than `max` (which
-/// should itself be one): 700 rows with max 512 become 512 + 128 + 32 + 16 + 8 + 4. Each
-/// length has its own SQL text, so this keeps the set of texts small and every one of them
-/// prepared once and cached, instead of a fresh prepare for each batch size.
-fn pow2_chunks<T>(mut items: &[T], max: usize) -> Vec<&[T]> {
-    let mut chunks = Vec::new();
-    while !items.is_empty() {
-        let n = items.len().min(max);
-        // Largest power of two <= n (n >= 1 here).
-        let size = 1usize << (usize::BITS - 1 - n.leading_zeros());
-        let (head, tail) = items.split_at(size);
-        chunks.push(head);
-        items = tail;
-    }
-    chunks
-}
-
-// ---------------------------------------------------------------------------------------
-// Codes and decoding
-
-fn direction_code(d: Direction) -> i64 {
-    match d {
-        Direction::Out => 0,
-        Direction::In => 1,
-    }
-}
-
-fn placement_code(p: Placement) -> i64 {
-    match p {
-        Placement::Appended => 0,
-        Placement::Held => 1,
-    }
-}
-
-fn corrupt(table: &'static str, what: String) -> StoreError {
-    StoreError::Corrupt { table, what }
-}
-
-/// Read a column; a value of the wrong type is a corrupt row, not a query failure.
-fn get<'r, T>(row: &'r SqliteRow, table: &'static str, column: &str) -> Result<T>
-where
-    T: Decode<'r, Sqlite> + Type<Sqlite>,
-{
-    row.try_get(column)
-        .map_err(|e| corrupt(table, format!("column {column}: {e}")))
-}
-
-fn hash(row: &SqliteRow, table: &'static str, column: &str) -> Result<Hash32> {
-    let bytes: &[u8] = get(row, table, column)?;
-    to_hash(bytes, table, column)
-}
-
-fn opt_hash(row: &SqliteRow, table: &'static str, column: &str) -> Result<Option<Hash32>> {
-    let bytes: Option<&[u8]> = get(row, table, column)?;
-    bytes.map(|b| to_hash(b, table, column)).transpose()
-}
-
-fn to_hash(bytes: &[u8], table: &'static str, column: &str) -> Result<Hash32> {
-    Hash32::try_from(bytes).map_err(|_| {
-        corrupt(
-            table,
-            format!("column {column} is {} bytes, expected 32", bytes.len()),
-        )
-    })
-}
-
-fn uint(row: &SqliteRow, table: &'static str, column: &str) -> Result<u64> {
-    let v: i64 = get(row, table, column)?;
-    u64::try_from(v).map_err(|_| corrupt(table, format!("column {column} is negative: {v}")))
-}
-
-fn small(row: &SqliteRow, table: &'static str, column: &str) -> Result<u8> {
-    let v: i64 = get(row, table, column)?;
-    u8::try_from(v).map_err(|_| corrupt(table, format!("column {column} out of range: {v}")))
-}
-
-pub(crate) fn decode_message(row: &SqliteRow) -> Result<MessageRow> {
-    const T: &str = "messages";
-    let direction = match get::<i64>(row, T, "direction")? {
-        0 => Direction::Out,
-        1 => Direction::In,
-        v => return Err(corrupt(T, format!("unknown direction {v}"))),
-    };
-    let placement = match get::<i64>(row, T, "placement")? {
-        0 => Placement::Appended,
-        1 => Placement::Held,
-        v => return Err(corrupt(T, format!("unknown placement {v}"))),
-    };
-    Ok(MessageRow {
-        id: hash(row, T, "id")?,
-        channel: hash(row, T, "channel")?,
-        sender: hash(row, T, "sender")?,
-        seq: uint(row, T, "seq")?,
-        peer: get(row, T, "peer")?,
-        direction,
-        precedence: small(row, T, "precedence")?,
-        topic: get(row, T, "topic")?,
-        kind: small(row, T, "kind")?,
-        created_at_ms: get(row, T, "created_at_ms")?,
-        stored_at_ms: get(row, T, "stored_at_ms")?,
-        in_reply_to: opt_hash(row, T, "in_reply_to")?,
-        placement,
-        bytes: get(row, T, "bytes")?,
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pow2_chunks_cover_everything_in_order() {
-        for n in 0..1500usize {
-            let items: Vec<usize> = (0..n).collect();
-            let chunks = pow2_chunks(&items, CHUNK_ROWS_MAX);
-            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            assert_eq!(joined, items);
-            for c in &chunks {
-                assert!(c.len().is_power_of_two() && c.len() <= CHUNK_ROWS_MAX);
-            }
-        }
-    }
-
-    #[test]
-    fn hex_encodes_lowercase() {
-        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
-    }
 }

@@ -67,6 +67,19 @@ async fn wait_gone(s: &Session, css: &str) {
     }
 }
 
+/// The text of the first element matching `css`, read in one step (a live region may be
+/// replaced between finding an element and reading it).
+async fn text_now(s: &Session, css: &str) -> String {
+    let v = s
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';",
+            vec![json!(css)],
+        )
+        .await
+        .unwrap();
+    v.as_str().unwrap_or_default().to_string()
+}
+
 async fn count(s: &Session, css: &str) -> usize {
     s.find_all(css).await.unwrap().len()
 }
@@ -130,21 +143,22 @@ async fn overdue_flash_stays_in_queue_and_banner_and_a_dead_link_shows() {
     // all 1,001 messages we owe an answer to.
     let queued = format!("#queue .q-item.overdue[data-id=\"{id}\"]");
     sb.wait_for(&queued, WAIT).await.unwrap();
+    let first = sb
+        .execute(
+            "return document.querySelector('#queue .q-item').getAttribute('data-id');",
+            vec![],
+        )
+        .await
+        .unwrap();
     assert_eq!(
-        sb.attribute_of("#queue .q-item", "data-id").await.unwrap(),
-        id,
+        first,
+        json!(id),
         "the overdue FLASH is not first in the queue"
     );
-    assert!(sb
-        .text_of(&format!("{queued} .countdown"))
+    assert!(text_now(&sb, &format!("{queued} .countdown"))
         .await
-        .unwrap()
         .contains("已超时"));
-    assert!(sb
-        .text_of("#queue .queue-totals")
-        .await
-        .unwrap()
-        .contains("1001"));
+    assert!(text_now(&sb, "#queue .queue-totals").await.contains("1001"));
     // The banner reads the same source.
     sb.wait_for(&format!("#alarm [data-alarm-id=\"missed-{id}\"]"), WAIT)
         .await
@@ -232,22 +246,21 @@ async fn overdue_flash_stays_in_queue_and_banner_and_a_dead_link_shows() {
     sw.goto(&format!("http://{}/console/messages/{id}", w.console_addr))
         .await
         .unwrap();
-    let late = sw
-        .wait_for(".r-acknowledged.done.late .late-mark", WAIT)
+    sw.wait_for(".r-acknowledged.done.late .late-mark", WAIT)
         .await
         .unwrap();
-    assert!(sw.text(&late).await.unwrap().contains("late"));
-    assert_eq!(count(&sw, ".r-read.pending").await, 0);
-    assert!(sw
-        .text_of(".answer-state.answered")
+    assert!(text_now(&sw, ".r-acknowledged.done.late .late-mark")
         .await
-        .unwrap()
+        .contains("late"));
+    assert_eq!(count(&sw, ".r-read.pending").await, 0);
+    assert!(text_now(&sw, ".answer-state.answered")
+        .await
         .contains("Answered"));
     let audit = driver.session(&tmp.path().join("profile-a")).await.unwrap();
     login(&audit, &b, "audit", TEST_PASSWORD).await.unwrap();
     audit.wait_for("#logout", WAIT).await.unwrap();
     audit.goto(&format!("{base}/audit")).await.unwrap();
-    let log = audit.text_of("table.audit").await.unwrap();
+    let log = text_now(&audit, "table.audit").await;
     assert!(log.contains("silence"), "silencing is not in the audit log");
     audit.close().await;
 
@@ -276,11 +289,11 @@ async fn overdue_flash_stays_in_queue_and_banner_and_a_dead_link_shows() {
         shown_after <= HEARTBEAT * 4 + Duration::from_secs(8),
         "link down shown only after {shown_after:?}"
     );
-    assert!(sw
-        .text_of("#status .light[data-peer=beijing] .light-since")
-        .await
-        .unwrap()
-        .contains("nothing heard since"));
+    assert!(
+        text_now(&sw, "#status .light[data-peer=beijing] .light-since")
+            .await
+            .contains("nothing heard since")
+    );
     sb.close().await;
     sw.close().await;
     drop(driver);

@@ -625,7 +625,7 @@ impl PgStore {
         rows.iter().map(decode_message).collect()
     }
 
-    /// See [`crate::Store::replies`].
+    /// See [`crate::Store::replies`]; served by `console_replies` (PostgreSQL's migration 0011).
     pub(crate) async fn console_replies(
         &self,
         of: crate::Hash32,

@@ -1468,6 +1468,33 @@ macro_rules! conformance {
     };
 }
 
+async fn console_replies_are_found_by_the_message_they_answer(db: Db) {
+    let question = msg("alice", Direction::In, 1, 1_000);
+    let of = question.id;
+    let mut batch = WriteBatch::default();
+    batch.messages.push(question);
+    for seq in 1..=3u64 {
+        let mut answer = msg("alice", Direction::Out, seq, 2_000 + seq as i64);
+        answer.in_reply_to = Some(of);
+        batch.messages.push(answer);
+    }
+    let mut unrelated = msg("alice", Direction::Out, 4, 3_000);
+    unrelated.in_reply_to = Some([0x77; 32]);
+    batch.messages.push(unrelated);
+    db.store.commit(batch).await.unwrap();
+    let seqs: Vec<u64> = db
+        .store
+        .replies(of, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3], "oldest first, only the answers");
+    assert_eq!(db.store.replies(of, 2).await.unwrap().len(), 2);
+    assert!(db.store.replies([0x55; 32], 10).await.unwrap().is_empty());
+}
+
 conformance!(
     every_row_type_round_trips,
     outbox_pending_returns_the_message_bytes,
@@ -1498,4 +1525,5 @@ conformance!(
     console_accounts_are_created_replaced_and_listed,
     console_sessions_expire_and_are_bounded_per_login,
     console_audit_lists_newest_first,
+    console_replies_are_found_by_the_message_they_answer,
 );

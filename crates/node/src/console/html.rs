@@ -36,8 +36,39 @@ pub fn url_value(text: &str) -> String {
     out
 }
 
-/// A complete page: head, navigation, the alarm banner, and `main`.
+/// What the live regions hold when a page is first sent (the script refreshes them after).
+#[derive(Default)]
+pub struct Regions {
+    pub status: String,
+    pub alarm: String,
+    pub queue: String,
+}
+
+/// A complete page for a signed-in operator, its live regions (status light, alarms, the
+/// "needs action" queue) filled in already, so they show before (and without) the script.
+pub async fn live_page(shared: &Shared, op: &Operator, title: &str, main: &str) -> String {
+    let q = super::queue::load(shared, op).await;
+    let regions = Regions {
+        status: super::status::status_html(shared, op),
+        alarm: super::queue::alarm_html(shared, op, &q),
+        queue: super::queue::queue_html(shared, op, &q),
+    };
+    page_with(shared, Some(op), title, main, &regions)
+}
+
+/// A complete page: head, navigation, the alarm banner, and `main`; the live regions are
+/// left for the script to fill.
 pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> String {
+    page_with(shared, op, title, main, &Regions::default())
+}
+
+fn page_with(
+    shared: &Shared,
+    op: Option<&Operator>,
+    title: &str,
+    main: &str,
+    regions: &Regions,
+) -> String {
     let lang = op.map_or_else(|| node_lang(shared), |o| o.lang.clone());
     let t = |k: &str| shared.console.i18n.text(&lang, k);
     let node = shared
@@ -91,17 +122,19 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
         let _ = write!(
             out,
             "<section id=\"status\" class=\"status-region\" data-live=\"/console/live/status\" \
-             data-refresh-ms=\"{}\" aria-label=\"{}\"></section>",
+             data-refresh-ms=\"{}\" aria-label=\"{}\">{}</section>",
             super::status::refresh_ms(shared),
-            esc(&t("status-label"))
+            esc(&t("status-label")),
+            regions.status
         );
         let _ = write!(
             out,
             "<section id=\"alarm\" class=\"alarm-region\" data-live=\"/console/live/alarm\" \
-             aria-live=\"assertive\" aria-label=\"{}\"></section>\
+             aria-live=\"assertive\" aria-label=\"{}\">{}</section>\
              <audio id=\"alarm-sound\" src=\"/console/assets/alarm.wav\" preload=\"auto\"></audio>\
              <p id=\"sound-blocked\" class=\"sound-blocked\" hidden>{} <button type=\"button\" id=\"enable-sound\">{}</button></p>",
             esc(&t("alarm-region")),
+            regions.alarm,
             esc(&t("sound-blocked")),
             esc(&t("sound-enable"))
         );
@@ -116,8 +149,9 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
         let _ = write!(
             out,
             "<section id=\"queue\" class=\"queue-region\" data-live=\"/console/live/queue\" \
-             aria-label=\"{}\"></section>",
-            esc(&t("queue-title"))
+             aria-label=\"{}\">{}</section>",
+            esc(&t("queue-title")),
+            regions.queue
         );
     }
     let _ = write!(out, "{main}</main></body></html>");

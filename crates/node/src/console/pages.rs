@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::auth::{self, Role};
-use super::html::{csrf_field, esc, page, url_value};
+use super::html::{csrf_field, esc, live_page, page, url_value};
 use super::{audit, cookie, set_cookie, Operator, Source, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::api::{self, SendBody};
 use crate::{now_ms, Shared};
@@ -892,7 +892,7 @@ pub async fn timeline(
         filter_form(&shared, &op, &f)
     );
     let title = tr(&shared, &op, "nav-timeline");
-    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
 }
 
 pub async fn timeline_live(
@@ -1077,7 +1077,7 @@ pub async fn message(State(shared): Shr, op: Operator, Path(id): Path<String>) -
         answer_form(&shared, &op, &m)
     );
     let title = tr(&shared, &op, "message-title");
-    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
 }
 
 pub async fn message_live(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
@@ -1108,7 +1108,7 @@ async fn decline_confirmation(shared: &Shared, op: &Operator, id: &str, note: &s
         id = esc(id),
     );
     let title = tr(shared, op, "decline-confirm-title");
-    html(StatusCode::OK, page(shared, Some(op), &title, &main))
+    html(StatusCode::OK, live_page(shared, op, &title, &main).await)
 }
 
 #[derive(Deserialize)]
@@ -1179,7 +1179,7 @@ pub async fn receipt(
                 esc(&e.to_string())
             );
             let title = tr(&shared, &op, "refused-title");
-            html(e.status(), page(&shared, Some(&op), &title, &main))
+            html(e.status(), live_page(&shared, &op, &title, &main).await)
         }
     }
 }
@@ -1524,7 +1524,7 @@ pub async fn compose(
     let form = ComposeForm::from_pairs(q);
     let main = compose_html(&shared, &op, &form, &FieldErrors::new());
     let title = tr(&shared, &op, "nav-compose");
-    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
 }
 
 /// Check the fields every message has; the errors name the field they belong to.
@@ -1790,7 +1790,7 @@ pub async fn compose_send(
     let title = tr(&shared, &op, "nav-compose");
     html(
         StatusCode::UNPROCESSABLE_ENTITY,
-        page(&shared, Some(&op), &title, &main),
+        live_page(&shared, &op, &title, &main).await,
     )
 }
 
@@ -1899,7 +1899,7 @@ pub async fn link(State(shared): Shr, op: Operator) -> Response {
         "<div id=\"live\" data-live=\"/console/live/link\" data-refresh-s=\"2\" aria-live=\"off\">{inner}</div>"
     );
     let title = tr(&shared, &op, "nav-link");
-    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
 }
 
 pub async fn link_live(State(shared): Shr, op: Operator) -> Response {
@@ -2105,7 +2105,7 @@ pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
         main.push_str("</section>");
     }
     let title = t("nav-transcript");
-    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
 }
 
 #[derive(Deserialize)]
@@ -2291,7 +2291,7 @@ pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
         esc(&t("counterparts-hint"))
     );
     let title = t("nav-counterparts");
-    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
 }
 
 pub async fn audit_page(shared: &Shared, op: &Operator) -> Response {
@@ -2324,7 +2324,7 @@ pub async fn audit_page(shared: &Shared, op: &Operator) -> Response {
     }
     main.push_str("</tbody></table>");
     let title = t("nav-audit");
-    html(StatusCode::OK, page(shared, Some(op), &title, &main))
+    html(StatusCode::OK, live_page(shared, op, &title, &main).await)
 }
 
 pub async fn audit_log(State(shared): Shr, op: Operator) -> Response {
@@ -2364,5 +2364,5 @@ pub async fn users(State(shared): Shr, op: Operator) -> Response {
         esc(&t("users-hint"))
     );
     let title = t("nav-users");
-    html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
+    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
 }

@@ -123,10 +123,6 @@ impl AnyStore {
 }
 
 impl Store for AnyStore {
-    async fn replies(&self, of: Hash32, limit: u32) -> Result<Vec<MessageRow>> {
-        forward!(self, s => s.replies(of, limit).await)
-    }
-
     async fn unanswered(
         &self,
         peer: &str,

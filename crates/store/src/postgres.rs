@@ -306,10 +306,6 @@ fn text_bytes(bytes: Vec<u8>, table: &'static str, column: &str) -> Result<Strin
 }
 
 impl Store for PgStore {
-    async fn replies(&self, of: Hash32, limit: u32) -> Result<Vec<MessageRow>> {
-        self.console_replies(of, limit).await
-    }
-
     // ---- console queries (issue 15): implemented in `console.rs`.
 
     async fn unanswered(

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::harness::{send_bulk, wait_link_up, wait_outbox_empty, ProcNode};
+use crate::progress::Progress;
 use crate::{Failure, Outcome};
 
 pub struct Options {
@@ -18,6 +19,8 @@ pub struct Options {
     pub backlog: u64,
     pub samples: u64,
     pub dir: Option<PathBuf>,
+    /// Also measure the machine's baselines ([`crate::bench_compare`]) in the same run.
+    pub compare: bool,
     /// `Some`: both nodes on PostgreSQL, through this administrative URL (`None` inside:
     /// none was given).
     pub postgres: Option<Option<String>>,
@@ -99,6 +102,14 @@ pub async fn run(o: Options) -> Outcome {
             path
         }
     };
+    let baselines = if o.compare {
+        if !o.json {
+            eprintln!("measuring this machine's baselines (disk, SQLite, signatures)…");
+        }
+        Some(crate::bench_compare::measure(&base).await?)
+    } else {
+        None
+    };
     let mut a = ProcNode::init(&base, "alpha", "Bench Party Alpha", "en", "UTC")?;
     let mut b = ProcNode::init(&base, "bravo", "Bench Party Bravo", "en", "UTC")?;
     let databases = match o.postgres.clone() {
@@ -110,7 +121,7 @@ pub async fn run(o: Options) -> Outcome {
         }
         Some(Some(admin)) => Some(Databases::create(admin, [&a, &b]).await?),
     };
-    let result = measure(&o, &mut a, &mut b).await;
+    let result = measure(&o, &mut a, &mut b, baselines.as_ref()).await;
     a.stop();
     b.stop();
     if let Some(d) = databases {
@@ -121,7 +132,12 @@ pub async fn run(o: Options) -> Outcome {
 }
 
 /// The benchmark proper, on the two initialised nodes.
-async fn measure(o: &Options, a: &mut ProcNode, b: &mut ProcNode) -> Outcome {
+async fn measure(
+    o: &Options,
+    a: &mut ProcNode,
+    b: &mut ProcNode,
+    baselines: Option<&crate::bench_compare::Baselines>,
+) -> Outcome {
     ProcNode::pin_pair(a, b)?;
     for node in [&a, &b] {
         node.set("link.backoff_initial", "50ms")?;
@@ -149,6 +165,7 @@ async fn measure(o: &Options, a: &mut ProcNode, b: &mut ProcNode) -> Outcome {
     let mut latencies = Vec::with_capacity(o.samples as usize);
     let mut accept = Vec::with_capacity(o.samples as usize);
     let text = "L".repeat(MESSAGE_BYTES);
+    let progress = Progress::bar(o.samples, "latency");
     for _ in 0..o.samples {
         let t0 = Instant::now();
         let sent = ac
@@ -161,7 +178,9 @@ async fn measure(o: &Options, a: &mut ProcNode, b: &mut ProcNode) -> Outcome {
         ))
         .await?;
         latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
+        progress.inc(1);
     }
+    drop(progress);
     latencies.sort_by(f64::total_cmp);
     accept.sort_by(f64::total_cmp);
 
@@ -170,6 +189,7 @@ async fn measure(o: &Options, a: &mut ProcNode, b: &mut ProcNode) -> Outcome {
         o.messages
     ));
     let cpu_before = a.cpu_us().unwrap_or(0) + b.cpu_us().unwrap_or(0);
+    let progress = Progress::spinner(format!("throughput: {} messages", o.messages));
     let t0 = Instant::now();
     let sent = send_concurrently(&ac, o.messages).await?;
     let last = sent
@@ -184,6 +204,7 @@ async fn measure(o: &Options, a: &mut ProcNode, b: &mut ProcNode) -> Outcome {
     .await?;
     wait_outbox_empty(&ac, "bravo", STEP_TIMEOUT).await?;
     let elapsed = t0.elapsed().as_secs_f64();
+    drop(progress);
     let cpu_after = a.cpu_us().unwrap_or(0) + b.cpu_us().unwrap_or(0);
     let throughput = o.messages as f64 / elapsed;
     let cpu_per_msg = (cpu_after - cpu_before) as f64 / o.messages as f64;
@@ -212,6 +233,7 @@ async fn measure(o: &Options, a: &mut ProcNode, b: &mut ProcNode) -> Outcome {
     let reconnect_and_flash_ms = first_flash_sent.elapsed().as_secs_f64() * 1000.0;
     let mut backlog_seen = Vec::new();
     let mut stages = Vec::new();
+    let progress = Progress::bar(FLASHES as u64, "FLASH behind the backlog");
     for i in 0..FLASHES {
         let status = ac.get("/api/v1/status").await?;
         let queued = status["peers"][0]["outbox"].as_u64().unwrap_or(0);
@@ -246,7 +268,9 @@ async fn measure(o: &Options, a: &mut ProcNode, b: &mut ProcNode) -> Outcome {
                 "back_ms": seen_back_ms - d,
             }));
         }
+        progress.inc(1);
     }
+    drop(progress);
     flashes.sort_by(f64::total_cmp);
     wait_outbox_empty(&ac, "bravo", STEP_TIMEOUT).await?;
     let peak = [a.memory_mib(), b.memory_mib()]
@@ -273,10 +297,17 @@ async fn measure(o: &Options, a: &mut ProcNode, b: &mut ProcNode) -> Outcome {
         "cpu_us_per_msg": cpu_per_msg.round(),
         "peak_rss_mib": round2(peak),
     });
+    let mut result = result;
+    if let Some(b) = baselines {
+        result["compare"] = b.to_json(throughput);
+    }
     if o.json {
         println!("{result}");
     } else {
         print_table(&result);
+        if let Some(b) = baselines {
+            crate::bench_compare::print(b, throughput);
+        }
     }
     Ok(())
 }

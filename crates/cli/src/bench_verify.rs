@@ -105,8 +105,11 @@ pub fn run(messages: u64, as_json: bool) -> Outcome {
         return Err(Failure::usage("--messages must be between 1 and 2000000"));
     }
     eprintln!("building a bundle of {messages} messages…");
+    let building = crate::progress::Progress::spinner(format!("building {messages} messages"));
     let bytes = build(messages);
+    drop(building);
     let mut rates = Vec::new();
+    let runs = crate::progress::Progress::bar(RUNS as u64, "verifying");
     for _ in 0..RUNS {
         let start = Instant::now();
         let report = bundle::verify(&bytes);
@@ -115,7 +118,9 @@ pub fn run(messages: u64, as_json: bool) -> Outcome {
             return Err(Failure::new("the benchmark bundle did not verify"));
         }
         rates.push(messages as f64 / seconds);
+        runs.inc(1);
     }
+    drop(runs);
     rates.sort_by(f64::total_cmp);
     let median = rates[RUNS / 2];
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -188,8 +188,9 @@ pub fn config_set(dir: &Path, key: &str, value: &str) -> Outcome {
     Ok(())
 }
 
-pub async fn serve(dir: &Path) -> Outcome {
-    let node = detente_node::Node::start(NodeDir::new(dir))
+pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
+    let options = detente_node::StartOptions { new_store };
+    let node = detente_node::Node::start_with(NodeDir::new(dir), options)
         .await
         .map_err(|e| {
             let failure = Failure::new(e.to_string());
@@ -318,8 +319,10 @@ pub async fn inbox(
     receipts: bool,
     json: bool,
     follow: bool,
+    tz: Option<String>,
 ) -> Outcome {
     let client = Client::for_dir(dir)?;
+    let zone = reader_zone(dir, tz)?;
     let mut query =
         format!("/api/v1/messages?direction={direction}&limit={limit}&receipts={receipts}");
     if let Some(p) = &peer {
@@ -337,7 +340,7 @@ pub async fn inbox(
     let mut seen = std::collections::HashSet::new();
     for m in &list {
         seen.insert(m["id"].as_str().unwrap_or_default().to_string());
-        print_message(m, json);
+        print_message(m, json, &zone);
     }
     if !follow {
         return Ok(());
@@ -348,14 +351,51 @@ pub async fn inbox(
         let messages = client.get(&query).await?;
         for m in messages.as_array().into_iter().flatten() {
             if seen.insert(m["id"].as_str().unwrap_or_default().to_string()) {
-                print_message(m, json);
+                print_message(m, json, &zone);
             }
         }
     }
 }
 
-/// One line per message, for people.
+/// The zone `inbox` shows times in: `--tz`, else the node's configured zone (its operators').
+fn reader_zone(dir: &Path, tz: Option<String>) -> Result<jiff::tz::TimeZone, Failure> {
+    let name = match tz {
+        Some(name) => name,
+        None => NodeDir::new(dir).load()?.tz,
+    };
+    jiff::tz::TimeZone::get(&name).map_err(|_| {
+        Failure::usage(format!("unknown time zone {name:?}"))
+            .hint("give an IANA name such as America/New_York, Asia/Shanghai or UTC")
+    })
+}
+
+/// A time from the API (RFC 3339, UTC) as the reader reads it: date and time in `zone` with
+/// its abbreviation, and UTC beside (with the UTC date when it is another day). Text that
+/// does not parse is shown as it came.
+pub fn reader_time(utc_text: &str, zone: &jiff::tz::TimeZone) -> String {
+    let Ok(at) = utc_text.parse::<jiff::Timestamp>() else {
+        return utc_text.to_string();
+    };
+    let local = at.to_zoned(zone.clone());
+    let utc = at.to_zoned(jiff::tz::TimeZone::UTC);
+    if local.offset() == utc.offset() && zone.iana_name() == Some("UTC") {
+        return utc.strftime("%Y-%m-%d %H:%M:%SZ").to_string();
+    }
+    let utc_part = if local.date() == utc.date() {
+        utc.strftime("%H:%M:%SZ").to_string()
+    } else {
+        utc.strftime("%m-%d %H:%M:%SZ").to_string()
+    };
+    format!("{} ({utc_part})", local.strftime("%Y-%m-%d %H:%M:%S %Z"))
+}
+
+/// One line per message, for people, with its time in UTC as the API gives it.
 pub fn message_line(m: &Value) -> String {
+    message_line_in(m, None)
+}
+
+/// One line per message, for people, with its time in `zone` and UTC beside.
+pub fn message_line_in(m: &Value, zone: Option<&jiff::tz::TimeZone>) -> String {
     let arrow = if m["direction"] == "out" {
         "→"
     } else {
@@ -377,7 +417,10 @@ pub fn message_line(m: &Value) -> String {
     };
     format!(
         "{} {} {:<9} {:>5} {:<10} {} {}: {}  [{}]{}  {}",
-        m["created_at"].as_str().unwrap_or_default(),
+        match zone {
+            Some(zone) => reader_time(m["created_at"].as_str().unwrap_or_default(), zone),
+            None => m["created_at"].as_str().unwrap_or_default().to_string(),
+        },
         arrow,
         m["precedence"].as_str().unwrap_or_default().to_uppercase(),
         m["seq"],
@@ -391,11 +434,11 @@ pub fn message_line(m: &Value) -> String {
     )
 }
 
-fn print_message(m: &Value, json: bool) {
+fn print_message(m: &Value, json: bool, zone: &jiff::tz::TimeZone) {
     if json {
         println!("{m}");
     } else {
-        println!("{}", message_line(m));
+        println!("{}", message_line_in(m, Some(zone)));
     }
 }
 
@@ -532,4 +575,29 @@ pub async fn status(dir: &Path, json: bool) -> Outcome {
         status["verdict_text"].as_str().unwrap_or_default()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reader_time;
+    use jiff::tz::TimeZone;
+
+    #[test]
+    fn inbox_times_are_in_the_readers_zone_with_utc_beside() {
+        let shanghai = TimeZone::get("Asia/Shanghai").unwrap();
+        assert_eq!(
+            reader_time("2026-12-01T10:12:03.456Z", &shanghai),
+            "2026-12-01 18:12:03 CST (10:12:03Z)"
+        );
+        let new_york = TimeZone::get("America/New_York").unwrap();
+        assert_eq!(
+            reader_time("2026-12-01T03:00:00Z", &new_york),
+            "2026-11-30 22:00:00 EST (12-01 03:00:00Z)"
+        );
+        assert_eq!(
+            reader_time("2026-12-01T03:00:00Z", &TimeZone::UTC),
+            "2026-12-01 03:00:00Z"
+        );
+        assert_eq!(reader_time("not a time", &shanghai), "not a time");
+    }
 }

@@ -13,6 +13,9 @@ use crate::{Failure, Outcome};
 
 /// The FLASH acknowledgment deadline for this step (short, so the demo stays quick).
 const FLASH_ACK: &str = "3s";
+/// The default it goes back to at the end of the step, so that nodes kept running by
+/// `demo --keep` do not make every FLASH a newcomer sends overdue at once.
+const FLASH_ACK_DEFAULT: &str = "10m";
 
 async fn poll(
     c: &Client,
@@ -51,33 +54,7 @@ pub async fn step(n: u32, w: &mut ProcNode, b: &mut ProcNode) -> Outcome {
         &format!("cat >> '{}'", hook_file.display()),
     )?;
     println!("   config set deadlines.flash_acknowledged {FLASH_ACK}; hooks.webhook_url and hooks.command on {}", w.name);
-    // Configuration is read at start.
-    w.stop();
-    b.stop();
-    w.start()?;
-    b.start()?;
-    let wc = w.wait_ready(Duration::from_secs(30)).await?;
-    let bc = b.wait_ready(Duration::from_secs(30)).await?;
-    wait_link_up(&wc, &b.name, Duration::from_secs(30)).await?;
-    // The new deadline applies once both nodes have signed the charter that carries it; a
-    // message sent before that is judged by the charter in force when it was written.
-    for (c, peer) in [(&wc, &b.name), (&bc, &w.name)] {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v = c.get(&format!("/api/v1/peers/{peer}/charter")).await?;
-            if v["state"] == "agreed"
-                && v["charter"]["deadlines"]["flash_acknowledged"] == FLASH_ACK
-            {
-                break;
-            }
-            if Instant::now() > until {
-                return Err(Failure::new(
-                    "demo: the charter with the new deadline was not agreed within 30 s",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let (wc, bc) = restart_with(w, b, FLASH_ACK).await?;
     let sent = wc
         .post(
             "/api/v1/messages",
@@ -162,7 +139,50 @@ pub async fn step(n: u32, w: &mut ProcNode, b: &mut ProcNode) -> Outcome {
             w.name,
             late as f64 / 1000.0
         ),
+    )?;
+    for node in [&*w, &*b] {
+        node.set("deadlines.flash_acknowledged", FLASH_ACK_DEFAULT)?;
+    }
+    restart_with(w, b, FLASH_ACK_DEFAULT).await?;
+    check(
+        true,
+        &format!("the FLASH acknowledgment deadline is back to its default, {FLASH_ACK_DEFAULT}, on both nodes"),
     )
+}
+
+/// Restart both nodes (configuration is read at start) and wait until both have signed the
+/// charter carrying `flash_ack`: a message sent before that is judged by the charter in
+/// force when it was written.
+async fn restart_with(
+    w: &mut ProcNode,
+    b: &mut ProcNode,
+    flash_ack: &str,
+) -> Result<(Client, Client), Failure> {
+    w.stop();
+    b.stop();
+    w.start()?;
+    b.start()?;
+    let wc = w.wait_ready(Duration::from_secs(30)).await?;
+    let bc = b.wait_ready(Duration::from_secs(30)).await?;
+    wait_link_up(&wc, &b.name, Duration::from_secs(30)).await?;
+    for (c, peer) in [(&wc, &b.name), (&bc, &w.name)] {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = c.get(&format!("/api/v1/peers/{peer}/charter")).await?;
+            if v["state"] == "agreed"
+                && v["charter"]["deadlines"]["flash_acknowledged"] == flash_ack
+            {
+                break;
+            }
+            if Instant::now() > until {
+                return Err(Failure::new(format!(
+                    "demo: the charter with a FLASH deadline of {flash_ack} was not agreed within 30 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok((wc, bc))
 }
 
 fn check(condition: bool, what: &str) -> Outcome {

@@ -101,7 +101,12 @@ pub async fn run(n: u32, w: &ProcNode, b: &ProcNode) -> Outcome {
         .and_then(|l| l.last())
         .and_then(|m| m["id"].as_str())
     {
-        let proof = wc.get(&format!("/api/v1/messages/{id}/proof")).await?;
+        let proof = wc
+            .post(
+                &format!("/api/v1/messages/{id}/proof"),
+                &serde_json::json!({}),
+            )
+            .await?;
         let checked = verify_bytes(proof.to_string().as_bytes());
         if !checked.ok {
             return Err(Failure::new(

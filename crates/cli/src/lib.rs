@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_append;
+pub mod bench_compare;
 pub mod bench_verify;
 pub mod charter;
 pub mod client;
@@ -17,7 +18,11 @@ pub mod demo_formats;
 pub mod demo_transcript;
 pub mod formats_cmd;
 pub mod harness;
+pub mod home;
 pub mod hook_sink;
+pub mod progress;
+pub mod report;
+pub mod report_html;
 pub mod screenshots;
 pub mod transcript;
 pub mod users;

@@ -6,6 +6,7 @@ use detente_proto::bundle;
 use serde_json::{json, Value};
 
 use crate::client::Client;
+use crate::progress::Progress;
 use crate::{Failure, Outcome};
 
 /// `detente checkpoint --dir DIR --peer PEER [--json]`: sign a checkpoint now and send it to
@@ -34,26 +35,51 @@ pub async fn checkpoint(dir: &Path, peer: &str, json: bool) -> Outcome {
 /// `detente proof --dir DIR ID`: a self-contained inclusion proof (JSON) that `verify` accepts.
 pub async fn proof(dir: &Path, id: &str) -> Outcome {
     let client = Client::for_dir(dir)?;
+    // POST: signs a checkpoint first when none covers the message yet.
     let proof = client
-        .get(&format!("/api/v1/messages/{}/proof", id.trim()))
+        .post(
+            &format!("/api/v1/messages/{}/proof", id.trim()),
+            &serde_json::json!({}),
+        )
         .await?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&proof).unwrap_or_default()
-    );
+    print_lines(std::iter::once(
+        serde_json::to_string_pretty(&proof).unwrap_or_default(),
+    ));
     Ok(())
+}
+
+/// Write lines to standard output, stopping quietly when the reader has gone (`verify … |
+/// head -1`): `println!` would panic on the broken pipe. The verdict (exit status) is
+/// decided by the caller either way.
+fn print_lines(lines: impl Iterator<Item = String>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
 }
 
 /// `detente export --dir DIR --peer PEER --out FILE`.
 pub async fn export(dir: &Path, peer: &str, out: &Path) -> Outcome {
     let client = Client::for_dir(dir)?;
+    let progress = Progress::spinner(format!("exporting the channel with {peer}"));
     let bytes = client
         .get_bytes(&format!("/api/v1/peers/{peer}/export"))
         .await?;
+    progress.set_message(format!(
+        "writing {} MiB to {}",
+        mib(bytes.len()),
+        out.display()
+    ));
     write_file(out, &bytes)?;
+    progress.set_message(format!("checking the {} MiB written", mib(bytes.len())));
     let report = tokio::task::spawn_blocking(move || bundle::verify(&bytes))
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
+    drop(progress);
     eprintln!(
         "exported {} messages and {} checkpoints to {}",
         report.messages,
@@ -61,6 +87,11 @@ pub async fn export(dir: &Path, peer: &str, out: &Path) -> Outcome {
         out.display()
     );
     Ok(())
+}
+
+/// A size for people, in MiB with one decimal.
+fn mib(bytes: usize) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Outcome {
@@ -197,13 +228,17 @@ pub fn verify(file: &Path, as_json: bool) -> Outcome {
             "give the path of a bundle written by detente export or a proof from detente proof",
         )
     })?;
+    let progress = Progress::spinner(format!(
+        "verifying {} ({} MiB)",
+        file.display(),
+        mib(bytes.len())
+    ));
     let verified = verify_bytes(&bytes);
+    drop(progress);
     if as_json {
-        println!("{}", verified.json);
+        print_lines(std::iter::once(verified.json.to_string()));
     } else if verified.ok {
-        for line in &verified.lines {
-            println!("{line}");
-        }
+        print_lines(verified.lines.iter().cloned());
     } else {
         for line in verified.lines.iter().skip(1) {
             eprintln!("  {line}");

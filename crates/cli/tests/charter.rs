@@ -1,4 +1,4 @@
-//! Channel charters between real node processes (SPEC §2): on first contact both nodes sign
+//! Channel charters between real node processes (docs/spec.md §2): on first contact both nodes sign
 //! the same charter, made from both configurations with the stricter deadline winning; a
 //! changed configuration makes a new charter version that both sign; a restart without a
 //! change signs nothing new.
@@ -95,7 +95,10 @@ async fn both_sides_sign_the_stricter_charter_and_a_change_makes_a_new_version()
         c["deadlines"]["routine_acknowledged"], "2h",
         "the stricter one wins"
     );
-    assert_eq!(c["deadlines"]["flash_delivered"], "10s", "SPEC default");
+    assert_eq!(
+        c["deadlines"]["flash_delivered"], "10s",
+        "default of docs/spec.md §5"
+    );
     assert_eq!(c["link_test_interval"], "30m");
     let members = c["members"].as_array().unwrap();
     assert_eq!(members.len(), 2);

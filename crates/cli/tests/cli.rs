@@ -1,4 +1,4 @@
-//! The command-line contract (CLI.md): outputs, JSON shapes, errors with hints, exit codes
+//! The command-line contract (docs/cli.md): outputs, JSON shapes, errors with hints, exit codes
 //! 0 / 1 / 2, and a short session with a running node.
 
 use std::path::Path;
@@ -73,6 +73,106 @@ fn init_id_and_refusing_to_overwrite() {
     let again = init(&dir, "washington", "en", "America/New_York");
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).starts_with("error: "));
+}
+
+/// `detente ARGS` with the node directory coming from the environment only: `DETENTE_DIR`
+/// when given, else `XDG_DATA_HOME`; `HOME` points into the test's directory too, so nothing
+/// of the user's own is touched.
+fn detente_env(args: &[&str], detente_dir: Option<&Path>, data_home: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_detente"));
+    command
+        .args(args)
+        .env_remove("DETENTE_DIR")
+        .env("XDG_DATA_HOME", data_home)
+        .env("HOME", data_home);
+    if let Some(dir) = detente_dir {
+        command.env("DETENTE_DIR", dir);
+    }
+    command.output().expect("run detente")
+}
+
+#[test]
+fn the_directory_defaults_to_detente_dir_then_the_user_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let chosen = tmp.path().join("chosen");
+    // No command: where the node would be, that there is none, and what to type next.
+    let out = detente_env(&[], Some(&chosen), &data);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains(chosen.to_str().unwrap()), "{text}");
+    assert!(
+        text.contains("$DETENTE_DIR") && text.contains("none here yet"),
+        "{text}"
+    );
+    assert!(text.contains("detente init"), "{text}");
+    // init and id without --dir use DETENTE_DIR ...
+    let created = detente_env(
+        &[
+            "init",
+            "--name",
+            "w",
+            "--party",
+            "P",
+            "--console-listen",
+            "127.0.0.1:0",
+        ],
+        Some(&chosen),
+        &data,
+    );
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+    assert!(chosen.join("node.toml").exists());
+    let id = detente_env(&["id", "--json"], Some(&chosen), &data);
+    let v: Value = serde_json::from_str(&stdout(&id)).expect("one JSON document");
+    assert_eq!(v["name"], "w");
+    let out = detente_env(&[], Some(&chosen), &data);
+    let text = stdout(&out);
+    assert!(
+        text.contains("running:        no") && text.contains("detente serve"),
+        "{text}"
+    );
+    // ... and without it, $XDG_DATA_HOME/detente; --dir wins over both.
+    let created = detente_env(
+        &[
+            "init",
+            "--name",
+            "x",
+            "--party",
+            "P",
+            "--console-listen",
+            "127.0.0.1:0",
+        ],
+        None,
+        &data,
+    );
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+    assert!(data.join("detente/node.toml").exists());
+    let elsewhere = tmp.path().join("elsewhere");
+    init(&elsewhere, "z", "en", "UTC");
+    let id = detente_env(
+        &["id", "--json", "--dir", elsewhere.to_str().unwrap()],
+        Some(&chosen),
+        &data,
+    );
+    let v: Value = serde_json::from_str(&stdout(&id)).expect("one JSON document");
+    assert_eq!(v["name"], "z");
+}
+
+#[test]
+fn progress_is_not_drawn_when_stderr_is_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-bundle");
+    std::fs::write(&file, vec![0x9f; 100_000]).unwrap();
+    let out = detente(&["verify", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: verification failed"), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    let out = detente(&["bench", "--verify", "--messages", "200", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    let _: Value = serde_json::from_str(&stdout(&out)).expect("one JSON document");
 }
 
 #[test]
@@ -298,6 +398,15 @@ fn a_running_node_sends_lists_and_refuses_what_it_must() {
     }
     assert_eq!(list[0]["direction"], "out");
     assert!(list[0]["receipts"]["delivered"].is_null());
+    // For people: the time in the reader's zone (--tz, else the node's), UTC beside.
+    let text = stdout(&detente(&["inbox", "--dir", d, "--tz", "Asia/Shanghai"]));
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(" CST (") && first.contains("Z) →"),
+        "{first}"
+    );
+    let bad_zone = detente(&["inbox", "--dir", d, "--tz", "Mars/Olympus"]);
+    assert_eq!(bad_zone.status.code(), Some(2));
     let status: Value =
         serde_json::from_str(&stdout(&detente(&["status", "--dir", d, "--json"]))).unwrap();
     assert_eq!(status["peers"][0]["outbox"], 2);
@@ -329,4 +438,29 @@ fn bench_append_reports_the_merkle_cost() {
     assert_eq!(v["runs_with"].as_array().unwrap().len(), 7);
     let out = detente(&["bench", "--append", "--messages", "5"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// Issue 12, item 19: `detente verify … | head -1` used to panic on the broken pipe. The
+/// reader is gone before the first line here; the command ends without a panic, with the
+/// verdict as its exit status.
+#[test]
+fn verify_into_a_closed_pipe_exits_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-bundle");
+    std::fs::write(&file, b"\x84garbage").unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_detente"))
+        .args(["verify", file.to_str().unwrap(), "--json"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run detente");
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the verdict (a failed verification): {err}"
+    );
 }

@@ -169,6 +169,120 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// What a route needs of a console operator's role (the API token has every right). Every
+/// `/api/v1` route is declared in [`ROUTES`]; [`authorize`] refuses a route that is not, so
+/// a route added without a declared role fails every test that calls it, and
+/// `docs/api-roles.md` is generated from the same table (`route_table_markdown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any role may read it.
+    Read,
+    /// Sending (the precedence is checked in the handler: `Role::can_send`).
+    Compose,
+    /// A receipt (READ: `can_mark_read`; ACKNOWLEDGED/DECLINED: `can_answer`, in the handler).
+    Receipt,
+    /// Export the record: a bundle or a proof against an existing checkpoint.
+    Export,
+    /// Sign a checkpoint on the party's behalf.
+    Checkpoint,
+    /// A proof that may sign a checkpoint first: both rights.
+    ExportSigning,
+    /// Change the glossary.
+    Glossary,
+    /// Change peers.
+    Admin,
+}
+
+impl Access {
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Read => true,
+            Access::Compose => role.can_compose(),
+            Access::Receipt => role.can_mark_read() || role.can_answer(),
+            Access::Export => role.can_export(),
+            Access::Checkpoint => role.can_checkpoint(),
+            Access::ExportSigning => role.can_export() && role.can_checkpoint(),
+            Access::Glossary => role.can_edit_glossary(),
+            Access::Admin => role.can_admin(),
+        }
+    }
+
+    pub fn what(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Compose => "send messages",
+            Access::Receipt => "answer messages",
+            Access::Export => "export the record",
+            Access::Checkpoint => "sign checkpoints",
+            Access::ExportSigning => "sign a checkpoint for a proof",
+            Access::Glossary => "change the glossary",
+            Access::Admin => "change peers",
+        }
+    }
+}
+
+/// Every `/api/v1` route: method, path (as routed), and what it needs.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/id", Access::Read),
+    ("GET", "/status", Access::Read),
+    ("GET", "/messages", Access::Read),
+    ("POST", "/messages", Access::Compose),
+    ("POST", "/messages/batch", Access::Compose),
+    ("GET", "/messages/{id}", Access::Read),
+    ("GET", "/messages/{id}/wait", Access::Read),
+    ("POST", "/messages/{id}/receipts", Access::Receipt),
+    ("POST", "/peers/{name}/reload", Access::Admin),
+    ("GET", "/metrics", Access::Read),
+    ("GET", "/glossary", Access::Read),
+    ("POST", "/glossary", Access::Glossary),
+    ("POST", "/peers/{name}/checkpoint", Access::Checkpoint),
+    ("GET", "/peers/{name}/export", Access::Export),
+    ("GET", "/messages/{id}/proof", Access::Export),
+    ("POST", "/messages/{id}/proof", Access::ExportSigning),
+    ("GET", "/alarms", Access::Read),
+    ("GET", "/peers/{name}/charter", Access::Read),
+];
+
+/// The declared access of a routed request, if any.
+pub fn declared_access(method: &str, path: &str) -> Option<Access> {
+    let path = path.strip_prefix("/api/v1").unwrap_or(path);
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|(_, _, a)| *a)
+}
+
+/// The route × role table, in Markdown (docs/api-roles.md is this text).
+pub fn route_table_markdown() -> String {
+    use crate::console::auth::ROLES;
+    let mut out = String::from(
+        "# API routes and roles\n\nGenerated from `crates/node/src/api.rs` (`ROUTES`); \
+         a test fails when this file and the table differ. The API token (the command \
+         line) may use every route. `yes` means a console session of that role may.\n\n",
+    );
+    out.push_str("| method | route |");
+    for role in ROLES {
+        out.push_str(&format!(" {} |", role.name()));
+    }
+    out.push_str("\n| --- | --- |");
+    for _ in ROLES {
+        out.push_str(" --- |");
+    }
+    out.push('\n');
+    for (method, path, access) in ROUTES {
+        out.push_str(&format!("| {method} | `/api/v1{path}` |"));
+        for role in ROLES {
+            out.push_str(if access.allows(role) {
+                " yes |"
+            } else {
+                " no |"
+            });
+        }
+        out.push('\n');
+    }
+    out
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/id", get(id))
@@ -183,9 +297,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/glossary", get(glossary_list).post(glossary_add))
         .route("/peers/{name}/checkpoint", post(checkpoint_now))
         .route("/peers/{name}/export", get(export))
-        .route("/messages/{id}/proof", get(proof))
+        .route("/messages/{id}/proof", get(proof).post(proof_signing))
         .route("/alarms", get(alarms))
         .route("/peers/{name}/charter", get(peer_charter))
+        .route_layer(middleware::from_fn(authorize))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -199,6 +314,31 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(middleware::from_fn(console::security_headers))
         .with_state(shared)
+}
+
+/// Refuse what the caller's role may not do, by the route's declared [`Access`]; a route
+/// with none declared is refused to everyone (a bug, caught by the route tests).
+async fn authorize(
+    Extension(caller): Extension<Caller>,
+    matched: axum::extract::MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(access) = declared_access(request.method().as_str(), matched.as_str()) else {
+        tracing::error!(
+            route = matched.as_str(),
+            "an API route has no declared access"
+        );
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "this route has no declared role (a bug)",
+        )
+        .into_response();
+    };
+    if let Some(role) = caller.role().filter(|r| !access.allows(*r)) {
+        return ApiError::forbidden(access.what(), role).into_response();
+    }
+    next.run(request).await
 }
 
 async fn authenticate(
@@ -320,6 +460,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
             "addresses": entry.addrs,
             "sessions": s.sessions,
             "last_error": s.last_error,
+            "sending_stopped": s.sending_stopped,
             "charter": crate::charter::status_json(&shared.charters.get(&entry.name)),
         }));
     }
@@ -357,8 +498,46 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         },
         "peers": peers,
         "alarms": alarms,
+        "listener": listener_json(&shared),
+        // Stored rows that failed verification when shown, exported or checked at start.
+        "tampered": shared
+            .tampered
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>())
+            .unwrap_or_default(),
     }))
     .into_response())
+}
+
+/// What the peer listener refused: keys that are not pinned (who keeps trying) and
+/// connections closed before their handshake (crate::gate).
+fn listener_json(shared: &Shared) -> Value {
+    let keys: Vec<Value> = shared
+        .gate
+        .refused_keys()
+        .iter()
+        .map(|k| {
+            json!({
+                "fingerprint": detente_proto::identity::fingerprint(&k.key),
+                "key": format!("ed25519:{}", hex::encode(k.key)),
+                "attempts": k.count,
+                "last_address": k.last_address.to_string(),
+                "last_seen": time_text(wall_ms(k.last_seen) as i64),
+            })
+        })
+        .collect();
+    let closed: serde_json::Map<String, Value> = shared
+        .gate
+        .closed()
+        .into_iter()
+        .map(|(why, n)| (why.name().to_string(), Value::from(n)))
+        .collect();
+    json!({
+        "refused_keys": keys,
+        "keys_refused_total": shared.gate.keys_refused_total(),
+        "closed_before_handshake": closed,
+        "log_lines": shared.gate.log_lines(),
+    })
 }
 
 /// Worst first: the overall verdict is the worst of the peers'.
@@ -409,15 +588,27 @@ fn peer_entry(shared: &Shared, name: &str) -> Result<Arc<crate::peers::PeerEntry
 }
 
 /// Sign a checkpoint of the channel now and send it to the peer for co-signing.
-async fn checkpoint_now(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+async fn checkpoint_now(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
     peer_entry(&shared, &name)?;
     let signed = shared.writer.checkpoint(&name).await?;
+    let detail = format!("channel with {name}");
+    audit_api(&shared, &caller, "checkpoint", &detail).await;
     Ok(Json(crate::transcript::checkpoint_json(&signed)).into_response())
 }
 
 /// The channel with a peer as one bundle (application/cbor).
-async fn export(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+async fn export(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
     let bytes = export_bundle(&shared, &name).await?;
+    let detail = format!("channel with {name}, {} bytes", bytes.len());
+    audit_api(&shared, &caller, "export", &detail).await;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -448,18 +639,43 @@ pub(crate) async fn export_bundle(shared: &Shared, name: &str) -> Result<Vec<u8>
     let bundle =
         crate::transcript::export(&shared.store, &shared.secret.public(), &entry.key, charters)
             .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+            .map_err(|e| {
+                if e.starts_with(crate::transcript::TAMPERED) {
+                    tampered_alarm(shared, name, &e);
+                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e).hint(
+                        "restore the database from a backup and compare with the peer's export",
+                    );
+                }
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
+            })?;
     tokio::task::spawn_blocking(move || bundle.encode())
         .await
         .map_err(|_| internal())
 }
 
 /// A self-contained inclusion proof of one message against the latest checkpoint that
-/// covers it (preferring one signed by every member); if none covers it yet, this node signs
-/// one now.
-async fn proof(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+/// covers it (preferring one signed by every member). A GET changes nothing: with no
+/// covering checkpoint it answers 409; `POST` (what `detente proof` sends) signs one first.
+async fn proof(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    make_proof(&shared, &caller, &id, false).await
+}
+
+/// `POST /messages/{id}/proof`: as the GET, signing a checkpoint when none covers it.
+async fn proof_signing(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    make_proof(&shared, &caller, &id, true).await
+}
+
+async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) -> ApiResult {
     use detente_proto::checkpoint::SignedCheckpoint;
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let row = shared
         .store
         .message(id.0)
@@ -493,13 +709,28 @@ async fn proof(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Api
     let rows = shared.store.checkpoints(row.channel).await?;
     let signed = match covering(&rows) {
         Some(s) => s,
-        None => shared.writer.checkpoint(&row.peer).await?,
+        None if may_sign => shared.writer.checkpoint(&row.peer).await?,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no checkpoint covers this message yet",
+            )
+            .hint("POST to this address (detente proof does) to sign one first"))
+        }
     };
     let size = signed
         .checkpoint()
         .head(&sender)
         .map(|h| h.size)
         .ok_or_else(internal)?;
+    if size < row.seq {
+        // A checkpoint names our stream only as far as the peer confirmed holding it.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no checkpoint can cover this message yet: the peer has not confirmed holding it",
+        )
+        .hint("try again once the message is delivered"));
+    }
     let path = crate::transcript::inclusion_proof(
         &shared.store,
         row.channel,
@@ -516,6 +747,8 @@ async fn proof(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Api
         size,
         path,
     };
+    let detail = format!("message {}", id.to_hex());
+    audit_api(shared, caller, "proof", &detail).await;
     Ok(Json(crate::transcript::proof_json(&proof)).into_response())
 }
 
@@ -737,6 +970,7 @@ struct GlossaryBody {
 /// of the same term in the same languages).
 async fn glossary_add(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     Json(body): Json<GlossaryBody>,
 ) -> ApiResult {
     known_peer(&shared, &body.peer)?;
@@ -779,7 +1013,12 @@ async fn glossary_add(
         term_b: body.term_b,
         added_at_ms: now_ms() as i64,
     };
+    let detail = format!(
+        "{}: {} {:?} = {} {:?}",
+        row.peer, row.lang_a, row.term_a, row.lang_b, row.term_b
+    );
     shared.writer.add_glossary(row).await?;
+    audit_api(&shared, &caller, "glossary add", &detail).await;
     Ok((StatusCode::CREATED, Json(json!({"ok": true}))).into_response())
 }
 
@@ -1082,6 +1321,27 @@ fn opt_time(ms: Option<i64>) -> Value {
     ms.map_or(Value::Null, |m| Value::String(time_text(m)))
 }
 
+/// Raise the alarm for a stored row that fails verification, once per detail text (a page
+/// listed again does not repeat it), at most [`TAMPERED_ALARMS_MAX`] distinct ones kept.
+pub(crate) fn tampered_alarm(shared: &Shared, peer: &str, detail: &str) {
+    let first = shared.tampered.lock().is_ok_and(|mut seen| {
+        if seen.len() >= TAMPERED_ALARMS_MAX {
+            seen.clear();
+        }
+        seen.insert(detail.to_string())
+    });
+    if first {
+        tracing::error!(peer, "{detail}");
+        shared.events.publish(Event::Alarm {
+            peer: peer.to_string(),
+            detail: detail.to_string(),
+        });
+    }
+}
+
+/// Distinct tampered-row alarms remembered (to raise each once), at most.
+const TAMPERED_ALARMS_MAX: usize = 1024;
+
 /// The API's view of a stored message.
 pub(crate) async fn message_json(
     shared: &Shared,
@@ -1093,15 +1353,33 @@ pub(crate) async fn message_json(
         (c.name.clone(), c.lang.clone(), c.tz.clone())
     };
     let lang = lang.unwrap_or(&node_lang);
-    // Stored bytes were verified before they were stored; decoding them again is a check.
-    // Stored bytes were verified before they were stored; showing them needs only a parse.
-    let envelope = detente_proto::envelope::parse_unverified(&row.bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("stored envelope unreadable: {e}"),
-        )
-    })?;
-    let e = &envelope;
+    // Stored bytes were verified before they were stored, but the file can be altered since:
+    // nothing is shown unverified. A row that fails is shown as such, never its text.
+    let sender = detente_proto::PartyKey::from_bytes(row.sender).map_err(|_| internal())?;
+    let verified = match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
+        Ok(v) if v.id().0 == row.id => v,
+        verdict => {
+            let why = verdict
+                .err()
+                .map_or("its id does not match its bytes".into(), |e| e.to_string());
+            let detail = format!(
+                "{}: message {} seq {} of peer {} ({why})",
+                crate::transcript::TAMPERED,
+                hex::encode(row.id),
+                row.seq,
+                row.peer
+            );
+            tampered_alarm(shared, &row.peer, &detail);
+            return Ok(json!({
+                "id": hex::encode(row.id),
+                "seq": row.seq,
+                "peer": row.peer,
+                "tampered": true,
+                "error": detail,
+            }));
+        }
+    };
+    let e = verified.envelope();
     let times = shared.store.receipt_times(row.id).await?;
     let delivered = match row.direction {
         Direction::In => Some(row.stored_at_ms),

@@ -1,4 +1,4 @@
-//! Channel charters at run time (SPEC §2).
+//! Channel charters at run time (docs/spec.md §2).
 //!
 //! On every session each side sends its [`Terms`] in a `Terms` frame after `Hello`. The node
 //! computes the charter the two terms make ([`Charter::agree`]); when its own latest charter

@@ -21,7 +21,7 @@ pub const DATABASE_FILE: &str = "detente.db";
 /// Written by a running node: its process id and the addresses it actually listens on.
 pub const RUN_FILE: &str = "node.run.json";
 
-/// Most peers a node may pin (SPEC §10 targets 100).
+/// Most peers a node may pin (docs/spec.md §10 targets 100).
 pub const PEERS_MAX: usize = 256;
 /// Most addresses per peer.
 pub const ADDRESSES_MAX: usize = 8;
@@ -101,7 +101,7 @@ impl Default for LinkSection {
     }
 }
 
-/// Acknowledgment deadlines per precedence (`deadlines.*`, SPEC §5 defaults).
+/// Acknowledgment deadlines per precedence (`deadlines.*`, docs/spec.md §5 defaults).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct DeadlineSection {
@@ -145,6 +145,16 @@ impl Default for TranscriptSection {
     }
 }
 
+/// The console and API (`console.*`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ConsoleSection {
+    /// Serve the console and API on an address other than loopback although they have no
+    /// TLS (passwords and session cookies then cross the network in clear). Off by default;
+    /// the node refuses such an address without it and warns with it.
+    pub insecure_public_bind: bool,
+}
+
 /// Escalation hooks (`hooks.*`); used by the deadline work.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
@@ -182,6 +192,8 @@ pub struct NodeConfig {
     pub hooks: HookSection,
     #[serde(default)]
     pub transcript: TranscriptSection,
+    #[serde(default)]
+    pub console: ConsoleSection,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
     /// Counterpart positions this party offers for the charter's directory.
@@ -254,6 +266,17 @@ impl NodeDir {
             .map_err(io_err(&self.path))?;
         write_private(&self.file(KEY_FILE), hex::encode(seed).as_bytes())?;
         write_private(&self.file(TOKEN_FILE), hex::encode(token).as_bytes())?;
+        // An empty file is an empty SQLite database. Made here, so that a store missing at
+        // a later start means it was moved or lost (the node then refuses to start).
+        // Never truncate: a database already there is kept as it is.
+        let db = self.file(DATABASE_FILE);
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&db)
+            .map_err(io_err(&db))?;
         let config = NodeConfig {
             name: options.name.clone(),
             party: options.party.clone(),
@@ -268,6 +291,7 @@ impl NodeDir {
             hooks: HookSection::default(),
             peers: Vec::new(),
             transcript: TranscriptSection::default(),
+            console: ConsoleSection::default(),
             counterparts: Vec::new(),
         };
         self.save(&config)?;
@@ -521,6 +545,7 @@ impl NodeConfig {
             "hooks.command" => self.hooks.command.clone(),
             "transcript.checkpoint_every" => self.transcript.checkpoint_every.clone(),
             "transcript.checkpoint_quiet" => self.transcript.checkpoint_quiet.clone(),
+            "console.insecure_public_bind" => self.console.insecure_public_bind.to_string(),
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         })
     }
@@ -575,6 +600,14 @@ impl NodeConfig {
                 &mut self.hooks.webhook_url
             }
             "hooks.command" => &mut self.hooks.command,
+            "console.insecure_public_bind" => {
+                self.console.insecure_public_bind = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(key, "true or false")),
+                };
+                return Ok(());
+            }
             "transcript.checkpoint_every" => {
                 match value.parse::<u64>() {
                     Ok(n) if n <= 1_000_000 => {}
@@ -660,6 +693,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "hooks.command",
     "transcript.checkpoint_every",
     "transcript.checkpoint_quiet",
+    "console.insecure_public_bind",
 ];
 
 fn bad(key: &str, reason: &str) -> ConfigError {

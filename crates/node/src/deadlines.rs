@@ -13,7 +13,7 @@
 //! one early. A missed deadline is recorded durably (`deadline_misses`) before anything is
 //! shown or any hook runs, so a restart neither forgets an alarm nor raises it twice.
 //!
-//! **Links.** Every [`LINK_POLL`] the task reads each link's state (SPEC §4 thresholds, see
+//! **Links.** Every [`LINK_POLL`] the task reads each link's state (docs/spec.md §4 thresholds, see
 //! `detente_proto::link`): a link that was up and is now `down` raises one `link_down`
 //! alarm per outage; it clears (with a `link_restored` event) when the link is up again.
 //!

@@ -1,4 +1,4 @@
-//! Escalation hooks (SPEC §5): a webhook (HTTP POST of a JSON event to `hooks.webhook_url`)
+//! Escalation hooks (docs/spec.md §5): a webhook (HTTP POST of a JSON event to `hooks.webhook_url`)
 //! and a command (`hooks.command`, run by `sh -c` with the JSON event on standard input).
 //!
 //! [`Hooks::raise`] never waits: it puts the event in a bounded queue (when full, the oldest

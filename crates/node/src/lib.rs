@@ -14,6 +14,7 @@ pub mod config;
 pub mod console;
 pub mod deadlines;
 pub mod events;
+pub mod gate;
 pub mod hooks;
 pub mod link;
 pub mod metrics;
@@ -43,8 +44,6 @@ pub type NodeStore = detente_store::AnyStore;
 
 /// Inbound connections queued per peer, at most.
 const INCOMING_QUEUE_MAX: usize = 4;
-/// Unauthenticated connections being handshaken at once, at most.
-const HANDSHAKES_MAX: usize = 64;
 
 /// Milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {
@@ -70,6 +69,31 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Writer(#[from] writer::WriteError),
+    /// The store's file is missing while `node.toml` pins peers: most likely the database
+    /// was moved or lost, and a fresh one would reuse sequence numbers the peers already
+    /// hold. Remedy: put the file back, or start afresh explicitly with `serve --new-store`.
+    #[error(
+        "the store {path} does not exist, but node.toml pins peers ({peers}): starting on an \
+         empty store would reuse sequence numbers the peers already hold. Put the database \
+         back, or, to start afresh on purpose, run: detente serve --dir DIR --new-store"
+    )]
+    NewStore { path: String, peers: String },
+    /// The console would listen beyond loopback without TLS. Remedy: listen on 127.0.0.1
+    /// (and reach it through an SSH tunnel or a TLS proxy), or accept the risk explicitly.
+    #[error(
+        "the console and API would listen on {addr}, beyond this machine, without TLS \
+         (passwords and session cookies would cross the network in clear). Listen on \
+         127.0.0.1 behind a TLS proxy, or accept the risk with: detente config set --dir DIR \
+         console.insecure_public_bind true"
+    )]
+    PublicConsole { addr: String },
+}
+
+/// How a node starts ([`Node::start_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Start even when the store's file is missing and peers are pinned (`serve --new-store`).
+    pub new_store: bool,
 }
 
 /// State shared by the tasks of a running node.
@@ -93,6 +117,10 @@ pub struct Shared {
     pub charters: charter::Charters,
     /// Console state that is not in the store (login limiter, interface texts).
     pub console: console::ConsoleState,
+    /// Admission of inbound peer connections before they authenticate.
+    pub gate: Arc<gate::Gate>,
+    /// Tampered-row alarms already raised (`api::tampered_alarm`).
+    pub tampered: Mutex<std::collections::HashSet<String>>,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -105,12 +133,27 @@ pub struct Node {
 }
 
 impl Node {
-    /// Start the node in `dir`.
+    /// Start the node in `dir`; refuses a missing store while peers are pinned.
     pub async fn start(dir: NodeDir) -> Result<Node, StartError> {
+        Self::start_with(dir, StartOptions::default()).await
+    }
+
+    /// Start the node in `dir` with `options`.
+    pub async fn start_with(dir: NodeDir, options: StartOptions) -> Result<Node, StartError> {
         let config = dir.load()?;
         let secret = Arc::new(dir.secret()?);
         let token = dir.token()?;
-        let store = Arc::new(open_store(&dir, &config).await?);
+        let default_file = dir.file(config::DATABASE_FILE);
+        if let Some(path) = sqlite_path(&config, &default_file)? {
+            if !path.exists() && !config.peers.is_empty() && !options.new_store {
+                let peers: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+                return Err(StartError::NewStore {
+                    path: path.display().to_string(),
+                    peers: peers.join(", "),
+                });
+            }
+        }
+        let store = Arc::new(NodeStore::open(&config.database_url, &default_file).await?);
         let table = Arc::new(PeerTable::default());
         let events = Events::new();
         let mut peers = Vec::new();
@@ -154,6 +197,19 @@ impl Node {
                 addr: config.console_listen.clone(),
                 source,
             })?;
+        if !console_addr.ip().is_loopback() {
+            if !config.console.insecure_public_bind {
+                return Err(StartError::PublicConsole {
+                    addr: console_addr.to_string(),
+                });
+            }
+            tracing::warn!(
+                console = %console_addr,
+                "the console and API listen beyond loopback without TLS \
+                 (console.insecure_public_bind = true): passwords and cookies cross the \
+                 network in clear"
+            );
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             dir,
@@ -171,6 +227,8 @@ impl Node {
             formats: std::sync::RwLock::new(notify::held_formats()),
             charters: charter::Charters::default(),
             console: console::ConsoleState::new(),
+            gate: gate::Gate::new(),
+            tampered: Mutex::new(std::collections::HashSet::new()),
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });
@@ -195,6 +253,7 @@ impl Node {
             .push(tokio::spawn(accept_peers(shared.clone(), peer_listener)));
         node.tasks
             .push(tokio::spawn(api::serve(shared.clone(), console_listener)));
+        check_stream_tails(&shared).await;
         write_run_file(&shared);
         tracing::info!(
             name = %shared.config.read().map(|c| c.name.clone()).unwrap_or_default(),
@@ -217,6 +276,54 @@ impl Node {
     }
 }
 
+/// At start, the last envelope of every stream must verify and be the stream's recorded
+/// head: a row altered in the file since is named in an alarm (and in `status`), not shown
+/// later as genuine. The rest of each stream is verified when it is shown or exported.
+async fn check_stream_tails(shared: &Arc<Shared>) {
+    use detente_store::Store;
+    let Ok(streams) = shared.store.streams().await else {
+        return;
+    };
+    let me = shared.secret.public();
+    for entry in shared.table.all() {
+        let channel = detente_proto::ChannelId::for_pair(&me, &entry.key);
+        for sender in [me, entry.key] {
+            let Some(state) = streams
+                .iter()
+                .find(|s| s.channel == channel.0 && &s.sender == sender.as_bytes())
+                .filter(|s| s.next_seq > 1)
+            else {
+                continue;
+            };
+            let seq = state.next_seq - 1;
+            let row = shared
+                .store
+                .message_at(channel.0, *sender.as_bytes(), seq)
+                .await;
+            let problem = match row {
+                Ok(Some(row)) => {
+                    match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
+                        Ok(v) if v.id().0 == state.last_id && row.id == state.last_id => None,
+                        Ok(_) => Some("it is not the stream's recorded head".to_string()),
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+                Ok(None) => Some("the stream's last message is missing".to_string()),
+                Err(_) => None,
+            };
+            if let Some(why) = problem {
+                let detail = format!(
+                    "{}: stream {} seq {seq} in the channel with {} ({why})",
+                    transcript::TAMPERED,
+                    sender.fingerprint(),
+                    entry.name
+                );
+                api::tampered_alarm(shared, &entry.name, &detail);
+            }
+        }
+    }
+}
+
 /// Record where a running node actually listens (ports may have been chosen by the system),
 /// so that the command line finds its API.
 fn write_run_file(shared: &Shared) {
@@ -235,10 +342,33 @@ fn write_run_file(shared: &Shared) {
 /// file in the directory; `sqlite:PATH`; `postgres://…`). The node need not be running:
 /// SQLite in WAL mode lets a second process write while it runs, and PostgreSQL serves
 /// several clients. A database that cannot be reached is an error naming its URL, with the
-/// password hidden.
+/// password hidden. A missing SQLite file is created only by `detente init` and `serve
+/// --new-store`, never here: an offline command must not leave an empty store behind that a
+/// later `serve` would take for the real one.
 pub async fn open_store(dir: &NodeDir, config: &NodeConfig) -> Result<NodeStore, StartError> {
     let default_file = dir.file(config::DATABASE_FILE);
+    if let Some(path) = sqlite_path(config, &default_file)? {
+        if !path.exists() {
+            return Err(StartError::Store(detente_store::StoreError::Open(format!(
+                "{}: no such file (was the database moved?)",
+                path.display()
+            ))));
+        }
+    }
     Ok(NodeStore::open(&config.database_url, &default_file).await?)
+}
+
+/// Where the node's SQLite file is, when its store is SQLite.
+fn sqlite_path(
+    config: &NodeConfig,
+    default_file: &std::path::Path,
+) -> Result<Option<std::path::PathBuf>, StartError> {
+    Ok(
+        match detente_store::StoreUrl::parse(&config.database_url, default_file)? {
+            detente_store::StoreUrl::Sqlite(path) => Some(path.to_path_buf()),
+            detente_store::StoreUrl::Postgres(_) => None,
+        },
+    )
 }
 
 /// Start the link task of a peer and register where its inbound connections go.
@@ -279,7 +409,8 @@ pub async fn add_peer(shared: &Arc<Shared>, name: &str) -> Result<(), StartError
     Ok(())
 }
 
-/// Accept TLS connections from pinned peers and hand each to its peer's link task.
+/// Accept TLS connections from pinned peers and hand each to its peer's link task. Before
+/// any TLS, the [`gate`] decides whether the connection gets a handshake slot.
 async fn accept_peers(shared: Arc<Shared>, listener: TcpListener) {
     let server_config = match tls::server_config(&shared.secret, shared.table.clone()) {
         Ok(c) => c,
@@ -289,7 +420,6 @@ async fn accept_peers(shared: Arc<Shared>, listener: TcpListener) {
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -303,50 +433,95 @@ async fn accept_peers(shared: Arc<Shared>, listener: TcpListener) {
             },
             _ = shutdown.changed() => return,
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "too many handshakes in progress; dropping a connection");
-            continue;
+        let pinned = pinned_address(&shared, remote.ip());
+        let ticket = match shared
+            .gate
+            .admit(remote.ip(), pinned, std::time::Instant::now())
+        {
+            Ok(t) => t,
+            Err(why) => {
+                log_refusals(&shared, remote, why.name());
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(link::HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                .await
-            {
+            let accepted = tokio::time::timeout(gate::PRE_AUTH_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(ticket);
+            let tls = match accepted {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    match tls::rejection(&e) {
-                        Some(reason) => tracing::warn!(%remote, %reason, "refused a connection"),
-                        None => tracing::info!(%remote, error = %e, "TLS handshake failed"),
+                    if let Some(tls::TlsError::UnpinnedPeer { presented }) = tls::rejection(&e) {
+                        let now = std::time::Instant::now();
+                        shared
+                            .gate
+                            .key_refused(remote.ip(), pinned, *presented, now);
+                        log_refusals(&shared, remote, "unpinned key");
+                    } else {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     }
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(%remote, "TLS handshake timed out");
+                    tracing::debug!(%remote, "TLS handshake timed out");
                     return;
                 }
             };
-            let Some(key) = tls::peer_key(tls.get_ref().1) else {
-                return;
-            };
-            let Some(entry) = shared.table.by_key(&key) else {
-                return;
-            };
-            let sender = shared
-                .incoming
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&entry.name).cloned());
-            if let Some(sender) = sender {
-                let connection = Connection {
-                    stream: tokio_rustls::TlsStream::Server(tls),
-                    dialed_by_us: false,
-                    address: remote.to_string(),
-                };
-                let _ = sender.try_send(connection);
-            }
+            hand_over(&shared, tls, remote);
         });
+    }
+}
+
+/// Give an authenticated connection to its peer's link task.
+fn hand_over(
+    shared: &Shared,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    remote: SocketAddr,
+) {
+    let Some(key) = tls::peer_key(tls.get_ref().1) else {
+        return;
+    };
+    let Some(entry) = shared.table.by_key(&key) else {
+        return;
+    };
+    shared.gate.authenticated(remote.ip());
+    let sender = shared
+        .incoming
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&entry.name).cloned());
+    if let Some(sender) = sender {
+        let connection = Connection {
+            stream: tokio_rustls::TlsStream::Server(tls),
+            dialed_by_us: false,
+            address: remote.to_string(),
+        };
+        let _ = sender.try_send(connection);
+    }
+}
+
+/// Whether `ip` is the address of a pinned peer (an IP literal in its `addrs`).
+fn pinned_address(shared: &Shared, ip: std::net::IpAddr) -> bool {
+    shared.table.all().iter().any(|entry| {
+        entry
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+            .any(|a| a.ip() == ip)
+    })
+}
+
+/// One WARN line per [`gate::FLOOD_LOG_INTERVAL`] at most, however many are refused.
+fn log_refusals(shared: &Shared, remote: SocketAddr, why: &str) {
+    if let Some(count) = shared.gate.log_line(std::time::Instant::now()) {
+        tracing::warn!(
+            %remote,
+            reason = why,
+            refused = count,
+            "refusing inbound peer connections ({count} since the last such line; \
+             see /metrics detente_peer_connections_refused_total and status refused_keys)"
+        );
     }
 }

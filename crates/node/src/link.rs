@@ -106,7 +106,15 @@ pub async fn run_peer(
             &mut shutdown,
         )
         .await;
-        supervisor.on_disconnected(Instant::now(), rand::thread_rng().gen());
+        if supervisor.is_connected() {
+            supervisor.on_disconnected(Instant::now(), rand::thread_rng().gen());
+        } else {
+            // Ended before the peer's Hello: in TLS 1.3 a peer that refuses our key lets
+            // the handshake "succeed" and closes at once. That is a failed dial, with its
+            // growing backoff, not a session (which would redial at once, several times a
+            // second: issue 12, item 7).
+            supervisor.on_dial_failed(Instant::now(), rand::thread_rng().gen());
+        }
         publish(&entry, &supervisor, None);
         match end {
             End::Shutdown => return,
@@ -245,7 +253,19 @@ async fn session(
         Err(_) => return End::Closed("no Hello within the handshake timeout".into()),
     };
     tracing::info!(peer = %entry.name, %address, dialed_by_us, our_hwm, peer_hwm, "session up");
-    shared.writer.prune(&entry.name, peer_hwm).await;
+    // A peer holding more of our stream than we wrote is an alarm, never a prune (the
+    // writer refuses such a prune too; checked here so that nothing is sent meanwhile).
+    match stream_hwm(shared, channel, &shared.secret.public()).await {
+        Ok(written) if peer_hwm > written => crate::writer::stream_ahead(
+            &shared.table,
+            &shared.events,
+            &entry.name,
+            peer_hwm,
+            written,
+        ),
+        Ok(_) => shared.writer.prune(&entry.name, peer_hwm).await,
+        Err(e) => return End::Closed(e),
+    }
     // Our charter terms; the peer answers with its own, and each side signs the charter
     // both make (crate::charter).
     out.clear();
@@ -296,18 +316,22 @@ async fn session(
     let mut peer_received: u64 = 0;
     let mut in_flight: std::collections::VecDeque<Outgoing> = std::collections::VecDeque::new();
     let end = loop {
-        // Send what the window allows.
-        if let Err(e) = pump(
-            shared,
-            entry,
-            &mut scheduler,
-            &mut writer,
-            &mut sent,
-            peer_received,
-            &mut in_flight,
-        )
-        .await
-        {
+        // Send what the window allows (nothing once sending to this peer was stopped).
+        let pumped = if entry.sending_stopped() {
+            Ok(())
+        } else {
+            pump(
+                shared,
+                entry,
+                &mut scheduler,
+                &mut writer,
+                &mut sent,
+                peer_received,
+                &mut in_flight,
+            )
+            .await
+        };
+        if let Err(e) = pumped {
             break End::Closed(e);
         }
         let timeout = supervisor
@@ -407,10 +431,19 @@ async fn inbound_hwm(
     channel: ChannelId,
     entry: &PeerEntry,
 ) -> Result<u64, String> {
+    stream_hwm(shared, channel, &entry.key).await
+}
+
+/// The contiguous high-water mark of `sender`'s stream in `channel` as durably stored.
+async fn stream_hwm(
+    shared: &Shared,
+    channel: ChannelId,
+    sender: &detente_proto::PartyKey,
+) -> Result<u64, String> {
     let streams = shared.store.streams().await.map_err(|e| e.to_string())?;
     Ok(streams
         .iter()
-        .find(|s| s.channel == channel.0 && &s.sender == entry.key.as_bytes())
+        .find(|s| s.channel == channel.0 && &s.sender == sender.as_bytes())
         .map_or(0, |s| s.next_seq - 1))
 }
 

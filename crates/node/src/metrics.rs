@@ -88,6 +88,41 @@ pub async fn exposition(State(shared): State<Arc<Shared>>) -> Result<Response, A
         }
     }
     o.family(
+        "detente_peer_connections_refused_total",
+        "counter",
+        "Inbound peer connections closed before their TLS handshake, by reason.",
+    );
+    for (why, n) in shared.gate.closed() {
+        o.sample(
+            "detente_peer_connections_refused_total",
+            &[("reason", why.name())],
+            n as f64,
+        );
+    }
+    o.family(
+        "detente_peer_keys_refused_total",
+        "counter",
+        "Inbound handshakes refused because the key presented is not pinned.",
+    );
+    o.sample(
+        "detente_peer_keys_refused_total",
+        &[],
+        shared.gate.keys_refused_total() as f64,
+    );
+    o.family(
+        "detente_peer_refused_key_attempts",
+        "gauge",
+        "Attempts per refused (unpinned) key still remembered, by fingerprint.",
+    );
+    for k in shared.gate.refused_keys() {
+        let fingerprint = detente_proto::identity::fingerprint(&k.key);
+        o.sample(
+            "detente_peer_refused_key_attempts",
+            &[("fingerprint", &fingerprint)],
+            k.count as f64,
+        );
+    }
+    o.family(
         "detente_link_rtt_seconds",
         "gauge",
         "Last heartbeat round-trip time per peer (NaN before the first).",

@@ -20,6 +20,10 @@ pub struct LinkStatus {
     pub address: Option<String>,
     pub sessions: u64,
     pub last_error: Option<String>,
+    /// Why nothing is sent to this peer any more, if so: it claimed to hold more of our
+    /// stream than we ever wrote (our store was replaced or lost). Cleared only by a restart
+    /// on the right store.
+    pub sending_stopped: Option<String>,
     /// The supervisor as last published, to compute the state at any moment (a link that
     /// goes quiet turns `down` without any event).
     pub view: Option<LinkSupervisor>,
@@ -43,6 +47,7 @@ impl Default for LinkStatus {
             address: None,
             sessions: 0,
             last_error: None,
+            sending_stopped: None,
             view: None,
         }
     }
@@ -65,6 +70,24 @@ pub struct PeerEntry {
 }
 
 impl PeerEntry {
+    /// Stop sending to this peer (see [`LinkStatus::sending_stopped`]). True the first time.
+    pub fn stop_sending(&self, reason: String) -> bool {
+        match self.status.write() {
+            Ok(mut status) if status.sending_stopped.is_none() => {
+                status.sending_stopped = Some(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether sending to this peer was stopped.
+    pub fn sending_stopped(&self) -> bool {
+        self.status
+            .read()
+            .map_or(true, |s| s.sending_stopped.is_some())
+    }
+
     /// Take and clear the precedences written since the last call.
     pub fn take_written(&self) -> Vec<Precedence> {
         let bits = self.written.swap(0, Ordering::AcqRel);

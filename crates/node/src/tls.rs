@@ -30,8 +30,8 @@
 //! `certificate_unknown` alert). A link must not be considered up until the first bytes
 //! from the other side have arrived.
 //!
-//! When a verifier refuses a key it logs a `warn!` line with the fingerprints and returns a
-//! `rustls::Error` whose text names them too; [`rejection`] recovers the typed [`TlsError`]
+//! When a verifier refuses a key it returns a `rustls::Error` whose text names the
+//! fingerprints (the listener logs refusals, rate-limited: [`crate::gate`]); [`rejection`] recovers the typed [`TlsError`]
 //! from the I/O error that `tokio-rustls` returns on the refusing side.
 
 use std::fmt::Debug;
@@ -397,9 +397,9 @@ impl ClientCertVerifier for PinnedClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let presented = presented_key(end_entity, intermediates)?;
         if !self.pins.is_pinned(&presented) {
-            let err = TlsError::UnpinnedPeer { presented };
-            tracing::warn!("{err}; refusing");
-            return Err(refuse(err));
+            // Logged by the listener, rate-limited (a redialing stranger must not flood
+            // the log; see crate::gate).
+            return Err(refuse(TlsError::UnpinnedPeer { presented }));
         }
         Ok(ClientCertVerified::assertion())
     }

@@ -165,6 +165,9 @@ pub async fn witness_check(
 
 /// Everything of one channel as a bundle: charters, both streams (appended envelopes, in
 /// `seq` order), and every checkpoint, oldest first.
+/// The words every "a stored row fails verification" error starts with.
+pub const TAMPERED: &str = "a stored envelope fails verification (the database was altered)";
+
 pub async fn export(
     store: &NodeStore,
     me: &PartyKey,
@@ -184,6 +187,18 @@ pub async fn export(
                 .await
                 .map_err(|e| e.to_string())?;
             let Some(&(last, _)) = page.last() else { break };
+            // Nothing is exported unverified: a row altered in the database is named here,
+            // not passed on as genuine (batch verification keeps this cheap).
+            let frames: Vec<&[u8]> = page.iter().map(|(_, b)| b.as_slice()).collect();
+            let verdicts = detente_proto::VerifiedEnvelope::decode_batch(&frames, key);
+            for ((seq, _), verdict) in page.iter().zip(verdicts) {
+                if let Err(e) = verdict {
+                    return Err(format!(
+                        "{TAMPERED}: stream {} seq {seq} ({e}); nothing was exported",
+                        key.to_text()
+                    ));
+                }
+            }
             for (seq, bytes) in page {
                 if seq != envelopes.len() as u64 + 1 {
                     return Err(format!(

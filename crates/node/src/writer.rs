@@ -296,11 +296,10 @@ struct Writer {
     table: Arc<PeerTable>,
     events: Events,
     policy: CheckpointPolicy,
-    /// Peers whose stream state must be read again from the store before any command runs:
-    /// a commit failed after staging had advanced their cursors, and the reload failed too
-    /// (the database was away). Until it succeeds every command is answered with
-    /// [`WriteError::Store`], so the node resumes by itself when the database returns.
-    reload: Vec<(String, PartyKey)>,
+    /// Peers whose stream state could not be reloaded after a failed commit: retried before
+    /// every batch; until then their commands answer [`WriteError::Store`] (503), never
+    /// "peer not known".
+    unloaded: HashMap<String, PartyKey>,
 }
 
 /// Start the writer task for the given peers (name, key).
@@ -321,7 +320,7 @@ pub async fn start(
         table,
         events,
         policy,
-        reload: Vec::new(),
+        unloaded: HashMap::new(),
     };
     for (name, key) in peers {
         writer.load_peer(&name, key).await?;
@@ -341,19 +340,6 @@ struct Staged {
 }
 
 impl Writer {
-    /// Read the stream state of every peer in `reload` from the store; true when none is
-    /// left to read.
-    async fn reload_peers(&mut self) -> bool {
-        while let Some((name, key)) = self.reload.last().cloned() {
-            if let Err(e) = self.load_peer(&name, key).await {
-                tracing::warn!(peer = %name, error = %e, "cannot reload stream state yet");
-                return false;
-            }
-            self.reload.pop();
-        }
-        true
-    }
-
     async fn load_peer(&mut self, name: &str, key: PartyKey) -> Result<(), WriteError> {
         let me = self.secret.public();
         let channel = ChannelId::for_pair(&me, &key);
@@ -577,14 +563,21 @@ impl Writer {
         }
     }
 
-    async fn apply(&mut self, commands: Vec<Command>) {
-        if !self.reload_peers().await {
-            let failure =
-                WriteError::Store("the database is unavailable; retry when it is back".into());
-            for command in commands {
-                refuse(command, &failure, &mut self.reload);
+    /// Load the streams of every peer a failed commit left unloaded; those that still fail
+    /// stay for the next batch.
+    async fn reload_unloaded(&mut self) {
+        let names: Vec<(String, PartyKey)> = self.unloaded.drain().collect();
+        for (name, key) in names {
+            if let Err(e) = self.load_peer(&name, key).await {
+                tracing::error!(peer = %name, error = %e, "cannot reload stream state; retrying before the next batch");
+                self.unloaded.insert(name, key);
             }
-            return;
+        }
+    }
+
+    async fn apply(&mut self, commands: Vec<Command>) {
+        if !self.unloaded.is_empty() {
+            self.reload_unloaded().await;
         }
         let mut batch = WriteBatch::default();
         let mut staged = Staged::default();
@@ -613,6 +606,13 @@ impl Writer {
                 }
                 Command::Prune { peer, hwm } => {
                     if let Some(p) = self.peers.get_mut(&peer) {
+                        let written = p.out.next_seq.saturating_sub(1);
+                        if hwm > written {
+                            // Never a prune: the outbox rows at or below `hwm` were never
+                            // sent to this peer (issue 12, item 1).
+                            stream_ahead(&self.table, &self.events, &peer, hwm, written);
+                            continue;
+                        }
                         p.confirmed = p.confirmed.max(hwm.min(p.out_tree.size()));
                     }
                     batch.prune.push((peer, hwm));
@@ -639,10 +639,11 @@ impl Writer {
         let committed = self.store.commit(batch).await;
         if let Err(e) = &committed {
             tracing::error!(error = %e, "commit failed; nothing of this batch was stored or acknowledged");
-            // Staging advanced the in-memory cursors: read every stream again (now, or
-            // before the next command if the database is away).
-            self.reload = self.peers.drain().map(|(n, p)| (n, p.key)).collect();
-            self.reload_peers().await;
+            // What was staged changed the in-memory streams; read them back from the store.
+            let names: Vec<(String, PartyKey)> =
+                self.peers.drain().map(|(n, p)| (n, p.key)).collect();
+            self.unloaded.extend(names);
+            self.reload_unloaded().await;
         }
         let failure = committed
             .as_ref()
@@ -701,7 +702,7 @@ impl Writer {
         let p = self
             .peers
             .get(peer)
-            .ok_or_else(|| WriteError::UnknownPeer(peer.to_string()))?;
+            .ok_or_else(|| missing(&self.unloaded, peer))?;
         let me = self.secret.public();
         let signed = self
             .store
@@ -807,7 +808,7 @@ impl Writer {
             let p = self
                 .peers
                 .get(peer)
-                .ok_or_else(|| WriteError::UnknownPeer(peer.to_string()))?;
+                .ok_or_else(|| missing(&self.unloaded, peer))?;
             (p.channel, p.key, p.out_tree.size(), p.in_tree.size())
         };
         let me = self.secret.public();
@@ -942,7 +943,7 @@ impl Writer {
         let p = self
             .peers
             .get_mut(&request.peer)
-            .ok_or_else(|| WriteError::UnknownPeer(request.peer.clone()))?;
+            .ok_or_else(|| missing(&self.unloaded, &request.peer))?;
         // The sender's clock may step back; creation times within a stream never do.
         let created_at_ms = now_ms().max(p.out_last_created_ms);
         let envelope = Envelope {
@@ -1021,7 +1022,7 @@ impl Writer {
         let mut receipt_precedence = Precedence::Routine;
         for verified in envelopes {
             let Some(p) = self.peers.get_mut(peer) else {
-                return Err(WriteError::UnknownPeer(peer.to_string()));
+                return Err(missing(&self.unloaded, peer));
             };
             let e = verified.envelope();
             let seq = e.seq;
@@ -1375,27 +1376,36 @@ pub fn row(
     }
 }
 
-fn store_err(e: detente_store::StoreError) -> WriteError {
-    WriteError::Store(e.to_string())
+/// A peer claims to hold our stream up to `hwm`, beyond the `written` envelopes our store
+/// has: the store was replaced or lost, and the peer holds envelopes of ours we no longer
+/// know. Stop sending to it (new envelopes would reuse its seqs) and raise the alarm once.
+pub fn stream_ahead(table: &PeerTable, events: &Events, peer: &str, hwm: u64, written: u64) {
+    let detail = format!(
+        "peer {peer} holds our stream up to seq {hwm} but our store has only {written}: \
+         this store is not the one the channel ran on (moved, restored from an old backup, \
+         or new). Nothing more is sent to {peer}; put the right database back and restart"
+    );
+    let Some(entry) = table.get(peer) else { return };
+    if entry.stop_sending(detail.clone()) {
+        tracing::error!(peer, hwm, written, "STREAM AHEAD: {detail}");
+        events.publish(Event::Alarm {
+            peer: peer.to_string(),
+            detail,
+        });
+    }
 }
 
-/// Answer `command` with `failure` without running it (the stream state is not loaded). A
-/// peer added meanwhile joins the peers to load.
-fn refuse(command: Command, failure: &WriteError, reload: &mut Vec<(String, PartyKey)>) {
-    match command {
-        Command::Send(_, reply) => drop(reply.send(Err(failure.clone()))),
-        Command::Receive { reply, .. } => drop(reply.send(Err(failure.clone()))),
-        Command::Misses(_, reply) | Command::Glossary(_, reply) => {
-            drop(reply.send(Err(failure.clone())))
-        }
-        Command::Checkpoint { reply, .. } => drop(reply.send(Err(failure.clone()))),
-        Command::PeerCheckpoint { reply, .. } => drop(reply.send(Err(failure.clone()))),
-        // The peer will say it again with its next receipt.
-        Command::Prune { .. } => {}
-        Command::AddPeer { name, key } => {
-            if !reload.iter().any(|(n, _)| *n == name) {
-                reload.push((name, key));
-            }
-        }
+/// The error for a command naming a peer the writer does not hold.
+fn missing(unloaded: &HashMap<String, PartyKey>, peer: &str) -> WriteError {
+    if unloaded.contains_key(peer) {
+        WriteError::Store(format!(
+            "the stream state of peer {peer:?} is being reloaded after a database failure"
+        ))
+    } else {
+        WriteError::UnknownPeer(peer.to_string())
     }
+}
+
+fn store_err(e: detente_store::StoreError) -> WriteError {
+    WriteError::Store(e.to_string())
 }

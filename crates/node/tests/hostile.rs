@@ -281,6 +281,11 @@ async fn dial(h: &Harness, secret: &PartySecret) -> std::io::Result<TlsStream<Tc
 impl FakePeer {
     /// Connect as the pinned fake peer and exchange `Hello` (ours says hwm 0).
     async fn connect(h: &Harness) -> FakePeer {
+        Self::connect_with_hwm(h, 0).await
+    }
+
+    /// Connect and exchange `Hello`, ours claiming to hold the node's stream up to `hwm`.
+    async fn connect_with_hwm(h: &Harness, hwm: u64) -> FakePeer {
         let stream = tokio::time::timeout(WAIT, dial(h, &h.fake))
             .await
             .expect("handshake within the timeout")
@@ -295,7 +300,7 @@ impl FakePeer {
         };
         peer.send(&Frame::Hello {
             version: LINK_VERSION,
-            hwm: 0,
+            hwm,
         })
         .await;
         match peer.next_frame().await {
@@ -1390,5 +1395,256 @@ async fn notification_in_a_format_not_held_or_with_a_bad_field_is_refused_invali
 
     // Nothing of either was stored: the stream goes on at seq 2.
     h.accepts(&mut peer, &chain[1], 2).await;
+    h.stop().await;
+}
+
+// ---- a replaced store (issue 12, item 1) ---------------------------------------------------
+
+fn text_request(n: u64) -> detente_node::writer::SendRequest {
+    detente_node::writer::SendRequest {
+        peer: "fake".into(),
+        precedence: if n == 2 {
+            Precedence::Flash
+        } else {
+            Precedence::Routine
+        },
+        topic: "general".into(),
+        author: "Tester".into(),
+        in_reply_to: None,
+        body: Body::Text(TextBody {
+            language: "en".into(),
+            text: format!("report {n}"),
+            translations: vec![],
+        }),
+    }
+}
+
+/// The database file moved away used to start a fresh, empty store silently. With peers
+/// pinned the node now refuses, naming the file and the next step; `--new-store` starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_store_with_pinned_peers_refuses_to_start_unless_new_store() {
+    let h = Harness::start().await;
+    let dir = h.node.shared.dir.clone();
+    let Harness { _tmp, node, .. } = h;
+    node.stop().await;
+    for name in ["detente.db", "detente.db-wal", "detente.db-shm"] {
+        let _ = std::fs::remove_file(dir.file(name));
+    }
+    let refused = match Node::start(dir.clone()).await {
+        Ok(node) => {
+            node.stop().await;
+            panic!("the node started on an empty store with a pinned peer");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("detente.db"), "names the file: {refused}");
+    assert!(refused.contains("fake"), "names the peers: {refused}");
+    assert!(
+        refused.contains("--new-store"),
+        "gives the next step: {refused}"
+    );
+    assert!(
+        !dir.file("detente.db").exists(),
+        "a refused start creates nothing"
+    );
+    let options = detente_node::StartOptions { new_store: true };
+    let node = Node::start_with(dir, options)
+        .await
+        .expect("--new-store starts on a fresh store");
+    node.stop().await;
+}
+
+/// A peer whose Hello (or Ack) says it holds our stream beyond what our store ever wrote used
+/// to make the node prune those outbox rows unsent (a FLASH among them). Now it is an alarm:
+/// nothing is pruned, nothing more is sent to that peer, and status says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
+    let h = Harness::start().await;
+    let shared = h.node.shared.clone();
+    let mut events = shared.events.subscribe();
+    for n in 1..=3 {
+        shared.writer.send(text_request(n)).await.expect("send");
+    }
+    let pending = |shared: std::sync::Arc<detente_node::Shared>| async move {
+        shared
+            .store
+            .outbox_counts("fake")
+            .await
+            .expect("outbox")
+            .pending
+    };
+    assert_eq!(pending(shared.clone()).await, 3);
+    let mut peer = FakePeer::connect_with_hwm(&h, 7).await;
+    // A round trip through the session loop: it has run its send step by then.
+    peer.send(&Frame::Ping { nonce: 1 }).await;
+    match peer.next_control().await {
+        Ok(Frame::Pong { nonce: 1 }) => {}
+        other => panic!("expected Pong, got {other:?}"),
+    }
+    // The Ack path: a hwm beyond our stream is no prune either.
+    peer.send(&Frame::Ack {
+        hwm: 9,
+        received: 0,
+    })
+    .await;
+    peer.send(&Frame::Ping { nonce: 2 }).await;
+    match peer.next_control().await {
+        Ok(Frame::Pong { nonce: 2 }) => {}
+        other => panic!("expected Pong, got {other:?}"),
+    }
+    // The writer takes commands in order: the prune was handled before this send returns.
+    shared.writer.send(text_request(4)).await.expect("send");
+    assert_eq!(pending(shared.clone()).await, 4, "nothing was pruned");
+    assert!(peer.from_node.is_empty(), "nothing was sent to the peer");
+    let status = api_get(&h, "/api/v1/status").await;
+    let stopped = status["peers"][0]["sending_stopped"].as_str().unwrap_or("");
+    assert!(stopped.contains("up to seq 7"), "status says why: {status}");
+    let alarm = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(detente_node::events::Event::Alarm { detail, .. }) => return detail,
+                Ok(_) => continue,
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("an alarm");
+    assert!(alarm.contains("holds our stream"), "{alarm}");
+    h.stop().await;
+}
+
+// ---- strangers at the door (issue 12, items 5 and 7) ---------------------------------------
+
+/// TCP connect to the node's peer port from a chosen loopback source address.
+async fn connect_from(h: &Harness, source: [u8; 4]) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((source, 0)))?;
+    socket.connect(h.node.shared.peer_addr).await
+}
+
+/// TLS dial as `secret` from a chosen loopback source address.
+async fn dial_from(
+    h: &Harness,
+    secret: &PartySecret,
+    source: [u8; 4],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let config = tls::client_config(secret, h.target).expect("client TLS config");
+    let tcp = connect_from(h, source).await?;
+    TlsConnector::from(config)
+        .connect(tls::server_name(), tcp)
+        .await
+}
+
+/// Sources the flood comes from: 127.0.0.2 and up (the pinned peer's address is 127.0.0.1).
+const FLOOD_SOURCES: u8 = 80;
+/// Idle connections the flood opens from each source.
+const FLOOD_PER_SOURCE: usize = 6;
+
+/// 64 idle TCP connections used to take every handshake slot and lock the pinned peer out
+/// (and each refused one wrote a WARN line). Now a flood of idle connections from 80
+/// addresses, kept up while the peer dials, leaves the peer's own slots free: it connects at
+/// the first attempt and its FLASH is stored and acknowledged; the flood's refusals write at
+/// most a couple of log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_does_not_lock_out_the_pinned_peer() {
+    let h = Harness::start().await;
+    let mut idle = Vec::new();
+    for round in 0..FLOOD_PER_SOURCE {
+        for i in 0..FLOOD_SOURCES {
+            match connect_from(&h, [127, 0, 0, 2 + i]).await {
+                Ok(s) => idle.push(s),
+                Err(e) => panic!("flood connect (round {round}): {e}"),
+            }
+        }
+    }
+    // The flood holds every stranger slot now; the pinned peer dials in.
+    let started = std::time::Instant::now();
+    let mut peer = FakePeer::connect(&h).await;
+    let mut flash = h.envelope(1, MessageId::ZERO, "FLASH during the flood");
+    flash.precedence = Precedence::Flash;
+    let flash = h.sign(flash);
+    h.accepts(&mut peer, &flash, 1).await;
+    let delivered = started.elapsed();
+    let status = api_get(&h, "/api/v1/status").await;
+    let listener = &status["listener"];
+    let closed = &listener["closed_before_handshake"];
+    let refused =
+        closed["source_busy"].as_u64().unwrap_or(0) + closed["full"].as_u64().unwrap_or(0);
+    assert!(refused > 0, "the flood was refused: {listener}");
+    let lines = listener["log_lines"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        lines <= 2,
+        "log lines during the flood: {lines} ({listener})"
+    );
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(String::from))
+        .unwrap_or_default();
+    println!(
+        "flood: {} idle connections from {FLOOD_SOURCES} sources, {refused} closed before a \
+         handshake, {lines} log line(s); pinned peer connected and FLASH stored and acked \
+         in {} ms; test process {rss}",
+        idle.len(),
+        delivered.as_millis()
+    );
+    drop(idle);
+    h.stop().await;
+}
+
+/// An unpinned node used to be given a full handshake (and a WARN line) on every redial.
+/// Now its key is counted and shown (status `listener.refused_keys`, `/metrics`), and its
+/// source address is refused before any TLS for a backoff that doubles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpinned_redialer_is_backed_off_counted_and_shown() {
+    let h = Harness::start().await;
+    let stranger = PartySecret::from_seed(STRANGER_SEED);
+    let source = [127, 0, 0, 3];
+    // The first attempt: the handshake completes on the client, the refusal shows on read.
+    let mut stream = tokio::time::timeout(WAIT, dial_from(&h, &stranger, source))
+        .await
+        .expect("first attempt within the timeout")
+        .expect("TLS 1.3: the client finishes first");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, stream.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Err(_)) | Ok(Ok(0))), "refused: {read:?}");
+    // The refusal is recorded right after the alert is written; wait for it (bounded).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = api_get(&h, "/api/v1/status").await;
+        if status["listener"]["keys_refused_total"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal: {status}");
+        tokio::task::yield_now().await;
+    }
+    // Redials within the backoff get no handshake at all.
+    for _ in 0..10 {
+        let attempt = tokio::time::timeout(WAIT, dial_from(&h, &stranger, source))
+            .await
+            .expect("answered within the timeout");
+        if let Ok(mut s) = attempt {
+            let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await;
+            assert!(
+                matches!(n, Ok(Err(_)) | Ok(Ok(0))),
+                "a redial got bytes: {n:?}"
+            );
+        }
+    }
+    let status = api_get(&h, "/api/v1/status").await;
+    let listener = &status["listener"];
+    assert_eq!(listener["keys_refused_total"], 1, "{listener}");
+    assert_eq!(
+        listener["closed_before_handshake"]["backing_off"], 10,
+        "{listener}"
+    );
+    let keys = listener["refused_keys"].as_array().expect("refused keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["fingerprint"], stranger.public().fingerprint());
+    assert_eq!(keys[0]["last_address"], "127.0.0.3");
+    // The pinned peer is unaffected.
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(1);
+    h.accepts(&mut peer, &chain[0], 1).await;
     h.stop().await;
 }

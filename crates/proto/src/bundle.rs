@@ -39,6 +39,10 @@ pub const CHARTERS_MAX: usize = 1024;
 /// Problems reported at most (the count of further ones is still reported).
 pub const PROBLEMS_MAX: usize = 1000;
 
+/// What a bundle that decodes but is not in deterministic CBOR is told.
+const NOT_CANONICAL: &str = "not canonical: the bytes are not the deterministic CBOR encoding \
+     of the bundle (a trailing byte, an indefinite length or a head that is not the shortest)";
+
 /// The content of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
@@ -84,9 +88,21 @@ impl Bundle {
         out
     }
 
-    /// Structural decoding (no signature checked): the container must be well-formed and
-    /// within every limit.
+    /// Structural decoding (no signature checked): the container must be well-formed, within
+    /// every limit, and exactly its own deterministic encoding (no trailing byte, no
+    /// indefinite length, only shortest heads), so that one bundle has one byte form.
     pub fn decode(bytes: &[u8]) -> Result<Bundle, String> {
+        let bundle = Self::decode_lenient(bytes)?;
+        // Re-encode and compare, as for envelopes and checkpoints: whatever CBOR the decoder
+        // tolerated (a trailing byte, an indefinite or over-long head) gives other bytes.
+        if bundle.encode() != bytes {
+            return Err(NOT_CANONICAL.into());
+        }
+        Ok(bundle)
+    }
+
+    /// The container read as CBOR, without the check that its bytes are canonical.
+    fn decode_lenient(bytes: &[u8]) -> Result<Bundle, String> {
         if bytes.len() as u64 > BUNDLE_BYTES_MAX {
             return Err(format!(
                 "the file is {} bytes; the limit is {BUNDLE_BYTES_MAX}",
@@ -196,10 +212,10 @@ impl<'a> View<'a> {
         }
     }
 
-    /// The common case without copying: a bundle in definite-length CBOR without tags or
-    /// trailing bytes, with every item of the right type and within its limit. `None` for
-    /// anything else; [`Bundle::decode`] then decides, with its own words for what is wrong
-    /// (so a bundle this refuses gets exactly the report it always got).
+    /// The common case without copying: a bundle in deterministic CBOR (definite lengths,
+    /// shortest heads, no tags, no trailing bytes), with every item of the right type and
+    /// within its limit. `None` for anything else; [`Bundle::decode`] then decides, with its
+    /// own words for what is wrong.
     fn parse(bytes: &'a [u8]) -> Option<Self> {
         if bytes.len() as u64 > BUNDLE_BYTES_MAX {
             return None;
@@ -225,13 +241,50 @@ impl<'a> View<'a> {
             })
             .collect::<Option<Vec<_>>>()?;
         let checkpoints = r.byte_list(CHECKPOINTS_MAX)?;
-        r.at_end().then_some(View {
+        let view = View {
             channel,
             members,
             charters,
             streams,
             checkpoints,
-        })
+        };
+        // The reader takes any head width, but it has read every byte and each item's
+        // content has a fixed length: the file is as long as the canonical encoding exactly
+        // when every head is the shortest.
+        (r.at_end() && view.canonical_bytes() == bytes.len() as u64).then_some(view)
+    }
+
+    /// The length of this view's deterministic encoding.
+    fn canonical_bytes(&self) -> u64 {
+        let bstr = |len: usize| head_bytes(len) + len as u64;
+        let list = |items: &[&[u8]]| {
+            head_bytes(items.len()) + items.iter().map(|b| bstr(b.len())).sum::<u64>()
+        };
+        head_bytes(7)
+            + bstr(BUNDLE_MAGIC.len())
+            + head_bytes(BUNDLE_VERSION as usize)
+            + bstr(32)
+            + head_bytes(self.members.len())
+            + self.members.len() as u64 * bstr(32)
+            + list(&self.charters)
+            + head_bytes(self.streams.len())
+            + self
+                .streams
+                .iter()
+                .map(|(_, envelopes)| head_bytes(2) + bstr(32) + list(envelopes))
+                .sum::<u64>()
+            + list(&self.checkpoints)
+    }
+}
+
+/// Bytes of the shortest CBOR head whose argument is `n` (RFC 8949 §4.2.1).
+fn head_bytes(n: usize) -> u64 {
+    match n as u64 {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
     }
 }
 
@@ -618,7 +671,16 @@ where
         let mut roots_match = true;
         for head in &c.members {
             let s = Some(head.key.to_text());
-            let tree = &trees[&head.key];
+            // A member without a stream in the bundle (the fuzzer found a bundle whose member
+            // list and streams disagree): a problem, not a panic.
+            let Some(tree) = trees.get(&head.key) else {
+                roots_match = false;
+                report.push(problem(
+                    s,
+                    "names a stream the bundle does not carry".into(),
+                ));
+                continue;
+            };
             if head.size > tree.size() {
                 roots_match = false;
                 report.push(problem(
@@ -652,7 +714,9 @@ where
                 if old.size == 0 || old.size > new.size {
                     continue;
                 }
-                let tree = &trees[&old.key];
+                let Some(tree) = trees.get(&old.key) else {
+                    continue;
+                };
                 let consistent = tree
                     .consistency_proof(old.size, new.size)
                     .is_ok_and(|path| {
@@ -808,27 +872,120 @@ mod tests {
         }
     }
 
-    #[test]
-    fn odd_but_decodable_encodings_get_the_full_decoders_result() {
-        let bytes = sample_bundle().encode();
-        // A non-shortest array head: read alike by both parsers.
-        let mut wide = vec![0x98, 7];
-        wide.extend_from_slice(&bytes[1..]);
-        let decoded = Bundle::decode(&wide).unwrap();
-        assert_eq!(View::parse(&wide), Some(View::of(&decoded)));
-        // A trailing byte: not for the borrowing parser; the full decoder decides as it always
-        // did.
-        let mut trailing = bytes.clone();
-        trailing.push(0);
-        assert_eq!(View::parse(&trailing), None);
-        let expected = match Bundle::decode(&trailing) {
-            Ok(b) => verify(&b.encode()),
-            Err(e) => {
-                let mut r = Report::default();
-                r.bundle(e);
-                r
-            }
+    /// A CBOR head of major type `major` and argument `n`: the shortest, or with `wide` the
+    /// next wider one (the same value in more bytes).
+    fn head(major: u8, n: usize, wide: bool) -> Vec<u8> {
+        let shortest = match n {
+            0..=23 => 0,
+            24..=0xff => 1,
+            0x100..=0xffff => 2,
+            _ => 4,
         };
-        assert_eq!(verify(&trailing), expected);
+        let width = match (wide, shortest) {
+            (false, w) => w,
+            (true, 0) => 1,
+            (true, 1) => 2,
+            (true, 2) => 4,
+            (true, _) => 8,
+        };
+        let info = match width {
+            0 => n as u8,
+            1 => 24,
+            2 => 25,
+            4 => 26,
+            _ => 27,
+        };
+        let mut v = vec![(major << 5) | info];
+        v.extend_from_slice(&(n as u64).to_be_bytes()[8 - width..]);
+        v
+    }
+
+    /// Which item of the container a hand-written encoding widens.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Wide {
+        None,
+        Magic,
+        Version,
+        Envelope,
+        Checkpoint,
+    }
+
+    /// The bundle's bytes written by hand, with one head widened.
+    fn encode_by_hand(b: &Bundle, wide: Wide) -> Vec<u8> {
+        let bstr = |out: &mut Vec<u8>, bytes: &[u8], w: bool| {
+            out.extend(head(2, bytes.len(), w));
+            out.extend_from_slice(bytes);
+        };
+        let mut out = head(4, 7, false);
+        out.extend(head(3, BUNDLE_MAGIC.len(), wide == Wide::Magic));
+        out.extend_from_slice(BUNDLE_MAGIC.as_bytes());
+        out.extend(head(0, BUNDLE_VERSION as usize, wide == Wide::Version));
+        bstr(&mut out, &b.channel.0, false);
+        out.extend(head(4, b.members.len(), false));
+        for m in &b.members {
+            bstr(&mut out, m.as_bytes(), false);
+        }
+        out.extend(head(4, b.charters.len(), false));
+        for c in &b.charters {
+            bstr(&mut out, c, false);
+        }
+        out.extend(head(4, b.streams.len(), false));
+        for (s, (key, envelopes)) in b.streams.iter().enumerate() {
+            out.extend(head(4, 2, false));
+            bstr(&mut out, key.as_bytes(), false);
+            out.extend(head(4, envelopes.len(), false));
+            for (i, e) in envelopes.iter().enumerate() {
+                bstr(&mut out, e, wide == Wide::Envelope && s == 1 && i == 1);
+            }
+        }
+        out.extend(head(4, b.checkpoints.len(), false));
+        for c in &b.checkpoints {
+            bstr(&mut out, c, wide == Wide::Checkpoint);
+        }
+        out
+    }
+
+    /// The report of a bundle refused as a container: one problem, the bundle's.
+    fn refused_as_container(bytes: &[u8]) -> String {
+        let report = verify(bytes);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert_eq!(report.problems[0].item, "bundle");
+        assert!(Bundle::decode(bytes).is_err());
+        report.problems[0].what.clone()
+    }
+
+    #[test]
+    fn only_the_canonical_encoding_of_a_bundle_is_accepted() {
+        let mut bundle = sample_bundle();
+        // Any bytes do for a checkpoint here: the container is checked before what it holds.
+        bundle.checkpoints.push(vec![0xa5; 40]);
+        let canonical = bundle.encode();
+        assert_eq!(encode_by_hand(&bundle, Wide::None), canonical);
+        assert!(Bundle::decode(&canonical).is_ok());
+        assert!(verify(&canonical)
+            .problems
+            .iter()
+            .all(|p| p.item != "bundle"));
+
+        for wide in [Wide::Magic, Wide::Version, Wide::Envelope, Wide::Checkpoint] {
+            let bytes = encode_by_hand(&bundle, wide);
+            assert_ne!(bytes, canonical);
+            // Read alike by the in-place reader, which must not let it through.
+            assert_eq!(View::parse(&bytes), None);
+            assert!(refused_as_container(&bytes).starts_with("not canonical"));
+        }
+        // A non-shortest head on the outer array.
+        let mut wide_array = vec![0x98, 7];
+        wide_array.extend_from_slice(&canonical[1..]);
+        assert!(refused_as_container(&wide_array).starts_with("not canonical"));
+        // A trailing byte.
+        let mut trailing = canonical.clone();
+        trailing.push(0);
+        assert!(refused_as_container(&trailing).starts_with("not canonical"));
+        // An indefinite-length outer array.
+        let mut indefinite = vec![0x9f];
+        indefinite.extend_from_slice(&canonical[1..]);
+        indefinite.push(0xff);
+        assert!(refused_as_container(&indefinite).starts_with("not canonical"));
     }
 }

@@ -1,4 +1,4 @@
-//! The channel charter (SPEC §2): what the members of a channel have agreed on.
+//! The channel charter (docs/spec.md §2): what the members of a channel have agreed on.
 //!
 //! Each party contributes its [`Terms`] — who it is, where it listens, its language and time
 //! zone, the notification formats it holds, the acknowledgment deadlines and link-test
@@ -23,7 +23,7 @@ use crate::identity::PartyKey;
 
 /// Bounds on every charter field.
 pub mod limits {
-    /// Members of one channel (SPEC §10: channels of 60 parties).
+    /// Members of one channel (docs/spec.md §10: channels of 60 parties).
     pub const MEMBERS_MAX: usize = 64;
     /// Addresses per member.
     pub const ADDRESSES_MAX: usize = 8;
@@ -67,7 +67,7 @@ pub enum CharterError {
 
 type Result<T> = std::result::Result<T, CharterError>;
 
-/// Acknowledgment deadlines per precedence (SPEC §5).
+/// Acknowledgment deadlines per precedence (docs/spec.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
     /// A FLASH must be DELIVERED within this.
@@ -79,7 +79,7 @@ pub struct Deadlines {
 }
 
 impl Default for Deadlines {
-    /// SPEC §5: FLASH delivered 10 s and acknowledged 10 min; IMMEDIATE 30 min; PRIORITY
+    /// docs/spec.md §5: FLASH delivered 10 s and acknowledged 10 min; IMMEDIATE 30 min; PRIORITY
     /// 3 h; ROUTINE 24 h.
     fn default() -> Self {
         Self {

@@ -1,4 +1,4 @@
-//! Acknowledgment deadlines and link tests (SPEC §4–§5), as pure rules.
+//! Acknowledgment deadlines and link tests (docs/spec.md §4–§5), as pure rules.
 //!
 //! Nothing here reads a clock. A message's deadline is counted from its *start* (the sender
 //! counts from when it wrote the message, the receiver from when it received it: a receiver

@@ -93,13 +93,15 @@ impl std::fmt::Display for MessageId {
     }
 }
 
-/// A channel id: the hash of the channel's first charter.
+/// A channel id. Version 1 has one kind: the id of a pair of parties, [`ChannelId::for_pair`],
+/// which both sides derive from their keys alone (so messages can be written before they first
+/// meet); agreeing or changing a charter does not change it (docs/wire-format.md §2.2).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId(pub [u8; 32]);
 
 impl ChannelId {
-    /// The channel of two parties before a richer charter exists: SHA-256 over a label and
-    /// both keys in ascending byte order, so both sides derive the same id.
+    /// The channel of two parties: SHA-256 over a label and both keys in ascending byte
+    /// order, so both sides derive the same id.
     pub fn for_pair(a: &PartyKey, b: &PartyKey) -> Self {
         let (low, high) = if a.as_bytes() <= b.as_bytes() {
             (a, b)
@@ -271,7 +273,7 @@ pub enum Body {
     },
     /// A structured notification (tag 4).
     Notification(NotificationBody),
-    /// This party's signature on a channel charter (SPEC §2). The charter is agreed once
+    /// This party's signature on a channel charter (docs/spec.md §2). The charter is agreed once
     /// every member's stream carries one with the same digest.
     Charter(crate::charter::Charter),
 }
@@ -305,7 +307,7 @@ impl Body {
     }
 }
 
-/// The content of an envelope (SPEC §3).
+/// The content of an envelope (docs/spec.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub channel: ChannelId,
@@ -344,6 +346,12 @@ pub enum EnvelopeError {
     FieldTooLong {
         field: &'static str,
         len: usize,
+        max: usize,
+    },
+    #[error("{count} {field} given; at most {max} are allowed")]
+    TooMany {
+        field: &'static str,
+        count: usize,
         max: usize,
     },
     #[error("a FLASH text is brief by rule: {chars} characters, the limit is {max}; send the details as a following IMMEDIATE message")]
@@ -813,9 +821,9 @@ fn check_notification(n: &NotificationBody) -> Result<()> {
                 check_language(&t.language)?;
                 check_len("field text", &t.text, limits::FIELD_TEXT_BYTES_MAX)?;
                 if t.translations.len() > limits::TRANSLATIONS_MAX {
-                    return Err(EnvelopeError::FieldTooLong {
+                    return Err(EnvelopeError::TooMany {
                         field: "translations",
-                        len: t.translations.len(),
+                        count: t.translations.len(),
                         max: limits::TRANSLATIONS_MAX,
                     });
                 }
@@ -852,9 +860,9 @@ fn check_text(text: &TextBody, precedence: Precedence) -> Result<()> {
         }
     }
     if text.translations.len() > limits::TRANSLATIONS_MAX {
-        return Err(EnvelopeError::FieldTooLong {
+        return Err(EnvelopeError::TooMany {
             field: "translations",
-            len: text.translations.len(),
+            count: text.translations.len(),
             max: limits::TRANSLATIONS_MAX,
         });
     }

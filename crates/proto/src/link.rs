@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-/// Tunables of a link. Defaults follow SPEC §4.
+/// Tunables of a link. Defaults follow docs/spec.md §4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkConfig {
-    /// Time between heartbeats (SPEC default 2 s).
+    /// Time between heartbeats (default 2 s, docs/spec.md §4).
     pub heartbeat: Duration,
     /// First reconnection delay after every address failed.
     pub backoff_initial: Duration,

@@ -1,5 +1,5 @@
 //! Envelope properties: random valid envelopes sign and decode back exactly (envelope, bytes,
-//! id); the wire form matches an independent, hand-written encoder of the SPEC's layout; a
+//! id); the wire form matches an independent, hand-written encoder of the layout of docs/wire-format.md §3; a
 //! wrong expected sender, any truncation, any bit flip, random garbage and oversized input
 //! are typed errors, never panics; `decode_batch` agrees with `decode`; and correctly
 //! *signed* but non-canonical or non-conforming encodings (wide integer heads, indefinite
@@ -107,7 +107,7 @@ impl Enc {
     }
 }
 
-/// The payload as SPEC §3 lays it out, written without the crate's encoder.
+/// The payload as docs/wire-format.md §3 lays it out, written without the crate's encoder.
 fn encode_payload_into(enc: &mut Enc, e: &Envelope, version: u64) {
     enc.array(11);
     enc.uint(version);
@@ -568,7 +568,7 @@ proptest! {
         prop_assert_eq!(&bytes[..], v.bytes());
         prop_assert_eq!(id, v.id());
 
-        // The wire form is exactly the SPEC layout, written independently here, and the
+        // The wire form is exactly the documented layout, written independently here, and the
         // signature is plain Ed25519 over the COSE Sig_structure.
         let payload = ref_payload(&e);
         let signature = raw_sign(&secret, &PROTECTED, &payload);

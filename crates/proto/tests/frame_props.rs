@@ -12,7 +12,7 @@ use detente_proto::{Frame, FrameError, RefuseCode};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-// Frame type bytes (SPEC §4).
+// Frame type bytes (docs/wire-format.md §9).
 const HELLO: u8 = 0;
 const ENVELOPE: u8 = 1;
 const ACK: u8 = 2;

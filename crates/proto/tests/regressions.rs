@@ -47,3 +47,46 @@ fn ranges_at_the_top_of_the_seq_space_do_not_overflow() {
         vec![(u64::MAX - 1, u64::MAX)]
     );
 }
+
+/// Five courtesy translations (the limit is four) used to be refused as "translations is 5
+/// bytes; the limit is 4" (issue 12, item 19). The error counts translations.
+#[test]
+fn too_many_translations_are_counted_not_measured_in_bytes() {
+    use detente_proto::{Body, ChannelId, Envelope, MessageId, Precedence, TextBody};
+    let secret = PartySecret::from_seed([1; 32]);
+    let other = PartySecret::from_seed([2; 32]).public();
+    let translations = (0..5)
+        .map(|i| (format!("x-t{i}"), "hello".to_string()))
+        .collect();
+    let envelope = Envelope {
+        channel: ChannelId::for_pair(&secret.public(), &other),
+        sender: secret.public(),
+        seq: 1,
+        prev: MessageId::ZERO,
+        created_at_ms: 1_700_000_000_000,
+        precedence: Precedence::Routine,
+        topic: "general".into(),
+        author: "Duty Officer".into(),
+        in_reply_to: None,
+        body: Body::Text(TextBody {
+            language: "en".into(),
+            text: "hello".into(),
+            translations,
+        }),
+    };
+    let error = VerifiedEnvelope::sign(envelope, &secret)
+        .expect_err("five translations are refused")
+        .to_string();
+    assert_eq!(error, "5 translations given; at most 4 are allowed");
+}
+
+/// Found by the `bundle` fuzz target in its first seconds: a bundle whose checkpoint names a
+/// member the bundle carries no stream for made `bundle::verify` (and so `detente verify`)
+/// panic on a map index. It is a problem in the report now.
+#[test]
+fn a_bundle_checkpoint_naming_a_stream_it_lacks_is_a_problem_not_a_panic() {
+    let bytes = include_bytes!("../testdata/fuzz/bundle-member-without-stream.bin");
+    let report = detente_proto::bundle::verify(bytes);
+    assert!(!report.ok());
+    assert!(!report.problems.is_empty());
+}

@@ -123,6 +123,23 @@ impl AnyStore {
 }
 
 impl Store for AnyStore {
+    async fn unanswered(
+        &self,
+        peer: &str,
+        precedence: u8,
+        limit: u32,
+    ) -> Result<Vec<crate::UnansweredRow>> {
+        forward!(self, s => s.unanswered(peer, precedence, limit).await)
+    }
+
+    async fn unanswered_counts(&self) -> Result<Vec<crate::UnansweredCount>> {
+        forward!(self, s => s.unanswered_counts().await)
+    }
+
+    async fn timeline(&self, query: crate::TimelineQuery) -> Result<Vec<MessageRow>> {
+        forward!(self, s => s.timeline(query).await)
+    }
+
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
         forward!(self, s => s.commit(batch).await)
     }

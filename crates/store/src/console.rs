@@ -7,14 +7,23 @@
 //! the node runs, as a second process waiting on the busy timeout (SQLite) or on its own
 //! connection (PostgreSQL). Both stores have the same methods with the same behaviour.
 
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::{ColumnIndex, Decode, QueryBuilder, Row, Sqlite, Type};
 
-use crate::{PgStore, Result, SqliteStore, StoreError};
+use crate::rows::{decode_message, MESSAGE_SELECT};
+use crate::sqlite::WriteTx;
+use crate::{
+    Direction, MessageRow, PgStore, Result, SqliteStore, StoreError, TimelineQuery,
+    UnansweredCount, UnansweredRow,
+};
 
 /// Sessions kept per login, at most; creating one more removes the oldest.
 pub const SESSIONS_PER_LOGIN_MAX: i64 = 16;
 /// Audit rows returned by one listing, at most.
 pub const AUDIT_ROWS_MAX: u32 = 10_000;
+/// Messages on one timeline page, at most.
+pub const TIMELINE_ROWS_MAX: u32 = 500;
+/// Unanswered messages returned by one queue query, at most.
+pub const UNANSWERED_ROWS_MAX: u32 = 1_000;
 
 /// One console account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +77,7 @@ impl SqliteStore {
     /// Create an account, or replace the role and password of an existing one (its
     /// sessions end). Returns true when the account is new.
     pub async fn put_user(&self, row: &UserRow) -> Result<bool> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let existed: Option<String> = sqlx::query_scalar("SELECT login FROM users WHERE login = ?")
             .bind(&row.login)
             .fetch_optional(&mut *tx)
@@ -120,7 +129,7 @@ impl SqliteStore {
     /// Store a new session, dropping expired ones and the oldest of this login's beyond
     /// [`SESSIONS_PER_LOGIN_MAX`].
     pub async fn create_session(&self, row: &SessionRow) -> Result<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= ?")
             .bind(row.created_at_ms)
             .execute(&mut *tx)
@@ -226,6 +235,122 @@ impl SqliteStore {
             })
             .collect()
     }
+
+    /// See [`crate::Store::unanswered`]: served by `console_unanswered_due` (migration 0010),
+    /// so it reads `limit` index entries however long the channel is.
+    pub(crate) async fn console_unanswered(
+        &self,
+        peer: &str,
+        precedence: u8,
+        limit: u32,
+    ) -> Result<Vec<UnansweredRow>> {
+        let rows = sqlx::query(
+            "SELECT id, peer, direction, precedence, start_ms FROM console_unanswered \
+             INDEXED BY console_unanswered_due \
+             WHERE peer = ? AND precedence = ? ORDER BY start_ms, id LIMIT ?",
+        )
+        .bind(peer)
+        .bind(i64::from(precedence))
+        .bind(i64::from(limit.min(UNANSWERED_ROWS_MAX)))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(unanswered_row).collect()
+    }
+
+    /// See [`crate::Store::unanswered_counts`].
+    pub(crate) async fn console_unanswered_counts(&self) -> Result<Vec<UnansweredCount>> {
+        let rows = sqlx::query(
+            "SELECT peer, direction, precedence, count(*) AS n FROM console_unanswered \
+             GROUP BY peer, direction, precedence ORDER BY peer, direction, precedence",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(unanswered_count).collect()
+    }
+}
+
+impl SqliteStore {
+    /// See [`crate::Store::timeline`]. Walks `messages_by_time` backwards from the cursor, as
+    /// [`crate::Store::inbox`] does; filters narrow what is kept, not where the walk starts.
+    pub(crate) async fn console_timeline(&self, q: TimelineQuery) -> Result<Vec<MessageRow>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(MESSAGE_SELECT);
+        qb.push(" INDEXED BY messages_by_time WHERE kind IN (0, 4)");
+        if let Some(peer) = &q.peer {
+            qb.push(" AND peer = ").push_bind(peer.clone());
+        }
+        if let Some(d) = q.direction {
+            qb.push(" AND direction = ")
+                .push_bind(i64::from(d == Direction::In));
+        }
+        if let Some(p) = q.precedence {
+            qb.push(" AND precedence = ").push_bind(i64::from(p));
+        }
+        if let Some(topic) = &q.topic {
+            qb.push(" AND topic = ").push_bind(topic.clone());
+        }
+        match q.answered {
+            Some(false) => {
+                qb.push(" AND id IN (SELECT id FROM console_unanswered)");
+            }
+            Some(true) => {
+                qb.push(" AND id NOT IN (SELECT id FROM console_unanswered)");
+            }
+            None => {}
+        }
+        if let Some((created, sender, seq)) = q.before {
+            // Row-value comparison: strictly after the cursor in the listing's order.
+            qb.push(" AND (created_at_ms, sender, seq) < (")
+                .push_bind(created)
+                .push(", ")
+                .push_bind(sender.to_vec())
+                .push(", ")
+                .push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .push(")");
+        }
+        qb.push(" ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT ")
+            .push_bind(i64::from(q.limit.clamp(1, TIMELINE_ROWS_MAX)));
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        rows.iter().map(decode_message).collect()
+    }
+}
+
+impl SqliteStore {
+    /// See [`crate::Store::replies`]; served by `console_replies` (migration 0011).
+    pub(crate) async fn console_replies(
+        &self,
+        of: crate::Hash32,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "{MESSAGE_SELECT} INDEXED BY console_replies WHERE in_reply_to = ? AND kind IN (0, 4) \
+             ORDER BY created_at_ms, sender, seq LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(of.as_slice())
+            .bind(i64::from(limit.clamp(1, TIMELINE_ROWS_MAX)))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_message).collect()
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt {
+        table: "console_unanswered",
+        what: what.into(),
+    }
+}
+
+fn direction(code: i64) -> Result<Direction> {
+    match code {
+        0 => Ok(Direction::Out),
+        1 => Ok(Direction::In),
+        _ => Err(corrupt("direction is not 0 or 1")),
+    }
+}
+
+fn small(v: i64) -> Result<u8> {
+    u8::try_from(v).map_err(|_| corrupt("precedence out of range"))
 }
 
 impl PgStore {
@@ -390,5 +515,113 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+}
+
+/// One `console_unanswered` row, from either store.
+fn unanswered_row<R>(r: &R) -> Result<UnansweredRow>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: Vec<u8> = r.try_get("id")?;
+    Ok(UnansweredRow {
+        id: id.try_into().map_err(|_| corrupt("id is not 32 bytes"))?,
+        peer: r.try_get("peer")?,
+        direction: direction(r.try_get("direction")?)?,
+        precedence: small(r.try_get("precedence")?)?,
+        start_ms: r.try_get("start_ms")?,
+    })
+}
+
+/// One per-peer count of `console_unanswered`, from either store.
+fn unanswered_count<R>(r: &R) -> Result<UnansweredCount>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(UnansweredCount {
+        peer: r.try_get("peer")?,
+        direction: direction(r.try_get("direction")?)?,
+        precedence: small(r.try_get("precedence")?)?,
+        count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+    })
+}
+
+impl PgStore {
+    /// See [`crate::Store::unanswered`] (PostgreSQL's migration 0010 keeps the same table).
+    pub(crate) async fn console_unanswered(
+        &self,
+        peer: &str,
+        precedence: u8,
+        limit: u32,
+    ) -> Result<Vec<UnansweredRow>> {
+        let rows = sqlx::query(
+            "SELECT id, peer, direction, precedence, start_ms FROM console_unanswered \
+             WHERE peer = $1 AND precedence = $2 ORDER BY start_ms, id LIMIT $3",
+        )
+        .bind(peer)
+        .bind(i64::from(precedence))
+        .bind(i64::from(limit.min(UNANSWERED_ROWS_MAX)))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(unanswered_row).collect()
+    }
+
+    /// See [`crate::Store::unanswered_counts`].
+    pub(crate) async fn console_unanswered_counts(&self) -> Result<Vec<UnansweredCount>> {
+        let rows = sqlx::query(
+            "SELECT peer, direction, precedence, count(*) AS n FROM console_unanswered \
+             GROUP BY peer, direction, precedence ORDER BY peer, direction, precedence",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(unanswered_count).collect()
+    }
+
+    /// See [`crate::Store::timeline`]; the same walk as SQLite's over `messages_by_time`.
+    pub(crate) async fn console_timeline(&self, q: TimelineQuery) -> Result<Vec<MessageRow>> {
+        let mut qb = QueryBuilder::<sqlx::Postgres>::new(MESSAGE_SELECT);
+        qb.push(" WHERE kind IN (0, 4)");
+        if let Some(peer) = &q.peer {
+            qb.push(" AND peer = ").push_bind(peer.clone());
+        }
+        if let Some(d) = q.direction {
+            qb.push(" AND direction = ")
+                .push_bind(i64::from(d == Direction::In));
+        }
+        if let Some(p) = q.precedence {
+            qb.push(" AND precedence = ").push_bind(i64::from(p));
+        }
+        if let Some(topic) = &q.topic {
+            qb.push(" AND topic = ").push_bind(topic.clone());
+        }
+        match q.answered {
+            Some(false) => {
+                qb.push(" AND id IN (SELECT id FROM console_unanswered)");
+            }
+            Some(true) => {
+                qb.push(" AND id NOT IN (SELECT id FROM console_unanswered)");
+            }
+            None => {}
+        }
+        if let Some((created, sender, seq)) = q.before {
+            qb.push(" AND (created_at_ms, sender, seq) < (")
+                .push_bind(created)
+                .push(", ")
+                .push_bind(sender.to_vec())
+                .push(", ")
+                .push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .push(")");
+        }
+        qb.push(" ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT ")
+            .push_bind(i64::from(q.limit.clamp(1, TIMELINE_ROWS_MAX)));
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        rows.iter().map(decode_message).collect()
     }
 }

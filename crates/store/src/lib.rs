@@ -30,273 +30,10 @@ pub use any::{AnyStore, StoreUrl};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// A SHA-256 value as stored (message id, stream hash, channel id).
-pub type Hash32 = [u8; 32];
-
-/// Which way a message went, seen from this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Written by this node's party.
-    Out,
-    /// Received from a peer.
-    In,
-}
-
-/// Whether a received message is in the transcript yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// Appended to its sender's stream in `seq` order: every lower `seq` is present.
-    Appended,
-    /// Verified and durable, but ahead of a gap (it overtook lower-precedence traffic on the
-    /// wire). It is shown at once and appended when the gap fills.
-    Held,
-}
-
-/// Receipt levels as stored. The numbers are part of the schema; never renumber.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ReceiptLevel {
-    Delivered = 0,
-    Read = 1,
-    Acknowledged = 2,
-    Declined = 3,
-}
-
-impl ReceiptLevel {
-    pub fn from_i64(v: i64) -> Option<Self> {
-        match v {
-            0 => Some(Self::Delivered),
-            1 => Some(Self::Read),
-            2 => Some(Self::Acknowledged),
-            3 => Some(Self::Declined),
-            _ => None,
-        }
-    }
-}
-
-/// One envelope as stored, with the fields the node indexes and lists by. `bytes` is the
-/// exact signed encoding; everything else can be re-derived from it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageRow {
-    pub id: Hash32,
-    pub channel: Hash32,
-    /// Sender party public key.
-    pub sender: Hash32,
-    pub seq: u64,
-    /// Local name of the peer this channel is with.
-    pub peer: String,
-    pub direction: Direction,
-    /// 0 FLASH, 1 IMMEDIATE, 2 PRIORITY, 3 ROUTINE.
-    pub precedence: u8,
-    pub topic: String,
-    /// Body kind: 0 text, 1 receipt, 2 test, 3 notification.
-    pub kind: u8,
-    /// Sender's clock, milliseconds since the Unix epoch, UTC.
-    pub created_at_ms: i64,
-    /// This node's clock when it was stored (for outgoing: when it was written).
-    pub stored_at_ms: i64,
-    pub in_reply_to: Option<Hash32>,
-    pub placement: Placement,
-    pub bytes: Vec<u8>,
-}
-
-/// The contiguous state of one sender's stream in one channel: the next `seq` expected and
-/// the hash (message id) of the last appended envelope (zeros when empty).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamRow {
-    pub channel: Hash32,
-    pub sender: Hash32,
-    pub next_seq: u64,
-    pub last_id: Hash32,
-}
-
-/// A row of the outbox: one of this node's envelopes that the peer has not yet confirmed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxRow {
-    pub peer: String,
-    pub seq: u64,
-    pub precedence: u8,
-    /// Receipts are not themselves receipted: they leave the outbox when the peer's
-    /// contiguous high-water mark passes them.
-    pub is_receipt: bool,
-}
-
-/// A receipt's effect on a message it refers to: "message `of` reached `level` at `at_ms`,
-/// proven by envelope `receipt_id`".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceiptRow {
-    pub of: Hash32,
-    pub level: ReceiptLevel,
-    pub at_ms: i64,
-    pub receipt_id: Hash32,
-    pub note: Option<String>,
-}
-
-/// "The peer holds our envelopes `from..=to` durably", from a signed DELIVERED receipt
-/// created at `at_ms` on the peer's clock.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveredRange {
-    pub peer: String,
-    pub from: u64,
-    pub to: u64,
-    pub at_ms: i64,
-}
-
-/// Complete subtrees below this level are not stored: [`Store::tree_nodes`] recomputes them
-/// from the (at most 8) appended envelopes they cover. An append then writes a subtree row for
-/// one message in 8 on average (1/16 + 1/32 + … of them) instead of two per message, and a
-/// proof reads at most 15 envelopes more (`detente bench --append` measures the difference).
-pub const TREE_LEVEL_STORED_MIN: u8 = 4;
-
-/// A complete Merkle subtree of an appended stream (see `detente_proto::merkle`): it covers
-/// leaves `index·2^level .. (index+1)·2^level`; leaf `i` is the envelope with `seq = i + 1`.
-/// Rows below [`TREE_LEVEL_STORED_MIN`] given to a commit are not written (they are
-/// recomputed when read).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TreeNodeRow {
-    pub channel: Hash32,
-    pub sender: Hash32,
-    pub level: u8,
-    pub index: u64,
-    pub hash: Hash32,
-}
-
-/// A checkpoint signed or received by this node: one row per body, `signed` holding every
-/// signature known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointRow {
-    /// Assigned by the store (ascending in storage order); ignored on insert.
-    pub id: i64,
-    pub channel: Hash32,
-    /// SHA-256 of the checkpoint body: the same body stored twice merges signatures.
-    pub body_hash: Hash32,
-    pub time_ms: i64,
-    /// Signed by every member.
-    pub cosigned: bool,
-    /// The encoded `SignedCheckpoint`.
-    pub signed: Vec<u8>,
-    pub stored_at_ms: i64,
-}
-
-/// The largest tree of one stream this node has signed in a checkpoint (the witness rule).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WitnessRow {
-    pub channel: Hash32,
-    pub sender: Hash32,
-    pub size: u64,
-    pub root: Hash32,
-}
-
-/// Evidence kinds. The numbers are part of the schema; never renumber.
-pub const EVIDENCE_ENVELOPES: u8 = 0;
-pub const EVIDENCE_CHECKPOINTS: u8 = 1;
-
-/// Two things one party signed that cannot both be true.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EvidenceRow {
-    /// Assigned by the store; ignored on insert.
-    pub id: i64,
-    pub channel: Hash32,
-    pub peer: String,
-    /// [`EVIDENCE_ENVELOPES`] or [`EVIDENCE_CHECKPOINTS`].
-    pub kind: u8,
-    pub seq: Option<u64>,
-    /// The first signed item (envelope or signed checkpoint), exactly as received.
-    pub first: Vec<u8>,
-    /// The second, contradicting one.
-    pub second: Vec<u8>,
-    pub detail: String,
-    pub detected_at_ms: i64,
-}
-
-/// Everything one group commit makes durable, applied in one transaction, in this order.
-#[derive(Debug, Default, Clone)]
-pub struct WriteBatch {
-    /// New envelopes, outgoing or received (appended or held). A message whose id already
-    /// exists is an error: the node checks for duplicates before batching.
-    pub messages: Vec<MessageRow>,
-    /// Held messages now appended because the gap before them filled: (channel, sender, seq).
-    pub promote: Vec<(Hash32, Hash32, u64)>,
-    /// New outbox rows (for outgoing envelopes in `messages`).
-    pub outbox: Vec<OutboxRow>,
-    /// Stream states to insert or replace.
-    pub streams: Vec<StreamRow>,
-    /// Ranges of this node's envelopes confirmed by a signed DELIVERED receipt. Idempotent:
-    /// the first confirmation's time is kept.
-    pub delivered: Vec<DeliveredRange>,
-    /// Receipt effects to record. Idempotent per (of, level): the first one wins.
-    pub receipts: Vec<ReceiptRow>,
-    /// Remove outbox rows of `peer` with `seq <= hwm` (the peer holds them durably, in
-    /// order). Idempotent.
-    pub prune: Vec<(String, u64)>,
-    /// Deadlines missed. Idempotent per (id, level): the first one wins.
-    pub misses: Vec<MissRow>,
-    /// Glossary terms to add (or replace, per peer, term and language pair).
-    pub glossary: Vec<GlossaryRow>,
-    /// Complete Merkle subtrees created by the appends of this batch.
-    pub tree_nodes: Vec<TreeNodeRow>,
-    /// Checkpoints to insert, or (same body) whose signatures to replace by a fuller set.
-    pub checkpoints: Vec<CheckpointRow>,
-    /// Witness states to insert or replace.
-    pub witness: Vec<WitnessRow>,
-    /// Evidence to record.
-    pub evidence: Vec<EvidenceRow>,
-}
-
-/// An agreed pair of terms on the channel with `peer`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GlossaryRow {
-    pub peer: String,
-    pub lang_a: String,
-    pub term_a: String,
-    pub lang_b: String,
-    pub term_b: String,
-    pub added_at_ms: i64,
-}
-
-/// "Message `id` missed its deadline for receipt `level` (0 delivered, 2 acknowledged),
-/// due at `due_at_ms`, noticed at `missed_at_ms`" (this node's wall clock, for display).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MissRow {
-    pub id: Hash32,
-    pub level: u8,
-    pub due_at_ms: i64,
-    pub missed_at_ms: i64,
-}
-
-/// A message that may still owe a receipt by a deadline: text or notification with no
-/// acknowledged or declined receipt (whether or not a deadline was already recorded missed:
-/// an overdue message stays watched until its answer comes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadlineCandidate {
-    pub id: Hash32,
-    pub peer: String,
-    pub seq: u64,
-    pub direction: Direction,
-    pub precedence: u8,
-    pub kind: u8,
-    pub created_at_ms: i64,
-    pub stored_at_ms: i64,
-    /// Deadline levels already recorded missed.
-    pub missed: Vec<u8>,
-}
-
-impl WriteBatch {
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-            && self.promote.is_empty()
-            && self.outbox.is_empty()
-            && self.streams.is_empty()
-            && self.delivered.is_empty()
-            && self.receipts.is_empty()
-            && self.prune.is_empty()
-            && self.misses.is_empty()
-            && self.glossary.is_empty()
-            && self.tree_nodes.is_empty()
-            && self.checkpoints.is_empty()
-            && self.witness.is_empty()
-            && self.evidence.is_empty()
-    }
-}
+/// The rows and the batch are the storage interface, shared with the sans-IO core; they live
+/// in `detente-store-types` so that the core can use them without this crate's database
+/// dependencies.
+pub use detente_store_types::*;
 
 /// Which messages a listing wants.
 #[derive(Debug, Clone, Default)]
@@ -330,6 +67,45 @@ pub struct OutboxCounts {
     pub pending: u64,
     /// Of those, how many are FLASH.
     pub pending_flash: u64,
+}
+
+/// A text or notification with no ACKNOWLEDGED or DECLINED receipt yet, for the console's
+/// "needs action" queue ([`Store::unanswered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnansweredRow {
+    pub id: Hash32,
+    pub peer: String,
+    pub direction: Direction,
+    pub precedence: u8,
+    /// When its deadlines count from, on this node's clock: `created_at_ms` for ours,
+    /// `stored_at_ms` for received ones (as the deadline watch counts them).
+    pub start_ms: i64,
+}
+
+/// One page of the console's timeline ([`Store::timeline`]): newest first, filtered, after a
+/// keyset cursor.
+#[derive(Debug, Clone, Default)]
+pub struct TimelineQuery {
+    pub peer: Option<String>,
+    pub direction: Option<Direction>,
+    pub precedence: Option<u8>,
+    /// Exact topic.
+    pub topic: Option<String>,
+    /// `Some(false)`: only messages still waiting for an answer; `Some(true)`: only answered.
+    pub answered: Option<bool>,
+    /// Only messages listed after this one (its `created_at_ms`, `sender`, `seq`), i.e. older.
+    pub before: Option<(i64, Hash32, u64)>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// How many unanswered messages one peer's channel holds, per direction and precedence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnansweredCount {
+    pub peer: String,
+    pub direction: Direction,
+    pub precedence: u8,
+    pub count: u64,
 }
 
 /// Storage failures. All are operating errors: the node reports them and stops accepting
@@ -519,6 +295,35 @@ pub trait Store: Send + Sync + 'static {
         &self,
         peer: &str,
         kind: u8,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
+
+    // ---- console queries (issue 15): added by the console branch, kept together here.
+
+    /// Unanswered messages with `peer` at one precedence, earliest `start_ms` first (so
+    /// earliest due first: one precedence has one deadline per channel), at most `limit`.
+    fn unanswered(
+        &self,
+        peer: &str,
+        precedence: u8,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<UnansweredRow>>> + Send;
+
+    /// How many messages are unanswered, per peer, direction and precedence.
+    fn unanswered_counts(&self) -> impl Future<Output = Result<Vec<UnansweredCount>>> + Send;
+
+    /// Texts and notifications for one page of the console's timeline (see
+    /// [`TimelineQuery`]), newest first by `created_at`, each sender's in `seq` order.
+    fn timeline(
+        &self,
+        query: TimelineQuery,
+    ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
+
+    /// Texts and notifications that answer message `of` (`in_reply_to`), oldest first, at
+    /// most `limit`.
+    fn replies(
+        &self,
+        of: Hash32,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
 }

@@ -306,6 +306,25 @@ fn text_bytes(bytes: Vec<u8>, table: &'static str, column: &str) -> Result<Strin
 }
 
 impl Store for PgStore {
+    // ---- console queries (issue 15): implemented in `console.rs`.
+
+    async fn unanswered(
+        &self,
+        peer: &str,
+        precedence: u8,
+        limit: u32,
+    ) -> Result<Vec<crate::UnansweredRow>> {
+        self.console_unanswered(peer, precedence, limit).await
+    }
+
+    async fn unanswered_counts(&self) -> Result<Vec<crate::UnansweredCount>> {
+        self.console_unanswered_counts().await
+    }
+
+    async fn timeline(&self, query: crate::TimelineQuery) -> Result<Vec<MessageRow>> {
+        self.console_timeline(query).await
+    }
+
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
         self.commit_batch(batch).await
     }

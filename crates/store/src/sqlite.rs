@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use detente_proto::merkle;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteSynchronous,
@@ -55,12 +56,18 @@ const MESSAGE_COLUMNS: usize = 14;
 // SQLite refuses statements with more than 32766 parameters; keep a margin.
 const _: () = assert!(CHUNK_ROWS_MAX * MESSAGE_COLUMNS < 30_000);
 
-/// WAL pages after which a commit also checkpoints (SQLite's default is 1000). The
-/// checkpoint runs inside the commit that crosses the mark, so with the default a busy
-/// writer pays for one every few batches; a larger WAL checkpoints less often and writes a
-/// page rewritten by several batches (an index leaf, say) to the database file only once.
-/// 4096 pages is 16 MiB at the default page size.
-const WAL_CHECKPOINT_PAGES: u32 = 4096;
+/// WAL pages after which a commit checkpoints by itself (SQLite's default is 1000). Such a
+/// checkpoint runs inside the commit that crosses the mark, and that commit (and every
+/// answer waiting for it, a FLASH's among them) pays for copying the WAL into the database
+/// file. So checkpoints normally run in the background ([`CHECKPOINT_INTERVAL`]) on a
+/// connection of their own, and this mark is only the backstop that bounds the WAL if the
+/// background checkpointer ever falls behind. 16384 pages is 64 MiB at the default page size.
+const WAL_CHECKPOINT_PAGES: u32 = 16_384;
+
+/// How often the background checkpointer copies the WAL into the database file (PASSIVE:
+/// it never waits for the writer or a reader, and never blocks either). A WAL filled over
+/// this long is a few MiB at the node's highest rates.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// Page cache of the writer connection, in KiB. The id index takes inserts at random
 /// places; keeping its interior pages cached saves reads on every commit.
@@ -77,6 +84,21 @@ pub struct SqliteStore {
     pub(crate) writer: SqlitePool,
     /// `query_only` connections for everything that does not write.
     pub(crate) reader: SqlitePool,
+    /// One connection for WAL checkpoints, off the commit path.
+    checkpointer: SqlitePool,
+    /// Dropped with the last clone of the store: the background checkpointer then stops.
+    _checkpointing: std::sync::Arc<tokio::sync::watch::Sender<()>>,
+}
+
+/// What one WAL checkpoint did, in pages (SQLite's `wal_checkpoint` result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalCheckpoint {
+    /// The checkpoint could not finish because a writer or reader held the WAL.
+    pub busy: bool,
+    /// Pages in the WAL.
+    pub wal_pages: i64,
+    /// Pages of the WAL now copied into the database file.
+    pub checkpointed_pages: i64,
 }
 
 impl SqliteStore {
@@ -130,7 +152,7 @@ impl SqliteStore {
 
         // Readers do not set journal_mode: WAL is persistent in the file (set above), and
         // asking for it again would need a lock.
-        let reader_options = base.pragma("query_only", "ON");
+        let reader_options = base.clone().pragma("query_only", "ON");
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS_MAX)
             .test_before_acquire(false)
@@ -138,13 +160,37 @@ impl SqliteStore {
             .await
             .map_err(|e| open_error(path, &e))?;
 
-        Ok(SqliteStore { writer, reader })
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_with(base)
+            .await
+            .map_err(|e| open_error(path, &e))?;
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        tokio::spawn(checkpoint_in_background(checkpointer.clone(), stopped));
+
+        Ok(SqliteStore {
+            writer,
+            reader,
+            checkpointer,
+            _checkpointing: std::sync::Arc::new(stop),
+        })
+    }
+
+    /// Copy the WAL into the database file now, without waiting for the writer or readers
+    /// (PASSIVE). The background checkpointer calls this every [`CHECKPOINT_INTERVAL`].
+    pub async fn checkpoint_wal(&self) -> Result<WalCheckpoint> {
+        wal_checkpoint(&self.checkpointer).await
     }
 
     /// Close every connection, waiting for work in progress. A commit that already
     /// returned is durable whether or not this is called; closing lets SQLite checkpoint
     /// and remove the WAL. Calls made after this fail with [`StoreError::Database`].
     pub async fn close(&self) {
+        self.checkpointer.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -157,30 +203,159 @@ impl SqliteStore {
         // nothing and the statement builders below can convert without failing.
         check_ranges(&batch)?;
 
-        // IMMEDIATE takes the write lock up front: a deferred transaction that upgrades
-        // later can fail with SQLITE_BUSY half-way if another process (a backup, the shell)
-        // wrote in between.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let conn: &mut SqliteConnection = &mut tx;
-
-        insert_messages(conn, &batch.messages).await?;
-        promote(conn, &batch.promote).await?;
-        insert_outbox(conn, &batch.outbox).await?;
-        upsert_streams(conn, &batch.streams).await?;
-        mark_delivered(conn, &batch.delivered).await?;
-        insert_receipts(conn, &batch.receipts).await?;
-        prune(conn, &batch.prune).await?;
-        insert_misses(conn, &batch.misses).await?;
-        upsert_glossary(conn, &batch.glossary).await?;
-        insert_tree_nodes(conn, &batch.tree_nodes).await?;
-        upsert_checkpoints(conn, &batch.checkpoints).await?;
-        upsert_witness(conn, &batch.witness).await?;
-        insert_evidence(conn, &batch.evidence).await?;
-
-        // Any early return above drops `tx`, which rolls the whole batch back.
-        tx.commit().await?;
-        Ok(())
+        let mut tx = WriteTx::begin(&self.writer).await?;
+        let applied = apply_batch(&mut tx, &batch).await;
+        tx.finish(applied).await
     }
+}
+
+/// Every step of a batch, in order, on the transaction's connection.
+async fn apply_batch(conn: &mut SqliteConnection, batch: &WriteBatch) -> Result<()> {
+    insert_messages(conn, &batch.messages).await?;
+    promote(conn, &batch.promote).await?;
+    insert_outbox(conn, &batch.outbox).await?;
+    upsert_streams(conn, &batch.streams).await?;
+    mark_delivered(conn, &batch.delivered).await?;
+    insert_receipts(conn, &batch.receipts).await?;
+    prune(conn, &batch.prune).await?;
+    insert_misses(conn, &batch.misses).await?;
+    upsert_glossary(conn, &batch.glossary).await?;
+    insert_tree_nodes(conn, &batch.tree_nodes).await?;
+    upsert_checkpoints(conn, &batch.checkpoints).await?;
+    upsert_witness(conn, &batch.witness).await?;
+    insert_evidence(conn, &batch.evidence).await?;
+    Ok(())
+}
+
+/// A write transaction on the writer connection that always ends cleanly.
+///
+/// sqlx's own `Transaction` counts its nesting depth itself. When a `COMMIT` fails with
+/// `SQLITE_FULL`, SQLite may already have rolled the transaction back; sqlx's `ROLLBACK` then
+/// fails ("no transaction is active"), its depth stays at 1, and every later `BEGIN` on the
+/// one writer connection fails with "begin_with at non-zero transaction depth" until the
+/// process restarts. Here the transaction is plain SQL: after any failure it is rolled back
+/// (an already rolled back one is fine), and if that fails too, or the future is dropped
+/// half-way, the connection is closed instead of returned, so the pool opens a fresh one
+/// (closing a SQLite connection rolls back what it had open).
+pub(crate) struct WriteTx {
+    conn: PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl WriteTx {
+    /// `BEGIN IMMEDIATE` on the writer: the write lock is taken up front, since a deferred
+    /// transaction that upgrades later can fail with `SQLITE_BUSY` half-way if another
+    /// process (a backup, the shell) wrote in between.
+    pub(crate) async fn begin(pool: &SqlitePool) -> Result<WriteTx> {
+        let mut conn = pool.acquire().await.map_err(db_error)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        Ok(WriteTx { conn, open: true })
+    }
+
+    /// Commit if `applied` is Ok, roll back otherwise; returns the first failure.
+    pub(crate) async fn finish<T>(mut self, applied: Result<T>) -> Result<T> {
+        let value = match applied {
+            Ok(v) => v,
+            Err(e) => {
+                self.rollback().await;
+                return Err(e);
+            }
+        };
+        match sqlx::query("COMMIT").execute(&mut *self.conn).await {
+            Ok(_) => {
+                self.open = false;
+                Ok(value)
+            }
+            Err(e) => {
+                self.rollback().await;
+                Err(db_error(e))
+            }
+        }
+    }
+
+    /// Commit (for callers that return early with `?` and let a drop undo the rest).
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.finish(Ok(())).await
+    }
+
+    async fn rollback(&mut self) {
+        match sqlx::query("ROLLBACK").execute(&mut *self.conn).await {
+            Ok(_) => self.open = false,
+            // SQLite rolls back by itself on some errors (SQLITE_FULL, SQLITE_IOERR, …).
+            Err(e) if e.to_string().contains("no transaction is active") => self.open = false,
+            // Still open: the drop closes the connection rather than return it.
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+/// A database error with a clear word for the one an operator can fix: a full disk.
+fn db_error(e: sqlx::Error) -> StoreError {
+    let full = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "13");
+    if full {
+        StoreError::Database(format!(
+            "the disk is full (SQLITE_FULL): {e}; free space on the node's disk, \
+             the node resumes by itself"
+        ))
+    } else {
+        StoreError::from(e)
+    }
+}
+
+async fn wal_checkpoint(pool: &SqlitePool) -> Result<WalCheckpoint> {
+    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await?;
+    Ok(WalCheckpoint {
+        busy: row.try_get::<i64, _>(0)? != 0,
+        wal_pages: row.try_get(1)?,
+        checkpointed_pages: row.try_get(2)?,
+    })
+}
+
+/// Checkpoint the WAL every [`CHECKPOINT_INTERVAL`] until the store is dropped or closed, so
+/// that no commit waits for a checkpoint (the writer's automatic one is only a backstop).
+async fn checkpoint_in_background(pool: SqlitePool, mut stopped: tokio::sync::watch::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+            _ = stopped.changed() => break,
+        }
+        if pool.is_closed() {
+            break;
+        }
+        // A failed or busy checkpoint is harmless: the next round copies the same pages, and
+        // the writer's automatic checkpoint bounds the WAL meanwhile.
+        let _ = wal_checkpoint(&pool).await;
+    }
+    pool.close().await;
 }
 
 impl Store for SqliteStore {
@@ -682,6 +857,29 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    // ---- console queries (issue 15): implemented in `console.rs`.
+
+    async fn unanswered(
+        &self,
+        peer: &str,
+        precedence: u8,
+        limit: u32,
+    ) -> Result<Vec<crate::UnansweredRow>> {
+        self.console_unanswered(peer, precedence, limit).await
+    }
+
+    async fn unanswered_counts(&self) -> Result<Vec<crate::UnansweredCount>> {
+        self.console_unanswered_counts().await
+    }
+
+    async fn timeline(&self, query: crate::TimelineQuery) -> Result<Vec<MessageRow>> {
+        self.console_timeline(query).await
+    }
+
+    async fn replies(&self, of: Hash32, limit: u32) -> Result<Vec<MessageRow>> {
+        self.console_replies(of, limit).await
     }
 }
 

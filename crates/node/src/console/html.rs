@@ -64,7 +64,9 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
             esc(&op.csrf)
         );
     }
-    out.push_str("</head><body>");
+    // The units the script writes countdowns in, in the page's language.
+    let units = super::pages::duration_units(shared, &lang).join("|");
+    let _ = write!(out, "</head><body data-duration-units=\"{}\">", esc(&units));
     let _ = write!(
         out,
         "<a class=\"skip\" href=\"#main\">{}</a><header><p class=\"node\">{} <span class=\"node-name\">{}</span></p>",
@@ -74,10 +76,25 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
     );
     if let Some(op) = op {
         nav(&mut out, shared, op, &t);
+        // Shown (by the style sheet) while the page's live connection is down.
+        let _ = write!(
+            out,
+            "<p class=\"offline-note\" role=\"status\">⟳ {}</p>",
+            esc(&t("reconnecting"))
+        );
     }
     out.push_str("</header>");
     if op.is_some() {
-        // The alarm banner: refreshed live on every page, sounds on a new alarm.
+        // The status light, refreshed every heartbeat (a dead link turns it down without
+        // any event), then the alarm banner: refreshed live on every page, sounds on a new
+        // alarm.
+        let _ = write!(
+            out,
+            "<section id=\"status\" class=\"status-region\" data-live=\"/console/live/status\" \
+             data-refresh-ms=\"{}\" aria-label=\"{}\"></section>",
+            super::status::refresh_ms(shared),
+            esc(&t("status-label"))
+        );
         let _ = write!(
             out,
             "<section id=\"alarm\" class=\"alarm-region\" data-live=\"/console/live/alarm\" \
@@ -91,9 +108,19 @@ pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> 
     }
     let _ = write!(
         out,
-        "<main id=\"main\" tabindex=\"-1\"><h1>{}</h1>{main}</main></body></html>",
+        "<main id=\"main\" tabindex=\"-1\"><h1>{}</h1>",
         esc(title)
     );
+    if op.is_some() {
+        // What needs an answer, on every page, earliest due first.
+        let _ = write!(
+            out,
+            "<section id=\"queue\" class=\"queue-region\" data-live=\"/console/live/queue\" \
+             aria-label=\"{}\"></section>",
+            esc(&t("queue-title"))
+        );
+    }
+    let _ = write!(out, "{main}</main></body></html>");
     out
 }
 
@@ -120,7 +147,7 @@ fn nav(out: &mut String, shared: &Shared, op: &Operator, t: &dyn Fn(&str) -> Str
     out.push_str("</ul></nav>");
     let _ = write!(
         out,
-        "<div class=\"account\"><span>{} <strong>{}</strong> ({})</span>",
+        "<div class=\"account\"><span>{} <strong translate=\"no\">{}</strong> ({})</span>",
         esc(&t("signed-in-as")),
         esc(&op.login),
         esc(&t(&format!("role-{}", op.role.name())))

@@ -3,6 +3,10 @@
 //!
 //! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
 //! - [`pages`]: the pages and the forms they post.
+//! - [`queue`]: the "needs action" queue and the alarm banner, from one source of deadline
+//!   state.
+//! - [`status`]: the status light on every page (link state and since when, link test,
+//!   alarms).
 //! - [`sse`]: server-sent events that tell open pages to refresh their live regions.
 //! - [`i18n`]: the interface text in each operator's language (Fluent).
 //!
@@ -15,12 +19,14 @@ pub mod auth;
 pub mod html;
 pub mod i18n;
 pub mod pages;
+pub mod queue;
 pub mod sse;
+pub mod status;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -44,20 +50,23 @@ const AUDIT_DETAIL_CHARS_MAX: usize = 500;
 /// Per-node console state that is not in the store.
 pub struct ConsoleState {
     pub limiter: auth::LoginLimiter,
+    /// Password checks running and waiting, bounded.
+    pub passwords: auth::PasswordGate,
     pub i18n: i18n::Texts,
     /// Set the `Secure` attribute on cookies (the console is served over TLS).
     pub secure_cookies: bool,
-    /// Open event streams ([`sse::STREAMS_MAX`]).
-    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Open event streams, in all and per session.
+    pub streams: Arc<sse::Streams>,
 }
 
 impl ConsoleState {
     pub fn new() -> Self {
         Self {
             limiter: auth::LoginLimiter::default(),
+            passwords: auth::PasswordGate::default(),
             i18n: i18n::Texts::load(),
             secure_cookies: false,
-            streams: Arc::new(tokio::sync::Semaphore::new(sse::STREAMS_MAX)),
+            streams: Arc::new(sse::Streams::default()),
         }
     }
 }
@@ -72,11 +81,19 @@ impl Default for ConsoleState {
 pub fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/console") }))
-        .route("/login", get(pages::login_page).post(pages::login))
+        .route(
+            "/login",
+            get(pages::login_page)
+                .post(pages::login)
+                .layer(DefaultBodyLimit::max(auth::LOGIN_BODY_BYTES_MAX)),
+        )
         .route("/logout", post(pages::logout))
         .route("/console", get(pages::timeline))
         .route("/console/live/timeline", get(pages::timeline_live))
         .route("/console/live/alarm", get(pages::alarm_live))
+        .route("/console/live/queue", get(pages::queue_live))
+        .route("/console/live/status", get(pages::status_live))
+        .route("/console/alarm/silence", post(pages::silence))
         .route("/console/live/link", get(pages::link_live))
         .route("/console/live/messages/{id}", get(pages::message_live))
         .route("/console/events", get(sse::events))
@@ -172,6 +189,8 @@ pub struct Operator {
     pub lang: String,
     pub csrf: String,
     pub token_hash: [u8; 32],
+    /// When the session ends (event streams close then).
+    pub expires_at_ms: i64,
 }
 
 impl Operator {
@@ -200,6 +219,7 @@ pub async fn session_operator(shared: &Shared, headers: &HeaderMap) -> Option<Op
         lang: user.lang,
         csrf: session.csrf,
         token_hash: hash,
+        expires_at_ms: session.expires_at_ms,
     })
 }
 

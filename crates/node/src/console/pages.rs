@@ -20,10 +20,12 @@ use super::{audit, cookie, set_cookie, Operator, Source, LOGIN_CSRF_COOKIE, SESS
 use crate::api::{self, SendBody};
 use crate::{now_ms, Shared};
 
-/// Messages shown on the timeline, at most (the newest).
-pub const TIMELINE_ROWS_MAX: u32 = 200;
-/// Messages scanned for alarms, at most (the newest).
-pub const ALARM_SCAN_MAX: u32 = 200;
+/// Messages on one timeline page (older ones are on the next pages).
+pub const TIMELINE_PAGE_ROWS: u32 = 50;
+/// Answers shown under one message, at most.
+const THREAD_REPLIES_MAX: u32 = 100;
+/// Longest topic (or peer name) accepted as a timeline filter; a longer one is ignored.
+const FILTER_TOPIC_BYTES_MAX: usize = 256;
 /// Envelopes per stream checked on the transcript page (the newest).
 pub const VERIFY_TAIL_MAX: u64 = 200;
 /// Longest topic accepted from the compose form.
@@ -131,6 +133,41 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| auth::hash_password("not a password of anyone").unwrap_or_default())
 }
 
+/// The login name as the audit log records it: capped, and only if it could be a login.
+fn audit_name(login: &str) -> String {
+    if auth::valid_login(login) {
+        login.to_string()
+    } else {
+        format!("(not a login name, {} bytes)", login.len())
+    }
+}
+
+fn login_refused(
+    shared: &Shared,
+    lang: &str,
+    csrf: &str,
+    status: StatusCode,
+    key: &str,
+    login: &str,
+) -> Response {
+    let shown = if auth::valid_login(login) { login } else { "" };
+    let text = shared.console.i18n.text(lang, key);
+    let mut r = html(status, login_form(shared, lang, csrf, Some(&text), shown));
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        let after = if status == StatusCode::TOO_MANY_REQUESTS {
+            "60"
+        } else {
+            "1"
+        };
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static(after));
+    }
+    r
+}
+
 pub async fn login(
     State(shared): Shr,
     Source(source): Source,
@@ -138,30 +175,29 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let lang = super::html::node_lang(&shared);
-    let t = |k: &str| shared.console.i18n.text(&lang, k);
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
     if expected.is_empty() || !auth::same_secret(&form.csrf, expected) {
-        let body = login_form(&shared, &lang, expected, Some(&t("csrf-refused")), "");
-        return html(StatusCode::FORBIDDEN, body);
-    }
-    let login = form.login.trim().to_string();
-    let now = now_ms();
-    if !shared.console.limiter.allowed(&login, source, now) {
-        audit(&shared, &login, "login-throttled", "", source).await;
-        let body = login_form(
-            &shared,
-            &lang,
-            expected,
-            Some(&t("login-throttled")),
-            &login,
+        let t = shared.console.i18n.text(&lang, "csrf-refused");
+        return html(
+            StatusCode::FORBIDDEN,
+            login_form(&shared, &lang, expected, Some(&t), ""),
         );
-        let mut r = html(StatusCode::TOO_MANY_REQUESTS, body);
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
-        return r;
     }
-    let user = if auth::valid_login(&login) {
-        shared.store.user(&login).await.ok().flatten()
+    let login = form.login.trim();
+    let now = now_ms();
+    // Checked and recorded at once: parallel guesses each use up an attempt.
+    let source_attempts = match shared.console.limiter.begin(login, source, now) {
+        auth::Attempt::Allowed { source_attempts } => source_attempts,
+        auth::Attempt::Throttled { first } => {
+            if first {
+                audit(&shared, &audit_name(login), "login-throttled", "", source).await;
+            }
+            let status = StatusCode::TOO_MANY_REQUESTS;
+            return login_refused(&shared, &lang, expected, status, "login-throttled", login);
+        }
+    };
+    let user = if auth::valid_login(login) {
+        shared.store.user(login).await.ok().flatten()
     } else {
         None
     };
@@ -169,16 +205,37 @@ pub async fn login(
         .as_ref()
         .map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
     let password = form.password;
-    let matches = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
-        .await
-        .unwrap_or(false);
-    let Some(user) = user.filter(|_| matches) else {
-        shared.console.limiter.failed(&login, source, now);
-        audit(&shared, &login, "login-failed", "", source).await;
-        let body = login_form(&shared, &lang, expected, Some(&t("login-failed")), &login);
-        return html(StatusCode::UNAUTHORIZED, body);
+    let checked = shared
+        .console
+        .passwords
+        .run(move || auth::verify_password(&password, &stored))
+        .await;
+    let Ok(matches) = checked else {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return login_refused(&shared, &lang, expected, status, "login-busy", login);
     };
-    shared.console.limiter.succeeded(&login);
+    let Some(user) = user.filter(|_| matches) else {
+        // One audit row for the first failure from this address in the window and one
+        // per LOGIN_FAILURES_PER_AUDIT_ROW after it, each saying how many there were.
+        if source_attempts % auth::LOGIN_FAILURES_PER_AUDIT_ROW == 1 {
+            let detail = format!("{source_attempts} attempts from this address in the window");
+            audit(&shared, &audit_name(login), "login-failed", &detail, source).await;
+        }
+        let status = StatusCode::UNAUTHORIZED;
+        return login_refused(&shared, &lang, expected, status, "login-failed", login);
+    };
+    shared.console.limiter.succeeded(login, source);
+    start_session(&shared, &lang, expected, user, source, now).await
+}
+
+async fn start_session(
+    shared: &Shared,
+    lang: &str,
+    expected: &str,
+    user: detente_store::console::UserRow,
+    source: std::net::IpAddr,
+    now: u64,
+) -> Response {
     let token = auth::random_token();
     let session = detente_store::console::SessionRow {
         token_hash: auth::token_hash(&token),
@@ -189,22 +246,23 @@ pub async fn login(
     };
     if let Err(e) = shared.store.create_session(&session).await {
         tracing::error!(error = %e, "cannot store a session");
-        let body = login_form(
-            &shared,
-            &lang,
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return login_refused(
+            shared,
+            lang,
             expected,
-            Some(&t("store-unavailable")),
-            &login,
+            status,
+            "store-unavailable",
+            &user.login,
         );
-        return html(StatusCode::SERVICE_UNAVAILABLE, body);
     }
-    audit(&shared, &user.login, "login", &user.role, source).await;
+    audit(shared, &user.login, "login", &user.role, source).await;
     let mut response = Redirect::to("/console").into_response();
     let h = response.headers_mut();
     let max_age = auth::SESSION_MS / 1000;
     for value in [
-        set_cookie(&shared, SESSION_COOKIE, &token, max_age),
-        set_cookie(&shared, LOGIN_CSRF_COOKIE, "", 0),
+        set_cookie(shared, SESSION_COOKIE, &token, max_age),
+        set_cookie(shared, LOGIN_CSRF_COOKIE, "", 0),
     ] {
         if let Ok(v) = value.parse() {
             h.append(header::SET_COOKIE, v);
@@ -229,6 +287,8 @@ pub async fn logout(
         return bad_csrf(&shared, &op);
     }
     let _ = shared.store.delete_session(op.token_hash).await;
+    // The session's open event streams end now, not at their next check.
+    shared.console.streams.end_session(op.token_hash);
     audit(&shared, &op.login, "logout", "", source).await;
     let mut response = Redirect::to("/login").into_response();
     if let Ok(v) = set_cookie(&shared, SESSION_COOKIE, "", 0).parse() {
@@ -276,28 +336,6 @@ pub async fn set_lang(
 
 // ---------------------------------------------------------------- messages as shown
 
-/// The newest messages (not receipts), oldest first, as the API describes them.
-/// Messages as the API shows them, rendered in the operator's language.
-async fn messages(shared: &Shared, op: &Operator, peer: Option<String>, limit: u32) -> Vec<Value> {
-    let rows = shared
-        .store
-        .inbox(InboxQuery {
-            peer,
-            direction: None,
-            include_system: false,
-            limit,
-        })
-        .await
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows.iter().filter(|r| r.kind != 2) {
-        if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
-            out.push(v);
-        }
-    }
-    out
-}
-
 fn ms_of(text: &Value) -> Option<i64> {
     text.as_str()?
         .parse::<jiff::Timestamp>()
@@ -305,8 +343,32 @@ fn ms_of(text: &Value) -> Option<i64> {
         .map(|t| t.as_millisecond())
 }
 
-/// "2026-11-29 03:10:00 UTC · 22:10 EST" in the node's time zone.
-fn both_times(shared: &Shared, ms: i64) -> String {
+/// A time zone's name in the operator's language ("北京时间", "Eastern Time"), from the
+/// console's texts (`tz-` and the zone's id with `/` as `-`); its abbreviation otherwise.
+fn tz_label(shared: &Shared, lang: &str, tz_name: &str, abbreviation: &str) -> String {
+    let key = format!("tz-{}", tz_name.replace('/', "-"));
+    let label = shared.console.i18n.text(lang, &key);
+    if label == key {
+        abbreviation.to_string()
+    } else {
+        label
+    }
+}
+
+/// A language's name in the operator's language ("英语" for `en`); the tag otherwise.
+pub fn language_name(shared: &Shared, lang: &str, tag: &str) -> String {
+    let key = format!("language-name-{tag}");
+    let name = shared.console.i18n.text(lang, &key);
+    if name == key {
+        tag.to_string()
+    } else {
+        name
+    }
+}
+
+/// "2026-11-29 03:10:00 UTC · 2026-11-29 11:10:00 北京时间" in the node's time zone, named
+/// in the operator's language.
+fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
     let tz_name = shared
         .config
         .read()
@@ -318,19 +380,22 @@ fn both_times(shared: &Shared, ms: i64) -> String {
     let utc = ts.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
     match jiff::tz::TimeZone::get(&tz_name) {
         Ok(tz) if tz_name != "UTC" => {
-            let local = ts.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
-            format!("{utc} · {local}")
+            let zoned = ts.to_zoned(tz);
+            let local = zoned.strftime("%Y-%m-%d %H:%M:%S").to_string();
+            let abbreviation = zoned.strftime("%Z").to_string();
+            let zone = tz_label(shared, lang, &tz_name, &abbreviation);
+            format!("{utc} · {local} {zone}")
         }
         _ => utc,
     }
 }
 
-fn time_element(shared: &Shared, ms: i64) -> String {
+fn time_element(shared: &Shared, lang: &str, ms: i64) -> String {
     let iso = api::time_text(ms);
     format!(
         "<time datetime=\"{}\">{}</time>",
         esc(&iso),
-        esc(&both_times(shared, ms))
+        esc(&both_times(shared, lang, ms))
     )
 }
 
@@ -344,31 +409,14 @@ fn unanswered(m: &Value) -> bool {
     answerable(m) && m["receipts"]["acknowledged"].is_null() && m["receipts"]["declined"].is_null()
 }
 
-/// When the acknowledgment of `m` is due, if it still is.
-fn ack_deadline_ms(shared: &Shared, m: &Value) -> Option<i64> {
+/// When the acknowledgment of `m` is due, if it still is. The API's `acknowledge_by` counts
+/// from where the deadline watch counts (our `stored_at` for a received message, never the
+/// peer's `created_at`): one source of deadline state for every view.
+fn ack_deadline_ms(m: &Value) -> Option<i64> {
     if !unanswered(m) {
         return None;
     }
-    let precedence = Precedence::parse(m["precedence"].as_str()?)?;
-    // The channel's charter decides (the stricter of both parties' deadlines).
-    let deadlines = shared.deadlines(m["peer"].as_str()?);
-    let due = deadlines.acknowledged(precedence).as_millis() as i64;
-    Some(ms_of(&m["created_at"])? + due)
-}
-
-/// Whether an outgoing FLASH missed its delivery deadline (no DELIVERED receipt in time).
-fn delivery_overdue(shared: &Shared, m: &Value, now: i64) -> bool {
-    if !answerable(m) || !m["receipts"]["delivered"].is_null() {
-        return false;
-    }
-    let Some(created) = ms_of(&m["created_at"]) else {
-        return false;
-    };
-    let Some(peer) = m["peer"].as_str() else {
-        return false;
-    };
-    let limit = shared.deadlines(peer).flash_delivered;
-    now > created + limit.as_millis() as i64
+    ms_of(&m["deadline"]["acknowledge_by"])
 }
 
 fn precedence_label(shared: &Shared, op: &Operator, m: &Value) -> String {
@@ -387,13 +435,38 @@ fn receipts_list(shared: &Shared, op: &Operator, m: &Value) -> String {
     for level in ["delivered", "read", "acknowledged", "declined"] {
         let label = tr(shared, op, &format!("receipt-{level}"));
         let value = &m["receipts"][level];
+        // Once answered, "read: not yet" says nothing (an answer implies it was read).
+        if level == "read" && value.is_null() && !unanswered(m) {
+            continue;
+        }
+        let late =
+            matches!(level, "acknowledged" | "declined") && !value.is_null() && m["late"] == true;
         match ms_of(value) {
+            Some(ms) if late => {
+                let how = tr_with(
+                    shared,
+                    op,
+                    "receipt-late-by",
+                    &[(
+                        "time",
+                        duration_words(shared, &op.lang, m["late_ms"].as_i64().unwrap_or(0)),
+                    )],
+                );
+                let _ = write!(
+                    out,
+                    "<li class=\"r-{level} done late\" data-level=\"{level}\" data-late-ms=\"{}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {} <strong class=\"late-mark\">{}</strong></li>",
+                    m["late_ms"].as_i64().unwrap_or(0),
+                    esc(&label),
+                    time_element(shared, &op.lang, ms),
+                    esc(&how)
+                );
+            }
             Some(ms) => {
                 let _ = write!(
                     out,
                     "<li class=\"r-{level} done\" data-level=\"{level}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {}</li>",
                     esc(&label),
-                    time_element(shared, ms)
+                    time_element(shared, &op.lang, ms)
                 );
             }
             None if level == "declined" => {}
@@ -419,8 +492,26 @@ fn receipts_list(shared: &Shared, op: &Operator, m: &Value) -> String {
     out
 }
 
+/// Answered or not, in words and a sign (never by colour alone).
+fn answer_state(shared: &Shared, op: &Operator, m: &Value) -> String {
+    if !answerable(m) {
+        return String::new();
+    }
+    let (class, sign, key) = if !m["receipts"]["declined"].is_null() {
+        ("declined", "✗", "state-declined")
+    } else if !m["receipts"]["acknowledged"].is_null() {
+        ("answered", "✓", "state-answered")
+    } else {
+        ("unanswered", "◇", "state-unanswered")
+    };
+    format!(
+        "<span class=\"answer-state {class}\"><span aria-hidden=\"true\">{sign}</span> {}</span>",
+        esc(&tr(shared, op, key))
+    )
+}
+
 fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let Some(due) = ack_deadline_ms(shared, m) else {
+    let Some(due) = ack_deadline_ms(m) else {
         return String::new();
     };
     let key = if m["direction"] == "in" {
@@ -434,17 +525,27 @@ fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
             shared,
             op,
             "overdue-by",
-            &[("time", duration_text(now - due))],
+            &[("time", duration_words(shared, &op.lang, now - due))],
         )
     } else {
-        tr_with(shared, op, "due-in", &[("time", duration_text(due - now))])
+        tr_with(
+            shared,
+            op,
+            "due-in",
+            &[("time", duration_words(shared, &op.lang, due - now))],
+        )
     };
     format!(
-        "<p class=\"deadline{}\">{}: {} <span class=\"countdown\" data-deadline=\"{due}\" \
+        "<p class=\"deadline{}\">{}: {} <span class=\"countdown\" data-deadline=\"{due}\"{} \
          data-due-in=\"{}\" data-overdue-by=\"{}\">{}</span></p>",
         if now > due { " overdue" } else { "" },
         esc(&tr(shared, op, key)),
-        time_element(shared, due),
+        time_element(shared, &op.lang, due),
+        if now > due {
+            " data-passed=\"yes\""
+        } else {
+            ""
+        },
         esc(&tr_with(shared, op, "due-in", &[("time", "{}".into())])),
         esc(&tr_with(shared, op, "overdue-by", &[("time", "{}".into())])),
         esc(&remaining)
@@ -453,14 +554,29 @@ fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
 
 /// "1h 02m 03s".
 pub fn duration_text(ms: i64) -> String {
+    duration_with(ms, ["h", "m", "s"])
+}
+
+/// The units of durations in `lang` ("h m s", "小时 分 秒"), as the page's script uses them too.
+pub fn duration_units(shared: &Shared, lang: &str) -> [String; 3] {
+    ["unit-h", "unit-m", "unit-s"].map(|k| shared.console.i18n.text(lang, k))
+}
+
+/// A duration in the operator's language: "1h 02m 03s", "1小时 02分 03秒".
+pub fn duration_words(shared: &Shared, lang: &str, ms: i64) -> String {
+    let [h, m, s] = duration_units(shared, lang);
+    duration_with(ms, [h.as_str(), m.as_str(), s.as_str()])
+}
+
+fn duration_with(ms: i64, [uh, um, us]: [&str; 3]) -> String {
     let s = ms.max(0) / 1000;
     let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
     if h > 0 {
-        format!("{h}h {m:02}m {s:02}s")
+        format!("{h}{uh} {m:02}{um} {s:02}{us}")
     } else if m > 0 {
-        format!("{m}m {s:02}s")
+        format!("{m}{um} {s:02}{us}")
     } else {
-        format!("{s}s")
+        format!("{s}{us}")
     }
 }
 
@@ -486,8 +602,9 @@ fn message_text(shared: &Shared, op: &Operator, m: &Value, link: bool) -> String
     } else {
         let _ = write!(
             out,
-            "<div class=\"text\"><p class=\"msg-text\" lang=\"{l}\">{body}</p><p class=\"lang-mark\">{}: {l}</p>",
+            "<div class=\"text\"><p class=\"msg-text\" lang=\"{l}\">{body}</p><p class=\"lang-mark\">{}: {}</p>",
             esc(&tr(shared, op, "text-language")),
+            esc(&language_name(shared, &op.lang, lang)),
             l = esc(lang)
         );
     }
@@ -498,8 +615,9 @@ fn message_text(shared: &Shared, op: &Operator, m: &Value, link: bool) -> String
             };
             let _ = write!(
                 out,
-                "<p class=\"translation\" lang=\"{l}\"><span class=\"lang-mark\">{}: {l}</span> {}</p>",
+                "<p class=\"translation\"><span class=\"lang-mark\">{}: {}</span> <span lang=\"{l}\">{}</span></p>",
                 esc(&tr(shared, op, "courtesy-translation")),
+                esc(&language_name(shared, &op.lang, tl)),
                 esc(tt),
                 l = esc(tl)
             );
@@ -528,9 +646,15 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
             &[("peer", m["peer"].as_str().unwrap_or("").into())],
         )
     };
+    let state = if unanswered(m) {
+        "unanswered"
+    } else {
+        "answered"
+    };
     let mut out = format!(
-        "<li class=\"msg dir-{dir} prec-{p}\" id=\"m-{id}\" data-id=\"{id}\"><div class=\"msg-head\">{} <span class=\"who\">{}</span> · <span class=\"topic\">{}: {}</span> · <span class=\"author\">{}: {}</span> · <span class=\"seq\">#{}</span></div>",
+        "<li class=\"msg dir-{dir} prec-{p} {state}\" id=\"m-{id}\" data-id=\"{id}\"><div class=\"msg-head\">{} {} <span class=\"who\">{}</span> · <span class=\"topic\">{}: <span translate=\"no\">{}</span></span> · <span class=\"author\">{}: <span translate=\"no\">{}</span></span> · <span class=\"seq\">#{}</span></div>",
         precedence_label(shared, op, m),
+        answer_state(shared, op, m),
         esc(&who),
         esc(&tr(shared, op, "topic")),
         esc(m["topic"].as_str().unwrap_or("")),
@@ -545,7 +669,7 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
             out,
             "<dt>{}</dt><dd>{}</dd>",
             esc(&tr(shared, op, "sent-at")),
-            time_element(shared, ms)
+            time_element(shared, &op.lang, ms)
         );
     }
     if let Some(ms) = ms_of(&m["received_at"]) {
@@ -553,7 +677,7 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
             out,
             "<dt>{}</dt><dd>{}</dd>",
             esc(&tr(shared, op, "received-at")),
-            time_element(shared, ms)
+            time_element(shared, &op.lang, ms)
         );
     }
     out.push_str("</dl>");
@@ -565,91 +689,281 @@ fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
 
 // ---------------------------------------------------------------- timeline
 
-async fn timeline_html(shared: &Shared, op: &Operator) -> String {
-    let list = messages(shared, op, None, TIMELINE_ROWS_MAX).await;
+/// The timeline's filters and page cursor, from the query string.
+#[derive(Deserialize, Default, Clone)]
+pub struct TimelineFilter {
+    #[serde(default)]
+    peer: String,
+    #[serde(default)]
+    precedence: String,
+    #[serde(default)]
+    direction: String,
+    /// `yes`, `no` or empty.
+    #[serde(default)]
+    answered: String,
+    #[serde(default)]
+    topic: String,
+    /// `CREATED.SENDERHEX.SEQ` of the last row of the previous page.
+    #[serde(default)]
+    before: String,
+}
+
+impl TimelineFilter {
+    fn query(&self) -> detente_store::TimelineQuery {
+        let text = |v: &str| Some(v.trim().to_string()).filter(|v| !v.is_empty());
+        detente_store::TimelineQuery {
+            peer: text(&self.peer).filter(|p| p.len() <= FILTER_TOPIC_BYTES_MAX),
+            direction: match self.direction.as_str() {
+                "in" => Some(detente_store::Direction::In),
+                "out" => Some(detente_store::Direction::Out),
+                _ => None,
+            },
+            precedence: Precedence::parse(&self.precedence).map(|p| p as u8),
+            topic: text(&self.topic).filter(|t| t.len() <= FILTER_TOPIC_BYTES_MAX),
+            answered: match self.answered.as_str() {
+                "yes" => Some(true),
+                "no" => Some(false),
+                _ => None,
+            },
+            before: parse_cursor(&self.before),
+            limit: TIMELINE_PAGE_ROWS,
+        }
+    }
+
+    /// The filters as a query string (without the cursor), `&`-separated and escaped.
+    fn params(&self) -> String {
+        [
+            ("peer", &self.peer),
+            ("precedence", &self.precedence),
+            ("direction", &self.direction),
+            ("answered", &self.answered),
+            ("topic", &self.topic),
+        ]
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", url_value(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}
+
+fn parse_cursor(text: &str) -> Option<(i64, [u8; 32], u64)> {
+    let mut parts = text.splitn(3, '.');
+    let created = parts.next()?.parse().ok()?;
+    let sender: [u8; 32] = hex::decode(parts.next()?).ok()?.try_into().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    Some((created, sender, seq))
+}
+
+fn select_filter(
+    shared: &Shared,
+    op: &Operator,
+    name: &str,
+    chosen: &str,
+    options: &[(String, String)],
+) -> String {
+    let mut out = format!(
+        "<p><label for=\"filter-{name}\">{}</label><select id=\"filter-{name}\" name=\"{name}\"><option value=\"\">{}</option>",
+        esc(&tr(shared, op, &format!("filter-{name}"))),
+        esc(&tr(shared, op, "filter-all"))
+    );
+    for (value, label) in options {
+        let sel = if value == chosen { " selected" } else { "" };
+        let _ = write!(
+            out,
+            "<option value=\"{}\"{sel}>{}</option>",
+            esc(value),
+            esc(label)
+        );
+    }
+    out.push_str("</select></p>");
+    out
+}
+
+fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
+    let t = |k: &str| tr(shared, op, k);
+    let peers: Vec<(String, String)> = shared
+        .table
+        .all()
+        .iter()
+        .map(|e| (e.name.clone(), e.name.clone()))
+        .collect();
+    let precedences: Vec<(String, String)> = Precedence::ALL
+        .iter()
+        .map(|p| (p.name().to_string(), t(&format!("prec-{}", p.name()))))
+        .collect();
+    let directions = [
+        ("in".to_string(), t("filter-direction-in")),
+        ("out".to_string(), t("filter-direction-out")),
+    ];
+    let answered = [
+        ("no".to_string(), t("state-unanswered")),
+        ("yes".to_string(), t("state-answered")),
+    ];
+    format!(
+        "<form method=\"get\" action=\"/console\" class=\"filters\" aria-label=\"{}\">{}{}{}{}\
+         <p><label for=\"filter-topic\">{}</label><input id=\"filter-topic\" name=\"topic\" maxlength=\"{FILTER_TOPIC_BYTES_MAX}\" value=\"{}\"></p>\
+         <p><button type=\"submit\" id=\"filter-apply\">{}</button> <a href=\"/console\">{}</a></p></form>",
+        esc(&t("filter-label")),
+        select_filter(shared, op, "peer", &f.peer, &peers),
+        select_filter(shared, op, "precedence", &f.precedence, &precedences),
+        select_filter(shared, op, "direction", &f.direction, &directions),
+        select_filter(shared, op, "answered", &f.answered, &answered),
+        esc(&t("filter-topic")),
+        esc(&f.topic),
+        esc(&t("filter-apply")),
+        esc(&t("filter-clear")),
+    )
+}
+
+async fn timeline_html(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
+    let rows = shared.store.timeline(f.query()).await.unwrap_or_default();
+    let mut list = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
+            list.push(v);
+        }
+    }
     if list.is_empty() {
         return format!(
             "<p class=\"empty\">{}</p>",
             esc(&tr(shared, op, "timeline-empty"))
         );
     }
+    // Newest first: a night shift reads the top of the page.
     let mut out = format!(
         "<ol class=\"timeline\" aria-label=\"{}\">",
         esc(&tr(shared, op, "timeline-label"))
     );
-    // Newest first: a night shift reads the top of the page.
-    for m in list.iter().rev() {
+    for m in &list {
         out.push_str(&message_item(shared, op, m));
     }
     out.push_str("</ol>");
+    if let Some(last) = rows
+        .last()
+        .filter(|_| rows.len() as u32 >= TIMELINE_PAGE_ROWS)
+    {
+        let cursor = format!(
+            "{}.{}.{}",
+            last.created_at_ms,
+            hex::encode(last.sender),
+            last.seq
+        );
+        let params = f.params();
+        let sep = if params.is_empty() { "" } else { "&amp;" };
+        let _ = write!(
+            out,
+            "<nav class=\"pager\" aria-label=\"{}\"><a id=\"older\" rel=\"next\" href=\"/console?{}{sep}before={}\">{}</a></nav>",
+            esc(&tr(shared, op, "pager-label")),
+            esc(&params),
+            url_value(&cursor),
+            esc(&tr(shared, op, "pager-older"))
+        );
+    }
     out
 }
 
-pub async fn timeline(State(shared): Shr, op: Operator) -> Response {
-    let inner = timeline_html(&shared, &op).await;
+pub async fn timeline(
+    State(shared): Shr,
+    op: Operator,
+    Query(f): Query<TimelineFilter>,
+) -> Response {
+    let inner = timeline_html(&shared, &op, &f).await;
+    // Only the newest page follows the channel live; an older page stays where it is.
+    let live = if f.before.is_empty() {
+        format!(
+            " data-live=\"/console/live/timeline?{}\" aria-live=\"polite\"",
+            esc(&f.params())
+        )
+    } else {
+        String::new()
+    };
+    let newest = if f.before.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<p><a id=\"newest\" href=\"/console?{}\">{}</a></p>",
+            esc(&f.params()),
+            esc(&tr(&shared, &op, "pager-newest"))
+        )
+    };
     let main = format!(
-        "<div id=\"live\" data-live=\"/console/live/timeline\" aria-live=\"polite\">{inner}</div>"
+        "{}{newest}<div id=\"live\"{live}>{inner}</div>",
+        filter_form(&shared, &op, &f)
     );
     let title = tr(&shared, &op, "nav-timeline");
     html(StatusCode::OK, page(&shared, Some(&op), &title, &main))
 }
 
-pub async fn timeline_live(State(shared): Shr, op: Operator) -> Response {
-    html(StatusCode::OK, timeline_html(&shared, &op).await)
+pub async fn timeline_live(
+    State(shared): Shr,
+    op: Operator,
+    Query(f): Query<TimelineFilter>,
+) -> Response {
+    html(StatusCode::OK, timeline_html(&shared, &op, &f).await)
 }
 
-// ---------------------------------------------------------------- alarm
-
-async fn alarm_html(shared: &Shared, op: &Operator) -> String {
-    let list = messages(shared, op, None, ALARM_SCAN_MAX).await;
-    let now = now_ms() as i64;
-    let mut items = String::new();
-    for m in list.iter().rev() {
-        let id = m["id"].as_str().unwrap_or_default();
-        let incoming = m["direction"] == "in";
-        let flash = m["precedence"] == "flash";
-        let undelivered = !incoming && flash && delivery_overdue(shared, m, now);
-        // The node's deadline watch (monotonic clock, persisted) is the authority; the
-        // wall-clock check only makes the banner appear without waiting for its event.
-        let missed = undelivered
-            || (m["overdue"] == true && unanswered(m))
-            || ack_deadline_ms(shared, m).is_some_and(|due| now > due);
-        let key = if undelivered {
-            "alarm-undelivered"
-        } else if missed {
-            if incoming {
-                "alarm-missed-ours"
-            } else {
-                "alarm-missed-theirs"
-            }
-        } else if incoming && flash && unanswered(m) {
-            "alarm-flash"
-        } else {
-            continue;
-        };
-        let kind = if missed { "missed" } else { "flash" };
-        let _ = write!(
-            items,
-            "<li class=\"alarm-item alarm-{kind}\" data-alarm-id=\"{kind}-{id}\"><span class=\"alarm-sign\" aria-hidden=\"true\">⚠</span> \
-             <strong>{}</strong> {} · {}: {} <a href=\"/console/messages/{id}\">{}</a></li>",
-            esc(&tr(shared, op, key)),
-            precedence_label(shared, op, m),
-            esc(&tr(shared, op, "topic")),
-            esc(m["topic"].as_str().unwrap_or("")),
-            esc(&tr(shared, op, if incoming { "alarm-open" } else { "alarm-view" })),
-        );
-    }
-    if items.is_empty() {
-        return String::new();
-    }
-    format!(
-        "<div class=\"alarm\" role=\"alert\"><h2>{}</h2><ul>{items}</ul></div>",
-        esc(&tr(shared, op, "alarm-title"))
-    )
-}
+// ---------------------------------------------------------------- queue, alarm, status
 
 pub async fn alarm_live(State(shared): Shr, op: Operator) -> Response {
-    html(StatusCode::OK, alarm_html(&shared, &op).await)
+    let q = super::queue::load(&shared, &op).await;
+    html(StatusCode::OK, super::queue::alarm_html(&shared, &op, &q))
+}
+
+pub async fn queue_live(State(shared): Shr, op: Operator) -> Response {
+    let q = super::queue::load(&shared, &op).await;
+    html(StatusCode::OK, super::queue::queue_html(&shared, &op, &q))
+}
+
+pub async fn status_live(State(shared): Shr, op: Operator) -> Response {
+    html(StatusCode::OK, super::status::status_html(&shared, &op))
+}
+
+#[derive(Deserialize)]
+pub struct SilenceForm {
+    #[serde(default)]
+    csrf: String,
+    /// Message ids, comma-separated.
+    #[serde(default)]
+    ids: String,
+}
+
+/// FLASH alerts silenced in one request, at most.
+const SILENCE_IDS_MAX: usize = 32;
+
+/// Silence the repeating FLASH sound for these alerts (the alerts stay until answered).
+/// Recorded in the audit log: who chose not to hear an unanswered FLASH, and when. A script
+/// asks with `X-Requested-With: fetch` and gets 204; a plain form goes back to the timeline.
+pub async fn silence(
+    State(shared): Shr,
+    op: Operator,
+    Source(source): Source,
+    headers: HeaderMap,
+    Form(form): Form<SilenceForm>,
+) -> Response {
+    if !op.csrf_ok(&form.csrf) {
+        return bad_csrf(&shared, &op);
+    }
+    let ids: Vec<&str> = form.ids.split(',').filter(|i| !i.is_empty()).collect();
+    if ids.is_empty()
+        || ids.len() > SILENCE_IDS_MAX
+        || ids.iter().any(|i| MessageId::from_hex(i).is_none())
+    {
+        return refuse(&shared, &op, StatusCode::BAD_REQUEST, "message-unknown");
+    }
+    audit(&shared, &op.login, "silence", &ids.join(" "), source).await;
+    if headers
+        .get("x-requested-with")
+        .is_some_and(|v| v == "fetch")
+    {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    Redirect::to("/console").into_response()
+}
+
+/// A short time for the status light and the queue, in the node's time zone.
+pub fn clock_text(shared: &Shared, op: &Operator, ms: i64) -> String {
+    both_times(shared, &op.lang, ms)
 }
 
 // ---------------------------------------------------------------- one message
@@ -659,28 +973,38 @@ async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
         "<ol class=\"timeline single\">{}</ol>",
         message_item(shared, op, m)
     );
-    // The thread: what this answers, and the answers to it.
-    let peer = m["peer"].as_str().map(str::to_string);
-    let id = m["id"].as_str().unwrap_or_default();
-    let all = messages(shared, op, peer, api::LIST_LIMIT_MAX).await;
+    // The thread: what this answers, and the answers to it, read by id (never by walking
+    // the channel).
     if let Some(parent) = m["in_reply_to"].as_str() {
-        if let Some(p) = all.iter().find(|x| x["id"] == parent) {
+        if let Some(p) = find_message(shared, op, parent).await {
             let _ = write!(
                 out,
                 "<h2>{}</h2><ol class=\"timeline thread\">{}</ol>",
                 esc(&tr(shared, op, "in-reply-to")),
-                message_item(shared, op, p)
+                message_item(shared, op, &p)
             );
         }
     }
-    let replies: Vec<&Value> = all.iter().filter(|x| x["in_reply_to"] == id).collect();
+    let mut replies = Vec::new();
+    if let Some(id) = m["id"].as_str().and_then(MessageId::from_hex) {
+        let rows = shared
+            .store
+            .replies(id.0, THREAD_REPLIES_MAX)
+            .await
+            .unwrap_or_default();
+        for row in &rows {
+            if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
+                replies.push(v);
+            }
+        }
+    }
     if !replies.is_empty() {
         let _ = write!(
             out,
             "<h2>{}</h2><ol class=\"timeline thread\" id=\"replies\">",
             esc(&tr(shared, op, "replies"))
         );
-        for r in replies {
+        for r in &replies {
             out.push_str(&message_item(shared, op, r));
         }
         out.push_str("</ol>");
@@ -763,10 +1087,37 @@ pub async fn message_live(State(shared): Shr, op: Operator, Path(id): Path<Strin
     html(StatusCode::OK, message_detail(&shared, &op, &m).await)
 }
 
+/// A decline cannot be taken back: ask first, carrying the note typed so far.
+async fn decline_confirmation(shared: &Shared, op: &Operator, id: &str, note: &str) -> Response {
+    let Some(m) = find_message(shared, op, id).await else {
+        return refuse(shared, op, StatusCode::NOT_FOUND, "message-unknown");
+    };
+    let main = format!(
+        "<p class=\"confirm-intro\">{}</p><ol class=\"timeline single\">{}</ol>\
+         <form method=\"post\" action=\"/console/messages/{id}/receipt\" class=\"confirm\">{}\
+         <input type=\"hidden\" name=\"level\" value=\"declined\"><input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+         <p><label for=\"note\">{}</label><textarea id=\"note\" name=\"note\" rows=\"2\" maxlength=\"{NOTE_CHARS_MAX}\">{}</textarea></p>\
+         <p><button type=\"submit\" id=\"decline-confirm\">{}</button> <a class=\"button\" id=\"decline-cancel\" href=\"/console/messages/{id}\">{}</a></p></form>",
+        esc(&tr(shared, op, "decline-confirm-intro")),
+        message_item(shared, op, &m),
+        csrf_field(op),
+        esc(&tr(shared, op, "note")),
+        esc(note),
+        esc(&tr(shared, op, "decline-confirm")),
+        esc(&tr(shared, op, "decline-cancel")),
+        id = esc(id),
+    );
+    let title = tr(shared, op, "decline-confirm-title");
+    html(StatusCode::OK, page(shared, Some(op), &title, &main))
+}
+
 #[derive(Deserialize)]
 pub struct ReceiptForm {
     #[serde(default)]
     csrf: String,
+    /// `yes` once the operator confirmed a decline.
+    #[serde(default)]
+    confirm: String,
     #[serde(default)]
     level: String,
     #[serde(default)]
@@ -811,6 +1162,9 @@ pub async fn receipt(
             StatusCode::UNPROCESSABLE_ENTITY,
             "note-too-long",
         );
+    }
+    if level == ReceiptLevel::Declined && form.confirm != "yes" {
+        return decline_confirmation(&shared, &op, &id, &form.note).await;
     }
     let note = Some(form.note.trim().to_string()).filter(|n| !n.is_empty());
     match api::answer(&shared, message_id, level, note.clone()).await {
@@ -1018,8 +1372,17 @@ fn format_fields(
             out,
             "<span class=\"hint\" id=\"{help_id}\">{}{}{}</span>{err}</p>",
             esc(&f.help),
-            if f.help.is_empty() { "" } else { " — " },
-            esc(&f.accepts)
+            if f.help.is_empty() || !f.values.is_empty() {
+                ""
+            } else {
+                " — "
+            },
+            // A select shows its choices in the operator's language; the codes would not.
+            if f.values.is_empty() {
+                esc(&f.accepts)
+            } else {
+                String::new()
+            }
         );
     }
     out.push_str("</fieldset>");
@@ -1038,8 +1401,14 @@ fn compose_html(
     if !errors.is_empty() {
         let _ = write!(
             out,
-            "<p class=\"error\" role=\"alert\">{}</p>",
-            esc(&t("compose-has-errors"))
+            "<p class=\"error\" role=\"alert\" id=\"compose-errors\">{} {}</p>",
+            esc(&t("compose-has-errors")),
+            esc(&tr_with(
+                shared,
+                op,
+                "compose-error-count",
+                &[("count", errors.len().to_string())]
+            ))
         );
     }
     out.push_str(&format_chooser(shared, op, form, errors));
@@ -1175,7 +1544,7 @@ fn check_common(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErro
                 shared,
                 op,
                 "error-precedence-role",
-                &[("precedence", p.to_string())],
+                &[("precedence", tr(shared, op, &format!("prec-{}", p.name())))],
             ),
         ),
         Some(_) => {}
@@ -1222,9 +1591,37 @@ fn check_text(shared: &Shared, op: &Operator, form: &ComposeForm, errors: &mut F
     }
 }
 
+/// A format's error in the operator's language: what the field accepts (from the format's
+/// own localized description), never the catalogue's English wording.
+fn field_error_text(
+    shared: &Shared,
+    op: &Operator,
+    error: &detente_formats::FieldError,
+    accepts: &str,
+) -> String {
+    use detente_formats::FieldError as E;
+    match error {
+        E::Missing { .. } => tr(shared, op, "error-field-required"),
+        E::Invalid { .. } => tr_with(
+            shared,
+            op,
+            "error-field-invalid",
+            &[("accepts", accepts.to_string())],
+        ),
+        E::Limit { .. } => tr(shared, op, "error-field-limit"),
+        E::Rule { rule, .. } => tr_with(
+            shared,
+            op,
+            "error-field-rule",
+            &[("rule", tr(shared, op, &format!("rule-{rule}")))],
+        ),
+        _ => tr(shared, op, "error-format-unknown"),
+    }
+}
+
 /// Validate the format's fields with the catalogue (the same rules a receiving node
-/// applies). Returns the notification rendered in the sender's language, with a courtesy
-/// rendering in the peer's language when it differs.
+/// applies), reporting every field's error at once, each under its own field; the
+/// cross-field rules are checked when every field is valid on its own.
 fn check_notification(
     shared: &Shared,
     op: &Operator,
@@ -1242,15 +1639,31 @@ fn check_notification(
             errors.insert("format".into(), tr(shared, op, "error-format-not-agreed"));
         }
     }
+    let described = detente_formats::describe(def, &op.lang);
+    let accepts = |key: &str| {
+        described
+            .fields
+            .iter()
+            .find(|f| f.key == key)
+            .map_or_else(String::new, |f| f.accepts.clone())
+    };
     let lang = form.lang.trim().to_string();
     let mut raw = BTreeMap::new();
+    let before = errors.len();
     for field in &def.fields {
-        let Some(value) = form
+        let value = form
             .fields
             .get(&field.key)
             .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-        else {
+            .filter(|v| !v.is_empty());
+        let Some(value) = value else {
+            if field.required {
+                let e = detente_formats::FieldError::Missing {
+                    key: field.key.clone(),
+                };
+                let text = field_error_text(shared, op, &e, "");
+                errors.insert(format!("f-{}", field.key), text);
+            }
             continue;
         };
         let value = if field.kind.name() == "text" {
@@ -1262,7 +1675,14 @@ fn check_notification(
         } else {
             Raw::Typed(value.to_string())
         };
+        if let Err(e) = detente_formats::validate::parse_value(&field.key, &field.kind, &value) {
+            let text = field_error_text(shared, op, &e, &accepts(&field.key));
+            errors.insert(format!("f-{}", field.key), text);
+        }
         raw.insert(field.key.clone(), value);
+    }
+    if errors.len() > before {
+        return None;
     }
     let now =
         jiff::Timestamp::from_millisecond(now_ms() as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
@@ -1274,7 +1694,8 @@ fn check_notification(
             let key = e
                 .key()
                 .map_or_else(|| "format".to_string(), |k| format!("f-{k}"));
-            errors.insert(key, e.to_string());
+            let text = field_error_text(shared, op, &e, &accepts(e.key().unwrap_or("")));
+            errors.insert(key, text);
             None
         }
     }
@@ -1420,21 +1841,24 @@ async fn link_html(shared: &Shared, op: &Operator) -> String {
         let heard = s
             .last_heard
             .map(|i| now_ms() as i64 - i.elapsed().as_millis() as i64)
-            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, ms));
+            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, &op.lang, ms));
         let last_test = last_test_ms(shared, &entry.name)
             .await
-            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, ms));
+            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, &op.lang, ms));
         let _ = write!(
             out,
             "<tr class=\"link-{state}\" data-peer=\"{name}\"><th scope=\"row\">{name}</th>\
              <td class=\"state\"><span aria-hidden=\"true\">{sign}</span> {state_text}</td>\
-             <td>{rtt}</td><td>{heard}</td><td>{last_test}</td><td>{out_n}{flash}</td><td>{held}</td><td>{addr}</td><td>{err}</td></tr>",
+             <td>{rtt}</td><td>{heard}</td><td>{last_test}</td><td>{out_n}{flash}</td><td>{held}</td><td translate=\"no\">{addr}</td><td>{err}</td></tr>",
             name = esc(&entry.name),
             state_text = esc(&t(&format!("link-state-{state}"))),
-            rtt = s.rtt_ms.map_or_else(|| "—".to_string(), |r| format!("{r:.1} ms")),
+            rtt = s.rtt_ms.map_or_else(
+                || "—".to_string(),
+                |r| esc(&tr_with(shared, op, "link-rtt-value", &[("ms", format!("{r:.1}"))]))
+            ),
             out_n = counts.pending,
             flash = if counts.pending_flash > 0 {
-                format!(" ({} FLASH)", counts.pending_flash)
+                format!(" ({} {})", counts.pending_flash, esc(&t("prec-flash")))
             } else {
                 String::new()
             },
@@ -1613,7 +2037,7 @@ pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
                     &op,
                     "checkpoint-cosigned",
                     &[
-                        ("time", api::time_text(c.time_ms as i64)),
+                        ("time", both_times(&shared, &op.lang, c.time_ms as i64)),
                         ("sizes", sizes.join(", ")),
                     ],
                 )
@@ -1623,7 +2047,14 @@ pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
             main,
             "<h3>{}</h3><p class=\"charter\">{}</p><h3>{}</h3><p class=\"checkpoint\">{}</p>",
             esc(&t("charter-title")),
-            esc(&charter),
+            // The digest is a code: shown as one.
+            match shared.charter(&entry.name) {
+                Some(c) => {
+                    let digest = hex::encode(c.digest());
+                    esc(&charter).replace(&digest, &format!("<code>{digest}</code>"))
+                }
+                None => esc(&charter),
+            },
             esc(&t("checkpoint-title")),
             esc(&checkpoint)
         );
@@ -1772,12 +2203,12 @@ pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
                addrs: String| {
         let _ = write!(
             main,
-            "<tr><th scope=\"row\">{}</th><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><th scope=\"row\" translate=\"no\">{}</th><td translate=\"no\">{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td translate=\"no\">{}</td></tr>",
             esc(&name),
             esc(party),
             esc(&fp),
-            esc(lang),
-            esc(tz),
+            esc(&language_name(&shared, &op.lang, lang)),
+            esc(&tz_label(&shared, &op.lang, tz, tz)),
             esc(&addrs)
         );
     };
@@ -1840,7 +2271,7 @@ pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
     if pairs.is_empty() {
         let _ = write!(
             main,
-            "<tr><td colspan=\"3\">{}</td></tr>",
+            "<tr><td colspan=\"3\">{} <code>detente counterpart add</code></td></tr>",
             esc(&t("positions-none"))
         );
     }
@@ -1883,8 +2314,8 @@ pub async fn audit_page(shared: &Shared, op: &Operator) -> Response {
     for r in rows {
         let _ = write!(
             main,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            time_element(shared, r.at_ms),
+            "<tr><td>{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td></tr>",
+            time_element(shared, &op.lang, r.at_ms),
             esc(&r.login),
             esc(&r.action),
             esc(&r.detail),
@@ -1920,16 +2351,16 @@ pub async fn users(State(shared): Shr, op: Operator) -> Response {
     for u in rows {
         let _ = write!(
             main,
-            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><th scope=\"row\" translate=\"no\">{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&u.login),
             esc(&t(&format!("role-{}", u.role))),
-            esc(&u.lang),
-            time_element(&shared, u.created_at_ms)
+            esc(&language_name(&shared, &op.lang, &u.lang)),
+            time_element(&shared, &op.lang, u.created_at_ms)
         );
     }
     let _ = write!(
         main,
-        "</tbody></table><p class=\"hint\">{}</p>",
+        "</tbody></table><p class=\"hint\">{} <code>detente user add --dir DIR --name LOGIN --role ROLE</code></p>",
         esc(&t("users-hint"))
     );
     let title = t("nav-users");

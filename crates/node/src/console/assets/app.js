@@ -31,6 +31,61 @@
     }
   }
 
+  // FLASH takeover: the sound repeats every ALARM_REPEAT_MS while a received FLASH is
+  // unanswered, unless the operator silenced it (an audited request); the silenced ids
+  // outlive a reload of the tab.
+  const ALARM_REPEAT_MS = 5000;
+  const SILENCED_KEY = "detente-silenced";
+  const baseTitle = document.title;
+
+  function silenced() {
+    try { return new Set(JSON.parse(sessionStorage.getItem(SILENCED_KEY) || "[]")); }
+    catch (e) { return new Set(); }
+  }
+
+  function flashIds() {
+    return Array.from(document.querySelectorAll("#alarm [data-flash-id]")).map(
+      (e) => e.getAttribute("data-flash-id"));
+  }
+
+  function loudFlashes() {
+    const quiet = silenced();
+    return flashIds().filter((id) => !quiet.has(id));
+  }
+
+  function repeatSound() {
+    if (loudFlashes().length > 0) soundAlarm();
+  }
+
+  function showSilenced() {
+    const loud = loudFlashes().length > 0;
+    for (const note of document.querySelectorAll("#alarm .silenced-note")) note.hidden = loud;
+    document.body.setAttribute("data-silenced", loud ? "no" : "yes");
+  }
+
+  // The tab title carries the count of standing alarms, so a FLASH shows in another tab.
+  function badge() {
+    // One per alarm: a FLASH is both in the takeover and in the banner's list.
+    const n = document.querySelectorAll("#alarm [data-alarm-id]").length;
+    document.title = n > 0 ? "(" + n + ") ⚠ " + baseTitle : baseTitle;
+  }
+
+  async function silence(form) {
+    const ids = (form.querySelector("input[name=ids]") || {}).value || "";
+    const response = await fetch(form.action, {
+      method: "POST", credentials: "same-origin", cache: "no-store",
+      headers: { "X-Requested-With": "fetch" },
+      body: new URLSearchParams(new FormData(form)),
+    });
+    if (!response.ok) return;
+    const quiet = silenced();
+    for (const id of ids.split(",")) if (id) quiet.add(id);
+    sessionStorage.setItem(SILENCED_KEY, JSON.stringify(Array.from(quiet)));
+    const audio = document.getElementById("alarm-sound");
+    if (audio) audio.pause();
+    showSilenced();
+  }
+
   function checkAlarms() {
     let fresh = false;
     for (const id of alarmIds()) {
@@ -68,25 +123,44 @@
     }
   }
 
+  // An event that arrives while a refresh is under way may not be in what that refresh
+  // fetched: remember it and refresh once more afterwards, so the last event is never
+  // dropped (however many arrive meanwhile, one more refresh covers them all).
+  let again = false;
   async function refreshAll() {
-    if (refreshing) return refreshing;
+    if (refreshing) {
+      again = true;
+      return refreshing;
+    }
     refreshing = (async () => {
-      await Promise.all(regions().map(refresh));
-      checkAlarms();
-      tick();
-      document.body.setAttribute("data-updates", String(
-        Number(document.body.getAttribute("data-updates") || "0") + 1));
+      do {
+        again = false;
+        await Promise.all(regions().map(refresh));
+        checkAlarms();
+        showSilenced();
+        badge();
+        tick();
+        document.body.setAttribute("data-updates", String(
+          Number(document.body.getAttribute("data-updates") || "0") + 1));
+      } while (again);
     })();
     try { await refreshing; } finally { refreshing = null; }
+  }
+
+  // Units in the page's language (the server puts them on <body>), as the server writes them.
+  function units() {
+    const u = (document.body.getAttribute("data-duration-units") || "h|m|s").split("|");
+    return u.length === 3 ? u : ["h", "m", "s"];
   }
 
   function format(ms) {
     const s = Math.floor(Math.max(0, ms) / 1000);
     const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, r = s % 60;
     const two = (n) => String(n).padStart(2, "0");
-    if (h > 0) return h + "h " + two(m) + "m " + two(r) + "s";
-    if (m > 0) return m + "m " + two(r) + "s";
-    return r + "s";
+    const [uh, um, us] = units();
+    if (h > 0) return h + uh + " " + two(m) + um + " " + two(r) + us;
+    if (m > 0) return m + um + " " + two(r) + us;
+    return r + us;
   }
 
   let crossed = false;
@@ -97,8 +171,9 @@
       const left = due - now;
       const template = left >= 0 ? e.getAttribute("data-due-in") : e.getAttribute("data-overdue-by");
       if (template) e.textContent = template.replace("{}", format(Math.abs(left)));
-      const wasOverdue = e.parentElement.classList.contains("overdue");
-      if (left < 0 && !wasOverdue) {
+      // Crossed here, in this tab (not already past when the server rendered it).
+      if (left < 0 && !e.hasAttribute("data-passed")) {
+        e.setAttribute("data-passed", "yes");
         e.parentElement.classList.add("overdue");
         crossed = true;
       }
@@ -110,24 +185,41 @@
     }
   }
 
+  // The browser reconnects a closed stream by itself after the server's `retry:`; it gives
+  // up only when an answer is not an event stream (the session ended: the page's regions
+  // then lead to the login page) or the server is unreachable. Then this tries again, with
+  // a growing pause, so that an alarm banner never goes silent for good.
+  const RECONNECT_MS_MAX = 30000;
+  let reconnectMs = 1000;
   function connect() {
     // Only a signed-in page (it carries its CSRF token) has anything live.
     if (!window.EventSource || !document.querySelector("meta[name=csrf-token]")) return;
     const source = new EventSource("/console/events");
     source.addEventListener("change", () => refreshAll());
-    source.addEventListener("open", () => {
+    source.addEventListener("busy", () => document.body.setAttribute("data-live-busy", "yes"));
+    source.addEventListener("hello", () => {
+      reconnectMs = 1000;
+      document.body.removeAttribute("data-live-busy");
       document.body.classList.remove("offline");
       document.body.setAttribute("data-live-connected", "yes");
       // Anything missed while disconnected.
       refreshAll();
     });
-    source.addEventListener("error", () => document.body.classList.add("offline"));
+    source.addEventListener("error", () => {
+      document.body.classList.add("offline");
+      if (source.readyState === EventSource.CLOSED) {
+        refreshAll();
+        setTimeout(connect, reconnectMs);
+        reconnectMs = Math.min(reconnectMs * 2, RECONNECT_MS_MAX);
+      }
+    });
   }
 
   function polls() {
     for (const region of regions()) {
-      const seconds = Number(region.getAttribute("data-refresh-s") || "0");
-      if (seconds > 0) setInterval(() => refresh(region), seconds * 1000);
+      const ms = Number(region.getAttribute("data-refresh-ms") || "0") ||
+        Number(region.getAttribute("data-refresh-s") || "0") * 1000;
+      if (ms > 0) setInterval(() => refresh(region), ms);
     }
   }
 
@@ -141,8 +233,17 @@
         }).catch(() => {});
       });
     }
+    // The silence form is replaced with its region on every refresh: listen on the page.
+    document.addEventListener("submit", (event) => {
+      const form = event.target;
+      if (form && form.classList && form.classList.contains("silence")) {
+        event.preventDefault();
+        silence(form);
+      }
+    });
     connect();
     polls();
     setInterval(tick, 1000);
+    setInterval(repeatSound, ALARM_REPEAT_MS);
   });
 })();

@@ -1,0 +1,571 @@
+//! detente's node as a state machine with no I/O (after `quinn-proto`).
+//!
+//! A [`Core`] holds every decision a node makes about its channels: numbering and signing
+//! its own envelopes, accepting, holding and promoting received ones, DELIVERED receipts,
+//! receipt effects, `Ack`s and outbox pruning, checkpoints and the witness rule,
+//! equivocation evidence, deadline verdicts, charter agreement, link supervision and
+//! precedence scheduling. It reads no clock, socket, file or OS random generator: the
+//! driver passes the monotonic and the wall-clock time into every call, seeds its random
+//! generator, moves frames, and commits the batches it hands out.
+//!
+//! Driving it: [`Core::handle`] with an [`Input`], then drain [`Core::poll_commit`],
+//! [`Core::poll_transmit`], [`Core::poll_event`] and ask [`Core::poll_timeout`] when to call
+//! again with [`Input::Tick`].
+//!
+//! **Durability is structural**: whatever depends on a batch being durable (an `Ack`
+//! frame, the frames carrying our envelopes, a DELIVERED receipt, a checkpoint, the answer
+//! to an operator's ticket, a deadline verdict, an alarm) is attached to that batch and only
+//! released by [`Input::Committed`] for it. Batches are committed one at a time, in order.
+//! A failed commit is retried after a pause, while new operator work is answered
+//! [`CommandError::Busy`]; nothing is released until the retry succeeds.
+
+#![forbid(unsafe_code)]
+
+mod bugs;
+mod checkpoints;
+mod deadlines;
+mod peer;
+mod receive;
+mod recover;
+mod session;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use detente_proto::checkpoint::SignedCheckpoint;
+use detente_proto::{
+    Body, Deadlines, Frame, LinkConfig, MessageId, PartyKey, PartySecret, Precedence, ReceiptLevel,
+};
+use detente_store_types::{Direction, WriteBatch};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub use bugs::{PlantedBug, PLANTED_BUGS_COMPILED};
+pub use deadlines::Decision;
+pub use detente_proto::Need;
+pub use recover::{RecoverError, Snapshot};
+
+use peer::Peer;
+
+/// An operator's request, answered by an [`Event::Answer`] with the same ticket.
+pub type Ticket = u64;
+/// A session (one TLS connection) as the driver numbers them.
+pub type SessionId = u64;
+/// A batch handed out by [`Core::poll_commit`].
+pub type BatchId = u64;
+
+/// Envelopes staged for the next batch beyond which operator work is answered busy and
+/// received envelopes are refused busy (the sender resends them on the next session).
+pub const STAGED_MESSAGES_MAX: usize = 4_096;
+/// Envelope frames sent on a session and not yet counted by the peer's `Ack` (flow control;
+/// a FLASH may pass it).
+pub const SESSION_IN_FLIGHT_MAX: u64 = 2_048;
+/// Control frames (Hello, Ack, Pong, Refuse, Terms, checkpoints) queued for all sessions.
+pub const CONTROL_FRAMES_MAX: usize = 8_192;
+/// Events waiting for the driver.
+pub const EVENTS_MAX: usize = 65_536;
+/// Wait before retrying a failed commit.
+pub const COMMIT_RETRY_MS: u64 = 200;
+
+/// One peer of this node: a channel of two members (this node and the peer).
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub name: String,
+    pub key: PartyKey,
+    /// How many addresses the peer has (the driver knows them; the core picks the index).
+    pub addresses: usize,
+}
+
+/// What a core is made of. The secret is given as its seed, so that a config can be cloned
+/// by the driver for a restart.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub secret_seed: [u8; 32],
+    pub peers: Vec<PeerConfig>,
+    /// This party's deadlines (its terms); the channel runs on the stricter of both once a
+    /// charter is agreed.
+    pub deadlines: Deadlines,
+    pub link_test_interval: Duration,
+    pub link: LinkConfig,
+    /// How often the member with the smaller key proposes a checkpoint when something new
+    /// is covered.
+    pub checkpoint_interval: Duration,
+    /// Seed of the core's random generator (ping nonces, redial jitter).
+    pub random_seed: u64,
+    /// A planted defect (only with the `planted-bugs` feature; ignored otherwise).
+    pub bug: Option<PlantedBug>,
+}
+
+/// An operator command.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Write a text or notification to `peer`.
+    Send {
+        peer: String,
+        precedence: Precedence,
+        body: Body,
+        in_reply_to: Option<MessageId>,
+    },
+    /// Answer a received message: READ, ACKNOWLEDGED or DECLINED.
+    Answer {
+        peer: String,
+        of: MessageId,
+        level: ReceiptLevel,
+        note: Option<String>,
+    },
+    /// Propose a checkpoint of the channel with `peer` now.
+    Checkpoint { peer: String },
+    /// New deadlines for this party's terms (a new charter follows once the peers agree).
+    SetDeadlines { deadlines: Deadlines },
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Sent { id: MessageId, seq: u64 },
+    Checkpoint { body_hash: [u8; 32] },
+    Done,
+}
+
+/// Why a command was not done. Nothing of it was stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// No such peer. Remedy: check the name.
+    #[error("peer {0:?} is not known")]
+    UnknownPeer(String),
+    /// The command is not valid (a bound, an unknown message, the witness rule).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store is failing or too much is waiting to be stored. Remedy: retry after the
+    /// given pause.
+    #[error("busy, retry after {retry_after_ms} ms")]
+    Busy { retry_after_ms: u64 },
+}
+
+/// Inputs from the driver. (An operator command is the large variant; inputs are moved
+/// once, so boxing it would only add an allocation.)
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum Input {
+    Operator {
+        ticket: Ticket,
+        command: Command,
+    },
+    /// A session with `peer` is established (either side dialed).
+    SessionOpened {
+        peer: String,
+        session: SessionId,
+    },
+    SessionClosed {
+        session: SessionId,
+    },
+    /// Dialing `peer` at the address asked for failed.
+    DialFailed {
+        peer: String,
+    },
+    /// One frame (type byte and body; the length prefix removed) read from a session.
+    Frame {
+        session: SessionId,
+        bytes: Vec<u8>,
+    },
+    Committed {
+        batch: BatchId,
+    },
+    CommitFailed {
+        batch: BatchId,
+        error: String,
+    },
+    /// The timer asked for by [`Core::poll_timeout`] fired (or any time: it is idempotent).
+    Tick,
+}
+
+/// Outputs for waiters, the console, hooks and metrics, and requests to the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Answer {
+        ticket: Ticket,
+        result: Result<Answer, CommandError>,
+    },
+    /// An envelope is durable here.
+    Stored {
+        peer: String,
+        id: MessageId,
+        seq: u64,
+        direction: Direction,
+        precedence: Precedence,
+        kind: u8,
+    },
+    /// The peer confirmed holding our envelopes `from..=to`.
+    Delivered { peer: String, from: u64, to: u64 },
+    /// A peer's READ / ACKNOWLEDGED / DECLINED of our message is durable here.
+    Receipt { of: MessageId, level: ReceiptLevel },
+    /// A deadline was decided (recorded before shown).
+    Deadline {
+        peer: String,
+        id: MessageId,
+        need: Need,
+        decision: Decision,
+    },
+    /// The peer signed two contradicting things; the evidence is durable.
+    Alarm { peer: String, detail: String },
+    /// Something from the peer was refused; nothing of it was stored.
+    Refused { peer: String, what: String },
+    /// Both members signed this charter; it binds from now on.
+    CharterAgreed { peer: String, digest: [u8; 32] },
+    /// Dial `peer` at address index `address`; answer with `SessionOpened` or `DialFailed`.
+    Dial { peer: String, address: usize },
+    /// Close this session (silent too long, protocol violation, replaced).
+    CloseSession { session: SessionId },
+}
+
+/// What waits for a batch to be durable.
+#[derive(Debug, Clone)]
+enum Release {
+    Event(Event),
+    Frame { session: SessionId, frame: Frame },
+}
+
+/// The batch being gathered.
+#[derive(Debug, Default)]
+struct Staging {
+    batch: WriteBatch,
+    releases: Vec<Release>,
+}
+
+/// The batch handed to the driver.
+#[derive(Debug)]
+struct InFlight {
+    id: BatchId,
+    batch: WriteBatch,
+    releases: Vec<Release>,
+    /// Per peer index: our stream's length and the peer's stream cursor in this batch.
+    marks: Vec<(usize, u64, detente_proto::StreamCursor)>,
+    /// Handed out and not yet answered.
+    outstanding: bool,
+    /// Failed; hand it out again at this instant.
+    retry_at: Option<Instant>,
+}
+
+/// The node's state machine. See the crate documentation.
+pub struct Core {
+    secret: PartySecret,
+    me: PartyKey,
+    name: String,
+    deadlines: Deadlines,
+    link_test_interval: Duration,
+    checkpoint_interval: Duration,
+    peers: Vec<Peer>,
+    rng: StdRng,
+    staging: Staging,
+    in_flight: Option<InFlight>,
+    next_batch: BatchId,
+    transmit: VecDeque<(SessionId, Frame)>,
+    events: VecDeque<Event>,
+    tracker: deadlines::Tracker,
+    bug: Option<PlantedBug>,
+    next_checkpoint: Instant,
+    now: Instant,
+    wall_ms: i64,
+}
+
+impl Core {
+    /// A node with empty streams.
+    pub fn new(config: Config, now: Instant, wall_ms: i64) -> Core {
+        Core::recover(config, Snapshot::default(), now, wall_ms)
+            .expect("an empty snapshot always recovers")
+    }
+
+    fn empty(config: &Config, now: Instant, wall_ms: i64) -> Core {
+        let secret = PartySecret::from_seed(config.secret_seed);
+        let me = secret.public();
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| Peer::new(p, &me, config.link, now))
+            .collect();
+        Core {
+            secret,
+            me,
+            name: config.name.clone(),
+            deadlines: config.deadlines,
+            link_test_interval: config.link_test_interval,
+            checkpoint_interval: config.checkpoint_interval,
+            peers,
+            rng: StdRng::seed_from_u64(config.random_seed),
+            staging: Staging::default(),
+            in_flight: None,
+            next_batch: 1,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            tracker: deadlines::Tracker::default(),
+            bug: bugs::active(config.bug),
+            next_checkpoint: now + config.checkpoint_interval,
+            now,
+            wall_ms,
+        }
+    }
+
+    /// This node's party key.
+    pub fn key(&self) -> PartyKey {
+        self.me
+    }
+
+    /// Feed one input. `now` is the monotonic clock (never goes back), `wall_ms` the wall
+    /// clock in milliseconds since the Unix epoch (may jump either way).
+    pub fn handle(&mut self, now: Instant, wall_ms: i64, input: Input) {
+        self.now = self.now.max(now);
+        self.wall_ms = wall_ms;
+        match input {
+            Input::Operator { ticket, command } => self.on_command(ticket, command),
+            Input::SessionOpened { peer, session } => self.on_session_opened(&peer, session),
+            Input::SessionClosed { session } => self.on_session_closed(session),
+            Input::DialFailed { peer } => self.on_dial_failed(&peer),
+            Input::Frame { session, bytes } => self.on_frame(session, &bytes),
+            Input::Committed { batch } => self.on_committed(batch),
+            Input::CommitFailed { batch, error } => self.on_commit_failed(batch, &error),
+            Input::Tick => {}
+        }
+        self.on_tick();
+    }
+
+    /// The next batch to commit, if one is due. At most one is outstanding: answer it with
+    /// `Committed` or `CommitFailed` before the next is handed out.
+    pub fn poll_commit(&mut self) -> Option<(BatchId, WriteBatch)> {
+        if self.in_flight.is_none() {
+            self.seal();
+        }
+        let flight = self.in_flight.as_mut()?;
+        if flight.outstanding || flight.retry_at.is_some_and(|at| at > self.now) {
+            return None;
+        }
+        flight.outstanding = true;
+        flight.retry_at = None;
+        Some((flight.id, flight.batch.clone()))
+    }
+
+    /// The next frame to send, and on which session.
+    pub fn poll_transmit(&mut self) -> Option<(SessionId, Frame)> {
+        if let Some(out) = self.transmit.pop_front() {
+            return Some(out);
+        }
+        for index in 0..self.peers.len() {
+            if let Some(out) = self.pump(index) {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Core::handle`] with [`Input::Tick`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut at: Vec<Instant> = self.peers.iter().filter_map(|p| p.poll_timeout()).collect();
+        at.extend(self.tracker.next_due());
+        at.extend(self.in_flight.as_ref().and_then(|f| f.retry_at));
+        at.push(self.next_checkpoint);
+        at.into_iter().min()
+    }
+
+    /// Deadline obligations not decided yet.
+    pub fn open_deadlines(&self) -> usize {
+        self.tracker.open()
+    }
+
+    /// Envelopes staged and not yet handed out for commit.
+    pub fn staged_messages(&self) -> usize {
+        self.staging.batch.messages.len()
+    }
+
+    fn peer_index(&self, name: &str) -> Option<usize> {
+        self.peers.iter().position(|p| p.name == name)
+    }
+
+    fn jitter(&mut self) -> f64 {
+        self.rng.gen::<f64>()
+    }
+
+    fn event(&mut self, event: Event) {
+        if self.events.len() < EVENTS_MAX {
+            self.events.push_back(event);
+        }
+    }
+
+    fn frame(&mut self, session: SessionId, frame: Frame) {
+        if self.transmit.len() < CONTROL_FRAMES_MAX {
+            self.transmit.push_back((session, frame));
+        }
+    }
+
+    /// Release `event` once the staged batch is durable.
+    fn release_event(&mut self, event: Event) {
+        self.staging.releases.push(Release::Event(event));
+    }
+
+    fn release_frame(&mut self, session: SessionId, frame: Frame) {
+        self.staging
+            .releases
+            .push(Release::Frame { session, frame });
+    }
+
+    /// Whether new work must be refused: a commit is failing, or too much waits.
+    fn busy(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|f| f.retry_at.is_some())
+            || self.staging.batch.messages.len() >= STAGED_MESSAGES_MAX
+    }
+
+    fn on_command(&mut self, ticket: Ticket, command: Command) {
+        if self.busy() {
+            let result = Err(CommandError::Busy {
+                retry_after_ms: COMMIT_RETRY_MS,
+            });
+            self.event(Event::Answer { ticket, result });
+            return;
+        }
+        let result = match command {
+            Command::Send {
+                peer,
+                precedence,
+                body,
+                in_reply_to,
+            } => self.command_send(&peer, precedence, body, in_reply_to),
+            Command::Answer {
+                peer,
+                of,
+                level,
+                note,
+            } => self.command_answer(&peer, of, level, note),
+            Command::Checkpoint { peer } => self.command_checkpoint(&peer),
+            Command::SetDeadlines { deadlines } => self.command_deadlines(deadlines),
+        };
+        let answer = Event::Answer { ticket, result };
+        if bugs::is(self.bug, PlantedBug::AnswerBeforeCommit) {
+            self.event(answer);
+        } else {
+            self.release_event(answer);
+        }
+    }
+
+    fn command_send(
+        &mut self,
+        peer: &str,
+        precedence: Precedence,
+        body: Body,
+        in_reply_to: Option<MessageId>,
+    ) -> Result<Answer, CommandError> {
+        let index = self
+            .peer_index(peer)
+            .ok_or_else(|| CommandError::UnknownPeer(peer.to_string()))?;
+        if !matches!(body, Body::Text(_) | Body::Notification(_)) {
+            return Err(CommandError::Invalid(
+                "operators send texts and notifications".into(),
+            ));
+        }
+        let (id, seq) = self.stage_send(index, precedence, body, in_reply_to)?;
+        Ok(Answer::Sent { id, seq })
+    }
+
+    /// Seal the staged work into the in-flight batch: DELIVERED receipts for what was
+    /// received, stream states, and the `Ack`s that wait for it.
+    fn seal(&mut self) {
+        for index in 0..self.peers.len() {
+            self.stage_delivered(index);
+        }
+        let mut marks = Vec::new();
+        for index in 0..self.peers.len() {
+            let p = &mut self.peers[index];
+            if p.touched {
+                p.touched = false;
+                p.stage_streams(&mut self.staging.batch, &self.me);
+                marks.push((index, p.out.cursor.hwm(), *p.inb.cursor));
+            }
+            if let Some(s) = p.session.as_mut().filter(|s| s.ack_due) {
+                s.ack_due = false;
+                let frame = Frame::Ack {
+                    hwm: p.inb.cursor.hwm(),
+                    received: s.received,
+                };
+                let session = s.id;
+                self.staging
+                    .releases
+                    .push(Release::Frame { session, frame });
+            }
+        }
+        if self.staging.batch.is_empty() && self.staging.releases.is_empty() {
+            return;
+        }
+        let staging = std::mem::take(&mut self.staging);
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.in_flight = Some(InFlight {
+            id,
+            batch: staging.batch,
+            releases: staging.releases,
+            marks,
+            outstanding: false,
+            retry_at: None,
+        });
+    }
+
+    fn on_committed(&mut self, batch: BatchId) {
+        let Some(flight) = self.in_flight.take_if(|f| f.id == batch && f.outstanding) else {
+            return;
+        };
+        for (index, out_hwm, cursor) in flight.marks {
+            let p = &mut self.peers[index];
+            p.out_durable = p.out_durable.max(out_hwm);
+            p.inb_durable = cursor;
+            if let Some(s) = p.session.as_mut().and_then(|s| s.sched.as_mut()) {
+                for precedence in Precedence::ALL {
+                    s.on_written(precedence);
+                }
+            }
+        }
+        for release in flight.releases {
+            match release {
+                Release::Event(e) => self.event(e),
+                Release::Frame { session, frame } => {
+                    if self.session_peer(session).is_some() {
+                        self.frame(session, frame);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_commit_failed(&mut self, batch: BatchId, _error: &str) {
+        if let Some(f) = self.in_flight.as_mut().filter(|f| f.id == batch) {
+            f.outstanding = false;
+            f.retry_at = Some(self.now + Duration::from_millis(COMMIT_RETRY_MS));
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now;
+        for index in 0..self.peers.len() {
+            self.tick_link(index);
+        }
+        for (peer, id, need) in self.tracker.poll_overdue(now) {
+            self.decide(peer, id, need, Decision::Missed);
+        }
+        if now >= self.next_checkpoint {
+            self.next_checkpoint = now + self.checkpoint_interval;
+            for index in 0..self.peers.len() {
+                self.auto_checkpoint(index);
+            }
+        }
+    }
+
+    /// A signed checkpoint this node stored for the channel with `peer` (for tests).
+    pub fn checkpoints(&self, peer: &str) -> &[SignedCheckpoint] {
+        self.peer_index(peer)
+            .map_or(&[], |i| self.peers[i].checkpoints.as_slice())
+    }
+}

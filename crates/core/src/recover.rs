@@ -1,0 +1,291 @@
+//! Starting from the store alone: [`Snapshot`] is what the committed rows say, and
+//! [`Core::recover`] rebuilds every stream, tree, hold, outbox, witness and open deadline
+//! from it, checking that each stream is gap-free and hash-linked before trusting it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use detente_proto::checkpoint::SignedCheckpoint;
+use detente_proto::deadline::Side;
+use detente_proto::envelope::parse_unverified;
+use detente_proto::{Body, Envelope, MessageId, Need, Precedence};
+use detente_store_types::{
+    CheckpointRow, DeliveredRange, MessageRow, MissRow, OutboxRow, Placement, ReceiptLevel,
+    ReceiptRow, WitnessRow, WriteBatch,
+};
+
+use crate::checkpoints::CHECKPOINTS_KEPT_MAX;
+use crate::deadlines::recovered_start;
+use crate::peer::{Held, OutEntry, Peer};
+use crate::{bugs, Config, Core, PlantedBug};
+
+/// The committed rows a core recovers from (a store's current content).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every stored envelope, with its current placement.
+    pub messages: Vec<MessageRow>,
+    /// Outbox rows not yet pruned.
+    pub outbox: Vec<OutboxRow>,
+    pub delivered: Vec<DeliveredRange>,
+    pub receipts: Vec<ReceiptRow>,
+    pub misses: Vec<MissRow>,
+    /// In storage order.
+    pub checkpoints: Vec<CheckpointRow>,
+    pub witness: Vec<WitnessRow>,
+}
+
+/// The store's rows do not make a consistent record. Remedy: restore the database from a
+/// backup; the node refuses to run on a record it cannot vouch for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoverError {
+    #[error("stream of {peer} ({direction}) is corrupt at seq {seq}: {what}")]
+    Stream {
+        peer: String,
+        direction: &'static str,
+        seq: u64,
+        what: String,
+    },
+}
+
+struct Parsed<'a> {
+    row: &'a MessageRow,
+    envelope: Envelope,
+}
+
+impl Core {
+    /// A core that continues from committed rows. `now` and `wall_ms` are the clocks at
+    /// start (deadlines counted before the restart are recovered from stored wall-clock
+    /// times; a clock that stepped back only makes them fire late).
+    pub fn recover(
+        config: Config,
+        snapshot: Snapshot,
+        now: Instant,
+        wall_ms: i64,
+    ) -> Result<Core, RecoverError> {
+        let mut core = Core::empty(&config, now, wall_ms);
+        for index in 0..core.peers.len() {
+            core.recover_peer(index, &snapshot)?;
+        }
+        Ok(core)
+    }
+
+    fn recover_peer(&mut self, index: usize, snapshot: &Snapshot) -> Result<(), RecoverError> {
+        let forget_held = bugs::is(self.bug, PlantedBug::ForgetHeldAtRestart);
+        let me = self.me;
+        let p = &mut self.peers[index];
+        let mine: Vec<&MessageRow> = snapshot
+            .messages
+            .iter()
+            .filter(|m| m.channel == p.channel.0)
+            .collect();
+        let mut out: Vec<Parsed> = parsed(&mine, me.as_bytes(), None);
+        let mut inb: Vec<Parsed> = parsed(&mine, p.key.as_bytes(), Some(Placement::Appended));
+        out.sort_by_key(|m| m.envelope.seq);
+        inb.sort_by_key(|m| m.envelope.seq);
+        let mut scratch = WriteBatch::default();
+        rebuild(p, &out, true, &mut scratch)?;
+        rebuild(p, &inb, false, &mut scratch)?;
+        if !forget_held {
+            for m in parsed(&mine, p.key.as_bytes(), Some(Placement::Held)) {
+                let held = Held {
+                    id: MessageId(m.row.id),
+                    prev: m.envelope.prev,
+                    bytes: m.row.bytes.clone(),
+                };
+                let e = &m.envelope;
+                p.in_index
+                    .insert(held.id, (e.seq, e.body.kind(), e.precedence));
+                p.held.insert(e.seq, held);
+            }
+        }
+        p.out_durable = p.out.size();
+        p.inb_durable = *p.inb.cursor;
+        self.recover_outbox(index, snapshot);
+        self.recover_checkpoints(index, snapshot);
+        self.recover_charter(index, &out, &inb);
+        self.recover_deadlines(index, snapshot, &out, &inb);
+        Ok(())
+    }
+
+    fn recover_outbox(&mut self, index: usize, snapshot: &Snapshot) {
+        let p = &mut self.peers[index];
+        let delivered = delivered_set(snapshot, &p.name);
+        for row in snapshot.outbox.iter().filter(|r| r.peer == p.name) {
+            if row.seq == 0 || row.seq > p.out.size() {
+                continue;
+            }
+            if !row.is_receipt && delivered.contains(&row.seq) {
+                continue;
+            }
+            let precedence = Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine);
+            p.outbox.insert(
+                row.seq,
+                OutEntry {
+                    precedence,
+                    is_receipt: row.is_receipt,
+                },
+            );
+        }
+    }
+
+    fn recover_checkpoints(&mut self, index: usize, snapshot: &Snapshot) {
+        let p = &mut self.peers[index];
+        for w in snapshot.witness.iter().filter(|w| w.channel == p.channel.0) {
+            p.witness.insert(w.sender, (w.size, w.root));
+        }
+        let rows = snapshot
+            .checkpoints
+            .iter()
+            .filter(|c| c.channel == p.channel.0);
+        for row in rows {
+            let Ok(signed) = SignedCheckpoint::decode(&row.signed) else {
+                continue;
+            };
+            match p.checkpoints.iter_mut().find(|c| c.body() == signed.body()) {
+                Some(c) => {
+                    c.merge(&signed);
+                }
+                None => p.checkpoints.push(signed),
+            }
+        }
+        let excess = p.checkpoints.len().saturating_sub(CHECKPOINTS_KEPT_MAX);
+        p.checkpoints.drain(..excess);
+        let signed: u64 = p.witness.values().map(|w| w.0).sum();
+        p.unsigned = (p.out.size() + p.inb.size()).saturating_sub(signed);
+    }
+
+    fn recover_charter(&mut self, index: usize, out: &[Parsed], inb: &[Parsed]) {
+        let latest = |list: &[Parsed]| {
+            list.iter().rev().find_map(|m| match &m.envelope.body {
+                Body::Charter(c) => Some(c.clone()),
+                _ => None,
+            })
+        };
+        let ours = latest(out);
+        let theirs = latest(inb);
+        let p = &mut self.peers[index];
+        p.our_charter = ours.as_ref().map(|c| c.digest());
+        p.their_charter = theirs.as_ref().map(|c| c.digest());
+        if p.our_charter.is_some() && p.our_charter == p.their_charter {
+            p.agreed = ours;
+        }
+    }
+
+    fn recover_deadlines(
+        &mut self,
+        index: usize,
+        snapshot: &Snapshot,
+        out: &[Parsed],
+        inb: &[Parsed],
+    ) {
+        let p = &self.peers[index];
+        let delivered = delivered_set(snapshot, &p.name);
+        let mut decided: HashMap<[u8; 32], Vec<Need>> = HashMap::new();
+        for m in &snapshot.misses {
+            if let Some(need) = Need::from_code(m.level) {
+                decided.entry(m.id).or_default().push(need);
+            }
+        }
+        for r in &snapshot.receipts {
+            if matches!(r.level, ReceiptLevel::Acknowledged | ReceiptLevel::Declined) {
+                decided.entry(r.of).or_default().push(Need::Answered);
+            }
+        }
+        let deadlines = *p.deadlines(&self.deadlines);
+        let held: Vec<&Held> = p.held.values().collect();
+        let held_rows: Vec<&MessageRow> = snapshot
+            .messages
+            .iter()
+            .filter(|m| held.iter().any(|h| h.id.0 == m.id))
+            .collect();
+        let mut todo = Vec::new();
+        for (list, side) in [(out, Side::Sender), (inb, Side::Receiver)] {
+            for m in list {
+                todo.push((m.row, m.envelope.body.kind(), m.envelope.precedence, side));
+            }
+        }
+        for row in held_rows {
+            let precedence = Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine);
+            todo.push((row, row.kind, precedence, Side::Receiver));
+        }
+        let name = p.name.clone();
+        for (row, kind, precedence, side) in todo {
+            let mut done = decided.get(&row.id).cloned().unwrap_or_default();
+            if side == Side::Sender && delivered.contains(&row.seq) {
+                done.push(Need::Delivered);
+            }
+            let start = recovered_start(row.stored_at_ms, self.wall_ms, self.now);
+            let id = MessageId(row.id);
+            self.tracker
+                .start(&name, id, kind, side, precedence, &deadlines, start, &done);
+        }
+    }
+}
+
+fn parsed<'a>(
+    rows: &[&'a MessageRow],
+    sender: &[u8; 32],
+    placement: Option<Placement>,
+) -> Vec<Parsed<'a>> {
+    rows.iter()
+        .filter(|m| &m.sender == sender && placement.is_none_or(|p| p == m.placement))
+        .filter_map(|row| {
+            let envelope = parse_unverified(&row.bytes).ok()?;
+            Some(Parsed { row, envelope })
+        })
+        .collect()
+}
+
+/// Re-append a stream in `seq` order, checking it is gap-free and hash-linked.
+fn rebuild(
+    p: &mut Peer,
+    list: &[Parsed],
+    ours: bool,
+    scratch: &mut WriteBatch,
+) -> Result<(), RecoverError> {
+    let (channel, sender) = if ours {
+        (p.channel, list.first().map(|m| m.envelope.sender))
+    } else {
+        (p.channel, Some(p.key))
+    };
+    let Some(sender) = sender else {
+        return Ok(());
+    };
+    let direction = if ours { "ours" } else { "theirs" };
+    for m in list {
+        let stream = if ours { &mut p.out } else { &mut p.inb };
+        let e = &m.envelope;
+        let corrupt = |what: &str| RecoverError::Stream {
+            peer: p.name.clone(),
+            direction,
+            seq: e.seq,
+            what: what.to_string(),
+        };
+        if e.seq != stream.cursor.next_seq {
+            return Err(corrupt("a gap or a duplicate"));
+        }
+        if e.prev != stream.cursor.last_id {
+            return Err(corrupt("prev does not match"));
+        }
+        let id = MessageId(m.row.id);
+        stream.append(scratch, channel, &sender, id, m.row.bytes.clone());
+        let entry = (e.seq, e.body.kind(), e.precedence);
+        if ours {
+            p.out_index.insert(id, entry);
+            p.out_last_created_ms = p.out_last_created_ms.max(e.created_at_ms);
+        } else {
+            p.in_index.insert(id, entry);
+        }
+    }
+    Ok(())
+}
+
+fn delivered_set(snapshot: &Snapshot, peer: &str) -> BTreeSet<u64> {
+    let mut set = BTreeSet::new();
+    for d in snapshot.delivered.iter().filter(|d| d.peer == peer) {
+        // Bounded by our stream: ranges are clamped to it when they arrive.
+        set.extend(d.from..=d.to);
+    }
+    set
+}

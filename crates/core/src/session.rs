@@ -1,0 +1,272 @@
+//! Sessions: Hello/Terms on open, link supervision (heartbeats, silence, redial), the
+//! frames a peer sends, and the precedence-scheduled pump of our durable outbox.
+
+use detente_proto::frame::LINK_VERSION;
+use detente_proto::sched::Outgoing;
+use detente_proto::{Frame, Precedence, RefuseCode, Scheduler};
+
+use crate::{Core, Event, SessionId, SESSION_IN_FLIGHT_MAX};
+
+/// A dial the driver has not answered after this long counts as failed.
+pub const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One established session with a peer.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub id: SessionId,
+    /// Built when the peer's `Hello` arrives (it says where to start).
+    pub sched: Option<Scheduler>,
+    /// Envelope frames we sent, and the peer's count of them from its last `Ack`.
+    pub sent: u64,
+    pub acked: u64,
+    /// Envelope frames the peer sent that we processed.
+    pub received: u64,
+    /// An `Ack` is owed with the next batch.
+    pub ack_due: bool,
+}
+
+impl Core {
+    pub(crate) fn session_peer(&self, session: SessionId) -> Option<usize> {
+        self.peers
+            .iter()
+            .position(|p| p.session.as_ref().is_some_and(|s| s.id == session))
+    }
+
+    pub(crate) fn on_session_opened(&mut self, peer: &str, session: SessionId) {
+        let Some(index) = self.peer_index(peer) else {
+            self.event(Event::CloseSession { session });
+            return;
+        };
+        let now = self.now;
+        let p = &mut self.peers[index];
+        if let Some(old) = p.session.take() {
+            self.events
+                .push_back(Event::CloseSession { session: old.id });
+        }
+        p.dialing = None;
+        p.link.on_connected(now);
+        p.session = Some(Session {
+            id: session,
+            sched: None,
+            sent: 0,
+            acked: 0,
+            received: 0,
+            ack_due: false,
+        });
+        let hello = Frame::Hello {
+            version: LINK_VERSION,
+            hwm: p.inb_durable.hwm(),
+        };
+        self.frame(session, hello);
+        let terms = self.terms().encode();
+        self.frame(session, Frame::Terms(terms));
+    }
+
+    pub(crate) fn on_session_closed(&mut self, session: SessionId) {
+        let Some(index) = self.session_peer(session) else {
+            return;
+        };
+        let jitter = self.jitter();
+        let now = self.now;
+        let p = &mut self.peers[index];
+        p.session = None;
+        p.link.on_disconnected(now, jitter);
+    }
+
+    pub(crate) fn on_dial_failed(&mut self, peer: &str) {
+        let Some(index) = self.peer_index(peer) else {
+            return;
+        };
+        let jitter = self.jitter();
+        let now = self.now;
+        let p = &mut self.peers[index];
+        if p.dialing.is_some() && p.session.is_none() {
+            p.dialing = None;
+            p.link.on_dial_failed(now, jitter);
+        }
+    }
+
+    /// Close a session on our side (the driver closes the connection).
+    pub(crate) fn close(&mut self, index: usize) {
+        if let Some(s) = self.peers[index].session.take() {
+            self.event(Event::CloseSession { session: s.id });
+            let jitter = self.jitter();
+            let now = self.now;
+            self.peers[index].link.on_disconnected(now, jitter);
+        }
+    }
+
+    /// Heartbeats, silence and redials of peer `index`.
+    pub(crate) fn tick_link(&mut self, index: usize) {
+        let now = self.now;
+        let p = &mut self.peers[index];
+        if let Some(session) = p.session.as_ref().map(|s| s.id) {
+            if p.link.should_close(now) {
+                self.close(index);
+                return;
+            }
+            if let Some(nonce) = p.link.poll_ping(now) {
+                self.frame(session, Frame::Ping { nonce });
+            }
+            return;
+        }
+        // Only the member with the smaller key dials, so two sessions never cross.
+        if p.dialing.is_some_and(|give_up| now >= give_up) {
+            // The driver never answered the dial (the connection died before it was
+            // reported open): count it as failed rather than wait forever.
+            let name = p.name.clone();
+            return self.on_dial_failed(&name);
+        }
+        if p.dialing.is_some() || !p.dials {
+            return;
+        }
+        if p.link.next_attempt().is_some_and(|at| at <= now) {
+            p.dialing = Some(now + DIAL_TIMEOUT);
+            let event = Event::Dial {
+                peer: p.name.clone(),
+                address: p.link.address_index(),
+            };
+            self.event(event);
+        }
+    }
+
+    /// One frame read from `session`.
+    pub(crate) fn on_frame(&mut self, session: SessionId, bytes: &[u8]) {
+        let Some(index) = self.session_peer(session) else {
+            return;
+        };
+        let now = self.now;
+        self.peers[index].link.on_heard(now);
+        let frame = match Frame::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => return self.protocol_error(index, session, &e.to_string()),
+        };
+        match frame {
+            Frame::Hello { version, hwm } => self.on_hello(index, session, version, hwm),
+            Frame::Envelope(bytes) => self.on_envelope_frame(index, session, &bytes),
+            Frame::Ack { hwm, received } => self.on_ack(index, hwm, received),
+            Frame::Ping { nonce } => self.frame(session, Frame::Pong { nonce }),
+            Frame::Pong { nonce } => self.peers[index].link.on_pong(now, nonce),
+            Frame::Refuse { seq, code, reason } => self.on_refuse(index, seq, code, &reason),
+            Frame::Checkpoint(bytes) => self.on_peer_checkpoint(index, &bytes),
+            Frame::Terms(bytes) => self.on_terms(index, &bytes),
+        }
+    }
+
+    fn protocol_error(&mut self, index: usize, session: SessionId, why: &str) {
+        let peer = self.peers[index].name.clone();
+        self.event(Event::Refused {
+            peer,
+            what: format!("protocol: {why}"),
+        });
+        self.frame(
+            session,
+            Frame::Refuse {
+                seq: 0,
+                code: RefuseCode::Protocol,
+                reason: why.to_string(),
+            },
+        );
+        self.close(index);
+    }
+
+    fn on_hello(&mut self, index: usize, session: SessionId, version: u16, hwm: u64) {
+        let p = &mut self.peers[index];
+        let second = p.session.as_ref().is_some_and(|s| s.sched.is_some());
+        if version != LINK_VERSION || second {
+            return self.protocol_error(index, session, "bad or repeated Hello");
+        }
+        // A peer cannot hold more of our stream than we wrote durably.
+        let hwm = hwm.min(p.out_durable);
+        self.prune(index, hwm);
+        if let Some(s) = self.peers[index].session.as_mut() {
+            s.sched = Some(Scheduler::new(hwm));
+        }
+    }
+
+    fn on_ack(&mut self, index: usize, hwm: u64, received: u64) {
+        let p = &mut self.peers[index];
+        let hwm = hwm.min(p.out_durable);
+        if let Some(s) = p.session.as_mut() {
+            s.acked = s.acked.max(received.min(s.sent));
+        }
+        self.prune(index, hwm);
+    }
+
+    /// The peer holds our stream up to `hwm`: drop the outbox up to it.
+    fn prune(&mut self, index: usize, hwm: u64) {
+        let p = &mut self.peers[index];
+        if hwm <= p.confirmed {
+            return;
+        }
+        p.confirmed = hwm;
+        p.outbox = p.outbox.split_off(&(hwm + 1));
+        self.staging.batch.prune.push((p.name.clone(), hwm));
+    }
+
+    fn on_refuse(&mut self, index: usize, seq: u64, code: RefuseCode, reason: &str) {
+        let peer = self.peers[index].name.clone();
+        self.event(Event::Refused {
+            peer,
+            what: format!("the peer refused seq {seq} ({code:?}): {reason}"),
+        });
+        if code == RefuseCode::Busy {
+            // It stored nothing: resend from its Hello on a new session.
+            self.close(index);
+        }
+    }
+
+    fn on_terms(&mut self, index: usize, bytes: &[u8]) {
+        let terms = match detente_proto::Terms::decode(bytes) {
+            Ok(t) if t.member.key == self.peers[index].key => t,
+            Ok(_) => {
+                let peer = self.peers[index].name.clone();
+                let what = "terms name another party".to_string();
+                return self.event(Event::Refused { peer, what });
+            }
+            Err(e) => {
+                let peer = self.peers[index].name.clone();
+                let what = format!("terms: {e}");
+                return self.event(Event::Refused { peer, what });
+            }
+        };
+        self.peers[index].peer_terms = Some(terms);
+        self.agree_charter(index);
+    }
+
+    /// The next envelope frame for peer `index`, FLASH first, from the durable outbox.
+    pub(crate) fn pump(&mut self, index: usize) -> Option<(SessionId, Frame)> {
+        let p = &mut self.peers[index];
+        let s = p.session.as_mut()?;
+        let sched = s.sched.as_mut()?;
+        while let Some(refill) = sched.poll_refill() {
+            let from = (refill.after + 1).min(p.out_durable + 1);
+            let rows: Vec<Outgoing> = p
+                .outbox
+                .range(from..p.out_durable + 1)
+                .filter(|(_, e)| e.precedence == refill.precedence)
+                .take(refill.limit)
+                .filter_map(|(&seq, e)| {
+                    Some(Outgoing {
+                        seq,
+                        precedence: e.precedence,
+                        bytes: p.out.bytes_at(seq)?.to_vec(),
+                    })
+                })
+                .collect();
+            sched.on_refill(refill, rows);
+        }
+        let window_full = s.sent - s.acked >= SESSION_IN_FLIGHT_MAX;
+        if window_full && sched.next_precedence() != Some(Precedence::Flash) {
+            return None;
+        }
+        loop {
+            let next = sched.next()?;
+            // Confirmed meanwhile (DELIVERED or an Ack): skip it.
+            if p.outbox.contains_key(&next.seq) {
+                s.sent += 1;
+                return Some((s.id, Frame::Envelope(next.bytes)));
+            }
+        }
+    }
+}

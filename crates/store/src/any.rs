@@ -140,6 +140,10 @@ impl Store for AnyStore {
         forward!(self, s => s.timeline(query).await)
     }
 
+    async fn replies(&self, of: Hash32, limit: u32) -> Result<Vec<MessageRow>> {
+        forward!(self, s => s.replies(of, limit).await)
+    }
+
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
         forward!(self, s => s.commit(batch).await)
     }

@@ -624,4 +624,22 @@ impl PgStore {
         let rows = qb.build().fetch_all(&self.reader).await?;
         rows.iter().map(decode_message).collect()
     }
+    /// See [`crate::Store::replies`]; served by the partial index of PostgreSQL's migration
+    /// 0011, as SQLite's.
+    pub(crate) async fn console_replies(
+        &self,
+        of: crate::Hash32,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "{MESSAGE_SELECT} WHERE in_reply_to = $1 AND kind IN (0, 4) \
+             ORDER BY created_at_ms, sender, seq LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(of.as_slice())
+            .bind(i64::from(limit.clamp(1, TIMELINE_ROWS_MAX)))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_message).collect()
+    }
 }

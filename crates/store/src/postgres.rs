@@ -325,6 +325,10 @@ impl Store for PgStore {
         self.console_timeline(query).await
     }
 
+    async fn replies(&self, of: Hash32, limit: u32) -> Result<Vec<MessageRow>> {
+        self.console_replies(of, limit).await
+    }
+
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
         self.commit_batch(batch).await
     }

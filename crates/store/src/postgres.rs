@@ -403,11 +403,15 @@ impl Store for PgStore {
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
         };
-        // The LEFT JOIN turns an outbox row without its message into an error instead of
-        // silently never sending it.
+        // A scalar subquery rather than a join: it is one probe of the (peer, seq) index per
+        // outbox row whatever the planner's statistics say. With a join, a plan made while
+        // the tables looked empty (prepared statements keep their generic plan) walked every
+        // outgoing message for each outbox row: 5 s per call at 6,000 messages. A missing
+        // message comes back as NULL, an error below instead of never being sent.
         let rows = sqlx::query(
-            "SELECT o.seq AS seq, m.bytes AS bytes FROM outbox AS o \
-             LEFT JOIN messages AS m ON m.peer = o.peer AND m.direction = 0 AND m.seq = o.seq \
+            "SELECT o.seq AS seq, (SELECT m.bytes FROM messages AS m \
+                 WHERE m.peer = o.peer AND m.direction = 0 AND m.seq = o.seq) AS bytes \
+             FROM outbox AS o \
              WHERE o.peer = $1 AND o.precedence = $2 AND NOT o.delivered AND o.seq > $3 \
              ORDER BY o.seq LIMIT $4",
         )
@@ -603,24 +607,33 @@ impl Store for PgStore {
         sender: Hash32,
         positions: Vec<(u8, u64)>,
     ) -> Result<Vec<Option<Hash32>>> {
+        // One statement per level with its indexes as an array (`idx = ANY`): an index
+        // condition on the primary key whatever the planner's statistics (see
+        // `outbox_pending`).
+        let mut by_level: BTreeMap<u8, Vec<i64>> = BTreeMap::new();
+        for (level, index) in &positions {
+            if let Ok(index) = i64::try_from(*index) {
+                by_level.entry(*level).or_default().push(index);
+            }
+        }
         let mut found: HashMap<(u8, u64), Hash32> = HashMap::new();
-        for chunk in pow2_chunks(&positions, CHUNK_ROWS_MAX) {
-            let mut qb = QueryBuilder::<Postgres>::new(
-                "SELECT t.level AS level, t.idx AS idx, t.hash AS hash FROM (",
-            );
-            qb.push_values(chunk, |mut b, (level, index)| {
-                b.push_bind(i64::from(*level))
-                    .push_bind(i64::try_from(*index).unwrap_or(i64::MAX));
-            });
-            qb.push(") AS v (level, idx) JOIN tree_nodes AS t ON t.channel = ");
-            qb.push_bind(channel.as_slice());
-            qb.push(" AND t.sender = ");
-            qb.push_bind(sender.as_slice());
-            qb.push(" AND t.level = v.level AND t.idx = v.idx");
-            for row in qb.build().fetch_all(&self.reader).await? {
-                let level = small(&row, "tree_nodes", "level")?;
-                let index = uint(&row, "tree_nodes", "idx")?;
-                found.insert((level, index), hash(&row, "tree_nodes", "hash")?);
+        for (level, indexes) in by_level {
+            for chunk in indexes.chunks(CHUNK_ROWS_MAX) {
+                let rows = sqlx::query(
+                    "SELECT level, idx, hash FROM tree_nodes \
+                     WHERE channel = $1 AND sender = $2 AND level = $3 AND idx = ANY($4)",
+                )
+                .bind(channel.as_slice())
+                .bind(sender.as_slice())
+                .bind(i64::from(level))
+                .bind(chunk)
+                .fetch_all(&self.reader)
+                .await?;
+                for row in rows {
+                    let level = small(&row, "tree_nodes", "level")?;
+                    let index = uint(&row, "tree_nodes", "idx")?;
+                    found.insert((level, index), hash(&row, "tree_nodes", "hash")?);
+                }
             }
         }
         let low: HashSet<(u8, u64)> = positions
@@ -865,18 +878,26 @@ async fn insert_messages(
 }
 
 async fn promote(conn: &mut PgConnection, keys: &[(Hash32, Hash32, u64)]) -> Result<()> {
-    for chunk in pow2_chunks(keys, CHUNK_ROWS_MAX) {
-        let mut qb = QueryBuilder::<Postgres>::new("UPDATE messages SET placement = 0 FROM (");
-        qb.push_values(chunk, |mut b, (channel, sender, seq)| {
-            b.push_bind(channel.as_slice())
-                .push_bind(sender.as_slice())
-                .push_bind(int(*seq));
-        });
-        qb.push(
-            ") AS v (channel, sender, seq) WHERE messages.channel = v.channel \
-             AND messages.sender = v.sender AND messages.seq = v.seq",
-        );
-        qb.build().execute(&mut *conn).await?;
+    // One statement per stream with its seqs as an array: `seq = ANY($3)` is an index
+    // condition on (channel, sender, seq) whatever the statistics, where a join against a
+    // VALUES list may be planned as a scan of the whole table.
+    let mut by_stream: BTreeMap<(Hash32, Hash32), Vec<i64>> = BTreeMap::new();
+    for (channel, sender, seq) in keys {
+        by_stream
+            .entry((*channel, *sender))
+            .or_default()
+            .push(int(*seq));
+    }
+    for ((channel, sender), seqs) in by_stream {
+        sqlx::query(
+            "UPDATE messages SET placement = 0 \
+             WHERE channel = $1 AND sender = $2 AND seq = ANY($3)",
+        )
+        .bind(channel.as_slice())
+        .bind(sender.as_slice())
+        .bind(seqs)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

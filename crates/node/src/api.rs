@@ -434,8 +434,12 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         let alarms = entry.alarms.read().map_err(|_| internal())?.clone();
         let counts = shared.store.outbox_counts(&entry.name).await?;
         let state = s.current_state(now);
-        let verdict =
-            detente_proto::deadline::line_verdict(state, alarms.overdue_out, alarms.test_missed);
+        let verdict = detente_proto::deadline::line_verdict(
+            state,
+            alarms.overdue_out,
+            alarms.overdue_in,
+            alarms.test_missed,
+        );
         if verdict_rank(verdict) < verdict_rank(worst) {
             worst = verdict;
         }
@@ -546,9 +550,10 @@ fn verdict_rank(v: detente_proto::LineVerdict) -> u8 {
     match v {
         V::LinkDown => 0,
         V::TestMissed => 1,
-        V::Unanswered => 2,
-        V::Degraded => 3,
-        V::AllWell => 4,
+        V::OverdueIn => 2,
+        V::Unanswered => 3,
+        V::Degraded => 4,
+        V::AllWell => 5,
     }
 }
 

@@ -1,8 +1,12 @@
 //! Escalation hooks (docs/spec.md §5): a webhook (HTTP POST of a JSON event to `hooks.webhook_url`)
 //! and a command (`hooks.command`, run by `sh -c` with the JSON event on standard input).
 //!
-//! [`Hooks::raise`] never waits: it puts the event in a bounded queue (when full, the oldest
-//! event is dropped and counted). A dispatcher runs at most [`CONCURRENCY_MAX`] deliveries at
+//! [`Hooks::raise`] never waits: it puts the event in a bounded queue, by rank (see
+//! [`HookEvent::rank`]); the dispatcher takes the highest rank first, oldest first within a
+//! rank. When the queue is full the oldest event of the lowest rank present is dropped and
+//! counted — never one that outranks the newcomer (then the newcomer is dropped), so a flood
+//! of ROUTINE deadline alarms (a hostile peer can make everything overdue) cannot push out a
+//! FLASH or link escalation. A dispatcher runs at most [`CONCURRENCY_MAX`] deliveries at
 //! once; each target gets up to [`ATTEMPTS_MAX`] attempts, each bounded by
 //! [`ATTEMPT_TIMEOUT`], with capped exponential backoff between them; every attempt is
 //! logged and counted in the metrics. A hanging or failing hook therefore delays nothing
@@ -11,20 +15,24 @@
 //! Only `http://` webhooks are supported (no TLS stack for hooks in this version): point it
 //! at a local relay for anything further.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use detente_proto::MessageId;
+use detente_proto::{MessageId, Precedence};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::events::Metrics;
 
-/// Events waiting for delivery, at most; beyond this the oldest is dropped.
+/// Events waiting for delivery, at most; beyond this the oldest of the lowest rank is dropped.
 pub const QUEUE_MAX: usize = 1024;
+/// Bytes of queued events (JSON bodies and their targets), at most, with the same rule.
+pub const QUEUE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Ranks of [`HookEvent::rank`]: 0 (least) to `RANKS - 1` (FLASH and link alarms).
+const RANKS: usize = 4;
 /// Deliveries in progress at once, at most.
 pub const CONCURRENCY_MAX: usize = 4;
 /// Attempts per target and event.
@@ -71,6 +79,23 @@ impl HookEvent {
         }
     }
 
+    /// How much the event matters when the queue is full: a deadline alarm by its message's
+    /// precedence (ROUTINE 0 … FLASH 3); link and equivocation alarms at the top, with
+    /// `link_restored` beside its `link_down` so that the pair is not split by a flood.
+    pub fn rank(&self) -> u8 {
+        match self {
+            HookEvent::DeadlineMissed { precedence, .. } => match Precedence::parse(precedence) {
+                // An unknown name is kept on the safe side.
+                Some(p) => (RANKS - 1 - p.index()) as u8,
+                None => (RANKS - 1) as u8,
+            },
+            HookEvent::LinkDown { .. }
+            | HookEvent::LinkRestored { .. }
+            | HookEvent::LinkTestMissed { .. }
+            | HookEvent::Equivocation { .. } => (RANKS - 1) as u8,
+        }
+    }
+
     /// The JSON document a hook receives.
     pub fn to_json(&self, node: &str, at_ms: i64) -> Value {
         let mut v = match self {
@@ -108,9 +133,77 @@ pub struct Targets {
     pub command: String,
 }
 
+/// One queued delivery: where, the event's name and its JSON body.
+struct Queued {
+    targets: Targets,
+    event: &'static str,
+    body: String,
+}
+
+impl Queued {
+    fn bytes(&self) -> usize {
+        self.body.len() + self.targets.webhook_url.len() + self.targets.command.len()
+    }
+}
+
+/// Events waiting, one FIFO per rank, bounded by [`QUEUE_MAX`] and [`QUEUE_BYTES_MAX`].
+#[derive(Default)]
+struct Queue {
+    by_rank: [VecDeque<Queued>; RANKS],
+    len: usize,
+    bytes: usize,
+    /// Drops since the queue last had room, by event name: logged once when the burst
+    /// starts and once, summed, when it ends (a flood must not flood the log too).
+    burst: BTreeMap<&'static str, u64>,
+}
+
+impl Queue {
+    /// Add `q` at `rank`, first dropping as much as the bounds need. Returns the names of
+    /// the events dropped (possibly `q`'s own).
+    fn push(&mut self, rank: usize, q: Queued) -> Vec<&'static str> {
+        let mut dropped = Vec::new();
+        if q.bytes() > QUEUE_BYTES_MAX {
+            dropped.push(q.event);
+            return dropped;
+        }
+        while self.len >= QUEUE_MAX || self.bytes + q.bytes() > QUEUE_BYTES_MAX {
+            // The lowest rank present; never one above the newcomer's. When the queue holds
+            // only top-rank events, a new top-rank one still evicts the oldest of them:
+            // the bound holds whatever arrives, and the newest alarm is the likelier to be
+            // still true.
+            let Some(lowest) = (0..RANKS).find(|r| !self.by_rank[*r].is_empty()) else {
+                break;
+            };
+            if lowest > rank {
+                dropped.push(q.event);
+                return dropped;
+            }
+            if let Some(old) = self.take(lowest) {
+                dropped.push(old.event);
+            }
+        }
+        self.len += 1;
+        self.bytes += q.bytes();
+        self.by_rank[rank].push_back(q);
+        dropped
+    }
+
+    fn take(&mut self, rank: usize) -> Option<Queued> {
+        let q = self.by_rank[rank].pop_front()?;
+        self.len -= 1;
+        self.bytes -= q.bytes();
+        Some(q)
+    }
+
+    /// The next to deliver: highest rank first, oldest first within a rank.
+    fn pop(&mut self) -> Option<Queued> {
+        (0..RANKS).rev().find_map(|r| self.take(r))
+    }
+}
+
 /// The hook queue and its dispatcher.
 pub struct Hooks {
-    queue: Mutex<VecDeque<(Targets, Value)>>,
+    queue: Mutex<Queue>,
     wake: Notify,
     metrics: Arc<Metrics>,
 }
@@ -118,7 +211,7 @@ pub struct Hooks {
 impl Hooks {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Hooks> {
         Arc::new(Hooks {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             metrics,
         })
@@ -136,18 +229,35 @@ impl Hooks {
         let Ok(mut queue) = self.queue.lock() else {
             return;
         };
-        if queue.len() >= QUEUE_MAX {
-            queue.pop_front();
-            self.metrics.hook_dropped();
-            tracing::warn!("hook queue full; dropped the oldest event");
+        let queued = Queued {
+            targets: targets.clone(),
+            event: event.name(),
+            body: document.to_string(),
+        };
+        let dropped = queue.push(usize::from(event.rank()), queued);
+        if dropped.is_empty() {
+            end_burst(&mut queue);
+        } else if queue.burst.is_empty() {
+            tracing::warn!(
+                dropped = ?dropped,
+                "hook queue full; dropping the oldest events of the lowest rank (logged once until it has room)"
+            );
         }
-        queue.push_back((targets.clone(), document));
+        for name in dropped {
+            self.metrics.hook_dropped();
+            *queue.burst.entry(name).or_insert(0) += 1;
+        }
         drop(queue);
         self.wake.notify_one();
     }
 
-    fn pop(&self) -> Option<(Targets, Value)> {
-        self.queue.lock().ok()?.pop_front()
+    fn pop(&self) -> Option<Queued> {
+        let mut queue = self.queue.lock().ok()?;
+        let next = queue.pop();
+        if queue.len == 0 {
+            end_burst(&mut queue);
+        }
+        next
     }
 
     /// Deliver queued events until shutdown.
@@ -165,7 +275,12 @@ impl Hooks {
         };
         let permits = Arc::new(Semaphore::new(CONCURRENCY_MAX));
         loop {
-            while let Some((targets, document)) = self.pop() {
+            while let Some(Queued {
+                targets,
+                event,
+                body,
+            }) = self.pop()
+            {
                 let permit = tokio::select! {
                     p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                     _ = shutdown.changed() => return,
@@ -174,15 +289,14 @@ impl Hooks {
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let body = document.to_string();
                     if !targets.webhook_url.is_empty() {
-                        deliver(&metrics, "webhook", &document, || {
+                        deliver(&metrics, "webhook", event, || {
                             post(&http, &targets.webhook_url, &body)
                         })
                         .await;
                     }
                     if !targets.command.is_empty() {
-                        deliver(&metrics, "command", &document, || {
+                        deliver(&metrics, "command", event, || {
                             run_command(&targets.command, &body)
                         })
                         .await;
@@ -197,13 +311,20 @@ impl Hooks {
     }
 }
 
+/// Log, once, what a burst of drops cost, and start counting afresh.
+fn end_burst(queue: &mut Queue) {
+    if !queue.burst.is_empty() {
+        let dropped = std::mem::take(&mut queue.burst);
+        tracing::warn!(dropped = ?dropped, "hook queue has room again; events dropped meanwhile, by kind");
+    }
+}
+
 /// Try one target up to [`ATTEMPTS_MAX`] times.
-async fn deliver<F, Fut>(metrics: &Metrics, target: &'static str, document: &Value, attempt: F)
+async fn deliver<F, Fut>(metrics: &Metrics, target: &'static str, event: &str, attempt: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let event = document["event"].as_str().unwrap_or("");
     let mut backoff = BACKOFF_INITIAL;
     for n in 1..=ATTEMPTS_MAX {
         let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt()).await {
@@ -270,5 +391,112 @@ async fn run_command(command: &str, body: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("exited with {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline(precedence: &'static str, seq: u64) -> HookEvent {
+        HookEvent::DeadlineMissed {
+            peer: "bravo".into(),
+            id: MessageId([seq as u8; 32]),
+            seq,
+            direction: "in",
+            precedence,
+            topic: "t".into(),
+            needed: "acknowledged",
+            due_at_ms: 0,
+        }
+    }
+
+    fn hooks() -> (Arc<Hooks>, Targets) {
+        let targets = Targets {
+            webhook_url: String::new(),
+            command: "true".into(),
+        };
+        (Hooks::new(Arc::new(Metrics::default())), targets)
+    }
+
+    fn drain(h: &Hooks) -> Vec<Value> {
+        std::iter::from_fn(|| h.pop())
+            .map(|q| serde_json::from_str(&q.body).unwrap())
+            .collect()
+    }
+
+    /// Issue 12 item 9: a flood of lesser alarms used to push a FLASH escalation out.
+    #[test]
+    fn a_flood_of_routine_alarms_keeps_the_flash_one() {
+        let (h, targets) = hooks();
+        for seq in 0..QUEUE_MAX as u64 {
+            h.raise(&targets, "alpha", &deadline("routine", seq));
+        }
+        h.raise(&targets, "alpha", &deadline("flash", 7_777));
+        h.raise(
+            &targets,
+            "alpha",
+            &HookEvent::LinkDown {
+                peer: "bravo".into(),
+            },
+        );
+        for seq in 0..(2 * QUEUE_MAX) as u64 {
+            h.raise(&targets, "alpha", &deadline("routine", seq));
+        }
+        assert_eq!(h.metrics.hook_dropped_total(), 2 + 2 * QUEUE_MAX as u64);
+        let left = drain(&h);
+        assert_eq!(left.len(), QUEUE_MAX);
+        // Top rank first, in the order raised.
+        assert_eq!(left[0]["precedence"], "flash");
+        assert_eq!(left[0]["seq"], 7_777);
+        assert_eq!(left[1]["event"], "link_down");
+        assert!(left[2..].iter().all(|v| v["precedence"] == "routine"));
+    }
+
+    #[test]
+    fn a_lesser_alarm_never_evicts_a_greater_one() {
+        let (h, targets) = hooks();
+        for seq in 0..QUEUE_MAX as u64 {
+            h.raise(&targets, "alpha", &deadline("immediate", seq));
+        }
+        h.raise(&targets, "alpha", &deadline("routine", 9_999));
+        let left = drain(&h);
+        assert_eq!(left.len(), QUEUE_MAX);
+        assert!(left.iter().all(|v| v["precedence"] == "immediate"));
+        assert_eq!(
+            left[0]["seq"], 0,
+            "the newcomer was dropped, not the oldest"
+        );
+    }
+
+    /// Full of top-rank events only, the queue stays bounded: the oldest top-rank one goes.
+    #[test]
+    fn top_rank_alone_still_evicts_the_oldest() {
+        let (h, targets) = hooks();
+        for seq in 0..(QUEUE_MAX + 3) as u64 {
+            h.raise(&targets, "alpha", &deadline("flash", seq));
+        }
+        let left = drain(&h);
+        assert_eq!(left.len(), QUEUE_MAX);
+        assert_eq!(left[0]["seq"], 3);
+        assert_eq!(h.metrics.hook_dropped_total(), 3);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let (h, _) = hooks();
+        // Targets are the operator's; a long command stands for any large entry.
+        let targets = Targets {
+            webhook_url: String::new(),
+            command: "x".repeat(QUEUE_BYTES_MAX / 8),
+        };
+        for seq in 0..16 {
+            h.raise(&targets, "alpha", &deadline("flash", seq));
+        }
+        let q = h.queue.lock().unwrap();
+        assert!(q.bytes <= QUEUE_BYTES_MAX);
+        assert!(q.len < 8);
+        drop(q);
+        assert_eq!(drain(&h).last().unwrap()["seq"], 15);
     }
 }

@@ -140,6 +140,8 @@ pub enum LineVerdict {
     LinkDown,
     /// The link is up (or degraded) but the last link test was not confirmed in time.
     TestMissed,
+    /// Messages from the peer are past their deadline without our answer: we owe it.
+    OverdueIn,
     /// The link works, but messages to the peer are overdue: its operators have not answered.
     Unanswered,
     /// The link works but is slow or quiet.
@@ -152,6 +154,7 @@ impl LineVerdict {
         match self {
             LineVerdict::LinkDown => "link_down",
             LineVerdict::TestMissed => "link_test_missed",
+            LineVerdict::OverdueIn => "overdue_in",
             LineVerdict::Unanswered => "unanswered",
             LineVerdict::Degraded => "degraded",
             LineVerdict::AllWell => "all_well",
@@ -162,6 +165,9 @@ impl LineVerdict {
         match self {
             LineVerdict::LinkDown => "link down",
             LineVerdict::TestMissed => "link test missed",
+            LineVerdict::OverdueIn => {
+                "the peer's messages are past their deadline without our answer"
+            }
             LineVerdict::Unanswered => "link up but the peer's operators have not answered",
             LineVerdict::Degraded => "link degraded",
             LineVerdict::AllWell => "all well",
@@ -169,11 +175,19 @@ impl LineVerdict {
     }
 }
 
-/// Tell apart a broken line from a silent peer.
-pub fn line_verdict(state: LinkState, overdue_out: u64, test_missed: bool) -> LineVerdict {
+/// Tell apart a broken line from a silent peer, and from a silent us: `overdue_in` (the
+/// peer's messages we have not answered by their deadline) is never "all well" either, and
+/// ranks above `overdue_out` because it is the duty officer's own work to do.
+pub fn line_verdict(
+    state: LinkState,
+    overdue_out: u64,
+    overdue_in: u64,
+    test_missed: bool,
+) -> LineVerdict {
     match state {
         LinkState::Down => LineVerdict::LinkDown,
         _ if test_missed => LineVerdict::TestMissed,
+        _ if overdue_in > 0 => LineVerdict::OverdueIn,
         _ if overdue_out > 0 => LineVerdict::Unanswered,
         LinkState::Degraded => LineVerdict::Degraded,
         LinkState::Up => LineVerdict::AllWell,
@@ -315,17 +329,36 @@ mod tests {
     #[test]
     fn verdicts() {
         assert_eq!(
-            line_verdict(LinkState::Down, 5, true),
+            line_verdict(LinkState::Down, 5, 0, true),
             LineVerdict::LinkDown
         );
         assert_eq!(
-            line_verdict(LinkState::Up, 1, false),
+            line_verdict(LinkState::Up, 1, 0, false),
             LineVerdict::Unanswered
         );
-        assert_eq!(line_verdict(LinkState::Up, 0, false), LineVerdict::AllWell);
         assert_eq!(
-            line_verdict(LinkState::Up, 0, true),
+            line_verdict(LinkState::Up, 0, 0, false),
+            LineVerdict::AllWell
+        );
+        assert_eq!(
+            line_verdict(LinkState::Up, 0, 0, true),
             LineVerdict::TestMissed
         );
+    }
+
+    /// Issue 12 item 10: `status` said "all well" with 252 received FLASH messages past
+    /// their acknowledgment deadline.
+    #[test]
+    fn overdue_in_is_not_all_well() {
+        for state in [LinkState::Up, LinkState::Degraded] {
+            assert_eq!(line_verdict(state, 0, 252, false), LineVerdict::OverdueIn);
+            // Owing answers outranks waiting for the peer's.
+            assert_eq!(line_verdict(state, 3, 1, false), LineVerdict::OverdueIn);
+        }
+        assert_eq!(
+            line_verdict(LinkState::Down, 0, 1, false),
+            LineVerdict::LinkDown
+        );
+        assert_ne!(LineVerdict::OverdueIn.code(), LineVerdict::AllWell.code());
     }
 }

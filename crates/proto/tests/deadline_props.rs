@@ -127,18 +127,21 @@ proptest! {
 #[test]
 fn a_down_link_is_not_a_silent_peer() {
     assert_eq!(
-        line_verdict(LinkState::Down, 0, false),
+        line_verdict(LinkState::Down, 0, 0, false),
         LineVerdict::LinkDown
     );
     assert_eq!(
-        line_verdict(LinkState::Up, 3, false),
+        line_verdict(LinkState::Up, 3, 0, false),
         LineVerdict::Unanswered
     );
     assert_eq!(
-        line_verdict(LinkState::Degraded, 3, false),
+        line_verdict(LinkState::Degraded, 3, 0, false),
         LineVerdict::Unanswered
     );
-    assert_eq!(line_verdict(LinkState::Up, 0, false), LineVerdict::AllWell);
+    assert_eq!(
+        line_verdict(LinkState::Up, 0, 0, false),
+        LineVerdict::AllWell
+    );
 }
 
 #[test]

@@ -7,16 +7,15 @@
 //!   directories (what one durable commit costs at the least);
 //! - SQLite's commit rate in the node's own mode (WAL, `synchronous = FULL`) at 1 row and at
 //!   128 rows of 1 KiB per commit (what group commit buys);
-//! - one core signing 1 KiB envelopes (encoding included, as the node does it);
+//! - one core signing 1 KiB envelopes (the benchmarks' report, [`crate::bench_verify::report`];
+//!   encoding included, as the node does it);
 //! - one core batch-verifying them (decoding included, as the receive path does it).
 
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use detente_proto::{
-    Body, ChannelId, Envelope, MessageId, PartySecret, Precedence, TextBody, VerifiedEnvelope,
-};
+use detente_proto::{ChannelId, MessageId, PartySecret, VerifiedEnvelope};
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
@@ -172,8 +171,7 @@ fn crypto_rates() -> (f64, f64) {
         let mut prev = MessageId([0; 32]);
         let mut signed = Vec::with_capacity(CRYPTO_MESSAGES);
         for n in 0..CRYPTO_MESSAGES as u64 {
-            let v = VerifiedEnvelope::sign(envelope(channel, &secret, n + 1, prev), &secret)
-                .expect("a valid envelope");
+            let v = crate::bench_verify::report(channel, &secret, n + 1, prev, n);
             prev = v.id();
             signed.push(v.bytes().to_vec());
         }
@@ -189,25 +187,6 @@ fn crypto_rates() -> (f64, f64) {
         verify.push(rate);
     }
     (middle(sign), middle(verify))
-}
-
-fn envelope(channel: ChannelId, secret: &PartySecret, seq: u64, prev: MessageId) -> Envelope {
-    Envelope {
-        channel,
-        sender: secret.public(),
-        seq,
-        prev,
-        created_at_ms: 1_767_225_600_000 + seq,
-        precedence: Precedence::Routine,
-        topic: "general".into(),
-        author: "Duty Officer".into(),
-        in_reply_to: None,
-        body: Body::Text(TextBody {
-            language: "en".into(),
-            text: "x".repeat(RECORD_BYTES - 64),
-            translations: Vec::new(),
-        }),
-    }
 }
 
 /// The human-readable lines printed under the end-to-end table.

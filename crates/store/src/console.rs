@@ -275,40 +275,7 @@ impl SqliteStore {
     pub(crate) async fn console_timeline(&self, q: TimelineQuery) -> Result<Vec<MessageRow>> {
         let mut qb = QueryBuilder::<Sqlite>::new(MESSAGE_SELECT);
         qb.push(" INDEXED BY messages_by_time WHERE kind IN (0, 4)");
-        if let Some(peer) = &q.peer {
-            qb.push(" AND peer = ").push_bind(peer.clone());
-        }
-        if let Some(d) = q.direction {
-            qb.push(" AND direction = ")
-                .push_bind(i64::from(d == Direction::In));
-        }
-        if let Some(p) = q.precedence {
-            qb.push(" AND precedence = ").push_bind(i64::from(p));
-        }
-        if let Some(topic) = &q.topic {
-            qb.push(" AND topic = ").push_bind(topic.clone());
-        }
-        match q.answered {
-            Some(false) => {
-                qb.push(" AND id IN (SELECT id FROM console_unanswered)");
-            }
-            Some(true) => {
-                qb.push(" AND id NOT IN (SELECT id FROM console_unanswered)");
-            }
-            None => {}
-        }
-        if let Some((created, sender, seq)) = q.before {
-            // Row-value comparison: strictly after the cursor in the listing's order.
-            qb.push(" AND (created_at_ms, sender, seq) < (")
-                .push_bind(created)
-                .push(", ")
-                .push_bind(sender.to_vec())
-                .push(", ")
-                .push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .push(")");
-        }
-        qb.push(" ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT ")
-            .push_bind(i64::from(q.limit.clamp(1, TIMELINE_ROWS_MAX)));
+        push_timeline(&mut qb, &q);
         let rows = qb.build().fetch_all(&self.reader).await?;
         rows.iter().map(decode_message).collect()
     }
@@ -332,6 +299,51 @@ impl SqliteStore {
             .await?;
         rows.iter().map(decode_message).collect()
     }
+}
+
+/// The timeline's filters, cursor, order and limit after `… WHERE kind IN (0, 4)`: the same
+/// SQL for both stores (each puts its own index hint before it).
+fn push_timeline<'a, DB>(qb: &mut QueryBuilder<'a, DB>, q: &TimelineQuery)
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + Type<DB>,
+    i64: sqlx::Encode<'a, DB> + Type<DB>,
+    Vec<u8>: sqlx::Encode<'a, DB> + Type<DB>,
+{
+    if let Some(peer) = &q.peer {
+        qb.push(" AND peer = ").push_bind(peer.clone());
+    }
+    if let Some(d) = q.direction {
+        qb.push(" AND direction = ")
+            .push_bind(i64::from(d == Direction::In));
+    }
+    if let Some(p) = q.precedence {
+        qb.push(" AND precedence = ").push_bind(i64::from(p));
+    }
+    if let Some(topic) = &q.topic {
+        qb.push(" AND topic = ").push_bind(topic.clone());
+    }
+    match q.answered {
+        Some(false) => {
+            qb.push(" AND id IN (SELECT id FROM console_unanswered)");
+        }
+        Some(true) => {
+            qb.push(" AND id NOT IN (SELECT id FROM console_unanswered)");
+        }
+        None => {}
+    }
+    if let Some((created, sender, seq)) = q.before {
+        // Row-value comparison: strictly after the cursor in the listing's order.
+        qb.push(" AND (created_at_ms, sender, seq) < (")
+            .push_bind(created)
+            .push(", ")
+            .push_bind(sender.to_vec())
+            .push(", ")
+            .push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .push(")");
+    }
+    qb.push(" ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT ")
+        .push_bind(i64::from(q.limit.clamp(1, TIMELINE_ROWS_MAX)));
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -588,39 +600,7 @@ impl PgStore {
     pub(crate) async fn console_timeline(&self, q: TimelineQuery) -> Result<Vec<MessageRow>> {
         let mut qb = QueryBuilder::<sqlx::Postgres>::new(MESSAGE_SELECT);
         qb.push(" WHERE kind IN (0, 4)");
-        if let Some(peer) = &q.peer {
-            qb.push(" AND peer = ").push_bind(peer.clone());
-        }
-        if let Some(d) = q.direction {
-            qb.push(" AND direction = ")
-                .push_bind(i64::from(d == Direction::In));
-        }
-        if let Some(p) = q.precedence {
-            qb.push(" AND precedence = ").push_bind(i64::from(p));
-        }
-        if let Some(topic) = &q.topic {
-            qb.push(" AND topic = ").push_bind(topic.clone());
-        }
-        match q.answered {
-            Some(false) => {
-                qb.push(" AND id IN (SELECT id FROM console_unanswered)");
-            }
-            Some(true) => {
-                qb.push(" AND id NOT IN (SELECT id FROM console_unanswered)");
-            }
-            None => {}
-        }
-        if let Some((created, sender, seq)) = q.before {
-            qb.push(" AND (created_at_ms, sender, seq) < (")
-                .push_bind(created)
-                .push(", ")
-                .push_bind(sender.to_vec())
-                .push(", ")
-                .push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .push(")");
-        }
-        qb.push(" ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT ")
-            .push_bind(i64::from(q.limit.clamp(1, TIMELINE_ROWS_MAX)));
+        push_timeline(&mut qb, &q);
         let rows = qb.build().fetch_all(&self.reader).await?;
         rows.iter().map(decode_message).collect()
     }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 /// One field as an operator gives it. `translation` set means "this is a courtesy
 /// translation of free-text field `key` into that language".
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct FieldInput {
     pub key: String,
     pub value: String,

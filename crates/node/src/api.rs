@@ -900,8 +900,12 @@ async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) 
 /// A message to send, as the API accepts it.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SendBody {
+    /// The peer's name.
     pub to: String,
+    /// `flash`, `immediate`, `priority` or `routine`; routine for text, the format's for a
+    /// notification by default.
     #[serde(default)]
+    #[schema(pattern = "^(flash|immediate|priority|routine)$")]
     pub precedence: Option<String>,
     #[serde(default)]
     pub topic: Option<String>,
@@ -1128,9 +1132,16 @@ async fn glossary_list(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct GlossaryBody {
     peer: String,
+    /// A language tag such as `en`; different from `lang_b`.
+    #[schema(pattern = "^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$", max_length = 35)]
     lang_a: String,
+    /// 1 to 200 bytes of text without control characters.
+    #[schema(min_length = 1, max_length = 200)]
     term_a: String,
+    /// A language tag such as `zh-CN`.
+    #[schema(pattern = "^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$", max_length = 35)]
     lang_b: String,
+    #[schema(min_length = 1, max_length = 200)]
     term_b: String,
 }
 
@@ -1249,10 +1260,16 @@ async fn send_batch(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this peer's channel.
     peer: Option<String>,
+    /// `in`, `out` or `all` (the default).
+    #[param(pattern = "^(in|out|all)$")]
     direction: Option<String>,
+    /// The language to render in; the node's by default.
     lang: Option<String>,
+    /// Rows at most: 1000 by default, at most 10 000.
     limit: Option<u32>,
+    /// Also receipts, link tests and charters.
     #[serde(default)]
     receipts: bool,
 }
@@ -1335,7 +1352,11 @@ async fn one(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct WaitQuery {
+    /// `delivered` (the default), `read` or `acknowledged`.
+    #[param(pattern = "^(delivered|read|acknowledged)$")]
     level: Option<String>,
+    /// How long to wait, 30 000 ms by default, at most 600 000.
+    #[param(maximum = 600_000)]
     timeout_ms: Option<u64>,
 }
 
@@ -1411,7 +1432,10 @@ async fn wait(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ReceiptBody {
+    /// `read`, `acknowledged` (the default) or `declined`.
+    #[schema(pattern = "^(read|acknowledged|declined)$")]
     level: Option<String>,
+    /// A note signed with the receipt.
     note: Option<String>,
 }
 

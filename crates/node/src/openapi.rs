@@ -123,7 +123,7 @@ fn openapi_doc() {}
     path = "/api/v1/metrics",
     tag = "node",
     responses(
-        (status = 200, description = "Prometheus text exposition format 0.0.4 (docs/monitoring.md).", content_type = "text/plain", body = String),
+        (status = 200, description = "The OpenMetrics text exposition 1.0.0 (docs/monitoring.md).", content_type = "application/openmetrics-text", body = String),
         (status = "default", description = "An error.", body = ErrorJson),
     )
 )]

@@ -45,6 +45,8 @@ pub struct ApiError {
     status: StatusCode,
     error: String,
     hint: Option<String>,
+    /// Every invalid field of a refused notification (answered only when there are some).
+    problems: Vec<crate::notify::Problem>,
 }
 
 impl ApiError {
@@ -53,6 +55,7 @@ impl ApiError {
             status,
             error: error.into(),
             hint: None,
+            problems: Vec::new(),
         }
     }
 
@@ -118,11 +121,11 @@ impl Caller {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error": self.error, "hint": self.hint})),
-        )
-            .into_response();
+        let mut body = json!({"error": self.error, "hint": self.hint});
+        if !self.problems.is_empty() {
+            body["problems"] = json!(self.problems);
+        }
+        let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -978,12 +981,7 @@ fn request_body(
             })?;
             let text_lang = body.lang.clone().unwrap_or_else(|| lang.to_string());
             let notification = crate::notify::build(def, &body.fields, &text_lang, now_ms())
-                .map_err(|e| {
-                    unprocessable(e.to_string()).hint(format!(
-                        "see the fields and rules with: detente formats show {}",
-                        def.id
-                    ))
-                })?;
+                .map_err(|e| invalid_notification(shared, def, &e, lang))?;
             // The fields are checked first, so an operator learns of every mistake of theirs
             // even before the channel is agreed. (An unknown peer is the writer's error.)
             if shared.table.get(&body.to).is_some() {
@@ -1006,6 +1004,28 @@ fn request_body(
         )),
         (None, None) => Err(unprocessable("nothing to send".into())
             .hint("give --text TEXT, or --format ID with --field KEY=VALUE ...")),
+    }
+}
+
+/// A notification refused by its format: every invalid field at once, in the node's
+/// language (the operator's, for the command line), as text and as `problems`.
+fn invalid_notification(
+    shared: &Shared,
+    def: &detente_formats::FormatDef,
+    error: &crate::notify::NotifyError,
+    lang: &str,
+) -> ApiError {
+    let hint = format!(
+        "see the fields and rules with: detente formats show {}",
+        def.id
+    );
+    match crate::notify::problems(def, error, lang, &shared.console.i18n) {
+        Some((text, problems)) => {
+            let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, text).hint(hint);
+            e.problems = problems;
+            e
+        }
+        None => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()).hint(hint),
     }
 }
 

@@ -138,6 +138,8 @@ pub struct ErrorJson {
     error: String,
     /// What to do next, where there is something to do.
     hint: Option<String>,
+    /// A refused notification's every invalid field, in the node's language.
+    problems: Option<Vec<crate::notify::Problem>>,
 }
 
 /// `GET /api/v1/id`.

@@ -20,6 +20,7 @@ mod any;
 pub mod checkpoints;
 pub mod console;
 #[doc(hidden)]
+pub mod pg_hosts;
 pub mod pg_test;
 pub mod postgres;
 mod rows;

@@ -15,7 +15,6 @@
 //! batch was not applied, and the next call reconnects by itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::str::FromStr;
 use std::time::Duration;
 
 use detente_proto::merkle;
@@ -72,12 +71,22 @@ pub struct PgStore {
 impl PgStore {
     /// Connect to the database at `url` (`postgres://user:password@host:port/db`) and bring
     /// its schema up to date. Errors name the URL with its password hidden.
+    ///
+    /// Several hosts (`host1:port,host2:port`, with `target_session_attrs=read-write`) are
+    /// taken as libpq takes them: the first acceptable server is used, and a watcher moves
+    /// to another when it goes away or stops being the primary (see [`crate::pg_hosts`]).
     pub async fn open(url: &str) -> Result<PgStore> {
         let shown = redact_url(url);
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Open(format!("{shown}: {e}")))?
-            .application_name("detente")
-            .statement_cache_capacity(STATEMENT_CACHE_MAX);
+        let hosts = crate::pg_hosts::Hosts::parse(url)?;
+        let current = if hosts.needs_watching() {
+            hosts
+                .choose(None)
+                .await
+                .map_err(|why| StoreError::Open(format!("{shown}: no acceptable server ({why})")))?
+        } else {
+            0
+        };
+        let (options, read_options) = pool_options(hosts.options(current)?);
         let open_error = |e: &dyn std::fmt::Display| StoreError::Open(format!("{shown}: {e}"));
 
         let writer = PgPoolOptions::new()
@@ -104,9 +113,12 @@ impl PgStore {
             .max_connections(READ_CONNECTIONS_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
-            .connect_with(options.options([("default_transaction_read_only", "on")]))
+            .connect_with(read_options)
             .await
             .map_err(|e| open_error(&e))?;
+        if hosts.needs_watching() {
+            crate::pg_hosts::watch(hosts, current, writer.clone(), reader.clone(), pool_options);
+        }
         Ok(PgStore { writer, reader })
     }
 
@@ -182,6 +194,17 @@ impl PgStore {
         }
         String::from("in batch")
     }
+}
+
+/// The writer's and the readers' connection options for one server.
+fn pool_options(options: PgConnectOptions) -> (PgConnectOptions, PgConnectOptions) {
+    let options = options
+        .application_name("detente")
+        .statement_cache_capacity(STATEMENT_CACHE_MAX);
+    let read = options
+        .clone()
+        .options([("default_transaction_read_only", "on")]);
+    (options, read)
 }
 
 /// Refuse a server on which a commit would not be durable when it returns: `fsync` off, or

@@ -226,6 +226,12 @@ async fn operators_sign_in_through_a_real_openid_provider() {
     w.start().unwrap();
     w.wait_ready(WAIT).await.unwrap();
     let http = client();
+    let login = http.get(format!("{node}/login")).send().await.unwrap();
+    let login = login.text().await.unwrap();
+    assert!(
+        login.contains("href=\"/login/oidc\"") && login.contains("name=\"password\""),
+        "the login page offers both ways to sign in"
+    );
 
     // Alice signs in; the provider's group claim makes her a supervisor.
     let r = sign_in(&client(), &node, |u| u, |u| u).await;

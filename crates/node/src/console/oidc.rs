@@ -343,6 +343,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text.chars().take(PROVIDER_ERROR_CHARS_MAX * 2).collect()
 }
 
+/// The login page's link to `/login/oidc`, when sign-in through a provider is configured.
+pub fn login_link(shared: &Shared, lang: &str) -> String {
+    let enabled = shared.config.read().is_ok_and(|c| c.oidc.enabled());
+    if !enabled {
+        return String::new();
+    }
+    let text = shared.console.i18n.text(lang, "login-oidc");
+    format!(
+        "<p class=\"login-oidc\"><a href=\"/login/oidc\" id=\"login-oidc\">{}</a></p>",
+        esc(&text)
+    )
+}
+
 /// `GET /login/oidc`: start a sign-in at the provider.
 pub async fn start(
     State(shared): State<std::sync::Arc<Shared>>,
@@ -638,20 +651,25 @@ async fn refused(shared: &Shared, login: &str, source: IpAddr, refusal: Refusal)
         _ => StatusCode::FORBIDDEN,
     };
     let text = refusal.to_string();
+    let lang = super::html::node_lang(shared);
+    let t = |k: &str| shared.console.i18n.text(&lang, k);
     // Refusals that cost nothing to send are not written one by one (the limiter counts them).
     if !matches!(refusal, Refusal::Off | Refusal::Throttled) {
         tracing::warn!(login, %source, reason = %text, "OpenID Connect sign-in refused");
         let detail = format!("OpenID Connect: {text}");
         audit(shared, login, "login-failed", &detail, source).await;
     }
+    let title = t("oidc-refused-title");
     let main = format!(
-        "<h1>Sign-in refused</h1><p role=\"alert\">{}</p><p><a href=\"/login\">Back to the login page</a></p>",
-        esc(&text)
+        "<h1>{}</h1><p class=\"error\" role=\"alert\">{}</p><p><a href=\"/login\">{}</a></p>",
+        esc(&title),
+        esc(&text),
+        esc(&t("oidc-back"))
     );
     let mut response = (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page(shared, None, "Sign-in refused", &main),
+        page(shared, None, &title, &main),
     )
         .into_response();
     if let Ok(v) = binding_cookie(shared, "", 0).parse() {

@@ -731,6 +731,51 @@ mod tests {
         assert!(state.take("late", PENDING_MS).is_none(), "expired");
     }
 
+    /// A one-shot HTTP server on loopback answering `head` and then `body_bytes` bytes.
+    async fn serve_once(head: &'static str, body_bytes: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let answer = format!("{head}Content-Length: {body_bytes}\r\n\r\n");
+            let _ = socket.write_all(answer.as_bytes()).await;
+            let _ = socket.write_all(&vec![b'x'; body_bytes]).await;
+        });
+        format!("http://{addr}/")
+    }
+
+    fn get(url: &str) -> openidconnect::HttpRequest {
+        openidconnect::http::Request::builder()
+            .uri(url)
+            .body(Vec::new())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_from_the_provider_are_bounded_and_redirects_not_followed() {
+        let http = http_client().unwrap();
+        let url = serve_once("HTTP/1.1 200 OK\r\n", PROVIDER_RESPONSE_BYTES_MAX + 1).await;
+        assert!(matches!(
+            send(&http.0, get(&url)).await,
+            Err(HttpError::TooLarge)
+        ));
+        let url = serve_once("HTTP/1.1 200 OK\r\n", PROVIDER_RESPONSE_BYTES_MAX).await;
+        assert_eq!(
+            send(&http.0, get(&url)).await.unwrap().body().len(),
+            PROVIDER_RESPONSE_BYTES_MAX
+        );
+        let url = serve_once(
+            "HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\n",
+            0,
+        )
+        .await;
+        let answer = send(&http.0, get(&url)).await.unwrap();
+        assert_eq!(answer.status(), 302, "handed back, not followed");
+    }
+
     #[test]
     fn the_password_mark_verifies_no_password() {
         assert!(!auth::verify_password("", OIDC_PASSWORD_MARK));

@@ -219,10 +219,21 @@ pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
         shared.peer_addr,
         shared.console_addr
     );
+    notify_systemd(sd_notify::NotifyState::Ready);
     wait_for_signal().await;
     eprintln!("shutting down");
+    notify_systemd(sd_notify::NotifyState::Stopping);
     node.stop().await;
     Ok(())
+}
+
+/// Tell systemd (`Type=notify`, debian/detente.service) how the node is doing: READY=1 once
+/// the store is open and both ports listen, STOPPING=1 at shutdown. Outside systemd
+/// (`$NOTIFY_SOCKET` unset) this does nothing; a failure to tell is logged, not fatal.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 async fn wait_for_signal() {

@@ -232,3 +232,7 @@ unit-h = h
 unit-m = m
 unit-s = s
 reconnecting = reconnecting…
+# Sign-in through the organization's OpenID Connect provider (console/oidc.rs).
+login-oidc = Sign in with your organization's account
+oidc-refused-title = Sign-in refused
+oidc-back = Back to the login page

@@ -223,3 +223,7 @@ unit-h = 小时
 unit-m = 分
 unit-s = 秒
 reconnecting = 正在重新连接…
+# Sign-in through the organization's OpenID Connect provider (console/oidc.rs).
+login-oidc = 使用本单位账号登录
+oidc-refused-title = 登录被拒绝
+oidc-back = 返回登录页

@@ -2,6 +2,7 @@
 //! `/api/v1` JSON API, for duty officers in a browser.
 //!
 //! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
+//! - [`oidc`]: sign-in through the organization's OpenID Connect provider (code flow, PKCE).
 //! - [`pages`]: the pages and the forms they post.
 //! - [`queue`]: the "needs action" queue and the alarm banner, from one source of deadline
 //!   state.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod html;
 pub mod i18n;
+pub mod oidc;
 pub mod pages;
 pub mod queue;
 pub mod sse;
@@ -57,6 +59,8 @@ pub struct ConsoleState {
     pub secure_cookies: bool,
     /// Open event streams, in all and per session.
     pub streams: Arc<sse::Streams>,
+    /// OpenID Connect sign-ins in progress.
+    pub oidc: oidc::OidcState,
 }
 
 impl ConsoleState {
@@ -67,6 +71,7 @@ impl ConsoleState {
             i18n: i18n::Texts::load(),
             secure_cookies: false,
             streams: Arc::new(sse::Streams::default()),
+            oidc: oidc::OidcState::default(),
         }
     }
 }
@@ -87,6 +92,8 @@ pub fn router() -> Router<Arc<Shared>> {
                 .post(pages::login)
                 .layer(DefaultBodyLimit::max(auth::LOGIN_BODY_BYTES_MAX)),
         )
+        .route("/login/oidc", get(oidc::start))
+        .route("/login/oidc/callback", get(oidc::callback))
         .route("/logout", post(pages::logout))
         .route("/console", get(pages::timeline))
         .route("/console/live/timeline", get(pages::timeline_live))

@@ -108,6 +108,7 @@ fn login_form(shared: &Shared, lang: &str, csrf: &str, error: Option<&str>, logi
         s = esc(&t("login-submit")),
         login = esc(login),
     );
+    main.push_str(&super::oidc::login_link(shared, lang));
     let title = t("login-title");
     page(shared, None, &title, &main)
 }

@@ -18,6 +18,7 @@
 
 mod any;
 pub mod console;
+pub mod lease;
 #[doc(hidden)]
 pub mod pg_test;
 pub mod postgres;
@@ -27,6 +28,7 @@ pub mod sqlite;
 use std::future::Future;
 
 pub use any::{AnyStore, StoreUrl};
+pub use lease::{Acquired, EpochRow};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -141,6 +143,21 @@ pub enum StoreError {
          {known}); run a detente release whose store has migration {found}"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    /// Another process of this party took the lease over (issue 13 item 3): this process
+    /// held epoch `held`, the database now says `current`. Nothing of the batch was applied,
+    /// and this store commits nothing more. Remedy: none needed; the other process is
+    /// active, and this one stops serving (restarted, it stands by).
+    #[error(
+        "this process lost the lease (it held epoch {held}, the database is at {}): another \
+         process of this party is active, so this one commits nothing more",
+        current.map_or_else(|| "a later one".to_string(), |c| c.to_string())
+    )]
+    Fenced { held: i64, current: Option<i64> },
+    /// The store was restored from a backup (`detente restore`) and the node's own later
+    /// envelopes, which its peers may hold, have not been recovered: writing now could reuse
+    /// their sequence numbers. Remedy: see the message; restore a newer copy if there is one.
+    #[error("{0}")]
+    Restored(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -42,6 +42,13 @@ const READ_CONNECTIONS_MAX: u32 = 4;
 /// database is away instead of hanging.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the server keeps a session that stopped in the middle of a transaction, in
+/// milliseconds: it holds the lease row's share lock, which a take-over waits for.
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 3_000;
+
+/// How long a lease statement waits for a row lock, in milliseconds.
+const LEASE_LOCK_TIMEOUT_MS: u64 = 2_000;
+
 /// Largest number of rows in one multi-row statement; chunks are powers of two up to this,
 /// as in the SQLite store, so every statement text stays prepared on its connection.
 const CHUNK_ROWS_MAX: usize = 512;
@@ -66,6 +73,11 @@ pub struct PgStore {
     /// writer task hands them over, as with SQLite.
     pub(crate) writer: PgPool,
     pub(crate) reader: PgPool,
+    /// One connection for the lease (`lease.rs`), apart from the writer's so that a renewal
+    /// never queues behind a commit; connected on first use.
+    pub(crate) lease: PgPool,
+    /// The epoch this process's commits must hold, once it took the lease.
+    pub(crate) fence: std::sync::Arc<crate::lease::Fence>,
 }
 
 impl PgStore {
@@ -79,13 +91,19 @@ impl PgStore {
             .statement_cache_capacity(STATEMENT_CACHE_MAX);
         let open_error = |e: &dyn std::fmt::Display| StoreError::Open(format!("{shown}: {e}"));
 
+        // A writer that stops in the middle of a transaction (paused, or its network cut)
+        // must not keep the lease row locked: the server ends such a session.
+        let writer_options = options.clone().options([(
+            "idle_in_transaction_session_timeout",
+            IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
+        )]);
         let writer = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // Released connections are pinged by the pool anyway; a second ping before each
             // commit would cost another round trip.
             .test_before_acquire(false)
-            .connect_with(options.clone())
+            .connect_with(writer_options)
             .await
             .map_err(|e| open_error(&e))?;
         check_durability(&writer).await.map_err(|e| match e {
@@ -103,14 +121,36 @@ impl PgStore {
             .max_connections(READ_CONNECTIONS_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
-            .connect_with(options.options([("default_transaction_read_only", "on")]))
+            .connect_with(
+                options
+                    .clone()
+                    .options([("default_transaction_read_only", "on")]),
+            )
             .await
             .map_err(|e| open_error(&e))?;
-        Ok(PgStore { writer, reader })
+        // A take-over waits at most this long for an old active's commit to finish, then
+        // tries again on the next round instead of hanging.
+        let lease = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.options([
+                ("lock_timeout", LEASE_LOCK_TIMEOUT_MS.to_string()),
+                (
+                    "idle_in_transaction_session_timeout",
+                    IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
+                ),
+            ]));
+        Ok(PgStore {
+            writer,
+            reader,
+            lease,
+            fence: Default::default(),
+        })
     }
 
     /// Close every connection, waiting for work in progress. Calls made after this fail.
     pub async fn close(&self) {
+        self.lease.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -121,6 +161,7 @@ impl PgStore {
         }
         check_ranges(&batch)?;
         let mut tx = self.writer.begin().await?;
+        self.check_fence(&mut tx).await?;
         if let Err(e) = insert_messages(&mut tx, &batch.messages).await {
             // The failed statement aborted the transaction: roll it back, then look for the
             // colliding message in the batch itself and in what is committed.

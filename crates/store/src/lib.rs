@@ -18,6 +18,7 @@
 
 mod any;
 pub mod console;
+pub mod copy;
 pub mod lease;
 #[doc(hidden)]
 pub mod pg_test;

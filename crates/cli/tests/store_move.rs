@@ -1,7 +1,8 @@
 //! Moving, backing up and restoring a node's store (issue 13 item 5), with real node
 //! processes: `detente store migrate --to postgres://…` (the node then serves from
 //! PostgreSQL with every envelope and checkpoint intact), `detente backup` and `detente
-//! restore` (a restored node refuses to start until its later envelopes can be recovered),
+//! restore` (a restored node refuses to start until its later envelopes can be recovered;
+//! a PostgreSQL node is backed up with pg_dump),
 //! and the refusals: a non-empty target, a running node, a tampered store, a backup of
 //! another node.
 
@@ -282,4 +283,36 @@ async fn a_restored_node_refuses_to_write_until_its_later_envelopes_are_recovere
         text(&serve)
     );
     b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_node_is_backed_up_with_pg_dump() {
+    let Some(url) = detente_store::pg_test::fresh_database("pg_dump").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = ProcNode::init(tmp.path(), "alpha", "Party Alpha", "en", "UTC")
+        .ok()
+        .unwrap();
+    a.set("database_url", &url).ok().unwrap();
+    // The schema exists once a store has opened the database.
+    detente_store::PgStore::open(&url)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let out = tmp.path().join("alpha.dump");
+    let made = detente(&[
+        "backup",
+        "--dir",
+        dir_of(&a),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(made.status.code(), Some(0), "{}", text(&made));
+    assert!(text(&made).contains("pg_dump"), "{}", text(&made));
+    let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
+    assert!(!text(&made).contains(password), "{}", text(&made));
+    // pg_dump's custom format starts with "PGDMP".
+    assert!(std::fs::read(&out).unwrap().starts_with(b"PGDMP"));
 }

@@ -20,6 +20,7 @@ mod any;
 pub mod console;
 pub mod copy;
 pub mod lease;
+pub mod pg_hosts;
 #[doc(hidden)]
 pub mod pg_test;
 pub mod postgres;
@@ -179,7 +180,9 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d.code().is_some_and(|code| {
             // Class 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
             // cannot connect now (starting up or in recovery).
-            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+            // 25006: read-only transaction, i.e. a connection to a server that is (now) a
+            // standby; the store moves to the new primary.
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006")
         }),
         _ => false,
     }

@@ -85,11 +85,27 @@ impl PgStore {
     /// its schema up to date. Errors name the URL with its password hidden.
     pub async fn open(url: &str) -> Result<PgStore> {
         let shown = redact_url(url);
-        let options = PgConnectOptions::from_str(url)
+        let (single, hosts) = crate::pg_hosts::split(url)?;
+        let mut options = PgConnectOptions::from_str(&single)
             .map_err(|e| StoreError::Open(format!("{shown}: {e}")))?
             .application_name("detente")
             .statement_cache_capacity(STATEMENT_CACHE_MAX);
         let open_error = |e: &dyn std::fmt::Display| StoreError::Open(format!("{shown}: {e}"));
+        // Several hosts: use the one that accepts writes (see `pg_hosts`).
+        let mut primary = 0;
+        if hosts.len() > 1 {
+            primary = crate::pg_hosts::find_primary(&options, &hosts)
+                .await
+                .ok_or_else(|| {
+                    open_error(&format!(
+                        "none of its {} hosts answers and accepts writes",
+                        hosts.len()
+                    ))
+                })?;
+            let (host, port) = &hosts[primary];
+            options = options.host(host).port(*port);
+        }
+        let probe_options = options.clone();
 
         // A writer that stops in the middle of a transaction (paused, or its network cut)
         // must not keep the lease row locked: the server ends such a session.
@@ -140,6 +156,15 @@ impl PgStore {
                     IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
                 ),
             ]));
+        if hosts.len() > 1 {
+            let pools = vec![writer.clone(), reader.clone(), lease.clone()];
+            tokio::spawn(crate::pg_hosts::follow_primary(
+                probe_options,
+                hosts,
+                primary,
+                pools,
+            ));
+        }
         Ok(PgStore {
             writer,
             reader,

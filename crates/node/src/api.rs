@@ -605,27 +605,35 @@ async fn checkpoint_now(
     Ok(Json(crate::transcript::checkpoint_json(&signed)).into_response())
 }
 
-/// The channel with a peer as one bundle (application/cbor).
+/// The channel with a peer as one bundle (application/cbor), streamed.
 async fn export(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let bytes = export_bundle(&shared, &name).await?;
-    let detail = format!("channel with {name}, {} bytes", bytes.len());
+    let (body, plan) = export_body(&shared, &name).await?;
+    let detail = format!("channel with {name}, {} messages", plan.messages());
     audit_api(&shared, &caller, "export", &detail).await;
     Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/cbor"),
         )],
-        bytes,
+        body,
     )
         .into_response())
 }
 
-/// The encoded export bundle of the channel with `name` (`detente verify` checks it).
-pub(crate) async fn export_bundle(shared: &Shared, name: &str) -> Result<Vec<u8>, ApiError> {
+/// The export bundle of the channel with `name` (`detente verify` checks it) as a streamed
+/// body: memory per export is bounded by a page and a few chunks, whatever the length of
+/// the transcript. The first chunk is produced before answering, so that a failure in it (a
+/// tampered row near the start, a failing store) is still a clear error status; a later
+/// failure ends the body early (the bytes are then no bundle, and the verifier says so)
+/// and raises the alarm.
+pub(crate) async fn export_body(
+    shared: &Arc<Shared>,
+    name: &str,
+) -> Result<(axum::body::Body, crate::transcript::ExportPlan), ApiError> {
     let entry = peer_entry(shared, name)?;
     // The charter envelopes both sides signed (kind 6), appended ones only; they are also in
     // the streams, and the verifier checks that every one is.
@@ -641,21 +649,51 @@ pub(crate) async fn export_bundle(shared: &Shared, name: &str) -> Result<Vec<u8>
         .filter(|m| m.placement == Placement::Appended)
         .map(|m| m.bytes)
         .collect();
-    let bundle =
-        crate::transcript::export(&shared.store, &shared.secret.public(), &entry.key, charters)
-            .await
-            .map_err(|e| {
-                if e.starts_with(crate::transcript::TAMPERED) {
-                    tampered_alarm(shared, name, &e);
-                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e).hint(
-                        "restore the database from a backup and compare with the peer's export",
-                    );
-                }
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
-            })?;
-    tokio::task::spawn_blocking(move || bundle.encode())
+    let plan = crate::transcript::plan_export(
+        &shared.store,
+        &shared.secret.public(),
+        &entry.key,
+        charters,
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let mut chunks = crate::transcript::stream_export(shared.store.clone(), plan.clone());
+    let first = chunks
+        .recv()
         .await
-        .map_err(|_| internal())
+        .ok_or_else(internal)?
+        .map_err(|e| export_failed(shared, name, e))?;
+    let (shared, name) = (shared.clone(), name.to_string());
+    let stream = futures_util::stream::unfold((Some(first), chunks), move |(first, mut chunks)| {
+        let (shared, name) = (shared.clone(), name.clone());
+        async move {
+            let next = match first {
+                Some(chunk) => Ok(chunk),
+                None => chunks.recv().await?,
+            };
+            let item = next.map(axum::body::Bytes::from).map_err(|e| {
+                let error = export_failed(&shared, &name, e);
+                std::io::Error::other(error.to_string())
+            });
+            Some((item, (None, chunks)))
+        }
+    });
+    Ok((axum::body::Body::from_stream(stream), plan))
+}
+
+/// An export that failed: the alarm for a tampered row, and the answer it gets.
+fn export_failed(shared: &Shared, name: &str, e: crate::transcript::ExportError) -> ApiError {
+    match e {
+        crate::transcript::ExportError::Tampered(detail) => {
+            tampered_alarm(shared, name, &detail);
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, detail)
+                .hint("restore the database from a backup and compare with the peer's export")
+        }
+        crate::transcript::ExportError::Store(detail) => {
+            tracing::warn!(peer = name, "export stopped: {detail}");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+        }
+    }
 }
 
 /// A self-contained inclusion proof of one message against the latest checkpoint that
@@ -678,6 +716,9 @@ async fn proof_signing(
     make_proof(&shared, &caller, &id, true).await
 }
 
+/// Checkpoints a proof looks among, newest first, at most.
+const PROOF_CHECKPOINTS_READ: u32 = 64;
+
 async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) -> ApiResult {
     use detente_proto::checkpoint::SignedCheckpoint;
     let id = parse_id(id)?;
@@ -697,7 +738,6 @@ async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) 
     let covering = |rows: &[detente_store::CheckpointRow]| {
         let decoded: Vec<SignedCheckpoint> = rows
             .iter()
-            .rev()
             .filter_map(|r| SignedCheckpoint::decode(&r.signed).ok())
             .filter(|s| {
                 s.checkpoint()
@@ -711,7 +751,16 @@ async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) 
             .or(decoded.first())
             .cloned()
     };
-    let rows = shared.store.checkpoints(row.channel).await?;
+    // Only the newest checkpoints are read (and decoded), never the channel's whole list:
+    // the sizes this node signs only grow (the witness rule), so when none of the newest
+    // covers the message an older one would not either, and a POST signs a new one.
+    let rows = shared
+        .store
+        .checkpoint_page(
+            row.channel,
+            detente_store::CheckpointPage::newest(PROOF_CHECKPOINTS_READ),
+        )
+        .await?;
     let signed = match covering(&rows) {
         Some(s) => s,
         None if may_sign => shared.writer.checkpoint(&row.peer).await?,

@@ -10,6 +10,9 @@
 //! the database's per-epoch commit record shows that no epoch committed after a later one
 //! had begun: no commit by a fenced process.
 //!
+//! A second test cuts the active's database connection instead (a proxy on its path):
+//! the standby takes over within 10 s and the cut-off process stops serving, then stands by.
+//!
 //! Timing only shapes the chaos and bounds the waits; the 10 s take-over bound is the
 //! issue's requirement (the lease lasts 4 s).
 
@@ -19,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use detente::client::Client;
-use detente::harness::{wait_outbox_empty, ProcNode};
+use detente::harness::{wait_outbox_empty, ProcNode, Proxy};
 use detente_node::config::{NodeDir, KEY_FILE};
 use detente_proto::{Body, MessageId, VerifiedEnvelope};
 use detente_store::{Direction, InboxQuery, Placement, Store};
@@ -300,4 +303,58 @@ async fn stream_rows(
         assert!(out.insert(row.seq, (row.bytes, row.placement)).is_none());
     }
     out
+}
+
+/// The active's database connection cut (through a proxy the test controls), the process
+/// itself alive: the standby takes over within 10 s, the cut-off process stops serving (its
+/// API no longer answers), and once its path to the database returns it stands by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_cut_off_from_the_database_stops_serving_and_the_standby_takes_over() {
+    let Some(url) = detente_store::pg_test::fresh_database("ha_cut").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let mut alpha = [
+        node(&tmp.path().join("one"), "alpha", &exe),
+        node(&tmp.path().join("two"), "alpha", &exe),
+    ];
+    std::fs::copy(alpha[0].dir.join(KEY_FILE), alpha[1].dir.join(KEY_FILE)).unwrap();
+    // postgres://USER:PASSWORD@HOST:PORT/DB: the first process reaches it through the proxy.
+    let (head, db) = url.rsplit_once('/').unwrap();
+    let (credentials, server) = head.rsplit_once('@').unwrap();
+    let proxy = Proxy::start(server.to_owned()).await.ok().unwrap();
+    let through_proxy = format!("{credentials}@{}/{db}", proxy.listen);
+    alpha[0].set("database_url", &through_proxy).ok().unwrap();
+    alpha[1].set("database_url", &url).ok().unwrap();
+    alpha[0].start().ok().unwrap();
+    let first = alpha[0].wait_ready(TAKE_OVER_MAX).await.ok().unwrap();
+    alpha[1].start().ok().unwrap();
+    wait_log(&alpha[1], "standby: another process", TAKE_OVER_MAX);
+
+    let cut = Instant::now();
+    proxy.set_cut(true);
+    alpha[1].wait_ready(TAKE_OVER_MAX).await.ok().unwrap();
+    let took = cut.elapsed();
+    wait_log(&alpha[0], "lost the lease", TAKE_OVER_MAX);
+    assert!(!first.healthy().await, "the cut-off process still serves");
+    eprintln!("take-over after the cut: {took:?}");
+    assert!(took < TAKE_OVER_MAX, "{took:?}");
+
+    proxy.set_cut(false);
+    wait_log(
+        &alpha[0],
+        "standby: another process",
+        Duration::from_secs(30),
+    );
+    let epochs = {
+        let store = detente_store::PgStore::open(&url).await.unwrap();
+        let e = store.lease_epochs(100).await.unwrap();
+        store.close().await;
+        e
+    };
+    assert_eq!(epochs.len(), 2, "{epochs:?}");
+    for a in &mut alpha {
+        a.stop();
+    }
 }

@@ -418,14 +418,7 @@ pub async fn restore(dir: &Path, args: RestoreArgs) -> Outcome {
     let config = node.load()?;
     refuse_if_running(dir, "restoring its store").await?;
     if args.mark_only {
-        let store = detente_node::open_store(&node, &config)
-            .await
-            .map_err(store_failure)?;
-        let marked = mark(&store, "pg_restore").await;
-        store.close().await;
-        marked?;
-        println!("the store is marked restored: the node will not write until its later envelopes are recovered");
-        return Ok(());
+        return mark_only(&node, &config).await;
     }
     let Some(file) = args.file else {
         return Err(Failure::usage(
@@ -450,26 +443,7 @@ pub async fn restore(dir: &Path, args: RestoreArgs) -> Outcome {
     };
     // Work on a copy: the backup file itself is never changed.
     let staged = path.with_extension("db.restoring");
-    let _ = std::fs::remove_file(&staged);
-    copy_private(&file, &staged)?;
-    let (me, peers) = keys(&node, &config)?;
-    let store = AnyStore::Sqlite(SqliteStore::open(&staged).await.map_err(store_failure)?);
-    let mut checked = verify_store(&store, &me, &peers).await;
-    if checked.is_ok() {
-        let marked = if args.insecure_skip_recovery {
-            store
-                .set_mark(RESTORED_MARK, None)
-                .await
-                .map_err(store_failure)
-        } else {
-            mark(&store, &file.display().to_string()).await
-        };
-        if let Err(f) = marked {
-            checked = Err(f);
-        }
-    }
-    store.close().await;
-    let checked = match checked {
+    let checked = match stage(&node, &config, &file, &staged, args.insecure_skip_recovery).await {
         Ok(c) => c,
         Err(f) => {
             let _ = std::fs::remove_file(&staged);
@@ -497,6 +471,52 @@ pub async fn restore(dir: &Path, args: RestoreArgs) -> Outcome {
         println!("{}", restored_message(&file.display().to_string()));
     }
     Ok(())
+}
+
+/// `restore --mark-only`: mark the store the node directory names (after pg_restore).
+async fn mark_only(node: &NodeDir, config: &NodeConfig) -> Outcome {
+    let store = detente_node::open_store(node, config)
+        .await
+        .map_err(store_failure)?;
+    let marked = mark(&store, "pg_restore").await;
+    store.close().await;
+    marked?;
+    println!(
+        "the store is marked restored: the node will not write until its later envelopes \
+         are recovered"
+    );
+    Ok(())
+}
+
+/// Copy `file` to `staged`, verify it as this node's store, and mark it (or, with
+/// `insecure_skip_recovery`, clear any mark).
+async fn stage(
+    node: &NodeDir,
+    config: &NodeConfig,
+    file: &Path,
+    staged: &Path,
+    insecure_skip_recovery: bool,
+) -> Result<Checked, Failure> {
+    let _ = std::fs::remove_file(staged);
+    copy_private(file, staged)?;
+    let (me, peers) = keys(node, config)?;
+    let store = AnyStore::Sqlite(SqliteStore::open(staged).await.map_err(store_failure)?);
+    let mut checked = verify_store(&store, &me, &peers).await;
+    if checked.is_ok() {
+        let marked = if insecure_skip_recovery {
+            store
+                .set_mark(RESTORED_MARK, None)
+                .await
+                .map_err(store_failure)
+        } else {
+            mark(&store, &file.display().to_string()).await
+        };
+        if let Err(f) = marked {
+            checked = Err(f);
+        }
+    }
+    store.close().await;
+    checked
 }
 
 /// Why a restored node does not start; stored as the mark's value, shown at start.

@@ -61,6 +61,22 @@ pub async fn sqlite_to_postgres(src: &SqliteStore, dst: &PgStore) -> Result<Copy
     let mut source = src.reader.acquire().await?;
     // One read transaction: every table from the same snapshot.
     sqlx::query("BEGIN").execute(&mut *source).await?;
+    let copied = copy_all(&mut source, &mut tx, &tables).await;
+    // The read transaction ends either way: the connection goes back to the pool.
+    let _ = sqlx::query(if copied.is_ok() { "COMMIT" } else { "ROLLBACK" })
+        .execute(&mut *source)
+        .await;
+    let report = copied?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// The copy itself, inside the source's read transaction and the target's transaction.
+async fn copy_all(
+    source: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::PgConnection,
+    tables: &[(String, Vec<TargetColumn>)],
+) -> Result<CopyReport> {
     let in_source: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
     )
@@ -76,44 +92,53 @@ pub async fn sqlite_to_postgres(src: &SqliteStore, dst: &PgStore) -> Result<Copy
         )));
     }
     let mut report = CopyReport::default();
-    for (table, columns) in &tables {
-        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-        let list = names
-            .iter()
-            .map(|n| format!("\"{n}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let marks = (1..=names.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let insert = format!("INSERT INTO {table} ({list}) VALUES ({marks})");
-        let select = format!("SELECT {list} FROM {table}");
-        let mut rows = sqlx::query(&select).fetch(&mut *source);
-        let mut count = 0u64;
-        while let Some(row) = rows.try_next().await.map_err(|e| missing(table, e))? {
-            let arguments = bind_row(table, columns, &row)?;
-            sqlx::query_with(&insert, arguments)
-                .execute(&mut *tx)
-                .await?;
-            count += 1;
-        }
-        drop(rows);
-        for c in columns.iter().filter(|c| c.identity) {
-            // Rows keep their ids; new ones must come after them.
-            sqlx::query(&format!(
-                "SELECT setval(pg_get_serial_sequence('{table}', '{0}'), \
-                 COALESCE((SELECT max(\"{0}\") FROM {table}), 0) + 1, false)",
-                c.name
-            ))
-            .execute(&mut *tx)
-            .await?;
-        }
+    for (table, columns) in tables {
+        let count = copy_table(source, tx, table, columns).await?;
         report.tables.push((table.clone(), count));
     }
-    sqlx::query("COMMIT").execute(&mut *source).await?;
-    tx.commit().await?;
     Ok(report)
+}
+
+/// Copy every row of `table` from the SQLite connection into the PostgreSQL transaction;
+/// how many.
+async fn copy_table(
+    source: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::PgConnection,
+    table: &str,
+    columns: &[TargetColumn],
+) -> Result<u64> {
+    let list = columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let marks = (1..=columns.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = format!("INSERT INTO {table} ({list}) VALUES ({marks})");
+    let select = format!("SELECT {list} FROM {table}");
+    let mut rows = sqlx::query(&select).fetch(&mut *source);
+    let mut count = 0u64;
+    while let Some(row) = rows.try_next().await.map_err(|e| missing(table, e))? {
+        let arguments = bind_row(table, columns, &row)?;
+        sqlx::query_with(&insert, arguments)
+            .execute(&mut *tx)
+            .await?;
+        count += 1;
+    }
+    drop(rows);
+    for c in columns.iter().filter(|c| c.identity) {
+        // Rows keep their ids; new ones must come after them.
+        sqlx::query(&format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', '{0}'), \
+             COALESCE((SELECT max(\"{0}\") FROM {table}), 0) + 1, false)",
+            c.name
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(count)
 }
 
 /// The target's tables to copy, in copy order, with their columns.

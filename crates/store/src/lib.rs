@@ -157,11 +157,6 @@ pub enum StoreError {
         current.map_or_else(|| "a later one".to_string(), |c| c.to_string())
     )]
     Fenced { held: i64, current: Option<i64> },
-    /// The store was restored from a backup (`detente restore`) and the node's own later
-    /// envelopes, which its peers may hold, have not been recovered: writing now could reuse
-    /// their sequence numbers. Remedy: see the message; restore a newer copy if there is one.
-    #[error("{0}")]
-    Restored(String),
 }
 
 impl From<sqlx::Error> for StoreError {

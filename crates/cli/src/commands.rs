@@ -190,24 +190,69 @@ pub fn config_set(dir: &Path, key: &str, value: &str) -> Outcome {
 
 pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
     let options = detente_node::StartOptions { new_store };
+    let start = detente_node::Node::start_with(NodeDir::new(dir), options);
     // Opening the store applies its pending migrations, which can take a while on a large
     // store; on a terminal a spinner says so, cleared before the node says it serves.
     let opening =
         crate::progress::Progress::spinner("opening the store and applying its migrations");
-    let started = detente_node::Node::start_with(NodeDir::new(dir), options).await;
-    drop(opening);
-    let node = started.map_err(|e| {
-        let failure = Failure::new(e.to_string());
-        match e {
-            detente_node::StartError::Config(detente_node::config::ConfigError::NoNode(_)) => {
-                failure.hint(format!(
-                    "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
-                    dir.display()
-                ))
-            }
-            _ => failure,
+    // A standby waits inside `start` for the lease; a signal must still end it.
+    let mut node = tokio::select! {
+        started = start => {
+            drop(opening);
+            started.map_err(|e| start_failure(dir, e))?
         }
-    })?;
+        _ = wait_for_signal() => return Ok(()),
+    };
+    loop {
+        announce(&node);
+        notify_systemd(sd_notify::NotifyState::Ready);
+        let mut lost = node.lease_lost();
+        tokio::select! {
+            _ = wait_for_signal() => {
+                eprintln!("shutting down");
+                notify_systemd(sd_notify::NotifyState::Stopping);
+                node.stop().await;
+                return Ok(());
+            }
+            // Closed without a reason (SQLite has no lease): never lost.
+            Ok(_) = lost.wait_for(|why| why.is_some()) => {}
+        }
+        // Another process of this party is active (issue 13 item 3): stop serving, and
+        // stand by to take over again when it stops.
+        node.stop().await;
+        eprintln!("lost the lease: this process stopped serving and stands by");
+        node = loop {
+            let again = detente_node::Node::start_with(NodeDir::new(dir), options);
+            tokio::select! {
+                started = again => match started {
+                    Ok(node) => break node,
+                    Err(e) => {
+                        eprintln!("cannot start again: {e}; retrying in {RESTART_DELAY:?}");
+                        tokio::time::sleep(RESTART_DELAY).await;
+                    }
+                },
+                _ = wait_for_signal() => return Ok(()),
+            }
+        };
+    }
+}
+
+/// How long `serve` waits before trying again to start a node that lost its lease.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+fn start_failure(dir: &Path, e: detente_node::StartError) -> Failure {
+    let failure = Failure::new(e.to_string());
+    match e {
+        detente_node::StartError::Config(detente_node::config::ConfigError::NoNode(_)) => failure
+            .hint(format!(
+                "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
+                dir.display()
+            )),
+        _ => failure,
+    }
+}
+
+fn announce(node: &detente_node::Node) {
     let shared = &node.shared;
     eprintln!(
         "detente node {} serving: peers on {}, console and API on http://{}",
@@ -219,12 +264,6 @@ pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
         shared.peer_addr,
         shared.console_addr
     );
-    notify_systemd(sd_notify::NotifyState::Ready);
-    wait_for_signal().await;
-    eprintln!("shutting down");
-    notify_systemd(sd_notify::NotifyState::Stopping);
-    node.stop().await;
-    Ok(())
 }
 
 /// Tell systemd (`Type=notify`, debian/detente.service) how the node is doing: READY=1 once

@@ -25,6 +25,7 @@ pub mod progress;
 pub mod report;
 pub mod report_html;
 pub mod screenshots;
+pub mod store_cmd;
 pub mod transcript;
 pub mod users;
 pub mod webdriver;

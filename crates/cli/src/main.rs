@@ -6,7 +6,8 @@
 #![forbid(unsafe_code)]
 
 use detente::{
-    bench, charter, commands, demo, formats_cmd, home, screenshots, transcript, users, Outcome,
+    bench, charter, commands, demo, formats_cmd, home, screenshots, store_cmd, transcript, users,
+    Outcome,
 };
 
 use std::path::PathBuf;
@@ -111,6 +112,35 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// The node's store: move it to PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Make a consistent online backup of the node's store (SQLite: a verified copy of the
+    /// file; PostgreSQL: pg_dump).
+    Backup {
+        #[command(flatten)]
+        dir: NodeDirArg,
+        /// The backup file to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup made by `detente backup` in place of the node's store (the node must be
+    /// stopped; the current store is kept beside it).
+    Restore {
+        #[command(flatten)]
+        dir: NodeDirArg,
+        /// The backup file.
+        file: Option<PathBuf>,
+        /// Only mark the store as restored (after restoring PostgreSQL with pg_restore).
+        #[arg(long, conflicts_with = "file")]
+        mark_only: bool,
+        /// Do not mark the store: only when the backup holds everything this node ever sent
+        /// (otherwise its next envelopes could reuse sequence numbers its peers hold).
+        #[arg(long)]
+        insecure_skip_recovery: bool,
     },
     /// Run the node in the foreground.
     Serve {
@@ -502,6 +532,19 @@ enum ConfigCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy this node's SQLite store into an empty PostgreSQL database, verifying every
+    /// envelope and Merkle root before and after, then point node.toml at it.
+    Migrate {
+        #[command(flatten)]
+        dir: NodeDirArg,
+        /// The PostgreSQL database to fill, postgres://USER:PASSWORD@HOST:PORT/DB (empty).
+        #[arg(long)]
+        to: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(
@@ -604,6 +647,23 @@ async fn run(command: Command) -> Outcome {
             command: ConfigCommand::Set { dir, key, value },
         } => commands::config_set(&dir.get()?, &key, &value),
         Command::Serve { dir, new_store } => commands::serve(&dir.get()?, new_store).await,
+        Command::Store {
+            command: StoreCommand::Migrate { dir, to },
+        } => store_cmd::migrate(&dir.get()?, &to).await,
+        Command::Backup { dir, out } => store_cmd::backup(&dir.get()?, &out).await,
+        Command::Restore {
+            dir,
+            file,
+            mark_only,
+            insecure_skip_recovery,
+        } => {
+            let args = store_cmd::RestoreArgs {
+                file,
+                mark_only,
+                insecure_skip_recovery,
+            };
+            store_cmd::restore(&dir.get()?, args).await
+        }
         Command::Send {
             dir,
             to,

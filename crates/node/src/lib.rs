@@ -16,6 +16,7 @@ pub mod deadlines;
 pub mod events;
 pub mod gate;
 pub mod hooks;
+pub mod lease;
 pub mod link;
 pub mod metrics;
 pub mod notify;
@@ -88,7 +89,13 @@ pub enum StartError {
          console.insecure_public_bind true"
     )]
     PublicConsole { addr: String },
+    /// `detente restore` marked the store: see the message.
+    #[error("{0}")]
+    Restored(String),
 }
+
+/// The store mark `detente restore` sets (its value is the message the node refuses with).
+pub const RESTORED_MARK: &str = "restored";
 
 /// How a node starts ([`Node::start_with`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -131,6 +138,10 @@ pub struct Node {
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The PostgreSQL lease this process holds, released on a clean stop.
+    lease: Option<lease::Held>,
+    /// Why the lease was lost, once it was (the node has then shut itself down).
+    lease_lost: watch::Receiver<Option<String>>,
 }
 
 impl Node {
@@ -155,6 +166,12 @@ impl Node {
             }
         }
         let store = Arc::new(NodeStore::open(&config.database_url, &default_file).await?);
+        if let Some(why) = store.mark(RESTORED_MARK).await? {
+            return Err(StartError::Restored(why));
+        }
+        // On PostgreSQL, stand by until this process holds the lease: before the writer
+        // reads the stream state and before anything listens (issue 13 item 3).
+        let lease = lease::take(&store, &lease::holder(&dir)).await?;
         let table = Arc::new(PeerTable::default());
         let events = Events::new();
         let mut peers = Vec::new();
@@ -233,11 +250,22 @@ impl Node {
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });
+        let (lost_tx, lost_rx) = watch::channel(None);
         let mut node = Node {
             shared: shared.clone(),
             shutdown: shutdown_tx,
             tasks: Vec::new(),
+            lease: lease.clone(),
+            lease_lost: lost_rx,
         };
+        if let Some(held) = lease {
+            node.tasks.push(tokio::spawn(lease::keep(
+                shared.store.clone(),
+                held,
+                node.shutdown.clone(),
+                lost_tx,
+            )));
+        }
         for entry in shared.table.all() {
             node.tasks.push(start_link(&shared, entry));
         }
@@ -266,14 +294,26 @@ impl Node {
         Ok(node)
     }
 
-    /// Stop every task and close the store. Everything acknowledged is already durable.
+    /// Stop every task, give the lease up, and close the store. Everything acknowledged is
+    /// already durable.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
+        if let (Some(held), Some(pg)) = (&self.lease, self.shared.store.postgres()) {
+            let _ = pg.lease_release(&held.holder, held.epoch).await;
+        }
         self.shared.store.close().await;
         let _ = std::fs::remove_file(self.shared.dir.file(config::RUN_FILE));
+    }
+}
+
+impl Node {
+    /// Resolves with the reason once this process lost its PostgreSQL lease; the node has
+    /// then stopped serving, and [`Node::stop`] finishes the job. Never resolves on SQLite.
+    pub fn lease_lost(&self) -> watch::Receiver<Option<String>> {
+        self.lease_lost.clone()
     }
 }
 

@@ -81,6 +81,71 @@ impl AnyStore {
         forward!(self, s => s.close().await)
     }
 
+    /// The PostgreSQL store inside, for what only it has (the lease).
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match self {
+            AnyStore::Postgres(s) => Some(s),
+            AnyStore::Sqlite(_) => None,
+        }
+    }
+
+    /// The value of mark `name` (see `store_marks`), if set.
+    pub async fn mark(&self, name: &str) -> Result<Option<String>> {
+        let sql = match self {
+            AnyStore::Sqlite(_) => "SELECT value FROM store_marks WHERE name = ?1",
+            AnyStore::Postgres(_) => "SELECT value FROM store_marks WHERE name = $1",
+        };
+        match self {
+            AnyStore::Sqlite(s) => Ok(sqlx::query_scalar(sql)
+                .bind(name)
+                .fetch_optional(&s.reader)
+                .await?),
+            AnyStore::Postgres(s) => Ok(sqlx::query_scalar(sql)
+                .bind(name)
+                .fetch_optional(&s.reader)
+                .await?),
+        }
+    }
+
+    /// Set mark `name` to `value`, or clear it (`None`).
+    pub async fn set_mark(&self, name: &str, value: Option<&str>) -> Result<()> {
+        let (delete, upsert) = match self {
+            AnyStore::Sqlite(_) => (
+                "DELETE FROM store_marks WHERE name = ?1",
+                "INSERT INTO store_marks (name, value) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            ),
+            AnyStore::Postgres(_) => (
+                "DELETE FROM store_marks WHERE name = $1",
+                "INSERT INTO store_marks (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            ),
+        };
+        match (self, value) {
+            (AnyStore::Sqlite(s), Some(v)) => {
+                sqlx::query(upsert)
+                    .bind(name)
+                    .bind(v)
+                    .execute(&s.writer)
+                    .await?;
+            }
+            (AnyStore::Sqlite(s), None) => {
+                sqlx::query(delete).bind(name).execute(&s.writer).await?;
+            }
+            (AnyStore::Postgres(s), Some(v)) => {
+                sqlx::query(upsert)
+                    .bind(name)
+                    .bind(v)
+                    .execute(&s.writer)
+                    .await?;
+            }
+            (AnyStore::Postgres(s), None) => {
+                sqlx::query(delete).bind(name).execute(&s.writer).await?;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn put_user(&self, row: &UserRow) -> Result<bool> {
         forward!(self, s => s.put_user(row).await)
     }

@@ -19,8 +19,10 @@
 mod any;
 pub mod checkpoints;
 pub mod console;
-#[doc(hidden)]
+pub mod copy;
+pub mod lease;
 pub mod pg_hosts;
+#[doc(hidden)]
 pub mod pg_test;
 pub mod postgres;
 mod rows;
@@ -30,6 +32,7 @@ use std::future::Future;
 
 pub use any::{AnyStore, StoreUrl};
 pub use checkpoints::{CheckpointPage, CheckpointSpan};
+pub use lease::{Acquired, EpochRow};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -144,6 +147,16 @@ pub enum StoreError {
          {known}); run a detente release whose store has migration {found}"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    /// Another process of this party took the lease over (issue 13 item 3): this process
+    /// held epoch `held`, the database now says `current`. Nothing of the batch was applied,
+    /// and this store commits nothing more. Remedy: none needed; the other process is
+    /// active, and this one stops serving (restarted, it stands by).
+    #[error(
+        "this process lost the lease (it held epoch {held}, the database is at {}): another \
+         process of this party is active, so this one commits nothing more",
+        current.map_or_else(|| "a later one".to_string(), |c| c.to_string())
+    )]
+    Fenced { held: i64, current: Option<i64> },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -164,7 +177,9 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d.code().is_some_and(|code| {
             // Class 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
             // cannot connect now (starting up or in recovery).
-            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+            // 25006: read-only transaction, i.e. a connection to a server that is (now) a
+            // standby; the store moves to the new primary.
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006")
         }),
         _ => false,
     }

@@ -1,219 +1,167 @@
-//! Several PostgreSQL servers in one `database_url`, the way libpq takes them:
-//! `postgres://user:pw@host1:5432,host2:5432/db?target_session_attrs=read-write`.
+//! Multi-host PostgreSQL URLs, as libpq writes them (issue 13 item 4):
+//! `postgres://USER:PASSWORD@HOST1:PORT1,HOST2:PORT2/DB?target_session_attrs=read-write`.
 //!
-//! sqlx connects to one host, so the store does the rest itself: at open it connects to the
-//! first listed server that is acceptable (with `read-write`, or its synonym `primary`: not
-//! in recovery and not read-only), and while it runs a watcher checks that server once a
-//! second. When it is gone or has become a standby, the watcher points both pools at the
-//! first acceptable server of the list (`Pool::set_connect_options`); the connections to the
-//! old server fail, are dropped, and the next ones go to the new primary. Which server is
-//! the primary is decided by PostgreSQL's own machinery (`pg_ctl promote`, Patroni): the
-//! store never promotes anything, and with a synchronous standby nothing it committed is lost
-//! by the switch (docs/deployment.md).
+//! sqlx 0.8 parses one host only, so the store does what libpq's `target_session_attrs =
+//! read-write` does itself: at open it connects to each host in turn and uses the first
+//! that accepts writes (`pg_is_in_recovery()` is false); while it runs, [`follow_primary`]
+//! checks that host every [`FOLLOW_INTERVAL`] and, when it is gone or has become a standby,
+//! points every pool at the host that now accepts writes (a standby promoted with `pg_ctl
+//! promote`, or by Patroni). Connections already open to the old host fail on their next
+//! use and are replaced; nothing is retried behind the writer's back: a commit in flight
+//! during the switch fails as [`StoreError::Unavailable`] and the node answers 503 until the
+//! new primary is found.
+//!
+//! With a synchronous standby (`synchronous_commit = on`, `synchronous_standby_names`)
+//! every commit the node acknowledged is on the standby before the primary answers, so
+//! promotion loses nothing acknowledged.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 
-use crate::postgres::redact_url;
 use crate::{Result, StoreError};
 
-/// Servers listed in one URL, at most.
+/// Most hosts one URL may list.
 pub const HOSTS_MAX: usize = 8;
-/// How often the watcher checks the server in use.
-pub const FAILOVER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How long one check may take to connect and answer.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The servers of one URL, each as a single-host URL, and what a server must be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hosts {
-    pub urls: Vec<String>,
-    /// `target_session_attrs=read-write` (or `primary`): only a writable primary will do.
-    pub read_write: bool,
+/// How often the store checks that its host still accepts writes.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long one probe of a host may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `url` with only its first host, and every `(host, port)` it lists (one for a plain URL).
+/// `target_session_attrs` is taken out: the store always wants a host that accepts writes.
+pub(crate) fn split(url: &str) -> Result<(String, Vec<(String, u16)>)> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok((url.to_owned(), Vec::new()));
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hostlist) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let mut hosts = Vec::new();
+    for item in hostlist.split(',') {
+        let (host, port) = match item.rsplit_once(':') {
+            Some((h, p)) => {
+                let port = p.parse::<u16>().map_err(|_| {
+                    StoreError::Open(format!("database_url: bad port in host {item:?}"))
+                })?;
+                (h.to_owned(), port)
+            }
+            _ => (item.to_owned(), 5432),
+        };
+        hosts.push((host, port));
+    }
+    if hosts.len() > HOSTS_MAX {
+        return Err(StoreError::Open(format!(
+            "database_url lists {} hosts; at most {HOSTS_MAX}",
+            hosts.len()
+        )));
+    }
+    let tail = strip_parameter(tail, "target_session_attrs");
+    let first = hostlist.split(',').next().unwrap_or_default();
+    Ok((format!("{scheme}://{userinfo}{first}{tail}"), hosts))
 }
 
-impl Hosts {
-    /// Split `url`; a URL with one host and no `target_session_attrs` gives one URL, itself.
-    pub fn parse(url: &str) -> Result<Hosts> {
-        let bad = |why: &str| StoreError::Open(format!("{}: {why}", redact_url(url)));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let (userinfo, hostlist) = match authority.rfind('@') {
-            Some(at) => (&authority[..=at], &authority[at + 1..]),
-            None => ("", authority),
-        };
-        let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
-        let mut read_write = false;
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.strip_prefix("target_session_attrs=") {
-                Some("read-write" | "primary") => read_write = true,
-                Some("any") => {}
-                Some(other) => {
-                    return Err(bad(&format!(
-                        "target_session_attrs={other} is not supported (use read-write or any)"
-                    )))
-                }
-                None => kept.push(pair),
-            }
-        }
-        let hosts: Vec<&str> = hostlist.split(',').collect();
-        if hosts.len() > HOSTS_MAX || hosts.iter().any(|h| h.is_empty()) {
-            return Err(bad(&format!(
-                "between 1 and {HOSTS_MAX} hosts, separated by commas"
-            )));
-        }
-        let query = if kept.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", kept.join("&"))
-        };
-        let urls = hosts
-            .iter()
-            .map(|h| format!("{scheme}://{userinfo}{h}{path}{query}"))
-            .collect();
-        Ok(Hosts { urls, read_write })
+/// `tail` (path and query) without parameter `name`.
+fn strip_parameter(tail: &str, name: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| p.split('=').next() != Some(name))
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
     }
+}
 
-    /// Whether there is anything to watch: several servers, or one that must be primary.
-    pub fn needs_watching(&self) -> bool {
-        self.urls.len() > 1 || self.read_write
-    }
-
-    /// Connection options for server `i`.
-    pub(crate) fn options(&self, i: usize) -> Result<PgConnectOptions> {
-        PgConnectOptions::from_str(&self.urls[i])
-            .map_err(|e| StoreError::Open(format!("{}: {e}", redact_url(&self.urls[i]))))
-    }
-
-    /// The first acceptable server, trying `prefer` first; with why each other one was not.
-    pub(crate) async fn choose(&self, prefer: Option<usize>) -> std::result::Result<usize, String> {
-        let mut order: Vec<usize> = prefer.into_iter().collect();
-        order.extend((0..self.urls.len()).filter(|i| Some(*i) != prefer));
-        let mut why = Vec::new();
-        for i in order {
-            match self.check(i).await {
-                Ok(()) => return Ok(i),
-                Err(e) => why.push(format!("{}: {e}", redact_url(&self.urls[i]))),
-            }
-        }
-        Err(why.join("; "))
-    }
-
-    /// Whether server `i` answers and, if a primary is needed, is one.
-    async fn check(&self, i: usize) -> std::result::Result<(), String> {
-        let options = self.options(i).map_err(|e| e.to_string())?;
-        let read_write = self.read_write;
-        let probe = async move {
-            let mut conn: PgConnection = options.connect().await.map_err(|e| e.to_string())?;
-            let verdict = if read_write {
-                let (recovery, read_only): (bool, String) = sqlx::query_as(
-                    "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')",
-                )
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-                match (recovery, read_only.as_str()) {
-                    (true, _) => Err("a standby (in recovery)".to_string()),
-                    (_, "on") => Err("read-only".to_string()),
-                    _ => Ok(()),
-                }
-            } else {
-                Ok(())
-            };
-            let _ = conn.close().await;
-            verdict
-        };
-        tokio::time::timeout(CHECK_TIMEOUT, probe)
+/// Whether the server behind `options` answers and accepts writes.
+async fn writable(options: &PgConnectOptions) -> bool {
+    let probe = async {
+        let mut conn = PgConnection::connect_with(options).await.ok()?;
+        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut conn)
             .await
-            .map_err(|_| format!("no answer within {CHECK_TIMEOUT:?}"))?
-    }
+            .ok()?;
+        let _ = conn.close().await;
+        Some(!in_recovery)
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
 }
 
-/// Keep `writer` and `reader` on an acceptable server of `hosts`, starting from `current`,
-/// until the writer pool is closed. `adjust` gives the pools' own settings to options.
-pub(crate) fn watch(
-    hosts: Hosts,
-    mut current: usize,
-    writer: PgPool,
-    reader: PgPool,
-    adjust: fn(PgConnectOptions) -> (PgConnectOptions, PgConnectOptions),
-) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(FAILOVER_CHECK_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if writer.is_closed() {
-                return;
-            }
-            if hosts.check(current).await.is_ok() {
-                continue;
-            }
-            let Ok(next) = hosts.choose(None).await else {
-                // None acceptable yet (the standby not promoted): commits fail with 503 and
-                // the next tick looks again.
-                continue;
-            };
-            if next == current {
-                continue;
-            }
-            let Ok(options) = hosts.options(next) else {
-                continue;
-            };
-            let (w, r) = adjust(options);
-            writer.set_connect_options(w);
-            reader.set_connect_options(r);
-            tracing::warn!(
-                from = %redact_url(&hosts.urls[current]),
-                to = %redact_url(&hosts.urls[next]),
-                "database: the server in use is gone or no longer primary; switched"
-            );
-            current = next;
+/// The first of `hosts` that accepts writes, as an index.
+pub(crate) async fn find_primary(
+    base: &PgConnectOptions,
+    hosts: &[(String, u16)],
+) -> Option<usize> {
+    for (i, (host, port)) in hosts.iter().enumerate() {
+        if writable(&base.clone().host(host).port(*port)).await {
+            return Some(i);
         }
-    });
+    }
+    None
+}
+
+/// Keep `pools` pointed at the host of `hosts` that accepts writes, starting at `current`,
+/// until the pools are closed.
+pub(crate) async fn follow_primary(
+    base: PgConnectOptions,
+    hosts: Vec<(String, u16)>,
+    mut current: usize,
+    pools: Vec<PgPool>,
+) {
+    loop {
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+        if pools.iter().all(|p| p.is_closed()) {
+            return;
+        }
+        let (host, port) = &hosts[current];
+        if writable(&base.clone().host(host).port(*port)).await {
+            continue;
+        }
+        let Some(next) = find_primary(&base, &hosts).await else {
+            continue;
+        };
+        if next == current {
+            continue;
+        }
+        current = next;
+        let (host, port) = &hosts[current];
+        tracing::warn!(%host, port, "the database primary moved; connecting to it");
+        for pool in &pools {
+            let options = (*pool.connect_options()).clone().host(host).port(*port);
+            pool.set_connect_options(options);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::split;
 
     #[test]
-    fn a_multi_host_url_splits_into_single_host_urls() {
-        let h = Hosts::parse(
-            "postgres://u:p@10.0.0.1:5432,10.0.0.2:5433/db?sslmode=disable&target_session_attrs=read-write",
-        )
-        .unwrap();
-        assert!(h.read_write && h.needs_watching());
+    fn a_multi_host_url_is_split_into_its_hosts() {
+        let (first, hosts) =
+            split("postgres://u:p%40ss@10.0.0.1:5433,db2/x?target_session_attrs=read-write&a=b")
+                .unwrap();
+        assert_eq!(first, "postgres://u:p%40ss@10.0.0.1:5433/x?a=b");
         assert_eq!(
-            h.urls,
-            vec![
-                "postgres://u:p@10.0.0.1:5432/db?sslmode=disable",
-                "postgres://u:p@10.0.0.2:5433/db?sslmode=disable"
-            ]
+            hosts,
+            vec![("10.0.0.1".to_string(), 5433), ("db2".to_string(), 5432)]
         );
-        let one = Hosts::parse("postgres://u:p@h:1/db").unwrap();
-        assert_eq!(one.urls, vec!["postgres://u:p@h:1/db"]);
-        assert!(!one.needs_watching());
-        assert!(
-            Hosts::parse("postgres://u:p@h:1/db?target_session_attrs=any")
-                .is_ok_and(|h| !h.read_write)
-        );
-    }
-
-    #[test]
-    fn bad_host_lists_are_refused_with_the_password_hidden() {
-        for url in [
-            "postgres://u:secret@a,,b/db",
-            "postgres://u:secret@a/db?target_session_attrs=standby",
-            "postgres://u:secret@a,b,c,d,e,f,g,h,i/db",
-        ] {
-            let e = Hosts::parse(url).unwrap_err().to_string();
-            assert!(!e.contains("secret"), "{e}");
-        }
+        let (plain, one) = split("postgres://u@h:1/db").unwrap();
+        assert_eq!((plain.as_str(), one.len()), ("postgres://u@h:1/db", 1));
+        assert!(split("postgres://u@h:x/db").is_err());
     }
 }

@@ -15,6 +15,7 @@
 //! batch was not applied, and the next call reconnects by itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
 use std::time::Duration;
 
 use detente_proto::merkle;
@@ -42,6 +43,13 @@ const READ_CONNECTIONS_MAX: u32 = 4;
 /// database is away instead of hanging.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the server keeps a session that stopped in the middle of a transaction, in
+/// milliseconds: it holds the lease row's share lock, which a take-over waits for.
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 3_000;
+
+/// How long a lease statement waits for a row lock, in milliseconds.
+const LEASE_LOCK_TIMEOUT_MS: u64 = 2_000;
+
 /// Largest number of rows in one multi-row statement; chunks are powers of two up to this,
 /// as in the SQLite store, so every statement text stays prepared on its connection.
 const CHUNK_ROWS_MAX: usize = 512;
@@ -66,6 +74,11 @@ pub struct PgStore {
     /// writer task hands them over, as with SQLite.
     pub(crate) writer: PgPool,
     pub(crate) reader: PgPool,
+    /// One connection for the lease (`lease.rs`), apart from the writer's so that a renewal
+    /// never queues behind a commit; connected on first use.
+    pub(crate) lease: PgPool,
+    /// The epoch this process's commits must hold, once it took the lease.
+    pub(crate) fence: std::sync::Arc<crate::lease::Fence>,
 }
 
 impl PgStore {
@@ -77,25 +90,41 @@ impl PgStore {
     /// to another when it goes away or stops being the primary (see [`crate::pg_hosts`]).
     pub async fn open(url: &str) -> Result<PgStore> {
         let shown = redact_url(url);
-        let hosts = crate::pg_hosts::Hosts::parse(url)?;
-        let current = if hosts.needs_watching() {
-            hosts
-                .choose(None)
-                .await
-                .map_err(|why| StoreError::Open(format!("{shown}: no acceptable server ({why})")))?
-        } else {
-            0
-        };
-        let (options, read_options) = pool_options(hosts.options(current)?);
+        let (single, hosts) = crate::pg_hosts::split(url)?;
+        let mut options = PgConnectOptions::from_str(&single)
+            .map_err(|e| StoreError::Open(format!("{shown}: {e}")))?
+            .application_name("detente")
+            .statement_cache_capacity(STATEMENT_CACHE_MAX);
         let open_error = |e: &dyn std::fmt::Display| StoreError::Open(format!("{shown}: {e}"));
+        // Several hosts: use the one that accepts writes (see `pg_hosts`).
+        let mut primary = 0;
+        if hosts.len() > 1 {
+            primary = crate::pg_hosts::find_primary(&options, &hosts)
+                .await
+                .ok_or_else(|| {
+                    open_error(&format!(
+                        "none of its {} hosts answers and accepts writes",
+                        hosts.len()
+                    ))
+                })?;
+            let (host, port) = &hosts[primary];
+            options = options.host(host).port(*port);
+        }
+        let probe_options = options.clone();
 
+        // A writer that stops in the middle of a transaction (paused, or its network cut)
+        // must not keep the lease row locked: the server ends such a session.
+        let writer_options = options.clone().options([(
+            "idle_in_transaction_session_timeout",
+            IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
+        )]);
         let writer = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // Released connections are pinged by the pool anyway; a second ping before each
             // commit would cost another round trip.
             .test_before_acquire(false)
-            .connect_with(options.clone())
+            .connect_with(writer_options)
             .await
             .map_err(|e| open_error(&e))?;
         check_durability(&writer).await.map_err(|e| match e {
@@ -113,17 +142,45 @@ impl PgStore {
             .max_connections(READ_CONNECTIONS_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
-            .connect_with(read_options)
+            .connect_with(
+                options
+                    .clone()
+                    .options([("default_transaction_read_only", "on")]),
+            )
             .await
             .map_err(|e| open_error(&e))?;
-        if hosts.needs_watching() {
-            crate::pg_hosts::watch(hosts, current, writer.clone(), reader.clone(), pool_options);
+        // A take-over waits at most this long for an old active's commit to finish, then
+        // tries again on the next round instead of hanging.
+        let lease = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.options([
+                ("lock_timeout", LEASE_LOCK_TIMEOUT_MS.to_string()),
+                (
+                    "idle_in_transaction_session_timeout",
+                    IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
+                ),
+            ]));
+        if hosts.len() > 1 {
+            let pools = vec![writer.clone(), reader.clone(), lease.clone()];
+            tokio::spawn(crate::pg_hosts::follow_primary(
+                probe_options,
+                hosts,
+                primary,
+                pools,
+            ));
         }
-        Ok(PgStore { writer, reader })
+        Ok(PgStore {
+            writer,
+            reader,
+            lease,
+            fence: Default::default(),
+        })
     }
 
     /// Close every connection, waiting for work in progress. Calls made after this fail.
     pub async fn close(&self) {
+        self.lease.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -134,6 +191,7 @@ impl PgStore {
         }
         check_ranges(&batch)?;
         let mut tx = self.writer.begin().await?;
+        self.check_fence(&mut tx).await?;
         if let Err(e) = insert_messages(&mut tx, &batch.messages).await {
             // The failed statement aborted the transaction: roll it back, then look for the
             // colliding message in the batch itself and in what is committed.
@@ -194,17 +252,6 @@ impl PgStore {
         }
         String::from("in batch")
     }
-}
-
-/// The writer's and the readers' connection options for one server.
-fn pool_options(options: PgConnectOptions) -> (PgConnectOptions, PgConnectOptions) {
-    let options = options
-        .application_name("detente")
-        .statement_cache_capacity(STATEMENT_CACHE_MAX);
-    let read = options
-        .clone()
-        .options([("default_transaction_read_only", "on")]);
-    (options, read)
 }
 
 /// Refuse a server on which a commit would not be durable when it returns: `fsync` off, or

@@ -187,6 +187,33 @@ impl SqliteStore {
         wal_checkpoint(&self.checkpointer).await
     }
 
+    /// A consistent copy of the whole database in the new file `out` (`detente backup`):
+    /// SQLite's `VACUUM INTO`, which reads one snapshot while commits go on. The file is
+    /// created owner-only first (the transcript is confidential) and must not exist.
+    pub async fn backup_into(&self, out: &Path) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", out.display())))?;
+        let target = out
+            .to_str()
+            .ok_or_else(|| StoreError::Open(format!("{}: not UTF-8", out.display())))?;
+        let done = sqlx::query("VACUUM INTO ?1")
+            .bind(target)
+            .execute(&self.writer)
+            .await;
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(out);
+            return Err(e.into());
+        }
+        std::fs::File::open(out)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::Database(format!("cannot sync {}: {e}", out.display())))
+    }
+
     /// Close every connection, waiting for work in progress. A commit that already
     /// returned is durable whether or not this is called; closing lets SQLite checkpoint
     /// and remove the WAL. Calls made after this fail with [`StoreError::Database`].

@@ -3,6 +3,8 @@
 //!
 //! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
 //! - [`pages`]: the pages and the forms they post.
+//! - [`records`]: link health, the transcript's checks, the counterparts, the audit log and
+//!   the users: typed view models rendered by maud templates.
 //! - [`queue`]: the "needs action" queue and the alarm banner, from one source of deadline
 //!   state.
 //! - [`status`]: the status light on every page (link state and since when, link test,
@@ -20,6 +22,7 @@ pub mod html;
 pub mod i18n;
 pub mod pages;
 pub mod queue;
+pub mod records;
 pub mod sse;
 pub mod status;
 
@@ -94,7 +97,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/live/queue", get(pages::queue_live))
         .route("/console/live/status", get(pages::status_live))
         .route("/console/alarm/silence", post(pages::silence))
-        .route("/console/live/link", get(pages::link_live))
+        .route("/console/live/link", get(records::link_live))
         .route("/console/live/messages/{id}", get(pages::message_live))
         .route("/console/events", get(sse::events))
         .route("/console/messages/{id}", get(pages::message))
@@ -103,12 +106,12 @@ pub fn router() -> Router<Arc<Shared>> {
             "/console/compose",
             get(pages::compose).post(pages::compose_send),
         )
-        .route("/console/link", get(pages::link))
-        .route("/console/transcript", get(pages::transcript))
-        .route("/console/transcript/export", get(pages::export))
-        .route("/console/counterparts", get(pages::counterparts))
-        .route("/console/audit", get(pages::audit_log))
-        .route("/console/users", get(pages::users))
+        .route("/console/link", get(records::link))
+        .route("/console/transcript", get(records::transcript))
+        .route("/console/transcript/export", get(records::export))
+        .route("/console/counterparts", get(records::counterparts))
+        .route("/console/audit", get(records::audit_log))
+        .route("/console/users", get(records::users))
         .route("/console/lang", post(pages::set_lang))
         .route("/console/assets/{name}", get(asset))
 }

@@ -9,12 +9,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use detente_proto::{ChannelId, MessageId, Precedence, ReceiptLevel};
-use detente_store::{InboxQuery, Store};
+use detente_proto::{MessageId, Precedence, ReceiptLevel};
+use detente_store::Store;
+use maud::{html, Markup, PreEscaped};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::auth::{self, Role};
+use super::auth;
 use super::html::{csrf_field, esc, live_page, page, url_value};
 use super::{audit, cookie, set_cookie, Operator, Source, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::api::{self, SendBody};
@@ -37,15 +38,20 @@ pub const NOTE_CHARS_MAX: usize = 2_000;
 
 type Shr = State<Arc<Shared>>;
 
-fn tr(shared: &Shared, op: &Operator, key: &str) -> String {
+pub(super) fn tr(shared: &Shared, op: &Operator, key: &str) -> String {
     shared.console.i18n.text(&op.lang, key)
 }
 
-fn tr_with(shared: &Shared, op: &Operator, key: &str, args: &[(&str, String)]) -> String {
+pub(super) fn tr_with(
+    shared: &Shared,
+    op: &Operator,
+    key: &str,
+    args: &[(&str, String)],
+) -> String {
     shared.console.i18n.text_with(&op.lang, key, args)
 }
 
-fn html(status: StatusCode, body: String) -> Response {
+pub(super) fn html(status: StatusCode, body: String) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -55,13 +61,10 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 /// A page-level refusal in the operator's language.
-fn refuse(shared: &Shared, op: &Operator, status: StatusCode, key: &str) -> Response {
+pub(super) fn refuse(shared: &Shared, op: &Operator, status: StatusCode, key: &str) -> Response {
     let title = tr(shared, op, "refused-title");
-    let main = format!(
-        "<p class=\"error\" role=\"alert\">{}</p>",
-        esc(&tr(shared, op, key))
-    );
-    html(status, page(shared, Some(op), &title, &main))
+    let main = html! { p.error role="alert" { (tr(shared, op, key)) } };
+    html(status, page(shared, Some(op), &title, main))
 }
 
 fn bad_csrf(shared: &Shared, op: &Operator) -> Response {
@@ -82,34 +85,25 @@ pub struct LoginForm {
 
 fn login_form(shared: &Shared, lang: &str, csrf: &str, error: Option<&str>, login: &str) -> String {
     let t = |k: &str| shared.console.i18n.text(lang, k);
-    let mut main = String::new();
-    if let Some(e) = error {
-        let _ = write!(
-            main,
-            "<p class=\"error\" id=\"login-error\" role=\"alert\">{}</p>",
-            esc(e)
-        );
-    }
-    let described = if error.is_some() {
-        " aria-describedby=\"login-error\""
-    } else {
-        ""
+    let described = error.map(|_| "login-error");
+    let main = html! {
+        @if let Some(e) = error { p.error #login-error role="alert" { (e) } }
+        form.login method="post" action="/login" {
+            input type="hidden" name="csrf" value=(csrf);
+            p {
+                label for="login" { (t("login-name")) }
+                input #login name="login" autocomplete="username" required value=(login)
+                    aria-describedby=[described];
+            }
+            p {
+                label for="password" { (t("password")) }
+                input #password name="password" type="password" autocomplete="current-password"
+                    required aria-describedby=[described];
+            }
+            p { button type="submit" #login-submit { (t("login-submit")) } }
+        }
     };
-    let _ = write!(
-        main,
-        "<form method=\"post\" action=\"/login\" class=\"login\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <p><label for=\"login\">{l}</label><input id=\"login\" name=\"login\" autocomplete=\"username\" required value=\"{login}\"{described}></p>\
-         <p><label for=\"password\">{p}</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{described}></p>\
-         <p><button type=\"submit\" id=\"login-submit\">{s}</button></p></form>",
-        csrf = esc(csrf),
-        l = esc(&t("login-name")),
-        p = esc(&t("password")),
-        s = esc(&t("login-submit")),
-        login = esc(login),
-    );
-    let title = t("login-title");
-    page(shared, None, &title, &main)
+    page(shared, None, &t("login-title"), main)
 }
 
 pub async fn login_page(State(shared): Shr, headers: HeaderMap) -> Response {
@@ -345,7 +339,7 @@ fn ms_of(text: &Value) -> Option<i64> {
 
 /// A time zone's name in the operator's language ("北京时间", "Eastern Time"), from the
 /// console's texts (`tz-` and the zone's id with `/` as `-`); its abbreviation otherwise.
-fn tz_label(shared: &Shared, lang: &str, tz_name: &str, abbreviation: &str) -> String {
+pub(super) fn tz_label(shared: &Shared, lang: &str, tz_name: &str, abbreviation: &str) -> String {
     let key = format!("tz-{}", tz_name.replace('/', "-"));
     let label = shared.console.i18n.text(lang, &key);
     if label == key {
@@ -368,7 +362,7 @@ pub fn language_name(shared: &Shared, lang: &str, tag: &str) -> String {
 
 /// "2026-11-29 03:10:00 UTC · 2026-11-29 11:10:00 北京时间" in the node's time zone, named
 /// in the operator's language.
-fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
+pub(super) fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
     let tz_name = shared
         .config
         .read()
@@ -390,13 +384,13 @@ fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
     }
 }
 
+/// A time as both clocks show it, in a `<time>` element that carries its ISO value.
+pub(super) fn time_markup(shared: &Shared, lang: &str, ms: i64) -> Markup {
+    html! { time datetime=(api::time_text(ms)) { (both_times(shared, lang, ms)) } }
+}
+
 fn time_element(shared: &Shared, lang: &str, ms: i64) -> String {
-    let iso = api::time_text(ms);
-    format!(
-        "<time datetime=\"{}\">{}</time>",
-        esc(&iso),
-        esc(&both_times(shared, lang, ms))
-    )
+    time_markup(shared, lang, ms).into_string()
 }
 
 /// Whether a message is one people answer (not a charter or another protocol envelope).
@@ -892,7 +886,10 @@ pub async fn timeline(
         filter_form(&shared, &op, &f)
     );
     let title = tr(&shared, &op, "nav-timeline");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
+    html(
+        StatusCode::OK,
+        live_page(&shared, &op, &title, PreEscaped(main)).await,
+    )
 }
 
 pub async fn timeline_live(
@@ -1077,7 +1074,10 @@ pub async fn message(State(shared): Shr, op: Operator, Path(id): Path<String>) -
         answer_form(&shared, &op, &m)
     );
     let title = tr(&shared, &op, "message-title");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
+    html(
+        StatusCode::OK,
+        live_page(&shared, &op, &title, PreEscaped(main)).await,
+    )
 }
 
 pub async fn message_live(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
@@ -1108,7 +1108,10 @@ async fn decline_confirmation(shared: &Shared, op: &Operator, id: &str, note: &s
         id = esc(id),
     );
     let title = tr(shared, op, "decline-confirm-title");
-    html(StatusCode::OK, live_page(shared, op, &title, &main).await)
+    html(
+        StatusCode::OK,
+        live_page(shared, op, &title, PreEscaped(main)).await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -1179,7 +1182,10 @@ pub async fn receipt(
                 esc(&e.to_string())
             );
             let title = tr(&shared, &op, "refused-title");
-            html(e.status(), live_page(&shared, &op, &title, &main).await)
+            html(
+                e.status(),
+                live_page(&shared, &op, &title, PreEscaped(main)).await,
+            )
         }
     }
 }
@@ -1524,7 +1530,10 @@ pub async fn compose(
     let form = ComposeForm::from_pairs(q);
     let main = compose_html(&shared, &op, &form, &FieldErrors::new());
     let title = tr(&shared, &op, "nav-compose");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
+    html(
+        StatusCode::OK,
+        live_page(&shared, &op, &title, PreEscaped(main)).await,
+    )
 }
 
 /// Check the fields every message has; the errors name the field they belong to.
@@ -1790,579 +1799,6 @@ pub async fn compose_send(
     let title = tr(&shared, &op, "nav-compose");
     html(
         StatusCode::UNPROCESSABLE_ENTITY,
-        live_page(&shared, &op, &title, &main).await,
+        live_page(&shared, &op, &title, PreEscaped(main)).await,
     )
-}
-
-// ---------------------------------------------------------------- link health
-
-async fn link_html(shared: &Shared, op: &Operator) -> String {
-    let t = |k: &str| tr(shared, op, k);
-    let mut out = format!(
-        "<table class=\"links\"><caption>{}</caption><thead><tr>",
-        esc(&t("link-caption"))
-    );
-    for k in [
-        "link-peer",
-        "link-state",
-        "link-rtt",
-        "link-last-heard",
-        "link-last-test",
-        "link-backlog-out",
-        "link-backlog-in",
-        "link-address",
-        "link-last-error",
-    ] {
-        let _ = write!(out, "<th scope=\"col\">{}</th>", esc(&t(k)));
-    }
-    out.push_str("</tr></thead><tbody>");
-    let me = shared.secret.public();
-    for entry in shared.table.all() {
-        let Ok(s) = entry.status.read().map(|s| s.clone()) else {
-            continue;
-        };
-        let counts = shared
-            .store
-            .outbox_counts(&entry.name)
-            .await
-            .unwrap_or_default();
-        let channel = ChannelId::for_pair(&me, &entry.key);
-        let held = shared
-            .store
-            .held(channel.0, *entry.key.as_bytes(), 10_000)
-            .await
-            .map_or(0, |h| h.len());
-        let state = s.state.name();
-        let sign = match state {
-            "up" => "●",
-            "degraded" => "◐",
-            _ => "○",
-        };
-        let heard = s
-            .last_heard
-            .map(|i| now_ms() as i64 - i.elapsed().as_millis() as i64)
-            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, &op.lang, ms));
-        let last_test = last_test_ms(shared, &entry.name)
-            .await
-            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, &op.lang, ms));
-        let _ = write!(
-            out,
-            "<tr class=\"link-{state}\" data-peer=\"{name}\"><th scope=\"row\">{name}</th>\
-             <td class=\"state\"><span aria-hidden=\"true\">{sign}</span> {state_text}</td>\
-             <td>{rtt}</td><td>{heard}</td><td>{last_test}</td><td>{out_n}{flash}</td><td>{held}</td><td translate=\"no\">{addr}</td><td>{err}</td></tr>",
-            name = esc(&entry.name),
-            state_text = esc(&t(&format!("link-state-{state}"))),
-            rtt = s.rtt_ms.map_or_else(
-                || "—".to_string(),
-                |r| esc(&tr_with(shared, op, "link-rtt-value", &[("ms", format!("{r:.1}"))]))
-            ),
-            out_n = counts.pending,
-            flash = if counts.pending_flash > 0 {
-                format!(" ({} {})", counts.pending_flash, esc(&t("prec-flash")))
-            } else {
-                String::new()
-            },
-            addr = esc(s.address.as_deref().unwrap_or("—")),
-            err = esc(s.last_error.as_deref().unwrap_or("—")),
-        );
-    }
-    out.push_str("</tbody></table>");
-    let _ = write!(
-        out,
-        "<p class=\"hint\">{}</p>",
-        esc(&t("link-backlog-hint"))
-    );
-    out
-}
-
-/// When the last link test with this peer was stored (either direction).
-async fn last_test_ms(shared: &Shared, peer: &str) -> Option<i64> {
-    let rows = shared
-        .store
-        .inbox(InboxQuery {
-            peer: Some(peer.to_string()),
-            direction: None,
-            include_system: true,
-            limit: 500,
-        })
-        .await
-        .ok()?;
-    rows.iter()
-        .filter(|r| r.kind == 2)
-        .map(|r| r.stored_at_ms)
-        .max()
-}
-
-pub async fn link(State(shared): Shr, op: Operator) -> Response {
-    let inner = link_html(&shared, &op).await;
-    let main = format!(
-        "<div id=\"live\" data-live=\"/console/live/link\" data-refresh-s=\"2\" aria-live=\"off\">{inner}</div>"
-    );
-    let title = tr(&shared, &op, "nav-link");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
-}
-
-pub async fn link_live(State(shared): Shr, op: Operator) -> Response {
-    html(StatusCode::OK, link_html(&shared, &op).await)
-}
-
-// ---------------------------------------------------------------- transcript
-
-/// The result of checking the newest envelopes of one stream.
-struct StreamCheck {
-    size: u64,
-    head: String,
-    checked: u64,
-    problem: Option<String>,
-}
-
-/// Check the newest [`VERIFY_TAIL_MAX`] envelopes of a stream: each signature against the
-/// sender's pinned key, each `prev` against the id of the envelope before it, no gap.
-async fn check_stream(
-    shared: &Shared,
-    channel: ChannelId,
-    sender: detente_proto::PartyKey,
-) -> StreamCheck {
-    let streams = shared.store.streams().await.unwrap_or_default();
-    let Some(state) = streams
-        .iter()
-        .find(|s| s.channel == channel.0 && s.sender == *sender.as_bytes())
-    else {
-        return StreamCheck {
-            size: 0,
-            head: String::new(),
-            checked: 0,
-            problem: None,
-        };
-    };
-    let size = state.next_seq.saturating_sub(1);
-    let first = size.saturating_sub(VERIFY_TAIL_MAX - 1).max(1);
-    let mut expected_next: Option<MessageId> = None;
-    let mut checked = 0;
-    let mut problem = None;
-    for seq in (first..=size).rev() {
-        let row = match shared
-            .store
-            .message_at(channel.0, *sender.as_bytes(), seq)
-            .await
-        {
-            Ok(Some(r)) => r,
-            _ => {
-                problem = Some(format!("seq {seq}: missing"));
-                break;
-            }
-        };
-        let verified = match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
-            Ok(v) => v,
-            Err(e) => {
-                problem = Some(format!("seq {seq}: {e}"));
-                break;
-            }
-        };
-        if let Some(prev_of_next) = expected_next {
-            if verified.id() != prev_of_next {
-                problem = Some(format!("seq {}: prev does not match seq {seq}", seq + 1));
-                break;
-            }
-        } else if verified.id().0 != state.last_id {
-            problem = Some(format!("seq {seq}: not the stream head"));
-            break;
-        }
-        expected_next = Some(verified.envelope().prev);
-        checked += 1;
-    }
-    StreamCheck {
-        size,
-        head: hex::encode(state.last_id),
-        checked,
-        problem,
-    }
-}
-
-pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
-    let t = |k: &str| tr(&shared, &op, k);
-    let me = shared.secret.public();
-    let my_name = shared
-        .config
-        .read()
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    let mut main = format!("<p>{}</p>", esc(&t("transcript-intro")));
-    for entry in shared.table.all() {
-        let channel = ChannelId::for_pair(&me, &entry.key);
-        let _ = write!(
-            main,
-            "<section class=\"channel\"><h2>{}</h2><p>{}: <code>{}</code></p>",
-            esc(&tr_with(
-                &shared,
-                &op,
-                "transcript-channel",
-                &[("peer", entry.name.clone())]
-            )),
-            esc(&t("channel-id")),
-            channel.to_hex()
-        );
-        let charter = match shared.charter(&entry.name) {
-            Some(c) => {
-                let version = shared.charters.get(&entry.name).version;
-                tr_with(
-                    &shared,
-                    &op,
-                    "charter-agreed",
-                    &[
-                        ("version", version.to_string()),
-                        ("digest", hex::encode(c.digest())),
-                    ],
-                )
-            }
-            None => t("charter-none"),
-        };
-        let checkpoint = latest_cosigned(&shared, channel).await.map_or_else(
-            || t("checkpoint-none"),
-            |c| {
-                let sizes: Vec<String> = c
-                    .members
-                    .iter()
-                    .map(|m| {
-                        let who = if m.key == me {
-                            my_name.clone()
-                        } else {
-                            entry.name.clone()
-                        };
-                        format!("{who} {}", m.size)
-                    })
-                    .collect();
-                tr_with(
-                    &shared,
-                    &op,
-                    "checkpoint-cosigned",
-                    &[
-                        ("time", both_times(&shared, &op.lang, c.time_ms as i64)),
-                        ("sizes", sizes.join(", ")),
-                    ],
-                )
-            },
-        );
-        let _ = write!(
-            main,
-            "<h3>{}</h3><p class=\"charter\">{}</p><h3>{}</h3><p class=\"checkpoint\">{}</p>",
-            esc(&t("charter-title")),
-            // The digest is a code: shown as one.
-            match shared.charter(&entry.name) {
-                Some(c) => {
-                    let digest = hex::encode(c.digest());
-                    esc(&charter).replace(&digest, &format!("<code>{digest}</code>"))
-                }
-                None => esc(&charter),
-            },
-            esc(&t("checkpoint-title")),
-            esc(&checkpoint)
-        );
-        let _ = write!(
-            main,
-            "<table><caption>{}</caption><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>",
-            esc(&t("streams-caption")),
-            esc(&t("stream-sender")),
-            esc(&t("stream-size")),
-            esc(&t("stream-head")),
-            esc(&t("stream-check"))
-        );
-        for (name, key) in [(my_name.clone(), me), (entry.name.clone(), entry.key)] {
-            let c = check_stream(&shared, channel, key).await;
-            let verdict = match &c.problem {
-                None => format!(
-                    "<span class=\"ok\"><span aria-hidden=\"true\">✓</span> {}</span>",
-                    esc(&tr_with(
-                        &shared,
-                        &op,
-                        "stream-ok",
-                        &[("count", c.checked.to_string())]
-                    ))
-                ),
-                Some(p) => format!(
-                    "<span class=\"bad\"><span aria-hidden=\"true\">✗</span> {}: {}</span>",
-                    esc(&t("stream-broken")),
-                    esc(p)
-                ),
-            };
-            let _ = write!(
-                main,
-                "<tr><th scope=\"row\">{}</th><td>{}</td><td><code>{}</code></td><td class=\"verify\">{verdict}</td></tr>",
-                esc(&name),
-                c.size,
-                esc(&c.head)
-            );
-        }
-        main.push_str("</tbody></table>");
-        if op.role.can_export() {
-            let _ = write!(
-                main,
-                "<p><a class=\"button\" href=\"/console/transcript/export?peer={}\" download>{}</a></p>",
-                url_value(&entry.name),
-                esc(&t("export"))
-            );
-        }
-        main.push_str("</section>");
-    }
-    let title = t("nav-transcript");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
-}
-
-#[derive(Deserialize)]
-pub struct ExportQuery {
-    peer: String,
-}
-
-/// The latest checkpoint of `channel` signed by every member, if any.
-async fn latest_cosigned(
-    shared: &Shared,
-    channel: ChannelId,
-) -> Option<detente_proto::checkpoint::Checkpoint> {
-    let rows = shared.store.checkpoints(channel.0).await.ok()?;
-    rows.iter()
-        .rev()
-        .filter(|r| r.cosigned)
-        .find_map(|r| detente_proto::checkpoint::SignedCheckpoint::decode(&r.signed).ok())
-        .map(|s| s.checkpoint().clone())
-}
-
-/// The channel's export bundle, exactly as `detente export` writes it: `detente verify` checks
-/// it offline.
-pub async fn export(
-    State(shared): Shr,
-    op: Operator,
-    Source(source): Source,
-    Query(q): Query<ExportQuery>,
-) -> Response {
-    if !op.role.can_export() {
-        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-export");
-    }
-    if shared.table.get(&q.peer).is_none() {
-        return refuse(&shared, &op, StatusCode::NOT_FOUND, "error-peer-unknown");
-    }
-    let bytes = match api::export_bundle(&shared, &q.peer).await {
-        Ok(b) => b,
-        Err(e) => {
-            return html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                page(
-                    &shared,
-                    Some(&op),
-                    &tr(&shared, &op, "nav-transcript"),
-                    &format!("<p class=\"bad\">{}</p>", esc(&e.to_string())),
-                ),
-            )
-        }
-    };
-    audit(&shared, &op.login, "export", &q.peer, source).await;
-    let file = format!("attachment; filename=\"detente-{}.bundle\"", q.peer);
-    (
-        [
-            (header::CONTENT_TYPE, "application/cbor".to_string()),
-            (header::CONTENT_DISPOSITION, file),
-        ],
-        bytes,
-    )
-        .into_response()
-}
-
-// ---------------------------------------------------------------- counterparts, audit, users
-
-pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
-    let t = |k: &str| tr(&shared, &op, k);
-    let Ok(c) = shared.config.read().map(|c| c.clone()) else {
-        return refuse(
-            &shared,
-            &op,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store-unavailable",
-        );
-    };
-    let mut main = format!(
-        "<p>{}</p><table><caption>{}</caption><thead><tr>",
-        esc(&t("counterparts-intro")),
-        esc(&t("counterparts-caption"))
-    );
-    for k in [
-        "cp-node",
-        "cp-party",
-        "cp-fingerprint",
-        "cp-language",
-        "cp-tz",
-        "cp-addresses",
-    ] {
-        let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
-    }
-    main.push_str("</tr></thead><tbody>");
-    let row = |main: &mut String,
-               name: String,
-               party: &str,
-               fp: String,
-               lang: &str,
-               tz: &str,
-               addrs: String| {
-        let _ = write!(
-            main,
-            "<tr><th scope=\"row\" translate=\"no\">{}</th><td translate=\"no\">{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td translate=\"no\">{}</td></tr>",
-            esc(&name),
-            esc(party),
-            esc(&fp),
-            esc(&language_name(&shared, &op.lang, lang)),
-            esc(&tz_label(&shared, &op.lang, tz, tz)),
-            esc(&addrs)
-        );
-    };
-    row(
-        &mut main,
-        format!("{} ({})", c.name, t("cp-this-node")),
-        &c.party,
-        shared.secret.public().fingerprint(),
-        &c.lang,
-        &c.tz,
-        shared.peer_addr.to_string(),
-    );
-    let mut pairs = Vec::new();
-    let me = shared.secret.public();
-    for entry in shared.table.all() {
-        match shared.charter(&entry.name) {
-            Some(charter) => {
-                for m in charter.members.iter().filter(|m| m.key != me) {
-                    row(
-                        &mut main,
-                        entry.name.clone(),
-                        &m.party,
-                        m.key.fingerprint(),
-                        &m.lang,
-                        &m.tz,
-                        m.addresses.join(", "),
-                    );
-                }
-                // Positions: ours first, whatever the charter's member order.
-                let we_are_first = charter.members.first().is_some_and(|m| m.key == me);
-                for cp in &charter.counterparts {
-                    let (ours, theirs) = if we_are_first {
-                        (cp.first.clone(), cp.second.clone())
-                    } else {
-                        (cp.second.clone(), cp.first.clone())
-                    };
-                    pairs.push((entry.name.clone(), ours, theirs));
-                }
-            }
-            None => row(
-                &mut main,
-                entry.name.clone(),
-                &t("cp-unknown"),
-                entry.key.fingerprint(),
-                &t("cp-unknown"),
-                &t("cp-unknown"),
-                entry.addrs.join(", "),
-            ),
-        }
-    }
-    main.push_str("</tbody></table>");
-    let _ = write!(
-        main,
-        "<table id=\"positions\"><caption>{}</caption><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>",
-        esc(&t("positions-caption")),
-        esc(&t("positions-ours")),
-        esc(&t("positions-theirs")),
-        esc(&t("cp-node"))
-    );
-    if pairs.is_empty() {
-        let _ = write!(
-            main,
-            "<tr><td colspan=\"3\">{} <code>detente counterpart add</code></td></tr>",
-            esc(&t("positions-none"))
-        );
-    }
-    for (peer, ours, theirs) in pairs {
-        let _ = write!(
-            main,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&ours),
-            esc(&theirs),
-            esc(&peer)
-        );
-    }
-    main.push_str("</tbody></table>");
-    let _ = write!(
-        main,
-        "<p class=\"hint\">{}</p>",
-        esc(&t("counterparts-hint"))
-    );
-    let title = t("nav-counterparts");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
-}
-
-pub async fn audit_page(shared: &Shared, op: &Operator) -> Response {
-    let t = |k: &str| tr(shared, op, k);
-    let rows = shared.store.audit(1000).await.unwrap_or_default();
-    let mut main = format!(
-        "<table class=\"audit\"><caption>{}</caption><thead><tr>",
-        esc(&t("audit-caption"))
-    );
-    for k in [
-        "audit-time",
-        "audit-login",
-        "audit-action",
-        "audit-detail",
-        "audit-source",
-    ] {
-        let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
-    }
-    main.push_str("</tr></thead><tbody>");
-    for r in rows {
-        let _ = write!(
-            main,
-            "<tr><td>{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td></tr>",
-            time_element(shared, &op.lang, r.at_ms),
-            esc(&r.login),
-            esc(&r.action),
-            esc(&r.detail),
-            esc(&r.source)
-        );
-    }
-    main.push_str("</tbody></table>");
-    let title = t("nav-audit");
-    html(StatusCode::OK, live_page(shared, op, &title, &main).await)
-}
-
-pub async fn audit_log(State(shared): Shr, op: Operator) -> Response {
-    if !op.role.can_read_audit() {
-        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-audit");
-    }
-    audit_page(&shared, &op).await
-}
-
-pub async fn users(State(shared): Shr, op: Operator) -> Response {
-    if op.role != Role::Admin {
-        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-admin");
-    }
-    let t = |k: &str| tr(&shared, &op, k);
-    let rows = shared.store.users().await.unwrap_or_default();
-    let mut main = format!(
-        "<table><caption>{}</caption><thead><tr>",
-        esc(&t("users-caption"))
-    );
-    for k in ["audit-login", "user-role", "language", "user-created"] {
-        let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
-    }
-    main.push_str("</tr></thead><tbody>");
-    for u in rows {
-        let _ = write!(
-            main,
-            "<tr><th scope=\"row\" translate=\"no\">{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&u.login),
-            esc(&t(&format!("role-{}", u.role))),
-            esc(&language_name(&shared, &op.lang, &u.lang)),
-            time_element(&shared, &op.lang, u.created_at_ms)
-        );
-    }
-    let _ = write!(
-        main,
-        "</tbody></table><p class=\"hint\">{} <code>detente user add --dir DIR --name LOGIN --role ROLE</code></p>",
-        esc(&t("users-hint"))
-    );
-    let title = t("nav-users");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
 }

@@ -591,3 +591,55 @@ fn user_add_reads_the_password_from_a_file_or_stdin() {
         ])
     );
 }
+
+/// What the peer writes is shown as text, never as markup: a hostile text, translation,
+/// author and topic, on the timeline, the message page, the live regions and the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markup_from_the_peer_is_escaped_on_every_view() {
+    const HOSTILE: &str = "</p><script>alert(1)</script><img src=x onerror=alert(2)>\"'";
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let sent = b
+        .client()
+        .unwrap()
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "text": HOSTILE, "precedence": "flash",
+                    "author": "<b>mallory</b>",
+                    "translations": [["en", HOSTILE]]}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    let wc = w.client().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let chief = login(&w, "chief").await;
+    for page in [
+        "/console".to_string(),
+        "/console/live/timeline".into(),
+        format!("/console/messages/{id}"),
+        format!("/console/live/messages/{id}"),
+        "/console/live/queue".into(),
+        "/console/live/alarm".into(),
+    ] {
+        let r = chief.get(&page).await;
+        assert_eq!(r.status(), StatusCode::OK, "{page}");
+        let body = r.text().await.unwrap();
+        for raw in ["<script>alert", "<img src=x", "<b>mallory"] {
+            assert!(!body.contains(raw), "{page} shows {raw:?} as markup");
+        }
+        assert!(
+            body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page} does not show the text at all"
+        );
+    }
+    drop((w, b));
+}

@@ -2,6 +2,8 @@
 //! `/api/v1` JSON API, for duty officers in a browser.
 //!
 //! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
+//! - [`messages`]: how a message shows (timeline item, its page, the answer and decline
+//!   forms): a typed view of the API's JSON, rendered by maud templates.
 //! - [`pages`]: the pages and the forms they post.
 //! - [`records`]: link health, the transcript's checks, the counterparts, the audit log and
 //!   the users: typed view models rendered by maud templates.
@@ -20,6 +22,7 @@
 pub mod auth;
 pub mod html;
 pub mod i18n;
+pub mod messages;
 pub mod pages;
 pub mod queue;
 pub mod records;

@@ -13,10 +13,10 @@ use detente_proto::{MessageId, Precedence, ReceiptLevel};
 use detente_store::Store;
 use maud::{html, Markup, PreEscaped};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::auth;
 use super::html::{csrf_field, esc, live_page, page, url_value};
+use super::messages::{self, MessageView};
 use super::{audit, cookie, set_cookie, Operator, Source, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::api::{self, SendBody};
 use crate::{now_ms, Shared};
@@ -330,13 +330,6 @@ pub async fn set_lang(
 
 // ---------------------------------------------------------------- messages as shown
 
-fn ms_of(text: &Value) -> Option<i64> {
-    text.as_str()?
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .map(|t| t.as_millisecond())
-}
-
 /// A time zone's name in the operator's language ("北京时间", "Eastern Time"), from the
 /// console's texts (`tz-` and the zone's id with `/` as `-`); its abbreviation otherwise.
 pub(super) fn tz_label(shared: &Shared, lang: &str, tz_name: &str, abbreviation: &str) -> String {
@@ -389,163 +382,6 @@ pub(super) fn time_markup(shared: &Shared, lang: &str, ms: i64) -> Markup {
     html! { time datetime=(api::time_text(ms)) { (both_times(shared, lang, ms)) } }
 }
 
-fn time_element(shared: &Shared, lang: &str, ms: i64) -> String {
-    time_markup(shared, lang, ms).into_string()
-}
-
-/// Whether a message is one people answer (not a charter or another protocol envelope).
-fn answerable(m: &Value) -> bool {
-    matches!(m["kind"].as_str(), Some("text" | "notification"))
-}
-
-/// Whether a message still waits for an acknowledgment (or a refusal).
-fn unanswered(m: &Value) -> bool {
-    answerable(m) && m["receipts"]["acknowledged"].is_null() && m["receipts"]["declined"].is_null()
-}
-
-/// When the acknowledgment of `m` is due, if it still is. The API's `acknowledge_by` counts
-/// from where the deadline watch counts (our `stored_at` for a received message, never the
-/// peer's `created_at`): one source of deadline state for every view.
-fn ack_deadline_ms(m: &Value) -> Option<i64> {
-    if !unanswered(m) {
-        return None;
-    }
-    ms_of(&m["deadline"]["acknowledge_by"])
-}
-
-fn precedence_label(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let p = m["precedence"].as_str().unwrap_or("routine");
-    format!(
-        "<span class=\"prec prec-{p}\">{}</span>",
-        esc(&tr(shared, op, &format!("prec-{p}")))
-    )
-}
-
-fn receipts_list(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let mut out = format!(
-        "<ul class=\"receipts\" aria-label=\"{}\">",
-        esc(&tr(shared, op, "receipts"))
-    );
-    for level in ["delivered", "read", "acknowledged", "declined"] {
-        let label = tr(shared, op, &format!("receipt-{level}"));
-        let value = &m["receipts"][level];
-        // Once answered, "read: not yet" says nothing (an answer implies it was read).
-        if level == "read" && value.is_null() && !unanswered(m) {
-            continue;
-        }
-        let late =
-            matches!(level, "acknowledged" | "declined") && !value.is_null() && m["late"] == true;
-        match ms_of(value) {
-            Some(ms) if late => {
-                let how = tr_with(
-                    shared,
-                    op,
-                    "receipt-late-by",
-                    &[(
-                        "time",
-                        duration_words(shared, &op.lang, m["late_ms"].as_i64().unwrap_or(0)),
-                    )],
-                );
-                let _ = write!(
-                    out,
-                    "<li class=\"r-{level} done late\" data-level=\"{level}\" data-late-ms=\"{}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {} <strong class=\"late-mark\">{}</strong></li>",
-                    m["late_ms"].as_i64().unwrap_or(0),
-                    esc(&label),
-                    time_element(shared, &op.lang, ms),
-                    esc(&how)
-                );
-            }
-            Some(ms) => {
-                let _ = write!(
-                    out,
-                    "<li class=\"r-{level} done\" data-level=\"{level}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {}</li>",
-                    esc(&label),
-                    time_element(shared, &op.lang, ms)
-                );
-            }
-            None if level == "declined" => {}
-            None => {
-                let _ = write!(
-                    out,
-                    "<li class=\"r-{level} pending\"><span class=\"mark\" aria-hidden=\"true\">○</span> {}: {}</li>",
-                    esc(&label),
-                    esc(&tr(shared, op, "receipt-not-yet"))
-                );
-            }
-        }
-    }
-    if let Some(note) = m["receipts"]["note"].as_str() {
-        let _ = write!(
-            out,
-            "<li class=\"note\">{}: {}</li>",
-            esc(&tr(shared, op, "note")),
-            esc(note)
-        );
-    }
-    out.push_str("</ul>");
-    out
-}
-
-/// Answered or not, in words and a sign (never by colour alone).
-fn answer_state(shared: &Shared, op: &Operator, m: &Value) -> String {
-    if !answerable(m) {
-        return String::new();
-    }
-    let (class, sign, key) = if !m["receipts"]["declined"].is_null() {
-        ("declined", "✗", "state-declined")
-    } else if !m["receipts"]["acknowledged"].is_null() {
-        ("answered", "✓", "state-answered")
-    } else {
-        ("unanswered", "◇", "state-unanswered")
-    };
-    format!(
-        "<span class=\"answer-state {class}\"><span aria-hidden=\"true\">{sign}</span> {}</span>",
-        esc(&tr(shared, op, key))
-    )
-}
-
-fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let Some(due) = ack_deadline_ms(m) else {
-        return String::new();
-    };
-    let key = if m["direction"] == "in" {
-        "deadline-ours"
-    } else {
-        "deadline-theirs"
-    };
-    let now = now_ms() as i64;
-    let remaining = if now > due {
-        tr_with(
-            shared,
-            op,
-            "overdue-by",
-            &[("time", duration_words(shared, &op.lang, now - due))],
-        )
-    } else {
-        tr_with(
-            shared,
-            op,
-            "due-in",
-            &[("time", duration_words(shared, &op.lang, due - now))],
-        )
-    };
-    format!(
-        "<p class=\"deadline{}\">{}: {} <span class=\"countdown\" data-deadline=\"{due}\"{} \
-         data-due-in=\"{}\" data-overdue-by=\"{}\">{}</span></p>",
-        if now > due { " overdue" } else { "" },
-        esc(&tr(shared, op, key)),
-        time_element(shared, &op.lang, due),
-        if now > due {
-            " data-passed=\"yes\""
-        } else {
-            ""
-        },
-        esc(&tr_with(shared, op, "due-in", &[("time", "{}".into())])),
-        esc(&tr_with(shared, op, "overdue-by", &[("time", "{}".into())])),
-        esc(&remaining)
-    )
-}
-
 /// "1h 02m 03s".
 pub fn duration_text(ms: i64) -> String {
     duration_with(ms, ["h", "m", "s"])
@@ -572,113 +408,6 @@ fn duration_with(ms: i64, [uh, um, us]: [&str; 3]) -> String {
     } else {
         format!("{s}{us}")
     }
-}
-
-fn message_text(shared: &Shared, op: &Operator, m: &Value, link: bool) -> String {
-    let id = m["id"].as_str().unwrap_or_default();
-    let text = m["text"]
-        .as_str()
-        .unwrap_or_else(|| m["rendered"].as_str().unwrap_or(""));
-    let lang = m["language"].as_str().unwrap_or("");
-    let mut out = String::new();
-    let body = if link {
-        format!("<a href=\"/console/messages/{id}\">{}</a>", esc(text))
-    } else {
-        esc(text)
-    };
-    if lang.is_empty() {
-        // A notification: rendered here, in the operator's language, from its fields.
-        let _ = write!(
-            out,
-            "<div class=\"text\"><p class=\"msg-text\" lang=\"{}\">{body}</p>",
-            esc(&op.lang)
-        );
-    } else {
-        let _ = write!(
-            out,
-            "<div class=\"text\"><p class=\"msg-text\" lang=\"{l}\">{body}</p><p class=\"lang-mark\">{}: {}</p>",
-            esc(&tr(shared, op, "text-language")),
-            esc(&language_name(shared, &op.lang, lang)),
-            l = esc(lang)
-        );
-    }
-    if let Some(translations) = m["translations"].as_array() {
-        for pair in translations {
-            let (Some(tl), Some(tt)) = (pair[0].as_str(), pair[1].as_str()) else {
-                continue;
-            };
-            let _ = write!(
-                out,
-                "<p class=\"translation\"><span class=\"lang-mark\">{}: {}</span> <span lang=\"{l}\">{}</span></p>",
-                esc(&tr(shared, op, "courtesy-translation")),
-                esc(&language_name(shared, &op.lang, tl)),
-                esc(tt),
-                l = esc(tl)
-            );
-        }
-    }
-    out.push_str("</div>");
-    out
-}
-
-fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let id = m["id"].as_str().unwrap_or_default();
-    let dir = m["direction"].as_str().unwrap_or("in");
-    let p = m["precedence"].as_str().unwrap_or("routine");
-    let who = if dir == "in" {
-        tr_with(
-            shared,
-            op,
-            "received-from",
-            &[("peer", m["peer"].as_str().unwrap_or("").into())],
-        )
-    } else {
-        tr_with(
-            shared,
-            op,
-            "sent-to",
-            &[("peer", m["peer"].as_str().unwrap_or("").into())],
-        )
-    };
-    let state = if unanswered(m) {
-        "unanswered"
-    } else {
-        "answered"
-    };
-    let mut out = format!(
-        "<li class=\"msg dir-{dir} prec-{p} {state}\" id=\"m-{id}\" data-id=\"{id}\"><div class=\"msg-head\">{} {} <span class=\"who\">{}</span> · <span class=\"topic\">{}: <span translate=\"no\">{}</span></span> · <span class=\"author\">{}: <span translate=\"no\">{}</span></span> · <span class=\"seq\">#{}</span></div>",
-        precedence_label(shared, op, m),
-        answer_state(shared, op, m),
-        esc(&who),
-        esc(&tr(shared, op, "topic")),
-        esc(m["topic"].as_str().unwrap_or("")),
-        esc(&tr(shared, op, "author")),
-        esc(m["author"].as_str().unwrap_or("")),
-        m["seq"]
-    );
-    out.push_str(&message_text(shared, op, m, true));
-    out.push_str("<dl class=\"times\">");
-    if let Some(ms) = ms_of(&m["created_at"]) {
-        let _ = write!(
-            out,
-            "<dt>{}</dt><dd>{}</dd>",
-            esc(&tr(shared, op, "sent-at")),
-            time_element(shared, &op.lang, ms)
-        );
-    }
-    if let Some(ms) = ms_of(&m["received_at"]) {
-        let _ = write!(
-            out,
-            "<dt>{}</dt><dd>{}</dd>",
-            esc(&tr(shared, op, "received-at")),
-            time_element(shared, &op.lang, ms)
-        );
-    }
-    out.push_str("</dl>");
-    out.push_str(&receipts_list(shared, op, m));
-    out.push_str(&countdown(shared, op, m));
-    out.push_str("</li>");
-    out
 }
 
 // ---------------------------------------------------------------- timeline
@@ -755,26 +484,22 @@ fn select_filter(
     name: &str,
     chosen: &str,
     options: &[(String, String)],
-) -> String {
-    let mut out = format!(
-        "<p><label for=\"filter-{name}\">{}</label><select id=\"filter-{name}\" name=\"{name}\"><option value=\"\">{}</option>",
-        esc(&tr(shared, op, &format!("filter-{name}"))),
-        esc(&tr(shared, op, "filter-all"))
-    );
-    for (value, label) in options {
-        let sel = if value == chosen { " selected" } else { "" };
-        let _ = write!(
-            out,
-            "<option value=\"{}\"{sel}>{}</option>",
-            esc(value),
-            esc(label)
-        );
+) -> Markup {
+    let id = format!("filter-{name}");
+    html! {
+        p {
+            label for=(id) { (tr(shared, op, &id)) }
+            select id=(id) name=(name) {
+                option value="" { (tr(shared, op, "filter-all")) }
+                @for (value, label) in options {
+                    option value=(value) selected[value == chosen] { (label) }
+                }
+            }
+        }
     }
-    out.push_str("</select></p>");
-    out
 }
 
-fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
+fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> Markup {
     let t = |k: &str| tr(shared, op, k);
     let peers: Vec<(String, String)> = shared
         .table
@@ -794,67 +519,62 @@ fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
         ("no".to_string(), t("state-unanswered")),
         ("yes".to_string(), t("state-answered")),
     ];
-    format!(
-        "<form method=\"get\" action=\"/console\" class=\"filters\" aria-label=\"{}\">{}{}{}{}\
-         <p><label for=\"filter-topic\">{}</label><input id=\"filter-topic\" name=\"topic\" maxlength=\"{FILTER_TOPIC_BYTES_MAX}\" value=\"{}\"></p>\
-         <p><button type=\"submit\" id=\"filter-apply\">{}</button> <a href=\"/console\">{}</a></p></form>",
-        esc(&t("filter-label")),
-        select_filter(shared, op, "peer", &f.peer, &peers),
-        select_filter(shared, op, "precedence", &f.precedence, &precedences),
-        select_filter(shared, op, "direction", &f.direction, &directions),
-        select_filter(shared, op, "answered", &f.answered, &answered),
-        esc(&t("filter-topic")),
-        esc(&f.topic),
-        esc(&t("filter-apply")),
-        esc(&t("filter-clear")),
-    )
+    html! {
+        form.filters method="get" action="/console" aria-label=(t("filter-label")) {
+            (select_filter(shared, op, "peer", &f.peer, &peers))
+            (select_filter(shared, op, "precedence", &f.precedence, &precedences))
+            (select_filter(shared, op, "direction", &f.direction, &directions))
+            (select_filter(shared, op, "answered", &f.answered, &answered))
+            p {
+                label for="filter-topic" { (t("filter-topic")) }
+                input #filter-topic name="topic" maxlength=(FILTER_TOPIC_BYTES_MAX) value=(f.topic);
+            }
+            p {
+                button type="submit" #filter-apply { (t("filter-apply")) } " "
+                a href="/console" { (t("filter-clear")) }
+            }
+        }
+    }
 }
 
-async fn timeline_html(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
+/// One page of the timeline, newest first (a night shift reads the top of the page), with a
+/// link to the next, older page when there may be one.
+async fn timeline_html(shared: &Shared, op: &Operator, f: &TimelineFilter) -> Markup {
     let rows = shared.store.timeline(f.query()).await.unwrap_or_default();
     let mut list = Vec::with_capacity(rows.len());
     for row in &rows {
         if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
-            list.push(v);
+            list.push(MessageView::from_json(&v));
         }
     }
-    if list.is_empty() {
-        return format!(
-            "<p class=\"empty\">{}</p>",
-            esc(&tr(shared, op, "timeline-empty"))
-        );
-    }
-    // Newest first: a night shift reads the top of the page.
-    let mut out = format!(
-        "<ol class=\"timeline\" aria-label=\"{}\">",
-        esc(&tr(shared, op, "timeline-label"))
-    );
-    for m in &list {
-        out.push_str(&message_item(shared, op, m));
-    }
-    out.push_str("</ol>");
-    if let Some(last) = rows
+    let older = rows
         .last()
         .filter(|_| rows.len() as u32 >= TIMELINE_PAGE_ROWS)
-    {
-        let cursor = format!(
-            "{}.{}.{}",
-            last.created_at_ms,
-            hex::encode(last.sender),
-            last.seq
-        );
-        let params = f.params();
-        let sep = if params.is_empty() { "" } else { "&amp;" };
-        let _ = write!(
-            out,
-            "<nav class=\"pager\" aria-label=\"{}\"><a id=\"older\" rel=\"next\" href=\"/console?{}{sep}before={}\">{}</a></nav>",
-            esc(&tr(shared, op, "pager-label")),
-            esc(&params),
-            url_value(&cursor),
-            esc(&tr(shared, op, "pager-older"))
-        );
+        .map(|last| {
+            let cursor = format!(
+                "{}.{}.{}",
+                last.created_at_ms,
+                hex::encode(last.sender),
+                last.seq
+            );
+            let params = f.params();
+            let sep = if params.is_empty() { "" } else { "&" };
+            format!("/console?{params}{sep}before={}", url_value(&cursor))
+        });
+    html! {
+        @if list.is_empty() {
+            p.empty { (tr(shared, op, "timeline-empty")) }
+        } @else {
+            ol.timeline aria-label=(tr(shared, op, "timeline-label")) {
+                @for m in &list { (messages::item(shared, op, m)) }
+            }
+            @if let Some(href) = older {
+                nav.pager aria-label=(tr(shared, op, "pager-label")) {
+                    a #older rel="next" href=(href) { (tr(shared, op, "pager-older")) }
+                }
+            }
+        }
     }
-    out
 }
 
 pub async fn timeline(
@@ -864,32 +584,17 @@ pub async fn timeline(
 ) -> Response {
     let inner = timeline_html(&shared, &op, &f).await;
     // Only the newest page follows the channel live; an older page stays where it is.
-    let live = if f.before.is_empty() {
-        format!(
-            " data-live=\"/console/live/timeline?{}\" aria-live=\"polite\"",
-            esc(&f.params())
-        )
-    } else {
-        String::new()
+    let newest = f.before.is_empty();
+    let live = newest.then(|| format!("/console/live/timeline?{}", f.params()));
+    let main = html! {
+        (filter_form(&shared, &op, &f))
+        @if !newest {
+            p { a #newest href={ "/console?" (f.params()) } { (tr(&shared, &op, "pager-newest")) } }
+        }
+        div #live data-live=[live] aria-live=[newest.then_some("polite")] { (inner) }
     };
-    let newest = if f.before.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "<p><a id=\"newest\" href=\"/console?{}\">{}</a></p>",
-            esc(&f.params()),
-            esc(&tr(&shared, &op, "pager-newest"))
-        )
-    };
-    let main = format!(
-        "{}{newest}<div id=\"live\"{live}>{inner}</div>",
-        filter_form(&shared, &op, &f)
-    );
     let title = tr(&shared, &op, "nav-timeline");
-    html(
-        StatusCode::OK,
-        live_page(&shared, &op, &title, PreEscaped(main)).await,
-    )
+    html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }
 
 pub async fn timeline_live(
@@ -897,7 +602,10 @@ pub async fn timeline_live(
     op: Operator,
     Query(f): Query<TimelineFilter>,
 ) -> Response {
-    html(StatusCode::OK, timeline_html(&shared, &op, &f).await)
+    html(
+        StatusCode::OK,
+        timeline_html(&shared, &op, &f).await.into_string(),
+    )
 }
 
 // ---------------------------------------------------------------- queue, alarm, status
@@ -965,25 +673,15 @@ pub fn clock_text(shared: &Shared, op: &Operator, ms: i64) -> String {
 
 // ---------------------------------------------------------------- one message
 
-async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let mut out = format!(
-        "<ol class=\"timeline single\">{}</ol>",
-        message_item(shared, op, m)
-    );
-    // The thread: what this answers, and the answers to it, read by id (never by walking
-    // the channel).
-    if let Some(parent) = m["in_reply_to"].as_str() {
-        if let Some(p) = find_message(shared, op, parent).await {
-            let _ = write!(
-                out,
-                "<h2>{}</h2><ol class=\"timeline thread\">{}</ol>",
-                esc(&tr(shared, op, "in-reply-to")),
-                message_item(shared, op, &p)
-            );
-        }
-    }
+/// A message on its own page, with what it answers and the answers to it, read by id (never
+/// by walking the channel).
+async fn message_detail(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
+    let parent = match &m.in_reply_to {
+        Some(parent) => find_message(shared, op, parent).await,
+        None => None,
+    };
     let mut replies = Vec::new();
-    if let Some(id) = m["id"].as_str().and_then(MessageId::from_hex) {
+    if let Some(id) = MessageId::from_hex(&m.id) {
         let rows = shared
             .store
             .replies(id.0, THREAD_REPLIES_MAX)
@@ -991,74 +689,21 @@ async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
             .unwrap_or_default();
         for row in &rows {
             if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
-                replies.push(v);
+                replies.push(MessageView::from_json(&v));
             }
         }
     }
-    if !replies.is_empty() {
-        let _ = write!(
-            out,
-            "<h2>{}</h2><ol class=\"timeline thread\" id=\"replies\">",
-            esc(&tr(shared, op, "replies"))
-        );
-        for r in &replies {
-            out.push_str(&message_item(shared, op, r));
-        }
-        out.push_str("</ol>");
-    }
-    out
+    messages::detail(shared, op, m, parent.as_ref(), &replies)
 }
 
-fn answer_form(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let id = m["id"].as_str().unwrap_or_default();
-    let mut out = String::new();
-    if m["direction"] == "in" && answerable(m) && (op.role.can_mark_read() || op.role.can_answer())
-    {
-        let _ = write!(
-            out,
-            "<form method=\"post\" action=\"/console/messages/{id}/receipt\" class=\"answer\">{}<h2>{}</h2>\
-             <p><label for=\"note\">{}</label><textarea id=\"note\" name=\"note\" rows=\"2\" maxlength=\"{NOTE_CHARS_MAX}\"></textarea></p><p>",
-            csrf_field(op),
-            esc(&tr(shared, op, "answer-title")),
-            esc(&tr(shared, op, "note")),
-        );
-        if op.role.can_mark_read() && m["receipts"]["read"].is_null() {
-            let _ = write!(
-                out,
-                "<button type=\"submit\" name=\"level\" value=\"read\" id=\"mark-read\">{}</button> ",
-                esc(&tr(shared, op, "mark-read"))
-            );
-        }
-        if op.role.can_answer() && unanswered(m) {
-            let _ = write!(
-                out,
-                "<button type=\"submit\" name=\"level\" value=\"acknowledged\" id=\"acknowledge\">{}</button> \
-                 <button type=\"submit\" name=\"level\" value=\"declined\" id=\"decline\">{}</button>",
-                esc(&tr(shared, op, "acknowledge")),
-                esc(&tr(shared, op, "decline"))
-            );
-        }
-        out.push_str("</p></form>");
-    }
-    if op.role.can_compose() {
-        let _ = write!(
-            out,
-            "<p><a class=\"button\" href=\"/console/compose?to={}&amp;reply_to={id}&amp;topic={}\">{}</a></p>",
-            url_value(m["peer"].as_str().unwrap_or("")),
-            url_value(m["topic"].as_str().unwrap_or("")),
-            esc(&tr(shared, op, "reply"))
-        );
-    }
-    out
-}
-
-async fn find_message(shared: &Shared, op: &Operator, id: &str) -> Option<Value> {
+async fn find_message(shared: &Shared, op: &Operator, id: &str) -> Option<MessageView> {
     let id = MessageId::from_hex(id)?;
     let row = shared.store.message(id.0).await.ok().flatten()?;
     if row.kind == 1 || row.kind == 2 {
         return None;
     }
-    api::message_json(shared, &row, Some(&op.lang)).await.ok()
+    let json = api::message_json(shared, &row, Some(&op.lang)).await.ok()?;
+    Some(MessageView::from_json(&json))
 }
 
 pub async fn message(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
@@ -1068,23 +713,20 @@ pub async fn message(State(shared): Shr, op: Operator, Path(id): Path<String>) -
     let detail = message_detail(&shared, &op, &m).await;
     // The answer form stays outside the live region, so that a refresh never wipes a note
     // being typed.
-    let main = format!(
-        "<div id=\"live\" data-live=\"/console/live/messages/{}\" aria-live=\"polite\">{detail}</div>{}",
-        esc(&id),
-        answer_form(&shared, &op, &m)
-    );
+    let main = html! {
+        div #live data-live={ "/console/live/messages/" (m.id) } aria-live="polite" { (detail) }
+        (messages::answer_form(&shared, &op, &m))
+    };
     let title = tr(&shared, &op, "message-title");
-    html(
-        StatusCode::OK,
-        live_page(&shared, &op, &title, PreEscaped(main)).await,
-    )
+    html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }
 
 pub async fn message_live(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
     let Some(m) = find_message(&shared, &op, &id).await else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    html(StatusCode::OK, message_detail(&shared, &op, &m).await)
+    let detail = message_detail(&shared, &op, &m).await;
+    html(StatusCode::OK, detail.into_string())
 }
 
 /// A decline cannot be taken back: ask first, carrying the note typed so far.
@@ -1092,26 +734,9 @@ async fn decline_confirmation(shared: &Shared, op: &Operator, id: &str, note: &s
     let Some(m) = find_message(shared, op, id).await else {
         return refuse(shared, op, StatusCode::NOT_FOUND, "message-unknown");
     };
-    let main = format!(
-        "<p class=\"confirm-intro\">{}</p><ol class=\"timeline single\">{}</ol>\
-         <form method=\"post\" action=\"/console/messages/{id}/receipt\" class=\"confirm\">{}\
-         <input type=\"hidden\" name=\"level\" value=\"declined\"><input type=\"hidden\" name=\"confirm\" value=\"yes\">\
-         <p><label for=\"note\">{}</label><textarea id=\"note\" name=\"note\" rows=\"2\" maxlength=\"{NOTE_CHARS_MAX}\">{}</textarea></p>\
-         <p><button type=\"submit\" id=\"decline-confirm\">{}</button> <a class=\"button\" id=\"decline-cancel\" href=\"/console/messages/{id}\">{}</a></p></form>",
-        esc(&tr(shared, op, "decline-confirm-intro")),
-        message_item(shared, op, &m),
-        csrf_field(op),
-        esc(&tr(shared, op, "note")),
-        esc(note),
-        esc(&tr(shared, op, "decline-confirm")),
-        esc(&tr(shared, op, "decline-cancel")),
-        id = esc(id),
-    );
+    let main = messages::decline_confirmation(shared, op, &m, note);
     let title = tr(shared, op, "decline-confirm-title");
-    html(
-        StatusCode::OK,
-        live_page(shared, op, &title, PreEscaped(main)).await,
-    )
+    html(StatusCode::OK, live_page(shared, op, &title, main).await)
 }
 
 #[derive(Deserialize)]
@@ -1177,15 +802,9 @@ pub async fn receipt(
             Redirect::to(&format!("/console/messages/{id}")).into_response()
         }
         Err(e) => {
-            let main = format!(
-                "<p class=\"error\" role=\"alert\">{}</p>",
-                esc(&e.to_string())
-            );
+            let main = html! { p.error role="alert" { (e.to_string()) } };
             let title = tr(&shared, &op, "refused-title");
-            html(
-                e.status(),
-                live_page(&shared, &op, &title, PreEscaped(main)).await,
-            )
+            html(e.status(), live_page(&shared, &op, &title, main).await)
         }
     }
 }

@@ -2,7 +2,6 @@
 //! session: to the login page) and checks the operator's role itself before acting.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -11,11 +10,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use detente_proto::{MessageId, Precedence, ReceiptLevel};
 use detente_store::Store;
-use maud::{html, Markup, PreEscaped};
+use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::auth;
-use super::html::{csrf_field, esc, live_page, page, url_value};
+use super::html::{csrf_input, live_page, page, url_value};
 use super::messages::{self, MessageView};
 use super::{audit, cookie, set_cookie, Operator, Source, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::api::{self, SendBody};
@@ -865,27 +864,40 @@ impl ComposeForm {
 /// Errors by field id (`to`, `text`, `f-position`, ...).
 type FieldErrors = BTreeMap<String, String>;
 
-fn field_error(errors: &FieldErrors, key: &str, help: Option<&str>) -> (String, String) {
-    let described = |extra: &str| {
-        let ids: Vec<&str> = help
-            .into_iter()
-            .chain(Some(extra).filter(|e| !e.is_empty()))
-            .collect();
-        if ids.is_empty() {
-            String::new()
-        } else {
-            format!(" aria-describedby=\"{}\"", ids.join(" "))
+/// How one form field stands: its error, if any, and what describes it (its help and its
+/// error), for the `aria-` attributes.
+struct FieldState<'a> {
+    error: Option<&'a str>,
+    described: Option<String>,
+    error_id: String,
+}
+
+fn field_state<'a>(errors: &'a FieldErrors, key: &str, help: Option<&str>) -> FieldState<'a> {
+    let error = errors.get(key).map(String::as_str);
+    let error_id = format!("err-{key}");
+    let ids: Vec<&str> = help
+        .into_iter()
+        .chain(error.map(|_| error_id.as_str()))
+        .collect();
+    FieldState {
+        described: Some(ids.join(" ")).filter(|d| !d.is_empty()),
+        error,
+        error_id,
+    }
+}
+
+impl FieldState<'_> {
+    fn invalid(&self) -> Option<&'static str> {
+        self.error.map(|_| "true")
+    }
+
+    /// The error next to its field, announced when the page shows.
+    fn message(&self) -> Markup {
+        html! {
+            @if let Some(e) = self.error {
+                span.field-error id=(self.error_id) role="alert" { (e) }
+            }
         }
-    };
-    match errors.get(key) {
-        Some(e) => (
-            format!(" aria-invalid=\"true\"{}", described(&format!("err-{key}"))),
-            format!(
-                "<span class=\"field-error\" id=\"err-{key}\" role=\"alert\">{}</span>",
-                esc(e)
-            ),
-        ),
-        None => (described(""), String::new()),
     }
 }
 
@@ -895,46 +907,36 @@ fn format_chooser(
     op: &Operator,
     form: &ComposeForm,
     errors: &FieldErrors,
-) -> String {
+) -> Markup {
     let t = |k: &str| tr(shared, op, k);
-    let mut out = format!(
-        "<form method=\"get\" action=\"/console/compose\" class=\"chooser\">\
-         <input type=\"hidden\" name=\"to\" value=\"{}\"><input type=\"hidden\" name=\"reply_to\" value=\"{}\">\
-         <p><label for=\"format\">{}</label><select id=\"format\" name=\"format\"><option value=\"\">{}</option>",
-        esc(&form.to),
-        esc(&form.reply_to),
-        esc(&t("compose-format")),
-        esc(&t("compose-free-text"))
-    );
-    for def in detente_formats::builtin().formats() {
-        if def.id == "text" {
-            continue;
+    let formats: Vec<(&str, String)> = detente_formats::builtin()
+        .formats()
+        .iter()
+        .filter(|def| def.id != "text")
+        .map(|def| {
+            (
+                def.id.as_str(),
+                detente_formats::describe(def, &op.lang).title,
+            )
+        })
+        .collect();
+    html! {
+        form.chooser method="get" action="/console/compose" {
+            input type="hidden" name="to" value=(form.to);
+            input type="hidden" name="reply_to" value=(form.reply_to);
+            p {
+                label for="format" { (t("compose-format")) }
+                select #format name="format" {
+                    option value="" { (t("compose-free-text")) }
+                    @for (id, title) in &formats {
+                        option value=(id) selected[*id == form.format] { (title) }
+                    }
+                }
+                " " button type="submit" #choose-format { (t("compose-format-use")) }
+                (field_state(errors, "format", None).message())
+            }
         }
-        let d = detente_formats::describe(def, &op.lang);
-        let sel = if def.id == form.format {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(
-            out,
-            "<option value=\"{}\"{sel}>{}</option>",
-            esc(&def.id),
-            esc(&d.title)
-        );
     }
-    let err = errors.get("format").map_or_else(String::new, |e| {
-        format!(
-            "<span class=\"field-error\" id=\"err-format\" role=\"alert\">{}</span>",
-            esc(e)
-        )
-    });
-    let _ = write!(
-        out,
-        "</select> <button type=\"submit\" id=\"choose-format\">{}</button>{err}</p></form>",
-        esc(&t("compose-format-use"))
-    );
-    out
 }
 
 /// The fields of a format, each with its label, help, what it accepts, and its error.
@@ -943,75 +945,79 @@ fn format_fields(
     def: &detente_formats::FormatDef,
     form: &ComposeForm,
     errors: &FieldErrors,
-) -> String {
+) -> Markup {
     let d = detente_formats::describe(def, &op.lang);
-    let mut out = format!(
-        "<fieldset class=\"format\"><legend>{}</legend><input type=\"hidden\" name=\"format\" value=\"{}\">",
-        esc(&d.title),
-        esc(&def.id)
-    );
-    for f in &d.fields {
-        let id = format!("f-{}", f.key);
-        let help_id = format!("help-{id}");
-        let (attr, err) = field_error(errors, &id, Some(&help_id));
-        let value = form.fields.get(&f.key).map_or("", String::as_str);
-        let required = if f.required { " required" } else { "" };
-        let _ = write!(
-            out,
-            "<p><label for=\"{id}\">{}{}</label>",
-            esc(&f.label),
-            if f.required { " *" } else { "" }
-        );
-        if !f.values.is_empty() {
-            let _ = write!(
-                out,
-                "<select id=\"{id}\" name=\"f.{}\"{attr}{required}><option value=\"\">—</option>",
-                esc(&f.key)
-            );
-            for (v, label) in &f.values {
-                let sel = if v == value { " selected" } else { "" };
-                let _ = write!(
-                    out,
-                    "<option value=\"{}\"{sel}>{}</option>",
-                    esc(v),
-                    esc(label)
-                );
+    html! {
+        fieldset.format {
+            legend { (d.title) }
+            input type="hidden" name="format" value=(def.id);
+            @for f in &d.fields {
+                @let id = format!("f-{}", f.key);
+                @let help_id = format!("help-{id}");
+                @let state = field_state(errors, &id, Some(&help_id));
+                @let name = format!("f.{}", f.key);
+                @let value = form.fields.get(&f.key).map_or("", String::as_str);
+                p {
+                    label for=(id) { (f.label) @if f.required { " *" } }
+                    @if !f.values.is_empty() {
+                        select id=(id) name=(name) aria-invalid=[state.invalid()]
+                            aria-describedby=[&state.described] required[f.required] {
+                            option value="" { "—" }
+                            @for (v, label) in &f.values { option value=(v) selected[v == value] { (label) } }
+                        }
+                    } @else if f.type_name == "text" {
+                        textarea id=(id) name=(name) rows="3" aria-invalid=[state.invalid()]
+                            aria-describedby=[&state.described] required[f.required] { (value) }
+                    } @else {
+                        input id=(id) name=(name) value=(value) aria-invalid=[state.invalid()]
+                            aria-describedby=[&state.described] required[f.required];
+                    }
+                    span.hint id=(help_id) {
+                        (f.help)
+                        // A select shows its choices in the operator's language; the codes
+                        // would not.
+                        @if f.values.is_empty() {
+                            @if !f.help.is_empty() { " — " }
+                            (f.accepts)
+                        }
+                    }
+                    (state.message())
+                }
             }
-            out.push_str("</select>");
-        } else if f.type_name == "text" {
-            let _ = write!(
-                out,
-                "<textarea id=\"{id}\" name=\"f.{}\" rows=\"3\"{attr}{required}>{}</textarea>",
-                esc(&f.key),
-                esc(value)
-            );
-        } else {
-            let _ = write!(
-                out,
-                "<input id=\"{id}\" name=\"f.{}\" value=\"{}\"{attr}{required}>",
-                esc(&f.key),
-                esc(value)
-            );
         }
-        let _ = write!(
-            out,
-            "<span class=\"hint\" id=\"{help_id}\">{}{}{}</span>{err}</p>",
-            esc(&f.help),
-            if f.help.is_empty() || !f.values.is_empty() {
-                ""
-            } else {
-                " — "
-            },
-            // A select shows its choices in the operator's language; the codes would not.
-            if f.values.is_empty() {
-                esc(&f.accepts)
-            } else {
-                String::new()
-            }
-        );
     }
-    out.push_str("</fieldset>");
-    out
+}
+
+/// What the compose form shows in its fields: the form as posted, or what a format proposes.
+struct ComposeDefaults {
+    precedence: String,
+    topic: String,
+    lang: String,
+}
+
+fn compose_defaults(shared: &Shared, form: &ComposeForm) -> ComposeDefaults {
+    let def = form.format_def();
+    let described = def.map(|d| detente_formats::describe(d, "en"));
+    let precedence = match (&described, form.precedence.is_empty()) {
+        (_, false) => form.precedence.clone(),
+        (Some(d), true) => d.precedence.to_ascii_lowercase(),
+        (None, true) => "routine".into(),
+    };
+    let topic = match (described, form.topic.is_empty()) {
+        (_, false) => form.topic.clone(),
+        (Some(d), true) => d.topic,
+        (None, true) => "general".into(),
+    };
+    let lang = if form.lang.is_empty() {
+        super::html::node_lang(shared)
+    } else {
+        form.lang.clone()
+    };
+    ComposeDefaults {
+        precedence,
+        topic,
+        lang,
+    }
 }
 
 fn compose_html(
@@ -1019,123 +1025,74 @@ fn compose_html(
     op: &Operator,
     form: &ComposeForm,
     errors: &FieldErrors,
-) -> String {
+) -> Markup {
     let t = |k: &str| tr(shared, op, k);
-    let def = form.format_def();
-    let mut out = String::new();
-    if !errors.is_empty() {
-        let _ = write!(
-            out,
-            "<p class=\"error\" role=\"alert\" id=\"compose-errors\">{} {}</p>",
-            esc(&t("compose-has-errors")),
-            esc(&tr_with(
-                shared,
-                op,
-                "compose-error-count",
-                &[("count", errors.len().to_string())]
-            ))
-        );
-    }
-    out.push_str(&format_chooser(shared, op, form, errors));
-    let _ = write!(
-        out,
-        "<form method=\"post\" action=\"/console/compose\" class=\"compose\" novalidate>{}",
-        csrf_field(op)
-    );
-    // Peer.
-    let (attr, err) = field_error(errors, "to", None);
-    let _ = write!(
-        out,
-        "<p><label for=\"to\">{}</label><select id=\"to\" name=\"to\"{attr}>",
-        esc(&t("compose-to"))
-    );
-    for entry in shared.table.all() {
-        let sel = if entry.name == form.to {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(out, "<option{sel}>{}</option>", esc(&entry.name));
-    }
-    let _ = write!(out, "</select>{err}</p>");
+    let shown = compose_defaults(shared, form);
+    let peers: Vec<String> = shared.table.all().iter().map(|e| e.name.clone()).collect();
     // Precedence: only those this role may send; a format proposes its own.
-    let (attr, err) = field_error(errors, "precedence", None);
-    let _ = write!(
-        out,
-        "<p><label for=\"precedence\">{}</label><select id=\"precedence\" name=\"precedence\"{attr}>",
-        esc(&t("compose-precedence"))
-    );
-    let proposed = def.map(|d| {
-        detente_formats::describe(d, "en")
-            .precedence
-            .to_ascii_lowercase()
-    });
-    let chosen = if !form.precedence.is_empty() {
-        form.precedence.clone()
-    } else {
-        proposed.unwrap_or_else(|| "routine".into())
-    };
-    for p in Precedence::ALL {
-        if !op.role.can_send(p) {
-            continue;
+    let precedences: Vec<&str> = Precedence::ALL
+        .iter()
+        .filter(|p| op.role.can_send(**p))
+        .map(|p| p.name())
+        .collect();
+    let count = errors.len().to_string();
+    let [to, prec, topic, lang, text, reply] =
+        ["to", "precedence", "topic", "lang", "text", "reply_to"]
+            .map(|k| field_state(errors, k, None));
+    html! {
+        @if !errors.is_empty() {
+            p.error role="alert" #compose-errors {
+                (t("compose-has-errors")) " "
+                (tr_with(shared, op, "compose-error-count", &[("count", count)]))
+            }
         }
-        let sel = if p.name() == chosen { " selected" } else { "" };
-        let _ = write!(
-            out,
-            "<option value=\"{}\"{sel}>{}</option>",
-            p.name(),
-            esc(&t(&format!("prec-{}", p.name())))
-        );
-    }
-    let _ = write!(out, "</select>{err}</p>");
-    let (attr, err) = field_error(errors, "topic", None);
-    let topic = match (form.topic.is_empty(), def) {
-        (false, _) => form.topic.clone(),
-        (true, Some(d)) => detente_formats::describe(d, "en").topic,
-        (true, None) => "general".into(),
-    };
-    let _ = write!(
-        out,
-        "<p><label for=\"topic\">{}</label><input id=\"topic\" name=\"topic\" maxlength=\"{TOPIC_CHARS_MAX}\" value=\"{}\"{attr}>{err}</p>",
-        esc(&t("topic")),
-        esc(&topic)
-    );
-    let (attr, err) = field_error(errors, "lang", None);
-    let lang = if form.lang.is_empty() {
-        super::html::node_lang(shared)
-    } else {
-        form.lang.clone()
-    };
-    let _ = write!(
-        out,
-        "<p><label for=\"lang\">{}</label><input id=\"lang\" name=\"lang\" value=\"{}\"{attr}>{err}</p>",
-        esc(&t("text-language")),
-        esc(&lang)
-    );
-    match def {
-        Some(def) => out.push_str(&format_fields(op, def, form, errors)),
-        None => {
-            let (attr, err) = field_error(errors, "text", None);
-            let _ = write!(
-                out,
-                "<p><label for=\"text\">{}</label><textarea id=\"text\" name=\"text\" rows=\"6\"{attr}>{}</textarea>{err}</p>",
-                esc(&t("compose-text")),
-                esc(&form.text)
-            );
+        (format_chooser(shared, op, form, errors))
+        form.compose method="post" action="/console/compose" novalidate {
+            (csrf_input(op))
+            p {
+                label for="to" { (t("compose-to")) }
+                select #to name="to" aria-invalid=[to.invalid()] aria-describedby=[&to.described] {
+                    @for name in &peers { option selected[*name == form.to] { (name) } }
+                }
+                (to.message())
+            }
+            p {
+                label for="precedence" { (t("compose-precedence")) }
+                select #precedence name="precedence" aria-invalid=[prec.invalid()]
+                    aria-describedby=[&prec.described] {
+                    @for p in &precedences {
+                        option value=(p) selected[*p == shown.precedence] { (t(&format!("prec-{p}"))) }
+                    }
+                }
+                (prec.message())
+            }
+            p {
+                label for="topic" { (t("topic")) }
+                input #topic name="topic" maxlength=(TOPIC_CHARS_MAX) value=(shown.topic)
+                    aria-invalid=[topic.invalid()] aria-describedby=[&topic.described];
+                (topic.message())
+            }
+            p {
+                label for="lang" { (t("text-language")) }
+                input #lang name="lang" value=(shown.lang)
+                    aria-invalid=[lang.invalid()] aria-describedby=[&lang.described];
+                (lang.message())
+            }
+            @match form.format_def() {
+                Some(def) => (format_fields(op, def, form, errors)),
+                None => p {
+                    label for="text" { (t("compose-text")) }
+                    textarea #text name="text" rows="6" aria-invalid=[text.invalid()]
+                        aria-describedby=[&text.described] { (form.text) }
+                    (text.message())
+                },
+            }
+            input type="hidden" name="reply_to" value=(form.reply_to)
+                aria-invalid=[reply.invalid()] aria-describedby=[&reply.described];
+            (reply.message())
+            p { button type="submit" #send { (t("compose-send")) } }
         }
     }
-    let (attr, err) = field_error(errors, "reply_to", None);
-    let _ = write!(
-        out,
-        "<input type=\"hidden\" name=\"reply_to\" value=\"{}\"{attr}>{err}",
-        esc(&form.reply_to)
-    );
-    let _ = write!(
-        out,
-        "<p><button type=\"submit\" id=\"send\">{}</button></p></form>",
-        esc(&t("compose-send"))
-    );
-    out
 }
 
 pub async fn compose(
@@ -1149,10 +1106,7 @@ pub async fn compose(
     let form = ComposeForm::from_pairs(q);
     let main = compose_html(&shared, &op, &form, &FieldErrors::new());
     let title = tr(&shared, &op, "nav-compose");
-    html(
-        StatusCode::OK,
-        live_page(&shared, &op, &title, PreEscaped(main)).await,
-    )
+    html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }
 
 /// Check the fields every message has; the errors name the field they belong to.
@@ -1418,6 +1372,6 @@ pub async fn compose_send(
     let title = tr(&shared, &op, "nav-compose");
     html(
         StatusCode::UNPROCESSABLE_ENTITY,
-        live_page(&shared, &op, &title, PreEscaped(main)).await,
+        live_page(&shared, &op, &title, main).await,
     )
 }

@@ -1,7 +1,7 @@
-//! Server-rendered HTML: the page layout every console page shares (a maud template, which
-//! escapes by construction), and escaping helpers for the parts still built as strings.
-//! Every piece of text from outside (messages, peers, logins) is escaped: by maud in
-//! templates, by [`esc`] elsewhere.
+//! Server-rendered HTML: the page layout every console page shares, a maud template. Every
+//! console page is a maud template, which escapes every value by construction: nothing from
+//! outside (messages, peers, logins) can become markup. Query values in links go through
+//! [`url_value`].
 
 use std::fmt::Write;
 
@@ -10,22 +10,6 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use super::auth::Role;
 use super::Operator;
 use crate::Shared;
-
-/// Escape text for HTML element content and quoted attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
 
 /// Escape text for a URL query value.
 pub fn url_value(text: &str) -> String {
@@ -195,17 +179,9 @@ fn nav(op: &Operator, t: &dyn Fn(&str) -> String) -> Markup {
     }
 }
 
-/// The hidden CSRF field every form carries, as markup.
+/// The hidden CSRF field every form carries.
 pub fn csrf_input(op: &Operator) -> Markup {
     html! { input type="hidden" name="csrf" value=(op.csrf); }
-}
-
-/// The hidden CSRF field every form carries.
-pub fn csrf_field(op: &Operator) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-        esc(&op.csrf)
-    )
 }
 
 /// The node's configured interface language.
@@ -222,11 +198,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            esc("<script>alert('x')</script> & \"y\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
-        );
+    fn escapes_url_values() {
         assert_eq!(url_value("a b/é"), "a%20b%2F%C3%A9");
     }
 }

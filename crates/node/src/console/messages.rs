@@ -51,6 +51,8 @@ pub struct MessageView {
     pub late_ms: Option<i64>,
     /// When the acknowledgment is due (as the deadline watch counts).
     pub acknowledge_by_ms: Option<i64>,
+    /// The deadline watch recorded a missed deadline for it.
+    pub overdue: bool,
     pub in_reply_to: Option<String>,
 }
 
@@ -108,6 +110,7 @@ impl MessageView {
             },
             late_ms: (m["late"] == true).then(|| m["late_ms"].as_i64().unwrap_or(0)),
             acknowledge_by_ms: ms_of(&m["deadline"]["acknowledge_by"]),
+            overdue: m["overdue"] == true,
             in_reply_to: m["in_reply_to"].as_str().map(str::to_string),
         }
     }
@@ -115,6 +118,15 @@ impl MessageView {
     /// Still waiting for an acknowledgment (or a refusal).
     pub fn unanswered(&self) -> bool {
         self.answerable && self.receipts.acknowledged.is_none() && self.receipts.declined.is_none()
+    }
+
+    /// The text, shortened to `chars_max` characters for one line.
+    pub fn snippet(&self, chars_max: usize) -> String {
+        let mut out: String = self.text.chars().take(chars_max).collect();
+        if self.text.chars().count() > chars_max {
+            out.push('…');
+        }
+        out
     }
 
     /// When the acknowledgment is due, if it still is. The API's `acknowledge_by` counts from
@@ -126,7 +138,7 @@ impl MessageView {
 }
 
 /// The precedence, in words.
-fn precedence(shared: &Shared, op: &Operator, p: &str) -> Markup {
+pub fn precedence(shared: &Shared, op: &Operator, p: &str) -> Markup {
     html! { span class={ "prec prec-" (p) } { (tr(shared, op, &format!("prec-{p}"))) } }
 }
 

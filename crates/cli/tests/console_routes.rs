@@ -643,3 +643,131 @@ async fn markup_from_the_peer_is_escaped_on_every_view() {
     }
     drop((w, b));
 }
+
+/// Full-text search over the channel (issue 15): a text found by two of its words on the
+/// Chinese console, a notification found by the words of its Chinese rendering on the
+/// English console (every console language is indexed), and results paged like the
+/// timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_texts_and_notifications_in_both_languages_and_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let wc = w.client().unwrap();
+    let bc = b.client().unwrap();
+    // Notifications need the channel's charter (its formats).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (c, peer) in [(&wc, "beijing"), (&bc, "washington")] {
+        while c
+            .get(&format!("/api/v1/peers/{peer}/charter"))
+            .await
+            .unwrap()["state"]
+            != "agreed"
+        {
+            assert!(std::time::Instant::now() < deadline, "no charter agreed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let send = |body: Value| {
+        let wc = &wc;
+        async move { wc.post("/api/v1/messages", &body).await.unwrap() }
+    };
+    let text = send(json!({"to": "beijing", "text": "Request a call on the voice line"})).await;
+    let text_id = text["id"].as_str().unwrap().to_string();
+    let fields: Vec<Value> = [
+        ("window_start", "2030-01-01T10:00:00Z"),
+        ("window_end", "2030-01-01T12:00:00Z"),
+        ("launch_area", "circle:34.7,-120.6,30"),
+        ("impact_area", "circle:9.4,167.5,100"),
+        ("count", "1"),
+        ("category", "icbm"),
+        ("remarks", "Scheduled test"),
+    ]
+    .iter()
+    .map(|(k, v)| json!({"key": k, "value": v}))
+    .collect();
+    let launch = send(json!({"to": "beijing", "format": "launch", "fields": fields})).await;
+    let launch_id = launch["id"].as_str().unwrap().to_string();
+    for n in 0..55 {
+        send(json!({"to": "beijing", "text": format!("Weather report {n}")})).await;
+    }
+    loop {
+        let inbox = bc.get("/api/v1/messages?limit=100").await.unwrap();
+        if inbox.as_array().map_or(0, Vec::len) >= 57 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the messages never all arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let ids = |html: &str| -> Vec<String> {
+        html.split("data-id=\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .map(str::to_string)
+            .collect()
+    };
+
+    // Beijing's console is Chinese; an English text is found by two of its words, in any case.
+    let chief_b = login(&b, "chief").await;
+    let page = chief_b
+        .get("/console/live/timeline?q=VOICE+line")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let found = ids(&page);
+    assert!(found.contains(&text_id), "the text is found");
+    assert!(!found.contains(&launch_id), "only what matches");
+    let none = chief_b
+        .get("/console/live/timeline?q=voice+nowhere")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        none.contains("没有消息包含这些词语"),
+        "no match is said so, in Chinese"
+    );
+
+    // Washington's console is English; the launch notification is found by the words of its
+    // Chinese rendering too.
+    let chief_w = login(&w, "chief").await;
+    let page = chief_w
+        .get("/console/live/timeline?q=弹道导弹")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&page).iter().filter(|i| **i == launch_id).count(),
+        1,
+        "{page}"
+    );
+
+    // 55 reports: a page of 50, then the rest, by the pager's own link.
+    // (The live region is the timeline alone: the queue's items carry ids too.)
+    let page = chief_w
+        .get("/console/live/timeline?q=report")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let first = ids(&page);
+    assert_eq!(first.len(), 50);
+    assert!(!first.contains(&text_id));
+    let older = page
+        .split("id=\"older\" rel=\"next\" href=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a link to the older results")
+        .replace("&amp;", "&");
+    assert!(older.contains("q=report"), "{older}");
+    let older = older.replace("/console?", "/console/live/timeline?");
+    let rest = ids(&chief_w.get(&older).await.text().await.unwrap());
+    assert_eq!(rest.len(), 5);
+    assert!(rest.iter().all(|i| !first.contains(i)));
+    drop((w, b));
+}

@@ -9,6 +9,8 @@
 //!   the users: typed view models rendered by maud templates.
 //! - [`queue`]: the "needs action" queue and the alarm banner, from one source of deadline
 //!   state.
+//! - [`search`]: the full-text search index over texts and notifications, filled when
+//!   someone searches.
 //! - [`status`]: the status light on every page (link state and since when, link test,
 //!   alarms).
 //! - [`sse`]: server-sent events that tell open pages to refresh their live regions.
@@ -26,6 +28,7 @@ pub mod messages;
 pub mod pages;
 pub mod queue;
 pub mod records;
+pub mod search;
 pub mod sse;
 pub mod status;
 

@@ -26,6 +26,8 @@ pub const TIMELINE_PAGE_ROWS: u32 = 50;
 const THREAD_REPLIES_MAX: u32 = 100;
 /// Longest topic (or peer name) accepted as a timeline filter; a longer one is ignored.
 const FILTER_TOPIC_BYTES_MAX: usize = 256;
+/// Longest search accepted; a longer one is ignored.
+const FILTER_SEARCH_BYTES_MAX: usize = 512;
 /// Envelopes per stream checked on the transcript page (the newest).
 pub const VERIFY_TAIL_MAX: u64 = 200;
 /// Longest topic accepted from the compose form.
@@ -425,6 +427,9 @@ pub struct TimelineFilter {
     answered: String,
     #[serde(default)]
     topic: String,
+    /// Words to search for (each must be found).
+    #[serde(default)]
+    q: String,
     /// `CREATED.SENDERHEX.SEQ` of the last row of the previous page.
     #[serde(default)]
     before: String,
@@ -448,13 +453,22 @@ impl TimelineFilter {
                 _ => None,
             },
             before: parse_cursor(&self.before),
+            text: self
+                .search()
+                .map_or_else(Vec::new, detente_store::console::search_terms),
             limit: TIMELINE_PAGE_ROWS,
         }
+    }
+
+    /// The search, if there is one (a longer one is ignored).
+    fn search(&self) -> Option<&str> {
+        Some(self.q.trim()).filter(|q| !q.is_empty() && q.len() <= FILTER_SEARCH_BYTES_MAX)
     }
 
     /// The filters as a query string (without the cursor), `&`-separated and escaped.
     fn params(&self) -> String {
         [
+            ("q", &self.q),
             ("peer", &self.peer),
             ("precedence", &self.precedence),
             ("direction", &self.direction),
@@ -520,6 +534,10 @@ fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> Markup {
     ];
     html! {
         form.filters method="get" action="/console" aria-label=(t("filter-label")) {
+            p.search {
+                label for="filter-q" { (t("filter-search")) }
+                input #filter-q type="search" name="q" maxlength=(FILTER_SEARCH_BYTES_MAX) value=(f.q);
+            }
             (select_filter(shared, op, "peer", &f.peer, &peers))
             (select_filter(shared, op, "precedence", &f.precedence, &precedences))
             (select_filter(shared, op, "direction", &f.direction, &directions))
@@ -539,6 +557,8 @@ fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> Markup {
 /// One page of the timeline, newest first (a night shift reads the top of the page), with a
 /// link to the next, older page when there may be one.
 async fn timeline_html(shared: &Shared, op: &Operator, f: &TimelineFilter) -> Markup {
+    // A search first indexes what arrived since the last one (bounded; see search.rs).
+    let complete = f.search().is_none() || super::search::catch_up(shared).await;
     let rows = shared.store.timeline(f.query()).await.unwrap_or_default();
     let mut list = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -560,9 +580,15 @@ async fn timeline_html(shared: &Shared, op: &Operator, f: &TimelineFilter) -> Ma
             let sep = if params.is_empty() { "" } else { "&" };
             format!("/console?{params}{sep}before={}", url_value(&cursor))
         });
+    let empty = if f.search().is_some() {
+        "search-none"
+    } else {
+        "timeline-empty"
+    };
     html! {
+        @if !complete { p.hint #search-incomplete { (tr(shared, op, "search-incomplete")) } }
         @if list.is_empty() {
-            p.empty { (tr(shared, op, "timeline-empty")) }
+            p.empty { (tr(shared, op, empty)) }
         } @else {
             ol.timeline aria-label=(tr(shared, op, "timeline-label")) {
                 @for m in &list { (messages::item(shared, op, m)) }

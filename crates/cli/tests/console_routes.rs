@@ -771,3 +771,123 @@ async fn search_finds_texts_and_notifications_in_both_languages_and_pages() {
     assert!(rest.iter().all(|i| !first.contains(i)));
     drop((w, b));
 }
+
+/// Replying to a `dialogue-request` opens a `dialogue-reply` form with the request, the
+/// answer and the slot filled in, under the request itself; sending it answers the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_dialogue_request_is_prefilled_and_answers_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let (wc, bc) = (w.client().unwrap(), b.client().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (c, peer) in [(&wc, "beijing"), (&bc, "washington")] {
+        while c
+            .get(&format!("/api/v1/peers/{peer}/charter"))
+            .await
+            .unwrap()["state"]
+            != "agreed"
+        {
+            assert!(std::time::Instant::now() < deadline, "no charter agreed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let fields: Vec<Value> = [
+        ("from_name", "Deputy Secretary"),
+        ("to_name", "Vice Minister"),
+        ("mode", "video-call"),
+        ("slot_1", "2030-01-01T10:00:00Z/2030-01-01T11:00:00Z"),
+        ("slot_2", "2030-01-02T10:00:00Z/2030-01-02T11:00:00Z"),
+        ("agenda", "Rules for unplanned encounters at sea."),
+    ]
+    .iter()
+    .map(|(k, v)| json!({"key": k, "value": v}))
+    .collect();
+    let sent = wc
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "beijing", "format": "dialogue-request", "fields": fields}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    while bc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let chief = login(&b, "chief").await;
+    let page = chief
+        .get(&format!("/console/messages/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let href = page
+        .split("class=\"button reply-accept\" href=\"")
+        .nth(2)
+        .and_then(|s| s.split('"').next())
+        .expect("one accept button per slot")
+        .replace("&amp;", "&");
+    assert!(href.contains("f.accepted_slot=2"), "{href}");
+    let form = chief.get(&href).await.text().await.unwrap();
+    assert!(
+        form.contains(&format!(
+            "id=\"f-request\" name=\"f.request\" value=\"{id}\""
+        )),
+        "{form}"
+    );
+    assert!(
+        form.contains("<option value=\"accept\" selected>"),
+        "the answer is chosen"
+    );
+    assert!(form.contains("id=\"f-accepted_slot\" name=\"f.accepted_slot\" value=\"2\""));
+    let shown = form
+        .split("class=\"replying-to\"")
+        .nth(1)
+        .expect("the request is shown");
+    assert!(shown.contains(&format!("data-id=\"{id}\"")));
+
+    let r = chief
+        .form(
+            "/console/compose",
+            &[
+                ("to", "washington"),
+                ("precedence", "priority"),
+                ("topic", "dialogue"),
+                ("lang", "zh-CN"),
+                ("reply_to", &id),
+                ("format", "dialogue-reply"),
+                ("f.request", &id),
+                ("f.response", "accept"),
+                ("f.accepted_slot", "2"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        r.text().await.unwrap()
+    );
+    loop {
+        let out = wc.get("/api/v1/messages?direction=in").await.unwrap();
+        if let Some(reply) = out
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["in_reply_to"] == id.as_str())
+        {
+            assert_eq!(reply["format"], "dialogue-reply");
+            assert_eq!(reply["fields"]["accepted_slot"], "2");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reply never came");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop((w, b));
+}

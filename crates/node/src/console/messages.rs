@@ -54,6 +54,19 @@ pub struct MessageView {
     /// The deadline watch recorded a missed deadline for it.
     pub overdue: bool,
     pub in_reply_to: Option<String>,
+    /// The notification's format id (`dialogue-request`, ...); absent for a text.
+    pub format: Option<String>,
+    /// For a `dialogue-request`: each proposed slot's number and start.
+    pub slots: Vec<(u8, i64)>,
+}
+
+/// The start of a `window` field's value (`START/END`, both RFC 3339).
+fn window_start_ms(v: &Value) -> Option<i64> {
+    let start = v.as_str()?.split('/').next()?;
+    start
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 fn ms_of(text: &Value) -> Option<i64> {
@@ -112,6 +125,10 @@ impl MessageView {
             acknowledge_by_ms: ms_of(&m["deadline"]["acknowledge_by"]),
             overdue: m["overdue"] == true,
             in_reply_to: m["in_reply_to"].as_str().map(str::to_string),
+            format: m["format"].as_str().map(str::to_string),
+            slots: (1..=3u8)
+                .filter_map(|n| Some((n, window_start_ms(&m["fields"][format!("slot_{n}")])?)))
+                .collect(),
         }
     }
 
@@ -326,7 +343,42 @@ pub fn answer_form(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
             }
         }
         @if op.role.can_compose() {
+            @if m.incoming && m.format.as_deref() == Some("dialogue-request") {
+                (dialogue_replies(shared, op, m))
+            }
             p { a.button href=(reply) { (t("reply")) } }
+        }
+    }
+}
+
+/// Replies to a `dialogue-request`, each opening a `dialogue-reply` form with the request
+/// and the answer filled in: accept one of the proposed slots, propose others, or decline.
+fn dialogue_replies(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
+    let form = |response: &str, slot: Option<u8>| {
+        let mut href = format!(
+            "/console/compose?to={}&reply_to={id}&format=dialogue-reply&f.request={id}&f.response={response}",
+            url_value(&m.peer),
+            id = m.id,
+        );
+        if let Some(n) = slot {
+            href.push_str(&format!("&f.accepted_slot={n}"));
+        }
+        href
+    };
+    html! {
+        ul.dialogue-replies aria-label=(tr(shared, op, "reply-dialogue")) {
+            @for (n, start) in &m.slots {
+                li {
+                    a.button.reply-accept href=(form("accept", Some(*n))) data-slot=(n) {
+                        (tr_with(shared, op, "reply-accept-slot", &[
+                            ("slot", n.to_string()),
+                            ("time", super::pages::clock_text(shared, op, *start)),
+                        ]))
+                    }
+                }
+            }
+            li { a.button.reply-counter href=(form("counter-propose", None)) { (tr(shared, op, "reply-counter")) } }
+            li { a.button.reply-decline href=(form("decline", None)) { (tr(shared, op, "reply-decline-dialogue")) } }
         }
     }
 }

@@ -1130,7 +1130,21 @@ pub async fn compose(
         return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
     }
     let form = ComposeForm::from_pairs(q);
-    let main = compose_html(&shared, &op, &form, &FieldErrors::new());
+    // What this answers, shown above the form.
+    let replying_to = match form.reply_to.as_str() {
+        "" => None,
+        id => find_message(&shared, &op, id).await,
+    };
+    let form_html = compose_html(&shared, &op, &form, &FieldErrors::new());
+    let main = html! {
+        @if let Some(m) = &replying_to {
+            section.replying-to aria-labelledby="replying-to-title" {
+                h2 #replying-to-title { (tr(&shared, &op, "in-reply-to")) }
+                ol.timeline.single { (messages::item(&shared, &op, m)) }
+            }
+        }
+        (form_html)
+    };
     let title = tr(&shared, &op, "nav-compose");
     html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }

@@ -891,3 +891,95 @@ async fn a_reply_to_a_dialogue_request_is_prefilled_and_answers_it() {
     }
     drop((w, b));
 }
+
+/// Times are picked in the node's time zone, named in the operator's language, and sent as
+/// UTC: washington (Eastern Time) picks 05:00 on 1 January and beijing receives 10:00 UTC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_picked_in_the_node_time_zone_are_sent_as_utc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let (wc, bc) = (w.client().unwrap(), b.client().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (c, peer) in [(&wc, "beijing"), (&bc, "washington")] {
+        while c
+            .get(&format!("/api/v1/peers/{peer}/charter"))
+            .await
+            .unwrap()["state"]
+            != "agreed"
+        {
+            assert!(std::time::Instant::now() < deadline, "no charter agreed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let duty = login(&w, "duty").await;
+    let form = duty
+        .get("/console/compose?to=beijing&format=launch")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        form.contains("<label for=\"fl-window_start\">or pick it in Eastern Time:</label>"),
+        "{form}"
+    );
+    assert!(
+        form.contains("type=\"datetime-local\" id=\"fl-window_start\" name=\"fl.window_start\"")
+    );
+    // The language is chosen from a list, by name.
+    let langs = form
+        .split("<select id=\"lang\" name=\"lang\">")
+        .nth(1)
+        .expect("a language list");
+    assert!(
+        langs.starts_with("<option value=\"en\" selected>English</option>"),
+        "{langs}"
+    );
+
+    let r = duty
+        .form(
+            "/console/compose",
+            &[
+                ("to", "beijing"),
+                ("precedence", "priority"),
+                ("topic", "launch"),
+                ("lang", "en"),
+                ("format", "launch"),
+                ("f.window_start", ""),
+                ("fl.window_start", "2030-01-01T05:00"),
+                ("f.window_end", ""),
+                ("fl.window_end", "2030-01-01T07:30"),
+                ("f.launch_area", "circle:34.7,-120.6,30"),
+                ("f.impact_area", "circle:9.4,167.5,100"),
+                ("f.count", "1"),
+                ("f.category", "icbm"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        r.text().await.unwrap()
+    );
+    loop {
+        let inbox = bc.get("/api/v1/messages?direction=in").await.unwrap();
+        if let Some(m) = inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["format"] == "launch")
+        {
+            assert_eq!(m["fields"]["window_start"], "2030-01-01T10:00:00Z");
+            assert_eq!(m["fields"]["window_end"], "2030-01-01T12:30:00Z");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the launch never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop((w, b));
+}

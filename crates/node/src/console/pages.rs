@@ -850,6 +850,9 @@ pub struct ComposeForm {
     format: String,
     /// The format's fields (`f.KEY` in the form), by key.
     fields: BTreeMap<String, String>,
+    /// Times picked in the node's time zone (`fl.KEY`, `fl.KEY.start`, `fl.KEY.end`), by
+    /// what follows `fl.`: turned into the UTC fields they stand for before checking.
+    local_times: BTreeMap<String, String>,
 }
 
 /// Fields of one form, at most (a format has far fewer).
@@ -871,11 +874,45 @@ impl ComposeForm {
                 _ => {
                     if let Some(key) = k.strip_prefix("f.") {
                         form.fields.insert(key.to_string(), v);
+                    } else if let Some(key) = k.strip_prefix("fl.") {
+                        form.local_times.insert(key.to_string(), v);
                     }
                 }
             }
         }
         form
+    }
+
+    /// Fill each empty `datetime` or `window` field from the times picked for it in the
+    /// node's time zone `tz`, as UTC. A picked time that does not parse is left out (the
+    /// field stays empty and is reported as such).
+    fn apply_local_times(&mut self, tz: &str) {
+        let Some(def) = self.format_def() else {
+            return;
+        };
+        let Ok(zone) = jiff::tz::TimeZone::get(tz) else {
+            return;
+        };
+        let utc = |local: Option<&String>| -> Option<String> {
+            let civil: jiff::civil::DateTime = local?.trim().parse().ok()?;
+            let ts = civil.to_zoned(zone.clone()).ok()?.timestamp();
+            Some(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        };
+        for f in &def.fields {
+            let empty = self.fields.get(&f.key).is_none_or(|v| v.trim().is_empty());
+            let value = match f.kind.name() {
+                "datetime" if empty => utc(self.local_times.get(&f.key)),
+                "window" if empty => {
+                    let start = utc(self.local_times.get(&format!("{}.start", f.key)));
+                    let end = utc(self.local_times.get(&format!("{}.end", f.key)));
+                    start.zip(end).map(|(s, e)| format!("{s}/{e}"))
+                }
+                _ => None,
+            };
+            if let Some(v) = value {
+                self.fields.insert(f.key.clone(), v);
+            }
+        }
     }
 
     /// The chosen format, if it is one of the catalogue's.
@@ -927,6 +964,42 @@ impl FieldState<'_> {
     }
 }
 
+/// The node's time zone (the one its officers read times in).
+fn node_tz(shared: &Shared) -> String {
+    shared
+        .config
+        .read()
+        .map(|c| c.tz.clone())
+        .unwrap_or_else(|_| "UTC".into())
+}
+
+/// Pickers for a `datetime` or `window` field in the node's time zone, named in the
+/// operator's language; the server turns what is picked into the UTC field.
+fn local_pickers(shared: &Shared, op: &Operator, key: &str, type_name: &str) -> Markup {
+    let tz = node_tz(shared);
+    let zone = tz_label(shared, &op.lang, &tz, &tz);
+    let parts: &[(&str, &str)] = match type_name {
+        "datetime" => &[("", "compose-local-time")],
+        "window" => &[
+            (".start", "compose-local-start"),
+            (".end", "compose-local-end"),
+        ],
+        _ => &[],
+    };
+    html! {
+        @if !parts.is_empty() && tz != "UTC" {
+            span.local-pickers {
+                @for (suffix, label) in parts {
+                    @let id = format!("fl-{key}{}", suffix.replace('.', "-"));
+                    label for=(id) { (tr_with(shared, op, label, &[("zone", zone.clone())])) } " "
+                    input type="datetime-local" id=(id) name={ "fl." (key) (suffix) };
+                    " "
+                }
+            }
+        }
+    }
+}
+
 /// The format chooser: a small GET form, so it works without script.
 fn format_chooser(
     shared: &Shared,
@@ -967,6 +1040,7 @@ fn format_chooser(
 
 /// The fields of a format, each with its label, help, what it accepts, and its error.
 fn format_fields(
+    shared: &Shared,
     op: &Operator,
     def: &detente_formats::FormatDef,
     form: &ComposeForm,
@@ -997,6 +1071,7 @@ fn format_fields(
                     } @else {
                         input id=(id) name=(name) value=(value) aria-invalid=[state.invalid()]
                             aria-describedby=[&state.described] required[f.required];
+                        (local_pickers(shared, op, &f.key, &f.type_name))
                     }
                     span.hint id=(help_id) {
                         (f.help)
@@ -1100,12 +1175,21 @@ fn compose_html(
             }
             p {
                 label for="lang" { (t("text-language")) }
-                input #lang name="lang" value=(shown.lang)
-                    aria-invalid=[lang.invalid()] aria-describedby=[&lang.described];
+                select #lang name="lang" aria-invalid=[lang.invalid()] aria-describedby=[&lang.described] {
+                    @for (code, _) in super::i18n::LANGUAGES {
+                        option value=(code) selected[*code == shown.lang] {
+                            (language_name(shared, &op.lang, code))
+                        }
+                    }
+                    // A language the console does not offer, as posted, stays choosable.
+                    @if !super::i18n::supported(&shown.lang) {
+                        option value=(shown.lang) selected { (language_name(shared, &op.lang, &shown.lang)) }
+                    }
+                }
                 (lang.message())
             }
             @match form.format_def() {
-                Some(def) => (format_fields(op, def, form, errors)),
+                Some(def) => (format_fields(shared, op, def, form, errors)),
                 None => p {
                     label for="text" { (t("compose-text")) }
                     textarea #text name="text" rows="6" aria-invalid=[text.invalid()]
@@ -1329,7 +1413,8 @@ pub async fn compose_send(
     Source(source): Source,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let form = ComposeForm::from_pairs(pairs);
+    let mut form = ComposeForm::from_pairs(pairs);
+    form.apply_local_times(&node_tz(&shared));
     if !op.csrf_ok(&form.csrf) {
         return bad_csrf(&shared, &op);
     }

@@ -166,6 +166,7 @@ const PAGES: &[&str] = &[
     "/console/transcript/export?peer=beijing",
     "/console/counterparts",
     "/console/audit",
+    "/console/audit/export.csv",
     "/console/users",
     "/console/events",
 ];
@@ -183,7 +184,7 @@ fn expected_get(page: &str, role: Role) -> StatusCode {
     let allowed = match page {
         "/console/compose" => role.can_compose(),
         p if p.starts_with("/console/transcript/export") => role.can_export(),
-        "/console/audit" => role.can_read_audit(),
+        "/console/audit" | "/console/audit/export.csv" => role.can_read_audit(),
         "/console/users" => role == Role::Admin,
         _ => true,
     };
@@ -981,5 +982,66 @@ async fn times_picked_in_the_node_time_zone_are_sent_as_utc() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    drop((w, b));
+}
+
+/// The audit log filtered by action, on the page and as a CSV download (itself audited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_filtered_and_downloaded_as_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let _duty = login(&w, "duty").await;
+    let chief = login(&w, "chief").await;
+    let r = chief
+        .form("/console/lang", &[("lang", "zh-CN")], true)
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let auditor = login(&w, "audit").await;
+
+    let page = auditor
+        .get("/console/audit?action=login")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let table = page.split("<table class=\"audit\">").nth(1).unwrap();
+    assert!(
+        table.contains(">duty<") && table.contains(">chief<"),
+        "{table}"
+    );
+    assert!(!table.contains(">language<"), "only logins: {table}");
+    assert!(page.contains("href=\"/console/audit/export.csv?action=login\""));
+
+    let r = auditor.get("/console/audit/export.csv?action=login").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("attachment"));
+    let csv = r.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "time,login,action,detail,source");
+    assert_eq!(lines.len(), 4, "three logins, newest first: {csv}");
+    assert!(lines[1].contains(",audit,login,auditor,"), "{csv}");
+    assert!(lines[1..].iter().all(|l| l.contains(",login,")));
+    // The download is recorded too.
+    let page = auditor
+        .get("/console/audit?action=audit-export")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("action=login"),
+        "the download and its filter are audited"
+    );
+    // A watch officer cannot download it.
+    let r = chief.get("/console/audit/export.csv").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     drop((w, b));
 }

@@ -117,6 +117,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/transcript/export", get(records::export))
         .route("/console/counterparts", get(records::counterparts))
         .route("/console/audit", get(records::audit_log))
+        .route("/console/audit/export.csv", get(records::audit_csv))
         .route("/console/users", get(records::users))
         .route("/console/lang", post(pages::set_lang))
         .route("/console/assets/{name}", get(asset))

@@ -13,12 +13,13 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use detente_proto::{ChannelId, MessageId};
+use detente_store::console::{AuditRow, AUDIT_ROWS_MAX};
 use detente_store::{InboxQuery, Store};
 use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::auth::Role;
-use super::html::live_page;
+use super::html::{live_page, url_value};
 use super::pages::{
     both_times, html, language_name, refuse, time_markup, tr, tr_with, tz_label, VERIFY_TAIL_MAX,
 };
@@ -349,7 +350,7 @@ fn channel_section(shared: &Shared, op: &Operator, v: &ChannelView) -> Markup {
             }
             @if op.role.can_export() {
                 p {
-                    a.button href={ "/console/transcript/export?peer=" (super::html::url_value(&v.peer)) } download {
+                    a.button href={ "/console/transcript/export?peer=" (url_value(&v.peer)) } download {
                         (t("export"))
                     }
                 }
@@ -545,16 +546,68 @@ pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
 // ---------------------------------------------------------------- audit log and users
 
 /// Audit rows shown on the audit page.
-const AUDIT_PAGE_ROWS: u32 = 1000;
+const AUDIT_PAGE_ROWS: usize = 1000;
+/// Longest login or action accepted as an audit filter; a longer one is ignored.
+const AUDIT_FILTER_BYTES_MAX: usize = 64;
 
-async fn audit_page(shared: &Shared, op: &Operator) -> Response {
+/// The audit log's filters, from the query string: exact login, exact action.
+#[derive(Deserialize, Default)]
+pub struct AuditFilter {
+    #[serde(default)]
+    login: String,
+    #[serde(default)]
+    action: String,
+}
+
+impl AuditFilter {
+    fn value(v: &str) -> Option<&str> {
+        Some(v.trim()).filter(|v| !v.is_empty() && v.len() <= AUDIT_FILTER_BYTES_MAX)
+    }
+
+    fn keeps(&self, r: &AuditRow) -> bool {
+        Self::value(&self.login).is_none_or(|l| r.login == l)
+            && Self::value(&self.action).is_none_or(|a| r.action == a)
+    }
+
+    fn params(&self) -> String {
+        [("login", &self.login), ("action", &self.action)]
+            .iter()
+            .filter_map(|(k, v)| Some(format!("{k}={}", url_value(Self::value(v)?))))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+}
+
+/// The newest audit rows (at most [`AUDIT_ROWS_MAX`] read) that the filter keeps, at most
+/// `limit`.
+async fn audit_rows(shared: &Shared, f: &AuditFilter, limit: usize) -> Vec<AuditRow> {
+    let rows = shared.store.audit(AUDIT_ROWS_MAX).await.unwrap_or_default();
+    rows.into_iter()
+        .filter(|r| f.keeps(r))
+        .take(limit)
+        .collect()
+}
+
+async fn audit_page(shared: &Shared, op: &Operator, f: &AuditFilter) -> Response {
     let t = |k: &str| tr(shared, op, k);
-    let rows = shared
-        .store
-        .audit(AUDIT_PAGE_ROWS)
-        .await
-        .unwrap_or_default();
+    let rows = audit_rows(shared, f, AUDIT_PAGE_ROWS).await;
+    let params = f.params();
     let main = html! {
+        form.filters method="get" action="/console/audit" aria-label=(t("audit-filter-label")) {
+            p {
+                label for="audit-login" { (t("audit-login")) }
+                input #audit-login name="login" maxlength=(AUDIT_FILTER_BYTES_MAX) value=(f.login);
+            }
+            p {
+                label for="audit-action" { (t("audit-action")) }
+                input #audit-action name="action" maxlength=(AUDIT_FILTER_BYTES_MAX) value=(f.action);
+            }
+            p {
+                button type="submit" #audit-apply { (t("filter-apply")) } " "
+                a href="/console/audit" { (t("filter-clear")) }
+            }
+        }
+        p { a.button #audit-csv href={ "/console/audit/export.csv?" (params) } download { (t("audit-csv")) } }
         table.audit {
             caption { (t("audit-caption")) }
             (heads(&t, &["audit-time", "audit-login", "audit-action", "audit-detail", "audit-source"]))
@@ -575,11 +628,60 @@ async fn audit_page(shared: &Shared, op: &Operator) -> Response {
     html(StatusCode::OK, live_page(shared, op, &title, main).await)
 }
 
-pub async fn audit_log(State(shared): Shr, op: Operator) -> Response {
+pub async fn audit_log(State(shared): Shr, op: Operator, Query(f): Query<AuditFilter>) -> Response {
     if !op.role.can_read_audit() {
         return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-audit");
     }
-    audit_page(&shared, &op).await
+    audit_page(&shared, &op, &f).await
+}
+
+/// A cell as a spreadsheet should show it: text that a spreadsheet would take for a formula
+/// (`=`, `+`, `-`, `@`, tab, carriage return first) is kept as text by a leading `'`.
+fn csv_cell(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    }
+}
+
+/// The audit log as filtered, as CSV (UTC times, RFC 3339), at most [`AUDIT_ROWS_MAX`] rows;
+/// the download itself is recorded in the audit log.
+pub async fn audit_csv(
+    State(shared): Shr,
+    op: Operator,
+    Source(source): Source,
+    Query(f): Query<AuditFilter>,
+) -> Response {
+    if !op.role.can_read_audit() {
+        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-audit");
+    }
+    let rows = audit_rows(&shared, &f, AUDIT_ROWS_MAX as usize).await;
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let mut written = out
+        .write_record(["time", "login", "action", "detail", "source"])
+        .is_ok();
+    for r in &rows {
+        let time = api::time_text(r.at_ms);
+        let cells = [&time, &r.login, &r.action, &r.detail, &r.source].map(|c| csv_cell(c));
+        written &= out.write_record(&cells).is_ok();
+    }
+    let Some(bytes) = out.into_inner().ok().filter(|_| written) else {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return refuse(&shared, &op, status, "store-unavailable");
+    };
+    audit(&shared, &op.login, "audit-export", &f.params(), source).await;
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"detente-audit.csv\"",
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
 }
 
 pub async fn users(State(shared): Shr, op: Operator) -> Response {
@@ -607,4 +709,18 @@ pub async fn users(State(shared): Shr, op: Operator) -> Response {
     };
     let title = t("nav-users");
     html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_that_look_like_formulas_stay_text() {
+        assert_eq!(csv_cell("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(csv_cell("+1"), "'+1");
+        assert_eq!(csv_cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_cell("login"), "login");
+        assert_eq!(csv_cell("127.0.0.1"), "127.0.0.1");
+    }
 }

@@ -160,6 +160,7 @@ const PAGES: &[&str] = &[
     "/console/live/link",
     "/console/messages/ID",
     "/console/live/messages/ID",
+    "/console/messages/ID/print",
     "/console/compose",
     "/console/link",
     "/console/transcript",
@@ -173,6 +174,7 @@ const PAGES: &[&str] = &[
 
 const FORMS: &[&str] = &[
     "/logout",
+    "/console/density",
     "/console/messages/ID/receipt",
     "/console/compose",
     "/console/lang",
@@ -1043,5 +1045,82 @@ async fn the_audit_log_is_filtered_and_downloaded_as_csv() {
     // A watch officer cannot download it.
     let r = chief.get("/console/audit/export.csv").await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    drop((w, b));
+}
+
+/// A conversation's print view has nothing live or clickable; the compact density is a
+/// browser's choice, kept in a cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_view_and_compact_density() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let sent = b
+        .client()
+        .unwrap()
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "text": "Print me"}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    let wc = w.client().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let chief = login(&w, "chief").await;
+    let page = chief
+        .get(&format!("/console/messages/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("href=\"/console/messages/{id}/print\"")));
+    let print = chief
+        .get(&format!("/console/messages/{id}/print"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(print.contains(&format!("data-id=\"{id}\"")) && print.contains("Print me"));
+    assert!(print.contains("Printed by chief at "), "{print}");
+    for live in ["<script", "data-live", "<form", "<nav"] {
+        assert!(!print.contains(live), "the print view has {live}");
+    }
+
+    assert!(!page.contains("class=\"compact\""));
+    let r = chief
+        .form("/console/density", &[("density", "compact")], true)
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.starts_with("detente_density=compact;") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    let compact = chief
+        .http
+        .get(format!("{}/console", chief.base))
+        .header(
+            "cookie",
+            format!("{}; detente_density=compact", chief.cookie),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(compact.contains("<body data-duration-units=\"h|m|s\" class=\"compact\">"));
+    assert!(
+        compact.contains("id=\"density\" type=\"submit\">Comfortable view<"),
+        "{compact}"
+    );
     drop((w, b));
 }

@@ -91,7 +91,7 @@ fn page_with(
                 script src="/console/assets/app.js" defer {}
                 @if let Some(op) = op { meta name="csrf-token" content=(op.csrf); }
             }
-            body data-duration-units=(layout.units) {
+            body data-duration-units=(layout.units) class=[op.filter(|o| o.compact).map(|_| "compact")] {
                 a.skip href="#main" { (t("skip-to-content")) }
                 header {
                     p.node { (t("node-label")) " " span.node-name { (layout.node) } }
@@ -171,12 +171,53 @@ fn nav(op: &Operator, t: &dyn Fn(&str) -> String) -> Markup {
                 }
                 " " button type="submit" { (t("language-change")) }
             }
+            form.inline method="post" action="/console/density" {
+                (csrf_input(op))
+                @let (value, key) = if op.compact { ("comfortable", "density-comfortable") } else { ("compact", "density-compact") };
+                input type="hidden" name="density" value=(value);
+                button type="submit" #density { (t(key)) }
+            }
             form.inline method="post" action="/logout" {
                 (csrf_input(op))
                 button type="submit" #logout { (t("logout")) }
             }
         }
     }
+}
+
+/// A conversation for printing: the node, who printed it and when, and `main`; no
+/// navigation, live regions, forms or script.
+pub fn print_page(
+    shared: &Shared,
+    op: &Operator,
+    title: &str,
+    main: Markup,
+    printed: &str,
+) -> String {
+    let t = |k: &str| shared.console.i18n.text(&op.lang, k);
+    let node = shared
+        .config
+        .read()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    let markup = html! {
+        (DOCTYPE)
+        html lang=(op.lang) {
+            head {
+                meta charset="utf-8";
+                title { (title) " — " (node) " — detente" }
+                link rel="stylesheet" href="/console/assets/app.css";
+            }
+            body.print-view {
+                header {
+                    p.node { (t("node-label")) " " span.node-name { (node) } }
+                    p.printed { (printed) }
+                }
+                main #main { h1 { (title) } (main) }
+            }
+        }
+    };
+    markup.into_string()
 }
 
 /// The hidden CSRF field every form carries.

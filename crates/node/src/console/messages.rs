@@ -342,6 +342,7 @@ pub fn answer_form(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
                 }
             }
         }
+        p { a.button #print href={ "/console/messages/" (m.id) "/print" } { (t("print")) } }
         @if op.role.can_compose() {
             @if m.incoming && m.format.as_deref() == Some("dialogue-request") {
                 (dialogue_replies(shared, op, m))

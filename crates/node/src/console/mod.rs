@@ -51,6 +51,8 @@ use auth::Role;
 pub const SESSION_COOKIE: &str = "detente_session";
 /// The cookie that carries the login form's CSRF token (double submit: no session yet).
 pub const LOGIN_CSRF_COOKIE: &str = "detente_login_csrf";
+/// The cookie that remembers the operator's display density (`compact`) in this browser.
+pub const DENSITY_COOKIE: &str = "detente_density";
 /// The header a script sends its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Audit detail text kept, at most.
@@ -120,6 +122,8 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/audit/export.csv", get(records::audit_csv))
         .route("/console/users", get(records::users))
         .route("/console/lang", post(pages::set_lang))
+        .route("/console/density", post(pages::set_density))
+        .route("/console/messages/{id}/print", get(pages::message_print))
         .route("/console/assets/{name}", get(asset))
 }
 
@@ -201,6 +205,8 @@ pub struct Operator {
     pub token_hash: [u8; 32],
     /// When the session ends (event streams close then).
     pub expires_at_ms: i64,
+    /// Show messages compactly (one line of head, less spacing): a browser's choice.
+    pub compact: bool,
 }
 
 impl Operator {
@@ -230,6 +236,7 @@ pub async fn session_operator(shared: &Shared, headers: &HeaderMap) -> Option<Op
         csrf: session.csrf,
         token_hash: hash,
         expires_at_ms: session.expires_at_ms,
+        compact: cookie(headers, DENSITY_COOKIE) == Some("compact"),
     })
 }
 

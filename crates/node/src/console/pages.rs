@@ -754,6 +754,59 @@ pub async fn message_live(State(shared): Shr, op: Operator, Path(id): Path<Strin
     html(StatusCode::OK, detail.into_string())
 }
 
+/// The conversation around a message, for printing: what it answers, the message, and the
+/// answers to it, with receipts and times, on a page with nothing live and nothing to click.
+pub async fn message_print(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
+    let Some(m) = find_message(&shared, &op, &id).await else {
+        return refuse(&shared, &op, StatusCode::NOT_FOUND, "message-unknown");
+    };
+    let detail = message_detail(&shared, &op, &m).await;
+    let printed = tr_with(
+        &shared,
+        &op,
+        "print-by",
+        &[
+            ("login", op.login.clone()),
+            ("time", both_times(&shared, &op.lang, now_ms() as i64)),
+        ],
+    );
+    let title = tr(&shared, &op, "print-title");
+    html(
+        StatusCode::OK,
+        super::html::print_page(&shared, &op, &title, detail, &printed),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct DensityForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    density: String,
+}
+
+/// Remember this browser's display density (a cookie: a choice of screen, not of person).
+pub async fn set_density(
+    State(shared): Shr,
+    op: Operator,
+    Form(form): Form<DensityForm>,
+) -> Response {
+    if !op.csrf_ok(&form.csrf) {
+        return bad_csrf(&shared, &op);
+    }
+    let value = if form.density == "compact" {
+        "compact"
+    } else {
+        "comfortable"
+    };
+    let mut response = Redirect::to("/console").into_response();
+    let cookie = set_cookie(&shared, super::DENSITY_COOKIE, value, 365 * 24 * 3600);
+    if let Ok(v) = cookie.parse() {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
 /// A decline cannot be taken back: ask first, carrying the note typed so far.
 async fn decline_confirmation(shared: &Shared, op: &Operator, id: &str, note: &str) -> Response {
     let Some(m) = find_message(shared, op, id).await else {

@@ -112,6 +112,7 @@ async fn check_node(
                 ("/console/link", "table.links"),
                 ("/console/transcript", "section.channel"),
                 ("/console/counterparts", "#positions"),
+                ("/console/handover", ".handover-summary"),
                 (message_page.as_str(), ".timeline.single"),
             ],
         ),

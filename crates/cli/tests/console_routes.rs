@@ -166,6 +166,7 @@ const PAGES: &[&str] = &[
     "/console/transcript",
     "/console/transcript/export?peer=beijing",
     "/console/counterparts",
+    "/console/handover",
     "/console/audit",
     "/console/audit/export.csv",
     "/console/users",
@@ -174,6 +175,7 @@ const PAGES: &[&str] = &[
 
 const FORMS: &[&str] = &[
     "/logout",
+    "/console/handover",
     "/console/density",
     "/console/messages/ID/receipt",
     "/console/compose",
@@ -1122,5 +1124,118 @@ async fn print_view_and_compact_density() {
         compact.contains("id=\"density\" type=\"submit\">Comfortable view<"),
         "{compact}"
     );
+    drop((w, b));
+}
+
+/// Shift handover: the outgoing officer signs off with a note and the open counts, the
+/// incoming one acknowledges it (once, and never their own), both in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shift_is_handed_over_and_acknowledged_in_the_audit_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let sent = b
+        .client()
+        .unwrap()
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "text": "Still open"}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    let wc = w.client().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (duty, chief, auditor) = (
+        login(&w, "duty").await,
+        login(&w, "chief").await,
+        login(&w, "audit").await,
+    );
+    let page = duty.get("/console/handover").await.text().await.unwrap();
+    assert!(page.contains("No handover recorded yet."));
+    assert!(page.contains("We owe 1"), "the open count: {page}");
+    assert!(page.contains("data-peer=\"beijing\""), "each link: {page}");
+
+    let r = duty
+        .form(
+            "/console/handover",
+            &[
+                ("action", "hand-over"),
+                ("note", "Call <b>beijing</b> at 06:00"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let page = duty.get("/console/handover").await.text().await.unwrap();
+    assert!(page.contains("Handed over by duty at"));
+    assert!(page.contains("Call &lt;b&gt;beijing&lt;/b&gt; at 06:00 [open: ours 1 (0 overdue), theirs 0 (0 overdue)]"), "{page}");
+    assert!(
+        !page.contains("id=\"handover-acknowledge\""),
+        "not one's own"
+    );
+    let of = page
+        .split("name=\"of\" value=\"")
+        .nth(1)
+        .map(|s| s.split('"').next().unwrap().to_string());
+    assert!(of.is_none());
+
+    let page = chief.get("/console/handover").await.text().await.unwrap();
+    let of = page
+        .split("name=\"of\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the incoming officer may acknowledge")
+        .to_string();
+    // The outgoing officer cannot acknowledge their own handover, even by hand.
+    let r = duty
+        .form(
+            "/console/handover",
+            &[("action", "acknowledge"), ("of", &of)],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = chief
+        .form(
+            "/console/handover",
+            &[("action", "acknowledge"), ("of", &of)],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let page = chief.get("/console/handover").await.text().await.unwrap();
+    assert!(page.contains("Acknowledged by chief at"), "{page}");
+    let r = chief
+        .form(
+            "/console/handover",
+            &[("action", "acknowledge"), ("of", &of)],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT, "only once");
+    // An auditor does not keep the watch; the audit log holds both steps.
+    let r = auditor
+        .form(
+            "/console/handover",
+            &[("action", "hand-over"), ("note", "x")],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let log = auditor
+        .get("/console/audit?action=handover-ack")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains(&format!(">{of}<")), "{log}");
     drop((w, b));
 }

@@ -145,6 +145,7 @@ fn nav(op: &Operator, t: &dyn Fn(&str) -> String) -> Markup {
         ("/console/link", "nav-link"),
         ("/console/transcript", "nav-transcript"),
         ("/console/counterparts", "nav-counterparts"),
+        ("/console/handover", "nav-handover"),
     ]);
     if op.role.can_read_audit() {
         links.push(("/console/audit", "nav-audit"));

@@ -2,6 +2,7 @@
 //! `/api/v1` JSON API, for duty officers in a browser.
 //!
 //! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
+//! - [`handover`]: the shift handover, signed off and acknowledged in the audit log.
 //! - [`messages`]: how a message shows (timeline item, its page, the answer and decline
 //!   forms): a typed view of the API's JSON, rendered by maud templates.
 //! - [`pages`]: the pages and the forms they post.
@@ -22,6 +23,7 @@
 //! hides what a role cannot do.
 
 pub mod auth;
+pub mod handover;
 pub mod html;
 pub mod i18n;
 pub mod messages;
@@ -123,6 +125,10 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/users", get(records::users))
         .route("/console/lang", post(pages::set_lang))
         .route("/console/density", post(pages::set_density))
+        .route(
+            "/console/handover",
+            get(handover::page).post(handover::post),
+        )
         .route("/console/messages/{id}/print", get(pages::message_print))
         .route("/console/assets/{name}", get(asset))
 }

@@ -113,6 +113,7 @@ async fn check_node(
                 ("/console/transcript", "section.channel"),
                 ("/console/counterparts", "#positions"),
                 ("/console/handover", ".handover-summary"),
+                ("/console/settings", "#notify-state[data-state]"),
                 (message_page.as_str(), ".timeline.single"),
             ],
         ),

@@ -171,6 +171,7 @@ async fn the_chinese_console_has_no_english_words() {
                 ("/console/transcript", "section.channel"),
                 ("/console/counterparts", "#positions"),
                 ("/console/handover", ".handover-summary"),
+                ("/console/settings", "#notify-state[data-state]"),
                 (&*format!("/console/messages/{id}"), "#acknowledge"),
             ],
         ),

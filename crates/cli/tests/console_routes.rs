@@ -167,6 +167,7 @@ const PAGES: &[&str] = &[
     "/console/transcript/export?peer=beijing",
     "/console/counterparts",
     "/console/handover",
+    "/console/settings",
     "/console/audit",
     "/console/audit/export.csv",
     "/console/users",

@@ -146,6 +146,7 @@ fn nav(op: &Operator, t: &dyn Fn(&str) -> String) -> Markup {
         ("/console/transcript", "nav-transcript"),
         ("/console/counterparts", "nav-counterparts"),
         ("/console/handover", "nav-handover"),
+        ("/console/settings", "nav-settings"),
     ]);
     if op.role.can_read_audit() {
         links.push(("/console/audit", "nav-audit"));

@@ -125,6 +125,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/users", get(records::users))
         .route("/console/lang", post(pages::set_lang))
         .route("/console/density", post(pages::set_density))
+        .route("/console/settings", get(pages::settings))
         .route(
             "/console/handover",
             get(handover::page).post(handover::post),

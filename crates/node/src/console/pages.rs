@@ -777,6 +777,34 @@ pub async fn message_print(State(shared): Shr, op: Operator, Path(id): Path<Stri
     )
 }
 
+/// This browser's alarm settings: the volume, a sound test, desktop notifications (the
+/// script keeps them in the browser; a click asks for the notification permission).
+pub async fn settings(State(shared): Shr, op: Operator) -> Response {
+    let t = |k: &str| tr(&shared, &op, k);
+    let main = html! {
+        section.settings aria-labelledby="settings-sound" {
+            h2 #settings-sound { (t("settings-sound")) }
+            p {
+                label for="volume" { (t("settings-volume")) } " "
+                input #volume type="range" min="0" max="100" step="5";
+            }
+            p { button type="button" #sound-test { (t("settings-sound-test")) } }
+        }
+        section.settings aria-labelledby="settings-notify" {
+            h2 #settings-notify { (t("settings-notify")) }
+            p { (t("settings-notify-intro")) }
+            p {
+                button type="button" #notify-enable { (t("settings-notify-enable")) } " "
+                span #notify-state role="status"
+                    data-granted=(t("settings-notify-granted")) data-denied=(t("settings-notify-denied"))
+                    data-default=(t("settings-notify-default")) data-unsupported=(t("settings-notify-unsupported")) {}
+            }
+        }
+    };
+    let title = t("nav-settings");
+    html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
+}
+
 #[derive(Deserialize)]
 pub struct DensityForm {
     #[serde(default)]

@@ -190,20 +190,24 @@ pub fn config_set(dir: &Path, key: &str, value: &str) -> Outcome {
 
 pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
     let options = detente_node::StartOptions { new_store };
-    let node = detente_node::Node::start_with(NodeDir::new(dir), options)
-        .await
-        .map_err(|e| {
-            let failure = Failure::new(e.to_string());
-            match e {
-                detente_node::StartError::Config(detente_node::config::ConfigError::NoNode(_)) => {
-                    failure.hint(format!(
-                        "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
-                        dir.display()
-                    ))
-                }
-                _ => failure,
+    // Opening the store applies its pending migrations, which can take a while on a large
+    // store; on a terminal a spinner says so, cleared before the node says it serves.
+    let opening =
+        crate::progress::Progress::spinner("opening the store and applying its migrations");
+    let started = detente_node::Node::start_with(NodeDir::new(dir), options).await;
+    drop(opening);
+    let node = started.map_err(|e| {
+        let failure = Failure::new(e.to_string());
+        match e {
+            detente_node::StartError::Config(detente_node::config::ConfigError::NoNode(_)) => {
+                failure.hint(format!(
+                    "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
+                    dir.display()
+                ))
             }
-        })?;
+            _ => failure,
+        }
+    })?;
     let shared = &node.shared;
     eprintln!(
         "detente node {} serving: peers on {}, console and API on http://{}",
@@ -215,10 +219,21 @@ pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
         shared.peer_addr,
         shared.console_addr
     );
+    notify_systemd(sd_notify::NotifyState::Ready);
     wait_for_signal().await;
     eprintln!("shutting down");
+    notify_systemd(sd_notify::NotifyState::Stopping);
     node.stop().await;
     Ok(())
+}
+
+/// Tell systemd (`Type=notify`, debian/detente.service) how the node is doing: READY=1 once
+/// the store is open and both ports listen, STOPPING=1 at shutdown. Outside systemd
+/// (`$NOTIFY_SOCKET` unset) this does nothing; a failure to tell is logged, not fatal.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 async fn wait_for_signal() {

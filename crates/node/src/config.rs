@@ -195,6 +195,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub console: ConsoleSection,
     #[serde(default)]
+    pub oidc: OidcSection,
+    #[serde(default)]
     pub peers: Vec<PeerConfig>,
     /// Counterpart positions this party offers for the charter's directory.
     #[serde(default)]
@@ -292,6 +294,7 @@ impl NodeDir {
             peers: Vec::new(),
             transcript: TranscriptSection::default(),
             console: ConsoleSection::default(),
+            oidc: OidcSection::default(),
             counterparts: Vec::new(),
         };
         self.save(&config)?;
@@ -445,6 +448,7 @@ impl NodeConfig {
         if !database_url_is_valid(&self.database_url) {
             return Err(bad("database_url", DATABASE_URL_FORMS));
         }
+        self.oidc.validate()?;
         if self.peers.len() > PEERS_MAX {
             return Err(bad("peers", "too many peers"));
         }
@@ -546,6 +550,7 @@ impl NodeConfig {
             "transcript.checkpoint_every" => self.transcript.checkpoint_every.clone(),
             "transcript.checkpoint_quiet" => self.transcript.checkpoint_quiet.clone(),
             "console.insecure_public_bind" => self.console.insecure_public_bind.to_string(),
+            oidc if oidc.starts_with("oidc.") => return self.oidc.get(oidc),
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         })
     }
@@ -663,6 +668,10 @@ impl NodeConfig {
                 duration(&value)?;
                 &mut self.deadlines.routine_acknowledged
             }
+            oidc if oidc.starts_with("oidc.") => {
+                self.oidc.set(oidc, &value)?;
+                return self.validate();
+            }
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         };
         *slot = value;
@@ -694,6 +703,14 @@ pub const CONFIG_KEYS: &[&str] = &[
     "transcript.checkpoint_every",
     "transcript.checkpoint_quiet",
     "console.insecure_public_bind",
+    "oidc.issuer",
+    "oidc.client_id",
+    "oidc.client_secret",
+    "oidc.redirect_url",
+    "oidc.scopes",
+    "oidc.login_claim",
+    "oidc.role_claim",
+    "oidc.role_map",
 ];
 
 fn bad(key: &str, reason: &str) -> ConfigError {
@@ -830,4 +847,133 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(node.secret().unwrap().seed(), [1; 32]);
     }
+}
+
+/// Longest value of an `oidc.*` key, in bytes.
+pub const OIDC_VALUE_BYTES_MAX: usize = 2048;
+/// Where the provider sends the browser back, on the console's own address.
+pub const OIDC_CALLBACK_PATH: &str = "/login/oidc/callback";
+
+/// Operator sign-in through the organization's OpenID Connect provider (`oidc.*`;
+/// `console::oidc`). Off while `issuer` is empty: local accounts only (air-gapped sites).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct OidcSection {
+    /// The provider's issuer URL (https; http only on loopback, for tests and local proxies).
+    pub issuer: String,
+    /// This node's client at the provider.
+    pub client_id: String,
+    /// The client's secret (node.toml is owner-only; `config get` does not show it).
+    pub client_secret: String,
+    /// The console's callback as the browser reaches it, ending in
+    /// [`OIDC_CALLBACK_PATH`] and registered at the provider.
+    pub redirect_url: String,
+    /// Scopes asked for besides `openid`, space-separated; empty: `profile`.
+    pub scopes: String,
+    /// The claim giving the operator's login name; empty: `preferred_username`.
+    pub login_claim: String,
+    /// The claim holding the operator's role or groups (a string or a list); empty: `roles`.
+    pub role_claim: String,
+    /// `VALUE=ROLE` pairs, comma-separated, from claim values to console roles; empty: the
+    /// claim's values are role names themselves.
+    pub role_map: String,
+}
+
+impl OidcSection {
+    /// Whether operators may sign in through the provider.
+    pub fn enabled(&self) -> bool {
+        !self.issuer.is_empty()
+    }
+
+    fn get(&self, key: &str) -> Result<String> {
+        Ok(match key {
+            "oidc.issuer" => self.issuer.clone(),
+            "oidc.client_id" => self.client_id.clone(),
+            // A secret is not printed on a terminal someone may be looking at.
+            "oidc.client_secret" if self.client_secret.is_empty() => String::new(),
+            "oidc.client_secret" => "(set; not shown)".into(),
+            "oidc.redirect_url" => self.redirect_url.clone(),
+            "oidc.scopes" => self.scopes.clone(),
+            "oidc.login_claim" => self.login_claim.clone(),
+            "oidc.role_claim" => self.role_claim.clone(),
+            "oidc.role_map" => self.role_map.clone(),
+            other => return Err(ConfigError::UnknownKey(other.to_string())),
+        })
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        if value.len() > OIDC_VALUE_BYTES_MAX || value.chars().any(char::is_control) {
+            return Err(bad(key, "at most 2048 bytes, no control characters"));
+        }
+        let slot = match key {
+            "oidc.issuer" => &mut self.issuer,
+            "oidc.client_id" => &mut self.client_id,
+            "oidc.client_secret" => &mut self.client_secret,
+            "oidc.redirect_url" => &mut self.redirect_url,
+            "oidc.scopes" => &mut self.scopes,
+            "oidc.login_claim" => &mut self.login_claim,
+            "oidc.role_claim" => &mut self.role_claim,
+            "oidc.role_map" => &mut self.role_map,
+            other => return Err(ConfigError::UnknownKey(other.to_string())),
+        };
+        *slot = value.to_string();
+        Ok(())
+    }
+
+    /// The pairs of `role_map`, checked for form only (the console checks the role names).
+    pub fn role_pairs(&self) -> Result<Vec<(String, String)>> {
+        let mut pairs = Vec::new();
+        for pair in self
+            .role_map
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            match pair.rsplit_once('=') {
+                Some((value, role)) if !value.trim().is_empty() && !role.trim().is_empty() => {
+                    pairs.push((value.trim().to_string(), role.trim().to_string()));
+                }
+                _ => return Err(bad("oidc.role_map", "VALUE=ROLE pairs separated by commas")),
+            }
+        }
+        Ok(pairs)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for key in ["oidc.issuer", "oidc.redirect_url", "oidc.role_map"] {
+            if self.get(key)?.len() > OIDC_VALUE_BYTES_MAX {
+                return Err(bad(key, "at most 2048 bytes"));
+            }
+        }
+        self.role_pairs()?;
+        // Each value on its own: the keys are set one at a time, so completeness (a client
+        // id with an issuer) is checked where sign-in starts.
+        if self.enabled() && !oidc_url_allowed(&self.issuer) {
+            return Err(bad(
+                "oidc.issuer",
+                "an https:// URL (http:// only on 127.0.0.1 or localhost)",
+            ));
+        }
+        if !self.redirect_url.is_empty()
+            && (!oidc_url_allowed(&self.redirect_url)
+                || !self.redirect_url.ends_with(OIDC_CALLBACK_PATH))
+        {
+            return Err(bad(
+                "oidc.redirect_url",
+                "the console's URL as browsers reach it, ending in /login/oidc/callback",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// https anywhere; plain http only to this machine, where nothing crosses a network.
+fn oidc_url_allowed(url: &str) -> bool {
+    url.starts_with("https://")
+        || ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+            .iter()
+            .any(|p| {
+                url.strip_prefix(p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+            })
 }

@@ -19,6 +19,7 @@ pub mod hooks;
 pub mod link;
 pub mod metrics;
 pub mod notify;
+pub mod openapi;
 pub mod peers;
 pub mod tls;
 pub mod transcript;

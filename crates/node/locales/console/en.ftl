@@ -215,6 +215,11 @@ takeover-title = { $count ->
 takeover-silence = Silence the alarm sound
 takeover-silenced = Sound silenced; the alert stays until the FLASH is acknowledged.
 login-busy = The console is busy checking other logins. Try again in a moment.
+error-fields-invalid = { $count ->
+    [one] The notification has an invalid field:
+   *[other] The notification has { $count } invalid fields:
+}
+error-field-unknown = This format has no such field.
 error-field-required = This field is required.
 error-field-invalid = Not accepted. Write { $accepts }.
 error-field-limit = Too long for this field.
@@ -269,3 +274,7 @@ settings-notify-granted = Allowed: new alarms show as desktop notifications.
 settings-notify-denied = Refused by the browser: allow them in the browser's site settings.
 settings-notify-default = Not asked yet.
 settings-notify-unsupported = This browser cannot show desktop notifications.
+# Sign-in through the organization's OpenID Connect provider (console/oidc.rs).
+login-oidc = Sign in with your organization's account
+oidc-refused-title = Sign-in refused
+oidc-back = Back to the login page

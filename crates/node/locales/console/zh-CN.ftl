@@ -212,6 +212,8 @@ takeover-title = 收到 { $count } 条特急消息——请确认
 takeover-silence = 关闭警报声音
 takeover-silenced = 声音已关闭；在确认该特急消息之前，警报保持显示。
 login-busy = 控制台正在核验其他登录，请稍后再试。
+error-fields-invalid = 通报有 { $count } 个字段无效：
+error-field-unknown = 此格式没有这个字段。
 error-field-required = 此字段必须填写。
 error-field-invalid = 未被接受。请填写：{ $accepts }。
 error-field-limit = 超出此字段的长度上限。
@@ -263,3 +265,7 @@ settings-notify-granted = 已允许：新警报将显示为桌面通知。
 settings-notify-denied = 浏览器已拒绝：请在浏览器的网站设置中允许。
 settings-notify-default = 尚未询问。
 settings-notify-unsupported = 此浏览器无法显示桌面通知。
+# Sign-in through the organization's OpenID Connect provider (console/oidc.rs).
+login-oidc = 使用本单位账号登录
+oidc-refused-title = 登录被拒绝
+oidc-back = 返回登录页

@@ -5,6 +5,7 @@
 //! - [`handover`]: the shift handover, signed off and acknowledged in the audit log.
 //! - [`messages`]: how a message shows (timeline item, its page, the answer and decline
 //!   forms): a typed view of the API's JSON, rendered by maud templates.
+//! - [`oidc`]: sign-in through the organization's OpenID Connect provider (code flow, PKCE).
 //! - [`pages`]: the pages and the forms they post.
 //! - [`records`]: link health, the transcript's checks, the counterparts, the audit log and
 //!   the users: typed view models rendered by maud templates.
@@ -27,6 +28,7 @@ pub mod handover;
 pub mod html;
 pub mod i18n;
 pub mod messages;
+pub mod oidc;
 pub mod pages;
 pub mod queue;
 pub mod records;
@@ -70,6 +72,8 @@ pub struct ConsoleState {
     pub secure_cookies: bool,
     /// Open event streams, in all and per session.
     pub streams: Arc<sse::Streams>,
+    /// OpenID Connect sign-ins in progress.
+    pub oidc: oidc::OidcState,
 }
 
 impl ConsoleState {
@@ -80,6 +84,7 @@ impl ConsoleState {
             i18n: i18n::Texts::load(),
             secure_cookies: false,
             streams: Arc::new(sse::Streams::default()),
+            oidc: oidc::OidcState::default(),
         }
     }
 }
@@ -100,6 +105,8 @@ pub fn router() -> Router<Arc<Shared>> {
                 .post(pages::login)
                 .layer(DefaultBodyLimit::max(auth::LOGIN_BODY_BYTES_MAX)),
         )
+        .route("/login/oidc", get(oidc::start))
+        .route("/login/oidc/callback", get(oidc::callback))
         .route("/logout", post(pages::logout))
         .route("/console", get(pages::timeline))
         .route("/console/live/timeline", get(pages::timeline_live))

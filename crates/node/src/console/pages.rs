@@ -103,6 +103,7 @@ fn login_form(shared: &Shared, lang: &str, csrf: &str, error: Option<&str>, logi
             }
             p { button type="submit" #login-submit { (t("login-submit")) } }
         }
+        (super::oidc::login_link(shared, lang))
     };
     page(shared, None, &t("login-title"), main)
 }

@@ -1,0 +1,342 @@
+//! Operator sign-in through OpenID Connect (issue 16, item 6), against a real provider: the
+//! certified `oidc-provider` package on the machine's Node.js (scripts/install-oidc-provider
+//! puts it under target/oidc-provider; scripts/test runs that first), and a real node
+//! process. The test plays the browser: it follows every redirect itself, so that it can
+//! also play the attacker who edits them.
+//!
+//! Checked: a user signs in with the role mapped from the provider's group claim; a wrong
+//! state, a nonce the node did not choose, a token for another audience, a user with no
+//! mapped role, and a local account's name are refused; sign-ins and refusals are audited.
+//! The local auditor still logs in with a password: local accounts stay.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use detente::harness::ProcNode;
+use detente_node::console::auth::Role;
+use reqwest::StatusCode;
+
+const WAIT: Duration = Duration::from_secs(60);
+const CLIENT_SECRET: &str = "a-test-client-secret-of-32-bytes";
+const PASSWORD: &str = "correct horse battery";
+/// Redirects followed in one sign-in, at most.
+const REDIRECTS_MAX: usize = 10;
+
+/// The provider process; killed when dropped.
+struct Provider {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn provider_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/oidc-provider")
+}
+
+/// Start the provider with the node's callback registered; it prints its port.
+fn start_provider(redirect_uri: &str) -> Provider {
+    let dir = provider_dir();
+    assert!(
+        dir.join("node_modules/oidc-provider/package.json").exists(),
+        "the OpenID provider is not installed; run scripts/install-oidc-provider"
+    );
+    // Beside its node_modules, so that its imports resolve.
+    let script = dir.join("provider.mjs");
+    std::fs::write(&script, include_str!("oidc/provider.mjs")).unwrap();
+    let mut child = Command::new("node")
+        .arg(&script)
+        .args([redirect_uri, CLIENT_SECRET])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node (Node.js)");
+    let stdout = child.stdout.take().unwrap();
+    // Its output is read to the end (it must never write to a closed pipe); the first
+    // "port N" line is handed over, and the channel closes if it exits without one.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(port) = line.strip_prefix("port ") {
+                let _ = tx.send(port.trim().to_string());
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(WAIT)
+        .expect("the provider printed its port");
+    Provider {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("a redirect, got {}", r.status()))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Replace the value of `key` in `url`'s query.
+fn with_param(url: &str, key: &str, value: &str) -> String {
+    let mut u = reqwest::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == key {
+                value.to_string()
+            } else {
+                v.into()
+            };
+            (k.into(), v)
+        })
+        .collect();
+    u.query_pairs_mut().clear().extend_pairs(pairs);
+    u.to_string()
+}
+
+/// Start a sign-in at the node in a fresh browser (no session at the provider yet), let
+/// `edit_auth` change the provider's authorization URL and
+/// `edit_callback` the callback URL, and follow redirects to the node's answer.
+async fn sign_in(
+    http: &reqwest::Client,
+    node: &str,
+    edit_auth: impl Fn(String) -> String,
+    edit_callback: impl Fn(String) -> String,
+) -> reqwest::Response {
+    let start = http.get(format!("{node}/login/oidc")).send().await.unwrap();
+    assert_eq!(start.status(), StatusCode::SEE_OTHER, "start redirects");
+    let mut url = edit_auth(location(&start));
+    for _ in 0..REDIRECTS_MAX {
+        if url.starts_with(node) {
+            return http.get(edit_callback(url)).send().await.unwrap();
+        }
+        let r = http.get(&url).send().await.unwrap();
+        assert!(
+            r.status().is_redirection(),
+            "provider at {url}: {}",
+            r.status()
+        );
+        let next = location(&r);
+        url = match reqwest::Url::parse(&url).unwrap().join(&next) {
+            Ok(u) => u.to_string(),
+            Err(e) => panic!("bad redirect {next}: {e}"),
+        };
+    }
+    panic!("more than {REDIRECTS_MAX} redirects");
+}
+
+/// The session cookie a successful sign-in set.
+fn session_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("detente_session=") && !v.starts_with("detente_session=;"))
+        .map(|v| v.split(';').next().unwrap().to_string())
+}
+
+/// The audit page's rows, as seen by a local auditor.
+async fn audit_page(node: &str) -> String {
+    let http = client();
+    let page = http.get(format!("{node}/login")).send().await.unwrap();
+    let csrf_cookie = page.headers()["set-cookie"].to_str().unwrap();
+    let csrf = csrf_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let r = http
+        .post(format!("{node}/login"))
+        .form(&[("login", "audit"), ("password", PASSWORD), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "the auditor logs in");
+    let cookie = session_cookie(&r).unwrap();
+    http.get(format!("{node}/console/audit"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn set_account(http: &reqwest::Client, provider: &Provider, id: &str) {
+    let r = http
+        .get(format!("{}/test/account?id={id}", provider.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_sign_in_through_a_real_openid_provider() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = ProcNode::init(tmp.path(), "washington", "Test Party", "en", "UTC").unwrap();
+    w.exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let node = format!("http://{}", w.console_addr);
+    let redirect = format!("{node}/login/oidc/callback");
+    let provider = start_provider(&redirect);
+    for (key, value) in [
+        ("oidc.issuer", provider.base.as_str()),
+        ("oidc.client_id", "detente-node"),
+        ("oidc.client_secret", CLIENT_SECRET),
+        ("oidc.redirect_url", redirect.as_str()),
+        ("oidc.role_claim", "detente_groups"),
+        (
+            "oidc.role_map",
+            "duty-supervisors=supervisor, auditors=auditor",
+        ),
+    ] {
+        w.set(key, value).unwrap();
+    }
+    detente::users::create(&w.dir, "audit", Role::Auditor, PASSWORD, None)
+        .await
+        .unwrap();
+    detente::users::create(&w.dir, "bob", Role::Watch, PASSWORD, None)
+        .await
+        .unwrap();
+    w.start().unwrap();
+    w.wait_ready(WAIT).await.unwrap();
+    let http = client();
+    let login = http.get(format!("{node}/login")).send().await.unwrap();
+    let login = login.text().await.unwrap();
+    assert!(
+        login.contains("href=\"/login/oidc\"") && login.contains("name=\"password\""),
+        "the login page offers both ways to sign in"
+    );
+
+    // Alice signs in; the provider's group claim makes her a supervisor.
+    let r = sign_in(&client(), &node, |u| u, |u| u).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let cookie = session_cookie(&r).expect("a session cookie");
+    let console = http
+        .get(format!("{node}/console"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        console.status(),
+        StatusCode::OK,
+        "the session opens the console"
+    );
+    let page = console.text().await.unwrap();
+    assert!(page.contains("alice"), "the console names the operator");
+    let users = Command::new(env!("CARGO_BIN_EXE_detente"))
+        .args(["user", "list", "--json", "--dir"])
+        .arg(&w.dir)
+        .output()
+        .unwrap();
+    let users: serde_json::Value = serde_json::from_slice(&users.stdout).unwrap();
+    let alice = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["login"] == "alice")
+        .expect("alice has an account");
+    assert_eq!(alice["role"], "supervisor");
+
+    // A state the node did not issue (a forged or replayed callback) is refused.
+    let r = sign_in(
+        &client(),
+        &node,
+        |u| u,
+        |u| with_param(&u, "state", "forged"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(session_cookie(&r).is_none());
+    assert!(r.text().await.unwrap().contains("(state)"));
+
+    // A nonce swapped on the way to the provider: the ID token's is not the node's.
+    let r = sign_in(
+        &client(),
+        &node,
+        |u| with_param(&u, "nonce", "attacker"),
+        |u| u,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(session_cookie(&r).is_none());
+    assert!(r.text().await.unwrap().to_lowercase().contains("nonce"));
+
+    // A properly signed ID token for another audience is refused.
+    http.get(format!("{}/test/tamper?aud=1", provider.base))
+        .send()
+        .await
+        .unwrap();
+    let r = sign_in(&client(), &node, |u| u, |u| u).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(session_cookie(&r).is_none());
+    let text = r.text().await.unwrap().to_lowercase();
+    assert!(text.contains("audience"), "{text}");
+    http.get(format!("{}/test/tamper?aud=0", provider.base))
+        .send()
+        .await
+        .unwrap();
+
+    // Carol's groups map to no role; "bob" is a local account here and is not taken over.
+    for (account, why) in [
+        ("carol", "maps to no console role"),
+        ("bob", "local account"),
+    ] {
+        set_account(&http, &provider, account).await;
+        let r = sign_in(&client(), &node, |u| u, |u| u).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{account}");
+        assert!(session_cookie(&r).is_none());
+        assert!(r.text().await.unwrap().contains(why), "{account}");
+    }
+
+    let audit = audit_page(&node).await;
+    let rows: Vec<&str> = audit.split("<tr>").collect();
+    let has = |parts: &[&str]| rows.iter().any(|row| parts.iter().all(|p| row.contains(p)));
+    assert!(
+        has(&["alice", "login", "supervisor through OpenID Connect"]),
+        "the sign-in is audited"
+    );
+    assert!(
+        has(&["login-failed", "(state)"]),
+        "the forged state is audited"
+    );
+    assert!(
+        has(&["login-failed", "nonce"]),
+        "the swapped nonce is audited"
+    );
+    assert!(
+        has(&["login-failed", "udience"]),
+        "the wrong audience is audited"
+    );
+    assert!(
+        has(&["carol", "login-failed"]),
+        "carol's refusal is audited"
+    );
+    assert!(has(&["bob", "login-failed"]), "bob's refusal is audited");
+}

@@ -278,3 +278,6 @@ settings-notify-unsupported = This browser cannot show desktop notifications.
 login-oidc = Sign in with your organization's account
 oidc-refused-title = Sign-in refused
 oidc-back = Back to the login page
+settings-display = Display in this browser
+handover-settings = Before taking the watch: test the alarm sound and desktop notifications in this browser
+handover-go = Shift handover

@@ -269,3 +269,6 @@ settings-notify-unsupported = 此浏览器无法显示桌面通知。
 login-oidc = 使用本单位账号登录
 oidc-refused-title = 登录被拒绝
 oidc-back = 返回登录页
+settings-display = 本浏览器中的显示方式
+handover-settings = 接班前：在本浏览器中试听警报声音并检查桌面通知
+handover-go = 交接班

@@ -191,6 +191,8 @@ pub async fn page(State(shared): Shr, op: Operator) -> Response {
     let main = html! {
         (last_html(&shared, &op, last.as_ref()))
         (summary_html(&shared, &op, &s))
+        // Taking the watch includes checking that the alarm can be heard here.
+        p.hint { a #settings-link href="/console/settings" { (t("handover-settings")) } }
         @if on_watch(&op) {
             form.handover method="post" action="/console/handover" {
                 (csrf_input(&op))

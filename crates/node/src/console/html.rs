@@ -145,8 +145,6 @@ fn nav(op: &Operator, t: &dyn Fn(&str) -> String) -> Markup {
         ("/console/link", "nav-link"),
         ("/console/transcript", "nav-transcript"),
         ("/console/counterparts", "nav-counterparts"),
-        ("/console/handover", "nav-handover"),
-        ("/console/settings", "nav-settings"),
     ]);
     if op.role.can_read_audit() {
         links.push(("/console/audit", "nav-audit"));
@@ -172,12 +170,6 @@ fn nav(op: &Operator, t: &dyn Fn(&str) -> String) -> Markup {
                     }
                 }
                 " " button type="submit" { (t("language-change")) }
-            }
-            form.inline method="post" action="/console/density" {
-                (csrf_input(op))
-                @let (value, key) = if op.compact { ("comfortable", "density-comfortable") } else { ("compact", "density-compact") };
-                input type="hidden" name="density" value=(value);
-                button type="submit" #density { (t(key)) }
             }
             form.inline method="post" action="/logout" {
                 (csrf_input(op))

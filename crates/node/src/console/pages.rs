@@ -802,6 +802,22 @@ pub async fn settings(State(shared): Shr, op: Operator) -> Response {
             }
         }
     };
+    let (value, key) = if op.compact {
+        ("comfortable", "density-comfortable")
+    } else {
+        ("compact", "density-compact")
+    };
+    let main = html! {
+        (main)
+        section.settings aria-labelledby="settings-display" {
+            h2 #settings-display { (t("settings-display")) }
+            form method="post" action="/console/density" {
+                (csrf_input(&op))
+                input type="hidden" name="density" value=(value);
+                button type="submit" #density { (t(key)) }
+            }
+        }
+    };
     let title = t("nav-settings");
     html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }

@@ -183,7 +183,11 @@ pub fn queue_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
     let more = (q.owed_by_us + q.owed_to_us).saturating_sub(shown);
     let markup = html! {
         h2 #queue-title { (tr(shared, op, "queue-title")) }
-        p.queue-totals { (totals) }
+        p.queue-totals {
+            (totals) " · "
+            // The open items are what a shift hands over.
+            a #handover-link href="/console/handover" { (tr(shared, op, "handover-go")) }
+        }
         @if q.entries.is_empty() {
             p.empty { (tr(shared, op, "queue-empty")) }
         } @else {

@@ -1121,6 +1121,23 @@ async fn print_view_and_compact_density() {
         .await
         .unwrap();
     assert!(compact.contains("<body data-duration-units=\"h|m|s\" class=\"compact\">"));
+    let settings = chief
+        .http
+        .get(format!("{}/console/settings", chief.base))
+        .header(
+            "cookie",
+            format!("{}; detente_density=compact", chief.cookie),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        settings.contains(">Comfortable view<"),
+        "the way back: {settings}"
+    );
     drop((w, b));
 }
 

@@ -291,3 +291,73 @@ async fn console_in_a_real_browser() {
     drop(driver);
     drop((w, b));
 }
+
+/// The alarm settings: the volume chosen in this browser is what the sound test and a real
+/// FLASH alarm play at; the desktop-notification button reports the browser's answer in the
+/// operator's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_volume_sound_test_and_notification_permission() {
+    if !browser_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let driver = Driver::start().await.unwrap();
+    let s = driver.session(&tmp.path().join("profile-w")).await.unwrap();
+    login(&s, &w, "chief", TEST_PASSWORD).await.unwrap();
+    s.wait_for("#logout", WAIT).await.unwrap();
+    s.goto(&format!("http://{}/console/settings", w.console_addr))
+        .await
+        .unwrap();
+    s.wait_for("#notify-state[data-state]", WAIT).await.unwrap();
+    let state = s.attribute_of("#notify-state", "data-state").await.unwrap();
+    let shown = s.text_of("#notify-state").await.unwrap();
+    assert!(
+        ["default", "denied", "granted", "unsupported"].contains(&state.as_str()),
+        "{state}"
+    );
+    assert!(shown.ends_with('.') && shown != state, "in words: {shown}");
+    s.click(&s.find("#notify-enable").await.unwrap())
+        .await
+        .unwrap();
+
+    // 30 %: kept by the browser, used by the test button and by the alarm itself.
+    s.execute(
+        "const r = document.getElementById('volume'); r.value = '30'; \
+         r.dispatchEvent(new Event('input')); return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    s.click(&s.find("#sound-test").await.unwrap())
+        .await
+        .unwrap();
+    s.wait_for("body[data-sound-tested='0.3']", WAIT)
+        .await
+        .unwrap();
+    s.goto(&format!("http://{}/console", w.console_addr))
+        .await
+        .unwrap();
+    wait_live(&s).await;
+    b.client()
+        .unwrap()
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "precedence": "flash", "text": "Loud enough?"}),
+        )
+        .await
+        .unwrap();
+    s.wait_for("body[data-alarm-sounded]", WAIT).await.unwrap();
+    let volume = s
+        .execute(
+            "return document.getElementById('alarm-sound').volume;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(volume, json!(0.3));
+    s.close().await;
+    drop(driver);
+    drop((w, b));
+}

@@ -170,6 +170,8 @@ async fn the_chinese_console_has_no_english_words() {
                 ("/console/link", "table.links"),
                 ("/console/transcript", "section.channel"),
                 ("/console/counterparts", "#positions"),
+                ("/console/handover", ".handover-summary"),
+                ("/console/settings", "#notify-state[data-state]"),
                 (&*format!("/console/messages/{id}"), "#acknowledge"),
             ],
         ),

@@ -160,18 +160,24 @@ const PAGES: &[&str] = &[
     "/console/live/link",
     "/console/messages/ID",
     "/console/live/messages/ID",
+    "/console/messages/ID/print",
     "/console/compose",
     "/console/link",
     "/console/transcript",
     "/console/transcript/export?peer=beijing",
     "/console/counterparts",
+    "/console/handover",
+    "/console/settings",
     "/console/audit",
+    "/console/audit/export.csv",
     "/console/users",
     "/console/events",
 ];
 
 const FORMS: &[&str] = &[
     "/logout",
+    "/console/handover",
+    "/console/density",
     "/console/messages/ID/receipt",
     "/console/compose",
     "/console/lang",
@@ -183,7 +189,7 @@ fn expected_get(page: &str, role: Role) -> StatusCode {
     let allowed = match page {
         "/console/compose" => role.can_compose(),
         p if p.starts_with("/console/transcript/export") => role.can_export(),
-        "/console/audit" => role.can_read_audit(),
+        "/console/audit" | "/console/audit/export.csv" => role.can_read_audit(),
         "/console/users" => role == Role::Admin,
         _ => true,
     };
@@ -590,4 +596,660 @@ fn user_add_reads_the_password_from_a_file_or_stdin() {
             {"login": "duty", "role": "supervisor", "lang": "en"},
         ])
     );
+}
+
+/// What the peer writes is shown as text, never as markup: a hostile text, translation,
+/// author and topic, on the timeline, the message page, the live regions and the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markup_from_the_peer_is_escaped_on_every_view() {
+    const HOSTILE: &str = "</p><script>alert(1)</script><img src=x onerror=alert(2)>\"'";
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let sent = b
+        .client()
+        .unwrap()
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "text": HOSTILE, "precedence": "flash",
+                    "author": "<b>mallory</b>",
+                    "translations": [["en", HOSTILE]]}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    let wc = w.client().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let chief = login(&w, "chief").await;
+    for page in [
+        "/console".to_string(),
+        "/console/live/timeline".into(),
+        format!("/console/messages/{id}"),
+        format!("/console/live/messages/{id}"),
+        "/console/live/queue".into(),
+        "/console/live/alarm".into(),
+    ] {
+        let r = chief.get(&page).await;
+        assert_eq!(r.status(), StatusCode::OK, "{page}");
+        let body = r.text().await.unwrap();
+        for raw in ["<script>alert", "<img src=x", "<b>mallory"] {
+            assert!(!body.contains(raw), "{page} shows {raw:?} as markup");
+        }
+        assert!(
+            body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page} does not show the text at all"
+        );
+    }
+    drop((w, b));
+}
+
+/// Full-text search over the channel (issue 15): a text found by two of its words on the
+/// Chinese console, a notification found by the words of its Chinese rendering on the
+/// English console (every console language is indexed), and results paged like the
+/// timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_texts_and_notifications_in_both_languages_and_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let wc = w.client().unwrap();
+    let bc = b.client().unwrap();
+    // Notifications need the channel's charter (its formats).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (c, peer) in [(&wc, "beijing"), (&bc, "washington")] {
+        while c
+            .get(&format!("/api/v1/peers/{peer}/charter"))
+            .await
+            .unwrap()["state"]
+            != "agreed"
+        {
+            assert!(std::time::Instant::now() < deadline, "no charter agreed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let send = |body: Value| {
+        let wc = &wc;
+        async move { wc.post("/api/v1/messages", &body).await.unwrap() }
+    };
+    let text = send(json!({"to": "beijing", "text": "Request a call on the voice line"})).await;
+    let text_id = text["id"].as_str().unwrap().to_string();
+    let fields: Vec<Value> = [
+        ("window_start", "2030-01-01T10:00:00Z"),
+        ("window_end", "2030-01-01T12:00:00Z"),
+        ("launch_area", "circle:34.7,-120.6,30"),
+        ("impact_area", "circle:9.4,167.5,100"),
+        ("count", "1"),
+        ("category", "icbm"),
+        ("remarks", "Scheduled test"),
+    ]
+    .iter()
+    .map(|(k, v)| json!({"key": k, "value": v}))
+    .collect();
+    let launch = send(json!({"to": "beijing", "format": "launch", "fields": fields})).await;
+    let launch_id = launch["id"].as_str().unwrap().to_string();
+    for n in 0..55 {
+        send(json!({"to": "beijing", "text": format!("Weather report {n}")})).await;
+    }
+    loop {
+        let inbox = bc.get("/api/v1/messages?limit=100").await.unwrap();
+        if inbox.as_array().map_or(0, Vec::len) >= 57 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the messages never all arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let ids = |html: &str| -> Vec<String> {
+        html.split("data-id=\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .map(str::to_string)
+            .collect()
+    };
+
+    // Beijing's console is Chinese; an English text is found by two of its words, in any case.
+    let chief_b = login(&b, "chief").await;
+    let page = chief_b
+        .get("/console/live/timeline?q=VOICE+line")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let found = ids(&page);
+    assert!(found.contains(&text_id), "the text is found");
+    assert!(!found.contains(&launch_id), "only what matches");
+    let none = chief_b
+        .get("/console/live/timeline?q=voice+nowhere")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        none.contains("没有消息包含这些词语"),
+        "no match is said so, in Chinese"
+    );
+
+    // Washington's console is English; the launch notification is found by the words of its
+    // Chinese rendering too.
+    let chief_w = login(&w, "chief").await;
+    let page = chief_w
+        .get("/console/live/timeline?q=弹道导弹")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&page).iter().filter(|i| **i == launch_id).count(),
+        1,
+        "{page}"
+    );
+
+    // 55 reports: a page of 50, then the rest, by the pager's own link.
+    // (The live region is the timeline alone: the queue's items carry ids too.)
+    let page = chief_w
+        .get("/console/live/timeline?q=report")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let first = ids(&page);
+    assert_eq!(first.len(), 50);
+    assert!(!first.contains(&text_id));
+    let older = page
+        .split("id=\"older\" rel=\"next\" href=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a link to the older results")
+        .replace("&amp;", "&");
+    assert!(older.contains("q=report"), "{older}");
+    let older = older.replace("/console?", "/console/live/timeline?");
+    let rest = ids(&chief_w.get(&older).await.text().await.unwrap());
+    assert_eq!(rest.len(), 5);
+    assert!(rest.iter().all(|i| !first.contains(i)));
+    drop((w, b));
+}
+
+/// Replying to a `dialogue-request` opens a `dialogue-reply` form with the request, the
+/// answer and the slot filled in, under the request itself; sending it answers the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_dialogue_request_is_prefilled_and_answers_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let (wc, bc) = (w.client().unwrap(), b.client().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (c, peer) in [(&wc, "beijing"), (&bc, "washington")] {
+        while c
+            .get(&format!("/api/v1/peers/{peer}/charter"))
+            .await
+            .unwrap()["state"]
+            != "agreed"
+        {
+            assert!(std::time::Instant::now() < deadline, "no charter agreed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let fields: Vec<Value> = [
+        ("from_name", "Deputy Secretary"),
+        ("to_name", "Vice Minister"),
+        ("mode", "video-call"),
+        ("slot_1", "2030-01-01T10:00:00Z/2030-01-01T11:00:00Z"),
+        ("slot_2", "2030-01-02T10:00:00Z/2030-01-02T11:00:00Z"),
+        ("agenda", "Rules for unplanned encounters at sea."),
+    ]
+    .iter()
+    .map(|(k, v)| json!({"key": k, "value": v}))
+    .collect();
+    let sent = wc
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "beijing", "format": "dialogue-request", "fields": fields}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    while bc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let chief = login(&b, "chief").await;
+    let page = chief
+        .get(&format!("/console/messages/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let href = page
+        .split("class=\"button reply-accept\" href=\"")
+        .nth(2)
+        .and_then(|s| s.split('"').next())
+        .expect("one accept button per slot")
+        .replace("&amp;", "&");
+    assert!(href.contains("f.accepted_slot=2"), "{href}");
+    let form = chief.get(&href).await.text().await.unwrap();
+    assert!(
+        form.contains(&format!(
+            "id=\"f-request\" name=\"f.request\" value=\"{id}\""
+        )),
+        "{form}"
+    );
+    assert!(
+        form.contains("<option value=\"accept\" selected>"),
+        "the answer is chosen"
+    );
+    assert!(form.contains("id=\"f-accepted_slot\" name=\"f.accepted_slot\" value=\"2\""));
+    let shown = form
+        .split("class=\"replying-to\"")
+        .nth(1)
+        .expect("the request is shown");
+    assert!(shown.contains(&format!("data-id=\"{id}\"")));
+
+    let r = chief
+        .form(
+            "/console/compose",
+            &[
+                ("to", "washington"),
+                ("precedence", "priority"),
+                ("topic", "dialogue"),
+                ("lang", "zh-CN"),
+                ("reply_to", &id),
+                ("format", "dialogue-reply"),
+                ("f.request", &id),
+                ("f.response", "accept"),
+                ("f.accepted_slot", "2"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        r.text().await.unwrap()
+    );
+    loop {
+        let out = wc.get("/api/v1/messages?direction=in").await.unwrap();
+        if let Some(reply) = out
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["in_reply_to"] == id.as_str())
+        {
+            assert_eq!(reply["format"], "dialogue-reply");
+            assert_eq!(reply["fields"]["accepted_slot"], "2");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reply never came");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop((w, b));
+}
+
+/// Times are picked in the node's time zone, named in the operator's language, and sent as
+/// UTC: washington (Eastern Time) picks 05:00 on 1 January and beijing receives 10:00 UTC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_picked_in_the_node_time_zone_are_sent_as_utc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let (wc, bc) = (w.client().unwrap(), b.client().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (c, peer) in [(&wc, "beijing"), (&bc, "washington")] {
+        while c
+            .get(&format!("/api/v1/peers/{peer}/charter"))
+            .await
+            .unwrap()["state"]
+            != "agreed"
+        {
+            assert!(std::time::Instant::now() < deadline, "no charter agreed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let duty = login(&w, "duty").await;
+    let form = duty
+        .get("/console/compose?to=beijing&format=launch")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        form.contains("<label for=\"fl-window_start\">or pick it in Eastern Time:</label>"),
+        "{form}"
+    );
+    assert!(
+        form.contains("type=\"datetime-local\" id=\"fl-window_start\" name=\"fl.window_start\"")
+    );
+    // The language is chosen from a list, by name.
+    let langs = form
+        .split("<select id=\"lang\" name=\"lang\">")
+        .nth(1)
+        .expect("a language list");
+    assert!(
+        langs.starts_with("<option value=\"en\" selected>English</option>"),
+        "{langs}"
+    );
+
+    let r = duty
+        .form(
+            "/console/compose",
+            &[
+                ("to", "beijing"),
+                ("precedence", "priority"),
+                ("topic", "launch"),
+                ("lang", "en"),
+                ("format", "launch"),
+                ("f.window_start", ""),
+                ("fl.window_start", "2030-01-01T05:00"),
+                ("f.window_end", ""),
+                ("fl.window_end", "2030-01-01T07:30"),
+                ("f.launch_area", "circle:34.7,-120.6,30"),
+                ("f.impact_area", "circle:9.4,167.5,100"),
+                ("f.count", "1"),
+                ("f.category", "icbm"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        r.text().await.unwrap()
+    );
+    loop {
+        let inbox = bc.get("/api/v1/messages?direction=in").await.unwrap();
+        if let Some(m) = inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["format"] == "launch")
+        {
+            assert_eq!(m["fields"]["window_start"], "2030-01-01T10:00:00Z");
+            assert_eq!(m["fields"]["window_end"], "2030-01-01T12:30:00Z");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the launch never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop((w, b));
+}
+
+/// The audit log filtered by action, on the page and as a CSV download (itself audited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_filtered_and_downloaded_as_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let _duty = login(&w, "duty").await;
+    let chief = login(&w, "chief").await;
+    let r = chief
+        .form("/console/lang", &[("lang", "zh-CN")], true)
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let auditor = login(&w, "audit").await;
+
+    let page = auditor
+        .get("/console/audit?action=login")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let table = page.split("<table class=\"audit\">").nth(1).unwrap();
+    assert!(
+        table.contains(">duty<") && table.contains(">chief<"),
+        "{table}"
+    );
+    assert!(!table.contains(">language<"), "only logins: {table}");
+    assert!(page.contains("href=\"/console/audit/export.csv?action=login\""));
+
+    let r = auditor.get("/console/audit/export.csv?action=login").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("attachment"));
+    let csv = r.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "time,login,action,detail,source");
+    assert_eq!(lines.len(), 4, "three logins, newest first: {csv}");
+    assert!(lines[1].contains(",audit,login,auditor,"), "{csv}");
+    assert!(lines[1..].iter().all(|l| l.contains(",login,")));
+    // The download is recorded too.
+    let page = auditor
+        .get("/console/audit?action=audit-export")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("action=login"),
+        "the download and its filter are audited"
+    );
+    // A watch officer cannot download it.
+    let r = chief.get("/console/audit/export.csv").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    drop((w, b));
+}
+
+/// A conversation's print view has nothing live or clickable; the compact density is a
+/// browser's choice, kept in a cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_view_and_compact_density() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let sent = b
+        .client()
+        .unwrap()
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "text": "Print me"}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    let wc = w.client().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let chief = login(&w, "chief").await;
+    let page = chief
+        .get(&format!("/console/messages/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("href=\"/console/messages/{id}/print\"")));
+    let print = chief
+        .get(&format!("/console/messages/{id}/print"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(print.contains(&format!("data-id=\"{id}\"")) && print.contains("Print me"));
+    assert!(print.contains("Printed by chief at "), "{print}");
+    for live in ["<script", "data-live", "<form", "<nav"] {
+        assert!(!print.contains(live), "the print view has {live}");
+    }
+
+    assert!(!page.contains("class=\"compact\""));
+    let r = chief
+        .form("/console/density", &[("density", "compact")], true)
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.starts_with("detente_density=compact;") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    let compact = chief
+        .http
+        .get(format!("{}/console", chief.base))
+        .header(
+            "cookie",
+            format!("{}; detente_density=compact", chief.cookie),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(compact.contains("<body data-duration-units=\"h|m|s\" class=\"compact\">"));
+    let settings = chief
+        .http
+        .get(format!("{}/console/settings", chief.base))
+        .header(
+            "cookie",
+            format!("{}; detente_density=compact", chief.cookie),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        settings.contains(">Comfortable view<"),
+        "the way back: {settings}"
+    );
+    drop((w, b));
+}
+
+/// Shift handover: the outgoing officer signs off with a note and the open counts, the
+/// incoming one acknowledges it (once, and never their own), both in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shift_is_handed_over_and_acknowledged_in_the_audit_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let sent = b
+        .client()
+        .unwrap()
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "text": "Still open"}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    let wc = w.client().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (duty, chief, auditor) = (
+        login(&w, "duty").await,
+        login(&w, "chief").await,
+        login(&w, "audit").await,
+    );
+    let page = duty.get("/console/handover").await.text().await.unwrap();
+    assert!(page.contains("No handover recorded yet."));
+    assert!(page.contains("We owe 1"), "the open count: {page}");
+    assert!(page.contains("data-peer=\"beijing\""), "each link: {page}");
+
+    let r = duty
+        .form(
+            "/console/handover",
+            &[
+                ("action", "hand-over"),
+                ("note", "Call <b>beijing</b> at 06:00"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let page = duty.get("/console/handover").await.text().await.unwrap();
+    assert!(page.contains("Handed over by duty at"));
+    assert!(page.contains("Call &lt;b&gt;beijing&lt;/b&gt; at 06:00 [open: ours 1 (0 overdue), theirs 0 (0 overdue)]"), "{page}");
+    assert!(
+        !page.contains("id=\"handover-acknowledge\""),
+        "not one's own"
+    );
+    let of = page
+        .split("name=\"of\" value=\"")
+        .nth(1)
+        .map(|s| s.split('"').next().unwrap().to_string());
+    assert!(of.is_none());
+
+    let page = chief.get("/console/handover").await.text().await.unwrap();
+    let of = page
+        .split("name=\"of\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the incoming officer may acknowledge")
+        .to_string();
+    // The outgoing officer cannot acknowledge their own handover, even by hand.
+    let r = duty
+        .form(
+            "/console/handover",
+            &[("action", "acknowledge"), ("of", &of)],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = chief
+        .form(
+            "/console/handover",
+            &[("action", "acknowledge"), ("of", &of)],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let page = chief.get("/console/handover").await.text().await.unwrap();
+    assert!(page.contains("Acknowledged by chief at"), "{page}");
+    let r = chief
+        .form(
+            "/console/handover",
+            &[("action", "acknowledge"), ("of", &of)],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT, "only once");
+    // An auditor does not keep the watch; the audit log holds both steps.
+    let r = auditor
+        .form(
+            "/console/handover",
+            &[("action", "hand-over"), ("note", "x")],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let log = auditor
+        .get("/console/audit?action=handover-ack")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains(&format!(">{of}<")), "{log}");
+    drop((w, b));
 }

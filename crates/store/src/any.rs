@@ -209,6 +209,14 @@ impl Store for AnyStore {
         forward!(self, s => s.replies(of, limit).await)
     }
 
+    async fn search_pending(&self, limit: u32) -> Result<Vec<MessageRow>> {
+        forward!(self, s => s.search_pending(limit).await)
+    }
+
+    async fn put_search(&self, rows: Vec<(crate::Hash32, String)>) -> Result<()> {
+        forward!(self, s => s.put_search(rows).await)
+    }
+
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
         forward!(self, s => s.commit(batch).await)
     }

@@ -24,6 +24,57 @@ pub const AUDIT_ROWS_MAX: u32 = 10_000;
 pub const TIMELINE_ROWS_MAX: u32 = 500;
 /// Unanswered messages returned by one queue query, at most.
 pub const UNANSWERED_ROWS_MAX: u32 = 1_000;
+/// Search terms used from one query, at most (the rest are ignored).
+pub const SEARCH_TERMS_MAX: usize = 8;
+/// Characters of one search term used, at most.
+pub const SEARCH_TERM_CHARS_MAX: usize = 64;
+/// Messages returned by one [`crate::Store::search_pending`], or indexed by one
+/// [`crate::Store::put_search`], at most.
+pub const SEARCH_BATCH_MAX: u32 = 500;
+/// Bytes of one message's searchable words kept, at most.
+pub const SEARCH_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// The terms of a search as [`TimelineQuery::text`] uses them: split at white space, at most
+/// [`SEARCH_TERMS_MAX`] of at most [`SEARCH_TERM_CHARS_MAX`] characters each.
+pub fn search_terms(query: &str) -> Vec<String> {
+    query
+        .split_whitespace()
+        .take(SEARCH_TERMS_MAX)
+        .map(|t| t.chars().take(SEARCH_TERM_CHARS_MAX).collect())
+        .collect()
+}
+
+/// A `LIKE` pattern that matches `term` anywhere, its wildcards escaped (with `\`).
+fn like_anywhere(term: &str) -> String {
+    let mut out = String::with_capacity(term.len() + 2);
+    out.push('%');
+    for c in term.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// `body` cut to [`SEARCH_BODY_BYTES_MAX`] at a character boundary.
+fn capped_body(body: &str) -> &str {
+    let mut end = body.len().min(SEARCH_BODY_BYTES_MAX);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    &body[..end]
+}
+
+/// The terms [`TimelineQuery::text`] uses, as [`search_terms`] caps them.
+fn used_terms(q: &TimelineQuery) -> impl Iterator<Item = String> + '_ {
+    q.text
+        .iter()
+        .filter(|t| !t.is_empty())
+        .take(SEARCH_TERMS_MAX)
+        .map(|t| t.chars().take(SEARCH_TERM_CHARS_MAX).collect())
+}
 
 /// One console account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,9 +326,59 @@ impl SqliteStore {
     pub(crate) async fn console_timeline(&self, q: TimelineQuery) -> Result<Vec<MessageRow>> {
         let mut qb = QueryBuilder::<Sqlite>::new(MESSAGE_SELECT);
         qb.push(" INDEXED BY messages_by_time WHERE kind IN (0, 4)");
+        for term in used_terms(&q) {
+            // Three characters or more: the trigram index; fewer: a scan of the words.
+            if term.chars().count() >= 3 {
+                qb.push(
+                    " AND id IN (SELECT id FROM console_search WHERE rowid IN \
+                     (SELECT rowid FROM console_search_fts WHERE console_search_fts MATCH ",
+                )
+                .push_bind(format!("\"{}\"", term.replace('"', "\"\"")))
+                .push("))");
+            } else {
+                qb.push(" AND id IN (SELECT id FROM console_search WHERE body LIKE ")
+                    .push_bind(like_anywhere(&term))
+                    .push(" ESCAPE '\\')");
+            }
+        }
         push_timeline(&mut qb, &q);
         let rows = qb.build().fetch_all(&self.reader).await?;
         rows.iter().map(decode_message).collect()
+    }
+}
+
+impl SqliteStore {
+    /// See [`crate::Store::search_pending`].
+    pub(crate) async fn console_search_pending(&self, limit: u32) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "{MESSAGE_SELECT} INDEXED BY messages_by_time WHERE kind IN (0, 4) \
+             AND id NOT IN (SELECT id FROM console_search) \
+             ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i64::from(limit.clamp(1, SEARCH_BATCH_MAX)))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_message).collect()
+    }
+
+    /// See [`crate::Store::put_search`].
+    pub(crate) async fn console_put_search(
+        &self,
+        rows: Vec<(crate::Hash32, String)>,
+    ) -> Result<()> {
+        let mut tx = WriteTx::begin(&self.writer).await?;
+        for (id, body) in rows.iter().take(SEARCH_BATCH_MAX as usize) {
+            sqlx::query(
+                "INSERT INTO console_search (id, body) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id.as_slice())
+            .bind(capped_body(body))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -600,9 +701,48 @@ impl PgStore {
     pub(crate) async fn console_timeline(&self, q: TimelineQuery) -> Result<Vec<MessageRow>> {
         let mut qb = QueryBuilder::<sqlx::Postgres>::new(MESSAGE_SELECT);
         qb.push(" WHERE kind IN (0, 4)");
+        for term in used_terms(&q) {
+            // Served by the trigram index (console_search_trgm) from three characters on.
+            qb.push(" AND id IN (SELECT id FROM console_search WHERE body ILIKE ")
+                .push_bind(like_anywhere(&term))
+                .push(" ESCAPE '\\')");
+        }
         push_timeline(&mut qb, &q);
         let rows = qb.build().fetch_all(&self.reader).await?;
         rows.iter().map(decode_message).collect()
+    }
+
+    /// See [`crate::Store::search_pending`].
+    pub(crate) async fn console_search_pending(&self, limit: u32) -> Result<Vec<MessageRow>> {
+        let sql = format!(
+            "{MESSAGE_SELECT} WHERE kind IN (0, 4) \
+             AND NOT EXISTS (SELECT 1 FROM console_search s WHERE s.id = messages.id) \
+             ORDER BY created_at_ms DESC, sender DESC, seq DESC LIMIT $1"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i64::from(limit.clamp(1, SEARCH_BATCH_MAX)))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_message).collect()
+    }
+
+    /// See [`crate::Store::put_search`].
+    pub(crate) async fn console_put_search(
+        &self,
+        rows: Vec<(crate::Hash32, String)>,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for (id, body) in rows.iter().take(SEARCH_BATCH_MAX as usize) {
+            sqlx::query(
+                "INSERT INTO console_search (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id.as_slice())
+            .bind(capped_body(body))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// See [`crate::Store::replies`]; served by `console_replies` (PostgreSQL's migration 0011).

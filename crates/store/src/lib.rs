@@ -101,6 +101,11 @@ pub struct TimelineQuery {
     pub answered: Option<bool>,
     /// Only messages listed after this one (its `created_at_ms`, `sender`, `seq`), i.e. older.
     pub before: Option<(i64, Hash32, u64)>,
+    /// Only messages whose words in the console's search index ([`Store::put_search`])
+    /// contain each of these terms, case-insensitively, anywhere (part of a word too). At most
+    /// [`console::SEARCH_TERMS_MAX`] terms of [`console::SEARCH_TERM_CHARS_MAX`] characters
+    /// are used; the rest are ignored.
+    pub text: Vec<String>,
     /// At most this many rows.
     pub limit: u32,
 }
@@ -357,4 +362,13 @@ pub trait Store: Send + Sync + 'static {
         of: Hash32,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
+
+    /// Texts and notifications not yet in the console's search index, newest first, at
+    /// most `limit` (at most [`console::SEARCH_BATCH_MAX`]).
+    fn search_pending(&self, limit: u32) -> impl Future<Output = Result<Vec<MessageRow>>> + Send;
+
+    /// Put messages' searchable words (id, words) in the console's search index, in one
+    /// transaction; a message already there keeps the words it has. Words longer than
+    /// [`console::SEARCH_BODY_BYTES_MAX`] are cut.
+    fn put_search(&self, rows: Vec<(Hash32, String)>) -> impl Future<Output = Result<()>> + Send;
 }

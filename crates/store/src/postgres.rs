@@ -400,6 +400,14 @@ impl Store for PgStore {
         self.console_replies(of, limit).await
     }
 
+    async fn search_pending(&self, limit: u32) -> Result<Vec<MessageRow>> {
+        self.console_search_pending(limit).await
+    }
+
+    async fn put_search(&self, rows: Vec<(Hash32, String)>) -> Result<()> {
+        self.console_put_search(rows).await
+    }
+
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
         self.commit_batch(batch).await
     }

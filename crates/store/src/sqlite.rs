@@ -908,6 +908,14 @@ impl Store for SqliteStore {
     async fn replies(&self, of: Hash32, limit: u32) -> Result<Vec<MessageRow>> {
         self.console_replies(of, limit).await
     }
+
+    async fn search_pending(&self, limit: u32) -> Result<Vec<MessageRow>> {
+        self.console_search_pending(limit).await
+    }
+
+    async fn put_search(&self, rows: Vec<(Hash32, String)>) -> Result<()> {
+        self.console_put_search(rows).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------

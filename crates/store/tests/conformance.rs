@@ -1556,6 +1556,103 @@ async fn console_replies_are_found_by_the_message_they_answer(db: Db) {
     assert!(db.store.replies([0x55; 32], 10).await.unwrap().is_empty());
 }
 
+async fn console_search_finds_terms_in_both_languages_and_pages(db: Db) {
+    let bodies = [
+        "Missile LAUNCH notification · 导弹发射通知",
+        "Maritime encounter near the strait · 海上相遇",
+        "100% certain_ly a test",
+        "Routine report",
+    ];
+    let mut batch = WriteBatch::default();
+    for seq in 1..=4u64 {
+        batch
+            .messages
+            .push(msg("alice", Direction::In, seq, 1_000 * seq as i64));
+    }
+    // A receipt-kind row is never a search candidate.
+    let mut receipt = msg("alice", Direction::Out, 9, 9_000);
+    receipt.kind = 1;
+    batch.messages.push(receipt);
+    db.store.commit(batch).await.unwrap();
+
+    // Not indexed yet: every text, newest first; nothing else.
+    let pending: Vec<u64> = db
+        .store
+        .search_pending(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(pending, vec![4, 3, 2, 1]);
+    assert_eq!(db.store.search_pending(2).await.unwrap().len(), 2);
+    let rows: Vec<(Hash32, String)> = (1..=4u64)
+        .map(|seq| (id(0x11, seq), bodies[seq as usize - 1].to_string()))
+        .collect();
+    db.store.put_search(rows.clone()).await.unwrap();
+    // Indexing again keeps what is there.
+    db.store
+        .put_search(vec![(id(0x11, 1), "replaced".into())])
+        .await
+        .unwrap();
+    assert!(db.store.search_pending(10).await.unwrap().is_empty());
+
+    let find = |terms: &[&str], before: Option<(i64, Hash32, u64)>, limit: u32| {
+        let store = &db.store;
+        let q = detente_store::TimelineQuery {
+            text: terms.iter().map(|t| t.to_string()).collect(),
+            before,
+            limit,
+            ..Default::default()
+        };
+        async move {
+            store
+                .timeline(q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.seq)
+                .collect::<Vec<u64>>()
+        }
+    };
+    assert_eq!(
+        find(&["launch"], None, 50).await,
+        vec![1],
+        "case-insensitive"
+    );
+    assert_eq!(find(&["aunc"], None, 50).await, vec![1], "part of a word");
+    assert_eq!(
+        find(&["发射通知"], None, 50).await,
+        vec![1],
+        "Chinese, three characters or more"
+    );
+    assert_eq!(
+        find(&["导弹"], None, 50).await,
+        vec![1],
+        "Chinese, two characters"
+    );
+    assert_eq!(find(&["海"], None, 50).await, vec![2], "one character");
+    assert_eq!(
+        find(&["missile", "海上"], None, 50).await,
+        Vec::<u64>::new(),
+        "every term"
+    );
+    assert_eq!(find(&["encounter", "海上"], None, 50).await, vec![2]);
+    assert_eq!(find(&["replaced"], None, 50).await, Vec::<u64>::new());
+    // Wildcards are text: "%" and "_" match only themselves.
+    assert_eq!(find(&["0%"], None, 50).await, vec![3]);
+    assert_eq!(find(&["t_s"], None, 50).await, Vec::<u64>::new());
+    assert_eq!(find(&["_e"], None, 50).await, Vec::<u64>::new());
+    assert_eq!(find(&["n_ly"], None, 50).await, vec![3]);
+    // A quote in a term is text, not FTS syntax.
+    assert_eq!(find(&["\"launch"], None, 50).await, Vec::<u64>::new());
+    // Paged like the timeline: newest first, from the cursor on.
+    assert_eq!(find(&["i"], None, 50).await, vec![4, 3, 2, 1]);
+    assert_eq!(find(&["i"], None, 2).await, vec![4, 3]);
+    let cursor = Some((3_000, ALICE, 3));
+    assert_eq!(find(&["i"], cursor, 2).await, vec![2, 1]);
+}
+
 conformance!(
     every_row_type_round_trips,
     outbox_pending_returns_the_message_bytes,
@@ -1588,4 +1685,5 @@ conformance!(
     console_sessions_expire_and_are_bounded_per_login,
     console_audit_lists_newest_first,
     console_replies_are_found_by_the_message_they_answer,
+    console_search_finds_terms_in_both_languages_and_pages,
 );

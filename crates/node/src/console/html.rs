@@ -1,27 +1,15 @@
-//! Small helpers for server-rendered HTML: escaping, and the page layout every console page
-//! shares. Every piece of text from outside (messages, peers, logins) goes through [`esc`].
+//! Server-rendered HTML: the page layout every console page shares, a maud template. Every
+//! console page is a maud template, which escapes every value by construction: nothing from
+//! outside (messages, peers, logins) can become markup. Query values in links go through
+//! [`url_value`].
 
 use std::fmt::Write;
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::auth::Role;
 use super::Operator;
 use crate::Shared;
-
-/// Escape text for HTML element content and quoted attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
 
 /// Escape text for a URL query value.
 pub fn url_value(text: &str) -> String {
@@ -46,7 +34,7 @@ pub struct Regions {
 
 /// A complete page for a signed-in operator, its live regions (status light, alarms, the
 /// "needs action" queue) filled in already, so they show before (and without) the script.
-pub async fn live_page(shared: &Shared, op: &Operator, title: &str, main: &str) -> String {
+pub async fn live_page(shared: &Shared, op: &Operator, title: &str, main: Markup) -> String {
     let q = super::queue::load(shared, op).await;
     let regions = Regions {
         status: super::status::status_html(shared, op),
@@ -58,107 +46,97 @@ pub async fn live_page(shared: &Shared, op: &Operator, title: &str, main: &str) 
 
 /// A complete page: head, navigation, the alarm banner, and `main`; the live regions are
 /// left for the script to fill.
-pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: &str) -> String {
+pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: Markup) -> String {
     page_with(shared, op, title, main, &Regions::default())
+}
+
+/// What the layout shows around every page: the view model of [`page_with`].
+struct Layout<'a> {
+    lang: String,
+    node: String,
+    title: &'a str,
+    /// The units the script writes countdowns in, in the page's language.
+    units: String,
+    status_refresh_ms: u64,
 }
 
 fn page_with(
     shared: &Shared,
     op: Option<&Operator>,
     title: &str,
-    main: &str,
+    main: Markup,
     regions: &Regions,
 ) -> String {
     let lang = op.map_or_else(|| node_lang(shared), |o| o.lang.clone());
-    let t = |k: &str| shared.console.i18n.text(&lang, k);
-    let node = shared
-        .config
-        .read()
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    let mut out = String::with_capacity(main.len() + 4096);
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} — {node} — detente</title>\
-         <link rel=\"stylesheet\" href=\"/console/assets/app.css\">\
-         <script src=\"/console/assets/app.js\" defer></script>",
-        lang = esc(&lang),
-        title = esc(title),
-        node = esc(&node),
-    );
-    if let Some(op) = op {
-        let _ = write!(
-            out,
-            "<meta name=\"csrf-token\" content=\"{}\">",
-            esc(&op.csrf)
-        );
-    }
-    // The units the script writes countdowns in, in the page's language.
-    let units = super::pages::duration_units(shared, &lang).join("|");
-    let _ = write!(out, "</head><body data-duration-units=\"{}\">", esc(&units));
-    let _ = write!(
-        out,
-        "<a class=\"skip\" href=\"#main\">{}</a><header><p class=\"node\">{} <span class=\"node-name\">{}</span></p>",
-        esc(&t("skip-to-content")),
-        esc(&t("node-label")),
-        esc(&node)
-    );
-    if let Some(op) = op {
-        nav(&mut out, shared, op, &t);
-        // Shown (by the style sheet) while the page's live connection is down.
-        let _ = write!(
-            out,
-            "<p class=\"offline-note\" role=\"status\">⟳ {}</p>",
-            esc(&t("reconnecting"))
-        );
-    }
-    out.push_str("</header>");
-    if op.is_some() {
-        // The status light, refreshed every heartbeat (a dead link turns it down without
-        // any event), then the alarm banner: refreshed live on every page, sounds on a new
-        // alarm.
-        let _ = write!(
-            out,
-            "<section id=\"status\" class=\"status-region\" data-live=\"/console/live/status\" \
-             data-refresh-ms=\"{}\" aria-label=\"{}\">{}</section>",
-            super::status::refresh_ms(shared),
-            esc(&t("status-label")),
-            regions.status
-        );
-        let _ = write!(
-            out,
-            "<section id=\"alarm\" class=\"alarm-region\" data-live=\"/console/live/alarm\" \
-             aria-live=\"assertive\" aria-label=\"{}\">{}</section>\
-             <audio id=\"alarm-sound\" src=\"/console/assets/alarm.wav\" preload=\"auto\"></audio>\
-             <p id=\"sound-blocked\" class=\"sound-blocked\" hidden>{} <button type=\"button\" id=\"enable-sound\">{}</button></p>",
-            esc(&t("alarm-region")),
-            regions.alarm,
-            esc(&t("sound-blocked")),
-            esc(&t("sound-enable"))
-        );
-    }
-    let _ = write!(
-        out,
-        "<main id=\"main\" tabindex=\"-1\"><h1>{}</h1>",
-        esc(title)
-    );
-    if op.is_some() {
-        // What needs an answer, on every page, earliest due first.
-        let _ = write!(
-            out,
-            "<section id=\"queue\" class=\"queue-region\" data-live=\"/console/live/queue\" \
-             aria-label=\"{}\">{}</section>",
-            esc(&t("queue-title")),
-            regions.queue
-        );
-    }
-    let _ = write!(out, "{main}</main></body></html>");
-    out
+    let layout = Layout {
+        node: shared
+            .config
+            .read()
+            .map(|c| c.name.clone())
+            .unwrap_or_default(),
+        title,
+        units: super::pages::duration_units(shared, &lang).join("|"),
+        status_refresh_ms: super::status::refresh_ms(shared),
+        lang,
+    };
+    let t = |k: &str| shared.console.i18n.text(&layout.lang, k);
+    let markup = html! {
+        (DOCTYPE)
+        html lang=(layout.lang) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (layout.title) " — " (layout.node) " — detente" }
+                link rel="stylesheet" href="/console/assets/app.css";
+                script src="/console/assets/app.js" defer {}
+                @if let Some(op) = op { meta name="csrf-token" content=(op.csrf); }
+            }
+            body data-duration-units=(layout.units) class=[op.filter(|o| o.compact).map(|_| "compact")] {
+                a.skip href="#main" { (t("skip-to-content")) }
+                header {
+                    p.node { (t("node-label")) " " span.node-name { (layout.node) } }
+                    @if let Some(op) = op {
+                        (nav(op, &t))
+                        // Shown (by the style sheet) while the page's live connection is down.
+                        p.offline-note role="status" { "⟳ " (t("reconnecting")) }
+                    }
+                }
+                @if op.is_some() {
+                    // The status light, refreshed every heartbeat (a dead link turns it down
+                    // without any event), then the alarm banner: refreshed live on every
+                    // page, sounds on a new alarm.
+                    section #status .status-region data-live="/console/live/status"
+                        data-refresh-ms=(layout.status_refresh_ms) aria-label=(t("status-label")) {
+                        (PreEscaped(&regions.status))
+                    }
+                    section #alarm .alarm-region data-live="/console/live/alarm"
+                        aria-live="assertive" aria-label=(t("alarm-region")) {
+                        (PreEscaped(&regions.alarm))
+                    }
+                    audio #alarm-sound src="/console/assets/alarm.wav" preload="auto" {}
+                    p #sound-blocked .sound-blocked hidden {
+                        (t("sound-blocked")) " "
+                        button type="button" #enable-sound { (t("sound-enable")) }
+                    }
+                }
+                main #main tabindex="-1" {
+                    h1 { (layout.title) }
+                    @if op.is_some() {
+                        // What needs an answer, on every page, earliest due first.
+                        section #queue .queue-region data-live="/console/live/queue"
+                            aria-label=(t("queue-title")) {
+                            (PreEscaped(&regions.queue))
+                        }
+                    }
+                    (main)
+                }
+            }
+        }
+    };
+    markup.into_string()
 }
 
-fn nav(out: &mut String, shared: &Shared, op: &Operator, t: &dyn Fn(&str) -> String) {
+fn nav(op: &Operator, t: &dyn Fn(&str) -> String) -> Markup {
     let mut links = vec![("/console", "nav-timeline")];
     if op.role.can_compose() {
         links.push(("/console/compose", "nav-compose"));
@@ -174,49 +152,71 @@ fn nav(out: &mut String, shared: &Shared, op: &Operator, t: &dyn Fn(&str) -> Str
     if op.role == Role::Admin {
         links.push(("/console/users", "nav-users"));
     }
-    let _ = write!(out, "<nav aria-label=\"{}\"><ul>", esc(&t("nav-label")));
-    for (href, key) in links {
-        let _ = write!(out, "<li><a href=\"{href}\">{}</a></li>", esc(&t(key)));
+    html! {
+        nav aria-label=(t("nav-label")) {
+            ul { @for (href, key) in links { li { a href=(href) { (t(key)) } } } }
+        }
+        div.account {
+            span {
+                (t("signed-in-as")) " " strong translate="no" { (op.login) }
+                " (" (t(&format!("role-{}", op.role.name()))) ")"
+            }
+            form.inline method="post" action="/console/lang" {
+                (csrf_input(op))
+                label for="lang-select" { (t("language")) } " "
+                select #lang-select name="lang" {
+                    @for (code, name) in super::i18n::LANGUAGES {
+                        option value=(code) selected[*code == op.lang] { (name) }
+                    }
+                }
+                " " button type="submit" { (t("language-change")) }
+            }
+            form.inline method="post" action="/logout" {
+                (csrf_input(op))
+                button type="submit" #logout { (t("logout")) }
+            }
+        }
     }
-    out.push_str("</ul></nav>");
-    let _ = write!(
-        out,
-        "<div class=\"account\"><span>{} <strong translate=\"no\">{}</strong> ({})</span>",
-        esc(&t("signed-in-as")),
-        esc(&op.login),
-        esc(&t(&format!("role-{}", op.role.name())))
-    );
-    let _ = write!(
-        out,
-        "<form method=\"post\" action=\"/console/lang\" class=\"inline\">{csrf}\
-         <label for=\"lang-select\">{label}</label> <select id=\"lang-select\" name=\"lang\">",
-        csrf = csrf_field(op),
-        label = esc(&t("language"))
-    );
-    for (code, name) in super::i18n::LANGUAGES {
-        let selected = if *code == op.lang { " selected" } else { "" };
-        let _ = write!(out, "<option value=\"{code}\"{selected}>{name}</option>");
-    }
-    let _ = write!(
-        out,
-        "</select> <button type=\"submit\">{}</button></form>",
-        esc(&t("language-change"))
-    );
-    let _ = write!(
-        out,
-        "<form method=\"post\" action=\"/logout\" class=\"inline\">{}<button type=\"submit\" id=\"logout\">{}</button></form></div>",
-        csrf_field(op),
-        esc(&t("logout"))
-    );
-    let _ = shared;
+}
+
+/// A conversation for printing: the node, who printed it and when, and `main`; no
+/// navigation, live regions, forms or script.
+pub fn print_page(
+    shared: &Shared,
+    op: &Operator,
+    title: &str,
+    main: Markup,
+    printed: &str,
+) -> String {
+    let t = |k: &str| shared.console.i18n.text(&op.lang, k);
+    let node = shared
+        .config
+        .read()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    let markup = html! {
+        (DOCTYPE)
+        html lang=(op.lang) {
+            head {
+                meta charset="utf-8";
+                title { (title) " — " (node) " — detente" }
+                link rel="stylesheet" href="/console/assets/app.css";
+            }
+            body.print-view {
+                header {
+                    p.node { (t("node-label")) " " span.node-name { (node) } }
+                    p.printed { (printed) }
+                }
+                main #main { h1 { (title) } (main) }
+            }
+        }
+    };
+    markup.into_string()
 }
 
 /// The hidden CSRF field every form carries.
-pub fn csrf_field(op: &Operator) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-        esc(&op.csrf)
-    )
+pub fn csrf_input(op: &Operator) -> Markup {
+    html! { input type="hidden" name="csrf" value=(op.csrf); }
 }
 
 /// The node's configured interface language.
@@ -233,11 +233,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            esc("<script>alert('x')</script> & \"y\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
-        );
+    fn escapes_url_values() {
         assert_eq!(url_value("a b/é"), "a%20b%2F%C3%A9");
     }
 }

@@ -2,10 +2,17 @@
 //! `/api/v1` JSON API, for duty officers in a browser.
 //!
 //! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
+//! - [`handover`]: the shift handover, signed off and acknowledged in the audit log.
+//! - [`messages`]: how a message shows (timeline item, its page, the answer and decline
+//!   forms): a typed view of the API's JSON, rendered by maud templates.
 //! - [`oidc`]: sign-in through the organization's OpenID Connect provider (code flow, PKCE).
 //! - [`pages`]: the pages and the forms they post.
+//! - [`records`]: link health, the transcript's checks, the counterparts, the audit log and
+//!   the users: typed view models rendered by maud templates.
 //! - [`queue`]: the "needs action" queue and the alarm banner, from one source of deadline
 //!   state.
+//! - [`search`]: the full-text search index over texts and notifications, filled when
+//!   someone searches.
 //! - [`status`]: the status light on every page (link state and since when, link test,
 //!   alarms).
 //! - [`sse`]: server-sent events that tell open pages to refresh their live regions.
@@ -17,11 +24,15 @@
 //! hides what a role cannot do.
 
 pub mod auth;
+pub mod handover;
 pub mod html;
 pub mod i18n;
+pub mod messages;
 pub mod oidc;
 pub mod pages;
 pub mod queue;
+pub mod records;
+pub mod search;
 pub mod sse;
 pub mod status;
 
@@ -44,6 +55,8 @@ use auth::Role;
 pub const SESSION_COOKIE: &str = "detente_session";
 /// The cookie that carries the login form's CSRF token (double submit: no session yet).
 pub const LOGIN_CSRF_COOKIE: &str = "detente_login_csrf";
+/// The cookie that remembers the operator's display density (`compact`) in this browser.
+pub const DENSITY_COOKIE: &str = "detente_density";
 /// The header a script sends its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Audit detail text kept, at most.
@@ -101,7 +114,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/live/queue", get(pages::queue_live))
         .route("/console/live/status", get(pages::status_live))
         .route("/console/alarm/silence", post(pages::silence))
-        .route("/console/live/link", get(pages::link_live))
+        .route("/console/live/link", get(records::link_live))
         .route("/console/live/messages/{id}", get(pages::message_live))
         .route("/console/events", get(sse::events))
         .route("/console/messages/{id}", get(pages::message))
@@ -110,13 +123,21 @@ pub fn router() -> Router<Arc<Shared>> {
             "/console/compose",
             get(pages::compose).post(pages::compose_send),
         )
-        .route("/console/link", get(pages::link))
-        .route("/console/transcript", get(pages::transcript))
-        .route("/console/transcript/export", get(pages::export))
-        .route("/console/counterparts", get(pages::counterparts))
-        .route("/console/audit", get(pages::audit_log))
-        .route("/console/users", get(pages::users))
+        .route("/console/link", get(records::link))
+        .route("/console/transcript", get(records::transcript))
+        .route("/console/transcript/export", get(records::export))
+        .route("/console/counterparts", get(records::counterparts))
+        .route("/console/audit", get(records::audit_log))
+        .route("/console/audit/export.csv", get(records::audit_csv))
+        .route("/console/users", get(records::users))
         .route("/console/lang", post(pages::set_lang))
+        .route("/console/density", post(pages::set_density))
+        .route("/console/settings", get(pages::settings))
+        .route(
+            "/console/handover",
+            get(handover::page).post(handover::post),
+        )
+        .route("/console/messages/{id}/print", get(pages::message_print))
         .route("/console/assets/{name}", get(asset))
 }
 
@@ -198,6 +219,8 @@ pub struct Operator {
     pub token_hash: [u8; 32],
     /// When the session ends (event streams close then).
     pub expires_at_ms: i64,
+    /// Show messages compactly (one line of head, less spacing): a browser's choice.
+    pub compact: bool,
 }
 
 impl Operator {
@@ -227,6 +250,7 @@ pub async fn session_operator(shared: &Shared, headers: &HeaderMap) -> Option<Op
         csrf: session.csrf,
         token_hash: hash,
         expires_at_ms: session.expires_at_ms,
+        compact: cookie(headers, DENSITY_COOKIE) == Some("compact"),
     })
 }
 

@@ -32,7 +32,9 @@ use openidconnect::{
 use serde::Deserialize;
 
 use super::auth::{self, Role};
-use super::html::{esc, page};
+use maud::{html, Markup};
+
+use super::html::page;
 use super::{audit, cookie, set_cookie, Source, SESSION_COOKIE};
 use crate::config::OidcSection;
 use crate::{now_ms, Shared};
@@ -344,16 +346,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The login page's link to `/login/oidc`, when sign-in through a provider is configured.
-pub fn login_link(shared: &Shared, lang: &str) -> String {
+pub fn login_link(shared: &Shared, lang: &str) -> Markup {
     let enabled = shared.config.read().is_ok_and(|c| c.oidc.enabled());
     if !enabled {
-        return String::new();
+        return html! {};
     }
     let text = shared.console.i18n.text(lang, "login-oidc");
-    format!(
-        "<p class=\"login-oidc\"><a href=\"/login/oidc\" id=\"login-oidc\">{}</a></p>",
-        esc(&text)
-    )
+    html! { p.login-oidc { a href="/login/oidc" #login-oidc { (text) } } }
 }
 
 /// `GET /login/oidc`: start a sign-in at the provider.
@@ -660,16 +659,15 @@ async fn refused(shared: &Shared, login: &str, source: IpAddr, refusal: Refusal)
         audit(shared, login, "login-failed", &detail, source).await;
     }
     let title = t("oidc-refused-title");
-    let main = format!(
-        "<h1>{}</h1><p class=\"error\" role=\"alert\">{}</p><p><a href=\"/login\">{}</a></p>",
-        esc(&title),
-        esc(&text),
-        esc(&t("oidc-back"))
-    );
+    let main = html! {
+        h1 { (title) }
+        p.error role="alert" { (text) }
+        p { a href="/login" { (t("oidc-back")) } }
+    };
     let mut response = (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page(shared, None, &title, &main),
+        page(shared, None, &title, main),
     )
         .into_response();
     if let Ok(v) = binding_cookie(shared, "", 0).parse() {

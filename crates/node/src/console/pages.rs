@@ -2,20 +2,20 @@
 //! session: to the login page) and checks the operator's role itself before acting.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use detente_proto::{ChannelId, MessageId, Precedence, ReceiptLevel};
-use detente_store::{InboxQuery, Store};
+use detente_proto::{MessageId, Precedence, ReceiptLevel};
+use detente_store::Store;
+use maud::{html, Markup};
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::auth::{self, Role};
-use super::html::{csrf_field, esc, live_page, page, url_value};
+use super::auth;
+use super::html::{csrf_input, live_page, page, url_value};
+use super::messages::{self, MessageView};
 use super::{audit, cookie, set_cookie, Operator, Source, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
 use crate::api::{self, SendBody};
 use crate::{now_ms, Shared};
@@ -26,6 +26,8 @@ pub const TIMELINE_PAGE_ROWS: u32 = 50;
 const THREAD_REPLIES_MAX: u32 = 100;
 /// Longest topic (or peer name) accepted as a timeline filter; a longer one is ignored.
 const FILTER_TOPIC_BYTES_MAX: usize = 256;
+/// Longest search accepted; a longer one is ignored.
+const FILTER_SEARCH_BYTES_MAX: usize = 512;
 /// Envelopes per stream checked on the transcript page (the newest).
 pub const VERIFY_TAIL_MAX: u64 = 200;
 /// Longest topic accepted from the compose form.
@@ -37,15 +39,20 @@ pub const NOTE_CHARS_MAX: usize = 2_000;
 
 type Shr = State<Arc<Shared>>;
 
-fn tr(shared: &Shared, op: &Operator, key: &str) -> String {
+pub(super) fn tr(shared: &Shared, op: &Operator, key: &str) -> String {
     shared.console.i18n.text(&op.lang, key)
 }
 
-fn tr_with(shared: &Shared, op: &Operator, key: &str, args: &[(&str, String)]) -> String {
+pub(super) fn tr_with(
+    shared: &Shared,
+    op: &Operator,
+    key: &str,
+    args: &[(&str, String)],
+) -> String {
     shared.console.i18n.text_with(&op.lang, key, args)
 }
 
-fn html(status: StatusCode, body: String) -> Response {
+pub(super) fn html(status: StatusCode, body: String) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -55,13 +62,10 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 /// A page-level refusal in the operator's language.
-fn refuse(shared: &Shared, op: &Operator, status: StatusCode, key: &str) -> Response {
+pub(super) fn refuse(shared: &Shared, op: &Operator, status: StatusCode, key: &str) -> Response {
     let title = tr(shared, op, "refused-title");
-    let main = format!(
-        "<p class=\"error\" role=\"alert\">{}</p>",
-        esc(&tr(shared, op, key))
-    );
-    html(status, page(shared, Some(op), &title, &main))
+    let main = html! { p.error role="alert" { (tr(shared, op, key)) } };
+    html(status, page(shared, Some(op), &title, main))
 }
 
 fn bad_csrf(shared: &Shared, op: &Operator) -> Response {
@@ -82,35 +86,26 @@ pub struct LoginForm {
 
 fn login_form(shared: &Shared, lang: &str, csrf: &str, error: Option<&str>, login: &str) -> String {
     let t = |k: &str| shared.console.i18n.text(lang, k);
-    let mut main = String::new();
-    if let Some(e) = error {
-        let _ = write!(
-            main,
-            "<p class=\"error\" id=\"login-error\" role=\"alert\">{}</p>",
-            esc(e)
-        );
-    }
-    let described = if error.is_some() {
-        " aria-describedby=\"login-error\""
-    } else {
-        ""
+    let described = error.map(|_| "login-error");
+    let main = html! {
+        @if let Some(e) = error { p.error #login-error role="alert" { (e) } }
+        form.login method="post" action="/login" {
+            input type="hidden" name="csrf" value=(csrf);
+            p {
+                label for="login" { (t("login-name")) }
+                input #login name="login" autocomplete="username" required value=(login)
+                    aria-describedby=[described];
+            }
+            p {
+                label for="password" { (t("password")) }
+                input #password name="password" type="password" autocomplete="current-password"
+                    required aria-describedby=[described];
+            }
+            p { button type="submit" #login-submit { (t("login-submit")) } }
+        }
+        (super::oidc::login_link(shared, lang))
     };
-    let _ = write!(
-        main,
-        "<form method=\"post\" action=\"/login\" class=\"login\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <p><label for=\"login\">{l}</label><input id=\"login\" name=\"login\" autocomplete=\"username\" required value=\"{login}\"{described}></p>\
-         <p><label for=\"password\">{p}</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{described}></p>\
-         <p><button type=\"submit\" id=\"login-submit\">{s}</button></p></form>",
-        csrf = esc(csrf),
-        l = esc(&t("login-name")),
-        p = esc(&t("password")),
-        s = esc(&t("login-submit")),
-        login = esc(login),
-    );
-    main.push_str(&super::oidc::login_link(shared, lang));
-    let title = t("login-title");
-    page(shared, None, &title, &main)
+    page(shared, None, &t("login-title"), main)
 }
 
 pub async fn login_page(State(shared): Shr, headers: HeaderMap) -> Response {
@@ -337,16 +332,9 @@ pub async fn set_lang(
 
 // ---------------------------------------------------------------- messages as shown
 
-fn ms_of(text: &Value) -> Option<i64> {
-    text.as_str()?
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .map(|t| t.as_millisecond())
-}
-
 /// A time zone's name in the operator's language ("北京时间", "Eastern Time"), from the
 /// console's texts (`tz-` and the zone's id with `/` as `-`); its abbreviation otherwise.
-fn tz_label(shared: &Shared, lang: &str, tz_name: &str, abbreviation: &str) -> String {
+pub(super) fn tz_label(shared: &Shared, lang: &str, tz_name: &str, abbreviation: &str) -> String {
     let key = format!("tz-{}", tz_name.replace('/', "-"));
     let label = shared.console.i18n.text(lang, &key);
     if label == key {
@@ -369,7 +357,7 @@ pub fn language_name(shared: &Shared, lang: &str, tag: &str) -> String {
 
 /// "2026-11-29 03:10:00 UTC · 2026-11-29 11:10:00 北京时间" in the node's time zone, named
 /// in the operator's language.
-fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
+pub(super) fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
     let tz_name = shared
         .config
         .read()
@@ -391,166 +379,9 @@ fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
     }
 }
 
-fn time_element(shared: &Shared, lang: &str, ms: i64) -> String {
-    let iso = api::time_text(ms);
-    format!(
-        "<time datetime=\"{}\">{}</time>",
-        esc(&iso),
-        esc(&both_times(shared, lang, ms))
-    )
-}
-
-/// Whether a message is one people answer (not a charter or another protocol envelope).
-fn answerable(m: &Value) -> bool {
-    matches!(m["kind"].as_str(), Some("text" | "notification"))
-}
-
-/// Whether a message still waits for an acknowledgment (or a refusal).
-fn unanswered(m: &Value) -> bool {
-    answerable(m) && m["receipts"]["acknowledged"].is_null() && m["receipts"]["declined"].is_null()
-}
-
-/// When the acknowledgment of `m` is due, if it still is. The API's `acknowledge_by` counts
-/// from where the deadline watch counts (our `stored_at` for a received message, never the
-/// peer's `created_at`): one source of deadline state for every view.
-fn ack_deadline_ms(m: &Value) -> Option<i64> {
-    if !unanswered(m) {
-        return None;
-    }
-    ms_of(&m["deadline"]["acknowledge_by"])
-}
-
-fn precedence_label(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let p = m["precedence"].as_str().unwrap_or("routine");
-    format!(
-        "<span class=\"prec prec-{p}\">{}</span>",
-        esc(&tr(shared, op, &format!("prec-{p}")))
-    )
-}
-
-fn receipts_list(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let mut out = format!(
-        "<ul class=\"receipts\" aria-label=\"{}\">",
-        esc(&tr(shared, op, "receipts"))
-    );
-    for level in ["delivered", "read", "acknowledged", "declined"] {
-        let label = tr(shared, op, &format!("receipt-{level}"));
-        let value = &m["receipts"][level];
-        // Once answered, "read: not yet" says nothing (an answer implies it was read).
-        if level == "read" && value.is_null() && !unanswered(m) {
-            continue;
-        }
-        let late =
-            matches!(level, "acknowledged" | "declined") && !value.is_null() && m["late"] == true;
-        match ms_of(value) {
-            Some(ms) if late => {
-                let how = tr_with(
-                    shared,
-                    op,
-                    "receipt-late-by",
-                    &[(
-                        "time",
-                        duration_words(shared, &op.lang, m["late_ms"].as_i64().unwrap_or(0)),
-                    )],
-                );
-                let _ = write!(
-                    out,
-                    "<li class=\"r-{level} done late\" data-level=\"{level}\" data-late-ms=\"{}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {} <strong class=\"late-mark\">{}</strong></li>",
-                    m["late_ms"].as_i64().unwrap_or(0),
-                    esc(&label),
-                    time_element(shared, &op.lang, ms),
-                    esc(&how)
-                );
-            }
-            Some(ms) => {
-                let _ = write!(
-                    out,
-                    "<li class=\"r-{level} done\" data-level=\"{level}\"><span class=\"mark\" aria-hidden=\"true\">✓</span> {}: {}</li>",
-                    esc(&label),
-                    time_element(shared, &op.lang, ms)
-                );
-            }
-            None if level == "declined" => {}
-            None => {
-                let _ = write!(
-                    out,
-                    "<li class=\"r-{level} pending\"><span class=\"mark\" aria-hidden=\"true\">○</span> {}: {}</li>",
-                    esc(&label),
-                    esc(&tr(shared, op, "receipt-not-yet"))
-                );
-            }
-        }
-    }
-    if let Some(note) = m["receipts"]["note"].as_str() {
-        let _ = write!(
-            out,
-            "<li class=\"note\">{}: {}</li>",
-            esc(&tr(shared, op, "note")),
-            esc(note)
-        );
-    }
-    out.push_str("</ul>");
-    out
-}
-
-/// Answered or not, in words and a sign (never by colour alone).
-fn answer_state(shared: &Shared, op: &Operator, m: &Value) -> String {
-    if !answerable(m) {
-        return String::new();
-    }
-    let (class, sign, key) = if !m["receipts"]["declined"].is_null() {
-        ("declined", "✗", "state-declined")
-    } else if !m["receipts"]["acknowledged"].is_null() {
-        ("answered", "✓", "state-answered")
-    } else {
-        ("unanswered", "◇", "state-unanswered")
-    };
-    format!(
-        "<span class=\"answer-state {class}\"><span aria-hidden=\"true\">{sign}</span> {}</span>",
-        esc(&tr(shared, op, key))
-    )
-}
-
-fn countdown(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let Some(due) = ack_deadline_ms(m) else {
-        return String::new();
-    };
-    let key = if m["direction"] == "in" {
-        "deadline-ours"
-    } else {
-        "deadline-theirs"
-    };
-    let now = now_ms() as i64;
-    let remaining = if now > due {
-        tr_with(
-            shared,
-            op,
-            "overdue-by",
-            &[("time", duration_words(shared, &op.lang, now - due))],
-        )
-    } else {
-        tr_with(
-            shared,
-            op,
-            "due-in",
-            &[("time", duration_words(shared, &op.lang, due - now))],
-        )
-    };
-    format!(
-        "<p class=\"deadline{}\">{}: {} <span class=\"countdown\" data-deadline=\"{due}\"{} \
-         data-due-in=\"{}\" data-overdue-by=\"{}\">{}</span></p>",
-        if now > due { " overdue" } else { "" },
-        esc(&tr(shared, op, key)),
-        time_element(shared, &op.lang, due),
-        if now > due {
-            " data-passed=\"yes\""
-        } else {
-            ""
-        },
-        esc(&tr_with(shared, op, "due-in", &[("time", "{}".into())])),
-        esc(&tr_with(shared, op, "overdue-by", &[("time", "{}".into())])),
-        esc(&remaining)
-    )
+/// A time as both clocks show it, in a `<time>` element that carries its ISO value.
+pub(super) fn time_markup(shared: &Shared, lang: &str, ms: i64) -> Markup {
+    html! { time datetime=(api::time_text(ms)) { (both_times(shared, lang, ms)) } }
 }
 
 /// "1h 02m 03s".
@@ -581,113 +412,6 @@ fn duration_with(ms: i64, [uh, um, us]: [&str; 3]) -> String {
     }
 }
 
-fn message_text(shared: &Shared, op: &Operator, m: &Value, link: bool) -> String {
-    let id = m["id"].as_str().unwrap_or_default();
-    let text = m["text"]
-        .as_str()
-        .unwrap_or_else(|| m["rendered"].as_str().unwrap_or(""));
-    let lang = m["language"].as_str().unwrap_or("");
-    let mut out = String::new();
-    let body = if link {
-        format!("<a href=\"/console/messages/{id}\">{}</a>", esc(text))
-    } else {
-        esc(text)
-    };
-    if lang.is_empty() {
-        // A notification: rendered here, in the operator's language, from its fields.
-        let _ = write!(
-            out,
-            "<div class=\"text\"><p class=\"msg-text\" lang=\"{}\">{body}</p>",
-            esc(&op.lang)
-        );
-    } else {
-        let _ = write!(
-            out,
-            "<div class=\"text\"><p class=\"msg-text\" lang=\"{l}\">{body}</p><p class=\"lang-mark\">{}: {}</p>",
-            esc(&tr(shared, op, "text-language")),
-            esc(&language_name(shared, &op.lang, lang)),
-            l = esc(lang)
-        );
-    }
-    if let Some(translations) = m["translations"].as_array() {
-        for pair in translations {
-            let (Some(tl), Some(tt)) = (pair[0].as_str(), pair[1].as_str()) else {
-                continue;
-            };
-            let _ = write!(
-                out,
-                "<p class=\"translation\"><span class=\"lang-mark\">{}: {}</span> <span lang=\"{l}\">{}</span></p>",
-                esc(&tr(shared, op, "courtesy-translation")),
-                esc(&language_name(shared, &op.lang, tl)),
-                esc(tt),
-                l = esc(tl)
-            );
-        }
-    }
-    out.push_str("</div>");
-    out
-}
-
-fn message_item(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let id = m["id"].as_str().unwrap_or_default();
-    let dir = m["direction"].as_str().unwrap_or("in");
-    let p = m["precedence"].as_str().unwrap_or("routine");
-    let who = if dir == "in" {
-        tr_with(
-            shared,
-            op,
-            "received-from",
-            &[("peer", m["peer"].as_str().unwrap_or("").into())],
-        )
-    } else {
-        tr_with(
-            shared,
-            op,
-            "sent-to",
-            &[("peer", m["peer"].as_str().unwrap_or("").into())],
-        )
-    };
-    let state = if unanswered(m) {
-        "unanswered"
-    } else {
-        "answered"
-    };
-    let mut out = format!(
-        "<li class=\"msg dir-{dir} prec-{p} {state}\" id=\"m-{id}\" data-id=\"{id}\"><div class=\"msg-head\">{} {} <span class=\"who\">{}</span> · <span class=\"topic\">{}: <span translate=\"no\">{}</span></span> · <span class=\"author\">{}: <span translate=\"no\">{}</span></span> · <span class=\"seq\">#{}</span></div>",
-        precedence_label(shared, op, m),
-        answer_state(shared, op, m),
-        esc(&who),
-        esc(&tr(shared, op, "topic")),
-        esc(m["topic"].as_str().unwrap_or("")),
-        esc(&tr(shared, op, "author")),
-        esc(m["author"].as_str().unwrap_or("")),
-        m["seq"]
-    );
-    out.push_str(&message_text(shared, op, m, true));
-    out.push_str("<dl class=\"times\">");
-    if let Some(ms) = ms_of(&m["created_at"]) {
-        let _ = write!(
-            out,
-            "<dt>{}</dt><dd>{}</dd>",
-            esc(&tr(shared, op, "sent-at")),
-            time_element(shared, &op.lang, ms)
-        );
-    }
-    if let Some(ms) = ms_of(&m["received_at"]) {
-        let _ = write!(
-            out,
-            "<dt>{}</dt><dd>{}</dd>",
-            esc(&tr(shared, op, "received-at")),
-            time_element(shared, &op.lang, ms)
-        );
-    }
-    out.push_str("</dl>");
-    out.push_str(&receipts_list(shared, op, m));
-    out.push_str(&countdown(shared, op, m));
-    out.push_str("</li>");
-    out
-}
-
 // ---------------------------------------------------------------- timeline
 
 /// The timeline's filters and page cursor, from the query string.
@@ -704,6 +428,9 @@ pub struct TimelineFilter {
     answered: String,
     #[serde(default)]
     topic: String,
+    /// Words to search for (each must be found).
+    #[serde(default)]
+    q: String,
     /// `CREATED.SENDERHEX.SEQ` of the last row of the previous page.
     #[serde(default)]
     before: String,
@@ -727,13 +454,22 @@ impl TimelineFilter {
                 _ => None,
             },
             before: parse_cursor(&self.before),
+            text: self
+                .search()
+                .map_or_else(Vec::new, detente_store::console::search_terms),
             limit: TIMELINE_PAGE_ROWS,
         }
+    }
+
+    /// The search, if there is one (a longer one is ignored).
+    fn search(&self) -> Option<&str> {
+        Some(self.q.trim()).filter(|q| !q.is_empty() && q.len() <= FILTER_SEARCH_BYTES_MAX)
     }
 
     /// The filters as a query string (without the cursor), `&`-separated and escaped.
     fn params(&self) -> String {
         [
+            ("q", &self.q),
             ("peer", &self.peer),
             ("precedence", &self.precedence),
             ("direction", &self.direction),
@@ -762,26 +498,22 @@ fn select_filter(
     name: &str,
     chosen: &str,
     options: &[(String, String)],
-) -> String {
-    let mut out = format!(
-        "<p><label for=\"filter-{name}\">{}</label><select id=\"filter-{name}\" name=\"{name}\"><option value=\"\">{}</option>",
-        esc(&tr(shared, op, &format!("filter-{name}"))),
-        esc(&tr(shared, op, "filter-all"))
-    );
-    for (value, label) in options {
-        let sel = if value == chosen { " selected" } else { "" };
-        let _ = write!(
-            out,
-            "<option value=\"{}\"{sel}>{}</option>",
-            esc(value),
-            esc(label)
-        );
+) -> Markup {
+    let id = format!("filter-{name}");
+    html! {
+        p {
+            label for=(id) { (tr(shared, op, &id)) }
+            select id=(id) name=(name) {
+                option value="" { (tr(shared, op, "filter-all")) }
+                @for (value, label) in options {
+                    option value=(value) selected[value == chosen] { (label) }
+                }
+            }
+        }
     }
-    out.push_str("</select></p>");
-    out
 }
 
-fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
+fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> Markup {
     let t = |k: &str| tr(shared, op, k);
     let peers: Vec<(String, String)> = shared
         .table
@@ -801,67 +533,74 @@ fn filter_form(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
         ("no".to_string(), t("state-unanswered")),
         ("yes".to_string(), t("state-answered")),
     ];
-    format!(
-        "<form method=\"get\" action=\"/console\" class=\"filters\" aria-label=\"{}\">{}{}{}{}\
-         <p><label for=\"filter-topic\">{}</label><input id=\"filter-topic\" name=\"topic\" maxlength=\"{FILTER_TOPIC_BYTES_MAX}\" value=\"{}\"></p>\
-         <p><button type=\"submit\" id=\"filter-apply\">{}</button> <a href=\"/console\">{}</a></p></form>",
-        esc(&t("filter-label")),
-        select_filter(shared, op, "peer", &f.peer, &peers),
-        select_filter(shared, op, "precedence", &f.precedence, &precedences),
-        select_filter(shared, op, "direction", &f.direction, &directions),
-        select_filter(shared, op, "answered", &f.answered, &answered),
-        esc(&t("filter-topic")),
-        esc(&f.topic),
-        esc(&t("filter-apply")),
-        esc(&t("filter-clear")),
-    )
+    html! {
+        form.filters method="get" action="/console" aria-label=(t("filter-label")) {
+            p.search {
+                label for="filter-q" { (t("filter-search")) }
+                input #filter-q type="search" name="q" maxlength=(FILTER_SEARCH_BYTES_MAX) value=(f.q);
+            }
+            (select_filter(shared, op, "peer", &f.peer, &peers))
+            (select_filter(shared, op, "precedence", &f.precedence, &precedences))
+            (select_filter(shared, op, "direction", &f.direction, &directions))
+            (select_filter(shared, op, "answered", &f.answered, &answered))
+            p {
+                label for="filter-topic" { (t("filter-topic")) }
+                input #filter-topic name="topic" maxlength=(FILTER_TOPIC_BYTES_MAX) value=(f.topic);
+            }
+            p {
+                button type="submit" #filter-apply { (t("filter-apply")) } " "
+                a href="/console" { (t("filter-clear")) }
+            }
+        }
+    }
 }
 
-async fn timeline_html(shared: &Shared, op: &Operator, f: &TimelineFilter) -> String {
+/// One page of the timeline, newest first (a night shift reads the top of the page), with a
+/// link to the next, older page when there may be one.
+async fn timeline_html(shared: &Shared, op: &Operator, f: &TimelineFilter) -> Markup {
+    // A search first indexes what arrived since the last one (bounded; see search.rs).
+    let complete = f.search().is_none() || super::search::catch_up(shared).await;
     let rows = shared.store.timeline(f.query()).await.unwrap_or_default();
     let mut list = Vec::with_capacity(rows.len());
     for row in &rows {
         if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
-            list.push(v);
+            list.push(MessageView::from_json(&v));
         }
     }
-    if list.is_empty() {
-        return format!(
-            "<p class=\"empty\">{}</p>",
-            esc(&tr(shared, op, "timeline-empty"))
-        );
-    }
-    // Newest first: a night shift reads the top of the page.
-    let mut out = format!(
-        "<ol class=\"timeline\" aria-label=\"{}\">",
-        esc(&tr(shared, op, "timeline-label"))
-    );
-    for m in &list {
-        out.push_str(&message_item(shared, op, m));
-    }
-    out.push_str("</ol>");
-    if let Some(last) = rows
+    let older = rows
         .last()
         .filter(|_| rows.len() as u32 >= TIMELINE_PAGE_ROWS)
-    {
-        let cursor = format!(
-            "{}.{}.{}",
-            last.created_at_ms,
-            hex::encode(last.sender),
-            last.seq
-        );
-        let params = f.params();
-        let sep = if params.is_empty() { "" } else { "&amp;" };
-        let _ = write!(
-            out,
-            "<nav class=\"pager\" aria-label=\"{}\"><a id=\"older\" rel=\"next\" href=\"/console?{}{sep}before={}\">{}</a></nav>",
-            esc(&tr(shared, op, "pager-label")),
-            esc(&params),
-            url_value(&cursor),
-            esc(&tr(shared, op, "pager-older"))
-        );
+        .map(|last| {
+            let cursor = format!(
+                "{}.{}.{}",
+                last.created_at_ms,
+                hex::encode(last.sender),
+                last.seq
+            );
+            let params = f.params();
+            let sep = if params.is_empty() { "" } else { "&" };
+            format!("/console?{params}{sep}before={}", url_value(&cursor))
+        });
+    let empty = if f.search().is_some() {
+        "search-none"
+    } else {
+        "timeline-empty"
+    };
+    html! {
+        @if !complete { p.hint #search-incomplete { (tr(shared, op, "search-incomplete")) } }
+        @if list.is_empty() {
+            p.empty { (tr(shared, op, empty)) }
+        } @else {
+            ol.timeline aria-label=(tr(shared, op, "timeline-label")) {
+                @for m in &list { (messages::item(shared, op, m)) }
+            }
+            @if let Some(href) = older {
+                nav.pager aria-label=(tr(shared, op, "pager-label")) {
+                    a #older rel="next" href=(href) { (tr(shared, op, "pager-older")) }
+                }
+            }
+        }
     }
-    out
 }
 
 pub async fn timeline(
@@ -871,29 +610,17 @@ pub async fn timeline(
 ) -> Response {
     let inner = timeline_html(&shared, &op, &f).await;
     // Only the newest page follows the channel live; an older page stays where it is.
-    let live = if f.before.is_empty() {
-        format!(
-            " data-live=\"/console/live/timeline?{}\" aria-live=\"polite\"",
-            esc(&f.params())
-        )
-    } else {
-        String::new()
+    let newest = f.before.is_empty();
+    let live = newest.then(|| format!("/console/live/timeline?{}", f.params()));
+    let main = html! {
+        (filter_form(&shared, &op, &f))
+        @if !newest {
+            p { a #newest href={ "/console?" (f.params()) } { (tr(&shared, &op, "pager-newest")) } }
+        }
+        div #live data-live=[live] aria-live=[newest.then_some("polite")] { (inner) }
     };
-    let newest = if f.before.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "<p><a id=\"newest\" href=\"/console?{}\">{}</a></p>",
-            esc(&f.params()),
-            esc(&tr(&shared, &op, "pager-newest"))
-        )
-    };
-    let main = format!(
-        "{}{newest}<div id=\"live\"{live}>{inner}</div>",
-        filter_form(&shared, &op, &f)
-    );
     let title = tr(&shared, &op, "nav-timeline");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
+    html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }
 
 pub async fn timeline_live(
@@ -901,7 +628,10 @@ pub async fn timeline_live(
     op: Operator,
     Query(f): Query<TimelineFilter>,
 ) -> Response {
-    html(StatusCode::OK, timeline_html(&shared, &op, &f).await)
+    html(
+        StatusCode::OK,
+        timeline_html(&shared, &op, &f).await.into_string(),
+    )
 }
 
 // ---------------------------------------------------------------- queue, alarm, status
@@ -969,25 +699,15 @@ pub fn clock_text(shared: &Shared, op: &Operator, ms: i64) -> String {
 
 // ---------------------------------------------------------------- one message
 
-async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let mut out = format!(
-        "<ol class=\"timeline single\">{}</ol>",
-        message_item(shared, op, m)
-    );
-    // The thread: what this answers, and the answers to it, read by id (never by walking
-    // the channel).
-    if let Some(parent) = m["in_reply_to"].as_str() {
-        if let Some(p) = find_message(shared, op, parent).await {
-            let _ = write!(
-                out,
-                "<h2>{}</h2><ol class=\"timeline thread\">{}</ol>",
-                esc(&tr(shared, op, "in-reply-to")),
-                message_item(shared, op, &p)
-            );
-        }
-    }
+/// A message on its own page, with what it answers and the answers to it, read by id (never
+/// by walking the channel).
+async fn message_detail(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
+    let parent = match &m.in_reply_to {
+        Some(parent) => find_message(shared, op, parent).await,
+        None => None,
+    };
     let mut replies = Vec::new();
-    if let Some(id) = m["id"].as_str().and_then(MessageId::from_hex) {
+    if let Some(id) = MessageId::from_hex(&m.id) {
         let rows = shared
             .store
             .replies(id.0, THREAD_REPLIES_MAX)
@@ -995,74 +715,21 @@ async fn message_detail(shared: &Shared, op: &Operator, m: &Value) -> String {
             .unwrap_or_default();
         for row in &rows {
             if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
-                replies.push(v);
+                replies.push(MessageView::from_json(&v));
             }
         }
     }
-    if !replies.is_empty() {
-        let _ = write!(
-            out,
-            "<h2>{}</h2><ol class=\"timeline thread\" id=\"replies\">",
-            esc(&tr(shared, op, "replies"))
-        );
-        for r in &replies {
-            out.push_str(&message_item(shared, op, r));
-        }
-        out.push_str("</ol>");
-    }
-    out
+    messages::detail(shared, op, m, parent.as_ref(), &replies)
 }
 
-fn answer_form(shared: &Shared, op: &Operator, m: &Value) -> String {
-    let id = m["id"].as_str().unwrap_or_default();
-    let mut out = String::new();
-    if m["direction"] == "in" && answerable(m) && (op.role.can_mark_read() || op.role.can_answer())
-    {
-        let _ = write!(
-            out,
-            "<form method=\"post\" action=\"/console/messages/{id}/receipt\" class=\"answer\">{}<h2>{}</h2>\
-             <p><label for=\"note\">{}</label><textarea id=\"note\" name=\"note\" rows=\"2\" maxlength=\"{NOTE_CHARS_MAX}\"></textarea></p><p>",
-            csrf_field(op),
-            esc(&tr(shared, op, "answer-title")),
-            esc(&tr(shared, op, "note")),
-        );
-        if op.role.can_mark_read() && m["receipts"]["read"].is_null() {
-            let _ = write!(
-                out,
-                "<button type=\"submit\" name=\"level\" value=\"read\" id=\"mark-read\">{}</button> ",
-                esc(&tr(shared, op, "mark-read"))
-            );
-        }
-        if op.role.can_answer() && unanswered(m) {
-            let _ = write!(
-                out,
-                "<button type=\"submit\" name=\"level\" value=\"acknowledged\" id=\"acknowledge\">{}</button> \
-                 <button type=\"submit\" name=\"level\" value=\"declined\" id=\"decline\">{}</button>",
-                esc(&tr(shared, op, "acknowledge")),
-                esc(&tr(shared, op, "decline"))
-            );
-        }
-        out.push_str("</p></form>");
-    }
-    if op.role.can_compose() {
-        let _ = write!(
-            out,
-            "<p><a class=\"button\" href=\"/console/compose?to={}&amp;reply_to={id}&amp;topic={}\">{}</a></p>",
-            url_value(m["peer"].as_str().unwrap_or("")),
-            url_value(m["topic"].as_str().unwrap_or("")),
-            esc(&tr(shared, op, "reply"))
-        );
-    }
-    out
-}
-
-async fn find_message(shared: &Shared, op: &Operator, id: &str) -> Option<Value> {
+async fn find_message(shared: &Shared, op: &Operator, id: &str) -> Option<MessageView> {
     let id = MessageId::from_hex(id)?;
     let row = shared.store.message(id.0).await.ok().flatten()?;
     if row.kind == 1 || row.kind == 2 {
         return None;
     }
-    api::message_json(shared, &row, Some(&op.lang)).await.ok()
+    let json = api::message_json(shared, &row, Some(&op.lang)).await.ok()?;
+    Some(MessageView::from_json(&json))
 }
 
 pub async fn message(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
@@ -1072,20 +739,117 @@ pub async fn message(State(shared): Shr, op: Operator, Path(id): Path<String>) -
     let detail = message_detail(&shared, &op, &m).await;
     // The answer form stays outside the live region, so that a refresh never wipes a note
     // being typed.
-    let main = format!(
-        "<div id=\"live\" data-live=\"/console/live/messages/{}\" aria-live=\"polite\">{detail}</div>{}",
-        esc(&id),
-        answer_form(&shared, &op, &m)
-    );
+    let main = html! {
+        div #live data-live={ "/console/live/messages/" (m.id) } aria-live="polite" { (detail) }
+        (messages::answer_form(&shared, &op, &m))
+    };
     let title = tr(&shared, &op, "message-title");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
+    html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }
 
 pub async fn message_live(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
     let Some(m) = find_message(&shared, &op, &id).await else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    html(StatusCode::OK, message_detail(&shared, &op, &m).await)
+    let detail = message_detail(&shared, &op, &m).await;
+    html(StatusCode::OK, detail.into_string())
+}
+
+/// The conversation around a message, for printing: what it answers, the message, and the
+/// answers to it, with receipts and times, on a page with nothing live and nothing to click.
+pub async fn message_print(State(shared): Shr, op: Operator, Path(id): Path<String>) -> Response {
+    let Some(m) = find_message(&shared, &op, &id).await else {
+        return refuse(&shared, &op, StatusCode::NOT_FOUND, "message-unknown");
+    };
+    let detail = message_detail(&shared, &op, &m).await;
+    let printed = tr_with(
+        &shared,
+        &op,
+        "print-by",
+        &[
+            ("login", op.login.clone()),
+            ("time", both_times(&shared, &op.lang, now_ms() as i64)),
+        ],
+    );
+    let title = tr(&shared, &op, "print-title");
+    html(
+        StatusCode::OK,
+        super::html::print_page(&shared, &op, &title, detail, &printed),
+    )
+}
+
+/// This browser's alarm settings: the volume, a sound test, desktop notifications (the
+/// script keeps them in the browser; a click asks for the notification permission).
+pub async fn settings(State(shared): Shr, op: Operator) -> Response {
+    let t = |k: &str| tr(&shared, &op, k);
+    let main = html! {
+        section.settings aria-labelledby="settings-sound" {
+            h2 #settings-sound { (t("settings-sound")) }
+            p {
+                label for="volume" { (t("settings-volume")) } " "
+                input #volume type="range" min="0" max="100" step="5";
+            }
+            p { button type="button" #sound-test { (t("settings-sound-test")) } }
+        }
+        section.settings aria-labelledby="settings-notify" {
+            h2 #settings-notify { (t("settings-notify")) }
+            p { (t("settings-notify-intro")) }
+            p {
+                button type="button" #notify-enable { (t("settings-notify-enable")) } " "
+                span #notify-state role="status"
+                    data-granted=(t("settings-notify-granted")) data-denied=(t("settings-notify-denied"))
+                    data-default=(t("settings-notify-default")) data-unsupported=(t("settings-notify-unsupported")) {}
+            }
+        }
+    };
+    let (value, key) = if op.compact {
+        ("comfortable", "density-comfortable")
+    } else {
+        ("compact", "density-compact")
+    };
+    let main = html! {
+        (main)
+        section.settings aria-labelledby="settings-display" {
+            h2 #settings-display { (t("settings-display")) }
+            form method="post" action="/console/density" {
+                (csrf_input(&op))
+                input type="hidden" name="density" value=(value);
+                button type="submit" #density { (t(key)) }
+            }
+        }
+    };
+    let title = t("nav-settings");
+    html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
+}
+
+#[derive(Deserialize)]
+pub struct DensityForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    density: String,
+}
+
+/// Remember this browser's display density (a cookie: a choice of screen, not of person).
+pub async fn set_density(
+    State(shared): Shr,
+    op: Operator,
+    Form(form): Form<DensityForm>,
+) -> Response {
+    if !op.csrf_ok(&form.csrf) {
+        return bad_csrf(&shared, &op);
+    }
+    let value = if form.density == "compact" {
+        "compact"
+    } else {
+        "comfortable"
+    };
+    let mut response = Redirect::to("/console").into_response();
+    let cookie = set_cookie(&shared, super::DENSITY_COOKIE, value, 365 * 24 * 3600);
+    if let Ok(v) = cookie.parse() {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
 }
 
 /// A decline cannot be taken back: ask first, carrying the note typed so far.
@@ -1093,23 +857,9 @@ async fn decline_confirmation(shared: &Shared, op: &Operator, id: &str, note: &s
     let Some(m) = find_message(shared, op, id).await else {
         return refuse(shared, op, StatusCode::NOT_FOUND, "message-unknown");
     };
-    let main = format!(
-        "<p class=\"confirm-intro\">{}</p><ol class=\"timeline single\">{}</ol>\
-         <form method=\"post\" action=\"/console/messages/{id}/receipt\" class=\"confirm\">{}\
-         <input type=\"hidden\" name=\"level\" value=\"declined\"><input type=\"hidden\" name=\"confirm\" value=\"yes\">\
-         <p><label for=\"note\">{}</label><textarea id=\"note\" name=\"note\" rows=\"2\" maxlength=\"{NOTE_CHARS_MAX}\">{}</textarea></p>\
-         <p><button type=\"submit\" id=\"decline-confirm\">{}</button> <a class=\"button\" id=\"decline-cancel\" href=\"/console/messages/{id}\">{}</a></p></form>",
-        esc(&tr(shared, op, "decline-confirm-intro")),
-        message_item(shared, op, &m),
-        csrf_field(op),
-        esc(&tr(shared, op, "note")),
-        esc(note),
-        esc(&tr(shared, op, "decline-confirm")),
-        esc(&tr(shared, op, "decline-cancel")),
-        id = esc(id),
-    );
+    let main = messages::decline_confirmation(shared, op, &m, note);
     let title = tr(shared, op, "decline-confirm-title");
-    html(StatusCode::OK, live_page(shared, op, &title, &main).await)
+    html(StatusCode::OK, live_page(shared, op, &title, main).await)
 }
 
 #[derive(Deserialize)]
@@ -1175,12 +925,9 @@ pub async fn receipt(
             Redirect::to(&format!("/console/messages/{id}")).into_response()
         }
         Err(e) => {
-            let main = format!(
-                "<p class=\"error\" role=\"alert\">{}</p>",
-                esc(&e.to_string())
-            );
+            let main = html! { p.error role="alert" { (e.to_string()) } };
             let title = tr(&shared, &op, "refused-title");
-            html(e.status(), live_page(&shared, &op, &title, &main).await)
+            html(e.status(), live_page(&shared, &op, &title, main).await)
         }
     }
 }
@@ -1201,6 +948,9 @@ pub struct ComposeForm {
     format: String,
     /// The format's fields (`f.KEY` in the form), by key.
     fields: BTreeMap<String, String>,
+    /// Times picked in the node's time zone (`fl.KEY`, `fl.KEY.start`, `fl.KEY.end`), by
+    /// what follows `fl.`: turned into the UTC fields they stand for before checking.
+    local_times: BTreeMap<String, String>,
 }
 
 /// Fields of one form, at most (a format has far fewer).
@@ -1222,11 +972,45 @@ impl ComposeForm {
                 _ => {
                     if let Some(key) = k.strip_prefix("f.") {
                         form.fields.insert(key.to_string(), v);
+                    } else if let Some(key) = k.strip_prefix("fl.") {
+                        form.local_times.insert(key.to_string(), v);
                     }
                 }
             }
         }
         form
+    }
+
+    /// Fill each empty `datetime` or `window` field from the times picked for it in the
+    /// node's time zone `tz`, as UTC. A picked time that does not parse is left out (the
+    /// field stays empty and is reported as such).
+    fn apply_local_times(&mut self, tz: &str) {
+        let Some(def) = self.format_def() else {
+            return;
+        };
+        let Ok(zone) = jiff::tz::TimeZone::get(tz) else {
+            return;
+        };
+        let utc = |local: Option<&String>| -> Option<String> {
+            let civil: jiff::civil::DateTime = local?.trim().parse().ok()?;
+            let ts = civil.to_zoned(zone.clone()).ok()?.timestamp();
+            Some(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        };
+        for f in &def.fields {
+            let empty = self.fields.get(&f.key).is_none_or(|v| v.trim().is_empty());
+            let value = match f.kind.name() {
+                "datetime" if empty => utc(self.local_times.get(&f.key)),
+                "window" if empty => {
+                    let start = utc(self.local_times.get(&format!("{}.start", f.key)));
+                    let end = utc(self.local_times.get(&format!("{}.end", f.key)));
+                    start.zip(end).map(|(s, e)| format!("{s}/{e}"))
+                }
+                _ => None,
+            };
+            if let Some(v) = value {
+                self.fields.insert(f.key.clone(), v);
+            }
+        }
     }
 
     /// The chosen format, if it is one of the catalogue's.
@@ -1241,27 +1025,76 @@ impl ComposeForm {
 /// Errors by field id (`to`, `text`, `f-position`, ...).
 type FieldErrors = BTreeMap<String, String>;
 
-fn field_error(errors: &FieldErrors, key: &str, help: Option<&str>) -> (String, String) {
-    let described = |extra: &str| {
-        let ids: Vec<&str> = help
-            .into_iter()
-            .chain(Some(extra).filter(|e| !e.is_empty()))
-            .collect();
-        if ids.is_empty() {
-            String::new()
-        } else {
-            format!(" aria-describedby=\"{}\"", ids.join(" "))
+/// How one form field stands: its error, if any, and what describes it (its help and its
+/// error), for the `aria-` attributes.
+struct FieldState<'a> {
+    error: Option<&'a str>,
+    described: Option<String>,
+    error_id: String,
+}
+
+fn field_state<'a>(errors: &'a FieldErrors, key: &str, help: Option<&str>) -> FieldState<'a> {
+    let error = errors.get(key).map(String::as_str);
+    let error_id = format!("err-{key}");
+    let ids: Vec<&str> = help
+        .into_iter()
+        .chain(error.map(|_| error_id.as_str()))
+        .collect();
+    FieldState {
+        described: Some(ids.join(" ")).filter(|d| !d.is_empty()),
+        error,
+        error_id,
+    }
+}
+
+impl FieldState<'_> {
+    fn invalid(&self) -> Option<&'static str> {
+        self.error.map(|_| "true")
+    }
+
+    /// The error next to its field, announced when the page shows.
+    fn message(&self) -> Markup {
+        html! {
+            @if let Some(e) = self.error {
+                span.field-error id=(self.error_id) role="alert" { (e) }
+            }
         }
+    }
+}
+
+/// The node's time zone (the one its officers read times in).
+fn node_tz(shared: &Shared) -> String {
+    shared
+        .config
+        .read()
+        .map(|c| c.tz.clone())
+        .unwrap_or_else(|_| "UTC".into())
+}
+
+/// Pickers for a `datetime` or `window` field in the node's time zone, named in the
+/// operator's language; the server turns what is picked into the UTC field.
+fn local_pickers(shared: &Shared, op: &Operator, key: &str, type_name: &str) -> Markup {
+    let tz = node_tz(shared);
+    let zone = tz_label(shared, &op.lang, &tz, &tz);
+    let parts: &[(&str, &str)] = match type_name {
+        "datetime" => &[("", "compose-local-time")],
+        "window" => &[
+            (".start", "compose-local-start"),
+            (".end", "compose-local-end"),
+        ],
+        _ => &[],
     };
-    match errors.get(key) {
-        Some(e) => (
-            format!(" aria-invalid=\"true\"{}", described(&format!("err-{key}"))),
-            format!(
-                "<span class=\"field-error\" id=\"err-{key}\" role=\"alert\">{}</span>",
-                esc(e)
-            ),
-        ),
-        None => (described(""), String::new()),
+    html! {
+        @if !parts.is_empty() && tz != "UTC" {
+            span.local-pickers {
+                @for (suffix, label) in parts {
+                    @let id = format!("fl-{key}{}", suffix.replace('.', "-"));
+                    label for=(id) { (tr_with(shared, op, label, &[("zone", zone.clone())])) } " "
+                    input type="datetime-local" id=(id) name={ "fl." (key) (suffix) };
+                    " "
+                }
+            }
+        }
     }
 }
 
@@ -1271,123 +1104,119 @@ fn format_chooser(
     op: &Operator,
     form: &ComposeForm,
     errors: &FieldErrors,
-) -> String {
+) -> Markup {
     let t = |k: &str| tr(shared, op, k);
-    let mut out = format!(
-        "<form method=\"get\" action=\"/console/compose\" class=\"chooser\">\
-         <input type=\"hidden\" name=\"to\" value=\"{}\"><input type=\"hidden\" name=\"reply_to\" value=\"{}\">\
-         <p><label for=\"format\">{}</label><select id=\"format\" name=\"format\"><option value=\"\">{}</option>",
-        esc(&form.to),
-        esc(&form.reply_to),
-        esc(&t("compose-format")),
-        esc(&t("compose-free-text"))
-    );
-    for def in detente_formats::builtin().formats() {
-        if def.id == "text" {
-            continue;
+    let formats: Vec<(&str, String)> = detente_formats::builtin()
+        .formats()
+        .iter()
+        .filter(|def| def.id != "text")
+        .map(|def| {
+            (
+                def.id.as_str(),
+                detente_formats::describe(def, &op.lang).title,
+            )
+        })
+        .collect();
+    html! {
+        form.chooser method="get" action="/console/compose" {
+            input type="hidden" name="to" value=(form.to);
+            input type="hidden" name="reply_to" value=(form.reply_to);
+            p {
+                label for="format" { (t("compose-format")) }
+                select #format name="format" {
+                    option value="" { (t("compose-free-text")) }
+                    @for (id, title) in &formats {
+                        option value=(id) selected[*id == form.format] { (title) }
+                    }
+                }
+                " " button type="submit" #choose-format { (t("compose-format-use")) }
+                (field_state(errors, "format", None).message())
+            }
         }
-        let d = detente_formats::describe(def, &op.lang);
-        let sel = if def.id == form.format {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(
-            out,
-            "<option value=\"{}\"{sel}>{}</option>",
-            esc(&def.id),
-            esc(&d.title)
-        );
     }
-    let err = errors.get("format").map_or_else(String::new, |e| {
-        format!(
-            "<span class=\"field-error\" id=\"err-format\" role=\"alert\">{}</span>",
-            esc(e)
-        )
-    });
-    let _ = write!(
-        out,
-        "</select> <button type=\"submit\" id=\"choose-format\">{}</button>{err}</p></form>",
-        esc(&t("compose-format-use"))
-    );
-    out
 }
 
 /// The fields of a format, each with its label, help, what it accepts, and its error.
 fn format_fields(
+    shared: &Shared,
     op: &Operator,
     def: &detente_formats::FormatDef,
     form: &ComposeForm,
     errors: &FieldErrors,
-) -> String {
+) -> Markup {
     let d = detente_formats::describe(def, &op.lang);
-    let mut out = format!(
-        "<fieldset class=\"format\"><legend>{}</legend><input type=\"hidden\" name=\"format\" value=\"{}\">",
-        esc(&d.title),
-        esc(&def.id)
-    );
-    for f in &d.fields {
-        let id = format!("f-{}", f.key);
-        let help_id = format!("help-{id}");
-        let (attr, err) = field_error(errors, &id, Some(&help_id));
-        let value = form.fields.get(&f.key).map_or("", String::as_str);
-        let required = if f.required { " required" } else { "" };
-        let _ = write!(
-            out,
-            "<p><label for=\"{id}\">{}{}</label>",
-            esc(&f.label),
-            if f.required { " *" } else { "" }
-        );
-        if !f.values.is_empty() {
-            let _ = write!(
-                out,
-                "<select id=\"{id}\" name=\"f.{}\"{attr}{required}><option value=\"\">—</option>",
-                esc(&f.key)
-            );
-            for (v, label) in &f.values {
-                let sel = if v == value { " selected" } else { "" };
-                let _ = write!(
-                    out,
-                    "<option value=\"{}\"{sel}>{}</option>",
-                    esc(v),
-                    esc(label)
-                );
+    html! {
+        fieldset.format {
+            legend { (d.title) }
+            input type="hidden" name="format" value=(def.id);
+            @for f in &d.fields {
+                @let id = format!("f-{}", f.key);
+                @let help_id = format!("help-{id}");
+                @let state = field_state(errors, &id, Some(&help_id));
+                @let name = format!("f.{}", f.key);
+                @let value = form.fields.get(&f.key).map_or("", String::as_str);
+                p {
+                    label for=(id) { (f.label) @if f.required { " *" } }
+                    @if !f.values.is_empty() {
+                        select id=(id) name=(name) aria-invalid=[state.invalid()]
+                            aria-describedby=[&state.described] required[f.required] {
+                            option value="" { "—" }
+                            @for (v, label) in &f.values { option value=(v) selected[v == value] { (label) } }
+                        }
+                    } @else if f.type_name == "text" {
+                        textarea id=(id) name=(name) rows="3" aria-invalid=[state.invalid()]
+                            aria-describedby=[&state.described] required[f.required] { (value) }
+                    } @else {
+                        input id=(id) name=(name) value=(value) aria-invalid=[state.invalid()]
+                            aria-describedby=[&state.described] required[f.required];
+                        (local_pickers(shared, op, &f.key, &f.type_name))
+                    }
+                    span.hint id=(help_id) {
+                        (f.help)
+                        // A select shows its choices in the operator's language; the codes
+                        // would not.
+                        @if f.values.is_empty() {
+                            @if !f.help.is_empty() { " — " }
+                            (f.accepts)
+                        }
+                    }
+                    (state.message())
+                }
             }
-            out.push_str("</select>");
-        } else if f.type_name == "text" {
-            let _ = write!(
-                out,
-                "<textarea id=\"{id}\" name=\"f.{}\" rows=\"3\"{attr}{required}>{}</textarea>",
-                esc(&f.key),
-                esc(value)
-            );
-        } else {
-            let _ = write!(
-                out,
-                "<input id=\"{id}\" name=\"f.{}\" value=\"{}\"{attr}{required}>",
-                esc(&f.key),
-                esc(value)
-            );
         }
-        let _ = write!(
-            out,
-            "<span class=\"hint\" id=\"{help_id}\">{}{}{}</span>{err}</p>",
-            esc(&f.help),
-            if f.help.is_empty() || !f.values.is_empty() {
-                ""
-            } else {
-                " — "
-            },
-            // A select shows its choices in the operator's language; the codes would not.
-            if f.values.is_empty() {
-                esc(&f.accepts)
-            } else {
-                String::new()
-            }
-        );
     }
-    out.push_str("</fieldset>");
-    out
+}
+
+/// What the compose form shows in its fields: the form as posted, or what a format proposes.
+struct ComposeDefaults {
+    precedence: String,
+    topic: String,
+    lang: String,
+}
+
+fn compose_defaults(shared: &Shared, form: &ComposeForm) -> ComposeDefaults {
+    let def = form.format_def();
+    let described = def.map(|d| detente_formats::describe(d, "en"));
+    let precedence = match (&described, form.precedence.is_empty()) {
+        (_, false) => form.precedence.clone(),
+        (Some(d), true) => d.precedence.to_ascii_lowercase(),
+        (None, true) => "routine".into(),
+    };
+    let topic = match (described, form.topic.is_empty()) {
+        (_, false) => form.topic.clone(),
+        (Some(d), true) => d.topic,
+        (None, true) => "general".into(),
+    };
+    let lang = if form.lang.is_empty() {
+        super::html::node_lang(shared)
+    } else {
+        form.lang.clone()
+    };
+    ComposeDefaults {
+        precedence,
+        topic,
+        lang,
+    }
 }
 
 fn compose_html(
@@ -1395,123 +1224,83 @@ fn compose_html(
     op: &Operator,
     form: &ComposeForm,
     errors: &FieldErrors,
-) -> String {
+) -> Markup {
     let t = |k: &str| tr(shared, op, k);
-    let def = form.format_def();
-    let mut out = String::new();
-    if !errors.is_empty() {
-        let _ = write!(
-            out,
-            "<p class=\"error\" role=\"alert\" id=\"compose-errors\">{} {}</p>",
-            esc(&t("compose-has-errors")),
-            esc(&tr_with(
-                shared,
-                op,
-                "compose-error-count",
-                &[("count", errors.len().to_string())]
-            ))
-        );
-    }
-    out.push_str(&format_chooser(shared, op, form, errors));
-    let _ = write!(
-        out,
-        "<form method=\"post\" action=\"/console/compose\" class=\"compose\" novalidate>{}",
-        csrf_field(op)
-    );
-    // Peer.
-    let (attr, err) = field_error(errors, "to", None);
-    let _ = write!(
-        out,
-        "<p><label for=\"to\">{}</label><select id=\"to\" name=\"to\"{attr}>",
-        esc(&t("compose-to"))
-    );
-    for entry in shared.table.all() {
-        let sel = if entry.name == form.to {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(out, "<option{sel}>{}</option>", esc(&entry.name));
-    }
-    let _ = write!(out, "</select>{err}</p>");
+    let shown = compose_defaults(shared, form);
+    let peers: Vec<String> = shared.table.all().iter().map(|e| e.name.clone()).collect();
     // Precedence: only those this role may send; a format proposes its own.
-    let (attr, err) = field_error(errors, "precedence", None);
-    let _ = write!(
-        out,
-        "<p><label for=\"precedence\">{}</label><select id=\"precedence\" name=\"precedence\"{attr}>",
-        esc(&t("compose-precedence"))
-    );
-    let proposed = def.map(|d| {
-        detente_formats::describe(d, "en")
-            .precedence
-            .to_ascii_lowercase()
-    });
-    let chosen = if !form.precedence.is_empty() {
-        form.precedence.clone()
-    } else {
-        proposed.unwrap_or_else(|| "routine".into())
-    };
-    for p in Precedence::ALL {
-        if !op.role.can_send(p) {
-            continue;
+    let precedences: Vec<&str> = Precedence::ALL
+        .iter()
+        .filter(|p| op.role.can_send(**p))
+        .map(|p| p.name())
+        .collect();
+    let count = errors.len().to_string();
+    let [to, prec, topic, lang, text, reply] =
+        ["to", "precedence", "topic", "lang", "text", "reply_to"]
+            .map(|k| field_state(errors, k, None));
+    html! {
+        @if !errors.is_empty() {
+            p.error role="alert" #compose-errors {
+                (t("compose-has-errors")) " "
+                (tr_with(shared, op, "compose-error-count", &[("count", count)]))
+            }
         }
-        let sel = if p.name() == chosen { " selected" } else { "" };
-        let _ = write!(
-            out,
-            "<option value=\"{}\"{sel}>{}</option>",
-            p.name(),
-            esc(&t(&format!("prec-{}", p.name())))
-        );
-    }
-    let _ = write!(out, "</select>{err}</p>");
-    let (attr, err) = field_error(errors, "topic", None);
-    let topic = match (form.topic.is_empty(), def) {
-        (false, _) => form.topic.clone(),
-        (true, Some(d)) => detente_formats::describe(d, "en").topic,
-        (true, None) => "general".into(),
-    };
-    let _ = write!(
-        out,
-        "<p><label for=\"topic\">{}</label><input id=\"topic\" name=\"topic\" maxlength=\"{TOPIC_CHARS_MAX}\" value=\"{}\"{attr}>{err}</p>",
-        esc(&t("topic")),
-        esc(&topic)
-    );
-    let (attr, err) = field_error(errors, "lang", None);
-    let lang = if form.lang.is_empty() {
-        super::html::node_lang(shared)
-    } else {
-        form.lang.clone()
-    };
-    let _ = write!(
-        out,
-        "<p><label for=\"lang\">{}</label><input id=\"lang\" name=\"lang\" value=\"{}\"{attr}>{err}</p>",
-        esc(&t("text-language")),
-        esc(&lang)
-    );
-    match def {
-        Some(def) => out.push_str(&format_fields(op, def, form, errors)),
-        None => {
-            let (attr, err) = field_error(errors, "text", None);
-            let _ = write!(
-                out,
-                "<p><label for=\"text\">{}</label><textarea id=\"text\" name=\"text\" rows=\"6\"{attr}>{}</textarea>{err}</p>",
-                esc(&t("compose-text")),
-                esc(&form.text)
-            );
+        (format_chooser(shared, op, form, errors))
+        form.compose method="post" action="/console/compose" novalidate {
+            (csrf_input(op))
+            p {
+                label for="to" { (t("compose-to")) }
+                select #to name="to" aria-invalid=[to.invalid()] aria-describedby=[&to.described] {
+                    @for name in &peers { option selected[*name == form.to] { (name) } }
+                }
+                (to.message())
+            }
+            p {
+                label for="precedence" { (t("compose-precedence")) }
+                select #precedence name="precedence" aria-invalid=[prec.invalid()]
+                    aria-describedby=[&prec.described] {
+                    @for p in &precedences {
+                        option value=(p) selected[*p == shown.precedence] { (t(&format!("prec-{p}"))) }
+                    }
+                }
+                (prec.message())
+            }
+            p {
+                label for="topic" { (t("topic")) }
+                input #topic name="topic" maxlength=(TOPIC_CHARS_MAX) value=(shown.topic)
+                    aria-invalid=[topic.invalid()] aria-describedby=[&topic.described];
+                (topic.message())
+            }
+            p {
+                label for="lang" { (t("text-language")) }
+                select #lang name="lang" aria-invalid=[lang.invalid()] aria-describedby=[&lang.described] {
+                    @for (code, _) in super::i18n::LANGUAGES {
+                        option value=(code) selected[*code == shown.lang] {
+                            (language_name(shared, &op.lang, code))
+                        }
+                    }
+                    // A language the console does not offer, as posted, stays choosable.
+                    @if !super::i18n::supported(&shown.lang) {
+                        option value=(shown.lang) selected { (language_name(shared, &op.lang, &shown.lang)) }
+                    }
+                }
+                (lang.message())
+            }
+            @match form.format_def() {
+                Some(def) => (format_fields(shared, op, def, form, errors)),
+                None => p {
+                    label for="text" { (t("compose-text")) }
+                    textarea #text name="text" rows="6" aria-invalid=[text.invalid()]
+                        aria-describedby=[&text.described] { (form.text) }
+                    (text.message())
+                },
+            }
+            input type="hidden" name="reply_to" value=(form.reply_to)
+                aria-invalid=[reply.invalid()] aria-describedby=[&reply.described];
+            (reply.message())
+            p { button type="submit" #send { (t("compose-send")) } }
         }
     }
-    let (attr, err) = field_error(errors, "reply_to", None);
-    let _ = write!(
-        out,
-        "<input type=\"hidden\" name=\"reply_to\" value=\"{}\"{attr}>{err}",
-        esc(&form.reply_to)
-    );
-    let _ = write!(
-        out,
-        "<p><button type=\"submit\" id=\"send\">{}</button></p></form>",
-        esc(&t("compose-send"))
-    );
-    out
 }
 
 pub async fn compose(
@@ -1523,9 +1312,23 @@ pub async fn compose(
         return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
     }
     let form = ComposeForm::from_pairs(q);
-    let main = compose_html(&shared, &op, &form, &FieldErrors::new());
+    // What this answers, shown above the form.
+    let replying_to = match form.reply_to.as_str() {
+        "" => None,
+        id => find_message(&shared, &op, id).await,
+    };
+    let form_html = compose_html(&shared, &op, &form, &FieldErrors::new());
+    let main = html! {
+        @if let Some(m) = &replying_to {
+            section.replying-to aria-labelledby="replying-to-title" {
+                h2 #replying-to-title { (tr(&shared, &op, "in-reply-to")) }
+                ol.timeline.single { (messages::item(&shared, &op, m)) }
+            }
+        }
+        (form_html)
+    };
     let title = tr(&shared, &op, "nav-compose");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
+    html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }
 
 /// Check the fields every message has; the errors name the field they belong to.
@@ -1708,7 +1511,8 @@ pub async fn compose_send(
     Source(source): Source,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let form = ComposeForm::from_pairs(pairs);
+    let mut form = ComposeForm::from_pairs(pairs);
+    form.apply_local_times(&node_tz(&shared));
     if !op.csrf_ok(&form.csrf) {
         return bad_csrf(&shared, &op);
     }
@@ -1791,579 +1595,6 @@ pub async fn compose_send(
     let title = tr(&shared, &op, "nav-compose");
     html(
         StatusCode::UNPROCESSABLE_ENTITY,
-        live_page(&shared, &op, &title, &main).await,
+        live_page(&shared, &op, &title, main).await,
     )
-}
-
-// ---------------------------------------------------------------- link health
-
-async fn link_html(shared: &Shared, op: &Operator) -> String {
-    let t = |k: &str| tr(shared, op, k);
-    let mut out = format!(
-        "<table class=\"links\"><caption>{}</caption><thead><tr>",
-        esc(&t("link-caption"))
-    );
-    for k in [
-        "link-peer",
-        "link-state",
-        "link-rtt",
-        "link-last-heard",
-        "link-last-test",
-        "link-backlog-out",
-        "link-backlog-in",
-        "link-address",
-        "link-last-error",
-    ] {
-        let _ = write!(out, "<th scope=\"col\">{}</th>", esc(&t(k)));
-    }
-    out.push_str("</tr></thead><tbody>");
-    let me = shared.secret.public();
-    for entry in shared.table.all() {
-        let Ok(s) = entry.status.read().map(|s| s.clone()) else {
-            continue;
-        };
-        let counts = shared
-            .store
-            .outbox_counts(&entry.name)
-            .await
-            .unwrap_or_default();
-        let channel = ChannelId::for_pair(&me, &entry.key);
-        let held = shared
-            .store
-            .held(channel.0, *entry.key.as_bytes(), 10_000)
-            .await
-            .map_or(0, |h| h.len());
-        let state = s.state.name();
-        let sign = match state {
-            "up" => "●",
-            "degraded" => "◐",
-            _ => "○",
-        };
-        let heard = s
-            .last_heard
-            .map(|i| now_ms() as i64 - i.elapsed().as_millis() as i64)
-            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, &op.lang, ms));
-        let last_test = last_test_ms(shared, &entry.name)
-            .await
-            .map_or_else(|| esc(&t("never")), |ms| time_element(shared, &op.lang, ms));
-        let _ = write!(
-            out,
-            "<tr class=\"link-{state}\" data-peer=\"{name}\"><th scope=\"row\">{name}</th>\
-             <td class=\"state\"><span aria-hidden=\"true\">{sign}</span> {state_text}</td>\
-             <td>{rtt}</td><td>{heard}</td><td>{last_test}</td><td>{out_n}{flash}</td><td>{held}</td><td translate=\"no\">{addr}</td><td>{err}</td></tr>",
-            name = esc(&entry.name),
-            state_text = esc(&t(&format!("link-state-{state}"))),
-            rtt = s.rtt_ms.map_or_else(
-                || "—".to_string(),
-                |r| esc(&tr_with(shared, op, "link-rtt-value", &[("ms", format!("{r:.1}"))]))
-            ),
-            out_n = counts.pending,
-            flash = if counts.pending_flash > 0 {
-                format!(" ({} {})", counts.pending_flash, esc(&t("prec-flash")))
-            } else {
-                String::new()
-            },
-            addr = esc(s.address.as_deref().unwrap_or("—")),
-            err = esc(s.last_error.as_deref().unwrap_or("—")),
-        );
-    }
-    out.push_str("</tbody></table>");
-    let _ = write!(
-        out,
-        "<p class=\"hint\">{}</p>",
-        esc(&t("link-backlog-hint"))
-    );
-    out
-}
-
-/// When the last link test with this peer was stored (either direction).
-async fn last_test_ms(shared: &Shared, peer: &str) -> Option<i64> {
-    let rows = shared
-        .store
-        .inbox(InboxQuery {
-            peer: Some(peer.to_string()),
-            direction: None,
-            include_system: true,
-            limit: 500,
-        })
-        .await
-        .ok()?;
-    rows.iter()
-        .filter(|r| r.kind == 2)
-        .map(|r| r.stored_at_ms)
-        .max()
-}
-
-pub async fn link(State(shared): Shr, op: Operator) -> Response {
-    let inner = link_html(&shared, &op).await;
-    let main = format!(
-        "<div id=\"live\" data-live=\"/console/live/link\" data-refresh-s=\"2\" aria-live=\"off\">{inner}</div>"
-    );
-    let title = tr(&shared, &op, "nav-link");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
-}
-
-pub async fn link_live(State(shared): Shr, op: Operator) -> Response {
-    html(StatusCode::OK, link_html(&shared, &op).await)
-}
-
-// ---------------------------------------------------------------- transcript
-
-/// The result of checking the newest envelopes of one stream.
-struct StreamCheck {
-    size: u64,
-    head: String,
-    checked: u64,
-    problem: Option<String>,
-}
-
-/// Check the newest [`VERIFY_TAIL_MAX`] envelopes of a stream: each signature against the
-/// sender's pinned key, each `prev` against the id of the envelope before it, no gap.
-async fn check_stream(
-    shared: &Shared,
-    channel: ChannelId,
-    sender: detente_proto::PartyKey,
-) -> StreamCheck {
-    let streams = shared.store.streams().await.unwrap_or_default();
-    let Some(state) = streams
-        .iter()
-        .find(|s| s.channel == channel.0 && s.sender == *sender.as_bytes())
-    else {
-        return StreamCheck {
-            size: 0,
-            head: String::new(),
-            checked: 0,
-            problem: None,
-        };
-    };
-    let size = state.next_seq.saturating_sub(1);
-    let first = size.saturating_sub(VERIFY_TAIL_MAX - 1).max(1);
-    let mut expected_next: Option<MessageId> = None;
-    let mut checked = 0;
-    let mut problem = None;
-    for seq in (first..=size).rev() {
-        let row = match shared
-            .store
-            .message_at(channel.0, *sender.as_bytes(), seq)
-            .await
-        {
-            Ok(Some(r)) => r,
-            _ => {
-                problem = Some(format!("seq {seq}: missing"));
-                break;
-            }
-        };
-        let verified = match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
-            Ok(v) => v,
-            Err(e) => {
-                problem = Some(format!("seq {seq}: {e}"));
-                break;
-            }
-        };
-        if let Some(prev_of_next) = expected_next {
-            if verified.id() != prev_of_next {
-                problem = Some(format!("seq {}: prev does not match seq {seq}", seq + 1));
-                break;
-            }
-        } else if verified.id().0 != state.last_id {
-            problem = Some(format!("seq {seq}: not the stream head"));
-            break;
-        }
-        expected_next = Some(verified.envelope().prev);
-        checked += 1;
-    }
-    StreamCheck {
-        size,
-        head: hex::encode(state.last_id),
-        checked,
-        problem,
-    }
-}
-
-pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
-    let t = |k: &str| tr(&shared, &op, k);
-    let me = shared.secret.public();
-    let my_name = shared
-        .config
-        .read()
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    let mut main = format!("<p>{}</p>", esc(&t("transcript-intro")));
-    for entry in shared.table.all() {
-        let channel = ChannelId::for_pair(&me, &entry.key);
-        let _ = write!(
-            main,
-            "<section class=\"channel\"><h2>{}</h2><p>{}: <code>{}</code></p>",
-            esc(&tr_with(
-                &shared,
-                &op,
-                "transcript-channel",
-                &[("peer", entry.name.clone())]
-            )),
-            esc(&t("channel-id")),
-            channel.to_hex()
-        );
-        let charter = match shared.charter(&entry.name) {
-            Some(c) => {
-                let version = shared.charters.get(&entry.name).version;
-                tr_with(
-                    &shared,
-                    &op,
-                    "charter-agreed",
-                    &[
-                        ("version", version.to_string()),
-                        ("digest", hex::encode(c.digest())),
-                    ],
-                )
-            }
-            None => t("charter-none"),
-        };
-        let checkpoint = latest_cosigned(&shared, channel).await.map_or_else(
-            || t("checkpoint-none"),
-            |c| {
-                let sizes: Vec<String> = c
-                    .members
-                    .iter()
-                    .map(|m| {
-                        let who = if m.key == me {
-                            my_name.clone()
-                        } else {
-                            entry.name.clone()
-                        };
-                        format!("{who} {}", m.size)
-                    })
-                    .collect();
-                tr_with(
-                    &shared,
-                    &op,
-                    "checkpoint-cosigned",
-                    &[
-                        ("time", both_times(&shared, &op.lang, c.time_ms as i64)),
-                        ("sizes", sizes.join(", ")),
-                    ],
-                )
-            },
-        );
-        let _ = write!(
-            main,
-            "<h3>{}</h3><p class=\"charter\">{}</p><h3>{}</h3><p class=\"checkpoint\">{}</p>",
-            esc(&t("charter-title")),
-            // The digest is a code: shown as one.
-            match shared.charter(&entry.name) {
-                Some(c) => {
-                    let digest = hex::encode(c.digest());
-                    esc(&charter).replace(&digest, &format!("<code>{digest}</code>"))
-                }
-                None => esc(&charter),
-            },
-            esc(&t("checkpoint-title")),
-            esc(&checkpoint)
-        );
-        let _ = write!(
-            main,
-            "<table><caption>{}</caption><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>",
-            esc(&t("streams-caption")),
-            esc(&t("stream-sender")),
-            esc(&t("stream-size")),
-            esc(&t("stream-head")),
-            esc(&t("stream-check"))
-        );
-        for (name, key) in [(my_name.clone(), me), (entry.name.clone(), entry.key)] {
-            let c = check_stream(&shared, channel, key).await;
-            let verdict = match &c.problem {
-                None => format!(
-                    "<span class=\"ok\"><span aria-hidden=\"true\">✓</span> {}</span>",
-                    esc(&tr_with(
-                        &shared,
-                        &op,
-                        "stream-ok",
-                        &[("count", c.checked.to_string())]
-                    ))
-                ),
-                Some(p) => format!(
-                    "<span class=\"bad\"><span aria-hidden=\"true\">✗</span> {}: {}</span>",
-                    esc(&t("stream-broken")),
-                    esc(p)
-                ),
-            };
-            let _ = write!(
-                main,
-                "<tr><th scope=\"row\">{}</th><td>{}</td><td><code>{}</code></td><td class=\"verify\">{verdict}</td></tr>",
-                esc(&name),
-                c.size,
-                esc(&c.head)
-            );
-        }
-        main.push_str("</tbody></table>");
-        if op.role.can_export() {
-            let _ = write!(
-                main,
-                "<p><a class=\"button\" href=\"/console/transcript/export?peer={}\" download>{}</a></p>",
-                url_value(&entry.name),
-                esc(&t("export"))
-            );
-        }
-        main.push_str("</section>");
-    }
-    let title = t("nav-transcript");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
-}
-
-#[derive(Deserialize)]
-pub struct ExportQuery {
-    peer: String,
-}
-
-/// The latest checkpoint of `channel` signed by every member, if any.
-async fn latest_cosigned(
-    shared: &Shared,
-    channel: ChannelId,
-) -> Option<detente_proto::checkpoint::Checkpoint> {
-    let rows = shared.store.checkpoints(channel.0).await.ok()?;
-    rows.iter()
-        .rev()
-        .filter(|r| r.cosigned)
-        .find_map(|r| detente_proto::checkpoint::SignedCheckpoint::decode(&r.signed).ok())
-        .map(|s| s.checkpoint().clone())
-}
-
-/// The channel's export bundle, exactly as `detente export` writes it: `detente verify` checks
-/// it offline.
-pub async fn export(
-    State(shared): Shr,
-    op: Operator,
-    Source(source): Source,
-    Query(q): Query<ExportQuery>,
-) -> Response {
-    if !op.role.can_export() {
-        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-export");
-    }
-    if shared.table.get(&q.peer).is_none() {
-        return refuse(&shared, &op, StatusCode::NOT_FOUND, "error-peer-unknown");
-    }
-    let body = match api::export_body(&shared, &q.peer).await {
-        Ok((body, _)) => body,
-        Err(e) => {
-            return html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                page(
-                    &shared,
-                    Some(&op),
-                    &tr(&shared, &op, "nav-transcript"),
-                    &format!("<p class=\"bad\">{}</p>", esc(&e.to_string())),
-                ),
-            )
-        }
-    };
-    audit(&shared, &op.login, "export", &q.peer, source).await;
-    let file = format!("attachment; filename=\"detente-{}.bundle\"", q.peer);
-    (
-        [
-            (header::CONTENT_TYPE, "application/cbor".to_string()),
-            (header::CONTENT_DISPOSITION, file),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-// ---------------------------------------------------------------- counterparts, audit, users
-
-pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
-    let t = |k: &str| tr(&shared, &op, k);
-    let Ok(c) = shared.config.read().map(|c| c.clone()) else {
-        return refuse(
-            &shared,
-            &op,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store-unavailable",
-        );
-    };
-    let mut main = format!(
-        "<p>{}</p><table><caption>{}</caption><thead><tr>",
-        esc(&t("counterparts-intro")),
-        esc(&t("counterparts-caption"))
-    );
-    for k in [
-        "cp-node",
-        "cp-party",
-        "cp-fingerprint",
-        "cp-language",
-        "cp-tz",
-        "cp-addresses",
-    ] {
-        let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
-    }
-    main.push_str("</tr></thead><tbody>");
-    let row = |main: &mut String,
-               name: String,
-               party: &str,
-               fp: String,
-               lang: &str,
-               tz: &str,
-               addrs: String| {
-        let _ = write!(
-            main,
-            "<tr><th scope=\"row\" translate=\"no\">{}</th><td translate=\"no\">{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td translate=\"no\">{}</td></tr>",
-            esc(&name),
-            esc(party),
-            esc(&fp),
-            esc(&language_name(&shared, &op.lang, lang)),
-            esc(&tz_label(&shared, &op.lang, tz, tz)),
-            esc(&addrs)
-        );
-    };
-    row(
-        &mut main,
-        format!("{} ({})", c.name, t("cp-this-node")),
-        &c.party,
-        shared.secret.public().fingerprint(),
-        &c.lang,
-        &c.tz,
-        shared.peer_addr.to_string(),
-    );
-    let mut pairs = Vec::new();
-    let me = shared.secret.public();
-    for entry in shared.table.all() {
-        match shared.charter(&entry.name) {
-            Some(charter) => {
-                for m in charter.members.iter().filter(|m| m.key != me) {
-                    row(
-                        &mut main,
-                        entry.name.clone(),
-                        &m.party,
-                        m.key.fingerprint(),
-                        &m.lang,
-                        &m.tz,
-                        m.addresses.join(", "),
-                    );
-                }
-                // Positions: ours first, whatever the charter's member order.
-                let we_are_first = charter.members.first().is_some_and(|m| m.key == me);
-                for cp in &charter.counterparts {
-                    let (ours, theirs) = if we_are_first {
-                        (cp.first.clone(), cp.second.clone())
-                    } else {
-                        (cp.second.clone(), cp.first.clone())
-                    };
-                    pairs.push((entry.name.clone(), ours, theirs));
-                }
-            }
-            None => row(
-                &mut main,
-                entry.name.clone(),
-                &t("cp-unknown"),
-                entry.key.fingerprint(),
-                &t("cp-unknown"),
-                &t("cp-unknown"),
-                entry.addrs.join(", "),
-            ),
-        }
-    }
-    main.push_str("</tbody></table>");
-    let _ = write!(
-        main,
-        "<table id=\"positions\"><caption>{}</caption><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th><th scope=\"col\">{}</th></tr></thead><tbody>",
-        esc(&t("positions-caption")),
-        esc(&t("positions-ours")),
-        esc(&t("positions-theirs")),
-        esc(&t("cp-node"))
-    );
-    if pairs.is_empty() {
-        let _ = write!(
-            main,
-            "<tr><td colspan=\"3\">{} <code>detente counterpart add</code></td></tr>",
-            esc(&t("positions-none"))
-        );
-    }
-    for (peer, ours, theirs) in pairs {
-        let _ = write!(
-            main,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&ours),
-            esc(&theirs),
-            esc(&peer)
-        );
-    }
-    main.push_str("</tbody></table>");
-    let _ = write!(
-        main,
-        "<p class=\"hint\">{}</p>",
-        esc(&t("counterparts-hint"))
-    );
-    let title = t("nav-counterparts");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
-}
-
-pub async fn audit_page(shared: &Shared, op: &Operator) -> Response {
-    let t = |k: &str| tr(shared, op, k);
-    let rows = shared.store.audit(1000).await.unwrap_or_default();
-    let mut main = format!(
-        "<table class=\"audit\"><caption>{}</caption><thead><tr>",
-        esc(&t("audit-caption"))
-    );
-    for k in [
-        "audit-time",
-        "audit-login",
-        "audit-action",
-        "audit-detail",
-        "audit-source",
-    ] {
-        let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
-    }
-    main.push_str("</tr></thead><tbody>");
-    for r in rows {
-        let _ = write!(
-            main,
-            "<tr><td>{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td><td translate=\"no\">{}</td></tr>",
-            time_element(shared, &op.lang, r.at_ms),
-            esc(&r.login),
-            esc(&r.action),
-            esc(&r.detail),
-            esc(&r.source)
-        );
-    }
-    main.push_str("</tbody></table>");
-    let title = t("nav-audit");
-    html(StatusCode::OK, live_page(shared, op, &title, &main).await)
-}
-
-pub async fn audit_log(State(shared): Shr, op: Operator) -> Response {
-    if !op.role.can_read_audit() {
-        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-audit");
-    }
-    audit_page(&shared, &op).await
-}
-
-pub async fn users(State(shared): Shr, op: Operator) -> Response {
-    if op.role != Role::Admin {
-        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-admin");
-    }
-    let t = |k: &str| tr(&shared, &op, k);
-    let rows = shared.store.users().await.unwrap_or_default();
-    let mut main = format!(
-        "<table><caption>{}</caption><thead><tr>",
-        esc(&t("users-caption"))
-    );
-    for k in ["audit-login", "user-role", "language", "user-created"] {
-        let _ = write!(main, "<th scope=\"col\">{}</th>", esc(&t(k)));
-    }
-    main.push_str("</tr></thead><tbody>");
-    for u in rows {
-        let _ = write!(
-            main,
-            "<tr><th scope=\"row\" translate=\"no\">{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&u.login),
-            esc(&t(&format!("role-{}", u.role))),
-            esc(&language_name(&shared, &op.lang, &u.lang)),
-            time_element(&shared, &op.lang, u.created_at_ms)
-        );
-    }
-    let _ = write!(
-        main,
-        "</tbody></table><p class=\"hint\">{} <code>detente user add --dir DIR --name LOGIN --role ROLE</code></p>",
-        esc(&t("users-hint"))
-    );
-    let title = t("nav-users");
-    html(StatusCode::OK, live_page(&shared, &op, &title, &main).await)
 }

@@ -9,13 +9,11 @@
 //! only lets a page turn red at the due second without waiting for the watch's event. A peer
 //! that back-dates `created_at` therefore makes nothing look overdue.
 
-use std::fmt::Write;
-
 use detente_proto::Precedence;
 use detente_store::{Direction, Store, UnansweredRow};
-use serde_json::Value;
+use maud::{html, Markup};
 
-use super::html::esc;
+use super::messages::MessageView;
 use super::Operator;
 use crate::{api, now_ms, Shared};
 
@@ -45,7 +43,7 @@ impl Entry {
 /// What the queue and the banner show.
 pub struct Queue {
     /// The earliest due entries, overdue first.
-    pub entries: Vec<(Entry, Value)>,
+    pub entries: Vec<(Entry, MessageView)>,
     /// Messages we owe an answer to / the peer owes us, in all.
     pub owed_by_us: u64,
     pub owed_to_us: u64,
@@ -70,13 +68,13 @@ pub fn judge(shared: &Shared, row: UnansweredRow) -> Option<Entry> {
 }
 
 /// Whether the message's answer is overdue now: recorded by the watch, or past due.
-pub fn overdue(entry: &Entry, m: &Value, now: i64) -> bool {
-    m["overdue"] == true || now >= entry.due_ms
+pub fn overdue(entry: &Entry, m: &MessageView, now: i64) -> bool {
+    m.overdue || now >= entry.due_ms
 }
 
 /// Whether a FLASH of ours missed its delivery deadline and is still not delivered.
-pub fn undelivered(entry: &Entry, m: &Value, now: i64) -> bool {
-    entry.delivery_due_ms.is_some_and(|due| now >= due) && m["receipts"]["delivered"].is_null()
+pub fn undelivered(entry: &Entry, m: &MessageView, now: i64) -> bool {
+    entry.delivery_due_ms.is_some_and(|due| now >= due) && m.receipts.delivered.is_none()
 }
 
 /// Read the queue: per peer and precedence the earliest-starting unanswered messages (within
@@ -107,7 +105,7 @@ pub async fn load(shared: &Shared, op: &Operator) -> Queue {
             continue;
         };
         if let Ok(m) = api::message_json(shared, &row, Some(&op.lang)).await {
-            entries.push((e, m));
+            entries.push((e, MessageView::from_json(&m)));
         }
     }
     let now = now_ms() as i64;
@@ -144,141 +142,95 @@ fn tr_with(shared: &Shared, op: &Operator, key: &str, args: &[(&str, String)]) -
     shared.console.i18n.text_with(&op.lang, key, args)
 }
 
-/// The text of a message, shortened for one line.
-pub fn snippet(m: &Value) -> String {
-    let text = m["text"]
-        .as_str()
-        .or_else(|| m["rendered"].as_str())
-        .unwrap_or("");
-    let mut out: String = text.chars().take(SNIPPET_CHARS_MAX).collect();
-    if text.chars().count() > SNIPPET_CHARS_MAX {
-        out.push('…');
-    }
-    out
-}
-
-/// ` lang="…"` for a message's own text when it is in a language of its own (a text
-/// message; a notification is rendered in the operator's language).
-pub fn lang_attr(m: &Value) -> String {
-    m["language"]
-        .as_str()
-        .map_or_else(String::new, |l| format!(" lang=\"{}\"", esc(l)))
-}
-
 /// A live countdown to `due` ("due in 4m 10s" / "overdue by 12s"), ticked by the script.
-pub fn countdown_span(shared: &Shared, op: &Operator, due: i64, now: i64) -> String {
-    let text = if now >= due {
-        tr_with(
-            shared,
-            op,
-            "overdue-by",
-            &[(
-                "time",
-                super::pages::duration_words(shared, &op.lang, now - due),
-            )],
-        )
+pub fn countdown_span(shared: &Shared, op: &Operator, due: i64, now: i64) -> Markup {
+    let passed = now >= due;
+    let text = if passed {
+        let time = super::pages::duration_words(shared, &op.lang, now - due);
+        tr_with(shared, op, "overdue-by", &[("time", time)])
     } else {
-        tr_with(
-            shared,
-            op,
-            "due-in",
-            &[(
-                "time",
-                super::pages::duration_words(shared, &op.lang, due - now),
-            )],
-        )
+        let time = super::pages::duration_words(shared, &op.lang, due - now);
+        tr_with(shared, op, "due-in", &[("time", time)])
     };
+    let pattern = |k: &str| tr_with(shared, op, k, &[("time", "{}".into())]);
     // `data-passed`: the deadline had passed when this was rendered, so the script does not
     // ask the server again about it.
-    let passed = if now >= due {
-        " data-passed=\"yes\""
-    } else {
-        ""
-    };
-    format!(
-        "<span class=\"countdown\" data-deadline=\"{due}\"{passed} data-due-in=\"{}\" data-overdue-by=\"{}\">{}</span>",
-        esc(&tr_with(shared, op, "due-in", &[("time", "{}".into())])),
-        esc(&tr_with(shared, op, "overdue-by", &[("time", "{}".into())])),
-        esc(&text)
-    )
+    html! {
+        span.countdown data-deadline=(due) data-passed=[passed.then_some("yes")]
+            data-due-in=(pattern("due-in")) data-overdue-by=(pattern("overdue-by")) { (text) }
+    }
 }
 
-fn precedence_label(shared: &Shared, op: &Operator, p: Precedence) -> String {
-    let n = p.name();
-    format!(
-        "<span class=\"prec prec-{n}\">{}</span>",
-        esc(&tr(shared, op, &format!("prec-{n}")))
-    )
+fn precedence_label(shared: &Shared, op: &Operator, p: Precedence) -> Markup {
+    super::messages::precedence(shared, op, p.name())
 }
 
 /// The queue as HTML: a header with the totals and one line per entry.
 pub fn queue_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
     let now = now_ms() as i64;
-    let mut out = format!(
-        "<h2 id=\"queue-title\">{}</h2><p class=\"queue-totals\">{}</p>",
-        esc(&tr(shared, op, "queue-title")),
-        esc(&tr_with(
-            shared,
-            op,
-            "queue-totals",
-            &[
-                ("ours", q.owed_by_us.to_string()),
-                ("ours_overdue", q.overdue_by_us.to_string()),
-                ("theirs", q.owed_to_us.to_string()),
-                ("theirs_overdue", q.overdue_to_us.to_string()),
-            ]
-        ))
+    let totals = tr_with(
+        shared,
+        op,
+        "queue-totals",
+        &[
+            ("ours", q.owed_by_us.to_string()),
+            ("ours_overdue", q.overdue_by_us.to_string()),
+            ("theirs", q.owed_to_us.to_string()),
+            ("theirs_overdue", q.overdue_to_us.to_string()),
+        ],
     );
-    if q.entries.is_empty() {
-        let _ = write!(
-            out,
-            "<p class=\"empty\">{}</p>",
-            esc(&tr(shared, op, "queue-empty"))
-        );
-        return out;
-    }
-    out.push_str("<ol class=\"queue\" aria-labelledby=\"queue-title\">");
-    for (e, m) in &q.entries {
-        let id = m["id"].as_str().unwrap_or_default();
-        let late = overdue(e, m, now);
-        let (owner, sign) = if e.incoming() {
-            ("queue-ours", "→")
-        } else {
-            ("queue-theirs", "←")
-        };
-        let _ = write!(
-            out,
-            "<li class=\"q-item{}{}\" data-id=\"{id}\" data-direction=\"{}\">\
-             <span class=\"q-state\">{}</span> {} <span class=\"q-owner\"><span aria-hidden=\"true\">{sign}</span> {}</span> \
-             <a href=\"/console/messages/{id}\"{}>{}</a> <span class=\"q-topic\" translate=\"no\">{}</span> {}</li>",
-            if late { " overdue" } else { "" },
-            if e.incoming() { " ours" } else { " theirs" },
-            if e.incoming() { "in" } else { "out" },
-            esc(&tr(shared, op, if late { "queue-overdue" } else { "queue-pending" })),
-            precedence_label(shared, op, e.precedence),
-            esc(&tr_with(shared, op, owner, &[("peer", e.row.peer.clone())])),
-            lang_attr(m),
-            esc(&snippet(m)),
-            esc(m["topic"].as_str().unwrap_or("")),
-            countdown_span(shared, op, e.due_ms, now),
-        );
-    }
-    out.push_str("</ol>");
     let shown = q.entries.len() as u64;
-    let total = q.owed_by_us + q.owed_to_us;
-    if total > shown {
-        let _ = write!(
-            out,
-            "<p class=\"hint\"><a href=\"/console?answered=no\">{}</a></p>",
-            esc(&tr_with(
-                shared,
-                op,
-                "queue-more",
-                &[("count", (total - shown).to_string())]
-            ))
-        );
+    let more = (q.owed_by_us + q.owed_to_us).saturating_sub(shown);
+    let markup = html! {
+        h2 #queue-title { (tr(shared, op, "queue-title")) }
+        p.queue-totals {
+            (totals) " · "
+            // The open items are what a shift hands over.
+            a #handover-link href="/console/handover" { (tr(shared, op, "handover-go")) }
+        }
+        @if q.entries.is_empty() {
+            p.empty { (tr(shared, op, "queue-empty")) }
+        } @else {
+            ol.queue aria-labelledby="queue-title" {
+                @for (e, m) in &q.entries { (queue_item(shared, op, e, m, now)) }
+            }
+            @if more > 0 {
+                p.hint {
+                    a href="/console?answered=no" {
+                        (tr_with(shared, op, "queue-more", &[("count", more.to_string())]))
+                    }
+                }
+            }
+        }
+    };
+    markup.into_string()
+}
+
+fn queue_item(shared: &Shared, op: &Operator, e: &Entry, m: &MessageView, now: i64) -> Markup {
+    let late = overdue(e, m, now);
+    let (owner, sign, side, dir) = if e.incoming() {
+        ("queue-ours", "→", "ours", "in")
+    } else {
+        ("queue-theirs", "←", "theirs", "out")
+    };
+    let state = if late {
+        "queue-overdue"
+    } else {
+        "queue-pending"
+    };
+    html! {
+        li class={ "q-item" @if late { " overdue" } " " (side) } data-id=(m.id) data-direction=(dir) {
+            span.q-state { (tr(shared, op, state)) } " "
+            (precedence_label(shared, op, e.precedence)) " "
+            span.q-owner {
+                span aria-hidden="true" { (sign) } " "
+                (tr_with(shared, op, owner, &[("peer", e.row.peer.clone())]))
+            } " "
+            a href={ "/console/messages/" (m.id) } lang=[&m.language] { (m.snippet(SNIPPET_CHARS_MAX)) } " "
+            span.q-topic translate="no" { (m.topic) } " "
+            (countdown_span(shared, op, e.due_ms, now))
+        }
     }
-    out
 }
 
 /// One banner line: what is wrong, about which message, and where to go.
@@ -286,10 +238,16 @@ struct Alarm {
     kind: &'static str,
     key: &'static str,
     id: String,
-    html: String,
+    what: Markup,
 }
 
-fn message_alarm(shared: &Shared, op: &Operator, e: &Entry, m: &Value, now: i64) -> Option<Alarm> {
+fn message_alarm(
+    shared: &Shared,
+    op: &Operator,
+    e: &Entry,
+    m: &MessageView,
+    now: i64,
+) -> Option<Alarm> {
     let flash = e.precedence == Precedence::Flash;
     let (kind, key) = if undelivered(e, m, now) {
         ("missed", "alarm-undelivered")
@@ -305,29 +263,22 @@ fn message_alarm(shared: &Shared, op: &Operator, e: &Entry, m: &Value, now: i64)
     } else {
         return None;
     };
-    let id = m["id"].as_str().unwrap_or_default().to_string();
-    let html = format!(
-        "{} · {}: <span translate=\"no\">{}</span> · <q class=\"alarm-text\"{}>{}</q> <a href=\"/console/messages/{id}\">{}</a>",
-        precedence_label(shared, op, e.precedence),
-        esc(&tr(shared, op, "topic")),
-        esc(m["topic"].as_str().unwrap_or("")),
-        lang_attr(m),
-        esc(&snippet(m)),
-        esc(&tr(
-            shared,
-            op,
-            if e.incoming() {
-                "alarm-open"
-            } else {
-                "alarm-view"
-            }
-        )),
-    );
+    let go = if e.incoming() {
+        "alarm-open"
+    } else {
+        "alarm-view"
+    };
+    let what = html! {
+        (precedence_label(shared, op, e.precedence)) " · "
+        (tr(shared, op, "topic")) ": " span translate="no" { (m.topic) } " · "
+        q.alarm-text lang=[&m.language] { (m.snippet(SNIPPET_CHARS_MAX)) } " "
+        a href={ "/console/messages/" (m.id) } { (tr(shared, op, go)) }
+    };
     Some(Alarm {
         kind,
         key,
-        id,
-        html,
+        id: m.id.clone(),
+        what,
     })
 }
 
@@ -343,20 +294,14 @@ fn link_alarms(shared: &Shared, op: &Operator) -> Vec<Alarm> {
             (a.test_missed, "alarm-test-missed"),
         ] {
             if on {
+                let peer = tr_with(shared, op, "alarm-peer", &[("peer", entry.name.clone())]);
                 out.push(Alarm {
                     kind: "link",
                     key,
                     id: format!("{key}-{}", entry.name),
-                    html: format!(
-                        "{} <a href=\"/console/link\">{}</a>",
-                        esc(&tr_with(
-                            shared,
-                            op,
-                            "alarm-peer",
-                            &[("peer", entry.name.clone())]
-                        )),
-                        esc(&tr(shared, op, "alarm-link-view"))
-                    ),
+                    what: html! {
+                        (peer) " " a href="/console/link" { (tr(shared, op, "alarm-link-view")) }
+                    },
                 });
             }
         }
@@ -367,65 +312,61 @@ fn link_alarms(shared: &Shared, op: &Operator) -> Vec<Alarm> {
 /// FLASH messages received and not yet acknowledged take the screen: one full-width block
 /// each, which stays until someone answers it, with a button to silence the repeating sound
 /// (an audited action; the alert itself stays).
-fn takeover_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
-    let flashes: Vec<&(Entry, Value)> = q
+fn takeover_html(shared: &Shared, op: &Operator, q: &Queue) -> Markup {
+    let flashes: Vec<&(Entry, MessageView)> = q
         .entries
         .iter()
         .filter(|(e, _)| e.incoming() && e.precedence == Precedence::Flash)
         .take(ALARM_ROWS_MAX)
         .collect();
     if flashes.is_empty() {
-        return String::new();
+        return html! {};
     }
     let now = now_ms() as i64;
-    let mut ids = Vec::with_capacity(flashes.len());
-    let mut out = format!(
-        "<div class=\"takeover\" id=\"takeover\"><h2>{}</h2><ul>",
-        esc(&tr_with(
-            shared,
-            op,
-            "takeover-title",
-            &[("count", flashes.len().to_string())]
-        ))
-    );
-    for (e, m) in flashes {
-        let id = m["id"].as_str().unwrap_or_default();
-        ids.push(id.to_string());
-        let _ = write!(
-            out,
-            "<li data-flash-id=\"{id}\"><p class=\"takeover-head\">{} {} · <span translate=\"no\">{}</span> {}</p>\
-             <p class=\"takeover-text\"{}>{}</p><p><a class=\"button takeover-open\" href=\"/console/messages/{id}\">{}</a></p></li>",
-            precedence_label(shared, op, e.precedence),
-            esc(&tr_with(shared, op, "received-from", &[("peer", e.row.peer.clone())])),
-            esc(m["topic"].as_str().unwrap_or("")),
-            countdown_span(shared, op, e.due_ms, now),
-            lang_attr(m),
-            esc(&snippet(m)),
-            esc(&tr(shared, op, "alarm-open")),
-        );
+    let ids: Vec<&str> = flashes.iter().map(|(_, m)| m.id.as_str()).collect();
+    let count = flashes.len().to_string();
+    html! {
+        div.takeover #takeover {
+            h2 { (tr_with(shared, op, "takeover-title", &[("count", count)])) }
+            ul {
+                @for (e, m) in &flashes {
+                    li data-flash-id=(m.id) {
+                        p.takeover-head {
+                            (precedence_label(shared, op, e.precedence)) " "
+                            (tr_with(shared, op, "received-from", &[("peer", e.row.peer.clone())]))
+                            " · " span translate="no" { (m.topic) } " "
+                            (countdown_span(shared, op, e.due_ms, now))
+                        }
+                        p.takeover-text lang=[&m.language] { (m.snippet(SNIPPET_CHARS_MAX)) }
+                        p {
+                            a.button.takeover-open href={ "/console/messages/" (m.id) } {
+                                (tr(shared, op, "alarm-open"))
+                            }
+                        }
+                    }
+                }
+            }
+            form.silence method="post" action="/console/alarm/silence" {
+                (super::html::csrf_input(op))
+                input type="hidden" name="ids" value=(ids.join(","));
+                button type="submit" #silence { (tr(shared, op, "takeover-silence")) } " "
+                span.silenced-note hidden { (tr(shared, op, "takeover-silenced")) }
+            }
+        }
     }
-    let _ = write!(
-        out,
-        "</ul><form method=\"post\" action=\"/console/alarm/silence\" class=\"silence\">{}\
-         <input type=\"hidden\" name=\"ids\" value=\"{}\">\
-         <button type=\"submit\" id=\"silence\">{}</button> <span class=\"silenced-note\" hidden>{}</span></form></div>",
-        super::html::csrf_field(op),
-        esc(&ids.join(",")),
-        esc(&tr(shared, op, "takeover-silence")),
-        esc(&tr(shared, op, "takeover-silenced")),
-    );
-    out
 }
 
 /// The alarm banner, from the same queue as the "needs action" list, after the FLASH
 /// takeover.
 pub fn alarm_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
-    let takeover = takeover_html(shared, op, q);
-    let banner = banner_html(shared, op, q);
-    format!("{takeover}{banner}")
+    let markup = html! {
+        (takeover_html(shared, op, q))
+        (banner_html(shared, op, q))
+    };
+    markup.into_string()
 }
 
-fn banner_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
+fn banner_html(shared: &Shared, op: &Operator, q: &Queue) -> Markup {
     let now = now_ms() as i64;
     let mut alarms = link_alarms(shared, op);
     alarms.extend(
@@ -434,35 +375,23 @@ fn banner_html(shared: &Shared, op: &Operator, q: &Queue) -> String {
             .filter_map(|(e, m)| message_alarm(shared, op, e, m, now)),
     );
     if alarms.is_empty() {
-        return String::new();
+        return html! {};
     }
-    let total = alarms.len();
-    let mut items = String::new();
-    for a in alarms.iter().take(ALARM_ROWS_MAX) {
-        let _ = write!(
-            items,
-            "<li class=\"alarm-item alarm-{kind}\" data-alarm-id=\"{kind}-{id}\"><span class=\"alarm-sign\" aria-hidden=\"true\">⚠</span> \
-             <strong>{}</strong> {}</li>",
-            esc(&tr(shared, op, a.key)),
-            a.html,
-            kind = a.kind,
-            id = esc(&a.id),
-        );
+    let more = alarms.len().saturating_sub(ALARM_ROWS_MAX);
+    html! {
+        div.alarm role="alert" {
+            h2 { (tr(shared, op, "alarm-title")) }
+            ul {
+                @for a in alarms.iter().take(ALARM_ROWS_MAX) {
+                    li class={ "alarm-item alarm-" (a.kind) } data-alarm-id={ (a.kind) "-" (a.id) } {
+                        span.alarm-sign aria-hidden="true" { "⚠" } " "
+                        strong { (tr(shared, op, a.key)) } " " (a.what)
+                    }
+                }
+                @if more > 0 {
+                    li.alarm-more { (tr_with(shared, op, "queue-more", &[("count", more.to_string())])) }
+                }
+            }
+        }
     }
-    if total > ALARM_ROWS_MAX {
-        let _ = write!(
-            items,
-            "<li class=\"alarm-more\">{}</li>",
-            esc(&tr_with(
-                shared,
-                op,
-                "queue-more",
-                &[("count", (total - ALARM_ROWS_MAX).to_string())]
-            ))
-        );
-    }
-    format!(
-        "<div class=\"alarm\" role=\"alert\"><h2>{}</h2><ul>{items}</ul></div>",
-        esc(&tr(shared, op, "alarm-title"))
-    )
 }

@@ -3,12 +3,12 @@
 //!
 //! The state is computed when the light is read (`LinkStatus::current_state`), so a peer
 //! that dies turns the light `down` three heartbeats later without any event; the page asks
-//! again every heartbeat (`data-refresh-ms`).
+//! again every heartbeat (`data-refresh-ms`). A maud template renders a typed view of it.
 
-use std::fmt::Write;
 use std::time::Instant;
 
-use super::html::esc;
+use maud::html;
+
 use super::Operator;
 use crate::{now_ms, Shared};
 
@@ -33,48 +33,40 @@ fn tr_with(shared: &Shared, op: &Operator, key: &str, args: &[(&str, String)]) -
     shared.console.i18n.text_with(&op.lang, key, args)
 }
 
-/// The light as HTML: one item per peer.
-pub fn status_html(shared: &Shared, op: &Operator) -> String {
+/// One peer's light.
+struct Light {
+    name: String,
+    /// `up`, `degraded` or `down`.
+    state: &'static str,
+    /// Since when nothing was heard, when the link is not up.
+    since: Option<String>,
+    test: String,
+    /// Standing alarms, in words.
+    alarms: Vec<String>,
+}
+
+fn lights(shared: &Shared, op: &Operator) -> Vec<Light> {
     let now = Instant::now();
     let wall = now_ms() as i64;
-    let mut out = format!(
-        "<ul class=\"lights\" aria-label=\"{}\">",
-        esc(&tr(shared, op, "status-label"))
-    );
+    let clock = |ms| super::pages::clock_text(shared, op, ms);
+    let mut lights = Vec::new();
     for entry in shared.table.all() {
         let Ok(s) = entry.status.read().map(|s| s.clone()) else {
             continue;
         };
         let alarms = entry.alarms.read().map(|a| a.clone()).unwrap_or_default();
         let state = s.current_state(now).name();
-        let sign = match state {
-            "up" => "●",
-            "degraded" => "◐",
-            _ => "○",
-        };
         let heard = s
             .last_heard
             .map(|i| wall - now.saturating_duration_since(i).as_millis() as i64);
         let since = match (state, heard) {
-            ("up", _) => String::new(),
-            (_, Some(ms)) => tr_with(
-                shared,
-                op,
-                "status-heard",
-                &[("time", super::pages::clock_text(shared, op, ms))],
-            ),
-            (_, None) => tr(shared, op, "status-never-heard"),
+            ("up", _) => None,
+            (_, Some(ms)) => Some(tr_with(shared, op, "status-heard", &[("time", clock(ms))])),
+            (_, None) => Some(tr(shared, op, "status-never-heard")),
         };
         let test = alarms.last_test_ms.map_or_else(
             || tr(shared, op, "status-test-none"),
-            |ms| {
-                tr_with(
-                    shared,
-                    op,
-                    "status-test",
-                    &[("time", super::pages::clock_text(shared, op, ms))],
-                )
-            },
+            |ms| tr_with(shared, op, "status-test", &[("time", clock(ms))]),
         );
         let mut flags = Vec::new();
         if alarms.test_missed {
@@ -82,36 +74,38 @@ pub fn status_html(shared: &Shared, op: &Operator) -> String {
         }
         let overdue = alarms.overdue_in + alarms.overdue_out;
         if overdue > 0 {
-            flags.push(tr_with(
-                shared,
-                op,
-                "status-overdue",
-                &[("count", overdue.to_string())],
-            ));
+            let count = overdue.to_string();
+            flags.push(tr_with(shared, op, "status-overdue", &[("count", count)]));
         }
-        let _ = write!(
-            out,
-            "<li class=\"light link-{state}\" data-peer=\"{name}\" data-state=\"{state}\">\
-             <span class=\"light-sign\" aria-hidden=\"true\">{sign}</span> <strong>{name}</strong> \
-             <span class=\"light-state\">{}</span>{} <span class=\"light-test\">· {}</span>{}</li>",
-            esc(&tr(shared, op, &format!("link-state-{state}"))),
-            if since.is_empty() {
-                String::new()
-            } else {
-                format!(" <span class=\"light-since\">{}</span>", esc(&since))
-            },
-            esc(&test),
-            if flags.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " <span class=\"light-alarms\">⚠ {}</span>",
-                    esc(&flags.join(" · "))
-                )
-            },
-            name = esc(&entry.name),
-        );
+        lights.push(Light {
+            name: entry.name.clone(),
+            state,
+            since,
+            test,
+            alarms: flags,
+        });
     }
-    out.push_str("</ul>");
-    out
+    lights
+}
+
+/// The light as HTML: one item per peer.
+pub fn status_html(shared: &Shared, op: &Operator) -> String {
+    let lights = lights(shared, op);
+    let markup = html! {
+        ul.lights aria-label=(tr(shared, op, "status-label")) {
+            @for l in &lights {
+                li class={ "light link-" (l.state) } data-peer=(l.name) data-state=(l.state) {
+                    span.light-sign aria-hidden="true" {
+                        @match l.state { "up" => "●", "degraded" => "◐", _ => "○" }
+                    }
+                    " " strong { (l.name) } " "
+                    span.light-state { (tr(shared, op, &format!("link-state-{}", l.state))) }
+                    @if let Some(since) = &l.since { " " span.light-since { (since) } }
+                    " " span.light-test { "· " (l.test) }
+                    @if !l.alarms.is_empty() { " " span.light-alarms { "⚠ " (l.alarms.join(" · ")) } }
+                }
+            }
+        }
+    };
+    markup.into_string()
 }

@@ -13,8 +13,16 @@
       (e) => e.getAttribute("data-alarm-id"));
   }
 
+  // The alarm's volume is this browser's choice (the settings page), 0 to 1.
+  const VOLUME_KEY = "detente-volume";
+  function volume() {
+    const v = Number(localStorage.getItem(VOLUME_KEY));
+    return localStorage.getItem(VOLUME_KEY) === null || !(v >= 0 && v <= 1) ? 1 : v;
+  }
+
   function soundAlarm() {
     const audio = document.getElementById("alarm-sound");
+    if (audio) audio.volume = volume();
     const count = Number(document.body.getAttribute("data-alarm-sounded") || "0") + 1;
     document.body.setAttribute("data-alarm-sounded", String(count));
     if (audio) {
@@ -86,12 +94,25 @@
     showSilenced();
   }
 
+  // A desktop notification for each new alarm, where the operator allowed them (the
+  // settings page asks, on a click): a FLASH shows even when the browser is hidden.
+  function notifyDesktop(id) {
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    const item = document.querySelector('#alarm [data-alarm-id="' + CSS.escape(id) + '"]');
+    const body = item ? item.textContent.replace(/\s+/g, " ").trim() : "";
+    try {
+      new Notification(baseTitle, { body: body, tag: id, requireInteraction: true });
+      document.body.setAttribute("data-notified", id);
+    } catch (e) { /* a browser that only notifies from a service worker */ }
+  }
+
   function checkAlarms() {
     let fresh = false;
     for (const id of alarmIds()) {
       if (!seenAlarms.has(id)) {
         seenAlarms.add(id);
         fresh = true;
+        notifyDesktop(id);
       }
     }
     // An alarm already standing when the page opens sounds too: it is unanswered.
@@ -223,7 +244,45 @@
     }
   }
 
+  // The settings page: alarm volume, a sound test, desktop notifications.
+  function settings() {
+    const range = document.getElementById("volume");
+    if (range) {
+      range.value = String(Math.round(volume() * 100));
+      range.addEventListener("input", () => {
+        localStorage.setItem(VOLUME_KEY, String(Number(range.value) / 100));
+      });
+    }
+    const test = document.getElementById("sound-test");
+    if (test) {
+      test.addEventListener("click", () => {
+        const audio = document.getElementById("alarm-sound");
+        if (!audio) return;
+        audio.volume = volume();
+        audio.currentTime = 0;
+        audio.play().catch(() => {});
+        document.body.setAttribute("data-sound-tested", String(audio.volume));
+      });
+    }
+    const state = document.getElementById("notify-state");
+    const show = () => {
+      if (!state) return;
+      const now = "Notification" in window ? Notification.permission : "unsupported";
+      state.textContent = state.getAttribute("data-" + now) || now;
+      state.setAttribute("data-state", now);
+    };
+    const ask = document.getElementById("notify-enable");
+    if (ask) {
+      ask.addEventListener("click", async () => {
+        if ("Notification" in window) await Notification.requestPermission();
+        show();
+      });
+    }
+    show();
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    settings();
     const enable = document.getElementById("enable-sound");
     if (enable) {
       enable.addEventListener("click", () => {

@@ -1,4 +1,4 @@
--- detente store (PostgreSQL): the console's full-text search, as SQLite's migration 0012.
+-- detente store (PostgreSQL): the console's full-text search, as SQLite's migration 0013.
 -- Each text and notification's words as people see them, written by the console after the
 -- envelope's signature is verified. Not transcript data: it can be dropped and rebuilt.
 CREATE TABLE console_search (

@@ -296,7 +296,8 @@ impl Core {
                 note: None,
             });
             // Our own receipt cannot fail its bounds: ranges are chunked to the limit.
-            let _ = self.stage_send(index, precedence, body, None);
+            let sent = crate::Sent::system(precedence, &self.author, None);
+            let _ = self.stage_send(index, sent, body);
         }
     }
 }

@@ -16,18 +16,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use detente_core::{Answer, Event};
+use detente_core::{Answer, Command, Event};
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::stream::SEQ_AHEAD_MAX;
 use detente_proto::{
     Body, ChannelId, Frame, PartyKey, Precedence, ReceiptLevel, ReceiptTarget, TextBody,
     VerifiedEnvelope,
 };
-use detente_store_types::{Direction, Placement, WriteBatch, EVIDENCE_ENVELOPES};
+use detente_store_types::{Direction, GlossaryRow, Placement, WriteBatch, EVIDENCE_ENVELOPES};
 use rand::Rng;
 
 use crate::store::Stream;
-use crate::world::World;
+use crate::world::{Node, World};
 
 #[derive(Debug, Default)]
 pub(crate) struct Checker {
@@ -323,8 +323,79 @@ fn check_envelope_sent(w: &mut World, node: usize, peer: usize, session: u64, by
     }
 }
 
+/// What an operator's command must lead to, checked when it is answered.
+#[derive(Debug, Clone)]
+pub(crate) enum Expect {
+    /// A send: the stored envelope carries the operator's topic and title.
+    Sent { topic: String, author: String },
+    /// A glossary term: refused when invalid, else durable when answered.
+    Glossary { row: GlossaryRow, valid: bool },
+}
+
+/// Note what `command` (ticket `ticket` at node `n`) must lead to.
+pub(crate) fn on_operate(n: &mut Node, ticket: u64, command: &Command) {
+    let expect = match command {
+        Command::Send { topic, author, .. } => Expect::Sent {
+            topic: topic.clone(),
+            author: author.clone(),
+        },
+        Command::Glossary { row } => Expect::Glossary {
+            row: row.clone(),
+            valid: row.lang_a != row.lang_b && !row.term_a.trim().is_empty(),
+        },
+        _ => return,
+    };
+    n.expect.insert(ticket, expect);
+}
+
+/// The answer to ticket `ticket` at `node` against what its command asked for.
+fn check_answer(
+    w: &mut World,
+    node: usize,
+    ticket: u64,
+    result: &Result<Answer, detente_core::CommandError>,
+) {
+    let Some(expect) = w.nodes[node].expect.remove(&ticket) else {
+        return;
+    };
+    let store = &w.nodes[node].store;
+    match (expect, result) {
+        (Expect::Sent { topic, author }, Ok(Answer::Sent { id, seq })) => {
+            let Some(row) = store.messages.get(&id.0) else {
+                return;
+            };
+            let carried = World::parse(&row.bytes).map(|e| (e.topic, e.author));
+            if row.topic != topic || carried != Some((topic.clone(), author.clone())) {
+                w.fail(format!(
+                    "n{node} stored seq {seq} without the topic {topic:?} and title {author:?} asked for"
+                ));
+            }
+        }
+        (Expect::Glossary { valid: false, .. }, Ok(_)) => {
+            w.fail(format!("n{node} accepted an invalid glossary term"));
+        }
+        (Expect::Glossary { row, valid: true }, Ok(_)) => {
+            let key = (
+                row.peer.clone(),
+                row.lang_a.clone(),
+                row.term_a.clone(),
+                row.lang_b.clone(),
+            );
+            if store.glossary.get(&key).map(|r| &r.term_b) != Some(&row.term_b) {
+                w.fail(format!(
+                    "n{node} answered a glossary term before it was durable"
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Each event `node` shows.
 pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
+    if let Event::Answer { ticket, result } = event {
+        check_answer(w, node, *ticket, result);
+    }
     match event {
         Event::Answer { result, .. } => match result {
             Ok(Answer::Sent { id, seq }) => {

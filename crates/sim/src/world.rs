@@ -12,7 +12,7 @@ use detente_proto::{
     Body, Deadlines, Frame, LinkConfig, MessageId, NotificationBody, PartySecret, Precedence,
     ReceiptLevel, TextBody, VerifiedEnvelope,
 };
-use detente_store_types::Direction;
+use detente_store_types::{Direction, GlossaryRow};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -102,6 +102,8 @@ pub(crate) struct Node {
     pub tickets: u64,
     /// Tickets of sends and what they were.
     pub asked: BTreeMap<u64, &'static str>,
+    /// What an operator's command must lead to, by ticket (checked on its answer).
+    pub expect: BTreeMap<u64, crate::check::Expect>,
 }
 
 pub(crate) struct Session {
@@ -171,6 +173,7 @@ impl World {
                     .collect();
                 let config = Config {
                     name: format!("n{i}"),
+                    author: format!("Duty Officer n{i}"),
                     secret_seed: secrets[i],
                     peers,
                     deadlines: random_deadlines(&mut rng),
@@ -204,6 +207,7 @@ impl World {
                     timer: None,
                     tickets: 0,
                     asked: BTreeMap::new(),
+                    expect: BTreeMap::new(),
                 }
             })
             .collect();
@@ -609,6 +613,8 @@ impl World {
             50..=59 => Command::Send {
                 peer,
                 precedence: random_precedence(&mut self.rng),
+                topic: "sitrep".into(),
+                author: "Watch Officer".into(),
                 body: Body::Notification(NotificationBody {
                     format: "sitrep".into(),
                     version: 1,
@@ -624,6 +630,7 @@ impl World {
             88..=91 => Command::SetDeadlines {
                 deadlines: random_deadlines(&mut self.rng),
             },
+            92..=93 => self.glossary(peer),
             _ => {
                 self.count("restarts");
                 self.crash(node);
@@ -646,8 +653,11 @@ impl World {
             Command::Answer { .. } => "answer",
             Command::Checkpoint { .. } => "checkpoint",
             Command::SetDeadlines { .. } => "deadlines",
+            Command::Glossary { .. } => "glossary",
+            Command::AddPeer { .. } => "add_peer",
         };
         n.asked.insert(ticket, kind);
+        crate::check::on_operate(n, ticket, &command);
         self.count(kind);
         self.input(node, Input::Operator { ticket, command });
     }
@@ -667,12 +677,41 @@ impl World {
         Command::Send {
             peer,
             precedence,
+            // Topics and titles are the operator's: the envelope must carry them as given.
+            topic: format!("topic-{}", words % 3),
+            author: if words % 2 == 0 {
+                "Duty Officer"
+            } else {
+                "值班员"
+            }
+            .into(),
             body: Body::Text(TextBody {
                 language: "en".into(),
                 text: format!("report {words} {}", "word ".repeat(words)),
                 translations: Vec::new(),
             }),
             in_reply_to: None,
+        }
+    }
+
+    /// A glossary term for the channel with `peer`; half are invalid (the same
+    /// language twice, or an empty term) and must be refused.
+    fn glossary(&mut self, peer: String) -> Command {
+        let n = self.rng.gen_range(0..40u32);
+        let (lang_b, term_a) = match n % 4 {
+            0 => ("en", format!("term {n}")),
+            1 => ("zh-CN", " ".into()),
+            _ => ("zh-CN", format!("term {n}")),
+        };
+        Command::Glossary {
+            row: GlossaryRow {
+                peer,
+                lang_a: "en".into(),
+                term_a,
+                lang_b: lang_b.into(),
+                term_b: format!("术语 {n}"),
+                added_at_ms: 0,
+            },
         }
     }
 
@@ -968,5 +1007,7 @@ fn short(command: &Command) -> String {
         Command::Answer { peer, level, .. } => format!("answer {} to {peer}", level.name()),
         Command::Checkpoint { peer } => format!("checkpoint with {peer}"),
         Command::SetDeadlines { .. } => "new deadlines".into(),
+        Command::Glossary { row } => format!("glossary term with {}", row.peer),
+        Command::AddPeer { peer } => format!("pin {}", peer.name),
     }
 }

@@ -224,7 +224,8 @@ pub enum Event {
         need: Need,
         decision: Decision,
     },
-    /// The peer signed two contradicting things; the evidence is durable.
+    /// The peer signed two contradicting things (the evidence is durable), or it claims to
+    /// hold more of our stream than our store ever wrote (nothing more is sent to it).
     Alarm { peer: String, detail: String },
     /// Something from the peer was refused; nothing of it was stored.
     Refused { peer: String, what: String },
@@ -641,6 +642,12 @@ impl Core {
                 self.auto_checkpoint(index);
             }
         }
+    }
+
+    /// Why nothing more is sent to `peer`, if sending was stopped (for status).
+    pub fn sending_stopped(&self, peer: &str) -> Option<&str> {
+        let index = self.peer_index(peer)?;
+        self.peers[index].sending_stopped.as_deref()
     }
 
     /// A signed checkpoint this node stored for the channel with `peer` (for tests).

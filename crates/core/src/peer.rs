@@ -152,6 +152,8 @@ pub(crate) struct Peer {
     pub agreed: Option<Charter>,
     /// Envelopes appended since our last checkpoint signature.
     pub unsigned: u64,
+    /// Why nothing more is sent to this peer (it claimed more of our stream than we hold).
+    pub sending_stopped: Option<String>,
 }
 
 impl Peer {
@@ -184,6 +186,7 @@ impl Peer {
             their_charter: None,
             agreed: None,
             unsigned: 0,
+            sending_stopped: None,
         }
     }
 

@@ -249,7 +249,10 @@ fn a_peer_pinned_at_run_time_can_be_written_to() {
         },
     };
     pair.input(0, pin(1, "moscow", stranger));
-    pair.input(0, pin(2, "moscow", PartySecret::from_seed([8; 32]).public()));
+    pair.input(
+        0,
+        pin(2, "moscow", PartySecret::from_seed([8; 32]).public()),
+    );
     pair.input(0, pin(3, "again", stranger));
     let send = Command::Send {
         peer: "moscow".into(),

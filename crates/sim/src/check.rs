@@ -51,6 +51,37 @@ pub(crate) struct Checker {
     decisions: BTreeMap<(usize, [u8; 32], u8), u32>,
     alarms: BTreeSet<(usize, String)>,
     expected_alarms: BTreeSet<usize>,
+    /// (sender, receiver, seq): envelope frames ever sent (a prune may cover only these).
+    sent_to: BTreeSet<(usize, usize, u64)>,
+    /// (node, peer) → the highest hwm already checked for a prune.
+    pruned: BTreeMap<(usize, usize), u64>,
+    /// (node, peer): the node stopped sending to the peer until it restarts.
+    stopped: BTreeSet<(usize, usize)>,
+}
+
+impl Checker {
+    /// `node` restarted: a stop of sending lasts only until then.
+    pub(crate) fn on_restart(&mut self, node: usize) {
+        self.stopped.retain(|&(n, _)| n != node);
+    }
+}
+
+/// A prune drops only outbox rows the peer could hold: every one was sent to it.
+fn check_prunes(w: &mut World, node: usize, batch: &WriteBatch) {
+    for (name, hwm) in &batch.prune {
+        let Some(peer) = index_of(w, name) else {
+            return w.fail(format!("n{node} pruned the outbox of unknown peer {name}"));
+        };
+        let from = w.checker.pruned.get(&(node, peer)).copied().unwrap_or(0) + 1;
+        let unsent = (from..=*hwm).find(|&seq| !w.checker.sent_to.contains(&(node, peer, seq)));
+        if let Some(seq) = unsent {
+            return w.fail(format!(
+                "n{node} pruned seq {seq} for n{peer} up to {hwm} though it never sent it"
+            ));
+        }
+        let max = w.checker.pruned.entry((node, peer)).or_default();
+        *max = (*max).max(*hwm);
+    }
 }
 
 fn index_of(w: &World, name: &str) -> Option<usize> {
@@ -109,6 +140,7 @@ pub(crate) fn on_commit(w: &mut World, node: usize, batch: &WriteBatch) {
         check_linked(w, node, stream, seq);
     }
     check_checkpoints(w, node, batch);
+    check_prunes(w, node, batch);
     // The hostile member's own core may rightly accuse an honest member that recorded a
     // forged envelope: only what honest members record is judged.
     if !w.nodes[node].hostile {
@@ -260,6 +292,33 @@ fn check_evidence(w: &mut World, node: usize, batch: &WriteBatch) {
     }
 }
 
+/// A `Hello` or `Ack` arriving at `node` that claims more of its stream than it holds
+/// durably: (sender, claimed hwm).
+pub(crate) fn stream_claim(
+    w: &World,
+    node: usize,
+    session: u64,
+    bytes: &[u8],
+) -> Option<(usize, u64)> {
+    let s = w.sessions.get(&session)?;
+    let peer = if s.a == node { s.b } else { s.a };
+    let hwm = match Frame::decode(bytes).ok()? {
+        Frame::Hello { hwm, .. } | Frame::Ack { hwm, .. } => hwm,
+        _ => return None,
+    };
+    let ours = (channel(w, node, peer), *key_of(w, node).as_bytes());
+    (hwm > w.nodes[node].store.size(ours)).then_some((peer, hwm))
+}
+
+/// Such a claim must stop sending to that peer, with an alarm (never a prune).
+pub(crate) fn after_stream_claim(w: &mut World, node: usize, peer: usize, hwm: u64) {
+    if w.nodes[node].core.is_some() && !w.checker.stopped.contains(&(node, peer)) {
+        w.fail(format!(
+            "n{node} took n{peer}'s claim to hold its stream up to seq {hwm} without an alarm"
+        ));
+    }
+}
+
 /// Before a frame leaves `node` on `session`.
 pub(crate) fn on_transmit(w: &mut World, node: usize, session: u64, frame: &Frame) {
     let Some(s) = w.sessions.get(&session) else {
@@ -295,6 +354,13 @@ fn check_envelope_sent(w: &mut World, node: usize, peer: usize, session: u64, by
     if durable != Some(detente_proto::envelope::message_id(bytes).0) {
         return w.fail(format!("n{node} sent seq {} before it was durable", e.seq));
     }
+    if w.checker.stopped.contains(&(node, peer)) {
+        return w.fail(format!(
+            "n{node} sent seq {} to n{peer} after it stopped sending to it",
+            e.seq
+        ));
+    }
+    w.checker.sent_to.insert((node, peer, e.seq));
     w.checker
         .sent
         .entry((session, node))
@@ -430,6 +496,11 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
             }
             w.count("alarms");
             w.checker.alarms.insert((node, peer.clone()));
+            if detail.contains("holds our stream") {
+                if let Some(p) = index_of(w, peer) {
+                    w.checker.stopped.insert((node, p));
+                }
+            }
         }
         Event::Deadline {
             id, need, decision, ..
@@ -544,6 +615,16 @@ pub(crate) fn hostile_frame(
             Some((
                 "hostile_forked_checkpoints",
                 World::frame_bytes(&Frame::Checkpoint(signed)),
+            ))
+        }
+        9 => {
+            // It claims to hold more of the target's stream than the target ever wrote: an
+            // alarm, no prune, nothing more sent to it.
+            let theirs = (channel(w, h, target), *key_of(w, target).as_bytes());
+            let hwm = w.nodes[target].store.size(theirs) + w.rng.gen_range(1..5);
+            Some((
+                "hostile_hwm_ahead",
+                World::frame_bytes(&Frame::Ack { hwm, received: 0 }),
             ))
         }
         7 => {

@@ -311,7 +311,11 @@ impl World {
                     .get(&session)
                     .is_some_and(|s| s.open && !s.broken[usize::from(to == s.b)]);
                 if live {
+                    let claim = crate::check::stream_claim(self, to, session, &bytes);
                     self.input(to, Input::Frame { session, bytes });
+                    if let Some((peer, hwm)) = claim {
+                        crate::check::after_stream_claim(self, to, peer, hwm);
+                    }
                 }
             }
             Ev::Opened {
@@ -378,6 +382,7 @@ impl World {
             return;
         }
         let (now, wall) = (self.instant(), self.wall(node));
+        self.checker.on_restart(node);
         let n = &mut self.nodes[node];
         n.generation += 1;
         n.timer = None;
@@ -821,7 +826,7 @@ impl World {
         let Some(session) = self.session_between(h, target) else {
             return;
         };
-        let kind = self.rng.gen_range(0..9);
+        let kind = self.rng.gen_range(0..10);
         if kind == 8 {
             // It reads slowly: everything sent to it arrives late, until it reads again.
             if !self.stalled.remove(&h) {

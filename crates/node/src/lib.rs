@@ -20,6 +20,7 @@ pub mod link;
 pub mod metrics;
 pub mod notify;
 pub mod peers;
+pub mod snapshot;
 pub mod tls;
 pub mod transcript;
 pub mod writer;

@@ -13,6 +13,7 @@ pub mod charter;
 pub mod config;
 pub mod console;
 pub mod deadlines;
+pub mod driver;
 pub mod events;
 pub mod gate;
 pub mod hooks;

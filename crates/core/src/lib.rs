@@ -25,6 +25,7 @@ mod bugs;
 mod checkpoints;
 mod deadlines;
 mod glossary;
+mod linktest;
 mod peer;
 mod receive;
 mod recover;
@@ -45,6 +46,7 @@ pub use bugs::{PlantedBug, PLANTED_BUGS_COMPILED};
 pub use deadlines::Decision;
 pub use detente_proto::Need;
 pub use glossary::{GLOSSARY_TERMS_MAX, GLOSSARY_TERM_BYTES_MAX};
+pub use linktest::LINK_TEST_TOPIC;
 pub use recover::{RecoverError, Snapshot};
 
 use peer::Peer;
@@ -229,6 +231,9 @@ pub enum Event {
     Alarm { peer: String, detail: String },
     /// Something from the peer was refused; nothing of it was stored.
     Refused { peer: String, what: String },
+    /// A link test's DELIVERED receipt did not come back within the FLASH delivery
+    /// deadline (reported once per miss, until a later test passes). Nothing is stored.
+    LinkTestMissed { peer: String },
     /// Both members signed this charter; it binds from now on.
     CharterAgreed { peer: String, digest: [u8; 32] },
     /// Dial `peer` at address index `address`; answer with `SessionOpened` or `DialFailed`.
@@ -417,6 +422,11 @@ impl Core {
     /// When to call [`Core::handle`] with [`Input::Tick`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut at: Vec<Instant> = self.peers.iter().filter_map(|p| p.poll_timeout()).collect();
+        at.extend(
+            self.peers
+                .iter()
+                .filter_map(|p| p.tests.as_ref().map(|t| t.cadence.next_wake())),
+        );
         at.extend(self.tracker.next_due());
         at.extend(self.in_flight.as_ref().and_then(|f| f.retry_at));
         at.push(self.next_checkpoint);
@@ -632,6 +642,7 @@ impl Core {
         let now = self.now;
         for index in 0..self.peers.len() {
             self.tick_link(index);
+            self.tick_link_test(index);
         }
         for (peer, id, need) in self.tracker.poll_overdue(now) {
             self.decide(peer, id, need, Decision::Missed);

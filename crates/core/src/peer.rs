@@ -154,6 +154,8 @@ pub(crate) struct Peer {
     pub unsigned: u64,
     /// Why nothing more is sent to this peer (it claimed more of our stream than we hold).
     pub sending_stopped: Option<String>,
+    /// Link tests (built on the first tick, rebuilt when the channel's terms change).
+    pub tests: Option<crate::linktest::Tests>,
 }
 
 impl Peer {
@@ -187,6 +189,7 @@ impl Peer {
             agreed: None,
             unsigned: 0,
             sending_stopped: None,
+            tests: None,
         }
     }
 

@@ -220,6 +220,7 @@ impl Core {
                         let met = self.tracker.meet(id, Need::Delivered, now);
                         self.decided(met, id);
                     }
+                    self.link_test_delivered(index, from, to);
                     self.release_event(Event::Delivered { peer, from, to });
                 }
             }

@@ -57,17 +57,27 @@ pub(crate) struct Checker {
     pruned: BTreeMap<(usize, usize), u64>,
     /// (node, peer): the node stopped sending to the peer until it restarts.
     stopped: BTreeSet<(usize, usize)>,
+    /// (node, peer) → link tests the node wrote to the peer.
+    tests: BTreeMap<(usize, usize), u64>,
+    /// node → times its core started.
+    starts: BTreeMap<usize, u64>,
 }
 
 impl Checker {
     /// `node` restarted: a stop of sending lasts only until then.
     pub(crate) fn on_restart(&mut self, node: usize) {
         self.stopped.retain(|&(n, _)| n != node);
+        *self.starts.entry(node).or_default() += 1;
     }
 }
 
 /// A prune drops only outbox rows the peer could hold: every one was sent to it.
 fn check_prunes(w: &mut World, node: usize, batch: &WriteBatch) {
+    // The hostile member also injects its envelopes past its core (forgeries, replays), so
+    // its peers may rightly hold what its core never sent: only honest members are judged.
+    if w.nodes[node].hostile {
+        return;
+    }
     for (name, hwm) in &batch.prune {
         let Some(peer) = index_of(w, name) else {
             return w.fail(format!("n{node} pruned the outbox of unknown peer {name}"));
@@ -120,6 +130,9 @@ pub(crate) fn on_commit(w: &mut World, node: usize, batch: &WriteBatch) {
             if VerifiedEnvelope::decode(&m.bytes, Some(&key)).is_err() {
                 return w.fail(format!("n{node} stored an envelope that does not verify"));
             }
+        }
+        if m.direction == Direction::Out && m.kind == 2 {
+            *w.checker.tests.entry((node, from)).or_default() += 1;
         }
         if m.direction == Direction::Out {
             if m.sender != me {
@@ -690,7 +703,44 @@ pub(crate) fn final_equivocation(w: &mut World) {
 }
 
 /// The liveness invariants, after healing.
+/// Link tests come no faster than the channel's interval (the shorter of both members'),
+/// counted over each life of a core (a restart starts the cadence again).
+fn check_link_test_rate(w: &mut World) {
+    let counts: Vec<((usize, usize), u64)> =
+        w.checker.tests.iter().map(|(&k, &v)| (k, v)).collect();
+    for ((x, y), written) in counts {
+        let interval = w.nodes[x]
+            .config
+            .link_test_interval
+            .min(w.nodes[y].config.link_test_interval)
+            .as_millis() as u64;
+        let lives = w.checker.starts.get(&x).copied().unwrap_or(1);
+        let most = w.now_ms / interval + lives;
+        if written > most {
+            w.fail(format!(
+                "n{x} wrote {written} link tests to n{y} in {} ms (interval {interval} ms, {lives} starts)",
+                w.now_ms
+            ));
+        }
+    }
+}
+
+/// After healing, no honest member reports a missed link test to another.
+fn check_link_tests_pass(w: &mut World, x: usize, y: usize) {
+    let name = w.nodes[y].name.clone();
+    if w.nodes[x]
+        .core
+        .as_ref()
+        .is_some_and(|c| c.link_test_missed(&name))
+    {
+        w.fail(format!(
+            "after healing n{x} still misses its link tests to n{y}"
+        ));
+    }
+}
+
 pub(crate) fn liveness(w: &mut World) {
+    check_link_test_rate(w);
     let n = w.nodes.len();
     for x in 0..n {
         if w.nodes[x].hostile {
@@ -703,6 +753,7 @@ pub(crate) fn liveness(w: &mut World) {
             }
             check_complete(w, x, y);
             check_cosigned(w, x, y);
+            check_link_tests_pass(w, x, y);
         }
     }
     let h = n - 1;
@@ -744,25 +795,54 @@ fn check_complete(w: &mut World, x: usize, y: usize) {
     }
 }
 
+/// Whether every honest stream is whole at every honest member with nothing pending: the
+/// quiet moment between two link tests that the liveness checks are made in.
+pub(crate) fn settled(w: &World) -> bool {
+    let n = w.nodes.len();
+    (0..n).filter(|&x| !w.nodes[x].hostile).all(|x| {
+        (0..n).filter(|&y| y != x && !w.nodes[y].hostile).all(|y| {
+            let stream = (channel(w, x, y), *key_of(w, y).as_bytes());
+            let name = w.nodes[x].name.clone();
+            w.nodes[x].store.size(stream) == w.nodes[y].store.size(stream)
+                && w.nodes[y].store.pending(&name).is_empty()
+        })
+    })
+}
+
 /// A checkpoint co-signed by both covers both streams whole.
 fn check_cosigned(w: &mut World, x: usize, y: usize) {
     let c = channel(w, x, y);
-    let sizes: Vec<([u8; 32], u64)> = [x, y]
+    // Link tests and their DELIVERED receipts never stop: what they add after the last
+    // checkpoint may stay uncovered. Everything else must be covered.
+    let sizes: Vec<([u8; 32], u64, u64)> = [x, y]
         .iter()
         .map(|&i| {
             let k = *key_of(w, i).as_bytes();
-            (k, w.nodes[x].store.size((c, k)))
+            let size = w.nodes[x].store.size((c, k));
+            let machine = |m: &detente_store_types::MessageRow| {
+                m.kind == 2 || (m.kind == 1 && m.in_reply_to.is_none())
+            };
+            let floor = (1..=size)
+                .rev()
+                .find(|&seq| {
+                    w.nodes[x]
+                        .store
+                        .at((c, k), seq)
+                        .is_some_and(|m| !machine(m))
+                })
+                .unwrap_or(0);
+            (k, floor, size)
         })
         .collect();
     let covers = w.nodes[x].store.checkpoints.iter().any(|row| {
         row.channel == c
             && row.cosigned
             && SignedCheckpoint::decode(&row.signed).is_ok_and(|s| {
-                sizes.iter().all(|(k, size)| {
+                sizes.iter().all(|(k, floor, size)| {
                     s.checkpoint().members.iter().any(|m| {
                         m.key.as_bytes() == k
-                            && m.size == *size
-                            && w.nodes[x].store.root_at((c, *k), *size) == Some(m.root)
+                            && (*floor..=*size).contains(&m.size)
+                            && w.nodes[x].store.root_at((c, *k), m.size) == Some(m.root)
                     })
                 })
             })

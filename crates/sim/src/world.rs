@@ -24,6 +24,8 @@ use crate::Outcome;
 const RUN_MS: u64 = 40_000;
 /// Longest deadline the simulated charters use (all five are drawn below it).
 pub const DEADLINE_MS_MAX: u64 = 30_000;
+/// Half-second steps the end of a run waits at most for a quiet moment.
+const SETTLE_STEPS_MAX: usize = 40;
 /// Steps after which a run is cut short (a bound on any livelock of the world itself).
 const STEPS_MAX: u64 = 400_000;
 /// Wall clock at virtual time zero: 2026-12-01T00:00:00Z.
@@ -177,7 +179,7 @@ impl World {
                     secret_seed: secrets[i],
                     peers,
                     deadlines: random_deadlines(&mut rng),
-                    link_test_interval: Duration::from_secs(3600),
+                    link_test_interval: Duration::from_millis(rng.gen_range(5_000..30_000)),
                     link: LinkConfig::default(),
                     checkpoint_interval: Duration::from_millis(rng.gen_range(3_000..15_000)),
                     random_seed: rng.gen(),
@@ -899,6 +901,15 @@ impl World {
     }
 
     fn finish(&mut self) {
+        // Link tests never stop: judge liveness in a quiet moment between two of them
+        // (tests are at least 5 s apart; a round trip takes far less).
+        for _ in 0..SETTLE_STEPS_MAX {
+            if self.failure.is_some() || crate::check::settled(self) {
+                break;
+            }
+            let end = self.now_ms + 500;
+            self.run_until(end);
+        }
         if self.failure.is_none() {
             crate::check::liveness(self);
         }

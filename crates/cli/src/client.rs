@@ -107,6 +107,48 @@ impl Client {
         })
     }
 
+    /// A binary answer (an export bundle) written to `file` as it arrives, never held whole
+    /// in memory; `on_bytes` is told the running total. Returns the bytes written. The file is
+    /// made durable before this returns; an answer cut short is an error.
+    pub async fn download(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+        mut on_bytes: impl FnMut(u64),
+    ) -> Result<u64, ClientError> {
+        use std::io::Write;
+        let mut response = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            return Err(ClientError {
+                error: body["error"]
+                    .as_str()
+                    .map_or_else(|| format!("the node answered {status}"), str::to_string),
+                hint: body["hint"].as_str().map(str::to_string),
+                status: Some(status.as_u16()),
+            });
+        }
+        let io = |e: std::io::Error| ClientError::new(format!("writing {}: {e}", file.display()));
+        let mut out = std::fs::File::create(file).map_err(io)?;
+        let mut total = 0u64;
+        loop {
+            let chunk = response.chunk().await.map_err(|e| {
+                ClientError::new(format!(
+                    "the node stopped sending after {total} bytes ({e}); `detente status` says why"
+                ))
+            })?;
+            let Some(chunk) = chunk else { break };
+            out.write_all(&chunk).map_err(io)?;
+            total += chunk.len() as u64;
+            on_bytes(total);
+        }
+        out.sync_all().map_err(io)?;
+        Ok(total)
+    }
+
     async fn send(
         &self,
         request: reqwest::RequestBuilder,

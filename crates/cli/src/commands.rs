@@ -190,20 +190,24 @@ pub fn config_set(dir: &Path, key: &str, value: &str) -> Outcome {
 
 pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
     let options = detente_node::StartOptions { new_store };
-    let node = detente_node::Node::start_with(NodeDir::new(dir), options)
-        .await
-        .map_err(|e| {
-            let failure = Failure::new(e.to_string());
-            match e {
-                detente_node::StartError::Config(detente_node::config::ConfigError::NoNode(_)) => {
-                    failure.hint(format!(
-                        "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
-                        dir.display()
-                    ))
-                }
-                _ => failure,
+    // Opening the store applies its pending migrations, which can take a while on a large
+    // store; on a terminal a spinner says so, cleared before the node says it serves.
+    let opening =
+        crate::progress::Progress::spinner("opening the store and applying its migrations");
+    let started = detente_node::Node::start_with(NodeDir::new(dir), options).await;
+    drop(opening);
+    let node = started.map_err(|e| {
+        let failure = Failure::new(e.to_string());
+        match e {
+            detente_node::StartError::Config(detente_node::config::ConfigError::NoNode(_)) => {
+                failure.hint(format!(
+                    "create one with: detente init --dir {} --name NAME --party \"FULL NAME\"",
+                    dir.display()
+                ))
             }
-        })?;
+            _ => failure,
+        }
+    })?;
     let shared = &node.shared;
     eprintln!(
         "detente node {} serving: peers on {}, console and API on http://{}",

@@ -326,10 +326,15 @@ enum Command {
         /// messages (no nodes; a real SQLite file; try --messages 20000).
         #[arg(long, conflicts_with = "verify")]
         append: bool,
+        /// Instead: build a channel of N messages (and one of 10,000) in real SQLite files and
+        /// compare what appending, proving and exporting cost per message on each (no nodes;
+        /// up to 10000000, which takes a while: signing alone is ~20,000 a second).
+        #[arg(long, value_name = "N", conflicts_with_all = ["verify", "append"])]
+        transcript: Option<u64>,
         /// Also measure, in the same run, this machine's raw fdatasync rate, SQLite's commit
         /// rate at 1 and 128 rows per commit, and one core's sign and batch-verify rates, and
         /// print the end-to-end figure as a ratio of each.
-        #[arg(long, conflicts_with_all = ["verify", "append"])]
+        #[arg(long, conflicts_with_all = ["verify", "append", "transcript"])]
         compare: bool,
         /// Where both nodes keep their data: sqlite (a file each) or postgres (a new
         /// database each, made through --database-url and dropped afterwards).
@@ -723,6 +728,11 @@ async fn run(command: Command) -> Outcome {
             append: true,
             ..
         } => detente::bench_append::run(messages, json).await,
+        Command::Bench {
+            json,
+            transcript: Some(size),
+            ..
+        } => detente::bench_transcript::run(size, json).await,
         Command::Bench {
             json,
             messages,

@@ -1,4 +1,5 @@
-//! Progress on long commands (export, verify, bench): an indicatif spinner or bar on stderr,
+//! Progress on long commands (export, verify, report, bench, and the store's migrations when
+//! `serve` opens it): an indicatif spinner or bar on stderr,
 //! drawn only when stderr is a terminal. Scripts, pipes and logs see nothing of it, so the
 //! command line's outputs (`--json` on stdout, `error:` lines on stderr) stay as documented.
 

@@ -115,6 +115,12 @@ pub struct Record {
 
 pub async fn run(o: Options) -> Outcome {
     let bytes = read_bundle(&o.bundle)?;
+    // Drawn on a terminal only, and cleared before the closing line.
+    let progress = crate::progress::Progress::spinner(format!(
+        "verifying {} ({} bytes)",
+        o.bundle.display(),
+        bytes.len()
+    ));
     let (bytes, verdict) = tokio::task::spawn_blocking(move || {
         let verdict = bundle::verify(&bytes);
         (bytes, verdict)
@@ -138,13 +144,21 @@ pub async fn run(o: Options) -> Outcome {
             o.bundle.display()
         )));
     }
+    progress.set_message("reading the record");
     let record = Record::from_bundle(&bytes, verdict)?;
+    progress.set_message(format!(
+        "rendering {} messages and {} checkpoints",
+        record.entries.len(),
+        record.checkpoints.len()
+    ));
     let html = crate::report_html::render(&record);
     std::fs::write(&o.out, html.as_bytes())
         .map_err(|e| Failure::new(format!("cannot write {}: {e}", o.out.display())))?;
     if let Some(pdf) = &o.pdf {
+        progress.set_message(format!("printing {} with Chromium", pdf.display()));
         print_pdf(&o.out, pdf).await?;
     }
+    drop(progress);
     let verdict = if record.verdict.ok() {
         "verified"
     } else {

@@ -66,20 +66,45 @@ fn print_lines(lines: impl Iterator<Item = String>) {
 pub async fn export(dir: &Path, peer: &str, out: &Path) -> Outcome {
     let client = Client::for_dir(dir)?;
     let progress = Progress::spinner(format!("exporting the channel with {peer}"));
-    let bytes = client
-        .get_bytes(&format!("/api/v1/peers/{peer}/export"))
-        .await?;
+    // Written beside the target first: `out` only ever names a whole, verified bundle.
+    let partial = out.with_extension("partial");
+    let cannot_write = |e: std::io::Error| {
+        Failure::new(format!("cannot write {}: {e}", out.display()))
+            .hint("choose a writable path with --out")
+    };
+    let written = client
+        .download(&format!("/api/v1/peers/{peer}/export"), &partial, |total| {
+            progress.set_message(format!("received {} MiB", mib(total as usize)))
+        })
+        .await;
+    let written = match written {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
     progress.set_message(format!(
-        "writing {} MiB to {}",
-        mib(bytes.len()),
-        out.display()
+        "checking the {} MiB received",
+        mib(written as usize)
     ));
-    write_file(out, &bytes)?;
-    progress.set_message(format!("checking the {} MiB written", mib(bytes.len())));
+    let bytes = std::fs::read(&partial).map_err(cannot_write)?;
     let report = tokio::task::spawn_blocking(move || bundle::verify(&bytes))
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
     drop(progress);
+    if !report.ok() {
+        let first = report
+            .problems
+            .first()
+            .map_or_else(String::new, |p| format!("{}: {}", p.item, p.what));
+        return Err(Failure::new(format!(
+            "the bundle received does not verify ({first}); it is kept as {}",
+            partial.display()
+        ))
+        .hint("run `detente verify` on it for every problem, and `detente status` on the node"));
+    }
+    std::fs::rename(&partial, out).map_err(cannot_write)?;
     eprintln!(
         "exported {} messages and {} checkpoints to {}",
         report.messages,
@@ -92,21 +117,6 @@ pub async fn export(dir: &Path, peer: &str, out: &Path) -> Outcome {
 /// A size for people, in MiB with one decimal.
 fn mib(bytes: usize) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Outcome {
-    use std::io::Write;
-    let tmp = path.with_extension("partial");
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    result.map_err(|e| {
-        Failure::new(format!("cannot write {}: {e}", path.display()))
-            .hint("choose a writable path with --out")
-    })
 }
 
 /// The outcome of verifying a file, bundle or proof.

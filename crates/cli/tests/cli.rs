@@ -440,6 +440,28 @@ fn bench_append_reports_the_merkle_cost() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
+/// `bench --transcript N` builds both channels in real SQLite files, checks every proof it
+/// times against the root, and reports each figure at both lengths with their ratio; a
+/// length outside 10,000..=10,000,000 is a usage error.
+#[test]
+fn bench_transcript_compares_a_long_channel_with_a_short_one() {
+    let out = detente(&["bench", "--transcript", "12000", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["small"]["messages"], 10_000);
+    assert_eq!(v["large"]["messages"], 12_000);
+    for side in ["small", "large"] {
+        for key in ["append_us_per_msg", "prove_us", "export_us_per_msg"] {
+            assert!(v[side][key].as_f64().is_some_and(|x| x > 0.0), "{side}.{key}: {v}");
+        }
+    }
+    for key in ["append", "prove", "export"] {
+        assert!(v["ratio_large_to_small"][key].is_f64(), "{key}: {v}");
+    }
+    let out = detente(&["bench", "--transcript", "9999"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
 /// Issue 12, item 19: `detente verify … | head -1` used to panic on the broken pipe. The
 /// reader is gone before the first line here; the command ends without a panic, with the
 /// verdict as its exit status.

@@ -69,9 +69,11 @@ async fn start(n: &mut ProcNode) -> Client {
 /// One sample of the exposition: name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
 
-/// A strict parser of the Prometheus text exposition format 0.0.4: every line is a
-/// well-formed HELP, TYPE or sample; TYPE comes once per family, before its samples; a
-/// family's samples are contiguous; no series twice; the document ends with a newline.
+/// A strict parser of the OpenMetrics text exposition (what the node serves, through
+/// prometheus-client): every line is a well-formed HELP, TYPE, UNIT or sample; TYPE comes
+/// once per family, before its samples; a counter family `x` has its samples named
+/// `x_total`; a family's samples are contiguous; no series twice; the document ends with
+/// `# EOF` and a newline. Samples are returned by their series name (`x_total`).
 fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
     fn metric_name(s: &str) -> bool {
         let mut c = s.chars();
@@ -100,7 +102,11 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
     let mut current: Option<String> = None;
     let mut series: HashSet<String> = HashSet::new();
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.last() != Some(&"# EOF") {
+        return Err("does not end with # EOF".into());
+    }
+    for (n, line) in lines[..lines.len() - 1].iter().copied().enumerate() {
         let err = |m: String| format!("line {}: {m}: {line:?}", n + 1);
         if line.is_empty() {
             return Err(err("empty line".into()));
@@ -116,6 +122,7 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
                 return Err(err("bad metric name".into()));
             }
             match keyword {
+                "UNIT" => {}
                 "HELP" => {
                     if !helps.insert(name.to_string()) {
                         return Err(err("second HELP".into()));
@@ -210,7 +217,13 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
         if fields.next().is_some() {
             return Err(err("trailing fields".into()));
         }
-        let family = name.to_string();
+        let family = match name.strip_suffix("_total") {
+            Some(base) if types.get(base).is_some_and(|t| t == "counter") => base.to_string(),
+            _ => name.to_string(),
+        };
+        if types.get(&family).is_some_and(|t| t == "counter") && family == name {
+            return Err(err("a counter's sample is not named …_total".into()));
+        }
         if current.as_deref() != Some(&family) {
             if let Some(prev) = current.take() {
                 finished.insert(prev);
@@ -230,7 +243,7 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
         if !series.insert(key) {
             return Err(err("series twice".into()));
         }
-        out.push((family, labels, v));
+        out.push((name.to_string(), labels, v));
     }
     Ok(out)
 }
@@ -256,17 +269,20 @@ async fn metrics(client: &Client) -> Vec<Sample> {
 
 #[test]
 fn the_exposition_parser_is_strict() {
-    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 3\na_total{x=\"q\\\"\"} 4\n# TYPE g gauge\ng NaN\n";
+    let good = "# HELP a A.\n# TYPE a counter\na_total{x=\"1\"} 3\na_total{x=\"q\\\"\"} 4\n# TYPE g gauge\n# UNIT g seconds\ng NaN\n# EOF\n";
     assert_eq!(parse_exposition(good).unwrap().len(), 3);
     for bad in [
-        "a 1\n",                                                      // no TYPE
-        "# TYPE a counter\na 1",                                      // no final newline
-        "# TYPE a counter\na{x=1} 1\n",                               // unquoted
-        "# TYPE a counter\na 1\na 2\n",                               // series twice
-        "# TYPE a counter\n# TYPE b gauge\na 1\nb 1\na{x=\"y\"} 1\n", // not contiguous
-        "# TYPE a counter\na -1\n",                                   // negative counter
-        "# TYPE a counter\na 1 2 3\n",                                // trailing
-        "# TYPE 1a counter\n",                                        // bad name
+        "a 1\n# EOF\n",                                    // no TYPE
+        "# TYPE a counter\na_total 1\n# EOF",              // no final newline
+        "# TYPE a counter\na_total 1\n",                   // no EOF
+        "# TYPE a counter\n# EOF\na_total 1\n# EOF\n",     // EOF inside
+        "# TYPE a counter\na 1\n# EOF\n",                  // counter without _total
+        "# TYPE a counter\na_total{x=1} 1\n# EOF\n",       // unquoted
+        "# TYPE a counter\na_total 1\na_total 2\n# EOF\n", // series twice
+        "# TYPE a counter\n# TYPE b gauge\na_total 1\nb 1\na_total{x=\"y\"} 1\n# EOF\n", // not contiguous
+        "# TYPE a counter\na_total -1\n# EOF\n", // negative counter
+        "# TYPE a counter\na_total 1 2 3\n# EOF\n", // trailing
+        "# TYPE 1a counter\n# EOF\n",            // bad name
     ] {
         assert!(parse_exposition(bad).is_err(), "accepted {bad:?}");
     }

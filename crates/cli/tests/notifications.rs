@@ -171,7 +171,7 @@ async fn a_launch_from_washington_reads_in_chinese_at_beijing() {
         let out = send(&fields);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-        assert!(err.contains(&format!("field \"{key}\"")), "{what}: {err}");
+        assert!(err.contains(&format!("[{key}: ")), "{what}: {err}");
         assert!(err.contains("hint: "), "{what}: {err}");
         assert_eq!(
             counts(&w.dir, "beijing"),
@@ -179,6 +179,65 @@ async fn a_launch_from_washington_reads_in_chinese_at_beijing() {
             "{what}: something was stored"
         );
     }
+    // Several invalid fields at once: every one is reported, in the operator's language,
+    // from the command line (beijing's operator reads Chinese) as from the API.
+    let mut several = replace("count", "0");
+    several.retain(|f| !f.starts_with("launch_area=") && !f.starts_with("impact_area="));
+    several.push(field("launch_area", "circle:91,10,5"));
+    let mut args = vec![
+        "send",
+        "--dir",
+        &bd,
+        "--to",
+        "washington",
+        "--format",
+        "launch",
+    ];
+    for f in &several {
+        args.extend(["--field", f]);
+    }
+    let out = detente(&args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("通报有 3 个字段无效"), "{err}");
+    assert!(err.contains("此字段必须填写"), "{err}");
+    for key in ["count", "launch_area", "impact_area"] {
+        assert!(err.contains(&format!("[{key}: ")), "{key}: {err}");
+    }
+    let fields: Vec<Value> = several
+        .iter()
+        .map(|f| {
+            let (key, value) = f.split_once('=').unwrap();
+            serde_json::json!({"key": key, "value": value})
+        })
+        .collect();
+    let token = std::fs::read_to_string(w.dir.join("api.token")).unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/messages", w.console_addr))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"to": "beijing", "format": "launch", "fields": fields}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 422);
+    let body: Value = answer.json().await.unwrap();
+    let problems = body["problems"].as_array().expect("problems");
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["count", "launch_area", "impact_area"], "{body}");
+    assert_eq!(problems[2]["rule"], "required", "{body}");
+    assert_eq!(problems[2]["message"], "This field is required.", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("The notification has 3 invalid fields:"),
+        "{body}"
+    );
+    assert_eq!(counts(&w.dir, "beijing"), before, "something was stored");
+
     // Marked late with a reason, the short-notice launch is accepted.
     let mut late = too_soon;
     late.push(field("late_reason", "Weather moved the test forward."));

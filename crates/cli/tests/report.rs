@@ -169,6 +169,7 @@ async fn a_record_of_a_real_channel_names_everything_in_both_languages() {
     let out = detente(&args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let record = std::fs::read_to_string(&html).unwrap();
+    progress_only_on_a_terminal(&out, &bundle, &tmp.path().join("again.html"));
 
     // Every envelope of a person in the bundle is named by its full id.
     let decoded = Bundle::decode(&std::fs::read(&bundle).unwrap()).unwrap();
@@ -236,4 +237,36 @@ async fn a_record_of_a_real_channel_names_everything_in_both_languages() {
     assert!(marked.contains("<title>FAILED VERIFICATION"));
     assert!(marked.contains("class=\"damaged\""));
     assert!(!marked.contains("Verified offline"));
+}
+
+/// Off a terminal (stderr piped, as here) `report` prints its closing line and nothing
+/// else; on one (a pseudo-terminal made by util-linux's `script`) it draws its progress.
+fn progress_only_on_a_terminal(piped: &Output, bundle: &Path, out: &Path) {
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "only the closing line: {stderr:?}"
+    );
+    assert!(
+        !stderr.contains(['\r', '\u{1b}']),
+        "no drawing off a terminal: {stderr:?}"
+    );
+    let command = format!(
+        "{} report {} --out {}",
+        env!("CARGO_BIN_EXE_detente"),
+        bundle.display(),
+        out.display()
+    );
+    let on_terminal = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .output()
+        .expect("script (util-linux) makes a pseudo-terminal");
+    let seen = text(&on_terminal);
+    assert_eq!(on_terminal.status.code(), Some(0), "{seen}");
+    assert!(
+        seen.contains("verifying"),
+        "progress on a terminal: {seen:?}"
+    );
+    assert!(seen.contains("record of"), "{seen:?}");
 }

@@ -354,35 +354,66 @@ impl FormatDef {
         fields: &BTreeMap<String, Raw>,
         now: Timestamp,
     ) -> Result<Notification, FieldError> {
+        self.validate_all(fields, now)
+            .map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// As [`FormatDef::validate`], but reporting every problem at once (in the order
+    /// `validate` meets them, so the first is its error): each field that does not parse,
+    /// each unknown field, each required field missing, and, once every field is valid on
+    /// its own, each cross-field rule broken. Never an empty list.
+    pub fn validate_all(
+        &self,
+        fields: &BTreeMap<String, Raw>,
+        now: Timestamp,
+    ) -> Result<Notification, Vec<FieldError>> {
         if fields.len() > FIELDS_MAX {
-            return Err(FieldError::Limit {
+            return Err(vec![FieldError::Limit {
                 key: "*".into(),
                 explanation: format!("at most {FIELDS_MAX} fields"),
-            });
+            }]);
         }
+        let mut errors = Vec::new();
         let mut values = BTreeMap::new();
         for (key, raw) in fields {
             if key.len() > KEY_BYTES_MAX {
-                return Err(FieldError::Limit {
+                errors.push(FieldError::Limit {
                     key: key.chars().take(KEY_BYTES_MAX).collect(),
                     explanation: format!("keys are at most {KEY_BYTES_MAX} bytes"),
                 });
+                continue;
             }
-            let def = self.field(key).ok_or_else(|| FieldError::UnknownField {
-                format: self.id.clone(),
-                key: key.clone(),
-            })?;
-            values.insert(key.clone(), parse_value(key, &def.kind, raw)?);
+            let Some(def) = self.field(key) else {
+                errors.push(FieldError::UnknownField {
+                    format: self.id.clone(),
+                    key: key.clone(),
+                });
+                continue;
+            };
+            match parse_value(key, &def.kind, raw) {
+                Ok(value) => {
+                    values.insert(key.clone(), value);
+                }
+                Err(e) => errors.push(e),
+            }
         }
         for def in &self.fields {
-            if def.required && !values.contains_key(&def.key) {
-                return Err(FieldError::Missing {
+            if def.required && !fields.contains_key(&def.key) {
+                errors.push(FieldError::Missing {
                     key: def.key.clone(),
                 });
             }
         }
-        for rule in &self.rules {
-            check_rule(rule, &values, now)?;
+        // A rule over a value that is missing or wrong would only repeat that error.
+        if errors.is_empty() {
+            errors.extend(
+                self.rules
+                    .iter()
+                    .filter_map(|rule| check_rule(rule, &values, now).err()),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         Ok(Notification {
             format: self.id.clone(),

@@ -357,3 +357,47 @@ fn every_format_describes_itself_in_both_languages() {
         }
     }
 }
+
+/// `validate_all` names every problem at once, in `validate`'s order (so its first is
+/// `validate`'s error), and leaves the cross-field rules until each field is valid.
+#[test]
+fn every_problem_is_named_at_once() {
+    let def = builtin().latest("launch").unwrap();
+    let mut f = launch_fields();
+    f.insert("count".into(), Raw::Typed("0".into()));
+    f.insert("launch_area".into(), Raw::Typed("circle:91,10,5".into()));
+    f.insert("no_such_field".into(), Raw::Typed("x".into()));
+    f.remove("impact_area");
+    // The window ends before it starts too, but that waits for the fields to be right.
+    f.insert(
+        "window_end".into(),
+        Raw::Typed("2026-12-01T09:00:00Z".into()),
+    );
+    let errors = def.validate_all(&f, now()).unwrap_err();
+    let keys: Vec<_> = errors.iter().map(|e| e.key().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["count", "launch_area", "no_such_field", "impact_area"]
+    );
+    assert!(matches!(errors[3], FieldError::Missing { .. }));
+    assert_eq!(def.validate(&f, now()).unwrap_err(), errors[0]);
+
+    // Each field right, two rules broken: both named.
+    let mut f = launch_fields();
+    f.insert(
+        "window_start".into(),
+        Raw::Typed("2026-11-29T02:00:00Z".into()),
+    );
+    f.insert(
+        "window_end".into(),
+        Raw::Typed("2026-11-29T01:00:00Z".into()),
+    );
+    let errors = def.validate_all(&f, now()).unwrap_err();
+    assert!(errors.len() >= 2, "{errors:?}");
+    assert!(
+        errors.iter().all(|e| matches!(e, FieldError::Rule { .. })),
+        "{errors:?}"
+    );
+    assert_eq!(def.validate(&f, now()).unwrap_err(), errors[0]);
+    assert!(def.validate_all(&launch_fields(), now()).is_ok());
+}

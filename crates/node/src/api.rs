@@ -45,6 +45,8 @@ pub struct ApiError {
     status: StatusCode,
     error: String,
     hint: Option<String>,
+    /// Every invalid field of a refused notification (answered only when there are some).
+    problems: Vec<crate::notify::Problem>,
 }
 
 impl ApiError {
@@ -53,6 +55,7 @@ impl ApiError {
             status,
             error: error.into(),
             hint: None,
+            problems: Vec::new(),
         }
     }
 
@@ -118,11 +121,11 @@ impl Caller {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error": self.error, "hint": self.hint})),
-        )
-            .into_response();
+        let mut body = json!({"error": self.error, "hint": self.hint});
+        if !self.problems.is_empty() {
+            body["problems"] = json!(self.problems);
+        }
+        let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -241,6 +244,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/messages/{id}/proof", Access::ExportSigning),
     ("GET", "/alarms", Access::Read),
     ("GET", "/peers/{name}/charter", Access::Read),
+    ("GET", "/openapi.json", Access::Read),
 ];
 
 /// The declared access of a routed request, if any.
@@ -300,8 +304,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/messages/{id}/proof", get(proof).post(proof_signing))
         .route("/alarms", get(alarms))
         .route("/peers/{name}/charter", get(peer_charter))
+        .route("/openapi.json", get(crate::openapi::serve_document))
         .route_layer(middleware::from_fn(authorize))
-        .layer(middleware::from_fn_with_state(shared.clone(), authenticate));
+        .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
+        .layer(middleware::from_fn(typed_rejections));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -316,6 +322,46 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Longest plain-text refusal from axum's extractors or router that [`typed_rejections`]
+/// reads to put into a JSON error (theirs are one line; more is cut).
+const REJECTION_BYTES_MAX: usize = 4096;
+
+/// Give axum's own refusals (a body that is not JSON or lacks a field, a query that does not
+/// parse, an unknown route or method) the API's error shape, `{"error", "hint"}`, as the
+/// OpenAPI document promises for every 4xx: a client can then handle every refusal alike.
+async fn typed_rejections(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let body = axum::body::to_bytes(response.into_body(), REJECTION_BYTES_MAX)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let error = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let mut typed = ApiError::new(status, error)
+        .hint("see the routes and their bodies in /api/v1/openapi.json")
+        .into_response();
+    if let Some(allow) = allow {
+        typed.headers_mut().insert(header::ALLOW, allow);
+    }
+    typed
+}
+
 /// Refuse what the caller's role may not do, by the route's declared [`Access`]; a route
 /// with none declared is refused to everyone (a bug, caught by the route tests).
 async fn authorize(
@@ -324,7 +370,15 @@ async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(access) = declared_access(request.method().as_str(), matched.as_str()) else {
+    // HEAD is a GET without its body (axum answers it from the GET handler).
+    let method = match request.method().as_str() {
+        "HEAD" => "GET",
+        other => other,
+    };
+    let Some(access) = declared_access(method, matched.as_str()) else {
+        if let Some(refused) = method_not_allowed(matched.as_str()) {
+            return refused;
+        }
         tracing::error!(
             route = matched.as_str(),
             "an API route has no declared access"
@@ -339,6 +393,28 @@ async fn authorize(
         return ApiError::forbidden(access.what(), role).into_response();
     }
     next.run(request).await
+}
+
+/// A route called with a method it does not have: 405 and the methods it has. (The role
+/// check runs on the matched path before axum's own 405, so it must answer this itself.)
+fn method_not_allowed(matched: &str) -> Option<Response> {
+    let path = matched.strip_prefix("/api/v1").unwrap_or(matched);
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, p, _)| *p == path)
+        .map(|(m, _, _)| *m)
+        .collect();
+    if methods.is_empty() {
+        return None;
+    }
+    let allow = methods.join(", ");
+    let mut response = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        .hint(format!("this route takes {allow}"))
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    Some(response)
 }
 
 async fn authenticate(
@@ -402,6 +478,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/id",
+    tag = "node",
+    responses(
+        (status = 200, description = "Who this node is.", body = crate::openapi::IdJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn id(State(shared): State<Arc<Shared>>) -> ApiResult {
     let c = shared.config.read().map_err(|_| internal())?.clone();
     let key = shared.secret.public();
@@ -425,6 +510,15 @@ fn wall_ms(at: Instant) -> u64 {
     now_ms().saturating_sub(at.elapsed().as_millis() as u64)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/status",
+    tag = "node",
+    responses(
+        (status = 200, description = "Link health and backlog per peer, alarms and a verdict.", body = crate::openapi::StatusJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
     let mut peers = Vec::new();
     let now = Instant::now();
@@ -581,6 +675,15 @@ async fn alarm_list(shared: &Shared) -> Result<Vec<Value>, ApiError> {
         .collect())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/alarms",
+    tag = "node",
+    responses(
+        (status = 200, description = "Every stored piece of equivocation evidence.", body = crate::openapi::AlarmsJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn alarms(State(shared): State<Arc<Shared>>) -> ApiResult {
     Ok(Json(json!({ "alarms": alarm_list(&shared).await? })).into_response())
 }
@@ -593,6 +696,16 @@ fn peer_entry(shared: &Shared, name: &str) -> Result<Arc<crate::peers::PeerEntry
 }
 
 /// Sign a checkpoint of the channel now and send it to the peer for co-signing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/peers/{name}/checkpoint",
+    tag = "evidence",
+    params(("name" = String, Path, description = "The peer's name, as pinned.")),
+    responses(
+        (status = 200, description = "The checkpoint signed (and sent for co-signing).", body = crate::openapi::CheckpointJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn checkpoint_now(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -605,27 +718,45 @@ async fn checkpoint_now(
     Ok(Json(crate::transcript::checkpoint_json(&signed)).into_response())
 }
 
-/// The channel with a peer as one bundle (application/cbor).
+/// The channel with a peer as one bundle (application/cbor), streamed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/peers/{name}/export",
+    tag = "evidence",
+    params(("name" = String, Path, description = "The peer's name, as pinned.")),
+    responses(
+        (status = 200, description = "The channel as one export bundle (canonical CBOR; `detente verify` checks it).", content_type = "application/cbor", body = String),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn export(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let bytes = export_bundle(&shared, &name).await?;
-    let detail = format!("channel with {name}, {} bytes", bytes.len());
+    let (body, plan) = export_body(&shared, &name).await?;
+    let detail = format!("channel with {name}, {} messages", plan.messages());
     audit_api(&shared, &caller, "export", &detail).await;
     Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/cbor"),
         )],
-        bytes,
+        body,
     )
         .into_response())
 }
 
-/// The encoded export bundle of the channel with `name` (`detente verify` checks it).
-pub(crate) async fn export_bundle(shared: &Shared, name: &str) -> Result<Vec<u8>, ApiError> {
+/// The export bundle of the channel with `name` (`detente verify` checks it) as a streamed
+/// body: memory per export is bounded by a page and a few chunks, whatever the length of
+/// the transcript. The first chunk is produced before answering, so that a failure in it (a
+/// tampered row near the start, a failing store) is still a clear error status; a later
+/// failure ends the body early (the bytes are then no bundle, and the verifier says so)
+/// and raises the alarm.
+pub(crate) async fn export_body(
+    shared: &Arc<Shared>,
+    name: &str,
+) -> Result<(axum::body::Body, crate::transcript::ExportPlan), ApiError> {
     let entry = peer_entry(shared, name)?;
     // The charter envelopes both sides signed (kind 6), appended ones only; they are also in
     // the streams, and the verifier checks that every one is.
@@ -641,26 +772,66 @@ pub(crate) async fn export_bundle(shared: &Shared, name: &str) -> Result<Vec<u8>
         .filter(|m| m.placement == Placement::Appended)
         .map(|m| m.bytes)
         .collect();
-    let bundle =
-        crate::transcript::export(&shared.store, &shared.secret.public(), &entry.key, charters)
-            .await
-            .map_err(|e| {
-                if e.starts_with(crate::transcript::TAMPERED) {
-                    tampered_alarm(shared, name, &e);
-                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e).hint(
-                        "restore the database from a backup and compare with the peer's export",
-                    );
-                }
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
-            })?;
-    tokio::task::spawn_blocking(move || bundle.encode())
+    let plan = crate::transcript::plan_export(
+        &shared.store,
+        &shared.secret.public(),
+        &entry.key,
+        charters,
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let mut chunks = crate::transcript::stream_export(shared.store.clone(), plan.clone());
+    let first = chunks
+        .recv()
         .await
-        .map_err(|_| internal())
+        .ok_or_else(internal)?
+        .map_err(|e| export_failed(shared, name, e))?;
+    let (shared, name) = (shared.clone(), name.to_string());
+    let stream = futures_util::stream::unfold((Some(first), chunks), move |(first, mut chunks)| {
+        let (shared, name) = (shared.clone(), name.clone());
+        async move {
+            let next = match first {
+                Some(chunk) => Ok(chunk),
+                None => chunks.recv().await?,
+            };
+            let item = next.map(axum::body::Bytes::from).map_err(|e| {
+                let error = export_failed(&shared, &name, e);
+                std::io::Error::other(error.to_string())
+            });
+            Some((item, (None, chunks)))
+        }
+    });
+    Ok((axum::body::Body::from_stream(stream), plan))
+}
+
+/// An export that failed: the alarm for a tampered row, and the answer it gets.
+fn export_failed(shared: &Shared, name: &str, e: crate::transcript::ExportError) -> ApiError {
+    match e {
+        crate::transcript::ExportError::Tampered(detail) => {
+            tampered_alarm(shared, name, &detail);
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, detail)
+                .hint("restore the database from a backup and compare with the peer's export")
+        }
+        crate::transcript::ExportError::Store(detail) => {
+            tracing::warn!(peer = name, "export stopped: {detail}");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+        }
+    }
 }
 
 /// A self-contained inclusion proof of one message against the latest checkpoint that
 /// covers it (preferring one signed by every member). A GET changes nothing: with no
 /// covering checkpoint it answers 409; `POST` (what `detente proof` sends) signs one first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{id}/proof",
+    tag = "evidence",
+    params(("id" = String, Path, description = "The message id: 64 hex digits.", pattern = "^[0-9a-fA-F]{64}$")),
+    responses(
+        (status = 200, description = "An inclusion proof against the latest checkpoint covering the message; 409 when none does.", body = crate::openapi::ProofJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn proof(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -670,6 +841,16 @@ async fn proof(
 }
 
 /// `POST /messages/{id}/proof`: as the GET, signing a checkpoint when none covers it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages/{id}/proof",
+    tag = "evidence",
+    params(("id" = String, Path, description = "The message id: 64 hex digits.", pattern = "^[0-9a-fA-F]{64}$")),
+    responses(
+        (status = 200, description = "An inclusion proof, signing a checkpoint first when none covers the message.", body = crate::openapi::ProofJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn proof_signing(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -677,6 +858,9 @@ async fn proof_signing(
 ) -> ApiResult {
     make_proof(&shared, &caller, &id, true).await
 }
+
+/// Checkpoints a proof looks among, newest first, at most.
+const PROOF_CHECKPOINTS_READ: u32 = 64;
 
 async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) -> ApiResult {
     use detente_proto::checkpoint::SignedCheckpoint;
@@ -697,7 +881,6 @@ async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) 
     let covering = |rows: &[detente_store::CheckpointRow]| {
         let decoded: Vec<SignedCheckpoint> = rows
             .iter()
-            .rev()
             .filter_map(|r| SignedCheckpoint::decode(&r.signed).ok())
             .filter(|s| {
                 s.checkpoint()
@@ -711,7 +894,16 @@ async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) 
             .or(decoded.first())
             .cloned()
     };
-    let rows = shared.store.checkpoints(row.channel).await?;
+    // Only the newest checkpoints are read (and decoded), never the channel's whole list:
+    // the sizes this node signs only grow (the witness rule), so when none of the newest
+    // covers the message an older one would not either, and a POST signs a new one.
+    let rows = shared
+        .store
+        .checkpoint_page(
+            row.channel,
+            detente_store::CheckpointPage::newest(PROOF_CHECKPOINTS_READ),
+        )
+        .await?;
     let signed = match covering(&rows) {
         Some(s) => s,
         None if may_sign => shared.writer.checkpoint(&row.peer).await?,
@@ -758,10 +950,14 @@ async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) 
 }
 
 /// A message to send, as the API accepts it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SendBody {
+    /// The peer's name.
     pub to: String,
+    /// `flash`, `immediate`, `priority` or `routine`; routine for text, the format's for a
+    /// notification by default.
     #[serde(default)]
+    #[schema(pattern = "^(flash|immediate|priority|routine)$")]
     pub precedence: Option<String>,
     #[serde(default)]
     pub topic: Option<String>,
@@ -779,7 +975,9 @@ pub struct SendBody {
     /// Language of the text; the node's language by default.
     #[serde(default)]
     pub lang: Option<String>,
+    /// Courtesy translations of the text: `[language, text]` pairs.
     #[serde(default)]
+    #[schema(value_type = Vec<Vec<String>>)]
     pub translations: Vec<(String, String)>,
     #[serde(default)]
     pub reply_to: Option<String>,
@@ -787,7 +985,7 @@ pub struct SendBody {
     pub author: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SentJson {
     id: String,
     seq: u64,
@@ -832,12 +1030,7 @@ fn request_body(
             })?;
             let text_lang = body.lang.clone().unwrap_or_else(|| lang.to_string());
             let notification = crate::notify::build(def, &body.fields, &text_lang, now_ms())
-                .map_err(|e| {
-                    unprocessable(e.to_string()).hint(format!(
-                        "see the fields and rules with: detente formats show {}",
-                        def.id
-                    ))
-                })?;
+                .map_err(|e| invalid_notification(shared, def, &e, lang))?;
             // The fields are checked first, so an operator learns of every mistake of theirs
             // even before the channel is agreed. (An unknown peer is the writer's error.)
             if shared.table.get(&body.to).is_some() {
@@ -860,6 +1053,28 @@ fn request_body(
         )),
         (None, None) => Err(unprocessable("nothing to send".into())
             .hint("give --text TEXT, or --format ID with --field KEY=VALUE ...")),
+    }
+}
+
+/// A notification refused by its format: every invalid field at once, in the node's
+/// language (the operator's, for the command line), as text and as `problems`.
+fn invalid_notification(
+    shared: &Shared,
+    def: &detente_formats::FormatDef,
+    error: &crate::notify::NotifyError,
+    lang: &str,
+) -> ApiError {
+    let hint = format!(
+        "see the fields and rules with: detente formats show {}",
+        def.id
+    );
+    match crate::notify::problems(def, error, lang, &shared.console.i18n) {
+        Some((text, problems)) => {
+            let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, text).hint(hint);
+            e.problems = problems;
+            e
+        }
+        None => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()).hint(hint),
     }
 }
 
@@ -907,6 +1122,16 @@ pub(crate) async fn send_one(
     Ok(shared.writer.send(request).await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages",
+    tag = "messages",
+    request_body = SendBody,
+    responses(
+        (status = 201, description = "Stored durably and queued.", body = SentJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn send(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -922,7 +1147,8 @@ async fn send(
     Ok((StatusCode::CREATED, Json(json)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct GlossaryQuery {
     peer: String,
 }
@@ -937,6 +1163,16 @@ fn known_peer(shared: &Shared, peer: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/glossary",
+    tag = "peers",
+    params(GlossaryQuery),
+    responses(
+        (status = 200, description = "The channel's glossary.", body = Vec<crate::openapi::GlossaryTermJson>),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn glossary_list(
     State(shared): State<Arc<Shared>>,
     Query(q): Query<GlossaryQuery>,
@@ -962,17 +1198,34 @@ async fn glossary_list(
     Ok(Json(out).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct GlossaryBody {
     peer: String,
+    /// A language tag such as `en`; different from `lang_b`.
+    #[schema(pattern = "^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$", max_length = 35)]
     lang_a: String,
+    /// 1 to 200 bytes of text without control characters.
+    #[schema(min_length = 1, max_length = 200)]
     term_a: String,
+    /// A language tag such as `zh-CN`.
+    #[schema(pattern = "^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$", max_length = 35)]
     lang_b: String,
+    #[schema(min_length = 1, max_length = 200)]
     term_b: String,
 }
 
 /// Add an agreed pair of terms to the channel's glossary (replacing an earlier equivalent
 /// of the same term in the same languages).
+#[utoipa::path(
+    post,
+    path = "/api/v1/glossary",
+    tag = "peers",
+    request_body = GlossaryBody,
+    responses(
+        (status = 201, description = "The pair was added.", body = crate::openapi::OkJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn glossary_add(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -1027,12 +1280,22 @@ async fn glossary_add(
     Ok((StatusCode::CREATED, Json(json!({"ok": true}))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct BatchBody {
     messages: Vec<SendBody>,
 }
 
 /// Send many messages; each is durable when the answer comes. They are written in order.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages/batch",
+    tag = "messages",
+    request_body = BatchBody,
+    responses(
+        (status = 201, description = "Every message stored durably, in order.", body = Vec<SentJson>),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn send_batch(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -1063,16 +1326,33 @@ async fn send_batch(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this peer's channel.
     peer: Option<String>,
+    /// `in`, `out` or `all` (the default).
+    #[param(pattern = "^(in|out|all)$")]
     direction: Option<String>,
+    /// The language to render in; the node's by default.
     lang: Option<String>,
+    /// Rows at most: 1000 by default, at most 10 000.
     limit: Option<u32>,
+    /// Also receipts, link tests and charters.
     #[serde(default)]
     receipts: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages",
+    tag = "messages",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The channels' messages, oldest first.", body = Vec<crate::openapi::MessageJson>),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> ApiResult {
     let direction = match q.direction.as_deref() {
         None | Some("all") => None,
@@ -1114,6 +1394,16 @@ fn parse_id(text: &str) -> Result<MessageId, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "not a message id (64 hex digits)"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{id}",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message id: 64 hex digits.", pattern = "^[0-9a-fA-F]{64}$"), ListQuery),
+    responses(
+        (status = 200, description = "One message.", body = crate::openapi::MessageJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn one(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -1128,14 +1418,29 @@ async fn one(
     Ok(Json(message_json(&shared, &row, q.lang.as_deref()).await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WaitQuery {
+    /// `delivered` (the default), `read` or `acknowledged`.
+    #[param(pattern = "^(delivered|read|acknowledged)$")]
     level: Option<String>,
+    /// How long to wait, 30 000 ms by default, at most 600 000.
+    #[param(maximum = 600_000)]
     timeout_ms: Option<u64>,
 }
 
 /// Wait until a message reached a receipt level (delivered, read, acknowledged); 408 if not
 /// within the timeout. A declined receipt ends the wait too (the answer says which).
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{id}/wait",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message id: 64 hex digits.", pattern = "^[0-9a-fA-F]{64}$"), WaitQuery),
+    responses(
+        (status = 200, description = "The message, once it reached the level (or was declined); 408 when the timeout passes first.", body = crate::openapi::MessageJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn wait(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -1194,13 +1499,27 @@ async fn wait(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ReceiptBody {
+    /// `read`, `acknowledged` (the default) or `declined`.
+    #[schema(pattern = "^(read|acknowledged|declined)$")]
     level: Option<String>,
+    /// A note signed with the receipt.
     note: Option<String>,
 }
 
 /// Send a signed READ / ACKNOWLEDGED / DECLINED receipt for a received message.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages/{id}/receipts",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message id: 64 hex digits.", pattern = "^[0-9a-fA-F]{64}$")),
+    request_body = ReceiptBody,
+    responses(
+        (status = 201, description = "The signed receipt, stored and queued.", body = SentJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn receipt(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -1277,6 +1596,16 @@ pub(crate) async fn answer(
     Ok(sent)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/peers/{name}/reload",
+    tag = "peers",
+    params(("name" = String, Path, description = "The peer's name, as pinned.")),
+    responses(
+        (status = 200, description = "The peer's pinned configuration was read again.", body = crate::openapi::ReloadedJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn reload_peer(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -1293,6 +1622,16 @@ async fn reload_peer(
 
 /// The channel charter with a peer: the agreed one, the latest each side signed, and the
 /// peer's terms from the last session.
+#[utoipa::path(
+    get,
+    path = "/api/v1/peers/{name}/charter",
+    tag = "peers",
+    params(("name" = String, Path, description = "The peer's name, as pinned.")),
+    responses(
+        (status = 200, description = "The charter agreed with the peer and the latest each side signed.", body = crate::openapi::PeerCharterJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+    )
+)]
 async fn peer_charter(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
     if shared.table.get(&name).is_none() {
         return Err(ApiError::new(

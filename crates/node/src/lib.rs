@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod link;
 pub mod metrics;
 pub mod notify;
+pub mod openapi;
 pub mod peers;
 pub mod snapshot;
 pub mod tls;

@@ -1,11 +1,14 @@
-//! `/metrics`: Prometheus text exposition format (version 0.0.4), written by hand.
+//! `/metrics`: the OpenMetrics text exposition (1.0.0), encoded by prometheus-client.
 //!
 //! Counters come from [`crate::events::Metrics`] (every published event is counted there);
 //! gauges are read when asked: link state and round trip per peer from the links, outbox
-//! depth from the store, overdue and unanswered counts from the watch task. The route needs
-//! the API token like every other (Prometheus: `authorization: {credentials_file: api.token}`).
+//! depth from the store, overdue and unanswered counts from the watch task. Each scrape
+//! fills a fresh registry with what it read, so nothing here keeps state of its own, and
+//! the series are those Prometheus has always scraped (`detente_messages_total`, …): the
+//! rules and dashboard in `ops/` name them. The route needs the API token like every other
+//! (Prometheus: `authorization: {credentials_file: api.token}`).
 
-use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,336 +17,327 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use detente_proto::LinkState;
 use detente_store::Store;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::api::ApiError;
 use crate::{now_ms, Shared};
 
-/// A metric family being written: `# HELP`, `# TYPE`, then samples.
-struct Out(String);
+/// The content type of the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A series' labels: (name, value) pairs, in the order written.
+type Labels = Vec<(&'static str, String)>;
+
+/// The families of one scrape, registered in the order they are written.
+struct Out(Registry);
 
 impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
-            }
-            self.0.push('}');
+    /// A gauge family and its samples.
+    fn gauge(&mut self, name: &str, help: &str, samples: Vec<(Labels, f64)>) {
+        let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for (labels, value) in samples {
+            family.get_or_create(&labels).set(value);
         }
-        let _ = writeln!(self.0, " {}", number(value));
+        self.0.register(name, help, family);
+    }
+
+    /// A counter family and its samples. `name` is the series' name, `…_total`, as rules and
+    /// dashboards know it; OpenMetrics names the family without the suffix.
+    fn counter(&mut self, name: &str, help: &str, samples: Vec<(Labels, u64)>) {
+        let family = Family::<Labels, Counter<u64>>::default();
+        for (labels, value) in samples {
+            family.get_or_create(&labels).inc_by(value);
+        }
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        self.0.register(base, help, family);
+    }
+
+    fn text(&self) -> String {
+        let mut text = String::with_capacity(8192);
+        // Writing to a String cannot fail; an encoding error would be a bug of ours.
+        encode(&mut text, &self.0).expect("the exposition encodes");
+        text
     }
 }
 
-/// Label values escape backslash, double quote and newline.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
 pub async fn exposition(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
-    let m = shared.events.metrics().clone();
-    let mut o = Out(String::with_capacity(4096));
+    let mut o = Out(Registry::default());
+    links(&shared, &mut o);
+    listener(&shared, &mut o);
+    backlog(&shared, &mut o).await?;
+    counters(&shared, &mut o);
+    o.gauge(
+        "detente_messages_stored",
+        "Envelopes in the store (all peers, both directions).",
+        vec![(vec![], shared.store.message_count().await? as f64)],
+    );
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], o.text()).into_response())
+}
+
+/// Link state and round trip per peer.
+fn links(shared: &Shared, o: &mut Out) {
     let peers = shared.table.all();
     let now = Instant::now();
-
-    o.family(
-        "detente_link_state",
-        "gauge",
-        "Link state per peer: 1 for the current state (up, degraded, down), else 0.",
-    );
+    let mut states = Vec::new();
+    let mut rtts = Vec::new();
     for entry in &peers {
-        let state = entry
-            .status
-            .read()
+        let status = entry.status.read().ok();
+        let state = status
+            .as_ref()
             .map_or(LinkState::Down, |s| s.current_state(now));
         for s in [LinkState::Up, LinkState::Degraded, LinkState::Down] {
             let v = if s == state { 1.0 } else { 0.0 };
-            o.sample(
-                "detente_link_state",
-                &[("peer", &entry.name), ("state", s.name())],
-                v,
-            );
+            states.push((labels([("peer", &entry.name), ("state", s.name())]), v));
         }
-    }
-    o.family(
-        "detente_peer_connections_refused_total",
-        "counter",
-        "Inbound peer connections closed before their TLS handshake, by reason.",
-    );
-    for (why, n) in shared.gate.closed() {
-        o.sample(
-            "detente_peer_connections_refused_total",
-            &[("reason", why.name())],
-            n as f64,
-        );
-    }
-    o.family(
-        "detente_peer_keys_refused_total",
-        "counter",
-        "Inbound handshakes refused because the key presented is not pinned.",
-    );
-    o.sample(
-        "detente_peer_keys_refused_total",
-        &[],
-        shared.gate.keys_refused_total() as f64,
-    );
-    o.family(
-        "detente_peer_refused_key_attempts",
-        "gauge",
-        "Attempts per refused (unpinned) key still remembered, by fingerprint.",
-    );
-    for k in shared.gate.refused_keys() {
-        let fingerprint = detente_proto::identity::fingerprint(&k.key);
-        o.sample(
-            "detente_peer_refused_key_attempts",
-            &[("fingerprint", &fingerprint)],
-            k.count as f64,
-        );
-    }
-    o.family(
-        "detente_link_rtt_seconds",
-        "gauge",
-        "Last heartbeat round-trip time per peer (NaN before the first).",
-    );
-    for entry in &peers {
-        let rtt = entry
-            .status
-            .read()
-            .ok()
+        let rtt = status
             .and_then(|s| s.rtt_ms)
             .map_or(f64::NAN, |ms| ms / 1000.0);
-        o.sample("detente_link_rtt_seconds", &[("peer", &entry.name)], rtt);
+        rtts.push((labels([("peer", &entry.name)]), rtt));
     }
-    o.family(
-        "detente_outbox_depth",
-        "gauge",
-        "Envelopes waiting for the peer's confirmation, per peer.",
+    o.gauge(
+        "detente_link_state",
+        "Link state per peer: 1 for the current state (up, degraded, down), else 0.",
+        states,
     );
+    o.gauge(
+        "detente_link_rtt_seconds",
+        "Last heartbeat round-trip time per peer (NaN before the first).",
+        rtts,
+    );
+}
+
+/// What the peer listener refused.
+fn listener(shared: &Shared, o: &mut Out) {
+    let closed = shared
+        .gate
+        .closed()
+        .into_iter()
+        .map(|(why, n)| (labels([("reason", why.name())]), n))
+        .collect();
+    o.counter(
+        "detente_peer_connections_refused_total",
+        "Inbound peer connections closed before their TLS handshake, by reason.",
+        closed,
+    );
+    o.counter(
+        "detente_peer_keys_refused_total",
+        "Inbound handshakes refused because the key presented is not pinned.",
+        vec![(vec![], shared.gate.keys_refused_total())],
+    );
+    let attempts = shared
+        .gate
+        .refused_keys()
+        .iter()
+        .map(|k| {
+            let fingerprint = detente_proto::identity::fingerprint(&k.key);
+            (labels([("fingerprint", &fingerprint)]), k.count as f64)
+        })
+        .collect();
+    o.gauge(
+        "detente_peer_refused_key_attempts",
+        "Attempts per refused (unpinned) key still remembered, by fingerprint.",
+        attempts,
+    );
+}
+
+/// Outbox and inbox depth, overdue messages and missed link tests per peer.
+async fn backlog(shared: &Shared, o: &mut Out) -> Result<(), ApiError> {
+    let peers = shared.table.all();
+    let mut outbox = Vec::new();
     for entry in &peers {
         let counts = shared.store.outbox_counts(&entry.name).await?;
-        o.sample(
-            "detente_outbox_depth",
-            &[("peer", &entry.name)],
-            counts.pending as f64,
-        );
+        outbox.push((labels([("peer", &entry.name)]), counts.pending as f64));
     }
+    o.gauge(
+        "detente_outbox_depth",
+        "Envelopes waiting for the peer's confirmation, per peer.",
+        outbox,
+    );
     let alarms: Vec<_> = peers
         .iter()
         .map(|e| {
-            (
-                e.name.clone(),
-                e.alarms.read().map(|a| a.clone()).unwrap_or_default(),
-            )
+            let a = e.alarms.read().map(|a| a.clone()).unwrap_or_default();
+            (e.name.as_str(), a)
         })
         .collect();
-    o.family(
+    let per_peer = |value: &dyn Fn(&crate::deadlines::PeerAlarms) -> f64| {
+        alarms
+            .iter()
+            .map(|(peer, a)| (labels([("peer", peer)]), value(a)))
+            .collect::<Vec<_>>()
+    };
+    o.gauge(
         "detente_inbox_depth",
-        "gauge",
         "Messages received from the peer not yet acknowledged or declined.",
+        per_peer(&|a| a.unanswered_in as f64),
     );
+    let mut overdue = Vec::new();
     for (peer, a) in &alarms {
-        o.sample(
-            "detente_inbox_depth",
-            &[("peer", peer)],
-            a.unanswered_in as f64,
-        );
-    }
-    o.family(
-        "detente_overdue",
-        "gauge",
-        "Messages past a deadline without the receipt they need, per peer and direction.",
-    );
-    for (peer, a) in &alarms {
-        o.sample(
-            "detente_overdue",
-            &[("peer", peer), ("direction", "out")],
+        overdue.push((
+            labels([("peer", peer), ("direction", "out")]),
             a.overdue_out as f64,
-        );
-        o.sample(
-            "detente_overdue",
-            &[("peer", peer), ("direction", "in")],
+        ));
+        overdue.push((
+            labels([("peer", peer), ("direction", "in")]),
             a.overdue_in as f64,
-        );
+        ));
     }
-    o.family(
+    o.gauge(
+        "detente_overdue",
+        "Messages past a deadline without the receipt they need, per peer and direction.",
+        overdue,
+    );
+    o.gauge(
         "detente_link_test_missed",
-        "gauge",
         "1 while the last link test to the peer is unconfirmed past its bound.",
+        per_peer(&|a| f64::from(u8::from(a.test_missed))),
     );
-    for (peer, a) in &alarms {
-        o.sample(
-            "detente_link_test_missed",
-            &[("peer", peer)],
-            f64::from(u8::from(a.test_missed)),
-        );
-    }
-    o.family(
-        "detente_messages_total",
-        "counter",
-        "Envelopes stored since start, by direction, precedence and kind.",
-    );
-    for (direction, precedence, kind, n) in m.messages() {
-        o.sample(
-            "detente_messages_total",
-            &[
+    Ok(())
+}
+
+/// The node's counters since start, and the age of the latest checkpoint.
+fn counters(shared: &Shared, o: &mut Out) {
+    let m = shared.events.metrics().clone();
+    let messages = m
+        .messages()
+        .into_iter()
+        .map(|(direction, precedence, kind, n)| {
+            let l = labels([
                 ("direction", direction),
                 ("precedence", precedence.name()),
                 ("kind", kind),
-            ],
-            n as f64,
-        );
-    }
-    o.family(
+            ]);
+            (l, n)
+        })
+        .collect();
+    o.counter(
+        "detente_messages_total",
+        "Envelopes stored since start, by direction, precedence and kind.",
+        messages,
+    );
+    o.counter(
         "detente_delivered_total",
-        "counter",
         "Our envelopes confirmed durable by the peer since start.",
+        vec![(vec![], m.delivered())],
     );
-    o.sample("detente_delivered_total", &[], m.delivered() as f64);
-    o.family(
+    o.counter(
         "detente_receipts_total",
-        "counter",
         "Read, acknowledged and declined receipts recorded since start.",
+        vec![(vec![], m.receipts())],
     );
-    o.sample("detente_receipts_total", &[], m.receipts() as f64);
     let (overdue_delivered, overdue_ack) = m.overdue_total();
-    o.family(
+    o.counter(
         "detente_deadlines_missed_total",
-        "counter",
         "Deadlines missed since start, by the receipt that was needed.",
+        vec![
+            (labels([("needed", "delivered")]), overdue_delivered),
+            (labels([("needed", "acknowledged")]), overdue_ack),
+        ],
     );
-    o.sample(
-        "detente_deadlines_missed_total",
-        &[("needed", "delivered")],
-        overdue_delivered as f64,
-    );
-    o.sample(
-        "detente_deadlines_missed_total",
-        &[("needed", "acknowledged")],
-        overdue_ack as f64,
-    );
-    o.family(
+    o.counter(
         "detente_verification_failures_total",
-        "counter",
         "Envelopes from peers refused because they did not verify.",
+        vec![(vec![], m.verification_failures())],
     );
-    o.sample(
-        "detente_verification_failures_total",
-        &[],
-        m.verification_failures() as f64,
+    hooks_and_alarms(&m, o);
+    let age = m
+        .checkpoint_at_ms()
+        .map_or(f64::NAN, |at| (now_ms() as i64 - at).max(0) as f64 / 1000.0);
+    o.gauge(
+        "detente_checkpoint_age_seconds",
+        "Age of the latest transcript checkpoint (NaN when there is none).",
+        vec![(vec![], age)],
     );
-    o.family(
+}
+
+fn hooks_and_alarms(m: &crate::events::Metrics, o: &mut Out) {
+    let attempts = m
+        .hook_attempts()
+        .into_iter()
+        .map(|(target, result, n)| (labels([("target", target), ("result", result)]), n))
+        .collect();
+    o.counter(
         "detente_hook_attempts_total",
-        "counter",
         "Hook attempts by target and result.",
+        attempts,
     );
-    for (target, result, n) in m.hook_attempts() {
-        o.sample(
-            "detente_hook_attempts_total",
-            &[("target", target), ("result", result)],
-            n as f64,
-        );
-    }
-    o.family(
+    let failures = m
+        .hook_failures()
+        .into_iter()
+        .map(|(target, n)| (labels([("target", target)]), n))
+        .collect();
+    o.counter(
         "detente_hook_failures_total",
-        "counter",
         "Hook deliveries given up after every attempt, by target.",
+        failures,
     );
-    for (target, n) in m.hook_failures() {
-        o.sample(
-            "detente_hook_failures_total",
-            &[("target", target)],
-            n as f64,
-        );
-    }
-    o.family(
+    o.counter(
         "detente_hook_dropped_total",
-        "counter",
         "Hook events dropped because the queue was full.",
+        vec![(vec![], m.hook_dropped_total())],
     );
-    o.sample(
-        "detente_hook_dropped_total",
-        &[],
-        m.hook_dropped_total() as f64,
-    );
-    o.family(
-        "detente_alarms_total",
-        "counter",
-        "Alarms raised since start, by event.",
-    );
-    for event in [
+    let raised = m.alarms();
+    let alarms = [
         "deadline_missed",
         "link_down",
         "link_restored",
         "link_test_missed",
         "equivocation",
-    ] {
-        let n = m
-            .alarms()
-            .into_iter()
+    ]
+    .into_iter()
+    .map(|event| {
+        let n = raised
+            .iter()
             .find(|(name, _)| *name == event)
-            .map_or(0, |(_, n)| n);
-        o.sample("detente_alarms_total", &[("event", event)], n as f64);
-    }
-    o.family(
-        "detente_checkpoint_age_seconds",
-        "gauge",
-        "Age of the latest transcript checkpoint (NaN when there is none).",
+            .map_or(0, |(_, n)| *n);
+        (labels([("event", event)]), n)
+    })
+    .collect();
+    o.counter(
+        "detente_alarms_total",
+        "Alarms raised since start, by event.",
+        alarms,
     );
-    let age = m
-        .checkpoint_at_ms()
-        .map_or(f64::NAN, |at| (now_ms() as i64 - at).max(0) as f64 / 1000.0);
-    o.sample("detente_checkpoint_age_seconds", &[], age);
-    o.family(
-        "detente_messages_stored",
-        "gauge",
-        "Envelopes in the store (all peers, both directions).",
-    );
-    o.sample(
-        "detente_messages_stored",
-        &[],
-        shared.store.message_count().await? as f64,
-    );
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        o.0,
-    )
-        .into_response())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{escape, number};
+    use super::*;
 
     #[test]
-    fn numbers_and_labels() {
-        assert_eq!(number(3.0), "3");
-        assert_eq!(number(0.25), "0.25");
-        assert_eq!(number(f64::NAN), "NaN");
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn series_keep_their_names_and_labels_escape() {
+        let mut o = Out(Registry::default());
+        o.gauge(
+            "detente_link_rtt_seconds",
+            "Round trip.",
+            vec![
+                (labels([("peer", "a\"b\\c\nd")]), 0.25),
+                (labels([("peer", "x")]), f64::NAN),
+            ],
+        );
+        o.counter("detente_delivered_total", "Delivered.", vec![(vec![], 3)]);
+        let text = o.text();
+        assert!(
+            text.contains("# TYPE detente_delivered counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("\ndetente_delivered_total 3\n"), "{text}");
+        assert!(
+            text.contains("detente_link_rtt_seconds{peer=\"a\\\"b\\\\c\\nd\"} 0.25\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("detente_link_rtt_seconds{peer=\"x\"} NaN\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

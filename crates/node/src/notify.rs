@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 /// One field as an operator gives it. `translation` set means "this is a courtesy
 /// translation of free-text field `key` into that language".
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct FieldInput {
     pub key: String,
     pub value: String,
@@ -32,6 +32,10 @@ pub enum NotifyError {
     /// A field broke its type, a constraint or a rule.
     #[error("invalid notification: {0}")]
     Field(#[from] FieldError),
+    /// Several fields broke their types, constraints or rules: every one of them, in the
+    /// order the format's validation met them (never empty).
+    #[error("invalid notification: {}", join(.0))]
+    Fields(Vec<FieldError>),
     /// Two values for one key, or a translation of a field that is not free text.
     #[error("invalid notification: field {key:?}: {problem}")]
     Input { key: String, problem: String },
@@ -104,8 +108,104 @@ pub fn build(
             }
         }
     }
-    let notification = def.validate(&raw, millis_to_timestamp(now_ms))?;
+    let notification = def
+        .validate_all(&raw, millis_to_timestamp(now_ms))
+        .map_err(|mut errors| match errors.len() {
+            1 => NotifyError::Field(errors.remove(0)),
+            _ => NotifyError::Fields(errors),
+        })?;
     Ok(to_body(&notification))
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One invalid field as the operator reads it: the field's key and label, the rule, and
+/// what is wrong in the operator's language (the console's words for the same error).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// The field's key (`*` for the notification as a whole).
+    pub field: String,
+    /// The field's label in the operator's language.
+    pub label: String,
+    /// `required`, `unknown`, `limit`, the type's rule (`integer`, `time`, …) or the
+    /// cross-field rule (`order`, `lead-time`, …).
+    pub rule: String,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+/// Every problem of a refused notification, in `lang`, and the lines to show: a heading
+/// naming how many fields are wrong, then one line per field.
+pub fn problems(
+    def: &FormatDef,
+    error: &NotifyError,
+    lang: &str,
+    texts: &crate::console::i18n::Texts,
+) -> Option<(String, Vec<Problem>)> {
+    let errors: &[FieldError] = match error {
+        NotifyError::Field(e) => std::slice::from_ref(e),
+        NotifyError::Fields(errors) => errors,
+        _ => return None,
+    };
+    let described = detente_formats::describe(def, lang);
+    let field = |key: &str| described.fields.iter().find(|f| f.key == key);
+    let problems: Vec<Problem> = errors
+        .iter()
+        .map(|e| {
+            let key = e.key().unwrap_or("*").to_string();
+            let (rule, message) = match e {
+                FieldError::Missing { .. } => (
+                    "required".to_string(),
+                    texts.text(lang, "error-field-required"),
+                ),
+                FieldError::Invalid { rule, .. } => {
+                    let accepts = field(&key).map_or_else(String::new, |f| f.accepts.clone());
+                    let args = [("accepts", accepts)];
+                    (
+                        rule.to_string(),
+                        texts.text_with(lang, "error-field-invalid", &args),
+                    )
+                }
+                FieldError::Limit { .. } => {
+                    ("limit".to_string(), texts.text(lang, "error-field-limit"))
+                }
+                FieldError::Rule { rule, .. } => {
+                    let args = [("rule", texts.text(lang, &format!("rule-{rule}")))];
+                    (
+                        rule.to_string(),
+                        texts.text_with(lang, "error-field-rule", &args),
+                    )
+                }
+                _ => (
+                    "unknown".to_string(),
+                    texts.text(lang, "error-field-unknown"),
+                ),
+            };
+            let label = field(&key).map_or_else(|| key.clone(), |f| f.label.clone());
+            Problem {
+                field: key,
+                label,
+                rule,
+                message,
+            }
+        })
+        .collect();
+    let count = [("count", problems.len().to_string())];
+    let mut text = texts.text_with(lang, "error-fields-invalid", &count);
+    for p in &problems {
+        // The key and rule ids stay as written in `detente formats show`, for scripts.
+        text.push_str(&format!(
+            "\n  {} [{}: {}] {}",
+            p.label, p.field, p.rule, p.message
+        ));
+    }
+    Some((text, problems))
 }
 
 /// The envelope body of a validated notification.

@@ -7,16 +7,13 @@
 
 use std::collections::HashMap;
 
-use detente_proto::bundle::Bundle;
+use detente_proto::bundle_writer::BundleWriter;
 use detente_proto::checkpoint::Checkpoint;
 use detente_proto::merkle::{self, Hash, MissingNode};
 use detente_proto::{ChannelId, PartyKey};
-use detente_store::{Hash32, Store, WitnessRow};
+use detente_store::{CheckpointPage, CheckpointSpan, Hash32, Store, WitnessRow};
 
 use crate::NodeStore;
-
-/// Envelopes read from the store per query while exporting.
-const EXPORT_PAGE: u32 = 2048;
 
 /// Run a Merkle computation over the complete subtrees of one stream in the store: a first
 /// pass records which `(level, index)` nodes it needs, one query fetches them all, and a
@@ -163,69 +160,201 @@ pub async fn witness_check(
     Ok(rows)
 }
 
-/// Everything of one channel as a bundle: charters, both streams (appended envelopes, in
-/// `seq` order), and every checkpoint, oldest first.
 /// The words every "a stored row fails verification" error starts with.
 pub const TAMPERED: &str = "a stored envelope fails verification (the database was altered)";
 
-pub async fn export(
+/// Envelopes read from the store per query while exporting (with envelopes of at most
+/// 64 KiB, one page is at most 8 MiB).
+const EXPORT_PAGE: u32 = 128;
+/// Checkpoints read per query while exporting (each at most 2 KiB).
+const EXPORT_CHECKPOINT_PAGE: u32 = 512;
+/// Bundle bytes gathered before they are handed to the client as one chunk.
+const EXPORT_CHUNK_BYTES: usize = 1 << 20;
+/// Chunks waiting for a slow client, at most. With the page being read, this bounds what an
+/// export holds in memory, whatever the transcript's length.
+const EXPORT_CHUNKS_QUEUED: usize = 2;
+
+/// What an export covers, fixed before its first byte: the streams' lengths and the
+/// checkpoints stored by then (whatever is stored meanwhile is left for the next export).
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    channel: ChannelId,
+    members: Vec<PartyKey>,
+    charters: Vec<Vec<u8>>,
+    /// Appended envelopes per member, in the order of `members`.
+    lengths: Vec<u64>,
+    checkpoints: CheckpointSpan,
+}
+
+impl ExportPlan {
+    /// Envelopes the bundle will hold.
+    pub fn messages(&self) -> u64 {
+        self.lengths.iter().sum()
+    }
+}
+
+/// Fix what the bundle of the channel between `me` and `peer` will hold.
+pub async fn plan_export(
     store: &NodeStore,
     me: &PartyKey,
     peer: &PartyKey,
     charters: Vec<Vec<u8>>,
-) -> Result<Bundle, String> {
+) -> Result<ExportPlan, String> {
     let channel = ChannelId::for_pair(me, peer);
     let mut members = vec![*me, *peer];
     members.sort();
-    let mut streams = Vec::new();
-    for key in &members {
-        let mut envelopes = Vec::new();
-        let mut after = 0u64;
-        loop {
-            let page = store
-                .stream_envelopes(channel.0, *key.as_bytes(), after, EXPORT_PAGE)
-                .await
-                .map_err(|e| e.to_string())?;
-            let Some(&(last, _)) = page.last() else { break };
-            // Nothing is exported unverified: a row altered in the database is named here,
-            // not passed on as genuine (batch verification keeps this cheap).
-            let frames: Vec<&[u8]> = page.iter().map(|(_, b)| b.as_slice()).collect();
-            let verdicts = detente_proto::VerifiedEnvelope::decode_batch(&frames, key);
-            for ((seq, _), verdict) in page.iter().zip(verdicts) {
-                if let Err(e) = verdict {
-                    return Err(format!(
-                        "{TAMPERED}: stream {} seq {seq} ({e}); nothing was exported",
-                        key.to_text()
-                    ));
-                }
-            }
-            for (seq, bytes) in page {
-                if seq != envelopes.len() as u64 + 1 {
-                    return Err(format!(
-                        "stream {} has a gap before seq {seq} in the store",
-                        key.to_text()
-                    ));
-                }
-                envelopes.push(bytes);
-            }
-            after = last;
-        }
-        streams.push((*key, envelopes));
-    }
-    let checkpoints = store
-        .checkpoints(channel.0)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|c| c.signed)
+    let streams = store.streams().await.map_err(|e| e.to_string())?;
+    let lengths = members
+        .iter()
+        .map(|key| {
+            streams
+                .iter()
+                .find(|s| s.channel == channel.0 && s.sender == *key.as_bytes())
+                .map_or(0, |s| s.next_seq.saturating_sub(1))
+        })
         .collect();
-    Ok(Bundle {
+    let checkpoints = store
+        .checkpoint_span(channel.0)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ExportPlan {
         channel,
         members,
         charters,
-        streams,
+        lengths,
         checkpoints,
     })
+}
+
+/// Why an export stopped. Nothing after the bytes already sent was produced.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExportError {
+    /// A stored row fails verification; the message starts with [`TAMPERED`].
+    #[error("{0}")]
+    Tampered(String),
+    /// The store failed or changed under the export.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// Stream the bundle `plan` describes: chunks of at most about [`EXPORT_CHUNK_BYTES`] in
+/// bundle order, every envelope verified against its sender's key before it is passed on
+/// (batch verification keeps this cheap). The receiver ends after the last chunk, or after
+/// one error: then the bytes sent are not a bundle, and the client's verifier says so.
+pub fn stream_export(
+    store: std::sync::Arc<NodeStore>,
+    plan: ExportPlan,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>, ExportError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_CHUNKS_QUEUED);
+    tokio::spawn(async move {
+        let mut out = Vec::with_capacity(EXPORT_CHUNK_BYTES);
+        let result = write_export(&store, &plan, &mut out, &tx).await;
+        let last = match result {
+            Ok(()) => Ok(out),
+            Err(e) => Err(e),
+        };
+        // A client that went away is no error of ours.
+        let _ = tx.send(last).await;
+    });
+    rx
+}
+
+type ChunkSender = tokio::sync::mpsc::Sender<Result<Vec<u8>, ExportError>>;
+
+/// Hand `out` to the client once it holds a chunk's worth.
+async fn flush(out: &mut Vec<u8>, tx: &ChunkSender) -> Result<(), ExportError> {
+    if out.len() >= EXPORT_CHUNK_BYTES {
+        let chunk = std::mem::replace(out, Vec::with_capacity(EXPORT_CHUNK_BYTES));
+        tx.send(Ok(chunk))
+            .await
+            .map_err(|_| ExportError::Store("the client went away".into()))?;
+    }
+    Ok(())
+}
+
+async fn write_export(
+    store: &NodeStore,
+    plan: &ExportPlan,
+    out: &mut Vec<u8>,
+    tx: &ChunkSender,
+) -> Result<(), ExportError> {
+    let order =
+        |e: detente_proto::bundle_writer::WriteOrderError| ExportError::Store(e.to_string());
+    let mut writer = BundleWriter::start(
+        out,
+        &plan.channel,
+        &plan.members,
+        &plan.charters,
+        plan.members.len(),
+    );
+    for (key, &length) in plan.members.iter().zip(&plan.lengths) {
+        writer.stream(out, key, length).map_err(order)?;
+        let mut after = 0u64;
+        while after < length {
+            let page = store
+                .stream_envelopes(plan.channel.0, *key.as_bytes(), after, EXPORT_PAGE)
+                .await
+                .map_err(|e| ExportError::Store(e.to_string()))?;
+            if page.is_empty() {
+                return Err(ExportError::Store(format!(
+                    "stream {} ends at seq {after} in the store, not {length}",
+                    key.to_text()
+                )));
+            }
+            let frames: Vec<&[u8]> = page.iter().map(|(_, b)| b.as_slice()).collect();
+            let verdicts = detente_proto::VerifiedEnvelope::decode_batch(&frames, key);
+            for ((seq, bytes), verdict) in page.iter().zip(verdicts) {
+                if *seq > length {
+                    break;
+                }
+                if let Err(e) = verdict {
+                    return Err(ExportError::Tampered(format!(
+                        "{TAMPERED}: stream {} seq {seq} ({e}); the export stopped there",
+                        key.to_text()
+                    )));
+                }
+                if *seq != after + 1 {
+                    return Err(ExportError::Store(format!(
+                        "stream {} has a gap before seq {seq} in the store",
+                        key.to_text()
+                    )));
+                }
+                writer.item(out, bytes).map_err(order)?;
+                after = *seq;
+            }
+            flush(out, tx).await?;
+        }
+    }
+    writer
+        .checkpoints(out, plan.checkpoints.count)
+        .map_err(order)?;
+    let mut page = CheckpointPage {
+        upto_id: plan.checkpoints.last_id,
+        ..CheckpointPage::oldest_first(EXPORT_CHECKPOINT_PAGE)
+    };
+    let mut written = 0u64;
+    while written < plan.checkpoints.count {
+        let rows = store
+            .checkpoint_page(plan.channel.0, page)
+            .await
+            .map_err(|e| ExportError::Store(e.to_string()))?;
+        let Some(last) = rows.last() else {
+            return Err(ExportError::Store(format!(
+                "{} checkpoints were announced and {written} found",
+                plan.checkpoints.count
+            )));
+        };
+        page.after_id = last.id;
+        for row in &rows {
+            writer.item(out, &row.signed).map_err(order)?;
+            written += 1;
+        }
+        flush(out, tx).await?;
+    }
+    if !writer.is_done() {
+        return Err(ExportError::Store("the bundle was left incomplete".into()));
+    }
+    Ok(())
 }
 
 /// The `format` of a proof JSON document.

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod bundle_writer;
 mod cbor;
 pub mod charter;
 pub mod checkpoint;

@@ -230,6 +230,18 @@ impl Store for AnyStore {
         forward!(self, s => s.checkpoints(channel).await)
     }
 
+    async fn checkpoint_page(
+        &self,
+        channel: Hash32,
+        page: crate::CheckpointPage,
+    ) -> Result<Vec<CheckpointRow>> {
+        forward!(self, s => s.checkpoint_page(channel, page).await)
+    }
+
+    async fn checkpoint_span(&self, channel: Hash32) -> Result<crate::CheckpointSpan> {
+        forward!(self, s => s.checkpoint_span(channel).await)
+    }
+
     async fn witness(&self, channel: Hash32) -> Result<Vec<WitnessRow>> {
         forward!(self, s => s.witness(channel).await)
     }

@@ -17,8 +17,10 @@
 #![forbid(unsafe_code)]
 
 mod any;
+pub mod checkpoints;
 pub mod console;
 #[doc(hidden)]
+pub mod pg_hosts;
 pub mod pg_test;
 pub mod postgres;
 mod rows;
@@ -27,6 +29,7 @@ pub mod sqlite;
 use std::future::Future;
 
 pub use any::{AnyStore, StoreUrl};
+pub use checkpoints::{CheckpointPage, CheckpointSpan};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -282,6 +285,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         channel: Hash32,
     ) -> impl Future<Output = Result<Vec<CheckpointRow>>> + Send;
+
+    /// One page of a channel's checkpoints (bounded; see [`CheckpointPage`]).
+    fn checkpoint_page(
+        &self,
+        channel: Hash32,
+        page: CheckpointPage,
+    ) -> impl Future<Output = Result<Vec<CheckpointRow>>> + Send;
+
+    /// How many checkpoints a channel holds, and the newest one's id.
+    fn checkpoint_span(
+        &self,
+        channel: Hash32,
+    ) -> impl Future<Output = Result<CheckpointSpan>> + Send;
 
     /// The witness state of every stream of one channel.
     fn witness(&self, channel: Hash32) -> impl Future<Output = Result<Vec<WitnessRow>>> + Send;

@@ -15,23 +15,23 @@
 //! batch was not applied, and the next call reconnects by itself.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::str::FromStr;
 use std::time::Duration;
 
 use detente_proto::merkle;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::QueryBuilder;
 
+use crate::checkpoints::decode_checkpoint;
 use crate::rows::{
     check_ranges, decode_message, describe_message, direction_code, get, hash, int,
     is_unique_violation, placement_code, pow2_chunks, small, uint, INBOX_ROWS_DEFAULT,
     MESSAGE_SELECT,
 };
 use crate::{
-    CheckpointRow, DeadlineCandidate, DeliveredRange, Direction, EvidenceRow, GlossaryRow, Hash32,
-    InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow,
-    ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow, WitnessRow, WriteBatch,
-    TREE_LEVEL_STORED_MIN,
+    CheckpointPage, CheckpointRow, CheckpointSpan, DeadlineCandidate, DeliveredRange, Direction,
+    EvidenceRow, GlossaryRow, Hash32, InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow,
+    ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow,
+    WitnessRow, WriteBatch, TREE_LEVEL_STORED_MIN,
 };
 
 /// Read connections: as for SQLite, enough for concurrent API requests.
@@ -71,12 +71,22 @@ pub struct PgStore {
 impl PgStore {
     /// Connect to the database at `url` (`postgres://user:password@host:port/db`) and bring
     /// its schema up to date. Errors name the URL with its password hidden.
+    ///
+    /// Several hosts (`host1:port,host2:port`, with `target_session_attrs=read-write`) are
+    /// taken as libpq takes them: the first acceptable server is used, and a watcher moves
+    /// to another when it goes away or stops being the primary (see [`crate::pg_hosts`]).
     pub async fn open(url: &str) -> Result<PgStore> {
         let shown = redact_url(url);
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Open(format!("{shown}: {e}")))?
-            .application_name("detente")
-            .statement_cache_capacity(STATEMENT_CACHE_MAX);
+        let hosts = crate::pg_hosts::Hosts::parse(url)?;
+        let current = if hosts.needs_watching() {
+            hosts
+                .choose(None)
+                .await
+                .map_err(|why| StoreError::Open(format!("{shown}: no acceptable server ({why})")))?
+        } else {
+            0
+        };
+        let (options, read_options) = pool_options(hosts.options(current)?);
         let open_error = |e: &dyn std::fmt::Display| StoreError::Open(format!("{shown}: {e}"));
 
         let writer = PgPoolOptions::new()
@@ -103,9 +113,12 @@ impl PgStore {
             .max_connections(READ_CONNECTIONS_MAX)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
-            .connect_with(options.options([("default_transaction_read_only", "on")]))
+            .connect_with(read_options)
             .await
             .map_err(|e| open_error(&e))?;
+        if hosts.needs_watching() {
+            crate::pg_hosts::watch(hosts, current, writer.clone(), reader.clone(), pool_options);
+        }
         Ok(PgStore { writer, reader })
     }
 
@@ -181,6 +194,17 @@ impl PgStore {
         }
         String::from("in batch")
     }
+}
+
+/// The writer's and the readers' connection options for one server.
+fn pool_options(options: PgConnectOptions) -> (PgConnectOptions, PgConnectOptions) {
+    let options = options
+        .application_name("detente")
+        .statement_cache_capacity(STATEMENT_CACHE_MAX);
+    let read = options
+        .clone()
+        .options([("default_transaction_read_only", "on")]);
+    (options, read)
 }
 
 /// Refuse a server on which a commit would not be durable when it returns: `fsync` off, or
@@ -687,20 +711,19 @@ impl Store for PgStore {
         .bind(channel.as_slice())
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                const T: &str = "checkpoints";
-                Ok(CheckpointRow {
-                    id: get(row, T, "id")?,
-                    channel: hash(row, T, "channel")?,
-                    body_hash: hash(row, T, "body_hash")?,
-                    time_ms: get(row, T, "time_ms")?,
-                    cosigned: get(row, T, "cosigned")?,
-                    signed: get(row, T, "signed")?,
-                    stored_at_ms: get(row, T, "stored_at_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(decode_checkpoint).collect()
+    }
+
+    async fn checkpoint_page(
+        &self,
+        channel: Hash32,
+        page: CheckpointPage,
+    ) -> Result<Vec<CheckpointRow>> {
+        self.checkpoint_page_impl(channel, page).await
+    }
+
+    async fn checkpoint_span(&self, channel: Hash32) -> Result<CheckpointSpan> {
+        self.checkpoint_span_impl(channel).await
     }
 
     async fn witness(&self, channel: Hash32) -> Result<Vec<WitnessRow>> {

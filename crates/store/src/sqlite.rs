@@ -25,16 +25,17 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row};
 
+use crate::checkpoints::decode_checkpoint;
 use crate::rows::{
     check_ranges, decode_message, describe_message, direction_code, get, hash, int,
     is_unique_violation, placement_code, pow2_chunks, small, uint, INBOX_ROWS_DEFAULT,
     MESSAGE_SELECT,
 };
 use crate::{
-    CheckpointRow, DeadlineCandidate, DeliveredRange, Direction, EvidenceRow, GlossaryRow, Hash32,
-    InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow,
-    ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow, WitnessRow, WriteBatch,
-    TREE_LEVEL_STORED_MIN,
+    CheckpointPage, CheckpointRow, CheckpointSpan, DeadlineCandidate, DeliveredRange, Direction,
+    EvidenceRow, GlossaryRow, Hash32, InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow,
+    ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow,
+    WitnessRow, WriteBatch, TREE_LEVEL_STORED_MIN,
 };
 
 /// How long a connection waits for a lock held by another process (a backup tool, the
@@ -799,20 +800,19 @@ impl Store for SqliteStore {
         .bind(channel.as_slice())
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                const T: &str = "checkpoints";
-                Ok(CheckpointRow {
-                    id: get(row, T, "id")?,
-                    channel: hash(row, T, "channel")?,
-                    body_hash: hash(row, T, "body_hash")?,
-                    time_ms: get(row, T, "time_ms")?,
-                    cosigned: get::<_, i64>(row, T, "cosigned")? == 1,
-                    signed: get(row, T, "signed")?,
-                    stored_at_ms: get(row, T, "stored_at_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(decode_checkpoint).collect()
+    }
+
+    async fn checkpoint_page(
+        &self,
+        channel: Hash32,
+        page: CheckpointPage,
+    ) -> Result<Vec<CheckpointRow>> {
+        self.checkpoint_page_impl(channel, page).await
+    }
+
+    async fn checkpoint_span(&self, channel: Hash32) -> Result<CheckpointSpan> {
+        self.checkpoint_span_impl(channel).await
     }
 
     async fn witness(&self, channel: Hash32) -> Result<Vec<WitnessRow>> {

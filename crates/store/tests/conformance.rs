@@ -1154,6 +1154,67 @@ async fn checkpoints_merge_signatures_and_witness_and_evidence_persist(db: Db) {
     assert_eq!(stored[0].seq, Some(4));
 }
 
+async fn checkpoints_are_read_a_bounded_page_at_a_time(db: Db) {
+    use detente_store::{CheckpointPage, CheckpointSpan};
+    let row = |n: u8, channel| detente_store::CheckpointRow {
+        id: 0,
+        channel,
+        body_hash: [n; 32],
+        time_ms: i64::from(n),
+        cosigned: n.is_multiple_of(2),
+        signed: vec![n; 3],
+        stored_at_ms: 6,
+    };
+    assert_eq!(
+        db.store.checkpoint_span(CHANNEL_A).await.unwrap(),
+        CheckpointSpan::default()
+    );
+    for n in 1..=7u8 {
+        let mut batch = WriteBatch::default();
+        batch.checkpoints.push(row(n, CHANNEL_A));
+        batch.checkpoints.push(row(100 + n, CHANNEL_B));
+        db.store.commit(batch).await.unwrap();
+    }
+    let span = db.store.checkpoint_span(CHANNEL_A).await.unwrap();
+    assert_eq!(span.count, 7);
+    let all = db.store.checkpoints(CHANNEL_A).await.unwrap();
+    assert_eq!(span.last_id, all[6].id);
+    let times = |rows: &[detente_store::CheckpointRow]| -> Vec<i64> {
+        rows.iter().map(|r| r.time_ms).collect()
+    };
+    // Oldest first, three at a time, each page after the last one's id.
+    let mut page = CheckpointPage::oldest_first(3);
+    let mut seen = Vec::new();
+    loop {
+        let rows = db.store.checkpoint_page(CHANNEL_A, page).await.unwrap();
+        let Some(last) = rows.last() else { break };
+        assert!(rows.len() <= 3);
+        page.after_id = last.id;
+        seen.extend(times(&rows));
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5, 6, 7], "only channel A, in order");
+    // The newest two, newest first, with the boolean decoded alike in both stores.
+    let newest = db
+        .store
+        .checkpoint_page(CHANNEL_A, CheckpointPage::newest(2))
+        .await
+        .unwrap();
+    assert_eq!(times(&newest), vec![7, 6]);
+    assert_eq!(
+        newest.iter().map(|r| r.cosigned).collect::<Vec<_>>(),
+        vec![false, true]
+    );
+    // A span fixed before later rows: `upto_id` leaves them out.
+    let fixed = CheckpointPage {
+        upto_id: all[1].id,
+        ..CheckpointPage::oldest_first(100)
+    };
+    assert_eq!(
+        times(&db.store.checkpoint_page(CHANNEL_A, fixed).await.unwrap()),
+        vec![1, 2]
+    );
+}
+
 async fn messages_of_kind_lists_one_peer_both_directions_newest_kept(db: Db) {
     let mut batch = WriteBatch::default();
     for seq in 1..=6 {
@@ -1519,6 +1580,7 @@ conformance!(
     tree_nodes_commit_with_their_message_and_survive_reopening,
     low_tree_levels_are_recomputed_from_the_appended_envelopes,
     checkpoints_merge_signatures_and_witness_and_evidence_persist,
+    checkpoints_are_read_a_bounded_page_at_a_time,
     messages_of_kind_lists_one_peer_both_directions_newest_kept,
     deadline_misses_and_candidates,
     glossary_terms_are_kept_per_peer_and_replaced_per_term,

@@ -198,6 +198,11 @@ takeover-title = { $count ->
 takeover-silence = Silence the alarm sound
 takeover-silenced = Sound silenced; the alert stays until the FLASH is acknowledged.
 login-busy = The console is busy checking other logins. Try again in a moment.
+error-fields-invalid = { $count ->
+    [one] The notification has an invalid field:
+   *[other] The notification has { $count } invalid fields:
+}
+error-field-unknown = This format has no such field.
 error-field-required = This field is required.
 error-field-invalid = Not accepted. Write { $accepts }.
 error-field-limit = Too long for this field.

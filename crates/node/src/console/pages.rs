@@ -2140,8 +2140,8 @@ pub async fn export(
     if shared.table.get(&q.peer).is_none() {
         return refuse(&shared, &op, StatusCode::NOT_FOUND, "error-peer-unknown");
     }
-    let bytes = match api::export_bundle(&shared, &q.peer).await {
-        Ok(b) => b,
+    let body = match api::export_body(&shared, &q.peer).await {
+        Ok((body, _)) => body,
         Err(e) => {
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -2161,7 +2161,7 @@ pub async fn export(
             (header::CONTENT_TYPE, "application/cbor".to_string()),
             (header::CONTENT_DISPOSITION, file),
         ],
-        bytes,
+        body,
     )
         .into_response()
 }

@@ -452,7 +452,10 @@ fn bench_transcript_compares_a_long_channel_with_a_short_one() {
     assert_eq!(v["large"]["messages"], 12_000);
     for side in ["small", "large"] {
         for key in ["append_us_per_msg", "prove_us", "export_us_per_msg"] {
-            assert!(v[side][key].as_f64().is_some_and(|x| x > 0.0), "{side}.{key}: {v}");
+            assert!(
+                v[side][key].as_f64().is_some_and(|x| x > 0.0),
+                "{side}.{key}: {v}"
+            );
         }
     }
     for key in ["append", "prove", "export"] {

@@ -24,6 +24,8 @@
 mod bugs;
 mod checkpoints;
 mod deadlines;
+mod glossary;
+mod linktest;
 mod peer;
 mod receive;
 mod recover;
@@ -36,13 +38,15 @@ use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::{
     Body, Deadlines, Frame, LinkConfig, MessageId, PartyKey, PartySecret, Precedence, ReceiptLevel,
 };
-use detente_store_types::{Direction, WriteBatch};
+use detente_store_types::{Direction, GlossaryRow, WriteBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use bugs::{PlantedBug, PLANTED_BUGS_COMPILED};
 pub use deadlines::Decision;
 pub use detente_proto::Need;
+pub use glossary::{GLOSSARY_TERMS_MAX, GLOSSARY_TERM_BYTES_MAX};
+pub use linktest::LINK_TEST_TOPIC;
 pub use recover::{RecoverError, Snapshot};
 
 use peer::Peer;
@@ -66,6 +70,8 @@ pub const CONTROL_FRAMES_MAX: usize = 8_192;
 pub const EVENTS_MAX: usize = 65_536;
 /// Wait before retrying a failed commit.
 pub const COMMIT_RETRY_MS: u64 = 200;
+/// Peers (channels) one node holds at most, pinned at start or at run time.
+pub const PEERS_MAX: usize = 256;
 
 /// One peer of this node: a channel of two members (this node and the peer).
 #[derive(Debug, Clone)]
@@ -81,6 +87,8 @@ pub struct PeerConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: String,
+    /// The title this node signs its own envelopes with (receipts, charters, link tests).
+    pub author: String,
     pub secret_seed: [u8; 32],
     pub peers: Vec<PeerConfig>,
     /// This party's deadlines (its terms); the channel runs on the stricter of both once a
@@ -104,6 +112,10 @@ pub enum Command {
     Send {
         peer: String,
         precedence: Precedence,
+        /// What the message is about, as the envelope carries it (bounded by proto).
+        topic: String,
+        /// The writer's title as shown to the other side ("Duty Officer").
+        author: String,
         body: Body,
         in_reply_to: Option<MessageId>,
     },
@@ -118,6 +130,12 @@ pub enum Command {
     Checkpoint { peer: String },
     /// New deadlines for this party's terms (a new charter follows once the peers agree).
     SetDeadlines { deadlines: Deadlines },
+    /// Add (or replace) an agreed pair of terms in the glossary of the channel with
+    /// `row.peer`. Answered `Done` once durable.
+    Glossary { row: GlossaryRow },
+    /// Pin a new peer while the node runs (its key and how many addresses it has). Answered
+    /// `Done` at once in effect: nothing about a new peer is stored until it speaks.
+    AddPeer { peer: PeerConfig },
 }
 
 /// A successful answer.
@@ -208,16 +226,46 @@ pub enum Event {
         need: Need,
         decision: Decision,
     },
-    /// The peer signed two contradicting things; the evidence is durable.
+    /// The peer signed two contradicting things (the evidence is durable), or it claims to
+    /// hold more of our stream than our store ever wrote (nothing more is sent to it).
     Alarm { peer: String, detail: String },
     /// Something from the peer was refused; nothing of it was stored.
     Refused { peer: String, what: String },
+    /// A link test's DELIVERED receipt did not come back within the FLASH delivery
+    /// deadline (reported once per miss, until a later test passes). Nothing is stored.
+    LinkTestMissed { peer: String },
     /// Both members signed this charter; it binds from now on.
     CharterAgreed { peer: String, digest: [u8; 32] },
     /// Dial `peer` at address index `address`; answer with `SessionOpened` or `DialFailed`.
     Dial { peer: String, address: usize },
     /// Close this session (silent too long, protocol violation, replaced).
     CloseSession { session: SessionId },
+}
+
+/// The envelope fields of a send besides its body, as the operator gave them.
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
+    pub precedence: Precedence,
+    pub topic: String,
+    pub author: String,
+    pub in_reply_to: Option<MessageId>,
+}
+
+impl Sent {
+    /// What the node writes on its own (receipts, charters): topic "general", the node's
+    /// name as author.
+    pub(crate) fn system(
+        precedence: Precedence,
+        author: &str,
+        in_reply_to: Option<MessageId>,
+    ) -> Sent {
+        Sent {
+            precedence,
+            topic: "general".into(),
+            author: author.to_string(),
+            in_reply_to,
+        }
+    }
 }
 
 /// What waits for a batch to be durable.
@@ -253,10 +301,15 @@ pub struct Core {
     secret: PartySecret,
     me: PartyKey,
     name: String,
+    author: String,
     deadlines: Deadlines,
     link_test_interval: Duration,
     checkpoint_interval: Duration,
+    link: LinkConfig,
     peers: Vec<Peer>,
+    /// Glossary terms per peer name, by (lang_a, term_a, lang_b): what a new term would
+    /// replace rather than add (the count is bounded).
+    glossary: glossary::Terms,
     rng: StdRng,
     staging: Staging,
     in_flight: Option<InFlight>,
@@ -289,10 +342,13 @@ impl Core {
             secret,
             me,
             name: config.name.clone(),
+            author: config.author.clone(),
             deadlines: config.deadlines,
             link_test_interval: config.link_test_interval,
             checkpoint_interval: config.checkpoint_interval,
+            link: config.link,
             peers,
+            glossary: glossary::Terms::default(),
             rng: StdRng::seed_from_u64(config.random_seed),
             staging: Staging::default(),
             in_flight: None,
@@ -366,6 +422,11 @@ impl Core {
     /// When to call [`Core::handle`] with [`Input::Tick`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut at: Vec<Instant> = self.peers.iter().filter_map(|p| p.poll_timeout()).collect();
+        at.extend(
+            self.peers
+                .iter()
+                .filter_map(|p| p.tests.as_ref().map(|t| t.cadence.next_wake())),
+        );
         at.extend(self.tracker.next_due());
         at.extend(self.in_flight.as_ref().and_then(|f| f.retry_at));
         at.push(self.next_checkpoint);
@@ -433,9 +494,19 @@ impl Core {
             Command::Send {
                 peer,
                 precedence,
+                topic,
+                author,
                 body,
                 in_reply_to,
-            } => self.command_send(&peer, precedence, body, in_reply_to),
+            } => {
+                let sent = Sent {
+                    precedence,
+                    topic,
+                    author,
+                    in_reply_to,
+                };
+                self.command_send(&peer, sent, body)
+            }
             Command::Answer {
                 peer,
                 of,
@@ -444,6 +515,8 @@ impl Core {
             } => self.command_answer(&peer, of, level, note),
             Command::Checkpoint { peer } => self.command_checkpoint(&peer),
             Command::SetDeadlines { deadlines } => self.command_deadlines(deadlines),
+            Command::Glossary { row } => self.command_glossary(row),
+            Command::AddPeer { peer } => self.command_add_peer(peer),
         };
         let answer = Event::Answer { ticket, result };
         if bugs::is(self.bug, PlantedBug::AnswerBeforeCommit) {
@@ -453,13 +526,7 @@ impl Core {
         }
     }
 
-    fn command_send(
-        &mut self,
-        peer: &str,
-        precedence: Precedence,
-        body: Body,
-        in_reply_to: Option<MessageId>,
-    ) -> Result<Answer, CommandError> {
+    fn command_send(&mut self, peer: &str, sent: Sent, body: Body) -> Result<Answer, CommandError> {
         let index = self
             .peer_index(peer)
             .ok_or_else(|| CommandError::UnknownPeer(peer.to_string()))?;
@@ -468,8 +535,32 @@ impl Core {
                 "operators send texts and notifications".into(),
             ));
         }
-        let (id, seq) = self.stage_send(index, precedence, body, in_reply_to)?;
+        let (id, seq) = self.stage_send(index, sent, body)?;
         Ok(Answer::Sent { id, seq })
+    }
+
+    /// Pin a peer at run time: a new channel with empty streams (a peer already known by
+    /// name or key is refused, so a pin can never silently replace another).
+    fn command_add_peer(&mut self, config: PeerConfig) -> Result<Answer, CommandError> {
+        if config.key == self.me {
+            return Err(CommandError::Invalid("that is this node's own key".into()));
+        }
+        if let Some(p) = self
+            .peers
+            .iter()
+            .find(|p| p.name == config.name || p.key == config.key)
+        {
+            return Err(CommandError::Invalid(format!(
+                "peer {:?} is already pinned with that name or key",
+                p.name
+            )));
+        }
+        if self.peers.len() >= PEERS_MAX {
+            return Err(CommandError::Invalid(format!("at most {PEERS_MAX} peers")));
+        }
+        let peer = Peer::new(&config, &self.me, self.link, self.now);
+        self.peers.push(peer);
+        Ok(Answer::Done)
     }
 
     /// Seal the staged work into the in-flight batch: DELIVERED receipts for what was
@@ -551,6 +642,7 @@ impl Core {
         let now = self.now;
         for index in 0..self.peers.len() {
             self.tick_link(index);
+            self.tick_link_test(index);
         }
         for (peer, id, need) in self.tracker.poll_overdue(now) {
             self.decide(peer, id, need, Decision::Missed);
@@ -561,6 +653,12 @@ impl Core {
                 self.auto_checkpoint(index);
             }
         }
+    }
+
+    /// Why nothing more is sent to `peer`, if sending was stopped (for status).
+    pub fn sending_stopped(&self, peer: &str) -> Option<&str> {
+        let index = self.peer_index(peer)?;
+        self.peers[index].sending_stopped.as_deref()
     }
 
     /// A signed checkpoint this node stored for the channel with `peer` (for tests).

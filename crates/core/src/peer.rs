@@ -152,6 +152,10 @@ pub(crate) struct Peer {
     pub agreed: Option<Charter>,
     /// Envelopes appended since our last checkpoint signature.
     pub unsigned: u64,
+    /// Why nothing more is sent to this peer (it claimed more of our stream than we hold).
+    pub sending_stopped: Option<String>,
+    /// Link tests (built on the first tick, rebuilt when the channel's terms change).
+    pub tests: Option<crate::linktest::Tests>,
 }
 
 impl Peer {
@@ -184,6 +188,8 @@ impl Peer {
             their_charter: None,
             agreed: None,
             unsigned: 0,
+            sending_stopped: None,
+            tests: None,
         }
     }
 
@@ -271,10 +277,15 @@ impl Core {
     pub(crate) fn stage_send(
         &mut self,
         index: usize,
-        precedence: Precedence,
+        sent: crate::Sent,
         body: Body,
-        in_reply_to: Option<MessageId>,
     ) -> Result<(MessageId, u64), CommandError> {
+        let crate::Sent {
+            precedence,
+            topic,
+            author,
+            in_reply_to,
+        } = sent;
         let wall = u64::try_from(self.wall_ms).unwrap_or(0);
         let p = &mut self.peers[index];
         // The wall clock may step back; creation times within a stream never do.
@@ -287,8 +298,8 @@ impl Core {
             prev: p.out.cursor.last_id,
             created_at_ms,
             precedence,
-            topic: "general".into(),
-            author: self.name.clone(),
+            topic,
+            author,
             in_reply_to,
             body,
         };
@@ -372,7 +383,8 @@ impl Core {
             target: ReceiptTarget::Message(of),
             note,
         });
-        let (id, seq) = self.stage_send(index, precedence, body, Some(of))?;
+        let sent = crate::Sent::system(precedence, &self.author, Some(of));
+        let (id, seq) = self.stage_send(index, sent, body)?;
         if matches!(level, ReceiptLevel::Acknowledged | ReceiptLevel::Declined) {
             let met = self.tracker.meet(of, Need::Answered, self.now);
             self.decided(met, of);
@@ -440,9 +452,8 @@ impl Core {
         if self
             .stage_send(
                 index,
-                Precedence::Routine,
+                crate::Sent::system(Precedence::Routine, &self.author, None),
                 Body::Charter(charter.clone()),
-                None,
             )
             .is_ok()
         {

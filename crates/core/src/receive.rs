@@ -220,6 +220,7 @@ impl Core {
                         let met = self.tracker.meet(id, Need::Delivered, now);
                         self.decided(met, id);
                     }
+                    self.link_test_delivered(index, from, to);
                     self.release_event(Event::Delivered { peer, from, to });
                 }
             }
@@ -296,7 +297,8 @@ impl Core {
                 note: None,
             });
             // Our own receipt cannot fail its bounds: ranges are chunked to the limit.
-            let _ = self.stage_send(index, precedence, body, None);
+            let sent = crate::Sent::system(precedence, &self.author, None);
+            let _ = self.stage_send(index, sent, body);
         }
     }
 }

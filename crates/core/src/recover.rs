@@ -10,8 +10,8 @@ use detente_proto::deadline::Side;
 use detente_proto::envelope::parse_unverified;
 use detente_proto::{Body, Envelope, MessageId, Need, Precedence};
 use detente_store_types::{
-    CheckpointRow, DeliveredRange, MessageRow, MissRow, OutboxRow, Placement, ReceiptLevel,
-    ReceiptRow, WitnessRow, WriteBatch,
+    CheckpointRow, DeliveredRange, GlossaryRow, MessageRow, MissRow, OutboxRow, Placement,
+    ReceiptLevel, ReceiptRow, WitnessRow, WriteBatch,
 };
 
 use crate::checkpoints::CHECKPOINTS_KEPT_MAX;
@@ -32,6 +32,8 @@ pub struct Snapshot {
     /// In storage order.
     pub checkpoints: Vec<CheckpointRow>,
     pub witness: Vec<WitnessRow>,
+    /// Glossary terms (only their keys matter: the count per channel is bounded).
+    pub glossary: Vec<GlossaryRow>,
 }
 
 /// The store's rows do not make a consistent record. Remedy: restore the database from a
@@ -66,6 +68,9 @@ impl Core {
         let mut core = Core::empty(&config, now, wall_ms);
         for index in 0..core.peers.len() {
             core.recover_peer(index, &snapshot)?;
+        }
+        for row in &snapshot.glossary {
+            core.glossary.insert(row);
         }
         Ok(core)
     }

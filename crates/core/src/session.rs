@@ -176,27 +176,54 @@ impl Core {
         if version != LINK_VERSION || second {
             return self.protocol_error(index, session, "bad or repeated Hello");
         }
-        // A peer cannot hold more of our stream than we wrote durably.
-        let hwm = hwm.min(p.out_durable);
-        self.prune(index, hwm);
-        if let Some(s) = self.peers[index].session.as_mut() {
-            s.sched = Some(Scheduler::new(hwm));
+        let ahead = hwm > p.out_durable;
+        if let Some(s) = p.session.as_mut() {
+            s.sched = Some(Scheduler::new(hwm.min(p.out_durable)));
         }
+        if ahead {
+            return self.stream_ahead(index, hwm);
+        }
+        self.prune(index, hwm);
     }
 
     fn on_ack(&mut self, index: usize, hwm: u64, received: u64) {
         let p = &mut self.peers[index];
-        let hwm = hwm.min(p.out_durable);
         if let Some(s) = p.session.as_mut() {
             s.acked = s.acked.max(received.min(s.sent));
         }
+        if hwm > p.out_durable {
+            return self.stream_ahead(index, hwm);
+        }
         self.prune(index, hwm);
+    }
+
+    /// The peer claims to hold our stream beyond what our store ever wrote: this store is
+    /// not the one the channel ran on (moved, restored from an old backup, new), and the
+    /// peer holds envelopes of ours we no longer know. Never a prune (the rows at or below
+    /// `hwm` were never sent); nothing more is sent to it (new envelopes would reuse its
+    /// seqs); one alarm. It lasts until restart, when the operator has put the right
+    /// database back.
+    fn stream_ahead(&mut self, index: usize, hwm: u64) {
+        let p = &mut self.peers[index];
+        if p.sending_stopped.is_some() {
+            return;
+        }
+        let (peer, written) = (p.name.clone(), p.out_durable);
+        let detail = format!(
+            "peer {peer} holds our stream up to seq {hwm} but our store has only {written}: \
+             this store is not the one the channel ran on (moved, restored from an old backup, \
+             or new). Nothing more is sent to {peer}; put the right database back and restart"
+        );
+        p.sending_stopped = Some(detail.clone());
+        self.event(Event::Alarm { peer, detail });
     }
 
     /// The peer holds our stream up to `hwm`: drop the outbox up to it.
     fn prune(&mut self, index: usize, hwm: u64) {
         let p = &mut self.peers[index];
-        if hwm <= p.confirmed {
+        // A peer that claimed more than we hold is not believed about the rest either: keep
+        // every row (the safe side) until the operator has restarted on the right store.
+        if hwm <= p.confirmed || p.sending_stopped.is_some() {
             return;
         }
         p.confirmed = hwm;
@@ -237,6 +264,9 @@ impl Core {
     /// The next envelope frame for peer `index`, FLASH first, from the durable outbox.
     pub(crate) fn pump(&mut self, index: usize) -> Option<(SessionId, Frame)> {
         let p = &mut self.peers[index];
+        if p.sending_stopped.is_some() {
+            return None;
+        }
         let s = p.session.as_mut()?;
         let sched = s.sched.as_mut()?;
         while let Some(refill) = sched.poll_refill() {

@@ -23,6 +23,7 @@ fn config(i: usize, seeds: [[u8; 32]; 2], names: [&str; 2]) -> Config {
     let other = 1 - i;
     Config {
         name: names[i].into(),
+        author: "Duty Officer".into(),
         secret_seed: seeds[i],
         peers: vec![PeerConfig {
             name: names[other].into(),
@@ -119,6 +120,8 @@ impl Pair {
         let command = Command::Send {
             peer: self.names[1 - side].into(),
             precedence,
+            topic: "general".into(),
+            author: "Duty Officer".into(),
             body: Body::Text(TextBody {
                 language: "en".into(),
                 text: format!("message {ticket}"),
@@ -227,4 +230,59 @@ fn a_flash_behind_a_backlog_goes_first_and_every_envelope_is_appended() {
         covered,
         "beijing co-signed a checkpoint covering washington's 21"
     );
+}
+
+/// A peer pinned while the node runs gets a channel at once; a second pin of the same name
+/// or key is refused, so a pin never replaces another silently.
+#[test]
+fn a_peer_pinned_at_run_time_can_be_written_to() {
+    let mut pair = Pair::new();
+    let stranger = PartySecret::from_seed([9; 32]).public();
+    let pin = |ticket, name: &str, key| Input::Operator {
+        ticket,
+        command: Command::AddPeer {
+            peer: PeerConfig {
+                name: name.into(),
+                key,
+                addresses: 1,
+            },
+        },
+    };
+    pair.input(0, pin(1, "moscow", stranger));
+    pair.input(
+        0,
+        pin(2, "moscow", PartySecret::from_seed([8; 32]).public()),
+    );
+    pair.input(0, pin(3, "again", stranger));
+    let send = Command::Send {
+        peer: "moscow".into(),
+        precedence: Precedence::Flash,
+        topic: "border".into(),
+        author: "Duty Officer".into(),
+        body: Body::Text(TextBody {
+            language: "en".into(),
+            text: "hello".into(),
+            translations: Vec::new(),
+        }),
+        in_reply_to: None,
+    };
+    pair.input(
+        0,
+        Input::Operator {
+            ticket: 4,
+            command: send,
+        },
+    );
+    let (batch, rows) = pair.cores[0].poll_commit().expect("a batch");
+    assert_eq!(rows.messages.len(), 1);
+    assert_eq!(rows.messages[0].peer, "moscow");
+    assert_eq!(rows.messages[0].topic, "border");
+    pair.input(0, Input::Committed { batch });
+    let answers: Vec<(u64, bool)> = std::iter::from_fn(|| pair.cores[0].poll_event())
+        .filter_map(|e| match e {
+            Event::Answer { ticket, result } => Some((ticket, result.is_ok())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, vec![(1, true), (2, false), (3, false), (4, true)]);
 }

@@ -16,18 +16,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use detente_core::{Answer, Event};
+use detente_core::{Answer, Command, Event};
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::stream::SEQ_AHEAD_MAX;
 use detente_proto::{
     Body, ChannelId, Frame, PartyKey, Precedence, ReceiptLevel, ReceiptTarget, TextBody,
     VerifiedEnvelope,
 };
-use detente_store_types::{Direction, Placement, WriteBatch, EVIDENCE_ENVELOPES};
+use detente_store_types::{Direction, GlossaryRow, Placement, WriteBatch, EVIDENCE_ENVELOPES};
 use rand::Rng;
 
 use crate::store::Stream;
-use crate::world::World;
+use crate::world::{Node, World};
 
 #[derive(Debug, Default)]
 pub(crate) struct Checker {
@@ -51,6 +51,47 @@ pub(crate) struct Checker {
     decisions: BTreeMap<(usize, [u8; 32], u8), u32>,
     alarms: BTreeSet<(usize, String)>,
     expected_alarms: BTreeSet<usize>,
+    /// (sender, receiver, seq): envelope frames ever sent (a prune may cover only these).
+    sent_to: BTreeSet<(usize, usize, u64)>,
+    /// (node, peer) → the highest hwm already checked for a prune.
+    pruned: BTreeMap<(usize, usize), u64>,
+    /// (node, peer): the node stopped sending to the peer until it restarts.
+    stopped: BTreeSet<(usize, usize)>,
+    /// (node, peer) → link tests the node wrote to the peer.
+    tests: BTreeMap<(usize, usize), u64>,
+    /// node → times its core started.
+    starts: BTreeMap<usize, u64>,
+}
+
+impl Checker {
+    /// `node` restarted: a stop of sending lasts only until then.
+    pub(crate) fn on_restart(&mut self, node: usize) {
+        self.stopped.retain(|&(n, _)| n != node);
+        *self.starts.entry(node).or_default() += 1;
+    }
+}
+
+/// A prune drops only outbox rows the peer could hold: every one was sent to it.
+fn check_prunes(w: &mut World, node: usize, batch: &WriteBatch) {
+    // The hostile member also injects its envelopes past its core (forgeries, replays), so
+    // its peers may rightly hold what its core never sent: only honest members are judged.
+    if w.nodes[node].hostile {
+        return;
+    }
+    for (name, hwm) in &batch.prune {
+        let Some(peer) = index_of(w, name) else {
+            return w.fail(format!("n{node} pruned the outbox of unknown peer {name}"));
+        };
+        let from = w.checker.pruned.get(&(node, peer)).copied().unwrap_or(0) + 1;
+        let unsent = (from..=*hwm).find(|&seq| !w.checker.sent_to.contains(&(node, peer, seq)));
+        if let Some(seq) = unsent {
+            return w.fail(format!(
+                "n{node} pruned seq {seq} for n{peer} up to {hwm} though it never sent it"
+            ));
+        }
+        let max = w.checker.pruned.entry((node, peer)).or_default();
+        *max = (*max).max(*hwm);
+    }
 }
 
 fn index_of(w: &World, name: &str) -> Option<usize> {
@@ -90,6 +131,9 @@ pub(crate) fn on_commit(w: &mut World, node: usize, batch: &WriteBatch) {
                 return w.fail(format!("n{node} stored an envelope that does not verify"));
             }
         }
+        if m.direction == Direction::Out && m.kind == 2 {
+            *w.checker.tests.entry((node, from)).or_default() += 1;
+        }
         if m.direction == Direction::Out {
             if m.sender != me {
                 return w.fail(format!(
@@ -109,6 +153,7 @@ pub(crate) fn on_commit(w: &mut World, node: usize, batch: &WriteBatch) {
         check_linked(w, node, stream, seq);
     }
     check_checkpoints(w, node, batch);
+    check_prunes(w, node, batch);
     // The hostile member's own core may rightly accuse an honest member that recorded a
     // forged envelope: only what honest members record is judged.
     if !w.nodes[node].hostile {
@@ -260,6 +305,33 @@ fn check_evidence(w: &mut World, node: usize, batch: &WriteBatch) {
     }
 }
 
+/// A `Hello` or `Ack` arriving at `node` that claims more of its stream than it holds
+/// durably: (sender, claimed hwm).
+pub(crate) fn stream_claim(
+    w: &World,
+    node: usize,
+    session: u64,
+    bytes: &[u8],
+) -> Option<(usize, u64)> {
+    let s = w.sessions.get(&session)?;
+    let peer = if s.a == node { s.b } else { s.a };
+    let hwm = match Frame::decode(bytes).ok()? {
+        Frame::Hello { hwm, .. } | Frame::Ack { hwm, .. } => hwm,
+        _ => return None,
+    };
+    let ours = (channel(w, node, peer), *key_of(w, node).as_bytes());
+    (hwm > w.nodes[node].store.size(ours)).then_some((peer, hwm))
+}
+
+/// Such a claim must stop sending to that peer, with an alarm (never a prune).
+pub(crate) fn after_stream_claim(w: &mut World, node: usize, peer: usize, hwm: u64) {
+    if w.nodes[node].core.is_some() && !w.checker.stopped.contains(&(node, peer)) {
+        w.fail(format!(
+            "n{node} took n{peer}'s claim to hold its stream up to seq {hwm} without an alarm"
+        ));
+    }
+}
+
 /// Before a frame leaves `node` on `session`.
 pub(crate) fn on_transmit(w: &mut World, node: usize, session: u64, frame: &Frame) {
     let Some(s) = w.sessions.get(&session) else {
@@ -295,6 +367,13 @@ fn check_envelope_sent(w: &mut World, node: usize, peer: usize, session: u64, by
     if durable != Some(detente_proto::envelope::message_id(bytes).0) {
         return w.fail(format!("n{node} sent seq {} before it was durable", e.seq));
     }
+    if w.checker.stopped.contains(&(node, peer)) {
+        return w.fail(format!(
+            "n{node} sent seq {} to n{peer} after it stopped sending to it",
+            e.seq
+        ));
+    }
+    w.checker.sent_to.insert((node, peer, e.seq));
     w.checker
         .sent
         .entry((session, node))
@@ -323,8 +402,79 @@ fn check_envelope_sent(w: &mut World, node: usize, peer: usize, session: u64, by
     }
 }
 
+/// What an operator's command must lead to, checked when it is answered.
+#[derive(Debug, Clone)]
+pub(crate) enum Expect {
+    /// A send: the stored envelope carries the operator's topic and title.
+    Sent { topic: String, author: String },
+    /// A glossary term: refused when invalid, else durable when answered.
+    Glossary { row: GlossaryRow, valid: bool },
+}
+
+/// Note what `command` (ticket `ticket` at node `n`) must lead to.
+pub(crate) fn on_operate(n: &mut Node, ticket: u64, command: &Command) {
+    let expect = match command {
+        Command::Send { topic, author, .. } => Expect::Sent {
+            topic: topic.clone(),
+            author: author.clone(),
+        },
+        Command::Glossary { row } => Expect::Glossary {
+            row: row.clone(),
+            valid: row.lang_a != row.lang_b && !row.term_a.trim().is_empty(),
+        },
+        _ => return,
+    };
+    n.expect.insert(ticket, expect);
+}
+
+/// The answer to ticket `ticket` at `node` against what its command asked for.
+fn check_answer(
+    w: &mut World,
+    node: usize,
+    ticket: u64,
+    result: &Result<Answer, detente_core::CommandError>,
+) {
+    let Some(expect) = w.nodes[node].expect.remove(&ticket) else {
+        return;
+    };
+    let store = &w.nodes[node].store;
+    match (expect, result) {
+        (Expect::Sent { topic, author }, Ok(Answer::Sent { id, seq })) => {
+            let Some(row) = store.messages.get(&id.0) else {
+                return;
+            };
+            let carried = World::parse(&row.bytes).map(|e| (e.topic, e.author));
+            if row.topic != topic || carried != Some((topic.clone(), author.clone())) {
+                w.fail(format!(
+                    "n{node} stored seq {seq} without the topic {topic:?} and title {author:?} asked for"
+                ));
+            }
+        }
+        (Expect::Glossary { valid: false, .. }, Ok(_)) => {
+            w.fail(format!("n{node} accepted an invalid glossary term"));
+        }
+        (Expect::Glossary { row, valid: true }, Ok(_)) => {
+            let key = (
+                row.peer.clone(),
+                row.lang_a.clone(),
+                row.term_a.clone(),
+                row.lang_b.clone(),
+            );
+            if store.glossary.get(&key).map(|r| &r.term_b) != Some(&row.term_b) {
+                w.fail(format!(
+                    "n{node} answered a glossary term before it was durable"
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Each event `node` shows.
 pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
+    if let Event::Answer { ticket, result } = event {
+        check_answer(w, node, *ticket, result);
+    }
     match event {
         Event::Answer { result, .. } => match result {
             Ok(Answer::Sent { id, seq }) => {
@@ -359,6 +509,11 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
             }
             w.count("alarms");
             w.checker.alarms.insert((node, peer.clone()));
+            if detail.contains("holds our stream") {
+                if let Some(p) = index_of(w, peer) {
+                    w.checker.stopped.insert((node, p));
+                }
+            }
         }
         Event::Deadline {
             id, need, decision, ..
@@ -475,6 +630,16 @@ pub(crate) fn hostile_frame(
                 World::frame_bytes(&Frame::Checkpoint(signed)),
             ))
         }
+        9 => {
+            // It claims to hold more of the target's stream than the target ever wrote: an
+            // alarm, no prune, nothing more sent to it.
+            let theirs = (channel(w, h, target), *key_of(w, target).as_bytes());
+            let hwm = w.nodes[target].store.size(theirs) + w.rng.gen_range(1..5);
+            Some((
+                "hostile_hwm_ahead",
+                World::frame_bytes(&Frame::Ack { hwm, received: 0 }),
+            ))
+        }
         7 => {
             let mut terms = absurd_terms(w, h);
             terms.deadlines.flash_delivered = std::time::Duration::from_millis(1);
@@ -538,7 +703,44 @@ pub(crate) fn final_equivocation(w: &mut World) {
 }
 
 /// The liveness invariants, after healing.
+/// Link tests come no faster than the channel's interval (the shorter of both members'),
+/// counted over each life of a core (a restart starts the cadence again).
+fn check_link_test_rate(w: &mut World) {
+    let counts: Vec<((usize, usize), u64)> =
+        w.checker.tests.iter().map(|(&k, &v)| (k, v)).collect();
+    for ((x, y), written) in counts {
+        let interval = w.nodes[x]
+            .config
+            .link_test_interval
+            .min(w.nodes[y].config.link_test_interval)
+            .as_millis() as u64;
+        let lives = w.checker.starts.get(&x).copied().unwrap_or(1);
+        let most = w.now_ms / interval + lives;
+        if written > most {
+            w.fail(format!(
+                "n{x} wrote {written} link tests to n{y} in {} ms (interval {interval} ms, {lives} starts)",
+                w.now_ms
+            ));
+        }
+    }
+}
+
+/// After healing, no honest member reports a missed link test to another.
+fn check_link_tests_pass(w: &mut World, x: usize, y: usize) {
+    let name = w.nodes[y].name.clone();
+    if w.nodes[x]
+        .core
+        .as_ref()
+        .is_some_and(|c| c.link_test_missed(&name))
+    {
+        w.fail(format!(
+            "after healing n{x} still misses its link tests to n{y}"
+        ));
+    }
+}
+
 pub(crate) fn liveness(w: &mut World) {
+    check_link_test_rate(w);
     let n = w.nodes.len();
     for x in 0..n {
         if w.nodes[x].hostile {
@@ -551,6 +753,7 @@ pub(crate) fn liveness(w: &mut World) {
             }
             check_complete(w, x, y);
             check_cosigned(w, x, y);
+            check_link_tests_pass(w, x, y);
         }
     }
     let h = n - 1;
@@ -592,25 +795,54 @@ fn check_complete(w: &mut World, x: usize, y: usize) {
     }
 }
 
+/// Whether every honest stream is whole at every honest member with nothing pending: the
+/// quiet moment between two link tests that the liveness checks are made in.
+pub(crate) fn settled(w: &World) -> bool {
+    let n = w.nodes.len();
+    (0..n).filter(|&x| !w.nodes[x].hostile).all(|x| {
+        (0..n).filter(|&y| y != x && !w.nodes[y].hostile).all(|y| {
+            let stream = (channel(w, x, y), *key_of(w, y).as_bytes());
+            let name = w.nodes[x].name.clone();
+            w.nodes[x].store.size(stream) == w.nodes[y].store.size(stream)
+                && w.nodes[y].store.pending(&name).is_empty()
+        })
+    })
+}
+
 /// A checkpoint co-signed by both covers both streams whole.
 fn check_cosigned(w: &mut World, x: usize, y: usize) {
     let c = channel(w, x, y);
-    let sizes: Vec<([u8; 32], u64)> = [x, y]
+    // Link tests and their DELIVERED receipts never stop: what they add after the last
+    // checkpoint may stay uncovered. Everything else must be covered.
+    let sizes: Vec<([u8; 32], u64, u64)> = [x, y]
         .iter()
         .map(|&i| {
             let k = *key_of(w, i).as_bytes();
-            (k, w.nodes[x].store.size((c, k)))
+            let size = w.nodes[x].store.size((c, k));
+            let machine = |m: &detente_store_types::MessageRow| {
+                m.kind == 2 || (m.kind == 1 && m.in_reply_to.is_none())
+            };
+            let floor = (1..=size)
+                .rev()
+                .find(|&seq| {
+                    w.nodes[x]
+                        .store
+                        .at((c, k), seq)
+                        .is_some_and(|m| !machine(m))
+                })
+                .unwrap_or(0);
+            (k, floor, size)
         })
         .collect();
     let covers = w.nodes[x].store.checkpoints.iter().any(|row| {
         row.channel == c
             && row.cosigned
             && SignedCheckpoint::decode(&row.signed).is_ok_and(|s| {
-                sizes.iter().all(|(k, size)| {
+                sizes.iter().all(|(k, floor, size)| {
                     s.checkpoint().members.iter().any(|m| {
                         m.key.as_bytes() == k
-                            && m.size == *size
-                            && w.nodes[x].store.root_at((c, *k), *size) == Some(m.root)
+                            && (*floor..=*size).contains(&m.size)
+                            && w.nodes[x].store.root_at((c, *k), m.size) == Some(m.root)
                     })
                 })
             })

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use detente_core::Snapshot;
 use detente_proto::merkle::{self, Hash, MemoryTree};
 use detente_store_types::{
-    CheckpointRow, DeliveredRange, Direction, EvidenceRow, MessageRow, MissRow, OutboxRow,
-    Placement, ReceiptRow, WitnessRow, WriteBatch,
+    CheckpointRow, DeliveredRange, Direction, EvidenceRow, GlossaryRow, MessageRow, MissRow,
+    OutboxRow, Placement, ReceiptRow, WitnessRow, WriteBatch,
 };
 
 pub type Stream = ([u8; 32], [u8; 32]);
@@ -27,6 +27,8 @@ pub struct StoreModel {
     pub checkpoints: Vec<CheckpointRow>,
     pub witness: BTreeMap<Stream, WitnessRow>,
     pub evidence: Vec<EvidenceRow>,
+    /// Glossary terms by (peer, lang_a, term_a, lang_b), replaced as the store does.
+    pub glossary: BTreeMap<(String, String, String, String), GlossaryRow>,
     /// Appended envelopes of each stream, as a Merkle tree (the sim's own record).
     pub trees: BTreeMap<Stream, MemoryTree>,
     pub commits: u64,
@@ -125,6 +127,15 @@ impl StoreModel {
             self.witness.insert((w.channel, w.sender), *w);
         }
         self.evidence.extend(batch.evidence.iter().cloned());
+        for g in &batch.glossary {
+            let key = (
+                g.peer.clone(),
+                g.lang_a.clone(),
+                g.term_a.clone(),
+                g.lang_b.clone(),
+            );
+            self.glossary.insert(key, g.clone());
+        }
     }
 
     /// What the core recovers from.
@@ -137,6 +148,7 @@ impl StoreModel {
             misses: self.misses.values().cloned().collect(),
             checkpoints: self.checkpoints.clone(),
             witness: self.witness.values().copied().collect(),
+            glossary: self.glossary.values().cloned().collect(),
         }
     }
 

@@ -12,7 +12,7 @@ use detente_proto::{
     Body, Deadlines, Frame, LinkConfig, MessageId, NotificationBody, PartySecret, Precedence,
     ReceiptLevel, TextBody, VerifiedEnvelope,
 };
-use detente_store_types::Direction;
+use detente_store_types::{Direction, GlossaryRow};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -24,6 +24,8 @@ use crate::Outcome;
 const RUN_MS: u64 = 40_000;
 /// Longest deadline the simulated charters use (all five are drawn below it).
 pub const DEADLINE_MS_MAX: u64 = 30_000;
+/// Half-second steps the end of a run waits at most for a quiet moment.
+const SETTLE_STEPS_MAX: usize = 40;
 /// Steps after which a run is cut short (a bound on any livelock of the world itself).
 const STEPS_MAX: u64 = 400_000;
 /// Wall clock at virtual time zero: 2026-12-01T00:00:00Z.
@@ -102,6 +104,8 @@ pub(crate) struct Node {
     pub tickets: u64,
     /// Tickets of sends and what they were.
     pub asked: BTreeMap<u64, &'static str>,
+    /// What an operator's command must lead to, by ticket (checked on its answer).
+    pub expect: BTreeMap<u64, crate::check::Expect>,
 }
 
 pub(crate) struct Session {
@@ -171,10 +175,11 @@ impl World {
                     .collect();
                 let config = Config {
                     name: format!("n{i}"),
+                    author: format!("Duty Officer n{i}"),
                     secret_seed: secrets[i],
                     peers,
                     deadlines: random_deadlines(&mut rng),
-                    link_test_interval: Duration::from_secs(3600),
+                    link_test_interval: Duration::from_millis(rng.gen_range(5_000..30_000)),
                     link: LinkConfig::default(),
                     checkpoint_interval: Duration::from_millis(rng.gen_range(3_000..15_000)),
                     random_seed: rng.gen(),
@@ -204,6 +209,7 @@ impl World {
                     timer: None,
                     tickets: 0,
                     asked: BTreeMap::new(),
+                    expect: BTreeMap::new(),
                 }
             })
             .collect();
@@ -307,7 +313,11 @@ impl World {
                     .get(&session)
                     .is_some_and(|s| s.open && !s.broken[usize::from(to == s.b)]);
                 if live {
+                    let claim = crate::check::stream_claim(self, to, session, &bytes);
                     self.input(to, Input::Frame { session, bytes });
+                    if let Some((peer, hwm)) = claim {
+                        crate::check::after_stream_claim(self, to, peer, hwm);
+                    }
                 }
             }
             Ev::Opened {
@@ -374,6 +384,7 @@ impl World {
             return;
         }
         let (now, wall) = (self.instant(), self.wall(node));
+        self.checker.on_restart(node);
         let n = &mut self.nodes[node];
         n.generation += 1;
         n.timer = None;
@@ -609,6 +620,8 @@ impl World {
             50..=59 => Command::Send {
                 peer,
                 precedence: random_precedence(&mut self.rng),
+                topic: "sitrep".into(),
+                author: "Watch Officer".into(),
                 body: Body::Notification(NotificationBody {
                     format: "sitrep".into(),
                     version: 1,
@@ -624,6 +637,7 @@ impl World {
             88..=91 => Command::SetDeadlines {
                 deadlines: random_deadlines(&mut self.rng),
             },
+            92..=93 => self.glossary(peer),
             _ => {
                 self.count("restarts");
                 self.crash(node);
@@ -646,8 +660,11 @@ impl World {
             Command::Answer { .. } => "answer",
             Command::Checkpoint { .. } => "checkpoint",
             Command::SetDeadlines { .. } => "deadlines",
+            Command::Glossary { .. } => "glossary",
+            Command::AddPeer { .. } => "add_peer",
         };
         n.asked.insert(ticket, kind);
+        crate::check::on_operate(n, ticket, &command);
         self.count(kind);
         self.input(node, Input::Operator { ticket, command });
     }
@@ -667,12 +684,41 @@ impl World {
         Command::Send {
             peer,
             precedence,
+            // Topics and titles are the operator's: the envelope must carry them as given.
+            topic: format!("topic-{}", words % 3),
+            author: if words % 2 == 0 {
+                "Duty Officer"
+            } else {
+                "值班员"
+            }
+            .into(),
             body: Body::Text(TextBody {
                 language: "en".into(),
                 text: format!("report {words} {}", "word ".repeat(words)),
                 translations: Vec::new(),
             }),
             in_reply_to: None,
+        }
+    }
+
+    /// A glossary term for the channel with `peer`; half are invalid (the same
+    /// language twice, or an empty term) and must be refused.
+    fn glossary(&mut self, peer: String) -> Command {
+        let n = self.rng.gen_range(0..40u32);
+        let (lang_b, term_a) = match n % 4 {
+            0 => ("en", format!("term {n}")),
+            1 => ("zh-CN", " ".into()),
+            _ => ("zh-CN", format!("term {n}")),
+        };
+        Command::Glossary {
+            row: GlossaryRow {
+                peer,
+                lang_a: "en".into(),
+                term_a,
+                lang_b: lang_b.into(),
+                term_b: format!("术语 {n}"),
+                added_at_ms: 0,
+            },
         }
     }
 
@@ -782,7 +828,7 @@ impl World {
         let Some(session) = self.session_between(h, target) else {
             return;
         };
-        let kind = self.rng.gen_range(0..9);
+        let kind = self.rng.gen_range(0..10);
         if kind == 8 {
             // It reads slowly: everything sent to it arrives late, until it reads again.
             if !self.stalled.remove(&h) {
@@ -855,6 +901,15 @@ impl World {
     }
 
     fn finish(&mut self) {
+        // Link tests never stop: judge liveness in a quiet moment between two of them
+        // (tests are at least 5 s apart; a round trip takes far less).
+        for _ in 0..SETTLE_STEPS_MAX {
+            if self.failure.is_some() || crate::check::settled(self) {
+                break;
+            }
+            let end = self.now_ms + 500;
+            self.run_until(end);
+        }
         if self.failure.is_none() {
             crate::check::liveness(self);
         }
@@ -968,5 +1023,7 @@ fn short(command: &Command) -> String {
         Command::Answer { peer, level, .. } => format!("answer {} to {peer}", level.name()),
         Command::Checkpoint { peer } => format!("checkpoint with {peer}"),
         Command::SetDeadlines { .. } => "new deadlines".into(),
+        Command::Glossary { row } => format!("glossary term with {}", row.peer),
+        Command::AddPeer { peer } => format!("pin {}", peer.name),
     }
 }

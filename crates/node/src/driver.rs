@@ -1,0 +1,374 @@
+//! The driver: one tokio task that owns one [`detente_core::Core`] and does its I/O
+//! (issue 11, phase 2). Not yet used by [`crate::Node::start`]: the writer, link, deadline
+//! and charter tasks still run the node until the core has every decision they make.
+//!
+//! Inputs arrive on one bounded channel ([`DriverHandle`]): operator commands (each with
+//! its reply), sessions opened and closed, dials that failed, frames read from a session.
+//! After each wake-up the driver drains the core:
+//! - `poll_commit` → [`Store::commit`] on a future the loop polls; its result goes back as
+//!   `Committed` / `CommitFailed`. One batch is in flight at a time, and everything that
+//!   arrived meanwhile is staged in the core and forms the next batch (group commit).
+//! - `poll_transmit` → the session's writer channel (bounded; a session whose peer stops
+//!   reading is closed rather than let it stall the core).
+//! - `poll_event` → the reply waiting for a ticket, a dial through the [`Dialer`], a session
+//!   closed, everything else on a broadcast channel (lossy for a slow listener, never
+//!   blocking).
+//! - `poll_timeout` → the sleep.
+//!
+//! Session tasks ([`run_session`]) only move length-prefixed, byte-bounded frames between a
+//! byte stream (TLS in the node, an in-memory pipe in tests) and the driver.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use detente_core::{Answer, BatchId, Command, CommandError, Core, Event, Input, SessionId, Ticket};
+use detente_proto::frame::FRAME_BYTES_MAX;
+use detente_proto::Frame;
+use detente_store::{Store, StoreError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Inputs queued for the driver at most (senders wait: backpressure).
+pub const DRIVER_INPUTS_MAX: usize = 4096;
+/// Inputs handed to the core between two drains at most (so a flood of frames cannot
+/// starve commits and timers).
+pub const DRIVER_INPUTS_PER_WAKE_MAX: usize = 1024;
+/// Frames queued for one session's writer at most; beyond, the session is closed.
+pub const SESSION_FRAMES_MAX: usize = 4096;
+/// Events kept for slow listeners of [`Driver::events`].
+pub const DRIVER_EVENTS_BACKLOG_MAX: usize = 4096;
+/// When the core asks for no timer, look again after this long.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// What a session task or an operator hands to the driver.
+#[derive(Debug)]
+pub enum DriverInput {
+    /// Boxed: frames are the common input, and a queued input costs its largest variant.
+    Command {
+        command: Box<Command>,
+        reply: oneshot::Sender<Result<Answer, CommandError>>,
+    },
+    /// A session with `peer` is up; frames for it go to `writer`.
+    SessionOpened {
+        peer: String,
+        session: SessionId,
+        writer: mpsc::Sender<Frame>,
+    },
+    SessionClosed {
+        session: SessionId,
+    },
+    DialFailed {
+        peer: String,
+    },
+    /// One frame read from `session` (type byte and body).
+    Frame {
+        session: SessionId,
+        bytes: Vec<u8>,
+    },
+}
+
+/// Why a command got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// Queue inputs for the driver; cheap to clone.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: mpsc::Sender<DriverInput>,
+    sessions: Arc<AtomicU64>,
+}
+
+impl DriverHandle {
+    /// Run an operator command; the answer comes once what it stored is durable.
+    pub async fn command(&self, command: Command) -> Result<Answer, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        let command = Box::new(command);
+        self.input(DriverInput::Command { command, reply }).await?;
+        Ok(rx.await.map_err(|_| DriverError::Stopped)??)
+    }
+
+    pub async fn input(&self, input: DriverInput) -> Result<(), DriverError> {
+        self.tx.send(input).await.map_err(|_| DriverError::Stopped)
+    }
+
+    /// A fresh session number (unique for this driver).
+    pub fn new_session(&self) -> SessionId {
+        self.sessions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Opens connections when the core asks for them. `dial` must return at once: it spawns
+/// the attempt, which ends in [`run_session`] or [`DriverInput::DialFailed`].
+pub trait Dialer: Send + 'static {
+    fn dial(&self, peer: &str, address: usize, driver: DriverHandle);
+}
+
+/// Clocks as the core takes them.
+fn wall_ms() -> i64 {
+    crate::now_ms() as i64
+}
+
+type CommitFuture = Pin<Box<dyn Future<Output = (BatchId, Result<(), StoreError>)> + Send>>;
+
+/// The task state. See the module documentation.
+pub struct Driver<S: Store, D: Dialer> {
+    core: Core,
+    store: Arc<S>,
+    dialer: D,
+    sessions: HashMap<SessionId, mpsc::Sender<Frame>>,
+    replies: HashMap<Ticket, oneshot::Sender<Result<Answer, CommandError>>>,
+    next_ticket: Ticket,
+    events: broadcast::Sender<Event>,
+    rx: mpsc::Receiver<DriverInput>,
+    /// To hand the dialer a handle without keeping the input channel open ourselves.
+    weak: mpsc::WeakSender<DriverInput>,
+    session_ids: Arc<AtomicU64>,
+    commit: Option<CommitFuture>,
+}
+
+/// Start the driver task over `core` (recovered from `store`, see [`crate::snapshot`]).
+pub fn start<S: Store, D: Dialer>(
+    core: Core,
+    store: Arc<S>,
+    dialer: D,
+) -> (
+    DriverHandle,
+    broadcast::Sender<Event>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(DRIVER_INPUTS_MAX);
+    let sessions = Arc::new(AtomicU64::new(0));
+    let events = broadcast::channel(DRIVER_EVENTS_BACKLOG_MAX).0;
+    let driver = Driver {
+        core,
+        store,
+        dialer,
+        sessions: HashMap::new(),
+        replies: HashMap::new(),
+        next_ticket: 0,
+        events: events.clone(),
+        weak: tx.downgrade(),
+        rx,
+        session_ids: sessions.clone(),
+        commit: None,
+    };
+    let task = tokio::spawn(driver.run());
+    (DriverHandle { tx, sessions }, events, task)
+}
+
+impl<S: Store, D: Dialer> Driver<S, D> {
+    async fn run(mut self) {
+        loop {
+            self.drain();
+            let wake = self
+                .core
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+            tokio::select! {
+                done = next_commit(&mut self.commit), if self.commit.is_some() => {
+                    self.commit = None;
+                    let input = match done {
+                        (batch, Ok(())) => Input::Committed { batch },
+                        (batch, Err(e)) => {
+                            tracing::warn!("commit failed (retried): {e}");
+                            Input::CommitFailed { batch, error: e.to_string() }
+                        }
+                    };
+                    self.handle(input);
+                }
+                input = self.rx.recv() => {
+                    let Some(input) = input else { break };
+                    self.on_input(input);
+                    // Everything already queued joins this wake-up (and so the next batch).
+                    for _ in 1..DRIVER_INPUTS_PER_WAKE_MAX {
+                        match self.rx.try_recv() {
+                            Ok(input) => self.on_input(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => self.handle(Input::Tick),
+            }
+        }
+        // Shutting down: a commit in flight is finished, so its answers are not lost.
+        if let Some(f) = self.commit.take() {
+            let (batch, result) = f.await;
+            if result.is_ok() {
+                self.handle(Input::Committed { batch });
+                self.drain();
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        self.core.handle(Instant::now(), wall_ms(), input);
+    }
+
+    fn on_input(&mut self, input: DriverInput) {
+        let input = match input {
+            DriverInput::Command { command, reply } => {
+                self.next_ticket += 1;
+                let ticket = self.next_ticket;
+                self.replies.insert(ticket, reply);
+                Input::Operator {
+                    ticket,
+                    command: *command,
+                }
+            }
+            DriverInput::SessionOpened {
+                peer,
+                session,
+                writer,
+            } => {
+                self.sessions.insert(session, writer);
+                Input::SessionOpened { peer, session }
+            }
+            DriverInput::SessionClosed { session } => {
+                self.sessions.remove(&session);
+                Input::SessionClosed { session }
+            }
+            DriverInput::DialFailed { peer } => Input::DialFailed { peer },
+            DriverInput::Frame { session, bytes } => Input::Frame { session, bytes },
+        };
+        self.handle(input);
+    }
+
+    /// Take everything the core has to say, and act on it.
+    fn drain(&mut self) {
+        loop {
+            let mut moved = false;
+            if self.commit.is_none() {
+                if let Some((batch, rows)) = self.core.poll_commit() {
+                    let store = self.store.clone();
+                    self.commit = Some(Box::pin(async move { (batch, store.commit(rows).await) }));
+                    moved = true;
+                }
+            }
+            while let Some((session, frame)) = self.core.poll_transmit() {
+                moved = true;
+                self.transmit(session, frame);
+            }
+            while let Some(event) = self.core.poll_event() {
+                moved = true;
+                self.on_event(event);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn transmit(&mut self, session: SessionId, frame: Frame) {
+        let Some(writer) = self.sessions.get(&session) else {
+            return;
+        };
+        if writer.try_send(frame).is_err() {
+            // The peer stopped reading (or the session ended): close it rather than wait.
+            self.sessions.remove(&session);
+            self.handle(Input::SessionClosed { session });
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Answer { ticket, result } => {
+                if let Some(reply) = self.replies.remove(&ticket) {
+                    let _ = reply.send(result);
+                }
+            }
+            Event::Dial { peer, address } => match self.weak.upgrade() {
+                Some(tx) => {
+                    let handle = DriverHandle {
+                        tx,
+                        sessions: self.session_ids.clone(),
+                    };
+                    self.dialer.dial(&peer, address, handle);
+                }
+                None => self.handle(Input::DialFailed { peer }),
+            },
+            Event::CloseSession { session } => {
+                // Dropping the writer ends the session task's write half, and so the session.
+                self.sessions.remove(&session);
+            }
+            other => {
+                let _ = self.events.send(other);
+            }
+        }
+    }
+}
+
+/// The commit in flight, when it finishes.
+async fn next_commit(slot: &mut Option<CommitFuture>) -> (BatchId, Result<(), StoreError>) {
+    match slot.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Move frames between one established byte stream and the driver until either side ends
+/// it. Frames are length-prefixed and at most [`FRAME_BYTES_MAX`] bytes: a larger prefix
+/// ends the session before anything is allocated for it.
+pub async fn run_session<R, W>(driver: DriverHandle, peer: String, mut reader: R, mut writer: W)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let session = driver.new_session();
+    let (tx, mut rx) = mpsc::channel::<Frame>(SESSION_FRAMES_MAX);
+    let opened = DriverInput::SessionOpened {
+        peer,
+        session,
+        writer: tx,
+    };
+    if driver.input(opened).await.is_err() {
+        return;
+    }
+    let write = async move {
+        let mut out = Vec::new();
+        while let Some(frame) = rx.recv().await {
+            out.clear();
+            frame.encode(&mut out);
+            if writer.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    };
+    let read_driver = driver.clone();
+    let read = async move {
+        let mut prefix = [0u8; 4];
+        loop {
+            if reader.read_exact(&mut prefix).await.is_err() {
+                return;
+            }
+            let Ok(len) = Frame::check_len(u32::from_be_bytes(prefix)) else {
+                return;
+            };
+            debug_assert!(len <= FRAME_BYTES_MAX);
+            let mut bytes = vec![0; len];
+            if reader.read_exact(&mut bytes).await.is_err() {
+                return;
+            }
+            let frame = DriverInput::Frame { session, bytes };
+            if read_driver.input(frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Either half ending ends the session.
+    tokio::select! {
+        () = write => {}
+        () = read => {}
+    }
+    let _ = driver.input(DriverInput::SessionClosed { session }).await;
+}

@@ -1,0 +1,384 @@
+//! The core recovers from a real SQLite store as it recovers from its own state: two cores
+//! back to back in memory, every batch committed to a real store file, then a core loaded
+//! from each file (`snapshot::load`) must continue exactly where the live one is (the same
+//! next envelope, byte for byte; the same open deadlines, checkpoints and held envelopes);
+//! and a tampered row is refused by name.
+
+use std::time::{Duration, Instant};
+
+use detente_core::{Command, Config, Core, Input, PeerConfig};
+use detente_node::snapshot::{self, LoadError, PeerKey};
+use detente_proto::envelope::parse_unverified;
+use detente_proto::{
+    Body, Deadlines, Frame, LinkConfig, PartySecret, Precedence, ReceiptLevel, TextBody,
+};
+use detente_store::{GlossaryRow, SqliteStore, Store};
+
+const NAMES: [&str; 2] = ["washington", "beijing"];
+const SEEDS: [[u8; 32]; 2] = [[1; 32], [2; 32]];
+const WALL_MS: i64 = 1_800_000_000_000;
+
+fn config(i: usize) -> Config {
+    let other = 1 - i;
+    Config {
+        name: NAMES[i].into(),
+        author: "Duty Officer".into(),
+        secret_seed: SEEDS[i],
+        peers: vec![PeerConfig {
+            name: NAMES[other].into(),
+            key: PartySecret::from_seed(SEEDS[other]).public(),
+            addresses: 1,
+        }],
+        deadlines: Deadlines::default(),
+        link_test_interval: Duration::from_secs(3600),
+        link: LinkConfig::default(),
+        checkpoint_interval: Duration::from_secs(3600),
+        random_seed: i as u64,
+        bug: None,
+    }
+}
+
+fn peers(i: usize) -> Vec<PeerKey> {
+    vec![PeerKey {
+        name: NAMES[1 - i].into(),
+        key: PartySecret::from_seed(SEEDS[1 - i]).public(),
+    }]
+}
+
+struct Pair {
+    cores: [Core; 2],
+    stores: [SqliteStore; 2],
+    _dir: tempfile::TempDir,
+    base: Instant,
+    now_ms: u64,
+    /// Frames in flight, per receiving side.
+    wire: [Vec<Vec<u8>>; 2],
+    ticket: u64,
+}
+
+impl Pair {
+    async fn new() -> Pair {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let open = |name: &str| {
+            let path = dir.path().join(format!("{name}.sqlite"));
+            async move { SqliteStore::open(&path).await.expect("store") }
+        };
+        let stores = [open(NAMES[0]).await, open(NAMES[1]).await];
+        let base = Instant::now();
+        Pair {
+            cores: [0, 1].map(|i| Core::new(config(i), base, WALL_MS)),
+            stores,
+            _dir: dir,
+            base,
+            now_ms: 0,
+            wire: [Vec::new(), Vec::new()],
+            ticket: 0,
+        }
+    }
+
+    fn input(&mut self, side: usize, input: Input) {
+        let now = self.base + Duration::from_millis(self.now_ms);
+        self.cores[side].handle(now, WALL_MS + self.now_ms as i64, input);
+    }
+
+    /// Commit what `side` has to commit; take its frames onto the wire.
+    async fn drain(&mut self, side: usize) {
+        for _ in 0..1_000 {
+            let mut moved = false;
+            if let Some((batch, rows)) = self.cores[side].poll_commit() {
+                self.stores[side].commit(rows).await.expect("commit");
+                self.input(side, Input::Committed { batch });
+                moved = true;
+            }
+            while let Some((_, frame)) = self.cores[side].poll_transmit() {
+                let mut bytes = Vec::new();
+                frame.encode(&mut bytes);
+                self.wire[1 - side].push(bytes[4..].to_vec());
+                moved = true;
+            }
+            while self.cores[side].poll_event().is_some() {}
+            if !moved {
+                return;
+            }
+        }
+        panic!("side {side} did not settle");
+    }
+
+    /// Deliver every frame on the wire to `side`, except those `keep` says to hold back.
+    async fn deliver(&mut self, side: usize, keep: impl Fn(&[u8]) -> bool) {
+        let frames = std::mem::take(&mut self.wire[side]);
+        for bytes in frames {
+            if keep(&bytes) {
+                self.wire[side].push(bytes);
+                continue;
+            }
+            self.input(side, Input::Frame { session: 1, bytes });
+        }
+        self.drain(side).await;
+    }
+
+    async fn settle(&mut self) {
+        for _ in 0..100 {
+            self.drain(0).await;
+            self.drain(1).await;
+            if self.wire.iter().all(Vec::is_empty) {
+                return;
+            }
+            self.deliver(0, |_| false).await;
+            self.deliver(1, |_| false).await;
+        }
+        panic!("the pair did not settle");
+    }
+
+    fn operate(&mut self, side: usize, command: Command) {
+        self.ticket += 1;
+        let ticket = self.ticket;
+        self.input(side, Input::Operator { ticket, command });
+    }
+
+    fn send(&mut self, side: usize, precedence: Precedence, text: &str) {
+        self.operate(
+            side,
+            Command::Send {
+                peer: NAMES[1 - side].into(),
+                precedence,
+                topic: "border".into(),
+                author: "Watch Officer".into(),
+                body: Body::Text(TextBody {
+                    language: "en".into(),
+                    text: text.into(),
+                    translations: Vec::new(),
+                }),
+                in_reply_to: None,
+            },
+        );
+    }
+
+    fn connect(&mut self) {
+        for side in 0..2 {
+            let peer = NAMES[1 - side].to_string();
+            self.input(side, Input::SessionOpened { peer, session: 1 });
+        }
+    }
+}
+
+/// The core loaded from `side`'s store file.
+async fn reload(pair: &Pair, side: usize) -> Result<Core, LoadError> {
+    let me = PartySecret::from_seed(SEEDS[side]).public();
+    let snap = snapshot::load(&pair.stores[side], &me, &peers(side)).await?;
+    let now = pair.base + Duration::from_millis(pair.now_ms);
+    Ok(Core::recover(config(side), snap, now, WALL_MS + pair.now_ms as i64).expect("recovers"))
+}
+
+/// The batch a core stages for one more text, as the live core and a reloaded one would.
+fn next_batch(core: &mut Core, now: Instant, side: usize) -> Vec<Vec<u8>> {
+    let command = Command::Send {
+        peer: NAMES[1 - side].into(),
+        precedence: Precedence::Routine,
+        topic: "border".into(),
+        author: "Watch Officer".into(),
+        body: Body::Text(TextBody {
+            language: "en".into(),
+            text: "after the restart".into(),
+            translations: Vec::new(),
+        }),
+        in_reply_to: None,
+    };
+    core.handle(
+        now,
+        WALL_MS,
+        Input::Operator {
+            ticket: 999,
+            command,
+        },
+    );
+    let (_, batch) = core.poll_commit().expect("a batch");
+    batch.messages.into_iter().map(|m| m.bytes).collect()
+}
+
+fn is_envelope_seq(bytes: &[u8], seq: u64) -> bool {
+    matches!(Frame::decode(bytes), Ok(Frame::Envelope(b)) if parse_unverified(&b).is_ok_and(|e| e.seq == seq))
+}
+
+#[tokio::test]
+async fn a_core_loaded_from_the_store_continues_where_the_live_one_is() {
+    let mut pair = Pair::new().await;
+    for n in 0..5 {
+        pair.send(0, Precedence::Routine, &format!("routine {n}"));
+        pair.send(1, Precedence::Priority, &format!("priority {n}"));
+    }
+    pair.operate(
+        0,
+        Command::Glossary {
+            row: GlossaryRow {
+                peer: "beijing".into(),
+                lang_a: "en".into(),
+                term_a: "ceasefire".into(),
+                lang_b: "zh-CN".into(),
+                term_b: "停火".into(),
+                added_at_ms: 0,
+            },
+        },
+    );
+    pair.drain(0).await;
+    pair.drain(1).await;
+    pair.connect();
+    pair.settle().await;
+    // Washington acknowledges Beijing's first message; a checkpoint covers both streams.
+    let first = pair.stores[0]
+        .stream_envelopes(
+            detente_proto::ChannelId::for_pair(
+                &PartySecret::from_seed(SEEDS[0]).public(),
+                &PartySecret::from_seed(SEEDS[1]).public(),
+            )
+            .0,
+            *PartySecret::from_seed(SEEDS[1]).public().as_bytes(),
+            0,
+            1,
+        )
+        .await
+        .expect("read");
+    let of = detente_proto::envelope::message_id(&first[0].1);
+    pair.operate(
+        0,
+        Command::Answer {
+            peer: "beijing".into(),
+            of,
+            level: ReceiptLevel::Acknowledged,
+            note: Some("understood".into()),
+        },
+    );
+    pair.operate(
+        0,
+        Command::Checkpoint {
+            peer: "beijing".into(),
+        },
+    );
+    pair.settle().await;
+    // A FLASH that overtakes a ROUTINE is held at Beijing while the ROUTINE is kept back.
+    pair.send(0, Precedence::Routine, "slow");
+    pair.send(0, Precedence::Flash, "fast");
+    pair.drain(0).await;
+    let slow = {
+        let frames = &pair.wire[1];
+        frames
+            .iter()
+            .filter_map(|b| match Frame::decode(b) {
+                Ok(Frame::Envelope(e)) => parse_unverified(&e).ok().map(|e| e.seq),
+                _ => None,
+            })
+            .min()
+            .expect("two envelopes on the wire")
+    };
+    pair.deliver(1, |b| is_envelope_seq(b, slow)).await;
+    assert!(
+        !pair.cores[0].checkpoints("beijing").is_empty(),
+        "a checkpoint was made"
+    );
+
+    for side in 0..2 {
+        let mut reloaded = reload(&pair, side).await.expect("loads");
+        assert_eq!(
+            reloaded.open_deadlines(),
+            pair.cores[side].open_deadlines(),
+            "side {side}"
+        );
+        assert_eq!(
+            reloaded.checkpoints(NAMES[1 - side]),
+            pair.cores[side].checkpoints(NAMES[1 - side]),
+            "side {side}"
+        );
+        let now = pair.base + Duration::from_millis(pair.now_ms);
+        let live = next_batch(&mut pair.cores[side], now, side);
+        let again = next_batch(&mut reloaded, now, side);
+        assert_eq!(
+            again, live,
+            "side {side}: the same next envelope, byte for byte"
+        );
+    }
+    // The held FLASH is appended at Beijing's reloaded core once the ROUTINE arrives.
+    let mut reloaded = reload(&pair, 1).await.expect("loads");
+    let now = pair.base + Duration::from_millis(pair.now_ms);
+    reloaded.handle(
+        now,
+        WALL_MS,
+        Input::SessionOpened {
+            peer: "washington".into(),
+            session: 2,
+        },
+    );
+    for bytes in std::mem::take(&mut pair.wire[1]) {
+        reloaded.handle(now, WALL_MS, Input::Frame { session: 2, bytes });
+    }
+    let (_, batch) = reloaded.poll_commit().expect("a batch");
+    assert_eq!(batch.promote.len(), 1, "the held FLASH is promoted");
+}
+
+/// Flip one bit inside the signature of Washington's copy of Beijing's envelope `seq`.
+async fn tamper(pair: &Pair, seq: i64) {
+    let path = pair._dir.path().join("washington.sqlite");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open");
+    let query = "SELECT bytes FROM messages WHERE direction = 1 AND seq = ?";
+    let mut bytes: Vec<u8> = sqlx::query_scalar(query)
+        .bind(seq)
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    sqlx::query("UPDATE messages SET bytes = ? WHERE direction = 1 AND seq = ?")
+        .bind(bytes)
+        .bind(seq)
+        .execute(&pool)
+        .await
+        .expect("update");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_tampered_row_is_refused_by_name() {
+    let mut pair = Pair::new().await;
+    for n in 0..3 {
+        pair.send(1, Precedence::Routine, &format!("text {n}"));
+    }
+    pair.connect();
+    pair.settle().await;
+    reload(&pair, 0).await.expect("an intact store loads");
+    let me = PartySecret::from_seed(SEEDS[0]).public();
+    let last: i64 = {
+        let snap = snapshot::load(&pair.stores[0], &me, &peers(0))
+            .await
+            .expect("loads");
+        snap.messages
+            .iter()
+            .filter(|m| m.peer == "beijing" && m.direction == detente_store::Direction::In)
+            .map(|m| m.seq as i64)
+            .max()
+            .expect("received")
+    };
+    // The head of a stream is verified: a forged signature there is named.
+    tamper(&pair, last).await;
+    match snapshot::load(&pair.stores[0], &me, &peers(0)).await {
+        Err(LoadError::Tampered { peer, seq, .. }) => {
+            assert_eq!((peer.as_str(), seq), ("beijing", last as u64));
+        }
+        other => panic!("expected a tampered row, got {:?}", other.err()),
+    }
+    tamper(&pair, last).await; // restored
+    reload(&pair, 0).await.expect("the restored store loads");
+    // Below the head, the hash chain names it: the next envelope's prev no longer matches.
+    tamper(&pair, last - 1).await;
+    let snap = snapshot::load(&pair.stores[0], &me, &peers(0))
+        .await
+        .expect("rows load");
+    let now = pair.base + Duration::from_millis(pair.now_ms);
+    match Core::recover(config(0), snap, now, WALL_MS) {
+        Err(detente_core::RecoverError::Stream { peer, seq, .. }) => {
+            assert_eq!((peer.as_str(), seq), ("beijing", last as u64));
+        }
+        Err(e) => panic!("expected a broken stream, got {e}"),
+        Ok(_) => panic!("a tampered store recovered"),
+    }
+}

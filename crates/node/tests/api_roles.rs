@@ -9,11 +9,12 @@
 //! - `checkpoint`, `export`, `proof` and `glossary add` are audited, and a `GET` of a proof
 //!   never signs a checkpoint.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use detente_node::api::{route_table_markdown, ROUTES};
-use detente_node::config::{InitOptions, NodeDir, PeerConfig};
 use detente_node::console::auth::{Role, ROLES};
 use detente_node::writer::SendRequest;
 use detente_node::Node;
@@ -87,28 +88,7 @@ fn the_route_table_in_docs_is_generated_from_the_routes() {
 }
 
 async fn start_node(dir: &std::path::Path) -> Node {
-    let dir = NodeDir::new(dir.to_path_buf());
-    let options = InitOptions {
-        name: "target".into(),
-        party: "Target".into(),
-        lang: "en".into(),
-        tz: "UTC".into(),
-        peer_listen: "127.0.0.1:0".into(),
-        console_listen: "127.0.0.1:0".into(),
-    };
-    dir.init(&options, [0x11; 32], [0x55; 32]).expect("init");
-    dir.add_peer(PeerConfig {
-        name: "fake".into(),
-        key: PartySecret::from_seed([0x22; 32]).public().to_text(),
-        addrs: vec!["127.0.0.1:9".into()],
-    })
-    .expect("pin the peer");
-    let mut config = dir.load().expect("load node.toml");
-    config.set("link.backoff_initial", "10m").unwrap();
-    config.set("link.backoff_max", "1h").unwrap();
-    config.set("transcript.checkpoint_quiet", "off").unwrap();
-    dir.save(&config).expect("save node.toml");
-    Node::start(dir).await.expect("start the node")
+    common::start_target(dir, true).await
 }
 
 /// A console session of `role`: (cookie token, CSRF token).

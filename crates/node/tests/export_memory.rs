@@ -9,12 +9,11 @@
 //! Then it exports again, keeping the bytes, and checks that they are a bundle that verifies;
 //! and last, with one row altered deep in the stream, that the export stops there.
 
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
 
-use detente_node::config::{InitOptions, NodeDir, PeerConfig};
 use detente_node::Node;
-use detente_proto::PartySecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -28,28 +27,8 @@ const TEXT_BYTES: usize = 1_024;
 const DEEP_SEQ: usize = 40_000;
 const DEEP_TEXT: &str = "altered-deep-in-the-stream";
 
-async fn start_node(dir: &Path) -> Node {
-    let dir = NodeDir::new(dir.to_path_buf());
-    let options = InitOptions {
-        name: "target".into(),
-        party: "Target".into(),
-        lang: "en".into(),
-        tz: "UTC".into(),
-        peer_listen: "127.0.0.1:0".into(),
-        console_listen: "127.0.0.1:0".into(),
-    };
-    dir.init(&options, [0x11; 32], [0x55; 32]).expect("init");
-    dir.add_peer(PeerConfig {
-        name: "fake".into(),
-        key: PartySecret::from_seed([0x22; 32]).public().to_text(),
-        addrs: vec!["127.0.0.1:9".into()],
-    })
-    .expect("pin the peer");
-    let mut config = dir.load().expect("load node.toml");
-    config.set("link.backoff_initial", "10m").unwrap();
-    config.set("link.backoff_max", "1h").unwrap();
-    dir.save(&config).expect("save node.toml");
-    Node::start(dir).await.expect("start the node")
+async fn start_node(dir: &std::path::Path) -> Node {
+    common::start_target(dir, true).await
 }
 
 /// One HTTP/1.0 exchange (so the body is neither chunked nor kept alive); `sink` gets the

@@ -8,15 +8,16 @@
 //!
 //! Nothing here sleeps to wait: every step is a request and its answer.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use detente_node::config::{InitOptions, NodeDir, PeerConfig};
 use detente_node::writer::{SendRequest, WriteError};
 use detente_node::Node;
-use detente_proto::{Body, PartySecret, Precedence, TextBody};
+use detente_proto::{Body, Precedence, TextBody};
 use detente_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,31 +29,8 @@ const IMAGE_BYTES: u64 = 24 * 1024 * 1024;
 /// Sends tried while the disk fills before the test gives up waiting for a 503.
 const SENDS_UNTIL_FULL_MAX: usize = 2_000;
 
-/// A node directory with one pinned peer whose only address is dead (nothing dials us).
-async fn start_node(dir: &Path) -> Node {
-    let dir = NodeDir::new(dir.to_path_buf());
-    let options = InitOptions {
-        name: "target".into(),
-        party: "Target".into(),
-        lang: "en".into(),
-        tz: "UTC".into(),
-        peer_listen: "127.0.0.1:0".into(),
-        console_listen: "127.0.0.1:0".into(),
-    };
-    dir.init(&options, [0x11; 32], [0x55; 32])
-        .expect("init the node directory");
-    dir.add_peer(PeerConfig {
-        name: "fake".into(),
-        key: PartySecret::from_seed([0x22; 32]).public().to_text(),
-        addrs: vec!["127.0.0.1:9".into()],
-    })
-    .expect("pin the peer");
-    let mut config = dir.load().expect("load node.toml");
-    config.set("link.backoff_initial", "10m").unwrap();
-    config.set("link.backoff_max", "1h").unwrap();
-    config.set("transcript.checkpoint_quiet", "off").unwrap();
-    dir.save(&config).expect("save node.toml");
-    Node::start(dir).await.expect("start the node")
+async fn start_node(dir: &std::path::Path) -> Node {
+    common::start_target(dir, true).await
 }
 
 /// POST a JSON body to the API; (status, body).

@@ -11,10 +11,11 @@
 //! `scripts/api-fuzz` goes further: schemathesis generates requests from this document
 //! against a real node and checks every answer against it.
 
+mod common;
+
 use std::collections::BTreeSet;
 
 use detente_node::api::ROUTES;
-use detente_node::config::{InitOptions, NodeDir};
 use detente_node::Node;
 use serde_json::Value;
 
@@ -81,17 +82,7 @@ fn every_operation_documents_success_and_the_error_shape() {
 }
 
 async fn start_node(dir: &std::path::Path) -> Node {
-    let dir = NodeDir::new(dir.to_path_buf());
-    let options = InitOptions {
-        name: "target".into(),
-        party: "Target".into(),
-        lang: "en".into(),
-        tz: "UTC".into(),
-        peer_listen: "127.0.0.1:0".into(),
-        console_listen: "127.0.0.1:0".into(),
-    };
-    dir.init(&options, [0x11; 32], [0x55; 32]).expect("init");
-    Node::start(dir).await.expect("start the node")
+    common::start_target(dir, false).await
 }
 
 #[tokio::test]

@@ -1,0 +1,50 @@
+// Each test binary compiles this module anew and uses only part of it.
+#![allow(dead_code)]
+//! What several of the node's integration tests start from: a node directory "target"
+//! with fixed keys, and optionally one pinned peer "fake" whose only address is dead
+//! (nothing dials us, and our redials wait minutes).
+
+use std::path::Path;
+
+use detente_node::config::{InitOptions, NodeDir, PeerConfig};
+use detente_node::Node;
+use detente_proto::PartySecret;
+
+/// The seed of the pinned peer "fake".
+pub const FAKE_SEED: [u8; 32] = [0x22; 32];
+
+/// Initialise `dir` as the node "target"; with `fake_peer`, pin "fake" at a dead address.
+pub fn init_target(dir: &Path, fake_peer: bool) -> NodeDir {
+    let dir = NodeDir::new(dir.to_path_buf());
+    let options = InitOptions {
+        name: "target".into(),
+        party: "Target".into(),
+        lang: "en".into(),
+        tz: "UTC".into(),
+        peer_listen: "127.0.0.1:0".into(),
+        console_listen: "127.0.0.1:0".into(),
+    };
+    dir.init(&options, [0x11; 32], [0x55; 32])
+        .expect("init the node directory");
+    if fake_peer {
+        dir.add_peer(PeerConfig {
+            name: "fake".into(),
+            key: PartySecret::from_seed(FAKE_SEED).public().to_text(),
+            addrs: vec!["127.0.0.1:9".into()],
+        })
+        .expect("pin the peer");
+        let mut config = dir.load().expect("load node.toml");
+        config.set("link.backoff_initial", "10m").unwrap();
+        config.set("link.backoff_max", "1h").unwrap();
+        config.set("transcript.checkpoint_quiet", "off").unwrap();
+        dir.save(&config).expect("save node.toml");
+    }
+    dir
+}
+
+/// [`init_target`] and start it.
+pub async fn start_target(dir: &Path, fake_peer: bool) -> Node {
+    Node::start(init_target(dir, fake_peer))
+        .await
+        .expect("start the node")
+}

@@ -2,8 +2,9 @@
 //! item 5), row for row, in one PostgreSQL transaction: the target holds all of it or none.
 //!
 //! The copy is driven by the target's schema: every table PostgreSQL's migrations created
-//! (but the lease's, which belong to the target, and the console's queue index, which the
-//! target's triggers rebuild as the messages and receipts go in) is read from SQLite with the
+//! (but the lease's, which belong to the target, the console's queue index, which the
+//! target's triggers rebuild as the messages and receipts go in, and the console's search
+//! index, which the console rebuilds) is read from SQLite with the
 //! same column names, inside one SQLite read transaction (one snapshot), streamed row by row
 //! so that memory stays bounded whatever the store's size. A table or column the source
 //! lacks is an error: the two schemas must be of the same detente.
@@ -25,6 +26,15 @@ const NOT_COPIED: &[&str] = &[
     "lease_epochs",
     "console_unanswered",
 ];
+
+/// Tables whose name starts so are the console's search index (SQLite's FTS5 table and its
+/// shadow tables, PostgreSQL's trigram-indexed table): derived from verified messages and
+/// rebuilt by the console when someone searches, so never copied.
+const SEARCH_INDEX_PREFIX: &str = "console_search";
+
+fn is_copied(table: &str) -> bool {
+    !NOT_COPIED.contains(&table) && !table.starts_with(SEARCH_INDEX_PREFIX)
+}
 
 /// Tables copied first, in this order (foreign keys and triggers): messages before the
 /// receipts whose trigger looks them up, users before their sessions.
@@ -84,7 +94,7 @@ async fn copy_all(
     .await?;
     if let Some(extra) = in_source
         .iter()
-        .find(|t| !NOT_COPIED.contains(&t.as_str()) && !tables.iter().any(|(name, _)| name == *t))
+        .find(|t| is_copied(t) && !tables.iter().any(|(name, _)| name == *t))
     {
         return Err(StoreError::Open(format!(
             "the SQLite store has table {extra}, which the target does not: the source and \
@@ -152,7 +162,7 @@ async fn target_tables(dst: &PgStore) -> Result<Vec<(String, Vec<TargetColumn>)>
     .await?;
     let mut tables: Vec<(String, Vec<TargetColumn>)> = Vec::new();
     for (table, name, pg_type, identity) in rows {
-        if NOT_COPIED.contains(&table.as_str()) {
+        if !is_copied(&table) {
             continue;
         }
         let column = TargetColumn {

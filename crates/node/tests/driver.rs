@@ -178,6 +178,12 @@ async fn two_drivers_deliver_everything_and_one_restarts_from_its_store() {
     washington.task.abort();
     let _ = washington.task.await;
     handles.lock().expect("lock")[0] = None;
+    // A killed process's database connections die with it, and with them any write lock a
+    // commit cut short still held; here the store outlives the task, so close it as the
+    // kernel would (otherwise the restarted driver's commits can wait on that lock forever).
+    tokio::time::timeout(WAIT, washington.store.close())
+        .await
+        .expect("the killed side's store closes");
     let washington = start(0, &paths[0], &handles).await;
     send_all(&handles, &washington.store, 300..350).await;
     wait_received(&beijing.store, &beijing.events, 350).await;

@@ -27,6 +27,7 @@ use detente_proto::{ChannelId, MessageId, PartyKey, PartySecret, VerifiedEnvelop
 use detente_store::{AnyStore, Direction, Placement, SqliteStore, Store, StreamRow, WriteBatch};
 use serde_json::{json, Value};
 
+use crate::bench_append::median;
 use crate::bench_verify::report;
 use crate::progress::Progress;
 use crate::{Failure, Outcome};
@@ -239,24 +240,11 @@ async fn export(c: &Channel) -> Result<(f64, f64), Failure> {
 /// Reset the peak resident size to the current one (Linux) and return the current one.
 fn reset_peak() -> Option<u64> {
     std::fs::write("/proc/self/clear_refs", "5").ok()?;
-    status_kib("VmRSS:")
+    crate::harness::status_kib("self", "VmRSS:")
 }
 
 fn peak_kib() -> Option<u64> {
-    status_kib("VmHWM:")
-}
-
-fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    crate::harness::status_kib("self", "VmHWM:")
 }
 
 fn round2(v: f64) -> f64 {

@@ -6,12 +6,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use detente_node::config::{InitOptions, NodeDir, PeerConfig};
+use detente_proto::{Body, MessageId, VerifiedEnvelope};
+use detente_store::{Direction, InboxQuery, Placement, Store};
 use rand::RngCore;
 use serde_json::Value;
 
 use crate::client::Client;
 use crate::Failure;
+
+/// A `kB` field of `/proc/PID/status` (`pid` a process id, or `self`), e.g. `VmHWM:`.
+pub fn status_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+}
 
 /// A free TCP port on loopback (the system picks it; a race with another program is
 /// possible but harmless here: start-up would fail with a clear error).
@@ -196,16 +210,9 @@ impl ProcNode {
 
     /// Peak and current resident memory of the process, in MiB (Linux /proc).
     pub fn memory_mib(&self) -> Option<(f64, f64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-                .map(|kb| kb / 1024.0)
-        };
-        Some((field("VmHWM:")?, field("VmRSS:")?))
+        let pid = self.pid()?.to_string();
+        let mib = |field| status_kib(&pid, field).map(|kb| kb as f64 / 1024.0);
+        Some((mib("VmHWM:")?, mib("VmRSS:")?))
     }
 
     /// CPU time used by the process so far (user + system), in microseconds.
@@ -359,4 +366,88 @@ impl Proxy {
     pub fn set_cut(&self, cut: bool) {
         let _ = self.cut.send(cut);
     }
+}
+
+/// For the real-process delivery tests (the nodes stopped): `from`'s stream to `to`, as
+/// stored on both sides, is identical, complete, linked and verified, and carries exactly
+/// the texts `{from_name}-0` to `{from_name}-{per_side - 1}` that were sent, once each.
+pub async fn check_stream(
+    from: &ProcNode,
+    to: &ProcNode,
+    from_name: &str,
+    to_name: &str,
+    per_side: usize,
+) {
+    let key = NodeDir::new(&from.dir).secret().unwrap().public();
+    let sent = stream_rows(from, to_name, Direction::Out).await;
+    let received = stream_rows(to, from_name, Direction::In).await;
+    let n = sent.len() as u64;
+    assert!(n >= per_side as u64, "{from_name} wrote {n} envelopes");
+    assert_eq!(
+        sent.keys().copied().collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>(),
+        "gap-free at the sender"
+    );
+    assert_eq!(
+        received.keys().copied().collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>(),
+        "gap-free at the receiver"
+    );
+    let mut prev = MessageId::ZERO;
+    let mut texts = BTreeSet::new();
+    for (seq, (bytes, placement)) in &received {
+        assert_eq!(
+            *placement,
+            Placement::Appended,
+            "seq {seq} is in the transcript"
+        );
+        assert_eq!(
+            &sent[seq].0, bytes,
+            "seq {seq}: both sides hold the same bytes"
+        );
+        let v =
+            VerifiedEnvelope::decode(bytes, Some(&key)).expect("every stored signature verifies");
+        assert_eq!(
+            v.envelope().prev,
+            prev,
+            "seq {seq} links to its predecessor"
+        );
+        prev = v.id();
+        if let Body::Text(t) = &v.envelope().body {
+            assert!(texts.insert(t.text.clone()), "{} received twice", t.text);
+        }
+    }
+    let expected: BTreeSet<String> = (0..per_side).map(|k| format!("{from_name}-{k}")).collect();
+    assert_eq!(texts, expected, "exactly the messages sent, each once");
+}
+
+/// One direction of a node's channel with `peer`, by seq, read from its store.
+pub async fn stream_rows(
+    node: &ProcNode,
+    peer: &str,
+    direction: Direction,
+) -> BTreeMap<u64, (Vec<u8>, Placement)> {
+    let dir = NodeDir::new(&node.dir);
+    let store = detente_node::open_store(&dir, &dir.load().unwrap())
+        .await
+        .unwrap();
+    let rows = store
+        .inbox(InboxQuery {
+            peer: Some(peer.into()),
+            direction: Some(direction),
+            include_system: true,
+            limit: 100_000,
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        assert!(
+            out.insert(row.seq, (row.bytes, row.placement)).is_none(),
+            "seq {} stored twice",
+            row.seq
+        );
+    }
+    out
 }

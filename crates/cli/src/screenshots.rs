@@ -24,6 +24,37 @@ pub async fn two_nodes(base: &Path, exe: Option<&Path>) -> Result<(ProcNode, Pro
     two_nodes_with(base, exe, &[]).await
 }
 
+/// Send `body` (a `POST /api/v1/messages` body) from `from`, and wait until `to` holds it;
+/// the message's id.
+pub async fn deliver(
+    from: &ProcNode,
+    to: &ProcNode,
+    body: &serde_json::Value,
+) -> Result<String, Failure> {
+    let sent = from.client()?.post("/api/v1/messages", body).await?;
+    let id = sent["id"].as_str().unwrap_or_default().to_string();
+    let client = to.client()?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while client.get(&format!("/api/v1/messages/{id}")).await.is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::new(format!(
+                "message {id} never reached {}",
+                to.name
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(id)
+}
+
+/// Washington's unanswered FLASH to Beijing, once Beijing holds it: something in every
+/// region of both consoles (the takeover, the queue, the banner). Its message id.
+pub async fn unanswered_flash(w: &ProcNode, b: &ProcNode) -> Result<String, Failure> {
+    let body = serde_json::json!({"to": "beijing", "precedence": "flash", "topic": "incident",
+                                  "text": "Request a call on the voice line"});
+    deliver(w, b, &body).await
+}
+
 /// [`two_nodes`], with these configuration settings (`key`, `value`) on both nodes before
 /// they start (e.g. a short FLASH deadline for a test of overdue alarms).
 pub async fn two_nodes_with(

@@ -16,7 +16,7 @@ use detente::harness::ProcNode;
 use detente::screenshots::{login, two_nodes, TEST_PASSWORD};
 use detente::webdriver::{chromium_paths, Driver, Session};
 use detente_node::console::auth::Role;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -148,23 +148,9 @@ async fn every_page_passes_axe_in_both_languages() {
             .unwrap();
     }
     // Something in every region: an unanswered FLASH (the takeover, the queue, the banner).
-    let sent = w
-        .client()
-        .unwrap()
-        .post(
-            "/api/v1/messages",
-            &json!({"to": "beijing", "precedence": "flash", "topic": "incident",
-                    "text": "Request a call on the voice line"}),
-        )
+    let id = detente::screenshots::unanswered_flash(&w, &b)
         .await
         .unwrap();
-    let id = sent["id"].as_str().unwrap().to_string();
-    let bc = b.client().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while bc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the FLASH never came");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let driver = Driver::start().await.unwrap();
     let mut found = check_node(&driver, tmp.path(), &axe, &w, &id).await;

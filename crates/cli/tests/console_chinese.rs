@@ -13,7 +13,7 @@ use std::time::Duration;
 use detente::screenshots::{login, two_nodes, TEST_PASSWORD};
 use detente::webdriver::{chromium_paths, Driver, Session};
 use detente_node::console::auth::Role;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -136,23 +136,9 @@ async fn the_chinese_console_has_no_english_words() {
         .await
         .unwrap();
     // Something on every page: an English FLASH from washington, unanswered.
-    let sent = w
-        .client()
-        .unwrap()
-        .post(
-            "/api/v1/messages",
-            &json!({"to": "beijing", "precedence": "flash", "topic": "incident",
-                    "text": "Request a call on the voice line"}),
-        )
+    let id = detente::screenshots::unanswered_flash(&w, &b)
         .await
         .unwrap();
-    let id = sent["id"].as_str().unwrap().to_string();
-    let bc = b.client().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while bc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the FLASH never came");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let driver = Driver::start().await.unwrap();
     let base = format!("http://{}", b.console_addr);

@@ -102,26 +102,11 @@ async fn three_invalid_fields_three_localized_errors_and_decline_asks_first() {
     assert!(summary.contains('3'), "{summary}");
 
     // Decline asks first; going back declines nothing.
-    let sent = w
-        .client()
-        .unwrap()
-        .post(
-            "/api/v1/messages",
-            &json!({"to": "beijing", "precedence": "routine", "text": "Proposal: hotline test at 10:00 UTC"}),
-        )
+    let id = detente::screenshots::deliver(&w, &b, &json!({"to": "beijing", "precedence": "routine", "text": "Proposal: hotline test at 10:00 UTC"}))
         .await
         .unwrap();
-    let id = sent["id"].as_str().unwrap().to_string();
     let bc = b.client().unwrap();
     let page = format!("{base}/messages/{id}");
-    let deadline = std::time::Instant::now() + WAIT;
-    while bc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the message never came"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     sb.goto(&page).await.unwrap();
     sb.click(&sb.wait_for("#decline", WAIT).await.unwrap())
         .await

@@ -211,25 +211,14 @@ async fn every_route_checks_session_role_and_csrf() {
             .unwrap();
     }
     // A message from beijing to answer at washington.
-    let sent = b
-        .client()
-        .unwrap()
-        .post(
-            "/api/v1/messages",
-            &json!({"to": "washington", "text": "hello", "precedence": "priority"}),
-        )
-        .await
-        .unwrap();
-    let id = sent["id"].as_str().unwrap().to_string();
+    let id = detente::screenshots::deliver(
+        &b,
+        &w,
+        &json!({"to": "washington", "text": "hello", "precedence": "priority"}),
+    )
+    .await
+    .unwrap();
     let wc = w.client().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the message never arrived"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let base = format!("http://{}", w.console_addr);
     let anon = client();
 
@@ -606,27 +595,15 @@ async fn markup_from_the_peer_is_escaped_on_every_view() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
     let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
-    let sent = b
-        .client()
-        .unwrap()
-        .post(
-            "/api/v1/messages",
-            &json!({"to": "washington", "text": HOSTILE, "precedence": "flash",
+    let id = detente::screenshots::deliver(
+        &b,
+        &w,
+        &json!({"to": "washington", "text": HOSTILE, "precedence": "flash",
                     "author": "<b>mallory</b>",
                     "translations": [["en", HOSTILE]]}),
-        )
-        .await
-        .unwrap();
-    let id = sent["id"].as_str().unwrap().to_string();
-    let wc = w.client().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the message never arrived"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    )
+    .await
+    .unwrap();
     let chief = login(&w, "chief").await;
     for page in [
         "/console".to_string(),
@@ -1058,25 +1035,10 @@ async fn print_view_and_compact_density() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
     let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
-    let sent = b
-        .client()
-        .unwrap()
-        .post(
-            "/api/v1/messages",
-            &json!({"to": "washington", "text": "Print me"}),
-        )
-        .await
-        .unwrap();
-    let id = sent["id"].as_str().unwrap().to_string();
-    let wc = w.client().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the message never arrived"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let id =
+        detente::screenshots::deliver(&b, &w, &json!({"to": "washington", "text": "Print me"}))
+            .await
+            .unwrap();
     let chief = login(&w, "chief").await;
     let page = chief
         .get(&format!("/console/messages/{id}"))
@@ -1148,25 +1110,10 @@ async fn a_shift_is_handed_over_and_acknowledged_in_the_audit_log() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
     let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
-    let sent = b
-        .client()
-        .unwrap()
-        .post(
-            "/api/v1/messages",
-            &json!({"to": "washington", "text": "Still open"}),
-        )
+    // Something still open to hand over.
+    detente::screenshots::deliver(&b, &w, &json!({"to": "washington", "text": "Still open"}))
         .await
         .unwrap();
-    let id = sent["id"].as_str().unwrap().to_string();
-    let wc = w.client().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while wc.get(&format!("/api/v1/messages/{id}")).await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the message never arrived"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let (duty, chief, auditor) = (
         login(&w, "duty").await,
         login(&w, "chief").await,

@@ -11,15 +11,11 @@
 //! that the two stores are seen to interoperate and PostgreSQL to lose nothing it
 //! acknowledged across SIGKILL.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use detente::client::Client;
-use detente::harness::{free_port, wait_outbox_empty, ProcNode, Proxy};
-use detente_node::config::NodeDir;
-use detente_proto::{Body, MessageId, VerifiedEnvelope};
-use detente_store::{Direction, InboxQuery, Placement, Store};
+use detente::harness::{check_stream, free_port, wait_outbox_empty, ProcNode, Proxy};
 use serde_json::json;
 
 const PER_SIDE: usize = 1000;
@@ -149,82 +145,6 @@ async fn deliver_through_cuts_and_crashes(bravo_database: Option<String>) {
     a.stop();
     b.stop();
 
-    check_stream(&a, &b, "alpha", "bravo").await;
-    check_stream(&b, &a, "bravo", "alpha").await;
-}
-
-/// `from`'s stream to `to`, as stored on both sides: identical, complete, linked, verified,
-/// and carrying exactly the texts that were sent, once each.
-async fn check_stream(from: &ProcNode, to: &ProcNode, from_name: &str, to_name: &str) {
-    let key = NodeDir::new(&from.dir).secret().unwrap().public();
-    let sent = stream_rows(from, to_name, Direction::Out).await;
-    let received = stream_rows(to, from_name, Direction::In).await;
-    let n = sent.len() as u64;
-    assert!(n >= PER_SIDE as u64, "{from_name} wrote {n} envelopes");
-    assert_eq!(
-        sent.keys().copied().collect::<Vec<_>>(),
-        (1..=n).collect::<Vec<_>>(),
-        "gap-free at the sender"
-    );
-    assert_eq!(
-        received.keys().copied().collect::<Vec<_>>(),
-        (1..=n).collect::<Vec<_>>(),
-        "gap-free at the receiver"
-    );
-    let mut prev = MessageId::ZERO;
-    let mut texts = BTreeSet::new();
-    for (seq, (bytes, placement)) in &received {
-        assert_eq!(
-            *placement,
-            Placement::Appended,
-            "seq {seq} is in the transcript"
-        );
-        assert_eq!(
-            &sent[seq].0, bytes,
-            "seq {seq}: both sides hold the same bytes"
-        );
-        let v =
-            VerifiedEnvelope::decode(bytes, Some(&key)).expect("every stored signature verifies");
-        assert_eq!(
-            v.envelope().prev,
-            prev,
-            "seq {seq} links to its predecessor"
-        );
-        prev = v.id();
-        if let Body::Text(t) = &v.envelope().body {
-            assert!(texts.insert(t.text.clone()), "{} received twice", t.text);
-        }
-    }
-    let expected: BTreeSet<String> = (0..PER_SIDE).map(|k| format!("{from_name}-{k}")).collect();
-    assert_eq!(texts, expected, "exactly the messages sent, each once");
-}
-
-async fn stream_rows(
-    node: &ProcNode,
-    peer: &str,
-    direction: Direction,
-) -> BTreeMap<u64, (Vec<u8>, Placement)> {
-    let dir = NodeDir::new(&node.dir);
-    let store = detente_node::open_store(&dir, &dir.load().unwrap())
-        .await
-        .unwrap();
-    let rows = store
-        .inbox(InboxQuery {
-            peer: Some(peer.into()),
-            direction: Some(direction),
-            include_system: true,
-            limit: 100_000,
-        })
-        .await
-        .unwrap();
-    store.close().await;
-    let mut out = BTreeMap::new();
-    for row in rows {
-        assert!(
-            out.insert(row.seq, (row.bytes, row.placement)).is_none(),
-            "seq {} stored twice",
-            row.seq
-        );
-    }
-    out
+    check_stream(&a, &b, "alpha", "bravo", PER_SIDE).await;
+    check_stream(&b, &a, "bravo", "alpha", PER_SIDE).await;
 }

@@ -54,7 +54,7 @@ fn term_ok(term: &str) -> bool {
         && !term.chars().any(char::is_control)
 }
 
-/// Why a glossary row is refused, if it is.
+/// Why a glossary row is refused, if it is (the core's rule, which the API applies too).
 pub fn check(row: &GlossaryRow) -> Result<(), CommandError> {
     if !tag_ok(&row.lang_a) || !tag_ok(&row.lang_b) || row.lang_a == row.lang_b {
         return Err(CommandError::Invalid(

@@ -45,7 +45,7 @@ use rand::{Rng, SeedableRng};
 pub use bugs::{PlantedBug, PLANTED_BUGS_COMPILED};
 pub use deadlines::Decision;
 pub use detente_proto::Need;
-pub use glossary::{GLOSSARY_TERMS_MAX, GLOSSARY_TERM_BYTES_MAX};
+pub use glossary::{check as check_glossary_term, GLOSSARY_TERMS_MAX, GLOSSARY_TERM_BYTES_MAX};
 pub use linktest::LINK_TEST_TOPIC;
 pub use recover::{RecoverError, Snapshot};
 

@@ -1232,37 +1232,6 @@ async fn glossary_add(
     Json(body): Json<GlossaryBody>,
 ) -> ApiResult {
     known_peer(&shared, &body.peer)?;
-    let bad = |e: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
-    let tag_ok = |t: &str| {
-        !t.is_empty()
-            && t.len() <= 35
-            && t.split('-')
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
-    };
-    let term_ok = |t: &str| {
-        !t.trim().is_empty()
-            && t.len() <= detente_formats::render::GLOSSARY_TERM_BYTES_MAX
-            && !t.chars().any(char::is_control)
-    };
-    if !tag_ok(&body.lang_a) || !tag_ok(&body.lang_b) || body.lang_a == body.lang_b {
-        return Err(bad("two different language tags, such as en and zh-CN"));
-    }
-    if !term_ok(&body.term_a) || !term_ok(&body.term_b) {
-        return Err(bad(
-            "each term is 1 to 200 bytes of text without control characters",
-        ));
-    }
-    let count = shared
-        .store
-        .glossary(&body.peer, crate::notify::GLOSSARY_TERMS_MAX + 1)
-        .await?
-        .len();
-    if count >= crate::notify::GLOSSARY_TERMS_MAX as usize {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the glossary is full (1000 terms)",
-        ));
-    }
     let row = detente_store::GlossaryRow {
         peer: body.peer,
         lang_a: body.lang_a,
@@ -1271,6 +1240,23 @@ async fn glossary_add(
         term_b: body.term_b,
         added_at_ms: now_ms() as i64,
     };
+    // The same rule as the core's, so both refuse the same terms with the same words.
+    detente_core::check_glossary_term(&row)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let count = shared
+        .store
+        .glossary(&row.peer, crate::notify::GLOSSARY_TERMS_MAX + 1)
+        .await?
+        .len();
+    if count >= crate::notify::GLOSSARY_TERMS_MAX as usize {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "the glossary is full ({} terms)",
+                crate::notify::GLOSSARY_TERMS_MAX
+            ),
+        ));
+    }
     let detail = format!(
         "{}: {} {:?} = {} {:?}",
         row.peer, row.lang_a, row.term_a, row.lang_b, row.term_b

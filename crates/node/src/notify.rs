@@ -265,7 +265,7 @@ pub fn check(
 }
 
 /// Terms in one glossary listing (and used in one rendering), at most.
-pub const GLOSSARY_TERMS_MAX: u32 = 1000;
+pub const GLOSSARY_TERMS_MAX: u32 = detente_core::GLOSSARY_TERMS_MAX as u32;
 
 /// The glossary of the channel with `peer`, as rendering uses it.
 pub async fn glossary(

@@ -4,41 +4,22 @@
 //! driver killed mid-stream and restarted from its store (`snapshot::load`) continues the
 //! stream without a gap.
 
+mod common;
+use common::{core_config, peer_keys, NAMES, SEEDS};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use detente_core::{Answer, Command, Config, Core, Event, PeerConfig};
+use detente_core::{Answer, Command, Core, Event};
 use detente_node::driver::{self, Dialer, DriverHandle};
-use detente_node::snapshot::{self, PeerKey};
-use detente_proto::{Body, Deadlines, LinkConfig, PartySecret, Precedence, TextBody};
+use detente_node::snapshot::{self};
+use detente_proto::{Body, PartySecret, Precedence, TextBody};
 use detente_store::{Direction, SqliteStore, Store};
 use tokio::sync::broadcast;
 
-const NAMES: [&str; 2] = ["washington", "beijing"];
-const SEEDS: [[u8; 32]; 2] = [[1; 32], [2; 32]];
 const WAIT: Duration = Duration::from_secs(60);
 /// Bytes buffered in each direction of an in-memory session.
 const PIPE_BYTES: usize = 256 * 1024;
-
-fn config(i: usize) -> Config {
-    let other = 1 - i;
-    Config {
-        name: NAMES[i].into(),
-        author: "Duty Officer".into(),
-        secret_seed: SEEDS[i],
-        peers: vec![PeerConfig {
-            name: NAMES[other].into(),
-            key: PartySecret::from_seed(SEEDS[other]).public(),
-            addresses: 1,
-        }],
-        deadlines: Deadlines::default(),
-        link_test_interval: Duration::from_secs(3600),
-        link: LinkConfig::default(),
-        checkpoint_interval: Duration::from_secs(3600),
-        random_seed: i as u64,
-        bug: None,
-    }
-}
 
 /// The drivers by side, so that a dial from one reaches the other.
 type Handles = Arc<Mutex<[Option<DriverHandle>; 2]>>;
@@ -77,15 +58,11 @@ struct Side {
 async fn start(side: usize, path: &std::path::Path, handles: &Handles) -> Side {
     let store = Arc::new(SqliteStore::open(path).await.expect("store"));
     let me = PartySecret::from_seed(SEEDS[side]).public();
-    let peers = vec![PeerKey {
-        name: NAMES[1 - side].into(),
-        key: PartySecret::from_seed(SEEDS[1 - side]).public(),
-    }];
-    let snap = snapshot::load(store.as_ref(), &me, &peers)
+    let snap = snapshot::load(store.as_ref(), &me, &peer_keys(side))
         .await
         .expect("loads");
     let wall = detente_node::now_ms() as i64;
-    let core = Core::recover(config(side), snap, Instant::now(), wall).expect("recovers");
+    let core = Core::recover(core_config(side), snap, Instant::now(), wall).expect("recovers");
     let dialer = Pipe {
         side,
         handles: handles.clone(),
@@ -191,13 +168,9 @@ async fn two_drivers_deliver_everything_and_one_restarts_from_its_store() {
     // Beijing's copy of Washington's stream is gap-free and hash-linked (its own core
     // checks that when it loads).
     let me = PartySecret::from_seed(SEEDS[1]).public();
-    let peers = vec![PeerKey {
-        name: "washington".into(),
-        key: PartySecret::from_seed(SEEDS[0]).public(),
-    }];
-    let snap = snapshot::load(beijing.store.as_ref(), &me, &peers)
+    let snap = snapshot::load(beijing.store.as_ref(), &me, &peer_keys(1))
         .await
         .expect("loads");
-    Core::recover(config(1), snap, Instant::now(), 0).expect("Beijing's record is whole");
+    Core::recover(core_config(1), snap, Instant::now(), 0).expect("Beijing's record is whole");
     beijing.task.abort();
 }

@@ -4,46 +4,18 @@
 //! next envelope, byte for byte; the same open deadlines, checkpoints and held envelopes);
 //! and a tampered row is refused by name.
 
+mod common;
+use common::{core_config, peer_keys, NAMES, SEEDS};
+
 use std::time::{Duration, Instant};
 
-use detente_core::{Command, Config, Core, Input, PeerConfig};
-use detente_node::snapshot::{self, LoadError, PeerKey};
+use detente_core::{Command, Core, Input};
+use detente_node::snapshot::{self, LoadError};
 use detente_proto::envelope::parse_unverified;
-use detente_proto::{
-    Body, Deadlines, Frame, LinkConfig, PartySecret, Precedence, ReceiptLevel, TextBody,
-};
+use detente_proto::{Body, Frame, PartySecret, Precedence, ReceiptLevel, TextBody};
 use detente_store::{GlossaryRow, SqliteStore, Store};
 
-const NAMES: [&str; 2] = ["washington", "beijing"];
-const SEEDS: [[u8; 32]; 2] = [[1; 32], [2; 32]];
 const WALL_MS: i64 = 1_800_000_000_000;
-
-fn config(i: usize) -> Config {
-    let other = 1 - i;
-    Config {
-        name: NAMES[i].into(),
-        author: "Duty Officer".into(),
-        secret_seed: SEEDS[i],
-        peers: vec![PeerConfig {
-            name: NAMES[other].into(),
-            key: PartySecret::from_seed(SEEDS[other]).public(),
-            addresses: 1,
-        }],
-        deadlines: Deadlines::default(),
-        link_test_interval: Duration::from_secs(3600),
-        link: LinkConfig::default(),
-        checkpoint_interval: Duration::from_secs(3600),
-        random_seed: i as u64,
-        bug: None,
-    }
-}
-
-fn peers(i: usize) -> Vec<PeerKey> {
-    vec![PeerKey {
-        name: NAMES[1 - i].into(),
-        key: PartySecret::from_seed(SEEDS[1 - i]).public(),
-    }]
-}
 
 struct Pair {
     cores: [Core; 2],
@@ -66,7 +38,7 @@ impl Pair {
         let stores = [open(NAMES[0]).await, open(NAMES[1]).await];
         let base = Instant::now();
         Pair {
-            cores: [0, 1].map(|i| Core::new(config(i), base, WALL_MS)),
+            cores: [0, 1].map(|i| Core::new(core_config(i), base, WALL_MS)),
             stores,
             _dir: dir,
             base,
@@ -165,9 +137,12 @@ impl Pair {
 /// The core loaded from `side`'s store file.
 async fn reload(pair: &Pair, side: usize) -> Result<Core, LoadError> {
     let me = PartySecret::from_seed(SEEDS[side]).public();
-    let snap = snapshot::load(&pair.stores[side], &me, &peers(side)).await?;
+    let snap = snapshot::load(&pair.stores[side], &me, &peer_keys(side)).await?;
     let now = pair.base + Duration::from_millis(pair.now_ms);
-    Ok(Core::recover(config(side), snap, now, WALL_MS + pair.now_ms as i64).expect("recovers"))
+    Ok(
+        Core::recover(core_config(side), snap, now, WALL_MS + pair.now_ms as i64)
+            .expect("recovers"),
+    )
 }
 
 /// The batch a core stages for one more text, as the live core and a reloaded one would.
@@ -348,7 +323,7 @@ async fn a_tampered_row_is_refused_by_name() {
     reload(&pair, 0).await.expect("an intact store loads");
     let me = PartySecret::from_seed(SEEDS[0]).public();
     let last: i64 = {
-        let snap = snapshot::load(&pair.stores[0], &me, &peers(0))
+        let snap = snapshot::load(&pair.stores[0], &me, &peer_keys(0))
             .await
             .expect("loads");
         snap.messages
@@ -360,7 +335,7 @@ async fn a_tampered_row_is_refused_by_name() {
     };
     // The head of a stream is verified: a forged signature there is named.
     tamper(&pair, last).await;
-    match snapshot::load(&pair.stores[0], &me, &peers(0)).await {
+    match snapshot::load(&pair.stores[0], &me, &peer_keys(0)).await {
         Err(LoadError::Tampered { peer, seq, .. }) => {
             assert_eq!((peer.as_str(), seq), ("beijing", last as u64));
         }
@@ -370,11 +345,11 @@ async fn a_tampered_row_is_refused_by_name() {
     reload(&pair, 0).await.expect("the restored store loads");
     // Below the head, the hash chain names it: the next envelope's prev no longer matches.
     tamper(&pair, last - 1).await;
-    let snap = snapshot::load(&pair.stores[0], &me, &peers(0))
+    let snap = snapshot::load(&pair.stores[0], &me, &peer_keys(0))
         .await
         .expect("rows load");
     let now = pair.base + Duration::from_millis(pair.now_ms);
-    match Core::recover(config(0), snap, now, WALL_MS) {
+    match Core::recover(core_config(0), snap, now, WALL_MS) {
         Err(detente_core::RecoverError::Stream { peer, seq, .. }) => {
             assert_eq!((peer.as_str(), seq), ("beijing", last as u64));
         }

@@ -1,7 +1,8 @@
-//! Paged reads of a channel's checkpoints, the same SQL for both stores, so that an export
-//! or a proof never loads a channel's whole checkpoint list (issue 12, item 14): memory per
-//! request stays bounded by one page however long the transcript grows. Served by the index
-//! `checkpoints_by_channel (channel, id)` in both schemas.
+//! Reads of a channel's checkpoints, the same SQL for both stores: the whole list, and
+//! bounded pages with their count, so that an export or a proof never loads a channel's
+//! whole checkpoint list (issue 12, item 14): memory per request stays bounded by one page
+//! however long the transcript grows. Served by the index `checkpoints_by_channel
+//! (channel, id)` in both schemas.
 
 use sqlx::{ColumnIndex, Decode, QueryBuilder, Row, Type};
 
@@ -74,7 +75,7 @@ where
 
 /// A `checkpoints` row, decoded alike from either database (`cosigned` is an integer 0/1
 /// in SQLite and a boolean in PostgreSQL; both decode as `bool`).
-pub(crate) fn decode_checkpoint<R>(row: &R) -> Result<CheckpointRow>
+fn decode_checkpoint<R>(row: &R) -> Result<CheckpointRow>
 where
     R: Row,
     for<'r> &'r str: ColumnIndex<R>,
@@ -112,6 +113,14 @@ where
 }
 
 impl SqliteStore {
+    /// Every checkpoint of `channel`, oldest first ([`crate::Store::checkpoints`]).
+    pub(crate) async fn checkpoints_impl(&self, channel: Hash32) -> Result<Vec<CheckpointRow>> {
+        let mut qb = QueryBuilder::<sqlx::Sqlite>::new(SELECT);
+        qb.push_bind(channel.to_vec()).push(" ORDER BY id");
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        rows.iter().map(decode_checkpoint).collect()
+    }
+
     pub(crate) async fn checkpoint_page_impl(
         &self,
         channel: Hash32,
@@ -131,6 +140,14 @@ impl SqliteStore {
 }
 
 impl PgStore {
+    /// Every checkpoint of `channel`, oldest first ([`crate::Store::checkpoints`]).
+    pub(crate) async fn checkpoints_impl(&self, channel: Hash32) -> Result<Vec<CheckpointRow>> {
+        let mut qb = QueryBuilder::<sqlx::Postgres>::new(SELECT);
+        qb.push_bind(channel.to_vec()).push(" ORDER BY id");
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        rows.iter().map(decode_checkpoint).collect()
+    }
+
     pub(crate) async fn checkpoint_page_impl(
         &self,
         channel: Hash32,

@@ -22,7 +22,6 @@ use detente_proto::merkle;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::QueryBuilder;
 
-use crate::checkpoints::decode_checkpoint;
 use crate::rows::{
     check_ranges, decode_message, describe_message, direction_code, get, hash, int,
     is_unique_violation, placement_code, pow2_chunks, small, uint, INBOX_ROWS_DEFAULT,
@@ -759,14 +758,7 @@ impl Store for PgStore {
     }
 
     async fn checkpoints(&self, channel: Hash32) -> Result<Vec<CheckpointRow>> {
-        let rows = sqlx::query(
-            "SELECT id, channel, body_hash, time_ms, cosigned, signed, stored_at_ms \
-             FROM checkpoints WHERE channel = $1 ORDER BY id",
-        )
-        .bind(channel.as_slice())
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(decode_checkpoint).collect()
+        self.checkpoints_impl(channel).await
     }
 
     async fn checkpoint_page(

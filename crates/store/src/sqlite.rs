@@ -25,7 +25,6 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row};
 
-use crate::checkpoints::decode_checkpoint;
 use crate::rows::{
     check_ranges, decode_message, describe_message, direction_code, get, hash, int,
     is_unique_violation, placement_code, pow2_chunks, small, uint, INBOX_ROWS_DEFAULT,
@@ -820,14 +819,7 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoints(&self, channel: Hash32) -> Result<Vec<CheckpointRow>> {
-        let rows = sqlx::query(
-            "SELECT id, channel, body_hash, time_ms, cosigned, signed, stored_at_ms \
-             FROM checkpoints WHERE channel = ? ORDER BY id",
-        )
-        .bind(channel.as_slice())
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(decode_checkpoint).collect()
+        self.checkpoints_impl(channel).await
     }
 
     async fn checkpoint_page(

@@ -2,13 +2,18 @@
 #![allow(dead_code)]
 //! What several of the node's integration tests start from: a node directory "target"
 //! with fixed keys, and optionally one pinned peer "fake" whose only address is dead
-//! (nothing dials us, and our redials wait minutes).
+//! (nothing dials us, and our redials wait minutes); and the two cores, "washington" and
+//! "beijing", that the driver and snapshot tests run.
 
 use std::path::Path;
 
+use std::time::Duration;
+
+use detente_core::Config;
 use detente_node::config::{InitOptions, NodeDir, PeerConfig};
+use detente_node::snapshot::PeerKey;
 use detente_node::Node;
-use detente_proto::PartySecret;
+use detente_proto::{Deadlines, LinkConfig, PartySecret};
 
 /// The seed of the pinned peer "fake".
 pub const FAKE_SEED: [u8; 32] = [0x22; 32];
@@ -47,4 +52,38 @@ pub async fn start_target(dir: &Path, fake_peer: bool) -> Node {
     Node::start(init_target(dir, fake_peer))
         .await
         .expect("start the node")
+}
+
+/// The two sides of the core-level tests, and their secret seeds.
+pub const NAMES: [&str; 2] = ["washington", "beijing"];
+pub const SEEDS: [[u8; 32]; 2] = [[1; 32], [2; 32]];
+
+/// Side `i`'s core configuration: the other side as its one peer; link tests and automatic
+/// checkpoints an hour apart, so that only what a test does happens.
+pub fn core_config(i: usize) -> Config {
+    let other = 1 - i;
+    Config {
+        name: NAMES[i].into(),
+        author: "Duty Officer".into(),
+        secret_seed: SEEDS[i],
+        peers: vec![detente_core::PeerConfig {
+            name: NAMES[other].into(),
+            key: PartySecret::from_seed(SEEDS[other]).public(),
+            addresses: 1,
+        }],
+        deadlines: Deadlines::default(),
+        link_test_interval: Duration::from_secs(3600),
+        link: LinkConfig::default(),
+        checkpoint_interval: Duration::from_secs(3600),
+        random_seed: i as u64,
+        bug: None,
+    }
+}
+
+/// Side `i`'s peers as the snapshot loader takes them.
+pub fn peer_keys(i: usize) -> Vec<PeerKey> {
+    vec![PeerKey {
+        name: NAMES[1 - i].into(),
+        key: PartySecret::from_seed(SEEDS[1 - i]).public(),
+    }]
 }

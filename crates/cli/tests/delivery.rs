@@ -50,7 +50,13 @@ async fn sessions(client: &Client) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_each_way_through_cuts_and_crashes() {
-    deliver_through_cuts_and_crashes(None).await;
+    deliver_through_cuts_and_crashes(None, "tasks").await;
+}
+
+/// The same with both nodes run by the sans-IO core (`engine = "core"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_each_way_through_cuts_and_crashes_with_the_core() {
+    deliver_through_cuts_and_crashes(None, "core").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,11 +64,12 @@ async fn a_thousand_each_way_with_the_crashing_node_on_postgres() {
     let Some(url) = detente_store::pg_test::fresh_database("delivery").await else {
         return;
     };
-    deliver_through_cuts_and_crashes(Some(url)).await;
+    deliver_through_cuts_and_crashes(Some(url), "tasks").await;
 }
 
-/// The test itself; bravo keeps its data at `bravo_database` when given.
-async fn deliver_through_cuts_and_crashes(bravo_database: Option<String>) {
+/// The test itself; bravo keeps its data at `bravo_database` when given; `engine` runs
+/// both nodes' channels.
+async fn deliver_through_cuts_and_crashes(bravo_database: Option<String>, engine: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
     let mut a = ProcNode::init(tmp.path(), "alpha", "Party Alpha", "en", "UTC")
@@ -77,6 +84,7 @@ async fn deliver_through_cuts_and_crashes(bravo_database: Option<String>) {
         b.set("database_url", url).ok().unwrap();
     }
     for node in [&a, &b] {
+        node.set("engine", engine).ok().unwrap();
         node.set("link.heartbeat_interval", "200ms").ok().unwrap();
         node.set("link.backoff_initial", "50ms").ok().unwrap();
         node.set("link.backoff_max", "400ms").ok().unwrap();

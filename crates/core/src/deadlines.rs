@@ -2,7 +2,7 @@
 //! rules of `detente_proto::deadline`) is decided exactly once, met or missed, and the
 //! decision is released only with the batch that records it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use detente_proto::deadline::{obligations, Side};
@@ -28,10 +28,12 @@ struct Tracked {
     due: Vec<(Need, Instant)>,
 }
 
-/// Every undecided deadline of this node.
+/// Every undecided deadline of this node, and the same deadlines in due order, so that
+/// finding what is due costs O(log n) per decision, never a walk over every open message.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     tracked: BTreeMap<MessageId, Tracked>,
+    queue: BTreeSet<(Instant, MessageId, Need)>,
 }
 
 impl Tracker {
@@ -98,6 +100,9 @@ impl Tracker {
         if due.is_empty() || self.tracked.len() >= TRACKED_MAX || self.tracked.contains_key(&id) {
             return;
         }
+        for &(need, at) in &due {
+            self.queue.insert((at, id, need));
+        }
         let peer = peer.to_string();
         self.tracked.insert(id, Tracked { peer, due });
     }
@@ -113,6 +118,7 @@ impl Tracker {
         let t = self.tracked.get_mut(&id)?;
         let at = t.due.iter().position(|(n, _)| *n == need)?;
         let (_, due) = t.due.remove(at);
+        self.queue.remove(&(due, id, need));
         let peer = t.peer.clone();
         if t.due.is_empty() {
             self.tracked.remove(&id);
@@ -125,33 +131,33 @@ impl Tracker {
         Some((peer, need, decision))
     }
 
-    /// Obligations due by `now`: each decided missed, once.
+    /// Obligations due by `now`: each decided missed, once, earliest first.
     pub fn poll_overdue(&mut self, now: Instant) -> Vec<(String, MessageId, Need)> {
         let mut out = Vec::new();
-        self.tracked.retain(|id, t| {
-            t.due.retain(|&(need, due)| {
-                if due <= now {
-                    out.push((t.peer.clone(), *id, need));
-                    false
-                } else {
-                    true
-                }
-            });
-            !t.due.is_empty()
-        });
+        while let Some(&(at, id, need)) = self.queue.first() {
+            if at > now {
+                break;
+            }
+            self.queue.pop_first();
+            let Some(t) = self.tracked.get_mut(&id) else {
+                continue;
+            };
+            t.due.retain(|(n, _)| *n != need);
+            out.push((t.peer.clone(), id, need));
+            if t.due.is_empty() {
+                self.tracked.remove(&id);
+            }
+        }
         out
     }
 
     pub fn next_due(&self) -> Option<Instant> {
-        self.tracked
-            .values()
-            .flat_map(|t| t.due.iter().map(|(_, at)| *at))
-            .min()
+        self.queue.first().map(|(at, _, _)| *at)
     }
 
     /// Undecided obligations (for tests and metrics).
     pub fn open(&self) -> usize {
-        self.tracked.values().map(|t| t.due.len()).sum()
+        self.queue.len()
     }
 }
 

@@ -462,10 +462,11 @@ impl Core {
         if self.peers[index].our_charter == Some(digest) {
             return;
         }
+        // IMMEDIATE: new terms (deadlines among them) go ahead of routine traffic.
         if self
             .stage_send(
                 index,
-                crate::Sent::system(Precedence::Routine, &self.author, None),
+                crate::Sent::system(Precedence::Immediate, &self.author, None),
                 Body::Charter(charter.clone()),
             )
             .is_ok()

@@ -88,38 +88,7 @@ impl Shared {
             p.into_inner().clone()
         });
         let formats = self.formats.read().map(|f| f.clone()).unwrap_or_default();
-        let clamp = |d: std::time::Duration| {
-            let ms = (d.as_millis() as u64).clamp(
-                detente_proto::charter::limits::DURATION_MIN_MS,
-                detente_proto::charter::limits::DURATION_MAX_MS,
-            );
-            std::time::Duration::from_millis(ms)
-        };
-        let d = config.deadlines();
-        Terms {
-            member: Member {
-                key: self.secret.public(),
-                name: config.name.clone(),
-                party: config.party.clone(),
-                addresses: vec![self.peer_addr.to_string()],
-                lang: config.lang.clone(),
-                tz: config.tz.clone(),
-            },
-            formats,
-            deadlines: detente_proto::Deadlines {
-                flash_delivered: clamp(d.flash_delivered),
-                flash_acknowledged: clamp(d.flash_acknowledged),
-                immediate_acknowledged: clamp(d.immediate_acknowledged),
-                priority_acknowledged: clamp(d.priority_acknowledged),
-                routine_acknowledged: clamp(d.routine_acknowledged),
-            },
-            link_test_interval: clamp(config.link_test_interval()),
-            counterparts: config
-                .counterparts
-                .iter()
-                .map(|c| (c.ours.clone(), c.theirs.clone()))
-                .collect(),
-        }
+        terms_of(&config, self.secret.public(), self.peer_addr, formats)
     }
 
     /// The deadlines in force with `peer`: the agreed charter's, or this node's own before
@@ -133,6 +102,47 @@ impl Shared {
                 .map(|c| c.deadlines())
                 .unwrap_or_default(),
         }
+    }
+}
+
+/// The terms a node with `config` offers (durations clamped to what a charter allows).
+pub fn terms_of(
+    config: &crate::config::NodeConfig,
+    key: detente_proto::PartyKey,
+    peer_addr: std::net::SocketAddr,
+    formats: Vec<detente_proto::FormatRef>,
+) -> Terms {
+    let clamp = |d: std::time::Duration| {
+        let ms = (d.as_millis() as u64).clamp(
+            detente_proto::charter::limits::DURATION_MIN_MS,
+            detente_proto::charter::limits::DURATION_MAX_MS,
+        );
+        std::time::Duration::from_millis(ms)
+    };
+    let d = config.deadlines();
+    Terms {
+        member: Member {
+            key,
+            name: config.name.clone(),
+            party: config.party.clone(),
+            addresses: vec![peer_addr.to_string()],
+            lang: config.lang.clone(),
+            tz: config.tz.clone(),
+        },
+        formats,
+        deadlines: detente_proto::Deadlines {
+            flash_delivered: clamp(d.flash_delivered),
+            flash_acknowledged: clamp(d.flash_acknowledged),
+            immediate_acknowledged: clamp(d.immediate_acknowledged),
+            priority_acknowledged: clamp(d.priority_acknowledged),
+            routine_acknowledged: clamp(d.routine_acknowledged),
+        },
+        link_test_interval: clamp(config.link_test_interval()),
+        counterparts: config
+            .counterparts
+            .iter()
+            .map(|c| (c.ours.clone(), c.theirs.clone()))
+            .collect(),
     }
 }
 
@@ -238,7 +248,7 @@ pub async fn on_terms(shared: Arc<Shared>, peer: String, bytes: Vec<u8>) {
         in_reply_to: None,
         body: Body::Charter(charter),
     };
-    match shared.writer.send(request).await {
+    match shared.engine.writer().send(request).await {
         Ok(sent) => {
             tracing::info!(%peer, seq = sent.seq, "signed the channel charter");
             refresh(&shared, &peer).await;

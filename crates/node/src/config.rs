@@ -201,6 +201,11 @@ pub struct NodeConfig {
     /// Counterpart positions this party offers for the charter's directory.
     #[serde(default)]
     pub counterparts: Vec<CounterpartConfig>,
+    /// What runs the channels: `tasks` (empty: the writer, link, deadline and charter
+    /// tasks) or `core` (the sans-IO core behind one driver task; being brought to parity,
+    /// see ARCHITECTURE.md).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine: String,
 }
 
 /// A pair of positions: ours and the peer's ("Secretary of Defense" ↔ "Minister of National
@@ -296,6 +301,7 @@ impl NodeDir {
             console: ConsoleSection::default(),
             oidc: OidcSection::default(),
             counterparts: Vec::new(),
+            engine: String::new(),
         };
         self.save(&config)?;
         Ok(config)
@@ -334,6 +340,11 @@ impl NodeDir {
 
     /// The party key. Refuses a key file readable by others.
     pub fn secret(&self) -> Result<PartySecret> {
+        Ok(PartySecret::from_seed(self.secret_seed()?))
+    }
+
+    /// The party key's seed, as the core is configured with it.
+    pub fn secret_seed(&self) -> Result<[u8; 32]> {
         let path = self.file(KEY_FILE);
         let meta = fs::metadata(&path).map_err(io_err(&path))?;
         if meta.permissions().mode() & 0o077 != 0 {
@@ -350,7 +361,7 @@ impl NodeDir {
                 path: path.clone(),
                 reason: "not a 32-byte hex key".into(),
             })?;
-        Ok(PartySecret::from_seed(seed))
+        Ok(seed)
     }
 
     /// The API token the command line presents.
@@ -525,6 +536,27 @@ impl NodeConfig {
         self.peers.iter().find(|p| p.name == name)
     }
 
+    /// What runs the channels: `tasks` or `core` (see [`NodeConfig::engine`]), as
+    /// `node.toml` says.
+    pub fn engine(&self) -> &str {
+        if self.engine.is_empty() {
+            "tasks"
+        } else {
+            &self.engine
+        }
+    }
+
+    /// Whether the sans-IO core runs the channels: `engine` in `node.toml`, unless the
+    /// environment variable [`ENGINE_ENV`] says `tasks` or `core` (to run a whole test
+    /// suite, or one node, on the other engine without editing its configuration).
+    pub fn runs_core(&self) -> bool {
+        match std::env::var(ENGINE_ENV).as_deref() {
+            Ok("core") => true,
+            Ok("tasks") => false,
+            _ => self.engine() == "core",
+        }
+    }
+
     /// `config get KEY`.
     pub fn get(&self, key: &str) -> Result<String> {
         Ok(match key {
@@ -550,6 +582,7 @@ impl NodeConfig {
             "transcript.checkpoint_every" => self.transcript.checkpoint_every.clone(),
             "transcript.checkpoint_quiet" => self.transcript.checkpoint_quiet.clone(),
             "console.insecure_public_bind" => self.console.insecure_public_bind.to_string(),
+            "engine" => self.engine().to_string(),
             oidc if oidc.starts_with("oidc.") => return self.oidc.get(oidc),
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         })
@@ -605,6 +638,12 @@ impl NodeConfig {
                 &mut self.hooks.webhook_url
             }
             "hooks.command" => &mut self.hooks.command,
+            "engine" => {
+                if !matches!(value.as_str(), "tasks" | "core") {
+                    return Err(bad(key, "tasks or core"));
+                }
+                &mut self.engine
+            }
             "console.insecure_public_bind" => {
                 self.console.insecure_public_bind = match value.as_str() {
                     "true" => true,
@@ -679,6 +718,9 @@ impl NodeConfig {
     }
 }
 
+/// The environment variable that overrides `engine` (see [`NodeConfig::runs_core`]).
+pub const ENGINE_ENV: &str = "DETENTE_ENGINE";
+
 /// Every key `config get` and `config set` know, in display order.
 pub const CONFIG_KEYS: &[&str] = &[
     "name",
@@ -703,6 +745,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "transcript.checkpoint_every",
     "transcript.checkpoint_quiet",
     "console.insecure_public_bind",
+    "engine",
     "oidc.issuer",
     "oidc.client_id",
     "oidc.client_secret",

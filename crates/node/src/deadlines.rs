@@ -433,7 +433,7 @@ async fn fire_due(shared: &Shared, state: &mut Deadline, now: Instant) {
     if rows.is_empty() {
         return;
     }
-    if let Err(e) = shared.writer.record_misses(rows).await {
+    if let Err(e) = shared.engine.writer().record_misses(rows).await {
         tracing::error!(error = %e, "cannot record missed deadlines; will retry");
         // Put them back so the next wake-up tries again.
         for (id, need, after, _) in fired {
@@ -545,7 +545,7 @@ async fn poll_links(shared: &Shared, links: &mut HashMap<String, LinkWatch>, now
                         nonce: rand::thread_rng().gen(),
                     },
                 };
-                match shared.writer.send(request).await {
+                match shared.engine.writer().send(request).await {
                     Ok(sent) => test.on_sent(sent.seq, Instant::now().into_std()),
                     Err(e) => {
                         tracing::warn!(peer = %entry.name, error = %e, "cannot write a link test")

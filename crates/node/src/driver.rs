@@ -1,6 +1,7 @@
 //! The driver: one tokio task that owns one [`detente_core::Core`] and does its I/O
-//! (issue 11, phase 2). Not yet used by [`crate::Node::start`]: the writer, link, deadline
-//! and charter tasks still run the node until the core has every decision they make.
+//! (issue 11, phase 2). [`crate::Node::start`] runs it when the node's engine is `core`
+//! ([`crate::engine`]); the writer, link, deadline and charter tasks run the node otherwise,
+//! until the core does everything they do.
 //!
 //! Inputs arrive on one bounded channel ([`DriverHandle`]): operator commands (each with
 //! its reply), sessions opened and closed, dials that failed, frames read from a session.
@@ -41,6 +42,11 @@ pub const DRIVER_INPUTS_PER_WAKE_MAX: usize = 1024;
 pub const SESSION_FRAMES_MAX: usize = 4096;
 /// Events kept for slow listeners of [`Driver::events`].
 pub const DRIVER_EVENTS_BACKLOG_MAX: usize = 4096;
+/// How long one frame's write may take before the session is ended (the peer stopped
+/// reading, or the path is black-holed).
+pub const SESSION_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session whose peer stopped sending may still write what is queued for it.
+const SESSION_FLUSH: Duration = Duration::from_secs(1);
 /// When the core asks for no timer, look again after this long.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
@@ -120,6 +126,10 @@ fn wall_ms() -> i64 {
 
 type CommitFuture = Pin<Box<dyn Future<Output = (BatchId, Result<(), StoreError>)> + Send>>;
 
+/// Called with the core after every wake-up, to publish what status pages show (link
+/// state, round trips). Must be quick and must not block.
+pub type Observer = Box<dyn FnMut(&Core) + Send>;
+
 /// The task state. See the module documentation.
 pub struct Driver<S: Store, D: Dialer> {
     core: Core,
@@ -134,6 +144,8 @@ pub struct Driver<S: Store, D: Dialer> {
     weak: mpsc::WeakSender<DriverInput>,
     session_ids: Arc<AtomicU64>,
     commit: Option<CommitFuture>,
+    observer: Option<Observer>,
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Start the driver task over `core` (recovered from `store`, see [`crate::snapshot`]).
@@ -141,6 +153,30 @@ pub fn start<S: Store, D: Dialer>(
     core: Core,
     store: Arc<S>,
     dialer: D,
+) -> (
+    DriverHandle,
+    broadcast::Sender<Event>,
+    tokio::task::JoinHandle<()>,
+) {
+    start_with(core, store, dialer, DriverOptions::default())
+}
+
+/// How a driver runs besides its core, store and dialer.
+#[derive(Default)]
+pub struct DriverOptions {
+    /// Called after every wake-up.
+    pub observer: Option<Observer>,
+    /// The driver stops when this turns true (finishing the commit in flight), even while
+    /// handles to it are still held.
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// [`start`], with [`DriverOptions`].
+pub fn start_with<S: Store, D: Dialer>(
+    core: Core,
+    store: Arc<S>,
+    dialer: D,
+    options: DriverOptions,
 ) -> (
     DriverHandle,
     broadcast::Sender<Event>,
@@ -161,6 +197,8 @@ pub fn start<S: Store, D: Dialer>(
         rx,
         session_ids: sessions.clone(),
         commit: None,
+        observer: options.observer,
+        shutdown: options.shutdown,
     };
     let task = tokio::spawn(driver.run());
     (DriverHandle { tx, sessions }, events, task)
@@ -170,6 +208,9 @@ impl<S: Store, D: Dialer> Driver<S, D> {
     async fn run(mut self) {
         loop {
             self.drain();
+            if let Some(observe) = self.observer.as_mut() {
+                observe(&self.core);
+            }
             let wake = self
                 .core
                 .poll_timeout()
@@ -198,6 +239,7 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.handle(Input::Tick),
+                () = stopped(&mut self.shutdown) => break,
             }
         }
         // Shutting down: a commit in flight is finished, so its answers are not lost.
@@ -307,6 +349,20 @@ impl<S: Store, D: Dialer> Driver<S, D> {
     }
 }
 
+/// Resolves once `shutdown` says so (never without one).
+async fn stopped(shutdown: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match shutdown.as_mut() {
+        Some(rx) => {
+            while !*rx.borrow_and_update() {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The commit in flight, when it finishes.
 async fn next_commit(slot: &mut Option<CommitFuture>) -> (BatchId, Result<(), StoreError>) {
     match slot.as_mut() {
@@ -317,7 +373,8 @@ async fn next_commit(slot: &mut Option<CommitFuture>) -> (BatchId, Result<(), St
 
 /// Move frames between one established byte stream and the driver until either side ends
 /// it. Frames are length-prefixed and at most [`FRAME_BYTES_MAX`] bytes: a larger prefix
-/// ends the session before anything is allocated for it.
+/// ends the session before anything is allocated for it, with a `Refuse` (protocol) as
+/// its last frame.
 pub async fn run_session<R, W>(driver: DriverHandle, peer: String, mut reader: R, mut writer: W)
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -325,6 +382,8 @@ where
 {
     let session = driver.new_session();
     let (tx, mut rx) = mpsc::channel::<Frame>(SESSION_FRAMES_MAX);
+    // Weak: the session ends when the driver lets go of it, whatever the reader holds.
+    let last_word = tx.downgrade();
     let opened = DriverInput::SessionOpened {
         peer,
         session,
@@ -338,11 +397,14 @@ where
         while let Some(frame) = rx.recv().await {
             out.clear();
             frame.encode(&mut out);
-            if writer.write_all(&out).await.is_err() {
-                break;
+            // A peer that stops reading cannot hold the session: a write that does not
+            // finish in time ends it (the core redials and resends what is unconfirmed).
+            match tokio::time::timeout(SESSION_WRITE_TIMEOUT, writer.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => break,
             }
         }
-        let _ = writer.shutdown().await;
+        let _ = tokio::time::timeout(SESSION_WRITE_TIMEOUT, writer.shutdown()).await;
     };
     let read_driver = driver.clone();
     let read = async move {
@@ -351,8 +413,19 @@ where
             if reader.read_exact(&mut prefix).await.is_err() {
                 return;
             }
-            let Ok(len) = Frame::check_len(u32::from_be_bytes(prefix)) else {
-                return;
+            let len = match Frame::check_len(u32::from_be_bytes(prefix)) {
+                Ok(len) => len,
+                Err(e) => {
+                    let refuse = Frame::Refuse {
+                        seq: 0,
+                        code: detente_proto::RefuseCode::Protocol,
+                        reason: e.to_string(),
+                    };
+                    if let Some(tx) = last_word.upgrade() {
+                        let _ = tx.try_send(refuse);
+                    }
+                    return;
+                }
             };
             debug_assert!(len <= FRAME_BYTES_MAX);
             let mut bytes = vec![0; len];
@@ -365,10 +438,16 @@ where
             }
         }
     };
-    // Either half ending ends the session.
-    tokio::select! {
-        () = write => {}
-        () = read => {}
-    }
+    // Either half ending ends the session. When the reader ends it, what is queued for the
+    // peer (a refusal among it) is still written, for a bounded time, once the driver has
+    // let go of the session.
+    tokio::pin!(write);
+    let reader_ended = tokio::select! {
+        () = &mut write => false,
+        () = read => true,
+    };
     let _ = driver.input(DriverInput::SessionClosed { session }).await;
+    if reader_ended {
+        let _ = tokio::time::timeout(SESSION_FLUSH, write).await;
+    }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod console;
 pub mod deadlines;
 pub mod driver;
+pub mod engine;
 pub mod events;
 pub mod gate;
 pub mod hooks;
@@ -44,7 +45,6 @@ use crate::config::{NodeConfig, NodeDir};
 use crate::events::Events;
 use crate::link::Connection;
 use crate::peers::PeerTable;
-use crate::writer::WriterHandle;
 
 /// The store implementation in use: SQLite or PostgreSQL, as `database_url` says.
 pub type NodeStore = detente_store::AnyStore;
@@ -84,6 +84,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Writer(#[from] writer::WriteError),
+    #[error("{0}")]
+    Core(#[from] engine::CoreStartError),
     /// The store's file is missing while `node.toml` pins peers: most likely the database
     /// was moved or lost, and a fresh one would reuse sequence numbers the peers already
     /// hold. Remedy: put the file back, or start afresh explicitly with `serve --new-store`.
@@ -123,7 +125,8 @@ pub struct Shared {
     pub config: std::sync::RwLock<NodeConfig>,
     pub secret: Arc<PartySecret>,
     pub store: Arc<NodeStore>,
-    pub writer: WriterHandle,
+    /// Commands go through here, whichever engine runs the channels.
+    pub engine: engine::Engine,
     pub table: Arc<PeerTable>,
     pub events: Events,
     /// Escalation hooks (raise alarms with [`deadlines::raise`]).
@@ -143,7 +146,7 @@ pub struct Shared {
     /// Tampered-row alarms already raised (`api::tampered_alarm`).
     pub tampered: Mutex<std::collections::HashSet<String>>,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
-    shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 /// A running node.
@@ -193,16 +196,21 @@ impl Node {
             table.insert(&peer.name, key, peer.addrs.clone());
             peers.push((peer.name.clone(), key));
         }
-        let writer = writer::start(
-            store.clone(),
-            secret.clone(),
-            config.author.clone(),
-            peers,
-            table.clone(),
-            events.clone(),
-            config.checkpoint_policy(),
-        )
-        .await?;
+        let writer = if config.runs_core() {
+            None
+        } else {
+            let writer = writer::start(
+                store.clone(),
+                secret.clone(),
+                config.author.clone(),
+                peers,
+                table.clone(),
+                events.clone(),
+                config.checkpoint_policy(),
+            )
+            .await?;
+            Some(writer)
+        };
         let peer_listener = TcpListener::bind(&config.peer_listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -242,13 +250,35 @@ impl Node {
             );
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut core_task = None;
+        let engine = match writer {
+            Some(writer) => engine::Engine::Tasks(writer),
+            None => {
+                let core = engine::core_config(&config, dir.secret_seed()?, peer_addr, &table);
+                let (driver, events, task) = engine::start_core(
+                    core,
+                    store.clone(),
+                    secret.clone(),
+                    table.clone(),
+                    shutdown_rx.clone(),
+                )
+                .await?;
+                core_task = Some((task, events.subscribe()));
+                engine::Engine::Core(Arc::new(engine::CoreEngine {
+                    driver,
+                    store: store.clone(),
+                    me: secret.public(),
+                    none: writer::WriterHandle::stopped(),
+                }))
+            }
+        };
         let shared = Arc::new(Shared {
             dir,
             link_config: config.link_config(),
             config: std::sync::RwLock::new(config),
             secret,
             store,
-            writer,
+            engine,
             table,
             hooks: hooks::Hooks::new(events.metrics().clone()),
             events,
@@ -279,18 +309,31 @@ impl Node {
                 lost_tx,
             )));
         }
-        for entry in shared.table.all() {
-            node.tasks.push(start_link(&shared, entry));
-        }
         node.tasks.push(tokio::spawn(
             shared.hooks.clone().run(shared.shutdown.clone()),
         ));
-        node.tasks
-            .push(tokio::spawn(deadlines::run(shared.clone())));
-        node.tasks.push(tokio::spawn(charter::watch(
-            shared.clone(),
-            shared.shutdown.clone(),
-        )));
+        match core_task {
+            Some((task, events)) => {
+                node.tasks.push(task);
+                tokio::spawn(engine::pump(shared.clone(), events));
+                node.tasks
+                    .push(tokio::spawn(engine::watch_links(shared.clone())));
+                for entry in shared.table.all() {
+                    charter::refresh(&shared, &entry.name).await;
+                }
+            }
+            None => {
+                for entry in shared.table.all() {
+                    node.tasks.push(start_link(&shared, entry));
+                }
+                node.tasks
+                    .push(tokio::spawn(deadlines::run(shared.clone())));
+                node.tasks.push(tokio::spawn(charter::watch(
+                    shared.clone(),
+                    shared.shutdown.clone(),
+                )));
+            }
+        }
         node.tasks
             .push(tokio::spawn(accept_peers(shared.clone(), peer_listener)));
         node.tasks
@@ -453,13 +496,15 @@ pub async fn add_peer(shared: &Arc<Shared>, name: &str) -> Result<(), StartError
         // A changed key or address takes effect on restart: a running link keeps its pin.
         return Ok(());
     }
-    shared.writer.add_peer(name, key).await;
     let entry = shared.table.insert(name, key, peer.addrs.clone());
+    shared.engine.add_peer(name, key, peer.addrs.len()).await;
     if let Ok(mut c) = shared.config.write() {
         *c = config;
     }
-    // The link stops by itself when the node shuts down.
-    drop(start_link(shared, entry));
+    if shared.engine.runs_tasks() {
+        // The link stops by itself when the node shuts down.
+        drop(start_link(shared, entry));
+    }
     Ok(())
 }
 
@@ -541,6 +586,10 @@ fn hand_over(
         return;
     };
     shared.gate.authenticated(remote.ip());
+    if let engine::Engine::Core(core) = &shared.engine {
+        engine::accept(&core.driver, &entry, tls, remote);
+        return;
+    }
     let sender = shared
         .incoming
         .lock()

@@ -263,7 +263,7 @@ async fn session(
             peer_hwm,
             written,
         ),
-        Ok(_) => shared.writer.prune(&entry.name, peer_hwm).await,
+        Ok(_) => shared.engine.writer().prune(&entry.name, peer_hwm).await,
         Err(e) => return End::Closed(e),
     }
     // Our charter terms; the peer answers with its own, and each side signs the charter
@@ -357,7 +357,7 @@ async fn session(
                         while in_flight.len() as u64 > sent.saturating_sub(peer_received) {
                             in_flight.pop_front();
                         }
-                        shared.writer.prune(&entry.name, hwm).await;
+                        shared.engine.writer().prune(&entry.name, hwm).await;
                     }
                     Control::Refused { seq, code, reason } => {
                         tracing::warn!(peer = %entry.name, seq, ?code, %reason, "peer refused our envelope");
@@ -600,7 +600,12 @@ async fn checkpoint_exchange(
                 continue;
             }
         };
-        match shared.writer.peer_checkpoint(&entry.name, signed).await {
+        match shared
+            .engine
+            .writer()
+            .peer_checkpoint(&entry.name, signed)
+            .await
+        {
             Ok(Some(cosigned)) => {
                 tracing::info!(peer = %entry.name, "co-signed the peer's checkpoint");
                 if control
@@ -767,7 +772,7 @@ async fn receive_pipeline(
                 }
             }
         }
-        let outcome = match shared.writer.receive(&entry.name, valid).await {
+        let outcome = match shared.engine.writer().receive(&entry.name, valid).await {
             Ok(o) => o,
             Err(e) => {
                 // Nothing was stored; the session ends and the peer resends from our

@@ -329,7 +329,7 @@ pub(crate) async fn send_one(
     body: SendBody,
 ) -> Result<crate::writer::Sent, Error> {
     let request = build_request(shared, body)?;
-    Ok(shared.writer.send(request).await?)
+    Ok(shared.engine.send(request).await?)
 }
 
 /// Send a signed READ / ACKNOWLEDGED / DECLINED receipt for a received message.
@@ -363,7 +363,7 @@ pub(crate) async fn answer(
             note,
         }),
     };
-    let sent = shared.writer.send(request).await?;
+    let sent = shared.engine.send(request).await?;
     // Our answer settles the message's deadline on this side.
     shared.events.publish(Event::Receipt { of: id, level });
     Ok(sent)

@@ -146,6 +146,14 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
+    /// A handle to no writer: every command answers [`WriteError::Stopped`] (what the
+    /// writer-only calls get while the core runs the channels).
+    pub fn stopped() -> WriterHandle {
+        WriterHandle {
+            tx: mpsc::channel(1).0,
+        }
+    }
+
     pub async fn send(&self, request: SendRequest) -> Result<Sent, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -160,7 +160,7 @@ async fn call(node: &Node, who: &Who<'_>, method: &str, path: &str) -> (u16, Str
 async fn send_one(node: &Node) -> String {
     let sent = node
         .shared
-        .writer
+        .engine
         .send(SendRequest {
             peer: "fake".into(),
             precedence: Precedence::Routine,
@@ -214,7 +214,7 @@ async fn a_proof_get_never_signs_and_record_actions_are_audited() {
     let node = start_node(&tmp.path().join("node")).await;
     let id = send_one(&node).await;
     // As if the peer's Ack said it holds seq 1 (a checkpoint names our stream only so far).
-    node.shared.writer.prune("fake", 1).await;
+    node.shared.engine.writer().prune("fake", 1).await;
     let channel = detente_proto::ChannelId::for_pair(
         &node.shared.secret.public(),
         &PartySecret::from_seed([0x22; 32]).public(),

@@ -220,14 +220,14 @@ async fn a_failed_reload_after_a_failed_commit_never_forgets_the_peer() {
     let tmp = tempfile::tempdir().expect("temporary directory");
     let node = start_node(&tmp.path().join("node")).await;
     node.shared
-        .writer
+        .engine
         .send(text_request(0))
         .await
         .expect("a send on a working store");
     // Every later commit and read fails.
     node.shared.store.close().await;
     for n in 1..4 {
-        match node.shared.writer.send(text_request(n)).await {
+        match node.shared.engine.send(text_request(n)).await {
             Err(WriteError::Store(_)) => {}
             other => panic!("send {n} on a failed store: {other:?}"),
         }
@@ -301,7 +301,7 @@ async fn a_tampered_row_is_named_never_shown_or_exported_as_genuine() {
             text: format!("tamper-me-{n}"),
             translations: Vec::new(),
         });
-        ids.push(node.shared.writer.send(request).await.expect("send").id);
+        ids.push(node.shared.engine.send(request).await.expect("send").id);
     }
     let dir = node.shared.dir.clone();
     node.stop().await;

@@ -1463,7 +1463,7 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
     let shared = h.node.shared.clone();
     let mut events = shared.events.subscribe();
     for n in 1..=3 {
-        shared.writer.send(text_request(n)).await.expect("send");
+        shared.engine.send(text_request(n)).await.expect("send");
     }
     let pending = |shared: std::sync::Arc<detente_node::Shared>| async move {
         shared
@@ -1493,7 +1493,7 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
         other => panic!("expected Pong, got {other:?}"),
     }
     // The writer takes commands in order: the prune was handled before this send returns.
-    shared.writer.send(text_request(4)).await.expect("send");
+    shared.engine.send(text_request(4)).await.expect("send");
     assert_eq!(pending(shared.clone()).await, 4, "nothing was pruned");
     assert!(peer.from_node.is_empty(), "nothing was sent to the peer");
     let status = api_get(&h, "/api/v1/status").await;

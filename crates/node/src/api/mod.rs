@@ -610,8 +610,8 @@ async fn checkpoint_now(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    peer_entry(&shared, &name)?;
-    let signed = shared.writer.checkpoint(&name).await?;
+    let entry = peer_entry(&shared, &name)?;
+    let signed = shared.engine.checkpoint(&name, &entry.key).await?;
     let detail = format!("channel with {name}");
     audit_api(&shared, &caller, "checkpoint", &detail).await;
     Ok(Json(crate::transcript::checkpoint_json(&signed)).into_response())
@@ -733,7 +733,10 @@ async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) 
         .await?;
     let signed = match covering(&rows) {
         Some(s) => s,
-        None if may_sign => shared.writer.checkpoint(&row.peer).await?,
+        None if may_sign => {
+            let entry = peer_entry(shared, &row.peer)?;
+            shared.engine.checkpoint(&row.peer, &entry.key).await?
+        }
         None => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -814,7 +817,7 @@ async fn send(
     let request = build_request(&shared, body)?;
     caller.may_send(request.precedence)?;
     let to = request.peer.clone();
-    let sent = shared.writer.send(request).await?;
+    let sent = shared.engine.send(request).await?;
     let detail = format!("{} to {to} {}", sent.precedence.name(), sent.id.to_hex());
     audit_api(&shared, &caller, "send", &detail).await;
     let json = SentJson::from(sent);
@@ -935,7 +938,7 @@ async fn glossary_add(
         "{}: {} {:?} = {} {:?}",
         row.peer, row.lang_a, row.term_a, row.lang_b, row.term_b
     );
-    shared.writer.add_glossary(row).await?;
+    shared.engine.add_glossary(row).await?;
     audit_api(&shared, &caller, "glossary add", &detail).await;
     Ok((StatusCode::CREATED, Json(json!({"ok": true}))).into_response())
 }
@@ -979,7 +982,7 @@ async fn send_batch(
     }
     // Queued in order before waiting, so that they share group commits and keep their order.
     let mut out = Vec::with_capacity(requests.len());
-    for sent in shared.writer.send_many(requests).await {
+    for sent in shared.engine.send_many(requests).await {
         let sent = sent?;
         out.push(SentJson::from(sent));
     }

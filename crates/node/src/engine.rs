@@ -1,0 +1,565 @@
+//! What runs the node's channels. Two engines while the migration of issue 11 lasts:
+//!
+//! - **tasks** (the default): the [`crate::writer`], one [`crate::link`] task per peer, the
+//!   [`crate::deadlines`] watch and the [`crate::charter`] watch, talking over channels;
+//! - **core** (`engine = "core"` in `node.toml`): the sans-IO [`detente_core::Core`],
+//!   recovered from the store by [`crate::snapshot`] and run by one [`crate::driver`] task.
+//!   Sessions are TLS connections whose frames [`driver::run_session`] moves; everything
+//!   the core decides reaches the rest of the node as events ([`pump`]).
+//!
+//! [`Engine`] is the one handle the service layer uses for commands, whichever engine runs.
+//! Once the core engine passes every test the tasks do, the tasks are retired and this
+//! module shrinks to the core's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use detente_core::{Answer, Command, CommandError, Core, Decision, Event as CoreEvent};
+use detente_proto::checkpoint::SignedCheckpoint;
+use detente_proto::{ChannelId, PartyKey, PartySecret, Precedence};
+use detente_store::{CheckpointPage, GlossaryRow, Store};
+use tokio::sync::broadcast;
+
+use crate::config::NodeConfig;
+use crate::driver::{self, DriverError, DriverHandle, DriverInput};
+use crate::events::Event;
+use crate::hooks::HookEvent;
+use crate::peers::PeerTable;
+use crate::writer::{SendRequest, Sent, WriteError, WriterHandle};
+use crate::{NodeStore, Shared};
+
+/// Checkpoints read to find the one a checkpoint command just stored (the newest).
+const CHECKPOINT_LOOKUP_ROWS: u32 = 4;
+/// Deadline misses waiting to be escalated (each is read back from the store first);
+/// beyond, the oldest wait in the driver's event backlog.
+const MISSES_QUEUED_MAX: usize = 1024;
+
+/// The handle commands go through, whichever engine runs the channels.
+#[derive(Clone)]
+pub enum Engine {
+    Tasks(WriterHandle),
+    Core(Arc<CoreEngine>),
+}
+
+/// The core engine's handles.
+pub struct CoreEngine {
+    pub driver: DriverHandle,
+    pub store: Arc<NodeStore>,
+    pub me: PartyKey,
+    /// A handle to no writer, for [`Engine::writer`].
+    pub none: WriterHandle,
+}
+
+impl Engine {
+    /// The writer, for the link, deadline and charter tasks (they run only with the
+    /// tasks engine; with the core every call answers [`WriteError::Stopped`]).
+    pub fn writer(&self) -> &WriterHandle {
+        match self {
+            Engine::Tasks(w) => w,
+            Engine::Core(c) => &c.none,
+        }
+    }
+
+    /// Whether the tasks run the channels.
+    pub fn runs_tasks(&self) -> bool {
+        matches!(self, Engine::Tasks(_))
+    }
+
+    /// Number, sign and store one message; answered once it is durable.
+    pub async fn send(&self, request: SendRequest) -> Result<Sent, WriteError> {
+        match self {
+            Engine::Tasks(w) => w.send(request).await,
+            Engine::Core(c) => {
+                let driver = &c.driver;
+                let precedence = request.precedence;
+                let command = Command::Send {
+                    peer: request.peer,
+                    precedence,
+                    topic: request.topic,
+                    author: request.author,
+                    body: request.body,
+                    in_reply_to: request.in_reply_to,
+                };
+                match driver.command(command).await.map_err(write_error)? {
+                    Answer::Sent { id, seq } => Ok(Sent {
+                        id,
+                        seq,
+                        precedence,
+                    }),
+                    other => Err(unexpected(&other)),
+                }
+            }
+        }
+    }
+
+    /// Several sends; with the core they are all staged before the first commit, so they
+    /// share commits.
+    pub async fn send_many(&self, requests: Vec<SendRequest>) -> Vec<Result<Sent, WriteError>> {
+        match self {
+            Engine::Tasks(w) => w.send_many(requests).await,
+            Engine::Core(_) => {
+                let sends = requests.into_iter().map(|r| self.send(r));
+                futures_util::future::join_all(sends).await
+            }
+        }
+    }
+
+    /// Add or replace a glossary term of a channel; answered once durable.
+    pub async fn add_glossary(&self, row: GlossaryRow) -> Result<(), WriteError> {
+        match self {
+            Engine::Tasks(w) => w.add_glossary(row).await,
+            Engine::Core(c) => {
+                let driver = &c.driver;
+                match driver
+                    .command(Command::Glossary { row })
+                    .await
+                    .map_err(write_error)?
+                {
+                    Answer::Done => Ok(()),
+                    other => Err(unexpected(&other)),
+                }
+            }
+        }
+    }
+
+    /// Sign a checkpoint of the channel with `peer` now (and send it for co-signing).
+    pub async fn checkpoint(
+        &self,
+        peer: &str,
+        key: &PartyKey,
+    ) -> Result<SignedCheckpoint, WriteError> {
+        let (driver, store, me) = match self {
+            Engine::Tasks(w) => return w.checkpoint(peer).await,
+            Engine::Core(c) => (&c.driver, &c.store, &c.me),
+        };
+        let command = Command::Checkpoint {
+            peer: peer.to_string(),
+        };
+        let body_hash = match driver.command(command).await.map_err(write_error)? {
+            Answer::Checkpoint { body_hash } => body_hash,
+            other => return Err(unexpected(&other)),
+        };
+        // Durable by now: read it back as stored.
+        let channel = ChannelId::for_pair(me, key);
+        let rows = store
+            .checkpoint_page(channel.0, CheckpointPage::newest(CHECKPOINT_LOOKUP_ROWS))
+            .await
+            .map_err(|e| WriteError::Store(e.to_string()))?;
+        let row = rows
+            .into_iter()
+            .find(|r| r.body_hash == body_hash)
+            .ok_or_else(|| WriteError::Store("the checkpoint just signed is not stored".into()))?;
+        SignedCheckpoint::decode(&row.signed).map_err(|e| WriteError::Store(e.to_string()))
+    }
+
+    /// Pin a peer at run time.
+    pub async fn add_peer(&self, name: &str, key: PartyKey, addresses: usize) {
+        match self {
+            Engine::Tasks(w) => w.add_peer(name, key).await,
+            Engine::Core(c) => {
+                let driver = &c.driver;
+                let peer = detente_core::PeerConfig {
+                    name: name.to_string(),
+                    key,
+                    addresses,
+                };
+                if let Err(e) = driver.command(Command::AddPeer { peer }).await {
+                    tracing::warn!(peer = name, error = %e, "cannot pin the peer in the core");
+                }
+            }
+        }
+    }
+}
+
+fn unexpected(answer: &Answer) -> WriteError {
+    WriteError::Invalid(format!("unexpected answer from the core: {answer:?}"))
+}
+
+fn write_error(e: DriverError) -> WriteError {
+    match e {
+        DriverError::Command(CommandError::UnknownPeer(peer)) => WriteError::UnknownPeer(peer),
+        DriverError::Command(CommandError::Invalid(why)) => WriteError::Invalid(why),
+        DriverError::Command(CommandError::Busy { retry_after_ms }) => WriteError::Store(format!(
+            "the store is failing or too much is waiting; retry after {retry_after_ms} ms"
+        )),
+        DriverError::Stopped => WriteError::Stopped,
+        other => WriteError::Invalid(other.to_string()),
+    }
+}
+
+/// The core's configuration for a node with `config`, its key's `seed`, the address its
+/// peer port listens on, and the peers pinned in `table`.
+pub fn core_config(
+    config: &NodeConfig,
+    seed: [u8; 32],
+    peer_addr: std::net::SocketAddr,
+    table: &PeerTable,
+) -> detente_core::Config {
+    let secret = PartySecret::from_seed(seed);
+    let terms = crate::charter::terms_of(
+        config,
+        secret.public(),
+        peer_addr,
+        crate::notify::held_formats(),
+    );
+    let policy = config.checkpoint_policy();
+    let checkpoint_interval = if policy.quiet.is_zero() {
+        Duration::from_secs(24 * 3600)
+    } else {
+        policy.quiet
+    };
+    detente_core::Config {
+        name: config.name.clone(),
+        author: config.author.clone(),
+        secret_seed: seed,
+        peers: table
+            .all()
+            .iter()
+            .map(|e| detente_core::PeerConfig {
+                name: e.name.clone(),
+                key: e.key,
+                addresses: e.addrs.len(),
+            })
+            .collect(),
+        deadlines: terms.deadlines,
+        link_test_interval: terms.link_test_interval,
+        link: config.link_config(),
+        checkpoint_interval,
+        random_seed: rand::random(),
+        profile: detente_core::Profile {
+            party: terms.member.party,
+            addresses: terms.member.addresses,
+            lang: terms.member.lang,
+            tz: terms.member.tz,
+            formats: terms.formats,
+            counterparts: terms.counterparts,
+        },
+        bug: None,
+    }
+}
+
+/// Why the core could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreStartError {
+    #[error(transparent)]
+    Load(#[from] crate::snapshot::LoadError),
+    #[error("the store's content cannot be recovered: {0}")]
+    Recover(String),
+}
+
+/// Recover the core from the store and start its driver. Link state is published into
+/// `table` after every wake-up.
+pub async fn start_core(
+    config: detente_core::Config,
+    store: Arc<NodeStore>,
+    secret: Arc<PartySecret>,
+    table: Arc<PeerTable>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<
+    (
+        DriverHandle,
+        broadcast::Sender<CoreEvent>,
+        tokio::task::JoinHandle<()>,
+    ),
+    CoreStartError,
+> {
+    let peers: Vec<crate::snapshot::PeerKey> = table
+        .all()
+        .iter()
+        .map(|e| crate::snapshot::PeerKey {
+            name: e.name.clone(),
+            key: e.key,
+        })
+        .collect();
+    let snapshot = crate::snapshot::load(&*store, &secret.public(), &peers).await?;
+    let now = std::time::Instant::now();
+    let core = Core::recover(config, snapshot, now, crate::now_ms() as i64)
+        .map_err(|e| CoreStartError::Recover(e.to_string()))?;
+    let dialer = TlsDialer {
+        secret,
+        table: table.clone(),
+    };
+    let observer: driver::Observer = Box::new(move |core: &Core| publish_links(core, &table));
+    let options = driver::DriverOptions {
+        observer: Some(observer),
+        shutdown: Some(shutdown),
+    };
+    Ok(driver::start_with(core, store, dialer, options))
+}
+
+/// Copy each link's supervision into the peer table (what `status` and the console show).
+fn publish_links(core: &Core, table: &PeerTable) {
+    for entry in table.all() {
+        let Some((link, connected)) = core.link(&entry.name) else {
+            continue;
+        };
+        if let Ok(mut status) = entry.status.write() {
+            let now = std::time::Instant::now();
+            status.state = link.state(now);
+            status.connected = connected;
+            status.rtt_ms = link.rtt().map(|d| d.as_secs_f64() * 1000.0);
+            status.last_heard = link.last_heard();
+            status.view = Some(link.clone());
+            status.sending_stopped = core.sending_stopped(&entry.name).map(str::to_string);
+        }
+    }
+}
+
+/// Dials peers over TLS with their pinned keys, as the core asks.
+struct TlsDialer {
+    secret: Arc<PartySecret>,
+    table: Arc<PeerTable>,
+}
+
+impl driver::Dialer for TlsDialer {
+    fn dial(&self, peer: &str, address: usize, driver: DriverHandle) {
+        let Some(entry) = self.table.get(peer) else {
+            return;
+        };
+        let secret = self.secret.clone();
+        let peer = peer.to_string();
+        tokio::spawn(async move {
+            let Some(addr) = entry.addrs.get(address).cloned() else {
+                let _ = driver.input(DriverInput::DialFailed { peer }).await;
+                return;
+            };
+            match connect(&secret, entry.key, &addr).await {
+                Ok(tls) => {
+                    if let Ok(mut status) = entry.status.write() {
+                        status.address = Some(addr.clone());
+                        status.sessions += 1;
+                        status.last_error = None;
+                    }
+                    let (reader, writer) = tokio::io::split(tls);
+                    driver::run_session(driver, peer, reader, writer).await;
+                }
+                Err(reason) => {
+                    tracing::debug!(%peer, %addr, %reason, "dial failed");
+                    if let Ok(mut status) = entry.status.write() {
+                        status.last_error = Some(reason);
+                    }
+                    let _ = driver.input(DriverInput::DialFailed { peer }).await;
+                }
+            }
+        });
+    }
+}
+
+/// A TCP connection and TLS handshake to `addr`, pinned to `key`, within the handshake
+/// timeout.
+async fn connect(
+    secret: &PartySecret,
+    key: PartyKey,
+    addr: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let config = crate::tls::client_config(secret, key).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        connector
+            .connect(crate::tls::server_name(), tcp)
+            .await
+            .map_err(|e| match crate::tls::rejection(&e) {
+                Some(reason) => reason.to_string(),
+                None => format!("TLS with {addr}: {e}"),
+            })
+    };
+    tokio::time::timeout(crate::link::HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("{addr}: no TLS session within the handshake timeout"))?
+}
+
+/// An authenticated inbound connection from the pinned peer `peer`: its session.
+pub fn accept(
+    driver: &DriverHandle,
+    entry: &crate::peers::PeerEntry,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    remote: std::net::SocketAddr,
+) {
+    if let Ok(mut status) = entry.status.write() {
+        status.address = Some(remote.to_string());
+        status.sessions += 1;
+    }
+    let (reader, writer) = tokio::io::split(tls);
+    tokio::spawn(driver::run_session(
+        driver.clone(),
+        entry.name.clone(),
+        reader,
+        writer,
+    ));
+}
+
+/// Hand what the core decided to the rest of the node: live events (waiters, the
+/// console), hooks, alarms and the charter state. Runs until the driver stops.
+pub async fn pump(shared: Arc<Shared>, mut events: broadcast::Receiver<CoreEvent>) {
+    let (misses, missed) = tokio::sync::mpsc::channel(MISSES_QUEUED_MAX);
+    tokio::spawn(escalate_misses(shared.clone(), missed));
+    let mut link_tests_missed: HashMap<String, bool> = HashMap::new();
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(lost = n, "the node's event pump fell behind the core");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match event {
+            CoreEvent::Stored {
+                peer,
+                id,
+                seq,
+                direction,
+                precedence,
+                kind,
+            } => shared.events.publish(Event::Stored {
+                peer,
+                id,
+                seq,
+                direction,
+                precedence,
+                kind,
+            }),
+            CoreEvent::Delivered { peer, from, to } => {
+                shared.events.publish(Event::Delivered { peer, from, to });
+            }
+            CoreEvent::Receipt { of, level } => {
+                shared.events.publish(Event::Receipt { of, level });
+            }
+            CoreEvent::Alarm { peer, detail } => {
+                tracing::error!(%peer, "{detail}");
+                shared.events.publish(Event::Alarm {
+                    peer: peer.clone(),
+                    detail: detail.clone(),
+                });
+                crate::deadlines::raise(&shared, HookEvent::Equivocation { peer, detail });
+            }
+            CoreEvent::Refused { peer, what } => {
+                shared.events.metrics().verification_failed();
+                tracing::warn!(%peer, reason = %what, "refused from the peer; nothing stored");
+            }
+            CoreEvent::LinkTestMissed { peer } => {
+                link_tests_missed.insert(peer.clone(), true);
+                if let Some(entry) = shared.table.get(&peer) {
+                    if let Ok(mut a) = entry.alarms.write() {
+                        a.test_missed = true;
+                    }
+                }
+                crate::deadlines::raise(&shared, HookEvent::LinkTestMissed { peer, seq: 0 });
+            }
+            CoreEvent::CharterAgreed { peer, .. } => {
+                let shared = shared.clone();
+                tokio::spawn(async move { crate::charter::refresh(&shared, &peer).await });
+            }
+            CoreEvent::Deadline {
+                peer,
+                id,
+                need,
+                decision: Decision::Missed,
+            } => {
+                let queued = misses.try_send((peer, id, need));
+                if queued.is_err() {
+                    tracing::warn!("too many deadline misses waiting to be escalated");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Show and escalate each missed deadline (recorded durably by the core before it said
+/// so), with the message's details read back from the store.
+async fn escalate_misses(
+    shared: Arc<Shared>,
+    mut missed: tokio::sync::mpsc::Receiver<(
+        String,
+        detente_proto::MessageId,
+        detente_proto::Need,
+    )>,
+) {
+    while let Some((peer, id, need)) = missed.recv().await {
+        let needed = need.name();
+        shared.events.publish(Event::Overdue {
+            peer: peer.clone(),
+            id,
+            needed,
+        });
+        let Ok(Some(row)) = shared.store.message(id.0).await else {
+            continue;
+        };
+        let precedence = Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine);
+        let due_at_ms = shared
+            .store
+            .misses(id.0)
+            .await
+            .ok()
+            .and_then(|m| m.into_iter().find(|m| m.level == need.code()))
+            .map_or(crate::now_ms() as i64, |m| m.due_at_ms);
+        let direction = match row.direction {
+            detente_store::Direction::Out => "out",
+            detente_store::Direction::In => "in",
+        };
+        crate::deadlines::raise(
+            &shared,
+            HookEvent::DeadlineMissed {
+                peer,
+                id,
+                seq: row.seq,
+                direction,
+                precedence: precedence.name(),
+                topic: row.topic,
+                needed,
+                due_at_ms,
+            },
+        );
+    }
+}
+
+/// How often the link watch looks at each link's state.
+const LINK_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// With the core: raise `link_down` once per outage of a link that was up, and
+/// `link_restored` when it is back (the state is what [`publish_links`] last copied).
+pub async fn watch_links(shared: Arc<Shared>) {
+    use detente_proto::LinkState;
+    let mut shutdown = shared.shutdown.clone();
+    // Per peer: was up at least once, and the down alarm is raised.
+    let mut seen: HashMap<String, (bool, bool)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LINK_WATCH_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = std::time::Instant::now();
+        for entry in shared.table.all() {
+            let state = entry
+                .status
+                .read()
+                .map_or(LinkState::Down, |s| s.current_state(now));
+            let (was_up, down) = seen.entry(entry.name.clone()).or_default();
+            let peer = entry.name.clone();
+            match state {
+                LinkState::Up => {
+                    *was_up = true;
+                    if *down {
+                        *down = false;
+                        crate::deadlines::raise(&shared, HookEvent::LinkRestored { peer });
+                    }
+                }
+                LinkState::Down if *was_up && !*down => {
+                    *down = true;
+                    crate::deadlines::raise(&shared, HookEvent::LinkDown { peer });
+                }
+                _ => {}
+            }
+            if let Ok(mut a) = entry.alarms.write() {
+                a.link_down = *down;
+            }
+        }
+    }
+}

@@ -286,7 +286,11 @@ pub async fn logout(
     // The session's open event streams end now, not at their next check.
     shared.console.streams.end_session(op.token_hash);
     audit(&shared, &op.login, "logout", "", source).await;
-    let mut response = Redirect::to("/login").into_response();
+    // A session signed in through the provider ends there too (console/oidc.rs).
+    let mut response = match shared.console.oidc.take_logout(op.token_hash) {
+        Some(url) => super::oidc::logout_page(&shared, &op.lang, &url),
+        None => Redirect::to("/login").into_response(),
+    };
     if let Ok(v) = set_cookie(&shared, SESSION_COOKIE, "", 0).parse() {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }

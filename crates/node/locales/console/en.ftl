@@ -299,3 +299,14 @@ oidc-refusal-userinfo = the identity provider's userinfo answer was refused: { $
 settings-display = Display in this browser
 handover-settings = Before taking the watch: test the alarm sound and desktop notifications in this browser
 handover-go = Shift handover
+
+# The API's answers to a send, in the language the request asks for (api.rs).
+api-hint-formats = see the formats with: detente formats list
+api-hint-fields = see the fields and rules with: detente formats show { $format }
+api-hint-charter = both nodes must hold the same definition; see the agreed formats with: detente charter --dir DIR --peer { $peer }
+api-error-text-and-format = give either text or a format, not both
+api-error-nothing = nothing to send
+api-hint-nothing = give --text TEXT, or --format ID with --field KEY=VALUE ...
+api-error-precedence = unknown precedence { $precedence }
+api-hint-precedence = use flash, immediate, priority or routine
+api-error-reply-to = reply_to is not a message id (64 hex digits)

@@ -290,3 +290,14 @@ oidc-refusal-userinfo = 身份提供方的用户信息应答被拒绝：{ $detai
 settings-display = 本浏览器中的显示方式
 handover-settings = 接班前：在本浏览器中试听警报声音并检查桌面通知
 handover-go = 交接班
+
+# The API's answers to a send, in the language the request asks for (api.rs).
+api-hint-formats = 查看格式：detente formats list
+api-hint-fields = 查看字段和规则：detente formats show { $format }
+api-hint-charter = 双方节点必须持有相同的定义；查看已商定的格式：detente charter --dir DIR --peer { $peer }
+api-error-text-and-format = 请给出文本或格式，不能两者都给
+api-error-nothing = 没有要发送的内容
+api-hint-nothing = 请给出 --text TEXT，或 --format ID 加 --field KEY=VALUE ...
+api-error-precedence = 未知的优先级 { $precedence }
+api-hint-precedence = 请使用 flash、immediate、priority 或 routine
+api-error-reply-to = reply_to 不是消息编号（64 位十六进制数字）

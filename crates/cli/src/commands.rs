@@ -193,8 +193,7 @@ pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
     let start = detente_node::Node::start_with(NodeDir::new(dir), options);
     // Opening the store applies its pending migrations, which can take a while on a large
     // store; on a terminal a spinner says so, cleared before the node says it serves.
-    let opening =
-        crate::progress::Progress::spinner("opening the store and applying its migrations");
+    let opening = crate::progress::Progress::spinner(crate::progress::OPENING_STORE);
     // A standby waits inside `start` for the lease; a signal must still end it.
     let mut node = tokio::select! {
         started = start => {

@@ -585,6 +585,36 @@ fn user_add_reads_the_password_from_a_file_or_stdin() {
             {"login": "duty", "role": "supervisor", "lang": "en"},
         ])
     );
+    assert!(list.stderr.is_empty(), "nothing drawn off a terminal");
+    store_spinner_on_a_terminal(exe, &dir, &file);
+}
+
+/// On a terminal (a pseudo-terminal made by util-linux's `script`), `user add` and `user
+/// list` say that they open the store, with `serve`'s spinner, and still print their lines.
+fn store_spinner_on_a_terminal(exe: &str, dir: &std::path::Path, password: &std::path::Path) {
+    let dir = dir.display();
+    for (command, printed) in [
+        (
+            format!(
+                "{exe} user add --dir {dir} --name pty --role watch --password-file {}",
+                password.display()
+            ),
+            "created console user pty",
+        ),
+        (format!("{exe} user list --dir {dir}"), "chief"),
+    ] {
+        let on_terminal = std::process::Command::new("script")
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .output()
+            .expect("script (util-linux) makes a pseudo-terminal");
+        let seen = String::from_utf8_lossy(&on_terminal.stdout);
+        assert_eq!(on_terminal.status.code(), Some(0), "{command}: {seen}");
+        assert!(
+            seen.contains("opening the store"),
+            "{command}: a spinner on a terminal: {seen:?}"
+        );
+        assert!(seen.contains(printed), "{command}: {seen:?}");
+    }
 }
 
 /// What the peer writes is shown as text, never as markup: a hostile text, translation,

@@ -146,7 +146,7 @@ pub fn problems(
     def: &FormatDef,
     error: &NotifyError,
     lang: &str,
-    texts: &crate::console::i18n::Texts,
+    texts: &crate::i18n::Texts,
 ) -> Option<(String, Vec<Problem>)> {
     let errors: &[FieldError] = match error {
         NotifyError::Field(e) => std::slice::from_ref(e),

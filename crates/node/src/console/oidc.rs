@@ -50,9 +50,9 @@ use super::auth::{self, Role};
 use maud::{html, Markup};
 
 use super::html::page_in;
-use super::i18n::{request_lang, Texts};
 use super::{audit, cookie, set_cookie, Source, SESSION_COOKIE};
 use crate::config::{OidcSection, OIDC_CALLBACK_PATH};
+use crate::i18n::{request_lang, Texts};
 use crate::{now_ms, Shared};
 
 /// The cookie that binds a sign-in in progress to the browser that started it.

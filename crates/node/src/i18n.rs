@@ -10,8 +10,8 @@ use fluent_bundle::{FluentArgs, FluentResource};
 pub const LANGUAGES: &[(&str, &str)] = &[("en", "English"), ("zh-CN", "简体中文")];
 
 const SOURCES: &[(&str, &str)] = &[
-    ("en", include_str!("../../locales/console/en.ftl")),
-    ("zh-CN", include_str!("../../locales/console/zh-CN.ftl")),
+    ("en", include_str!("../locales/console/en.ftl")),
+    ("zh-CN", include_str!("../locales/console/zh-CN.ftl")),
 ];
 
 /// All bundles, loaded once at start-up.
@@ -73,7 +73,15 @@ pub fn request_lang(shared: &crate::Shared, headers: &axum::http::HeaderMap) -> 
         .get(axum::http::header::ACCEPT_LANGUAGE)
         .and_then(|v| v.to_str().ok())
         .and_then(negotiate)
-        .map_or_else(|| super::html::node_lang(shared), str::to_string)
+        .map_or_else(
+            || {
+                shared
+                    .config
+                    .read()
+                    .map_or_else(|_| "en".to_string(), |c| c.lang.clone())
+            },
+            str::to_string,
+        )
 }
 
 /// Whether `code` is an interface language.

@@ -32,12 +32,14 @@ const REDIRECTS_MAX: usize = 10;
 struct Provider {
     child: Child,
     base: String,
+    script: PathBuf,
 }
 
 impl Drop for Provider {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.script);
     }
 }
 
@@ -86,8 +88,12 @@ fn start_provider_with(redirect_uri: &str, tls: Option<&TestPki>) -> Provider {
         dir.join("node_modules/oidc-provider/package.json").exists(),
         "the OpenID provider is not installed; run scripts/install-oidc-provider"
     );
-    // Beside its node_modules, so that its imports resolve.
-    let script = dir.join("provider.mjs");
+    // Beside its node_modules, so that its imports resolve; one file per provider, since the
+    // tests of this file start theirs at the same time and one must not read the file while
+    // the other rewrites it.
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let script = dir.join(format!("provider-{}-{n}.mjs", std::process::id()));
     std::fs::write(&script, include_str!("oidc/provider.mjs")).unwrap();
     let mut command = Command::new("node");
     if let Some(pki) = tls {
@@ -112,14 +118,22 @@ fn start_provider_with(redirect_uri: &str, tls: Option<&TestPki>) -> Provider {
             }
         }
     });
-    let port = rx
-        .recv_timeout(WAIT)
-        .expect("the provider printed its port");
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    Provider {
+    // Owned before the wait, so that a provider that never says its port is killed too.
+    let mut provider = Provider {
         child,
-        base: format!("{scheme}://127.0.0.1:{port}"),
-    }
+        base: String::new(),
+        script,
+    };
+    let port = match rx.recv_timeout(WAIT) {
+        Ok(port) => port,
+        Err(e) => panic!(
+            "the provider did not print its port ({e}); it {:?}",
+            provider.child.try_wait()
+        ),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    provider.base = format!("{scheme}://127.0.0.1:{port}");
+    provider
 }
 
 fn client() -> reqwest::Client {

@@ -333,15 +333,10 @@ pub async fn set_lang(
 // ---------------------------------------------------------------- messages as shown
 
 /// A time zone's name in the operator's language ("北京时间", "Eastern Time"), from the
-/// console's texts (`tz-` and the zone's id with `/` as `-`); its abbreviation otherwise.
-pub(super) fn tz_label(shared: &Shared, lang: &str, tz_name: &str, abbreviation: &str) -> String {
-    let key = format!("tz-{}", tz_name.replace('/', "-"));
-    let label = shared.console.i18n.text(lang, &key);
-    if label == key {
-        abbreviation.to_string()
-    } else {
-        label
-    }
+/// formats crate's table (the one notifications and the command line use too); its
+/// abbreviation otherwise.
+pub(super) fn tz_label(lang: &str, tz_name: &str, abbreviation: &str) -> String {
+    detente_formats::zone_name(lang, tz_name).unwrap_or_else(|| abbreviation.to_string())
 }
 
 /// A language's name in the operator's language ("英语" for `en`); the tag otherwise.
@@ -372,7 +367,7 @@ pub(super) fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
             let zoned = ts.to_zoned(tz);
             let local = zoned.strftime("%Y-%m-%d %H:%M:%S").to_string();
             let abbreviation = zoned.strftime("%Z").to_string();
-            let zone = tz_label(shared, lang, &tz_name, &abbreviation);
+            let zone = tz_label(lang, &tz_name, &abbreviation);
             format!("{utc} · {local} {zone}")
         }
         _ => utc,
@@ -1075,7 +1070,7 @@ fn node_tz(shared: &Shared) -> String {
 /// operator's language; the server turns what is picked into the UTC field.
 fn local_pickers(shared: &Shared, op: &Operator, key: &str, type_name: &str) -> Markup {
     let tz = node_tz(shared);
-    let zone = tz_label(shared, &op.lang, &tz, &tz);
+    let zone = tz_label(&op.lang, &tz, &tz);
     let parts: &[(&str, &str)] = match type_name {
         "datetime" => &[("", "compose-local-time")],
         "window" => &[

@@ -450,7 +450,7 @@ fn directory(shared: &Shared, op: &Operator) -> Option<(Vec<NodeRow>, Vec<Positi
         party: c.party.clone(),
         fingerprint: me.fingerprint(),
         lang: language_name(shared, &op.lang, &c.lang),
-        tz: tz_label(shared, &op.lang, &c.tz, &c.tz),
+        tz: tz_label(&op.lang, &c.tz, &c.tz),
         addresses: shared.peer_addr.to_string(),
     }];
     let mut positions = Vec::new();
@@ -472,7 +472,7 @@ fn directory(shared: &Shared, op: &Operator) -> Option<(Vec<NodeRow>, Vec<Positi
                 party: m.party.clone(),
                 fingerprint: m.key.fingerprint(),
                 lang: language_name(shared, &op.lang, &m.lang),
-                tz: tz_label(shared, &op.lang, &m.tz, &m.tz),
+                tz: tz_label(&op.lang, &m.tz, &m.tz),
                 addresses: m.addresses.join(", "),
             });
         }

@@ -1067,7 +1067,9 @@ fn node_tz(shared: &Shared) -> String {
 }
 
 /// Pickers for a `datetime` or `window` field in the node's time zone, named in the
-/// operator's language; the server turns what is picked into the UTC field.
+/// operator's language; the server turns what is picked into the UTC field. Beside each,
+/// an `output` the page's script fills with the picked time as UTC while it is picked
+/// (`data-tz` names the zone, which need not be the browser's).
 fn local_pickers(shared: &Shared, op: &Operator, key: &str, type_name: &str) -> Markup {
     let tz = node_tz(shared);
     let zone = tz_label(&op.lang, &tz, &tz);
@@ -1085,7 +1087,10 @@ fn local_pickers(shared: &Shared, op: &Operator, key: &str, type_name: &str) -> 
                 @for (suffix, label) in parts {
                     @let id = format!("fl-{key}{}", suffix.replace('.', "-"));
                     label for=(id) { (tr_with(shared, op, label, &[("zone", zone.clone())])) } " "
-                    input type="datetime-local" id=(id) name={ "fl." (key) (suffix) };
+                    input type="datetime-local" id=(id) name={ "fl." (key) (suffix) }
+                        data-tz=(tz) data-utc-echo={ (id) "-utc" };
+                    " "
+                    output.utc-echo id={ (id) "-utc" } for=(id) aria-live="polite" {}
                     " "
                 }
             }

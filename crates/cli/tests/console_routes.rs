@@ -72,9 +72,13 @@ async fn post_login(
 }
 
 async fn login(node: &ProcNode, login: &str) -> Browser {
+    login_with(node, login, TEST_PASSWORD).await
+}
+
+async fn login_with(node: &ProcNode, login: &str, password: &str) -> Browser {
     let http = client();
     let base = format!("http://{}", node.console_addr);
-    let r = post_login(&http, &base, login, TEST_PASSWORD).await;
+    let r = post_login(&http, &base, login, password).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "login {login}");
     let set = r
         .headers()
@@ -182,6 +186,7 @@ const FORMS: &[&str] = &[
     "/console/compose",
     "/console/lang",
     "/console/alarm/silence",
+    "/console/users",
 ];
 
 /// What a GET of `page` answers for `role`.
@@ -389,6 +394,23 @@ async fn every_route_checks_session_role_and_csrf() {
                 "API acknowledge as {login_name}"
             );
         }
+        // Adding an account: administrators only.
+        let new_login = format!("new-{login_name}");
+        let add = [
+            ("action", "add"),
+            ("login", new_login.as_str()),
+            ("role", "watch"),
+            ("lang", "en"),
+            ("password", TEST_PASSWORD),
+            ("password_again", TEST_PASSWORD),
+        ];
+        let r = s.form("/console/users", &add, true).await;
+        let expected = if role == Role::Admin {
+            StatusCode::SEE_OTHER
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(r.status(), expected, "add a user as {login_name}");
         let r = s
             .api(Method::POST, "/peers/beijing/reload", json!({}), true)
             .await;
@@ -1198,5 +1220,159 @@ async fn a_shift_is_handed_over_and_acknowledged_in_the_audit_log() {
         .await
         .unwrap();
     assert!(log.contains(&format!(">{of}<")), "{log}");
+    drop((w, b));
+}
+
+/// An administrator manages the accounts in the browser under `detente user add`'s rules:
+/// every invalid field is named next to itself, in form order; an added account signs in;
+/// a reset password replaces the old one and ends the account's sessions; a disabled
+/// account can neither sign in nor keep its session, and a reset enables it again; nobody
+/// disables themselves. Every change is in the audit log under the administrator's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_add_disable_and_reset_accounts_in_the_browser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    detente::users::create(&w.dir, "admin1", Role::Admin, TEST_PASSWORD, None)
+        .await
+        .unwrap();
+    let admin = login(&w, "admin1").await;
+    let add =
+        |login: &'static str, role: &'static str, password: &'static str, again: &'static str| {
+            vec![
+                ("action", "add"),
+                ("login", login),
+                ("role", role),
+                ("lang", "zh-CN"),
+                ("password", password),
+                ("password_again", again),
+            ]
+        };
+    // Three invalid fields: three errors, each next to its field, in form order.
+    let r = admin
+        .form(
+            "/console/users",
+            &add("bad login", "king", "short", "short"),
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = r.text().await.unwrap();
+    let at = |id: &str| {
+        page.find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("{id}: {page}"))
+    };
+    assert!(at("new-login") < at("err-new-login"));
+    assert!(at("err-new-login") < at("new-role"));
+    assert!(at("new-role") < at("err-new-role"));
+    assert!(at("err-new-role") < at("new-password"));
+    assert!(at("new-password") < at("err-new-password"));
+    assert!(page.contains("The password is too short."), "{page}");
+    assert!(page.contains("value=\"bad login\""), "what was typed stays");
+    assert!(
+        !page.contains("value=\"short\""),
+        "a password is never sent back"
+    );
+    let r = admin
+        .form(
+            "/console/users",
+            &add("duty", "watch", "long enough", "long enougH"),
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("id=\"err-new-login\""),
+        "an existing login: {page}"
+    );
+    assert!(page.contains("id=\"err-new-password-again\""), "{page}");
+
+    // Added: it signs in, in its language.
+    let r = admin
+        .form(
+            "/console/users",
+            &add("night.1", "watch", "first password", "first password"),
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let list = admin.get("/console/users").await.text().await.unwrap();
+    assert!(list.contains("data-login=\"night.1\""), "{list}");
+    let night = login_with(&w, "night.1", "first password").await;
+    assert!(night
+        .get("/console")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("lang=\"zh-CN\""));
+
+    // Reset: the old password and the old session end.
+    let reset = [
+        ("action", "reset"),
+        ("login", "night.1"),
+        ("password", "second password"),
+        ("password_again", "second password"),
+    ];
+    assert_eq!(
+        admin.form("/console/users", &reset, true).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        night.get("/console").await.status(),
+        StatusCode::SEE_OTHER,
+        "session ended"
+    );
+    let base = format!("http://{}", w.console_addr);
+    let r = post_login(&client(), &base, "night.1", "first password").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let night = login_with(&w, "night.1", "second password").await;
+
+    // Disabled: its session ends and no password signs it in; a reset enables it again.
+    let disable = [("action", "disable"), ("login", "night.1")];
+    assert_eq!(
+        admin.form("/console/users", &disable, true).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        night.get("/console").await.status(),
+        StatusCode::SEE_OTHER,
+        "session ended"
+    );
+    let r = post_login(&client(), &base, "night.1", "second password").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = post_login(&client(), &base, "night.1", "!disabled").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let list = admin.get("/console/users").await.text().await.unwrap();
+    assert!(!list.contains("id=\"disable-night.1\""), "already disabled");
+    let self_disable = [("action", "disable"), ("login", "admin1")];
+    let r = admin.form("/console/users", &self_disable, true).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let reset = [
+        ("action", "reset"),
+        ("login", "night.1"),
+        ("password", "third password"),
+        ("password_again", "third password"),
+    ];
+    assert_eq!(
+        admin.form("/console/users", &reset, true).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    login_with(&w, "night.1", "third password").await;
+
+    let log = admin
+        .get("/console/audit?login=admin1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    for action in ["user-add", "user-password-reset", "user-disable"] {
+        assert!(
+            log.contains(&format!("<td translate=\"no\">{action}</td>")),
+            "audit log lacks {action}: {log}"
+        );
+    }
+    assert!(log.contains("night.1 watch"), "{log}");
     drop((w, b));
 }

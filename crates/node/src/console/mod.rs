@@ -7,8 +7,9 @@
 //!   forms): a typed view of the API's JSON, rendered by maud templates.
 //! - [`oidc`]: sign-in through the organization's OpenID Connect provider (code flow, PKCE).
 //! - [`pages`]: the pages and the forms they post.
-//! - [`records`]: link health, the transcript's checks, the counterparts, the audit log and
-//!   the users: typed view models rendered by maud templates.
+//! - [`records`]: link health, the transcript's checks, the counterparts and the audit log:
+//!   typed view models rendered by maud templates.
+//! - [`users`]: the accounts, for administrators: add, disable, reset a password (audited).
 //! - [`queue`]: the "needs action" queue and the alarm banner, from one source of deadline
 //!   state.
 //! - [`search`]: the full-text search index over texts and notifications, filled when
@@ -35,6 +36,7 @@ pub mod records;
 pub mod search;
 pub mod sse;
 pub mod status;
+pub mod users;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -129,7 +131,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/counterparts", get(records::counterparts))
         .route("/console/audit", get(records::audit_log))
         .route("/console/audit/export.csv", get(records::audit_csv))
-        .route("/console/users", get(records::users))
+        .route("/console/users", get(users::page).post(users::post))
         .route("/console/lang", post(pages::set_lang))
         .route("/console/density", post(pages::set_density))
         .route("/console/settings", get(pages::settings))

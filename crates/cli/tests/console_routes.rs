@@ -317,7 +317,7 @@ async fn every_route_checks_session_role_and_csrf() {
         let flash = [
             ("to", "beijing"),
             ("precedence", "flash"),
-            ("topic", "test"),
+            ("topic", "general"),
             ("text", "flash from the route test"),
             ("lang", "en"),
         ];
@@ -1374,5 +1374,76 @@ async fn admins_add_disable_and_reset_accounts_in_the_browser() {
         );
     }
     assert!(log.contains("night.1 watch"), "{log}");
+    drop((w, b));
+}
+
+/// Wait (bounded) until `node` has agreed a charter with `peer`.
+async fn wait_for_charter(node: &ProcNode, peer: &str) {
+    let client = node.client().unwrap();
+    for _ in 0..300 {
+        let c = client
+            .get(&format!("/api/v1/peers/{peer}/charter"))
+            .await
+            .unwrap();
+        if c["state"] == "agreed" || c["agreed"].is_object() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no charter with {peer}");
+}
+
+/// Compose offers the charter's topics (`general` and each agreed format's) by name in the
+/// operator's language, and refuses one off the list next to the topic field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_offers_the_charter_topics_in_the_operators_language() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    wait_for_charter(&w, "beijing").await;
+    wait_for_charter(&b, "washington").await;
+    let chief = login(&w, "chief").await;
+    let page = chief.get("/console/compose").await.text().await.unwrap();
+    assert!(
+        page.contains("<select id=\"topic\" name=\"topic\""),
+        "{page}"
+    );
+    for (topic, name) in [
+        ("general", "General"),
+        ("cyber", "Cyber"),
+        ("launch", "Launch"),
+    ] {
+        assert!(
+            page.contains(&format!("<option value=\"{topic}\"")) && page.contains(name),
+            "{topic}: {page}"
+        );
+    }
+    let zh = login(&b, "chief").await;
+    let page = zh.get("/console/compose").await.text().await.unwrap();
+    assert!(page.contains(">一般事务</option>"), "{page}");
+    assert!(page.contains(">发射</option>"), "{page}");
+
+    let send = |topic: &'static str| {
+        [
+            ("to", "beijing"),
+            ("precedence", "routine"),
+            ("topic", topic),
+            ("text", "topic test"),
+            ("lang", "en"),
+        ]
+    };
+    let r = chief.form("/console/compose", &send("made-up"), true).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("id=\"err-topic\""), "{page}");
+    assert!(page.contains("Choose one of the charter"), "{page}");
+    let r = chief.form("/console/compose", &send("cyber"), true).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // The timeline names the topic in the operator's language.
+    let timeline = chief.get("/console").await.text().await.unwrap();
+    assert!(
+        timeline.contains("<span data-topic=\"cyber\">Cyber</span>"),
+        "{timeline}"
+    );
     drop((w, b));
 }

@@ -291,7 +291,7 @@ pub fn item(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
             div.msg-head {
                 (precedence(shared, op, &m.precedence)) " " (answer_state(shared, op, m)) " "
                 span.who { (who) } " · "
-                span.topic { (tr(shared, op, "topic")) ": " span translate="no" { (m.topic) } } " · "
+                span.topic { (tr(shared, op, "topic")) ": " (super::pages::topic_markup(shared, &op.lang, &m.topic)) } " · "
                 span.author { (tr(shared, op, "author")) ": " span translate="no" { (m.author) } } " · "
                 span.seq { "#" @if let Some(seq) = m.seq { (seq) } }
             }

@@ -1187,6 +1187,77 @@ fn format_fields(
     }
 }
 
+/// The topics compose offers: `general` and the topic of each format a charter with a peer
+/// agrees, sorted, once each; none before any charter is agreed (then the topic is typed).
+pub(super) fn charter_topics(shared: &Shared) -> Vec<String> {
+    let mut topics = std::collections::BTreeSet::new();
+    for entry in shared.table.all() {
+        let Some(charter) = shared.charter(&entry.name) else {
+            continue;
+        };
+        topics.insert("general".to_string());
+        for f in &charter.formats {
+            if let Some(def) = detente_formats::builtin().get(&f.id, f.version) {
+                topics.insert(def.topic.clone());
+            }
+        }
+    }
+    topics.into_iter().collect()
+}
+
+/// A topic's name in the operator's language (`topic-` and the topic); the topic otherwise.
+pub fn topic_name(shared: &Shared, lang: &str, topic: &str) -> String {
+    let key = format!("topic-{topic}");
+    let name = shared.console.i18n.text(lang, &key);
+    if name == key {
+        topic.to_string()
+    } else {
+        name
+    }
+}
+
+/// A topic as shown: its name in the operator's language, or (a topic without a name, as
+/// a peer may send) the topic itself, marked as a name not to translate.
+pub fn topic_markup(shared: &Shared, lang: &str, topic: &str) -> Markup {
+    let name = topic_name(shared, lang, topic);
+    html! {
+        @if name == topic {
+            span translate="no" data-topic=(topic) { (topic) }
+        } @else {
+            span data-topic=(topic) { (name) }
+        }
+    }
+}
+
+/// The topic: a select of the charter's topics in the operator's language, or a text box
+/// when no charter is agreed yet. A posted topic off the list stays choosable (and is
+/// reported next to the field).
+fn topic_field(shared: &Shared, op: &Operator, shown: &str, state: &FieldState) -> Markup {
+    let topics = charter_topics(shared);
+    html! {
+        p {
+            label for="topic" { (tr(shared, op, "topic")) }
+            @if topics.is_empty() {
+                input #topic name="topic" maxlength=(TOPIC_CHARS_MAX) value=(shown)
+                    aria-invalid=[state.invalid()] aria-describedby=[&state.described];
+            } @else {
+                select #topic name="topic" aria-invalid=[state.invalid()]
+                    aria-describedby=[&state.described] {
+                    @for topic in &topics {
+                        option value=(topic) selected[topic == shown] {
+                            (topic_name(shared, &op.lang, topic))
+                        }
+                    }
+                    @if !topics.iter().any(|t| t == shown) {
+                        option value=(shown) selected { (topic_name(shared, &op.lang, shown)) }
+                    }
+                }
+            }
+            (state.message())
+        }
+    }
+}
+
 /// What the compose form shows in its fields: the form as posted, or what a format proposes.
 struct ComposeDefaults {
     precedence: String,
@@ -1265,12 +1336,7 @@ fn compose_html(
                 }
                 (prec.message())
             }
-            p {
-                label for="topic" { (t("topic")) }
-                input #topic name="topic" maxlength=(TOPIC_CHARS_MAX) value=(shown.topic)
-                    aria-invalid=[topic.invalid()] aria-describedby=[&topic.described];
-                (topic.message())
-            }
+            (topic_field(shared, op, &shown.topic, &topic))
             p {
                 label for="lang" { (t("text-language")) }
                 select #lang name="lang" aria-invalid=[lang.invalid()] aria-describedby=[&lang.described] {
@@ -1354,6 +1420,7 @@ fn check_common(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErro
         Some(_) => {}
     }
     let topic = form.topic.trim();
+    let topics = charter_topics(shared);
     if topic.is_empty() || topic.chars().count() > TOPIC_CHARS_MAX {
         put(
             "topic",
@@ -1364,6 +1431,8 @@ fn check_common(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErro
                 &[("max", TOPIC_CHARS_MAX.to_string())],
             ),
         );
+    } else if !topics.is_empty() && !topics.iter().any(|t| t == topic) {
+        put("topic", tr(shared, op, "error-topic-charter"));
     }
     let lang = form.lang.trim();
     let lang_ok = !lang.is_empty()

@@ -1447,3 +1447,117 @@ async fn compose_offers_the_charter_topics_in_the_operators_language() {
     );
     drop((w, b));
 }
+
+/// The launch's two areas on the offline map: on the receiver's message page (labelled in
+/// its operator's language, the coastline data served from the binary), on the print view,
+/// and in the sender's compose preview, which sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_shows_its_areas_on_the_offline_map_and_in_the_compose_preview() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let fields: Vec<Value> = [
+        ("window_start", "2030-01-01T10:00:00Z"),
+        ("window_end", "2030-01-01T12:00:00Z"),
+        ("launch_area", "circle:34.7,-120.6,30"),
+        ("impact_area", "circle:9.4,167.5,100"),
+        ("count", "1"),
+        ("category", "icbm"),
+    ]
+    .iter()
+    .map(|(k, v)| json!({"key": k, "value": v}))
+    .collect();
+    let body = json!({"to": "beijing", "format": "launch", "fields": fields});
+    let id = detente::screenshots::deliver(&w, &b, &body).await.unwrap();
+    let chief = login(&b, "chief").await;
+    for path in [
+        format!("/console/messages/{id}"),
+        format!("/console/messages/{id}/print"),
+    ] {
+        let page = chief.get(&path).await.text().await.unwrap();
+        let map = page
+            .split("<svg class=\"map\" id=\"message-map\" role=\"img\"")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no map on {path}: {page}"))
+            .split("</svg>")
+            .next()
+            .unwrap();
+        assert!(
+            map.contains("<title id=\"message-map-title\">地图："),
+            "{map}"
+        );
+        assert_eq!(
+            map.matches("<ellipse class=\"area area-").count(),
+            2,
+            "{map}"
+        );
+        assert!(map.contains("<path class=\"land\""), "coastlines: {map}");
+        assert!(
+            map.contains("发射区域") || map.contains("发射"),
+            "labels in Chinese: {map}"
+        );
+        assert!(
+            !map.contains("<script") && !map.contains("href"),
+            "nothing from elsewhere"
+        );
+    }
+    // A text has no map.
+    let text = detente::screenshots::deliver(&w, &b, &json!({"to": "beijing", "text": "hi"}))
+        .await
+        .unwrap();
+    let page = chief
+        .get(&format!("/console/messages/{text}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("<svg class=\"map\""));
+
+    // The sender previews the areas typed so far; nothing is sent.
+    let duty = login(&w, "duty").await;
+    let before = w
+        .client()
+        .unwrap()
+        .get("/api/v1/messages?direction=out")
+        .await
+        .unwrap();
+    let r = duty
+        .form(
+            "/console/compose",
+            &[
+                ("to", "beijing"),
+                ("precedence", "priority"),
+                ("topic", "launch"),
+                ("lang", "en"),
+                ("format", "launch"),
+                ("f.launch_area", "circle:34.7,-120.6,30"),
+                ("f.impact_area", "polygon:9,167;10,168;9,169"),
+                ("preview", "map"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("<svg class=\"map\" id=\"compose-map\""),
+        "{page}"
+    );
+    assert!(page.contains("<polygon class=\"area area-1\""), "{page}");
+    assert!(
+        page.contains("value=\"circle:34.7,-120.6,30\""),
+        "the form keeps what was typed"
+    );
+    assert!(page.contains("id=\"compose-map-preview\""), "{page}");
+    let after = w
+        .client()
+        .unwrap()
+        .get("/api/v1/messages?direction=out")
+        .await
+        .unwrap();
+    assert_eq!(
+        before.as_array().unwrap().len(),
+        after.as_array().unwrap().len()
+    );
+    drop((w, b));
+}

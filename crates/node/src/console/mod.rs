@@ -3,6 +3,8 @@
 //!
 //! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
 //! - [`handover`]: the shift handover, signed off and acknowledged in the audit log.
+//! - [`map`]: the offline world map (Natural Earth coastlines) with a notification's areas
+//!   and points, as server-rendered SVG.
 //! - [`messages`]: how a message shows (timeline item, its page, the answer and decline
 //!   forms): a typed view of the API's JSON, rendered by maud templates.
 //! - [`oidc`]: sign-in through the organization's OpenID Connect provider (code flow, PKCE).
@@ -28,6 +30,7 @@ pub mod auth;
 pub mod handover;
 pub mod html;
 pub mod i18n;
+pub mod map;
 pub mod messages;
 pub mod oidc;
 pub mod pages;

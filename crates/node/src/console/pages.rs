@@ -946,6 +946,8 @@ pub struct ComposeForm {
     /// Times picked in the node's time zone (`fl.KEY`, `fl.KEY.start`, `fl.KEY.end`), by
     /// what follows `fl.`: turned into the UTC fields they stand for before checking.
     local_times: BTreeMap<String, String>,
+    /// `map`: show the typed areas and points on the map instead of sending.
+    preview: String,
 }
 
 /// Fields of one form, at most (a format has far fewer).
@@ -964,6 +966,7 @@ impl ComposeForm {
                 "lang" => form.lang = v,
                 "reply_to" => form.reply_to = v,
                 "format" => form.format = v,
+                "preview" => form.preview = v,
                 _ => {
                     if let Some(key) = k.strip_prefix("f.") {
                         form.fields.insert(key.to_string(), v);
@@ -1181,6 +1184,13 @@ fn format_fields(
                         }
                     }
                     (state.message())
+                }
+            }
+            @if d.fields.iter().any(|f| f.type_name.starts_with("geo-")) {
+                p {
+                    button type="submit" name="preview" value="map" #compose-map-preview {
+                        (tr(shared, op, "compose-map-preview"))
+                    }
                 }
             }
         }
@@ -1574,6 +1584,27 @@ fn check_notification(
     }
 }
 
+/// The compose form again, with the areas and points typed so far on the map above it;
+/// nothing is sent.
+async fn compose_map_preview(shared: &Shared, op: &Operator, form: &ComposeForm) -> Response {
+    let shapes = match form.format_def() {
+        Some(def) => super::map::shapes(&def.id, &op.lang, |k| form.fields.get(k).cloned()),
+        None => Vec::new(),
+    };
+    let main = html! {
+        section.map-preview aria-labelledby="map-preview-title" {
+            h2 #map-preview-title { (tr(shared, op, "compose-map-preview-title")) }
+            @if shapes.is_empty() {
+                p #map-preview-empty { (tr(shared, op, "compose-map-preview-empty")) }
+            }
+            (super::map::figure(shared, op, &shapes, "compose-map"))
+        }
+        (compose_html(shared, op, form, &FieldErrors::new()))
+    };
+    let title = tr(shared, op, "nav-compose");
+    html(StatusCode::OK, live_page(shared, op, &title, main).await)
+}
+
 pub async fn compose_send(
     State(shared): Shr,
     op: Operator,
@@ -1588,6 +1619,9 @@ pub async fn compose_send(
     if !op.role.can_compose() {
         audit(&shared, &op.login, "refused", "compose", source).await;
         return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
+    }
+    if form.preview == "map" {
+        return compose_map_preview(&shared, &op, &form).await;
     }
     let mut errors = check_common(&shared, &op, &form);
     if errors.contains_key("precedence") && Precedence::parse(&form.precedence).is_some() {

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use crate::events::Event;
 use crate::hooks::{HookEvent, Targets};
+pub use crate::peers::PeerAlarms;
 use crate::writer::SendRequest;
 use crate::{now_ms, Shared};
 
@@ -43,23 +44,6 @@ use crate::{now_ms, Shared};
 pub const LINK_POLL: Duration = Duration::from_millis(200);
 /// Messages tracked for deadlines at most (the newest pending ones are loaded on start).
 pub const TRACKED_MAX: usize = 200_000;
-
-/// What `status` shows about one peer's alarms.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerAlarms {
-    /// The link is down after having been up (alarm raised, not yet cleared).
-    pub link_down: bool,
-    /// The last link test was not confirmed in time.
-    pub test_missed: bool,
-    /// When the last link test was confirmed (wall clock ms).
-    pub last_test_ms: Option<i64>,
-    /// Our messages past a deadline without the receipt they need.
-    pub overdue_out: u64,
-    /// The peer's messages we have not answered in time.
-    pub overdue_in: u64,
-    /// The peer's messages not answered yet (in time or not).
-    pub unanswered_in: u64,
-}
 
 /// The deadlines that apply on the channel with `peer`: the agreed charter's (the stricter
 /// of both parties' values), or this node's own configuration before the first agreement.

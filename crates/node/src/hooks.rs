@@ -111,7 +111,7 @@ impl HookEvent {
             } => json!({
                 "peer": peer, "id": id.to_hex(), "seq": seq, "direction": direction,
                 "precedence": precedence, "topic": topic, "needed": needed,
-                "due_at": crate::api::time_text(*due_at_ms),
+                "due_at": crate::time_text(*due_at_ms),
             }),
             HookEvent::LinkDown { peer } | HookEvent::LinkRestored { peer } => {
                 json!({ "peer": peer })
@@ -121,7 +121,7 @@ impl HookEvent {
         };
         v["event"] = json!(self.name());
         v["node"] = json!(node);
-        v["at"] = json!(crate::api::time_text(at_ms));
+        v["at"] = json!(crate::time_text(at_ms));
         v
     }
 }

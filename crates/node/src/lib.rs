@@ -17,12 +17,15 @@ pub mod driver;
 pub mod events;
 pub mod gate;
 pub mod hooks;
+pub mod http;
+pub mod i18n;
 pub mod lease;
 pub mod link;
 pub mod metrics;
 pub mod notify;
-pub mod openapi;
+pub mod operators;
 pub mod peers;
+pub mod service;
 pub mod snapshot;
 pub mod tls;
 pub mod transcript;
@@ -54,6 +57,14 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// RFC 3339 UTC with exactly three fractional digits, so that times sort as text too.
+pub fn time_text(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(
+        |_| ms.to_string(),
+        |t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
 }
 
 /// Errors starting a node.
@@ -283,7 +294,7 @@ impl Node {
         node.tasks
             .push(tokio::spawn(accept_peers(shared.clone(), peer_listener)));
         node.tasks
-            .push(tokio::spawn(api::serve(shared.clone(), console_listener)));
+            .push(tokio::spawn(http::serve(shared.clone(), console_listener)));
         check_stream_tails(&shared).await;
         write_run_file(&shared);
         tracing::info!(
@@ -361,7 +372,7 @@ async fn check_stream_tails(shared: &Arc<Shared>) {
                     sender.fingerprint(),
                     entry.name
                 );
-                api::tampered_alarm(shared, &entry.name, &detail);
+                transcript::tampered_alarm(shared, &entry.name, &detail);
             }
         }
     }
@@ -566,5 +577,17 @@ fn log_refusals(shared: &Shared, remote: SocketAddr, why: &str) {
             "refusing inbound peer connections ({count} since the last such line; \
              see /metrics detente_peer_connections_refused_total and status refused_keys)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_text;
+
+    #[test]
+    fn times_have_fixed_width_and_sort_as_text() {
+        assert_eq!(time_text(1_700_000_000_200), "2023-11-14T22:13:20.200Z");
+        assert_eq!(time_text(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert!(time_text(1_700_000_000_200) < time_text(1_700_000_000_210));
     }
 }

@@ -23,7 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::api::ApiError;
+use crate::service::Error as ApiError;
 use crate::{now_ms, Shared};
 
 /// The content type of the OpenMetrics text format.

@@ -53,14 +53,31 @@ impl Default for LinkStatus {
     }
 }
 
+/// What `status` shows about one peer's alarms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerAlarms {
+    /// The link is down after having been up (alarm raised, not yet cleared).
+    pub link_down: bool,
+    /// The last link test was not confirmed in time.
+    pub test_missed: bool,
+    /// When the last link test was confirmed (wall clock ms).
+    pub last_test_ms: Option<i64>,
+    /// Our messages past a deadline without the receipt they need.
+    pub overdue_out: u64,
+    /// The peer's messages we have not answered in time.
+    pub overdue_in: u64,
+    /// The peer's messages not answered yet (in time or not).
+    pub unanswered_in: u64,
+}
+
 /// One pinned peer.
 pub struct PeerEntry {
     pub name: String,
     pub key: PartyKey,
     pub addrs: Vec<String>,
     pub status: RwLock<LinkStatus>,
-    /// Alarms on this peer, kept by the watch task ([`crate::deadlines`]).
-    pub alarms: RwLock<crate::deadlines::PeerAlarms>,
+    /// Alarms on this peer, kept by the deadline watch task.
+    pub alarms: RwLock<PeerAlarms>,
     /// Bit `p` set: envelopes of precedence `p` were written for this peer.
     written: AtomicU8,
     pub wake: Notify,

@@ -445,3 +445,24 @@ pub fn checkpoint_json(signed: &detente_proto::checkpoint::SignedCheckpoint) -> 
         })).collect::<Vec<_>>(),
     })
 }
+
+/// Raise the alarm for a stored row that fails verification, once per detail text (a page
+/// listed again does not repeat it), at most [`TAMPERED_ALARMS_MAX`] distinct ones kept.
+pub(crate) fn tampered_alarm(shared: &crate::Shared, peer: &str, detail: &str) {
+    let first = shared.tampered.lock().is_ok_and(|mut seen| {
+        if seen.len() >= TAMPERED_ALARMS_MAX {
+            seen.clear();
+        }
+        seen.insert(detail.to_string())
+    });
+    if first {
+        tracing::error!(peer, "{detail}");
+        shared.events.publish(crate::events::Event::Alarm {
+            peer: peer.to_string(),
+            detail: detail.to_string(),
+        });
+    }
+}
+
+/// Distinct tampered-row alarms remembered (to raise each once), at most.
+const TAMPERED_ALARMS_MAX: usize = 1024;

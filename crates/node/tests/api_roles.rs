@@ -26,13 +26,15 @@ use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// (method, path) pairs registered in `router()`, parsed from its source.
+/// (method, path) pairs registered in `routes()`, parsed from its source.
 fn routed() -> BTreeSet<(String, String)> {
-    let source = include_str!("../src/api.rs");
-    let start = source.find("pub fn router(").expect("router() in api.rs");
+    let source = include_str!("../src/api/mod.rs");
+    let start = source
+        .find("pub fn routes(")
+        .expect("routes() in api/mod.rs");
     let body = &source[start..];
     let end = body
-        .find("Router::new()\n        .route(\"/healthz\"")
+        .find("    Router::new()\n        .route(\n")
         .expect("the outer router");
     let mut out = BTreeSet::new();
     for line in body[..end].lines() {

@@ -20,7 +20,7 @@ use detente_node::Node;
 use serde_json::Value;
 
 fn document() -> Value {
-    serde_json::from_str(detente_node::openapi::document()).expect("the document is JSON")
+    serde_json::from_str(detente_node::api::openapi::document()).expect("the document is JSON")
 }
 
 /// (METHOD, path under /api/v1) of every operation in the document.

@@ -5,11 +5,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+pub use crate::operators::{same_secret, token_hash, Role, ROLES};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use detente_proto::Precedence;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 /// Longest password accepted (argon2 accepts more; nobody types more).
 pub const PASSWORD_BYTES_MAX: usize = 1024;
@@ -44,89 +43,6 @@ pub const PASSWORD_CHECKS_WAITING_MAX: usize = 8;
 /// Failed logins from one address between two audit rows (the rows in between are counted
 /// in the next one, not written one by one).
 pub const LOGIN_FAILURES_PER_AUDIT_ROW: u32 = 5;
-
-/// An operator's role (docs/spec.md §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Reads, drafts, sends PRIORITY and ROUTINE, marks read.
-    Watch,
-    /// Also sends FLASH and IMMEDIATE; acknowledges and declines.
-    Supervisor,
-    /// Acknowledges and declines on the party's behalf; sends at every precedence.
-    Principal,
-    /// Reads everything, exports, reads the audit log; changes nothing.
-    Auditor,
-    /// Users and peers; cannot send or answer.
-    Admin,
-}
-
-pub const ROLES: [Role; 5] = [
-    Role::Watch,
-    Role::Supervisor,
-    Role::Principal,
-    Role::Auditor,
-    Role::Admin,
-];
-
-impl Role {
-    pub fn parse(text: &str) -> Option<Role> {
-        ROLES.into_iter().find(|r| r.name() == text)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Watch => "watch",
-            Role::Supervisor => "supervisor",
-            Role::Principal => "principal",
-            Role::Auditor => "auditor",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn can_send(self, precedence: Precedence) -> bool {
-        match self {
-            Role::Watch => matches!(precedence, Precedence::Priority | Precedence::Routine),
-            Role::Supervisor | Role::Principal => true,
-            Role::Auditor | Role::Admin => false,
-        }
-    }
-
-    /// Any precedence at all.
-    pub fn can_compose(self) -> bool {
-        self.can_send(Precedence::Routine)
-    }
-
-    pub fn can_mark_read(self) -> bool {
-        matches!(self, Role::Watch | Role::Supervisor | Role::Principal)
-    }
-
-    /// Acknowledge or decline on the party's behalf.
-    pub fn can_answer(self) -> bool {
-        matches!(self, Role::Supervisor | Role::Principal)
-    }
-
-    pub fn can_export(self) -> bool {
-        matches!(self, Role::Auditor | Role::Supervisor | Role::Principal)
-    }
-
-    pub fn can_read_audit(self) -> bool {
-        matches!(self, Role::Auditor | Role::Admin)
-    }
-
-    pub fn can_admin(self) -> bool {
-        self == Role::Admin
-    }
-
-    /// Sign a checkpoint of a channel on the party's behalf.
-    pub fn can_checkpoint(self) -> bool {
-        matches!(self, Role::Supervisor | Role::Principal)
-    }
-
-    /// Add or replace glossary terms of a channel.
-    pub fn can_edit_glossary(self) -> bool {
-        matches!(self, Role::Supervisor | Role::Principal | Role::Admin)
-    }
-}
 
 /// A login name is 1–64 characters of letters, digits, `.`, `_`, `-`.
 pub fn valid_login(login: &str) -> bool {
@@ -185,20 +101,6 @@ pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
-}
-
-/// What the store keeps of a session token.
-pub fn token_hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// Compare secrets without leaking where they differ.
-pub fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// Counts login attempts per (source address, login name) and per source address in a
@@ -390,6 +292,7 @@ impl PasswordGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detente_proto::Precedence;
 
     #[test]
     fn roles_follow_the_spec() {

@@ -83,7 +83,7 @@ fn text_of(v: &Value) -> String {
 }
 
 impl MessageView {
-    /// The view of the API's JSON for a message ([`crate::api::message_json`]).
+    /// The view of the API's JSON for a message ([`crate::service::message_json`]).
     pub fn from_json(m: &Value) -> Self {
         let r = &m["receipts"];
         let translations = m["translations"]

@@ -29,7 +29,7 @@
 pub mod auth;
 pub mod handover;
 pub mod html;
-pub mod i18n;
+pub use crate::i18n;
 pub mod map;
 pub mod messages;
 pub mod oidc;
@@ -41,31 +41,23 @@ pub mod sse;
 pub mod status;
 pub mod users;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use detente_store::console::AuditRow;
 
-use crate::{now_ms, Shared};
-use auth::Role;
+pub use crate::operators::{
+    audit, cookie, session_operator, Operator, Source, CSRF_HEADER, DENSITY_COOKIE, SESSION_COOKIE,
+};
+use crate::Shared;
 
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "detente_session";
 /// The cookie that carries the login form's CSRF token (double submit: no session yet).
 pub const LOGIN_CSRF_COOKIE: &str = "detente_login_csrf";
-/// The cookie that remembers the operator's display density (`compact`) in this browser.
-pub const DENSITY_COOKIE: &str = "detente_density";
-/// The header a script sends its CSRF token in.
-pub const CSRF_HEADER: &str = "x-csrf-token";
-/// Audit detail text kept, at most.
-const AUDIT_DETAIL_CHARS_MAX: usize = 500;
 
 /// Per-node console state that is not in the store.
 pub struct ConsoleState {
@@ -192,18 +184,6 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
         .into_response()
 }
 
-/// The value of one cookie in the request.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 /// A `Set-Cookie` value with the attributes every console cookie carries.
 pub fn set_cookie(shared: &Shared, name: &str, value: &str, max_age_s: i64) -> String {
     let secure = if shared.console.secure_cookies {
@@ -212,51 +192,6 @@ pub fn set_cookie(shared: &Shared, name: &str, value: &str, max_age_s: i64) -> S
         ""
     };
     format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}")
-}
-
-/// A logged-in operator, resolved from the session cookie.
-#[derive(Debug, Clone)]
-pub struct Operator {
-    pub login: String,
-    pub role: Role,
-    pub lang: String,
-    pub csrf: String,
-    pub token_hash: [u8; 32],
-    /// When the session ends (event streams close then).
-    pub expires_at_ms: i64,
-    /// Show messages compactly (one line of head, less spacing): a browser's choice.
-    pub compact: bool,
-}
-
-impl Operator {
-    /// Whether `presented` is this session's CSRF token.
-    pub fn csrf_ok(&self, presented: &str) -> bool {
-        auth::same_secret(presented, &self.csrf)
-    }
-}
-
-/// The operator of the session in `headers`, if it is live.
-pub async fn session_operator(shared: &Shared, headers: &HeaderMap) -> Option<Operator> {
-    let token = cookie(headers, SESSION_COOKIE)?;
-    if token.len() != 64 {
-        return None;
-    }
-    let hash = auth::token_hash(token);
-    let (session, user) = shared
-        .store
-        .session(hash, now_ms() as i64)
-        .await
-        .ok()
-        .flatten()?;
-    Some(Operator {
-        login: user.login,
-        role: Role::parse(&user.role)?,
-        lang: user.lang,
-        csrf: session.csrf,
-        token_hash: hash,
-        expires_at_ms: session.expires_at_ms,
-        compact: cookie(headers, DENSITY_COOKIE) == Some("compact"),
-    })
 }
 
 /// What a page route answers without a live session: to the login page.
@@ -278,36 +213,5 @@ impl FromRequestParts<Arc<Shared>> for Operator {
         session_operator(shared, &parts.headers)
             .await
             .ok_or(NoSession)
-    }
-}
-
-/// Where a request came from (unspecified when the server was not asked to tell).
-pub struct Source(pub IpAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for Source {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Source(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
-        ))
-    }
-}
-
-/// Record an operator action. A failure to record is logged; the action already happened
-/// (it is durable in the transcript), so it is not undone.
-pub async fn audit(shared: &Shared, login: &str, action: &str, detail: &str, source: IpAddr) {
-    let row = AuditRow {
-        at_ms: now_ms() as i64,
-        login: login.to_string(),
-        action: action.to_string(),
-        detail: detail.chars().take(AUDIT_DETAIL_CHARS_MAX).collect(),
-        source: source.to_string(),
-    };
-    if let Err(e) = shared.store.append_audit(&row).await {
-        tracing::error!(error = %e, action, login, "cannot write the audit log");
     }
 }

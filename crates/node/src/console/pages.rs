@@ -17,7 +17,7 @@ use super::auth;
 use super::html::{csrf_input, live_page, page, url_value};
 use super::messages::{self, MessageView};
 use super::{audit, cookie, set_cookie, Operator, Source, LOGIN_CSRF_COOKIE, SESSION_COOKIE};
-use crate::api::{self, SendBody};
+use crate::service::{self, SendBody};
 use crate::{now_ms, Shared};
 
 /// Messages on one timeline page (older ones are on the next pages).
@@ -376,7 +376,7 @@ pub(super) fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
 
 /// A time as both clocks show it, in a `<time>` element that carries its ISO value.
 pub(super) fn time_markup(shared: &Shared, lang: &str, ms: i64) -> Markup {
-    html! { time datetime=(api::time_text(ms)) { (both_times(shared, lang, ms)) } }
+    html! { time datetime=(crate::time_text(ms)) { (both_times(shared, lang, ms)) } }
 }
 
 /// "1h 02m 03s".
@@ -558,7 +558,7 @@ async fn timeline_html(shared: &Shared, op: &Operator, f: &TimelineFilter) -> Ma
     let rows = shared.store.timeline(f.query()).await.unwrap_or_default();
     let mut list = Vec::with_capacity(rows.len());
     for row in &rows {
-        if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
+        if let Ok(v) = service::message_json(shared, row, Some(&op.lang)).await {
             list.push(MessageView::from_json(&v));
         }
     }
@@ -709,7 +709,7 @@ async fn message_detail(shared: &Shared, op: &Operator, m: &MessageView) -> Mark
             .await
             .unwrap_or_default();
         for row in &rows {
-            if let Ok(v) = api::message_json(shared, row, Some(&op.lang)).await {
+            if let Ok(v) = service::message_json(shared, row, Some(&op.lang)).await {
                 replies.push(MessageView::from_json(&v));
             }
         }
@@ -723,7 +723,9 @@ async fn find_message(shared: &Shared, op: &Operator, id: &str) -> Option<Messag
     if row.kind == 1 || row.kind == 2 {
         return None;
     }
-    let json = api::message_json(shared, &row, Some(&op.lang)).await.ok()?;
+    let json = service::message_json(shared, &row, Some(&op.lang))
+        .await
+        .ok()?;
     Some(MessageView::from_json(&json))
 }
 
@@ -913,7 +915,7 @@ pub async fn receipt(
         return decline_confirmation(&shared, &op, &id, &form.note).await;
     }
     let note = Some(form.note.trim().to_string()).filter(|n| !n.is_empty());
-    match api::answer(&shared, message_id, level, note.clone()).await {
+    match service::answer(&shared, message_id, level, note.clone()).await {
         Ok(_) => {
             let detail = format!("{} {id} {}", level.name(), note.unwrap_or_default());
             audit(&shared, &op.login, "receipt", &detail, source).await;
@@ -1677,7 +1679,7 @@ pub async fn compose_send(
             reply_to: Some(form.reply_to.clone()).filter(|r| !r.is_empty()),
             author: None,
         };
-        match api::send_one(&shared, body).await {
+        match service::send_one(&shared, body).await {
             Ok(sent) => {
                 let id = sent.id.to_hex();
                 let what = if form.format.is_empty() {

@@ -15,7 +15,7 @@ use maud::{html, Markup};
 
 use super::messages::MessageView;
 use super::Operator;
-use crate::{api, now_ms, Shared};
+use crate::{now_ms, service, Shared};
 
 /// Queue entries shown, at most (the earliest due; the header counts them all).
 pub const QUEUE_ROWS_MAX: u32 = 25;
@@ -104,7 +104,7 @@ pub async fn load(shared: &Shared, op: &Operator) -> Queue {
         let Ok(Some(row)) = shared.store.message(e.row.id).await else {
             continue;
         };
-        if let Ok(m) = api::message_json(shared, &row, Some(&op.lang)).await {
+        if let Ok(m) = service::message_json(shared, &row, Some(&op.lang)).await {
             entries.push((e, MessageView::from_json(&m)));
         }
     }

@@ -22,7 +22,7 @@ use super::pages::{
     both_times, html, language_name, refuse, time_markup, tr, tr_with, tz_label, VERIFY_TAIL_MAX,
 };
 use super::{audit, Operator, Source};
-use crate::api;
+use crate::service;
 use crate::{now_ms, Shared};
 
 type Shr = State<Arc<Shared>>;
@@ -399,7 +399,7 @@ pub async fn export(
     if shared.table.get(&q.peer).is_none() {
         return refuse(&shared, &op, StatusCode::NOT_FOUND, "error-peer-unknown");
     }
-    let body = match api::export_body(&shared, &q.peer).await {
+    let body = match service::export_body(&shared, &q.peer).await {
         Ok((body, _)) => body,
         Err(e) => {
             let title = tr(&shared, &op, "nav-transcript");
@@ -660,7 +660,7 @@ pub async fn audit_csv(
         .write_record(["time", "login", "action", "detail", "source"])
         .is_ok();
     for r in &rows {
-        let time = api::time_text(r.at_ms);
+        let time = crate::time_text(r.at_ms);
         let cells = [&time, &r.login, &r.action, &r.detail, &r.source].map(|c| csv_cell(c));
         written &= out.write_record(&cells).is_ok();
     }

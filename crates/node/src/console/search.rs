@@ -3,7 +3,7 @@
 //! index (`console_search`: SQLite FTS5 with trigrams, PostgreSQL pg_trgm).
 //!
 //! **Only verified words are indexed**: a message's words come from
-//! [`crate::api::message_json`], which verifies the envelope's signature first; a message
+//! [`crate::service::message_json`], which verifies the envelope's signature first; a message
 //! that does not verify is indexed with no words, so it is never found and never retried.
 //! The index is filled when someone searches ([`catch_up`]), newest first and in bounded
 //! batches, so the writer path is untouched and a search always sees what was just stored.
@@ -11,7 +11,7 @@
 use detente_store::console::SEARCH_BATCH_MAX;
 use detente_store::{MessageRow, Store};
 
-use crate::{api, Shared};
+use crate::{service, Shared};
 
 /// Batches indexed before one search, at most; what is left is indexed by the next searches
 /// (the page says so).
@@ -22,7 +22,7 @@ pub const CATCH_UP_BATCHES_MAX: u32 = 8;
 async fn words(shared: &Shared, row: &MessageRow) -> String {
     let mut parts: Vec<String> = Vec::new();
     for (lang, _) in super::i18n::LANGUAGES {
-        let Ok(m) = api::message_json(shared, row, Some(lang)).await else {
+        let Ok(m) = service::message_json(shared, row, Some(lang)).await else {
             return String::new();
         };
         if m["tampered"] == true {

@@ -78,7 +78,7 @@ impl Modify for Security {
         components.add_security_scheme(
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
-                crate::console::SESSION_COOKIE,
+                crate::operators::SESSION_COOKIE,
                 "A console session (log in at /login); changes also need X-CSRF-Token.",
             ))),
         );

@@ -10,8 +10,8 @@ use fluent_bundle::{FluentArgs, FluentResource};
 pub const LANGUAGES: &[(&str, &str)] = &[("en", "English"), ("zh-CN", "简体中文")];
 
 const SOURCES: &[(&str, &str)] = &[
-    ("en", include_str!("../../locales/console/en.ftl")),
-    ("zh-CN", include_str!("../../locales/console/zh-CN.ftl")),
+    ("en", include_str!("../locales/console/en.ftl")),
+    ("zh-CN", include_str!("../locales/console/zh-CN.ftl")),
 ];
 
 /// All bundles, loaded once at start-up.

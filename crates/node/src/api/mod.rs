@@ -9,24 +9,27 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::net::SocketAddr;
-
 use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use detente_proto::{Body, MessageId, Precedence, Receipt, ReceiptLevel, ReceiptTarget, TextBody};
-use detente_store::{Direction, InboxQuery, MessageRow, Placement, Store};
+use detente_proto::{MessageId, Precedence, ReceiptLevel};
+use detente_store::{Direction, InboxQuery, Placement, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
-use crate::console::{self, auth::Role, Operator};
+use crate::operators::{self, Operator, Role};
+/// The API answers the service's errors (its `IntoResponse` is here: the JSON shape).
+use crate::service::Error as ApiError;
+use crate::service::{
+    answer, build_request, export_body, internal, message_json, peer_entry, SendBody,
+};
+pub mod openapi;
+
 use crate::events::Event;
-use crate::writer::{SendRequest, WriteError};
-use crate::{now_ms, Shared};
+use crate::{now_ms, time_text, Shared};
 
 /// Messages in one batch send, at most.
 pub const SEND_BATCH_MAX: usize = 1000;
@@ -34,57 +37,8 @@ pub const SEND_BATCH_MAX: usize = 1000;
 pub const WAIT_MS_MAX: u64 = 600_000;
 /// Rows in one listing, at most.
 pub const LIST_LIMIT_MAX: u32 = 10_000;
-/// Largest request body.
-const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 type ApiResult = Result<Response, ApiError>;
-
-/// An error answer: a status and `{"error": ..., "hint": ...}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    error: String,
-    hint: Option<String>,
-    /// Every invalid field of a refused notification (answered only when there are some).
-    problems: Vec<crate::notify::Problem>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        Self {
-            status,
-            error: error.into(),
-            hint: None,
-            problems: Vec::new(),
-        }
-    }
-
-    fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    fn forbidden(what: &str, role: Role) -> Self {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("the {} role cannot {what}", role.name()),
-        )
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.error)?;
-        if let Some(hint) = &self.hint {
-            write!(f, " ({hint})")?;
-        }
-        Ok(())
-    }
-}
 
 /// Who is calling the API: the command line (the token: every right) or a console operator.
 #[derive(Debug, Clone)]
@@ -132,43 +86,6 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
-    }
-}
-
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> Self {
-        match &e {
-            WriteError::UnknownPeer(name) => ApiError::new(StatusCode::NOT_FOUND, e.to_string())
-                .hint(format!(
-                "add it with: detente peer add --dir DIR --name {name} --key KEY --addr HOST:PORT"
-            )),
-            WriteError::Invalid(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-            }
-            WriteError::Store(_) | WriteError::Stopped => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-            }
-        }
-    }
-}
-
-impl From<detente_store::StoreError> for ApiError {
-    fn from(e: detente_store::StoreError) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-    }
-}
-
-/// Serve the API until shutdown.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let mut shutdown = shared.shutdown.clone();
-    let app = router(shared).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "the API server stopped");
     }
 }
 
@@ -258,9 +175,9 @@ pub fn declared_access(method: &str, path: &str) -> Option<Access> {
 
 /// The route × role table, in Markdown (docs/api-roles.md is this text).
 pub fn route_table_markdown() -> String {
-    use crate::console::auth::ROLES;
+    use crate::operators::ROLES;
     let mut out = String::from(
-        "# API routes and roles\n\nGenerated from `crates/node/src/api.rs` (`ROUTES`); \
+        "# API routes and roles\n\nGenerated from `crates/node/src/api/mod.rs` (`ROUTES`); \
          a test fails when this file and the table differ. The API token (the command \
          line) may use every route. `yes` means a console session of that role may.\n\n",
     );
@@ -287,7 +204,8 @@ pub fn route_table_markdown() -> String {
     out
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The API's routes: `/api/v1/…` and `/metrics`, each behind the token or a session.
+pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
     let api = Router::new()
         .route("/id", get(id))
         .route("/status", get(status))
@@ -304,22 +222,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/messages/{id}/proof", get(proof).post(proof_signing))
         .route("/alarms", get(alarms))
         .route("/peers/{name}/charter", get(peer_charter))
-        .route("/openapi.json", get(crate::openapi::serve_document))
+        .route("/openapi.json", get(openapi::serve_document))
         .route_layer(middleware::from_fn(authorize))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .layer(middleware::from_fn(typed_rejections));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/metrics",
             get(crate::metrics::exposition)
-                .layer(middleware::from_fn_with_state(shared.clone(), authenticate)),
+                .layer(middleware::from_fn_with_state(shared, authenticate)),
         )
         .nest("/api/v1", api)
-        .merge(console::router())
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .layer(middleware::from_fn(console::security_headers))
-        .with_state(shared)
 }
 
 /// Longest plain-text refusal from axum's extractors or router that [`typed_rejections`]
@@ -436,12 +349,12 @@ async fn authenticate(
                 .hint("the command line reads the token from api.token in the node directory")
                 .into_response()
         }
-        None => match console::session_operator(&shared, request.headers()).await {
+        None => match operators::session_operator(&shared, request.headers()).await {
             Some(op) => {
                 let safe = matches!(request.method().as_str(), "GET" | "HEAD");
                 let csrf = request
                     .headers()
-                    .get(console::CSRF_HEADER)
+                    .get(operators::CSRF_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 if !safe && !op.csrf_ok(csrf) {
@@ -464,7 +377,7 @@ async fn authenticate(
 
 /// Record an action taken through the API.
 async fn audit_api(shared: &Shared, caller: &Caller, action: &str, detail: &str) {
-    console::audit(
+    operators::audit(
         shared,
         caller.login(),
         action,
@@ -483,8 +396,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     path = "/api/v1/id",
     tag = "node",
     responses(
-        (status = 200, description = "Who this node is.", body = crate::openapi::IdJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "Who this node is.", body = openapi::IdJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn id(State(shared): State<Arc<Shared>>) -> ApiResult {
@@ -498,13 +411,6 @@ async fn id(State(shared): State<Arc<Shared>>) -> ApiResult {
     .into_response())
 }
 
-fn internal() -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal state is unavailable",
-    )
-}
-
 /// Wall-clock milliseconds of a monotonic instant in the past.
 fn wall_ms(at: Instant) -> u64 {
     now_ms().saturating_sub(at.elapsed().as_millis() as u64)
@@ -515,8 +421,8 @@ fn wall_ms(at: Instant) -> u64 {
     path = "/api/v1/status",
     tag = "node",
     responses(
-        (status = 200, description = "Link health and backlog per peer, alarms and a verdict.", body = crate::openapi::StatusJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "Link health and backlog per peer, alarms and a verdict.", body = openapi::StatusJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
@@ -680,19 +586,12 @@ async fn alarm_list(shared: &Shared) -> Result<Vec<Value>, ApiError> {
     path = "/api/v1/alarms",
     tag = "node",
     responses(
-        (status = 200, description = "Every stored piece of equivocation evidence.", body = crate::openapi::AlarmsJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "Every stored piece of equivocation evidence.", body = openapi::AlarmsJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn alarms(State(shared): State<Arc<Shared>>) -> ApiResult {
     Ok(Json(json!({ "alarms": alarm_list(&shared).await? })).into_response())
-}
-
-fn peer_entry(shared: &Shared, name: &str) -> Result<Arc<crate::peers::PeerEntry>, ApiError> {
-    shared.table.get(name).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, format!("peer {name:?} is not known"))
-            .hint("list the peers with: detente peer list --dir DIR")
-    })
 }
 
 /// Sign a checkpoint of the channel now and send it to the peer for co-signing.
@@ -702,8 +601,8 @@ fn peer_entry(shared: &Shared, name: &str) -> Result<Arc<crate::peers::PeerEntry
     tag = "evidence",
     params(("name" = String, Path, description = "The peer's name, as pinned.")),
     responses(
-        (status = 200, description = "The checkpoint signed (and sent for co-signing).", body = crate::openapi::CheckpointJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "The checkpoint signed (and sent for co-signing).", body = openapi::CheckpointJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn checkpoint_now(
@@ -726,7 +625,7 @@ async fn checkpoint_now(
     params(("name" = String, Path, description = "The peer's name, as pinned.")),
     responses(
         (status = 200, description = "The channel as one export bundle (canonical CBOR; `detente verify` checks it).", content_type = "application/cbor", body = String),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn export(
@@ -747,78 +646,6 @@ async fn export(
         .into_response())
 }
 
-/// The export bundle of the channel with `name` (`detente verify` checks it) as a streamed
-/// body: memory per export is bounded by a page and a few chunks, whatever the length of
-/// the transcript. The first chunk is produced before answering, so that a failure in it (a
-/// tampered row near the start, a failing store) is still a clear error status; a later
-/// failure ends the body early (the bytes are then no bundle, and the verifier says so)
-/// and raises the alarm.
-pub(crate) async fn export_body(
-    shared: &Arc<Shared>,
-    name: &str,
-) -> Result<(axum::body::Body, crate::transcript::ExportPlan), ApiError> {
-    let entry = peer_entry(shared, name)?;
-    // The charter envelopes both sides signed (kind 6), appended ones only; they are also in
-    // the streams, and the verifier checks that every one is.
-    let charters = shared
-        .store
-        .messages_of_kind(
-            name,
-            detente_proto::envelope::KIND_CHARTER,
-            detente_proto::bundle::CHARTERS_MAX as u32,
-        )
-        .await?
-        .into_iter()
-        .filter(|m| m.placement == Placement::Appended)
-        .map(|m| m.bytes)
-        .collect();
-    let plan = crate::transcript::plan_export(
-        &shared.store,
-        &shared.secret.public(),
-        &entry.key,
-        charters,
-    )
-    .await
-    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let mut chunks = crate::transcript::stream_export(shared.store.clone(), plan.clone());
-    let first = chunks
-        .recv()
-        .await
-        .ok_or_else(internal)?
-        .map_err(|e| export_failed(shared, name, e))?;
-    let (shared, name) = (shared.clone(), name.to_string());
-    let stream = futures_util::stream::unfold((Some(first), chunks), move |(first, mut chunks)| {
-        let (shared, name) = (shared.clone(), name.clone());
-        async move {
-            let next = match first {
-                Some(chunk) => Ok(chunk),
-                None => chunks.recv().await?,
-            };
-            let item = next.map(axum::body::Bytes::from).map_err(|e| {
-                let error = export_failed(&shared, &name, e);
-                std::io::Error::other(error.to_string())
-            });
-            Some((item, (None, chunks)))
-        }
-    });
-    Ok((axum::body::Body::from_stream(stream), plan))
-}
-
-/// An export that failed: the alarm for a tampered row, and the answer it gets.
-fn export_failed(shared: &Shared, name: &str, e: crate::transcript::ExportError) -> ApiError {
-    match e {
-        crate::transcript::ExportError::Tampered(detail) => {
-            tampered_alarm(shared, name, &detail);
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, detail)
-                .hint("restore the database from a backup and compare with the peer's export")
-        }
-        crate::transcript::ExportError::Store(detail) => {
-            tracing::warn!(peer = name, "export stopped: {detail}");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail)
-        }
-    }
-}
-
 /// A self-contained inclusion proof of one message against the latest checkpoint that
 /// covers it (preferring one signed by every member). A GET changes nothing: with no
 /// covering checkpoint it answers 409; `POST` (what `detente proof` sends) signs one first.
@@ -828,8 +655,8 @@ fn export_failed(shared: &Shared, name: &str, e: crate::transcript::ExportError)
     tag = "evidence",
     params(("id" = String, Path, description = "The message id: 64 hex digits.", pattern = "^[0-9a-fA-F]{64}$")),
     responses(
-        (status = 200, description = "An inclusion proof against the latest checkpoint covering the message; 409 when none does.", body = crate::openapi::ProofJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "An inclusion proof against the latest checkpoint covering the message; 409 when none does.", body = openapi::ProofJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn proof(
@@ -847,8 +674,8 @@ async fn proof(
     tag = "evidence",
     params(("id" = String, Path, description = "The message id: 64 hex digits.", pattern = "^[0-9a-fA-F]{64}$")),
     responses(
-        (status = 200, description = "An inclusion proof, signing a checkpoint first when none covers the message.", body = crate::openapi::ProofJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "An inclusion proof, signing a checkpoint first when none covers the message.", body = openapi::ProofJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn proof_signing(
@@ -949,42 +776,6 @@ async fn make_proof(shared: &Shared, caller: &Caller, id: &str, may_sign: bool) 
     Ok(Json(crate::transcript::proof_json(&proof)).into_response())
 }
 
-/// A message to send, as the API accepts it.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct SendBody {
-    /// The peer's name.
-    pub to: String,
-    /// `flash`, `immediate`, `priority` or `routine`; routine for text, the format's for a
-    /// notification by default.
-    #[serde(default)]
-    #[schema(pattern = "^(flash|immediate|priority|routine)$")]
-    pub precedence: Option<String>,
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// Free text; or leave it out and give `format` and `fields`.
-    #[serde(default)]
-    pub text: Option<String>,
-    /// A structured notification: the format id (see `detente formats list`).
-    #[serde(default)]
-    pub format: Option<String>,
-    /// The format's version; its latest by default.
-    #[serde(default)]
-    pub format_version: Option<u32>,
-    #[serde(default)]
-    pub fields: Vec<crate::notify::FieldInput>,
-    /// Language of the text; the node's language by default.
-    #[serde(default)]
-    pub lang: Option<String>,
-    /// Courtesy translations of the text: `[language, text]` pairs.
-    #[serde(default)]
-    #[schema(value_type = Vec<Vec<String>>)]
-    pub translations: Vec<(String, String)>,
-    #[serde(default)]
-    pub reply_to: Option<String>,
-    #[serde(default)]
-    pub author: Option<String>,
-}
-
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SentJson {
     id: String,
@@ -1005,123 +796,6 @@ impl From<crate::writer::Sent> for SentJson {
     }
 }
 
-/// The envelope body of a send: free text, or a notification validated against its format
-/// (and the peer's charter) before anything is stored. Also the default precedence and
-/// topic (the format's, for a notification).
-fn request_body(
-    shared: &Shared,
-    body: &SendBody,
-    lang: &str,
-) -> Result<(Body, Precedence, String), ApiError> {
-    let unprocessable = |e: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e);
-    match (&body.text, &body.format) {
-        (Some(text), None) => Ok((
-            Body::Text(TextBody {
-                language: body.lang.clone().unwrap_or_else(|| lang.to_string()),
-                text: text.clone(),
-                translations: body.translations.clone(),
-            }),
-            Precedence::Routine,
-            "general".to_string(),
-        )),
-        (None, Some(id)) => {
-            let def = crate::notify::format(id, body.format_version).map_err(|e| {
-                unprocessable(e.to_string()).hint("see the formats with: detente formats list")
-            })?;
-            let text_lang = body.lang.clone().unwrap_or_else(|| lang.to_string());
-            let notification = crate::notify::build(def, &body.fields, &text_lang, now_ms())
-                .map_err(|e| invalid_notification(shared, def, &e, lang))?;
-            // The fields are checked first, so an operator learns of every mistake of theirs
-            // even before the channel is agreed. (An unknown peer is the writer's error.)
-            if shared.table.get(&body.to).is_some() {
-                crate::notify::check_peer_holds(shared, &body.to, def).map_err(|e| {
-                    unprocessable(e).hint(format!(
-                        "both nodes must hold the same definition; see the agreed formats with: detente charter --dir DIR --peer {}",
-                        body.to
-                    ))
-                })?;
-            }
-            let precedence = Precedence::parse(&def.precedence).unwrap_or(Precedence::Routine);
-            Ok((
-                Body::Notification(notification),
-                precedence,
-                def.topic.clone(),
-            ))
-        }
-        (Some(_), Some(_)) => Err(unprocessable(
-            "give either text or a format, not both".into(),
-        )),
-        (None, None) => Err(unprocessable("nothing to send".into())
-            .hint("give --text TEXT, or --format ID with --field KEY=VALUE ...")),
-    }
-}
-
-/// A notification refused by its format: every invalid field at once, in the node's
-/// language (the operator's, for the command line), as text and as `problems`.
-fn invalid_notification(
-    shared: &Shared,
-    def: &detente_formats::FormatDef,
-    error: &crate::notify::NotifyError,
-    lang: &str,
-) -> ApiError {
-    let hint = format!(
-        "see the fields and rules with: detente formats show {}",
-        def.id
-    );
-    match crate::notify::problems(def, error, lang, &shared.console.i18n) {
-        Some((text, problems)) => {
-            let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, text).hint(hint);
-            e.problems = problems;
-            e
-        }
-        None => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()).hint(hint),
-    }
-}
-
-pub(crate) fn build_request(shared: &Shared, body: SendBody) -> Result<SendRequest, ApiError> {
-    let (lang, author) = {
-        let config = shared.config.read().map_err(|_| internal())?;
-        (config.lang.clone(), config.author.clone())
-    };
-    let (message, default_precedence, default_topic) = request_body(shared, &body, &lang)?;
-    let precedence = match body.precedence.as_deref() {
-        None => default_precedence,
-        Some(p) => Precedence::parse(p).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("unknown precedence {p:?}"),
-            )
-            .hint("use flash, immediate, priority or routine")
-        })?,
-    };
-    let in_reply_to = match body.reply_to.as_deref() {
-        None | Some("") => None,
-        Some(text) => Some(MessageId::from_hex(text).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "reply_to is not a message id (64 hex digits)",
-            )
-        })?),
-    };
-    Ok(SendRequest {
-        peer: body.to,
-        precedence,
-        topic: body.topic.unwrap_or(default_topic),
-        author: body.author.unwrap_or(author),
-        in_reply_to,
-        body: message,
-    })
-}
-
-/// Build, store and queue one message.
-pub(crate) async fn send_one(
-    shared: &Shared,
-    body: SendBody,
-) -> Result<crate::writer::Sent, ApiError> {
-    let request = build_request(shared, body)?;
-    Ok(shared.writer.send(request).await?)
-}
-
 #[utoipa::path(
     post,
     path = "/api/v1/messages",
@@ -1129,7 +803,7 @@ pub(crate) async fn send_one(
     request_body = SendBody,
     responses(
         (status = 201, description = "Stored durably and queued.", body = SentJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn send(
@@ -1169,8 +843,8 @@ fn known_peer(shared: &Shared, peer: &str) -> Result<(), ApiError> {
     tag = "peers",
     params(GlossaryQuery),
     responses(
-        (status = 200, description = "The channel's glossary.", body = Vec<crate::openapi::GlossaryTermJson>),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "The channel's glossary.", body = Vec<openapi::GlossaryTermJson>),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn glossary_list(
@@ -1222,8 +896,8 @@ struct GlossaryBody {
     tag = "peers",
     request_body = GlossaryBody,
     responses(
-        (status = 201, description = "The pair was added.", body = crate::openapi::OkJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 201, description = "The pair was added.", body = openapi::OkJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn glossary_add(
@@ -1279,7 +953,7 @@ struct BatchBody {
     request_body = BatchBody,
     responses(
         (status = 201, description = "Every message stored durably, in order.", body = Vec<SentJson>),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn send_batch(
@@ -1335,8 +1009,8 @@ struct ListQuery {
     tag = "messages",
     params(ListQuery),
     responses(
-        (status = 200, description = "The channels' messages, oldest first.", body = Vec<crate::openapi::MessageJson>),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "The channels' messages, oldest first.", body = Vec<openapi::MessageJson>),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> ApiResult {
@@ -1386,8 +1060,8 @@ fn parse_id(text: &str) -> Result<MessageId, ApiError> {
     tag = "messages",
     params(("id" = String, Path, description = "The message id: 64 hex digits.", pattern = "^[0-9a-fA-F]{64}$"), ListQuery),
     responses(
-        (status = 200, description = "One message.", body = crate::openapi::MessageJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "One message.", body = openapi::MessageJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn one(
@@ -1423,8 +1097,8 @@ struct WaitQuery {
     tag = "messages",
     params(("id" = String, Path, description = "The message id: 64 hex digits.", pattern = "^[0-9a-fA-F]{64}$"), WaitQuery),
     responses(
-        (status = 200, description = "The message, once it reached the level (or was declined); 408 when the timeout passes first.", body = crate::openapi::MessageJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "The message, once it reached the level (or was declined); 408 when the timeout passes first.", body = openapi::MessageJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn wait(
@@ -1503,7 +1177,7 @@ struct ReceiptBody {
     request_body = ReceiptBody,
     responses(
         (status = 201, description = "The signed receipt, stored and queued.", body = SentJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn receipt(
@@ -1545,51 +1219,14 @@ async fn receipt(
     Ok((StatusCode::CREATED, Json(json)).into_response())
 }
 
-/// Send a signed READ / ACKNOWLEDGED / DECLINED receipt for a received message.
-pub(crate) async fn answer(
-    shared: &Shared,
-    id: MessageId,
-    level: ReceiptLevel,
-    note: Option<String>,
-) -> Result<crate::writer::Sent, ApiError> {
-    let row = shared
-        .store
-        .message(id.0)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such message"))?;
-    if row.direction != Direction::In || row.kind == 1 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "only messages received from a peer can be answered with a receipt",
-        ));
-    }
-    let author = shared.config.read().map_err(|_| internal())?.author.clone();
-    let request = SendRequest {
-        peer: row.peer.clone(),
-        precedence: Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine),
-        topic: row.topic.clone(),
-        author,
-        in_reply_to: Some(id),
-        body: Body::Receipt(Receipt {
-            level,
-            target: ReceiptTarget::Message(id),
-            note,
-        }),
-    };
-    let sent = shared.writer.send(request).await?;
-    // Our answer settles the message's deadline on this side.
-    shared.events.publish(Event::Receipt { of: id, level });
-    Ok(sent)
-}
-
 #[utoipa::path(
     post,
     path = "/api/v1/peers/{name}/reload",
     tag = "peers",
     params(("name" = String, Path, description = "The peer's name, as pinned.")),
     responses(
-        (status = 200, description = "The peer's pinned configuration was read again.", body = crate::openapi::ReloadedJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "The peer's pinned configuration was read again.", body = openapi::ReloadedJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn reload_peer(
@@ -1614,8 +1251,8 @@ async fn reload_peer(
     tag = "peers",
     params(("name" = String, Path, description = "The peer's name, as pinned.")),
     responses(
-        (status = 200, description = "The charter agreed with the peer and the latest each side signed.", body = crate::openapi::PeerCharterJson),
-        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = crate::openapi::ErrorJson),
+        (status = 200, description = "The charter agreed with the peer and the latest each side signed.", body = openapi::PeerCharterJson),
+        (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
 async fn peer_charter(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
@@ -1637,225 +1274,4 @@ async fn peer_charter(State(shared): State<Arc<Shared>>, Path(name): Path<String
         "message": id.to_hex(),
     })));
     Ok(Json(body).into_response())
-}
-
-/// RFC 3339 UTC with exactly three fractional digits, so that times sort as text too.
-pub fn time_text(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).map_or_else(
-        |_| ms.to_string(),
-        |t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-    )
-}
-
-fn opt_time(ms: Option<i64>) -> Value {
-    ms.map_or(Value::Null, |m| Value::String(time_text(m)))
-}
-
-/// Raise the alarm for a stored row that fails verification, once per detail text (a page
-/// listed again does not repeat it), at most [`TAMPERED_ALARMS_MAX`] distinct ones kept.
-pub(crate) fn tampered_alarm(shared: &Shared, peer: &str, detail: &str) {
-    let first = shared.tampered.lock().is_ok_and(|mut seen| {
-        if seen.len() >= TAMPERED_ALARMS_MAX {
-            seen.clear();
-        }
-        seen.insert(detail.to_string())
-    });
-    if first {
-        tracing::error!(peer, "{detail}");
-        shared.events.publish(Event::Alarm {
-            peer: peer.to_string(),
-            detail: detail.to_string(),
-        });
-    }
-}
-
-/// Distinct tampered-row alarms remembered (to raise each once), at most.
-const TAMPERED_ALARMS_MAX: usize = 1024;
-
-/// The API's view of a stored message.
-pub(crate) async fn message_json(
-    shared: &Shared,
-    row: &MessageRow,
-    lang: Option<&str>,
-) -> Result<Value, ApiError> {
-    let (my_name, node_lang, tz) = {
-        let c = shared.config.read().map_err(|_| internal())?;
-        (c.name.clone(), c.lang.clone(), c.tz.clone())
-    };
-    let lang = lang.unwrap_or(&node_lang);
-    // Stored bytes were verified before they were stored, but the file can be altered since:
-    // nothing is shown unverified. A row that fails is shown as such, never its text.
-    let sender = detente_proto::PartyKey::from_bytes(row.sender).map_err(|_| internal())?;
-    let verified = match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
-        Ok(v) if v.id().0 == row.id => v,
-        verdict => {
-            let why = verdict
-                .err()
-                .map_or("its id does not match its bytes".into(), |e| e.to_string());
-            let detail = format!(
-                "{}: message {} seq {} of peer {} ({why})",
-                crate::transcript::TAMPERED,
-                hex::encode(row.id),
-                row.seq,
-                row.peer
-            );
-            tampered_alarm(shared, &row.peer, &detail);
-            return Ok(json!({
-                "id": hex::encode(row.id),
-                "seq": row.seq,
-                "peer": row.peer,
-                "tampered": true,
-                "error": detail,
-            }));
-        }
-    };
-    let e = verified.envelope();
-    let times = shared.store.receipt_times(row.id).await?;
-    let delivered = match row.direction {
-        Direction::In => Some(row.stored_at_ms),
-        Direction::Out => times.delivered_ms,
-    };
-    let (mut format, mut fields) = (Value::Null, Value::Null);
-    let (text, language, translations, rendered, target) = match &e.body {
-        Body::Notification(n) => {
-            let glossary = crate::notify::glossary(shared, &row.peer).await?;
-            format = Value::String(n.format.clone());
-            fields = crate::notify::fields_json(n);
-            let shown = crate::notify::render(n, e.created_at_ms, lang, &tz, &glossary);
-            (Value::Null, Value::Null, json!([]), shown, Value::Null)
-        }
-        Body::Text(t) => {
-            let shown = t
-                .translations
-                .iter()
-                .find(|(l, _)| l == lang)
-                .filter(|_| t.language != lang)
-                .map_or(t.text.clone(), |(_, s)| {
-                    format!("{} [{}: {}]", t.text, lang, s)
-                });
-            (
-                Value::String(t.text.clone()),
-                Value::String(t.language.clone()),
-                json!(t.translations),
-                shown,
-                Value::Null,
-            )
-        }
-        Body::Receipt(r) => {
-            let what = match &r.target {
-                ReceiptTarget::Ranges(ranges) => {
-                    let list: Vec<String> = ranges
-                        .iter()
-                        .map(|(a, b)| {
-                            if a == b {
-                                a.to_string()
-                            } else {
-                                format!("{a}-{b}")
-                            }
-                        })
-                        .collect();
-                    format!("{} seq {}", r.level.name(), list.join(","))
-                }
-                ReceiptTarget::Message(id) => format!("{} {}", r.level.name(), &id.to_hex()[..12]),
-            };
-            let what = match &r.note {
-                Some(n) => format!("{what}: {n}"),
-                None => what,
-            };
-            let target = match &r.target {
-                ReceiptTarget::Message(id) => Value::String(id.to_hex()),
-                ReceiptTarget::Ranges(ranges) => json!(ranges),
-            };
-            (Value::Null, Value::Null, json!([]), what, target)
-        }
-        Body::Test { .. } => (
-            Value::Null,
-            Value::Null,
-            json!([]),
-            "link test".to_string(),
-            Value::Null,
-        ),
-        Body::Charter(c) => (
-            Value::Null,
-            Value::Null,
-            json!([]),
-            format!(
-                "channel charter {} ({} members, {} formats)",
-                &hex::encode(c.digest())[..12],
-                c.members.len(),
-                c.formats.len()
-            ),
-            Value::Null,
-        ),
-    };
-    let precedence = Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine);
-    // Overdue is decided by the watch task on the monotonic clock and recorded; here it is
-    // only read: a deadline missed whose receipt has not come.
-    let misses = shared.store.misses(row.id).await?;
-    let answered = times.acknowledged_ms.or(times.declined_ms);
-    let (overdue, late_ms) = crate::deadlines::lateness(&misses, times.delivered_ms, answered);
-    let deadline = if detente_proto::deadline::bears_deadline(row.kind) {
-        let d = crate::deadlines::deadlines_for(shared, &row.peer);
-        let start = if row.direction == Direction::Out {
-            row.created_at_ms
-        } else {
-            row.stored_at_ms
-        };
-        json!({
-            "acknowledge_by": time_text(start + d.acknowledged(precedence).as_millis() as i64),
-            "missed": misses.iter().map(|m| json!({
-                "needed": detente_proto::Need::from_code(m.level).map_or("?", |n| n.name()),
-                "due_at": time_text(m.due_at_ms),
-                "missed_at": time_text(m.missed_at_ms),
-                "noticed_after_ms": m.missed_at_ms - m.due_at_ms,
-            })).collect::<Vec<_>>(),
-        })
-    } else {
-        Value::Null
-    };
-    Ok(json!({
-        "id": hex::encode(row.id),
-        "peer": row.peer,
-        "sender": if row.direction == Direction::Out { my_name } else { row.peer.clone() },
-        "seq": row.seq,
-        "direction": if row.direction == Direction::Out { "out" } else { "in" },
-        "precedence": precedence.name(),
-        "topic": row.topic,
-        "author": e.author,
-        "created_at": time_text(row.created_at_ms),
-        "kind": e.body.kind_name(),
-        "text": text,
-        "language": language,
-        "translations": translations,
-        "format": format,
-        "fields": fields,
-        "rendered": rendered,
-        "target": target,
-        "received_at": if row.direction == Direction::In { Value::String(time_text(row.stored_at_ms)) } else { Value::Null },
-        "placement": if row.placement == Placement::Held { "held" } else { "appended" },
-        "in_reply_to": row.in_reply_to.map(hex::encode),
-        "receipts": {
-            "delivered": opt_time(delivered),
-            "read": opt_time(times.read_ms),
-            "acknowledged": opt_time(times.acknowledged_ms),
-            "declined": opt_time(times.declined_ms),
-            "note": times.note,
-        },
-        "overdue": overdue,
-        "late": late_ms.is_some(),
-        "late_ms": late_ms,
-        "deadline": deadline,
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::time_text;
-
-    #[test]
-    fn times_have_fixed_width_and_sort_as_text() {
-        assert_eq!(time_text(1_700_000_000_200), "2023-11-14T22:13:20.200Z");
-        assert_eq!(time_text(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
-        assert!(time_text(1_700_000_000_200) < time_text(1_700_000_000_210));
-    }
 }

@@ -6,7 +6,7 @@
 //! the equirectangular plane `x = longitude + 180`, `y = 90 - latitude` (degrees), rounded
 //! to 0.1°. A map is cut to the shapes it shows (with a margin, at least
 //! [`VIEW_DEGREES_MIN`] high) and squeezed east–west by the cosine of its middle latitude,
-//! so that a circle of 25 km looks round; only the rings that reach into the view are sent.
+//! so that a circle of 25 km looks round; only the land clipped to the view is sent.
 
 use std::sync::OnceLock;
 
@@ -22,11 +22,11 @@ const VIEW_DEGREES_MIN: f64 = 12.0;
 const VIEW_MARGIN: f64 = 0.4;
 const KM_PER_DEGREE: f64 = 111.32;
 
-/// One land ring: its bounding box in the plane and its SVG path data.
+/// One land ring: its bounding box in the plane and its points.
 struct Ring {
     min: (f64, f64),
     max: (f64, f64),
-    d: &'static str,
+    points: Vec<(f64, f64)>,
 }
 
 fn rings() -> &'static [Ring] {
@@ -34,7 +34,7 @@ fn rings() -> &'static [Ring] {
     RINGS.get_or_init(|| LAND.lines().filter_map(ring).collect())
 }
 
-fn ring(d: &'static str) -> Option<Ring> {
+fn ring(d: &str) -> Option<Ring> {
     let numbers: Vec<f64> = d
         .trim_start_matches('M')
         .trim_end_matches('Z')
@@ -42,19 +42,50 @@ fn ring(d: &'static str) -> Option<Ring> {
         .map(str::parse)
         .collect::<Result<_, _>>()
         .ok()?;
-    let xs = numbers.iter().step_by(2);
-    let ys = numbers.iter().skip(1).step_by(2);
-    Some(Ring {
-        min: (
-            xs.clone().copied().fold(f64::MAX, f64::min),
-            ys.clone().copied().fold(f64::MAX, f64::min),
-        ),
-        max: (
-            xs.copied().fold(f64::MIN, f64::max),
-            ys.copied().fold(f64::MIN, f64::max),
-        ),
-        d,
-    })
+    let points: Vec<(f64, f64)> = numbers.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let (min, max) = points.iter().fold(
+        ((f64::MAX, f64::MAX), (f64::MIN, f64::MIN)),
+        |((x0, y0), (x1, y1)), (x, y)| ((x0.min(*x), y0.min(*y)), (x1.max(*x), y1.max(*y))),
+    );
+    Some(Ring { min, max, points })
+}
+
+/// The part of a ring inside the rectangle `lo`..`hi` (Sutherland–Hodgman, one edge of
+/// the rectangle at a time). A concave ring may keep zero-width runs along the rectangle's
+/// edges; callers clip to a rectangle a little larger than the view, where they do not show.
+fn clip(points: &[(f64, f64)], lo: (f64, f64), hi: (f64, f64)) -> Vec<(f64, f64)> {
+    type Edge = (
+        fn((f64, f64), f64) -> bool,
+        fn((f64, f64), (f64, f64), f64) -> (f64, f64),
+        f64,
+    );
+    let cross_x =
+        |a: (f64, f64), b: (f64, f64), x: f64| (x, a.1 + (b.1 - a.1) * (x - a.0) / (b.0 - a.0));
+    let cross_y =
+        |a: (f64, f64), b: (f64, f64), y: f64| (a.0 + (b.0 - a.0) * (y - a.1) / (b.1 - a.1), y);
+    let edges: [Edge; 4] = [
+        (|p, x| p.0 >= x, cross_x, lo.0),
+        (|p, x| p.0 <= x, cross_x, hi.0),
+        (|p, y| p.1 >= y, cross_y, lo.1),
+        (|p, y| p.1 <= y, cross_y, hi.1),
+    ];
+    let mut out = points.to_vec();
+    for (inside, cross, at) in edges {
+        let Some(&last) = out.last() else { break };
+        let mut kept = Vec::with_capacity(out.len());
+        let mut prev = last;
+        for &p in &out {
+            match (inside(p, at), inside(prev, at)) {
+                (true, true) => kept.push(p),
+                (true, false) => kept.extend([cross(prev, p, at), p]),
+                (false, true) => kept.push(cross(prev, p, at)),
+                (false, false) => {}
+            }
+            prev = p;
+        }
+        out = kept;
+    }
+    out
 }
 
 /// What a geo field holds, in the plane's degrees.
@@ -169,16 +200,33 @@ fn view(shapes: &[Shape]) -> View {
     }
 }
 
-/// The land rings that reach into the view, as one path, for the world at `offset` degrees
-/// east (a view across the antimeridian shows two copies of the world side by side).
+/// The land in the view, as one path of rings clipped to it, for the world at `offset`
+/// degrees east (a view across the antimeridian shows two copies of the world side by
+/// side). Only what shows is sent: a map of one point in the South China Sea is a few KB,
+/// not Eurasia's whole coast.
 fn land_in(v: &View, offset: f64) -> String {
-    let (x0, x1) = (v.x / v.k - offset, (v.x + v.w) / v.k - offset);
-    let (y0, y1) = (v.y, v.y + v.h);
-    rings()
-        .iter()
-        .filter(|r| r.max.0 >= x0 && r.min.0 <= x1 && r.max.1 >= y0 && r.min.1 <= y1)
-        .map(|r| r.d)
-        .collect()
+    // A tenth of the view more on each side, so that clipping's edges never show.
+    let (mx, my) = (v.w / v.k / 10.0, v.h / 10.0);
+    let lo = (v.x / v.k - offset - mx, v.y - my);
+    let hi = ((v.x + v.w) / v.k - offset + mx, v.y + v.h + my);
+    let mut d = String::new();
+    for r in rings() {
+        if r.max.0 < lo.0 || r.min.0 > hi.0 || r.max.1 < lo.1 || r.min.1 > hi.1 {
+            continue;
+        }
+        let points = clip(&r.points, lo, hi);
+        if points.len() < 3 {
+            continue;
+        }
+        let text: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{x:.1} {y:.1}"))
+            .collect();
+        d.push('M');
+        d.push_str(&text.join(" "));
+        d.push('Z');
+    }
+    d
 }
 
 impl Geo {
@@ -332,6 +380,27 @@ mod tests {
         assert!(
             !land.is_empty() && land.len() < LAND.len(),
             "only the rings in view"
+        );
+    }
+
+    #[test]
+    fn clipping_keeps_what_is_inside_and_cuts_at_the_edges() {
+        let square = [(0.0, 0.0), (10.0, 0.0), (10.0, 10.0), (0.0, 10.0)];
+        assert_eq!(clip(&square, (-1.0, -1.0), (11.0, 11.0)), square.to_vec());
+        let cut = clip(&square, (5.0, -1.0), (11.0, 11.0));
+        assert_eq!(cut.len(), 4);
+        assert!(cut.iter().all(|(x, _)| *x >= 5.0), "{cut:?}");
+        assert!(clip(&square, (20.0, 20.0), (30.0, 30.0)).is_empty());
+    }
+
+    #[test]
+    fn a_point_in_the_south_china_sea_sends_a_few_kilobytes_of_coast() {
+        let s = [shape("geo-point", "18.2,114.6")];
+        let land = land_in(&view(&s), 0.0);
+        assert!(
+            !land.is_empty() && land.len() < 8_000,
+            "{} bytes",
+            land.len()
         );
     }
 

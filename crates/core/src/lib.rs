@@ -26,6 +26,7 @@ mod checkpoints;
 mod deadlines;
 mod glossary;
 mod linktest;
+mod notification;
 mod peer;
 mod receive;
 mod recover;
@@ -47,6 +48,7 @@ pub use deadlines::Decision;
 pub use detente_proto::Need;
 pub use glossary::{check as check_glossary_term, GLOSSARY_TERMS_MAX, GLOSSARY_TERM_BYTES_MAX};
 pub use linktest::LINK_TEST_TOPIC;
+pub use notification::{check_notification, NotificationError};
 pub use recover::{RecoverError, Snapshot};
 
 use peer::Peer;
@@ -101,8 +103,26 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// Seed of the core's random generator (ping nonces, redial jitter).
     pub random_seed: u64,
+    /// What this party says about itself in its charter terms.
+    pub profile: Profile,
     /// A planted defect (only with the `planted-bugs` feature; ignored otherwise).
     pub bug: Option<PlantedBug>,
+}
+
+/// What this party offers in its charter terms besides deadlines: who it is, where it is
+/// reached, its language and time zone, the notification formats it holds, and its
+/// counterparts. Empty fields are offered as: the party named like the node, one
+/// placeholder address, English, UTC.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub party: String,
+    /// `host:port` where peers reach this node.
+    pub addresses: Vec<String>,
+    pub lang: String,
+    pub tz: String,
+    pub formats: Vec<detente_proto::FormatRef>,
+    /// (our position, their position) pairs, as this party sees them.
+    pub counterparts: Vec<(String, String)>,
 }
 
 /// An operator command.
@@ -306,6 +326,7 @@ pub struct Core {
     link_test_interval: Duration,
     checkpoint_interval: Duration,
     link: LinkConfig,
+    profile: Profile,
     peers: Vec<Peer>,
     /// Glossary terms per peer name, by (lang_a, term_a, lang_b): what a new term would
     /// replace rather than add (the count is bounded).
@@ -347,6 +368,7 @@ impl Core {
             link_test_interval: config.link_test_interval,
             checkpoint_interval: config.checkpoint_interval,
             link: config.link,
+            profile: config.profile.clone(),
             peers,
             glossary: glossary::Terms::default(),
             rng: StdRng::seed_from_u64(config.random_seed),
@@ -534,6 +556,11 @@ impl Core {
             return Err(CommandError::Invalid(
                 "operators send texts and notifications".into(),
             ));
+        }
+        // What the peer would refuse is refused here, before anything is signed.
+        if let Body::Notification(n) = &body {
+            let created = self.wall_ms.max(0) as u64;
+            check_notification(n, created).map_err(|e| CommandError::Invalid(e.to_string()))?;
         }
         let (id, seq) = self.stage_send(index, sent, body)?;
         Ok(Answer::Sent { id, seq })

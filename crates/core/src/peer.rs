@@ -412,19 +412,32 @@ impl Core {
 
     /// Our terms as offered on every session.
     pub(crate) fn terms(&self) -> Terms {
+        let p = &self.profile;
+        let or = |text: &str, default: &str| {
+            if text.is_empty() {
+                default.to_string()
+            } else {
+                text.to_string()
+            }
+        };
+        let addresses = if p.addresses.is_empty() {
+            vec![format!("{}.invalid:7443", self.name)]
+        } else {
+            p.addresses.clone()
+        };
         Terms {
             member: Member {
                 key: self.me,
                 name: self.name.clone(),
-                party: self.name.clone(),
-                addresses: vec![format!("{}.invalid:7443", self.name)],
-                lang: "en".into(),
-                tz: "UTC".into(),
+                party: or(&p.party, &self.name),
+                addresses,
+                lang: or(&p.lang, "en"),
+                tz: or(&p.tz, "UTC"),
             },
-            formats: Vec::new(),
+            formats: p.formats.clone(),
             deadlines: self.deadlines,
             link_test_interval: self.link_test_interval,
-            counterparts: Vec::new(),
+            counterparts: p.counterparts.clone(),
         }
     }
 

@@ -10,6 +10,7 @@ use detente_proto::{
 use detente_store_types::{DeliveredRange, Direction, EvidenceRow, Placement, EVIDENCE_ENVELOPES};
 
 use crate::deadlines::Decision;
+use crate::notification::check_notification;
 use crate::peer::{receipt_row, row, Held};
 use crate::{bugs, Core, Event, Need, PlantedBug, SessionId, STAGED_MESSAGES_MAX};
 
@@ -27,6 +28,14 @@ impl Core {
         let seq = verified.envelope().seq;
         if verified.envelope().channel != self.peers[index].channel {
             return self.refuse(index, session, seq, RefuseCode::Invalid, "wrong channel");
+        }
+        // A notification in a format this node does not hold, or with a value its format
+        // refuses, is refused like a bad signature: nothing of it is stored.
+        if let Body::Notification(n) = &verified.envelope().body {
+            if let Err(e) = check_notification(n, verified.envelope().created_at_ms) {
+                let why = format!("seq {seq}: {e}");
+                return self.refuse(index, session, 0, RefuseCode::Invalid, &why);
+            }
         }
         if self.staging.batch.messages.len() >= STAGED_MESSAGES_MAX {
             return self.refuse(index, session, seq, RefuseCode::Busy, "busy");

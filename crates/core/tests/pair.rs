@@ -16,6 +16,8 @@ struct Pair {
     session: Option<u64>,
     /// Envelope frames each side sent: (precedence, seq).
     sent: [Vec<(Precedence, u64)>; 2],
+    /// The last envelope each side sent: (seq, id).
+    last: [Option<(u64, detente_proto::MessageId)>; 2],
     answers: Vec<(usize, u64, Answer)>,
 }
 
@@ -35,6 +37,7 @@ fn config(i: usize, seeds: [[u8; 32]; 2], names: [&str; 2]) -> Config {
         link: LinkConfig::default(),
         checkpoint_interval: Duration::from_secs(3600),
         random_seed: i as u64,
+        profile: detente_core::Profile::default(),
         bug: None,
     }
 }
@@ -52,6 +55,7 @@ impl Pair {
             now_ms: 0,
             session: None,
             sent: [Vec::new(), Vec::new()],
+            last: [None, None],
             answers: Vec::new(),
         }
     }
@@ -78,6 +82,8 @@ impl Pair {
                     if let Frame::Envelope(bytes) = &frame {
                         let e = parse_unverified(bytes).expect("our envelopes parse");
                         self.sent[side].push((e.precedence, e.seq));
+                        let id = detente_proto::envelope::message_id(bytes);
+                        self.last[side] = Some((e.seq, id));
                     }
                     let mut bytes = Vec::new();
                     frame.encode(&mut bytes);
@@ -285,4 +291,98 @@ fn a_peer_pinned_at_run_time_can_be_written_to() {
         })
         .collect();
     assert_eq!(answers, vec![(1, true), (2, false), (3, false), (4, true)]);
+}
+
+/// A notification as the peer might write it: the built-in "text" format whose one field
+/// is `body`, here under `key`.
+fn text_notification(key: &str) -> Body {
+    Body::Notification(detente_proto::NotificationBody {
+        format: "text".into(),
+        version: 1,
+        fields: vec![(
+            key.into(),
+            detente_proto::FieldValue::Text(TextBody {
+                language: "en".into(),
+                text: "situation unchanged".into(),
+                translations: Vec::new(),
+            }),
+        )],
+    })
+}
+
+#[test]
+fn a_notification_its_format_refuses_is_neither_sent_nor_stored() {
+    let mut pair = Pair::new();
+    pair.connect(1);
+    // Our operator's: refused before anything is signed.
+    let command = Command::Send {
+        peer: "beijing".into(),
+        precedence: Precedence::Routine,
+        topic: "general".into(),
+        author: "Duty Officer".into(),
+        body: text_notification("no-such-field"),
+        in_reply_to: None,
+    };
+    pair.input(0, Input::Operator { ticket: 1, command });
+    let mut refused_command = false;
+    while let Some((batch, _)) = pair.cores[0].poll_commit() {
+        pair.input(0, Input::Committed { batch });
+    }
+    while let Some(event) = pair.cores[0].poll_event() {
+        if let Event::Answer { ticket: 1, result } = event {
+            refused_command = matches!(result, Err(detente_core::CommandError::Invalid(_)));
+        }
+    }
+    assert!(refused_command, "the command is refused as invalid");
+    let before = pair.sent[0].len();
+    pair.settle();
+    assert_eq!(pair.sent[0].len(), before, "nothing was sent");
+    // The peer's, signed by its key: refused like a bad signature, nothing stored.
+    let secret = PartySecret::from_seed([2; 32]);
+    let channel = detente_proto::ChannelId::for_pair(
+        &PartySecret::from_seed([1; 32]).public(),
+        &secret.public(),
+    );
+    let (seq, prev) = pair.last[1].expect("the peer wrote its charter");
+    let seq = seq + 1;
+    for (key, stored) in [("no-such-field", false), ("body", true)] {
+        let envelope = detente_proto::Envelope {
+            channel,
+            sender: secret.public(),
+            seq,
+            prev,
+            created_at_ms: 1_800_000_000_000,
+            precedence: Precedence::Routine,
+            topic: "general".into(),
+            author: "Duty Officer".into(),
+            in_reply_to: None,
+            body: text_notification(key),
+        };
+        let signed = detente_proto::VerifiedEnvelope::sign(envelope, &secret).expect("signs");
+        let mut bytes = Vec::new();
+        Frame::Envelope(signed.bytes().to_vec()).encode(&mut bytes);
+        pair.input(
+            0,
+            Input::Frame {
+                session: 1,
+                bytes: bytes[4..].to_vec(),
+            },
+        );
+        let mut events = Vec::new();
+        while let Some((batch, _)) = pair.cores[0].poll_commit() {
+            pair.input(0, Input::Committed { batch });
+        }
+        while let Some(event) = pair.cores[0].poll_event() {
+            events.push(event);
+        }
+        let was_stored = events
+            .iter()
+            .any(|e| matches!(e, Event::Stored { seq: s, .. } if *s == seq));
+        let was_refused = events.iter().any(|e| matches!(e, Event::Refused { .. }));
+        assert_eq!(
+            (was_stored, was_refused),
+            (stored, !stored),
+            "{key}: {events:?}"
+        );
+    }
 }

@@ -236,32 +236,20 @@ pub fn to_body(n: &Notification) -> NotificationBody {
     }
 }
 
-fn to_raw(body: &NotificationBody) -> BTreeMap<String, Raw> {
-    body.fields
-        .iter()
-        .map(|(key, value)| {
-            let raw = match value {
-                FieldValue::Typed(text) => Raw::Typed(text.clone()),
-                FieldValue::Text(t) => Raw::Text {
-                    lang: t.language.clone(),
-                    text: t.text.clone(),
-                    translations: t.translations.clone(),
-                },
-            };
-            (key.clone(), raw)
-        })
-        .collect()
-}
-
 /// Check a notification as received (or as stored): the format must be held, every value
 /// canonical and valid, the rules kept with lead times measured from `created_at_ms`.
 pub fn check(
     body: &NotificationBody,
     created_at_ms: u64,
 ) -> Result<(&'static FormatDef, Notification), NotifyError> {
-    let def = format(&body.format, Some(body.version))?;
-    let n = def.validate_received(&to_raw(body), millis_to_timestamp(created_at_ms))?;
-    Ok((def, n))
+    detente_core::check_notification(body, created_at_ms).map_err(|e| match e {
+        detente_core::NotificationError::UnknownFormat(id) => NotifyError::UnknownFormat(id),
+        detente_core::NotificationError::Field(f) => NotifyError::Field(f),
+        other => NotifyError::Input {
+            key: body.format.clone(),
+            problem: other.to_string(),
+        },
+    })
 }
 
 /// Terms in one glossary listing (and used in one rendering), at most.

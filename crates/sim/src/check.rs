@@ -127,8 +127,15 @@ pub(crate) fn on_commit(w: &mut World, node: usize, batch: &WriteBatch) {
         // one is verified here, once per id, at the first member that stores it.
         if m.direction == Direction::In && w.checker.verified.insert(m.id) {
             let key = key_of(w, sender);
-            if VerifiedEnvelope::decode(&m.bytes, Some(&key)).is_err() {
+            let Ok(v) = VerifiedEnvelope::decode(&m.bytes, Some(&key)) else {
                 return w.fail(format!("n{node} stored an envelope that does not verify"));
+            };
+            if let Body::Notification(n) = &v.envelope().body {
+                if let Err(e) = detente_core::check_notification(n, v.envelope().created_at_ms) {
+                    return w.fail(format!(
+                        "n{node} stored a notification its format refuses: {e}"
+                    ));
+                }
             }
         }
         if m.direction == Direction::Out && m.kind == 2 {
@@ -638,6 +645,26 @@ pub(crate) fn hostile_frame(
             Some((
                 "hostile_hwm_ahead",
                 World::frame_bytes(&Frame::Ack { hwm, received: 0 }),
+            ))
+        }
+        10 if n > 0 => {
+            // The next seq, rightly linked and signed, but a notification whose format
+            // refuses its field: refused like a bad signature, never stored.
+            let (mut e, _) = old(w, n)?;
+            e.prev = detente_proto::envelope::message_id(&old(w, n)?.1);
+            e.seq = n + 1;
+            e.body = Body::Notification(detente_proto::NotificationBody {
+                format: "text".into(),
+                version: 1,
+                fields: vec![(
+                    "no-such-field".into(),
+                    detente_proto::FieldValue::Typed("forged".into()),
+                )],
+            });
+            let bytes = w.forge(h, e)?;
+            Some((
+                "hostile_bad_notifications",
+                World::frame_bytes(&Frame::Envelope(bytes)),
             ))
         }
         7 => {

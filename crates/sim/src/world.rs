@@ -5,12 +5,14 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
-use detente_core::{Command, Config, Core, Event, Input, PeerConfig, PlantedBug, SessionId};
+use detente_core::{
+    Command, Config, Core, Event, Input, PeerConfig, PlantedBug, Profile, SessionId,
+};
 use detente_proto::checkpoint::{Checkpoint, SignedCheckpoint, StreamHead};
 use detente_proto::envelope::parse_unverified;
 use detente_proto::{
-    Body, Deadlines, Frame, LinkConfig, MessageId, NotificationBody, PartySecret, Precedence,
-    ReceiptLevel, TextBody, VerifiedEnvelope,
+    Body, Deadlines, FieldValue, Frame, LinkConfig, MessageId, NotificationBody, PartySecret,
+    Precedence, ReceiptLevel, TextBody, VerifiedEnvelope,
 };
 use detente_store_types::{Direction, GlossaryRow};
 use rand::rngs::StdRng;
@@ -57,7 +59,6 @@ enum Ev {
     Opened {
         session: SessionId,
         node: usize,
-        peer: usize,
     },
     Closed {
         session: SessionId,
@@ -115,6 +116,10 @@ pub(crate) struct Session {
     /// A frame was lost in this direction (to `a`, to `b`): the stream is cut, as TCP's.
     pub broken: [bool; 2],
     pub last: [u64; 2],
+    /// Each end (`a`, `b`) was told the session is open. A frame reaching an end before
+    /// that waits (a TCP stream delivers nothing before it is accepted); the hostile
+    /// member may write on a session before it is told.
+    pub told: [bool; 2],
 }
 
 /// The world of one seed.
@@ -183,6 +188,7 @@ impl World {
                     link: LinkConfig::default(),
                     checkpoint_interval: Duration::from_millis(rng.gen_range(3_000..15_000)),
                     random_seed: rng.gen(),
+                    profile: Profile::default(),
                     bug,
                 };
                 let hostile = faults.hostile && i == n - 1;
@@ -308,10 +314,14 @@ impl World {
     fn step(&mut self, ev: Ev) {
         match ev {
             Ev::Deliver { session, to, bytes } => {
-                let live = self
-                    .sessions
-                    .get(&session)
-                    .is_some_and(|s| s.open && !s.broken[usize::from(to == s.b)]);
+                let (live, told) = self.sessions.get(&session).map_or((false, false), |s| {
+                    let end = usize::from(to == s.b);
+                    (s.open && !s.broken[end], s.told[end])
+                });
+                if live && !told {
+                    // The end learns of the session with its first frame, as TCP's accept.
+                    self.tell_opened(session, to);
+                }
                 if live {
                     let claim = crate::check::stream_claim(self, to, session, &bytes);
                     self.input(to, Input::Frame { session, bytes });
@@ -320,15 +330,8 @@ impl World {
                     }
                 }
             }
-            Ev::Opened {
-                session,
-                node,
-                peer,
-            } => {
-                if self.sessions.get(&session).is_some_and(|s| s.open) {
-                    let peer = self.nodes[peer].name.clone();
-                    self.input(node, Input::SessionOpened { peer, session });
-                }
+            Ev::Opened { session, node } => {
+                self.tell_opened(session, node);
             }
             Ev::Closed { session, node } => self.input(node, Input::SessionClosed { session }),
             Ev::DialFailed { node, peer } => {
@@ -414,6 +417,21 @@ impl World {
         }
         let pause = self.rng.gen_range(100..5_000);
         self.at(pause, Ev::Restart { node });
+    }
+
+    /// Tell `node` that `session` is open, once.
+    fn tell_opened(&mut self, session: SessionId, node: usize) {
+        let Some(s) = self.sessions.get_mut(&session).filter(|s| s.open) else {
+            return;
+        };
+        let end = usize::from(node == s.b);
+        if s.told[end] {
+            return;
+        }
+        s.told[end] = true;
+        let other = if end == 0 { s.b } else { s.a };
+        let peer = self.nodes[other].name.clone();
+        self.input(node, Input::SessionOpened { peer, session });
     }
 
     /// Close a session; tell the ends other than `except` after a delay.
@@ -588,22 +606,15 @@ impl World {
             open: true,
             broken: [false; 2],
             last: [0; 2],
+            told: [false; 2],
         };
         self.sessions.insert(id, session);
-        self.at(
-            d,
-            Ev::Opened {
-                session: id,
-                node,
-                peer: to,
-            },
-        );
+        self.at(d, Ev::Opened { session: id, node });
         self.at(
             d,
             Ev::Opened {
                 session: id,
                 node: to,
-                peer: node,
             },
         );
     }
@@ -622,10 +633,18 @@ impl World {
                 precedence: random_precedence(&mut self.rng),
                 topic: "sitrep".into(),
                 author: "Watch Officer".into(),
+                // The built-in "text" format: one free-text field.
                 body: Body::Notification(NotificationBody {
-                    format: "sitrep".into(),
+                    format: "text".into(),
                     version: 1,
-                    fields: Vec::new(),
+                    fields: vec![(
+                        "body".into(),
+                        FieldValue::Text(TextBody {
+                            language: "en".into(),
+                            text: "situation unchanged".into(),
+                            translations: Vec::new(),
+                        }),
+                    )],
                 }),
                 in_reply_to: None,
             },
@@ -828,7 +847,7 @@ impl World {
         let Some(session) = self.session_between(h, target) else {
             return;
         };
-        let kind = self.rng.gen_range(0..10);
+        let kind = self.rng.gen_range(0..11);
         if kind == 8 {
             // It reads slowly: everything sent to it arrives late, until it reads again.
             if !self.stalled.remove(&h) {

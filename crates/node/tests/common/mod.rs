@@ -76,6 +76,7 @@ pub fn core_config(i: usize) -> Config {
         link: LinkConfig::default(),
         checkpoint_interval: Duration::from_secs(3600),
         random_seed: i as u64,
+        profile: detente_core::Profile::default(),
         bug: None,
     }
 }

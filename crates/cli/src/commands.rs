@@ -193,8 +193,7 @@ pub async fn serve(dir: &Path, new_store: bool) -> Outcome {
     let start = detente_node::Node::start_with(NodeDir::new(dir), options);
     // Opening the store applies its pending migrations, which can take a while on a large
     // store; on a terminal a spinner says so, cleared before the node says it serves.
-    let opening =
-        crate::progress::Progress::spinner("opening the store and applying its migrations");
+    let opening = crate::progress::Progress::spinner(crate::progress::OPENING_STORE);
     // A standby waits inside `start` for the lease; a signal must still end it.
     let mut node = tokio::select! {
         started = start => {
@@ -376,7 +375,7 @@ pub async fn inbox(
     tz: Option<String>,
 ) -> Outcome {
     let client = Client::for_dir(dir)?;
-    let zone = reader_zone(dir, tz)?;
+    let zone = reader_of(dir, tz, lang.clone())?;
     let mut query =
         format!("/api/v1/messages?direction={direction}&limit={limit}&receipts={receipts}");
     if let Some(p) = &peer {
@@ -411,25 +410,38 @@ pub async fn inbox(
     }
 }
 
-/// The zone `inbox` shows times in: `--tz`, else the node's configured zone (its operators').
-fn reader_zone(dir: &Path, tz: Option<String>) -> Result<jiff::tz::TimeZone, Failure> {
-    let name = match tz {
-        Some(name) => name,
-        None => NodeDir::new(dir).load()?.tz,
-    };
-    jiff::tz::TimeZone::get(&name).map_err(|_| {
-        Failure::usage(format!("unknown time zone {name:?}"))
-            .hint("give an IANA name such as America/New_York, Asia/Shanghai or UTC")
-    })
+/// Whom `inbox` prints for: the zone its times are in and the language the zone is named in.
+pub struct TimeReader {
+    pub zone: jiff::tz::TimeZone,
+    pub lang: String,
 }
 
-/// A time from the API (RFC 3339, UTC) as the reader reads it: date and time in `zone` with
-/// its abbreviation, and UTC beside (with the UTC date when it is another day). Text that
-/// does not parse is shown as it came.
-pub fn reader_time(utc_text: &str, zone: &jiff::tz::TimeZone) -> String {
+/// The reader `inbox` prints for: `--tz`, else the node's configured zone (its operators');
+/// `--lang`, else the node's language.
+fn reader_of(dir: &Path, tz: Option<String>, lang: Option<String>) -> Result<TimeReader, Failure> {
+    let (name, lang) = match (tz, lang) {
+        (Some(name), Some(lang)) => (name, lang),
+        (tz, lang) => {
+            let config = NodeDir::new(dir).load()?;
+            (tz.unwrap_or(config.tz), lang.unwrap_or(config.lang))
+        }
+    };
+    let zone = jiff::tz::TimeZone::get(&name).map_err(|_| {
+        Failure::usage(format!("unknown time zone {name:?}"))
+            .hint("give an IANA name such as America/New_York, Asia/Shanghai or UTC")
+    })?;
+    Ok(TimeReader { zone, lang })
+}
+
+/// A time from the API (RFC 3339, UTC) as the reader reads it: date and time in their zone,
+/// named in their language ("北京时间", "Eastern Time"; the abbreviation for a zone without a
+/// name), and UTC beside (with the UTC date when it is another day). Text that does not
+/// parse is shown as it came.
+pub fn reader_time(utc_text: &str, reader: &TimeReader) -> String {
     let Ok(at) = utc_text.parse::<jiff::Timestamp>() else {
         return utc_text.to_string();
     };
+    let zone = &reader.zone;
     let local = at.to_zoned(zone.clone());
     let utc = at.to_zoned(jiff::tz::TimeZone::UTC);
     if local.offset() == utc.offset() && zone.iana_name() == Some("UTC") {
@@ -440,7 +452,14 @@ pub fn reader_time(utc_text: &str, zone: &jiff::tz::TimeZone) -> String {
     } else {
         utc.strftime("%m-%d %H:%M:%SZ").to_string()
     };
-    format!("{} ({utc_part})", local.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    let name = zone
+        .iana_name()
+        .and_then(|iana| detente_formats::zone_name(&reader.lang, iana))
+        .unwrap_or_else(|| local.strftime("%Z").to_string());
+    format!(
+        "{} {name} ({utc_part})",
+        local.strftime("%Y-%m-%d %H:%M:%S")
+    )
 }
 
 /// One line per message, for people, with its time in UTC as the API gives it.
@@ -449,7 +468,7 @@ pub fn message_line(m: &Value) -> String {
 }
 
 /// One line per message, for people, with its time in `zone` and UTC beside.
-pub fn message_line_in(m: &Value, zone: Option<&jiff::tz::TimeZone>) -> String {
+pub fn message_line_in(m: &Value, zone: Option<&TimeReader>) -> String {
     let arrow = if m["direction"] == "out" {
         "→"
     } else {
@@ -488,7 +507,7 @@ pub fn message_line_in(m: &Value, zone: Option<&jiff::tz::TimeZone>) -> String {
     )
 }
 
-fn print_message(m: &Value, json: bool, zone: &jiff::tz::TimeZone) {
+fn print_message(m: &Value, json: bool, zone: &TimeReader) {
     if json {
         println!("{m}");
     } else {
@@ -633,23 +652,42 @@ pub async fn status(dir: &Path, json: bool) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use super::reader_time;
+    use super::{reader_time, TimeReader};
     use jiff::tz::TimeZone;
 
+    fn reader(zone: &str, lang: &str) -> TimeReader {
+        TimeReader {
+            zone: TimeZone::get(zone).unwrap(),
+            lang: lang.into(),
+        }
+    }
+
     #[test]
-    fn inbox_times_are_in_the_readers_zone_with_utc_beside() {
-        let shanghai = TimeZone::get("Asia/Shanghai").unwrap();
+    fn inbox_times_are_in_the_readers_zone_named_in_their_language_with_utc_beside() {
+        let shanghai = reader("Asia/Shanghai", "zh-CN");
         assert_eq!(
             reader_time("2026-12-01T10:12:03.456Z", &shanghai),
-            "2026-12-01 18:12:03 CST (10:12:03Z)"
-        );
-        let new_york = TimeZone::get("America/New_York").unwrap();
-        assert_eq!(
-            reader_time("2026-12-01T03:00:00Z", &new_york),
-            "2026-11-30 22:00:00 EST (12-01 03:00:00Z)"
+            "2026-12-01 18:12:03 北京时间 (10:12:03Z)"
         );
         assert_eq!(
-            reader_time("2026-12-01T03:00:00Z", &TimeZone::UTC),
+            reader_time("2026-12-01T10:12:03.456Z", &reader("Asia/Shanghai", "en")),
+            "2026-12-01 18:12:03 China Standard Time (10:12:03Z)"
+        );
+        assert_eq!(
+            reader_time("2026-12-01T03:00:00Z", &reader("America/New_York", "en")),
+            "2026-11-30 22:00:00 Eastern Time (12-01 03:00:00Z)"
+        );
+        assert_eq!(
+            reader_time("2026-12-01T03:00:00Z", &reader("America/New_York", "zh-CN")),
+            "2026-11-30 22:00:00 美国东部时间 (12-01 03:00:00Z)"
+        );
+        // A zone without a name in the table keeps its abbreviation.
+        assert_eq!(
+            reader_time("2026-12-01T03:00:00Z", &reader("Asia/Tokyo", "en")),
+            "2026-12-01 12:00:00 JST (03:00:00Z)"
+        );
+        assert_eq!(
+            reader_time("2026-12-01T03:00:00Z", &reader("UTC", "en")),
             "2026-12-01 03:00:00Z"
         );
         assert_eq!(reader_time("not a time", &shanghai), "not a time");

@@ -1,5 +1,6 @@
 //! Progress on long commands (export, verify, report, bench, and the store's migrations when
-//! `serve` opens it): an indicatif spinner or bar on stderr,
+//! `serve` or an offline command such as `user add` opens it): an indicatif spinner or bar on
+//! stderr,
 //! drawn only when stderr is a terminal. Scripts, pipes and logs see nothing of it, so the
 //! command line's outputs (`--json` on stdout, `error:` lines on stderr) stay as documented.
 
@@ -7,6 +8,20 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// What a command says while the node's store opens (applying its pending migrations).
+pub const OPENING_STORE: &str = "opening the store and applying its migrations";
+
+/// Open the node's store as `serve` does, with its spinner on a terminal: every command
+/// that opens the store offline (`user`, `store migrate`, `store backup`, `store restore
+/// --mark-only`) says so the same way, and says nothing in a pipe.
+pub async fn open_store(
+    node: &detente_node::config::NodeDir,
+    config: &detente_node::config::NodeConfig,
+) -> Result<detente_node::NodeStore, detente_node::StartError> {
+    let _opening = Progress::spinner(OPENING_STORE);
+    detente_node::open_store(node, config).await
+}
 
 /// How often a spinner redraws by itself while the work gives no news.
 const TICK: Duration = Duration::from_millis(120);

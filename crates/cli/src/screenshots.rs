@@ -120,6 +120,25 @@ async fn shoot(s: &Session, out: &Path, name: &str) -> Outcome {
     Ok(())
 }
 
+/// A launch notification (California into the western Pacific: two areas for the map)
+/// from `from` to `to`, once `to` has stored it; its id.
+pub async fn delivered_launch(from: &ProcNode, to: &ProcNode) -> Result<String, Failure> {
+    let fields: Vec<serde_json::Value> = [
+        ("window_start", "2030-01-01T10:00:00Z"),
+        ("window_end", "2030-01-01T12:00:00Z"),
+        ("launch_area", "circle:34.7,-120.6,30"),
+        ("impact_area", "circle:9.4,167.5,100"),
+        ("count", "1"),
+        ("category", "icbm"),
+    ]
+    .iter()
+    .map(|(k, v)| json!({"key": k, "value": v}))
+    .collect();
+    let body =
+        json!({"to": to.name, "precedence": "priority", "format": "launch", "fields": fields});
+    deliver(from, to, &body).await
+}
+
 pub async fn run(out: PathBuf) -> Outcome {
     std::fs::create_dir_all(&out)
         .map_err(|e| Failure::new(format!("cannot create {}: {e}", out.display())))?;
@@ -203,5 +222,16 @@ async fn story(sw: &Session, sb: &Session, w: &ProcNode, b: &ProcNode, out: &Pat
         sw.wait_for("main h1", WAIT).await?;
         shoot(sw, out, name).await?;
     }
+    // A launch notification's areas on the offline map, as beijing reads it.
+    let id = delivered_launch(w, b).await?;
+    sb.goto(&format!("http://{}/console/messages/{id}", b.console_addr))
+        .await?;
+    sb.wait_for("#message-map", WAIT).await?;
+    sb.execute(
+        "document.getElementById('message-map').scrollIntoView({block: 'center'}); return true;",
+        vec![],
+    )
+    .await?;
+    shoot(sb, out, "message-map-zh-CN").await?;
     Ok(())
 }

@@ -203,7 +203,7 @@ pub async fn migrate(dir: &Path, to: &str) -> Outcome {
     }
     refuse_if_running(dir, "migrating its store").await?;
     let (me, peers) = keys(&node, &config)?;
-    let source = detente_node::open_store(&node, &config)
+    let source = crate::progress::open_store(&node, &config)
         .await
         .map_err(store_failure)?;
     let AnyStore::Sqlite(sqlite) = &source else {
@@ -281,7 +281,7 @@ pub async fn backup(dir: &Path, out: &Path) -> Outcome {
         return pg_dump(url, out);
     }
     let (me, peers) = keys(&node, &config)?;
-    let store = detente_node::open_store(&node, &config)
+    let store = crate::progress::open_store(&node, &config)
         .await
         .map_err(store_failure)?;
     let AnyStore::Sqlite(sqlite) = &store else {
@@ -475,7 +475,7 @@ pub async fn restore(dir: &Path, args: RestoreArgs) -> Outcome {
 
 /// `restore --mark-only`: mark the store the node directory names (after pg_restore).
 async fn mark_only(node: &NodeDir, config: &NodeConfig) -> Outcome {
-    let store = detente_node::open_store(node, config)
+    let store = crate::progress::open_store(node, config)
         .await
         .map_err(store_failure)?;
     let marked = mark(&store, "pg_restore").await;

@@ -95,7 +95,7 @@ pub async fn create(
     }
     let hash = auth::hash_password(password)
         .map_err(|e| Failure::new(e.to_string()).hint("choose a longer password"))?;
-    let store = detente_node::open_store(&node, &config)
+    let store = crate::progress::open_store(&node, &config)
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
     let row = UserRow {
@@ -123,7 +123,7 @@ pub async fn create(
 pub async fn user_list(dir: &Path, json: bool) -> Outcome {
     let node = NodeDir::new(dir);
     let config = node.load()?;
-    let store = detente_node::open_store(&node, &config)
+    let store = crate::progress::open_store(&node, &config)
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
     let users = store

@@ -398,11 +398,12 @@ fn a_running_node_sends_lists_and_refuses_what_it_must() {
     }
     assert_eq!(list[0]["direction"], "out");
     assert!(list[0]["receipts"]["delivered"].is_null());
-    // For people: the time in the reader's zone (--tz, else the node's), UTC beside.
+    // For people: the time in the reader's zone (--tz, else the node's), named in the
+    // reader's language (--lang, else the node's), UTC beside.
     let text = stdout(&detente(&["inbox", "--dir", d, "--tz", "Asia/Shanghai"]));
     let first = text.lines().next().unwrap_or_default();
     assert!(
-        first.contains(" CST (") && first.contains("Z) →"),
+        first.contains(" China Standard Time (") && first.contains("Z) →"),
         "{first}"
     );
     let bad_zone = detente(&["inbox", "--dir", d, "--tz", "Mars/Olympus"]);

@@ -86,6 +86,7 @@ async fn check_node(
     axe: &str,
     node: &ProcNode,
     message: &str,
+    launch: &str,
 ) -> Vec<String> {
     let base = format!("http://{}", node.console_addr);
     let peer = if node.name == "beijing" {
@@ -102,6 +103,7 @@ async fn check_node(
     anonymous.close().await;
     let compose_form = format!("/console/compose?to={peer}&format=encounter");
     let message_page = format!("/console/messages/{message}");
+    let launch_page = format!("/console/messages/{launch}");
     for (login_name, pages) in [
         (
             "chief",
@@ -115,6 +117,7 @@ async fn check_node(
                 ("/console/handover", ".handover-summary"),
                 ("/console/settings", "#notify-state[data-state]"),
                 (message_page.as_str(), ".timeline.single"),
+                (launch_page.as_str(), "#message-map"),
             ],
         ),
         ("audit", vec![("/console/audit", "table.audit")]),
@@ -153,8 +156,12 @@ async fn every_page_passes_axe_in_both_languages() {
         .unwrap();
 
     let driver = Driver::start().await.unwrap();
-    let mut found = check_node(&driver, tmp.path(), &axe, &w, &id).await;
-    found.extend(check_node(&driver, tmp.path(), &axe, &b, &id).await);
+    // A notification with areas: the map.
+    let launch = detente::screenshots::delivered_launch(&w, &b)
+        .await
+        .unwrap();
+    let mut found = check_node(&driver, tmp.path(), &axe, &w, &id, &launch).await;
+    found.extend(check_node(&driver, tmp.path(), &axe, &b, &id, &launch).await);
     drop(driver);
     assert!(
         found.is_empty(),

@@ -361,3 +361,78 @@ async fn alarm_volume_sound_test_and_notification_permission() {
     drop(driver);
     drop((w, b));
 }
+
+/// Set a date-time picker as the operator's picking would, and read the UTC echo beside it.
+async fn pick(s: &Session, id: &str, local: &str) -> String {
+    s.execute(
+        "const i = document.getElementById(arguments[0]); i.value = arguments[1]; \
+         i.dispatchEvent(new Event('input', {bubbles: true})); \
+         return document.getElementById(arguments[0] + '-utc').textContent;",
+        vec![json!(id), json!(local)],
+    )
+    .await
+    .unwrap()
+    .as_str()
+    .unwrap_or_default()
+    .to_string()
+}
+
+/// Every date-time picker echoes the picked time as UTC while it is picked, in the node's
+/// zone (not the browser's, which is UTC here): New York in winter and in summer, the hour
+/// a spring clock change skips and the hour an autumn one repeats (as the node resolves
+/// them), and Beijing's window pickers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn picked_local_times_are_echoed_in_utc_as_they_are_picked() {
+    if !browser_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let driver = Driver::start().await.unwrap();
+    let s = driver.session(&tmp.path().join("profile-w")).await.unwrap();
+    login(&s, &w, "chief", TEST_PASSWORD).await.unwrap();
+    s.wait_for("#logout", WAIT).await.unwrap();
+    s.goto(&format!(
+        "http://{}/console/compose?to=beijing&format=cyber-incident",
+        w.console_addr
+    ))
+    .await
+    .unwrap();
+    s.wait_for("#fl-observed_at-utc", WAIT).await.unwrap();
+    let id = "fl-observed_at";
+    for (local, utc) in [
+        ("2026-01-01T05:00", "= 2026-01-01 10:00:00 UTC"),
+        ("2026-07-01T05:00", "= 2026-07-01 09:00:00 UTC"),
+        ("2026-12-31T22:30", "= 2027-01-01 03:30:00 UTC"),
+        // 02:30 does not exist on 8 March 2026; 01:30 happens twice on 1 November.
+        ("2026-03-08T02:30", "= 2026-03-08 07:30:00 UTC"),
+        ("2026-11-01T01:30", "= 2026-11-01 05:30:00 UTC"),
+    ] {
+        assert_eq!(pick(&s, id, local).await, utc, "{local} in New York");
+    }
+    assert_eq!(pick(&s, id, "").await, "", "cleared");
+    s.close().await;
+
+    let s = driver.session(&tmp.path().join("profile-b")).await.unwrap();
+    login(&s, &b, "chief", TEST_PASSWORD).await.unwrap();
+    s.wait_for("#logout", WAIT).await.unwrap();
+    s.goto(&format!(
+        "http://{}/console/compose?to=washington&format=dialogue-request",
+        b.console_addr
+    ))
+    .await
+    .unwrap();
+    s.wait_for("#fl-slot_1-start-utc", WAIT).await.unwrap();
+    assert_eq!(
+        pick(&s, "fl-slot_1-start", "2026-01-01T18:00").await,
+        "= 2026-01-01 10:00:00 UTC"
+    );
+    assert_eq!(
+        pick(&s, "fl-slot_1-end", "2026-01-02T07:15").await,
+        "= 2026-01-01 23:15:00 UTC"
+    );
+    s.close().await;
+    drop(driver);
+    drop((w, b));
+}

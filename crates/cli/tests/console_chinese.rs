@@ -28,6 +28,9 @@ const ALLOWED: &[&str] = &[
     "audit",
     "admin1",
     "UTC",
+    // The abbreviation the Chinese launch notification gives beside 洲际弹道导弹 (as the
+    // formats crate's own Chinese test allows it).
+    "ICBM",
     // The geodetic datum of coordinates, a code.
     "WGS",
     "ed25519",
@@ -140,6 +143,10 @@ async fn the_chinese_console_has_no_english_words() {
         .await
         .unwrap();
 
+    // A notification with areas: the map and its labels.
+    let launch = detente::screenshots::delivered_launch(&w, &b)
+        .await
+        .unwrap();
     let driver = Driver::start().await.unwrap();
     let base = format!("http://{}", b.console_addr);
     let mut english = Vec::new();
@@ -159,6 +166,7 @@ async fn the_chinese_console_has_no_english_words() {
                 ("/console/handover", ".handover-summary"),
                 ("/console/settings", "#notify-state[data-state]"),
                 (&*format!("/console/messages/{id}"), "#acknowledge"),
+                (&*format!("/console/messages/{launch}"), "#message-map"),
             ],
         ),
         ("audit", vec![("/console/audit", "table.audit")]),

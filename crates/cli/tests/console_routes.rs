@@ -72,9 +72,13 @@ async fn post_login(
 }
 
 async fn login(node: &ProcNode, login: &str) -> Browser {
+    login_with(node, login, TEST_PASSWORD).await
+}
+
+async fn login_with(node: &ProcNode, login: &str, password: &str) -> Browser {
     let http = client();
     let base = format!("http://{}", node.console_addr);
-    let r = post_login(&http, &base, login, TEST_PASSWORD).await;
+    let r = post_login(&http, &base, login, password).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "login {login}");
     let set = r
         .headers()
@@ -182,6 +186,7 @@ const FORMS: &[&str] = &[
     "/console/compose",
     "/console/lang",
     "/console/alarm/silence",
+    "/console/users",
 ];
 
 /// What a GET of `page` answers for `role`.
@@ -312,7 +317,7 @@ async fn every_route_checks_session_role_and_csrf() {
         let flash = [
             ("to", "beijing"),
             ("precedence", "flash"),
-            ("topic", "test"),
+            ("topic", "general"),
             ("text", "flash from the route test"),
             ("lang", "en"),
         ];
@@ -389,6 +394,23 @@ async fn every_route_checks_session_role_and_csrf() {
                 "API acknowledge as {login_name}"
             );
         }
+        // Adding an account: administrators only.
+        let new_login = format!("new-{login_name}");
+        let add = [
+            ("action", "add"),
+            ("login", new_login.as_str()),
+            ("role", "watch"),
+            ("lang", "en"),
+            ("password", TEST_PASSWORD),
+            ("password_again", TEST_PASSWORD),
+        ];
+        let r = s.form("/console/users", &add, true).await;
+        let expected = if role == Role::Admin {
+            StatusCode::SEE_OTHER
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(r.status(), expected, "add a user as {login_name}");
         let r = s
             .api(Method::POST, "/peers/beijing/reload", json!({}), true)
             .await;
@@ -585,6 +607,36 @@ fn user_add_reads_the_password_from_a_file_or_stdin() {
             {"login": "duty", "role": "supervisor", "lang": "en"},
         ])
     );
+    assert!(list.stderr.is_empty(), "nothing drawn off a terminal");
+    store_spinner_on_a_terminal(exe, &dir, &file);
+}
+
+/// On a terminal (a pseudo-terminal made by util-linux's `script`), `user add` and `user
+/// list` say that they open the store, with `serve`'s spinner, and still print their lines.
+fn store_spinner_on_a_terminal(exe: &str, dir: &std::path::Path, password: &std::path::Path) {
+    let dir = dir.display();
+    for (command, printed) in [
+        (
+            format!(
+                "{exe} user add --dir {dir} --name pty --role watch --password-file {}",
+                password.display()
+            ),
+            "created console user pty",
+        ),
+        (format!("{exe} user list --dir {dir}"), "chief"),
+    ] {
+        let on_terminal = std::process::Command::new("script")
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .output()
+            .expect("script (util-linux) makes a pseudo-terminal");
+        let seen = String::from_utf8_lossy(&on_terminal.stdout);
+        assert_eq!(on_terminal.status.code(), Some(0), "{command}: {seen}");
+        assert!(
+            seen.contains("opening the store"),
+            "{command}: a spinner on a terminal: {seen:?}"
+        );
+        assert!(seen.contains(printed), "{command}: {seen:?}");
+    }
 }
 
 /// What the peer writes is shown as text, never as markup: a hostile text, translation,
@@ -1198,5 +1250,344 @@ async fn a_shift_is_handed_over_and_acknowledged_in_the_audit_log() {
         .await
         .unwrap();
     assert!(log.contains(&format!(">{of}<")), "{log}");
+    drop((w, b));
+}
+
+/// An administrator manages the accounts in the browser under `detente user add`'s rules:
+/// every invalid field is named next to itself, in form order; an added account signs in;
+/// a reset password replaces the old one and ends the account's sessions; a disabled
+/// account can neither sign in nor keep its session, and a reset enables it again; nobody
+/// disables themselves. Every change is in the audit log under the administrator's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_add_disable_and_reset_accounts_in_the_browser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    detente::users::create(&w.dir, "admin1", Role::Admin, TEST_PASSWORD, None)
+        .await
+        .unwrap();
+    let admin = login(&w, "admin1").await;
+    let add =
+        |login: &'static str, role: &'static str, password: &'static str, again: &'static str| {
+            vec![
+                ("action", "add"),
+                ("login", login),
+                ("role", role),
+                ("lang", "zh-CN"),
+                ("password", password),
+                ("password_again", again),
+            ]
+        };
+    // Three invalid fields: three errors, each next to its field, in form order.
+    let r = admin
+        .form(
+            "/console/users",
+            &add("bad login", "king", "short", "short"),
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = r.text().await.unwrap();
+    let at = |id: &str| {
+        page.find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("{id}: {page}"))
+    };
+    assert!(at("new-login") < at("err-new-login"));
+    assert!(at("err-new-login") < at("new-role"));
+    assert!(at("new-role") < at("err-new-role"));
+    assert!(at("err-new-role") < at("new-password"));
+    assert!(at("new-password") < at("err-new-password"));
+    assert!(page.contains("The password is too short."), "{page}");
+    assert!(page.contains("value=\"bad login\""), "what was typed stays");
+    assert!(
+        !page.contains("value=\"short\""),
+        "a password is never sent back"
+    );
+    let r = admin
+        .form(
+            "/console/users",
+            &add("duty", "watch", "long enough", "long enougH"),
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("id=\"err-new-login\""),
+        "an existing login: {page}"
+    );
+    assert!(page.contains("id=\"err-new-password-again\""), "{page}");
+
+    // Added: it signs in, in its language.
+    let r = admin
+        .form(
+            "/console/users",
+            &add("night.1", "watch", "first password", "first password"),
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let list = admin.get("/console/users").await.text().await.unwrap();
+    assert!(list.contains("data-login=\"night.1\""), "{list}");
+    let night = login_with(&w, "night.1", "first password").await;
+    assert!(night
+        .get("/console")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("lang=\"zh-CN\""));
+
+    // Reset: the old password and the old session end.
+    let reset = [
+        ("action", "reset"),
+        ("login", "night.1"),
+        ("password", "second password"),
+        ("password_again", "second password"),
+    ];
+    assert_eq!(
+        admin.form("/console/users", &reset, true).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        night.get("/console").await.status(),
+        StatusCode::SEE_OTHER,
+        "session ended"
+    );
+    let base = format!("http://{}", w.console_addr);
+    let r = post_login(&client(), &base, "night.1", "first password").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let night = login_with(&w, "night.1", "second password").await;
+
+    // Disabled: its session ends and no password signs it in; a reset enables it again.
+    let disable = [("action", "disable"), ("login", "night.1")];
+    assert_eq!(
+        admin.form("/console/users", &disable, true).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        night.get("/console").await.status(),
+        StatusCode::SEE_OTHER,
+        "session ended"
+    );
+    let r = post_login(&client(), &base, "night.1", "second password").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = post_login(&client(), &base, "night.1", "!disabled").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let list = admin.get("/console/users").await.text().await.unwrap();
+    assert!(!list.contains("id=\"disable-night.1\""), "already disabled");
+    let self_disable = [("action", "disable"), ("login", "admin1")];
+    let r = admin.form("/console/users", &self_disable, true).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let reset = [
+        ("action", "reset"),
+        ("login", "night.1"),
+        ("password", "third password"),
+        ("password_again", "third password"),
+    ];
+    assert_eq!(
+        admin.form("/console/users", &reset, true).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    login_with(&w, "night.1", "third password").await;
+
+    let log = admin
+        .get("/console/audit?login=admin1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    for action in ["user-add", "user-password-reset", "user-disable"] {
+        assert!(
+            log.contains(&format!("<td translate=\"no\">{action}</td>")),
+            "audit log lacks {action}: {log}"
+        );
+    }
+    assert!(log.contains("night.1 watch"), "{log}");
+    drop((w, b));
+}
+
+/// Wait (bounded) until `node` has agreed a charter with `peer`.
+async fn wait_for_charter(node: &ProcNode, peer: &str) {
+    let client = node.client().unwrap();
+    for _ in 0..300 {
+        let c = client
+            .get(&format!("/api/v1/peers/{peer}/charter"))
+            .await
+            .unwrap();
+        if c["state"] == "agreed" || c["agreed"].is_object() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no charter with {peer}");
+}
+
+/// Compose offers the charter's topics (`general` and each agreed format's) by name in the
+/// operator's language, and refuses one off the list next to the topic field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_offers_the_charter_topics_in_the_operators_language() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    wait_for_charter(&w, "beijing").await;
+    wait_for_charter(&b, "washington").await;
+    let chief = login(&w, "chief").await;
+    let page = chief.get("/console/compose").await.text().await.unwrap();
+    assert!(
+        page.contains("<select id=\"topic\" name=\"topic\""),
+        "{page}"
+    );
+    for (topic, name) in [
+        ("general", "General"),
+        ("cyber", "Cyber"),
+        ("launch", "Launch"),
+    ] {
+        assert!(
+            page.contains(&format!("<option value=\"{topic}\"")) && page.contains(name),
+            "{topic}: {page}"
+        );
+    }
+    let zh = login(&b, "chief").await;
+    let page = zh.get("/console/compose").await.text().await.unwrap();
+    assert!(page.contains(">一般事务</option>"), "{page}");
+    assert!(page.contains(">发射</option>"), "{page}");
+
+    let send = |topic: &'static str| {
+        [
+            ("to", "beijing"),
+            ("precedence", "routine"),
+            ("topic", topic),
+            ("text", "topic test"),
+            ("lang", "en"),
+        ]
+    };
+    let r = chief.form("/console/compose", &send("made-up"), true).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("id=\"err-topic\""), "{page}");
+    assert!(page.contains("Choose one of the charter"), "{page}");
+    let r = chief.form("/console/compose", &send("cyber"), true).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // The timeline names the topic in the operator's language.
+    let timeline = chief.get("/console").await.text().await.unwrap();
+    assert!(
+        timeline.contains("<span data-topic=\"cyber\">Cyber</span>"),
+        "{timeline}"
+    );
+    drop((w, b));
+}
+
+/// The launch's two areas on the offline map: on the receiver's message page (labelled in
+/// its operator's language, the coastline data served from the binary), on the print view,
+/// and in the sender's compose preview, which sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_shows_its_areas_on_the_offline_map_and_in_the_compose_preview() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let fields: Vec<Value> = [
+        ("window_start", "2030-01-01T10:00:00Z"),
+        ("window_end", "2030-01-01T12:00:00Z"),
+        ("launch_area", "circle:34.7,-120.6,30"),
+        ("impact_area", "circle:9.4,167.5,100"),
+        ("count", "1"),
+        ("category", "icbm"),
+    ]
+    .iter()
+    .map(|(k, v)| json!({"key": k, "value": v}))
+    .collect();
+    let body = json!({"to": "beijing", "format": "launch", "fields": fields});
+    let id = detente::screenshots::deliver(&w, &b, &body).await.unwrap();
+    let chief = login(&b, "chief").await;
+    for path in [
+        format!("/console/messages/{id}"),
+        format!("/console/messages/{id}/print"),
+    ] {
+        let page = chief.get(&path).await.text().await.unwrap();
+        let map = page
+            .split("<svg class=\"map\" id=\"message-map\" role=\"img\"")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no map on {path}: {page}"))
+            .split("</svg>")
+            .next()
+            .unwrap();
+        assert!(
+            map.contains("<title id=\"message-map-title\">地图："),
+            "{map}"
+        );
+        assert_eq!(
+            map.matches("<ellipse class=\"area area-").count(),
+            2,
+            "{map}"
+        );
+        assert!(map.contains("<path class=\"land\""), "coastlines: {map}");
+        assert!(
+            map.contains("发射区域") || map.contains("发射"),
+            "labels in Chinese: {map}"
+        );
+        assert!(
+            !map.contains("<script") && !map.contains("href"),
+            "nothing from elsewhere"
+        );
+    }
+    // A text has no map.
+    let text = detente::screenshots::deliver(&w, &b, &json!({"to": "beijing", "text": "hi"}))
+        .await
+        .unwrap();
+    let page = chief
+        .get(&format!("/console/messages/{text}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("<svg class=\"map\""));
+
+    // The sender previews the areas typed so far; nothing is sent.
+    let duty = login(&w, "duty").await;
+    let before = w
+        .client()
+        .unwrap()
+        .get("/api/v1/messages?direction=out")
+        .await
+        .unwrap();
+    let r = duty
+        .form(
+            "/console/compose",
+            &[
+                ("to", "beijing"),
+                ("precedence", "priority"),
+                ("topic", "launch"),
+                ("lang", "en"),
+                ("format", "launch"),
+                ("f.launch_area", "circle:34.7,-120.6,30"),
+                ("f.impact_area", "polygon:9,167;10,168;9,169"),
+                ("preview", "map"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("<svg class=\"map\" id=\"compose-map\""),
+        "{page}"
+    );
+    assert!(page.contains("<polygon class=\"area area-1\""), "{page}");
+    assert!(
+        page.contains("value=\"circle:34.7,-120.6,30\""),
+        "the form keeps what was typed"
+    );
+    assert!(page.contains("id=\"compose-map-preview\""), "{page}");
+    let after = w
+        .client()
+        .unwrap()
+        .get("/api/v1/messages?direction=out")
+        .await
+        .unwrap();
+    assert_eq!(
+        before.as_array().unwrap().len(),
+        after.as_array().unwrap().len()
+    );
     drop((w, b));
 }

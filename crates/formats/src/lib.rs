@@ -20,8 +20,8 @@ use std::sync::OnceLock;
 
 pub use def::{DefinitionError, FieldDef, FieldType, FormatDef, Rule};
 pub use render::{
-    describe, locale_for, FieldDescription, FormatDescription, GlossaryEntry, Reader, Rendered,
-    RenderedField,
+    describe, locale_for, zone_name, FieldDescription, FormatDescription, GlossaryEntry, Reader,
+    Rendered, RenderedField,
 };
 pub use validate::{FieldError, Notification, Raw, Value};
 

@@ -70,6 +70,13 @@ impl Rendered {
     }
 }
 
+/// A time zone's name in `lang` ("北京时间", "Eastern Time") for the zones the locales
+/// name (`tz-…` in `locales/LANG/common.ftl`, the one table the console uses too); `None`
+/// for the others, which callers show by their IANA id or abbreviation.
+pub fn zone_name(lang: &str, iana: &str) -> Option<String> {
+    Localizer::new(lang).zone_name(iana)
+}
+
 /// The supported locale closest to `lang`: exact, then same primary language, then English.
 pub fn locale_for(lang: &str) -> &'static str {
     if let Some(l) = LOCALES.iter().find(|l| l.eq_ignore_ascii_case(lang)) {
@@ -170,9 +177,18 @@ impl Localizer {
             &[
                 ("utc", self.datetime(ts, &TimeZone::UTC)),
                 ("local", self.datetime(ts, &tz)),
-                ("zone", zone.to_string()),
+                (
+                    "zone",
+                    self.zone_name(zone).unwrap_or_else(|| zone.to_string()),
+                ),
             ],
         )
+    }
+
+    /// The zone's name in this locale (`tz-` and the IANA id with `/` as `-`), if it has one.
+    fn zone_name(&self, iana: &str) -> Option<String> {
+        let id = format!("tz-{}", iana.replace('/', "-"));
+        self.has(&id).then(|| self.msg(&id, &[]))
     }
 
     fn point(&self, p: &GeoPoint) -> String {

@@ -754,6 +754,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "oidc.login_claim",
     "oidc.role_claim",
     "oidc.role_map",
+    "oidc.ca_file",
 ];
 
 fn bad(key: &str, reason: &str) -> ConfigError {
@@ -920,6 +921,9 @@ pub struct OidcSection {
     /// `VALUE=ROLE` pairs, comma-separated, from claim values to console roles; empty: the
     /// claim's values are role names themselves.
     pub role_map: String,
+    /// A PEM file of certificate authorities to trust for the provider, besides the
+    /// system's (an organization's own CA); empty: the system's only.
+    pub ca_file: String,
 }
 
 impl OidcSection {
@@ -940,6 +944,7 @@ impl OidcSection {
             "oidc.login_claim" => self.login_claim.clone(),
             "oidc.role_claim" => self.role_claim.clone(),
             "oidc.role_map" => self.role_map.clone(),
+            "oidc.ca_file" => self.ca_file.clone(),
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         })
     }
@@ -957,6 +962,7 @@ impl OidcSection {
             "oidc.login_claim" => &mut self.login_claim,
             "oidc.role_claim" => &mut self.role_claim,
             "oidc.role_map" => &mut self.role_map,
+            "oidc.ca_file" => &mut self.ca_file,
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         };
         *slot = value.to_string();
@@ -989,6 +995,10 @@ impl OidcSection {
             }
         }
         self.role_pairs()?;
+        // The node may run from another directory than the one it was configured from.
+        if !self.ca_file.is_empty() && !std::path::Path::new(&self.ca_file).is_absolute() {
+            return Err(bad("oidc.ca_file", "an absolute path to a PEM file"));
+        }
         // Each value on its own: the keys are set one at a time, so completeness (a client
         // id with an issuer) is checked where sign-in starts.
         if self.enabled() && !oidc_url_allowed(&self.issuer) {

@@ -19,6 +19,71 @@ pub struct Texts {
     bundles: HashMap<&'static str, FluentBundle<FluentResource>>,
 }
 
+/// Longest `Accept-Language` header read; the rest of it is ignored.
+pub const ACCEPT_LANGUAGE_BYTES_MAX: usize = 1024;
+/// Language ranges of one `Accept-Language` header looked at, at most.
+pub const ACCEPT_LANGUAGE_RANGES_MAX: usize = 32;
+
+/// The interface language an `Accept-Language` header (RFC 9110 §12.5.4) asks for: the
+/// range of highest weight that names one of [`LANGUAGES`] by its primary subtag (any
+/// Chinese is shown as simplified Chinese, the only Chinese here); `None` when it names
+/// none of them, so that the caller falls back to the node's language.
+pub fn negotiate(header: &str) -> Option<&'static str> {
+    let end = (0..=header.len().min(ACCEPT_LANGUAGE_BYTES_MAX))
+        .rev()
+        .find(|&i| header.is_char_boundary(i))
+        .unwrap_or(0);
+    let mut best: Option<(u16, &'static str)> = None;
+    for range in header[..end].split(',').take(ACCEPT_LANGUAGE_RANGES_MAX) {
+        let mut parts = range.split(';');
+        let tag = parts.next().unwrap_or("").trim();
+        let weight = match parts.find_map(|p| p.trim().strip_prefix("q=")) {
+            None => Some(1000),
+            Some(q) => q
+                .trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|q| (0.0..=1.0).contains(q))
+                .map(|q| (q * 1000.0).round() as u16),
+        };
+        let (Some(weight), Some(code)) = (weight, interface_language(tag)) else {
+            continue;
+        };
+        // Ties go to the range listed first.
+        if weight > 0 && best.is_none_or(|(w, _)| weight > w) {
+            best = Some((weight, code));
+        }
+    }
+    best.map(|(_, code)| code)
+}
+
+fn interface_language(tag: &str) -> Option<&'static str> {
+    let primary = tag.split(['-', '_']).next()?.to_ascii_lowercase();
+    match primary.as_str() {
+        "en" => Some("en"),
+        "zh" => Some("zh-CN"),
+        _ => None,
+    }
+}
+
+/// The language to answer a request in: the one its `Accept-Language` asks for, else the
+/// node's.
+pub fn request_lang(shared: &crate::Shared, headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(axum::http::header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(negotiate)
+        .map_or_else(
+            || {
+                shared
+                    .config
+                    .read()
+                    .map_or_else(|_| "en".to_string(), |c| c.lang.clone())
+            },
+            str::to_string,
+        )
+}
+
 /// Whether `code` is an interface language.
 pub fn supported(code: &str) -> bool {
     LANGUAGES.iter().any(|(c, _)| *c == code)
@@ -110,6 +175,29 @@ mod tests {
         for k in &zh {
             assert!(en.contains(k), "en lacks {k}");
         }
+    }
+
+    #[test]
+    fn accept_language_picks_the_heaviest_interface_language() {
+        assert_eq!(negotiate("zh-CN,zh;q=0.9,en;q=0.8"), Some("zh-CN"));
+        assert_eq!(negotiate("fr-FR, en-GB;q=0.5, zh-TW;q=0.7"), Some("zh-CN"));
+        assert_eq!(negotiate("en-US,en;q=0.9"), Some("en"));
+        assert_eq!(
+            negotiate("zh;q=0.5, en;q=0.5"),
+            Some("zh-CN"),
+            "a tie: first"
+        );
+        assert_eq!(negotiate("zh;q=0, en;q=0.1"), Some("en"), "q=0: not wanted");
+        assert_eq!(negotiate("fr, de;q=0.9, *;q=0.1"), None);
+        assert_eq!(
+            negotiate("zh;q=banana, en;q=2"),
+            None,
+            "bad weights are ignored"
+        );
+        assert_eq!(negotiate(""), None);
+        let long = format!("{}zh", "fr,".repeat(ACCEPT_LANGUAGE_BYTES_MAX));
+        assert_eq!(negotiate(&long), None, "read only so far");
+        assert_eq!(negotiate("é,zh"), Some("zh-CN"));
     }
 
     #[test]

@@ -218,12 +218,16 @@ pub struct SendBody {
 /// The envelope body of a send: free text, or a notification validated against its format
 /// (and the peer's charter) before anything is stored. Also the default precedence and
 /// topic (the format's, for a notification).
+/// Errors are in `reply` (the language the request asks for); a text with no language of
+/// its own is in `lang` (the node's).
 fn request_body(
     shared: &Shared,
     body: &SendBody,
     lang: &str,
+    reply: &str,
 ) -> Result<(Body, Precedence, String), Error> {
     let unprocessable = |e: String| Error::new(StatusCode::UNPROCESSABLE_ENTITY, e);
+    let t = |key: &str| shared.console.i18n.text(reply, key);
     match (&body.text, &body.format) {
         (Some(text), None) => Ok((
             Body::Text(TextBody {
@@ -235,20 +239,21 @@ fn request_body(
             "general".to_string(),
         )),
         (None, Some(id)) => {
-            let def = crate::notify::format(id, body.format_version).map_err(|e| {
-                unprocessable(e.to_string()).hint("see the formats with: detente formats list")
-            })?;
+            let def = crate::notify::format(id, body.format_version)
+                .map_err(|e| unprocessable(e.to_string()).hint(t("api-hint-formats")))?;
             let text_lang = body.lang.clone().unwrap_or_else(|| lang.to_string());
             let notification = crate::notify::build(def, &body.fields, &text_lang, now_ms())
-                .map_err(|e| invalid_notification(shared, def, &e, lang))?;
+                .map_err(|e| invalid_notification(shared, def, &e, reply))?;
             // The fields are checked first, so an operator learns of every mistake of theirs
             // even before the channel is agreed. (An unknown peer is the writer's error.)
             if shared.table.get(&body.to).is_some() {
                 crate::notify::check_peer_holds(shared, &body.to, def).map_err(|e| {
-                    unprocessable(e).hint(format!(
-                        "both nodes must hold the same definition; see the agreed formats with: detente charter --dir DIR --peer {}",
-                        body.to
-                    ))
+                    let args = [("peer", body.to.clone())];
+                    let hint = shared
+                        .console
+                        .i18n
+                        .text_with(reply, "api-hint-charter", &args);
+                    unprocessable(e).hint(hint)
                 })?;
             }
             let precedence = Precedence::parse(&def.precedence).unwrap_or(Precedence::Routine);
@@ -258,26 +263,25 @@ fn request_body(
                 def.topic.clone(),
             ))
         }
-        (Some(_), Some(_)) => Err(unprocessable(
-            "give either text or a format, not both".into(),
-        )),
-        (None, None) => Err(unprocessable("nothing to send".into())
-            .hint("give --text TEXT, or --format ID with --field KEY=VALUE ...")),
+        (Some(_), Some(_)) => Err(unprocessable(t("api-error-text-and-format"))),
+        (None, None) => Err(unprocessable(t("api-error-nothing")).hint(t("api-hint-nothing"))),
     }
 }
 
-/// A notification refused by its format: every invalid field at once, in the node's
-/// language (the operator's, for the command line), as text and as `problems`.
+/// A notification refused by its format: every invalid field at once, in `lang` (the one the
+/// request asks for, else the node's: the operator's, for the command line), as text and as
+/// `problems`.
 fn invalid_notification(
     shared: &Shared,
     def: &detente_formats::FormatDef,
     error: &crate::notify::NotifyError,
     lang: &str,
 ) -> Error {
-    let hint = format!(
-        "see the fields and rules with: detente formats show {}",
-        def.id
-    );
+    let args = [("format", def.id.clone())];
+    let hint = shared
+        .console
+        .i18n
+        .text_with(lang, "api-hint-fields", &args);
     match crate::notify::problems(def, error, lang, &shared.console.i18n) {
         Some((text, problems)) => {
             let mut e = Error::new(StatusCode::UNPROCESSABLE_ENTITY, text).hint(hint);
@@ -288,20 +292,29 @@ fn invalid_notification(
     }
 }
 
-pub(crate) fn build_request(shared: &Shared, body: SendBody) -> Result<SendRequest, Error> {
+/// The message a send asks for, checked; its errors in `reply` (the language the request
+/// asks for), else the node's language.
+pub(crate) fn build_request(
+    shared: &Shared,
+    body: SendBody,
+    reply: Option<&str>,
+) -> Result<SendRequest, Error> {
     let (lang, author) = {
         let config = shared.config.read().map_err(|_| internal())?;
         (config.lang.clone(), config.author.clone())
     };
-    let (message, default_precedence, default_topic) = request_body(shared, &body, &lang)?;
+    let reply = reply.unwrap_or(&lang);
+    let texts = &shared.console.i18n;
+    let (message, default_precedence, default_topic) = request_body(shared, &body, &lang, reply)?;
     let precedence = match body.precedence.as_deref() {
         None => default_precedence,
         Some(p) => Precedence::parse(p).ok_or_else(|| {
+            let args = [("precedence", format!("{p:?}"))];
             Error::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("unknown precedence {p:?}"),
+                texts.text_with(reply, "api-error-precedence", &args),
             )
-            .hint("use flash, immediate, priority or routine")
+            .hint(texts.text(reply, "api-hint-precedence"))
         })?,
     };
     let in_reply_to = match body.reply_to.as_deref() {
@@ -309,7 +322,7 @@ pub(crate) fn build_request(shared: &Shared, body: SendBody) -> Result<SendReque
         Some(text) => Some(MessageId::from_hex(text).ok_or_else(|| {
             Error::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "reply_to is not a message id (64 hex digits)",
+                texts.text(reply, "api-error-reply-to"),
             )
         })?),
     };
@@ -328,7 +341,7 @@ pub(crate) async fn send_one(
     shared: &Shared,
     body: SendBody,
 ) -> Result<crate::writer::Sent, Error> {
-    let request = build_request(shared, body)?;
+    let request = build_request(shared, body, None)?;
     Ok(shared.engine.send(request).await?)
 }
 

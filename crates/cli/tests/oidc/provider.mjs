@@ -4,10 +4,15 @@
 // is added: the login and consent screens are skipped (the account to sign in as is chosen
 // with GET /test/account?id=...), and GET /test/tamper?aud=1 makes the token endpoint hand
 // out ID tokens for another audience, properly signed with the provider's own key (a
-// provider or a man in the middle confusing clients).
+// provider or a man in the middle confusing clients); GET /test/tamper?groups=0 hands out
+// ID tokens without the group claim, which the userinfo endpoint still gives (providers that
+// keep ID tokens small do this).
 //
 // Usage: node provider.mjs REDIRECT_URI CLIENT_SECRET; prints "port N" once it listens.
+// With TLS_CERT and TLS_KEY (PEM files) in the environment it serves https.
+import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { generateKeyPairSync } from 'node:crypto';
 import Provider from 'oidc-provider';
 import * as jose from 'jose';
@@ -21,18 +26,25 @@ const accounts = {
 };
 let account = 'alice';
 let tamperAudience = false;
+let stripGroups = false;
+const tls = process.env.TLS_CERT && {
+  cert: fs.readFileSync(process.env.TLS_CERT),
+  key: fs.readFileSync(process.env.TLS_KEY),
+};
 
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'test-key', alg: 'RS256', use: 'sig' };
 
-const server = http.createServer();
+const server = tls ? https.createServer(tls) : http.createServer();
 server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
-  const provider = new Provider(`http://127.0.0.1:${port}`, {
+  const provider = new Provider(`${tls ? 'https' : 'http'}://127.0.0.1:${port}`, {
     clients: [{
       client_id: 'detente-node',
       client_secret: clientSecret,
       redirect_uris: [redirectUri],
+      // Where the node's logout comes back to (RP-Initiated Logout).
+      post_logout_redirect_uris: [redirectUri.replace('/login/oidc/callback', '/login')],
       grant_types: ['authorization_code'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
@@ -57,7 +69,8 @@ server.listen(0, '127.0.0.1', () => {
       return;
     }
     if (ctx.path === '/test/tamper') {
-      tamperAudience = ctx.query.aud === '1';
+      if (ctx.query.aud) tamperAudience = ctx.query.aud === '1';
+      if (ctx.query.groups) stripGroups = ctx.query.groups === '0';
       ctx.body = 'ok';
       return;
     }
@@ -74,9 +87,10 @@ server.listen(0, '127.0.0.1', () => {
       return;
     }
     await next();
-    if (tamperAudience && ctx.path === '/token' && ctx.body && ctx.body.id_token) {
+    if ((tamperAudience || stripGroups) && ctx.path === '/token' && ctx.body && ctx.body.id_token) {
       const claims = jose.decodeJwt(ctx.body.id_token);
-      claims.aud = 'another-client';
+      if (tamperAudience) claims.aud = 'another-client';
+      if (stripGroups) delete claims.detente_groups;
       const key = await jose.importJWK(jwk, 'RS256');
       ctx.body = {
         ...ctx.body,

@@ -45,3 +45,9 @@ rule-order = { $second } must be after { $first }
 rule-lead-time = { $field } must be at least { $min } after sending; if later, give the reason in { $late }
 rule-required-when = { $field } is required when { $when } is { $values }
 rule-absent-when = { $field } must be left out when { $when } is { $values }
+# Time-zone names (tz- and the IANA id with / as -), shown in notifications, the console and
+# the command line's inbox; a zone without a name here is shown by its IANA id.
+tz-Asia-Shanghai = China Standard Time
+tz-America-New_York = Eastern Time
+tz-Europe-Moscow = Moscow Time
+tz-Europe-London = UK time

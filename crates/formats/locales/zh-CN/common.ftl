@@ -45,3 +45,8 @@ rule-order = { $second }须晚于{ $first }
 rule-lead-time = { $field }须在发送后至少{ $min }；如晚于此，须在{ $late }中说明理由
 rule-required-when = 当{ $when }为{ $values }时，{ $field }为必填
 rule-absent-when = 当{ $when }为{ $values }时，{ $field }须留空
+# 时区名称（tz- 加 IANA 标识，/ 写作 -），用于通报、控制台和命令行的收件箱。
+tz-Asia-Shanghai = 北京时间
+tz-America-New_York = 美国东部时间
+tz-Europe-Moscow = 莫斯科时间
+tz-Europe-London = 英国时间

@@ -804,6 +804,7 @@ impl From<crate::writer::Sent> for SentJson {
     path = "/api/v1/messages",
     tag = "messages",
     request_body = SendBody,
+    params(("Accept-Language" = Option<String>, Header, description = "The language of errors and problems (en or zh); the node's by default.")),
     responses(
         (status = 201, description = "Stored durably and queued.", body = SentJson),
         (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
@@ -812,9 +813,11 @@ impl From<crate::writer::Sent> for SentJson {
 async fn send(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<SendBody>,
 ) -> ApiResult {
-    let request = build_request(&shared, body)?;
+    let reply = crate::i18n::request_lang(&shared, &headers);
+    let request = build_request(&shared, body, Some(&reply))?;
     caller.may_send(request.precedence)?;
     let to = request.peer.clone();
     let sent = shared.engine.send(request).await?;
@@ -954,6 +957,7 @@ struct BatchBody {
     path = "/api/v1/messages/batch",
     tag = "messages",
     request_body = BatchBody,
+    params(("Accept-Language" = Option<String>, Header, description = "The language of errors and problems (en or zh); the node's by default.")),
     responses(
         (status = 201, description = "Every message stored durably, in order.", body = Vec<SentJson>),
         (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
@@ -962,6 +966,7 @@ struct BatchBody {
 async fn send_batch(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<BatchBody>,
 ) -> ApiResult {
     if body.messages.len() > SEND_BATCH_MAX {
@@ -972,7 +977,8 @@ async fn send_batch(
     }
     let mut requests = Vec::with_capacity(body.messages.len());
     for message in body.messages {
-        let request = build_request(&shared, message)?;
+        let reply = crate::i18n::request_lang(&shared, &headers);
+        let request = build_request(&shared, message, Some(&reply))?;
         caller.may_send(request.precedence)?;
         requests.push(request);
     }

@@ -41,13 +41,18 @@ pub async fn live_page(shared: &Shared, op: &Operator, title: &str, main: Markup
         alarm: super::queue::alarm_html(shared, op, &q),
         queue: super::queue::queue_html(shared, op, &q),
     };
-    page_with(shared, Some(op), title, main, &regions)
+    page_with(shared, Some(op), None, title, main, &regions)
 }
 
 /// A complete page: head, navigation, the alarm banner, and `main`; the live regions are
 /// left for the script to fill.
 pub fn page(shared: &Shared, op: Option<&Operator>, title: &str, main: Markup) -> String {
-    page_with(shared, op, title, main, &Regions::default())
+    page_with(shared, op, None, title, main, &Regions::default())
+}
+
+/// A page for someone not signed in, in `lang` (the language their browser asks for).
+pub fn page_in(shared: &Shared, lang: &str, title: &str, main: Markup) -> String {
+    page_with(shared, None, Some(lang), title, main, &Regions::default())
 }
 
 /// What the layout shows around every page: the view model of [`page_with`].
@@ -63,11 +68,16 @@ struct Layout<'a> {
 fn page_with(
     shared: &Shared,
     op: Option<&Operator>,
+    lang: Option<&str>,
     title: &str,
     main: Markup,
     regions: &Regions,
 ) -> String {
-    let lang = op.map_or_else(|| node_lang(shared), |o| o.lang.clone());
+    let lang = match (op, lang) {
+        (Some(o), _) => o.lang.clone(),
+        (None, Some(l)) => l.to_string(),
+        (None, None) => node_lang(shared),
+    };
     let layout = Layout {
         node: shared
             .config

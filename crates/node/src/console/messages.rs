@@ -58,6 +58,8 @@ pub struct MessageView {
     pub format: Option<String>,
     /// For a `dialogue-request`: each proposed slot's number and start.
     pub slots: Vec<(u8, i64)>,
+    /// A notification's typed fields as text (free-text fields left out), by key.
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 /// The start of a `window` field's value (`START/END`, both RFC 3339).
@@ -129,6 +131,14 @@ impl MessageView {
             slots: (1..=3u8)
                 .filter_map(|n| Some((n, window_start_ms(&m["fields"][format!("slot_{n}")])?)))
                 .collect(),
+            fields: m["fields"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -291,7 +301,7 @@ pub fn item(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
             div.msg-head {
                 (precedence(shared, op, &m.precedence)) " " (answer_state(shared, op, m)) " "
                 span.who { (who) } " · "
-                span.topic { (tr(shared, op, "topic")) ": " span translate="no" { (m.topic) } } " · "
+                span.topic { (tr(shared, op, "topic")) ": " (super::pages::topic_markup(shared, &op.lang, &m.topic)) } " · "
                 span.author { (tr(shared, op, "author")) ": " span translate="no" { (m.author) } } " · "
                 span.seq { "#" @if let Some(seq) = m.seq { (seq) } }
             }
@@ -416,6 +426,7 @@ pub fn detail(
 ) -> Markup {
     html! {
         ol.timeline.single { (item(shared, op, m)) }
+        (map(shared, op, m))
         @if let Some(p) = parent {
             h2 { (tr(shared, op, "in-reply-to")) }
             ol.timeline.thread { (item(shared, op, p)) }
@@ -425,4 +436,13 @@ pub fn detail(
             ol.timeline.thread #replies { @for r in replies { (item(shared, op, r)) } }
         }
     }
+}
+
+/// The notification's areas and points on the offline map, if it has any.
+fn map(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
+    let Some(format) = &m.format else {
+        return html! {};
+    };
+    let shapes = super::map::shapes(format, &op.lang, |k| m.fields.get(k).cloned());
+    super::map::figure(shared, op, &shapes, "message-map")
 }

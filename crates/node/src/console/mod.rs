@@ -3,12 +3,15 @@
 //!
 //! - [`auth`]: roles, argon2id passwords, sessions, CSRF tokens, the login rate limiter.
 //! - [`handover`]: the shift handover, signed off and acknowledged in the audit log.
+//! - [`map`]: the offline world map (Natural Earth coastlines) with a notification's areas
+//!   and points, as server-rendered SVG.
 //! - [`messages`]: how a message shows (timeline item, its page, the answer and decline
 //!   forms): a typed view of the API's JSON, rendered by maud templates.
 //! - [`oidc`]: sign-in through the organization's OpenID Connect provider (code flow, PKCE).
 //! - [`pages`]: the pages and the forms they post.
-//! - [`records`]: link health, the transcript's checks, the counterparts, the audit log and
-//!   the users: typed view models rendered by maud templates.
+//! - [`records`]: link health, the transcript's checks, the counterparts and the audit log:
+//!   typed view models rendered by maud templates.
+//! - [`users`]: the accounts, for administrators: add, disable, reset a password (audited).
 //! - [`queue`]: the "needs action" queue and the alarm banner, from one source of deadline
 //!   state.
 //! - [`search`]: the full-text search index over texts and notifications, filled when
@@ -27,6 +30,7 @@ pub mod auth;
 pub mod handover;
 pub mod html;
 pub use crate::i18n;
+pub mod map;
 pub mod messages;
 pub mod oidc;
 pub mod pages;
@@ -35,6 +39,7 @@ pub mod records;
 pub mod search;
 pub mod sse;
 pub mod status;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -121,7 +126,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/counterparts", get(records::counterparts))
         .route("/console/audit", get(records::audit_log))
         .route("/console/audit/export.csv", get(records::audit_csv))
-        .route("/console/users", get(records::users))
+        .route("/console/users", get(users::page).post(users::post))
         .route("/console/lang", post(pages::set_lang))
         .route("/console/density", post(pages::set_density))
         .route("/console/settings", get(pages::settings))

@@ -8,15 +8,25 @@
 //!   bounded in-memory table, binds them to this browser with a cookie, and sends the browser
 //!   to the provider.
 //! - `GET /login/oidc/callback` takes the provider's answer: the state must be one this node
-//!   issued to this browser, the code is exchanged with the PKCE verifier, the ID token must
-//!   verify with the nonce; then the operator's account is created or its role updated, and a
-//!   session starts like a local login's. Every refusal and every sign-in is audited.
+//!   issued to this browser, the `iss` the provider names must be its own (RFC 9207; required
+//!   when its metadata promises it), the code is exchanged with the PKCE verifier, the ID
+//!   token must verify with the nonce; a login or role claim the ID token lacks is read from
+//!   the userinfo endpoint (same subject). Then the operator's account is created or its role
+//!   updated, and a session starts like a local login's. Every refusal and every sign-in is
+//!   audited; the refusal page is in the language the browser asks for.
+//! - Logging out of such a session ends it here and, when the provider advertises an
+//!   `end_session_endpoint`, sends the browser there (RP-Initiated Logout 1.0, with the ID
+//!   token as `id_token_hint`), so that the next operator at the desk is not signed in
+//!   silently through the provider's own session. The hints are kept in bounded memory: after
+//!   a restart, logging out ends the local session only.
+//! - `oidc.ca_file` adds an organization's own certificate authorities for the provider.
 //!
 //! An operator signed in this way has no password here: the account's password field holds
 //! [`OIDC_PASSWORD_MARK`], which no password verifies against, and a local account's name
 //! is never taken over by a sign-in through the provider.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,19 +34,25 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
-use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
-use serde::Deserialize;
+use openidconnect::{
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndSessionUrl, IssuerUrl, LogoutRequest,
+    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl,
+    RedirectUrl, Scope, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Role};
 use maud::{html, Markup};
 
-use super::html::page;
+use super::html::page_in;
 use super::{audit, cookie, set_cookie, Source, SESSION_COOKIE};
-use crate::config::OidcSection;
+use crate::config::{OidcSection, OIDC_CALLBACK_PATH};
+use crate::i18n::{request_lang, Texts};
 use crate::{now_ms, Shared};
 
 /// The cookie that binds a sign-in in progress to the browser that started it.
@@ -56,6 +72,15 @@ pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ROLE_VALUES_MAX: usize = 256;
 /// Longest text of the provider's own error kept for the page and the audit log.
 const PROVIDER_ERROR_CHARS_MAX: usize = 200;
+/// Largest `oidc.ca_file` read (a bundle of an organization's authorities, in PEM).
+pub const CA_FILE_BYTES_MAX: usize = 1024 * 1024;
+/// Signed-in sessions whose provider logout is remembered, at most; one more pushes out the
+/// oldest (whose logout then ends the local session only).
+pub const LOGOUT_HINTS_MAX: usize = 512;
+/// Longest provider logout URL remembered (it carries the ID token); a longer one is kept
+/// without the `id_token_hint`, which RP-Initiated Logout allows.
+pub const LOGOUT_URL_BYTES_MAX: usize = 8 * 1024;
+const _: () = assert!(LOGOUT_HINTS_MAX * LOGOUT_URL_BYTES_MAX <= 4 * 1024 * 1024);
 
 /// One sign-in in progress.
 #[derive(Debug, Clone)]
@@ -67,10 +92,19 @@ struct Pending {
     started_ms: u64,
 }
 
-/// Sign-ins in progress, by state, in bounded memory.
+/// Where a session signed in through the provider goes on logout.
+#[derive(Debug, Clone)]
+struct LogoutHint {
+    url: String,
+    created_ms: u64,
+}
+
+/// Sign-ins in progress, by state, and the provider logouts of sessions signed in through
+/// it, by the session token's hash; both in bounded memory.
 #[derive(Debug, Default)]
 pub struct OidcState {
     pending: Mutex<HashMap<String, Pending>>,
+    logouts: Mutex<HashMap<[u8; 32], LogoutHint>>,
 }
 
 impl OidcState {
@@ -97,6 +131,35 @@ impl OidcState {
         let mut map = self.pending.lock().ok()?;
         map.remove(state)
             .filter(|p| now.saturating_sub(p.started_ms) < PENDING_MS)
+    }
+
+    fn remember_logout(&self, session: [u8; 32], url: String, now: u64) {
+        let Ok(mut map) = self.logouts.lock() else {
+            return;
+        };
+        map.retain(|_, h| now.saturating_sub(h.created_ms) < auth::SESSION_MS as u64);
+        while map.len() >= LOGOUT_HINTS_MAX {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, h)| h.created_ms)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => map.remove(&k),
+                None => break,
+            };
+        }
+        map.insert(
+            session,
+            LogoutHint {
+                url,
+                created_ms: now,
+            },
+        );
+    }
+
+    /// The provider logout of the session whose token hashes to `session`, once.
+    pub fn take_logout(&self, session: [u8; 32]) -> Option<String> {
+        self.logouts.lock().ok()?.remove(&session).map(|h| h.url)
     }
 
     pub fn len(&self) -> usize {
@@ -138,6 +201,41 @@ pub enum Refusal {
     Throttled,
     #[error("the store is unavailable")]
     Store,
+    #[error("the answer names issuer {0:?}, not this node's identity provider (RFC 9207)")]
+    WrongIssuer(String),
+    #[error("the identity provider promises to name itself in its answer and did not (RFC 9207)")]
+    NoIssuer,
+    #[error("the identity provider's userinfo answer was refused: {0}")]
+    Userinfo(String),
+}
+
+impl Refusal {
+    /// The refusal in `lang`, for the page (the audit log keeps the English `Display`).
+    pub fn text(&self, texts: &Texts, lang: &str) -> String {
+        let one = |k: &'static str, v: &String| vec![(k, v.clone())];
+        let (key, args) = match self {
+            Refusal::Off => ("oidc-refusal-off", vec![]),
+            Refusal::Misconfigured(d) => ("oidc-refusal-misconfigured", one("detail", d)),
+            Refusal::Provider(d) => ("oidc-refusal-provider", one("detail", d)),
+            Refusal::ProviderRefused(d) => ("oidc-refusal-provider-refused", one("detail", d)),
+            Refusal::UnknownState => ("oidc-refusal-unknown-state", vec![]),
+            Refusal::OtherBrowser => ("oidc-refusal-other-browser", vec![]),
+            Refusal::BadToken(d) => ("oidc-refusal-bad-token", one("detail", d)),
+            Refusal::NoLogin(c) => ("oidc-refusal-no-login", one("claim", c)),
+            Refusal::NoRole { claim } => ("oidc-refusal-no-role", one("claim", claim)),
+            Refusal::SeveralRoles { claim, roles } => (
+                "oidc-refusal-several-roles",
+                vec![("claim", claim.clone()), ("roles", roles.clone())],
+            ),
+            Refusal::LocalAccount(l) => ("oidc-refusal-local-account", one("login", l)),
+            Refusal::Throttled => ("oidc-refusal-throttled", vec![]),
+            Refusal::Store => ("oidc-refusal-store", vec![]),
+            Refusal::WrongIssuer(i) => ("oidc-refusal-wrong-issuer", one("issuer", i)),
+            Refusal::NoIssuer => ("oidc-refusal-no-issuer", vec![]),
+            Refusal::Userinfo(d) => ("oidc-refusal-userinfo", one("detail", d)),
+        };
+        texts.text_with(lang, key, &args)
+    }
 }
 
 /// The settings of `oidc.*`, checked for use.
@@ -252,13 +350,46 @@ enum HttpError {
 /// followed elsewhere), a timeout, and a bound on the size of every answer.
 struct Http(reqwest::Client);
 
-fn http_client() -> Result<Http, Refusal> {
-    reqwest::Client::builder()
+fn http_client(section: &OidcSection) -> Result<Http, Refusal> {
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(PROVIDER_TIMEOUT)
-        .build()
-        .map(Http)
-        .map_err(|e| Refusal::Provider(e.to_string()))
+        .timeout(PROVIDER_TIMEOUT);
+    for root in provider_roots(&section.ca_file)? {
+        builder = builder.add_root_certificate(root);
+    }
+    builder.build().map(Http).map_err(|e| {
+        if section.ca_file.is_empty() {
+            Refusal::Provider(error_chain(&e))
+        } else {
+            Refusal::Misconfigured(format!(
+                "oidc.ca_file {}: {}",
+                section.ca_file,
+                error_chain(&e)
+            ))
+        }
+    })
+}
+
+/// The certificate authorities of `oidc.ca_file` (PEM, one or more), none when it is empty.
+/// A file that cannot be read, is too large or holds no certificate is a configuration
+/// error that says which file and why.
+pub fn provider_roots(path: &str) -> Result<Vec<reqwest::Certificate>, Refusal> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |why: String| Refusal::Misconfigured(format!("oidc.ca_file {path}: {why}"));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(CA_FILE_BYTES_MAX as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| bad(e.to_string()))?;
+    if bytes.len() > CA_FILE_BYTES_MAX {
+        return Err(bad(format!("larger than {CA_FILE_BYTES_MAX} bytes")));
+    }
+    let roots = reqwest::Certificate::from_pem_bundle(&bytes).map_err(|e| bad(error_chain(&e)))?;
+    if roots.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(roots)
 }
 
 type HttpFuture<'c> = std::pin::Pin<
@@ -303,34 +434,63 @@ async fn send(
     Ok(out)
 }
 
+/// What this node reads of the provider's metadata beyond the core: RP-Initiated Logout's
+/// `end_session_endpoint` and RFC 9207's promise to name itself in every answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end_session_endpoint: Option<EndSessionUrl>,
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
+}
+
+impl openidconnect::AdditionalProviderMetadata for ExtraMetadata {}
+
+type Metadata = openidconnect::ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+type ProviderClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
 /// The provider's metadata (discovery; the issuer must match) and this node's client there.
 async fn provider_client(
     settings: &Settings,
     http: &Http,
-) -> Result<
-    openidconnect::core::CoreClient<
-        openidconnect::EndpointSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointMaybeSet,
-        openidconnect::EndpointMaybeSet,
-    >,
-    Refusal,
-> {
+) -> Result<(ProviderClient, Metadata), Refusal> {
     let s = &settings.section;
     let issuer = IssuerUrl::new(s.issuer.clone())
         .map_err(|e| Refusal::Misconfigured(format!("oidc.issuer: {e}")))?;
     let redirect = RedirectUrl::new(s.redirect_url.clone())
         .map_err(|e| Refusal::Misconfigured(format!("oidc.redirect_url: {e}")))?;
-    let metadata = CoreProviderMetadata::discover_async(issuer, http)
+    let metadata = Metadata::discover_async(issuer, http)
         .await
         .map_err(|e| Refusal::Provider(error_chain(&e)))?;
     let secret = (!s.client_secret.is_empty()).then(|| ClientSecret::new(s.client_secret.clone()));
-    Ok(
-        CoreClient::from_provider_metadata(metadata, ClientId::new(s.client_id.clone()), secret)
-            .set_redirect_uri(redirect),
+    let client = CoreClient::from_provider_metadata(
+        metadata.clone(),
+        ClientId::new(s.client_id.clone()),
+        secret,
     )
+    .set_redirect_uri(redirect);
+    Ok((client, metadata))
 }
 
 /// An error and its causes on one line (the crate's errors wrap the useful part).
@@ -359,10 +519,14 @@ pub fn login_link(shared: &Shared, lang: &str) -> Markup {
 pub async fn start(
     State(shared): State<std::sync::Arc<Shared>>,
     Source(source): Source,
+    headers: HeaderMap,
 ) -> Response {
     match begin(&shared, source).await {
         Ok(response) => response,
-        Err(refusal) => refused(&shared, "(oidc)", source, refusal).await,
+        Err(refusal) => {
+            let lang = request_lang(&shared, &headers);
+            refused(&shared, &lang, "(oidc)", source, refusal).await
+        }
     }
 }
 
@@ -374,8 +538,8 @@ async fn begin(shared: &Shared, source: IpAddr) -> Result<Response, Refusal> {
     if let auth::Attempt::Throttled { .. } = shared.console.limiter.begin("(oidc)", source, now) {
         return Err(Refusal::Throttled);
     }
-    let http = http_client()?;
-    let client = provider_client(&settings, &http).await?;
+    let http = http_client(&settings.section)?;
+    let (client, _) = provider_client(&settings, &http).await?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut request = client
         .authorize_url(
@@ -436,6 +600,9 @@ pub struct CallbackQuery {
     error: String,
     #[serde(default)]
     error_description: String,
+    /// Who answered (RFC 9207), on success and on error alike.
+    #[serde(default)]
+    iss: Option<String>,
 }
 
 /// `GET /login/oidc/callback`: finish a sign-in.
@@ -445,6 +612,7 @@ pub async fn callback(
     headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
+    let lang = request_lang(&shared, &headers);
     match finish(&shared, &headers, query).await {
         Ok(signed_in) => {
             shared.console.limiter.succeeded("(oidc)", source);
@@ -460,15 +628,15 @@ pub async fn callback(
             // failed login, and past the limit neither audited nor answered at length.
             let attempt = shared.console.limiter.begin("(oidc)", source, now_ms());
             if let auth::Attempt::Throttled { .. } = attempt {
-                return refused(&shared, &login, source, Refusal::Throttled).await;
+                return refused(&shared, &lang, &login, source, Refusal::Throttled).await;
             }
-            refused(&shared, &login, source, Refusal::UnknownState).await
+            refused(&shared, &lang, &login, source, Refusal::UnknownState).await
         }
-        Err((login, Refusal::Off)) => refused(&shared, &login, source, Refusal::Off).await,
+        Err((login, Refusal::Off)) => refused(&shared, &lang, &login, source, Refusal::Off).await,
         Err((login, refusal)) => {
             // The sign-in this node started came back: its start is no longer pending.
             shared.console.limiter.succeeded("(oidc)", source);
-            refused(&shared, &login, source, refusal).await
+            refused(&shared, &lang, &login, source, refusal).await
         }
     }
 }
@@ -481,12 +649,16 @@ struct SignedIn {
     subject: String,
 }
 
+/// A refusal before the operator's login name is known.
+fn anonymous(r: Refusal) -> (String, Refusal) {
+    ("(oidc)".to_string(), r)
+}
+
 async fn finish(
     shared: &Shared,
     headers: &HeaderMap,
     query: CallbackQuery,
 ) -> Result<SignedIn, (String, Refusal)> {
-    let anonymous = |r: Refusal| ("(oidc)".to_string(), r);
     let settings = Settings::load(shared).map_err(anonymous)?;
     let now = now_ms();
     // The state first: it is what ties this answer to a sign-in this node started.
@@ -500,13 +672,16 @@ async fn finish(
     if binding.is_empty() || auth::token_hash(binding) != pending.binding {
         return Err(anonymous(Refusal::OtherBrowser));
     }
+    let http = http_client(&settings.section).map_err(anonymous)?;
+    let (client, metadata) = provider_client(&settings, &http).await.map_err(anonymous)?;
+    // RFC 9207: an answer made by another provider (a mix-up attack) is refused before its
+    // code goes anywhere, and so is its error.
+    check_issuer(&metadata, query.iss.as_deref()).map_err(anonymous)?;
     if !query.error.is_empty() {
         let text = format!("{} {}", query.error, query.error_description);
         let text = text.trim().chars().take(PROVIDER_ERROR_CHARS_MAX).collect();
         return Err(anonymous(Refusal::ProviderRefused(text)));
     }
-    let http = http_client().map_err(anonymous)?;
-    let client = provider_client(&settings, &http).await.map_err(anonymous)?;
     let tokens = client
         .exchange_code(AuthorizationCode::new(query.code))
         .map_err(|e| anonymous(Refusal::Provider(e.to_string())))?
@@ -523,8 +698,11 @@ async fn finish(
         .map_err(|e| anonymous(Refusal::BadToken(error_chain(&e))))?;
     let issuer = verified.issuer().to_string();
     let subject = verified.subject().to_string();
-    // The claims of the token just verified, as JSON, for the configured claim names.
     let claims = token_claims(&id_token.to_string()).map_err(anonymous)?;
+    let access = tokens.access_token().secret();
+    let claims = with_userinfo(&settings, claims, &http, &metadata, access, &subject)
+        .await
+        .map_err(anonymous)?;
     let login_claim = settings.login_claim().to_string();
     let login = claims
         .get(&login_claim)
@@ -532,20 +710,131 @@ async fn finish(
         .filter(|l| auth::valid_login(l))
         .ok_or_else(|| anonymous(Refusal::NoLogin(login_claim.clone())))?
         .to_string();
-    let role = map_role(&claims, settings.role_claim(), &settings.roles)
-        .map_err(|r| (login.clone(), r))?;
-    let user = account(shared, &login, role, now)
-        .await
-        .map_err(|r| (login.clone(), r))?;
-    let token = new_session(shared, &login, now)
-        .await
-        .map_err(|r| (login.clone(), r))?;
+    let fail = |r: Refusal| (login.clone(), r);
+    let role = map_role(&claims, settings.role_claim(), &settings.roles).map_err(fail)?;
+    let user = account(shared, &login, role, now).await.map_err(fail)?;
+    let token = new_session(shared, &login, now).await.map_err(fail)?;
+    if let Some(url) = logout_url(&settings.section, &metadata, &id_token.to_string()) {
+        let session = auth::token_hash(&token);
+        shared.console.oidc.remember_logout(session, url, now);
+    }
     Ok(SignedIn {
         user,
         token,
         issuer,
         subject,
     })
+}
+
+/// The claims of the ID token just verified, for the configured claim names; a login or role
+/// claim it lacks is taken from the userinfo endpoint (providers that keep the ID token small
+/// put groups there only).
+async fn with_userinfo(
+    settings: &Settings,
+    mut claims: serde_json::Value,
+    http: &Http,
+    metadata: &Metadata,
+    access_token: &str,
+    subject: &str,
+) -> Result<serde_json::Value, Refusal> {
+    let wanted = [settings.login_claim(), settings.role_claim()];
+    if wanted.iter().all(|c| claims.get(*c).is_some()) {
+        return Ok(claims);
+    }
+    let extra = userinfo(http, metadata, access_token, subject).await?;
+    if let Some(own) = claims.as_object_mut() {
+        for claim in wanted {
+            if let (false, Some(v)) = (own.contains_key(claim), extra.get(claim)) {
+                own.insert(claim.to_string(), v.clone());
+            }
+        }
+    }
+    Ok(claims)
+}
+
+/// RFC 9207 §2.4: the `iss` of an answer must be the provider's issuer, compared as strings;
+/// a provider whose metadata promises `iss` must send it.
+fn check_issuer(metadata: &Metadata, iss: Option<&str>) -> Result<(), Refusal> {
+    let promised = metadata
+        .additional_metadata()
+        .authorization_response_iss_parameter_supported;
+    match iss {
+        Some(iss) if iss == metadata.issuer().as_str() => Ok(()),
+        Some(iss) => Err(Refusal::WrongIssuer(
+            iss.chars().take(PROVIDER_ERROR_CHARS_MAX).collect(),
+        )),
+        None if promised => Err(Refusal::NoIssuer),
+        None => Ok(()),
+    }
+}
+
+/// The provider's claims about the operator from its userinfo endpoint (OpenID Connect Core
+/// §5.3), as JSON: asked with the access token, answered within the size bound, and only for
+/// the subject of the verified ID token (§5.3.2: anything else may be a substitution).
+async fn userinfo(
+    http: &Http,
+    metadata: &Metadata,
+    access_token: &str,
+    subject: &str,
+) -> Result<serde_json::Value, Refusal> {
+    let endpoint = metadata
+        .userinfo_endpoint()
+        .ok_or_else(|| Refusal::Userinfo("the provider has no userinfo endpoint".into()))?;
+    let request = openidconnect::http::Request::builder()
+        .uri(endpoint.as_str())
+        .header(header::AUTHORIZATION, format!("Bearer {access_token}"))
+        .header(header::ACCEPT, "application/json")
+        .body(Vec::new())
+        .map_err(|e| Refusal::Userinfo(e.to_string()))?;
+    let answer = send(&http.0, request)
+        .await
+        .map_err(|e| Refusal::Userinfo(error_chain(&e)))?;
+    if answer.status() != StatusCode::OK {
+        return Err(Refusal::Userinfo(format!("HTTP {}", answer.status())));
+    }
+    // A signed or encrypted userinfo answer (application/jwt) is not read: JSON only.
+    let claims: serde_json::Value = serde_json::from_slice(answer.body())
+        .map_err(|e| Refusal::Userinfo(format!("not a JSON object: {e}")))?;
+    match claims.get("sub").and_then(|s| s.as_str()) {
+        Some(sub) if sub == subject && claims.is_object() => Ok(claims),
+        _ => Err(Refusal::Userinfo(
+            "its subject is not the ID token's".into(),
+        )),
+    }
+}
+
+/// Where logging out of this session sends the browser: the provider's end-session
+/// endpoint, when it has one, with the ID token as a hint (when short enough to remember),
+/// this node's client id, and the console's login page to come back to (registered at the
+/// provider as a post-logout redirect URI, like the callback).
+fn logout_url(section: &OidcSection, metadata: &Metadata, id_token: &str) -> Option<String> {
+    let endpoint = metadata
+        .additional_metadata()
+        .end_session_endpoint
+        .clone()?;
+    let back = section
+        .redirect_url
+        .strip_suffix(OIDC_CALLBACK_PATH)
+        .map(|base| format!("{base}/login"))
+        .and_then(|u| PostLogoutRedirectUrl::new(u).ok());
+    let build = |hint: Option<&str>| {
+        let mut url = LogoutRequest::from(endpoint.clone())
+            .set_client_id(ClientId::new(section.client_id.clone()));
+        if let Some(back) = &back {
+            url = url.set_post_logout_redirect_uri(back.clone());
+        }
+        let mut url = url.http_get_url();
+        if let Some(hint) = hint {
+            url.query_pairs_mut().append_pair("id_token_hint", hint);
+        }
+        url.to_string()
+    };
+    let with_hint = build(Some(id_token));
+    if with_hint.len() <= LOGOUT_URL_BYTES_MAX {
+        Some(with_hint)
+    } else {
+        Some(build(None)).filter(|u| u.len() <= LOGOUT_URL_BYTES_MAX)
+    }
 }
 
 /// The payload of a compact JWS whose signature was already verified.
@@ -639,8 +928,33 @@ fn session_response(shared: &Shared, token: &str) -> Response {
     response
 }
 
-/// A refused sign-in: audited, and a page that says why and links back to the login page.
-async fn refused(shared: &Shared, login: &str, source: IpAddr, refusal: Refusal) -> Response {
+/// After the local session ended: on to the provider's end-session endpoint. A page that
+/// moves on rather than a redirect, since the console's `form-action 'self'` would stop the
+/// logout form's redirect to another site.
+pub fn logout_page(shared: &Shared, lang: &str, url: &str) -> Response {
+    let t = |k: &str| shared.console.i18n.text(lang, k);
+    let title = t("oidc-logout-title");
+    let main = html! {
+        meta http-equiv="refresh" content={ "0;url=" (url) };
+        p { a #oidc-logout href=(url) { (t("oidc-logout-continue")) } }
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page_in(shared, lang, &title, main),
+    )
+        .into_response()
+}
+
+/// A refused sign-in: audited, and a page in `lang` that says why and links back to the
+/// login page.
+async fn refused(
+    shared: &Shared,
+    lang: &str,
+    login: &str,
+    source: IpAddr,
+    refusal: Refusal,
+) -> Response {
     let status = match refusal {
         Refusal::Off => StatusCode::NOT_FOUND,
         Refusal::Misconfigured(_) | Refusal::Provider(_) | Refusal::Store => {
@@ -649,25 +963,25 @@ async fn refused(shared: &Shared, login: &str, source: IpAddr, refusal: Refusal)
         Refusal::Throttled => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,
     };
-    let text = refusal.to_string();
-    let lang = super::html::node_lang(shared);
-    let t = |k: &str| shared.console.i18n.text(&lang, k);
+    let texts = &shared.console.i18n;
+    let t = |k: &str| texts.text(lang, k);
     // Refusals that cost nothing to send are not written one by one (the limiter counts them).
     if !matches!(refusal, Refusal::Off | Refusal::Throttled) {
+        let text = refusal.to_string();
         tracing::warn!(login, %source, reason = %text, "OpenID Connect sign-in refused");
         let detail = format!("OpenID Connect: {text}");
         audit(shared, login, "login-failed", &detail, source).await;
     }
+    // The layout makes the page's one h1 of its title.
     let title = t("oidc-refused-title");
     let main = html! {
-        h1 { (title) }
-        p.error role="alert" { (text) }
+        p.error role="alert" { (refusal.text(texts, lang)) }
         p { a href="/login" { (t("oidc-back")) } }
     };
     let mut response = (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page(shared, None, &title, main),
+        page_in(shared, lang, &title, main),
     )
         .into_response();
     if let Ok(v) = binding_cookie(shared, "", 0).parse() {
@@ -754,7 +1068,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_from_the_provider_are_bounded_and_redirects_not_followed() {
-        let http = http_client().unwrap();
+        let http = http_client(&OidcSection::default()).unwrap();
         let url = serve_once("HTTP/1.1 200 OK\r\n", PROVIDER_RESPONSE_BYTES_MAX + 1).await;
         assert!(matches!(
             send(&http.0, get(&url)).await,
@@ -772,6 +1086,105 @@ mod tests {
         .await;
         let answer = send(&http.0, get(&url)).await.unwrap();
         assert_eq!(answer.status(), 302, "handed back, not followed");
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_clear_configuration_error() {
+        assert!(
+            provider_roots("").unwrap().is_empty(),
+            "none set: the system's"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let text = |r: Result<Vec<reqwest::Certificate>, Refusal>| match r {
+            Err(e @ Refusal::Misconfigured(_)) => e.to_string(),
+            other => panic!("a configuration error, got {:?}", other.map(|v| v.len())),
+        };
+        let why = text(provider_roots(missing.to_str().unwrap()));
+        assert!(
+            why.contains("oidc.ca_file") && why.contains("missing.pem"),
+            "{why}"
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let why = text(provider_roots(junk.to_str().unwrap()));
+        assert!(why.contains("no PEM certificate"), "{why}");
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'a'; CA_FILE_BYTES_MAX + 1]).unwrap();
+        let why = text(provider_roots(big.to_str().unwrap()));
+        assert!(why.contains("larger than"), "{why}");
+    }
+
+    fn metadata(extra: serde_json::Value) -> Metadata {
+        let mut doc = json!({
+            "issuer": "https://idp.example",
+            "authorization_endpoint": "https://idp.example/auth",
+            "jwks_uri": "https://idp.example/jwks",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        serde_json::from_value(doc).unwrap()
+    }
+
+    #[test]
+    fn the_answer_must_name_this_provider_when_it_names_one_or_promised_to() {
+        let quiet = metadata(json!({}));
+        assert!(check_issuer(&quiet, None).is_ok());
+        assert!(check_issuer(&quiet, Some("https://idp.example")).is_ok());
+        assert!(matches!(
+            check_issuer(&quiet, Some("https://evil.example")),
+            Err(Refusal::WrongIssuer(_))
+        ));
+        let promised = metadata(json!({"authorization_response_iss_parameter_supported": true}));
+        assert!(matches!(
+            check_issuer(&promised, None),
+            Err(Refusal::NoIssuer)
+        ));
+        assert!(check_issuer(&promised, Some("https://idp.example")).is_ok());
+        assert!(
+            matches!(
+                check_issuer(&promised, Some("https://idp.example/")),
+                Err(Refusal::WrongIssuer(_))
+            ),
+            "compared as strings"
+        );
+    }
+
+    #[test]
+    fn logout_goes_to_the_end_session_endpoint_with_the_hint_when_it_fits() {
+        let section = OidcSection {
+            client_id: "node".into(),
+            redirect_url: format!("https://console.example{OIDC_CALLBACK_PATH}"),
+            ..OidcSection::default()
+        };
+        assert!(logout_url(&section, &metadata(json!({})), "t").is_none());
+        let m = metadata(json!({"end_session_endpoint": "https://idp.example/end"}));
+        let url = reqwest::Url::parse(&logout_url(&section, &m, "a.b.c").unwrap()).unwrap();
+        let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(url.path(), "/end");
+        assert_eq!(q["id_token_hint"], "a.b.c");
+        assert_eq!(q["client_id"], "node");
+        assert_eq!(
+            q["post_logout_redirect_uri"],
+            "https://console.example/login"
+        );
+        let long = "x".repeat(LOGOUT_URL_BYTES_MAX);
+        let url = logout_url(&section, &m, &long).unwrap();
+        assert!(!url.contains("id_token_hint") && url.contains("client_id=node"));
+    }
+
+    #[test]
+    fn the_refusal_page_text_is_in_the_reader_language() {
+        let texts = Texts::load();
+        let r = Refusal::NoRole {
+            claim: "groups".into(),
+        };
+        assert_eq!(r.text(&texts, "en"), r.to_string(), "English as audited");
+        assert!(r.text(&texts, "zh-CN").contains("未对应任何控制台角色"));
     }
 
     #[test]

@@ -286,7 +286,11 @@ pub async fn logout(
     // The session's open event streams end now, not at their next check.
     shared.console.streams.end_session(op.token_hash);
     audit(&shared, &op.login, "logout", "", source).await;
-    let mut response = Redirect::to("/login").into_response();
+    // A session signed in through the provider ends there too (console/oidc.rs).
+    let mut response = match shared.console.oidc.take_logout(op.token_hash) {
+        Some(url) => super::oidc::logout_page(&shared, &op.lang, &url),
+        None => Redirect::to("/login").into_response(),
+    };
     if let Ok(v) = set_cookie(&shared, SESSION_COOKIE, "", 0).parse() {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -333,15 +337,10 @@ pub async fn set_lang(
 // ---------------------------------------------------------------- messages as shown
 
 /// A time zone's name in the operator's language ("北京时间", "Eastern Time"), from the
-/// console's texts (`tz-` and the zone's id with `/` as `-`); its abbreviation otherwise.
-pub(super) fn tz_label(shared: &Shared, lang: &str, tz_name: &str, abbreviation: &str) -> String {
-    let key = format!("tz-{}", tz_name.replace('/', "-"));
-    let label = shared.console.i18n.text(lang, &key);
-    if label == key {
-        abbreviation.to_string()
-    } else {
-        label
-    }
+/// formats crate's table (the one notifications and the command line use too); its
+/// abbreviation otherwise.
+pub(super) fn tz_label(lang: &str, tz_name: &str, abbreviation: &str) -> String {
+    detente_formats::zone_name(lang, tz_name).unwrap_or_else(|| abbreviation.to_string())
 }
 
 /// A language's name in the operator's language ("英语" for `en`); the tag otherwise.
@@ -372,7 +371,7 @@ pub(super) fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
             let zoned = ts.to_zoned(tz);
             let local = zoned.strftime("%Y-%m-%d %H:%M:%S").to_string();
             let abbreviation = zoned.strftime("%Z").to_string();
-            let zone = tz_label(shared, lang, &tz_name, &abbreviation);
+            let zone = tz_label(lang, &tz_name, &abbreviation);
             format!("{utc} · {local} {zone}")
         }
         _ => utc,
@@ -953,6 +952,8 @@ pub struct ComposeForm {
     /// Times picked in the node's time zone (`fl.KEY`, `fl.KEY.start`, `fl.KEY.end`), by
     /// what follows `fl.`: turned into the UTC fields they stand for before checking.
     local_times: BTreeMap<String, String>,
+    /// `map`: show the typed areas and points on the map instead of sending.
+    preview: String,
 }
 
 /// Fields of one form, at most (a format has far fewer).
@@ -971,6 +972,7 @@ impl ComposeForm {
                 "lang" => form.lang = v,
                 "reply_to" => form.reply_to = v,
                 "format" => form.format = v,
+                "preview" => form.preview = v,
                 _ => {
                     if let Some(key) = k.strip_prefix("f.") {
                         form.fields.insert(key.to_string(), v);
@@ -1074,10 +1076,12 @@ fn node_tz(shared: &Shared) -> String {
 }
 
 /// Pickers for a `datetime` or `window` field in the node's time zone, named in the
-/// operator's language; the server turns what is picked into the UTC field.
+/// operator's language; the server turns what is picked into the UTC field. Beside each,
+/// an `output` the page's script fills with the picked time as UTC while it is picked
+/// (`data-tz` names the zone, which need not be the browser's).
 fn local_pickers(shared: &Shared, op: &Operator, key: &str, type_name: &str) -> Markup {
     let tz = node_tz(shared);
-    let zone = tz_label(shared, &op.lang, &tz, &tz);
+    let zone = tz_label(&op.lang, &tz, &tz);
     let parts: &[(&str, &str)] = match type_name {
         "datetime" => &[("", "compose-local-time")],
         "window" => &[
@@ -1092,7 +1096,10 @@ fn local_pickers(shared: &Shared, op: &Operator, key: &str, type_name: &str) -> 
                 @for (suffix, label) in parts {
                     @let id = format!("fl-{key}{}", suffix.replace('.', "-"));
                     label for=(id) { (tr_with(shared, op, label, &[("zone", zone.clone())])) } " "
-                    input type="datetime-local" id=(id) name={ "fl." (key) (suffix) };
+                    input type="datetime-local" id=(id) name={ "fl." (key) (suffix) }
+                        data-tz=(tz) data-utc-echo={ (id) "-utc" };
+                    " "
+                    output.utc-echo id={ (id) "-utc" } for=(id) aria-live="polite" {}
                     " "
                 }
             }
@@ -1185,6 +1192,84 @@ fn format_fields(
                     (state.message())
                 }
             }
+            @if d.fields.iter().any(|f| f.type_name.starts_with("geo-")) {
+                p {
+                    button type="submit" name="preview" value="map" #compose-map-preview {
+                        (tr(shared, op, "compose-map-preview"))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The topics compose offers: `general` and the topic of each format a charter with a peer
+/// agrees, sorted, once each; none before any charter is agreed (then the topic is typed).
+pub(super) fn charter_topics(shared: &Shared) -> Vec<String> {
+    let mut topics = std::collections::BTreeSet::new();
+    for entry in shared.table.all() {
+        let Some(charter) = shared.charter(&entry.name) else {
+            continue;
+        };
+        topics.insert("general".to_string());
+        for f in &charter.formats {
+            if let Some(def) = detente_formats::builtin().get(&f.id, f.version) {
+                topics.insert(def.topic.clone());
+            }
+        }
+    }
+    topics.into_iter().collect()
+}
+
+/// A topic's name in the operator's language (`topic-` and the topic); the topic otherwise.
+pub fn topic_name(shared: &Shared, lang: &str, topic: &str) -> String {
+    let key = format!("topic-{topic}");
+    let name = shared.console.i18n.text(lang, &key);
+    if name == key {
+        topic.to_string()
+    } else {
+        name
+    }
+}
+
+/// A topic as shown: its name in the operator's language, or (a topic without a name, as
+/// a peer may send) the topic itself, marked as a name not to translate.
+pub fn topic_markup(shared: &Shared, lang: &str, topic: &str) -> Markup {
+    let name = topic_name(shared, lang, topic);
+    html! {
+        @if name == topic {
+            span translate="no" data-topic=(topic) { (topic) }
+        } @else {
+            span data-topic=(topic) { (name) }
+        }
+    }
+}
+
+/// The topic: a select of the charter's topics in the operator's language, or a text box
+/// when no charter is agreed yet. A posted topic off the list stays choosable (and is
+/// reported next to the field).
+fn topic_field(shared: &Shared, op: &Operator, shown: &str, state: &FieldState) -> Markup {
+    let topics = charter_topics(shared);
+    html! {
+        p {
+            label for="topic" { (tr(shared, op, "topic")) }
+            @if topics.is_empty() {
+                input #topic name="topic" maxlength=(TOPIC_CHARS_MAX) value=(shown)
+                    aria-invalid=[state.invalid()] aria-describedby=[&state.described];
+            } @else {
+                select #topic name="topic" aria-invalid=[state.invalid()]
+                    aria-describedby=[&state.described] {
+                    @for topic in &topics {
+                        option value=(topic) selected[topic == shown] {
+                            (topic_name(shared, &op.lang, topic))
+                        }
+                    }
+                    @if !topics.iter().any(|t| t == shown) {
+                        option value=(shown) selected { (topic_name(shared, &op.lang, shown)) }
+                    }
+                }
+            }
+            (state.message())
         }
     }
 }
@@ -1267,12 +1352,7 @@ fn compose_html(
                 }
                 (prec.message())
             }
-            p {
-                label for="topic" { (t("topic")) }
-                input #topic name="topic" maxlength=(TOPIC_CHARS_MAX) value=(shown.topic)
-                    aria-invalid=[topic.invalid()] aria-describedby=[&topic.described];
-                (topic.message())
-            }
+            (topic_field(shared, op, &shown.topic, &topic))
             p {
                 label for="lang" { (t("text-language")) }
                 select #lang name="lang" aria-invalid=[lang.invalid()] aria-describedby=[&lang.described] {
@@ -1356,6 +1436,7 @@ fn check_common(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErro
         Some(_) => {}
     }
     let topic = form.topic.trim();
+    let topics = charter_topics(shared);
     if topic.is_empty() || topic.chars().count() > TOPIC_CHARS_MAX {
         put(
             "topic",
@@ -1366,6 +1447,8 @@ fn check_common(shared: &Shared, op: &Operator, form: &ComposeForm) -> FieldErro
                 &[("max", TOPIC_CHARS_MAX.to_string())],
             ),
         );
+    } else if !topics.is_empty() && !topics.iter().any(|t| t == topic) {
+        put("topic", tr(shared, op, "error-topic-charter"));
     }
     let lang = form.lang.trim();
     let lang_ok = !lang.is_empty()
@@ -1507,6 +1590,27 @@ fn check_notification(
     }
 }
 
+/// The compose form again, with the areas and points typed so far on the map above it;
+/// nothing is sent.
+async fn compose_map_preview(shared: &Shared, op: &Operator, form: &ComposeForm) -> Response {
+    let shapes = match form.format_def() {
+        Some(def) => super::map::shapes(&def.id, &op.lang, |k| form.fields.get(k).cloned()),
+        None => Vec::new(),
+    };
+    let main = html! {
+        section.map-preview aria-labelledby="map-preview-title" {
+            h2 #map-preview-title { (tr(shared, op, "compose-map-preview-title")) }
+            @if shapes.is_empty() {
+                p #map-preview-empty { (tr(shared, op, "compose-map-preview-empty")) }
+            }
+            (super::map::figure(shared, op, &shapes, "compose-map"))
+        }
+        (compose_html(shared, op, form, &FieldErrors::new()))
+    };
+    let title = tr(shared, op, "nav-compose");
+    html(StatusCode::OK, live_page(shared, op, &title, main).await)
+}
+
 pub async fn compose_send(
     State(shared): Shr,
     op: Operator,
@@ -1521,6 +1625,9 @@ pub async fn compose_send(
     if !op.role.can_compose() {
         audit(&shared, &op.login, "refused", "compose", source).await;
         return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
+    }
+    if form.preview == "map" {
+        return compose_map_preview(&shared, &op, &form).await;
     }
     let mut errors = check_common(&shared, &op, &form);
     if errors.contains_key("precedence") && Precedence::parse(&form.precedence).is_some() {

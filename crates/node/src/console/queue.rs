@@ -227,7 +227,7 @@ fn queue_item(shared: &Shared, op: &Operator, e: &Entry, m: &MessageView, now: i
                 (tr_with(shared, op, owner, &[("peer", e.row.peer.clone())]))
             } " "
             a href={ "/console/messages/" (m.id) } lang=[&m.language] { (m.snippet(SNIPPET_CHARS_MAX)) } " "
-            span.q-topic translate="no" { (m.topic) } " "
+            span.q-topic { (super::pages::topic_markup(shared, &op.lang, &m.topic)) } " "
             (countdown_span(shared, op, e.due_ms, now))
         }
     }
@@ -270,7 +270,7 @@ fn message_alarm(
     };
     let what = html! {
         (precedence_label(shared, op, e.precedence)) " · "
-        (tr(shared, op, "topic")) ": " span translate="no" { (m.topic) } " · "
+        (tr(shared, op, "topic")) ": " (super::pages::topic_markup(shared, &op.lang, &m.topic)) " · "
         q.alarm-text lang=[&m.language] { (m.snippet(SNIPPET_CHARS_MAX)) } " "
         a href={ "/console/messages/" (m.id) } { (tr(shared, op, go)) }
     };
@@ -334,7 +334,7 @@ fn takeover_html(shared: &Shared, op: &Operator, q: &Queue) -> Markup {
                         p.takeover-head {
                             (precedence_label(shared, op, e.precedence)) " "
                             (tr_with(shared, op, "received-from", &[("peer", e.row.peer.clone())]))
-                            " · " span translate="no" { (m.topic) } " "
+                            " · " (super::pages::topic_markup(shared, &op.lang, &m.topic)) " "
                             (countdown_span(shared, op, e.due_ms, now))
                         }
                         p.takeover-text lang=[&m.language] { (m.snippet(SNIPPET_CHARS_MAX)) }

@@ -1,6 +1,5 @@
 //! The pages that show the node's state and records rather than messages: link health, the
-//! transcript's checks, the counterparts directory, the audit log (and its CSV download) and
-//! the console's users.
+//! transcript's checks, the counterparts directory and the audit log (and its CSV download).
 //!
 //! Each page is two steps: a handler gathers a typed view model (plain structs of text and
 //! numbers, read from the store and the peer table), and a maud template renders it, escaping
@@ -18,7 +17,6 @@ use detente_store::{InboxQuery, Store};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::auth::Role;
 use super::html::{live_page, url_value};
 use super::pages::{
     both_times, html, language_name, refuse, time_markup, tr, tr_with, tz_label, VERIFY_TAIL_MAX,
@@ -450,7 +448,7 @@ fn directory(shared: &Shared, op: &Operator) -> Option<(Vec<NodeRow>, Vec<Positi
         party: c.party.clone(),
         fingerprint: me.fingerprint(),
         lang: language_name(shared, &op.lang, &c.lang),
-        tz: tz_label(shared, &op.lang, &c.tz, &c.tz),
+        tz: tz_label(&op.lang, &c.tz, &c.tz),
         addresses: shared.peer_addr.to_string(),
     }];
     let mut positions = Vec::new();
@@ -472,7 +470,7 @@ fn directory(shared: &Shared, op: &Operator) -> Option<(Vec<NodeRow>, Vec<Positi
                 party: m.party.clone(),
                 fingerprint: m.key.fingerprint(),
                 lang: language_name(shared, &op.lang, &m.lang),
-                tz: tz_label(shared, &op.lang, &m.tz, &m.tz),
+                tz: tz_label(&op.lang, &m.tz, &m.tz),
                 addresses: m.addresses.join(", "),
             });
         }
@@ -543,7 +541,7 @@ pub async fn counterparts(State(shared): Shr, op: Operator) -> Response {
     html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }
 
-// ---------------------------------------------------------------- audit log and users
+// ---------------------------------------------------------------- audit log
 
 /// Audit rows shown on the audit page.
 const AUDIT_PAGE_ROWS: usize = 1000;
@@ -682,33 +680,6 @@ pub async fn audit_csv(
         bytes,
     )
         .into_response()
-}
-
-pub async fn users(State(shared): Shr, op: Operator) -> Response {
-    if op.role != Role::Admin {
-        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-admin");
-    }
-    let t = |k: &str| tr(&shared, &op, k);
-    let rows = shared.store.users().await.unwrap_or_default();
-    let main = html! {
-        table {
-            caption { (t("users-caption")) }
-            (heads(&t, &["audit-login", "user-role", "language", "user-created"]))
-            tbody {
-                @for u in &rows {
-                    tr {
-                        th scope="row" translate="no" { (u.login) }
-                        td { (t(&format!("role-{}", u.role))) }
-                        td { (language_name(&shared, &op.lang, &u.lang)) }
-                        td { (time_markup(&shared, &op.lang, u.created_at_ms)) }
-                    }
-                }
-            }
-        }
-        p.hint { (t("users-hint")) " " code { "detente user add --dir DIR --name LOGIN --role ROLE" } }
-    };
-    let title = t("nav-users");
-    html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
 }
 
 #[cfg(test)]

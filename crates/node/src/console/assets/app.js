@@ -281,8 +281,51 @@
     show();
   }
 
+  // Date-time pickers are in the node's time zone (data-tz), whatever the browser's: beside
+  // each, the picked time as UTC, as the node will send it. The node resolves a wall time
+  // that a clock change skips or repeats with the offset before the change; so does this.
+  function zoneOffsetMs(tz, utcMs) {
+    const parts = new Intl.DateTimeFormat("en-US", {
+      timeZone: tz, hourCycle: "h23", year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit",
+    }).formatToParts(new Date(utcMs));
+    const n = (type) => Number(parts.find((p) => p.type === type).value);
+    return Date.UTC(n("year"), n("month") - 1, n("day"), n("hour"), n("minute"), n("second"))
+      - utcMs;
+  }
+
+  function localToUtc(value, tz) {
+    const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2}))?/.exec(value);
+    if (!m) return null;
+    const wall = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] || 0));
+    const DAY_MS = 86400000;
+    const before = zoneOffsetMs(tz, wall - DAY_MS);
+    const after = zoneOffsetMs(tz, wall + DAY_MS);
+    const fits = [wall - before, wall - after].filter((t) => zoneOffsetMs(tz, t) === wall - t);
+    return fits.length ? Math.min(...fits) : wall - before;
+  }
+
+  function echoUtc(input) {
+    const out = document.getElementById(input.getAttribute("data-utc-echo"));
+    if (!out) return;
+    let utc = null;
+    try { utc = input.value ? localToUtc(input.value, input.getAttribute("data-tz")) : null; }
+    catch (e) { utc = null; }
+    out.textContent = utc === null
+      ? "" : "= " + new Date(utc).toISOString().slice(0, 19).replace("T", " ") + " UTC";
+  }
+
+  function utcEchoes() {
+    for (const input of document.querySelectorAll("input[data-utc-echo]")) {
+      input.addEventListener("input", () => echoUtc(input));
+      input.addEventListener("change", () => echoUtc(input));
+      echoUtc(input);
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     settings();
+    utcEchoes();
     const enable = document.getElementById("enable-sound");
     if (enable) {
       enable.addEventListener("click", () => {

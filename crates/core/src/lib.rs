@@ -257,6 +257,8 @@ pub enum Event {
     /// A link test's DELIVERED receipt did not come back within the FLASH delivery
     /// deadline (reported once per miss, until a later test passes). Nothing is stored.
     LinkTestMissed { peer: String },
+    /// A link test's DELIVERED receipt came back in time (durable here), after `rtt_ms`.
+    LinkTestPassed { peer: String, rtt_ms: u64 },
     /// Both members signed this charter; it binds from now on.
     CharterAgreed { peer: String, digest: [u8; 32] },
     /// Dial `peer` at address index `address`; answer with `SessionOpened` or `DialFailed`.

@@ -76,8 +76,14 @@ impl Core {
     /// The peer confirmed our envelopes `from..=to`: the test among them, if any, passed.
     pub(crate) fn link_test_delivered(&mut self, index: usize, from: u64, to: u64) {
         let now = self.now;
-        if let Some(t) = self.peers[index].tests.as_mut() {
-            t.cadence.on_delivered(from, to, now);
+        let passed = self.peers[index]
+            .tests
+            .as_mut()
+            .and_then(|t| t.cadence.on_delivered(from, to, now));
+        if let Some(rtt) = passed {
+            let peer = self.peers[index].name.clone();
+            let rtt_ms = rtt.as_millis() as u64;
+            self.release_event(Event::LinkTestPassed { peer, rtt_ms });
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use detente_core::{Answer, Command, CommandError, Core, Decision, Event as CoreEvent};
 use detente_proto::checkpoint::SignedCheckpoint;
-use detente_proto::{ChannelId, PartyKey, PartySecret, Precedence};
+use detente_proto::{Body, ChannelId, PartyKey, PartySecret, Precedence, Receipt, ReceiptTarget};
 use detente_store::{CheckpointPage, GlossaryRow, Store};
 use tokio::sync::broadcast;
 
@@ -73,13 +73,27 @@ impl Engine {
             Engine::Core(c) => {
                 let driver = &c.driver;
                 let precedence = request.precedence;
-                let command = Command::Send {
-                    peer: request.peer,
-                    precedence,
-                    topic: request.topic,
-                    author: request.author,
-                    body: request.body,
-                    in_reply_to: request.in_reply_to,
+                let command = match request.body {
+                    // An answer to a received message is the core's own command (it checks
+                    // the message is the peer's and settles its deadline).
+                    Body::Receipt(Receipt {
+                        level,
+                        target: ReceiptTarget::Message(of),
+                        note,
+                    }) => Command::Answer {
+                        peer: request.peer,
+                        of,
+                        level,
+                        note,
+                    },
+                    body => Command::Send {
+                        peer: request.peer,
+                        precedence,
+                        topic: request.topic,
+                        author: request.author,
+                        body,
+                        in_reply_to: request.in_reply_to,
+                    },
                 };
                 match driver.command(command).await.map_err(write_error)? {
                     Answer::Sent { id, seq } => Ok(Sent {
@@ -443,6 +457,15 @@ pub async fn pump(shared: Arc<Shared>, mut events: broadcast::Receiver<CoreEvent
                 shared.events.metrics().verification_failed();
                 tracing::warn!(%peer, reason = %what, "refused from the peer; nothing stored");
             }
+            CoreEvent::LinkTestPassed { peer, rtt_ms } => {
+                tracing::info!(%peer, rtt_ms, "link test confirmed");
+                if let Some(entry) = shared.table.get(&peer) {
+                    if let Ok(mut a) = entry.alarms.write() {
+                        a.last_test_ms = Some(crate::now_ms() as i64);
+                        a.test_missed = false;
+                    }
+                }
+            }
             CoreEvent::LinkTestMissed { peer } => {
                 link_tests_missed.insert(peer.clone(), true);
                 if let Some(entry) = shared.table.get(&peer) {
@@ -561,5 +584,149 @@ pub async fn watch_links(shared: Arc<Shared>) {
                 a.link_down = *down;
             }
         }
+    }
+}
+
+/// Per peer, what `status` counts: our messages overdue, theirs overdue, theirs unanswered.
+#[derive(Default)]
+struct Counts {
+    /// The peer's texts and notifications not answered yet, by id.
+    unanswered: HashMap<detente_proto::MessageId, String>,
+    /// Messages past a deadline whose receipt has not come: (peer, theirs).
+    overdue: HashMap<detente_proto::MessageId, (String, bool)>,
+    per_peer: HashMap<String, crate::peers::PeerAlarms>,
+}
+
+impl Counts {
+    fn add_unanswered(&mut self, peer: &str, id: detente_proto::MessageId) {
+        if self.unanswered.len() < crate::deadlines::TRACKED_MAX
+            && self.unanswered.insert(id, peer.to_string()).is_none()
+        {
+            self.per_peer
+                .entry(peer.to_string())
+                .or_default()
+                .unanswered_in += 1;
+        }
+    }
+
+    fn add_overdue(&mut self, peer: &str, id: detente_proto::MessageId) {
+        let theirs = self.unanswered.contains_key(&id);
+        if self.overdue.len() < crate::deadlines::TRACKED_MAX
+            && self
+                .overdue
+                .insert(id, (peer.to_string(), theirs))
+                .is_none()
+        {
+            let c = self.per_peer.entry(peer.to_string()).or_default();
+            if theirs {
+                c.overdue_in += 1;
+            } else {
+                c.overdue_out += 1;
+            }
+        }
+    }
+
+    /// An ACKNOWLEDGED or DECLINED receipt for `id`, either way.
+    fn answered(&mut self, id: detente_proto::MessageId) {
+        if let Some(peer) = self.unanswered.remove(&id) {
+            let c = self.per_peer.entry(peer).or_default();
+            c.unanswered_in = c.unanswered_in.saturating_sub(1);
+        }
+        if let Some((peer, theirs)) = self.overdue.remove(&id) {
+            let c = self.per_peer.entry(peer).or_default();
+            if theirs {
+                c.overdue_in = c.overdue_in.saturating_sub(1);
+            } else {
+                c.overdue_out = c.overdue_out.saturating_sub(1);
+            }
+        }
+    }
+
+    fn publish(&self, shared: &Shared, peer: &str) {
+        let (Some(entry), Some(c)) = (shared.table.get(peer), self.per_peer.get(peer)) else {
+            return;
+        };
+        let written = entry.alarms.write();
+        if let Ok(mut a) = written {
+            a.overdue_out = c.overdue_out;
+            a.overdue_in = c.overdue_in;
+            a.unanswered_in = c.unanswered_in;
+        }
+    }
+}
+
+/// With the core: keep `status`'s deadline counts per peer — seeded from the store's
+/// unanswered messages and recorded misses, then kept in step with the node's events (a
+/// message stored, a deadline missed, an answer either way), O(1) per event.
+pub async fn count_deadlines(shared: Arc<Shared>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = shared.events.subscribe();
+    let mut shutdown = shared.shutdown.clone();
+    let mut counts = Counts::default();
+    let limit = crate::deadlines::TRACKED_MAX as u32;
+    if let Ok(rows) = shared.store.deadline_candidates(limit).await {
+        for c in rows {
+            let id = detente_proto::MessageId(c.id);
+            if c.direction == detente_store::Direction::In {
+                counts.add_unanswered(&c.peer, id);
+            }
+            if !c.missed.is_empty() {
+                counts.add_overdue(&c.peer, id);
+            }
+        }
+    }
+    for entry in shared.table.all() {
+        counts.publish(&shared, &entry.name);
+    }
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = shutdown.changed() => return,
+        };
+        let peer = match event {
+            Ok(Event::Stored {
+                peer,
+                id,
+                direction: detente_store::Direction::In,
+                kind,
+                ..
+            }) if detente_proto::deadline::bears_deadline(kind) => {
+                counts.add_unanswered(&peer, id);
+                peer
+            }
+            Ok(Event::Overdue { peer, id, .. }) => {
+                counts.add_overdue(&peer, id);
+                peer
+            }
+            Ok(Event::Receipt { of, level }) => {
+                if !matches!(
+                    level,
+                    detente_proto::ReceiptLevel::Acknowledged
+                        | detente_proto::ReceiptLevel::Declined
+                ) {
+                    continue;
+                }
+                let peer = counts
+                    .unanswered
+                    .get(&of)
+                    .cloned()
+                    .or_else(|| counts.overdue.get(&of).map(|(p, _)| p.clone()));
+                counts.answered(of);
+                match peer {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
+            Ok(_) => continue,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    lost = n,
+                    "the deadline counts fell behind the node's events"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        counts.publish(&shared, &peer);
     }
 }

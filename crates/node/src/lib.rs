@@ -318,6 +318,8 @@ impl Node {
                 tokio::spawn(engine::pump(shared.clone(), events));
                 node.tasks
                     .push(tokio::spawn(engine::watch_links(shared.clone())));
+                node.tasks
+                    .push(tokio::spawn(engine::count_deadlines(shared.clone())));
                 for entry in shared.table.all() {
                     charter::refresh(&shared, &entry.name).await;
                 }

@@ -543,8 +543,8 @@ async fn escalate_misses(
     }
 }
 
-/// How often the link watch looks at each link's state.
-const LINK_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the link watch looks at each link's state (as the tasks' watch does).
+const LINK_WATCH_INTERVAL: Duration = crate::deadlines::LINK_POLL;
 
 /// With the core: raise `link_down` once per outage of a link that was up, and
 /// `link_restored` when it is back (the state is what [`publish_links`] last copied).
@@ -560,12 +560,16 @@ pub async fn watch_links(shared: Arc<Shared>) {
         }
         let now = std::time::Instant::now();
         for entry in shared.table.all() {
-            let state = entry
-                .status
-                .read()
-                .map_or(LinkState::Down, |s| s.current_state(now));
+            // A link has been up once a session was open, whatever its round trip and
+            // however briefly (a slow link is degraded, and its loss still an outage).
+            let (state, opened) = entry.status.read().map_or((LinkState::Down, false), |s| {
+                (s.current_state(now), s.connected || s.sessions > 0)
+            });
             let (was_up, down) = seen.entry(entry.name.clone()).or_default();
             let peer = entry.name.clone();
+            if opened {
+                *was_up = true;
+            }
             match state {
                 LinkState::Up => {
                     *was_up = true;

@@ -31,6 +31,10 @@ pub async fn deliver(
     to: &ProcNode,
     body: &serde_json::Value,
 ) -> Result<String, Failure> {
+    if !body["format"].is_null() {
+        // A notification needs the channel's charter, agreed when the nodes first meet.
+        charter_agreed(from, &to.name).await?;
+    }
     let sent = from.client()?.post("/api/v1/messages", body).await?;
     let id = sent["id"].as_str().unwrap_or_default().to_string();
     let client = to.client()?;
@@ -45,6 +49,25 @@ pub async fn deliver(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(id)
+}
+
+/// Wait until `node` has agreed a charter with `peer`.
+async fn charter_agreed(node: &ProcNode, peer: &str) -> Result<(), Failure> {
+    let client = node.client()?;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let charter = client.get(&format!("/api/v1/peers/{peer}/charter")).await;
+        if charter.is_ok_and(|c| c["state"] == "agreed") {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::new(format!(
+                "{} agreed no charter with {peer} within {WAIT:?}",
+                node.name
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Washington's unanswered FLASH to Beijing, once Beijing holds it: something in every

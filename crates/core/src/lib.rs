@@ -104,6 +104,9 @@ pub struct Config {
     /// How often the member with the smaller key proposes a checkpoint when something new
     /// is covered.
     pub checkpoint_interval: Duration,
+    /// Also propose one as soon as this many envelopes are appended to a channel since our
+    /// last signature (0: by interval only).
+    pub checkpoint_every: u64,
     /// Seed of the core's random generator (ping nonces, redial jitter).
     pub random_seed: u64,
     /// What this party says about itself in its charter terms.
@@ -330,6 +333,7 @@ pub struct Core {
     deadlines: Deadlines,
     link_test_interval: Duration,
     checkpoint_interval: Duration,
+    checkpoint_every: u64,
     link: LinkConfig,
     profile: Profile,
     peers: Vec<Peer>,
@@ -372,6 +376,7 @@ impl Core {
             deadlines: config.deadlines,
             link_test_interval: config.link_test_interval,
             checkpoint_interval: config.checkpoint_interval,
+            checkpoint_every: config.checkpoint_every,
             link: config.link,
             profile: config.profile.clone(),
             peers,
@@ -683,6 +688,12 @@ impl Core {
             self.next_checkpoint = now + self.checkpoint_interval;
             for index in 0..self.peers.len() {
                 self.auto_checkpoint(index);
+            }
+        } else if self.checkpoint_every > 0 {
+            for index in 0..self.peers.len() {
+                if self.peers[index].unsigned >= self.checkpoint_every {
+                    self.auto_checkpoint(index);
+                }
             }
         }
     }

@@ -180,6 +180,16 @@ impl Core {
         if let Some(s) = p.session.as_mut() {
             s.sched = Some(Scheduler::new(hwm.min(p.out_durable)));
         }
+        // Our newest checkpoint, if the peer has not co-signed it yet: sent again on every
+        // session, so one signed just before a crash or a cut is co-signed after it.
+        let pending = p
+            .checkpoints
+            .last()
+            .filter(|c| !c.cosigned() && c.signed_by(&self.me))
+            .map(|c| Frame::Checkpoint(c.encode()));
+        if let Some(frame) = pending {
+            self.frame(session, frame);
+        }
         if ahead {
             return self.stream_ahead(index, hwm);
         }

@@ -36,6 +36,7 @@ fn config(i: usize, seeds: [[u8; 32]; 2], names: [&str; 2]) -> Config {
         link_test_interval: Duration::from_secs(3600),
         link: LinkConfig::default(),
         checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_every: 0,
         random_seed: i as u64,
         profile: detente_core::Profile::default(),
         bug: None,

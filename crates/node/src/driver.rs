@@ -292,7 +292,18 @@ impl<S: Store, D: Dialer> Driver<S, D> {
             if self.commit.is_none() {
                 if let Some((batch, rows)) = self.core.poll_commit() {
                     let store = self.store.clone();
-                    self.commit = Some(Box::pin(async move { (batch, store.commit(rows).await) }));
+                    let checkpoints = !rows.checkpoints.is_empty();
+                    if checkpoints {
+                        crate::writer::failpoint("checkpoint-before-commit");
+                    }
+                    self.commit = Some(Box::pin(async move {
+                        let result = store.commit(rows).await;
+                        if checkpoints && result.is_ok() {
+                            // Stored, and not yet sent to the peer.
+                            crate::writer::failpoint("checkpoint-after-commit");
+                        }
+                        (batch, result)
+                    }));
                     moved = true;
                 }
             }

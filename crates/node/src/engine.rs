@@ -240,6 +240,7 @@ pub fn core_config(
         link_test_interval: terms.link_test_interval,
         link: config.link_config(),
         checkpoint_interval,
+        checkpoint_every: policy.every,
         random_seed: rand::random(),
         profile: detente_core::Profile {
             party: terms.member.party,

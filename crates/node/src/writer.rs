@@ -1342,8 +1342,8 @@ fn equivocation(
 
 /// Test-only crash points: with `DETENTE_FAILPOINT=<name>` in the environment, the process
 /// exits at once (as a `kill -9` would) when it reaches that point. Compiled only into debug
-/// builds.
-fn failpoint(name: &str) {
+/// builds. (The core engine's driver has the same checkpoint points.)
+pub(crate) fn failpoint(name: &str) {
     if cfg!(debug_assertions) && std::env::var("DETENTE_FAILPOINT").is_ok_and(|v| v == name) {
         tracing::error!(failpoint = name, "failpoint reached: exiting");
         std::process::exit(86);

@@ -187,6 +187,12 @@ impl World {
                     link_test_interval: Duration::from_millis(rng.gen_range(5_000..30_000)),
                     link: LinkConfig::default(),
                     checkpoint_interval: Duration::from_millis(rng.gen_range(3_000..15_000)),
+                    // Half the nodes also sign after a count of envelopes.
+                    checkpoint_every: if rng.gen_bool(0.5) {
+                        0
+                    } else {
+                        rng.gen_range(5..50)
+                    },
                     random_seed: rng.gen(),
                     profile: Profile::default(),
                     bug,

@@ -75,6 +75,7 @@ pub fn core_config(i: usize) -> Config {
         link_test_interval: Duration::from_secs(3600),
         link: LinkConfig::default(),
         checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_every: 0,
         random_seed: i as u64,
         profile: detente_core::Profile::default(),
         bug: None,

@@ -51,13 +51,14 @@ pub async fn deliver(
     Ok(id)
 }
 
-/// Wait until `node` has agreed a charter with `peer`.
+/// Wait until `node` and `peer` have a charter both signed (what a notification needs).
 async fn charter_agreed(node: &ProcNode, peer: &str) -> Result<(), Failure> {
     let client = node.client()?;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let charter = client.get(&format!("/api/v1/peers/{peer}/charter")).await;
-        if charter.is_ok_and(|c| c["state"] == "agreed") {
+        // A charter both signed binds (`digest`), even while newer terms are pending.
+        if charter.is_ok_and(|c| !c["digest"].is_null()) {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {

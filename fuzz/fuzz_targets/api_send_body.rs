@@ -1,7 +1,7 @@
 //! The API's JSON bodies: a send (`POST /api/v1/messages`), and its structured fields built
 //! as the API builds them.
 #![no_main]
-use detente_node::api::SendBody;
+use detente_node::service::SendBody;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -629,14 +629,20 @@ async fn equivocation_on_a_used_seq_is_refused_conflict() {
     .await;
     let row = h.fake_message_at(1).await.expect("the original stays");
     assert_eq!(row.id, chain[0].id().0);
-    // It raised the equivocation alarm (and its hooks).
-    let alarms = h.node.shared.events.metrics().alarms();
-    assert!(
-        alarms
+    // It raised the equivocation alarm (and its hooks). On the core engine the alarm comes
+    // once the evidence is durable, which may be after the refusal reached the peer.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let alarms = h.node.shared.events.metrics().alarms();
+        if alarms
             .iter()
-            .any(|(name, n)| *name == "equivocation" && *n >= 1),
-        "{alarms:?}"
-    );
+            .any(|(name, n)| *name == "equivocation" && *n >= 1)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{alarms:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     h.accepts(&mut peer, &chain[1], 2).await;
     h.stop().await;

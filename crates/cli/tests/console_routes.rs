@@ -1486,19 +1486,9 @@ async fn a_launch_shows_its_areas_on_the_offline_map_and_in_the_compose_preview(
     let tmp = tempfile::tempdir().unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
     let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
-    let fields: Vec<Value> = [
-        ("window_start", "2030-01-01T10:00:00Z"),
-        ("window_end", "2030-01-01T12:00:00Z"),
-        ("launch_area", "circle:34.7,-120.6,30"),
-        ("impact_area", "circle:9.4,167.5,100"),
-        ("count", "1"),
-        ("category", "icbm"),
-    ]
-    .iter()
-    .map(|(k, v)| json!({"key": k, "value": v}))
-    .collect();
-    let body = json!({"to": "beijing", "format": "launch", "fields": fields});
-    let id = detente::screenshots::deliver(&w, &b, &body).await.unwrap();
+    let id = detente::screenshots::delivered_launch(&w, &b)
+        .await
+        .unwrap();
     let chief = login(&b, "chief").await;
     for path in [
         format!("/console/messages/{id}"),

@@ -51,6 +51,35 @@ pub struct CoreEngine {
     pub none: WriterHandle,
 }
 
+impl CoreEngine {
+    /// Run a command the core answers with `Sent`, for a message of `precedence`.
+    async fn sent(&self, command: Command, precedence: Precedence) -> Result<Sent, WriteError> {
+        match self.driver.command(command).await.map_err(write_error)? {
+            Answer::Sent { id, seq } => Ok(Sent {
+                id,
+                seq,
+                precedence,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// An answer to one of the peer's messages, as [`Engine::answer`] takes it.
+#[derive(Debug, Clone)]
+pub struct AnswerRequest {
+    pub peer: String,
+    /// The peer's message.
+    pub of: detente_proto::MessageId,
+    pub level: detente_proto::ReceiptLevel,
+    pub note: Option<String>,
+    /// The message's precedence and topic, which the receipt carries.
+    pub precedence: Precedence,
+    pub topic: String,
+    /// Our title, as the receipt is signed.
+    pub author: String,
+}
+
 impl Engine {
     /// The writer, for the link, deadline and charter tasks (they run only with the
     /// tasks engine; with the core every call answers [`WriteError::Stopped`]).
@@ -71,38 +100,48 @@ impl Engine {
         match self {
             Engine::Tasks(w) => w.send(request).await,
             Engine::Core(c) => {
-                let driver = &c.driver;
                 let precedence = request.precedence;
-                let command = match request.body {
-                    // An answer to a received message is the core's own command (it checks
-                    // the message is the peer's and settles its deadline).
-                    Body::Receipt(Receipt {
-                        level,
-                        target: ReceiptTarget::Message(of),
-                        note,
-                    }) => Command::Answer {
-                        peer: request.peer,
-                        of,
-                        level,
-                        note,
-                    },
-                    body => Command::Send {
-                        peer: request.peer,
-                        precedence,
-                        topic: request.topic,
-                        author: request.author,
-                        body,
-                        in_reply_to: request.in_reply_to,
-                    },
+                let command = Command::Send {
+                    peer: request.peer,
+                    precedence,
+                    topic: request.topic,
+                    author: request.author,
+                    body: request.body,
+                    in_reply_to: request.in_reply_to,
                 };
-                match driver.command(command).await.map_err(write_error)? {
-                    Answer::Sent { id, seq } => Ok(Sent {
-                        id,
-                        seq,
-                        precedence,
+                c.sent(command, precedence).await
+            }
+        }
+    }
+
+    /// Answer the peer's message: READ, ACKNOWLEDGED or DECLINED. The writer signs it as a
+    /// receipt in the message's precedence and topic; the core has its own command, which
+    /// checks the message is the peer's and settles its deadline.
+    pub async fn answer(&self, answer: AnswerRequest) -> Result<Sent, WriteError> {
+        match self {
+            Engine::Tasks(w) => {
+                let request = SendRequest {
+                    peer: answer.peer,
+                    precedence: answer.precedence,
+                    topic: answer.topic,
+                    author: answer.author,
+                    in_reply_to: Some(answer.of),
+                    body: Body::Receipt(Receipt {
+                        level: answer.level,
+                        target: ReceiptTarget::Message(answer.of),
+                        note: answer.note,
                     }),
-                    other => Err(unexpected(&other)),
-                }
+                };
+                w.send(request).await
+            }
+            Engine::Core(c) => {
+                let command = Command::Answer {
+                    peer: answer.peer,
+                    of: answer.of,
+                    level: answer.level,
+                    note: answer.note,
+                };
+                c.sent(command, answer.precedence).await
             }
         }
     }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use detente_proto::{Body, MessageId, Precedence, Receipt, ReceiptLevel, ReceiptTarget, TextBody};
+use detente_proto::{Body, MessageId, Precedence, ReceiptLevel, ReceiptTarget, TextBody};
 use detente_store::{Direction, MessageRow, Placement, Store};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -364,19 +364,16 @@ pub(crate) async fn answer(
         ));
     }
     let author = shared.config.read().map_err(|_| internal())?.author.clone();
-    let request = SendRequest {
+    let answer = crate::engine::AnswerRequest {
         peer: row.peer.clone(),
+        of: id,
+        level,
+        note,
         precedence: Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine),
         topic: row.topic.clone(),
         author,
-        in_reply_to: Some(id),
-        body: Body::Receipt(Receipt {
-            level,
-            target: ReceiptTarget::Message(id),
-            note,
-        }),
     };
-    let sent = shared.engine.send(request).await?;
+    let sent = shared.engine.answer(answer).await?;
     // Our answer settles the message's deadline on this side.
     shared.events.publish(Event::Receipt { of: id, level });
     Ok(sent)

@@ -72,7 +72,7 @@ pub async fn run(w: &Client, b: &Client) -> Outcome {
         ),
     ]);
     let shown = deliver(w, b, "beijing", "launch", launch).await?;
-    if !shown.contains("弹道导弹发射通报") || !shown.contains("Asia/Shanghai") {
+    if !shown.contains("弹道导弹发射通报") || !shown.contains("北京时间") {
         return Err(Failure::new(
             "the launch did not render in Chinese at beijing",
         ));
@@ -89,7 +89,7 @@ pub async fn run(w: &Client, b: &Client) -> Outcome {
         ("agenda", "海上意外相遇规则；导弹发射通报程序。".into()),
     ]);
     let shown = deliver(b, w, "washington", "dialogue-request", request).await?;
-    if !shown.contains("Request for dialogue") || !shown.contains("America/New_York") {
+    if !shown.contains("Request for dialogue") || !shown.contains("Eastern Time") {
         return Err(Failure::new(
             "the dialogue request did not render in English at washington",
         ));

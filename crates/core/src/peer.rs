@@ -126,6 +126,10 @@ pub(crate) struct Peer {
     /// The peer's stream as far as it is durable here (what `Hello` announces).
     pub inb_durable: StreamCursor,
     pub out_last_created_ms: u64,
+    /// Why our stored record of this channel cannot be vouched for (a row that fails
+    /// verification, found at recovery): then no checkpoint is signed over it, and a
+    /// peer's checkpoint that disagrees with it is no evidence against the peer.
+    pub damaged: Option<String>,
     pub held: BTreeMap<u64, Held>,
     pub outbox: BTreeMap<u64, OutEntry>,
     /// The peer holds our stream up to here (its `Ack`s and `Hello`).
@@ -169,6 +173,7 @@ impl Peer {
             out_durable: 0,
             inb_durable: StreamCursor::EMPTY,
             out_last_created_ms: 0,
+            damaged: None,
             held: BTreeMap::new(),
             outbox: BTreeMap::new(),
             confirmed: 0,

@@ -26,6 +26,7 @@ use crate::driver::{self, DriverError, DriverHandle, DriverInput};
 use crate::events::Event;
 use crate::hooks::HookEvent;
 use crate::peers::PeerTable;
+use crate::snapshot::TamperedRow;
 use crate::writer::{SendRequest, Sent, WriteError, WriterHandle};
 use crate::{NodeStore, Shared};
 
@@ -101,15 +102,7 @@ impl Engine {
             Engine::Tasks(w) => w.send(request).await,
             Engine::Core(c) => {
                 let precedence = request.precedence;
-                let command = Command::Send {
-                    peer: request.peer,
-                    precedence,
-                    topic: request.topic,
-                    author: request.author,
-                    body: request.body,
-                    in_reply_to: request.in_reply_to,
-                };
-                c.sent(command, precedence).await
+                c.sent(send_command(request), precedence).await
             }
         }
     }
@@ -146,16 +139,34 @@ impl Engine {
         }
     }
 
-    /// Several sends; with the core they are all staged before the first commit, so they
-    /// share commits.
+    /// Several sends, numbered in the order given; with the core they are all queued
+    /// before the first answer is awaited, so they share commits.
     pub async fn send_many(&self, requests: Vec<SendRequest>) -> Vec<Result<Sent, WriteError>> {
-        match self {
-            Engine::Tasks(w) => w.send_many(requests).await,
-            Engine::Core(_) => {
-                let sends = requests.into_iter().map(|r| self.send(r));
-                futures_util::future::join_all(sends).await
+        let core = match self {
+            Engine::Tasks(w) => return w.send_many(requests).await,
+            Engine::Core(c) => c,
+        };
+        let mut waiting = Vec::with_capacity(requests.len());
+        for request in requests {
+            let precedence = request.precedence;
+            match core.driver.queue(send_command(request)).await {
+                Ok(answer) => waiting.push((answer, precedence)),
+                Err(_) => break,
             }
         }
+        let mut out = Vec::with_capacity(waiting.len());
+        for (answer, precedence) in waiting {
+            out.push(match answer.await.map_err(write_error) {
+                Ok(Answer::Sent { id, seq }) => Ok(Sent {
+                    id,
+                    seq,
+                    precedence,
+                }),
+                Ok(other) => Err(unexpected(&other)),
+                Err(e) => Err(e),
+            });
+        }
+        out
     }
 
     /// Add or replace a glossary term of a channel; answered once durable.
@@ -225,6 +236,18 @@ impl Engine {
     }
 }
 
+/// The core's command for a send request.
+fn send_command(request: SendRequest) -> Command {
+    Command::Send {
+        peer: request.peer,
+        precedence: request.precedence,
+        topic: request.topic,
+        author: request.author,
+        body: request.body,
+        in_reply_to: request.in_reply_to,
+    }
+}
+
 fn unexpected(answer: &Answer) -> WriteError {
     WriteError::Invalid(format!("unexpected answer from the core: {answer:?}"))
 }
@@ -236,6 +259,7 @@ fn write_error(e: DriverError) -> WriteError {
         DriverError::Command(CommandError::Busy { retry_after_ms }) => WriteError::Store(format!(
             "the store is failing or too much is waiting; retry after {retry_after_ms} ms"
         )),
+        DriverError::Store(why) => WriteError::Store(why),
         DriverError::Stopped => WriteError::Stopped,
         other => WriteError::Invalid(other.to_string()),
     }
@@ -266,15 +290,7 @@ pub fn core_config(
         name: config.name.clone(),
         author: config.author.clone(),
         secret_seed: seed,
-        peers: table
-            .all()
-            .iter()
-            .map(|e| detente_core::PeerConfig {
-                name: e.name.clone(),
-                key: e.key,
-                addresses: e.addrs.len(),
-            })
-            .collect(),
+        peers: core_peers(table),
         deadlines: terms.deadlines,
         link_test_interval: terms.link_test_interval,
         link: config.link_config(),
@@ -311,26 +327,21 @@ pub async fn start_core(
     secret: Arc<PartySecret>,
     table: Arc<PeerTable>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<
-    (
-        DriverHandle,
-        broadcast::Sender<CoreEvent>,
-        tokio::task::JoinHandle<()>,
-    ),
-    CoreStartError,
-> {
-    let peers: Vec<crate::snapshot::PeerKey> = table
-        .all()
-        .iter()
-        .map(|e| crate::snapshot::PeerKey {
-            name: e.name.clone(),
-            key: e.key,
+) -> Result<CoreStarted, CoreStartError> {
+    let (core, tampered) = recover(&config, &store, secret.public(), &table).await?;
+    let reload: driver::Reload = {
+        let (store, table, me) = (store.clone(), table.clone(), secret.public());
+        Box::new(move || {
+            let (config, store, table) = (config.clone(), store.clone(), table.clone());
+            Box::pin(async move {
+                // The rows that fail were named at start (and their alarms raised).
+                let (core, _) = recover(&config, &store, me, &table)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(core)
+            })
         })
-        .collect();
-    let snapshot = crate::snapshot::load(&*store, &secret.public(), &peers).await?;
-    let now = std::time::Instant::now();
-    let core = Core::recover(config, snapshot, now, crate::now_ms() as i64)
-        .map_err(|e| CoreStartError::Recover(e.to_string()))?;
+    };
     let dialer = TlsDialer {
         secret,
         table: table.clone(),
@@ -339,8 +350,62 @@ pub async fn start_core(
     let options = driver::DriverOptions {
         observer: Some(observer),
         shutdown: Some(shutdown),
+        reload: Some(reload),
     };
-    Ok(driver::start_with(core, store, dialer, options))
+    let (driver, events, task) = driver::start_with(core, store, dialer, options);
+    Ok(CoreStarted {
+        driver,
+        events,
+        task,
+        tampered,
+    })
+}
+
+/// A running driver, and the stored rows that failed verification as it loaded.
+pub struct CoreStarted {
+    pub driver: DriverHandle,
+    pub events: broadcast::Sender<CoreEvent>,
+    pub task: tokio::task::JoinHandle<()>,
+    pub tampered: Vec<TamperedRow>,
+}
+
+/// A core continuing from what `store` holds, for the peers pinned in `table` now (peers
+/// added while the node runs included).
+async fn recover(
+    config: &detente_core::Config,
+    store: &NodeStore,
+    me: PartyKey,
+    table: &PeerTable,
+) -> Result<(Core, Vec<TamperedRow>), CoreStartError> {
+    let entries = table.all();
+    let peers: Vec<crate::snapshot::PeerKey> = entries
+        .iter()
+        .map(|e| crate::snapshot::PeerKey {
+            name: e.name.clone(),
+            key: e.key,
+        })
+        .collect();
+    let loaded = crate::snapshot::load(store, &me, &peers).await?;
+    let mut config = config.clone();
+    config.peers = core_peers(table);
+    config.random_seed = rand::random();
+    let now = std::time::Instant::now();
+    let core = Core::recover(config, loaded.snapshot, now, crate::now_ms() as i64)
+        .map_err(|e| CoreStartError::Recover(e.to_string()))?;
+    Ok((core, loaded.tampered))
+}
+
+/// The core's view of the peers pinned in `table`.
+fn core_peers(table: &PeerTable) -> Vec<detente_core::PeerConfig> {
+    table
+        .all()
+        .iter()
+        .map(|e| detente_core::PeerConfig {
+            name: e.name.clone(),
+            key: e.key,
+            addresses: e.addrs.len(),
+        })
+        .collect()
 }
 
 /// Copy each link's supervision into the peer table (what `status` and the console show).

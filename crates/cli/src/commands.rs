@@ -375,7 +375,7 @@ pub async fn inbox(
     tz: Option<String>,
 ) -> Outcome {
     let client = Client::for_dir(dir)?;
-    let zone = reader_of(dir, tz, lang.clone())?;
+    let zone = reader_of(dir, tz.clone(), lang.clone())?;
     let mut query =
         format!("/api/v1/messages?direction={direction}&limit={limit}&receipts={receipts}");
     if let Some(p) = &peer {
@@ -383,6 +383,11 @@ pub async fn inbox(
     }
     if let Some(l) = &lang {
         query.push_str(&format!("&lang={l}"));
+    }
+    // The local times inside notifications in the reader's zone too (the node renders in its
+    // own otherwise). IANA names hold letters, digits, `/`, `_`, `-` and `+` (`Etc/GMT+5`).
+    if let Some(name) = &tz {
+        query.push_str(&format!("&tz={}", name.replace('+', "%2B")));
     }
     let messages = client.get(&query).await?;
     let list = messages.as_array().cloned().unwrap_or_default();

@@ -412,6 +412,64 @@ async fn a_launch_from_washington_reads_in_chinese_at_beijing() {
         .as_str()
         .unwrap()
         .starts_with("Ballistic missile launch notification"));
+
+    // Read at Beijing by someone in New York: the local times inside the notification follow
+    // the reader's zone (not the node's), named in the reader's language.
+    let ny = start.to_zoned(jiff::tz::TimeZone::get("America/New_York").unwrap());
+    let ny_en = format!(
+        "{}-{:02}-{:02} {:02}:00 Eastern Time",
+        ny.year(),
+        ny.month(),
+        ny.day(),
+        ny.hour()
+    );
+    let ny_zh = format!(
+        "美国东部时间 {}年{:02}月{:02}日 {:02}:00",
+        ny.year(),
+        ny.month(),
+        ny.day(),
+        ny.hour()
+    );
+    for (lang, expected, beijing) in [
+        ("en", &ny_en, "China Standard Time"),
+        ("zh-CN", &ny_zh, "北京时间"),
+    ] {
+        let read = json_of(&detente(&[
+            "inbox",
+            "--dir",
+            &bd,
+            "--direction",
+            "in",
+            "--lang",
+            lang,
+            "--tz",
+            "America/New_York",
+            "--json",
+        ]));
+        let m = read
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == sent["id"])
+            .unwrap()
+            .clone();
+        let rendered = m["rendered"].as_str().unwrap();
+        assert!(
+            rendered.contains(expected.as_str()),
+            "{expected} not in:\n{rendered}"
+        );
+        assert!(!rendered.contains(beijing), "{rendered}");
+    }
+    // A zone the database does not hold is refused, by the command and by the API.
+    let out = detente(&["inbox", "--dir", &bd, "--tz", "Mars/Olympus_Mons"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    for tz in ["Mars/Olympus_Mons", &"A".repeat(65)] {
+        let refused = bc
+            .get(&format!("/api/v1/messages?tz={tz}"))
+            .await
+            .expect_err("an unknown zone is refused");
+        assert_eq!(refused.status, Some(400), "{}", refused.error);
+    }
     let out = json_of(&detente(&[
         "inbox",
         "--dir",

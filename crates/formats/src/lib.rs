@@ -20,8 +20,8 @@ use std::sync::OnceLock;
 
 pub use def::{DefinitionError, FieldDef, FieldType, FormatDef, Rule};
 pub use render::{
-    describe, locale_for, zone_name, FieldDescription, FormatDescription, GlossaryEntry, Reader,
-    Rendered, RenderedField,
+    check_zone, describe, locale_for, zone_name, FieldDescription, FormatDescription,
+    GlossaryEntry, Reader, Rendered, RenderedField, ZoneError, ZONE_NAME_BYTES_MAX,
 };
 pub use validate::{FieldError, Notification, Raw, Value};
 

@@ -77,6 +77,32 @@ pub fn zone_name(lang: &str, iana: &str) -> Option<String> {
     Localizer::new(lang).zone_name(iana)
 }
 
+/// Bytes in a reader's time-zone name from outside (the longest IANA name,
+/// `America/Argentina/ComodRivadavia`, has 32).
+pub const ZONE_NAME_BYTES_MAX: usize = 64;
+
+/// Why a reader's time zone was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ZoneError {
+    /// Longer than [`ZONE_NAME_BYTES_MAX`].
+    #[error("a time-zone name of {0} bytes (at most {ZONE_NAME_BYTES_MAX})")]
+    TooLong(usize),
+    /// Not a zone of the IANA database this build carries.
+    #[error("unknown time zone {0:?}")]
+    Unknown(String),
+}
+
+/// `name` as a reader's zone: an IANA name (`America/New_York`, `UTC`) that the bundled
+/// database holds, checked before it reaches any rendering (which would quietly fall back
+/// to UTC and show a reader the wrong local times).
+pub fn check_zone(name: &str) -> Result<TimeZone, ZoneError> {
+    if name.len() > ZONE_NAME_BYTES_MAX {
+        return Err(ZoneError::TooLong(name.len()));
+    }
+    TimeZone::get(name).map_err(|_| ZoneError::Unknown(name.to_string()))
+}
+
 /// The supported locale closest to `lang`: exact, then same primary language, then English.
 pub fn locale_for(lang: &str) -> &'static str {
     if let Some(l) = LOCALES.iter().find(|l| l.eq_ignore_ascii_case(lang)) {

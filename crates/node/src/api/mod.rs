@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use detente_proto::{MessageId, Precedence, ReceiptLevel};
-use detente_store::{Direction, InboxQuery, Placement, Store};
+use detente_store::{Direction, InboxQuery, MessageRow, Placement, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -1005,6 +1005,9 @@ struct ListQuery {
     direction: Option<String>,
     /// The language to render in; the node's by default.
     lang: Option<String>,
+    /// The reader's time zone (an IANA name) for the local times inside notifications;
+    /// the node's by default.
+    tz: Option<String>,
     /// Rows at most: 1000 by default, at most 10 000.
     limit: Option<u32>,
     /// Also receipts, link tests and charters.
@@ -1023,6 +1026,7 @@ struct ListQuery {
     )
 )]
 async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> ApiResult {
+    check_reader_zone(&q)?;
     let direction = match q.direction.as_deref() {
         None | Some("all") => None,
         Some("in") => Some(Direction::In),
@@ -1045,7 +1049,7 @@ async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> 
     let rows = shared
         .store
         .inbox(InboxQuery {
-            peer: q.peer,
+            peer: q.peer.clone(),
             direction,
             include_system: q.receipts,
             limit: q.limit.unwrap_or(1000).min(LIST_LIMIT_MAX),
@@ -1053,9 +1057,35 @@ async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> 
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        out.push(message_json(&shared, &row, q.lang.as_deref()).await?);
+        out.push(message_json_for(&shared, &row, &q).await?);
     }
     Ok(Json(out).into_response())
+}
+
+/// Refuses a `tz` the zone database does not hold, before anything is read.
+fn check_reader_zone(q: &ListQuery) -> Result<(), ApiError> {
+    match q.tz.as_deref().map(detente_formats::check_zone) {
+        Some(Err(e)) => Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            .hint("give an IANA name such as America/New_York, Asia/Shanghai or UTC")),
+        _ => Ok(()),
+    }
+}
+
+/// A message as `q` reads it: a notification's local times in `q.tz` when it names a zone.
+async fn message_json_for(
+    shared: &Shared,
+    row: &MessageRow,
+    q: &ListQuery,
+) -> Result<Value, ApiError> {
+    let mut v = message_json(shared, row, q.lang.as_deref()).await?;
+    if let (Some(tz), Some(_)) = (&q.tz, v["format"].as_str()) {
+        if let Some(text) =
+            crate::notify::rendered_in_zone(shared, row, q.lang.as_deref(), tz).await?
+        {
+            v["rendered"] = Value::String(text);
+        }
+    }
+    Ok(v)
 }
 
 fn parse_id(text: &str) -> Result<MessageId, ApiError> {
@@ -1079,12 +1109,13 @@ async fn one(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     let id = parse_id(&id)?;
+    check_reader_zone(&q)?;
     let row = shared
         .store
         .message(id.0)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such message"))?;
-    Ok(Json(message_json(&shared, &row, q.lang.as_deref()).await?).into_response())
+    Ok(Json(message_json_for(&shared, &row, &q).await?).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -57,6 +57,11 @@ return result.violations
 
 async fn violations_on(s: &Session, axe: &str, url: &str, ready: &str) -> Vec<String> {
     s.goto(url).await.unwrap();
+    violations_here(s, axe, url, ready).await
+}
+
+/// axe's serious and critical violations on the page the session shows, named by `url`.
+async fn violations_here(s: &Session, axe: &str, url: &str, ready: &str) -> Vec<String> {
     s.wait_for(ready, WAIT).await.unwrap();
     if !url.ends_with("/login") {
         // The live regions are filled in (they are part of every page).
@@ -132,9 +137,48 @@ async fn check_node(
         for (path, ready) in pages {
             found.extend(violations_on(&s, axe, &format!("{base}{path}"), ready).await);
         }
+        if login_name == "admin1" {
+            found.extend(refused_add(&s, axe, &base).await);
+        }
         s.close().await;
     }
     found
+}
+
+/// The users page in its error state: an add refused with a problem beside each of four
+/// fields (a login with a space, a role and a language the lists do not offer, as a crafted
+/// request would send them, and a short password).
+async fn refused_add(s: &Session, axe: &str, base: &str) -> Vec<String> {
+    s.goto(&format!("{base}/console/users")).await.unwrap();
+    let login = s.wait_for("#new-login", WAIT).await.unwrap();
+    s.type_text(&login, "no spaces").await.unwrap();
+    s.execute(
+        "document.querySelector('#new-role option').value = 'king';\
+         document.querySelector('#new-role').selectedIndex = 0;\
+         document.querySelector('#new-lang option').value = 'fr';\
+         document.querySelector('#new-lang').selectedIndex = 0;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    for field in ["#new-password", "#new-password-again"] {
+        let e = s.find(field).await.unwrap();
+        s.type_text(&e, "short").await.unwrap();
+    }
+    let add = s.find("#user-add").await.unwrap();
+    s.click(&add).await.unwrap();
+    let ready = "#err-new-login";
+    s.wait_for(ready, WAIT).await.unwrap();
+    for field in ["new-role", "new-lang", "new-password"] {
+        s.find(&format!("#err-{field}")).await.unwrap();
+    }
+    violations_here(
+        s,
+        axe,
+        &format!("{base}/console/users (a refused add)"),
+        ready,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

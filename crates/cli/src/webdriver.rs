@@ -245,6 +245,31 @@ impl Session {
             .map(drop)
     }
 
+    /// A real mouse click `dx`, `dy` CSS pixels from the centre of `e` (W3C actions: the
+    /// browser's own pointer, so the page sees a trusted event at that spot).
+    pub async fn click_at(&self, e: &Element, dx: i64, dy: i64) -> Result<(), Failure> {
+        let origin = json!({ ELEMENT_KEY: e.0 });
+        let actions = json!({"actions": [{
+            "type": "pointer",
+            "id": "mouse",
+            "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "origin": origin, "x": dx, "y": dy, "duration": 0},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerUp", "button": 0},
+            ],
+        }]});
+        self.post("/actions", actions).await?;
+        call(
+            &self.http,
+            reqwest::Method::DELETE,
+            &format!("{}/actions", self.base),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn clear(&self, e: &Element) -> Result<(), Failure> {
         self.post(&format!("/element/{}/clear", e.0), json!({}))
             .await

@@ -175,3 +175,159 @@ async fn three_invalid_fields_three_localized_errors_and_decline_asks_first() {
     drop(driver);
     drop((w, b));
 }
+
+/// A geo field's value as circle centre and radius: `circle:LAT,LON,R`.
+fn circle_of(value: &str) -> (f64, f64, String) {
+    let rest = value
+        .strip_prefix("circle:")
+        .unwrap_or_else(|| panic!("{value}"));
+    let parts: Vec<&str> = rest.split(',').collect();
+    assert_eq!(parts.len(), 3, "{value}");
+    (
+        parts[0].parse().unwrap(),
+        parts[1].parse().unwrap(),
+        parts[2].to_string(),
+    )
+}
+
+/// Waits (bounded) until the compose map has been redrawn since `since` (its
+/// `data-drawn` mark changed) and shows `areas` areas.
+async fn redrawn(s: &detente::webdriver::Session, since: &str, areas: usize) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let state = s
+            .execute(
+                "const l = document.getElementById('compose-map-live'); \
+                 return [l.getAttribute('data-drawn') || '', \
+                         l.querySelectorAll('svg.map .area').length];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let drawn = state[0].as_str().unwrap().to_string();
+        if drawn != since && state[1] == json!(areas) {
+            return drawn;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the map was not redrawn with {areas} areas: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The compose map, scrolled to the middle of the window: WebDriver clicks relative to the
+/// middle of an element's visible part, which is then the middle of the map.
+async fn map_in_view(s: &detente::webdriver::Session) -> detente::webdriver::Element {
+    s.execute(
+        "document.querySelector('#compose-map-live svg.map').scrollIntoView({block: 'center'});",
+        vec![],
+    )
+    .await
+    .unwrap();
+    s.find("#compose-map-live svg.map").await.unwrap()
+}
+
+/// Points placed by clicking on the compose map (issue 15): the world before anything is
+/// typed; a typed area redraws the map around it; a click sets the chosen field (a circle's
+/// centre, at the latitude and longitude under the pointer in the map's own projection, the
+/// radius kept) and the map redraws with it. The text fields stay as they were for
+/// keyboards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_on_the_compose_map_places_the_area_and_the_map_redraws() {
+    if !browser_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let driver = Driver::start().await.unwrap();
+    let s = driver
+        .session(&tmp.path().join("profile-map"))
+        .await
+        .unwrap();
+    login(&s, &w, "chief", TEST_PASSWORD).await.unwrap();
+    s.wait_for("#logout", WAIT).await.unwrap();
+    s.goto(&format!(
+        "http://{}/console/compose?to=beijing&format=launch",
+        w.console_addr
+    ))
+    .await
+    .unwrap();
+    // The world, and the picker the script shows.
+    s.wait_for("#compose-map-live svg.map[data-k=\"1.000\"]", WAIT)
+        .await
+        .unwrap();
+    s.wait_for(".map-pick:not([hidden]) #map-target", WAIT)
+        .await
+        .unwrap();
+
+    // Typing an area redraws the map around it (Nebraska, squeezed east-west).
+    let launch = s.find("#f-launch_area").await.unwrap();
+    s.type_text(&launch, "circle:40.5,-100.2,25").await.unwrap();
+    let drawn = redrawn(&s, "", 1).await;
+    let k: f64 = s
+        .attribute_of("#compose-map-live svg.map", "data-k")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((k - 40.5f64.to_radians().cos()).abs() < 0.01, "k = {k}");
+
+    // A click in the middle of the map puts the impact area's centre in the middle of the
+    // view, where the launch area is.
+    s.select("#map-target", "f-impact_area").await.unwrap();
+    let map = map_in_view(&s).await;
+    s.click_at(&map, 0, 0).await.unwrap();
+    let drawn = redrawn(&s, &drawn, 2).await;
+    let impact = s
+        .execute(
+            "return document.getElementById('f-impact_area').value;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (lat, lon, radius) = circle_of(impact.as_str().unwrap());
+    assert!(
+        (lat - 40.5).abs() < 0.3 && (lon + 100.2).abs() < 0.3,
+        "{impact}"
+    );
+    assert_eq!(radius, "25", "a new circle starts at 25 km");
+
+    // 100 px east of the middle moves the launch area's centre east by what 100 px are in
+    // this projection (the view box's width, unsqueezed, over the map's width in pixels);
+    // its radius stays.
+    s.select("#map-target", "f-launch_area").await.unwrap();
+    let map = map_in_view(&s).await;
+    let view = s
+        .execute(
+            "const m = document.querySelector('#compose-map-live svg.map'); \
+             const v = m.viewBox.baseVal; const k = Number(m.getAttribute('data-k')); \
+             return [(v.x + v.width / 2) / k - 180, 90 - (v.y + v.height / 2), \
+                     v.width / k / m.getBoundingClientRect().width];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let [mid_lon, mid_lat, per_px] = [0, 1, 2].map(|i| view[i].as_f64().unwrap());
+    s.click_at(&map, 100, 0).await.unwrap();
+    redrawn(&s, &drawn, 2).await;
+    let value = s
+        .execute(
+            "return document.getElementById('f-launch_area').value;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (lat2, lon2, radius2) = circle_of(value.as_str().unwrap());
+    let expected = mid_lon + 100.0 * per_px;
+    assert!(per_px > 0.01, "{per_px} degrees a pixel");
+    assert!(
+        (lon2 - expected).abs() < 2.0 * per_px && (lat2 - mid_lat).abs() < 2.0 * per_px,
+        "{value}: expected longitude {expected}"
+    );
+    assert_eq!(radius2, "25", "the radius typed is kept");
+    s.close().await;
+    drop(driver);
+    drop((w, b));
+}

@@ -1,5 +1,8 @@
 //! The offline map: a notification's geo areas and points drawn over the world's coastlines,
 //! rendered on the server as inline SVG (no tiles, no script, nothing from another host).
+//! In compose the same map is a picker: the page's script (`assets/app.js`) turns a click
+//! into latitude and longitude with the projection named on the map (`data-k`, the view
+//! box) and asks the server (`pages::compose_map_live`) to redraw it as the fields change.
 //!
 //! The coastlines are Natural Earth's 1:110m land (public domain), converted once by
 //! `scripts/natural-earth-land.py` into `assets/land-110m.path`: one closed ring a line, in
@@ -267,19 +270,40 @@ fn n(v: f64) -> String {
     format!("{v:.3}")
 }
 
+/// The whole world, for a map with nothing on it yet (the compose picker's first view).
+const WORLD: View = View {
+    k: 1.0,
+    x: 0.0,
+    y: 0.0,
+    w: 360.0,
+    h: 180.0,
+};
+
 /// The map of `shapes` (none: no map), titled `title`, with each shape's label beside it.
 /// Shapes differ by outline pattern as well as colour.
 pub fn svg(shapes: &[Shape], title: &str, id: &str) -> Markup {
     if shapes.is_empty() {
         return html! {};
     }
+    drawn(shapes, title, id)
+}
+
+/// The map of `shapes`, or of the whole world when there are none. `data-k` carries the
+/// east–west squeeze: with the view box, it is all a script needs to turn a point of the
+/// map back into latitude and longitude (`lon = x / k - 180`, `lat = 90 - y`, a world east
+/// or west where the view crosses the antimeridian).
+fn drawn(shapes: &[Shape], title: &str, id: &str) -> Markup {
     let mut shapes = shapes.to_vec();
     wrap(&mut shapes);
-    let v = view(&shapes);
+    let v = if shapes.is_empty() {
+        WORLD
+    } else {
+        view(&shapes)
+    };
     let title_id = format!("{id}-title");
     let font = v.h / 16.0;
     html! {
-        svg.map id=(id) role="img" aria-labelledby=(title_id)
+        svg.map id=(id) role="img" aria-labelledby=(title_id) data-k=(n(v.k))
             viewBox={ (n(v.x)) " " (n(v.y)) " " (n(v.w)) " " (n(v.h)) } {
             title id=(title_id) { (title) }
             rect.sea x=(n(v.x)) y=(n(v.y)) width=(n(v.w)) height=(n(v.h)) {}
@@ -328,6 +352,31 @@ pub fn figure(shared: &crate::Shared, op: &super::Operator, shapes: &[Shape], id
     html! {
         figure.map-figure {
             (svg(shapes, &title, id))
+            figcaption {
+                (title) " · " (t("map-source")) " " span translate="no" { "Natural Earth" }
+            }
+        }
+    }
+}
+
+/// The compose picker's map: `shapes` as typed so far, or the whole world before anything
+/// is, captioned with what a click does; the page's script places points on it.
+pub fn picker(shared: &crate::Shared, op: &super::Operator, shapes: &[Shape], id: &str) -> Markup {
+    let t = |k: &str| super::pages::tr(shared, op, k);
+    let labels: Vec<&str> = shapes.iter().map(|s| s.label.as_str()).collect();
+    let title = if shapes.is_empty() {
+        t("map-world")
+    } else {
+        super::pages::tr_with(
+            shared,
+            op,
+            "map-title",
+            &[("shapes", labels.join(&t("list-separator")))],
+        )
+    };
+    html! {
+        figure.map-figure {
+            (drawn(shapes, &title, id))
             figcaption {
                 (title) " · " (t("map-source")) " " span translate="no" { "Natural Earth" }
             }
@@ -417,6 +466,26 @@ mod tests {
         assert!(
             !land_in(&v, 360.0).is_empty(),
             "North America, a world east"
+        );
+    }
+
+    #[test]
+    fn the_picker_shows_the_world_before_anything_is_typed_with_its_squeeze() {
+        let world = drawn(&[], "world", "m").into_string();
+        assert!(world.contains("data-k=\"1.000\""), "{world}");
+        assert!(
+            world.contains("viewBox=\"0.000 0.000 360.000 180.000\""),
+            "{world}"
+        );
+        assert!(world.contains("<path class=\"land\""));
+        // Nebraska: the view is squeezed by the cosine of its latitude, and says so.
+        let s = [shape("geo-area", "circle:40.5,-100.2,25")];
+        let k = format!("data-k=\"{}\"", n(view(&s).k));
+        assert!(drawn(&s, "t", "m").into_string().contains(&k));
+        assert_eq!(
+            svg(&[], "t", "m").into_string(),
+            "",
+            "a message map needs shapes"
         );
     }
 

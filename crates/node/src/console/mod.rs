@@ -120,6 +120,7 @@ pub fn router() -> Router<Arc<Shared>> {
             "/console/compose",
             get(pages::compose).post(pages::compose_send),
         )
+        .route("/console/compose/map", get(pages::compose_map_live))
         .route("/console/link", get(records::link))
         .route("/console/transcript", get(records::transcript))
         .route("/console/transcript/export", get(records::export))

@@ -1177,7 +1177,8 @@ fn format_fields(
                             aria-describedby=[&state.described] required[f.required] { (value) }
                     } @else {
                         input id=(id) name=(name) value=(value) aria-invalid=[state.invalid()]
-                            aria-describedby=[&state.described] required[f.required];
+                            aria-describedby=[&state.described] required[f.required]
+                            data-geo=[f.type_name.starts_with("geo-").then_some(&f.type_name)];
                         (local_pickers(shared, op, &f.key, &f.type_name))
                     }
                     span.hint id=(help_id) {
@@ -1192,15 +1193,80 @@ fn format_fields(
                     (state.message())
                 }
             }
-            @if d.fields.iter().any(|f| f.type_name.starts_with("geo-")) {
-                p {
-                    button type="submit" name="preview" value="map" #compose-map-preview {
-                        (tr(shared, op, "compose-map-preview"))
-                    }
+            (map_picker(shared, op, def, &d, form))
+        }
+    }
+}
+
+/// Radius of the circle a click on the map starts in an empty area field, in km.
+const PICKED_RADIUS_KM: u32 = 25;
+
+/// The map of the areas and points typed so far (the world before any), for a format with
+/// geo fields. With script, a click on it places the chosen field's point (or its circle's
+/// centre, or a polygon's next corner) and it redraws as the fields change; without, the
+/// button redraws it. The text fields stay the way to type them.
+fn map_picker(
+    shared: &Shared,
+    op: &Operator,
+    def: &detente_formats::FormatDef,
+    d: &detente_formats::FormatDescription,
+    form: &ComposeForm,
+) -> Markup {
+    let geo: Vec<_> = d
+        .fields
+        .iter()
+        .filter(|f| f.type_name.starts_with("geo-"))
+        .collect();
+    if geo.is_empty() {
+        return html! {};
+    }
+    let shapes = super::map::shapes(&def.id, &op.lang, |k| form.fields.get(k).cloned());
+    let t = |k: &str| tr(shared, op, k);
+    html! {
+        section.map-preview aria-labelledby="map-preview-title" {
+            h2 #map-preview-title { (t("compose-map-preview-title")) }
+            p.hint #map-pick-hint hidden { (t("compose-map-hint")) }
+            p.map-pick hidden {
+                label for="map-target" { (t("compose-map-target")) } " "
+                select #map-target aria-describedby="map-pick-hint" {
+                    @for f in &geo { option value={ "f-" (f.key) } { (f.label) } }
+                }
+            }
+            @if shapes.is_empty() {
+                p #map-preview-empty { (t("compose-map-preview-empty")) }
+            }
+            div #compose-map-live data-src="/console/compose/map" data-format=(def.id)
+                data-radius-km=(PICKED_RADIUS_KM) {
+                (super::map::picker(shared, op, &shapes, "compose-map"))
+            }
+            p {
+                button type="submit" name="preview" value="map" #compose-map-preview {
+                    (t("compose-map-preview"))
                 }
             }
         }
     }
+}
+
+/// The compose map alone, redrawn for the fields in the query (the page's script asks for
+/// it as they change): the same picker the page shows, as an HTML fragment.
+pub async fn compose_map_live(
+    State(shared): Shr,
+    op: Operator,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    if !op.role.can_compose() {
+        return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
+    }
+    let form = ComposeForm::from_pairs(q);
+    let shapes = match form.format_def() {
+        Some(def) => super::map::shapes(&def.id, &op.lang, |k| form.fields.get(k).cloned()),
+        None => Vec::new(),
+    };
+    html(
+        StatusCode::OK,
+        super::map::picker(&shared, &op, &shapes, "compose-map").into_string(),
+    )
 }
 
 /// The topics compose offers: `general` and the topic of each format a charter with a peer
@@ -1593,20 +1659,8 @@ fn check_notification(
 /// The compose form again, with the areas and points typed so far on the map above it;
 /// nothing is sent.
 async fn compose_map_preview(shared: &Shared, op: &Operator, form: &ComposeForm) -> Response {
-    let shapes = match form.format_def() {
-        Some(def) => super::map::shapes(&def.id, &op.lang, |k| form.fields.get(k).cloned()),
-        None => Vec::new(),
-    };
-    let main = html! {
-        section.map-preview aria-labelledby="map-preview-title" {
-            h2 #map-preview-title { (tr(shared, op, "compose-map-preview-title")) }
-            @if shapes.is_empty() {
-                p #map-preview-empty { (tr(shared, op, "compose-map-preview-empty")) }
-            }
-            (super::map::figure(shared, op, &shapes, "compose-map"))
-        }
-        (compose_html(shared, op, form, &FieldErrors::new()))
-    };
+    // The form draws its own map (`map_picker`) from the fields it is given.
+    let main = compose_html(shared, op, form, &FieldErrors::new());
     let title = tr(shared, op, "nav-compose");
     html(StatusCode::OK, live_page(shared, op, &title, main).await)
 }

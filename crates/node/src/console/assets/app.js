@@ -323,9 +323,94 @@
     }
   }
 
+  // The compose map (console/map.rs): a click places the chosen geo field's point, its
+  // circle's centre or its polygon's next corner, with the projection the server drew the
+  // map in (its view box and data-k, the east-west squeeze); the map is redrawn by the
+  // server as the fields change, one request at a time, the last change always drawn.
+  const MAP_REDRAW_MS = 250;
+  function degreesText(v) {
+    return String(Number(v.toFixed(3)));
+  }
+
+  function mapClickPosition(svg, event) {
+    const ctm = svg.getScreenCTM();
+    if (!ctm) return null;
+    const p = new DOMPoint(event.clientX, event.clientY).matrixTransform(ctm.inverse());
+    const k = Number(svg.getAttribute("data-k")) || 1;
+    const lon = ((((p.x / k - 180) + 180) % 360) + 360) % 360 - 180;
+    const lat = Math.max(-90, Math.min(90, 90 - p.y));
+    return { lat: degreesText(lat), lon: degreesText(lon) };
+  }
+
+  function placed(field, at, radiusKm) {
+    const point = at.lat + "," + at.lon;
+    if (field.getAttribute("data-geo") === "geo-point") return point;
+    const value = field.value.trim();
+    const circle = /^circle:\s*[^,]*,[^,]*,(.+)$/.exec(value);
+    if (circle) return "circle:" + point + "," + circle[1].trim();
+    if (/^polygon:/.test(value)) {
+      const corners = value.slice("polygon:".length).trim();
+      return "polygon:" + (corners ? corners + ";" : "") + point;
+    }
+    return "circle:" + point + "," + radiusKm;
+  }
+
+  function mapPicker() {
+    const live = document.getElementById("compose-map-live");
+    const target = document.getElementById("map-target");
+    if (!live || !target) return;
+    for (const hidden of document.querySelectorAll(".map-pick, #map-pick-hint")) {
+      hidden.hidden = false;
+    }
+    let drawing = false;
+    let pending = false;
+    let timer = null;
+    async function redraw() {
+      if (drawing) { pending = true; return; }
+      drawing = true;
+      const query = new URLSearchParams({ format: live.getAttribute("data-format") });
+      for (const field of document.querySelectorAll("[data-geo]")) {
+        query.append(field.name, field.value);
+      }
+      try {
+        const response = await fetch(live.getAttribute("data-src") + "?" + query,
+          { credentials: "same-origin", cache: "no-store" });
+        if (response.ok && !response.redirected) {
+          live.innerHTML = await response.text();
+          live.setAttribute("data-drawn", String(Date.now()));
+        }
+      } catch (e) {
+        document.body.classList.add("offline");
+      }
+      drawing = false;
+      if (pending) { pending = false; redraw(); }
+    }
+    function soon() {
+      clearTimeout(timer);
+      timer = setTimeout(redraw, MAP_REDRAW_MS);
+    }
+    for (const field of document.querySelectorAll("[data-geo]")) {
+      field.addEventListener("input", soon);
+    }
+    // The geo field typed in last is the one a click places, unless another is chosen.
+    document.addEventListener("focusin", (event) => {
+      const id = event.target && event.target.id;
+      if (event.target.hasAttribute && event.target.hasAttribute("data-geo")) target.value = id;
+    });
+    live.addEventListener("click", (event) => {
+      const svg = live.querySelector("svg.map");
+      const field = document.getElementById(target.value);
+      const at = svg && field && mapClickPosition(svg, event);
+      if (!at) return;
+      field.value = placed(field, at, live.getAttribute("data-radius-km"));
+      redraw();
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     settings();
     utcEchoes();
+    mapPicker();
     const enable = document.getElementById("enable-sound");
     if (enable) {
       enable.addEventListener("click", () => {

@@ -127,10 +127,32 @@ fn geo_of(type_name: &str, value: &str) -> Option<Geo> {
                     (km / (KM_PER_DEGREE * cos), km / KM_PER_DEGREE),
                 ))
             }
-            GeoArea::Polygon(points) => Some(Geo::Polygon(points.iter().map(plane).collect())),
+            GeoArea::Polygon(points) => Some(Geo::Polygon(unwrapped(points.iter().map(plane)))),
         },
         _ => None,
     }
+}
+
+/// A polygon's corners in the plane, each taken the short way from the one before: a
+/// polygon across the antimeridian (corners at 170° E and 170° W) spans 20°, not 340°, and
+/// the map stays as narrow as the area. Its middle is then brought back into the world
+/// (0..360), the corners around it may lie a little outside, where the land is drawn too.
+fn unwrapped(points: impl Iterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for (mut x, y) in points {
+        if let Some(&(prev, _)) = out.last() {
+            x += 360.0 * ((prev - x) / 360.0).round();
+        }
+        out.push((x, y));
+    }
+    let (min, max) = out.iter().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| {
+        (a.min(*x), b.max(*x))
+    });
+    let shift = -360.0 * (((min + max) / 2.0) / 360.0).floor();
+    for (x, _) in &mut out {
+        *x += shift;
+    }
+    out
 }
 
 /// The geo fields of a notification in `format`, in the format's order, labelled in
@@ -308,7 +330,8 @@ fn drawn(shapes: &[Shape], title: &str, id: &str) -> Markup {
             title id=(title_id) { (title) }
             rect.sea x=(n(v.x)) y=(n(v.y)) width=(n(v.w)) height=(n(v.h)) {}
             g transform={ "scale(" (n(v.k)) " 1)" } {
-                @for offset in [0.0, 360.0] {
+                // A view that crosses the antimeridian shows a world west or east too.
+                @for offset in [-360.0, 0.0, 360.0] {
                     @let land = land_in(&v, offset);
                     @if !land.is_empty() {
                         path.land transform={ "translate(" (offset) " 0)" } d=(land) {}
@@ -487,6 +510,28 @@ mod tests {
             "",
             "a message map needs shapes"
         );
+    }
+
+    #[test]
+    fn a_polygon_across_the_antimeridian_gets_a_narrow_map() {
+        // Corners at 170° E, 170° W and 175° W: 20° wide the short way.
+        let s = [shape("geo-area", "polygon:10,170;12,-170;8,-175")];
+        let ((x0, _), (x1, _)) = s[0].geo.bounds();
+        assert!((x1 - x0 - 20.0).abs() < 1e-9, "{x0}..{x1}");
+        let v = view(&s);
+        assert!(v.w < 60.0, "{}", v.w);
+        // The middle is in the world; the land either side is drawn.
+        let (cx, _) = s[0].geo.center();
+        assert!((0.0..360.0).contains(&cx), "{cx}");
+        let drawn = svg(&s, "t", "m").into_string();
+        assert!(drawn.contains("<polygon"), "{drawn}");
+        // A circle just west of the antimeridian and one just east: one narrow map.
+        let mut both = [
+            shape("geo-area", "circle:-17,179.5,50"),
+            shape("geo-area", "circle:-16,-179.5,50"),
+        ];
+        wrap(&mut both);
+        assert!(view(&both).w < 60.0);
     }
 
     #[test]

@@ -217,6 +217,14 @@ async fn story(sw: &Session, sb: &Session, w: &ProcNode, b: &ProcNode, out: &Pat
     }
     sw.select("#f-domain", "air").await?;
     sw.select("#f-signals", "radio-voice").await?;
+    // The position typed, on the compose map the page redraws (a click there places it).
+    sw.wait_for("#compose-map-live svg.map circle.point", WAIT)
+        .await?;
+    sw.execute(
+        "document.getElementById('compose-map-live').scrollIntoView({block: 'end'}); return true;",
+        vec![],
+    )
+    .await?;
     shoot(sw, out, "compose").await?;
     sw.click(&sw.find("#send").await?).await?;
     sw.wait_for(".msg.prec-flash", WAIT).await?;

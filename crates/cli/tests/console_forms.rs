@@ -261,11 +261,18 @@ async fn a_click_on_the_compose_map_places_the_area_and_the_map_redraws() {
     s.wait_for(".map-pick:not([hidden]) #map-target", WAIT)
         .await
         .unwrap();
+    s.find("#compose-map-live #map-preview-empty")
+        .await
+        .unwrap();
 
     // Typing an area redraws the map around it (Nebraska, squeezed east-west).
     let launch = s.find("#f-launch_area").await.unwrap();
     s.type_text(&launch, "circle:40.5,-100.2,25").await.unwrap();
     let drawn = redrawn(&s, "", 1).await;
+    assert!(
+        s.find_all("#map-preview-empty").await.unwrap().is_empty(),
+        "'nothing to draw yet' goes once something is drawn"
+    );
     let k: f64 = s
         .attribute_of("#compose-map-live svg.map", "data-k")
         .await

@@ -398,6 +398,10 @@ pub fn picker(shared: &crate::Shared, op: &super::Operator, shapes: &[Shape], id
         )
     };
     html! {
+        // Inside what the script redraws, so that it goes once something is typed.
+        @if shapes.is_empty() {
+            p #map-preview-empty { (t("compose-map-preview-empty")) }
+        }
         figure.map-figure {
             (drawn(shapes, &title, id))
             figcaption {

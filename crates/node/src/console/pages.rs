@@ -1232,9 +1232,6 @@ fn map_picker(
                     @for f in &geo { option value={ "f-" (f.key) } { (f.label) } }
                 }
             }
-            @if shapes.is_empty() {
-                p #map-preview-empty { (t("compose-map-preview-empty")) }
-            }
             div #compose-map-live data-src="/console/compose/map" data-format=(def.id)
                 data-radius-km=(PICKED_RADIUS_KM) {
                 (super::map::picker(shared, op, &shapes, "compose-map"))

@@ -166,6 +166,7 @@ const PAGES: &[&str] = &[
     "/console/live/messages/ID",
     "/console/messages/ID/print",
     "/console/compose",
+    "/console/compose/map?format=launch&f.launch_area=circle:40.5,-100.2,25",
     "/console/link",
     "/console/transcript",
     "/console/transcript/export?peer=beijing",
@@ -192,7 +193,7 @@ const FORMS: &[&str] = &[
 /// What a GET of `page` answers for `role`.
 fn expected_get(page: &str, role: Role) -> StatusCode {
     let allowed = match page {
-        "/console/compose" => role.can_compose(),
+        p if p.starts_with("/console/compose") => role.can_compose(),
         p if p.starts_with("/console/transcript/export") => role.can_export(),
         "/console/audit" | "/console/audit/export.csv" => role.can_read_audit(),
         "/console/users" => role == Role::Admin,

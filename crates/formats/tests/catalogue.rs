@@ -401,3 +401,22 @@ fn every_problem_is_named_at_once() {
     assert_eq!(def.validate(&f, now()).unwrap_err(), errors[0]);
     assert!(def.validate_all(&launch_fields(), now()).is_ok());
 }
+
+#[test]
+fn a_readers_zone_is_an_iana_name_the_database_holds_and_bounded() {
+    use detente_formats::{check_zone, ZoneError, ZONE_NAME_BYTES_MAX};
+    for name in ["America/New_York", "Asia/Shanghai", "UTC", "Etc/GMT+5"] {
+        assert!(check_zone(name).is_ok(), "{name}");
+    }
+    assert_eq!(
+        check_zone("Mars/Olympus_Mons").unwrap_err(),
+        ZoneError::Unknown("Mars/Olympus_Mons".into())
+    );
+    let long = "A".repeat(ZONE_NAME_BYTES_MAX + 1);
+    assert_eq!(
+        check_zone(&long).unwrap_err(),
+        ZoneError::TooLong(ZONE_NAME_BYTES_MAX + 1)
+    );
+    // The longest name the database has fits.
+    assert!(check_zone("America/Argentina/ComodRivadavia").is_ok());
+}

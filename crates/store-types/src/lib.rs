@@ -217,6 +217,80 @@ pub struct WriteBatch {
     pub witness: Vec<WitnessRow>,
     /// Evidence to record.
     pub evidence: Vec<EvidenceRow>,
+    /// Idempotency keys and the answers they give, stored with the messages they answer for
+    /// (insert, or replace an expired record of the same scope and key).
+    pub idempotency: Vec<IdempotencyRow>,
+    /// Also forget at most [`IDEMPOTENCY_PRUNE_ROWS_MAX`] idempotency keys created before
+    /// this time (milliseconds since the Unix epoch): bounded work per commit.
+    pub idempotency_expired_before_ms: Option<i64>,
+}
+
+/// Idempotency keys one commit forgets at most (the oldest expired first).
+pub const IDEMPOTENCY_PRUNE_ROWS_MAX: u32 = 64;
+
+/// One of our envelopes as an idempotent request's answer names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentRecord {
+    pub id: Hash32,
+    pub seq: u64,
+    /// 0 FLASH … 3 ROUTINE.
+    pub precedence: u8,
+}
+
+/// A request made with an `Idempotency-Key` and what it stored, so that a retry with the same
+/// key is answered from here instead of sending again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRow {
+    /// Who made the request (the API token, or a console operator's login), so one
+    /// caller's keys never answer another's requests.
+    pub scope: String,
+    /// The client's key, as sent.
+    pub key: String,
+    /// SHA-256 of the request (route and body bytes): the same key with another request is
+    /// refused, not answered with this one's answer.
+    pub fingerprint: Hash32,
+    /// When the request was stored (this node's wall clock, ms since the Unix epoch).
+    pub created_at_ms: i64,
+    /// The messages it stored, in the order of the request.
+    pub sent: Vec<SentRecord>,
+}
+
+/// Bytes per [`SentRecord`] in [`encode_sent`]: id, seq (big-endian), precedence.
+pub const SENT_RECORD_BYTES: usize = 32 + 8 + 1;
+
+/// The stored form of an answer's records (fixed width, so a stored value is checked by its
+/// length alone).
+pub fn encode_sent(sent: &[SentRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sent.len() * SENT_RECORD_BYTES);
+    for r in sent {
+        out.extend_from_slice(&r.id);
+        out.extend_from_slice(&r.seq.to_be_bytes());
+        out.push(r.precedence);
+    }
+    out
+}
+
+/// The records of [`encode_sent`]'s bytes; `None` if the length is not a whole number of
+/// records.
+pub fn decode_sent(bytes: &[u8]) -> Option<Vec<SentRecord>> {
+    if bytes.len() % SENT_RECORD_BYTES != 0 {
+        return None;
+    }
+    let records = bytes
+        .chunks_exact(SENT_RECORD_BYTES)
+        .map(|c| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&c[..32]);
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&c[32..40]);
+            SentRecord {
+                id,
+                seq: u64::from_be_bytes(seq),
+                precedence: c[40],
+            }
+        })
+        .collect();
+    Some(records)
 }
 
 /// An agreed pair of terms on the channel with `peer`.
@@ -272,5 +346,6 @@ impl WriteBatch {
             && self.checkpoints.is_empty()
             && self.witness.is_empty()
             && self.evidence.is_empty()
+            && self.idempotency.is_empty()
     }
 }

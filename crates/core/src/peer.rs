@@ -280,6 +280,21 @@ impl Core {
         sent: crate::Sent,
         body: Body,
     ) -> Result<(MessageId, u64), CommandError> {
+        let p = &self.peers[index];
+        let at = (p.out.cursor.next_seq, p.out.cursor.last_id);
+        let verified = self.sign_own(index, sent, body, at)?;
+        Ok(self.stage_signed(index, verified))
+    }
+
+    /// Sign one of our envelopes to peer `index` at `(seq, prev)` without staging it (a
+    /// batch signs all its envelopes before it stages any, so a refusal changes nothing).
+    pub(crate) fn sign_own(
+        &self,
+        index: usize,
+        sent: crate::Sent,
+        body: Body,
+        (seq, prev): (u64, MessageId),
+    ) -> Result<VerifiedEnvelope, CommandError> {
         let crate::Sent {
             precedence,
             topic,
@@ -287,15 +302,14 @@ impl Core {
             in_reply_to,
         } = sent;
         let wall = u64::try_from(self.wall_ms).unwrap_or(0);
-        let p = &mut self.peers[index];
+        let p = &self.peers[index];
         // The wall clock may step back; creation times within a stream never do.
         let created_at_ms = wall.max(p.out_last_created_ms);
-        let is_receipt = matches!(body, Body::Receipt(_));
         let envelope = Envelope {
             channel: p.channel,
             sender: self.me,
-            seq: p.out.cursor.next_seq,
-            prev: p.out.cursor.last_id,
+            seq,
+            prev,
             created_at_ms,
             precedence,
             topic,
@@ -303,10 +317,23 @@ impl Core {
             in_reply_to,
             body,
         };
-        let verified = VerifiedEnvelope::sign(envelope, &self.secret)
-            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        VerifiedEnvelope::sign(envelope, &self.secret)
+            .map_err(|e| CommandError::Invalid(e.to_string()))
+    }
+
+    /// Stage one of our envelopes signed by [`Core::sign_own`] at the next `seq` of peer
+    /// `index`'s stream.
+    pub(crate) fn stage_signed(
+        &mut self,
+        index: usize,
+        verified: VerifiedEnvelope,
+    ) -> (MessageId, u64) {
+        let precedence = verified.envelope().precedence;
+        let created_at_ms = verified.envelope().created_at_ms;
+        let is_receipt = matches!(verified.envelope().body, Body::Receipt(_));
         let (id, seq) = (verified.id(), verified.envelope().seq);
         let kind = verified.envelope().body.kind();
+        let p = &mut self.peers[index];
         p.out_last_created_ms = created_at_ms;
         p.unsigned += 1;
         p.touched = true;
@@ -352,7 +379,7 @@ impl Core {
             precedence,
             kind,
         });
-        Ok((id, seq))
+        (id, seq)
     }
 
     pub(crate) fn command_answer(

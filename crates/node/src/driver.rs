@@ -296,11 +296,19 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                     if checkpoints {
                         crate::writer::failpoint("checkpoint-before-commit");
                     }
+                    let sends = crate::writer::carries_send_batch(&rows);
+                    if sends {
+                        crate::writer::failpoint("send-batch-before-commit");
+                    }
                     self.commit = Some(Box::pin(async move {
                         let result = store.commit(rows).await;
                         if checkpoints && result.is_ok() {
                             // Stored, and not yet sent to the peer.
                             crate::writer::failpoint("checkpoint-after-commit");
+                        }
+                        if sends && result.is_ok() {
+                            // Durable, and nobody answered yet.
+                            crate::writer::failpoint("send-batch-after-commit");
                         }
                         (batch, result)
                     }));

@@ -682,6 +682,7 @@ impl World {
         let ticket = n.tickets;
         let kind = match &command {
             Command::Send { .. } => "send",
+            Command::SendBatch { .. } => "send_batch",
             Command::Answer { .. } => "answer",
             Command::Checkpoint { .. } => "checkpoint",
             Command::SetDeadlines { .. } => "deadlines",
@@ -1045,6 +1046,7 @@ fn short(command: &Command) -> String {
         Command::Send {
             peer, precedence, ..
         } => format!("send {precedence} to {peer}"),
+        Command::SendBatch { messages, .. } => format!("send a batch of {}", messages.len()),
         Command::Answer { peer, level, .. } => format!("answer {} to {peer}", level.name()),
         Command::Checkpoint { peer } => format!("checkpoint with {peer}"),
         Command::SetDeadlines { .. } => "new deadlines".into(),

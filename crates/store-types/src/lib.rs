@@ -225,6 +225,10 @@ pub struct WriteBatch {
     pub idempotency_expired_before_ms: Option<i64>,
 }
 
+/// How long an idempotency key is remembered: a retry within 24 hours of the first request
+/// gets its answer; after that the key may be pruned and then means a new request.
+pub const IDEMPOTENCY_KEY_TTL_MS: i64 = 24 * 3600 * 1000;
+
 /// Idempotency keys one commit forgets at most (the oldest expired first).
 pub const IDEMPOTENCY_PRUNE_ROWS_MAX: u32 = 64;
 

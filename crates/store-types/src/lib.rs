@@ -277,7 +277,7 @@ pub fn encode_sent(sent: &[SentRecord]) -> Vec<u8> {
 /// The records of [`encode_sent`]'s bytes; `None` if the length is not a whole number of
 /// records.
 pub fn decode_sent(bytes: &[u8]) -> Option<Vec<SentRecord>> {
-    if bytes.len() % SENT_RECORD_BYTES != 0 {
+    if !bytes.len().is_multiple_of(SENT_RECORD_BYTES) {
         return None;
     }
     let records = bytes

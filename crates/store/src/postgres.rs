@@ -1238,40 +1238,6 @@ async fn insert_evidence(conn: &mut PgConnection, rows: &[EvidenceRow]) -> Resul
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{redact_url, with_database};
-
-    #[test]
-    fn the_database_name_is_replaced() {
-        assert_eq!(
-            with_database("postgres://u:p@127.0.0.1:5/postgres", "x"),
-            "postgres://u:p@127.0.0.1:5/x"
-        );
-        assert_eq!(
-            with_database("postgres://h:5?sslmode=disable", "y"),
-            "postgres://h:5/y?sslmode=disable"
-        );
-    }
-
-    #[test]
-    fn passwords_are_hidden_in_urls() {
-        assert_eq!(
-            redact_url("postgres://detente:s3cr@t@db.example:5432/detente"),
-            "postgres://detente:***@db.example:5432/detente"
-        );
-        assert_eq!(
-            redact_url("postgres://db:5432/x?user=a&password=b&sslmode=disable"),
-            "postgres://db:5432/x?user=a&password=***&sslmode=disable"
-        );
-        assert_eq!(
-            redact_url("postgres://a@127.0.0.1/x"),
-            "postgres://a@127.0.0.1/x"
-        );
-        assert_eq!(redact_url("not a url"), "not a url");
-    }
-}
-
 /// Insert idempotency records, replacing an expired one of the same scope and key (the
 /// caller checked that no live one exists).
 async fn upsert_idempotency(conn: &mut PgConnection, rows: &[IdempotencyRow]) -> Result<()> {
@@ -1304,4 +1270,38 @@ async fn prune_idempotency(conn: &mut PgConnection, before_ms: i64) -> Result<()
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redact_url, with_database};
+
+    #[test]
+    fn the_database_name_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u:p@127.0.0.1:5/postgres", "x"),
+            "postgres://u:p@127.0.0.1:5/x"
+        );
+        assert_eq!(
+            with_database("postgres://h:5?sslmode=disable", "y"),
+            "postgres://h:5/y?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn passwords_are_hidden_in_urls() {
+        assert_eq!(
+            redact_url("postgres://detente:s3cr@t@db.example:5432/detente"),
+            "postgres://detente:***@db.example:5432/detente"
+        );
+        assert_eq!(
+            redact_url("postgres://db:5432/x?user=a&password=b&sslmode=disable"),
+            "postgres://db:5432/x?user=a&password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgres://a@127.0.0.1/x"),
+            "postgres://a@127.0.0.1/x"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 }

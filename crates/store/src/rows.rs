@@ -225,31 +225,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CHUNK_ROWS_MAX: usize = 512;
-
-    #[test]
-    pub(crate) fn pow2_chunks_cover_everything_in_order() {
-        for n in 0..1500usize {
-            let items: Vec<usize> = (0..n).collect();
-            let chunks = pow2_chunks(&items, CHUNK_ROWS_MAX);
-            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            assert_eq!(joined, items);
-            for c in &chunks {
-                assert!(c.len().is_power_of_two() && c.len() <= CHUNK_ROWS_MAX);
-            }
-        }
-    }
-
-    #[test]
-    fn hex_encodes_lowercase() {
-        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
-    }
-}
-
 /// The columns of `idempotency_keys` in the order [`decode_idempotency`] reads them.
 pub(crate) const IDEMPOTENCY_SELECT: &str =
     "SELECT scope, key, fingerprint, created_at_ms, sent FROM idempotency_keys";
@@ -278,4 +253,29 @@ where
         created_at_ms: get(row, T, "created_at_ms")?,
         sent,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK_ROWS_MAX: usize = 512;
+
+    #[test]
+    pub(crate) fn pow2_chunks_cover_everything_in_order() {
+        for n in 0..1500usize {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks = pow2_chunks(&items, CHUNK_ROWS_MAX);
+            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(joined, items);
+            for c in &chunks {
+                assert!(c.len().is_power_of_two() && c.len() <= CHUNK_ROWS_MAX);
+            }
+        }
+    }
+
+    #[test]
+    fn hex_encodes_lowercase() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+    }
 }

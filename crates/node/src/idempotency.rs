@@ -175,3 +175,61 @@ pub async fn lookup(
         sent: Vec::new(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(HEADER, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn keys_are_bounded_visible_ascii_quoted_or_bare() {
+        assert_eq!(key(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            key(&headers(&["\"abc-1\""])).unwrap().as_deref(),
+            Some("abc-1")
+        );
+        assert_eq!(key(&headers(&["abc-1"])).unwrap().as_deref(), Some("abc-1"));
+        let longest = "k".repeat(KEY_BYTES_MAX);
+        assert_eq!(key(&headers(&[&longest])).unwrap(), Some(longest.clone()));
+        for bad in [
+            "",
+            "\"\"",
+            "a b",
+            "a\\b",
+            "\"a\"b\"",
+            &format!("{longest}k"),
+        ] {
+            let e = key(&headers(&[bad])).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+        let e = key(&headers(&["a", "b"])).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST, "two headers");
+    }
+
+    #[test]
+    fn a_key_in_flight_is_refused_until_its_request_ends() {
+        let flight = InFlight::default();
+        let claim = flight.claim("api-token", "k").unwrap();
+        let e = flight.claim("api-token", "k").err().unwrap();
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        // Scoped: another caller's key of the same text is another key.
+        let _other = flight.claim("login:duty", "k").unwrap();
+        drop(claim);
+        assert!(flight.claim("api-token", "k").is_ok());
+    }
+
+    #[test]
+    fn the_fingerprint_covers_the_route_and_the_body() {
+        let a = fingerprint("POST /api/v1/messages", b"{}");
+        assert_eq!(a, fingerprint("POST /api/v1/messages", b"{}"));
+        assert_ne!(a, fingerprint("POST /api/v1/messages/batch", b"{}"));
+        assert_ne!(a, fingerprint("POST /api/v1/messages", b"{ }"));
+    }
+}

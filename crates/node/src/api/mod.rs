@@ -830,6 +830,7 @@ where
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Expected request with `Content-Type: application/json`",
             )
+            .hint("see the routes and their bodies in /api/v1/openapi.json")
             .into_response());
         }
         let bytes = axum::body::Bytes::from_request(request, state)

@@ -135,11 +135,16 @@ async fn crash_and_retry(engine: &str) {
     let first = batch(0);
     let ac = post_and_die(&mut a, "send-batch-before-commit", &first, "batch-1").await;
     assert_eq!(stored(&ac).await.len(), 0, "none of the batch was stored");
+    let started = std::time::Instant::now();
     let (answer, replayed) = ac
         .post_idempotent("/api/v1/messages/batch", &first, Some("batch-1"))
         .await
         .ok()
         .unwrap();
+    eprintln!(
+        "{engine}: the retried batch of {BATCH} stored and answered in {:?}",
+        started.elapsed()
+    );
     assert!(!replayed, "nothing was committed, so the retry sends");
     let sent = ids(&answer);
     assert_eq!(sent.len(), BATCH);
@@ -157,11 +162,16 @@ async fn crash_and_retry(engine: &str) {
     let ac = post_and_die(&mut a, "send-batch-after-commit", &second, "batch-2").await;
     let all = stored(&ac).await;
     assert_eq!(all.len(), 2 * BATCH, "all of the batch was stored");
+    let started = std::time::Instant::now();
     let (answer, replayed) = ac
         .post_idempotent("/api/v1/messages/batch", &second, Some("batch-2"))
         .await
         .ok()
         .unwrap();
+    eprintln!(
+        "{engine}: the replay of {BATCH} answered in {:?}",
+        started.elapsed()
+    );
     assert!(replayed, "the retry is answered from the store");
     let committed: Vec<(String, u64)> = all[BATCH..]
         .iter()

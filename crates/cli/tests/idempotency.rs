@@ -21,8 +21,9 @@ use serde_json::{json, Value};
 
 /// Messages in each of the two crashed batches.
 const BATCH: usize = 1000;
-/// Texts sent in all: two batches and one single send.
-const TOTAL: usize = 2 * BATCH + 1;
+/// Texts sent in all: two batches, one single send through the API and one through
+/// `detente send`.
+const TOTAL: usize = 2 * BATCH + 2;
 const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +221,41 @@ async fn crash_and_retry(engine: &str) {
         .post_idempotent("/api/v1/messages", &other, Some("a b"))
         .await;
     assert_eq!(refused(r), Some(400), "a key with a space");
-    assert_eq!(stored(&ac).await.len(), TOTAL, "nothing refused was stored");
+
+    // `detente send --idempotency-key`: run twice, one message, the same id.
+    let send = || {
+        let out = std::process::Command::new(&a.exe)
+            .args(["send", "--dir"])
+            .arg(&a.dir)
+            .args([
+                "--to",
+                "bravo",
+                "--idempotency-key",
+                "cli-1",
+                "--json",
+                "--text",
+            ])
+            .arg(format!("alpha-{}", 2 * BATCH + 1))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let (first_cli, again_cli) = (send(), send());
+    assert_eq!(first_cli["id"], again_cli["id"]);
+    assert_eq!(
+        (&first_cli["replayed"], &again_cli["replayed"]),
+        (&Value::Null, &json!(true))
+    );
+    assert_eq!(
+        stored(&ac).await.len(),
+        TOTAL,
+        "nothing refused or repeated was stored"
+    );
 
     // Bravo ends with each message exactly once, in the order sent.
     wait_outbox_empty(&ac, "bravo", Duration::from_secs(120))

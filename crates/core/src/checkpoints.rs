@@ -27,7 +27,11 @@ impl Core {
     /// link is up, so proposals never cross.
     pub(crate) fn auto_checkpoint(&mut self, index: usize) {
         let p = &self.peers[index];
-        if p.unsigned == 0 || p.session.is_none() || self.me.as_bytes() > p.key.as_bytes() {
+        if p.unsigned == 0
+            || p.damaged.is_some()
+            || p.session.is_none()
+            || self.me.as_bytes() > p.key.as_bytes()
+        {
             return;
         }
         let _ = self.propose(index);
@@ -80,6 +84,12 @@ impl Core {
     ) -> Result<(), CommandError> {
         let skip = bugs::is(self.bug, PlantedBug::SmallerCheckpoint);
         let p = &self.peers[index];
+        if let Some(why) = &p.damaged {
+            return Err(CommandError::Invalid(format!(
+                "no checkpoint is signed over a damaged record: {why}; restore the \
+                 database from a backup"
+            )));
+        }
         for head in &signed.checkpoint().members {
             let stream = if head.key == self.me { &p.out } else { &p.inb };
             if stream.root_at(head.size) != Some(head.root) {
@@ -165,6 +175,11 @@ impl Core {
                 continue;
             }
             if stream.root_at(head.size) != Some(head.root) {
+                if let Some(why) = p.damaged.clone() {
+                    // Our record is what differs, not the peer's signature.
+                    let what = format!("checkpoint not co-signed: {why}");
+                    return self.event(refused(what));
+                }
                 return self.checkpoint_evidence(index, &signed, head);
             }
         }

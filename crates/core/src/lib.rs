@@ -436,6 +436,11 @@ impl Core {
         self.me
     }
 
+    /// The pinned key of peer `name`.
+    pub fn peer_key(&self, name: &str) -> Option<PartyKey> {
+        self.peers.iter().find(|p| p.name == name).map(|p| p.key)
+    }
+
     /// Feed one input. `now` is the monotonic clock (never goes back), `wall_ms` the wall
     /// clock in milliseconds since the Unix epoch (may jump either way).
     pub fn handle(&mut self, now: Instant, wall_ms: i64, input: Input) {

@@ -24,8 +24,12 @@ pub(crate) struct Stream {
     pub cursor: StreamCursorDefault,
     pub tree: MemoryTree,
     pub frontier: FrontierDefault,
-    /// Envelope bytes by `seq - 1`.
-    pub bytes: Vec<Vec<u8>>,
+    /// Envelope bytes by `seq`, kept only while they may be sent again: for our own stream
+    /// (`keeps_bytes`), until the peer confirms it holds them; never for the peer's stream,
+    /// whose envelopes are known by their leaves. So memory follows the outbox, not the
+    /// transcript.
+    pub bytes: BTreeMap<u64, Vec<u8>>,
+    pub keeps_bytes: bool,
 }
 
 /// `StreamCursor` with an empty default.
@@ -79,7 +83,19 @@ impl Stream {
                 hash,
             }));
         self.cursor.0.advance(id);
-        self.bytes.push(bytes);
+        if self.keeps_bytes {
+            self.bytes.insert(self.tree.size(), bytes);
+        }
+    }
+
+    /// Let go of the bytes up to `seq` (the peer holds them).
+    pub fn forget_through(&mut self, seq: u64) {
+        self.bytes = self.bytes.split_off(&(seq.saturating_add(1)));
+    }
+
+    /// The Merkle leaf of envelope `seq` (the hash of its bytes).
+    pub fn leaf_at(&self, seq: u64) -> Option<Hash> {
+        self.tree.node(0, seq.checked_sub(1)?)
     }
 
     pub fn size(&self) -> u64 {
@@ -92,8 +108,7 @@ impl Stream {
     }
 
     pub fn bytes_at(&self, seq: u64) -> Option<&[u8]> {
-        let i = usize::try_from(seq.checked_sub(1)?).ok()?;
-        self.bytes.get(i).map(Vec::as_slice)
+        self.bytes.get(&seq).map(Vec::as_slice)
     }
 }
 
@@ -126,6 +141,10 @@ pub(crate) struct Peer {
     /// The peer's stream as far as it is durable here (what `Hello` announces).
     pub inb_durable: StreamCursor,
     pub out_last_created_ms: u64,
+    /// Why our stored record of this channel cannot be vouched for (a row that fails
+    /// verification, found at recovery): then no checkpoint is signed over it, and a
+    /// peer's checkpoint that disagrees with it is no evidence against the peer.
+    pub damaged: Option<String>,
     pub held: BTreeMap<u64, Held>,
     pub outbox: BTreeMap<u64, OutEntry>,
     /// The peer holds our stream up to here (its `Ack`s and `Hello`).
@@ -164,11 +183,15 @@ impl Peer {
             name: config.name.clone(),
             key: config.key,
             channel: ChannelId::for_pair(me, &config.key),
-            out: Stream::default(),
+            out: Stream {
+                keeps_bytes: true,
+                ..Stream::default()
+            },
             inb: Stream::default(),
             out_durable: 0,
             inb_durable: StreamCursor::EMPTY,
             out_last_created_ms: 0,
+            damaged: None,
             held: BTreeMap::new(),
             outbox: BTreeMap::new(),
             confirmed: 0,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::deadline::Side;
 use detente_proto::envelope::parse_unverified;
-use detente_proto::{Body, Envelope, MessageId, Need, Precedence};
+use detente_proto::{Body, Envelope, MessageId, Need, PartyKey, Precedence};
 use detente_store_types::{
     CheckpointRow, DeliveredRange, GlossaryRow, MessageRow, MissRow, OutboxRow, Placement,
     ReceiptLevel, ReceiptRow, WitnessRow, WriteBatch,
@@ -34,6 +34,11 @@ pub struct Snapshot {
     pub witness: Vec<WitnessRow>,
     /// Glossary terms (only their keys matter: the count per channel is bounded).
     pub glossary: Vec<GlossaryRow>,
+    /// Ids of appended rows whose bytes the loader could not vouch for (they fail
+    /// verification; the node raises an alarm naming each). Their place in the stream is
+    /// kept, from the row's id and columns, so that the stream goes on; their bytes are not
+    /// read (no charter, no link check through them).
+    pub tampered: BTreeSet<[u8; 32]>,
 }
 
 /// The store's rows do not make a consistent record. Remedy: restore the database from a
@@ -52,7 +57,27 @@ pub enum RecoverError {
 
 struct Parsed<'a> {
     row: &'a MessageRow,
-    envelope: Envelope,
+    /// `None` for a row listed in [`Snapshot::tampered`].
+    envelope: Option<Envelope>,
+}
+
+impl Parsed<'_> {
+    fn seq(&self) -> u64 {
+        self.envelope.as_ref().map_or(self.row.seq, |e| e.seq)
+    }
+
+    fn kind(&self) -> u8 {
+        self.envelope
+            .as_ref()
+            .map_or(self.row.kind, |e| e.body.kind())
+    }
+
+    fn precedence(&self) -> Precedence {
+        match &self.envelope {
+            Some(e) => e.precedence,
+            None => Precedence::from_u8(self.row.precedence).unwrap_or(Precedence::Routine),
+        }
+    }
 }
 
 impl Core {
@@ -84,21 +109,24 @@ impl Core {
             .iter()
             .filter(|m| m.channel == p.channel.0)
             .collect();
-        let mut out: Vec<Parsed> = parsed(&mine, me.as_bytes(), None);
-        let mut inb: Vec<Parsed> = parsed(&mine, p.key.as_bytes(), Some(Placement::Appended));
-        out.sort_by_key(|m| m.envelope.seq);
-        inb.sort_by_key(|m| m.envelope.seq);
+        let tampered = &snapshot.tampered;
+        let mut out: Vec<Parsed> = parsed(&mine, me.as_bytes(), None, tampered);
+        let theirs = Some(Placement::Appended);
+        let mut inb: Vec<Parsed> = parsed(&mine, p.key.as_bytes(), theirs, tampered);
+        out.sort_by_key(Parsed::seq);
+        inb.sort_by_key(Parsed::seq);
         let mut scratch = WriteBatch::default();
-        rebuild(p, &out, true, &mut scratch)?;
-        rebuild(p, &inb, false, &mut scratch)?;
+        rebuild(p, &out, me, true, &mut scratch)?;
+        let key = p.key;
+        rebuild(p, &inb, key, false, &mut scratch)?;
         if !forget_held {
-            for m in parsed(&mine, p.key.as_bytes(), Some(Placement::Held)) {
+            let held = parsed(&mine, p.key.as_bytes(), Some(Placement::Held), tampered);
+            for (m, e) in held.iter().filter_map(|m| Some((m, m.envelope.as_ref()?))) {
                 let held = Held {
                     id: MessageId(m.row.id),
-                    prev: m.envelope.prev,
+                    prev: e.prev,
                     bytes: m.row.bytes.clone(),
                 };
-                let e = &m.envelope;
                 p.in_index
                     .insert(held.id, (e.seq, e.body.kind(), e.precedence));
                 p.held.insert(e.seq, held);
@@ -132,6 +160,9 @@ impl Core {
                 },
             );
         }
+        // Only what may be sent again stays in memory.
+        let outbox = &p.outbox;
+        p.out.bytes.retain(|seq, _| outbox.contains_key(seq));
     }
 
     fn recover_checkpoints(&mut self, index: usize, snapshot: &Snapshot) {
@@ -162,10 +193,12 @@ impl Core {
 
     fn recover_charter(&mut self, index: usize, out: &[Parsed], inb: &[Parsed]) {
         let latest = |list: &[Parsed]| {
-            list.iter().rev().find_map(|m| match &m.envelope.body {
-                Body::Charter(c) => Some(c.clone()),
-                _ => None,
-            })
+            list.iter()
+                .rev()
+                .find_map(|m| match &m.envelope.as_ref()?.body {
+                    Body::Charter(c) => Some(c.clone()),
+                    _ => None,
+                })
         };
         let ours = latest(out);
         let theirs = latest(inb);
@@ -207,7 +240,7 @@ impl Core {
         let mut todo = Vec::new();
         for (list, side) in [(out, Side::Sender), (inb, Side::Receiver)] {
             for m in list {
-                todo.push((m.row, m.envelope.body.kind(), m.envelope.precedence, side));
+                todo.push((m.row, m.kind(), m.precedence(), side));
             }
         }
         for row in held_rows {
@@ -228,15 +261,24 @@ impl Core {
     }
 }
 
+/// The rows of `sender` in `placement`, parsed; a row that does not parse and is not listed
+/// as tampered is left out (and so found as a gap).
 fn parsed<'a>(
     rows: &[&'a MessageRow],
     sender: &[u8; 32],
     placement: Option<Placement>,
+    tampered: &BTreeSet<[u8; 32]>,
 ) -> Vec<Parsed<'a>> {
     rows.iter()
         .filter(|m| &m.sender == sender && placement.is_none_or(|p| p == m.placement))
         .filter_map(|row| {
-            let envelope = parse_unverified(&row.bytes).ok()?;
+            if tampered.contains(&row.id) {
+                return Some(Parsed {
+                    row,
+                    envelope: None,
+                });
+            }
+            let envelope = Some(parse_unverified(&row.bytes).ok()?);
             Some(Parsed { row, envelope })
         })
         .collect()
@@ -246,39 +288,43 @@ fn parsed<'a>(
 fn rebuild(
     p: &mut Peer,
     list: &[Parsed],
+    sender: PartyKey,
     ours: bool,
     scratch: &mut WriteBatch,
 ) -> Result<(), RecoverError> {
-    let (channel, sender) = if ours {
-        (p.channel, list.first().map(|m| m.envelope.sender))
-    } else {
-        (p.channel, Some(p.key))
-    };
-    let Some(sender) = sender else {
-        return Ok(());
-    };
+    let channel = p.channel;
     let direction = if ours { "ours" } else { "theirs" };
     for m in list {
         let stream = if ours { &mut p.out } else { &mut p.inb };
-        let e = &m.envelope;
+        let seq = m.seq();
         let corrupt = |what: &str| RecoverError::Stream {
             peer: p.name.clone(),
             direction,
-            seq: e.seq,
+            seq,
             what: what.to_string(),
         };
-        if e.seq != stream.cursor.next_seq {
+        if seq != stream.cursor.next_seq {
             return Err(corrupt("a gap or a duplicate"));
         }
-        if e.prev != stream.cursor.last_id {
+        if m.envelope
+            .as_ref()
+            .is_some_and(|e| e.prev != stream.cursor.last_id)
+        {
             return Err(corrupt("prev does not match"));
         }
         let id = MessageId(m.row.id);
         stream.append(scratch, channel, &sender, id, m.row.bytes.clone());
-        let entry = (e.seq, e.body.kind(), e.precedence);
+        if m.envelope.is_none() && p.damaged.is_none() {
+            p.damaged = Some(format!(
+                "the stored envelope seq {seq} of the {direction} stream fails verification"
+            ));
+        }
+        let entry = (seq, m.kind(), m.precedence());
         if ours {
             p.out_index.insert(id, entry);
-            p.out_last_created_ms = p.out_last_created_ms.max(e.created_at_ms);
+            let column = u64::try_from(m.row.created_at_ms).unwrap_or(0);
+            let created = m.envelope.as_ref().map_or(column, |e| e.created_at_ms);
+            p.out_last_created_ms = p.out_last_created_ms.max(created);
         } else {
             p.in_index.insert(id, entry);
         }

@@ -16,6 +16,15 @@
 //!   blocking).
 //! - `poll_timeout` → the sleep.
 //!
+//! **A store that keeps failing** (a full disk, a lost database): the core retries a failed
+//! commit after a pause and holds what waits on it. After
+//! [`COMMIT_FAILURES_BEFORE_RELOAD`] failures in a row the driver gives that work up
+//! instead of holding it without end: every waiting command is answered with the store's
+//! error (none of it was stored), the sessions are closed, and a fresh core is rebuilt from
+//! what the store holds ([`Reload`]), retried every [`RELOAD_RETRY`] while the store cannot
+//! be read. Meanwhile every command is answered with that error at once. So an operator
+//! gets a 503 within a second, and the node resumes by itself once the store works.
+//!
 //! Session tasks ([`run_session`]) only move length-prefixed, byte-bounded frames between a
 //! byte stream (TLS in the node, an in-memory pipe in tests) and the driver.
 
@@ -49,6 +58,11 @@ pub const SESSION_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_FLUSH: Duration = Duration::from_secs(1);
 /// When the core asks for no timer, look again after this long.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// Failed commits in a row after which the waiting work is given up and the core rebuilt
+/// from the store (the core pauses [`detente_core::COMMIT_RETRY_MS`] between attempts).
+pub const COMMIT_FAILURES_BEFORE_RELOAD: u32 = 3;
+/// How often a rebuild from a store that cannot be read is tried again.
+pub const RELOAD_RETRY: Duration = Duration::from_secs(1);
 
 /// What a session task or an operator hands to the driver.
 #[derive(Debug)]
@@ -56,7 +70,7 @@ pub enum DriverInput {
     /// Boxed: frames are the common input, and a queued input costs its largest variant.
     Command {
         command: Box<Command>,
-        reply: oneshot::Sender<Result<Answer, CommandError>>,
+        reply: Reply,
     },
     /// A session with `peer` is up; frames for it go to `writer`.
     SessionOpened {
@@ -83,6 +97,10 @@ pub enum DriverInput {
 pub enum DriverError {
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// The store failed; nothing of the command was stored. Remedy: the text says what the
+    /// store reported (free disk space, restore the database); then retry.
+    #[error("{0}; nothing of it was stored, retry")]
+    Store(String),
     #[error("the node is shutting down")]
     Stopped,
 }
@@ -97,10 +115,19 @@ pub struct DriverHandle {
 impl DriverHandle {
     /// Run an operator command; the answer comes once what it stored is durable.
     pub async fn command(&self, command: Command) -> Result<Answer, DriverError> {
+        self.queue(command).await?.await
+    }
+
+    /// Queue an operator command and return what waits for its answer: commands queued one
+    /// after another reach the core in that order.
+    pub async fn queue(
+        &self,
+        command: Command,
+    ) -> Result<impl Future<Output = Result<Answer, DriverError>>, DriverError> {
         let (reply, rx) = oneshot::channel();
         let command = Box::new(command);
         self.input(DriverInput::Command { command, reply }).await?;
-        Ok(rx.await.map_err(|_| DriverError::Stopped)??)
+        Ok(async move { rx.await.map_err(|_| DriverError::Stopped)? })
     }
 
     pub async fn input(&self, input: DriverInput) -> Result<(), DriverError> {
@@ -126,6 +153,12 @@ fn wall_ms() -> i64 {
 
 type CommitFuture = Pin<Box<dyn Future<Output = (BatchId, Result<(), StoreError>)> + Send>>;
 
+/// Builds a fresh core from what the store holds now (see the module documentation).
+pub type Reload =
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<Core, String>> + Send>> + Send>;
+
+type Reply = oneshot::Sender<Result<Answer, DriverError>>;
+
 /// Called with the core after every wake-up, to publish what status pages show (link
 /// state, round trips). Must be quick and must not block.
 pub type Observer = Box<dyn FnMut(&Core) + Send>;
@@ -136,7 +169,7 @@ pub struct Driver<S: Store, D: Dialer> {
     store: Arc<S>,
     dialer: D,
     sessions: HashMap<SessionId, mpsc::Sender<Frame>>,
-    replies: HashMap<Ticket, oneshot::Sender<Result<Answer, CommandError>>>,
+    replies: HashMap<Ticket, Reply>,
     next_ticket: Ticket,
     events: broadcast::Sender<Event>,
     rx: mpsc::Receiver<DriverInput>,
@@ -146,6 +179,13 @@ pub struct Driver<S: Store, D: Dialer> {
     commit: Option<CommitFuture>,
     observer: Option<Observer>,
     shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    reload: Option<Reload>,
+    /// Failed commits in a row.
+    failures: u32,
+    /// What the store said last, until a commit succeeds.
+    last_failure: Option<String>,
+    /// Set while the core was given up and no rebuild has worked yet: when to try again.
+    down: Option<Instant>,
 }
 
 /// Start the driver task over `core` (recovered from `store`, see [`crate::snapshot`]).
@@ -169,6 +209,9 @@ pub struct DriverOptions {
     /// The driver stops when this turns true (finishing the commit in flight), even while
     /// handles to it are still held.
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    /// How to rebuild the core when commits keep failing; without one, the core's own retry
+    /// holds the waiting work until a commit succeeds.
+    pub reload: Option<Reload>,
 }
 
 /// [`start`], with [`DriverOptions`].
@@ -199,6 +242,10 @@ pub fn start_with<S: Store, D: Dialer>(
         commit: None,
         observer: options.observer,
         shutdown: options.shutdown,
+        reload: options.reload,
+        failures: 0,
+        last_failure: None,
+        down: None,
     };
     let task = tokio::spawn(driver.run());
     (DriverHandle { tx, sessions }, events, task)
@@ -207,25 +254,30 @@ pub fn start_with<S: Store, D: Dialer>(
 impl<S: Store, D: Dialer> Driver<S, D> {
     async fn run(mut self) {
         loop {
-            self.drain();
+            if self.down.is_none() {
+                self.drain();
+            }
             if let Some(observe) = self.observer.as_mut() {
                 observe(&self.core);
             }
-            let wake = self
-                .core
-                .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+            let wake = match self.down {
+                Some(at) => at,
+                None => self
+                    .core
+                    .poll_timeout()
+                    .unwrap_or_else(|| Instant::now() + IDLE_WAKE),
+            };
             tokio::select! {
                 done = next_commit(&mut self.commit), if self.commit.is_some() => {
                     self.commit = None;
-                    let input = match done {
-                        (batch, Ok(())) => Input::Committed { batch },
-                        (batch, Err(e)) => {
-                            tracing::warn!("commit failed (retried): {e}");
-                            Input::CommitFailed { batch, error: e.to_string() }
+                    match done {
+                        (batch, Ok(())) => {
+                            self.failures = 0;
+                            self.last_failure = None;
+                            self.handle(Input::Committed { batch });
                         }
-                    };
-                    self.handle(input);
+                        (batch, Err(e)) => self.on_commit_failed(batch, e).await,
+                    }
                 }
                 input = self.rx.recv() => {
                     let Some(input) = input else { break };
@@ -238,7 +290,13 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(wake.into()) => self.handle(Input::Tick),
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    if self.down.is_some() {
+                        self.rebuild().await;
+                    } else {
+                        self.handle(Input::Tick);
+                    }
+                }
                 () = stopped(&mut self.shutdown) => break,
             }
         }
@@ -256,7 +314,81 @@ impl<S: Store, D: Dialer> Driver<S, D> {
         self.core.handle(Instant::now(), wall_ms(), input);
     }
 
+    /// A commit failed: let the core retry it, or, after too many failures in a row, give
+    /// up the waiting work and rebuild the core from the store.
+    async fn on_commit_failed(&mut self, batch: BatchId, e: StoreError) {
+        self.failures += 1;
+        let error = e.to_string();
+        tracing::warn!(failures = self.failures, "commit failed: {error}");
+        self.last_failure = Some(error.clone());
+        if self.reload.is_none() || self.failures < COMMIT_FAILURES_BEFORE_RELOAD {
+            self.handle(Input::CommitFailed { batch, error });
+            return;
+        }
+        // Nothing the core staged is durable, and the core that staged it is dropped: so
+        // every waiting command is truthfully answered "not stored".
+        for (_, reply) in self.replies.drain() {
+            let _ = reply.send(Err(DriverError::Store(error.clone())));
+        }
+        let sessions: Vec<SessionId> = self.sessions.drain().map(|(s, _)| s).collect();
+        for session in sessions {
+            // So that the old core's link view (status pages) shows the link down.
+            self.handle(Input::SessionClosed { session });
+        }
+        tracing::error!(
+            "{} commits failed in a row; the waiting work was refused and the node \
+             rebuilds its state from the store",
+            self.failures
+        );
+        self.down = Some(Instant::now());
+        self.rebuild().await;
+    }
+
+    /// Replace the core with one rebuilt from the store; on failure, try again later.
+    async fn rebuild(&mut self) {
+        let Some(reload) = self.reload.as_mut() else {
+            self.down = None;
+            return;
+        };
+        match reload().await {
+            Ok(core) => {
+                self.core = core;
+                self.down = None;
+                self.failures = 0;
+                tracing::info!("the node's state was rebuilt from the store");
+            }
+            Err(e) => {
+                tracing::warn!("cannot rebuild from the store yet: {e}");
+                self.last_failure.get_or_insert(e);
+                self.down = Some(Instant::now() + RELOAD_RETRY);
+            }
+        }
+    }
+
+    /// What a command is told while the store is failing.
+    fn store_failing(&self) -> DriverError {
+        let text = self
+            .last_failure
+            .as_deref()
+            .unwrap_or("the store is failing");
+        DriverError::Store(text.to_string())
+    }
+
     fn on_input(&mut self, input: DriverInput) {
+        if self.down.is_some() {
+            match input {
+                DriverInput::Command { reply, .. } => {
+                    let _ = reply.send(Err(self.store_failing()));
+                }
+                // Dropping the writer ends the session: the core that would run it is gone.
+                DriverInput::SessionOpened { .. } => {}
+                DriverInput::SessionClosed { session } => {
+                    self.sessions.remove(&session);
+                }
+                DriverInput::DialFailed { .. } | DriverInput::Frame { .. } => {}
+            }
+            return;
+        }
         let input = match input {
             DriverInput::Command { command, reply } => {
                 self.next_ticket += 1;
@@ -290,7 +422,7 @@ impl<S: Store, D: Dialer> Driver<S, D> {
         loop {
             let mut moved = false;
             if self.commit.is_none() {
-                if let Some((batch, rows)) = self.core.poll_commit() {
+                if let Some((batch, mut rows)) = self.core.poll_commit() {
                     let store = self.store.clone();
                     let checkpoints = !rows.checkpoints.is_empty();
                     if checkpoints {
@@ -300,7 +432,23 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                     if sends {
                         crate::writer::failpoint("send-batch-before-commit");
                     }
+                    let fill: Vec<_> = rows
+                        .evidence_to_fill()
+                        .into_iter()
+                        .filter_map(|(i, channel, seq)| {
+                            let key = self.core.peer_key(&rows.evidence[i].peer)?;
+                            Some((i, channel, *key.as_bytes(), seq))
+                        })
+                        .collect();
                     self.commit = Some(Box::pin(async move {
+                        // Our copy of an equivocated envelope, for the evidence.
+                        for (i, channel, sender, seq) in fill {
+                            match store.message_at(channel, sender, seq).await {
+                                Ok(Some(row)) => rows.evidence[i].first = row.bytes,
+                                Ok(None) => {}
+                                Err(e) => return (batch, Err(e)),
+                            }
+                        }
                         let result = store.commit(rows).await;
                         if checkpoints && result.is_ok() {
                             // Stored, and not yet sent to the peer.
@@ -344,6 +492,13 @@ impl<S: Store, D: Dialer> Driver<S, D> {
         match event {
             Event::Answer { ticket, result } => {
                 if let Some(reply) = self.replies.remove(&ticket) {
+                    let result = match result {
+                        // Busy because a commit is failing: say what the store said.
+                        Err(CommandError::Busy { .. }) if self.last_failure.is_some() => {
+                            Err(self.store_failing())
+                        }
+                        other => other.map_err(DriverError::from),
+                    };
                     let _ = reply.send(result);
                 }
             }

@@ -26,6 +26,7 @@ use crate::driver::{self, DriverError, DriverHandle, DriverInput};
 use crate::events::Event;
 use crate::hooks::HookEvent;
 use crate::peers::PeerTable;
+use crate::snapshot::TamperedRow;
 use crate::writer::{SendRequest, Sent, WriteError, WriterHandle};
 use crate::{NodeStore, Shared};
 
@@ -101,15 +102,7 @@ impl Engine {
             Engine::Tasks(w) => w.send(request).await,
             Engine::Core(c) => {
                 let precedence = request.precedence;
-                let command = Command::Send {
-                    peer: request.peer,
-                    precedence,
-                    topic: request.topic,
-                    author: request.author,
-                    body: request.body,
-                    in_reply_to: request.in_reply_to,
-                };
-                c.sent(command, precedence).await
+                c.sent(send_command(request), precedence).await
             }
         }
     }
@@ -256,6 +249,18 @@ impl Engine {
     }
 }
 
+/// The core's command for a send request.
+fn send_command(request: SendRequest) -> Command {
+    Command::Send {
+        peer: request.peer,
+        precedence: request.precedence,
+        topic: request.topic,
+        author: request.author,
+        body: request.body,
+        in_reply_to: request.in_reply_to,
+    }
+}
+
 fn unexpected(answer: &Answer) -> WriteError {
     WriteError::Invalid(format!("unexpected answer from the core: {answer:?}"))
 }
@@ -267,6 +272,7 @@ fn write_error(e: DriverError) -> WriteError {
         DriverError::Command(CommandError::Busy { retry_after_ms }) => WriteError::Store(format!(
             "the store is failing or too much is waiting; retry after {retry_after_ms} ms"
         )),
+        DriverError::Store(why) => WriteError::Store(why),
         DriverError::Stopped => WriteError::Stopped,
         other => WriteError::Invalid(other.to_string()),
     }
@@ -297,15 +303,7 @@ pub fn core_config(
         name: config.name.clone(),
         author: config.author.clone(),
         secret_seed: seed,
-        peers: table
-            .all()
-            .iter()
-            .map(|e| detente_core::PeerConfig {
-                name: e.name.clone(),
-                key: e.key,
-                addresses: e.addrs.len(),
-            })
-            .collect(),
+        peers: core_peers(table),
         deadlines: terms.deadlines,
         link_test_interval: terms.link_test_interval,
         link: config.link_config(),
@@ -342,26 +340,21 @@ pub async fn start_core(
     secret: Arc<PartySecret>,
     table: Arc<PeerTable>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<
-    (
-        DriverHandle,
-        broadcast::Sender<CoreEvent>,
-        tokio::task::JoinHandle<()>,
-    ),
-    CoreStartError,
-> {
-    let peers: Vec<crate::snapshot::PeerKey> = table
-        .all()
-        .iter()
-        .map(|e| crate::snapshot::PeerKey {
-            name: e.name.clone(),
-            key: e.key,
+) -> Result<CoreStarted, CoreStartError> {
+    let (core, tampered) = recover(&config, &store, secret.public(), &table).await?;
+    let reload: driver::Reload = {
+        let (store, table, me) = (store.clone(), table.clone(), secret.public());
+        Box::new(move || {
+            let (config, store, table) = (config.clone(), store.clone(), table.clone());
+            Box::pin(async move {
+                // The rows that fail were named at start (and their alarms raised).
+                let (core, _) = recover(&config, &store, me, &table)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(core)
+            })
         })
-        .collect();
-    let snapshot = crate::snapshot::load(&*store, &secret.public(), &peers).await?;
-    let now = std::time::Instant::now();
-    let core = Core::recover(config, snapshot, now, crate::now_ms() as i64)
-        .map_err(|e| CoreStartError::Recover(e.to_string()))?;
+    };
     let dialer = TlsDialer {
         secret,
         table: table.clone(),
@@ -370,8 +363,62 @@ pub async fn start_core(
     let options = driver::DriverOptions {
         observer: Some(observer),
         shutdown: Some(shutdown),
+        reload: Some(reload),
     };
-    Ok(driver::start_with(core, store, dialer, options))
+    let (driver, events, task) = driver::start_with(core, store, dialer, options);
+    Ok(CoreStarted {
+        driver,
+        events,
+        task,
+        tampered,
+    })
+}
+
+/// A running driver, and the stored rows that failed verification as it loaded.
+pub struct CoreStarted {
+    pub driver: DriverHandle,
+    pub events: broadcast::Sender<CoreEvent>,
+    pub task: tokio::task::JoinHandle<()>,
+    pub tampered: Vec<TamperedRow>,
+}
+
+/// A core continuing from what `store` holds, for the peers pinned in `table` now (peers
+/// added while the node runs included).
+async fn recover(
+    config: &detente_core::Config,
+    store: &NodeStore,
+    me: PartyKey,
+    table: &PeerTable,
+) -> Result<(Core, Vec<TamperedRow>), CoreStartError> {
+    let entries = table.all();
+    let peers: Vec<crate::snapshot::PeerKey> = entries
+        .iter()
+        .map(|e| crate::snapshot::PeerKey {
+            name: e.name.clone(),
+            key: e.key,
+        })
+        .collect();
+    let loaded = crate::snapshot::load(store, &me, &peers).await?;
+    let mut config = config.clone();
+    config.peers = core_peers(table);
+    config.random_seed = rand::random();
+    let now = std::time::Instant::now();
+    let core = Core::recover(config, loaded.snapshot, now, crate::now_ms() as i64)
+        .map_err(|e| CoreStartError::Recover(e.to_string()))?;
+    Ok((core, loaded.tampered))
+}
+
+/// The core's view of the peers pinned in `table`.
+fn core_peers(table: &PeerTable) -> Vec<detente_core::PeerConfig> {
+    table
+        .all()
+        .iter()
+        .map(|e| detente_core::PeerConfig {
+            name: e.name.clone(),
+            key: e.key,
+            addresses: e.addrs.len(),
+        })
+        .collect()
 }
 
 /// Copy each link's supervision into the peer table (what `status` and the console show).

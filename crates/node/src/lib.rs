@@ -254,11 +254,12 @@ impl Node {
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut core_task = None;
+        let mut tampered = Vec::new();
         let engine = match writer {
             Some(writer) => engine::Engine::Tasks(writer),
             None => {
                 let core = engine::core_config(&config, dir.secret_seed()?, peer_addr, &table);
-                let (driver, events, task) = engine::start_core(
+                let started = engine::start_core(
                     core,
                     store.clone(),
                     secret.clone(),
@@ -266,9 +267,10 @@ impl Node {
                     shutdown_rx.clone(),
                 )
                 .await?;
-                core_task = Some((task, events.subscribe()));
+                core_task = Some((started.task, started.events.subscribe()));
+                tampered = started.tampered;
                 engine::Engine::Core(Arc::new(engine::CoreEngine {
-                    driver,
+                    driver: started.driver,
                     store: store.clone(),
                     me: secret.public(),
                     none: writer::WriterHandle::stopped(),
@@ -345,6 +347,17 @@ impl Node {
         node.tasks
             .push(tokio::spawn(http::serve(shared.clone(), console_listener)));
         check_stream_tails(&shared).await;
+        for row in &tampered {
+            let detail = format!(
+                "{}: {} stream seq {} in the channel with {} ({})",
+                transcript::TAMPERED,
+                row.direction,
+                row.seq,
+                row.peer,
+                row.what
+            );
+            transcript::tampered_alarm(&shared, &row.peer, &detail);
+        }
         write_run_file(&shared);
         tracing::info!(
             name = %shared.config.read().map(|c| c.name.clone()).unwrap_or_default(),

@@ -6,11 +6,19 @@
 //! channel; open deadlines from the store's deadline candidates (the newest
 //! [`DEADLINE_CANDIDATES_MAX`], as the deadline watch tracks them).
 //!
-//! **Nothing unverified is trusted**: every row's id is recomputed from its bytes (so the
-//! core's hash-link check is over real hashes, not over stored ids), the last envelope of
-//! every stream and every held envelope must verify under its sender's key, and a row
-//! that fails is a [`LoadError::Tampered`] naming it. Verifying the head suffices for the
-//! rest of a stream: each envelope signs its `prev`, the id of the one before.
+//! **Nothing unverified is trusted**. The last envelope of every stream and every held
+//! envelope must verify under its sender's key. Below the head, a stream is checked by its
+//! hash chain, walking back from the head: each genuine envelope signs its `prev`, the id
+//! of the one before, so a row whose bytes do not hash to the id its successor signs is
+//! altered; below an altered row the walk starts again from a signature check.
+//!
+//! An altered row does not stop the node (a hotline must stay up): it is named in
+//! [`Loaded::tampered`] (the node raises an alarm for each), keeps its place in the stream
+//! under the id its successor signs (or its stored id, where nothing signs it), and the
+//! core is told not to read its bytes ([`Snapshot::tampered`]). Display and export verify
+//! every envelope they read, so its altered text is never shown as genuine. A held
+//! envelope that fails is left out (the peer sends it again). Only a row that cannot be
+//! placed at all is a [`LoadError::Tampered`].
 
 use detente_core::{Snapshot, GLOSSARY_TERMS_MAX};
 use detente_proto::envelope::{message_id, parse_unverified};
@@ -27,14 +35,31 @@ pub const OUTBOX_PAGE_ROWS: u32 = 4096;
 /// Messages whose deadlines are recovered, at most (the newest; as the deadline watch).
 pub const DEADLINE_CANDIDATES_MAX: u32 = crate::deadlines::TRACKED_MAX as u32;
 
+/// What [`load`] read: the snapshot, and the stored rows that fail verification.
+#[derive(Debug)]
+pub struct Loaded {
+    pub snapshot: Snapshot,
+    pub tampered: Vec<TamperedRow>,
+}
+
+/// A stored envelope that fails verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TamperedRow {
+    pub peer: String,
+    /// "ours" or "theirs".
+    pub direction: &'static str,
+    pub seq: u64,
+    pub what: String,
+}
+
 /// Why no snapshot could be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A stored envelope does not verify, or is not an envelope at all. Remedy: restore the
-    /// database from a backup; the node does not run on a record it cannot vouch for.
+    /// A stored envelope fails verification and cannot even be placed in its stream (its
+    /// row is gone). Remedy: restore the database from a backup.
     #[error("the stored envelope seq {seq} of {peer} ({direction}) is tampered with: {what}")]
     Tampered {
         peer: String,
@@ -56,24 +81,33 @@ pub async fn load(
     store: &impl Store,
     me: &PartyKey,
     peers: &[PeerKey],
-) -> Result<Snapshot, LoadError> {
-    let mut snapshot = Snapshot::default();
+) -> Result<Loaded, LoadError> {
+    let mut loaded = Loaded {
+        snapshot: Snapshot::default(),
+        tampered: Vec::new(),
+    };
     for peer in peers {
-        load_peer(store, me, peer, &mut snapshot).await?;
+        load_peer(store, me, peer, &mut loaded).await?;
     }
-    load_deadlines(store, peers, &mut snapshot).await?;
-    Ok(snapshot)
+    load_deadlines(store, peers, &mut loaded.snapshot).await?;
+    Ok(loaded)
 }
 
 async fn load_peer(
     store: &impl Store,
     me: &PartyKey,
     peer: &PeerKey,
-    snapshot: &mut Snapshot,
+    loaded: &mut Loaded,
 ) -> Result<(), LoadError> {
     let channel = ChannelId::for_pair(me, &peer.key);
-    let ours = load_stream(store, channel, me, peer, Direction::Out).await?;
-    let theirs = load_stream(store, channel, &peer.key, peer, Direction::In).await?;
+    let stream = StreamOf {
+        store,
+        channel,
+        peer,
+    };
+    let ours = stream.load(me, Direction::Out, loaded).await?;
+    let theirs = stream.load(&peer.key, Direction::In, loaded).await?;
+    let snapshot = &mut loaded.snapshot;
     let held = store
         .held(
             channel.0,
@@ -81,16 +115,23 @@ async fn load_peer(
             detente_proto::stream::HELD_MAX as u32,
         )
         .await?;
-    for mut row in held {
-        row = checked(
-            peer,
-            Direction::In,
-            Placement::Held,
-            row.stored_at_ms,
-            &row.bytes,
-            true,
-        )?;
-        snapshot.messages.push(row);
+    for row in held {
+        let at = row.stored_at_ms;
+        match checked(peer, Direction::In, Placement::Held, at, &row.bytes, true) {
+            Ok(row) => snapshot.messages.push(row),
+            Err(LoadError::Tampered {
+                peer,
+                direction,
+                seq,
+                what,
+            }) => loaded.tampered.push(TamperedRow {
+                peer,
+                direction,
+                seq,
+                what: format!("a held envelope, left out: {what}"),
+            }),
+            Err(e) => return Err(e),
+        }
     }
     load_outbox(store, peer, &ours, snapshot).await?;
     snapshot.messages.extend(ours);
@@ -106,38 +147,115 @@ async fn load_peer(
     Ok(())
 }
 
-/// One sender's appended stream, in `seq` order; its last envelope verified.
-async fn load_stream(
-    store: &impl Store,
+/// The channel with one peer, as a stream is loaded from it.
+struct StreamOf<'a, S> {
+    store: &'a S,
     channel: ChannelId,
-    sender: &PartyKey,
-    peer: &PeerKey,
-    direction: Direction,
-) -> Result<Vec<MessageRow>, LoadError> {
-    let mut rows: Vec<MessageRow> = Vec::new();
-    loop {
-        let after = rows.last().map_or(0, |r| r.seq);
-        let page = store
-            .stream_envelopes(channel.0, *sender.as_bytes(), after, STREAM_PAGE_ENVELOPES)
-            .await?;
-        let full = page.len() == STREAM_PAGE_ENVELOPES as usize;
-        for (seq, bytes) in page {
-            // Rows come back in `seq` order; a store that breaks that is caught by the
-            // core's gap check, never trusted.
-            let row = checked(peer, direction, Placement::Appended, 0, &bytes, false)?;
-            if row.seq != seq {
-                return Err(tampered(peer, direction, seq, "its seq is not the row's"));
+    peer: &'a PeerKey,
+}
+
+impl<S: Store> StreamOf<'_, S> {
+    /// One sender's appended stream, in `seq` order, checked back from its verified head
+    /// (see the module documentation); the rows that fail are added to `loaded.tampered`
+    /// and to the snapshot's list.
+    async fn load(
+        &self,
+        sender: &PartyKey,
+        direction: Direction,
+        loaded: &mut Loaded,
+    ) -> Result<Vec<MessageRow>, LoadError> {
+        let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
+        loop {
+            let after = rows.last().map_or(0, |r| r.0);
+            let page = self
+                .store
+                .stream_envelopes(
+                    self.channel.0,
+                    *sender.as_bytes(),
+                    after,
+                    STREAM_PAGE_ENVELOPES,
+                )
+                .await?;
+            let full = page.len() == STREAM_PAGE_ENVELOPES as usize;
+            rows.extend(page);
+            if !full {
+                break;
             }
-            rows.push(row);
         }
-        if !full {
-            break;
+        // Rows come back in `seq` order; a store that breaks that is caught by the core's
+        // gap check, never trusted.
+        let mut out = Vec::with_capacity(rows.len());
+        // The id the later envelope signs as its `prev` (none: check the signature).
+        let mut signed_id: Option<[u8; 32]> = None;
+        for (seq, bytes) in rows.into_iter().rev() {
+            let genuine = checked(self.peer, direction, Placement::Appended, 0, &bytes, false)
+                .and_then(|row| {
+                    let problem = match signed_id {
+                        Some(id) if id == row.id => None,
+                        Some(_) => Some("its bytes are not those the next envelope signs"),
+                        None => verify(self.peer, direction, seq, &bytes, sender)
+                            .err()
+                            .map(|_| "its signature does not verify"),
+                    };
+                    match problem {
+                        _ if row.seq != seq => Err(tampered(
+                            self.peer,
+                            direction,
+                            seq,
+                            "its seq is not the row's",
+                        )),
+                        Some(what) => Err(tampered(self.peer, direction, seq, what)),
+                        None => Ok(row),
+                    }
+                });
+            match genuine {
+                Ok(row) => {
+                    signed_id = parse_unverified(&row.bytes).ok().map(|e| e.prev.0);
+                    out.push(row);
+                }
+                Err(LoadError::Tampered { what, .. }) => {
+                    let row = self.altered(sender, direction, seq, signed_id, what, loaded);
+                    out.push(row.await?);
+                    signed_id = None;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        out.reverse();
+        Ok(out)
     }
-    if let Some(last) = rows.last() {
-        verify(peer, direction, last.seq, &last.bytes, sender)?;
+
+    /// An altered row keeps its place: its stored columns, under the id the next envelope
+    /// signs when there is one.
+    async fn altered(
+        &self,
+        sender: &PartyKey,
+        direction: Direction,
+        seq: u64,
+        signed_id: Option<[u8; 32]>,
+        what: String,
+        loaded: &mut Loaded,
+    ) -> Result<MessageRow, LoadError> {
+        let mut row = self
+            .store
+            .message_at(self.channel.0, *sender.as_bytes(), seq)
+            .await?
+            .ok_or_else(|| tampered(self.peer, direction, seq, &what))?;
+        if let Some(id) = signed_id {
+            row.id = id;
+        }
+        row.peer = self.peer.name.clone();
+        row.direction = direction;
+        row.placement = Placement::Appended;
+        loaded.snapshot.tampered.insert(row.id);
+        loaded.tampered.push(TamperedRow {
+            peer: self.peer.name.clone(),
+            direction: side(direction),
+            seq,
+            what,
+        });
+        Ok(row)
     }
-    Ok(rows)
 }
 
 /// The undelivered outbox of our stream to `peer`, every precedence.
@@ -285,11 +403,16 @@ fn verify(
 fn tampered(peer: &PeerKey, direction: Direction, seq: u64, what: &str) -> LoadError {
     LoadError::Tampered {
         peer: peer.name.clone(),
-        direction: match direction {
-            Direction::Out => "ours",
-            Direction::In => "theirs",
-        },
+        direction: side(direction),
         seq,
         what: what.to_string(),
+    }
+}
+
+/// Whose stream, in words.
+fn side(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Out => "ours",
+        Direction::In => "theirs",
     }
 }

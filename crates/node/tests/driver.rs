@@ -60,7 +60,8 @@ async fn start(side: usize, path: &std::path::Path, handles: &Handles) -> Side {
     let me = PartySecret::from_seed(SEEDS[side]).public();
     let snap = snapshot::load(store.as_ref(), &me, &peer_keys(side))
         .await
-        .expect("loads");
+        .expect("loads")
+        .snapshot;
     let wall = detente_node::now_ms() as i64;
     let core = Core::recover(core_config(side), snap, Instant::now(), wall).expect("recovers");
     let dialer = Pipe {
@@ -170,7 +171,8 @@ async fn two_drivers_deliver_everything_and_one_restarts_from_its_store() {
     let me = PartySecret::from_seed(SEEDS[1]).public();
     let snap = snapshot::load(beijing.store.as_ref(), &me, &peer_keys(1))
         .await
-        .expect("loads");
+        .expect("loads")
+        .snapshot;
     Core::recover(core_config(1), snap, Instant::now(), 0).expect("Beijing's record is whole");
     beijing.task.abort();
 }

@@ -149,6 +149,7 @@ impl StoreModel {
             checkpoints: self.checkpoints.clone(),
             witness: self.witness.values().copied().collect(),
             glossary: self.glossary.values().cloned().collect(),
+            tampered: Default::default(),
         }
     }
 

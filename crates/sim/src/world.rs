@@ -510,7 +510,19 @@ impl World {
         }
     }
 
-    fn submit(&mut self, node: usize, batch: u64, rows: detente_store_types::WriteBatch) {
+    fn submit(&mut self, node: usize, batch: u64, mut rows: detente_store_types::WriteBatch) {
+        // As the node's driver does: our copy of an equivocated envelope, from the store.
+        for (i, channel, seq) in rows.evidence_to_fill() {
+            let peer = &rows.evidence[i].peer;
+            let core = self.nodes[node].core.as_ref();
+            let Some(key) = core.and_then(|c| c.peer_key(peer)) else {
+                continue;
+            };
+            let stored = self.nodes[node].store.at((channel, *key.as_bytes()), seq);
+            if let Some(m) = stored {
+                rows.evidence[i].first = m.bytes.clone();
+            }
+        }
         let fail = self.faults.commit_fail && !self.healing && self.rng.gen_bool(0.08);
         let latency = self.rng.gen_range(1..20);
         let generation = self.nodes[node].generation;

@@ -177,7 +177,10 @@ pub struct EvidenceRow {
     /// [`EVIDENCE_ENVELOPES`] or [`EVIDENCE_CHECKPOINTS`].
     pub kind: u8,
     pub seq: Option<u64>,
-    /// The first signed item (envelope or signed checkpoint), exactly as received.
+    /// The first signed item (envelope or signed checkpoint), exactly as received. Empty in
+    /// a batch from the core for two envelopes: the first is our stored copy of the peer's
+    /// envelope at `seq`, which the core does not keep in memory; whoever commits the batch
+    /// puts it in ([`WriteBatch::evidence_to_fill`]).
     pub first: Vec<u8>,
     /// The second, contradicting one.
     pub second: Vec<u8>,
@@ -336,6 +339,32 @@ pub struct DeadlineCandidate {
 }
 
 impl WriteBatch {
+    /// Fill the empty `first` of envelope evidence from this batch's own received rows, and
+    /// return the rest, `(index in evidence, channel, seq)`: those the committer reads from
+    /// its store (the peer's appended envelope at `seq`) before committing.
+    pub fn evidence_to_fill(&mut self) -> Vec<(usize, Hash32, u64)> {
+        let mut left = Vec::new();
+        for i in 0..self.evidence.len() {
+            let e = &self.evidence[i];
+            let Some(seq) = e
+                .seq
+                .filter(|_| e.kind == EVIDENCE_ENVELOPES && e.first.is_empty())
+            else {
+                continue;
+            };
+            let channel = e.channel;
+            let own = self
+                .messages
+                .iter()
+                .find(|m| m.channel == channel && m.seq == seq && m.direction == Direction::In);
+            match own {
+                Some(m) => self.evidence[i].first = m.bytes.clone(),
+                None => left.push((i, channel, seq)),
+            }
+        }
+        left
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
             && self.promote.is_empty()

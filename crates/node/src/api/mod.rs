@@ -883,8 +883,8 @@ where
     };
     let scope = idempotency_scope(caller);
     let fingerprint = crate::idempotency::fingerprint(route, bytes);
-    // Held until answered: a second request with the key meanwhile gets 409.
-    let _claim = shared.idempotency.claim(&scope, &key)?;
+    // Held until the send is decided: a second request with the key meanwhile gets 409.
+    let claim = shared.idempotency.claim(&scope, &key)?;
     let now = now_ms() as i64;
     match crate::idempotency::lookup(&shared.store, &scope, &key, fingerprint, now).await? {
         crate::idempotency::Lookup::Replay(records) => {
@@ -904,7 +904,15 @@ where
                 &format!(" (Idempotency-Key {key:?})"),
             )
             .await;
-            let sent = shared.engine.send_batch(requests, Some(row)).await?;
+            // In a task of its own, which holds the claim until the engine has answered:
+            // a client that hangs up does not end the send, and its retry must not start a
+            // second one before the first is committed (it gets 409, then the replay).
+            let engine = shared.engine.clone();
+            let send = tokio::spawn(async move {
+                let _claim = claim;
+                engine.send_batch(requests, Some(row)).await
+            });
+            let sent = send.await.map_err(|_| internal())??;
             Ok((sent.into_iter().map(SentJson::from).collect(), false))
         }
     }

@@ -38,6 +38,9 @@ use crate::{now_ms, NodeStore};
 pub const WRITER_QUEUE_MAX: usize = 4096;
 /// Commands applied in one group commit at most.
 pub const BATCH_COMMANDS_MAX: usize = 1024;
+/// Our messages one group commit gathers before it stops taking commands (a batch of sends
+/// is never split, so a commit holds at most this plus one batch less one).
+pub const BATCH_SENDS_MAX: usize = 4096;
 /// Messages and signed bytes of one batch of sends: the core's limits, so both engines
 /// refuse the same batches.
 pub use detente_core::{SEND_BATCH_BYTES_MAX, SEND_BATCH_MESSAGES_MAX};
@@ -144,6 +147,17 @@ impl Default for CheckpointPolicy {
         Self {
             every: 1000,
             quiet: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Command {
+    /// Our messages the command writes (what bounds a group commit's size).
+    fn messages(&self) -> usize {
+        match self {
+            Command::Send(..) => 1,
+            Command::SendBatch { requests, .. } => requests.len(),
+            _ => 0,
         }
     }
 }
@@ -524,10 +538,14 @@ impl Writer {
                     None => break,
                 }
             };
+            let mut messages = first.messages();
             let mut commands = vec![first];
-            while commands.len() < BATCH_COMMANDS_MAX {
+            while commands.len() < BATCH_COMMANDS_MAX && messages < BATCH_SENDS_MAX {
                 match rx.try_recv() {
-                    Ok(c) => commands.push(c),
+                    Ok(c) => {
+                        messages += c.messages();
+                        commands.push(c);
+                    }
                     Err(_) => break,
                 }
             }

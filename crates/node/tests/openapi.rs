@@ -95,6 +95,10 @@ fn the_send_routes_document_the_idempotency_key() {
             .find(|p| p["name"] == "Idempotency-Key")
             .unwrap_or_else(|| panic!("POST {path}: no Idempotency-Key parameter"));
         assert_eq!(key["in"], "header", "POST {path}");
+        assert!(
+            key["schema"]["pattern"].is_string(),
+            "POST {path}: the key's bounds"
+        );
         let text = key["description"].as_str().unwrap_or_default();
         assert!(text.contains("24 hours"), "POST {path}: {text}");
         let replayed = &op["responses"]["201"]["headers"]["Idempotent-Replayed"];

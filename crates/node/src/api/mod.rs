@@ -951,7 +951,7 @@ fn created<T: Serialize>(body: T, replayed: bool) -> Response {
     request_body = SendBody,
     params(
         ("Accept-Language" = Option<String>, Header, description = "The language of errors and problems (en or zh); the node's by default."),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the send safe to retry: 1 to 64 visible ASCII characters the client chooses (a UUID), as a structured-field string or bare. Stored with the messages in one transaction and remembered for 24 hours per caller (token or login; 100000 keys at most): a retry with the same key and body gets the stored answer again (Idempotent-Replayed: true) and sends nothing; if nothing was committed, it sends. Same key, other body: 422; first request still in flight: 409; malformed key: 400."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the send safe to retry: 1 to 64 visible ASCII characters the client chooses (a UUID), as a structured-field string or bare. Stored with the messages in one transaction and remembered for 24 hours per caller (token or login; 100000 keys at most): a retry with the same key and body gets the stored answer again (Idempotent-Replayed: true) and sends nothing; if nothing was committed, it sends. Same key, other body: 422; first request still in flight: 409; malformed key: 400.", pattern = "^([!#-\\[\\]-~]{1,64}|\"[!#-\\[\\]-~]{1,64}\")$"),
     ),
     responses(
         (status = 201, description = "Stored durably and queued.", body = SentJson,
@@ -1113,7 +1113,7 @@ struct BatchBody {
     request_body = BatchBody,
     params(
         ("Accept-Language" = Option<String>, Header, description = "The language of errors and problems (en or zh); the node's by default."),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the send safe to retry: 1 to 64 visible ASCII characters the client chooses (a UUID), as a structured-field string or bare. Stored with the messages in one transaction and remembered for 24 hours per caller (token or login; 100000 keys at most): a retry with the same key and body gets the stored answer again (Idempotent-Replayed: true) and sends nothing; if nothing was committed, it sends. Same key, other body: 422; first request still in flight: 409; malformed key: 400."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the send safe to retry: 1 to 64 visible ASCII characters the client chooses (a UUID), as a structured-field string or bare. Stored with the messages in one transaction and remembered for 24 hours per caller (token or login; 100000 keys at most): a retry with the same key and body gets the stored answer again (Idempotent-Replayed: true) and sends nothing; if nothing was committed, it sends. Same key, other body: 422; first request still in flight: 409; malformed key: 400.", pattern = "^([!#-\\[\\]-~]{1,64}|\"[!#-\\[\\]-~]{1,64}\")$"),
     ),
     responses(
         (status = 201, description = "Every message stored durably, in order, in one transaction.", body = Vec<SentJson>,

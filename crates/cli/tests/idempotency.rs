@@ -8,7 +8,8 @@
 //! it (nothing was stored) or answers the stored ids again (`Idempotent-Replayed: true`).
 //! Bravo ends with every message exactly once, in order. A replayed single send gives the
 //! original id; the same key with another body, or on another route, is refused; a malformed
-//! key is refused. Both engines: the tasks and the sans-IO core.
+//! key is refused. Both engines: the tasks and the sans-IO core; and once with alpha's store
+//! on PostgreSQL (a database of its own on the test server, see `detente_store::pg_test`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,13 +29,22 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_cut_by_a_crash_is_stored_whole_or_not_at_all_and_retried_once() {
-    crash_and_retry("tasks").await;
+    crash_and_retry("tasks", None).await;
 }
 
 /// The same with both nodes run by the sans-IO core (`engine = "core"`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_cut_by_a_crash_is_stored_whole_or_not_at_all_and_retried_once_with_the_core() {
-    crash_and_retry("core").await;
+    crash_and_retry("core", None).await;
+}
+
+/// The same with alpha's store on PostgreSQL (skipped without a test server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_by_a_crash_is_retried_once_with_the_crashing_node_on_postgres() {
+    let Some(url) = detente_store::pg_test::fresh_database("idempotency").await else {
+        return;
+    };
+    crash_and_retry("tasks", Some(url)).await;
 }
 
 /// Start `node`, with `failpoint` set for it alone. The variable is the process's: every
@@ -113,7 +123,8 @@ async fn post_and_die(a: &mut ProcNode, failpoint: &str, body: &Value, key: &str
     a.wait_ready(WAIT).await.ok().unwrap()
 }
 
-async fn crash_and_retry(engine: &str) {
+/// The test itself; alpha keeps its data at `alpha_database` when given.
+async fn crash_and_retry(engine: &str, alpha_database: Option<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
     let mut a = ProcNode::init(tmp.path(), "alpha", "Party Alpha", "en", "UTC")
@@ -124,6 +135,9 @@ async fn crash_and_retry(engine: &str) {
         .unwrap();
     a.exe = exe.clone();
     b.exe = exe;
+    if let Some(url) = &alpha_database {
+        a.set("database_url", url).ok().unwrap();
+    }
     for node in [&a, &b] {
         node.set("engine", engine).ok().unwrap();
         node.set("link.heartbeat_interval", "200ms").ok().unwrap();

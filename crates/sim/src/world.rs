@@ -645,7 +645,8 @@ impl World {
         let roll = self.rng.gen_range(0..100);
         let peer = self.random_peer(node);
         let command = match roll {
-            0..=49 => self.text(peer.clone()),
+            0..=44 => self.text(peer.clone()),
+            45..=49 => self.batch(peer.clone()),
             50..=59 => Command::Send {
                 peer,
                 precedence: random_precedence(&mut self.rng),
@@ -736,6 +737,44 @@ impl World {
                 translations: Vec::new(),
             }),
             in_reply_to: None,
+        }
+    }
+
+    /// A batch of 2 to 6 texts for `peer`, all or nothing, now and then with one the core
+    /// must refuse (a topic it does not allow), which refuses the batch.
+    fn batch(&mut self, peer: String) -> Command {
+        let count = self.rng.gen_range(2..=6);
+        let spoiled = self.rng.gen_range(0..10) == 0;
+        let mut messages = Vec::with_capacity(count);
+        for i in 0..count {
+            // `text` makes a send; anything else would be a bug here, and is left out.
+            if let Command::Send {
+                peer,
+                precedence,
+                topic,
+                author,
+                body,
+                in_reply_to,
+            } = self.text(peer.clone())
+            {
+                let topic = if spoiled && i == count - 1 {
+                    "Not A Topic".into()
+                } else {
+                    topic
+                };
+                messages.push(detente_core::Outgoing {
+                    peer,
+                    precedence,
+                    topic,
+                    author,
+                    body,
+                    in_reply_to,
+                });
+            }
+        }
+        Command::SendBatch {
+            messages,
+            idempotency: None,
         }
     }
 

@@ -84,6 +84,38 @@ impl Client {
             .await
     }
 
+    /// POST `body` with an `Idempotency-Key` (when given): the answer, and whether the node
+    /// gave it as the replay of an earlier request with that key (`Idempotent-Replayed`),
+    /// in which case nothing was sent again.
+    pub async fn post_idempotent(
+        &self,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> Result<(Value, bool), ClientError> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", format!("\"{key}\""));
+        }
+        let response = self.send(request).await?;
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok((answer, replayed));
+        }
+        Err(ClientError {
+            error: answer["error"]
+                .as_str()
+                .map_or_else(|| format!("the node answered {status}"), str::to_string),
+            hint: answer["hint"].as_str().map(str::to_string),
+            status: Some(status.as_u16()),
+        })
+    }
+
     /// A binary answer (an export bundle).
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let response = self

@@ -301,6 +301,9 @@ pub struct SendOptions {
     pub lang: Option<String>,
     pub translations: Vec<String>,
     pub reply_to: Option<String>,
+    /// Sent as `Idempotency-Key`: the same command run again with the same key (after a
+    /// timeout, a lost connection, a node restart) sends nothing twice.
+    pub idempotency_key: Option<String>,
     pub wait: Option<String>,
     pub timeout: u64,
     pub json: bool,
@@ -329,7 +332,13 @@ pub async fn send(dir: &Path, o: SendOptions) -> Outcome {
         "format": o.format, "format_version": o.format_version, "fields": fields,
         "lang": o.lang, "translations": translations, "reply_to": o.reply_to,
     });
-    let mut sent = client.post("/api/v1/messages", &body).await?;
+    let key = o.idempotency_key.as_deref();
+    let (mut sent, replayed) = client
+        .post_idempotent("/api/v1/messages", &body, key)
+        .await?;
+    if replayed {
+        sent["replayed"] = json!(true);
+    }
     if let Some(level) = &o.wait {
         let id = sent["id"].as_str().unwrap_or_default().to_string();
         let path = format!(

@@ -187,6 +187,11 @@ enum Command {
         /// The id of the message this answers (or a unique prefix of 8+ hex digits).
         #[arg(long)]
         reply_to: Option<String>,
+        /// Make the send safe to repeat: 1 to 64 visible ASCII characters (a UUID). Run
+        /// again with the same key and the same options within 24 hours, it sends nothing
+        /// twice and prints the first send's id.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         /// Wait for this receipt before exiting.
         #[arg(long, value_parser = ["delivered", "read", "acknowledged"])]
         wait: Option<String>,
@@ -676,6 +681,7 @@ async fn run(command: Command) -> Outcome {
             lang,
             translations,
             reply_to,
+            idempotency_key,
             wait,
             timeout,
             json,
@@ -691,6 +697,7 @@ async fn run(command: Command) -> Outcome {
                 lang,
                 translations,
                 reply_to,
+                idempotency_key,
                 wait,
                 timeout,
                 json,

@@ -39,7 +39,9 @@ use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::{
     Body, Deadlines, Frame, LinkConfig, MessageId, PartyKey, PartySecret, Precedence, ReceiptLevel,
 };
-use detente_store_types::{Direction, GlossaryRow, WriteBatch};
+use detente_store_types::{
+    Direction, GlossaryRow, IdempotencyRow, SentRecord, WriteBatch, IDEMPOTENCY_KEY_TTL_MS,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -77,6 +79,11 @@ pub const EVENTS_MAX: usize = 65_536;
 pub const COMMIT_RETRY_MS: u64 = 200;
 /// Peers (channels) one node holds at most, pinned at start or at run time.
 pub const PEERS_MAX: usize = 256;
+/// Messages in one [`Command::SendBatch`] at most (the API's batch limit).
+pub const SEND_BATCH_MESSAGES_MAX: usize = 1_000;
+/// Signed envelope bytes of one [`Command::SendBatch`] at most (the API's request body is
+/// 4 MiB at most; its texts signed are well below this).
+pub const SEND_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// One peer of this node: a channel of two members (this node and the peer).
 #[derive(Debug, Clone)]
@@ -131,6 +138,17 @@ pub struct Profile {
     pub counterparts: Vec<(String, String)>,
 }
 
+/// One message of a [`Command::SendBatch`]: what a [`Command::Send`] carries.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub peer: String,
+    pub precedence: Precedence,
+    pub topic: String,
+    pub author: String,
+    pub body: Body,
+    pub in_reply_to: Option<MessageId>,
+}
+
 /// An operator command.
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -144,6 +162,15 @@ pub enum Command {
         author: String,
         body: Body,
         in_reply_to: Option<MessageId>,
+    },
+    /// Write several texts or notifications **all or nothing**: every one is checked and
+    /// signed before any is staged, and all are staged into one batch, so one commit makes
+    /// them durable together (or none, if it never happens). With `idempotency` (its `sent`
+    /// left empty), the request's key and this answer are stored in the same batch.
+    /// Answered `SentBatch`, in the order given.
+    SendBatch {
+        messages: Vec<Outgoing>,
+        idempotency: Option<IdempotencyRow>,
     },
     /// Answer a received message: READ, ACKNOWLEDGED or DECLINED.
     Answer {
@@ -167,8 +194,17 @@ pub enum Command {
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    Sent { id: MessageId, seq: u64 },
-    Checkpoint { body_hash: [u8; 32] },
+    Sent {
+        id: MessageId,
+        seq: u64,
+    },
+    /// A [`Command::SendBatch`]'s messages, in the order given.
+    SentBatch {
+        sent: Vec<(MessageId, u64)>,
+    },
+    Checkpoint {
+        body_hash: [u8; 32],
+    },
     Done,
 }
 
@@ -400,6 +436,11 @@ impl Core {
         self.me
     }
 
+    /// The pinned key of peer `name`.
+    pub fn peer_key(&self, name: &str) -> Option<PartyKey> {
+        self.peers.iter().find(|p| p.name == name).map(|p| p.key)
+    }
+
     /// Feed one input. `now` is the monotonic clock (never goes back), `wall_ms` the wall
     /// clock in milliseconds since the Unix epoch (may jump either way).
     pub fn handle(&mut self, now: Instant, wall_ms: i64, input: Input) {
@@ -539,6 +580,10 @@ impl Core {
                 };
                 self.command_send(&peer, sent, body)
             }
+            Command::SendBatch {
+                messages,
+                idempotency,
+            } => self.command_send_batch(messages, idempotency),
             Command::Answer {
                 peer,
                 of,
@@ -562,18 +607,99 @@ impl Core {
         let index = self
             .peer_index(peer)
             .ok_or_else(|| CommandError::UnknownPeer(peer.to_string()))?;
+        self.check_operator_body(&body)?;
+        let (id, seq) = self.stage_send(index, sent, body)?;
+        Ok(Answer::Sent { id, seq })
+    }
+
+    /// What the peer would refuse is refused here, before anything is signed.
+    fn check_operator_body(&self, body: &Body) -> Result<(), CommandError> {
         if !matches!(body, Body::Text(_) | Body::Notification(_)) {
             return Err(CommandError::Invalid(
                 "operators send texts and notifications".into(),
             ));
         }
-        // What the peer would refuse is refused here, before anything is signed.
-        if let Body::Notification(n) = &body {
+        if let Body::Notification(n) = body {
             let created = self.wall_ms.max(0) as u64;
             check_notification(n, created).map_err(|e| CommandError::Invalid(e.to_string()))?;
         }
-        let (id, seq) = self.stage_send(index, sent, body)?;
-        Ok(Answer::Sent { id, seq })
+        Ok(())
+    }
+
+    /// See [`Command::SendBatch`]: check and sign everything, then stage everything.
+    fn command_send_batch(
+        &mut self,
+        messages: Vec<Outgoing>,
+        idempotency: Option<IdempotencyRow>,
+    ) -> Result<Answer, CommandError> {
+        if messages.len() > SEND_BATCH_MESSAGES_MAX {
+            return Err(CommandError::Invalid(format!(
+                "at most {SEND_BATCH_MESSAGES_MAX} messages per batch"
+            )));
+        }
+        if self.staging.batch.messages.len() + messages.len() > STAGED_MESSAGES_MAX {
+            return Err(CommandError::Busy {
+                retry_after_ms: COMMIT_RETRY_MS,
+            });
+        }
+        let signed = self.sign_batch(messages)?;
+        let records: Vec<SentRecord> = signed
+            .iter()
+            .map(|(_, v)| SentRecord {
+                id: v.id().0,
+                seq: v.envelope().seq,
+                precedence: v.envelope().precedence as u8,
+            })
+            .collect();
+        let sent: Vec<(MessageId, u64)> = signed
+            .into_iter()
+            .map(|(index, verified)| self.stage_signed(index, verified))
+            .collect();
+        if let Some(mut row) = idempotency {
+            row.sent = records;
+            let expired_before = row.created_at_ms.saturating_sub(IDEMPOTENCY_KEY_TTL_MS);
+            self.staging.batch.idempotency_expired_before_ms = Some(expired_before);
+            self.staging.batch.idempotency.push(row);
+        }
+        Ok(Answer::SentBatch { sent })
+    }
+
+    /// Sign every message of a batch at the `seq` it will have, changing nothing: the first
+    /// refusal refuses the whole batch.
+    fn sign_batch(
+        &self,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<(usize, detente_proto::VerifiedEnvelope)>, CommandError> {
+        // Per peer index: the next seq and the last id, as the batch advances them.
+        let mut heads: std::collections::BTreeMap<usize, (u64, MessageId)> = Default::default();
+        let mut signed = Vec::with_capacity(messages.len());
+        let mut bytes = 0usize;
+        for m in messages {
+            let index = self
+                .peer_index(&m.peer)
+                .ok_or_else(|| CommandError::UnknownPeer(m.peer.clone()))?;
+            self.check_operator_body(&m.body)?;
+            let cursor = self.peers[index].out.cursor;
+            let at = *heads
+                .entry(index)
+                .or_insert((cursor.next_seq, cursor.last_id));
+            let sent = Sent {
+                precedence: m.precedence,
+                topic: m.topic,
+                author: m.author,
+                in_reply_to: m.in_reply_to,
+            };
+            let verified = self.sign_own(index, sent, m.body, at)?;
+            bytes += verified.bytes().len();
+            if bytes > SEND_BATCH_BYTES_MAX {
+                return Err(CommandError::Invalid(format!(
+                    "the batch is larger than {SEND_BATCH_BYTES_MAX} bytes signed"
+                )));
+            }
+            heads.insert(index, (at.0 + 1, verified.id()));
+            signed.push((index, verified));
+        }
+        Ok(signed)
     }
 
     /// Pin a peer at run time: a new channel with empty streams (a peer already known by

@@ -24,8 +24,12 @@ pub(crate) struct Stream {
     pub cursor: StreamCursorDefault,
     pub tree: MemoryTree,
     pub frontier: FrontierDefault,
-    /// Envelope bytes by `seq - 1`.
-    pub bytes: Vec<Vec<u8>>,
+    /// Envelope bytes by `seq`, kept only while they may be sent again: for our own stream
+    /// (`keeps_bytes`), until the peer confirms it holds them; never for the peer's stream,
+    /// whose envelopes are known by their leaves. So memory follows the outbox, not the
+    /// transcript.
+    pub bytes: BTreeMap<u64, Vec<u8>>,
+    pub keeps_bytes: bool,
 }
 
 /// `StreamCursor` with an empty default.
@@ -79,7 +83,19 @@ impl Stream {
                 hash,
             }));
         self.cursor.0.advance(id);
-        self.bytes.push(bytes);
+        if self.keeps_bytes {
+            self.bytes.insert(self.tree.size(), bytes);
+        }
+    }
+
+    /// Let go of the bytes up to `seq` (the peer holds them).
+    pub fn forget_through(&mut self, seq: u64) {
+        self.bytes = self.bytes.split_off(&(seq.saturating_add(1)));
+    }
+
+    /// The Merkle leaf of envelope `seq` (the hash of its bytes).
+    pub fn leaf_at(&self, seq: u64) -> Option<Hash> {
+        self.tree.node(0, seq.checked_sub(1)?)
     }
 
     pub fn size(&self) -> u64 {
@@ -92,8 +108,7 @@ impl Stream {
     }
 
     pub fn bytes_at(&self, seq: u64) -> Option<&[u8]> {
-        let i = usize::try_from(seq.checked_sub(1)?).ok()?;
-        self.bytes.get(i).map(Vec::as_slice)
+        self.bytes.get(&seq).map(Vec::as_slice)
     }
 }
 
@@ -168,7 +183,10 @@ impl Peer {
             name: config.name.clone(),
             key: config.key,
             channel: ChannelId::for_pair(me, &config.key),
-            out: Stream::default(),
+            out: Stream {
+                keeps_bytes: true,
+                ..Stream::default()
+            },
             inb: Stream::default(),
             out_durable: 0,
             inb_durable: StreamCursor::EMPTY,
@@ -285,6 +303,21 @@ impl Core {
         sent: crate::Sent,
         body: Body,
     ) -> Result<(MessageId, u64), CommandError> {
+        let p = &self.peers[index];
+        let at = (p.out.cursor.next_seq, p.out.cursor.last_id);
+        let verified = self.sign_own(index, sent, body, at)?;
+        Ok(self.stage_signed(index, verified))
+    }
+
+    /// Sign one of our envelopes to peer `index` at `(seq, prev)` without staging it (a
+    /// batch signs all its envelopes before it stages any, so a refusal changes nothing).
+    pub(crate) fn sign_own(
+        &self,
+        index: usize,
+        sent: crate::Sent,
+        body: Body,
+        (seq, prev): (u64, MessageId),
+    ) -> Result<VerifiedEnvelope, CommandError> {
         let crate::Sent {
             precedence,
             topic,
@@ -292,15 +325,14 @@ impl Core {
             in_reply_to,
         } = sent;
         let wall = u64::try_from(self.wall_ms).unwrap_or(0);
-        let p = &mut self.peers[index];
+        let p = &self.peers[index];
         // The wall clock may step back; creation times within a stream never do.
         let created_at_ms = wall.max(p.out_last_created_ms);
-        let is_receipt = matches!(body, Body::Receipt(_));
         let envelope = Envelope {
             channel: p.channel,
             sender: self.me,
-            seq: p.out.cursor.next_seq,
-            prev: p.out.cursor.last_id,
+            seq,
+            prev,
             created_at_ms,
             precedence,
             topic,
@@ -308,10 +340,23 @@ impl Core {
             in_reply_to,
             body,
         };
-        let verified = VerifiedEnvelope::sign(envelope, &self.secret)
-            .map_err(|e| CommandError::Invalid(e.to_string()))?;
+        VerifiedEnvelope::sign(envelope, &self.secret)
+            .map_err(|e| CommandError::Invalid(e.to_string()))
+    }
+
+    /// Stage one of our envelopes signed by [`Core::sign_own`] at the next `seq` of peer
+    /// `index`'s stream.
+    pub(crate) fn stage_signed(
+        &mut self,
+        index: usize,
+        verified: VerifiedEnvelope,
+    ) -> (MessageId, u64) {
+        let precedence = verified.envelope().precedence;
+        let created_at_ms = verified.envelope().created_at_ms;
+        let is_receipt = matches!(verified.envelope().body, Body::Receipt(_));
         let (id, seq) = (verified.id(), verified.envelope().seq);
         let kind = verified.envelope().body.kind();
+        let p = &mut self.peers[index];
         p.out_last_created_ms = created_at_ms;
         p.unsigned += 1;
         p.touched = true;
@@ -357,7 +402,7 @@ impl Core {
             precedence,
             kind,
         });
-        Ok((id, seq))
+        (id, seq)
     }
 
     pub(crate) fn command_answer(

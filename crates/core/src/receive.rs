@@ -61,11 +61,12 @@ impl Core {
             Disposition::Append => self.accept(index, verified, Placement::Appended),
             Disposition::Hold => self.accept(index, verified, Placement::Held),
             Disposition::Known => {
-                let first = self.peers[index].inb.bytes_at(seq).map(<[u8]>::to_vec);
-                if let Some(first) = first {
-                    if detente_proto::envelope::message_id(&first) != verified.id() {
-                        self.equivocation(index, session, seq, first, &verified);
-                    }
+                let ours = self.peers[index].inb.leaf_at(seq);
+                let leaf = detente_proto::merkle::leaf_hash(verified.bytes());
+                if ours.is_some_and(|ours| ours != leaf) {
+                    // Our copy is in the store, not in memory: the driver puts it in
+                    // the evidence before committing (`EvidenceRow::first`).
+                    self.equivocation(index, session, seq, Vec::new(), &verified);
                 }
             }
             Disposition::Refuse(refusal) => {
@@ -218,6 +219,7 @@ impl Core {
                     for seq in seqs {
                         if !p.outbox[&seq].is_receipt {
                             p.outbox.remove(&seq);
+                            p.out.bytes.remove(&seq);
                         }
                     }
                     for (id, &(seq, _, precedence)) in &p.out_index {

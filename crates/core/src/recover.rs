@@ -160,6 +160,9 @@ impl Core {
                 },
             );
         }
+        // Only what may be sent again stays in memory.
+        let outbox = &p.outbox;
+        p.out.bytes.retain(|seq, _| outbox.contains_key(seq));
     }
 
     fn recover_checkpoints(&mut self, index: usize, snapshot: &Snapshot) {

@@ -238,6 +238,7 @@ impl Core {
         }
         p.confirmed = hwm;
         p.outbox = p.outbox.split_off(&(hwm + 1));
+        p.out.forget_through(hwm);
         self.staging.batch.prune.push((p.name.clone(), hwm));
     }
 

@@ -387,3 +387,103 @@ fn a_notification_its_format_refuses_is_neither_sent_nor_stored() {
         );
     }
 }
+
+fn outgoing(peer: &str, k: usize, topic: &str) -> detente_core::Outgoing {
+    detente_core::Outgoing {
+        peer: peer.into(),
+        precedence: Precedence::Routine,
+        topic: topic.into(),
+        author: "Duty Officer".into(),
+        body: Body::Text(TextBody {
+            language: "en".into(),
+            text: format!("batch {k}"),
+            translations: Vec::new(),
+        }),
+        in_reply_to: None,
+    }
+}
+
+/// A batch of sends is checked and signed whole before anything is staged: one refused
+/// message refuses it all and changes nothing; a good one is staged into a single commit
+/// with its idempotency record, answered only once that commit is durable.
+#[test]
+fn a_batch_of_sends_is_one_commit_or_nothing() {
+    let mut pair = Pair::new();
+    let peer = pair.names[1];
+    let mut messages: Vec<_> = (0..10).map(|k| outgoing(peer, k, "general")).collect();
+    messages[7] = outgoing(peer, 7, "Not A Topic");
+    let command = Command::SendBatch {
+        messages,
+        idempotency: None,
+    };
+    pair.input(0, Input::Operator { ticket: 1, command });
+    // The refusal waits for a commit like every answer; that commit carries no message.
+    if let Some((batch, rows)) = pair.cores[0].poll_commit() {
+        assert!(
+            rows.messages.is_empty() && rows.outbox.is_empty(),
+            "nothing staged"
+        );
+        pair.input(0, Input::Committed { batch });
+    }
+    let refused = pair.cores[0].poll_event();
+    assert!(
+        matches!(
+            refused,
+            Some(Event::Answer {
+                ticket: 1,
+                result: Err(_)
+            })
+        ),
+        "{refused:?}"
+    );
+
+    let messages: Vec<_> = (0..1000).map(|k| outgoing(peer, k, "general")).collect();
+    let record = detente_store_types::IdempotencyRow {
+        scope: "api-token".into(),
+        key: "k".into(),
+        fingerprint: [7; 32],
+        created_at_ms: 1_800_000_000_000,
+        sent: Vec::new(),
+    };
+    let command = Command::SendBatch {
+        messages,
+        idempotency: Some(record),
+    };
+    pair.input(0, Input::Operator { ticket: 2, command });
+    let (batch, rows) = pair.cores[0].poll_commit().expect("one batch");
+    assert_eq!(rows.messages.len(), 1000, "all in one commit");
+    let seqs: Vec<u64> = rows.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=1000).collect::<Vec<_>>(),
+        "numbered from 1: the refused batch used no seq"
+    );
+    let stored = &rows.idempotency[0];
+    assert_eq!(stored.sent.len(), 1000);
+    assert!(stored
+        .sent
+        .iter()
+        .zip(&rows.messages)
+        .all(|(r, m)| r.id == m.id && r.seq == m.seq));
+    let cut = 1_800_000_000_000 - detente_store_types::IDEMPOTENCY_KEY_TTL_MS;
+    assert_eq!(rows.idempotency_expired_before_ms, Some(cut));
+    assert!(
+        std::iter::from_fn(|| pair.cores[0].poll_event())
+            .all(|e| !matches!(e, Event::Answer { .. })),
+        "no answer before the commit"
+    );
+    pair.input(0, Input::Committed { batch });
+    let answer = std::iter::from_fn(|| pair.cores[0].poll_event()).find_map(|e| match e {
+        Event::Answer {
+            ticket: 2,
+            result: Ok(Answer::SentBatch { sent }),
+        } => Some(sent),
+        _ => None,
+    });
+    let sent = answer.expect("answered after the commit");
+    assert_eq!(sent.len(), 1000);
+    assert!(sent
+        .iter()
+        .zip(&stored.sent)
+        .all(|((id, seq), r)| id.0 == r.id && *seq == r.seq));
+}

@@ -422,17 +422,41 @@ impl<S: Store, D: Dialer> Driver<S, D> {
         loop {
             let mut moved = false;
             if self.commit.is_none() {
-                if let Some((batch, rows)) = self.core.poll_commit() {
+                if let Some((batch, mut rows)) = self.core.poll_commit() {
                     let store = self.store.clone();
                     let checkpoints = !rows.checkpoints.is_empty();
                     if checkpoints {
                         crate::writer::failpoint("checkpoint-before-commit");
                     }
+                    let sends = crate::writer::carries_send_batch(&rows);
+                    if sends {
+                        crate::writer::failpoint("send-batch-before-commit");
+                    }
+                    let fill: Vec<_> = rows
+                        .evidence_to_fill()
+                        .into_iter()
+                        .filter_map(|(i, channel, seq)| {
+                            let key = self.core.peer_key(&rows.evidence[i].peer)?;
+                            Some((i, channel, *key.as_bytes(), seq))
+                        })
+                        .collect();
                     self.commit = Some(Box::pin(async move {
+                        // Our copy of an equivocated envelope, for the evidence.
+                        for (i, channel, sender, seq) in fill {
+                            match store.message_at(channel, sender, seq).await {
+                                Ok(Some(row)) => rows.evidence[i].first = row.bytes,
+                                Ok(None) => {}
+                                Err(e) => return (batch, Err(e)),
+                            }
+                        }
                         let result = store.commit(rows).await;
                         if checkpoints && result.is_ok() {
                             // Stored, and not yet sent to the peer.
                             crate::writer::failpoint("checkpoint-after-commit");
+                        }
+                        if sends && result.is_ok() {
+                            // Durable, and nobody answered yet.
+                            crate::writer::failpoint("send-batch-after-commit");
                         }
                         (batch, result)
                     }));

@@ -15,10 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use detente_core::{Answer, Command, CommandError, Core, Decision, Event as CoreEvent};
+use detente_core::{Answer, Command, CommandError, Core, Decision, Event as CoreEvent, Outgoing};
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::{Body, ChannelId, PartyKey, PartySecret, Precedence, Receipt, ReceiptTarget};
-use detente_store::{CheckpointPage, GlossaryRow, Store};
+use detente_store::{CheckpointPage, GlossaryRow, IdempotencyRow, Store};
 use tokio::sync::broadcast;
 
 use crate::config::NodeConfig;
@@ -139,34 +139,47 @@ impl Engine {
         }
     }
 
-    /// Several sends, numbered in the order given; with the core they are all queued
-    /// before the first answer is awaited, so they share commits.
-    pub async fn send_many(&self, requests: Vec<SendRequest>) -> Vec<Result<Sent, WriteError>> {
-        let core = match self {
-            Engine::Tasks(w) => return w.send_many(requests).await,
+    /// Several sends, **all or nothing**: all are checked and signed before any is staged,
+    /// and one commit makes them durable together; answered once it has. With
+    /// `idempotency` (its `sent` left empty), the request's key and this answer are stored
+    /// in the same transaction. Both engines: one writer command, or one core command.
+    pub async fn send_batch(
+        &self,
+        requests: Vec<SendRequest>,
+        idempotency: Option<IdempotencyRow>,
+    ) -> Result<Vec<Sent>, WriteError> {
+        let c = match self {
+            Engine::Tasks(w) => return w.send_batch(requests, idempotency).await,
             Engine::Core(c) => c,
         };
-        let mut waiting = Vec::with_capacity(requests.len());
-        for request in requests {
-            let precedence = request.precedence;
-            match core.driver.queue(send_command(request)).await {
-                Ok(answer) => waiting.push((answer, precedence)),
-                Err(_) => break,
-            }
-        }
-        let mut out = Vec::with_capacity(waiting.len());
-        for (answer, precedence) in waiting {
-            out.push(match answer.await.map_err(write_error) {
-                Ok(Answer::Sent { id, seq }) => Ok(Sent {
+        let precedences: Vec<Precedence> = requests.iter().map(|r| r.precedence).collect();
+        let messages = requests
+            .into_iter()
+            .map(|r| Outgoing {
+                peer: r.peer,
+                precedence: r.precedence,
+                topic: r.topic,
+                author: r.author,
+                body: r.body,
+                in_reply_to: r.in_reply_to,
+            })
+            .collect();
+        let command = Command::SendBatch {
+            messages,
+            idempotency,
+        };
+        match c.driver.command(command).await.map_err(write_error)? {
+            Answer::SentBatch { sent } if sent.len() == precedences.len() => Ok(sent
+                .into_iter()
+                .zip(precedences)
+                .map(|((id, seq), precedence)| Sent {
                     id,
                     seq,
                     precedence,
-                }),
-                Ok(other) => Err(unexpected(&other)),
-                Err(e) => Err(e),
-            });
+                })
+                .collect()),
+            other => Err(unexpected(&other)),
         }
-        out
     }
 
     /// Add or replace a glossary term of a channel; answered once durable.

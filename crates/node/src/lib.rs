@@ -20,6 +20,7 @@ pub mod gate;
 pub mod hooks;
 pub mod http;
 pub mod i18n;
+pub mod idempotency;
 pub mod lease;
 pub mod link;
 pub mod metrics;
@@ -145,6 +146,8 @@ pub struct Shared {
     pub gate: Arc<gate::Gate>,
     /// Tampered-row alarms already raised (`api::tampered_alarm`).
     pub tampered: Mutex<std::collections::HashSet<String>>,
+    /// Idempotency keys of API sends being handled now (a second request gets 409).
+    pub idempotency: idempotency::InFlight,
     incoming: Mutex<HashMap<String, mpsc::Sender<Connection>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -292,6 +295,7 @@ impl Node {
             console: console::ConsoleState::new(),
             gate: gate::Gate::new(),
             tampered: Mutex::new(std::collections::HashSet::new()),
+            idempotency: idempotency::InFlight::default(),
             incoming: Mutex::new(HashMap::new()),
             shutdown: shutdown_rx,
         });

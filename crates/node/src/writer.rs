@@ -24,9 +24,9 @@ use detente_proto::{
     ReceiptTarget, RefuseCode, StreamCursor, VerifiedEnvelope,
 };
 use detente_store::{
-    CheckpointRow, DeliveredRange, Direction, EvidenceRow, MessageRow, OutboxRow, Placement,
-    ReceiptRow, Store, StreamRow, TreeNodeRow, WriteBatch, EVIDENCE_CHECKPOINTS,
-    EVIDENCE_ENVELOPES,
+    CheckpointRow, DeliveredRange, Direction, EvidenceRow, IdempotencyRow, MessageRow, OutboxRow,
+    Placement, ReceiptRow, SentRecord, Store, StreamRow, TreeNodeRow, WriteBatch,
+    EVIDENCE_CHECKPOINTS, EVIDENCE_ENVELOPES, IDEMPOTENCY_KEY_TTL_MS,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,6 +38,12 @@ use crate::{now_ms, NodeStore};
 pub const WRITER_QUEUE_MAX: usize = 4096;
 /// Commands applied in one group commit at most.
 pub const BATCH_COMMANDS_MAX: usize = 1024;
+/// Our messages one group commit gathers before it stops taking commands (a batch of sends
+/// is never split, so a commit holds at most this plus one batch less one).
+pub const BATCH_SENDS_MAX: usize = 4096;
+/// Messages and signed bytes of one batch of sends: the core's limits, so both engines
+/// refuse the same batches.
+pub use detente_core::{SEND_BATCH_BYTES_MAX, SEND_BATCH_MESSAGES_MAX};
 
 /// A message to write.
 #[derive(Debug, Clone)]
@@ -85,6 +91,12 @@ pub struct ReceiveOutcome {
 
 enum Command {
     Send(SendRequest, oneshot::Sender<Result<Sent, WriteError>>),
+    /// Several messages, all or nothing, in one commit (see [`WriterHandle::send_batch`]).
+    SendBatch {
+        requests: Vec<SendRequest>,
+        idempotency: Option<IdempotencyRow>,
+        reply: oneshot::Sender<Result<Vec<Sent>, WriteError>>,
+    },
     Receive {
         peer: String,
         envelopes: Vec<VerifiedEnvelope>,
@@ -139,6 +151,17 @@ impl Default for CheckpointPolicy {
     }
 }
 
+impl Command {
+    /// Our messages the command writes (what bounds a group commit's size).
+    fn messages(&self) -> usize {
+        match self {
+            Command::Send(..) => 1,
+            Command::SendBatch { requests, .. } => requests.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// A handle to queue commands for the writer.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -163,21 +186,26 @@ impl WriterHandle {
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
-    /// Queue many messages in order (their `seq` follow the order given) and wait for all.
-    pub async fn send_many(&self, requests: Vec<SendRequest>) -> Vec<Result<Sent, WriteError>> {
-        let mut replies = Vec::with_capacity(requests.len());
-        for request in requests {
-            let (reply, rx) = oneshot::channel();
-            if self.tx.send(Command::Send(request, reply)).await.is_err() {
-                break;
-            }
-            replies.push(rx);
-        }
-        let mut out = Vec::with_capacity(replies.len());
-        for rx in replies {
-            out.push(rx.await.map_err(|_| WriteError::Stopped).and_then(|r| r));
-        }
-        out
+    /// Write many messages **all or nothing**: every one is signed before any is staged,
+    /// all are staged into the same group commit, and the answer comes once that commit is
+    /// durable (their `seq` follow the order given). With `idempotency` (its `sent` left
+    /// empty), the request's key and this answer are stored in the same transaction.
+    pub async fn send_batch(
+        &self,
+        requests: Vec<SendRequest>,
+        idempotency: Option<IdempotencyRow>,
+    ) -> Result<Vec<Sent>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::SendBatch {
+            requests,
+            idempotency,
+            reply,
+        };
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
     }
 
     pub async fn receive(
@@ -510,10 +538,14 @@ impl Writer {
                     None => break,
                 }
             };
+            let mut messages = first.messages();
             let mut commands = vec![first];
-            while commands.len() < BATCH_COMMANDS_MAX {
+            while commands.len() < BATCH_COMMANDS_MAX && messages < BATCH_SENDS_MAX {
                 match rx.try_recv() {
-                    Ok(c) => commands.push(c),
+                    Ok(c) => {
+                        messages += c.messages();
+                        commands.push(c);
+                    }
                     Err(_) => break,
                 }
             }
@@ -590,6 +622,7 @@ impl Writer {
         let mut batch = WriteBatch::default();
         let mut staged = Staged::default();
         let mut sends = Vec::new();
+        let mut send_batches = Vec::new();
         let mut receives = Vec::new();
         let mut misses = Vec::new();
         let mut glossary_replies = Vec::new();
@@ -601,6 +634,14 @@ impl Writer {
                 Command::Send(request, reply) => {
                     let result = self.stage_send(&mut batch, &mut staged, request, false);
                     sends.push((result, reply));
+                }
+                Command::SendBatch {
+                    requests,
+                    idempotency,
+                    reply,
+                } => {
+                    let result = self.stage_batch(&mut batch, &mut staged, requests, idempotency);
+                    send_batches.push((result, reply));
                 }
                 Command::Receive {
                     peer,
@@ -644,7 +685,15 @@ impl Writer {
             }
         }
         self.stage_streams(&mut batch, &staged.touched);
+        let carries_batch = carries_send_batch(&batch);
+        if carries_batch {
+            failpoint("send-batch-before-commit");
+        }
         let committed = self.store.commit(batch).await;
+        if carries_batch && committed.is_ok() {
+            // Durable, and nobody answered yet.
+            failpoint("send-batch-after-commit");
+        }
         if let Err(e) = &committed {
             tracing::error!(error = %e, "commit failed; nothing of this batch was stored or acknowledged");
             // What was staged changed the in-memory streams; read them back from the store.
@@ -658,6 +707,12 @@ impl Writer {
             .err()
             .map(|e| WriteError::Store(e.to_string()));
         for (result, reply) in sends {
+            let _ = reply.send(match &failure {
+                Some(f) => Err(f.clone()),
+                None => result,
+            });
+        }
+        for (result, reply) in send_batches {
             let _ = reply.send(match &failure {
                 Some(f) => Err(f.clone()),
                 None => result,
@@ -939,6 +994,63 @@ impl Writer {
         }
     }
 
+    /// Sign every message of a batch, then stage them all (see [`WriterHandle::send_batch`]):
+    /// the first refusal refuses the whole batch and changes nothing.
+    fn stage_batch(
+        &mut self,
+        batch: &mut WriteBatch,
+        staged: &mut Staged,
+        requests: Vec<SendRequest>,
+        idempotency: Option<IdempotencyRow>,
+    ) -> Result<Vec<Sent>, WriteError> {
+        if requests.len() > SEND_BATCH_MESSAGES_MAX {
+            return Err(WriteError::Invalid(format!(
+                "at most {SEND_BATCH_MESSAGES_MAX} messages per batch"
+            )));
+        }
+        // Per peer: the next seq and the last id, as the batch advances them.
+        let mut heads: HashMap<String, (u64, MessageId)> = HashMap::new();
+        let mut signed = Vec::with_capacity(requests.len());
+        let mut bytes = 0usize;
+        for request in requests {
+            let p = self
+                .peers
+                .get(&request.peer)
+                .ok_or_else(|| missing(&self.unloaded, &request.peer))?;
+            let peer = request.peer.clone();
+            let at = *heads
+                .entry(peer.clone())
+                .or_insert((p.out.next_seq, p.out.last_id));
+            let verified = self.sign_own(request, at)?;
+            bytes += verified.bytes().len();
+            if bytes > SEND_BATCH_BYTES_MAX {
+                return Err(WriteError::Invalid(format!(
+                    "the batch is larger than {SEND_BATCH_BYTES_MAX} bytes signed"
+                )));
+            }
+            heads.insert(peer.clone(), (at.0 + 1, verified.id()));
+            signed.push((peer, verified));
+        }
+        let mut sent = Vec::with_capacity(signed.len());
+        for (peer, verified) in signed {
+            sent.push(self.stage_signed(batch, staged, &peer, verified, false)?);
+        }
+        if let Some(mut row) = idempotency {
+            row.sent = sent
+                .iter()
+                .map(|s| SentRecord {
+                    id: s.id.0,
+                    seq: s.seq,
+                    precedence: s.precedence as u8,
+                })
+                .collect();
+            let expired_before = row.created_at_ms.saturating_sub(IDEMPOTENCY_KEY_TTL_MS);
+            batch.idempotency_expired_before_ms = Some(expired_before);
+            batch.idempotency.push(row);
+        }
+        Ok(sent)
+    }
+
     /// Number, sign and stage one of this node's envelopes.
     fn stage_send(
         &mut self,
@@ -947,18 +1059,34 @@ impl Writer {
         request: SendRequest,
         is_receipt: bool,
     ) -> Result<Sent, WriteError> {
-        let me = self.secret.public();
         let p = self
             .peers
-            .get_mut(&request.peer)
+            .get(&request.peer)
+            .ok_or_else(|| missing(&self.unloaded, &request.peer))?;
+        let at = (p.out.next_seq, p.out.last_id);
+        let peer = request.peer.clone();
+        let verified = self.sign_own(request, at)?;
+        self.stage_signed(batch, staged, &peer, verified, is_receipt)
+    }
+
+    /// Sign one of this node's envelopes at `(seq, prev)` without staging it (a batch signs
+    /// all of its envelopes before it stages any, so a refusal changes nothing).
+    fn sign_own(
+        &self,
+        request: SendRequest,
+        (seq, prev): (u64, MessageId),
+    ) -> Result<VerifiedEnvelope, WriteError> {
+        let p = self
+            .peers
+            .get(&request.peer)
             .ok_or_else(|| missing(&self.unloaded, &request.peer))?;
         // The sender's clock may step back; creation times within a stream never do.
         let created_at_ms = now_ms().max(p.out_last_created_ms);
         let envelope = Envelope {
             channel: p.channel,
-            sender: me,
-            seq: p.out.next_seq,
-            prev: p.out.last_id,
+            sender: self.secret.public(),
+            seq,
+            prev,
             created_at_ms,
             precedence: request.precedence,
             topic: request.topic,
@@ -966,9 +1094,27 @@ impl Writer {
             in_reply_to: request.in_reply_to,
             body: request.body,
         };
-        let verified = VerifiedEnvelope::sign(envelope, &self.secret)
-            .map_err(|e| WriteError::Invalid(e.to_string()))?;
+        VerifiedEnvelope::sign(envelope, &self.secret)
+            .map_err(|e| WriteError::Invalid(e.to_string()))
+    }
+
+    /// Stage an envelope [`Self::sign_own`] signed at the next `seq` of `peer`'s stream.
+    fn stage_signed(
+        &mut self,
+        batch: &mut WriteBatch,
+        staged: &mut Staged,
+        peer: &str,
+        verified: VerifiedEnvelope,
+        is_receipt: bool,
+    ) -> Result<Sent, WriteError> {
+        let me = self.secret.public();
+        // Signed for a peer the writer holds, in this same batch: it is there.
+        let p = self
+            .peers
+            .get_mut(peer)
+            .ok_or_else(|| missing(&self.unloaded, peer))?;
         let e = verified.envelope();
+        let created_at_ms = e.created_at_ms;
         let sent = Sent {
             id: verified.id(),
             seq: e.seq,
@@ -985,27 +1131,24 @@ impl Writer {
             merkle::leaf_hash(verified.bytes()),
         );
         batch.outbox.push(OutboxRow {
-            peer: request.peer.clone(),
+            peer: peer.to_string(),
             seq: e.seq,
             precedence: e.precedence as u8,
             is_receipt,
         });
-        batch.messages.push(row(
-            &request.peer,
-            &verified,
-            Direction::Out,
-            Placement::Appended,
-        ));
+        batch
+            .messages
+            .push(row(peer, &verified, Direction::Out, Placement::Appended));
         if let Body::Receipt(receipt) = &e.body {
             if let ReceiptTarget::Message(of) = receipt.target {
                 // Our own answer to a received message shows on our side at once.
                 batch.receipts.push(receipt_row(of, receipt, &verified));
             }
         }
-        staged.touched.insert(request.peer.clone());
-        staged.written.push((request.peer.clone(), e.precedence));
+        staged.touched.insert(peer.to_string());
+        staged.written.push((peer.to_string(), e.precedence));
         staged.events.push(Event::Stored {
-            peer: request.peer,
+            peer: peer.to_string(),
             id: verified.id(),
             seq: e.seq,
             direction: Direction::Out,
@@ -1343,6 +1486,17 @@ fn equivocation(
 /// Test-only crash points: with `DETENTE_FAILPOINT=<name>` in the environment, the process
 /// exits at once (as a `kill -9` would) when it reaches that point. Compiled only into debug
 /// builds. (The core engine's driver has the same checkpoint points.)
+/// Whether a batch carries an operator's batch of sends (two or more of our texts or
+/// notifications): where the `send-batch-before-commit` and `send-batch-after-commit`
+/// failpoints fire, with either engine.
+pub(crate) fn carries_send_batch(batch: &WriteBatch) -> bool {
+    let operator = |m: &&MessageRow| {
+        m.direction == Direction::Out
+            && matches!(m.kind, 0 | detente_proto::envelope::KIND_NOTIFICATION)
+    };
+    batch.messages.iter().filter(operator).nth(1).is_some()
+}
+
 pub(crate) fn failpoint(name: &str) {
     if cfg!(debug_assertions) && std::env::var("DETENTE_FAILPOINT").is_ok_and(|v| v == name) {
         tracing::error!(failpoint = name, "failpoint reached: exiting");

@@ -17,7 +17,7 @@ const LAYERS: &[(&[&str], bool)] = &[
     // They never use each other.
     (&["api", "console"], false),
     // The service both presentations call: queries, commands, who is calling, counters.
-    (&["service", "operators", "metrics"], true),
+    (&["service", "operators", "metrics", "idempotency"], true),
 ];
 
 fn layer(module: &str) -> usize {

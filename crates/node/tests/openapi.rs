@@ -81,6 +81,34 @@ fn every_operation_documents_success_and_the_error_shape() {
     assert_eq!(schemes["session"]["in"], "cookie");
 }
 
+/// Both send routes take an `Idempotency-Key` and say when an answer is a replay (issue 12
+/// item 3); the description says how long a key is remembered.
+#[test]
+fn the_send_routes_document_the_idempotency_key() {
+    let doc = document();
+    for path in ["/api/v1/messages", "/api/v1/messages/batch"] {
+        let op = &doc["paths"][path]["post"];
+        let key = op["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "Idempotency-Key")
+            .unwrap_or_else(|| panic!("POST {path}: no Idempotency-Key parameter"));
+        assert_eq!(key["in"], "header", "POST {path}");
+        assert!(
+            key["schema"]["pattern"].is_string(),
+            "POST {path}: the key's bounds"
+        );
+        let text = key["description"].as_str().unwrap_or_default();
+        assert!(text.contains("24 hours"), "POST {path}: {text}");
+        let replayed = &op["responses"]["201"]["headers"]["Idempotent-Replayed"];
+        assert!(
+            replayed.is_object(),
+            "POST {path}: no Idempotent-Replayed header"
+        );
+    }
+}
+
 async fn start_node(dir: &std::path::Path) -> Node {
     common::start_target(dir, false).await
 }

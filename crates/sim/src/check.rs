@@ -503,6 +503,22 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
                     ));
                 }
             }
+            Ok(Answer::SentBatch { sent }) => {
+                let store = &w.nodes[node].store;
+                let durable = sent
+                    .iter()
+                    .filter(|(id, _)| store.messages.contains_key(&id.0))
+                    .count();
+                if !sent.windows(2).all(|p| p[1].1 == p[0].1 + 1) {
+                    w.fail(format!("n{node} numbered a batch with gaps: {sent:?}"));
+                }
+                if durable != sent.len() {
+                    w.fail(format!(
+                        "n{node} answered a batch of {} before all of it was durable",
+                        sent.len()
+                    ));
+                }
+            }
             Ok(Answer::Done) => {}
             Err(_) => w.count("commands_refused"),
         },

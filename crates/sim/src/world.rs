@@ -510,7 +510,19 @@ impl World {
         }
     }
 
-    fn submit(&mut self, node: usize, batch: u64, rows: detente_store_types::WriteBatch) {
+    fn submit(&mut self, node: usize, batch: u64, mut rows: detente_store_types::WriteBatch) {
+        // As the node's driver does: our copy of an equivocated envelope, from the store.
+        for (i, channel, seq) in rows.evidence_to_fill() {
+            let peer = &rows.evidence[i].peer;
+            let core = self.nodes[node].core.as_ref();
+            let Some(key) = core.and_then(|c| c.peer_key(peer)) else {
+                continue;
+            };
+            let stored = self.nodes[node].store.at((channel, *key.as_bytes()), seq);
+            if let Some(m) = stored {
+                rows.evidence[i].first = m.bytes.clone();
+            }
+        }
         let fail = self.faults.commit_fail && !self.healing && self.rng.gen_bool(0.08);
         let latency = self.rng.gen_range(1..20);
         let generation = self.nodes[node].generation;
@@ -633,7 +645,8 @@ impl World {
         let roll = self.rng.gen_range(0..100);
         let peer = self.random_peer(node);
         let command = match roll {
-            0..=49 => self.text(peer.clone()),
+            0..=44 => self.text(peer.clone()),
+            45..=49 => self.batch(peer.clone()),
             50..=59 => Command::Send {
                 peer,
                 precedence: random_precedence(&mut self.rng),
@@ -682,6 +695,7 @@ impl World {
         let ticket = n.tickets;
         let kind = match &command {
             Command::Send { .. } => "send",
+            Command::SendBatch { .. } => "send_batch",
             Command::Answer { .. } => "answer",
             Command::Checkpoint { .. } => "checkpoint",
             Command::SetDeadlines { .. } => "deadlines",
@@ -723,6 +737,44 @@ impl World {
                 translations: Vec::new(),
             }),
             in_reply_to: None,
+        }
+    }
+
+    /// A batch of 2 to 6 texts for `peer`, all or nothing, now and then with one the core
+    /// must refuse (a topic it does not allow), which refuses the batch.
+    fn batch(&mut self, peer: String) -> Command {
+        let count = self.rng.gen_range(2..=6);
+        let spoiled = self.rng.gen_range(0..10) == 0;
+        let mut messages = Vec::with_capacity(count);
+        for i in 0..count {
+            // `text` makes a send; anything else would be a bug here, and is left out.
+            if let Command::Send {
+                peer,
+                precedence,
+                topic,
+                author,
+                body,
+                in_reply_to,
+            } = self.text(peer.clone())
+            {
+                let topic = if spoiled && i == count - 1 {
+                    "Not A Topic".into()
+                } else {
+                    topic
+                };
+                messages.push(detente_core::Outgoing {
+                    peer,
+                    precedence,
+                    topic,
+                    author,
+                    body,
+                    in_reply_to,
+                });
+            }
+        }
+        Command::SendBatch {
+            messages,
+            idempotency: None,
         }
     }
 
@@ -1045,6 +1097,7 @@ fn short(command: &Command) -> String {
         Command::Send {
             peer, precedence, ..
         } => format!("send {precedence} to {peer}"),
+        Command::SendBatch { messages, .. } => format!("send a batch of {}", messages.len()),
         Command::Answer { peer, level, .. } => format!("answer {} to {peer}", level.name()),
         Command::Checkpoint { peer } => format!("checkpoint with {peer}"),
         Command::SetDeadlines { .. } => "new deadlines".into(),

@@ -177,7 +177,10 @@ pub struct EvidenceRow {
     /// [`EVIDENCE_ENVELOPES`] or [`EVIDENCE_CHECKPOINTS`].
     pub kind: u8,
     pub seq: Option<u64>,
-    /// The first signed item (envelope or signed checkpoint), exactly as received.
+    /// The first signed item (envelope or signed checkpoint), exactly as received. Empty in
+    /// a batch from the core for two envelopes: the first is our stored copy of the peer's
+    /// envelope at `seq`, which the core does not keep in memory; whoever commits the batch
+    /// puts it in ([`WriteBatch::evidence_to_fill`]).
     pub first: Vec<u8>,
     /// The second, contradicting one.
     pub second: Vec<u8>,
@@ -217,6 +220,84 @@ pub struct WriteBatch {
     pub witness: Vec<WitnessRow>,
     /// Evidence to record.
     pub evidence: Vec<EvidenceRow>,
+    /// Idempotency keys and the answers they give, stored with the messages they answer for
+    /// (insert, or replace an expired record of the same scope and key).
+    pub idempotency: Vec<IdempotencyRow>,
+    /// Also forget at most [`IDEMPOTENCY_PRUNE_ROWS_MAX`] idempotency keys created before
+    /// this time (milliseconds since the Unix epoch): bounded work per commit.
+    pub idempotency_expired_before_ms: Option<i64>,
+}
+
+/// How long an idempotency key is remembered: a retry within 24 hours of the first request
+/// gets its answer; after that the key may be pruned and then means a new request.
+pub const IDEMPOTENCY_KEY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// Idempotency keys one commit forgets at most (the oldest expired first).
+pub const IDEMPOTENCY_PRUNE_ROWS_MAX: u32 = 64;
+
+/// One of our envelopes as an idempotent request's answer names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentRecord {
+    pub id: Hash32,
+    pub seq: u64,
+    /// 0 FLASH … 3 ROUTINE.
+    pub precedence: u8,
+}
+
+/// A request made with an `Idempotency-Key` and what it stored, so that a retry with the same
+/// key is answered from here instead of sending again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRow {
+    /// Who made the request (the API token, or a console operator's login), so one
+    /// caller's keys never answer another's requests.
+    pub scope: String,
+    /// The client's key, as sent.
+    pub key: String,
+    /// SHA-256 of the request (route and body bytes): the same key with another request is
+    /// refused, not answered with this one's answer.
+    pub fingerprint: Hash32,
+    /// When the request was stored (this node's wall clock, ms since the Unix epoch).
+    pub created_at_ms: i64,
+    /// The messages it stored, in the order of the request.
+    pub sent: Vec<SentRecord>,
+}
+
+/// Bytes per [`SentRecord`] in [`encode_sent`]: id, seq (big-endian), precedence.
+pub const SENT_RECORD_BYTES: usize = 32 + 8 + 1;
+
+/// The stored form of an answer's records (fixed width, so a stored value is checked by its
+/// length alone).
+pub fn encode_sent(sent: &[SentRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sent.len() * SENT_RECORD_BYTES);
+    for r in sent {
+        out.extend_from_slice(&r.id);
+        out.extend_from_slice(&r.seq.to_be_bytes());
+        out.push(r.precedence);
+    }
+    out
+}
+
+/// The records of [`encode_sent`]'s bytes; `None` if the length is not a whole number of
+/// records.
+pub fn decode_sent(bytes: &[u8]) -> Option<Vec<SentRecord>> {
+    if !bytes.len().is_multiple_of(SENT_RECORD_BYTES) {
+        return None;
+    }
+    let records = bytes
+        .chunks_exact(SENT_RECORD_BYTES)
+        .map(|c| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&c[..32]);
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&c[32..40]);
+            SentRecord {
+                id,
+                seq: u64::from_be_bytes(seq),
+                precedence: c[40],
+            }
+        })
+        .collect();
+    Some(records)
 }
 
 /// An agreed pair of terms on the channel with `peer`.
@@ -258,6 +339,32 @@ pub struct DeadlineCandidate {
 }
 
 impl WriteBatch {
+    /// Fill the empty `first` of envelope evidence from this batch's own received rows, and
+    /// return the rest, `(index in evidence, channel, seq)`: those the committer reads from
+    /// its store (the peer's appended envelope at `seq`) before committing.
+    pub fn evidence_to_fill(&mut self) -> Vec<(usize, Hash32, u64)> {
+        let mut left = Vec::new();
+        for i in 0..self.evidence.len() {
+            let e = &self.evidence[i];
+            let Some(seq) = e
+                .seq
+                .filter(|_| e.kind == EVIDENCE_ENVELOPES && e.first.is_empty())
+            else {
+                continue;
+            };
+            let channel = e.channel;
+            let own = self
+                .messages
+                .iter()
+                .find(|m| m.channel == channel && m.seq == seq && m.direction == Direction::In);
+            match own {
+                Some(m) => self.evidence[i].first = m.bytes.clone(),
+                None => left.push((i, channel, seq)),
+            }
+        }
+        left
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
             && self.promote.is_empty()
@@ -272,5 +379,6 @@ impl WriteBatch {
             && self.checkpoints.is_empty()
             && self.witness.is_empty()
             && self.evidence.is_empty()
+            && self.idempotency.is_empty()
     }
 }

@@ -8,9 +8,9 @@ use std::path::Path;
 
 use crate::console::{AuditRow, SessionRow, UserRow};
 use crate::{
-    CheckpointRow, DeadlineCandidate, EvidenceRow, GlossaryRow, Hash32, InboxQuery, MessageRow,
-    MissRow, OutboxCounts, PgStore, ReceiptTimes, Result, SqliteStore, Store, StoreError,
-    StreamRow, WitnessRow, WriteBatch,
+    CheckpointRow, DeadlineCandidate, EvidenceRow, GlossaryRow, Hash32, IdempotencyRow, InboxQuery,
+    MessageRow, MissRow, OutboxCounts, PgStore, ReceiptTimes, Result, SqliteStore, Store,
+    StoreError, StreamRow, WitnessRow, WriteBatch,
 };
 
 /// One of the two stores. Cloning is cheap and shares the connections.
@@ -270,6 +270,14 @@ impl Store for AnyStore {
 
     async fn message_count(&self) -> Result<u64> {
         forward!(self, s => s.message_count().await)
+    }
+
+    async fn idempotency(&self, scope: &str, key: &str) -> Result<Option<IdempotencyRow>> {
+        forward!(self, s => s.idempotency(scope, key).await)
+    }
+
+    async fn idempotency_count(&self, scope: &str, since_ms: i64, limit: u32) -> Result<u64> {
+        forward!(self, s => s.idempotency_count(scope, since_ms, limit).await)
     }
 
     async fn deadline_candidates(&self, limit: u32) -> Result<Vec<DeadlineCandidate>> {

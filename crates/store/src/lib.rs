@@ -371,4 +371,23 @@ pub trait Store: Send + Sync + 'static {
     /// transaction; a message already there keeps the words it has. Words longer than
     /// [`console::SEARCH_BODY_BYTES_MAX`] are cut.
     fn put_search(&self, rows: Vec<(Hash32, String)>) -> impl Future<Output = Result<()>> + Send;
+
+    // ---- idempotency keys (issue 12 item 3).
+
+    /// The record of the request `scope` made with idempotency key `key`, if one is stored
+    /// (expired or not: the caller compares `created_at_ms`).
+    fn idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<IdempotencyRow>>> + Send;
+
+    /// How many idempotency keys of `scope` were created at or after `since_ms`, counted up
+    /// to `limit` (bounded work).
+    fn idempotency_count(
+        &self,
+        scope: &str,
+        since_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }

@@ -8,6 +8,11 @@
 //! with a line saying so, except under CI (`CI` set) or with `DETENTE_REQUIRE_PG` set,
 //! where it fails: `scripts/test` always starts a server, so a missing one is a broken run,
 //! not a pass.
+//!
+//! A test database is named after the process that made it (`t_<tag>_<pid>_…`). Test
+//! processes end without a chance to drop theirs, so the first call in each process drops
+//! every test database whose process is gone ([`drop_stale`]): a long-lived server (one
+//! started by hand for `DETENTE_TEST_PG_URL`) keeps only the databases of tests running now.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,6 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const URL_VAR: &str = "DETENTE_TEST_PG_URL";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Test databases dropped per sweep at most (the rest go at the next process's sweep).
+pub const STALE_DROPS_MAX: usize = 256;
 
 /// The URL of a new, empty database for test `tag`, or `None` (after printing why) when
 /// no test server is configured and none is required.
@@ -39,6 +48,14 @@ pub async fn fresh_database(tag: &str) -> Option<String> {
         );
         return None;
     };
+    SWEPT
+        .get_or_init(|| async {
+            if let Err(e) = drop_stale(&admin, process_alive).await {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "old test databases not dropped: {e}");
+            }
+        })
+        .await;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -58,5 +75,59 @@ pub async fn fresh_database(tag: &str) -> Option<String> {
     match crate::postgres::create_database(&admin, &name).await {
         Ok(url) => Some(url),
         Err(e) => panic!("cannot create test database {name} on {URL_VAR}: {e}"),
+    }
+}
+
+/// The process that made test database `name`, from its name (`t_<tag>_<pid>_<n>_<nanos>`).
+pub fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("t_")?;
+    let mut parts = rest.rsplitn(4, '_');
+    let (_nanos, _n, pid) = (parts.next()?, parts.next()?, parts.next()?);
+    parts.next()?;
+    pid.parse().ok()
+}
+
+/// Whether process `pid` runs on this machine (Linux: its `/proc` entry).
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Drop the test databases on the server at `admin` whose process `alive` says is gone, at
+/// most [`STALE_DROPS_MAX`]; returns how many were dropped.
+pub async fn drop_stale(admin: &str, alive: impl Fn(u32) -> bool) -> crate::Result<usize> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin).await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")
+            .fetch_all(&mut conn)
+            .await?;
+    let _ = conn.close().await;
+    let mut dropped = 0;
+    for name in names {
+        if dropped == STALE_DROPS_MAX {
+            break;
+        }
+        let Some(pid) = owner_pid(&name) else {
+            continue;
+        };
+        if pid != std::process::id() && !alive(pid) {
+            crate::postgres::drop_database(admin, &name).await?;
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn the_owner_is_read_from_the_name() {
+        assert_eq!(owner_pid("t_ha_cut_4242_3_123456789"), Some(4242));
+        assert_eq!(owner_pid("t_delivery_17_0_5"), Some(17));
+        assert_eq!(owner_pid("t_x_17_0"), None);
+        assert_eq!(owner_pid("detente"), None);
+        assert_eq!(owner_pid("t_x_notapid_0_5"), None);
     }
 }

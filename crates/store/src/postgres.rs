@@ -23,15 +23,16 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::QueryBuilder;
 
 use crate::rows::{
-    check_ranges, decode_message, describe_message, direction_code, get, hash, int,
-    is_unique_violation, placement_code, pow2_chunks, small, uint, INBOX_ROWS_DEFAULT,
-    MESSAGE_SELECT,
+    check_ranges, decode_idempotency, decode_message, describe_message, direction_code, get, hash,
+    int, is_unique_violation, placement_code, pow2_chunks, small, uint, IDEMPOTENCY_SELECT,
+    INBOX_ROWS_DEFAULT, MESSAGE_SELECT,
 };
 use crate::{
     CheckpointPage, CheckpointRow, CheckpointSpan, DeadlineCandidate, DeliveredRange, Direction,
-    EvidenceRow, GlossaryRow, Hash32, InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow,
-    ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow,
-    WitnessRow, WriteBatch, TREE_LEVEL_STORED_MIN,
+    EvidenceRow, GlossaryRow, Hash32, IdempotencyRow, InboxQuery, MessageRow, MissRow,
+    OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError,
+    StreamRow, TreeNodeRow, WitnessRow, WriteBatch, IDEMPOTENCY_PRUNE_ROWS_MAX,
+    TREE_LEVEL_STORED_MIN,
 };
 
 /// Read connections: as for SQLite, enough for concurrent API requests.
@@ -214,6 +215,10 @@ impl PgStore {
         upsert_checkpoints(conn, &batch.checkpoints).await?;
         upsert_witness(conn, &batch.witness).await?;
         insert_evidence(conn, &batch.evidence).await?;
+        upsert_idempotency(conn, &batch.idempotency).await?;
+        if let Some(before) = batch.idempotency_expired_before_ms {
+            prune_idempotency(conn, before).await?;
+        }
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().await?;
         Ok(())
@@ -405,6 +410,29 @@ impl Store for PgStore {
 
     async fn put_search(&self, rows: Vec<(Hash32, String)>) -> Result<()> {
         self.console_put_search(rows).await
+    }
+
+    async fn idempotency(&self, scope: &str, key: &str) -> Result<Option<IdempotencyRow>> {
+        let sql = format!("{IDEMPOTENCY_SELECT} WHERE scope = $1 AND key = $2");
+        let row = sqlx::query(&sql)
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(decode_idempotency).transpose()
+    }
+
+    async fn idempotency_count(&self, scope: &str, since_ms: i64, limit: u32) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM idempotency_keys \
+             WHERE scope = $1 AND created_at_ms >= $2 LIMIT $3) AS live",
+        )
+        .bind(scope)
+        .bind(since_ms)
+        .bind(i64::from(limit))
+        .fetch_one(&self.reader)
+        .await?;
+        uint(&row, "idempotency_keys", "n")
     }
 
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
@@ -1207,6 +1235,40 @@ async fn insert_evidence(conn: &mut PgConnection, rows: &[EvidenceRow]) -> Resul
         .execute(&mut *conn)
         .await?;
     }
+    Ok(())
+}
+
+/// Insert idempotency records, replacing an expired one of the same scope and key (the
+/// caller checked that no live one exists).
+async fn upsert_idempotency(conn: &mut PgConnection, rows: &[IdempotencyRow]) -> Result<()> {
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at_ms, sent) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+             created_at_ms = excluded.created_at_ms, sent = excluded.sent",
+        )
+        .bind(&r.scope)
+        .bind(&r.key)
+        .bind(r.fingerprint.as_slice())
+        .bind(r.created_at_ms)
+        .bind(crate::encode_sent(&r.sent))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Forget at most [`IDEMPOTENCY_PRUNE_ROWS_MAX`] keys created before `before_ms`, oldest first.
+async fn prune_idempotency(conn: &mut PgConnection, before_ms: i64) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE (scope, key) IN (SELECT scope, key \
+         FROM idempotency_keys WHERE created_at_ms < $1 ORDER BY created_at_ms LIMIT $2)",
+    )
+    .bind(before_ms)
+    .bind(i64::from(IDEMPOTENCY_PRUNE_ROWS_MAX))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

@@ -225,6 +225,36 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The columns of `idempotency_keys` in the order [`decode_idempotency`] reads them.
+pub(crate) const IDEMPOTENCY_SELECT: &str =
+    "SELECT scope, key, fingerprint, created_at_ms, sent FROM idempotency_keys";
+
+/// Decode a row selected with the columns of [`IDEMPOTENCY_SELECT`] (the same in both stores).
+pub(crate) fn decode_idempotency<R>(row: &R) -> Result<crate::IdempotencyRow>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> &'r [u8]: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    const T: &str = "idempotency_keys";
+    let sent: &[u8] = get(row, T, "sent")?;
+    let sent = crate::decode_sent(sent).ok_or_else(|| {
+        corrupt(
+            T,
+            format!("column sent is {} bytes, not whole records", sent.len()),
+        )
+    })?;
+    Ok(crate::IdempotencyRow {
+        scope: get(row, T, "scope")?,
+        key: get(row, T, "key")?,
+        fingerprint: hash(row, T, "fingerprint")?,
+        created_at_ms: get(row, T, "created_at_ms")?,
+        sent,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,15 +26,16 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row};
 
 use crate::rows::{
-    check_ranges, decode_message, describe_message, direction_code, get, hash, int,
-    is_unique_violation, placement_code, pow2_chunks, small, uint, INBOX_ROWS_DEFAULT,
-    MESSAGE_SELECT,
+    check_ranges, decode_idempotency, decode_message, describe_message, direction_code, get, hash,
+    int, is_unique_violation, placement_code, pow2_chunks, small, uint, IDEMPOTENCY_SELECT,
+    INBOX_ROWS_DEFAULT, MESSAGE_SELECT,
 };
 use crate::{
     CheckpointPage, CheckpointRow, CheckpointSpan, DeadlineCandidate, DeliveredRange, Direction,
-    EvidenceRow, GlossaryRow, Hash32, InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow,
-    ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow,
-    WitnessRow, WriteBatch, TREE_LEVEL_STORED_MIN,
+    EvidenceRow, GlossaryRow, Hash32, IdempotencyRow, InboxQuery, MessageRow, MissRow,
+    OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError,
+    StreamRow, TreeNodeRow, WitnessRow, WriteBatch, IDEMPOTENCY_PRUNE_ROWS_MAX,
+    TREE_LEVEL_STORED_MIN,
 };
 
 /// How long a connection waits for a lock held by another process (a backup tool, the
@@ -251,6 +252,10 @@ async fn apply_batch(conn: &mut SqliteConnection, batch: &WriteBatch) -> Result<
     upsert_checkpoints(conn, &batch.checkpoints).await?;
     upsert_witness(conn, &batch.witness).await?;
     insert_evidence(conn, &batch.evidence).await?;
+    upsert_idempotency(conn, &batch.idempotency).await?;
+    if let Some(before) = batch.idempotency_expired_before_ms {
+        prune_idempotency(conn, before).await?;
+    }
     Ok(())
 }
 
@@ -905,6 +910,29 @@ impl Store for SqliteStore {
         self.console_search_pending(limit).await
     }
 
+    async fn idempotency(&self, scope: &str, key: &str) -> Result<Option<IdempotencyRow>> {
+        let sql = format!("{IDEMPOTENCY_SELECT} WHERE scope = ? AND key = ?");
+        let row = sqlx::query(&sql)
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(decode_idempotency).transpose()
+    }
+
+    async fn idempotency_count(&self, scope: &str, since_ms: i64, limit: u32) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM idempotency_keys \
+             WHERE scope = ? AND created_at_ms >= ? LIMIT ?)",
+        )
+        .bind(scope)
+        .bind(since_ms)
+        .bind(i64::from(limit))
+        .fetch_one(&self.reader)
+        .await?;
+        uint(&row, "idempotency_keys", "n")
+    }
+
     async fn put_search(&self, rows: Vec<(Hash32, String)>) -> Result<()> {
         self.console_put_search(rows).await
     }
@@ -1275,5 +1303,39 @@ async fn insert_evidence(conn: &mut SqliteConnection, rows: &[EvidenceRow]) -> R
         .execute(&mut *conn)
         .await?;
     }
+    Ok(())
+}
+
+/// Insert idempotency records, replacing an expired one of the same scope and key (the
+/// caller checked that no live one exists).
+async fn upsert_idempotency(conn: &mut SqliteConnection, rows: &[IdempotencyRow]) -> Result<()> {
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at_ms, sent) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+             created_at_ms = excluded.created_at_ms, sent = excluded.sent",
+        )
+        .bind(&r.scope)
+        .bind(&r.key)
+        .bind(r.fingerprint.as_slice())
+        .bind(r.created_at_ms)
+        .bind(crate::encode_sent(&r.sent))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Forget at most [`IDEMPOTENCY_PRUNE_ROWS_MAX`] keys created before `before_ms`, oldest first.
+async fn prune_idempotency(conn: &mut SqliteConnection, before_ms: i64) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys \
+         WHERE created_at_ms < ? ORDER BY created_at_ms LIMIT ?)",
+    )
+    .bind(before_ms)
+    .bind(i64::from(IDEMPOTENCY_PRUNE_ROWS_MAX))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }

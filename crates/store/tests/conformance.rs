@@ -10,9 +10,9 @@
 use std::path::Path;
 
 use detente_store::{
-    AnyStore, DeliveredRange, Direction, Hash32, InboxQuery, MessageRow, MissRow, OutboxCounts,
-    OutboxRow, Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, Store, StoreError, StreamRow,
-    WriteBatch, TREE_LEVEL_STORED_MIN,
+    AnyStore, DeliveredRange, Direction, Hash32, IdempotencyRow, InboxQuery, MessageRow, MissRow,
+    OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, SentRecord, Store,
+    StoreError, StreamRow, WriteBatch, IDEMPOTENCY_PRUNE_ROWS_MAX, TREE_LEVEL_STORED_MIN,
 };
 
 const CHANNEL_A: Hash32 = [0xa0; 32];
@@ -1653,6 +1653,100 @@ async fn console_search_finds_terms_in_both_languages_and_pages(db: Db) {
     assert_eq!(find(&["i"], cursor, 2).await, vec![2, 1]);
 }
 
+/// An idempotency record commits with its messages or not at all, round-trips, is replaced
+/// for the same scope and key, is counted per scope, and is pruned a bounded number at a
+/// time, oldest first.
+async fn idempotency_keys_commit_with_their_messages_and_expire(db: Db) {
+    let s = &db.store;
+    let record = |scope: &str, key: &str, at: i64, seqs: &[u64]| IdempotencyRow {
+        scope: scope.into(),
+        key: key.into(),
+        fingerprint: [at as u8; 32],
+        created_at_ms: at,
+        sent: seqs
+            .iter()
+            .map(|&seq| SentRecord {
+                id: id(0x10, seq),
+                seq,
+                precedence: 3,
+            })
+            .collect(),
+    };
+    // All or nothing: a batch refused for a duplicate message leaves no key either.
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 1, 3);
+    send(&mut batch, "alice", 2, 3);
+    batch.messages[1].id = batch.messages[0].id;
+    batch
+        .idempotency
+        .push(record("api-token", "k1", 1_000, &[1, 2]));
+    assert!(s.commit(batch).await.is_err());
+    assert_eq!(s.idempotency("api-token", "k1").await.unwrap(), None);
+    assert_eq!(s.message_count().await.unwrap(), 0);
+
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 1, 3);
+    send(&mut batch, "alice", 2, 3);
+    let k1 = record("api-token", "k1", 1_000, &[1, 2]);
+    batch.idempotency.push(k1.clone());
+    s.commit(batch).await.unwrap();
+    assert_eq!(s.idempotency("api-token", "k1").await.unwrap(), Some(k1));
+    assert_eq!(s.message_count().await.unwrap(), 2);
+    // Scoped: another caller's key of the same text is another record.
+    assert_eq!(s.idempotency("operator:duty", "k1").await.unwrap(), None);
+
+    // The same scope and key again replaces the record (an expired one is reused).
+    let k1b = record("api-token", "k1", 5_000, &[3]);
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 3, 3);
+    batch.idempotency.push(k1b.clone());
+    s.commit(batch).await.unwrap();
+    assert_eq!(s.idempotency("api-token", "k1").await.unwrap(), Some(k1b));
+
+    // Many keys; counted per scope and from a time on, up to a limit.
+    let total = u64::from(IDEMPOTENCY_PRUNE_ROWS_MAX) + 10;
+    let mut batch = WriteBatch::default();
+    for n in 0..total {
+        let at = 10_000 + n as i64;
+        batch
+            .idempotency
+            .push(record("operator:duty", &format!("m{n}"), at, &[]));
+    }
+    s.commit(batch).await.unwrap();
+    let count = |since: i64, limit: u32| s.idempotency_count("operator:duty", since, limit);
+    assert_eq!(count(0, 1_000).await.unwrap(), total);
+    assert_eq!(count(0, 5).await.unwrap(), 5);
+    assert_eq!(count(10_000 + total as i64 - 3, 1_000).await.unwrap(), 3);
+    assert_eq!(s.idempotency_count("api-token", 0, 1_000).await.unwrap(), 1);
+
+    // Pruning forgets at most IDEMPOTENCY_PRUNE_ROWS_MAX keys per commit, oldest first, and
+    // only those created before the cut.
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 4, 3);
+    batch.idempotency_expired_before_ms = Some(i64::MAX);
+    s.commit(batch).await.unwrap();
+    let left =
+        count(0, 1_000).await.unwrap() + s.idempotency_count("api-token", 0, 9).await.unwrap();
+    assert_eq!(left, total + 1 - u64::from(IDEMPOTENCY_PRUNE_ROWS_MAX));
+    assert_eq!(
+        s.idempotency("api-token", "k1").await.unwrap(),
+        None,
+        "the oldest went first"
+    );
+    let mut batch = WriteBatch::default();
+    send(&mut batch, "alice", 5, 3);
+    batch.idempotency_expired_before_ms = Some(10_000 + total as i64 - 2);
+    s.commit(batch).await.unwrap();
+    assert_eq!(count(0, 1_000).await.unwrap(), 2, "the newest two are kept");
+    let newest = format!("m{}", total - 1);
+    assert!(s
+        .idempotency("operator:duty", &newest)
+        .await
+        .unwrap()
+        .is_some());
+    drop(db.reopen().await);
+}
+
 conformance!(
     every_row_type_round_trips,
     outbox_pending_returns_the_message_bytes,
@@ -1686,4 +1780,5 @@ conformance!(
     console_audit_lists_newest_first,
     console_replies_are_found_by_the_message_they_answer,
     console_search_finds_terms_in_both_languages_and_pages,
+    idempotency_keys_commit_with_their_messages_and_expire,
 );

@@ -136,7 +136,7 @@ async fn a_schema_from_a_newer_detente_is_refused_with_the_version_needed() {
     conn.close().await.unwrap();
     let err = PgStore::open(&url).await.unwrap_err();
     match &err {
-        StoreError::SchemaTooNew { found, known } => assert_eq!((*found, *known), (1000, 13)),
+        StoreError::SchemaTooNew { found, known } => assert_eq!((*found, *known), (1000, 14)),
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
     assert!(err.to_string().contains("migration 1000"), "{err}");
@@ -197,4 +197,50 @@ async fn a_receipt_note_with_a_nul_is_stored_exactly() {
         store.receipt_times(of).await.unwrap().note.as_deref(),
         Some("ok\0then")
     );
+}
+
+/// Issue 13: test databases were never dropped, so a long-lived test server filled up. The
+/// sweep drops those whose process is gone, and keeps those of live processes.
+#[tokio::test]
+async fn the_databases_of_ended_test_processes_are_dropped() {
+    // Made first, so that this process's own sweep has run.
+    let Some(url) = detente_store::pg_test::fresh_database("sweep").await else {
+        return;
+    };
+    let Ok(admin_url) = std::env::var(detente_store::pg_test::URL_VAR) else {
+        unreachable!("a fresh database came from the server");
+    };
+    let (gone, living) = ("t_sweep_999999_0_1", "t_sweep_999998_0_1");
+    for name in [gone, living] {
+        detente_store::postgres::create_database(&admin_url, name)
+            .await
+            .expect("create");
+    }
+    let dropped = detente_store::pg_test::drop_stale(&admin_url, |pid| pid != 999_999)
+        .await
+        .expect("sweep");
+    assert!(dropped >= 1);
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("admin");
+    let exists = |name: &'static str| {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+        )
+        .bind(name)
+    };
+    assert!(!exists(gone).fetch_one(&mut admin).await.unwrap());
+    assert!(exists(living).fetch_one(&mut admin).await.unwrap());
+    detente_store::postgres::drop_database(&admin_url, living)
+        .await
+        .expect("drop");
+    let path = url.split('?').next().unwrap_or_default();
+    let ours = path.rsplit('/').next().unwrap_or_default().to_string();
+    let still: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(ours)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(still, "this process's own database is kept");
 }

@@ -31,8 +31,8 @@ pub mod openapi;
 use crate::events::Event;
 use crate::{now_ms, time_text, Shared};
 
-/// Messages in one batch send, at most.
-pub const SEND_BATCH_MAX: usize = 1000;
+/// Messages in one batch send, at most (the engines' limit).
+pub const SEND_BATCH_MAX: usize = detente_core::SEND_BATCH_MESSAGES_MAX;
 /// Longest wait a client may ask for.
 pub const WAIT_MS_MAX: u64 = 600_000;
 /// Rows in one listing, at most.
@@ -799,14 +799,163 @@ impl From<crate::writer::Sent> for SentJson {
     }
 }
 
+/// A JSON body with the bytes it was read from (an idempotent request's fingerprint is
+/// taken over the bytes). Refusals are axum's own, as with `Json`.
+struct JsonBytes<T>(T, axum::body::Bytes);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBytes<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .is_some_and(|m| {
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Expected request with `Content-Type: application/json`",
+            )
+            .hint("see the routes and their bodies in /api/v1/openapi.json")
+            .into_response());
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Json(value) = Json::<T>::from_bytes(&bytes).map_err(IntoResponse::into_response)?;
+        Ok(JsonBytes(value, bytes))
+    }
+}
+
+/// Who an idempotency key belongs to: the API token, or one console login.
+fn idempotency_scope(caller: &Caller) -> String {
+    match caller {
+        Caller::Token => "api-token".into(),
+        Caller::Operator(op) => format!("login:{}", op.login),
+    }
+}
+
+/// The stored answer of an idempotent send, as its first answer was.
+fn sent_json(records: &[detente_store::SentRecord]) -> Vec<SentJson> {
+    records
+        .iter()
+        .map(|r| SentJson {
+            id: MessageId(r.id).to_hex(),
+            seq: r.seq,
+            precedence: Precedence::from_u8(r.precedence).map_or("unknown", |p| p.name()),
+            state: "stored",
+        })
+        .collect()
+}
+
+/// Send `requests` all or nothing; with an `Idempotency-Key`, at most once per key: the
+/// first request's answer is stored with its messages and given again to every retry
+/// (`replayed`). `route` and `bytes` make the request's fingerprint.
+async fn send_idempotent<F>(
+    shared: &Shared,
+    caller: &Caller,
+    key: Option<String>,
+    (route, bytes): (&str, &[u8]),
+    requests: F,
+) -> Result<(Vec<SentJson>, bool), ApiError>
+where
+    F: FnOnce() -> Result<Vec<crate::writer::SendRequest>, ApiError>,
+{
+    let Some(key) = key else {
+        let requests = requests()?;
+        audit_sends(shared, caller, &requests, "").await;
+        let sent = shared.engine.send_batch(requests, None).await?;
+        return Ok((sent.into_iter().map(SentJson::from).collect(), false));
+    };
+    let scope = idempotency_scope(caller);
+    let fingerprint = crate::idempotency::fingerprint(route, bytes);
+    // Held until the send is decided: a second request with the key meanwhile gets 409.
+    let claim = shared.idempotency.claim(&scope, &key)?;
+    let now = now_ms() as i64;
+    match crate::idempotency::lookup(&shared.store, &scope, &key, fingerprint, now).await? {
+        crate::idempotency::Lookup::Replay(records) => {
+            let detail = format!(
+                "replay of Idempotency-Key {key:?} ({} messages)",
+                records.len()
+            );
+            audit_api(shared, caller, "send", &detail).await;
+            Ok((sent_json(&records), true))
+        }
+        crate::idempotency::Lookup::Fresh(row) => {
+            let requests = requests()?;
+            audit_sends(
+                shared,
+                caller,
+                &requests,
+                &format!(" (Idempotency-Key {key:?})"),
+            )
+            .await;
+            // In a task of its own, which holds the claim until the engine has answered:
+            // a client that hangs up does not end the send, and its retry must not start a
+            // second one before the first is committed (it gets 409, then the replay).
+            let engine = shared.engine.clone();
+            let send = tokio::spawn(async move {
+                let _claim = claim;
+                engine.send_batch(requests, Some(row)).await
+            });
+            let sent = send.await.map_err(|_| internal())??;
+            Ok((sent.into_iter().map(SentJson::from).collect(), false))
+        }
+    }
+}
+
+async fn audit_sends(
+    shared: &Shared,
+    caller: &Caller,
+    requests: &[crate::writer::SendRequest],
+    keyed: &str,
+) {
+    let detail = match requests {
+        [] => return,
+        [one] => format!("{} to {}{keyed}", one.precedence.name(), one.peer),
+        many => format!("batch of {}{keyed}", many.len()),
+    };
+    audit_api(shared, caller, "send", &detail).await;
+}
+
+/// A created answer, marked as a replay when it is one.
+fn created<T: Serialize>(body: T, replayed: bool) -> Response {
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if replayed {
+        response.headers_mut().insert(
+            crate::idempotency::REPLAYED_HEADER,
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
 #[utoipa::path(
     post,
     path = "/api/v1/messages",
     tag = "messages",
     request_body = SendBody,
-    params(("Accept-Language" = Option<String>, Header, description = "The language of errors and problems (en or zh); the node's by default.")),
+    params(
+        ("Accept-Language" = Option<String>, Header, description = "The language of errors and problems (en or zh); the node's by default."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the send safe to retry: 1 to 64 visible ASCII characters the client chooses (a UUID), as a structured-field string or bare. Stored with the messages in one transaction and remembered for 24 hours per caller (token or login; 100000 keys at most): a retry with the same key and body gets the stored answer again (Idempotent-Replayed: true) and sends nothing; if nothing was committed, it sends. Same key, other body: 422; first request still in flight: 409; malformed key: 400.", pattern = "^([!#-\\[\\]-~]{1,64}|\"[!#-\\[\\]-~]{1,64}\")$"),
+    ),
     responses(
-        (status = 201, description = "Stored durably and queued.", body = SentJson),
+        (status = 201, description = "Stored durably and queued.", body = SentJson,
+            headers(("Idempotent-Replayed" = String, description = "true when this is the stored answer of an earlier request with the same Idempotency-Key (nothing was sent again)."))),
         (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
@@ -814,17 +963,19 @@ async fn send(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     headers: axum::http::HeaderMap,
-    Json(body): Json<SendBody>,
+    JsonBytes(body, bytes): JsonBytes<SendBody>,
 ) -> ApiResult {
-    let reply = crate::i18n::request_lang(&shared, &headers);
-    let request = build_request(&shared, body, Some(&reply))?;
-    caller.may_send(request.precedence)?;
-    let to = request.peer.clone();
-    let sent = shared.engine.send(request).await?;
-    let detail = format!("{} to {to} {}", sent.precedence.name(), sent.id.to_hex());
-    audit_api(&shared, &caller, "send", &detail).await;
-    let json = SentJson::from(sent);
-    Ok((StatusCode::CREATED, Json(json)).into_response())
+    let key = crate::idempotency::key(&headers)?;
+    let requests = || {
+        let reply = crate::i18n::request_lang(&shared, &headers);
+        let request = build_request(&shared, body, Some(&reply))?;
+        caller.may_send(request.precedence)?;
+        Ok(vec![request])
+    };
+    let route = ("POST /api/v1/messages", &bytes[..]);
+    let (mut sent, replayed) = send_idempotent(&shared, &caller, key, route, requests).await?;
+    let one = sent.pop().ok_or_else(internal)?;
+    Ok(created(one, replayed))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -951,15 +1102,22 @@ struct BatchBody {
     messages: Vec<SendBody>,
 }
 
-/// Send many messages; each is durable when the answer comes. They are written in order.
+/// Send many messages, **all or nothing**: every one is checked and signed before any is
+/// stored, and one transaction stores them all, in order; the answer comes once it is
+/// durable. A crash before that leaves none of them, after it all (a retry with the same
+/// `Idempotency-Key` then gets their ids).
 #[utoipa::path(
     post,
     path = "/api/v1/messages/batch",
     tag = "messages",
     request_body = BatchBody,
-    params(("Accept-Language" = Option<String>, Header, description = "The language of errors and problems (en or zh); the node's by default.")),
+    params(
+        ("Accept-Language" = Option<String>, Header, description = "The language of errors and problems (en or zh); the node's by default."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the send safe to retry: 1 to 64 visible ASCII characters the client chooses (a UUID), as a structured-field string or bare. Stored with the messages in one transaction and remembered for 24 hours per caller (token or login; 100000 keys at most): a retry with the same key and body gets the stored answer again (Idempotent-Replayed: true) and sends nothing; if nothing was committed, it sends. Same key, other body: 422; first request still in flight: 409; malformed key: 400.", pattern = "^([!#-\\[\\]-~]{1,64}|\"[!#-\\[\\]-~]{1,64}\")$"),
+    ),
     responses(
-        (status = 201, description = "Every message stored durably, in order.", body = Vec<SentJson>),
+        (status = 201, description = "Every message stored durably, in order, in one transaction.", body = Vec<SentJson>,
+            headers(("Idempotent-Replayed" = String, description = "true when this is the stored answer of an earlier request with the same Idempotency-Key (nothing was sent again)."))),
         (status = "default", description = "An error: {\"error\", \"hint\"}.", body = openapi::ErrorJson),
     )
 )]
@@ -967,32 +1125,29 @@ async fn send_batch(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     headers: axum::http::HeaderMap,
-    Json(body): Json<BatchBody>,
+    JsonBytes(body, bytes): JsonBytes<BatchBody>,
 ) -> ApiResult {
+    let key = crate::idempotency::key(&headers)?;
     if body.messages.len() > SEND_BATCH_MAX {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("at most {SEND_BATCH_MAX} messages per batch"),
         ));
     }
-    let mut requests = Vec::with_capacity(body.messages.len());
-    for message in body.messages {
+    // Every message is checked before anything is signed.
+    let requests = || {
         let reply = crate::i18n::request_lang(&shared, &headers);
-        let request = build_request(&shared, message, Some(&reply))?;
-        caller.may_send(request.precedence)?;
-        requests.push(request);
-    }
-    if !requests.is_empty() {
-        let detail = format!("batch of {}", requests.len());
-        audit_api(&shared, &caller, "send", &detail).await;
-    }
-    // Queued in order before waiting, so that they share group commits and keep their order.
-    let mut out = Vec::with_capacity(requests.len());
-    for sent in shared.engine.send_many(requests).await {
-        let sent = sent?;
-        out.push(SentJson::from(sent));
-    }
-    Ok((StatusCode::CREATED, Json(out)).into_response())
+        let mut requests = Vec::with_capacity(body.messages.len());
+        for message in body.messages {
+            let request = build_request(&shared, message, Some(&reply))?;
+            caller.may_send(request.precedence)?;
+            requests.push(request);
+        }
+        Ok(requests)
+    };
+    let route = ("POST /api/v1/messages/batch", &bytes[..]);
+    let (sent, replayed) = send_idempotent(&shared, &caller, key, route, requests).await?;
+    Ok(created(sent, replayed))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -960,6 +960,20 @@ pub struct ComposeForm {
 const FORM_PAIRS_MAX: usize = 128;
 
 impl ComposeForm {
+    /// The form as the browser posted it (`application/x-www-form-urlencoded` pairs), with
+    /// the times picked in the node's zone `tz` turned into UTC (what `compose_send` checks;
+    /// public for the `console_compose` fuzz target).
+    pub fn posted(pairs: Vec<(String, String)>, tz: &str) -> Self {
+        let mut form = Self::from_pairs(pairs);
+        form.apply_local_times(tz);
+        form
+    }
+
+    /// The chosen format's id and the value typed for each field key.
+    pub fn format_and_fields(&self) -> (&str, &BTreeMap<String, String>) {
+        (&self.format, &self.fields)
+    }
+
     fn from_pairs(pairs: Vec<(String, String)>) -> Self {
         let mut form = ComposeForm::default();
         for (k, v) in pairs.into_iter().take(FORM_PAIRS_MAX) {
@@ -1668,8 +1682,7 @@ pub async fn compose_send(
     Source(source): Source,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let mut form = ComposeForm::from_pairs(pairs);
-    form.apply_local_times(&node_tz(&shared));
+    let form = ComposeForm::posted(pairs, &node_tz(&shared));
     if !op.csrf_ok(&form.csrf) {
         return bad_csrf(&shared, &op);
     }

@@ -467,6 +467,25 @@ async fn operators_sign_in_through_a_real_openid_provider() {
         assert!(r.text().await.unwrap().contains(why), "{account}");
     }
 
+    // An administrator disables Alice's account (as the console's users page does): her
+    // next sign-in through the provider is refused as disabled, not as a local account.
+    let store = detente_store::AnyStore::open("", &w.dir.join("detente.db"))
+        .await
+        .unwrap();
+    let alice = store.user("alice").await.unwrap().expect("alice signed in");
+    let mut disabled = alice.clone();
+    disabled.password_hash = detente_node::console::users::DISABLED_PASSWORD_MARK.into();
+    store.put_user(&disabled).await.unwrap();
+    set_account(&http, &provider, "alice").await;
+    let r = sign_in(&client(), &node, |u| u, |u| u).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(session_cookie(&r).is_none());
+    let text = r.text().await.unwrap();
+    assert!(text.contains("is disabled on this node"), "{text}");
+    // Enabled again for what follows.
+    store.put_user(&alice).await.unwrap();
+    store.close().await;
+
     // A provider that keeps ID tokens small: the groups come from the userinfo endpoint.
     set_account(&http, &provider, "alice").await;
     http.get(format!("{}/test/tamper?groups=0", provider.base))

@@ -327,6 +327,7 @@ oidc-refusal-no-login = the identity provider gives no usable login name in clai
 oidc-refusal-no-role = claim "{ $claim }" maps to no console role
 oidc-refusal-several-roles = claim "{ $claim }" maps to several console roles ({ $roles }); ask for one
 oidc-refusal-local-account = a local account is named "{ $login }"; it cannot be signed in through the provider
+oidc-refusal-disabled = the account "{ $login }" is disabled on this node; ask an administrator
 oidc-refusal-throttled = too many sign-in attempts from this address; wait a few minutes
 oidc-refusal-store = the store is unavailable
 oidc-refusal-wrong-issuer = the answer names issuer "{ $issuer }", not this node's identity provider (RFC 9207)

@@ -318,6 +318,7 @@ oidc-refusal-no-login = 身份提供方在声明“{ $claim }”中未给出可�
 oidc-refusal-no-role = 声明“{ $claim }”未对应任何控制台角色
 oidc-refusal-several-roles = 声明“{ $claim }”对应多个控制台角色（{ $roles }）；请只申请一个
 oidc-refusal-local-account = 已有名为“{ $login }”的本地账号，不能通过身份提供方登录
+oidc-refusal-disabled = 账号“{ $login }”已在本节点停用；请联系管理员
 oidc-refusal-throttled = 来自此地址的登录尝试过多；请等几分钟
 oidc-refusal-store = 存储不可用
 oidc-refusal-wrong-issuer = 应答中的签发方“{ $issuer }”不是本节点的身份提供方（RFC 9207）

@@ -197,6 +197,8 @@ pub enum Refusal {
     SeveralRoles { claim: String, roles: String },
     #[error("a local account is named {0:?}; it cannot be signed in through the provider")]
     LocalAccount(String),
+    #[error("the account {0:?} is disabled on this node; ask an administrator")]
+    Disabled(String),
     #[error("too many sign-in attempts from this address; wait a few minutes")]
     Throttled,
     #[error("the store is unavailable")]
@@ -228,6 +230,7 @@ impl Refusal {
                 vec![("claim", claim.clone()), ("roles", roles.clone())],
             ),
             Refusal::LocalAccount(l) => ("oidc-refusal-local-account", one("login", l)),
+            Refusal::Disabled(l) => ("oidc-refusal-disabled", one("login", l)),
             Refusal::Throttled => ("oidc-refusal-throttled", vec![]),
             Refusal::Store => ("oidc-refusal-store", vec![]),
             Refusal::WrongIssuer(i) => ("oidc-refusal-wrong-issuer", one("issuer", i)),
@@ -861,6 +864,11 @@ async fn account(
 ) -> Result<detente_store::console::UserRow, Refusal> {
     let existing = shared.store.user(login).await.map_err(|_| Refusal::Store)?;
     if let Some(user) = &existing {
+        // An administrator disabled it (in the browser or by `detente user`): that is the
+        // reason to give, whichever way the account signed in before.
+        if user.password_hash == super::users::DISABLED_PASSWORD_MARK {
+            return Err(Refusal::Disabled(login.to_string()));
+        }
         if user.password_hash != OIDC_PASSWORD_MARK {
             return Err(Refusal::LocalAccount(login.to_string()));
         }

@@ -27,15 +27,39 @@ pub fn status_kib(pid: &str, field: &str) -> Option<u64> {
         .and_then(|kb| kb.parse().ok())
 }
 
-/// A free TCP port on loopback (the system picks it; a race with another program is
-/// possible but harmless here: start-up would fail with a clear error).
+/// Lines of a node's log quoted when it exits at start-up.
+const LOG_TAIL_LINES: usize = 20;
+
+/// Where [`free_port`] looks: below Linux's default ephemeral range (32768–60999), from
+/// which outgoing connections (a browser's, a client's) take their source ports. A port
+/// bound to 0 and let go comes from that range and may be taken by such a connection
+/// before the node binds it: a node that then "exited at start-up" (seen in a console test
+/// beside Chromium). Never the same port twice in one process.
+const FREE_PORTS: std::ops::Range<u16> = 20_000..32_768;
+const FREE_PORT_TRIES: usize = 256;
+
+/// A free TCP port on loopback, from [`FREE_PORTS`] (a race with another program is still
+/// possible, and start-up then fails with the log's reason).
 pub fn free_port() -> Result<u16, Failure> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Failure::new(format!("cannot find a free port: {e}")))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Failure::new(format!("cannot find a free port: {e}")))
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut rng = rand::thread_rng();
+    for _ in 0..FREE_PORT_TRIES {
+        let port = rng.gen_range(FREE_PORTS);
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    Err(Failure::new(format!(
+        "no free port in {FREE_PORTS:?} after {FREE_PORT_TRIES} tries"
+    )))
 }
 
 pub struct ProcNode {
@@ -148,8 +172,14 @@ impl ProcNode {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
+                    // The log's last lines, so that a failure in a temporary directory
+                    // (gone once the test ends) still says why.
+                    let log =
+                        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
                     return Err(Failure::new(format!(
-                        "node {} exited at start-up ({status}); see {}",
+                        "node {} exited at start-up ({status}); the end of {}:\n{tail}",
                         self.name,
                         self.dir.join("node.log").display()
                     )));

@@ -17,8 +17,18 @@ pub async fn show_agreed(w: &Client, b: &Client, timeout: Duration) -> Outcome {
             break (at_w, at_b);
         }
         if Instant::now() > deadline {
-            return Err(Failure::new("the nodes did not agree a channel charter")
-                .hint("see node.log in each node directory"));
+            // What each side shows, so that a failure says which side waits for what.
+            let state = |c: &Value| {
+                let digest = c["digest"].as_str().unwrap_or("none");
+                format!("{} (v{}, digest {digest})", c["state"], c["version"])
+            };
+            return Err(Failure::new(format!(
+                "the nodes did not agree a channel charter within {timeout:?}: washington \
+                 shows {}, beijing {}",
+                state(&at_w),
+                state(&at_b)
+            ))
+            .hint("see node.log in each node directory"));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     };

@@ -32,10 +32,10 @@ fn text(o: &Output) -> String {
 }
 
 async fn node(base: &Path, name: &str, party: &str, lang: &str, tz: &str) -> ProcNode {
-    let mut n = ProcNode::init(base, name, party, lang, tz).ok().unwrap();
+    let mut n = ProcNode::init(base, name, party, lang, tz).unwrap();
     n.exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
-    n.set("transcript.checkpoint_quiet", "off").ok().unwrap();
-    n.set("transcript.checkpoint_every", "0").ok().unwrap();
+    n.set("transcript.checkpoint_quiet", "off").unwrap();
+    n.set("transcript.checkpoint_every", "0").unwrap();
     n
 }
 
@@ -44,11 +44,10 @@ async fn cosign(from: &Client, peer: &str) {
     let signed = from
         .post(&format!("/api/v1/peers/{peer}/checkpoint"), &json!({}))
         .await
-        .ok()
         .unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
-        let status = from.get("/api/v1/status").await.ok().unwrap();
+        let status = from.get("/api/v1/status").await.unwrap();
         let c = &status["peers"][0]["checkpoint"];
         if c["time_ms"] == signed["time_ms"] && c["cosigned"] == true {
             return;
@@ -74,15 +73,14 @@ async fn a_record_of_a_real_channel_names_everything_in_both_languages() {
     )
     .await;
     let mut b = node(tmp.path(), "beijing", "China", "zh-CN", "Asia/Shanghai").await;
-    ProcNode::pin_pair(&w, &b).ok().unwrap();
-    w.start().ok().unwrap();
-    b.start().ok().unwrap();
-    let wc = w.wait_ready(WAIT).await.ok().unwrap();
-    let bc = b.wait_ready(WAIT).await.ok().unwrap();
-    wait_link_up(&wc, "beijing", WAIT).await.ok().unwrap();
+    ProcNode::pin_pair(&w, &b).unwrap();
+    w.start().unwrap();
+    b.start().unwrap();
+    let wc = w.wait_ready(WAIT).await.unwrap();
+    let bc = b.wait_ready(WAIT).await.unwrap();
+    wait_link_up(&wc, "beijing", WAIT).await.unwrap();
     detente::demo_charter::show_agreed(&wc, &bc, WAIT)
         .await
-        .ok()
         .unwrap();
 
     let now = jiff::Timestamp::now();
@@ -116,14 +114,10 @@ async fn a_record_of_a_real_channel_names_everything_in_both_languages() {
                     "reply_to": launch_id}),
         )
         .await
-        .ok()
         .unwrap();
     let reply_id = reply["id"].as_str().unwrap().to_string();
-    wait_outbox_empty(&wc, "beijing", WAIT).await.ok().unwrap();
-    wait_outbox_empty(&bc, "washington", WAIT)
-        .await
-        .ok()
-        .unwrap();
+    wait_outbox_empty(&wc, "beijing", WAIT).await.unwrap();
+    wait_outbox_empty(&bc, "washington", WAIT).await.unwrap();
     bc.post(
         &format!("/api/v1/messages/{launch_id}/receipts"),
         &json!({"level": "acknowledged", "note": "已知悉。"}),
@@ -131,10 +125,7 @@ async fn a_record_of_a_real_channel_names_everything_in_both_languages() {
     .await
     .ok()
     .unwrap();
-    wait_outbox_empty(&bc, "washington", WAIT)
-        .await
-        .ok()
-        .unwrap();
+    wait_outbox_empty(&bc, "washington", WAIT).await.unwrap();
     cosign(&wc, "beijing").await;
 
     let bundle = tmp.path().join("channel.bundle");

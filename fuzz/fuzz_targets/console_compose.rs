@@ -16,21 +16,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let form = ComposeForm::posted(pairs, ZONES[usize::from(pick) % ZONES.len()]);
-    let (format, fields) = form.format_and_fields();
-    let Some(def) = detente_formats::builtin().latest(format) else {
+    for lang in ["en", "zh-CN"] {
+        let _ = detente_node::console::map::svg(&form.shapes(lang), "map", "compose-map");
+    }
+    let Some(def) = form.format_def() else {
         return;
     };
-    for lang in ["en", "zh-CN"] {
-        let shapes = detente_node::console::map::shapes(&def.id, lang, |k| fields.get(k).cloned());
-        let _ = detente_node::console::map::svg(&shapes, "map", "compose-map");
-    }
-    let inputs: Vec<detente_node::notify::FieldInput> = fields
-        .iter()
-        .map(|(key, value)| detente_node::notify::FieldInput {
-            key: key.clone(),
-            value: value.clone(),
-            translation: None,
-        })
-        .collect();
-    let _ = detente_node::notify::build(def, &inputs, "en", 1_767_225_600_000);
+    let _ = detente_node::notify::build(def, &form.field_inputs(def), "en", 1_767_225_600_000);
 });

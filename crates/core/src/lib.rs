@@ -138,31 +138,38 @@ pub struct Profile {
     pub counterparts: Vec<(String, String)>,
 }
 
-/// One message of a [`Command::SendBatch`]: what a [`Command::Send`] carries.
+/// A text or notification an operator writes: a [`Command::Send`], or one message of a
+/// [`Command::SendBatch`].
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub peer: String,
     pub precedence: Precedence,
+    /// What the message is about, as the envelope carries it (bounded by proto).
     pub topic: String,
+    /// The writer's title as shown to the other side ("Duty Officer").
     pub author: String,
     pub body: Body,
     pub in_reply_to: Option<MessageId>,
 }
 
+impl Outgoing {
+    /// The peer, what the envelope is signed with, and the body.
+    fn into_parts(self) -> (String, Sent, Body) {
+        let sent = Sent {
+            precedence: self.precedence,
+            topic: self.topic,
+            author: self.author,
+            in_reply_to: self.in_reply_to,
+        };
+        (self.peer, sent, self.body)
+    }
+}
+
 /// An operator command.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Write a text or notification to `peer`.
-    Send {
-        peer: String,
-        precedence: Precedence,
-        /// What the message is about, as the envelope carries it (bounded by proto).
-        topic: String,
-        /// The writer's title as shown to the other side ("Duty Officer").
-        author: String,
-        body: Body,
-        in_reply_to: Option<MessageId>,
-    },
+    /// Write a text or notification to its peer.
+    Send(Outgoing),
     /// Write several texts or notifications **all or nothing**: every one is checked and
     /// signed before any is staged, and all are staged into one batch, so one commit makes
     /// them durable together (or none, if it never happens). With `idempotency` (its `sent`
@@ -564,20 +571,8 @@ impl Core {
             return;
         }
         let result = match command {
-            Command::Send {
-                peer,
-                precedence,
-                topic,
-                author,
-                body,
-                in_reply_to,
-            } => {
-                let sent = Sent {
-                    precedence,
-                    topic,
-                    author,
-                    in_reply_to,
-                };
+            Command::Send(message) => {
+                let (peer, sent, body) = message.into_parts();
                 self.command_send(&peer, sent, body)
             }
             Command::SendBatch {
@@ -675,21 +670,16 @@ impl Core {
         let mut signed = Vec::with_capacity(messages.len());
         let mut bytes = 0usize;
         for m in messages {
+            let (peer, sent, body) = m.into_parts();
             let index = self
-                .peer_index(&m.peer)
-                .ok_or_else(|| CommandError::UnknownPeer(m.peer.clone()))?;
-            self.check_operator_body(&m.body)?;
+                .peer_index(&peer)
+                .ok_or(CommandError::UnknownPeer(peer))?;
+            self.check_operator_body(&body)?;
             let cursor = self.peers[index].out.cursor;
             let at = *heads
                 .entry(index)
                 .or_insert((cursor.next_seq, cursor.last_id));
-            let sent = Sent {
-                precedence: m.precedence,
-                topic: m.topic,
-                author: m.author,
-                in_reply_to: m.in_reply_to,
-            };
-            let verified = self.sign_own(index, sent, m.body, at)?;
+            let verified = self.sign_own(index, sent, body, at)?;
             bytes += verified.bytes().len();
             if bytes > SEND_BATCH_BYTES_MAX {
                 return Err(CommandError::Invalid(format!(

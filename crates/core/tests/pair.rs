@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use detente_core::{Answer, Command, Config, Core, Event, Input, PeerConfig};
+use detente_core::{Answer, Command, Config, Core, Event, Input, Outgoing, PeerConfig};
 use detente_proto::envelope::parse_unverified;
 use detente_proto::{Body, Deadlines, Frame, LinkConfig, PartySecret, Precedence, TextBody};
 
@@ -124,7 +124,7 @@ impl Pair {
     }
 
     fn send(&mut self, side: usize, ticket: u64, precedence: Precedence) {
-        let command = Command::Send {
+        let command = Command::Send(Outgoing {
             peer: self.names[1 - side].into(),
             precedence,
             topic: "general".into(),
@@ -135,7 +135,7 @@ impl Pair {
                 translations: Vec::new(),
             }),
             in_reply_to: None,
-        };
+        });
         self.input(side, Input::Operator { ticket, command });
     }
 }
@@ -261,7 +261,7 @@ fn a_peer_pinned_at_run_time_can_be_written_to() {
         pin(2, "moscow", PartySecret::from_seed([8; 32]).public()),
     );
     pair.input(0, pin(3, "again", stranger));
-    let send = Command::Send {
+    let send = Command::Send(Outgoing {
         peer: "moscow".into(),
         precedence: Precedence::Flash,
         topic: "border".into(),
@@ -272,7 +272,7 @@ fn a_peer_pinned_at_run_time_can_be_written_to() {
             translations: Vec::new(),
         }),
         in_reply_to: None,
-    };
+    });
     pair.input(
         0,
         Input::Operator {
@@ -316,14 +316,14 @@ fn a_notification_its_format_refuses_is_neither_sent_nor_stored() {
     let mut pair = Pair::new();
     pair.connect(1);
     // Our operator's: refused before anything is signed.
-    let command = Command::Send {
+    let command = Command::Send(Outgoing {
         peer: "beijing".into(),
         precedence: Precedence::Routine,
         topic: "general".into(),
         author: "Duty Officer".into(),
         body: text_notification("no-such-field"),
         in_reply_to: None,
-    };
+    });
     pair.input(0, Input::Operator { ticket: 1, command });
     let mut refused_command = false;
     while let Some((batch, _)) = pair.cores[0].poll_commit() {

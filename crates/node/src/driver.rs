@@ -115,19 +115,10 @@ pub struct DriverHandle {
 impl DriverHandle {
     /// Run an operator command; the answer comes once what it stored is durable.
     pub async fn command(&self, command: Command) -> Result<Answer, DriverError> {
-        self.queue(command).await?.await
-    }
-
-    /// Queue an operator command and return what waits for its answer: commands queued one
-    /// after another reach the core in that order.
-    pub async fn queue(
-        &self,
-        command: Command,
-    ) -> Result<impl Future<Output = Result<Answer, DriverError>>, DriverError> {
         let (reply, rx) = oneshot::channel();
         let command = Box::new(command);
         self.input(DriverInput::Command { command, reply }).await?;
-        Ok(async move { rx.await.map_err(|_| DriverError::Stopped)? })
+        rx.await.map_err(|_| DriverError::Stopped)?
     }
 
     pub async fn input(&self, input: DriverInput) -> Result<(), DriverError> {

@@ -102,7 +102,7 @@ impl Engine {
             Engine::Tasks(w) => w.send(request).await,
             Engine::Core(c) => {
                 let precedence = request.precedence;
-                c.sent(send_command(request), precedence).await
+                c.sent(Command::Send(outgoing(request)), precedence).await
             }
         }
     }
@@ -153,17 +153,7 @@ impl Engine {
             Engine::Core(c) => c,
         };
         let precedences: Vec<Precedence> = requests.iter().map(|r| r.precedence).collect();
-        let messages = requests
-            .into_iter()
-            .map(|r| Outgoing {
-                peer: r.peer,
-                precedence: r.precedence,
-                topic: r.topic,
-                author: r.author,
-                body: r.body,
-                in_reply_to: r.in_reply_to,
-            })
-            .collect();
+        let messages = requests.into_iter().map(outgoing).collect();
         let command = Command::SendBatch {
             messages,
             idempotency,
@@ -249,9 +239,9 @@ impl Engine {
     }
 }
 
-/// The core's command for a send request.
-fn send_command(request: SendRequest) -> Command {
-    Command::Send {
+/// A send request as the core takes it.
+fn outgoing(request: SendRequest) -> Outgoing {
+    Outgoing {
         peer: request.peer,
         precedence: request.precedence,
         topic: request.topic,

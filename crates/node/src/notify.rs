@@ -347,38 +347,6 @@ pub fn render(
     }
 }
 
-/// A stored notification's `rendered` text for a reader in zone `tz` (already checked by
-/// [`detente_formats::check_zone`]) rather than the node's, in `lang` or the node's language.
-/// `None` for a row that is not a notification or no longer verifies: the caller's view of
-/// it already says so, and nothing unverified is shown.
-pub async fn rendered_in_zone(
-    shared: &crate::Shared,
-    row: &detente_store::MessageRow,
-    lang: Option<&str>,
-    tz: &str,
-) -> Result<Option<String>, detente_store::StoreError> {
-    let Ok(sender) = detente_proto::PartyKey::from_bytes(row.sender) else {
-        return Ok(None);
-    };
-    let verified = match detente_proto::VerifiedEnvelope::decode(&row.bytes, Some(&sender)) {
-        Ok(v) if v.id().0 == row.id => v,
-        _ => return Ok(None),
-    };
-    let e = verified.envelope();
-    let detente_proto::Body::Notification(n) = &e.body else {
-        return Ok(None);
-    };
-    let lang = match lang {
-        Some(l) => l.to_string(),
-        None => match shared.config.read() {
-            Ok(c) => c.lang.clone(),
-            Err(_) => return Ok(None),
-        },
-    };
-    let glossary = glossary(shared, &row.peer).await?;
-    Ok(Some(render(n, e.created_at_ms, &lang, tz, &glossary)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

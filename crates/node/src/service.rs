@@ -379,15 +379,28 @@ pub(crate) async fn answer(
     Ok(sent)
 }
 
-/// The API's view of a stored message.
+/// The API's view of a stored message, in `lang` (the node's by default), a notification's
+/// local times in the node's zone.
 pub(crate) async fn message_json(
     shared: &Shared,
     row: &MessageRow,
     lang: Option<&str>,
 ) -> Result<Value, Error> {
+    message_json_in(shared, row, lang, None).await
+}
+
+/// [`message_json`], a notification's local times in zone `tz` (checked by the caller with
+/// `detente_formats::check_zone`) instead of the node's.
+pub(crate) async fn message_json_in(
+    shared: &Shared,
+    row: &MessageRow,
+    lang: Option<&str>,
+    tz: Option<&str>,
+) -> Result<Value, Error> {
     let (my_name, node_lang, tz) = {
         let c = shared.config.read().map_err(|_| internal())?;
-        (c.name.clone(), c.lang.clone(), c.tz.clone())
+        let tz = tz.map_or_else(|| c.tz.clone(), str::to_string);
+        (c.name.clone(), c.lang.clone(), tz)
     };
     let lang = lang.unwrap_or(&node_lang);
     // Stored bytes were verified before they were stored, but the file can be altered since:

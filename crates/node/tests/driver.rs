@@ -10,7 +10,7 @@ use common::{core_config, peer_keys, NAMES, SEEDS};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use detente_core::{Answer, Command, Core, Event};
+use detente_core::{Answer, Command, Core, Event, Outgoing};
 use detente_node::driver::{self, Dialer, DriverHandle};
 use detente_node::snapshot::{self};
 use detente_proto::{Body, PartySecret, Precedence, TextBody};
@@ -78,7 +78,7 @@ async fn start(side: usize, path: &std::path::Path, handles: &Handles) -> Side {
 }
 
 fn text(n: u64) -> Command {
-    Command::Send {
+    Command::Send(Outgoing {
         peer: "beijing".into(),
         precedence: if n.is_multiple_of(10) {
             Precedence::Flash
@@ -93,7 +93,7 @@ fn text(n: u64) -> Command {
             translations: Vec::new(),
         }),
         in_reply_to: None,
-    }
+    })
 }
 
 /// Send `texts` from Washington at once; each answer must find its message durable.

@@ -9,7 +9,7 @@ use common::{core_config, peer_keys, NAMES, SEEDS};
 
 use std::time::{Duration, Instant};
 
-use detente_core::{Answer, Command, CommandError, Core, Event, Input};
+use detente_core::{Answer, Command, CommandError, Core, Event, Input, Outgoing};
 use detente_node::snapshot::{self, LoadError};
 use detente_proto::envelope::parse_unverified;
 use detente_proto::{Body, Frame, PartySecret, Precedence, ReceiptLevel, TextBody};
@@ -111,7 +111,7 @@ impl Pair {
     fn send(&mut self, side: usize, precedence: Precedence, text: &str) {
         self.operate(
             side,
-            Command::Send {
+            Command::Send(Outgoing {
                 peer: NAMES[1 - side].into(),
                 precedence,
                 topic: "border".into(),
@@ -122,7 +122,7 @@ impl Pair {
                     translations: Vec::new(),
                 }),
                 in_reply_to: None,
-            },
+            }),
         );
     }
 
@@ -149,7 +149,7 @@ async fn reload(pair: &Pair, side: usize) -> Result<Core, LoadError> {
 
 /// The batch a core stages for one more text, as the live core and a reloaded one would.
 fn next_batch(core: &mut Core, now: Instant, side: usize) -> Vec<Vec<u8>> {
-    let command = Command::Send {
+    let command = Command::Send(Outgoing {
         peer: NAMES[1 - side].into(),
         precedence: Precedence::Routine,
         topic: "border".into(),
@@ -160,7 +160,7 @@ fn next_batch(core: &mut Core, now: Instant, side: usize) -> Vec<Vec<u8>> {
             translations: Vec::new(),
         }),
         in_reply_to: None,
-    };
+    });
     core.handle(
         now,
         WALL_MS,

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use detente_core::{Answer, Command, Event};
+use detente_core::{Answer, Command, Event, Outgoing};
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::stream::SEQ_AHEAD_MAX;
 use detente_proto::{
@@ -421,7 +421,7 @@ pub(crate) enum Expect {
 /// Note what `command` (ticket `ticket` at node `n`) must lead to.
 pub(crate) fn on_operate(n: &mut Node, ticket: u64, command: &Command) {
     let expect = match command {
-        Command::Send { topic, author, .. } => Expect::Sent {
+        Command::Send(Outgoing { topic, author, .. }) => Expect::Sent {
             topic: topic.clone(),
             author: author.clone(),
         },

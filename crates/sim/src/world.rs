@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
 
 use detente_core::{
-    Command, Config, Core, Event, Input, PeerConfig, PlantedBug, Profile, SessionId,
+    Command, Config, Core, Event, Input, Outgoing, PeerConfig, PlantedBug, Profile, SessionId,
 };
 use detente_proto::checkpoint::{Checkpoint, SignedCheckpoint, StreamHead};
 use detente_proto::envelope::parse_unverified;
@@ -647,7 +647,7 @@ impl World {
         let command = match roll {
             0..=44 => self.text(peer.clone()),
             45..=49 => self.batch(peer.clone()),
-            50..=59 => Command::Send {
+            50..=59 => Command::Send(Outgoing {
                 peer,
                 precedence: random_precedence(&mut self.rng),
                 topic: "sitrep".into(),
@@ -666,7 +666,7 @@ impl World {
                     )],
                 }),
                 in_reply_to: None,
-            },
+            }),
             60..=79 => match self.answer(node) {
                 Some(c) => c,
                 None => return,
@@ -694,7 +694,7 @@ impl World {
         n.tickets += 1;
         let ticket = n.tickets;
         let kind = match &command {
-            Command::Send { .. } => "send",
+            Command::Send(_) => "send",
             Command::SendBatch { .. } => "send_batch",
             Command::Answer { .. } => "answer",
             Command::Checkpoint { .. } => "checkpoint",
@@ -720,7 +720,7 @@ impl World {
     pub(crate) fn text(&mut self, peer: String) -> Command {
         let precedence = random_precedence(&mut self.rng);
         let words = self.rng.gen_range(1..40);
-        Command::Send {
+        Command::Send(Outgoing {
             peer,
             precedence,
             // Topics and titles are the operator's: the envelope must carry them as given.
@@ -737,7 +737,7 @@ impl World {
                 translations: Vec::new(),
             }),
             in_reply_to: None,
-        }
+        })
     }
 
     /// A batch of 2 to 6 texts for `peer`, all or nothing, now and then with one the core
@@ -748,28 +748,11 @@ impl World {
         let mut messages = Vec::with_capacity(count);
         for i in 0..count {
             // `text` makes a send; anything else would be a bug here, and is left out.
-            if let Command::Send {
-                peer,
-                precedence,
-                topic,
-                author,
-                body,
-                in_reply_to,
-            } = self.text(peer.clone())
-            {
-                let topic = if spoiled && i == count - 1 {
-                    "Not A Topic".into()
-                } else {
-                    topic
-                };
-                messages.push(detente_core::Outgoing {
-                    peer,
-                    precedence,
-                    topic,
-                    author,
-                    body,
-                    in_reply_to,
-                });
+            if let Command::Send(mut message) = self.text(peer.clone()) {
+                if spoiled && i == count - 1 {
+                    message.topic = "Not A Topic".into();
+                }
+                messages.push(message);
             }
         }
         Command::SendBatch {
@@ -1094,9 +1077,9 @@ fn describe_input(input: &Input) -> String {
 
 fn short(command: &Command) -> String {
     match command {
-        Command::Send {
+        Command::Send(Outgoing {
             peer, precedence, ..
-        } => format!("send {precedence} to {peer}"),
+        }) => format!("send {precedence} to {peer}"),
         Command::SendBatch { messages, .. } => format!("send a batch of {}", messages.len()),
         Command::Answer { peer, level, .. } => format!("answer {} to {peer}", level.name()),
         Command::Checkpoint { peer } => format!("checkpoint with {peer}"),

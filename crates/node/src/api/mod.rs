@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use detente_proto::{MessageId, Precedence, ReceiptLevel};
-use detente_store::{Direction, InboxQuery, MessageRow, Placement, Store};
+use detente_store::{Direction, InboxQuery, Placement, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -24,7 +24,8 @@ use crate::operators::{self, Operator, Role};
 /// The API answers the service's errors (its `IntoResponse` is here: the JSON shape).
 use crate::service::Error as ApiError;
 use crate::service::{
-    answer, build_request, export_body, internal, message_json, peer_entry, SendBody,
+    answer, build_request, export_body, internal, message_json, message_json_in, peer_entry,
+    SendBody,
 };
 pub mod openapi;
 
@@ -1212,7 +1213,7 @@ async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> 
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        out.push(message_json_for(&shared, &row, &q).await?);
+        out.push(message_json_in(&shared, &row, q.lang.as_deref(), q.tz.as_deref()).await?);
     }
     Ok(Json(out).into_response())
 }
@@ -1224,23 +1225,6 @@ fn check_reader_zone(q: &ListQuery) -> Result<(), ApiError> {
             .hint("give an IANA name such as America/New_York, Asia/Shanghai or UTC")),
         _ => Ok(()),
     }
-}
-
-/// A message as `q` reads it: a notification's local times in `q.tz` when it names a zone.
-async fn message_json_for(
-    shared: &Shared,
-    row: &MessageRow,
-    q: &ListQuery,
-) -> Result<Value, ApiError> {
-    let mut v = message_json(shared, row, q.lang.as_deref()).await?;
-    if let (Some(tz), Some(_)) = (&q.tz, v["format"].as_str()) {
-        if let Some(text) =
-            crate::notify::rendered_in_zone(shared, row, q.lang.as_deref(), tz).await?
-        {
-            v["rendered"] = Value::String(text);
-        }
-    }
-    Ok(v)
 }
 
 fn parse_id(text: &str) -> Result<MessageId, ApiError> {
@@ -1270,7 +1254,8 @@ async fn one(
         .message(id.0)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such message"))?;
-    Ok(Json(message_json_for(&shared, &row, &q).await?).into_response())
+    let json = message_json_in(&shared, &row, q.lang.as_deref(), q.tz.as_deref()).await?;
+    Ok(Json(json).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -969,9 +969,27 @@ impl ComposeForm {
         form
     }
 
-    /// The chosen format's id and the value typed for each field key.
-    pub fn format_and_fields(&self) -> (&str, &BTreeMap<String, String>) {
-        (&self.format, &self.fields)
+    /// The areas and points typed so far, for the map in `lang` (none for free text).
+    pub fn shapes(&self, lang: &str) -> Vec<super::map::Shape> {
+        match self.format_def() {
+            Some(def) => super::map::shapes(&def.id, lang, |k| self.fields.get(k).cloned()),
+            None => Vec::new(),
+        }
+    }
+
+    /// The chosen format's fields as a send takes them: those of `def` typed, trimmed.
+    pub fn field_inputs(&self, def: &detente_formats::FormatDef) -> Vec<crate::notify::FieldInput> {
+        def.fields
+            .iter()
+            .filter_map(|field| {
+                let value = self.fields.get(&field.key)?.trim();
+                (!value.is_empty()).then(|| crate::notify::FieldInput {
+                    key: field.key.clone(),
+                    value: value.to_string(),
+                    translation: None,
+                })
+            })
+            .collect()
     }
 
     fn from_pairs(pairs: Vec<(String, String)>) -> Self {
@@ -1032,7 +1050,7 @@ impl ComposeForm {
     }
 
     /// The chosen format, if it is one of the catalogue's.
-    fn format_def(&self) -> Option<&'static detente_formats::FormatDef> {
+    pub fn format_def(&self) -> Option<&'static detente_formats::FormatDef> {
         if self.format.is_empty() || self.format == "text" {
             return None;
         }
@@ -1269,11 +1287,7 @@ pub async fn compose_map_live(
     if !op.role.can_compose() {
         return refuse(&shared, &op, StatusCode::FORBIDDEN, "role-cannot-send");
     }
-    let form = ComposeForm::from_pairs(q);
-    let shapes = match form.format_def() {
-        Some(def) => super::map::shapes(&def.id, &op.lang, |k| form.fields.get(k).cloned()),
-        None => Vec::new(),
-    };
+    let shapes = ComposeForm::from_pairs(q).shapes(&op.lang);
     html(
         StatusCode::OK,
         super::map::picker(&shared, &op, &shapes, "compose-map").into_string(),
@@ -1720,17 +1734,7 @@ pub async fn compose_send(
                 None,
                 Some(def.id.clone()),
                 Some(def.version),
-                def.fields
-                    .iter()
-                    .filter_map(|field| {
-                        let value = form.fields.get(&field.key)?.trim();
-                        (!value.is_empty()).then(|| crate::notify::FieldInput {
-                            key: field.key.clone(),
-                            value: value.to_string(),
-                            translation: None,
-                        })
-                    })
-                    .collect(),
+                form.field_inputs(def),
             ),
         };
         let body = SendBody {

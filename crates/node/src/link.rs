@@ -264,6 +264,7 @@ async fn session(
 ) -> End {
     let dialed_by_us = connection.dialed_by_us;
     let address = connection.address.clone();
+    let write_timeout = shared.link_config.write_timeout();
     let (mut reader, mut writer) = tokio::io::split(connection.stream);
 
     // Hello both ways: each tells the other how much of its stream it holds.
@@ -278,8 +279,8 @@ async fn session(
         hwm: our_hwm,
     }
     .encode(&mut out);
-    if let Err(e) = writer.write_all(&out).await {
-        return End::Closed(format!("write: {e}"));
+    if let Err(e) = write_bounded(&mut writer, &out, write_timeout).await {
+        return End::Closed(e.to_string());
     }
     let mut buffer = FrameBuffer::default();
     let hello = match await_hello(
@@ -323,8 +324,8 @@ async fn session(
     // both make (crate::charter).
     out.clear();
     Frame::Terms(shared.local_terms().encode()).encode(&mut out);
-    if let Err(e) = writer.write_all(&out).await {
-        return End::Closed(format!("write: {e}"));
+    if let Err(e) = write_bounded(&mut writer, &out, write_timeout).await {
+        return End::Closed(e.to_string());
     }
     supervisor.on_connected(Instant::now());
     if let Ok(mut status) = entry.status.write() {
@@ -398,8 +399,8 @@ async fn session(
                     Control::Send(frame) => {
                         out.clear();
                         frame.encode(&mut out);
-                        if let Err(e) = writer.write_all(&out).await {
-                            break End::Closed(format!("write: {e}"));
+                        if let Err(e) = write_bounded(&mut writer, &out, write_timeout).await {
+                            break End::Closed(e.to_string());
                         }
                     }
                     Control::Heard => supervisor.on_heard(now),
@@ -443,8 +444,8 @@ async fn session(
                 if let Some(signed) = entry.take_checkpoint() {
                     out.clear();
                     Frame::Checkpoint(signed).encode(&mut out);
-                    if let Err(e) = writer.write_all(&out).await {
-                        break End::Closed(format!("write: {e}"));
+                    if let Err(e) = write_bounded(&mut writer, &out, write_timeout).await {
+                        break End::Closed(e.to_string());
                     }
                 }
             }
@@ -456,8 +457,8 @@ async fn session(
                 if let Some(nonce) = supervisor.poll_ping(now) {
                     out.clear();
                     Frame::Ping { nonce }.encode(&mut out);
-                    if let Err(e) = writer.write_all(&out).await {
-                        break End::Closed(format!("write: {e}"));
+                    if let Err(e) = write_bounded(&mut writer, &out, write_timeout).await {
+                        break End::Closed(e.to_string());
                     }
                 }
                 publish(entry, supervisor, None);
@@ -474,7 +475,7 @@ async fn session(
     reader_task.abort();
     pipeline_task.abort();
     checkpoint_task.abort();
-    let _ = writer.shutdown().await;
+    let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
     end
 }
 
@@ -561,13 +562,40 @@ async fn pump<W: AsyncWrite + Unpin>(
         in_flight.push_back(next);
     }
     if !out.is_empty() {
-        writer
-            .write_all(&out)
+        write_bounded(writer, &out, shared.link_config.write_timeout())
             .await
-            .map_err(|e| format!("write: {e}"))?;
-        writer.flush().await.map_err(|e| format!("flush: {e}"))?;
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Why a bounded write failed.
+#[derive(Debug, thiserror::Error)]
+enum WriteFailed {
+    #[error("write: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "write: the peer took nothing for {0:?} (it stopped reading, or the path is black-holed)"
+    )]
+    Stalled(Duration),
+}
+
+/// Write and flush `bytes` within `timeout`. Every write of a session goes through here, so
+/// a peer that stops reading ends the session after at most three heartbeats, as silence
+/// does, instead of holding heartbeats, replacement and failover until the kernel gives up.
+async fn write_bounded<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), WriteFailed> {
+    let write = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(WriteFailed::Stalled(timeout)),
+    }
 }
 
 /// Reads length-prefixed frames from a byte stream, keeping what a read brought in so that

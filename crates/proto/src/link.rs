@@ -31,6 +31,15 @@ impl Default for LinkConfig {
     }
 }
 
+impl LinkConfig {
+    /// How long one write to the peer may take, at most: the silence after which a session
+    /// ends anyway (three heartbeats). A peer that stops reading, or a black-holed path,
+    /// cannot hold a session longer than a silent peer could (issue 12, item 6).
+    pub fn write_timeout(&self) -> Duration {
+        self.heartbeat * 3
+    }
+}
+
 /// How a duty officer should read the link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {

@@ -34,6 +34,7 @@ fn config(i: usize, seeds: [[u8; 32]; 2], names: [&str; 2]) -> Config {
         }],
         deadlines: Deadlines::default(),
         link_test_interval: Duration::from_secs(3600),
+        floors: detente_proto::Floors::default(),
         link: LinkConfig::default(),
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_every: 0,

@@ -130,7 +130,12 @@ fn term_label(term: &str) -> Option<&'static str> {
 
 /// A duration as said aloud: `1 s`, `5 min`, `1 h`, `2 d` (`1500 ms` when not whole).
 pub fn spoken_duration(ms: u64) -> String {
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("min", 60_000),
+        ("s", 1000),
+    ] {
         if ms >= size && ms.is_multiple_of(size) {
             return format!("{} {unit}", ms / size);
         }

@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::{
-    BelowFloor, Body, Deadlines, Floors, Frame, LinkConfig, MessageId, PartyKey, PartySecret, Precedence, ReceiptLevel,
+    BelowFloor, Body, Deadlines, Floors, Frame, LinkConfig, MessageId, PartyKey, PartySecret,
+    Precedence, ReceiptLevel,
 };
 use detente_store_types::{
     Direction, GlossaryRow, IdempotencyRow, SentRecord, WriteBatch, IDEMPOTENCY_KEY_TTL_MS,

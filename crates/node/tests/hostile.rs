@@ -1380,7 +1380,9 @@ async fn charters_signed(h: &Harness) -> usize {
         .messages_of_kind("fake", detente_proto::envelope::KIND_CHARTER, 16)
         .await
         .expect("charter rows");
-    rows.iter().filter(|r| r.direction == Direction::Out).count()
+    rows.iter()
+        .filter(|r| r.direction == Direction::Out)
+        .count()
 }
 
 /// Issue 12 item 9: a peer used to set our deadlines, down to 1 s, and the node signed the
@@ -1418,9 +1420,17 @@ async fn charter_terms_below_our_floors_are_not_signed_and_status_says_why() {
         );
         drop(peer);
     }
-    assert_eq!(charters_signed(&h).await, 0, "a charter envelope was stored");
+    assert_eq!(
+        charters_signed(&h).await,
+        0,
+        "a charter envelope was stored"
+    );
     assert!(h.node.shared.charter("fake").is_none());
-    assert_eq!(h.node.shared.deadlines("fake"), own, "the deadlines in force");
+    assert_eq!(
+        h.node.shared.deadlines("fake"),
+        own,
+        "the deadlines in force"
+    );
 
     let status = api_get(&h, "/api/v1/status").await;
     let refused = &status["peers"][0]["charter"]["refused"];
@@ -1444,6 +1454,29 @@ async fn charter_terms_below_our_floors_are_not_signed_and_status_says_why() {
             .map_or(0, |(_, n)| n)
     };
     assert_eq!(alarms(&h), 1, "one alarm for the same refused terms");
+    // The console's status light (on every page) says the same, in both languages.
+    for (lang, words) in [
+        (
+            "en",
+            "Charter with fake not agreed: they ask FLASH acknowledged within 2s; our floor is 1m 00s.",
+        ),
+        (
+            "zh-CN",
+            "与 fake 的章程未达成：对方要求特急消息在 2秒 内确认；我方下限为 1分 00秒。",
+        ),
+    ] {
+        let op = detente_node::operators::Operator {
+            login: "duty".into(),
+            role: detente_node::operators::Role::Watch,
+            lang: lang.into(),
+            csrf: String::new(),
+            token_hash: [0; 32],
+            expires_at_ms: i64::MAX,
+            compact: false,
+        };
+        let light = detente_node::console::status::status_html(&h.node.shared, &op);
+        assert!(light.contains(words), "{lang}: {light}");
+    }
 
     // Terms within the floors are agreed as before, and the refusal is cleared.
     let fair = fake_terms(h.fake.public());
@@ -1454,7 +1487,9 @@ async fn charter_terms_below_our_floors_are_not_signed_and_status_says_why() {
         .iter()
         .any(|v| matches!(v.envelope().body, Body::Charter(_)))
     {
-        peer.next_frame().await.expect("the node's charter envelope");
+        peer.next_frame()
+            .await
+            .expect("the node's charter envelope");
     }
     until_charter_state(&h, "the refusal is cleared", |s| s.refused.is_empty()).await;
     assert_eq!(alarms(&h), 1);

@@ -594,7 +594,9 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
         Event::CharterRefused { peer, below } if !below.is_empty() => {
             w.count("charters_refused");
             if !index_of(w, peer).is_some_and(|i| w.nodes[i].hostile) {
-                w.fail(format!("n{node} refused the charter terms of honest {peer}"));
+                w.fail(format!(
+                    "n{node} refused the charter terms of honest {peer}"
+                ));
             }
         }
         Event::Stored { direction, .. } => w.count(match direction {

@@ -11,8 +11,8 @@ use detente_core::{
 use detente_proto::checkpoint::{Checkpoint, SignedCheckpoint, StreamHead};
 use detente_proto::envelope::parse_unverified;
 use detente_proto::{
-    Body, Deadlines, FieldValue, Floors, Frame, LinkConfig, MessageId, NotificationBody, PartySecret,
-    Precedence, ReceiptLevel, TextBody, VerifiedEnvelope,
+    Body, Deadlines, FieldValue, Floors, Frame, LinkConfig, MessageId, NotificationBody,
+    PartySecret, Precedence, ReceiptLevel, TextBody, VerifiedEnvelope,
 };
 use detente_store_types::{Direction, GlossaryRow};
 use rand::rngs::StdRng;

@@ -516,8 +516,10 @@ fn a_charter_below_our_floors_is_not_signed_and_the_agreed_one_stays() {
     assert_eq!(pair.charters[0], pair.charters[1]);
     let first = pair.charters[0][0].clone();
 
-    let mut eager = Deadlines::default();
-    eager.flash_acknowledged = Duration::from_secs(1);
+    let eager = Deadlines {
+        flash_acknowledged: Duration::from_secs(1),
+        ..Deadlines::default()
+    };
     let command = Command::SetDeadlines { deadlines: eager };
     pair.input(1, Input::Operator { ticket: 1, command });
     pair.settle();

@@ -217,8 +217,11 @@ pub async fn refresh(shared: &Shared, peer: &str) {
         state.version = agreed_digests.len() as u32;
     });
     if now.is_some() && now != was {
+        // Every new version is logged with its number (status and the console show it and
+        // its terms), whichever engine made it: the core's CharterAgreed lands here too.
         tracing::info!(
             %peer,
+            version = agreed_digests.len(),
             digest = %hex::encode(now.unwrap_or_default()),
             "channel charter agreed by both sides"
         );

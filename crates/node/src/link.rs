@@ -108,6 +108,8 @@ pub async fn run_peer(
         .await;
         if supervisor.is_connected() {
             supervisor.on_disconnected(Instant::now(), rand::thread_rng().gen());
+        } else if matches!(end, End::Replaced(_)) {
+            // A crossing connection won before any Hello: no failure, no backoff.
         } else {
             // Ended before the peer's Hello: in TLS 1.3 a peer that refuses our key lets
             // the handshake "succeed" and closes at once. That is a failed dial, with its
@@ -194,6 +196,45 @@ fn should_replace(
     new.dialed_by_us == winner_dialed_by_us
 }
 
+/// The peer's first frame (its `Hello`), read while watching for a connection the peer
+/// opened meanwhile. When both nodes dial at once, each waits for a `Hello` on the connection
+/// it dialed, while the peer waits on the other one (issue 12, item 4). So a crossing
+/// connection is judged at once by the rule every session follows ([`should_replace`]): the
+/// winner replaces the connection waited on, the loser is closed, and both sides meet on
+/// the same connection within a round trip instead of after [`HANDSHAKE_TIMEOUT`].
+async fn await_hello<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    entry: &PeerEntry,
+    dialed_by_us: bool,
+    buffer: &mut FrameBuffer,
+    reader: &mut R,
+    incoming: &mut mpsc::Receiver<Connection>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Frame, End> {
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, buffer.next(reader));
+    tokio::pin!(hello);
+    loop {
+        tokio::select! {
+            read = &mut hello => {
+                return match read {
+                    Ok(Ok(frame)) => Ok(frame),
+                    Ok(Err(e)) => Err(End::Closed(e)),
+                    Err(_) => Err(End::Closed("no Hello within the handshake timeout".into())),
+                };
+            }
+            Some(next) = incoming.recv() => {
+                if should_replace(shared, entry, dialed_by_us, &next) {
+                    tracing::debug!(peer = %entry.name, "a crossing connection wins; Hello there");
+                    return Err(End::Replaced(Box::new(next)));
+                }
+                // Dropped here, so closed: the peer turns to the connection we wait on.
+                tracing::debug!(peer = %entry.name, "closed a crossing connection that loses");
+            }
+            _ = shutdown.changed() => return Err(End::Shutdown),
+        }
+    }
+}
+
 /// Messages from the reader and the receive pipeline to the session loop.
 enum Control {
     Send(Frame),
@@ -241,16 +282,28 @@ async fn session(
         return End::Closed(format!("write: {e}"));
     }
     let mut buffer = FrameBuffer::default();
-    let peer_hwm = match tokio::time::timeout(HANDSHAKE_TIMEOUT, buffer.next(&mut reader)).await {
-        Ok(Ok(Frame::Hello { version, hwm })) if version == LINK_VERSION => hwm,
-        Ok(Ok(Frame::Hello { version, .. })) => {
+    let hello = match await_hello(
+        shared,
+        entry,
+        dialed_by_us,
+        &mut buffer,
+        &mut reader,
+        incoming,
+        shutdown,
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(end) => return end,
+    };
+    let peer_hwm = match hello {
+        Frame::Hello { version, hwm } if version == LINK_VERSION => hwm,
+        Frame::Hello { version, .. } => {
             return End::Closed(format!(
                 "peer speaks link version {version}, we speak {LINK_VERSION}"
             ))
         }
-        Ok(Ok(other)) => return End::Closed(format!("expected Hello, got {other:?}")),
-        Ok(Err(e)) => return End::Closed(e),
-        Err(_) => return End::Closed("no Hello within the handshake timeout".into()),
+        other => return End::Closed(format!("expected Hello, got {other:?}")),
     };
     tracing::info!(peer = %entry.name, %address, dialed_by_us, our_hwm, peer_hwm, "session up");
     // A peer holding more of our stream than we wrote is an alarm, never a prune (the

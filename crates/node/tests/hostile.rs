@@ -63,6 +63,12 @@ struct Snapshot {
 
 impl Harness {
     async fn start() -> Harness {
+        // Nothing listens there: the node's own dialer fails and backs off.
+        Self::start_with(FAKE_SEED, "127.0.0.1:9").await
+    }
+
+    /// A node that pins the fake peer of `fake_seed` at `fake_addr`.
+    async fn start_with(fake_seed: [u8; 32], fake_addr: &str) -> Harness {
         let tmp = tempfile::tempdir().expect("temporary directory");
         let dir = NodeDir::new(tmp.path().join("target"));
         let options = InitOptions {
@@ -75,12 +81,11 @@ impl Harness {
         };
         dir.init(&options, TARGET_SEED, [0x55; 32])
             .expect("init the node directory");
-        let fake = PartySecret::from_seed(FAKE_SEED);
+        let fake = PartySecret::from_seed(fake_seed);
         dir.add_peer(PeerConfig {
             name: "fake".into(),
             key: fake.public().to_text(),
-            // Nothing listens there: the node's own dialer fails and backs off.
-            addrs: vec!["127.0.0.1:9".into()],
+            addrs: vec![fake_addr.into()],
         })
         .expect("pin the fake peer");
         let mut config = dir.load().expect("load node.toml");
@@ -1799,4 +1804,177 @@ async fn an_unpinned_redialer_is_backed_off_counted_and_shown() {
     let chain = h.chain(1);
     h.accepts(&mut peer, &chain[0], 1).await;
     h.stop().await;
+}
+
+// ---- both sides dialling at once (issue 12, item 4) ---------------------------------------
+
+/// How soon the node must settle crossing connections: well inside its handshake timeout
+/// (10 s), which is what the node waited for before.
+const CROSSING_WAIT: Duration = Duration::from_secs(5);
+
+/// One frame from either end of a TLS connection; `Err` at end of stream.
+async fn read_one<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<Frame, String> {
+    loop {
+        if buf.len() >= 4 {
+            let len = u32::from_be_bytes(buf[..4].try_into().unwrap());
+            let len = Frame::check_len(len).expect("the node writes frames within the cap");
+            if buf.len() >= 4 + len {
+                let frame = Frame::decode(&buf[4..4 + len]).expect("a valid frame");
+                buf.drain(..4 + len);
+                return Ok(frame);
+            }
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Err("closed".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+async fn write_frame<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, frame: &Frame) {
+    let mut out = Vec::new();
+    frame.encode(&mut out);
+    stream.write_all(&out).await.expect("write");
+    stream.flush().await.expect("flush");
+}
+
+/// Play one crossing: the node dials the fake peer while the fake peer dials the node, and
+/// each side has sent its `Hello` only on the connection it dialed. The node must judge the
+/// crossing connection at once by the rule both sides follow (the connection dialed by the
+/// smaller key wins): say `Hello` on the winner and close the loser.
+async fn crossing(fake_seed: [u8; 32]) {
+    let fake = PartySecret::from_seed(fake_seed);
+    let target = PartySecret::from_seed(TARGET_SEED).public();
+    let fake_wins = fake.public() < target;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        tls::server_config(
+            &fake,
+            std::sync::Arc::new(std::collections::BTreeSet::from([target])),
+        )
+        .unwrap(),
+    );
+    let h = Harness::start_with(fake_seed, &listener.local_addr().unwrap().to_string()).await;
+    // The node dials first (at start); it says Hello there and waits for ours.
+    let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .expect("the node dials its peer at start")
+        .unwrap();
+    let mut theirs = tokio::time::timeout(WAIT, acceptor.accept(tcp))
+        .await
+        .expect("handshake within the timeout")
+        .expect("the node's dial is accepted");
+    let mut theirs_buf = Vec::new();
+    let hello = tokio::time::timeout(WAIT, read_one(&mut theirs, &mut theirs_buf)).await;
+    assert!(matches!(hello, Ok(Ok(Frame::Hello { .. }))), "{hello:?}");
+    // Meanwhile "we" dialled too, and say Hello only there.
+    let mut ours = tokio::time::timeout(WAIT, dial(&h, &fake))
+        .await
+        .expect("handshake within the timeout")
+        .expect("the pinned peer connects");
+    let mut ours_buf = Vec::new();
+    let hello = Frame::Hello {
+        version: LINK_VERSION,
+        hwm: 0,
+    };
+    write_frame(&mut ours, &hello).await;
+    let (winner_name, first, winner, buf) = if fake_wins {
+        // Our connection wins: the node answers Hello on it, and closes the one it dialed.
+        let first = tokio::time::timeout(CROSSING_WAIT, read_one(&mut ours, &mut ours_buf))
+            .await
+            .expect("the node says Hello on the winning connection at once");
+        assert!(matches!(first, Ok(Frame::Hello { .. })), "{first:?}");
+        let closed = tokio::time::timeout(CROSSING_WAIT, read_one(&mut theirs, &mut theirs_buf))
+            .await
+            .expect("the node closes the losing connection at once");
+        assert!(
+            closed.is_err(),
+            "the losing connection stays open: {closed:?}"
+        );
+        let terms = tokio::time::timeout(WAIT, read_one(&mut ours, &mut ours_buf)).await;
+        (
+            "ours",
+            terms.expect("Terms follow"),
+            Either::Ours(ours),
+            ours_buf,
+        )
+    } else {
+        // The node's connection wins: it closes ours and keeps waiting on its own.
+        let closed = tokio::time::timeout(CROSSING_WAIT, read_one(&mut ours, &mut ours_buf))
+            .await
+            .expect("the node closes the losing connection at once");
+        assert!(
+            closed.is_err(),
+            "the losing connection stays open: {closed:?}"
+        );
+        write_frame(&mut theirs, &hello).await;
+        let terms = tokio::time::timeout(WAIT, read_one(&mut theirs, &mut theirs_buf)).await;
+        (
+            "theirs",
+            terms.expect("Terms follow"),
+            Either::Theirs(theirs),
+            theirs_buf,
+        )
+    };
+    // The session is up on the winner: the node's Terms come after the Hello exchange.
+    assert!(
+        matches!(first, Ok(Frame::Terms(_))),
+        "on {winner_name}: {first:?}"
+    );
+    // A Pong proves the node's session loop runs there (it published the link as up first).
+    let mut buf = buf;
+    let nonce = 0x5eed;
+    let mut winner = winner;
+    let pong = match &mut winner {
+        Either::Ours(s) => ping_pong(s, &mut buf, nonce).await,
+        Either::Theirs(s) => ping_pong(s, &mut buf, nonce).await,
+    };
+    assert_eq!(pong, nonce);
+    let status = api_get(&h, "/api/v1/status").await;
+    let peer = &status["peers"][0];
+    assert_eq!(peer["connected"], true, "{peer}");
+    drop(winner);
+    h.stop().await;
+}
+
+/// The winning connection, whichever side dialed it.
+enum Either {
+    Ours(TlsStream<TcpStream>),
+    Theirs(tokio_rustls::server::TlsStream<TcpStream>),
+}
+
+/// Send a Ping and read up to its Pong; the Pong's nonce.
+async fn ping_pong<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    nonce: u64,
+) -> u64 {
+    write_frame(stream, &Frame::Ping { nonce }).await;
+    loop {
+        match tokio::time::timeout(WAIT, read_one(stream, buf)).await {
+            Ok(Ok(Frame::Pong { nonce })) => return nonce,
+            Ok(Ok(_)) => continue,
+            other => panic!("no Pong: {other:?}"),
+        }
+    }
+}
+
+/// Both nodes dialling at once stalled for the 10 s handshake timeout (3 of 6 fresh pairs):
+/// each waited for a Hello on the connection it dialed. Both orders of the two keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_dials_meet_on_one_connection_at_once() {
+    let target = PartySecret::from_seed(TARGET_SEED).public();
+    let seed = |fake_smaller: bool| {
+        (0x22u8..=0xff)
+            .map(|b| [b; 32])
+            .find(|s| (PartySecret::from_seed(*s).public() < target) == fake_smaller)
+            .expect("a seed on each side of the target's key")
+    };
+    crossing(seed(true)).await;
+    crossing(seed(false)).await;
 }

@@ -18,6 +18,9 @@ pub async fn show(dir: &Path, peer: &str, json: bool) -> Outcome {
         return Ok(());
     }
     let state = body["state"].as_str().unwrap_or("none");
+    for line in refused_lines(peer, &body) {
+        println!("{line}");
+    }
     let Some(charter) = body["charter"].as_object() else {
         println!("channel with {peer}: no charter agreed yet ({state})");
         println!("  the nodes agree one on first contact; is the link up? (detente status)");
@@ -82,6 +85,64 @@ pub async fn show(dir: &Path, peer: &str, json: bool) -> Outcome {
     Ok(())
 }
 
+/// One calm line per charter term the peer asked below this node's floors (the `refused`
+/// list of a peer's charter state): "charter with beijing not agreed: they ask FLASH
+/// acknowledged within 1 s; our floor is 1 min".
+pub fn refused_lines(peer: &str, state: &Value) -> Vec<String> {
+    let agreed = state["charter"].is_object();
+    state["refused"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let term = r["term"].as_str().unwrap_or_default();
+            let offered = spoken_duration(r["offered_ms"].as_u64().unwrap_or(0));
+            let floor = spoken_duration(r["floor_ms"].as_u64().unwrap_or(0));
+            let ask = match term_label(term) {
+                Some(label) if term == "link.test_interval" => format!("{label} {offered}"),
+                Some(label) => format!("{label} within {offered}"),
+                None => format!("{term} of {offered}"),
+            };
+            if agreed {
+                format!(
+                    "charter with {peer}: new terms not agreed: they ask {ask}; our floor is \
+                     {floor}; version {} stays in force",
+                    state["version"]
+                )
+            } else {
+                format!("charter with {peer} not agreed: they ask {ask}; our floor is {floor}")
+            }
+        })
+        .collect()
+}
+
+fn term_label(term: &str) -> Option<&'static str> {
+    Some(match term {
+        "deadlines.flash_delivered" => "FLASH delivered",
+        "deadlines.flash_acknowledged" => "FLASH acknowledged",
+        "deadlines.immediate_acknowledged" => "IMMEDIATE acknowledged",
+        "deadlines.priority_acknowledged" => "PRIORITY acknowledged",
+        "deadlines.routine_acknowledged" => "ROUTINE acknowledged",
+        "link.test_interval" => "a link test every",
+        _ => return None,
+    })
+}
+
+/// A duration as said aloud: `1 s`, `5 min`, `1 h`, `2 d` (`1500 ms` when not whole).
+pub fn spoken_duration(ms: u64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("min", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{} {unit}", ms / size);
+        }
+    }
+    format!("{ms} ms")
+}
+
 /// `detente counterpart add --ours POSITION --theirs POSITION`.
 pub fn add(dir: &Path, ours: &str, theirs: &str) -> Outcome {
     let node = NodeDir::new(dir);
@@ -118,4 +179,30 @@ pub fn list(dir: &Path, json: bool) -> Outcome {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_term_is_one_calm_line() {
+        let state = json!({
+            "state": "none", "version": 0, "charter": null,
+            "refused": [
+                {"term": "deadlines.flash_acknowledged", "offered_ms": 1000, "floor_ms": 60000},
+                {"term": "link.test_interval", "offered_ms": 1500, "floor_ms": 3_600_000},
+            ],
+        });
+        assert_eq!(
+            refused_lines("beijing", &state),
+            vec![
+                "charter with beijing not agreed: they ask FLASH acknowledged within 1 s; our \
+                 floor is 1 min",
+                "charter with beijing not agreed: they ask a link test every 1500 ms; our floor \
+                 is 1 h",
+            ]
+        );
+        assert!(refused_lines("beijing", &json!({"refused": []})).is_empty());
+    }
 }

@@ -629,6 +629,10 @@ pub async fn status(dir: &Path, json: bool) -> Outcome {
             p["overdue_in"],
             p["last_test"].as_str().unwrap_or("none yet"),
         );
+        let name = p["name"].as_str().unwrap_or_default();
+        for line in crate::charter::refused_lines(name, &p["charter"]) {
+            println!("  {:<14} {line}", "");
+        }
         if let Some(c) = p.get("checkpoint").filter(|c| !c.is_null()) {
             let sizes: Vec<String> = c["streams"]
                 .as_array()

@@ -12,14 +12,17 @@ pub enum PlantedBug {
     ForgetHeldAtRestart,
     /// Propose a checkpoint naming our stream one envelope short, without the witness rule.
     SmallerCheckpoint,
+    /// Sign a charter whose terms are below our floors (issue 12 item 9).
+    SignBelowFloors,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::AnswerBeforeCommit,
         PlantedBug::SkipPrevCheck,
         PlantedBug::ForgetHeldAtRestart,
         PlantedBug::SmallerCheckpoint,
+        PlantedBug::SignBelowFloors,
     ];
 
     pub fn name(self) -> &'static str {
@@ -28,6 +31,7 @@ impl PlantedBug {
             PlantedBug::SkipPrevCheck => "skip-prev-check",
             PlantedBug::ForgetHeldAtRestart => "forget-held-at-restart",
             PlantedBug::SmallerCheckpoint => "smaller-checkpoint",
+            PlantedBug::SignBelowFloors => "sign-below-floors",
         }
     }
 

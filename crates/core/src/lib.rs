@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::{
-    Body, Deadlines, Frame, LinkConfig, MessageId, PartyKey, PartySecret, Precedence, ReceiptLevel,
+    BelowFloor, Body, Deadlines, Floors, Frame, LinkConfig, MessageId, PartyKey, PartySecret,
+    Precedence, ReceiptLevel,
 };
 use detente_store_types::{
     Direction, GlossaryRow, IdempotencyRow, SentRecord, WriteBatch, IDEMPOTENCY_KEY_TTL_MS,
@@ -107,6 +108,9 @@ pub struct Config {
     /// charter is agreed.
     pub deadlines: Deadlines,
     pub link_test_interval: Duration,
+    /// The shortest deadlines and link-test interval this party agrees to (each capped by
+    /// its own terms): a charter below them is not signed ([`Event::CharterRefused`]).
+    pub floors: Floors,
     pub link: LinkConfig,
     /// How often the member with the smaller key proposes a checkpoint when something new
     /// is covered.
@@ -307,6 +311,14 @@ pub enum Event {
     LinkTestPassed { peer: String, rtt_ms: u64 },
     /// Both members signed this charter; it binds from now on.
     CharterAgreed { peer: String, digest: [u8; 32] },
+    /// The charter the peer's terms make has terms below our floors (`below` names each),
+    /// so it was not signed; the channel keeps its agreed charter (or our own terms).
+    /// Emitted when that set changes, with `below` empty once the peer's terms are within
+    /// our floors again. Nothing is stored.
+    CharterRefused {
+        peer: String,
+        below: Vec<BelowFloor>,
+    },
     /// Dial `peer` at address index `address`; answer with `SessionOpened` or `DialFailed`.
     Dial { peer: String, address: usize },
     /// Close this session (silent too long, protocol violation, replaced).
@@ -375,6 +387,7 @@ pub struct Core {
     author: String,
     deadlines: Deadlines,
     link_test_interval: Duration,
+    floors: Floors,
     checkpoint_interval: Duration,
     checkpoint_every: u64,
     link: LinkConfig,
@@ -418,6 +431,7 @@ impl Core {
             author: config.author.clone(),
             deadlines: config.deadlines,
             link_test_interval: config.link_test_interval,
+            floors: config.floors,
             checkpoint_interval: config.checkpoint_interval,
             checkpoint_every: config.checkpoint_every,
             link: config.link,

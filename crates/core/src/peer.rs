@@ -169,6 +169,9 @@ pub(crate) struct Peer {
     pub our_charter: Option<[u8; 32]>,
     pub their_charter: Option<[u8; 32]>,
     pub agreed: Option<Charter>,
+    /// The terms below our floors of the charter the peer's latest terms make (empty:
+    /// none); reported by [`Event::CharterRefused`] when it changes.
+    pub refused: Vec<detente_proto::BelowFloor>,
     /// Envelopes appended since our last checkpoint signature.
     pub unsigned: u64,
     /// Why nothing more is sent to this peer (it claimed more of our stream than we hold).
@@ -210,6 +213,7 @@ impl Peer {
             our_charter: None,
             their_charter: None,
             agreed: None,
+            refused: Vec::new(),
             unsigned: 0,
             sending_stopped: None,
             tests: None,
@@ -492,12 +496,13 @@ impl Core {
     }
 
     /// With the peer's terms known: the charter both make; sign it into our stream when it
-    /// differs from the last one we signed.
+    /// differs from the last one we signed and none of its terms is below our floors.
     pub(crate) fn agree_charter(&mut self, index: usize) {
         let Some(theirs) = self.peers[index].peer_terms.clone() else {
             return;
         };
-        let charter = match Charter::agree(&self.terms(), &theirs) {
+        let ours = self.terms();
+        let charter = match Charter::agree(&ours, &theirs) {
             Ok(c) => c,
             Err(e) => {
                 let peer = self.peers[index].name.clone();
@@ -508,6 +513,21 @@ impl Core {
                 return;
             }
         };
+        let below = charter
+            .check_floors(&self.floors.capped_by(&ours))
+            .err()
+            .unwrap_or_default();
+        if self.peers[index].refused != below {
+            self.peers[index].refused = below.clone();
+            let peer = self.peers[index].name.clone();
+            self.event(Event::CharterRefused {
+                peer,
+                below: below.clone(),
+            });
+        }
+        if !below.is_empty() && !self.bug_signs_below_floors() {
+            return;
+        }
         let digest = charter.digest();
         if self.peers[index].our_charter == Some(digest) {
             return;
@@ -524,6 +544,11 @@ impl Core {
             self.peers[index].our_charter = Some(digest);
             self.check_agreed(index, Some(charter));
         }
+    }
+
+    /// The planted defect that signs a charter below our floors.
+    fn bug_signs_below_floors(&self) -> bool {
+        crate::bugs::is(self.bug, crate::PlantedBug::SignBelowFloors)
     }
 
     /// The charter binds once both streams carry the same digest.

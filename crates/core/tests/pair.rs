@@ -19,6 +19,10 @@ struct Pair {
     /// The last envelope each side sent: (seq, id).
     last: [Option<(u64, detente_proto::MessageId)>; 2],
     answers: Vec<(usize, u64, Answer)>,
+    /// Charters each side sent, in order.
+    charters: [Vec<detente_proto::Charter>; 2],
+    /// `CharterRefused` events of each side: the refused term names.
+    refusals: [Vec<Vec<&'static str>>; 2],
 }
 
 fn config(i: usize, seeds: [[u8; 32]; 2], names: [&str; 2]) -> Config {
@@ -34,6 +38,7 @@ fn config(i: usize, seeds: [[u8; 32]; 2], names: [&str; 2]) -> Config {
         }],
         deadlines: Deadlines::default(),
         link_test_interval: Duration::from_secs(3600),
+        floors: detente_proto::Floors::default(),
         link: LinkConfig::default(),
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_every: 0,
@@ -58,6 +63,8 @@ impl Pair {
             sent: [Vec::new(), Vec::new()],
             last: [None, None],
             answers: Vec::new(),
+            charters: [Vec::new(), Vec::new()],
+            refusals: [Vec::new(), Vec::new()],
         }
     }
 
@@ -83,6 +90,9 @@ impl Pair {
                     if let Frame::Envelope(bytes) = &frame {
                         let e = parse_unverified(bytes).expect("our envelopes parse");
                         self.sent[side].push((e.precedence, e.seq));
+                        if let Body::Charter(c) = &e.body {
+                            self.charters[side].push(c.clone());
+                        }
                         let id = detente_proto::envelope::message_id(bytes);
                         self.last[side] = Some((e.seq, id));
                     }
@@ -98,6 +108,9 @@ impl Pair {
                 }
                 while let Some(event) = self.cores[side].poll_event() {
                     moved = true;
+                    if let Event::CharterRefused { below, .. } = &event {
+                        self.refusals[side].push(below.iter().map(|b| b.term).collect());
+                    }
                     if let Event::Answer {
                         ticket,
                         result: Ok(a),
@@ -486,4 +499,51 @@ fn a_batch_of_sends_is_one_commit_or_nothing() {
         .iter()
         .zip(&stored.sent)
         .all(|((id, seq), r)| id.0 == r.id && *seq == r.seq));
+}
+
+/// Issue 12 item 9: one side asks a 1 s FLASH acknowledgment; the other, whose floor is
+/// 1 min, signs no such charter and reports the term once; the first charter stays the one
+/// both signed. When the ask is withdrawn, the refusal clears and nothing new is needed.
+#[test]
+fn a_charter_below_our_floors_is_not_signed_and_the_agreed_one_stays() {
+    let mut pair = Pair::new();
+    pair.connect(1);
+    assert_eq!(
+        pair.charters[0].len(),
+        1,
+        "the first charter, within the floors"
+    );
+    assert_eq!(pair.charters[0], pair.charters[1]);
+    let first = pair.charters[0][0].clone();
+
+    let eager = Deadlines {
+        flash_acknowledged: Duration::from_secs(1),
+        ..Deadlines::default()
+    };
+    let command = Command::SetDeadlines { deadlines: eager };
+    pair.input(1, Input::Operator { ticket: 1, command });
+    pair.settle();
+    // Its own floors are capped by its own ask: beijing signs its new charter ...
+    assert_eq!(pair.charters[1].len(), 2);
+    assert_eq!(
+        pair.charters[1][1].deadlines.flash_acknowledged,
+        Duration::from_secs(1)
+    );
+    // ... washington does not, and says which term once, however often it is asked.
+    assert_eq!(pair.charters[0].len(), 1, "signed below its floor");
+    assert_eq!(pair.refusals[0], vec![vec!["deadlines.flash_acknowledged"]]);
+    pair.connect(2);
+    assert_eq!(pair.charters[0].len(), 1);
+    assert_eq!(pair.refusals[0].len(), 1, "reported once per distinct set");
+    assert!(pair.refusals[1].is_empty());
+
+    // Withdrawn: the refusal clears; the first charter is what both sides' terms make.
+    let command = Command::SetDeadlines {
+        deadlines: Deadlines::default(),
+    };
+    pair.input(1, Input::Operator { ticket: 2, command });
+    pair.settle();
+    assert_eq!(pair.refusals[0].last(), Some(&Vec::new()));
+    assert_eq!(pair.charters[0].len(), 1);
+    assert_eq!(pair.charters[1].last(), Some(&first));
 }

@@ -7,6 +7,13 @@
 //! the charter is **agreed** once both streams carry charters with the same digest. Until the
 //! first agreement the node runs on its own configuration.
 //!
+//! **Floors** (issue 12 item 9): a charter whose deadlines or link-test interval fall below
+//! this node's floors (`floors.*` in `node.toml`, [`crate::config::NodeConfig::floors`]) is
+//! not signed. The refused terms are kept per peer ([`PeerCharter::refused`]), shown in
+//! `status` and the console, and raised as one `charter_refused` alarm per distinct set
+//! ([`record_refusal`]); the channel keeps its last agreed charter, or this node's own
+//! configuration before any.
+//!
 //! State is rebuilt from the store (a partial index over charter envelopes) at start and
 //! whenever a charter envelope is stored, so it survives restarts and needs no table of its
 //! own: the signed envelopes are the record.
@@ -15,11 +22,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use detente_proto::envelope::KIND_CHARTER;
-use detente_proto::{Body, Charter, Member, MessageId, Precedence, Terms};
+use detente_proto::{BelowFloor, Body, Charter, Member, MessageId, Precedence, Terms};
 use detente_store::{Direction, Store};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::events::Event;
+use crate::hooks::HookEvent;
 use crate::writer::SendRequest;
 use crate::Shared;
 
@@ -39,6 +47,13 @@ pub struct PeerCharter {
     pub version: u32,
     /// The peer's terms from the current or last session.
     pub peer_terms: Option<Terms>,
+    /// The terms of the charter the peer's latest terms make that fall below our floors
+    /// (empty: nothing refused). That charter was not signed.
+    pub refused: Vec<BelowFloor>,
+    /// Which sets of refused terms (by name) were already raised as alarms: bit `m` for the
+    /// set whose term indices make the 6-bit mask `m`. Bounded by construction (64 sets),
+    /// so a peer that varies its asks cannot make an alarm per session for ever.
+    pub alarmed: u64,
 }
 
 impl PeerCharter {
@@ -89,6 +104,15 @@ impl Shared {
         });
         let formats = self.formats.read().map(|f| f.clone()).unwrap_or_default();
         terms_of(&config, self.secret.public(), self.peer_addr, formats)
+    }
+
+    /// The floors this node holds every charter to, from its configuration (capped by its
+    /// own terms where the engines check them).
+    pub fn floors(&self) -> detente_proto::Floors {
+        self.config
+            .read()
+            .map(|c| c.floors())
+            .unwrap_or_else(|p| p.into_inner().floors())
     }
 
     /// The deadlines in force with `peer`: the agreed charter's, or this node's own before
@@ -193,8 +217,11 @@ pub async fn refresh(shared: &Shared, peer: &str) {
         state.version = agreed_digests.len() as u32;
     });
     if now.is_some() && now != was {
+        // Every new version is logged with its number (status and the console show it and
+        // its terms), whichever engine made it: the core's CharterAgreed lands here too.
         tracing::info!(
             %peer,
+            version = agreed_digests.len(),
             digest = %hex::encode(now.unwrap_or_default()),
             "channel charter agreed by both sides"
         );
@@ -230,6 +257,13 @@ pub async fn on_terms(shared: Arc<Shared>, peer: String, bytes: Vec<u8>) {
             return;
         }
     };
+    let floors = shared.floors().capped_by(&ours);
+    let below = charter.check_floors(&floors).err().unwrap_or_default();
+    let refused = !below.is_empty();
+    record_refusal(&shared, &peer, below);
+    if refused {
+        return;
+    }
     refresh(&shared, &peer).await;
     let current = shared.charters.get(&peer).ours;
     if current.is_some_and(|(c, _)| c.digest() == charter.digest()) {
@@ -255,6 +289,61 @@ pub async fn on_terms(shared: Arc<Shared>, peer: String, bytes: Vec<u8>) {
         }
         Err(e) => tracing::warn!(%peer, error = %e, "cannot sign the channel charter"),
     }
+}
+
+/// Record which of the peer's terms are below our floors (empty: none, the charter was
+/// within them). A set of terms not refused before is logged and raised as a
+/// `charter_refused` alarm; the same terms again (the next session, the peer's restart) are
+/// not.
+pub fn record_refusal(shared: &Shared, peer: &str, below: Vec<BelowFloor>) {
+    let bit = 1u64 << terms_mask(&below);
+    let mut new = false;
+    shared.charters.update(peer, |s| {
+        new = !below.is_empty() && s.alarmed & bit == 0;
+        s.alarmed |= bit;
+        s.refused = below.clone();
+    });
+    if !new {
+        return;
+    }
+    let what: Vec<String> = below.iter().map(ToString::to_string).collect();
+    tracing::warn!(
+        %peer,
+        refused = %what.join("; "),
+        "the peer's charter terms are below this node's floors; that charter is not signed"
+    );
+    crate::deadlines::raise(
+        shared,
+        HookEvent::CharterRefused {
+            peer: peer.to_string(),
+            below,
+        },
+    );
+}
+
+/// The refused terms by name, as a 6-bit mask of their places in [`Floors::all`].
+///
+/// [`Floors::all`]: detente_proto::Floors::all
+fn terms_mask(below: &[BelowFloor]) -> u32 {
+    let names = detente_proto::Floors::NONE.all();
+    below
+        .iter()
+        .filter_map(|b| names.iter().position(|(term, _)| *term == b.term))
+        .fold(0, |mask, i| mask | (1 << i))
+}
+
+/// Refused terms as the API and hooks show them.
+pub fn below_json(below: &[BelowFloor]) -> serde_json::Value {
+    below
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "term": b.term,
+                "offered_ms": b.offered.as_millis() as u64,
+                "floor_ms": b.floor.as_millis() as u64,
+            })
+        })
+        .collect()
 }
 
 /// Keep charter state current: rebuild a peer's state when a charter envelope is stored,
@@ -341,5 +430,6 @@ pub fn status_json(state: &PeerCharter) -> serde_json::Value {
         "version": state.version,
         "digest": state.agreed.as_ref().map(|c| hex::encode(c.digest())),
         "charter": state.agreed.as_ref().map(|c| charter_json(c)),
+        "refused": below_json(&state.refused),
     })
 }

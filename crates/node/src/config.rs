@@ -124,6 +124,63 @@ impl Default for DeadlineSection {
     }
 }
 
+/// The shortest deadlines and link-test interval this node agrees to in a charter
+/// (`floors.*`, issue 12 item 9). A peer asking for less is not agreed: the node does not
+/// sign that charter and says why in `status`. Empty: the default floor
+/// ([`detente_proto::Floors::default`]) or this node's own deadline, whichever is shorter;
+/// a value set here may not be above this node's own deadline (it would refuse its own
+/// terms).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct FloorSection {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub flash_delivered: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub flash_acknowledged: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub immediate_acknowledged: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub priority_acknowledged: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub routine_acknowledged: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub link_test_interval: String,
+}
+
+impl FloorSection {
+    /// The value set for `floors.KEY` (empty: automatic), if `key` is a floor key.
+    fn slot(&mut self, key: &str) -> Option<&mut String> {
+        Some(match key {
+            "floors.flash_delivered" => &mut self.flash_delivered,
+            "floors.flash_acknowledged" => &mut self.flash_acknowledged,
+            "floors.immediate_acknowledged" => &mut self.immediate_acknowledged,
+            "floors.priority_acknowledged" => &mut self.priority_acknowledged,
+            "floors.routine_acknowledged" => &mut self.routine_acknowledged,
+            "floors.link_test_interval" => &mut self.link_test_interval,
+            _ => return None,
+        })
+    }
+}
+
+/// Every `floors.*` key with the term it bounds, in charter order.
+pub const FLOOR_KEYS: [(&str, &str); 6] = [
+    ("floors.flash_delivered", "deadlines.flash_delivered"),
+    ("floors.flash_acknowledged", "deadlines.flash_acknowledged"),
+    (
+        "floors.immediate_acknowledged",
+        "deadlines.immediate_acknowledged",
+    ),
+    (
+        "floors.priority_acknowledged",
+        "deadlines.priority_acknowledged",
+    ),
+    (
+        "floors.routine_acknowledged",
+        "deadlines.routine_acknowledged",
+    ),
+    ("floors.link_test_interval", "link.test_interval"),
+];
+
 /// When checkpoints are signed on their own (`transcript.*`); changes take effect at the
 /// next start.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -188,6 +245,8 @@ pub struct NodeConfig {
     pub link: LinkSection,
     #[serde(default)]
     pub deadlines: DeadlineSection,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub floors: FloorSection,
     #[serde(default)]
     pub hooks: HookSection,
     #[serde(default)]
@@ -214,6 +273,10 @@ pub struct NodeConfig {
 pub struct CounterpartConfig {
     pub ours: String,
     pub theirs: String,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_author() -> String {
@@ -295,6 +358,7 @@ impl NodeDir {
             database_url: String::new(),
             link: LinkSection::default(),
             deadlines: DeadlineSection::default(),
+            floors: FloorSection::default(),
             hooks: HookSection::default(),
             peers: Vec::new(),
             transcript: TranscriptSection::default(),
@@ -456,6 +520,7 @@ impl NodeConfig {
                 parse_duration(&self.get(key)?).map_err(|reason| bad(key, &reason))?;
             }
         }
+        self.validate_floors()?;
         if !database_url_is_valid(&self.database_url) {
             return Err(bad("database_url", DATABASE_URL_FORMS));
         }
@@ -527,6 +592,68 @@ impl NodeConfig {
         }
     }
 
+    /// Each floor set must parse and be no higher than this node's own ask for that term.
+    fn validate_floors(&self) -> Result<()> {
+        let mut floors = self.floors.clone();
+        for (key, term) in FLOOR_KEYS {
+            let value = floors.slot(key).map(|v| v.clone()).unwrap_or_default();
+            if value.is_empty() {
+                continue;
+            }
+            let floor = parse_duration(&value).map_err(|r| bad(key, &r))?;
+            let own_text = self.get(term)?;
+            let own = parse_duration(&own_text).map_err(|r| bad(term, &r))?;
+            if floor > own {
+                return Err(bad(
+                    key,
+                    &format!(
+                        "{value} is above this node's own {term} ({own_text}): the node would \
+                         refuse its own terms; lower the floor or raise {term}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The floors this node holds charters to: each as set, else the default floor or
+    /// this node's own ask, whichever is shorter (see [`FloorSection`]).
+    pub fn floors(&self) -> detente_proto::Floors {
+        let default = detente_proto::Floors::default();
+        let mut section = self.floors.clone();
+        let mut pick = |key: &str, default: Duration| {
+            section
+                .slot(key)
+                .and_then(|v| parse_duration(v).ok())
+                .unwrap_or(default)
+        };
+        let d = &default.deadlines;
+        let set = detente_proto::Floors {
+            deadlines: detente_proto::Deadlines {
+                flash_delivered: pick("floors.flash_delivered", d.flash_delivered),
+                flash_acknowledged: pick("floors.flash_acknowledged", d.flash_acknowledged),
+                immediate_acknowledged: pick(
+                    "floors.immediate_acknowledged",
+                    d.immediate_acknowledged,
+                ),
+                priority_acknowledged: pick(
+                    "floors.priority_acknowledged",
+                    d.priority_acknowledged,
+                ),
+                routine_acknowledged: pick("floors.routine_acknowledged", d.routine_acknowledged),
+            },
+            link_test_interval: pick("floors.link_test_interval", default.link_test_interval),
+        };
+        let own = detente_proto::Floors {
+            deadlines: self.deadlines(),
+            link_test_interval: self.link_test_interval(),
+        };
+        detente_proto::Floors {
+            deadlines: set.deadlines.stricter(&own.deadlines),
+            link_test_interval: set.link_test_interval.min(own.link_test_interval),
+        }
+    }
+
     /// The link-test cadence this party asks for.
     pub fn link_test_interval(&self) -> Duration {
         parse_duration(&self.link.test_interval).unwrap_or(Duration::from_secs(3600))
@@ -577,6 +704,7 @@ impl NodeConfig {
             "deadlines.immediate_acknowledged" => self.deadlines.immediate_acknowledged.clone(),
             "deadlines.priority_acknowledged" => self.deadlines.priority_acknowledged.clone(),
             "deadlines.routine_acknowledged" => self.deadlines.routine_acknowledged.clone(),
+            floor if floor.starts_with("floors.") => return self.floor_text(floor),
             "hooks.webhook_url" => self.hooks.webhook_url.clone(),
             "hooks.command" => self.hooks.command.clone(),
             "transcript.checkpoint_every" => self.transcript.checkpoint_every.clone(),
@@ -586,6 +714,21 @@ impl NodeConfig {
             oidc if oidc.starts_with("oidc.") => return self.oidc.get(oidc),
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         })
+    }
+
+    /// `config get floors.KEY`: the value set, or the floor in force when none is (e.g.
+    /// `1m`), so that an operator sees what the node holds peers to.
+    fn floor_text(&self, key: &str) -> Result<String> {
+        let mut section = self.floors.clone();
+        let set = section
+            .slot(key)
+            .ok_or_else(|| ConfigError::UnknownKey(key.to_string()))?
+            .clone();
+        if !set.is_empty() {
+            return Ok(set);
+        }
+        let index = FLOOR_KEYS.iter().position(|(k, _)| *k == key).unwrap_or(0);
+        Ok(duration_text(self.floors().all()[index].1))
     }
 
     /// `config set KEY VALUE`: validates, then changes this value only. Durations are
@@ -638,6 +781,15 @@ impl NodeConfig {
                 &mut self.hooks.webhook_url
             }
             "hooks.command" => &mut self.hooks.command,
+            floor if floor.starts_with("floors.") => {
+                // Empty goes back to the automatic floor.
+                if !value.is_empty() {
+                    duration(&value)?;
+                }
+                self.floors
+                    .slot(floor)
+                    .ok_or_else(|| ConfigError::UnknownKey(floor.to_string()))?
+            }
             "engine" => {
                 if !matches!(value.as_str(), "tasks" | "core") {
                     return Err(bad(key, "tasks or core"));
@@ -740,6 +892,12 @@ pub const CONFIG_KEYS: &[&str] = &[
     "deadlines.immediate_acknowledged",
     "deadlines.priority_acknowledged",
     "deadlines.routine_acknowledged",
+    "floors.flash_delivered",
+    "floors.flash_acknowledged",
+    "floors.immediate_acknowledged",
+    "floors.priority_acknowledged",
+    "floors.routine_acknowledged",
+    "floors.link_test_interval",
     "hooks.webhook_url",
     "hooks.command",
     "transcript.checkpoint_every",
@@ -762,6 +920,23 @@ fn bad(key: &str, reason: &str) -> ConfigError {
         key: key.to_string(),
         reason: reason.to_string(),
     }
+}
+
+/// A duration in the largest unit that writes it whole (`90s`, `1m`, `2h`), as
+/// [`parse_duration`] reads it.
+pub fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// Parse `250ms`, `3s`, `10m`, `1h`, `2d` (one number, one unit).
@@ -857,6 +1032,33 @@ mod tests {
     }
 
     #[test]
+    fn floors_default_below_our_own_deadlines_and_a_floor_above_them_is_refused() {
+        let text = "name = \"w\"\nparty = \"W\"\nlang = \"en\"\ntz = \"UTC\"\n\
+                    peer_listen = \"127.0.0.1:1\"\nconsole_listen = \"127.0.0.1:2\"\n";
+        let mut config: NodeConfig = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.floors(), detente_proto::Floors::default());
+        assert_eq!(config.get("floors.flash_acknowledged").unwrap(), "1m");
+        assert_eq!(config.get("floors.link_test_interval").unwrap(), "1m");
+        // Our own shorter deadline lowers the automatic floor to it.
+        config.set("deadlines.flash_acknowledged", "20s").unwrap();
+        assert_eq!(config.get("floors.flash_acknowledged").unwrap(), "20s");
+        // A floor above our own ask is refused, and says why.
+        let err = config.set("floors.flash_acknowledged", "30s").unwrap_err();
+        assert!(err.to_string().contains("above this node's own"), "{err}");
+        config.set("deadlines.flash_acknowledged", "10m").unwrap();
+        config.set("floors.flash_acknowledged", "2m").unwrap();
+        assert_eq!(
+            config.floors().deadlines.flash_acknowledged,
+            Duration::from_secs(120)
+        );
+        assert!(config.set("deadlines.flash_acknowledged", "1m").is_err());
+        assert!(config.set("floors.routine_acknowledged", "soon").is_err());
+        config.set("floors.flash_acknowledged", "").unwrap();
+        assert_eq!(config.get("floors.flash_acknowledged").unwrap(), "1m");
+    }
+
+    #[test]
     fn init_load_set_and_refuse_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let node = NodeDir::new(dir.path().join("w"));
@@ -884,6 +1086,9 @@ mod tests {
         ));
         node.save(&config).unwrap();
         assert_eq!(node.load().unwrap().link.heartbeat_interval, "1s");
+        assert!(!fs::read_to_string(node.file(CONFIG_FILE))
+            .unwrap()
+            .contains("[floors]"));
         let mode = fs::metadata(node.file(KEY_FILE))
             .unwrap()
             .permissions()

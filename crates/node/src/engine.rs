@@ -296,6 +296,7 @@ pub fn core_config(
         peers: core_peers(table),
         deadlines: terms.deadlines,
         link_test_interval: terms.link_test_interval,
+        floors: config.floors(),
         link: config.link_config(),
         checkpoint_interval,
         checkpoint_every: policy.every,
@@ -582,6 +583,9 @@ pub async fn pump(shared: Arc<Shared>, mut events: broadcast::Receiver<CoreEvent
                     }
                 }
                 crate::deadlines::raise(&shared, HookEvent::LinkTestMissed { peer, seq: 0 });
+            }
+            CoreEvent::CharterRefused { peer, below } => {
+                crate::charter::record_refusal(&shared, &peer, below);
             }
             CoreEvent::CharterAgreed { peer, .. } => {
                 let shared = shared.clone();

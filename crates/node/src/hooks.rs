@@ -66,6 +66,13 @@ pub enum HookEvent {
     LinkTestMissed { peer: String, seq: u64 },
     /// A peer signed two different envelopes for the same place in its stream.
     Equivocation { peer: String, detail: String },
+    /// The peer's charter terms ask for deadlines (or a link-test interval) below this
+    /// node's floors; the node did not sign that charter. Raised once per distinct set of
+    /// terms, not once per session.
+    CharterRefused {
+        peer: String,
+        below: Vec<detente_proto::BelowFloor>,
+    },
 }
 
 impl HookEvent {
@@ -76,6 +83,7 @@ impl HookEvent {
             HookEvent::LinkRestored { .. } => "link_restored",
             HookEvent::LinkTestMissed { .. } => "link_test_missed",
             HookEvent::Equivocation { .. } => "equivocation",
+            HookEvent::CharterRefused { .. } => "charter_refused",
         }
     }
 
@@ -92,7 +100,8 @@ impl HookEvent {
             HookEvent::LinkDown { .. }
             | HookEvent::LinkRestored { .. }
             | HookEvent::LinkTestMissed { .. }
-            | HookEvent::Equivocation { .. } => (RANKS - 1) as u8,
+            | HookEvent::Equivocation { .. }
+            | HookEvent::CharterRefused { .. } => (RANKS - 1) as u8,
         }
     }
 
@@ -118,6 +127,10 @@ impl HookEvent {
             }
             HookEvent::LinkTestMissed { peer, seq } => json!({ "peer": peer, "seq": seq }),
             HookEvent::Equivocation { peer, detail } => json!({ "peer": peer, "detail": detail }),
+            HookEvent::CharterRefused { peer, below } => json!({
+                "peer": peer,
+                "refused": crate::charter::below_json(below),
+            }),
         };
         v["event"] = json!(self.name());
         v["node"] = json!(node);

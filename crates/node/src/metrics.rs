@@ -291,6 +291,7 @@ fn hooks_and_alarms(m: &crate::events::Metrics, o: &mut Out) {
         "link_restored",
         "link_test_missed",
         "equivocation",
+        "charter_refused",
     ]
     .into_iter()
     .map(|event| {

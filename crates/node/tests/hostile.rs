@@ -1356,6 +1356,152 @@ async fn charter_terms_from_the_peer_are_checked_and_only_a_charter_both_signed_
     h.stop().await;
 }
 
+/// Wait (bounded) until the node's charter state for the fake peer satisfies `done`.
+async fn until_charter_state(
+    h: &Harness,
+    what: &str,
+    done: impl Fn(&detente_node::charter::PeerCharter) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let state = h.node.shared.charters.get("fake");
+        if done(&state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {:?}",
+            state.refused
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Charter envelopes the node signed for the fake peer, as stored.
+async fn charters_signed(h: &Harness) -> usize {
+    let rows = h
+        .node
+        .shared
+        .store
+        .messages_of_kind("fake", detente_proto::envelope::KIND_CHARTER, 16)
+        .await
+        .expect("charter rows");
+    rows.iter()
+        .filter(|r| r.direction == Direction::Out)
+        .count()
+}
+
+/// Issue 12 item 9: a peer used to set our deadlines, down to 1 s, and the node signed the
+/// charter with no one asked. Terms below our floors are now refused: nothing is signed, the
+/// deadlines in force stay ours, status names each refused term, and one alarm is raised
+/// for the same terms however many sessions repeat them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charter_terms_below_our_floors_are_not_signed_and_status_says_why() {
+    let h = Harness::start().await;
+    let chain = h.chain(2);
+    let own = h.node.shared.deadlines("fake");
+    let mut hostile = fake_terms(h.fake.public());
+    hostile.deadlines.flash_delivered = Duration::from_secs(1);
+    hostile.deadlines.flash_acknowledged = Duration::from_secs(1);
+    hostile.link_test_interval = Duration::from_secs(1);
+
+    // Two sessions ask for the same terms below the floors (2 s the second time).
+    for (i, ask) in [1u64, 2].into_iter().enumerate() {
+        hostile.deadlines.flash_acknowledged = Duration::from_secs(ask);
+        let mut peer = FakePeer::connect(&h).await;
+        peer.send(&Frame::Terms(hostile.encode())).await;
+        until_charter_state(&h, "the refusal is recorded", |s| {
+            s.refused
+                .iter()
+                .any(|b| b.offered == Duration::from_secs(ask))
+        })
+        .await;
+        // The session carries on.
+        h.accepts(&mut peer, &chain[i], i as u64 + 1).await;
+        assert!(
+            peer.from_node
+                .iter()
+                .all(|v| !matches!(v.envelope().body, Body::Charter(_))),
+            "the node signed a charter below its floors"
+        );
+        drop(peer);
+    }
+    assert_eq!(
+        charters_signed(&h).await,
+        0,
+        "a charter envelope was stored"
+    );
+    assert!(h.node.shared.charter("fake").is_none());
+    assert_eq!(
+        h.node.shared.deadlines("fake"),
+        own,
+        "the deadlines in force"
+    );
+
+    let status = api_get(&h, "/api/v1/status").await;
+    let refused = &status["peers"][0]["charter"]["refused"];
+    assert_eq!(
+        refused,
+        &serde_json::json!([
+            {"term": "deadlines.flash_delivered", "offered_ms": 1000, "floor_ms": 5000},
+            {"term": "deadlines.flash_acknowledged", "offered_ms": 2000, "floor_ms": 60000},
+            {"term": "link.test_interval", "offered_ms": 1000, "floor_ms": 60000},
+        ]),
+        "{status}"
+    );
+    let alarms = |h: &Harness| {
+        h.node
+            .shared
+            .events
+            .metrics()
+            .alarms()
+            .into_iter()
+            .find(|(name, _)| *name == "charter_refused")
+            .map_or(0, |(_, n)| n)
+    };
+    assert_eq!(alarms(&h), 1, "one alarm for the same refused terms");
+    // The console's status light (on every page) says the same, in both languages.
+    for (lang, words) in [
+        (
+            "en",
+            "Charter with fake not agreed: they ask FLASH acknowledged within 2s; our floor is 1m 00s.",
+        ),
+        (
+            "zh-CN",
+            "与 fake 的章程未达成：对方要求特急消息在 2秒 内确认；我方下限为 1分 00秒。",
+        ),
+    ] {
+        let op = detente_node::operators::Operator {
+            login: "duty".into(),
+            role: detente_node::operators::Role::Watch,
+            lang: lang.into(),
+            csrf: String::new(),
+            token_hash: [0; 32],
+            expires_at_ms: i64::MAX,
+            compact: false,
+        };
+        let light = detente_node::console::status::status_html(&h.node.shared, &op);
+        assert!(light.contains(words), "{lang}: {light}");
+    }
+
+    // Terms within the floors are agreed as before, and the refusal is cleared.
+    let fair = fake_terms(h.fake.public());
+    let mut peer = FakePeer::connect(&h).await;
+    peer.send(&Frame::Terms(fair.encode())).await;
+    while !peer
+        .from_node
+        .iter()
+        .any(|v| matches!(v.envelope().body, Body::Charter(_)))
+    {
+        peer.next_frame()
+            .await
+            .expect("the node's charter envelope");
+    }
+    until_charter_state(&h, "the refusal is cleared", |s| s.refused.is_empty()).await;
+    assert_eq!(alarms(&h), 1);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notification_in_a_format_not_held_or_with_a_bad_field_is_refused_invalid() {
     use detente_proto::{FieldValue, NotificationBody};

@@ -122,7 +122,8 @@ impl Deadlines {
         }
     }
 
-    fn all(&self) -> [(&'static str, Duration); 5] {
+    /// Each deadline by its charter term name (`deadlines.flash_delivered`, ...).
+    pub fn all(&self) -> [(&'static str, Duration); 5] {
         [
             ("deadlines.flash_delivered", self.flash_delivered),
             ("deadlines.flash_acknowledged", self.flash_acknowledged),
@@ -136,6 +137,94 @@ impl Deadlines {
             ),
             ("deadlines.routine_acknowledged", self.routine_acknowledged),
         ]
+    }
+}
+
+/// The shortest deadlines and link-test interval this party agrees to (issue 12 item 9).
+///
+/// [`Charter::agree`] takes the stricter of each term, so without floors a peer could ask
+/// for 1 s deadlines and make every message overdue within a second. A charter term below
+/// its floor is **not agreed**: the node does not sign that charter
+/// ([`Charter::check_floors`] names each term), and the channel keeps the charter it had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floors {
+    pub deadlines: Deadlines,
+    pub link_test_interval: Duration,
+}
+
+impl Default for Floors {
+    /// A fraction of the spec defaults (docs/spec.md §5): FLASH delivered 5 s (half of
+    /// 10 s, which a link with a retransmission still meets), FLASH acknowledged 1 min (a
+    /// tenth: an officer has to read the message), IMMEDIATE 5 min, PRIORITY 30 min
+    /// (each a sixth), ROUTINE 1 h, a link test at most once a minute.
+    fn default() -> Self {
+        Self {
+            deadlines: Deadlines {
+                flash_delivered: Duration::from_secs(5),
+                flash_acknowledged: Duration::from_secs(60),
+                immediate_acknowledged: Duration::from_secs(300),
+                priority_acknowledged: Duration::from_secs(1800),
+                routine_acknowledged: Duration::from_secs(3600),
+            },
+            link_test_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Floors {
+    /// No floor at all: every term down to the charter's minimum is agreed.
+    pub const NONE: Floors = {
+        let min = Duration::from_millis(limits::DURATION_MIN_MS);
+        Floors {
+            deadlines: Deadlines {
+                flash_delivered: min,
+                flash_acknowledged: min,
+                immediate_acknowledged: min,
+                priority_acknowledged: min,
+                routine_acknowledged: min,
+            },
+            link_test_interval: min,
+        }
+    };
+
+    /// Each floor no higher than what `own` terms offer: a party that asks for a 30 s FLASH
+    /// acknowledgment itself has agreed to 30 s, and its own charter must stay possible.
+    pub fn capped_by(&self, own: &Terms) -> Floors {
+        Floors {
+            deadlines: self.deadlines.stricter(&own.deadlines),
+            link_test_interval: self.link_test_interval.min(own.link_test_interval),
+        }
+    }
+
+    /// Every floor by the charter term it bounds (the names of [`BelowFloor::term`]).
+    pub fn all(&self) -> [(&'static str, Duration); 6] {
+        let [a, b, c, d, e] = self.deadlines.all();
+        [a, b, c, d, e, (LINK_TEST_TERM, self.link_test_interval)]
+    }
+}
+
+/// The name of the link-test interval as a charter term (and a configuration key).
+pub const LINK_TEST_TERM: &str = "link.test_interval";
+
+/// One charter term below this party's floor: what the charter would carry (the peer's
+/// ask, since ours is never below our floor) and the floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BelowFloor {
+    /// `deadlines.flash_acknowledged`, ..., or `link.test_interval`.
+    pub term: &'static str,
+    pub offered: Duration,
+    pub floor: Duration,
+}
+
+impl std::fmt::Display for BelowFloor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} ms is below our floor of {} ms",
+            self.term,
+            self.offered.as_millis(),
+            self.floor.as_millis()
+        )
     }
 }
 
@@ -251,6 +340,31 @@ impl Charter {
         };
         charter.check()?;
         Ok(charter)
+    }
+
+    /// Whether every deadline and the link-test interval of this charter is at or above
+    /// `floors`; else each term below its floor, in charter order. A node signs a charter
+    /// only when this passes (with its floors [capped](Floors::capped_by) by its own terms).
+    pub fn check_floors(&self, floors: &Floors) -> std::result::Result<(), Vec<BelowFloor>> {
+        let terms = self
+            .deadlines
+            .all()
+            .into_iter()
+            .chain([(LINK_TEST_TERM, self.link_test_interval)]);
+        let below: Vec<BelowFloor> = terms
+            .zip(floors.all())
+            .filter(|((_, offered), (_, floor))| offered < floor)
+            .map(|((term, offered), (_, floor))| BelowFloor {
+                term,
+                offered,
+                floor,
+            })
+            .collect();
+        if below.is_empty() {
+            Ok(())
+        } else {
+            Err(below)
+        }
     }
 
     /// The member with this key.
@@ -521,7 +635,7 @@ fn check_deadlines(d: &Deadlines) -> Result<()> {
 }
 
 fn check_interval(d: Duration) -> Result<()> {
-    check_duration("link.test_interval", d)
+    check_duration(LINK_TEST_TERM, d)
 }
 
 fn check_duration(field: &'static str, d: Duration) -> Result<()> {
@@ -757,6 +871,46 @@ mod tests {
         assert!(!ab.holds_format("launch", 1));
         assert_eq!(ab.counterparts.len(), 2);
         assert_eq!(Charter::decode(&ab.encode()).unwrap(), ab);
+    }
+
+    #[test]
+    fn a_term_below_a_floor_is_named_and_our_own_offer_always_passes() {
+        let ours = terms(1, "alpha");
+        let mut theirs = terms(2, "bravo");
+        theirs.deadlines.flash_acknowledged = Duration::from_secs(1);
+        theirs.link_test_interval = Duration::from_secs(1);
+        let floors = Floors::default().capped_by(&ours);
+        let charter = Charter::agree(&ours, &theirs).unwrap();
+        let below = charter.check_floors(&floors).unwrap_err();
+        assert_eq!(
+            below,
+            vec![
+                BelowFloor {
+                    term: "deadlines.flash_acknowledged",
+                    offered: Duration::from_secs(1),
+                    floor: Duration::from_secs(60),
+                },
+                BelowFloor {
+                    term: LINK_TEST_TERM,
+                    offered: Duration::from_secs(1),
+                    floor: Duration::from_secs(60),
+                },
+            ]
+        );
+        assert!(Charter::agree(&ours, &terms(2, "bravo"))
+            .unwrap()
+            .check_floors(&floors)
+            .is_ok());
+        assert!(charter.check_floors(&Floors::NONE).is_ok());
+        // Our own ask below the default floor lowers that floor to it.
+        let mut eager = terms(1, "alpha");
+        eager.deadlines.flash_acknowledged = Duration::from_secs(2);
+        let capped = Floors::default().capped_by(&eager);
+        assert_eq!(capped.deadlines.flash_acknowledged, Duration::from_secs(2));
+        assert_eq!(
+            capped.deadlines.routine_acknowledged,
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod sched;
 pub mod sig;
 pub mod stream;
 
-pub use charter::{Charter, CharterError, Deadlines, FormatRef, Member, Terms};
+pub use charter::{BelowFloor, Charter, CharterError, Deadlines, Floors, FormatRef, Member, Terms};
 pub use deadline::{LineVerdict, LinkTest, Need, Side, Verdict};
 pub use envelope::{
     Body, ChannelId, Envelope, EnvelopeError, FieldValue, MessageId, NotificationBody, Precedence,

@@ -8,7 +8,8 @@
 //! signed only over our own record and never over a smaller tree (the witness rule);
 //! evidence and alarms only ever name the hostile member, each backed by a lie it told; a
 //! deadline is decided at most once; a FLASH waiting on an up session goes before lower
-//! precedence.
+//! precedence; an honest member never signs a charter with a term below its floors, and
+//! refuses only the hostile member's terms.
 //!
 //! Liveness, after healing: every honest stream complete at every honest member with nothing
 //! held or pending; every deadline decided exactly once; a checkpoint co-signed by both
@@ -141,6 +142,9 @@ pub(crate) fn on_commit(w: &mut World, node: usize, batch: &WriteBatch) {
         if m.direction == Direction::Out && m.kind == 2 {
             *w.checker.tests.entry((node, from)).or_default() += 1;
         }
+        if m.direction == Direction::Out && m.kind == detente_proto::envelope::KIND_CHARTER {
+            check_charter_floors(w, node, &m.bytes);
+        }
         if m.direction == Direction::Out {
             if m.sender != me {
                 return w.fail(format!(
@@ -165,6 +169,32 @@ pub(crate) fn on_commit(w: &mut World, node: usize, batch: &WriteBatch) {
     // forged envelope: only what honest members record is judged.
     if !w.nodes[node].hostile {
         check_evidence(w, node, batch);
+    }
+}
+
+/// A charter an honest `node` signs has no term below its floors (capped by its own asks).
+fn check_charter_floors(w: &mut World, node: usize, bytes: &[u8]) {
+    let n = &w.nodes[node];
+    if n.hostile {
+        return;
+    }
+    let Some(Body::Charter(charter)) = World::parse(bytes).map(|e| e.body) else {
+        return;
+    };
+    let floors = detente_proto::Floors {
+        deadlines: n.config.floors.deadlines.stricter(&n.config.deadlines),
+        link_test_interval: n
+            .config
+            .floors
+            .link_test_interval
+            .min(n.config.link_test_interval),
+    };
+    if let Err(below) = charter.check_floors(&floors) {
+        let what: Vec<String> = below.iter().map(ToString::to_string).collect();
+        w.fail(format!(
+            "n{node} signed a charter below its floors: {}",
+            what.join("; ")
+        ));
     }
 }
 
@@ -561,6 +591,14 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
         }
         Event::Refused { .. } => w.count("refusals"),
         Event::CharterAgreed { .. } => w.count("charters_agreed"),
+        Event::CharterRefused { peer, below } if !below.is_empty() => {
+            w.count("charters_refused");
+            if !index_of(w, peer).is_some_and(|i| w.nodes[i].hostile) {
+                w.fail(format!(
+                    "n{node} refused the charter terms of honest {peer}"
+                ));
+            }
+        }
         Event::Stored { direction, .. } => w.count(match direction {
             Direction::Out => "envelopes_written",
             Direction::In => "envelopes_received",
@@ -689,6 +727,21 @@ pub(crate) fn hostile_frame(
             terms.deadlines.routine_acknowledged = std::time::Duration::from_secs(u32::MAX as u64);
             Some((
                 "hostile_absurd_terms",
+                World::frame_bytes(&Frame::Terms(terms.encode())),
+            ))
+        }
+        11 => {
+            // Valid terms, but asking for deadlines and link tests of 1 s: below every
+            // honest member's floors, so never signed (the stricter value would win).
+            let mut terms = absurd_terms(w, h);
+            let second = std::time::Duration::from_secs(1);
+            terms.deadlines.flash_acknowledged = second;
+            if w.rng.gen_bool(0.5) {
+                terms.deadlines.flash_delivered = second;
+                terms.link_test_interval = second;
+            }
+            Some((
+                "hostile_terms_below_floors",
                 World::frame_bytes(&Frame::Terms(terms.encode())),
             ))
         }

@@ -11,8 +11,8 @@ use detente_core::{
 use detente_proto::checkpoint::{Checkpoint, SignedCheckpoint, StreamHead};
 use detente_proto::envelope::parse_unverified;
 use detente_proto::{
-    Body, Deadlines, FieldValue, Frame, LinkConfig, MessageId, NotificationBody, PartySecret,
-    Precedence, ReceiptLevel, TextBody, VerifiedEnvelope,
+    Body, Deadlines, FieldValue, Floors, Frame, LinkConfig, MessageId, NotificationBody,
+    PartySecret, Precedence, ReceiptLevel, TextBody, VerifiedEnvelope,
 };
 use detente_store_types::{Direction, GlossaryRow};
 use rand::rngs::StdRng;
@@ -26,6 +26,19 @@ use crate::Outcome;
 const RUN_MS: u64 = 40_000;
 /// Longest deadline the simulated charters use (all five are drawn below it).
 pub const DEADLINE_MS_MAX: u64 = 30_000;
+/// Every member's floors: below every honest ask (deadlines are drawn from 2 s, link tests
+/// from 5 s), so that honest members always agree, while the hostile member's asks of 1 s
+/// are refused (issue 12 item 9).
+pub const FLOORS: Floors = Floors {
+    deadlines: Deadlines {
+        flash_delivered: Duration::from_millis(1_500),
+        flash_acknowledged: Duration::from_millis(1_500),
+        immediate_acknowledged: Duration::from_millis(1_500),
+        priority_acknowledged: Duration::from_millis(1_500),
+        routine_acknowledged: Duration::from_millis(1_500),
+    },
+    link_test_interval: Duration::from_millis(4_000),
+};
 /// Half-second steps the end of a run waits at most for a quiet moment.
 const SETTLE_STEPS_MAX: usize = 40;
 /// Steps after which a run is cut short (a bound on any livelock of the world itself).
@@ -185,6 +198,7 @@ impl World {
                     peers,
                     deadlines: random_deadlines(&mut rng),
                     link_test_interval: Duration::from_millis(rng.gen_range(5_000..30_000)),
+                    floors: FLOORS,
                     link: LinkConfig::default(),
                     checkpoint_interval: Duration::from_millis(rng.gen_range(3_000..15_000)),
                     // Half the nodes also sign after a count of envelopes.
@@ -888,7 +902,7 @@ impl World {
         let Some(session) = self.session_between(h, target) else {
             return;
         };
-        let kind = self.rng.gen_range(0..11);
+        let kind = self.rng.gen_range(0..12);
         if kind == 8 {
             // It reads slowly: everything sent to it arrives late, until it reads again.
             if !self.stalled.remove(&h) {

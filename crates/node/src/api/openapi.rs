@@ -230,6 +230,21 @@ pub struct CharterStateJson {
     /// The agreed charter (members, deadlines, formats, counterparts).
     #[schema(value_type = Option<Object>)]
     charter: Option<Value>,
+    /// Terms of the charter the peer's latest terms make that are below this node's
+    /// floors (that charter was not signed); empty when nothing is refused.
+    refused: Vec<RefusedTermJson>,
+}
+
+/// A charter term below this node's floor.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RefusedTermJson {
+    /// `deadlines.flash_acknowledged`, ..., or `link.test_interval`.
+    term: String,
+    /// What the charter would carry (the peer's ask), in milliseconds.
+    offered_ms: u64,
+    /// This node's floor for the term, in milliseconds.
+    floor_ms: u64,
 }
 
 /// `GET /api/v1/peers/{name}/charter`: the state, and the latest charter each side signed.
@@ -242,6 +257,7 @@ pub struct PeerCharterJson {
     digest: Option<String>,
     #[schema(value_type = Option<Object>)]
     charter: Option<Value>,
+    refused: Vec<RefusedTermJson>,
     ours: Option<CharterSignedJson>,
     theirs: Option<CharterSignedJson>,
 }

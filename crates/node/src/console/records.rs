@@ -180,6 +180,10 @@ struct ChannelView {
     channel_hex: String,
     /// The agreed charter's version and digest, if there is one.
     charter: Option<(u32, String)>,
+    /// The agreed charter's deadlines and link-test interval, in words.
+    charter_terms: Option<String>,
+    /// Why the peer's latest terms are not agreed (terms below our floors).
+    refusals: Vec<String>,
     /// The latest co-signed checkpoint: its time and each member's stream size.
     checkpoint: Option<(i64, Vec<(String, u64)>)>,
     streams: Vec<StreamCheck>,
@@ -245,7 +249,25 @@ async fn check_stream(
     c
 }
 
-async fn channel_views(shared: &Shared) -> Vec<ChannelView> {
+/// An agreed charter's deadlines and link-test interval in the operator's language, so that
+/// every new version shows what it changed.
+fn charter_terms(shared: &Shared, op: &Operator, c: &detente_proto::Charter) -> String {
+    let time = |d: std::time::Duration| {
+        super::pages::duration_words(shared, &op.lang, d.as_millis() as i64)
+    };
+    let d = &c.deadlines;
+    let args = [
+        ("flash_delivered", time(d.flash_delivered)),
+        ("flash_acknowledged", time(d.flash_acknowledged)),
+        ("immediate", time(d.immediate_acknowledged)),
+        ("priority", time(d.priority_acknowledged)),
+        ("routine", time(d.routine_acknowledged)),
+        ("link_test", time(c.link_test_interval)),
+    ];
+    tr_with(shared, op, "charter-in-force", &args)
+}
+
+async fn channel_views(shared: &Shared, op: &Operator) -> Vec<ChannelView> {
     let me = shared.secret.public();
     let my_name = shared
         .config
@@ -255,10 +277,13 @@ async fn channel_views(shared: &Shared) -> Vec<ChannelView> {
     let mut views = Vec::new();
     for entry in shared.table.all() {
         let channel = ChannelId::for_pair(&me, &entry.key);
-        let charter = shared.charter(&entry.name).map(|c| {
+        let agreed = shared.charter(&entry.name);
+        let charter = agreed.as_ref().map(|c| {
             let version = shared.charters.get(&entry.name).version;
             (version, hex::encode(c.digest()))
         });
+        let charter_terms = agreed.map(|c| charter_terms(shared, op, &c));
+        let refusals = super::status::charter_refusals(shared, op, &entry.name);
         let checkpoint = latest_cosigned(shared, channel).await.map(|c| {
             let sizes = c
                 .members
@@ -278,6 +303,8 @@ async fn channel_views(shared: &Shared) -> Vec<ChannelView> {
             peer: entry.name.clone(),
             channel_hex: channel.to_hex(),
             charter,
+            charter_terms,
+            refusals,
             checkpoint,
             streams,
         });
@@ -319,6 +346,12 @@ fn channel_section(shared: &Shared, op: &Operator, v: &ChannelView) -> Markup {
                     None => (t("charter-none")),
                 }
             }
+            @if let Some(terms) = &v.charter_terms {
+                p.charter-terms { (terms) }
+            }
+            @for why in &v.refusals {
+                p.charter-refused role="status" { span aria-hidden="true" { "⚠ " } (why) }
+            }
             h3 { (t("checkpoint-title")) }
             p.checkpoint { (checkpoint) }
             table {
@@ -358,7 +391,7 @@ fn channel_section(shared: &Shared, op: &Operator, v: &ChannelView) -> Markup {
 }
 
 pub async fn transcript(State(shared): Shr, op: Operator) -> Response {
-    let views = channel_views(&shared).await;
+    let views = channel_views(&shared, &op).await;
     let main = html! {
         p { (tr(&shared, &op, "transcript-intro")) }
         @for v in &views { (channel_section(&shared, &op, v)) }

@@ -77,6 +77,7 @@ fn lights(shared: &Shared, op: &Operator) -> Vec<Light> {
             let count = overdue.to_string();
             flags.push(tr_with(shared, op, "status-overdue", &[("count", count)]));
         }
+        flags.extend(charter_refusals(shared, op, &entry.name));
         lights.push(Light {
             name: entry.name.clone(),
             state,
@@ -86,6 +87,38 @@ fn lights(shared: &Shared, op: &Operator) -> Vec<Light> {
         });
     }
     lights
+}
+
+/// Why the charter the peer's latest terms make is not agreed: one sentence per term below
+/// our floors ("Charter with beijing not agreed: they ask FLASH acknowledged within 1m 00s;
+/// our floor is …"), in the operator's language.
+pub fn charter_refusals(shared: &Shared, op: &Operator, peer: &str) -> Vec<String> {
+    let time = |d: std::time::Duration| {
+        super::pages::duration_words(shared, &op.lang, d.as_millis() as i64)
+    };
+    shared
+        .charters
+        .get(peer)
+        .refused
+        .iter()
+        .map(|b| {
+            let key = match b.term {
+                "deadlines.flash_delivered" => "charter-ask-flash-delivered",
+                "deadlines.flash_acknowledged" => "charter-ask-flash-acknowledged",
+                "deadlines.immediate_acknowledged" => "charter-ask-immediate-acknowledged",
+                "deadlines.priority_acknowledged" => "charter-ask-priority-acknowledged",
+                "deadlines.routine_acknowledged" => "charter-ask-routine-acknowledged",
+                _ => "charter-ask-link-test",
+            };
+            let ask = tr_with(shared, op, key, &[("time", time(b.offered))]);
+            let args = [
+                ("peer", peer.to_string()),
+                ("ask", ask),
+                ("floor", time(b.floor)),
+            ];
+            tr_with(shared, op, "charter-refused", &args)
+        })
+        .collect()
 }
 
 /// The light as HTML: one item per peer.

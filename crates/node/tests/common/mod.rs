@@ -73,6 +73,7 @@ pub fn core_config(i: usize) -> Config {
         }],
         deadlines: Deadlines::default(),
         link_test_interval: Duration::from_secs(3600),
+        floors: detente_proto::Floors::default(),
         link: LinkConfig::default(),
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_every: 0,

@@ -7,12 +7,14 @@ use detente_proto::{
     Body, Frame, MessageId, Precedence, Receipt, ReceiptLevel, ReceiptTarget, RefuseCode,
     VerifiedEnvelope,
 };
-use detente_store_types::{DeliveredRange, Direction, EvidenceRow, Placement, EVIDENCE_ENVELOPES};
+use detente_store_types::{
+    DeliveredRange, Direction, EvidenceRow, Placement, EVIDENCE_BROKEN_CHAIN, EVIDENCE_ENVELOPES,
+};
 
 use crate::deadlines::Decision;
 use crate::notification::check_notification;
 use crate::peer::{receipt_row, row, Held};
-use crate::{bugs, Core, Event, Need, PlantedBug, SessionId, STAGED_MESSAGES_MAX};
+use crate::{bugs, Core, Event, Need, PlantedBug, Release, SessionId, STAGED_MESSAGES_MAX};
 
 impl Core {
     pub(crate) fn on_envelope_frame(&mut self, index: usize, session: SessionId, bytes: &[u8]) {
@@ -152,10 +154,8 @@ impl Core {
                 break;
             }
             if p.held[&next].prev != p.inb.cursor.last_id {
-                // The peer signed a held envelope that does not follow its own stream; it
-                // stays held (the stream cannot pass it) and is evidence once its rival
-                // arrives.
-                break;
+                let held = p.held.remove(&next).expect("present");
+                return self.broken_chain(index, next, held);
             }
             let held = p.held.remove(&next).expect("present");
             let (channel, key) = (p.channel, p.key);
@@ -163,6 +163,52 @@ impl Core {
             p.unsigned += 1;
             batch.promote.push((channel.0, *key.as_bytes(), next));
         }
+    }
+
+    /// The peer's held envelope at `seq` does not follow its own envelope at `seq - 1`
+    /// (issue 12, item 17): both are signed by the peer and cannot both be its stream. The
+    /// held one leaves the messages (discarded from the store, or from this batch if it
+    /// came in it) and is kept as broken-chain evidence with the appended one (the
+    /// committer fills that in, [`WriteBatch::evidence_to_fill`]); the alarm is raised once
+    /// it is durable. The seq is open again: the envelope that does follow is appended when
+    /// it comes, instead of being refused as a conflict for ever.
+    ///
+    /// [`WriteBatch::evidence_to_fill`]: detente_store_types::WriteBatch::evidence_to_fill
+    fn broken_chain(&mut self, index: usize, seq: u64, held: Held) {
+        let p = &mut self.peers[index];
+        let batch = &mut self.staging.batch;
+        match batch.messages.iter().position(|m| m.id == held.id.0) {
+            Some(at) => {
+                batch.messages.remove(at);
+                p.delivered_pending.retain(|s| *s != seq);
+                self.staging.releases.retain(
+                    |r| !matches!(r, Release::Event(Event::Stored { id, .. }) if *id == held.id),
+                );
+            }
+            None => batch
+                .discard_held
+                .push((p.channel.0, *p.key.as_bytes(), seq)),
+        }
+        p.in_index.remove(&held.id);
+        let detail = format!(
+            "the peer's held envelope for seq {seq} does not follow its envelope at seq {}; \
+             kept as evidence, not in the transcript",
+            seq - 1
+        );
+        let p = &self.peers[index];
+        self.staging.batch.evidence.push(EvidenceRow {
+            id: 0,
+            channel: p.channel.0,
+            peer: p.name.clone(),
+            kind: EVIDENCE_BROKEN_CHAIN,
+            seq: Some(seq),
+            first: Vec::new(),
+            second: held.bytes,
+            detail: detail.clone(),
+            detected_at_ms: self.wall_ms,
+        });
+        let peer = p.name.clone();
+        self.release_event(Event::Alarm { peer, detail });
     }
 
     /// Two different envelopes signed by the peer for one `seq`: both kept as evidence, the

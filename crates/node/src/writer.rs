@@ -26,7 +26,7 @@ use detente_proto::{
 use detente_store::{
     CheckpointRow, DeliveredRange, Direction, EvidenceRow, IdempotencyRow, MessageRow, OutboxRow,
     Placement, ReceiptRow, SentRecord, Store, StreamRow, TreeNodeRow, WriteBatch,
-    EVIDENCE_CHECKPOINTS, EVIDENCE_ENVELOPES, IDEMPOTENCY_KEY_TTL_MS,
+    EVIDENCE_BROKEN_CHAIN, EVIDENCE_CHECKPOINTS, EVIDENCE_ENVELOPES, IDEMPOTENCY_KEY_TTL_MS,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -1274,7 +1274,12 @@ impl Writer {
                 }
             };
             in_batch.insert(seq, verified.id());
-            self.promote_held(batch, peer);
+            for (broken, held_id) in self.promote_held(batch, peer) {
+                self.broken_chain(batch, staged, peer, (broken, held_id), &verified)
+                    .await?;
+                delivered_seqs.retain(|s| *s != broken);
+                in_batch.remove(&broken);
+            }
             staged.touched.insert(peer.to_string());
             outcome.stored += 1;
             match &e.body {
@@ -1344,14 +1349,19 @@ impl Writer {
         Ok(row.is_some_and(|m| m.direction == Direction::Out && m.peer == peer && m.kind != 1))
     }
 
-    /// Append held envelopes whose gap has filled, checking each one's `prev`.
-    fn promote_held(&mut self, batch: &mut WriteBatch, peer: &str) {
+    /// Append held envelopes whose gap has filled, checking each one's `prev`. A held
+    /// envelope that does not follow the stream is taken out of the held set (and so out of
+    /// the way of the envelope that does follow); returned as (seq, id) for
+    /// [`Writer::broken_chain`].
+    fn promote_held(&mut self, batch: &mut WriteBatch, peer: &str) -> Vec<(u64, MessageId)> {
         let Some(p) = self.peers.get_mut(peer) else {
-            return;
+            return Vec::new();
         };
+        let mut broken = Vec::new();
         while let Some(&(id, prev, leaf)) = p.held.get(&p.inbound.next_seq) {
             if prev != p.inbound.last_id {
-                conflict(peer, p.inbound.next_seq);
+                p.held.remove(&p.inbound.next_seq);
+                broken.push((p.inbound.next_seq, id));
                 break;
             }
             let (channel, key) = (p.channel, p.key);
@@ -1363,6 +1373,83 @@ impl Writer {
             p.held.remove(&p.inbound.next_seq);
             p.inbound.advance(id);
         }
+        broken
+    }
+
+    /// The peer's held envelope at `seq` does not follow its own envelope at `seq - 1`
+    /// (issue 12, item 17): both are signed by the peer and cannot both be its stream.
+    /// The held one leaves the messages (discarded from the store, or from this batch if it
+    /// came in it) and is kept as [`EVIDENCE_BROKEN_CHAIN`] evidence with the appended one;
+    /// the alarm is raised and the channel flagged once that is durable. The seq is open
+    /// again: the envelope that does follow is appended when it comes, instead of being
+    /// refused as a conflict for ever.
+    async fn broken_chain(
+        &mut self,
+        batch: &mut WriteBatch,
+        staged: &mut Staged,
+        peer: &str,
+        (seq, held_id): (u64, MessageId),
+        current: &VerifiedEnvelope,
+    ) -> Result<(), WriteError> {
+        let Some(p) = self.peers.get(peer) else {
+            return Ok(());
+        };
+        let (channel, key) = (p.channel, p.key);
+        let second = match batch.messages.iter().position(|m| m.id == held_id.0) {
+            Some(at) => {
+                staged
+                    .events
+                    .retain(|e| !matches!(e, Event::Stored { id, .. } if *id == held_id));
+                batch.messages.remove(at).bytes
+            }
+            None => {
+                batch.discard_held.push((channel.0, *key.as_bytes(), seq));
+                self.store
+                    .message_at(channel.0, *key.as_bytes(), seq)
+                    .await
+                    .map_err(store_err)?
+                    .map(|m| m.bytes)
+                    .unwrap_or_default()
+            }
+        };
+        let detail = format!(
+            "the peer's held envelope for seq {seq} does not follow its envelope at seq {}; \
+             kept as evidence, not in the transcript",
+            seq - 1
+        );
+        tracing::error!(peer, seq, "BROKEN CHAIN: {detail}");
+        batch.evidence.push(EvidenceRow {
+            id: 0,
+            channel: channel.0,
+            peer: peer.to_string(),
+            kind: EVIDENCE_BROKEN_CHAIN,
+            seq: Some(seq),
+            // The envelope before it: the one being received now (its row joins the batch
+            // after this), else a promoted one, read from the store below.
+            first: if current.envelope().seq + 1 == seq {
+                current.bytes().to_vec()
+            } else {
+                Vec::new()
+            },
+            second,
+            detail: detail.clone(),
+            detected_at_ms: now_ms() as i64,
+        });
+        for (i, channel, before) in batch.evidence_to_fill() {
+            if let Some(row) = self
+                .store
+                .message_at(channel, *key.as_bytes(), before)
+                .await
+                .map_err(store_err)?
+            {
+                batch.evidence[i].first = row.bytes;
+            }
+        }
+        staged.events.push(Event::Alarm {
+            peer: peer.to_string(),
+            detail,
+        });
+        Ok(())
     }
 }
 

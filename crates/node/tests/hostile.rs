@@ -755,6 +755,49 @@ async fn wrong_prev_at_the_next_seq_is_refused_prev_mismatch() {
     h.stop().await;
 }
 
+/// A held envelope whose `prev` does not match the envelope that later filled the gap
+/// before it wedged the stream for ever: it stayed held, and the peer's envelope that does
+/// follow was refused as a conflict at that seq every time. Now the held one is kept as
+/// broken-chain evidence (with the appended one before it), taken out of the messages, the
+/// channel is flagged, and the seq is open: the envelope that follows is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_envelope_off_the_chain_is_evidence_and_the_stream_goes_on() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(4);
+    h.accepts(&mut peer, &chain[0], 1).await;
+    // Seq 3 ahead of a gap, on a history the peer never sent.
+    let forked = h.sign(h.envelope(3, MessageId([0x66; 32]), "held, on a forked history"));
+    let (refused, hwm) = peer.exchange(forked.bytes()).await;
+    assert!(refused.is_empty(), "held, not refused: {refused:?}");
+    assert_eq!(hwm, 1);
+    let held = h.fake_message_at(3).await.expect("held and stored");
+    assert_eq!(held.placement, Placement::Held);
+    // The gap fills with the real seq 2: the held 3 does not follow it.
+    let (refused, hwm) = peer.exchange(chain[1].bytes()).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(hwm, 2);
+    assert!(
+        h.fake_message_at(3).await.is_none(),
+        "the envelope off the chain is no message any more"
+    );
+    let evidence = h.node.shared.store.evidence().await.unwrap();
+    assert_eq!(evidence.len(), 1, "{evidence:?}");
+    assert_eq!(evidence[0].kind, detente_store::EVIDENCE_BROKEN_CHAIN);
+    assert_eq!(evidence[0].seq, Some(3));
+    assert_eq!(evidence[0].first, chain[1].bytes(), "the appended seq 2");
+    assert_eq!(evidence[0].second, forked.bytes(), "the held seq 3");
+    let status = api_get(&h, "/api/v1/status").await;
+    assert_eq!(status["alarms"][0]["kind"], "broken-chain", "{status}");
+    assert_eq!(status["alarms"][0]["seq"], 3);
+    assert_eq!(status["peers"][0]["flagged"], true);
+    // The envelope that does follow takes seq 3, and the stream goes on.
+    h.accepts(&mut peer, &chain[2], 3).await;
+    h.accepts(&mut peer, &chain[3], 4).await;
+    assert_eq!(h.fake_stream().await, Some((5, chain[3].id())));
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_the_session_and_a_new_one_works() {
     let h = Harness::start().await;

@@ -24,7 +24,9 @@ use detente_proto::{
     Body, ChannelId, Frame, PartyKey, Precedence, ReceiptLevel, ReceiptTarget, TextBody,
     VerifiedEnvelope,
 };
-use detente_store_types::{Direction, GlossaryRow, Placement, WriteBatch, EVIDENCE_ENVELOPES};
+use detente_store_types::{
+    Direction, GlossaryRow, Placement, WriteBatch, EVIDENCE_BROKEN_CHAIN, EVIDENCE_ENVELOPES,
+};
 use rand::Rng;
 
 use crate::store::Stream;
@@ -315,6 +317,22 @@ fn check_evidence(w: &mut World, node: usize, batch: &WriteBatch) {
                     seq == b.envelope().seq
                         && a.id() != b.id()
                         && w.checker.forged.contains(&(peer, node, seq))
+                }
+                _ => false,
+            }
+        } else if ev.kind == EVIDENCE_BROKEN_CHAIN {
+            // Its appended envelope at seq - 1 and a held one at seq that does not follow it,
+            // one of them forged.
+            let key = key_of(w, peer);
+            let a = VerifiedEnvelope::decode(&ev.first, Some(&key));
+            let b = VerifiedEnvelope::decode(&ev.second, Some(&key));
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    let seq = b.envelope().seq;
+                    a.envelope().seq + 1 == seq
+                        && b.envelope().prev != a.id()
+                        && (w.checker.forged.contains(&(peer, node, seq))
+                            || w.checker.forged.contains(&(peer, node, seq - 1)))
                 }
                 _ => false,
             }

@@ -37,15 +37,32 @@ pub struct StoreModel {
 impl StoreModel {
     /// Apply a batch atomically; a duplicate message refuses all of it (as the store does).
     pub fn apply(&mut self, batch: &WriteBatch) -> Result<(), String> {
+        // Held rows that do not follow their stream leave first (appended ones never do).
+        let discarded: BTreeMap<(Stream, u64), [u8; 32]> = batch
+            .discard_held
+            .iter()
+            .filter_map(|&(channel, sender, seq)| {
+                let pos = ((channel, sender), seq);
+                let id = *self.by_pos.get(&pos)?;
+                (self.messages.get(&id)?.placement == Placement::Held).then_some((pos, id))
+            })
+            .collect();
         let mut fresh = BTreeSet::new();
         for m in &batch.messages {
             let pos = ((m.channel, m.sender), m.seq);
-            if self.messages.contains_key(&m.id) || self.by_pos.contains_key(&pos) {
+            let taken = self.by_pos.contains_key(&pos) && !discarded.contains_key(&pos);
+            if (self.messages.contains_key(&m.id) && !discarded.values().any(|d| *d == m.id))
+                || taken
+            {
                 return Err(format!("duplicate message seq {} ({})", m.seq, hex(&m.id)));
             }
             if !fresh.insert(pos) {
                 return Err(format!("duplicate message seq {} in one batch", m.seq));
             }
+        }
+        for (pos, id) in &discarded {
+            self.by_pos.remove(pos);
+            self.messages.remove(id);
         }
         let mut appended: BTreeMap<Stream, Vec<u64>> = BTreeMap::new();
         for m in &batch.messages {

@@ -166,6 +166,10 @@ pub struct WitnessRow {
 /// Evidence kinds. The numbers are part of the schema; never renumber.
 pub const EVIDENCE_ENVELOPES: u8 = 0;
 pub const EVIDENCE_CHECKPOINTS: u8 = 1;
+/// A held envelope of the peer whose `prev` is not the id of the peer's own envelope at the
+/// seq before it, found when the gap filled: `first` is the appended envelope at `seq - 1`,
+/// `second` the held one at `seq`. Both signed by the peer; they cannot both be its stream.
+pub const EVIDENCE_BROKEN_CHAIN: u8 = 2;
 
 /// Two things one party signed that cannot both be true.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,13 +178,14 @@ pub struct EvidenceRow {
     pub id: i64,
     pub channel: Hash32,
     pub peer: String,
-    /// [`EVIDENCE_ENVELOPES`] or [`EVIDENCE_CHECKPOINTS`].
+    /// [`EVIDENCE_ENVELOPES`], [`EVIDENCE_CHECKPOINTS`] or [`EVIDENCE_BROKEN_CHAIN`].
     pub kind: u8,
     pub seq: Option<u64>,
     /// The first signed item (envelope or signed checkpoint), exactly as received. Empty in
     /// a batch from the core for two envelopes: the first is our stored copy of the peer's
     /// envelope at `seq`, which the core does not keep in memory; whoever commits the batch
-    /// puts it in ([`WriteBatch::evidence_to_fill`]).
+    /// puts it in ([`WriteBatch::evidence_to_fill`]); likewise the appended envelope at
+    /// `seq - 1` of a broken chain.
     pub first: Vec<u8>,
     /// The second, contradicting one.
     pub second: Vec<u8>,
@@ -191,6 +196,12 @@ pub struct EvidenceRow {
 /// Everything one group commit makes durable, applied in one transaction, in this order.
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
+    /// Held envelopes of the peer that turned out not to follow its stream (their `prev` is
+    /// not the id of the envelope appended before them): (channel, sender, seq). Removed
+    /// from the messages before anything else, so that the peer's envelope that does follow
+    /// can take the seq; their bytes are kept in this batch's [`EVIDENCE_BROKEN_CHAIN`]
+    /// evidence. Only rows still held are removed; an appended row never is.
+    pub discard_held: Vec<(Hash32, Hash32, u64)>,
     /// New envelopes, outgoing or received (appended or held). A message whose id already
     /// exists is an error: the node checks for duplicates before batching.
     pub messages: Vec<MessageRow>,
@@ -339,18 +350,22 @@ pub struct DeadlineCandidate {
 }
 
 impl WriteBatch {
-    /// Fill the empty `first` of envelope evidence from this batch's own received rows, and
-    /// return the rest, `(index in evidence, channel, seq)`: those the committer reads from
-    /// its store (the peer's appended envelope at `seq`) before committing.
+    /// Fill the empty `first` of envelope evidence (two envelopes, or a broken chain) from
+    /// this batch's own received rows, and return the rest, `(index in evidence, channel,
+    /// seq)`: those the committer reads from its store (the peer's appended envelope at
+    /// `seq`) before committing.
     pub fn evidence_to_fill(&mut self) -> Vec<(usize, Hash32, u64)> {
         let mut left = Vec::new();
         for i in 0..self.evidence.len() {
             let e = &self.evidence[i];
-            let Some(seq) = e
-                .seq
-                .filter(|_| e.kind == EVIDENCE_ENVELOPES && e.first.is_empty())
-            else {
+            let Some(seq) = e.seq.filter(|_| e.first.is_empty()) else {
                 continue;
+            };
+            // Two envelopes for one seq: ours at `seq`. A broken chain: the one before it.
+            let seq = match e.kind {
+                EVIDENCE_ENVELOPES => seq,
+                EVIDENCE_BROKEN_CHAIN if seq > 1 => seq - 1,
+                _ => continue,
             };
             let channel = e.channel;
             let own = self
@@ -366,7 +381,8 @@ impl WriteBatch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.discard_held.is_empty()
+            && self.messages.is_empty()
             && self.promote.is_empty()
             && self.outbox.is_empty()
             && self.streams.is_empty()

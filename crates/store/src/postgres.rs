@@ -192,6 +192,7 @@ impl PgStore {
         check_ranges(&batch)?;
         let mut tx = self.writer.begin().await?;
         self.check_fence(&mut tx).await?;
+        discard_held(&mut tx, &batch.discard_held).await?;
         if let Err(e) = insert_messages(&mut tx, &batch.messages).await {
             // The failed statement aborted the transaction: roll it back, then look for the
             // colliding message in the batch itself and in what is committed.
@@ -971,6 +972,30 @@ async fn insert_messages(
                 .push_bind(m.bytes.as_slice());
         });
         qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Remove held rows that turned out not to follow their stream, with what the console keeps
+/// of them (the queue, the search index); appended rows are never touched.
+async fn discard_held(conn: &mut PgConnection, keys: &[(Hash32, Hash32, u64)]) -> Result<()> {
+    const HELD: &str = "SELECT id FROM messages WHERE channel = $1 AND sender = $2 AND seq = $3 \
+                        AND placement = 1";
+    for (channel, sender, seq) in keys {
+        for statement in [
+            format!("DELETE FROM console_unanswered WHERE id IN ({HELD})"),
+            format!("DELETE FROM console_search WHERE id IN ({HELD})"),
+            "DELETE FROM messages WHERE channel = $1 AND sender = $2 AND seq = $3 \
+             AND placement = 1"
+                .to_string(),
+        ] {
+            sqlx::query(&statement)
+                .bind(channel.as_slice())
+                .bind(sender.as_slice())
+                .bind(int(*seq))
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     Ok(())
 }

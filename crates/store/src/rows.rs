@@ -34,6 +34,11 @@ pub(crate) fn check_ranges(batch: &WriteBatch) -> Result<()> {
             return Err(too_big("promote seq", seq));
         }
     }
+    for &(_, _, seq) in &batch.discard_held {
+        if seq > limit {
+            return Err(too_big("discard_held seq", seq));
+        }
+    }
     for o in &batch.outbox {
         if o.seq > limit {
             return Err(too_big("outbox seq", o.seq));

@@ -239,6 +239,7 @@ impl SqliteStore {
 
 /// Every step of a batch, in order, on the transaction's connection.
 async fn apply_batch(conn: &mut SqliteConnection, batch: &WriteBatch) -> Result<()> {
+    discard_held(conn, &batch.discard_held).await?;
     insert_messages(conn, &batch.messages).await?;
     promote(conn, &batch.promote).await?;
     insert_outbox(conn, &batch.outbox).await?;
@@ -1048,6 +1049,30 @@ async fn describe_duplicate(conn: &mut SqliteConnection, chunk: &[MessageRow]) -
         }
     }
     String::from("in batch")
+}
+
+/// Remove held rows that turned out not to follow their stream, with what the console keeps
+/// of them (the queue, the search index); appended rows are never touched.
+async fn discard_held(conn: &mut SqliteConnection, keys: &[(Hash32, Hash32, u64)]) -> Result<()> {
+    const HELD: &str = "SELECT id FROM messages WHERE channel = ?1 AND sender = ?2 AND seq = ?3 \
+                        AND placement = 1";
+    for (channel, sender, seq) in keys {
+        for statement in [
+            format!("DELETE FROM console_unanswered WHERE id IN ({HELD})"),
+            format!("DELETE FROM console_search WHERE id IN ({HELD})"),
+            "DELETE FROM messages WHERE channel = ?1 AND sender = ?2 AND seq = ?3 \
+             AND placement = 1"
+                .to_string(),
+        ] {
+            sqlx::query(&statement)
+                .bind(channel.as_slice())
+                .bind(sender.as_slice())
+                .bind(int(*seq))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn promote(conn: &mut SqliteConnection, keys: &[(Hash32, Hash32, u64)]) -> Result<()> {

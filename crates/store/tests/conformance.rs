@@ -513,6 +513,60 @@ async fn promote_appends_held_messages(db: Db) {
     assert_eq!(s.held(CHANNEL_B, BOB, 10).await.unwrap().len(), 1);
 }
 
+/// A held row that does not follow its stream leaves the store with what the console
+/// keeps of it, in the same commit as the evidence and the row that takes its seq; an
+/// appended row at a discarded position is never touched.
+async fn a_discarded_held_row_makes_room_for_the_one_that_follows(db: Db) {
+    let s = &db.store;
+    let mut batch = WriteBatch::default();
+    batch.messages.push(msg("alice", Direction::In, 1, 100));
+    batch.messages.push(MessageRow {
+        placement: Placement::Held,
+        ..msg("alice", Direction::In, 3, 100)
+    });
+    s.commit(batch).await.unwrap();
+    let held_id = s.message_at(CHANNEL_A, ALICE, 3).await.unwrap().unwrap().id;
+    let evidence = detente_store::EvidenceRow {
+        id: 0,
+        channel: CHANNEL_A,
+        peer: "alice".into(),
+        kind: detente_store::EVIDENCE_BROKEN_CHAIN,
+        seq: Some(3),
+        first: b"two".to_vec(),
+        second: b"held three".to_vec(),
+        detail: "seq 3 does not follow seq 2".into(),
+        detected_at_ms: 8,
+    };
+    // The one that follows, at the same seq, with another id.
+    let follows = MessageRow {
+        id: id(0x77, 3),
+        ..msg("alice", Direction::In, 3, 120)
+    };
+    s.commit(WriteBatch {
+        discard_held: vec![(CHANNEL_A, ALICE, 3), (CHANNEL_A, ALICE, 1)],
+        messages: vec![msg("alice", Direction::In, 2, 110), follows.clone()],
+        evidence: vec![evidence.clone()],
+        ..WriteBatch::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        s.message(held_id).await.unwrap().is_none(),
+        "the held row is gone"
+    );
+    let at3 = s.message_at(CHANNEL_A, ALICE, 3).await.unwrap().unwrap();
+    assert_eq!((at3.id, at3.placement), (follows.id, Placement::Appended));
+    assert!(
+        s.message_at(CHANNEL_A, ALICE, 1).await.unwrap().is_some(),
+        "an appended row is never discarded"
+    );
+    assert!(s.held(CHANNEL_A, ALICE, 10).await.unwrap().is_empty());
+    let stored = s.evidence().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].kind, detente_store::EVIDENCE_BROKEN_CHAIN);
+    assert_eq!(stored[0].second, evidence.second);
+}
+
 async fn streams_are_replaced(db: Db) {
     let s = &db.store;
     let row = |next_seq| StreamRow {
@@ -1758,6 +1812,7 @@ conformance!(
     large_batches_are_written_completely,
     out_of_range_numbers_are_refused_before_writing,
     promote_appends_held_messages,
+    a_discarded_held_row_makes_room_for_the_one_that_follows,
     streams_are_replaced,
     delivered_and_prune_are_idempotent,
     a_delivered_range_covers_every_seq_in_it,

@@ -571,7 +571,7 @@ async fn alarm_list(shared: &Shared) -> Result<Vec<Value>, ApiError> {
             json!({
                 "id": e.id,
                 "peer": e.peer,
-                "kind": if e.kind == detente_store::EVIDENCE_ENVELOPES { "equivocation" } else { "inconsistent-checkpoints" },
+                "kind": evidence_kind(e.kind),
                 "seq": e.seq,
                 "detail": e.detail,
                 "detected_at": time_text(e.detected_at_ms),
@@ -1454,4 +1454,13 @@ async fn peer_charter(State(shared): State<Arc<Shared>>, Path(name): Path<String
         "message": id.to_hex(),
     })));
     Ok(Json(body).into_response())
+}
+
+/// The name the API gives an evidence kind.
+fn evidence_kind(kind: u8) -> &'static str {
+    match kind {
+        detente_store::EVIDENCE_ENVELOPES => "equivocation",
+        detente_store::EVIDENCE_BROKEN_CHAIN => "broken-chain",
+        _ => "inconsistent-checkpoints",
+    }
 }

@@ -297,7 +297,8 @@ pub struct RefusedKeyJson {
 pub struct AlarmJson {
     id: i64,
     peer: String,
-    /// `equivocation` or `inconsistent-checkpoints`.
+    /// `equivocation` (two envelopes for one seq), `broken-chain` (a held envelope that
+    /// does not follow the one before it) or `inconsistent-checkpoints`.
     kind: String,
     seq: Option<u64>,
     detail: String,

@@ -141,7 +141,7 @@ impl Tracked {
 struct Group {
     /// Every pending message of the group at or before this `(start, id)` has been read
     /// (it is in memory, or decided); those after it are read from the store.
-    cursor: Option<(i64, [u8; 32])>,
+    cursor: Option<Key>,
     /// The store may hold pending messages of this group after `cursor`.
     more: bool,
     /// The start (wall ms) of the first of them, where known: the watch wakes to read it
@@ -196,8 +196,11 @@ struct Counts {
     unanswered_in: u64,
 }
 
+/// A place in a group's due order: (start, wall ms; id).
+type Key = (i64, [u8; 32]);
+
 /// The `(start, id)` just before `key`, so that "strictly after" it starts at `key`.
-fn before(key: (i64, [u8; 32])) -> (i64, [u8; 32]) {
+fn before(key: Key) -> Key {
     let (mut ms, mut id) = key;
     for b in id.iter_mut().rev() {
         if *b > 0 {
@@ -293,7 +296,7 @@ impl Deadline {
     }
 
     /// A pending message at `key` of `group` is (now) only in the store.
-    fn left_to_store(&mut self, group: &DueGroup, key: (i64, [u8; 32])) {
+    fn left_to_store(&mut self, group: &DueGroup, key: Key) {
         let g = match self.groups.get_mut(group) {
             Some(g) => g,
             None => self.groups.entry(group.clone()).or_default(),
@@ -549,7 +552,7 @@ async fn refill(shared: &Shared, state: &mut Deadline) {
     let mut admitted_any = false;
     for _ in 0..REFILL_ROUNDS_MAX {
         let rows_max = REFILL_ROWS_MAX.min(u32::try_from(state.limit).unwrap_or(u32::MAX));
-        let groups: Vec<(DueGroup, Option<(i64, [u8; 32])>)> = state
+        let groups: Vec<(DueGroup, Option<Key>)> = state
             .groups
             .iter()
             .filter(|(_, g)| g.more)

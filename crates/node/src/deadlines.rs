@@ -13,6 +13,20 @@
 //! one early. A missed deadline is recorded durably (`deadline_misses`) before anything is
 //! shown or any hook runs, so a restart neither forgets an alarm nor raises it twice.
 //!
+//! **Bounded memory, every message decided** (issue 12 item 8). The task holds at most
+//! `deadlines.watched_max` pending messages (default [`TRACKED_MAX`]): the nearest due. The
+//! rest wait in the store. The messages of one (peer, direction, precedence) group share one
+//! deadline per need, so they fall due in start order: the task reads each group from a
+//! cursor in (start, id) order ([`Store::deadline_due`]), a page at a time, merges the pages
+//! by due time and admits the nearest until memory is full — when memory is half empty, or
+//! when the earliest start waiting in the store could fall due. A message written or received
+//! while memory is full evicts the latest-due message held (which goes back to the store and
+//! its group's cursor steps back before it) if it is due sooner, else it waits in the store
+//! in its turn: a FLASH written now is watched at once. The `status` counts do not depend on
+//! what is in memory: seeded from the store with one COUNT query, then moved by what happens
+//! to a message (stored, missed, answered — an answer to a message not held is looked up in
+//! the store).
+//!
 //! **Links.** Every [`LINK_POLL`] the task reads each link's state (docs/spec.md §4 thresholds, see
 //! `detente_proto::link`): a link that was up and is now `down` raises one `link_down`
 //! alarm per outage; it clears (with a `link_restored` event) when the link is up again.
@@ -343,6 +357,10 @@ impl Deadline {
         let answered_in = need == Need::Answered && direction == Direction::In;
         let done = t.open.is_empty();
         self.count(&peer, direction, -i64::from(late), -i64::from(answered_in));
+        if need == Need::Answered {
+            // Its receipt event may still come (or come twice): counted once.
+            self.remember_answered(id);
+        }
         if done {
             self.forget(id);
         } else {
@@ -371,6 +389,14 @@ impl Deadline {
             self.count(&peer, direction, if now_overdue { 1 } else { -1 }, 0);
         }
         self.reindex(id);
+    }
+
+    /// `id` was answered and counted so: a repeated receipt for it changes nothing.
+    fn remember_answered(&mut self, id: MessageId) {
+        if self.answered.len() >= ANSWERED_RECENT_MAX {
+            self.answered.pop_front();
+        }
+        self.answered.push_back(id);
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -923,10 +949,7 @@ async fn answered_elsewhere(shared: &Shared, state: &mut Deadline, id: MessageId
         -i64::from(overdue),
         -i64::from(unanswered),
     );
-    if state.answered.len() >= ANSWERED_RECENT_MAX {
-        state.answered.pop_front();
-    }
-    state.answered.push_back(id);
+    state.remember_answered(id);
 }
 
 /// When to wake to read the store: when something there could fall due (or at once when
@@ -1172,6 +1195,10 @@ mod tests {
         );
         assert_eq!(state.counts("p"), Counts::default());
         assert!(!state.tracked.contains_key(&id(1)));
+        assert!(
+            state.answered.contains(&id(1)),
+            "a repeated receipt is not counted again"
+        );
     }
 
     proptest! {

@@ -166,8 +166,10 @@ struct Group {
 /// What [`Deadline::track`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Admit {
-    /// Watched in memory (now or already).
+    /// Watched in memory from now.
     Tracked,
+    /// Already watched in memory.
+    Already,
     /// Nothing left to watch: every deadline is met or already recorded missed.
     Decided,
     /// Memory is full of messages due no later: it stays in the store.
@@ -278,7 +280,7 @@ impl Deadline {
     /// it makes room if `id` falls due before it.
     fn track(&mut self, id: MessageId, t: Tracked) -> Admit {
         if self.tracked.contains_key(&id) {
-            return Admit::Tracked;
+            return Admit::Already;
         }
         let Some(due) = t.next_due_ms() else {
             return Admit::Decided;
@@ -601,20 +603,24 @@ async fn refill(shared: &Shared, state: &mut Deadline) {
                 }
             }
         }
-        let taken = admit_pages(shared, state, &mut pages, rows_max).await;
-        advance_cursors(state, &pages, rows_max);
-        admitted_any |= taken > 0;
-        if taken == 0 {
+        let fresh = admit_pages(shared, state, &mut pages, rows_max).await;
+        let moved = advance_cursors(state, &pages, rows_max);
+        // Progress is a message newly held or a cursor moved on; rows already held or
+        // read again behind one that waits are not.
+        if fresh == 0 && !moved {
             break;
         }
+        admitted_any = true;
     }
     if !admitted_any {
         state.refill_after = Some(Instant::now() + REFILL_RETRY);
     }
 }
 
-/// Admit the rows of `pages` in due order, up to the earliest last row of a full page
-/// (beyond it, a group not read yet could be due sooner). Returns how many were taken.
+/// Admit the rows of `pages` in due order, up to the earliest time the first row beyond a
+/// full page could fall due (its start is no earlier than that page's last row's; there a
+/// group's next page could hold sooner deadlines) — and at least the nearest row, so that
+/// every round makes progress. Returns how many messages are newly held.
 async fn admit_pages(
     shared: &Shared,
     state: &mut Deadline,
@@ -638,7 +644,8 @@ async fn admit_pages(
             match t.next_due_ms() {
                 Some(due) => {
                     if full && ri + 1 == page.rows.len() {
-                        cutoff = cutoff.min(due);
+                        let earliest = t.start_ms.saturating_add(shortest_ms(shared, &page.group));
+                        cutoff = cutoff.min(earliest);
                     }
                     order.push((due, pi, ri, Some((id, t))));
                 }
@@ -647,24 +654,27 @@ async fn admit_pages(
         }
     }
     order.sort_by_key(|(due, pi, ri, _)| (*due, pages[*pi].rows[*ri].id));
-    let mut taken = 0;
+    let mut fresh = 0;
     for (due, pi, ri, prepared) in order {
-        if due > cutoff {
+        if due > cutoff && fresh > 0 {
             break;
         }
         if let Some((id, t)) = prepared {
-            if state.track(id, t) == Admit::Full {
-                break;
+            match state.track(id, t) {
+                Admit::Full => break,
+                Admit::Tracked => fresh += 1,
+                Admit::Already | Admit::Decided => {}
             }
         }
         pages[pi].taken[ri] = true;
-        taken += 1;
     }
-    taken
+    fresh
 }
 
 /// Move each group's cursor past the rows taken from its start, and note what remains.
-fn advance_cursors(state: &mut Deadline, pages: &[Page], rows_max: u32) {
+/// Returns whether any cursor moved on or any group was read to its end.
+fn advance_cursors(state: &mut Deadline, pages: &[Page], rows_max: u32) -> bool {
+    let mut moved = false;
     for page in pages {
         let k = page.taken.iter().take_while(|t| **t).count();
         let Some(g) = state.groups.get_mut(&page.group) else {
@@ -673,12 +683,15 @@ fn advance_cursors(state: &mut Deadline, pages: &[Page], rows_max: u32) {
         if k > 0 {
             let last = &page.rows[k - 1];
             g.cursor = Some((start_of(last), last.id));
+            moved = true;
         }
         let exhausted = k == page.rows.len() && (page.rows.len() as u32) < rows_max;
+        moved |= exhausted && g.more;
         g.more = !exhausted;
         // The next row starts no earlier than the last one read.
         g.next_ms = page.rows.get(k).or(page.rows.last()).map(start_of);
     }
+    moved
 }
 
 struct LinkWatch {
@@ -1225,7 +1238,7 @@ mod tests {
                             }
                         }
                     }
-                    Admit::Decided => {}
+                    Admit::Decided | Admit::Already => {}
                 }
                 prop_assert!(state.tracked.len() <= limit);
                 let latest = state.by_due.last().map(|k| k.0).unwrap_or(i64::MIN);

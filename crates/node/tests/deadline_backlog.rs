@@ -40,8 +40,14 @@ fn text(n: u64, precedence: Precedence) -> SendRequest {
     }
 }
 
-/// A node pinning a peer that is never there, with short deadlines and a small watch.
-async fn start(tmp: &tempfile::TempDir) -> Node {
+/// A node pinning a peer that is never there, with short deadlines (ROUTINE `routine`)
+/// and a small watch.
+async fn start(tmp: &tempfile::TempDir, routine: &str) -> Node {
+    let dir = init(tmp, routine);
+    Node::start(dir).await.expect("start the node")
+}
+
+fn init(tmp: &tempfile::TempDir, routine: &str) -> NodeDir {
     let dir = NodeDir::new(tmp.path().join("node"));
     let options = InitOptions {
         name: "target".into(),
@@ -65,16 +71,36 @@ async fn start(tmp: &tempfile::TempDir) -> Node {
     config.set("transcript.checkpoint_quiet", "off").unwrap();
     config.set("deadlines.flash_delivered", "1s").unwrap();
     config.set("deadlines.flash_acknowledged", "2s").unwrap();
-    config.set("deadlines.routine_acknowledged", "2s").unwrap();
+    config
+        .set("deadlines.routine_acknowledged", routine)
+        .unwrap();
     config.deadlines.watched_max = Some(WATCHED);
     dir.save(&config).expect("save node.toml");
-    Node::start(dir).await.expect("start the node")
+    dir
+}
+
+/// Poll the `status` figure `overdue_out` of the fake peer until it is `want`.
+async fn overdue_out_becomes(shared: &detente_node::Shared, want: u64) {
+    let entry = shared.table.get("fake").expect("the peer");
+    let until = tokio::time::Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        let overdue = entry.alarms.read().expect("alarms").overdue_out;
+        if overdue == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "status counts {overdue} overdue, not {want}"
+        );
+        tick.tick().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_deadline_of_a_backlog_beyond_memory_is_decided_once() {
     let tmp = tempfile::tempdir().expect("temporary directory");
-    let node = start(&tmp).await;
+    let node = start(&tmp, "2s").await;
     let shared = node.shared.clone();
     let mut events = shared.events.subscribe();
 
@@ -135,19 +161,51 @@ async fn every_deadline_of_a_backlog_beyond_memory_is_decided_once() {
     assert!(peak > 0);
 
     // `status` counts every overdue message, not only those the watch holds.
-    let entry = shared.table.get("fake").expect("the peer");
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        let overdue = entry.alarms.read().expect("alarms").overdue_out;
-        if overdue == ROUTINE + 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "status counts {overdue} overdue, not {}",
-            ROUTINE + 1
-        );
-        tick.tick().await;
+    overdue_out_becomes(&shared, ROUTINE + 1).await;
+    node.stop().await;
+}
+
+/// A backlog beyond memory left pending at a restart is read back from the store and
+/// decided, each deadline once, and `status` counts it from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_beyond_memory_is_decided_after_a_restart() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let node = start(&tmp, "4s").await;
+    let mut ids = Vec::new();
+    for n in 0..ROUTINE {
+        let sent = node.shared.engine.send(text(n, Precedence::Routine)).await;
+        ids.push(sent.expect("send a ROUTINE").id);
     }
+    node.stop().await;
+
+    let node = Node::start(NodeDir::new(tmp.path().join("node")))
+        .await
+        .expect("restart the node");
+    let shared = node.shared.clone();
+    let mut events = shared.events.subscribe();
+    // Every one missed once, whichever run decided it (a slow machine may have decided
+    // some before the stop).
+    let until = tokio::time::Instant::now() + WAIT;
+    let mut left: HashSet<MessageId> = HashSet::new();
+    for id in &ids {
+        if shared.store.misses(id.0).await.expect("misses").is_empty() {
+            left.insert(*id);
+        }
+    }
+    while !left.is_empty() {
+        let event = tokio::time::timeout_at(until, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} deadlines never decided after restart", left.len()))
+            .expect("the node's events");
+        if let Event::Overdue { id, .. } = event {
+            left.remove(&id);
+        }
+    }
+    for id in &ids {
+        assert_eq!(shared.store.misses(id.0).await.expect("misses").len(), 1);
+    }
+    let (_, peak) = shared.events.metrics().deadlines_watched();
+    assert!(peak <= WATCHED, "held {peak} messages, limit {WATCHED}");
+    overdue_out_becomes(&shared, ROUTINE).await;
     node.stop().await;
 }

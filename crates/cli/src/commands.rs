@@ -371,6 +371,37 @@ pub async fn send(dir: &Path, o: SendOptions) -> Outcome {
     Ok(())
 }
 
+/// The API path and query of `inbox`, each value percent-encoded (a peer or zone name, or a
+/// language tag, may hold `&`, `+`, `#` or spaces; `Etc/GMT+5` must not arrive as a space).
+fn inbox_query(
+    peer: &Option<String>,
+    direction: &str,
+    lang: &Option<String>,
+    limit: u32,
+    receipts: bool,
+    tz: &Option<String>,
+) -> String {
+    let mut url = reqwest::Url::parse("http://node/api/v1/messages").expect("a valid base");
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("direction", direction)
+            .append_pair("limit", &limit.to_string())
+            .append_pair("receipts", &receipts.to_string());
+        if let Some(p) = peer {
+            q.append_pair("peer", p);
+        }
+        if let Some(l) = lang {
+            q.append_pair("lang", l);
+        }
+        // The local times inside notifications in the reader's zone too (the node renders
+        // in its own otherwise).
+        if let Some(name) = tz {
+            q.append_pair("tz", name);
+        }
+    }
+    format!("{}?{}", url.path(), url.query().unwrap_or_default())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub async fn inbox(
     dir: &Path,
@@ -385,19 +416,7 @@ pub async fn inbox(
 ) -> Outcome {
     let client = Client::for_dir(dir)?;
     let zone = reader_of(dir, tz.clone(), lang.clone())?;
-    let mut query =
-        format!("/api/v1/messages?direction={direction}&limit={limit}&receipts={receipts}");
-    if let Some(p) = &peer {
-        query.push_str(&format!("&peer={p}"));
-    }
-    if let Some(l) = &lang {
-        query.push_str(&format!("&lang={l}"));
-    }
-    // The local times inside notifications in the reader's zone too (the node renders in its
-    // own otherwise). IANA names hold letters, digits, `/`, `_`, `-` and `+` (`Etc/GMT+5`).
-    if let Some(name) = &tz {
-        query.push_str(&format!("&tz={}", name.replace('+', "%2B")));
-    }
+    let query = inbox_query(&peer, &direction, &lang, limit, receipts, &tz);
     let messages = client.get(&query).await?;
     let list = messages.as_array().cloned().unwrap_or_default();
     if json && !follow {
@@ -709,5 +728,25 @@ mod tests {
             "2026-12-01 03:00:00Z"
         );
         assert_eq!(reader_time("not a time", &shanghai), "not a time");
+    }
+}
+
+#[cfg(test)]
+mod inbox_tests {
+    #[test]
+    fn every_inbox_parameter_is_percent_encoded() {
+        let q = super::inbox_query(
+            &Some("beijing&lang=xx".into()),
+            "in",
+            &Some("zh-CN".into()),
+            50,
+            true,
+            &Some("Etc/GMT+5".into()),
+        );
+        assert_eq!(
+            q,
+            "/api/v1/messages?direction=in&limit=50&receipts=true\
+             &peer=beijing%26lang%3Dxx&lang=zh-CN&tz=Etc%2FGMT%2B5"
+        );
     }
 }

@@ -110,6 +110,12 @@ pub struct DeadlineSection {
     pub immediate_acknowledged: String,
     pub priority_acknowledged: String,
     pub routine_acknowledged: String,
+    /// Pending messages the deadline watch keeps in memory at most (the nearest due; the
+    /// rest wait in the store and are read back in due order). Unset: 200,000
+    /// (`deadlines::WATCHED_MAX`). Settable so that a test can run the watch beyond its
+    /// limit with a few hundred messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watched_max: Option<u64>,
 }
 
 impl Default for DeadlineSection {
@@ -120,6 +126,7 @@ impl Default for DeadlineSection {
             immediate_acknowledged: "30m".into(),
             priority_acknowledged: "3h".into(),
             routine_acknowledged: "24h".into(),
+            watched_max: None,
         }
     }
 }

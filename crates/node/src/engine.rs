@@ -547,6 +547,8 @@ pub async fn pump(shared: Arc<Shared>, mut events: broadcast::Receiver<CoreEvent
                 direction,
                 precedence,
                 kind,
+                // The core runs its own deadlines; nothing reads this on this path.
+                start_ms: crate::now_ms() as i64,
             }),
             CoreEvent::Delivered { peer, from, to } => {
                 shared.events.publish(Event::Delivered { peer, from, to });

@@ -24,6 +24,9 @@ pub enum Event {
         direction: Direction,
         precedence: Precedence,
         kind: u8,
+        /// When its deadlines start, as stored (wall clock ms): `created_at_ms` for ours,
+        /// `stored_at_ms` for received ones — the key the deadline watch reads back by.
+        start_ms: i64,
     },
     /// The peer confirmed our envelopes `from..=to` durable (a signed DELIVERED receipt).
     Delivered { peer: String, from: u64, to: u64 },
@@ -102,6 +105,8 @@ pub struct Metrics {
     alarms: Mutex<BTreeMap<&'static str, u64>>,
     /// When the latest transcript checkpoint was made (wall clock ms), if any.
     checkpoint_at_ms: Mutex<Option<i64>>,
+    /// Pending messages the deadline watch holds in memory now, and the most at once.
+    deadlines_watched: [AtomicU64; 2],
 }
 
 /// Kinds counted apart; every other kind (the charter, ...) counts as `other`.
@@ -175,6 +180,21 @@ impl Metrics {
         if let Ok(mut c) = self.checkpoint_at_ms.lock() {
             *c = Some(at_ms);
         }
+    }
+
+    /// Record how many pending messages the deadline watch holds in memory (`now`) and the
+    /// most it held at once (`peak`); both stay within `deadlines.watched_max`.
+    pub fn set_deadlines_watched(&self, now: usize, peak: usize) {
+        self.deadlines_watched[0].store(now as u64, Ordering::Relaxed);
+        self.deadlines_watched[1].store(peak as u64, Ordering::Relaxed);
+    }
+
+    /// (in memory now, most at once) of the deadline watch.
+    pub fn deadlines_watched(&self) -> (u64, u64) {
+        (
+            self.deadlines_watched[0].load(Ordering::Relaxed),
+            self.deadlines_watched[1].load(Ordering::Relaxed),
+        )
     }
 
     pub fn checkpoint_at_ms(&self) -> Option<i64> {

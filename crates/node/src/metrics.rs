@@ -248,6 +248,16 @@ fn counters(shared: &Shared, o: &mut Out) {
         vec![(vec![], m.verification_failures())],
     );
     hooks_and_alarms(&m, o);
+    let (watched, watched_peak) = m.deadlines_watched();
+    o.gauge(
+        "detente_deadlines_watched",
+        "Pending messages the deadline watch holds in memory (the nearest due; the rest \
+         wait in the store), now and the most at once since start.",
+        vec![
+            (labels([("at", "now")]), watched as f64),
+            (labels([("at", "peak")]), watched_peak as f64),
+        ],
+    );
     let age = m
         .checkpoint_at_ms()
         .map_or(f64::NAN, |at| (now_ms() as i64 - at).max(0) as f64 / 1000.0);

@@ -1154,6 +1154,7 @@ impl Writer {
             direction: Direction::Out,
             precedence: e.precedence,
             kind: e.body.kind(),
+            start_ms: e.created_at_ms as i64,
         });
         Ok(sent)
     }
@@ -1301,6 +1302,7 @@ impl Writer {
                     receipt_precedence = receipt_precedence.min(e.precedence);
                 }
             }
+            let stored = row(peer, &verified, Direction::In, placement);
             staged.events.push(Event::Stored {
                 peer: peer.to_string(),
                 id: verified.id(),
@@ -1308,10 +1310,9 @@ impl Writer {
                 direction: Direction::In,
                 precedence: e.precedence,
                 kind: e.body.kind(),
+                start_ms: stored.stored_at_ms,
             });
-            batch
-                .messages
-                .push(row(peer, &verified, Direction::In, placement));
+            batch.messages.push(stored);
         }
         delivered_seqs.sort_unstable();
         for chunk in

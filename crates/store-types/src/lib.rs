@@ -11,7 +11,7 @@
 pub type Hash32 = [u8; 32];
 
 /// Which way a message went, seen from this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Written by this node's party.
     Out,
@@ -347,6 +347,26 @@ pub struct DeadlineCandidate {
     pub stored_at_ms: i64,
     /// Deadline levels already recorded missed.
     pub missed: Vec<u8>,
+}
+
+/// One deadline group: the pending messages of one `peer`, `direction` and `precedence`
+/// share one deadline per need, so they fall due in start order (`created_at_ms` for ours,
+/// `stored_at_ms` for received ones).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DueGroup {
+    pub peer: String,
+    pub direction: Direction,
+    pub precedence: u8,
+}
+
+/// Per peer, what `status` counts of deadlines, from the store: our pending messages past a
+/// deadline whose receipt has not come, the peer's likewise, and the peer's unanswered ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadlineCounts {
+    pub peer: String,
+    pub overdue_out: u64,
+    pub overdue_in: u64,
+    pub unanswered_in: u64,
 }
 
 impl WriteBatch {

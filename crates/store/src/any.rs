@@ -8,9 +8,9 @@ use std::path::Path;
 
 use crate::console::{AuditRow, SessionRow, UserRow};
 use crate::{
-    CheckpointRow, DeadlineCandidate, EvidenceRow, GlossaryRow, Hash32, IdempotencyRow, InboxQuery,
-    MessageRow, MissRow, OutboxCounts, PgStore, ReceiptTimes, Result, SqliteStore, Store,
-    StoreError, StreamRow, WitnessRow, WriteBatch,
+    CheckpointRow, DeadlineCandidate, DeadlineCounts, DueGroup, EvidenceRow, GlossaryRow, Hash32,
+    IdempotencyRow, InboxQuery, MessageRow, MissRow, OutboxCounts, PgStore, ReceiptTimes, Result,
+    SqliteStore, Store, StoreError, StreamRow, WitnessRow, WriteBatch,
 };
 
 /// One of the two stores. Cloning is cheap and shares the connections.
@@ -282,6 +282,19 @@ impl Store for AnyStore {
 
     async fn deadline_candidates(&self, limit: u32) -> Result<Vec<DeadlineCandidate>> {
         forward!(self, s => s.deadline_candidates(limit).await)
+    }
+
+    async fn deadline_due(
+        &self,
+        group: &DueGroup,
+        after: Option<(i64, Hash32)>,
+        limit: u32,
+    ) -> Result<Vec<DeadlineCandidate>> {
+        forward!(self, s => s.deadline_due(group, after, limit).await)
+    }
+
+    async fn deadline_counts(&self) -> Result<Vec<DeadlineCounts>> {
+        forward!(self, s => s.deadline_counts().await)
     }
 
     async fn misses(&self, id: Hash32) -> Result<Vec<MissRow>> {

@@ -278,6 +278,21 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<DeadlineCandidate>>> + Send;
 
+    /// The pending messages of one deadline group (pending as in
+    /// [`Store::deadline_candidates`]) in due order: by start (`created_at_ms` for ours,
+    /// `stored_at_ms` for received ones), then id; only those strictly after `after`
+    /// (a `(start, id)` cursor), at most `limit`. Served by a partial index per direction.
+    fn deadline_due(
+        &self,
+        group: &DueGroup,
+        after: Option<(i64, Hash32)>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeadlineCandidate>>> + Send;
+
+    /// Per peer, the deadline figures of `status` ([`DeadlineCounts`]), counted in one query
+    /// (read on start: the watch keeps them in step with events after that).
+    fn deadline_counts(&self) -> impl Future<Output = Result<Vec<DeadlineCounts>>> + Send;
+
     /// Deadlines recorded missed for a message, by level.
     fn misses(&self, id: Hash32) -> impl Future<Output = Result<Vec<MissRow>>> + Send;
 

@@ -28,11 +28,11 @@ use crate::rows::{
     INBOX_ROWS_DEFAULT, MESSAGE_SELECT,
 };
 use crate::{
-    CheckpointPage, CheckpointRow, CheckpointSpan, DeadlineCandidate, DeliveredRange, Direction,
-    EvidenceRow, GlossaryRow, Hash32, IdempotencyRow, InboxQuery, MessageRow, MissRow,
-    OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError,
-    StreamRow, TreeNodeRow, WitnessRow, WriteBatch, IDEMPOTENCY_PRUNE_ROWS_MAX,
-    TREE_LEVEL_STORED_MIN,
+    CheckpointPage, CheckpointRow, CheckpointSpan, DeadlineCandidate, DeadlineCounts,
+    DeliveredRange, Direction, DueGroup, EvidenceRow, GlossaryRow, Hash32, IdempotencyRow,
+    InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow,
+    ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow, WitnessRow, WriteBatch,
+    IDEMPOTENCY_PRUNE_ROWS_MAX, TREE_LEVEL_STORED_MIN,
 };
 
 /// Read connections: as for SQLite, enough for concurrent API requests.
@@ -687,6 +687,64 @@ impl Store for PgStore {
         rows.iter().map(decode_candidate).collect()
     }
 
+    async fn deadline_due(
+        &self,
+        group: &DueGroup,
+        after: Option<(i64, Hash32)>,
+        limit: u32,
+    ) -> Result<Vec<DeadlineCandidate>> {
+        // One statement per direction, with the direction written out, so that the
+        // partial index of that direction (migration 0015) serves it.
+        let sql = match group.direction {
+            Direction::Out => DUE_OUT_SQL,
+            Direction::In => DUE_IN_SQL,
+        };
+        let (start, id) = match &after {
+            Some((start, id)) => (*start, id.to_vec()),
+            None => (i64::MIN, Vec::new()),
+        };
+        let rows = sqlx::query(sql)
+            .bind(&group.peer)
+            .bind(i64::from(group.precedence))
+            .bind(start)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_candidate).collect()
+    }
+
+    async fn deadline_counts(&self) -> Result<Vec<DeadlineCounts>> {
+        let rows = sqlx::query(
+            r#"SELECT m.peer,
+                      COUNT(*) FILTER (WHERE m.direction = 0 AND EXISTS (
+                          SELECT 1 FROM deadline_misses d
+                          WHERE d.id = m.id AND (d.level = 2 OR m.delivered_at_ms IS NULL)))
+                          AS overdue_out,
+                      COUNT(*) FILTER (WHERE m.direction = 1 AND EXISTS (
+                          SELECT 1 FROM deadline_misses d
+                          WHERE d.id = m.id AND (d.level = 2 OR m.delivered_at_ms IS NULL)))
+                          AS overdue_in,
+                      COUNT(*) FILTER (WHERE m.direction = 1) AS unanswered_in
+               FROM messages m
+               WHERE m.kind IN (0, 4)
+                 AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r."of" = m.id AND r.level IN (2, 3))
+               GROUP BY m.peer ORDER BY m.peer"#,
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadlineCounts {
+                    peer: get(row, "messages", "peer")?,
+                    overdue_out: uint(row, "messages", "overdue_out")?,
+                    overdue_in: uint(row, "messages", "overdue_in")?,
+                    unanswered_in: uint(row, "messages", "unanswered_in")?,
+                })
+            })
+            .collect()
+    }
+
     async fn misses(&self, id: Hash32) -> Result<Vec<MissRow>> {
         let rows = sqlx::query(
             "SELECT level, due_at_ms, missed_at_ms FROM deadline_misses WHERE id = $1 \
@@ -917,6 +975,26 @@ impl PgStore {
         Ok(hashes.first().copied())
     }
 }
+
+/// Pending messages of one deadline group, in due order (see `Store::deadline_due`).
+/// `(start, id) > ($3, $4)` is a row comparison, a range on the index.
+macro_rules! due_sql {
+    ($direction:literal, $start:literal) => {
+        concat!(
+            "SELECT m.id, m.peer, m.seq, m.direction, m.precedence, m.kind, m.created_at_ms, \
+                    m.stored_at_ms, \
+                    (SELECT string_agg(d.level::text, ',' ORDER BY d.level) \
+                       FROM deadline_misses d WHERE d.id = m.id) AS missed \
+             FROM messages m \
+             WHERE m.direction = ", $direction, " AND m.kind IN (0, 4) \
+               AND m.peer = $1 AND m.precedence = $2 AND (m.", $start, ", m.id) > ($3, $4) \
+               AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.\"of\" = m.id AND r.level IN (2, 3)) \
+             ORDER BY m.", $start, ", m.id LIMIT $5"
+        )
+    };
+}
+const DUE_OUT_SQL: &str = due_sql!("0", "created_at_ms");
+const DUE_IN_SQL: &str = due_sql!("1", "stored_at_ms");
 
 fn decode_candidate(row: &PgRow) -> Result<DeadlineCandidate> {
     const T: &str = "messages";

@@ -21,7 +21,7 @@ use detente_proto::merkle;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteSynchronous,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row};
 
@@ -31,11 +31,11 @@ use crate::rows::{
     INBOX_ROWS_DEFAULT, MESSAGE_SELECT,
 };
 use crate::{
-    CheckpointPage, CheckpointRow, CheckpointSpan, DeadlineCandidate, DeliveredRange, Direction,
-    EvidenceRow, GlossaryRow, Hash32, IdempotencyRow, InboxQuery, MessageRow, MissRow,
-    OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow, ReceiptTimes, Result, Store, StoreError,
-    StreamRow, TreeNodeRow, WitnessRow, WriteBatch, IDEMPOTENCY_PRUNE_ROWS_MAX,
-    TREE_LEVEL_STORED_MIN,
+    CheckpointPage, CheckpointRow, CheckpointSpan, DeadlineCandidate, DeadlineCounts,
+    DeliveredRange, Direction, DueGroup, EvidenceRow, GlossaryRow, Hash32, IdempotencyRow,
+    InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow,
+    ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow, WitnessRow, WriteBatch,
+    IDEMPOTENCY_PRUNE_ROWS_MAX, TREE_LEVEL_STORED_MIN,
 };
 
 /// How long a connection waits for a lock held by another process (a backup tool, the
@@ -569,29 +569,60 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
+        rows.iter().map(decode_candidate).collect()
+    }
+
+    async fn deadline_due(
+        &self,
+        group: &DueGroup,
+        after: Option<(i64, Hash32)>,
+        limit: u32,
+    ) -> Result<Vec<DeadlineCandidate>> {
+        // One statement per direction, with the direction written out, so that the
+        // partial index of that direction (migration 0015) serves it.
+        let sql = match group.direction {
+            Direction::Out => DUE_OUT_SQL,
+            Direction::In => DUE_IN_SQL,
+        };
+        let (start, id) = match &after {
+            Some((start, id)) => (*start, id.as_slice()),
+            None => (i64::MIN, &[][..]),
+        };
+        let rows = sqlx::query(sql)
+            .bind(&group.peer)
+            .bind(i64::from(group.precedence))
+            .bind(start)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(decode_candidate).collect()
+    }
+
+    async fn deadline_counts(&self) -> Result<Vec<DeadlineCounts>> {
+        let rows = sqlx::query(
+            r#"SELECT m.peer,
+                      SUM(m.direction = 0 AND EXISTS (SELECT 1 FROM deadline_misses d
+                          WHERE d.id = m.id AND (d.level = 2 OR m.delivered_at_ms IS NULL)))
+                          AS overdue_out,
+                      SUM(m.direction = 1 AND EXISTS (SELECT 1 FROM deadline_misses d
+                          WHERE d.id = m.id AND (d.level = 2 OR m.delivered_at_ms IS NULL)))
+                          AS overdue_in,
+                      SUM(m.direction = 1) AS unanswered_in
+               FROM messages m
+               WHERE m.kind IN (0, 4)
+                 AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r."of" = m.id AND r.level IN (2, 3))
+               GROUP BY m.peer ORDER BY m.peer"#,
+        )
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter()
             .map(|row| {
-                let direction: i64 = get(row, "messages", "direction")?;
-                let missed: Option<String> = get(row, "messages", "missed")?;
-                Ok(DeadlineCandidate {
-                    id: hash(row, "messages", "id")?,
+                Ok(DeadlineCounts {
                     peer: get(row, "messages", "peer")?,
-                    seq: uint(row, "messages", "seq")?,
-                    direction: if direction == 0 {
-                        Direction::Out
-                    } else {
-                        Direction::In
-                    },
-                    precedence: u8::try_from(get::<_, i64>(row, "messages", "precedence")?)
-                        .unwrap_or(u8::MAX),
-                    kind: u8::try_from(get::<_, i64>(row, "messages", "kind")?).unwrap_or(u8::MAX),
-                    created_at_ms: get(row, "messages", "created_at_ms")?,
-                    stored_at_ms: get(row, "messages", "stored_at_ms")?,
-                    missed: missed
-                        .unwrap_or_default()
-                        .split(',')
-                        .filter_map(|l| l.trim().parse().ok())
-                        .collect(),
+                    overdue_out: uint(row, "messages", "overdue_out")?,
+                    overdue_in: uint(row, "messages", "overdue_in")?,
+                    unanswered_in: uint(row, "messages", "unanswered_in")?,
                 })
             })
             .collect()
@@ -1363,4 +1394,48 @@ async fn prune_idempotency(conn: &mut SqliteConnection, before_ms: i64) -> Resul
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Pending messages of one deadline group, in due order (see `Store::deadline_due`).
+/// `(start, id) > (?, ?)` is a row-value comparison, a range on the index.
+macro_rules! due_sql {
+    ($direction:literal, $start:literal) => {
+        concat!(
+            "SELECT m.id, m.peer, m.seq, m.direction, m.precedence, m.kind, m.created_at_ms, \
+                    m.stored_at_ms, \
+                    (SELECT group_concat(d.level) FROM deadline_misses d WHERE d.id = m.id) \
+                        AS missed \
+             FROM messages m \
+             WHERE m.direction = ", $direction, " AND m.kind IN (0, 4) \
+               AND m.peer = ? AND m.precedence = ? AND (m.", $start, ", m.id) > (?, ?) \
+               AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.\"of\" = m.id AND r.level IN (2, 3)) \
+             ORDER BY m.", $start, ", m.id LIMIT ?"
+        )
+    };
+}
+const DUE_OUT_SQL: &str = due_sql!("0", "created_at_ms");
+const DUE_IN_SQL: &str = due_sql!("1", "stored_at_ms");
+
+fn decode_candidate(row: &SqliteRow) -> Result<DeadlineCandidate> {
+    let direction: i64 = get(row, "messages", "direction")?;
+    let missed: Option<String> = get(row, "messages", "missed")?;
+    Ok(DeadlineCandidate {
+        id: hash(row, "messages", "id")?,
+        peer: get(row, "messages", "peer")?,
+        seq: uint(row, "messages", "seq")?,
+        direction: if direction == 0 {
+            Direction::Out
+        } else {
+            Direction::In
+        },
+        precedence: u8::try_from(get::<_, i64>(row, "messages", "precedence")?).unwrap_or(u8::MAX),
+        kind: u8::try_from(get::<_, i64>(row, "messages", "kind")?).unwrap_or(u8::MAX),
+        created_at_ms: get(row, "messages", "created_at_ms")?,
+        stored_at_ms: get(row, "messages", "stored_at_ms")?,
+        missed: missed
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
+    })
 }

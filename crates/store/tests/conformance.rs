@@ -10,9 +10,10 @@
 use std::path::Path;
 
 use detente_store::{
-    AnyStore, DeliveredRange, Direction, Hash32, IdempotencyRow, InboxQuery, MessageRow, MissRow,
-    OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow, ReceiptTimes, SentRecord, Store,
-    StoreError, StreamRow, WriteBatch, IDEMPOTENCY_PRUNE_ROWS_MAX, TREE_LEVEL_STORED_MIN,
+    AnyStore, DeadlineCounts, DeliveredRange, Direction, DueGroup, Hash32, IdempotencyRow,
+    InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, Placement, ReceiptLevel, ReceiptRow,
+    ReceiptTimes, SentRecord, Store, StoreError, StreamRow, WriteBatch, IDEMPOTENCY_PRUNE_ROWS_MAX,
+    TREE_LEVEL_STORED_MIN,
 };
 
 const CHANNEL_A: Hash32 = [0xa0; 32];
@@ -1401,6 +1402,130 @@ async fn deadline_misses_and_candidates(db: Db) {
     assert_eq!(again.deadline_candidates(100).await.unwrap().len(), 2);
 }
 
+/// Deadline groups: each (peer, direction, precedence) reads its pending messages in due
+/// order — by `created_at_ms` for ours, `stored_at_ms` for received ones, then id — from a
+/// cursor, a bounded page at a time; answered messages, receipts and other groups are not
+/// in it. And the `status` figures counted from the store match.
+async fn deadline_groups_read_in_due_order_from_a_cursor(db: Db) {
+    let s = &db.store;
+    // Ours: created out of seq order (clock), so due order is not seq order.
+    let mut ours: Vec<MessageRow> = [(1, 5_000), (2, 1_000), (3, 3_000), (4, 3_000), (5, 9_000)]
+        .into_iter()
+        .map(|(seq, at)| msg("alice", Direction::Out, seq, at))
+        .collect();
+    ours[4].precedence = 0; // another group (FLASH)
+                            // Theirs: due from stored_at_ms, whatever the peer claims as created_at.
+    let mut theirs: Vec<MessageRow> = (1..=3)
+        .map(|seq| msg("alice", Direction::In, seq, 100_000 - seq as i64))
+        .collect();
+    for (i, m) in theirs.iter_mut().enumerate() {
+        m.stored_at_ms = 10 + i as i64;
+    }
+    let other_peer = msg("bob", Direction::Out, 1, 2_000);
+    let answered = msg("alice", Direction::Out, 6, 2_500);
+    let mut messages = ours.clone();
+    messages.extend(theirs.clone());
+    messages.push(other_peer.clone());
+    messages.push(answered.clone());
+    s.commit(WriteBatch {
+        messages,
+        receipts: vec![receipt(
+            answered.id,
+            ReceiptLevel::Acknowledged,
+            2_600,
+            None,
+        )],
+        misses: vec![
+            MissRow {
+                id: ours[1].id,
+                level: 2,
+                due_at_ms: 1_100,
+                missed_at_ms: 1_101,
+            },
+            MissRow {
+                id: theirs[0].id,
+                level: 2,
+                due_at_ms: 20,
+                missed_at_ms: 21,
+            },
+        ],
+        ..WriteBatch::default()
+    })
+    .await
+    .expect("commit");
+
+    let group = DueGroup {
+        peer: "alice".into(),
+        direction: Direction::Out,
+        precedence: 3,
+    };
+    let mut same_time = [ours[2].id, ours[3].id];
+    same_time.sort();
+    let want = vec![ours[1].id, same_time[0], same_time[1], ours[0].id];
+    let all = s.deadline_due(&group, None, 100).await.unwrap();
+    let ids: Vec<Hash32> = all.iter().map(|c| c.id).collect();
+    assert_eq!(ids, want, "due order: start, then id; answered left out");
+    assert_eq!(all[0].missed, vec![2]);
+    // Paged with a cursor, two at a time, the same order with nothing twice.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.deadline_due(&group, after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at_ms, last.id));
+        paged.extend(page.iter().map(|c| c.id));
+    }
+    assert_eq!(paged, want);
+
+    let received = DueGroup {
+        direction: Direction::In,
+        ..group.clone()
+    };
+    let ids: Vec<Hash32> = s
+        .deadline_due(&received, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![theirs[0].id, theirs[1].id, theirs[2].id],
+        "by stored_at"
+    );
+    let after_first = Some((theirs[0].stored_at_ms, theirs[0].id));
+    assert_eq!(
+        s.deadline_due(&received, after_first, 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let flash = DueGroup {
+        precedence: 0,
+        ..group.clone()
+    };
+    assert_eq!(s.deadline_due(&flash, None, 100).await.unwrap().len(), 1);
+
+    let counts = s.deadline_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        vec![
+            DeadlineCounts {
+                peer: "alice".into(),
+                overdue_out: 1,
+                overdue_in: 1,
+                unanswered_in: 3,
+            },
+            DeadlineCounts {
+                peer: "bob".into(),
+                ..DeadlineCounts::default()
+            },
+        ]
+    );
+}
+
 async fn glossary_terms_are_kept_per_peer_and_replaced_per_term(db: Db) {
     let term = |peer: &str, a: &str, b: &str, at: i64| detente_store::GlossaryRow {
         peer: peer.into(),
@@ -1829,6 +1954,7 @@ conformance!(
     checkpoints_are_read_a_bounded_page_at_a_time,
     messages_of_kind_lists_one_peer_both_directions_newest_kept,
     deadline_misses_and_candidates,
+    deadline_groups_read_in_due_order_from_a_cursor,
     glossary_terms_are_kept_per_peer_and_replaced_per_term,
     console_accounts_are_created_replaced_and_listed,
     console_sessions_expire_and_are_bounded_per_login,

@@ -157,7 +157,7 @@ async fn a_schema_from_a_newer_detente_is_refused_with_the_version_needed() {
     raw.close().await.unwrap();
     let err = SqliteStore::open(&db.path).await.unwrap_err();
     match &err {
-        StoreError::SchemaTooNew { found, known } => assert_eq!((*found, *known), (99, 14)),
+        StoreError::SchemaTooNew { found, known } => assert_eq!((*found, *known), (99, 16)),
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
     assert!(err.to_string().contains("migration 99"), "{err}");

@@ -332,20 +332,6 @@ fn terms_mask(below: &[BelowFloor]) -> u32 {
         .fold(0, |mask, i| mask | (1 << i))
 }
 
-/// Refused terms as the API and hooks show them.
-pub fn below_json(below: &[BelowFloor]) -> serde_json::Value {
-    below
-        .iter()
-        .map(|b| {
-            serde_json::json!({
-                "term": b.term,
-                "offered_ms": b.offered.as_millis() as u64,
-                "floor_ms": b.floor.as_millis() as u64,
-            })
-        })
-        .collect()
-}
-
 /// Keep charter state current: rebuild a peer's state when a charter envelope is stored,
 /// and every peer's when events were missed.
 pub async fn watch(shared: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -430,6 +416,6 @@ pub fn status_json(state: &PeerCharter) -> serde_json::Value {
         "version": state.version,
         "digest": state.agreed.as_ref().map(|c| hex::encode(c.digest())),
         "charter": state.agreed.as_ref().map(|c| charter_json(c)),
-        "refused": below_json(&state.refused),
+        "refused": crate::hooks::below_json(&state.refused),
     })
 }

@@ -129,7 +129,7 @@ impl HookEvent {
             HookEvent::Equivocation { peer, detail } => json!({ "peer": peer, "detail": detail }),
             HookEvent::CharterRefused { peer, below } => json!({
                 "peer": peer,
-                "refused": crate::charter::below_json(below),
+                "refused": below_json(below),
             }),
         };
         v["event"] = json!(self.name());
@@ -405,6 +405,20 @@ async fn run_command(command: &str, body: &str) -> Result<(), String> {
     } else {
         Err(format!("exited with {status}"))
     }
+}
+
+/// Charter terms refused below our floors, as hooks and the API (`status`) show them.
+pub fn below_json(below: &[detente_proto::BelowFloor]) -> serde_json::Value {
+    below
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "term": b.term,
+                "offered_ms": b.offered.as_millis() as u64,
+                "floor_ms": b.floor.as_millis() as u64,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

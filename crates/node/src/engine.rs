@@ -521,7 +521,7 @@ pub fn accept(
 /// console), hooks, alarms and the charter state. Runs until the driver stops.
 pub async fn pump(shared: Arc<Shared>, mut events: broadcast::Receiver<CoreEvent>) {
     let (misses, missed) = tokio::sync::mpsc::channel(MISSES_QUEUED_MAX);
-    tokio::spawn(escalate_misses(shared.clone(), missed));
+    let escalation = tokio::spawn(escalate_misses(shared.clone(), missed));
     let mut link_tests_missed: HashMap<String, bool> = HashMap::new();
     loop {
         let event = match events.recv().await {
@@ -530,7 +530,7 @@ pub async fn pump(shared: Arc<Shared>, mut events: broadcast::Receiver<CoreEvent
                 tracing::warn!(lost = n, "the node's event pump fell behind the core");
                 continue;
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => break,
         };
         match event {
             CoreEvent::Stored {
@@ -607,6 +607,10 @@ pub async fn pump(shared: Arc<Shared>, mut events: broadcast::Receiver<CoreEvent
             _ => {}
         }
     }
+    // The core ended. Let what is queued be escalated, so that nothing of this node still
+    // reads the store once `Node::stop` has closed it.
+    drop(misses);
+    let _ = escalation.await;
 }
 
 /// Show and escalate each missed deadline (recorded durably by the core before it said

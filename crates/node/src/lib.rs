@@ -321,7 +321,11 @@ impl Node {
         match core_task {
             Some((task, events)) => {
                 node.tasks.push(task);
-                tokio::spawn(engine::pump(shared.clone(), events));
+                // Awaited at stop (after the core, whose end closes its events): a task
+                // still holding a store connection after the store is closed would close
+                // it later, and SQLite's last close removes the WAL file by its name.
+                node.tasks
+                    .push(tokio::spawn(engine::pump(shared.clone(), events)));
                 node.tasks
                     .push(tokio::spawn(engine::watch_links(shared.clone())));
                 node.tasks

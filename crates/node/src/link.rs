@@ -350,8 +350,10 @@ async fn session(
         control_tx.clone(),
     ));
     // A checkpoint of ours the peer may not have co-signed yet goes again on every session.
-    if let Ok(rows) = shared.store.checkpoints(channel.0).await {
-        if let Some(last) = rows.last().filter(|r| !r.cosigned) {
+    // The newest only: a session start must not load the channel's checkpoint list.
+    let newest = detente_store::CheckpointPage::newest(1);
+    if let Ok(rows) = shared.store.checkpoint_page(channel.0, newest).await {
+        if let Some(last) = rows.first().filter(|r| !r.cosigned) {
             entry.send_checkpoint(last.signed.clone());
         }
     }

@@ -911,14 +911,16 @@ impl Writer {
                     hex::encode(ours)
                 );
                 tracing::error!(peer, %detail, "EQUIVOCATION: a checkpoint contradicts the record");
-                // The first item: the latest checkpoint the peer signed that agrees with us.
+                // The first item: the latest checkpoint the peer signed that agrees with us,
+                // among the newest page (bounded, whatever the transcript's length).
+                let newest =
+                    detente_store::CheckpointPage::newest(detente_store::CHECKPOINT_PAGE_MAX);
                 let first = self
                     .store
-                    .checkpoints(channel.0)
+                    .checkpoint_page(channel.0, newest)
                     .await
                     .map_err(store_err)?
                     .into_iter()
-                    .rev()
                     .map(|r| r.signed)
                     .find(|b| SignedCheckpoint::decode(b).is_ok_and(|s| s.signed_by(&key)))
                     .unwrap_or_default();

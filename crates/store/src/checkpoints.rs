@@ -14,12 +14,14 @@ pub const CHECKPOINT_PAGE_MAX: u32 = 1_024;
 
 /// One page of a channel's checkpoints ([`crate::Store::checkpoint_page`]): rows with
 /// `after_id < id <= upto_id`, oldest first, or newest first when `newest_first`, at most
-/// `limit` (clamped to [`CHECKPOINT_PAGE_MAX`]).
+/// `limit` (clamped to [`CHECKPOINT_PAGE_MAX`]); only those signed by every member when
+/// `cosigned_only`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointPage {
     pub after_id: i64,
     pub upto_id: i64,
     pub newest_first: bool,
+    pub cosigned_only: bool,
     pub limit: u32,
 }
 
@@ -30,6 +32,7 @@ impl CheckpointPage {
             after_id: 0,
             upto_id: i64::MAX,
             newest_first: false,
+            cosigned_only: false,
             limit,
         }
     }
@@ -39,6 +42,15 @@ impl CheckpointPage {
         CheckpointPage {
             newest_first: true,
             ..CheckpointPage::oldest_first(limit)
+        }
+    }
+
+    /// The newest `limit` co-signed rows, newest first: what `status`, a session start and
+    /// the console need, read without loading the channel's list (issue 12, item 14).
+    pub fn newest_cosigned(limit: u32) -> CheckpointPage {
+        CheckpointPage {
+            cosigned_only: true,
+            ..CheckpointPage::newest(limit)
         }
     }
 }
@@ -65,6 +77,11 @@ where
         .push_bind(page.after_id)
         .push(" AND id <= ")
         .push_bind(page.upto_id)
+        .push(if page.cosigned_only {
+            " AND cosigned"
+        } else {
+            ""
+        })
         .push(if page.newest_first {
             " ORDER BY id DESC LIMIT "
         } else {

@@ -31,7 +31,7 @@ pub mod sqlite;
 use std::future::Future;
 
 pub use any::{AnyStore, StoreUrl};
-pub use checkpoints::{CheckpointPage, CheckpointSpan};
+pub use checkpoints::{CheckpointPage, CheckpointSpan, CHECKPOINT_PAGE_MAX};
 pub use lease::{Acquired, EpochRow};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

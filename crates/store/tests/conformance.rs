@@ -1259,6 +1259,23 @@ async fn checkpoints_are_read_a_bounded_page_at_a_time(db: Db) {
         newest.iter().map(|r| r.cosigned).collect::<Vec<_>>(),
         vec![false, true]
     );
+    // Co-signed only, newest first: what status and the console read.
+    let cosigned = db
+        .store
+        .checkpoint_page(CHANNEL_A, CheckpointPage::newest_cosigned(5))
+        .await
+        .unwrap();
+    assert!(cosigned.iter().all(|r| r.cosigned), "{cosigned:?}");
+    assert_eq!(
+        cosigned.iter().map(|r| r.id).collect::<Vec<_>>(),
+        all.iter()
+            .rev()
+            .filter(|r| r.cosigned)
+            .map(|r| r.id)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(!cosigned.is_empty());
     // A span fixed before later rows: `upto_id` leaves them out.
     let fixed = CheckpointPage {
         upto_id: all[1].id,

@@ -476,8 +476,9 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         let mut latest = Value::Null;
         if let Some(entry) = entry {
             let channel = detente_proto::ChannelId::for_pair(&shared.secret.public(), &entry.key);
-            let rows = shared.store.checkpoints(channel.0).await?;
-            if let Some(row) = rows.iter().rev().find(|r| r.cosigned) {
+            let newest = detente_store::CheckpointPage::newest_cosigned(1);
+            let rows = shared.store.checkpoint_page(channel.0, newest).await?;
+            if let Some(row) = rows.first() {
                 if let Ok(s) = detente_proto::checkpoint::SignedCheckpoint::decode(&row.signed) {
                     latest = crate::transcript::checkpoint_json(&s);
                 }

@@ -410,10 +410,9 @@ async fn latest_cosigned(
     shared: &Shared,
     channel: ChannelId,
 ) -> Option<detente_proto::checkpoint::Checkpoint> {
-    let rows = shared.store.checkpoints(channel.0).await.ok()?;
+    let newest = detente_store::CheckpointPage::newest_cosigned(1);
+    let rows = shared.store.checkpoint_page(channel.0, newest).await.ok()?;
     rows.iter()
-        .rev()
-        .filter(|r| r.cosigned)
         .find_map(|r| detente_proto::checkpoint::SignedCheckpoint::decode(&r.signed).ok())
         .map(|s| s.checkpoint().clone())
 }

@@ -195,15 +195,34 @@ impl Core {
              kept as evidence, not in the transcript",
             seq - 1
         );
+        self.evidence(
+            index,
+            EVIDENCE_BROKEN_CHAIN,
+            seq,
+            (Vec::new(), held.bytes),
+            detail,
+        );
+    }
+
+    /// Stage two envelopes of the peer's that contradict each other as evidence about `seq`;
+    /// the alarm is released once it is durable.
+    fn evidence(
+        &mut self,
+        index: usize,
+        kind: u8,
+        seq: u64,
+        (first, second): (Vec<u8>, Vec<u8>),
+        detail: String,
+    ) {
         let p = &self.peers[index];
         self.staging.batch.evidence.push(EvidenceRow {
             id: 0,
             channel: p.channel.0,
             peer: p.name.clone(),
-            kind: EVIDENCE_BROKEN_CHAIN,
+            kind,
             seq: Some(seq),
-            first: Vec::new(),
-            second: held.bytes,
+            first,
+            second,
             detail: detail.clone(),
             detected_at_ms: self.wall_ms,
         });
@@ -221,21 +240,9 @@ impl Core {
         first: Vec<u8>,
         second: &VerifiedEnvelope,
     ) {
-        let p = &self.peers[index];
         let detail = format!("the peer signed two different envelopes for seq {seq}");
-        self.staging.batch.evidence.push(EvidenceRow {
-            id: 0,
-            channel: p.channel.0,
-            peer: p.name.clone(),
-            kind: EVIDENCE_ENVELOPES,
-            seq: Some(seq),
-            first,
-            second: second.bytes().to_vec(),
-            detail: detail.clone(),
-            detected_at_ms: self.wall_ms,
-        });
-        let peer = p.name.clone();
-        self.release_event(Event::Alarm { peer, detail });
+        let pair = (first, second.bytes().to_vec());
+        self.evidence(index, EVIDENCE_ENVELOPES, seq, pair, detail);
         let reason = "a different envelope holds this seq";
         self.refuse(index, session, seq, RefuseCode::Conflict, reason);
     }

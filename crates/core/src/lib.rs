@@ -244,10 +244,12 @@ pub enum Input {
         ticket: Ticket,
         command: Command,
     },
-    /// A session with `peer` is established (either side dialed).
+    /// A session with `peer` is established; `dialed_by_us` says which side dialed it (both
+    /// dial, and a crossing is settled by the rule of [`Core::on_session_opened`]).
     SessionOpened {
         peer: String,
         session: SessionId,
+        dialed_by_us: bool,
     },
     SessionClosed {
         session: SessionId,
@@ -469,7 +471,11 @@ impl Core {
         self.wall_ms = wall_ms;
         match input {
             Input::Operator { ticket, command } => self.on_command(ticket, command),
-            Input::SessionOpened { peer, session } => self.on_session_opened(&peer, session),
+            Input::SessionOpened {
+                peer,
+                session,
+                dialed_by_us,
+            } => self.on_session_opened(&peer, session, dialed_by_us),
             Input::SessionClosed { session } => self.on_session_closed(session),
             Input::DialFailed { peer } => self.on_dial_failed(&peer),
             Input::Frame { session, bytes } => self.on_frame(session, &bytes),

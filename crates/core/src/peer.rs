@@ -157,7 +157,7 @@ pub(crate) struct Peer {
     pub link: LinkSupervisor,
     /// A dial is outstanding; given up (as failed) at this instant if unanswered.
     pub dialing: Option<Instant>,
-    /// This node dials the peer (it has the smaller key); the other side only accepts.
+    /// This node has the smaller key: the sessions it dials win a crossing.
     pub dials: bool,
     pub session: Option<Session>,
     /// Staged in the current batch.
@@ -236,10 +236,6 @@ impl Peer {
         let link = self.link.poll_timeout();
         if let Some(give_up) = self.dialing.filter(|_| !self.link.is_connected()) {
             return Some(give_up);
-        }
-        if !self.link.is_connected() && !self.dials {
-            // The peer dials us.
-            return None;
         }
         link
     }

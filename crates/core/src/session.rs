@@ -23,6 +23,8 @@ pub(crate) struct Session {
     pub received: u64,
     /// An `Ack` is owed with the next batch.
     pub ack_due: bool,
+    /// This node dialed it (else the peer did).
+    pub dialed_by_us: bool,
 }
 
 impl Core {
@@ -32,13 +34,28 @@ impl Core {
             .position(|p| p.session.as_ref().is_some_and(|s| s.id == session))
     }
 
-    pub(crate) fn on_session_opened(&mut self, peer: &str, session: SessionId) {
+    /// Both members dial. When a session opens while another is up (the two dials crossed,
+    /// or one side redialed), both sides keep the same one by one rule: a redial by the
+    /// same side replaces its old session; otherwise the session dialed by the member with
+    /// the smaller key wins and the other is closed.
+    pub(crate) fn on_session_opened(&mut self, peer: &str, session: SessionId, dialed_by_us: bool) {
         let Some(index) = self.peer_index(peer) else {
             self.event(Event::CloseSession { session });
             return;
         };
         let now = self.now;
         let p = &mut self.peers[index];
+        if dialed_by_us {
+            p.dialing = None;
+        }
+        if let Some(old) = p.session.as_ref() {
+            // `dials`: we have the smaller key, so the sessions we dial win.
+            let keep_old = old.dialed_by_us != dialed_by_us && dialed_by_us != p.dials;
+            if keep_old {
+                self.events.push_back(Event::CloseSession { session });
+                return;
+            }
+        }
         if let Some(old) = p.session.take() {
             self.events
                 .push_back(Event::CloseSession { session: old.id });
@@ -52,6 +69,7 @@ impl Core {
             acked: 0,
             received: 0,
             ack_due: false,
+            dialed_by_us,
         });
         let hello = Frame::Hello {
             version: LINK_VERSION,
@@ -110,14 +128,15 @@ impl Core {
             }
             return;
         }
-        // Only the member with the smaller key dials, so two sessions never cross.
+        // Both members dial (a crossing is settled in `on_session_opened`), so neither waits
+        // for the other's backoff after an outage.
         if p.dialing.is_some_and(|give_up| now >= give_up) {
             // The driver never answered the dial (the connection died before it was
             // reported open): count it as failed rather than wait forever.
             let name = p.name.clone();
             return self.on_dial_failed(&name);
         }
-        if p.dialing.is_some() || !p.dials {
+        if p.dialing.is_some() {
             return;
         }
         if p.link.next_attempt().is_some_and(|at| at <= now) {

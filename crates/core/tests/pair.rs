@@ -127,11 +127,26 @@ impl Pair {
         panic!("the pair did not settle");
     }
 
+    /// The next event of `side` other than a dial (both members dial while no session is
+    /// up; this pair connects them itself).
+    fn event(&mut self, side: usize) -> Option<Event> {
+        std::iter::from_fn(|| self.cores[side].poll_event())
+            .find(|e| !matches!(e, Event::Dial { .. }))
+    }
+
     fn connect(&mut self, session: u64) {
         self.session = Some(session);
         for side in 0..2 {
             let peer = self.names[1 - side].to_string();
-            self.input(side, Input::SessionOpened { peer, session });
+            let dialed_by_us = side == 0;
+            self.input(
+                side,
+                Input::SessionOpened {
+                    peer,
+                    session,
+                    dialed_by_us,
+                },
+            );
         }
         self.settle();
     }
@@ -159,10 +174,7 @@ fn an_answer_waits_for_its_commit() {
     pair.send(0, 1, Precedence::Routine);
     let (batch, rows) = pair.cores[0].poll_commit().expect("a batch to commit");
     assert_eq!(rows.messages.len(), 1);
-    assert!(
-        pair.cores[0].poll_event().is_none(),
-        "nothing shown before the commit"
-    );
+    assert!(pair.event(0).is_none(), "nothing shown before the commit");
     pair.input(
         0,
         Input::CommitFailed {
@@ -170,12 +182,9 @@ fn an_answer_waits_for_its_commit() {
             error: "disk".into(),
         },
     );
-    assert!(
-        pair.cores[0].poll_event().is_none(),
-        "a failed commit releases nothing"
-    );
+    assert!(pair.event(0).is_none(), "a failed commit releases nothing");
     pair.send(0, 2, Precedence::Routine);
-    let busy = pair.cores[0].poll_event();
+    let busy = pair.event(0);
     assert!(
         matches!(
             busy,
@@ -191,7 +200,7 @@ fn an_answer_waits_for_its_commit() {
     let (again, _) = pair.cores[0].poll_commit().expect("the batch is retried");
     assert_eq!(again, batch);
     pair.input(0, Input::Committed { batch });
-    let answered = std::iter::from_fn(|| pair.cores[0].poll_event()).any(|e| {
+    let answered = std::iter::from_fn(|| pair.event(0)).any(|e| {
         matches!(
             e,
             Event::Answer {
@@ -298,7 +307,7 @@ fn a_peer_pinned_at_run_time_can_be_written_to() {
     assert_eq!(rows.messages[0].peer, "moscow");
     assert_eq!(rows.messages[0].topic, "border");
     pair.input(0, Input::Committed { batch });
-    let answers: Vec<(u64, bool)> = std::iter::from_fn(|| pair.cores[0].poll_event())
+    let answers: Vec<(u64, bool)> = std::iter::from_fn(|| pair.event(0))
         .filter_map(|e| match e {
             Event::Answer { ticket, result } => Some((ticket, result.is_ok())),
             _ => None,
@@ -342,7 +351,7 @@ fn a_notification_its_format_refuses_is_neither_sent_nor_stored() {
     while let Some((batch, _)) = pair.cores[0].poll_commit() {
         pair.input(0, Input::Committed { batch });
     }
-    while let Some(event) = pair.cores[0].poll_event() {
+    while let Some(event) = pair.event(0) {
         if let Event::Answer { ticket: 1, result } = event {
             refused_command = matches!(result, Err(detente_core::CommandError::Invalid(_)));
         }
@@ -386,7 +395,7 @@ fn a_notification_its_format_refuses_is_neither_sent_nor_stored() {
         while let Some((batch, _)) = pair.cores[0].poll_commit() {
             pair.input(0, Input::Committed { batch });
         }
-        while let Some(event) = pair.cores[0].poll_event() {
+        while let Some(event) = pair.event(0) {
             events.push(event);
         }
         let was_stored = events
@@ -438,7 +447,7 @@ fn a_batch_of_sends_is_one_commit_or_nothing() {
         );
         pair.input(0, Input::Committed { batch });
     }
-    let refused = pair.cores[0].poll_event();
+    let refused = pair.event(0);
     assert!(
         matches!(
             refused,
@@ -481,12 +490,11 @@ fn a_batch_of_sends_is_one_commit_or_nothing() {
     let cut = 1_800_000_000_000 - detente_store_types::IDEMPOTENCY_KEY_TTL_MS;
     assert_eq!(rows.idempotency_expired_before_ms, Some(cut));
     assert!(
-        std::iter::from_fn(|| pair.cores[0].poll_event())
-            .all(|e| !matches!(e, Event::Answer { .. })),
+        std::iter::from_fn(|| pair.event(0)).all(|e| !matches!(e, Event::Answer { .. })),
         "no answer before the commit"
     );
     pair.input(0, Input::Committed { batch });
-    let answer = std::iter::from_fn(|| pair.cores[0].poll_event()).find_map(|e| match e {
+    let answer = std::iter::from_fn(|| pair.event(0)).find_map(|e| match e {
         Event::Answer {
             ticket: 2,
             result: Ok(Answer::SentBatch { sent }),

@@ -77,6 +77,8 @@ pub enum DriverInput {
         peer: String,
         session: SessionId,
         writer: mpsc::Sender<Frame>,
+        /// This node dialed the connection (else it accepted it).
+        dialed_by_us: bool,
     },
     SessionClosed {
         session: SessionId,
@@ -394,9 +396,14 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 peer,
                 session,
                 writer,
+                dialed_by_us,
             } => {
                 self.sessions.insert(session, writer);
-                Input::SessionOpened { peer, session }
+                Input::SessionOpened {
+                    peer,
+                    session,
+                    dialed_by_us,
+                }
             }
             DriverInput::SessionClosed { session } => {
                 self.sessions.remove(&session);
@@ -539,9 +546,14 @@ async fn next_commit(slot: &mut Option<CommitFuture>) -> (BatchId, Result<(), St
 /// Move frames between one established byte stream and the driver until either side ends
 /// it. Frames are length-prefixed and at most [`FRAME_BYTES_MAX`] bytes: a larger prefix
 /// ends the session before anything is allocated for it, with a `Refuse` (protocol) as
-/// its last frame.
-pub async fn run_session<R, W>(driver: DriverHandle, peer: String, mut reader: R, mut writer: W)
-where
+/// its last frame. `dialed_by_us`: this node dialed the connection (it settles a crossing).
+pub async fn run_session<R, W>(
+    driver: DriverHandle,
+    peer: String,
+    dialed_by_us: bool,
+    mut reader: R,
+    mut writer: W,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -553,6 +565,7 @@ where
         peer,
         session,
         writer: tx,
+        dialed_by_us,
     };
     if driver.input(opened).await.is_err() {
         return;

@@ -456,7 +456,7 @@ impl driver::Dialer for TlsDialer {
                         status.last_error = None;
                     }
                     let (reader, writer) = tokio::io::split(tls);
-                    driver::run_session(driver, peer, reader, writer).await;
+                    driver::run_session(driver, peer, true, reader, writer).await;
                 }
                 Err(reason) => {
                     tracing::debug!(%peer, %addr, %reason, "dial failed");
@@ -512,6 +512,7 @@ pub fn accept(
     tokio::spawn(driver::run_session(
         driver.clone(),
         entry.name.clone(),
+        false,
         reader,
         writer,
     ));

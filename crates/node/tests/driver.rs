@@ -43,8 +43,8 @@ impl Dialer for Pipe {
             let (a, b) = tokio::io::duplex(PIPE_BYTES);
             let (ar, aw) = tokio::io::split(a);
             let (br, bw) = tokio::io::split(b);
-            tokio::spawn(driver::run_session(other, me, br, bw));
-            driver::run_session(driver, peer, ar, aw).await;
+            tokio::spawn(driver::run_session(other, me, false, br, bw));
+            driver::run_session(driver, peer, true, ar, aw).await;
         });
     }
 }

@@ -129,7 +129,15 @@ impl Pair {
     fn connect(&mut self) {
         for side in 0..2 {
             let peer = NAMES[1 - side].to_string();
-            self.input(side, Input::SessionOpened { peer, session: 1 });
+            let dialed_by_us = side == 0;
+            self.input(
+                side,
+                Input::SessionOpened {
+                    peer,
+                    session: 1,
+                    dialed_by_us,
+                },
+            );
         }
     }
 }
@@ -282,6 +290,7 @@ async fn a_core_loaded_from_the_store_continues_where_the_live_one_is() {
         Input::SessionOpened {
             peer: "washington".into(),
             session: 2,
+            dialed_by_us: false,
         },
     );
     for bytes in std::mem::take(&mut pair.wire[1]) {

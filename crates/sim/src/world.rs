@@ -451,7 +451,16 @@ impl World {
         s.told[end] = true;
         let other = if end == 0 { s.b } else { s.a };
         let peer = self.nodes[other].name.clone();
-        self.input(node, Input::SessionOpened { peer, session });
+        // `a` dialed the session.
+        let dialed_by_us = end == 0;
+        self.input(
+            node,
+            Input::SessionOpened {
+                peer,
+                session,
+                dialed_by_us,
+            },
+        );
     }
 
     /// Close a session; tell the ends other than `except` after a delay.

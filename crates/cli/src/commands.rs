@@ -648,6 +648,17 @@ pub async fn status(dir: &Path, json: bool) -> Outcome {
             p["overdue_in"],
             p["last_test"].as_str().unwrap_or("none yet"),
         );
+        if p["clock"]["skewed"] == true {
+            let within = p["clock"]["error_ms"]
+                .as_u64()
+                .map_or(String::new(), |e| format!(", within {e} ms"));
+            println!(
+                "  {:<14} {}{within}: times the peer signs are off by as much (warning above {} ms)",
+                "",
+                p["clock"]["text"].as_str().unwrap_or_default(),
+                status["thresholds"]["clock_skew_warn_ms"],
+            );
+        }
         let name = p["name"].as_str().unwrap_or_default();
         for line in crate::charter::refused_lines(name, &p["charter"]) {
             println!("  {:<14} {line}", "");

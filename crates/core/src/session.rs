@@ -28,6 +28,12 @@ pub(crate) struct Session {
 }
 
 impl Core {
+    /// Our wall clock as the frames carry it (milliseconds since the Unix epoch; a clock
+    /// before 1970 reads as 0, "not said").
+    fn wall(&self) -> u64 {
+        self.wall_ms.max(0) as u64
+    }
+
     pub(crate) fn session_peer(&self, session: SessionId) -> Option<usize> {
         self.peers
             .iter()
@@ -44,6 +50,7 @@ impl Core {
             return;
         };
         let now = self.now;
+        let wall = self.wall();
         let p = &mut self.peers[index];
         if dialed_by_us {
             p.dialing = None;
@@ -74,6 +81,7 @@ impl Core {
         let hello = Frame::Hello {
             version: LINK_VERSION,
             hwm: p.inb_durable.hwm(),
+            wall_ms: wall,
         };
         self.frame(session, hello);
         let terms = self.terms().encode();
@@ -124,7 +132,8 @@ impl Core {
                 return;
             }
             if let Some(nonce) = p.link.poll_ping(now) {
-                self.frame(session, Frame::Ping { nonce });
+                let wall_ms = self.wall();
+                self.frame(session, Frame::Ping { nonce, wall_ms });
             }
             return;
         }
@@ -161,11 +170,21 @@ impl Core {
             Err(e) => return self.protocol_error(index, session, &e.to_string()),
         };
         match frame {
-            Frame::Hello { version, hwm } => self.on_hello(index, session, version, hwm),
+            Frame::Hello {
+                version,
+                hwm,
+                wall_ms,
+            } => self.on_hello(index, session, version, hwm, wall_ms),
             Frame::Envelope(bytes) => self.on_envelope_frame(index, session, &bytes),
             Frame::Ack { hwm, received } => self.on_ack(index, hwm, received),
-            Frame::Ping { nonce } => self.frame(session, Frame::Pong { nonce }),
-            Frame::Pong { nonce } => self.peers[index].link.on_pong(now, nonce),
+            Frame::Ping { nonce, .. } => {
+                let wall_ms = self.wall();
+                self.frame(session, Frame::Pong { nonce, wall_ms })
+            }
+            Frame::Pong { nonce, wall_ms } => {
+                let ours = self.wall();
+                self.peers[index].link.on_pong(now, nonce, wall_ms, ours)
+            }
             Frame::Refuse { seq, code, reason } => self.on_refuse(index, seq, code, &reason),
             Frame::Checkpoint(bytes) => self.on_peer_checkpoint(index, &bytes),
             Frame::Terms(bytes) => self.on_terms(index, &bytes),
@@ -189,12 +208,25 @@ impl Core {
         self.close(index);
     }
 
-    fn on_hello(&mut self, index: usize, session: SessionId, version: u16, hwm: u64) {
+    fn on_hello(
+        &mut self,
+        index: usize,
+        session: SessionId,
+        version: u16,
+        hwm: u64,
+        peer_wall_ms: u64,
+    ) {
+        if version != LINK_VERSION {
+            let why = format!("peer speaks link version {version}, we speak {LINK_VERSION}");
+            return self.protocol_error(index, session, &why);
+        }
+        let wall = self.wall();
         let p = &mut self.peers[index];
         let second = p.session.as_ref().is_some_and(|s| s.sched.is_some());
-        if version != LINK_VERSION || second {
-            return self.protocol_error(index, session, "bad or repeated Hello");
+        if second {
+            return self.protocol_error(index, session, "a second Hello in one session");
         }
+        p.link.on_hello_clock(peer_wall_ms, wall);
         let ahead = hwm > p.out_durable;
         if let Some(s) = p.session.as_mut() {
             s.sched = Some(Scheduler::new(hwm.min(p.out_durable)));

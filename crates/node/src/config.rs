@@ -88,6 +88,8 @@ pub struct LinkSection {
     pub test_interval: String,
     pub backoff_initial: String,
     pub backoff_max: String,
+    /// The peer's wall clock further from ours than this is a warning (status, log).
+    pub clock_skew_warn: String,
 }
 
 impl Default for LinkSection {
@@ -97,6 +99,7 @@ impl Default for LinkSection {
             test_interval: "1h".into(),
             backoff_initial: "200ms".into(),
             backoff_max: "30s".into(),
+            clock_skew_warn: "2s".into(),
         }
     }
 }
@@ -565,6 +568,7 @@ impl NodeConfig {
             backoff_initial: d(&self.link.backoff_initial, Duration::from_millis(200)),
             backoff_max: d(&self.link.backoff_max, Duration::from_secs(30)),
             degraded_rtt: Duration::from_secs(1),
+            skew_warn: d(&self.link.clock_skew_warn, Duration::from_secs(2)),
         }
     }
 
@@ -706,6 +710,7 @@ impl NodeConfig {
             "link.test_interval" => self.link.test_interval.clone(),
             "link.backoff_initial" => self.link.backoff_initial.clone(),
             "link.backoff_max" => self.link.backoff_max.clone(),
+            "link.clock_skew_warn" => self.link.clock_skew_warn.clone(),
             "deadlines.flash_delivered" => self.deadlines.flash_delivered.clone(),
             "deadlines.flash_acknowledged" => self.deadlines.flash_acknowledged.clone(),
             "deadlines.immediate_acknowledged" => self.deadlines.immediate_acknowledged.clone(),
@@ -846,6 +851,13 @@ impl NodeConfig {
                 duration(&value)?;
                 &mut self.link.backoff_max
             }
+            "link.clock_skew_warn" => {
+                let d = parse_duration(&value).map_err(|r| bad(key, &r))?;
+                if d < Duration::from_millis(100) || d > Duration::from_secs(24 * 3600) {
+                    return Err(bad(key, "between 100ms and 24h"));
+                }
+                &mut self.link.clock_skew_warn
+            }
             "deadlines.flash_delivered" => {
                 duration(&value)?;
                 &mut self.deadlines.flash_delivered
@@ -894,6 +906,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "link.test_interval",
     "link.backoff_initial",
     "link.backoff_max",
+    "link.clock_skew_warn",
     "deadlines.flash_delivered",
     "deadlines.flash_acknowledged",
     "deadlines.immediate_acknowledged",

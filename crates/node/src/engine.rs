@@ -424,7 +424,7 @@ fn publish_links(core: &Core, table: &PeerTable) {
             status.connected = connected;
             status.rtt_ms = link.rtt().map(|d| d.as_secs_f64() * 1000.0);
             status.last_heard = link.last_heard();
-            status.view = Some(link.clone());
+            status.set_view(&entry.name, link);
             status.sending_stopped = core.sending_stopped(&entry.name).map(str::to_string);
         }
     }

@@ -142,7 +142,7 @@ fn publish(entry: &PeerEntry, supervisor: &LinkSupervisor, address: Option<&str>
         status.connected = supervisor.is_connected();
         status.rtt_ms = supervisor.rtt().map(|d| d.as_secs_f64() * 1000.0);
         status.last_heard = supervisor.last_heard();
-        status.view = Some(supervisor.clone());
+        status.set_view(&entry.name, supervisor);
         if let Some(a) = address {
             status.address = Some(a.to_string());
         }
@@ -239,7 +239,10 @@ async fn await_hello<R: AsyncRead + Unpin>(
 enum Control {
     Send(Frame),
     Heard,
-    Pong(u64),
+    Pong {
+        nonce: u64,
+        wall_ms: u64,
+    },
     PeerAck {
         hwm: u64,
         received: u64,
@@ -277,6 +280,7 @@ async fn session(
     Frame::Hello {
         version: LINK_VERSION,
         hwm: our_hwm,
+        wall_ms: crate::now_ms(),
     }
     .encode(&mut out);
     if let Err(e) = write_bounded(&mut writer, &out, write_timeout).await {
@@ -297,12 +301,24 @@ async fn session(
         Ok(h) => h,
         Err(end) => return end,
     };
-    let peer_hwm = match hello {
-        Frame::Hello { version, hwm } if version == LINK_VERSION => hwm,
+    let (peer_hwm, peer_wall_ms) = match hello {
+        Frame::Hello {
+            version,
+            hwm,
+            wall_ms,
+        } if version == LINK_VERSION => (hwm, wall_ms),
         Frame::Hello { version, .. } => {
-            return End::Closed(format!(
-                "peer speaks link version {version}, we speak {LINK_VERSION}"
-            ))
+            let reason = format!("peer speaks link version {version}, we speak {LINK_VERSION}");
+            // Say why before closing, so that the other side's operators read it too.
+            out.clear();
+            Frame::Refuse {
+                seq: 0,
+                code: RefuseCode::Protocol,
+                reason: reason.clone(),
+            }
+            .encode(&mut out);
+            let _ = write_bounded(&mut writer, &out, write_timeout).await;
+            return End::Closed(reason);
         }
         other => return End::Closed(format!("expected Hello, got {other:?}")),
     };
@@ -328,6 +344,7 @@ async fn session(
         return End::Closed(e.to_string());
     }
     supervisor.on_connected(Instant::now());
+    supervisor.on_hello_clock(peer_wall_ms, crate::now_ms());
     if let Ok(mut status) = entry.status.write() {
         status.sessions += 1;
         status.last_error = None;
@@ -406,7 +423,9 @@ async fn session(
                         }
                     }
                     Control::Heard => supervisor.on_heard(now),
-                    Control::Pong(nonce) => supervisor.on_pong(now, nonce),
+                    Control::Pong { nonce, wall_ms } => {
+                        supervisor.on_pong(now, nonce, wall_ms, crate::now_ms())
+                    }
                     Control::PeerAck { hwm, received } => {
                         supervisor.on_heard(now);
                         peer_received = peer_received.max(received);
@@ -458,7 +477,11 @@ async fn session(
                 }
                 if let Some(nonce) = supervisor.poll_ping(now) {
                     out.clear();
-                    Frame::Ping { nonce }.encode(&mut out);
+                    Frame::Ping {
+                        nonce,
+                        wall_ms: crate::now_ms(),
+                    }
+                    .encode(&mut out);
                     if let Err(e) = write_bounded(&mut writer, &out, write_timeout).await {
                         break End::Closed(e.to_string());
                     }
@@ -735,8 +758,11 @@ async fn read_frames<R: AsyncRead + Unpin>(
                             }
                             continue;
                         }
-                        Frame::Ping { nonce } => Control::Send(Frame::Pong { nonce }),
-                        Frame::Pong { nonce } => Control::Pong(nonce),
+                        Frame::Ping { nonce, .. } => Control::Send(Frame::Pong {
+                            nonce,
+                            wall_ms: crate::now_ms(),
+                        }),
+                        Frame::Pong { nonce, wall_ms } => Control::Pong { nonce, wall_ms },
                         Frame::Ack { hwm, received } => Control::PeerAck { hwm, received },
                         Frame::Refuse { seq, code, reason } => {
                             Control::Refused { seq, code, reason }

@@ -88,6 +88,7 @@ fn links(shared: &Shared, o: &mut Out) {
     let now = Instant::now();
     let mut states = Vec::new();
     let mut rtts = Vec::new();
+    let mut clocks = Vec::new();
     for entry in &peers {
         let status = entry.status.read().ok();
         let state = status
@@ -97,6 +98,12 @@ fn links(shared: &Shared, o: &mut Out) {
             let v = if s == state { 1.0 } else { 0.0 };
             states.push((labels([("peer", &entry.name), ("state", s.name())]), v));
         }
+        let offset = status
+            .as_ref()
+            .and_then(|s| s.view.as_ref())
+            .and_then(|v| v.clock_offset())
+            .map_or(f64::NAN, |c| c.offset_ms as f64 / 1000.0);
+        clocks.push((labels([("peer", &entry.name)]), offset));
         let rtt = status
             .and_then(|s| s.rtt_ms)
             .map_or(f64::NAN, |ms| ms / 1000.0);
@@ -111,6 +118,11 @@ fn links(shared: &Shared, o: &mut Out) {
         "detente_link_rtt_seconds",
         "Last heartbeat round-trip time per peer (NaN before the first).",
         rtts,
+    );
+    o.gauge(
+        "detente_peer_clock_offset_seconds",
+        "The peer's wall clock minus ours, from the last heartbeat (NaN before the peer said it).",
+        clocks,
     );
 }
 

@@ -35,6 +35,26 @@ impl LinkStatus {
     pub fn current_state(&self, now: Instant) -> LinkState {
         self.view.as_ref().map_or(self.state, |v| v.state(now))
     }
+
+    /// Publish `view` as this link's supervisor. The moment the peer's clock is first
+    /// found beyond the warning threshold (or back within it), one log line says so.
+    pub fn set_view(&mut self, peer: &str, view: &LinkSupervisor) {
+        let was = self.view.as_ref().and_then(LinkSupervisor::clock_skewed);
+        match (was, view.clock_skewed()) {
+            (None, Some(c)) => tracing::warn!(
+                %peer,
+                offset_ms = c.offset_ms,
+                error_ms = c.error_ms,
+                "the peer's clock is {} ours; deadlines are measured on this node's own clock, but times the peer signs are off by as much",
+                offset_words(c.offset_ms),
+            ),
+            (Some(_), None) if view.clock_offset().is_some() => {
+                tracing::info!(%peer, "the peer's clock agrees with ours again")
+            }
+            _ => {}
+        }
+        self.view = Some(view.clone());
+    }
 }
 
 impl Default for LinkStatus {
@@ -51,6 +71,27 @@ impl Default for LinkStatus {
             view: None,
         }
     }
+}
+
+/// How far a clock is from ours, in words for the log and `status`: "3 h 2 min behind",
+/// "4.1 s ahead of", "in step with" (under 100 ms).
+pub fn offset_words(offset_ms: i64) -> String {
+    let size = offset_ms.unsigned_abs();
+    let side = if offset_ms < 0 { "behind" } else { "ahead of" };
+    let amount = match size {
+        0..=99 => return "in step with".into(),
+        100..=59_999 => format!("{:.1} s", size as f64 / 1000.0),
+        60_000..=3_599_999 => {
+            let seconds = (size + 500) / 1000;
+            format!("{} min {} s", seconds / 60, seconds % 60)
+        }
+        3_600_000..=172_799_999 => {
+            let minutes = (size + 30_000) / 60_000;
+            format!("{} h {} min", minutes / 60, minutes % 60)
+        }
+        _ => format!("{} days", (size + 43_200_000) / 86_400_000),
+    };
+    format!("{amount} {side}")
 }
 
 /// What `status` shows about one peer's alarms.
@@ -209,5 +250,22 @@ impl std::fmt::Debug for PeerTable {
             "PeerTable({} peers)",
             self.peers.read().map(|p| p.len()).unwrap_or(0)
         )
+    }
+}
+
+#[cfg(test)]
+mod offset_tests {
+    use super::offset_words;
+
+    #[test]
+    fn offsets_in_words() {
+        assert_eq!(offset_words(40), "in step with");
+        assert_eq!(offset_words(-4_130), "4.1 s behind");
+        assert_eq!(offset_words(150_000), "2 min 30 s ahead of");
+        assert_eq!(offset_words(-(3 * 3_600_000 + 120_000)), "3 h 2 min behind");
+        assert_eq!(offset_words(-30 * 86_400_000), "30 days behind");
+        // Rounded, not cut: a clock 1 ms short of 3 h is 3 h behind.
+        assert_eq!(offset_words(-10_799_999), "3 h 0 min behind");
+        assert_eq!(offset_words(59_999), "60.0 s ahead of");
     }
 }

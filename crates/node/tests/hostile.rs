@@ -272,6 +272,15 @@ struct FakePeer {
     /// The hwm the node announced in its `Hello`.
     node_hwm: u64,
     target: PartyKey,
+    /// How far this peer's wall clock is from the real one, in ms (negative: behind).
+    clock_ms: i64,
+}
+
+/// The real wall clock, in milliseconds since the Unix epoch.
+fn wall_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
 }
 
 /// TCP connect and TLS handshake to the node's peer port as `secret`.
@@ -292,6 +301,12 @@ impl FakePeer {
 
     /// Connect and exchange `Hello`, ours claiming to hold the node's stream up to `hwm`.
     async fn connect_with_hwm(h: &Harness, hwm: u64) -> FakePeer {
+        Self::connect_with(h, hwm, 0).await
+    }
+
+    /// Connect and exchange `Hello`, with this peer's wall clock `clock_ms` away from the
+    /// real one in its Hello and its Pongs (negative: behind).
+    async fn connect_with(h: &Harness, hwm: u64, clock_ms: i64) -> FakePeer {
         let stream = tokio::time::timeout(WAIT, dial(h, &h.fake))
             .await
             .expect("handshake within the timeout")
@@ -303,20 +318,27 @@ impl FakePeer {
             from_node: Vec::new(),
             node_hwm: 0,
             target: h.target,
+            clock_ms,
         };
         peer.send(&Frame::Hello {
             version: LINK_VERSION,
             hwm,
+            wall_ms: peer.wall_ms(),
         })
         .await;
         match peer.next_frame().await {
-            Ok(Frame::Hello { version, hwm }) => {
+            Ok(Frame::Hello { version, hwm, .. }) => {
                 assert_eq!(version, LINK_VERSION);
                 peer.node_hwm = hwm;
             }
             other => panic!("expected the node's Hello, got {other:?}"),
         }
         peer
+    }
+
+    /// This peer's wall clock: the real one, `clock_ms` away.
+    fn wall_ms(&self) -> u64 {
+        (wall_now_ms() as i64 + self.clock_ms).max(1) as u64
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) {
@@ -345,10 +367,14 @@ impl FakePeer {
                 .await
                 .expect("a frame from the node within the timeout")?;
             match frame {
-                Frame::Ping { nonce } => {
+                Frame::Ping { nonce, .. } => {
                     // The node may be closing the session; a failed Pong shows on the next read.
                     let mut out = Vec::new();
-                    Frame::Pong { nonce }.encode(&mut out);
+                    Frame::Pong {
+                        nonce,
+                        wall_ms: self.wall_ms(),
+                    }
+                    .encode(&mut out);
                     let _ = self.stream.write_all(&out).await;
                     let _ = self.stream.flush().await;
                 }
@@ -910,6 +936,7 @@ async fn unpinned_key_cannot_connect() {
         Frame::Hello {
             version: LINK_VERSION,
             hwm: 0,
+            wall_ms: wall_now_ms(),
         }
         .encode(&mut out);
         let e = Envelope {
@@ -1087,6 +1114,11 @@ async fn peer_cannot_acknowledge_its_own_message_on_our_behalf() {
 
 /// GET an API path of the node under test (plain HTTP/1.1 on loopback, with the token).
 async fn api_get(h: &Harness, path: &str) -> serde_json::Value {
+    serde_json::from_str(&api_text(h, path).await).expect("JSON")
+}
+
+/// The body of a GET on the API port (bearer token), as text.
+async fn api_text(h: &Harness, path: &str) -> String {
     let shared = &h.node.shared;
     let mut s = TcpStream::connect(shared.console_addr).await.expect("API");
     let request = format!(
@@ -1100,8 +1132,7 @@ async fn api_get(h: &Harness, path: &str) -> serde_json::Value {
         .expect("API answers")
         .unwrap();
     let text = String::from_utf8_lossy(&answer);
-    let body = text.split("\r\n\r\n").nth(1).expect("a body");
-    serde_json::from_str(body).expect("JSON")
+    text.split("\r\n\r\n").nth(1).expect("a body").to_string()
 }
 
 /// A checkpoint of the channel signed by the fake peer.
@@ -1677,9 +1708,13 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
     assert_eq!(pending(shared.clone()).await, 3);
     let mut peer = FakePeer::connect_with_hwm(&h, 7).await;
     // A round trip through the session loop: it has run its send step by then.
-    peer.send(&Frame::Ping { nonce: 1 }).await;
+    peer.send(&Frame::Ping {
+        nonce: 1,
+        wall_ms: wall_now_ms(),
+    })
+    .await;
     match peer.next_control().await {
-        Ok(Frame::Pong { nonce: 1 }) => {}
+        Ok(Frame::Pong { nonce: 1, .. }) => {}
         other => panic!("expected Pong, got {other:?}"),
     }
     // The Ack path: a hwm beyond our stream is no prune either.
@@ -1688,9 +1723,13 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
         received: 0,
     })
     .await;
-    peer.send(&Frame::Ping { nonce: 2 }).await;
+    peer.send(&Frame::Ping {
+        nonce: 2,
+        wall_ms: wall_now_ms(),
+    })
+    .await;
     match peer.next_control().await {
-        Ok(Frame::Pong { nonce: 2 }) => {}
+        Ok(Frame::Pong { nonce: 2, .. }) => {}
         other => panic!("expected Pong, got {other:?}"),
     }
     // The writer takes commands in order: the prune was handled before this send returns.
@@ -1712,6 +1751,123 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
     .await
     .expect("an alarm");
     assert!(alarm.contains("holds our stream"), "{alarm}");
+    h.stop().await;
+}
+
+/// Ping the node until its status shows the peer's clock measured from a Pong (not only
+/// from the Hello); the peer's status entry then.
+async fn clock_measured(h: &Harness, peer: &mut FakePeer) -> serde_json::Value {
+    for nonce in 1..=20 {
+        let status = api_get(h, "/api/v1/status").await;
+        if status["peers"][0]["clock"]["error_ms"].is_u64() {
+            return status;
+        }
+        // A round trip through the session loop; the node's own Pings are answered on the
+        // way with this peer's clock.
+        peer.send(&Frame::Ping {
+            nonce,
+            wall_ms: peer.wall_ms(),
+        })
+        .await;
+        match peer.next_control().await {
+            Ok(Frame::Pong { .. }) => {}
+            other => panic!("expected Pong, got {other:?}"),
+        }
+    }
+    panic!("the node never measured the peer's clock from a Pong");
+}
+
+/// Issue 12, item 11: a peer whose clock is 3 h behind is shown as such (status, verdict,
+/// metrics), measured within half a round trip; once its clock is right the warning goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_clock_three_hours_behind_is_shown_and_warned() {
+    let h = Harness::start().await;
+    let behind: i64 = 3 * 3_600_000;
+    let mut peer = FakePeer::connect_with(&h, 0, -behind).await;
+    let status = clock_measured(&h, &mut peer).await;
+    let p = &status["peers"][0];
+    let clock = &p["clock"];
+    let (offset, error) = (
+        clock["offset_ms"].as_i64().unwrap(),
+        clock["error_ms"].as_i64().unwrap(),
+    );
+    // Within half the round trip (+2 ms: the two readings of the same clock are rounded).
+    assert!((offset + behind).abs() <= error + 2, "{clock}");
+    assert_eq!(clock["skewed"], true, "{clock}");
+    assert_eq!(
+        clock["text"], "the peer's clock is 3 h 0 min behind ours",
+        "{clock}"
+    );
+    assert_eq!(p["verdict"], "clock_skew", "{p}");
+    assert_eq!(status["verdict"], "clock_skew", "{status}");
+    assert_eq!(status["thresholds"]["clock_skew_warn_ms"], 2000);
+    let metrics = api_text(&h, "/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("detente_peer_clock_offset_seconds{"))
+        .unwrap_or_else(|| panic!("no clock offset in /metrics:\n{metrics}"));
+    let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((seconds + 10_800.0).abs() < 1.0, "{line}");
+    drop(peer);
+
+    // The same peer with its clock set right: the warning goes, the verdict is calm.
+    let mut peer = FakePeer::connect_with(&h, 0, 0).await;
+    let status = loop {
+        let status = clock_measured(&h, &mut peer).await;
+        // The first answer may still be the last session's.
+        if status["peers"][0]["clock"]["offset_ms"]
+            .as_i64()
+            .unwrap()
+            .abs()
+            < 2000
+        {
+            break status;
+        }
+        peer.send(&Frame::Ping {
+            nonce: 99,
+            wall_ms: peer.wall_ms(),
+        })
+        .await;
+        let _ = peer.next_control().await;
+    };
+    let p = &status["peers"][0];
+    assert_eq!(p["clock"]["skewed"], false, "{p}");
+    assert_ne!(p["verdict"], "clock_skew", "{p}");
+    h.stop().await;
+}
+
+/// A peer still on link version 1 (a 10-byte Hello, no wall clock) is told in words why
+/// the session ends, and nothing of the session goes further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_on_link_version_one_is_refused_with_both_versions_named() {
+    let h = Harness::start().await;
+    let fake = PartySecret::from_seed(FAKE_SEED);
+    let mut stream = tokio::time::timeout(WAIT, dial(&h, &fake))
+        .await
+        .expect("handshake within the timeout")
+        .expect("the pinned peer connects");
+    let mut v1 = vec![0, 0, 0, 11, 0, 0, 1];
+    v1.extend_from_slice(&0u64.to_be_bytes());
+    stream.write_all(&v1).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut buf = Vec::new();
+    let refusal = tokio::time::timeout(WAIT, async {
+        loop {
+            match read_one(&mut stream, &mut buf).await {
+                Ok(Frame::Refuse { code, reason, .. }) => return (code, reason),
+                Ok(_) => continue,
+                Err(e) => panic!("closed without a Refuse: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("a Refuse within the timeout");
+    assert_eq!(refusal.0, RefuseCode::Protocol);
+    assert!(
+        refusal.1.contains("peer speaks link version 1, we speak 2"),
+        "{refusal:?}"
+    );
+    ends_within(&mut stream, &mut buf).await;
     h.stop().await;
 }
 
@@ -1935,6 +2091,7 @@ async fn crossing(fake_seed: [u8; 32]) {
     let hello = Frame::Hello {
         version: LINK_VERSION,
         hwm: 0,
+        wall_ms: wall_now_ms(),
     };
     write_frame(&mut ours, &hello).await;
     let (winner_name, first, winner, buf) = if fake_wins {
@@ -1996,10 +2153,14 @@ async fn ping_pong<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     buf: &mut Vec<u8>,
     nonce: u64,
 ) -> u64 {
-    write_frame(stream, &Frame::Ping { nonce }).await;
+    let ping = Frame::Ping {
+        nonce,
+        wall_ms: wall_now_ms(),
+    };
+    write_frame(stream, &ping).await;
     loop {
         match tokio::time::timeout(WAIT, read_one(stream, buf)).await {
-            Ok(Ok(Frame::Pong { nonce })) => return nonce,
+            Ok(Ok(Frame::Pong { nonce, .. })) => return nonce,
             Ok(Ok(_)) => continue,
             other => panic!("no Pong: {other:?}"),
         }
@@ -2060,6 +2221,7 @@ async fn a_peer_that_stops_reading_cannot_hold_the_session() {
         &Frame::Hello {
             version: LINK_VERSION,
             hwm: 0,
+            wall_ms: wall_now_ms(),
         },
     )
     .await;

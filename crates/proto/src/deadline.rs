@@ -146,6 +146,9 @@ pub enum LineVerdict {
     Unanswered,
     /// The link works but is slow or quiet.
     Degraded,
+    /// The link works, but the peer's wall clock is further from ours than the warning
+    /// threshold: the times it signs (and ours, if ours is the wrong one) are off.
+    ClockSkew,
     AllWell,
 }
 
@@ -157,6 +160,7 @@ impl LineVerdict {
             LineVerdict::OverdueIn => "overdue_in",
             LineVerdict::Unanswered => "unanswered",
             LineVerdict::Degraded => "degraded",
+            LineVerdict::ClockSkew => "clock_skew",
             LineVerdict::AllWell => "all_well",
         }
     }
@@ -170,6 +174,7 @@ impl LineVerdict {
             }
             LineVerdict::Unanswered => "link up but the peer's operators have not answered",
             LineVerdict::Degraded => "link degraded",
+            LineVerdict::ClockSkew => "link up, but the peer's clock differs from ours",
             LineVerdict::AllWell => "all well",
         }
     }

@@ -6,8 +6,10 @@
 
 use crate::envelope::limits::ENVELOPE_BYTES_MAX;
 
-/// Version of the link protocol, exchanged in `Hello`.
-pub const LINK_VERSION: u16 = 1;
+/// Version of the link protocol, exchanged in `Hello`. Version 2 (2026-12) added the
+/// sender's wall clock to `Hello`, `Ping` and `Pong`, so that each side can show the skew
+/// between the two clocks (issue 12, item 11).
+pub const LINK_VERSION: u16 = 2;
 
 /// Largest frame (type and body), in bytes.
 pub const FRAME_BYTES_MAX: usize = ENVELOPE_BYTES_MAX + 64;
@@ -20,10 +22,13 @@ pub const REASON_BYTES_MAX: usize = 512;
 pub enum Frame {
     /// First frame each way. `hwm` is the highest `seq` of the other side's stream that this
     /// side holds durably with nothing missing below it (0: none); the other side resends
-    /// everything above it that it has no DELIVERED receipt for.
+    /// everything above it that it has no DELIVERED receipt for. `wall_ms` is the sender's
+    /// wall clock when it wrote the frame (milliseconds since the Unix epoch; 0 in a
+    /// version-1 Hello, which is read only to name its version in the refusal).
     Hello {
         version: u16,
         hwm: u64,
+        wall_ms: u64,
     },
     /// One signed envelope, exactly as signed.
     Envelope(Vec<u8>),
@@ -35,12 +40,16 @@ pub enum Frame {
         hwm: u64,
         received: u64,
     },
-    /// Heartbeat; the other side answers `Pong` with the same nonce at once.
+    /// Heartbeat; the other side answers `Pong` with the same nonce at once. Each carries
+    /// its sender's wall clock (milliseconds since the Unix epoch): a Pong's, read against
+    /// the round trip, tells how far the two clocks are apart.
     Ping {
         nonce: u64,
+        wall_ms: u64,
     },
     Pong {
         nonce: u64,
+        wall_ms: u64,
     },
     /// This side refused the envelope `seq` (0: an envelope too malformed to have a
     /// trustworthy `seq`, or — with code `Protocol` — the session, which is then closed) and
@@ -129,10 +138,15 @@ impl Frame {
         let start = out.len();
         out.extend_from_slice(&[0; 4]);
         match self {
-            Frame::Hello { version, hwm } => {
+            Frame::Hello {
+                version,
+                hwm,
+                wall_ms,
+            } => {
                 out.push(HELLO);
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(&hwm.to_be_bytes());
+                out.extend_from_slice(&wall_ms.to_be_bytes());
             }
             Frame::Envelope(bytes) => {
                 out.push(ENVELOPE);
@@ -143,13 +157,15 @@ impl Frame {
                 out.extend_from_slice(&hwm.to_be_bytes());
                 out.extend_from_slice(&received.to_be_bytes());
             }
-            Frame::Ping { nonce } => {
+            Frame::Ping { nonce, wall_ms } => {
                 out.push(PING);
                 out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(&wall_ms.to_be_bytes());
             }
-            Frame::Pong { nonce } => {
+            Frame::Pong { nonce, wall_ms } => {
                 out.push(PONG);
                 out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(&wall_ms.to_be_bytes());
             }
             Frame::Refuse { seq, code, reason } => {
                 out.push(REFUSE);
@@ -211,10 +227,18 @@ impl Frame {
         };
         match kind {
             HELLO => {
-                fixed(10)?;
+                // 18 bytes since version 2; a version-1 Hello (10 bytes) still decodes, so
+                // that the refusal can name the version the peer speaks.
+                if body.len() != 18 && body.len() != 10 {
+                    return Err(FrameError::BadLength {
+                        kind,
+                        len: body.len(),
+                    });
+                }
                 Ok(Frame::Hello {
                     version: u16::from_be_bytes([body[0], body[1]]),
                     hwm: u64_at(2),
+                    wall_ms: if body.len() == 18 { u64_at(10) } else { 0 },
                 })
             }
             ENVELOPE => {
@@ -227,8 +251,14 @@ impl Frame {
                 hwm: u64_at(0),
                 received: u64_at(8),
             }),
-            PING => fixed(8).map(|()| Frame::Ping { nonce: u64_at(0) }),
-            PONG => fixed(8).map(|()| Frame::Pong { nonce: u64_at(0) }),
+            PING => fixed(16).map(|()| Frame::Ping {
+                nonce: u64_at(0),
+                wall_ms: u64_at(8),
+            }),
+            PONG => fixed(16).map(|()| Frame::Pong {
+                nonce: u64_at(0),
+                wall_ms: u64_at(8),
+            }),
             REFUSE => {
                 if body.len() < 9 || body.len() > 9 + REASON_BYTES_MAX {
                     return Err(FrameError::BadLength {
@@ -281,16 +311,23 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         round_trip(Frame::Hello {
-            version: 1,
+            version: LINK_VERSION,
             hwm: 42,
+            wall_ms: 1_767_225_600_000,
         });
         round_trip(Frame::Envelope(vec![1, 2, 3]));
         round_trip(Frame::Ack {
             hwm: u64::MAX,
             received: 3,
         });
-        round_trip(Frame::Ping { nonce: 7 });
-        round_trip(Frame::Pong { nonce: 7 });
+        round_trip(Frame::Ping {
+            nonce: 7,
+            wall_ms: 1,
+        });
+        round_trip(Frame::Pong {
+            nonce: 7,
+            wall_ms: u64::MAX,
+        });
         round_trip(Frame::Checkpoint(vec![0x82, 0x40, 0x80]));
         round_trip(Frame::Refuse {
             seq: 3,
@@ -298,6 +335,36 @@ mod tests {
             reason: "full".into(),
         });
         round_trip(Frame::Terms(vec![0x80]));
+    }
+
+    #[test]
+    fn a_version_one_hello_decodes_so_that_its_version_can_be_named() {
+        let mut v1 = vec![HELLO, 0, 1];
+        v1.extend_from_slice(&42u64.to_be_bytes());
+        assert_eq!(
+            Frame::decode(&v1),
+            Ok(Frame::Hello {
+                version: 1,
+                hwm: 42,
+                wall_ms: 0
+            })
+        );
+        // A version-1 heartbeat (8 bytes) is a protocol error in version 2.
+        let mut ping = vec![PING];
+        ping.extend_from_slice(&7u64.to_be_bytes());
+        assert!(matches!(
+            Frame::decode(&ping),
+            Err(FrameError::BadLength { kind: PING, len: 8 })
+        ));
+        let mut hello = vec![HELLO];
+        hello.extend_from_slice(&[0; 14]);
+        assert!(matches!(
+            Frame::decode(&hello),
+            Err(FrameError::BadLength {
+                kind: HELLO,
+                len: 14
+            })
+        ));
     }
 
     #[test]

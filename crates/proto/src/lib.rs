@@ -33,6 +33,6 @@ pub use envelope::{
 pub use error::KeyError;
 pub use frame::{Frame, FrameError, RefuseCode};
 pub use identity::{fingerprint, PartyKey, PartySecret};
-pub use link::{LinkConfig, LinkState, LinkSupervisor};
+pub use link::{ClockOffset, LinkConfig, LinkState, LinkSupervisor};
 pub use sched::{Outgoing, Refill, Scheduler};
 pub use stream::{Disposition, Refusal, StreamCursor};

@@ -18,6 +18,9 @@ pub struct LinkConfig {
     pub backoff_max: Duration,
     /// A round-trip time above this makes the link `degraded`.
     pub degraded_rtt: Duration,
+    /// The peer's clock further from ours than this (beyond what the round trip leaves
+    /// uncertain) is a warning in status, the log and the console.
+    pub skew_warn: Duration,
 }
 
 impl Default for LinkConfig {
@@ -27,6 +30,7 @@ impl Default for LinkConfig {
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             degraded_rtt: Duration::from_secs(1),
+            skew_warn: Duration::from_secs(2),
         }
     }
 }
@@ -62,6 +66,33 @@ impl LinkState {
     }
 }
 
+/// How far the peer's wall clock is from ours, as last measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockOffset {
+    /// The peer's clock minus ours, in milliseconds (negative: the peer's is behind).
+    pub offset_ms: i64,
+    /// How far off the estimate may be: half the round trip it was measured over, or
+    /// `None` when it comes from a Hello alone (its transit time is unknown).
+    pub error_ms: Option<u64>,
+}
+
+impl ClockOffset {
+    /// The offset that is certain: its size less the uncertainty, never below zero.
+    pub fn certain_ms(&self) -> u64 {
+        self.offset_ms
+            .unsigned_abs()
+            .saturating_sub(self.error_ms.unwrap_or(0))
+    }
+}
+
+/// Clock readings further apart than this (about 100 years) are taken as this far.
+const OFFSET_MS_MAX: i128 = 100 * 366 * 86_400_000;
+
+fn offset(peer_ms: u64, ours_ms: u64, plus_ms: u64) -> i64 {
+    (i128::from(peer_ms) - i128::from(ours_ms) + i128::from(plus_ms))
+        .clamp(-OFFSET_MS_MAX, OFFSET_MS_MAX) as i64
+}
+
 /// The supervisor of one peer link.
 #[derive(Debug, Clone)]
 pub struct LinkSupervisor {
@@ -72,6 +103,7 @@ pub struct LinkSupervisor {
     connected: bool,
     last_heard: Option<Instant>,
     rtt: Option<Duration>,
+    clock: Option<ClockOffset>,
     ping_outstanding: Option<(u64, Instant)>,
     next_ping: Option<Instant>,
     nonce: u64,
@@ -91,6 +123,7 @@ impl LinkSupervisor {
             connected: false,
             last_heard: None,
             rtt: None,
+            clock: None,
             ping_outstanding: None,
             next_ping: None,
             nonce: 0,
@@ -133,15 +166,50 @@ impl LinkSupervisor {
         self.last_heard = Some(now);
     }
 
-    /// A pong arrived; a pong for a ping we did not send (or an old one) is ignored.
-    pub fn on_pong(&mut self, now: Instant, nonce: u64) {
+    /// The peer's Hello said its wall clock was `peer_wall_ms` (0: not said); ours reads
+    /// `wall_ms` now. A first, rough estimate of the offset (the Hello's transit time is
+    /// unknown); the first Pong replaces it.
+    pub fn on_hello_clock(&mut self, peer_wall_ms: u64, wall_ms: u64) {
+        if peer_wall_ms != 0 {
+            self.clock = Some(ClockOffset {
+                offset_ms: offset(peer_wall_ms, wall_ms, 0),
+                error_ms: None,
+            });
+        }
+    }
+
+    /// A pong arrived, stamped `peer_wall_ms` by the peer; our wall clock reads `wall_ms`.
+    /// A pong for a ping we did not send (or an old one) is ignored. The peer stamped it
+    /// somewhere within the round trip, measured on the monotonic clock, so the offset is
+    /// known within half of it (a wall-clock step during the round trip aside).
+    pub fn on_pong(&mut self, now: Instant, nonce: u64, peer_wall_ms: u64, wall_ms: u64) {
         self.on_heard(now);
         if let Some((outstanding, sent_at)) = self.ping_outstanding {
             if outstanding == nonce {
-                self.rtt = Some(now.saturating_duration_since(sent_at));
+                let rtt = now.saturating_duration_since(sent_at);
+                self.rtt = Some(rtt);
                 self.ping_outstanding = None;
+                if peer_wall_ms != 0 {
+                    let rtt_ms = rtt.as_millis().min(u128::from(u64::MAX / 2)) as u64;
+                    self.clock = Some(ClockOffset {
+                        offset_ms: offset(peer_wall_ms, wall_ms, rtt_ms / 2),
+                        error_ms: Some(rtt_ms.div_ceil(2)),
+                    });
+                }
             }
         }
+    }
+
+    /// How far the peer's clock is from ours, as last measured (kept after the session
+    /// ends: it is the last thing known).
+    pub fn clock_offset(&self) -> Option<ClockOffset> {
+        self.clock
+    }
+
+    /// The offset, if it is certainly beyond [`LinkConfig::skew_warn`].
+    pub fn clock_skewed(&self) -> Option<ClockOffset> {
+        self.clock
+            .filter(|c| u128::from(c.certain_ms()) > self.config.skew_warn.as_millis())
     }
 
     /// The session ended. Redial after a short jittered delay (the peer may just have
@@ -263,7 +331,56 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             degraded_rtt: Duration::from_secs(1),
+            skew_warn: Duration::from_secs(2),
         }
+    }
+
+    #[test]
+    fn the_peers_clock_is_measured_within_half_the_round_trip() {
+        let t0 = Instant::now();
+        let mut link = LinkSupervisor::new(config(), 1, t0);
+        link.on_connected(t0);
+        assert_eq!(link.clock_offset(), None);
+        // The peer's clock is 3 h behind ours; its Hello took a little while.
+        let ours = 1_767_225_600_000u64;
+        let behind = 3 * 3_600_000;
+        link.on_hello_clock(ours - behind, ours + 4);
+        let hello = link.clock_offset().unwrap();
+        assert_eq!(
+            (hello.offset_ms, hello.error_ms),
+            (-(behind as i64) - 4, None)
+        );
+        assert!(link.clock_skewed().is_some());
+        // A ping with a 40 ms round trip, stamped by the peer 10 ms after we sent it.
+        let nonce = link.poll_ping(t0).unwrap();
+        link.on_pong(
+            t0 + Duration::from_millis(40),
+            nonce,
+            ours - behind + 10,
+            ours + 40,
+        );
+        let c = link.clock_offset().unwrap();
+        assert_eq!(c.error_ms, Some(20));
+        assert!((c.offset_ms + behind as i64).abs() <= 20, "{c:?}");
+        assert!(link.clock_skewed().is_some());
+        // Clocks within the threshold are no warning, and a peer that does not say its
+        // clock (0) changes nothing.
+        let nonce = link.poll_ping(t0 + Duration::from_secs(2)).unwrap();
+        link.on_pong(
+            t0 + Duration::from_millis(2010),
+            nonce,
+            ours + 1_500,
+            ours + 2010,
+        );
+        assert_eq!(link.clock_skewed(), None);
+        assert!(link.clock_offset().unwrap().offset_ms.abs() < 2_000);
+        let nonce = link.poll_ping(t0 + Duration::from_secs(4)).unwrap();
+        link.on_pong(t0 + Duration::from_millis(4010), nonce, 0, ours + 4010);
+        assert!(link.clock_offset().unwrap().offset_ms.abs() < 2_000);
+        // A lying peer's extreme stamps are clamped, never an overflow.
+        let nonce = link.poll_ping(t0 + Duration::from_secs(6)).unwrap();
+        link.on_pong(t0 + Duration::from_millis(6010), nonce, u64::MAX, 1);
+        assert_eq!(link.clock_offset().unwrap().offset_ms, OFFSET_MS_MAX as i64);
     }
 
     #[test]
@@ -274,7 +391,7 @@ mod tests {
         link.on_connected(t0);
         let nonce = link.poll_ping(t0).unwrap();
         assert_eq!(link.poll_ping(t0), None, "one ping per interval");
-        link.on_pong(t0 + Duration::from_millis(3), nonce);
+        link.on_pong(t0 + Duration::from_millis(3), nonce, 0, 0);
         assert_eq!(link.rtt(), Some(Duration::from_millis(3)));
         assert_eq!(link.state(t0 + Duration::from_millis(3)), LinkState::Up);
         let heard = t0 + Duration::from_millis(3);
@@ -294,9 +411,9 @@ mod tests {
         let mut link = LinkSupervisor::new(config(), 1, t0);
         link.on_connected(t0);
         let nonce = link.poll_ping(t0).unwrap();
-        link.on_pong(t0 + Duration::from_millis(5), nonce + 7);
+        link.on_pong(t0 + Duration::from_millis(5), nonce + 7, 0, 0);
         assert_eq!(link.rtt(), None);
-        link.on_pong(t0 + Duration::from_millis(1500), nonce);
+        link.on_pong(t0 + Duration::from_millis(1500), nonce, 0, 0);
         assert_eq!(
             link.state(t0 + Duration::from_millis(1500)),
             LinkState::Degraded

@@ -60,14 +60,20 @@ fn arb_reason() -> impl Strategy<Value = String> {
 /// Frames that can be built directly (every kind but `Ack`).
 fn arb_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u16>(), any::<u64>()).prop_map(|(version, hwm)| Frame::Hello { version, hwm }),
+        (any::<u16>(), any::<u64>(), any::<u64>()).prop_map(|(version, hwm, wall_ms)| {
+            Frame::Hello {
+                version,
+                hwm,
+                wall_ms,
+            }
+        }),
         prop_oneof![
             vec(any::<u8>(), 1..600),
             vec(any::<u8>(), 1..64).prop_map(|b| b.repeat(300)),
         ]
         .prop_map(Frame::Envelope),
-        any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
-        any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+        (any::<u64>(), any::<u64>()).prop_map(|(nonce, wall_ms)| Frame::Ping { nonce, wall_ms }),
+        (any::<u64>(), any::<u64>()).prop_map(|(nonce, wall_ms)| Frame::Pong { nonce, wall_ms }),
         (
             any::<u64>(),
             prop::sample::select(CODES.to_vec()),
@@ -143,6 +149,13 @@ proptest! {
     #[test]
     fn decoded_frames_re_encode_to_the_same_bytes(body in arb_body()) {
         match Frame::decode(&body) {
+            Ok(frame) if body[0] == HELLO && body.len() == 11 => {
+                // A version-1 Hello (no wall clock) decodes to wall_ms 0 and re-encodes in
+                // version 2's form: the same fields, then eight zero bytes.
+                let wire = encode(&frame);
+                prop_assert_eq!(&wire[4..15], &body[..]);
+                prop_assert_eq!(&wire[15..], &[0u8; 8][..]);
+            }
             Ok(frame) => {
                 let wire = encode(&frame);
                 prop_assert_eq!(
@@ -186,10 +199,10 @@ proptest! {
         body.resize(len + 1, fill);
         let r = Frame::decode(&body);
         let ok_len = match kind {
-            HELLO => len == 10,
+            HELLO => len == 18 || len == 10,
             ENVELOPE => len >= 1,
             ACK => len == ack_body_len(),
-            PING | PONG => len == 8,
+            PING | PONG => len == 16,
             // Refuse: seq, code, then a reason of at most REASON_BYTES_MAX bytes.
             _ => (9..=9 + REASON_BYTES_MAX).contains(&len),
         };

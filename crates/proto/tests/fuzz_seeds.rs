@@ -52,7 +52,11 @@ fn seeds() -> BTreeMap<(&'static str, String), Vec<u8>> {
     add(
         "frame",
         "hello".into(),
-        frame_body(&Frame::Hello { version: 1, hwm: 7 }),
+        frame_body(&Frame::Hello {
+            version: 2,
+            hwm: 7,
+            wall_ms: 1_767_225_600_000,
+        }),
     );
     add(
         "frame",
@@ -65,7 +69,10 @@ fn seeds() -> BTreeMap<(&'static str, String), Vec<u8>> {
     add(
         "frame",
         "ping".into(),
-        frame_body(&Frame::Ping { nonce: 42 }),
+        frame_body(&Frame::Ping {
+            nonce: 42,
+            wall_ms: 1_767_225_600_000,
+        }),
     );
     add(
         "frame",

@@ -4,7 +4,9 @@
 //! jitter, and is non-decreasing for a fixed jitter; failover tries addresses 0..n-1 in
 //! order before backing off; the state is Down after three silent heartbeats and Up right
 //! after a fast pong; `poll_ping` emits exactly when a heartbeat is due and never twice in
-//! one interval over a simulated hour of random events.
+//! one interval over a simulated hour of random events; the peer's clock offset, measured
+//! from a pong, is within half the round trip of the truth wherever in the round trip the
+//! peer stamped it.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,7 @@ fn arb_config() -> impl Strategy<Value = LinkConfig> {
             backoff_initial: ms(initial),
             backoff_max: ms(initial + extra),
             degraded_rtt: ms(degraded),
+            skew_warn: ms(2_000),
         },
     )
 }
@@ -174,7 +177,7 @@ proptest! {
         prop_assert_eq!(link.state(t0), LinkState::Up);
         let nonce = link.poll_ping(t0).expect("first ping at once");
         let heard = t0 + ms(first_rtt);
-        link.on_pong(heard, nonce);
+        link.on_pong(heard, nonce, 0, 0);
         prop_assert_eq!(link.rtt(), Some(ms(first_rtt)));
         prop_assert_eq!(link.last_heard(), Some(heard));
 
@@ -199,17 +202,17 @@ proptest! {
         let nonce = link.poll_ping(then).expect("a heartbeat is due");
         prop_assert_eq!(link.poll_ping(then), None);
         let rtt = config.degraded_rtt.mul_f64(rtt_share);
-        link.on_pong(then + rtt, nonce);
+        link.on_pong(then + rtt, nonce, 0, 0);
         prop_assert_eq!(link.rtt(), Some(rtt));
         prop_assert_eq!(link.state(then + rtt), LinkState::Up);
         prop_assert!(!link.should_close(then + rtt));
         // A slow one makes it Degraded; a pong for another nonce changes no rtt.
         let at = then + hb;
         let nonce = link.poll_ping(at).unwrap();
-        link.on_pong(at + ms(1), nonce.wrapping_add(1));
+        link.on_pong(at + ms(1), nonce.wrapping_add(1), 0, 0);
         prop_assert_eq!(link.rtt(), Some(rtt));
         let slow = config.degraded_rtt + ms(1);
-        link.on_pong(at + slow, nonce);
+        link.on_pong(at + slow, nonce, 0, 0);
         prop_assert_eq!(link.state(at + slow), LinkState::Degraded);
     }
 }
@@ -275,10 +278,10 @@ proptest! {
                 Event::Heard => link.on_heard(now),
                 Event::PongLatest => {
                     if let Some((nonce, _)) = last_ping {
-                        link.on_pong(now, nonce);
+                        link.on_pong(now, nonce, 0, 0);
                     }
                 }
-                Event::PongOther => link.on_pong(now, rng.gen()),
+                Event::PongOther => link.on_pong(now, rng.gen(), rng.gen(), rng.gen()),
                 Event::Drop if connected => {
                     link.on_disconnected(now, rng.gen());
                     connected = false;
@@ -321,5 +324,34 @@ fn jitter_out_of_range_is_clamped() {
         let mut link = LinkSupervisor::new(config, 1, t0);
         link.on_dial_failed(t0, jitter);
         assert_eq!(link.next_attempt(), Some(t0 + expected), "jitter {jitter}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_clock_offset_is_within_half_the_round_trip(
+        truth in -10_000_000_000i64..10_000_000_000,
+        rtt_ms in 0u64..5_000,
+        stamp_share in 0.0f64..=1.0,
+        wall0 in 1_000_000_000_000u64..2_000_000_000_000,
+    ) {
+        let t0 = Instant::now();
+        let mut link = LinkSupervisor::new(LinkConfig::default(), 1, t0);
+        link.on_connected(t0);
+        let nonce = link.poll_ping(t0).unwrap();
+        // The peer stamps its pong when our clock reads somewhere in [wall0, wall0 + rtt].
+        let ours_at_stamp = wall0 + (rtt_ms as f64 * stamp_share) as u64;
+        let peer_stamp = (ours_at_stamp as i64 + truth) as u64;
+        link.on_pong(t0 + ms(rtt_ms), nonce, peer_stamp, wall0 + rtt_ms);
+        let c = link.clock_offset().expect("measured");
+        prop_assert_eq!(c.error_ms, Some(rtt_ms.div_ceil(2)));
+        prop_assert!((c.offset_ms - truth).unsigned_abs() <= rtt_ms.div_ceil(2), "{:?} vs {}", c, truth);
+        let warn = LinkConfig::default().skew_warn.as_millis() as u64;
+        if truth.unsigned_abs() > warn + rtt_ms + 1 {
+            prop_assert!(link.clock_skewed().is_some());
+        }
+        if truth.unsigned_abs() <= warn {
+            prop_assert!(link.clock_skewed().is_none());
+        }
     }
 }

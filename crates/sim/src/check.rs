@@ -868,6 +868,7 @@ pub(crate) fn liveness(w: &mut World) {
             check_complete(w, x, y);
             check_cosigned(w, x, y);
             check_link_tests_pass(w, x, y);
+            check_clock_offset(w, x, y);
         }
     }
     let h = n - 1;
@@ -879,6 +880,46 @@ pub(crate) fn liveness(w: &mut World) {
                 "n{target} raised no alarm for the hostile member's equivocation"
             ));
         }
+    }
+}
+
+/// After healing (no clock jumps since, heartbeats on a working link), `x` knows how far
+/// `y`'s wall clock is from its own within the bound it reports (half the round trip of the
+/// Pong it measured it over), and calls it skewed only if it is beyond the threshold.
+fn check_clock_offset(w: &mut World, x: usize, y: usize) {
+    let peer = w.nodes[y].name.clone();
+    let truth = w.nodes[y].skew_ms - w.nodes[x].skew_ms;
+    let Some(core) = w.nodes[x].core.as_ref() else {
+        return;
+    };
+    let Some((link, true)) = core.link(&peer) else {
+        return;
+    };
+    let Some(clock) = link.clock_offset() else {
+        return w.fail(format!("n{x} never learned n{y}'s clock on a working link"));
+    };
+    let Some(error) = clock.error_ms else {
+        return w.fail(format!(
+            "n{x} measured n{y}'s clock from a Hello only: {clock:?}"
+        ));
+    };
+    if (clock.offset_ms - truth).unsigned_abs() > error {
+        return w.fail(format!(
+            "n{x} says n{y}'s clock is {} ms from its own (within {error}); it is {truth}",
+            clock.offset_ms
+        ));
+    }
+    let warn = link.config().skew_warn.as_millis() as u64;
+    let skewed = link.clock_skewed().is_some();
+    if skewed && truth.unsigned_abs() <= warn {
+        w.fail(format!(
+            "n{x} warns of n{y}'s clock at {truth} ms, within the threshold {warn} ms"
+        ));
+    }
+    if !skewed && truth.unsigned_abs() > warn + 2 * error {
+        w.fail(format!(
+            "n{x} does not warn of n{y}'s clock at {truth} ms, beyond the threshold {warn} ms"
+        ));
     }
 }
 

@@ -435,12 +435,17 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
         let alarms = entry.alarms.read().map_err(|_| internal())?.clone();
         let counts = shared.store.outbox_counts(&entry.name).await?;
         let state = s.current_state(now);
-        let verdict = detente_proto::deadline::line_verdict(
+        let clock = s.view.as_ref().and_then(|v| v.clock_offset());
+        let skewed = s.view.as_ref().and_then(|v| v.clock_skewed()).is_some();
+        let verdict = match detente_proto::deadline::line_verdict(
             state,
             alarms.overdue_out,
             alarms.overdue_in,
             alarms.test_missed,
-        );
+        ) {
+            detente_proto::LineVerdict::AllWell if skewed => detente_proto::LineVerdict::ClockSkew,
+            v => v,
+        };
         if verdict_rank(verdict) < verdict_rank(worst) {
             worst = verdict;
         }
@@ -450,6 +455,14 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
             "state": state.name(),
             "connected": s.connected,
             "rtt_ms": s.rtt_ms,
+            // The peer's wall clock minus ours, from the last Pong (or the Hello), within
+            // error_ms; skewed when certainly beyond the threshold.
+            "clock": clock.map(|c| json!({
+                "offset_ms": c.offset_ms,
+                "error_ms": c.error_ms,
+                "skewed": skewed,
+                "text": format!("the peer's clock is {} ours", crate::peers::offset_words(c.offset_ms)),
+            })),
             "outbox": counts.pending,
             "outbox_flash": counts.pending_flash,
             "last_heard": s.last_heard.map(|t| time_text(wall_ms(t) as i64)),
@@ -501,6 +514,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
             "degraded_after_ms": (heartbeat * 2).as_millis() as u64,
             "down_after_ms": (heartbeat * 3).as_millis() as u64,
             "degraded_rtt_ms": shared.link_config.degraded_rtt.as_millis() as u64,
+            "clock_skew_warn_ms": shared.link_config.skew_warn.as_millis() as u64,
         },
         "peers": peers,
         "alarms": alarms,
@@ -555,7 +569,8 @@ fn verdict_rank(v: detente_proto::LineVerdict) -> u8 {
         V::OverdueIn => 2,
         V::Unanswered => 3,
         V::Degraded => 4,
-        V::AllWell => 5,
+        V::ClockSkew => 5,
+        V::AllWell => 6,
     }
 }
 

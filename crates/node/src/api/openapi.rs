@@ -184,6 +184,23 @@ pub struct ThresholdsJson {
     degraded_after_ms: u64,
     down_after_ms: u64,
     degraded_rtt_ms: u64,
+    /// `link.clock_skew_warn`: a peer clock certainly further from ours is a warning.
+    clock_skew_warn_ms: u64,
+}
+
+/// How far the peer's wall clock is from ours (each Hello, Ping and Pong carries it).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ClockJson {
+    /// The peer's clock minus ours, in ms (negative: the peer's is behind).
+    offset_ms: i64,
+    /// How far off the estimate may be (half the round trip); null when it comes from a
+    /// Hello alone.
+    error_ms: Option<u64>,
+    /// Certainly beyond `thresholds.clock_skew_warn_ms`.
+    skewed: bool,
+    /// The same in words, e.g. "the peer's clock is 3 h 2 min behind ours".
+    text: String,
 }
 
 /// One peer's link and backlog.
@@ -196,6 +213,8 @@ pub struct PeerStatusJson {
     state: String,
     connected: bool,
     rtt_ms: Option<f64>,
+    /// Null until the peer has said its clock.
+    clock: Option<ClockJson>,
     outbox: u64,
     outbox_flash: u64,
     last_heard: Option<String>,

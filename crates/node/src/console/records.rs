@@ -40,6 +40,8 @@ struct LinkRow {
     /// `up`, `degraded` or `down`.
     state: &'static str,
     rtt: Option<String>,
+    /// The peer's clock against ours, in words, and whether it is beyond the warning.
+    clock: Option<(String, bool)>,
     last_heard_ms: Option<i64>,
     last_test_ms: Option<i64>,
     pending_out: u64,
@@ -72,6 +74,28 @@ async fn link_rows(shared: &Shared, op: &Operator) -> Vec<LinkRow> {
             rtt: s
                 .rtt_ms
                 .map(|r| tr_with(shared, op, "link-rtt-value", &[("ms", format!("{r:.1}"))])),
+            clock: s.view.as_ref().and_then(|v| {
+                let c = v.clock_offset()?;
+                let skewed = v.clock_skewed().is_some();
+                let amount = super::pages::duration_words(shared, &op.lang, c.offset_ms.abs());
+                Some(if !skewed {
+                    let ms = c.offset_ms.unsigned_abs() + c.error_ms.unwrap_or(0);
+                    (
+                        tr_with(shared, op, "link-clock-in-step", &[("ms", ms.to_string())]),
+                        false,
+                    )
+                } else if c.offset_ms < 0 {
+                    (
+                        tr_with(shared, op, "link-clock-behind", &[("amount", amount)]),
+                        true,
+                    )
+                } else {
+                    (
+                        tr_with(shared, op, "link-clock-ahead", &[("amount", amount)]),
+                        true,
+                    )
+                })
+            }),
             last_heard_ms: s
                 .last_heard
                 .map(|i| now_ms() as i64 - i.elapsed().as_millis() as i64),
@@ -96,7 +120,7 @@ fn link_table(shared: &Shared, op: &Operator, rows: &[LinkRow]) -> Markup {
     html! {
         table.links {
             caption { (t("link-caption")) }
-            (heads(&t, &["link-peer", "link-state", "link-rtt", "link-last-heard", "link-last-test",
+            (heads(&t, &["link-peer", "link-state", "link-rtt", "link-clock", "link-last-heard", "link-last-test",
                          "link-backlog-out", "link-backlog-in", "link-address", "link-last-error"]))
             tbody {
                 @for r in rows {
@@ -109,6 +133,11 @@ fn link_table(shared: &Shared, op: &Operator, rows: &[LinkRow]) -> Markup {
                             " " (t(&format!("link-state-{}", r.state)))
                         }
                         td { (r.rtt.as_deref().unwrap_or("—")) }
+                        @match &r.clock {
+                            Some((words, true)) => td.clock-skew { span aria-hidden="true" { "⚠ " } (words) },
+                            Some((words, false)) => td { (words) },
+                            None => td { "—" },
+                        }
                         td { (when(r.last_heard_ms)) }
                         td { (when(r.last_test_ms)) }
                         td {

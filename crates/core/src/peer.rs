@@ -140,7 +140,6 @@ pub(crate) struct Peer {
     pub out_durable: u64,
     /// The peer's stream as far as it is durable here (what `Hello` announces).
     pub inb_durable: StreamCursor,
-    pub out_last_created_ms: u64,
     /// Why our stored record of this channel cannot be vouched for (a row that fails
     /// verification, found at recovery): then no checkpoint is signed over it, and a
     /// peer's checkpoint that disagrees with it is no evidence against the peer.
@@ -193,7 +192,6 @@ impl Peer {
             inb: Stream::default(),
             out_durable: 0,
             inb_durable: StreamCursor::EMPTY,
-            out_last_created_ms: 0,
             damaged: None,
             held: BTreeMap::new(),
             outbox: BTreeMap::new(),
@@ -276,11 +274,19 @@ pub(crate) fn row(
     }
 }
 
-pub(crate) fn receipt_row(of: MessageId, receipt: &Receipt, v: &VerifiedEnvelope) -> ReceiptRow {
+/// The row of a receipt, recorded at `at_ms` on our clock (when we signed ours, when we
+/// stored the peer's): deadlines and lateness are judged from our clock, never from a time
+/// the peer signs.
+pub(crate) fn receipt_row(
+    of: MessageId,
+    receipt: &Receipt,
+    v: &VerifiedEnvelope,
+    at_ms: i64,
+) -> ReceiptRow {
     ReceiptRow {
         of: of.0,
         level: store_level(receipt.level),
-        at_ms: v.envelope().created_at_ms as i64,
+        at_ms,
         receipt_id: v.id().0,
         note: receipt.note.clone(),
     }
@@ -324,10 +330,11 @@ impl Core {
             author,
             in_reply_to,
         } = sent;
-        let wall = u64::try_from(self.wall_ms).unwrap_or(0);
+        // Our wall clock as it is, also after a step back: a frozen maximum would date every
+        // message the same for hours and put its deadline where our clock is not. A wrong
+        // clock shows as skew against the peer's (LinkSupervisor::clock_offset).
+        let created_at_ms = u64::try_from(self.wall_ms).unwrap_or(0);
         let p = &self.peers[index];
-        // The wall clock may step back; creation times within a stream never do.
-        let created_at_ms = wall.max(p.out_last_created_ms);
         let envelope = Envelope {
             channel: p.channel,
             sender: self.me,
@@ -352,12 +359,10 @@ impl Core {
         verified: VerifiedEnvelope,
     ) -> (MessageId, u64) {
         let precedence = verified.envelope().precedence;
-        let created_at_ms = verified.envelope().created_at_ms;
         let is_receipt = matches!(verified.envelope().body, Body::Receipt(_));
         let (id, seq) = (verified.id(), verified.envelope().seq);
         let kind = verified.envelope().body.kind();
         let p = &mut self.peers[index];
-        p.out_last_created_ms = created_at_ms;
         p.unsigned += 1;
         p.touched = true;
         let batch = &mut self.staging.batch;
@@ -377,7 +382,8 @@ impl Core {
         if let Body::Receipt(r) = &verified.envelope().body {
             if let ReceiptTarget::Message(of) = r.target {
                 // Our own answer shows on our side at once.
-                batch.receipts.push(receipt_row(of, r, &verified));
+                let at_ms = verified.envelope().created_at_ms as i64;
+                batch.receipts.push(receipt_row(of, r, &verified, at_ms));
             }
         }
         p.outbox.insert(

@@ -250,7 +250,10 @@ impl Core {
     /// A receipt from the peer about our stream.
     fn receipt_effects(&mut self, index: usize, verified: &VerifiedEnvelope, receipt: &Receipt) {
         let now = self.now;
-        let at_ms = verified.envelope().created_at_ms as i64;
+        // When we stored it, on our clock: never the time the peer signed (issue 12, item
+        // 11: a peer's clock hours off must not make a late answer look punctual, or the
+        // reverse).
+        let at_ms = self.wall_ms;
         match &receipt.target {
             ReceiptTarget::Ranges(list) if receipt.level == ReceiptLevel::Delivered => {
                 for &(from, to) in list {
@@ -298,7 +301,7 @@ impl Core {
                 self.staging
                     .batch
                     .receipts
-                    .push(receipt_row(*of, receipt, verified));
+                    .push(receipt_row(*of, receipt, verified, at_ms));
                 if matches!(
                     receipt.level,
                     ReceiptLevel::Acknowledged | ReceiptLevel::Declined

@@ -322,9 +322,6 @@ fn rebuild(
         let entry = (seq, m.kind(), m.precedence());
         if ours {
             p.out_index.insert(id, entry);
-            let column = u64::try_from(m.row.created_at_ms).unwrap_or(0);
-            let created = m.envelope.as_ref().map_or(column, |e| e.created_at_ms);
-            p.out_last_created_ms = p.out_last_created_ms.max(created);
         } else {
             p.in_index.insert(id, entry);
         }

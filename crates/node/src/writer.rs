@@ -305,7 +305,6 @@ struct PeerStreams {
     channel: ChannelId,
     /// This node's stream to the peer.
     out: StreamCursor,
-    out_last_created_ms: u64,
     /// The peer's stream to this node.
     inbound: StreamCursor,
     /// Held envelopes of the peer's stream: seq -> (id, prev, Merkle leaf hash).
@@ -410,15 +409,6 @@ impl Writer {
                 );
             }
         }
-        let out_last_created_ms = if out.next_seq > 1 {
-            self.store
-                .message_at(channel.0, *me.as_bytes(), out.next_seq - 1)
-                .await
-                .map_err(store_err)?
-                .map_or(0, |m| m.created_at_ms.max(0) as u64)
-        } else {
-            0
-        };
         let out_tree = self.load_tree(channel, &me, out.hwm()).await?;
         let in_tree = self.load_tree(channel, &key, inbound.hwm()).await?;
         self.peers.insert(
@@ -427,7 +417,6 @@ impl Writer {
                 key,
                 channel,
                 out,
-                out_last_created_ms,
                 inbound,
                 held,
                 out_tree,
@@ -1082,8 +1071,10 @@ impl Writer {
             .peers
             .get(&request.peer)
             .ok_or_else(|| missing(&self.unloaded, &request.peer))?;
-        // The sender's clock may step back; creation times within a stream never do.
-        let created_at_ms = now_ms().max(p.out_last_created_ms);
+        // Our wall clock as it is, also after a step back: a frozen maximum would date every
+        // message the same for hours and put its deadline where our clock is not. A wrong
+        // clock shows as skew against the peer's (status `clock`).
+        let created_at_ms = now_ms();
         let envelope = Envelope {
             channel: p.channel,
             sender: self.secret.public(),
@@ -1116,14 +1107,12 @@ impl Writer {
             .get_mut(peer)
             .ok_or_else(|| missing(&self.unloaded, peer))?;
         let e = verified.envelope();
-        let created_at_ms = e.created_at_ms;
         let sent = Sent {
             id: verified.id(),
             seq: e.seq,
             precedence: e.precedence,
         };
         p.out.advance(verified.id());
-        p.out_last_created_ms = created_at_ms;
         p.unsigned += 1;
         grow(
             batch,
@@ -1144,7 +1133,10 @@ impl Writer {
         if let Body::Receipt(receipt) = &e.body {
             if let ReceiptTarget::Message(of) = receipt.target {
                 // Our own answer to a received message shows on our side at once.
-                batch.receipts.push(receipt_row(of, receipt, &verified));
+                let at_ms = verified.envelope().created_at_ms as i64;
+                batch
+                    .receipts
+                    .push(receipt_row(of, receipt, &verified, at_ms));
             }
         }
         staged.touched.insert(peer.to_string());
@@ -1288,7 +1280,8 @@ impl Writer {
             match &e.body {
                 Body::Receipt(receipt) => {
                     if self.receipt_names_our_message(peer, receipt).await? {
-                        stage_receipt_effects(batch, staged, peer, &verified, receipt)
+                        let at_ms = now_ms() as i64;
+                        stage_receipt_effects(batch, staged, peer, &verified, receipt, at_ms)
                     } else {
                         // Kept in the transcript (it is what the peer signed), but it
                         // changes nothing: it answers no message of ours.
@@ -1456,12 +1449,16 @@ impl Writer {
     }
 }
 
+/// A receipt from the peer about our stream, stored at `at_ms` on our clock: its effects
+/// carry that time, never the one the peer signed (issue 12, item 11: a peer's clock hours
+/// off must not make a late answer look punctual, or the reverse).
 fn stage_receipt_effects(
     batch: &mut WriteBatch,
     staged: &mut Staged,
     peer: &str,
     verified: &VerifiedEnvelope,
     receipt: &Receipt,
+    at_ms: i64,
 ) {
     match &receipt.target {
         ReceiptTarget::Ranges(list) => {
@@ -1470,7 +1467,7 @@ fn stage_receipt_effects(
                     peer: peer.to_string(),
                     from,
                     to,
-                    at_ms: verified.envelope().created_at_ms as i64,
+                    at_ms,
                 });
                 staged.events.push(Event::Delivered {
                     peer: peer.to_string(),
@@ -1480,7 +1477,9 @@ fn stage_receipt_effects(
             }
         }
         ReceiptTarget::Message(of) => {
-            batch.receipts.push(receipt_row(*of, receipt, verified));
+            batch
+                .receipts
+                .push(receipt_row(*of, receipt, verified, at_ms));
             staged.events.push(Event::Receipt {
                 of: *of,
                 level: receipt.level,
@@ -1489,7 +1488,13 @@ fn stage_receipt_effects(
     }
 }
 
-fn receipt_row(of: MessageId, receipt: &Receipt, verified: &VerifiedEnvelope) -> ReceiptRow {
+/// The row of a receipt recorded at `at_ms` on our clock.
+fn receipt_row(
+    of: MessageId,
+    receipt: &Receipt,
+    verified: &VerifiedEnvelope,
+    at_ms: i64,
+) -> ReceiptRow {
     ReceiptRow {
         of: of.0,
         level: match receipt.level {
@@ -1498,7 +1503,7 @@ fn receipt_row(of: MessageId, receipt: &Receipt, verified: &VerifiedEnvelope) ->
             ReceiptLevel::Acknowledged => detente_store::ReceiptLevel::Acknowledged,
             ReceiptLevel::Declined => detente_store::ReceiptLevel::Declined,
         },
-        at_ms: verified.envelope().created_at_ms as i64,
+        at_ms,
         receipt_id: verified.id().0,
         note: receipt.note.clone(),
     }

@@ -70,6 +70,16 @@ impl Harness {
     /// A node that pins the fake peer of `fake_seed` at `fake_addr`, with heartbeats every
     /// `heartbeat`.
     async fn start_with(fake_seed: [u8; 32], fake_addr: &str, heartbeat: &str) -> Harness {
+        Self::start_tuned(fake_seed, fake_addr, heartbeat, &[]).await
+    }
+
+    /// As [`Harness::start_with`], with more `node.toml` keys set.
+    async fn start_tuned(
+        fake_seed: [u8; 32],
+        fake_addr: &str,
+        heartbeat: &str,
+        extra: &[(&str, &str)],
+    ) -> Harness {
         let tmp = tempfile::tempdir().expect("temporary directory");
         let dir = NodeDir::new(tmp.path().join("target"));
         let options = InitOptions {
@@ -98,6 +108,9 @@ impl Harness {
         // Checkpoints only when a test asks (a quiet-time checkpoint would arrive at a
         // machine-speed-dependent moment).
         config.set("transcript.checkpoint_quiet", "off").unwrap();
+        for (key, value) in extra {
+            config.set(key, value).unwrap();
+        }
         dir.save(&config).expect("save node.toml");
         let node = Node::start(dir).await.expect("start the node");
         let target = PartySecret::from_seed(TARGET_SEED).public();
@@ -1833,6 +1846,60 @@ async fn a_peer_clock_three_hours_behind_is_shown_and_warned() {
     let p = &status["peers"][0];
     assert_eq!(p["clock"]["skewed"], false, "{p}");
     assert_ne!(p["verdict"], "clock_skew", "{p}");
+    h.stop().await;
+}
+
+/// Issue 12, item 11: lateness is measured on our clock. A peer whose clock is 3 h ahead
+/// delivers our FLASH after its deadline: the receipt it signs is dated 3 h after the due
+/// time, and the node used to report the message 3 h late; it is late by seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_receipt_from_a_peer_hours_ahead_is_late_by_our_clock() {
+    let h = Harness::start_tuned(
+        FAKE_SEED,
+        "127.0.0.1:9",
+        "1m",
+        &[("deadlines.flash_delivered", "1s")],
+    )
+    .await;
+    let ahead: i64 = 3 * 3_600_000;
+    let mut peer = FakePeer::connect_with(&h, 0, ahead).await;
+    let sent = h
+        .node
+        .shared
+        .engine
+        .send(text_request(2))
+        .await
+        .expect("send");
+    let seq = loop {
+        if let Some(v) = peer.from_node.iter().find(|v| v.id() == sent.id) {
+            break v.envelope().seq;
+        }
+        peer.next_frame().await.expect("the node sends its FLASH");
+    };
+    let path = format!("/api/v1/messages/{}", sent.id.to_hex());
+    let deadline = std::time::Instant::now() + WAIT;
+    while api_get(&h, &path).await["overdue"] != true {
+        assert!(std::time::Instant::now() < deadline, "never overdue");
+        tokio::task::yield_now().await;
+    }
+    let mut e = h.envelope(1, MessageId::ZERO, "unused");
+    e.created_at_ms = peer.wall_ms();
+    e.body = Body::Receipt(Receipt {
+        level: ReceiptLevel::Delivered,
+        target: ReceiptTarget::Ranges(vec![(seq, seq)]),
+        note: None,
+    });
+    let receipt = h.sign(e);
+    let (refused, _) = peer.exchange(receipt.bytes()).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    let m = api_get(&h, &path).await;
+    assert_eq!(m["overdue"], false, "{m}");
+    assert_eq!(m["late"], true, "{m}");
+    let late = m["late_ms"].as_i64().expect("late_ms");
+    assert!(
+        (0..WAIT.as_millis() as i64).contains(&late),
+        "late by {late} ms: {m}"
+    );
     h.stop().await;
 }
 

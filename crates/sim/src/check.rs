@@ -883,6 +883,28 @@ pub(crate) fn liveness(w: &mut World) {
     }
 }
 
+/// Receipt times are this node's own: when it stored the peer's receipt or signed its own,
+/// never the time the peer signed. The hostile member back-dates everything by a month, so a
+/// time the peer signed would be far behind our clock (the clock jumps of the run are at
+/// most an hour each, and a batch is submitted soon after it is staged).
+pub(crate) fn receipt_times(w: &mut World, node: usize, rows: &detente_store_types::WriteBatch) {
+    const SLACK_MS: i64 = 7 * 86_400_000;
+    let wall = w.wall(node);
+    let times = rows
+        .receipts
+        .iter()
+        .map(|r| r.at_ms)
+        .chain(rows.delivered.iter().map(|d| d.at_ms));
+    for at_ms in times {
+        if (at_ms - wall).abs() > SLACK_MS {
+            return w.fail(format!(
+                "n{node} records a receipt at {at_ms} ms while its clock reads {wall} ms: \
+                 a time the peer signed, not its own"
+            ));
+        }
+    }
+}
+
 /// After healing (no clock jumps since, heartbeats on a working link), `x` knows how far
 /// `y`'s wall clock is from its own within the bound it reports (half the round trip of the
 /// Pong it measured it over), and calls it skewed only if it is beyond the threshold.

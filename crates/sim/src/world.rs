@@ -546,6 +546,7 @@ impl World {
                 rows.evidence[i].first = m.bytes.clone();
             }
         }
+        crate::check::receipt_times(self, node, &rows);
         let fail = self.faults.commit_fail && !self.healing && self.rng.gen_bool(0.08);
         let latency = self.rng.gen_range(1..20);
         let generation = self.nodes[node].generation;

@@ -98,7 +98,8 @@ pub struct OutboxRow {
 }
 
 /// A receipt's effect on a message it refers to: "message `of` reached `level` at `at_ms`,
-/// proven by envelope `receipt_id`".
+/// proven by envelope `receipt_id`". `at_ms` is on this node's clock: when it signed its own
+/// receipt, or stored the peer's (the time the peer signed stays in the envelope).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiptRow {
     pub of: Hash32,
@@ -109,7 +110,8 @@ pub struct ReceiptRow {
 }
 
 /// "The peer holds our envelopes `from..=to` durably", from a signed DELIVERED receipt
-/// created at `at_ms` on the peer's clock.
+/// stored here at `at_ms` on our clock (never the time the peer signed: a peer's clock
+/// hours off must not move a deadline's verdict).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveredRange {
     pub peer: String,

@@ -117,8 +117,11 @@ async fn tamper(db: &Path) {
         .await
         .unwrap();
     sqlx::query(
-        "UPDATE messages SET bytes = CAST(substr(bytes, 1, 40) || x'00' || substr(bytes, 42) \
-         AS BLOB) WHERE seq = 2 AND direction = 0",
+        // Byte 41 lies in the channel id, which is random per pair: set it to something it
+        // is not (a plain x'00' was no change at all once in 256 runs).
+        "UPDATE messages SET bytes = CAST(substr(bytes, 1, 40) \
+         || CASE WHEN substr(bytes, 41, 1) = x'00' THEN x'01' ELSE x'00' END \
+         || substr(bytes, 42) AS BLOB) WHERE seq = 2 AND direction = 0",
     )
     .execute(&mut conn)
     .await

@@ -156,6 +156,7 @@ async fn an_export_streams_in_bounded_memory() {
     let dir = node.shared.dir.clone();
     node.stop().await;
     let db = dir.file("detente.db");
+    common::wal_into_file(&db).await;
     let mut file = std::fs::read(&db).unwrap();
     let at = file
         .windows(DEEP_TEXT.len())

@@ -90,3 +90,19 @@ pub fn peer_keys(i: usize) -> Vec<PeerKey> {
         key: PartySecret::from_seed(SEEDS[1 - i]).public(),
     }]
 }
+
+/// Copy an SQLite file's WAL into the file itself and empty it (nothing else has it open):
+/// a test that alters the file finds the last rows there, not only in the WAL (SQLite copies
+/// the WAL at the last close, which a connection dropped late by a task can delay).
+pub async fn wal_into_file(db: &std::path::Path) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open the store file");
+    let (busy,): (i64,) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut conn)
+        .await
+        .expect("checkpoint");
+    assert_eq!(busy, 0, "the store file is still in use");
+    conn.close().await.expect("close");
+}

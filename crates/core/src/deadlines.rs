@@ -151,6 +151,16 @@ impl Tracker {
         out
     }
 
+    /// Stop watching `id` (a held message taken out of the messages): nothing of it is
+    /// decided any more.
+    pub fn forget(&mut self, id: MessageId) {
+        if let Some(t) = self.tracked.remove(&id) {
+            for (need, at) in t.due {
+                self.queue.remove(&(at, id, need));
+            }
+        }
+    }
+
     pub fn next_due(&self) -> Option<Instant> {
         self.queue.first().map(|(at, _, _)| *at)
     }

@@ -304,6 +304,10 @@ pub enum Event {
     /// The peer signed two contradicting things (the evidence is durable), or it claims to
     /// hold more of our stream than our store ever wrote (nothing more is sent to it).
     Alarm { peer: String, detail: String },
+    /// A held envelope of the peer's, durable here before, left the messages (it did not
+    /// follow the envelope that filled the gap before it; kept as broken-chain evidence):
+    /// it owes no deadline and is no longer unanswered.
+    Discarded { peer: String, id: MessageId },
     /// Something from the peer was refused; nothing of it was stored.
     Refused { peer: String, what: String },
     /// A link test's DELIVERED receipt did not come back within the FLASH delivery

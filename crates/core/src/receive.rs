@@ -185,10 +185,17 @@ impl Core {
                     |r| !matches!(r, Release::Event(Event::Stored { id, .. }) if *id == held.id),
                 );
             }
-            None => batch
-                .discard_held
-                .push((p.channel.0, *p.key.as_bytes(), seq)),
+            None => {
+                batch
+                    .discard_held
+                    .push((p.channel.0, *p.key.as_bytes(), seq));
+                let peer = p.name.clone();
+                self.release_event(Event::Discarded { peer, id: held.id });
+            }
         }
+        // It owes no deadline any more (it was watched since it was received).
+        self.tracker.forget(held.id);
+        let p = &mut self.peers[index];
         p.in_index.remove(&held.id);
         let detail = format!(
             "the peer's held envelope for seq {seq} does not follow its envelope at seq {}; \

@@ -815,6 +815,7 @@ async fn on_event(
                 }
             }
         }
+        Event::Discarded { peer, id } => discarded(shared, state, &peer, id).await,
         Event::Receipt { of, level } => {
             if matches!(level, ReceiptLevel::Acknowledged | ReceiptLevel::Declined) {
                 match state.settle(of, Need::Answered) {
@@ -933,6 +934,26 @@ async fn fire_due(shared: &Shared, state: &mut Deadline, now: Instant) {
             state.forget(id);
         }
     }
+}
+
+/// A held message of the peer's was taken out of the messages (broken-chain evidence): it
+/// owes nothing any more. Out of memory if it is there, and out of the counts either way
+/// (it was counted unanswered when stored, and overdue if a miss was recorded).
+async fn discarded(shared: &Shared, state: &mut Deadline, peer: &str, id: MessageId) {
+    if state.answered.contains(&id) {
+        return;
+    }
+    let overdue = match state.forget(id) {
+        Some(t) => !t.overdue.is_empty(),
+        None => !shared
+            .store
+            .misses(id.0)
+            .await
+            .unwrap_or_default()
+            .is_empty(),
+    };
+    state.count(peer, Direction::In, -i64::from(overdue), -1);
+    state.remember_answered(id);
 }
 
 /// An answer came for `id`, which is not in memory (decided, or waiting in the store):

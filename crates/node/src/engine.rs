@@ -557,6 +557,9 @@ pub async fn pump(shared: Arc<Shared>, mut events: broadcast::Receiver<CoreEvent
             CoreEvent::Receipt { of, level } => {
                 shared.events.publish(Event::Receipt { of, level });
             }
+            CoreEvent::Discarded { peer, id } => {
+                shared.events.publish(Event::Discarded { peer, id });
+            }
             CoreEvent::Alarm { peer, detail } => {
                 tracing::error!(%peer, "{detail}");
                 shared.events.publish(Event::Alarm {
@@ -819,6 +822,10 @@ pub async fn count_deadlines(shared: Arc<Shared>) {
             }
             Ok(Event::Overdue { peer, id, .. }) => {
                 counts.add_overdue(&peer, id);
+                peer
+            }
+            Ok(Event::Discarded { peer, id }) => {
+                counts.answered(id);
                 peer
             }
             Ok(Event::Receipt { of, level }) => {

@@ -42,6 +42,10 @@ pub enum Event {
     },
     /// Equivocation evidence was stored; the channel with `peer` is flagged.
     Alarm { peer: String, detail: String },
+    /// A held envelope of the peer's, stored earlier, was taken out of the messages: it did
+    /// not follow the envelope that filled the gap before it (kept as broken-chain evidence).
+    /// It owes no deadline and is no longer counted unanswered or overdue.
+    Discarded { peer: String, id: MessageId },
 }
 
 #[derive(Clone)]
@@ -149,7 +153,7 @@ impl Metrics {
                 self.overdue[i].fetch_add(1, Ordering::Relaxed);
             }
             // Counted by name when the deadline watch raises it (`alarms`).
-            Event::Alarm { .. } => {}
+            Event::Alarm { .. } | Event::Discarded { .. } => {}
         }
     }
 

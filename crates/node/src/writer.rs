@@ -1400,6 +1400,11 @@ impl Writer {
             }
             None => {
                 batch.discard_held.push((channel.0, *key.as_bytes(), seq));
+                // Stored earlier: the deadline watch and the counts let go of it.
+                staged.events.push(Event::Discarded {
+                    peer: peer.to_string(),
+                    id: held_id,
+                });
                 self.store
                     .message_at(channel.0, *key.as_bytes(), seq)
                     .await

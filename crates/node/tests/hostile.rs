@@ -801,7 +801,14 @@ async fn wrong_prev_at_the_next_seq_is_refused_prev_mismatch() {
 /// channel is flagged, and the seq is open: the envelope that follows is appended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_envelope_off_the_chain_is_evidence_and_the_stream_goes_on() {
-    let h = Harness::start().await;
+    // Short answer deadlines, to see that the discarded one owes none.
+    let h = Harness::start_tuned(
+        FAKE_SEED,
+        "127.0.0.1:9",
+        "1m",
+        &[("deadlines.routine_acknowledged", "2s")],
+    )
+    .await;
     let mut peer = FakePeer::connect(&h).await;
     let chain = h.chain(4);
     h.accepts(&mut peer, &chain[0], 1).await;
@@ -834,6 +841,28 @@ async fn a_held_envelope_off_the_chain_is_evidence_and_the_stream_goes_on() {
     h.accepts(&mut peer, &chain[2], 3).await;
     h.accepts(&mut peer, &chain[3], 4).await;
     assert_eq!(h.fake_stream().await, Some((5, chain[3].id())));
+    // Its deadline went with it: the four messages of the stream fall overdue (unanswered
+    // for 2 s), the discarded one, stored before three of them, never does, and it is not
+    // counted (it used to be: a miss naming a message no longer there, 5 overdue).
+    let deadline = std::time::Instant::now() + WAIT;
+    let peer_status = loop {
+        let status = api_get(&h, "/api/v1/status").await;
+        if status["peers"][0]["overdue_in"].as_u64() >= Some(4) {
+            break status["peers"][0].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never overdue: {status}"
+        );
+        tokio::task::yield_now().await;
+    };
+    let misses = h.node.shared.store.misses(forked.id().0).await.unwrap();
+    assert!(
+        misses.is_empty(),
+        "a deadline of the discarded one: {misses:?}"
+    );
+    assert_eq!(peer_status["overdue_in"], 4, "{peer_status}");
+    assert_eq!(peer_status["unanswered_in"], 4, "{peer_status}");
     h.stop().await;
 }
 

@@ -123,6 +123,7 @@ fn describe(event: &Event) -> serde_json::Value {
             json!({"what": "overdue", "peer": peer, "needed": needed})
         }
         Event::Alarm { peer, .. } => json!({"what": "alarm", "peer": peer}),
+        Event::Discarded { peer, .. } => json!({"what": "discarded", "peer": peer}),
     }
 }
 

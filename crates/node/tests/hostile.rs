@@ -1587,16 +1587,7 @@ async fn charter_terms_below_our_floors_are_not_signed_and_status_says_why() {
             "与 fake 的章程未达成：对方要求特急消息在 2秒 内确认；我方下限为 1分 00秒。",
         ),
     ] {
-        let op = detente_node::operators::Operator {
-            login: "duty".into(),
-            role: detente_node::operators::Role::Watch,
-            lang: lang.into(),
-            csrf: String::new(),
-            token_hash: [0; 32],
-            expires_at_ms: i64::MAX,
-            compact: false,
-        };
-        let light = detente_node::console::status::status_html(&h.node.shared, &op);
+        let light = detente_node::console::status::status_html(&h.node.shared, &op(lang));
         assert!(light.contains(words), "{lang}: {light}");
     }
 
@@ -1819,8 +1810,22 @@ async fn clock_measured(h: &Harness, peer: &mut FakePeer) -> serde_json::Value {
     panic!("the node never measured the peer's clock from a Pong");
 }
 
+/// An operator of the console on watch, reading in `lang` (for pages rendered directly).
+fn op(lang: &str) -> detente_node::operators::Operator {
+    detente_node::operators::Operator {
+        login: "duty".into(),
+        role: detente_node::operators::Role::Watch,
+        lang: lang.into(),
+        csrf: String::new(),
+        token_hash: [0; 32],
+        expires_at_ms: i64::MAX,
+        compact: false,
+    }
+}
+
 /// Issue 12, item 11: a peer whose clock is 3 h behind is shown as such (status, verdict,
-/// metrics), measured within half a round trip; once its clock is right the warning goes.
+/// metrics, the console's status light), measured within half a round trip; once its clock
+/// is right the warning goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_clock_three_hours_behind_is_shown_and_warned() {
     let h = Harness::start().await;
@@ -1850,6 +1855,23 @@ async fn a_peer_clock_three_hours_behind_is_shown_and_warned() {
         .unwrap_or_else(|| panic!("no clock offset in /metrics:\n{metrics}"));
     let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!((seconds + 10_800.0).abs() < 1.0, "{line}");
+    // The console's status light, on every page, in both languages.
+    for (lang, words) in [
+        ("en", "their clock is 3h 00m 00s behind ours"),
+        ("zh-CN", "对方时钟比我方慢 3小时 00分 00秒"),
+    ] {
+        let op = detente_node::operators::Operator {
+            login: "duty".into(),
+            role: detente_node::operators::Role::Watch,
+            lang: lang.into(),
+            csrf: String::new(),
+            token_hash: [0; 32],
+            expires_at_ms: i64::MAX,
+            compact: false,
+        };
+        let light = detente_node::console::status::status_html(&h.node.shared, &op);
+        assert!(light.contains(words), "{lang}: {light}");
+    }
     drop(peer);
 
     // The same peer with its clock set right: the warning goes, the verdict is calm.
@@ -1875,6 +1897,8 @@ async fn a_peer_clock_three_hours_behind_is_shown_and_warned() {
     let p = &status["peers"][0];
     assert_eq!(p["clock"]["skewed"], false, "{p}");
     assert_ne!(p["verdict"], "clock_skew", "{p}");
+    let light = detente_node::console::status::status_html(&h.node.shared, &op("en"));
+    assert!(!light.contains("their clock"), "{light}");
     h.stop().await;
 }
 

@@ -77,7 +77,8 @@ async fn link_rows(shared: &Shared, op: &Operator) -> Vec<LinkRow> {
             clock: s.view.as_ref().and_then(|v| {
                 let c = v.clock_offset()?;
                 let skewed = v.clock_skewed().is_some();
-                let amount = super::pages::duration_words(shared, &op.lang, c.offset_ms.abs());
+                let amount =
+                    super::pages::duration_words(shared, &op.lang, c.offset_ms.abs() + 500);
                 Some(if !skewed {
                     let ms = c.offset_ms.unsigned_abs() + c.error_ms.unwrap_or(0);
                     (

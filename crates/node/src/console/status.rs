@@ -1,5 +1,6 @@
 //! The status light on every page: per peer, the link up / degraded / down and since when
-//! (nothing heard since), the last confirmed link test, and the standing alarms.
+//! (nothing heard since), the last confirmed link test, the peer's clock when it is off
+//! beyond `link.clock_skew_warn`, and the standing alarms.
 //!
 //! The state is computed when the light is read (`LinkStatus::current_state`), so a peer
 //! that dies turns the light `down` three heartbeats later without any event; the page asks
@@ -69,6 +70,16 @@ fn lights(shared: &Shared, op: &Operator) -> Vec<Light> {
             |ms| tr_with(shared, op, "status-test", &[("time", clock(ms))]),
         );
         let mut flags = Vec::new();
+        if let Some(c) = s.view.as_ref().and_then(|v| v.clock_skewed()) {
+            // Rounded to the second (an offset 1 ms short of 3 h reads 3h 00m 00s).
+            let amount = super::pages::duration_words(shared, &op.lang, c.offset_ms.abs() + 500);
+            let key = if c.offset_ms < 0 {
+                "status-clock-behind"
+            } else {
+                "status-clock-ahead"
+            };
+            flags.push(tr_with(shared, op, key, &[("amount", amount)]));
+        }
         if alarms.test_missed {
             flags.push(tr(shared, op, "alarm-test-missed"));
         }

@@ -63,8 +63,13 @@ struct Snapshot {
 
 impl Harness {
     async fn start() -> Harness {
+        Self::start_setting(&[]).await
+    }
+
+    /// As [`Harness::start`], with these `node.toml` keys set too.
+    async fn start_setting(extra: &[(&str, &str)]) -> Harness {
         // Nothing listens there: the node's own dialer fails and backs off.
-        Self::start_with(FAKE_SEED, "127.0.0.1:9", "1m").await
+        Self::start_tuned(FAKE_SEED, "127.0.0.1:9", "1m", extra).await
     }
 
     /// A node that pins the fake peer of `fake_seed` at `fake_addr`, with heartbeats every
@@ -802,13 +807,7 @@ async fn wrong_prev_at_the_next_seq_is_refused_prev_mismatch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_envelope_off_the_chain_is_evidence_and_the_stream_goes_on() {
     // Short answer deadlines, to see that the discarded one owes none.
-    let h = Harness::start_tuned(
-        FAKE_SEED,
-        "127.0.0.1:9",
-        "1m",
-        &[("deadlines.routine_acknowledged", "2s")],
-    )
-    .await;
+    let h = Harness::start_setting(&[("deadlines.routine_acknowledged", "2s")]).await;
     let mut peer = FakePeer::connect(&h).await;
     let chain = h.chain(4);
     h.accepts(&mut peer, &chain[0], 1).await;
@@ -1907,13 +1906,7 @@ async fn a_peer_clock_three_hours_behind_is_shown_and_warned() {
 /// time, and the node used to report the message 3 h late; it is late by seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_receipt_from_a_peer_hours_ahead_is_late_by_our_clock() {
-    let h = Harness::start_tuned(
-        FAKE_SEED,
-        "127.0.0.1:9",
-        "1m",
-        &[("deadlines.flash_delivered", "1s")],
-    )
-    .await;
+    let h = Harness::start_setting(&[("deadlines.flash_delivered", "1s")]).await;
     let ahead: i64 = 3 * 3_600_000;
     let mut peer = FakePeer::connect_with(&h, 0, ahead).await;
     let sent = h

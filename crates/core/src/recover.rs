@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::deadline::Side;
-use detente_proto::envelope::parse_unverified;
+use detente_proto::envelope::parse_unverified_from;
 use detente_proto::{Body, Envelope, MessageId, Need, PartyKey, Precedence};
 use detente_store_types::{
     CheckpointRow, DeliveredRange, GlossaryRow, MessageRow, MissRow, OutboxRow, Placement,
@@ -110,9 +110,9 @@ impl Core {
             .filter(|m| m.channel == p.channel.0)
             .collect();
         let tampered = &snapshot.tampered;
-        let mut out: Vec<Parsed> = parsed(&mine, me.as_bytes(), None, tampered);
+        let mut out: Vec<Parsed> = parsed(&mine, &me, None, tampered);
         let theirs = Some(Placement::Appended);
-        let mut inb: Vec<Parsed> = parsed(&mine, p.key.as_bytes(), theirs, tampered);
+        let mut inb: Vec<Parsed> = parsed(&mine, &p.key, theirs, tampered);
         out.sort_by_key(Parsed::seq);
         inb.sort_by_key(Parsed::seq);
         let mut scratch = WriteBatch::default();
@@ -120,7 +120,7 @@ impl Core {
         let key = p.key;
         rebuild(p, &inb, key, false, &mut scratch)?;
         if !forget_held {
-            let held = parsed(&mine, p.key.as_bytes(), Some(Placement::Held), tampered);
+            let held = parsed(&mine, &p.key, Some(Placement::Held), tampered);
             for (m, e) in held.iter().filter_map(|m| Some((m, m.envelope.as_ref()?))) {
                 let held = Held {
                     id: MessageId(m.row.id),
@@ -265,12 +265,12 @@ impl Core {
 /// as tampered is left out (and so found as a gap).
 fn parsed<'a>(
     rows: &[&'a MessageRow],
-    sender: &[u8; 32],
+    sender: &PartyKey,
     placement: Option<Placement>,
     tampered: &BTreeSet<[u8; 32]>,
 ) -> Vec<Parsed<'a>> {
     rows.iter()
-        .filter(|m| &m.sender == sender && placement.is_none_or(|p| p == m.placement))
+        .filter(|m| &m.sender == sender.as_bytes() && placement.is_none_or(|p| p == m.placement))
         .filter_map(|row| {
             if tampered.contains(&row.id) {
                 return Some(Parsed {
@@ -278,7 +278,7 @@ fn parsed<'a>(
                     envelope: None,
                 });
             }
-            let envelope = Some(parse_unverified(&row.bytes).ok()?);
+            let envelope = Some(parse_unverified_from(&row.bytes, sender).ok()?);
             Some(Parsed { row, envelope })
         })
         .collect()

@@ -21,7 +21,7 @@
 //! placed at all is a [`LoadError::Tampered`].
 
 use detente_core::{Snapshot, GLOSSARY_TERMS_MAX};
-use detente_proto::envelope::{message_id, parse_unverified};
+use detente_proto::envelope::{message_id, parse_unverified_from};
 use detente_proto::{ChannelId, PartyKey, Precedence, VerifiedEnvelope};
 use detente_store::{
     DeliveredRange, Direction, MessageRow, MissRow, OutboxRow, Placement, ReceiptLevel, ReceiptRow,
@@ -117,7 +117,8 @@ async fn load_peer(
         .await?;
     for row in held {
         let at = row.stored_at_ms;
-        match checked(peer, Direction::In, Placement::Held, at, &row.bytes, true) {
+        let held = (Placement::Held, at);
+        match checked(peer, (Direction::In, &peer.key), held, &row.bytes, true) {
             Ok(row) => snapshot.messages.push(row),
             Err(LoadError::Tampered {
                 peer,
@@ -188,7 +189,8 @@ impl<S: Store> StreamOf<'_, S> {
         // The id the later envelope signs as its `prev` (none: check the signature).
         let mut signed_id: Option<[u8; 32]> = None;
         for (seq, bytes) in rows.into_iter().rev() {
-            let genuine = checked(self.peer, direction, Placement::Appended, 0, &bytes, false)
+            let appended = (Placement::Appended, 0);
+            let genuine = checked(self.peer, (direction, sender), appended, &bytes, false)
                 .and_then(|row| {
                     let problem = match signed_id {
                         Some(id) if id == row.id => None,
@@ -210,7 +212,9 @@ impl<S: Store> StreamOf<'_, S> {
                 });
             match genuine {
                 Ok(row) => {
-                    signed_id = parse_unverified(&row.bytes).ok().map(|e| e.prev.0);
+                    signed_id = parse_unverified_from(&row.bytes, sender)
+                        .ok()
+                        .map(|e| e.prev.0);
                     out.push(row);
                 }
                 Err(LoadError::Tampered { what, .. }) => {
@@ -346,16 +350,17 @@ async fn load_deadlines(
     Ok(())
 }
 
-/// The row of stored `bytes`, with the id recomputed from them; verified when `verify`.
+/// The row of stored `bytes` of a stream of `sender`'s, with the id recomputed from them;
+/// verified when `verify_now`.
 fn checked(
     peer: &PeerKey,
-    direction: Direction,
-    placement: Placement,
-    stored_at_ms: i64,
+    (direction, sender): (Direction, &PartyKey),
+    (placement, stored_at_ms): (Placement, i64),
     bytes: &[u8],
     verify_now: bool,
 ) -> Result<MessageRow, LoadError> {
-    let e = parse_unverified(bytes).map_err(|e| tampered(peer, direction, 0, &e.to_string()))?;
+    let e = parse_unverified_from(bytes, sender)
+        .map_err(|e| tampered(peer, direction, 0, &e.to_string()))?;
     if verify_now {
         verify(peer, direction, e.seq, bytes, &e.sender)?;
     }

@@ -1429,7 +1429,10 @@ mod tests {
         let s = secret(1);
         let v = VerifiedEnvelope::sign(sample(&s, 1, MessageId::ZERO), &s).unwrap();
         let alone = parse_unverified(v.bytes()).unwrap();
-        assert_eq!(parse_unverified_from(v.bytes(), &s.public()).unwrap(), alone);
+        assert_eq!(
+            parse_unverified_from(v.bytes(), &s.public()).unwrap(),
+            alone
+        );
         // Another expected sender: the envelope's own is parsed, never swapped in.
         let other = parse_unverified_from(v.bytes(), &secret(2).public()).unwrap();
         assert_eq!(other, alone);

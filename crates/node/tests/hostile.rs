@@ -1859,16 +1859,7 @@ async fn a_peer_clock_three_hours_behind_is_shown_and_warned() {
         ("en", "their clock is 3h 00m 00s behind ours"),
         ("zh-CN", "对方时钟比我方慢 3小时 00分 00秒"),
     ] {
-        let op = detente_node::operators::Operator {
-            login: "duty".into(),
-            role: detente_node::operators::Role::Watch,
-            lang: lang.into(),
-            csrf: String::new(),
-            token_hash: [0; 32],
-            expires_at_ms: i64::MAX,
-            compact: false,
-        };
-        let light = detente_node::console::status::status_html(&h.node.shared, &op);
+        let light = detente_node::console::status::status_html(&h.node.shared, &op(lang));
         assert!(light.contains(words), "{lang}: {light}");
     }
     drop(peer);

@@ -294,13 +294,6 @@ struct FakePeer {
     clock_ms: i64,
 }
 
-/// The real wall clock, in milliseconds since the Unix epoch.
-fn wall_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_millis() as u64)
-}
-
 /// TCP connect and TLS handshake to the node's peer port as `secret`.
 async fn dial(h: &Harness, secret: &PartySecret) -> std::io::Result<TlsStream<TcpStream>> {
     let config = tls::client_config(secret, h.target).expect("client TLS config");
@@ -356,7 +349,7 @@ impl FakePeer {
 
     /// This peer's wall clock: the real one, `clock_ms` away.
     fn wall_ms(&self) -> u64 {
-        (wall_now_ms() as i64 + self.clock_ms).max(1) as u64
+        (detente_node::now_ms() as i64 + self.clock_ms).max(1) as u64
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) {
@@ -977,7 +970,7 @@ async fn unpinned_key_cannot_connect() {
         Frame::Hello {
             version: LINK_VERSION,
             hwm: 0,
-            wall_ms: wall_now_ms(),
+            wall_ms: detente_node::now_ms(),
         }
         .encode(&mut out);
         let e = Envelope {
@@ -1742,7 +1735,7 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
     // A round trip through the session loop: it has run its send step by then.
     peer.send(&Frame::Ping {
         nonce: 1,
-        wall_ms: wall_now_ms(),
+        wall_ms: detente_node::now_ms(),
     })
     .await;
     match peer.next_control().await {
@@ -1757,7 +1750,7 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
     .await;
     peer.send(&Frame::Ping {
         nonce: 2,
-        wall_ms: wall_now_ms(),
+        wall_ms: detente_node::now_ms(),
     })
     .await;
     match peer.next_control().await {
@@ -2195,7 +2188,7 @@ async fn crossing(fake_seed: [u8; 32]) {
     let hello = Frame::Hello {
         version: LINK_VERSION,
         hwm: 0,
-        wall_ms: wall_now_ms(),
+        wall_ms: detente_node::now_ms(),
     };
     write_frame(&mut ours, &hello).await;
     let (winner_name, first, winner, buf) = if fake_wins {
@@ -2259,7 +2252,7 @@ async fn ping_pong<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 ) -> u64 {
     let ping = Frame::Ping {
         nonce,
-        wall_ms: wall_now_ms(),
+        wall_ms: detente_node::now_ms(),
     };
     write_frame(stream, &ping).await;
     loop {
@@ -2325,7 +2318,7 @@ async fn a_peer_that_stops_reading_cannot_hold_the_session() {
         &Frame::Hello {
             version: LINK_VERSION,
             hwm: 0,
-            wall_ms: wall_now_ms(),
+            wall_ms: detente_node::now_ms(),
         },
     )
     .await;

@@ -76,25 +76,15 @@ async fn link_rows(shared: &Shared, op: &Operator) -> Vec<LinkRow> {
                 .map(|r| tr_with(shared, op, "link-rtt-value", &[("ms", format!("{r:.1}"))])),
             clock: s.view.as_ref().and_then(|v| {
                 let c = v.clock_offset()?;
-                let skewed = v.clock_skewed().is_some();
-                let amount =
-                    super::pages::duration_words(shared, &op.lang, c.offset_ms.abs() + 500);
-                Some(if !skewed {
+                Some(if v.clock_skewed().is_none() {
                     let ms = c.offset_ms.unsigned_abs() + c.error_ms.unwrap_or(0);
                     (
                         tr_with(shared, op, "link-clock-in-step", &[("ms", ms.to_string())]),
                         false,
                     )
-                } else if c.offset_ms < 0 {
-                    (
-                        tr_with(shared, op, "link-clock-behind", &[("amount", amount)]),
-                        true,
-                    )
                 } else {
-                    (
-                        tr_with(shared, op, "link-clock-ahead", &[("amount", amount)]),
-                        true,
-                    )
+                    let keys = ("link-clock-behind", "link-clock-ahead");
+                    (super::status::clock_words(shared, op, c, keys), true)
                 })
             }),
             last_heard_ms: s

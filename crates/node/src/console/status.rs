@@ -71,14 +71,8 @@ fn lights(shared: &Shared, op: &Operator) -> Vec<Light> {
         );
         let mut flags = Vec::new();
         if let Some(c) = s.view.as_ref().and_then(|v| v.clock_skewed()) {
-            // Rounded to the second (an offset 1 ms short of 3 h reads 3h 00m 00s).
-            let amount = super::pages::duration_words(shared, &op.lang, c.offset_ms.abs() + 500);
-            let key = if c.offset_ms < 0 {
-                "status-clock-behind"
-            } else {
-                "status-clock-ahead"
-            };
-            flags.push(tr_with(shared, op, key, &[("amount", amount)]));
+            let keys = ("status-clock-behind", "status-clock-ahead");
+            flags.push(clock_words(shared, op, c, keys));
         }
         if alarms.test_missed {
             flags.push(tr(shared, op, "alarm-test-missed"));
@@ -98,6 +92,20 @@ fn lights(shared: &Shared, op: &Operator) -> Vec<Light> {
         });
     }
     lights
+}
+
+/// How far the peer's clock is from ours, in the operator's language: the text of `behind`
+/// or `ahead` (keys taking `$amount`), the amount rounded to the second (an offset 1 ms
+/// short of 3 h reads 3h 00m 00s). For the status light and the link page.
+pub fn clock_words(
+    shared: &Shared,
+    op: &Operator,
+    c: detente_proto::ClockOffset,
+    (behind, ahead): (&str, &str),
+) -> String {
+    let amount = super::pages::duration_words(shared, &op.lang, c.offset_ms.abs() + 500);
+    let key = if c.offset_ms < 0 { behind } else { ahead };
+    tr_with(shared, op, key, &[("amount", amount)])
 }
 
 /// Why the charter the peer's latest terms make is not agreed: one sentence per term below

@@ -118,8 +118,10 @@ pub struct Config {
     /// Also propose one as soon as this many envelopes are appended to a channel since our
     /// last signature (0: by interval only).
     pub checkpoint_every: u64,
-    /// Seed of the core's random generator (ping nonces, redial jitter).
-    pub random_seed: u64,
+    /// Seed of the core's random generator (ping nonces, redial jitter, and the
+    /// coefficients of batch signature verification, which the peer must not be able to
+    /// predict: the node draws it from the operating system's generator).
+    pub random_seed: [u8; 32],
     /// What this party says about itself in its charter terms.
     pub profile: Profile,
     /// A planted defect (only with the `planted-bugs` feature; ignored otherwise).
@@ -262,6 +264,13 @@ pub enum Input {
     Frame {
         session: SessionId,
         bytes: Vec<u8>,
+    },
+    /// Frames read from a session one after the other (what arrived together): the same as
+    /// one [`Input::Frame`] each, in order, but the envelopes among them are verified in one
+    /// batch (about half the cost of one at a time).
+    Frames {
+        session: SessionId,
+        frames: Vec<Vec<u8>>,
     },
     Committed {
         batch: BatchId,
@@ -444,7 +453,7 @@ impl Core {
             profile: config.profile.clone(),
             peers,
             glossary: glossary::Terms::default(),
-            rng: StdRng::seed_from_u64(config.random_seed),
+            rng: StdRng::from_seed(config.random_seed),
             staging: Staging::default(),
             in_flight: None,
             next_batch: 1,
@@ -483,6 +492,7 @@ impl Core {
             Input::SessionClosed { session } => self.on_session_closed(session),
             Input::DialFailed { peer } => self.on_dial_failed(&peer),
             Input::Frame { session, bytes } => self.on_frame(session, &bytes),
+            Input::Frames { session, frames } => self.on_frames(session, frames),
             Input::Committed { batch } => self.on_committed(batch),
             Input::CommitFailed { batch, error } => self.on_commit_failed(batch, &error),
             Input::Tick => {}

@@ -4,8 +4,8 @@
 
 use detente_proto::stream::{classify, ranges, Disposition, Refusal};
 use detente_proto::{
-    Body, Frame, MessageId, Precedence, Receipt, ReceiptLevel, ReceiptTarget, RefuseCode,
-    VerifiedEnvelope,
+    Body, EnvelopeError, Frame, MessageId, Precedence, Receipt, ReceiptLevel, ReceiptTarget,
+    RefuseCode, VerifiedEnvelope,
 };
 use detente_store_types::{
     DeliveredRange, Direction, EvidenceRow, Placement, EVIDENCE_BROKEN_CHAIN, EVIDENCE_ENVELOPES,
@@ -17,13 +17,19 @@ use crate::peer::{receipt_row, row, Held};
 use crate::{bugs, Core, Event, Need, PlantedBug, Release, SessionId, STAGED_MESSAGES_MAX};
 
 impl Core {
-    pub(crate) fn on_envelope_frame(&mut self, index: usize, session: SessionId, bytes: &[u8]) {
+    /// An envelope frame's payload, decoded and its signature checked against the peer's
+    /// key (one by one or in a batch: the same verdicts).
+    pub(crate) fn on_envelope(
+        &mut self,
+        index: usize,
+        session: SessionId,
+        verified: Result<VerifiedEnvelope, EnvelopeError>,
+    ) {
         if let Some(s) = self.peers[index].session.as_mut() {
             s.received += 1;
             s.ack_due = true;
         }
-        let key = self.peers[index].key;
-        let verified = match VerifiedEnvelope::decode(bytes, Some(&key)) {
+        let verified = match verified {
             Ok(v) => v,
             Err(e) => return self.refuse(index, session, 0, RefuseCode::Invalid, &e.to_string()),
         };

@@ -42,7 +42,7 @@ fn config(i: usize, seeds: [[u8; 32]; 2], names: [&str; 2]) -> Config {
         link: LinkConfig::default(),
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_every: 0,
-        random_seed: i as u64,
+        random_seed: [i as u8; 32],
         profile: detente_core::Profile::default(),
         bug: None,
     }
@@ -554,4 +554,73 @@ fn a_charter_below_our_floors_is_not_signed_and_the_agreed_one_stays() {
     assert_eq!(pair.refusals[0].last(), Some(&Vec::new()));
     assert_eq!(pair.charters[0].len(), 1);
     assert_eq!(pair.charters[1].last(), Some(&first));
+}
+
+#[test]
+fn frames_read_together_are_decided_one_by_one_with_one_signature_batch() {
+    let mut pair = Pair::new();
+    pair.connect(1);
+    let secret = PartySecret::from_seed([2; 32]);
+    let channel = detente_proto::ChannelId::for_pair(
+        &PartySecret::from_seed([1; 32]).public(),
+        &secret.public(),
+    );
+    let (last, mut prev) = pair.last[1].expect("the peer wrote its charter");
+    let mut frames = Vec::new();
+    for k in 1..=4u64 {
+        let envelope = detente_proto::Envelope {
+            channel,
+            sender: secret.public(),
+            seq: last + k,
+            prev,
+            created_at_ms: 1_800_000_000_000,
+            precedence: Precedence::Routine,
+            topic: "general".into(),
+            author: "Duty Officer".into(),
+            in_reply_to: None,
+            body: Body::Text(TextBody {
+                language: "en".into(),
+                text: format!("together {k}"),
+                translations: Vec::new(),
+            }),
+        };
+        let signed = detente_proto::VerifiedEnvelope::sign(envelope, &secret).expect("signs");
+        prev = signed.id();
+        let mut bytes = signed.bytes().to_vec();
+        if k == 3 {
+            // One bit of the signature (the envelope's last bytes).
+            *bytes.last_mut().expect("bytes") ^= 1;
+        }
+        let mut frame = Vec::new();
+        Frame::Envelope(bytes).encode(&mut frame);
+        frames.push(frame[4..].to_vec());
+    }
+    pair.input(0, Input::Frames { session: 1, frames });
+    while let Some((batch, _)) = pair.cores[0].poll_commit() {
+        pair.input(0, Input::Committed { batch });
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| pair.event(0)).collect();
+    let stored: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Stored {
+                seq,
+                direction: detente_store_types::Direction::In,
+                ..
+            } => Some(*seq - last),
+            _ => None,
+        })
+        .collect();
+    // 1 and 2 appended; 3 refused for its signature; 4 (after the gap 3 left) is held,
+    // which is also a store.
+    assert_eq!(stored, vec![1, 2, 4], "{events:?}");
+    let refused: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Refused { what, .. } => Some(what),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{events:?}");
+    assert!(refused[0].contains("signature"), "{refused:?}");
 }

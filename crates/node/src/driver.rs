@@ -39,7 +39,7 @@ use detente_core::{Answer, BatchId, Command, CommandError, Core, Event, Input, S
 use detente_proto::frame::FRAME_BYTES_MAX;
 use detente_proto::Frame;
 use detente_store::{Store, StoreError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Inputs queued for the driver at most (senders wait: backpressure).
@@ -56,6 +56,15 @@ pub const DRIVER_EVENTS_BACKLOG_MAX: usize = 4096;
 pub const SESSION_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a session whose peer stopped sending may still write what is queued for it.
 const SESSION_FLUSH: Duration = Duration::from_secs(1);
+/// Frames handed to the driver in one input at most: what had already arrived after the
+/// first (the core checks the envelopes among them in one signature batch).
+pub const FRAMES_PER_INPUT_MAX: usize = 128;
+/// Bytes of frames taken into one input after its first frame, and of frames written to
+/// the connection in one write (one TLS record holds up to 16 KiB: many small frames share
+/// one instead of a record and a write each).
+pub const FRAMES_BATCH_BYTES: usize = 64 * 1024;
+/// The read buffer of a session: frames that arrived together are taken from it at once.
+const SESSION_READ_BUFFER: usize = 64 * 1024;
 /// When the core asks for no timer, look again after this long.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// Failed commits in a row after which the waiting work is given up and the core rebuilt
@@ -63,6 +72,8 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 pub const COMMIT_FAILURES_BEFORE_RELOAD: u32 = 3;
 /// How often a rebuild from a store that cannot be read is tried again.
 pub const RELOAD_RETRY: Duration = Duration::from_secs(1);
+/// A command while the store is failing tries it at once, at most this often.
+const RELOAD_EAGER_SPACING: Duration = Duration::from_millis(10);
 
 /// What a session task or an operator hands to the driver.
 #[derive(Debug)]
@@ -86,10 +97,11 @@ pub enum DriverInput {
     DialFailed {
         peer: String,
     },
-    /// One frame read from `session` (type byte and body).
-    Frame {
+    /// Frames read from `session` one after the other (type byte and body each): what had
+    /// arrived together, at most [`FRAMES_PER_INPUT_MAX`] and [`FRAMES_BATCH_BYTES`].
+    Frames {
         session: SessionId,
-        bytes: Vec<u8>,
+        frames: Vec<Vec<u8>>,
     },
 }
 
@@ -179,6 +191,8 @@ pub struct Driver<S: Store, D: Dialer> {
     last_failure: Option<String>,
     /// Set while the core was given up and no rebuild has worked yet: when to try again.
     down: Option<Instant>,
+    /// When a command last made the driver try the failing store at once.
+    last_eager: Option<Instant>,
 }
 
 /// Start the driver task over `core` (recovered from `store`, see [`crate::snapshot`]).
@@ -239,6 +253,7 @@ pub fn start_with<S: Store, D: Dialer>(
         failures: 0,
         last_failure: None,
         down: None,
+        last_eager: None,
     };
     let task = tokio::spawn(driver.run());
     (DriverHandle { tx, sessions }, events, task)
@@ -274,6 +289,9 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 }
                 input = self.rx.recv() => {
                     let Some(input) = input else { break };
+                    if self.down.is_some() && matches!(input, DriverInput::Command { .. }) {
+                        self.rebuild_eagerly().await;
+                    }
                     self.on_input(input);
                     // Everything already queued joins this wake-up (and so the next batch).
                     for _ in 1..DRIVER_INPUTS_PER_WAKE_MAX {
@@ -358,6 +376,21 @@ impl<S: Store, D: Dialer> Driver<S, D> {
         }
     }
 
+    /// A command came while the store was failing: try the store at once rather than at
+    /// the next retry, so that the first command after the database is back succeeds
+    /// (not one a second later). At most one try per [`RELOAD_EAGER_SPACING`].
+    async fn rebuild_eagerly(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_eager
+            .is_some_and(|at| now.duration_since(at) < RELOAD_EAGER_SPACING)
+        {
+            return;
+        }
+        self.last_eager = Some(now);
+        self.rebuild().await;
+    }
+
     /// What a command is told while the store is failing.
     fn store_failing(&self) -> DriverError {
         let text = self
@@ -378,7 +411,7 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 DriverInput::SessionClosed { session } => {
                     self.sessions.remove(&session);
                 }
-                DriverInput::DialFailed { .. } | DriverInput::Frame { .. } => {}
+                DriverInput::DialFailed { .. } | DriverInput::Frames { .. } => {}
             }
             return;
         }
@@ -410,7 +443,16 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 Input::SessionClosed { session }
             }
             DriverInput::DialFailed { peer } => Input::DialFailed { peer },
-            DriverInput::Frame { session, bytes } => Input::Frame { session, bytes },
+            DriverInput::Frames {
+                session,
+                mut frames,
+            } => match frames.len() {
+                1 => Input::Frame {
+                    session,
+                    bytes: frames.pop().unwrap_or_default(),
+                },
+                _ => Input::Frames { session, frames },
+            },
         };
         self.handle(input);
     }
@@ -543,6 +585,30 @@ async fn next_commit(slot: &mut Option<CommitFuture>) -> (BatchId, Result<(), St
     }
 }
 
+/// Move the whole frames already in `reader`'s buffer to `frames`, without waiting for
+/// more, within [`FRAMES_PER_INPUT_MAX`] and [`FRAMES_BATCH_BYTES`]. A frame not whole in
+/// the buffer, or a length prefix over the limit, is left for the next read, which waits
+/// for it or refuses it.
+fn take_buffered<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, frames: &mut Vec<Vec<u8>>) {
+    let mut taken = 0;
+    while frames.len() < FRAMES_PER_INPUT_MAX && taken < FRAMES_BATCH_BYTES {
+        let buffer = reader.buffer();
+        let Some(prefix) = buffer.get(..4) else {
+            return;
+        };
+        let prefix = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        let Ok(len) = Frame::check_len(prefix) else {
+            return;
+        };
+        let Some(bytes) = buffer.get(4..4 + len) else {
+            return;
+        };
+        frames.push(bytes.to_vec());
+        taken += len;
+        reader.consume(4 + len);
+    }
+}
+
 /// Move frames between one established byte stream and the driver until either side ends
 /// it. Frames are length-prefixed and at most [`FRAME_BYTES_MAX`] bytes: a larger prefix
 /// ends the session before anything is allocated for it, with a `Refuse` (protocol) as
@@ -551,7 +617,7 @@ pub async fn run_session<R, W>(
     driver: DriverHandle,
     peer: String,
     dialed_by_us: bool,
-    mut reader: R,
+    reader: R,
     mut writer: W,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -575,9 +641,20 @@ pub async fn run_session<R, W>(
         while let Some(frame) = rx.recv().await {
             out.clear();
             frame.encode(&mut out);
+            // Whatever else is queued goes in the same write, up to a bound.
+            while out.len() < FRAMES_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(frame) => frame.encode(&mut out),
+                    Err(_) => break,
+                }
+            }
             // A peer that stops reading cannot hold the session: a write that does not
             // finish in time ends it (the core redials and resends what is unconfirmed).
-            match tokio::time::timeout(SESSION_WRITE_TIMEOUT, writer.write_all(&out)).await {
+            let written = async {
+                writer.write_all(&out).await?;
+                writer.flush().await
+            };
+            match tokio::time::timeout(SESSION_WRITE_TIMEOUT, written).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => break,
             }
@@ -586,6 +663,7 @@ pub async fn run_session<R, W>(
     };
     let read_driver = driver.clone();
     let read = async move {
+        let mut reader = BufReader::with_capacity(SESSION_READ_BUFFER, reader);
         let mut prefix = [0u8; 4];
         loop {
             if reader.read_exact(&mut prefix).await.is_err() {
@@ -610,8 +688,10 @@ pub async fn run_session<R, W>(
             if reader.read_exact(&mut bytes).await.is_err() {
                 return;
             }
-            let frame = DriverInput::Frame { session, bytes };
-            if read_driver.input(frame).await.is_err() {
+            let mut frames = vec![bytes];
+            take_buffered(&mut reader, &mut frames);
+            let input = DriverInput::Frames { session, frames };
+            if read_driver.input(input).await.is_err() {
                 return;
             }
         }

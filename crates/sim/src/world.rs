@@ -43,6 +43,8 @@ pub const FLOORS: Floors = Floors {
 const SETTLE_STEPS_MAX: usize = 40;
 /// Steps after which a run is cut short (a bound on any livelock of the world itself).
 const STEPS_MAX: u64 = 400_000;
+/// Frames a simulated reader takes from its buffer in one input at most.
+const FRAMES_TOGETHER_MAX: usize = 16;
 /// Wall clock at virtual time zero: 2026-12-01T00:00:00Z.
 const EPOCH_MS: i64 = 1_796_083_200_000;
 const ADDRESSES: usize = 2;
@@ -269,6 +271,36 @@ impl World {
         }
     }
 
+    /// The frame `bytes` arriving at `to` on `session`, and sometimes the frames queued right
+    /// after it on the same session within a few milliseconds (a reader that was slow to
+    /// come back finds them in its buffer together): the core then reads them in one input,
+    /// with one signature batch. Only the next events in the queue are taken, so nothing
+    /// else overtakes or is overtaken; they only arrive a little earlier.
+    fn arrived_together(&mut self, session: u64, to: usize, bytes: Vec<u8>) -> Vec<Vec<u8>> {
+        let mut frames = vec![bytes];
+        if !self.rng.gen_bool(0.3) {
+            return frames;
+        }
+        let until = self.now_ms + self.rng.gen_range(0..20);
+        while frames.len() < FRAMES_TOGETHER_MAX {
+            let Some(&Reverse((time, order))) = self.queue.peek() else {
+                break;
+            };
+            let next = matches!(
+                self.events.get(&order),
+                Some(Ev::Deliver { session: s, to: t, .. }) if *s == session && *t == to
+            );
+            if time > until || !next {
+                break;
+            }
+            self.queue.pop();
+            if let Some(Ev::Deliver { bytes, .. }) = self.events.remove(&order) {
+                frames.push(bytes);
+            }
+        }
+        frames
+    }
+
     pub(crate) fn count(&mut self, what: &'static str) {
         *self.counts.entry(what).or_default() += 1;
     }
@@ -343,9 +375,19 @@ impl World {
                     self.tell_opened(session, to);
                 }
                 if live {
-                    let claim = crate::check::stream_claim(self, to, session, &bytes);
-                    self.input(to, Input::Frame { session, bytes });
-                    if let Some((peer, hwm)) = claim {
+                    let frames = self.arrived_together(session, to, bytes);
+                    let claims: Vec<(usize, u64)> = frames
+                        .iter()
+                        .filter_map(|b| crate::check::stream_claim(self, to, session, b))
+                        .collect();
+                    if frames.len() == 1 {
+                        let bytes = frames.into_iter().next().unwrap_or_default();
+                        self.input(to, Input::Frame { session, bytes });
+                    } else {
+                        self.count("frames_read_together");
+                        self.input(to, Input::Frames { session, frames });
+                    }
+                    for (peer, hwm) in claims {
                         crate::check::after_stream_claim(self, to, peer, hwm);
                     }
                 }
@@ -1094,6 +1136,19 @@ fn describe_input(input: &Input) -> String {
             Ok(f) => format!("s{session} {f:?}"),
             Err(e) => format!("s{session} bad frame ({e})"),
         },
+        Input::Frames { session, frames } => {
+            let each: Vec<String> = frames
+                .iter()
+                .map(|bytes| {
+                    let one = Input::Frame {
+                        session: *session,
+                        bytes: bytes.clone(),
+                    };
+                    describe_input(&one)
+                })
+                .collect();
+            format!("{} frames together: {}", frames.len(), each.join("; "))
+        }
         Input::Operator { ticket, command } => format!("operator #{ticket} {}", short(command)),
         other => format!("{other:?}"),
     }

@@ -77,7 +77,7 @@ pub fn core_config(i: usize) -> Config {
         link: LinkConfig::default(),
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_every: 0,
-        random_seed: i as u64,
+        random_seed: [i as u8; 32],
         profile: detente_core::Profile::default(),
         bug: None,
     }

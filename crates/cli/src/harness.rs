@@ -136,6 +136,14 @@ impl ProcNode {
 
     /// Start `detente serve` for this node; its log goes to `DIR/node.log`.
     pub fn start(&mut self) -> Result<(), Failure> {
+        self.start_with_env(&[])
+    }
+
+    /// [`Self::start`] with these environment variables set for this node alone (a test's
+    /// `DETENTE_FAILPOINT`, say). A failpoint set in the test process is never inherited:
+    /// tests run in parallel threads of one process, and a variable set for one node would
+    /// reach any node another test started meanwhile.
+    pub fn start_with_env(&mut self, vars: &[(&str, &str)]) -> Result<(), Failure> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -149,6 +157,8 @@ impl ProcNode {
                 "DETENTE_LOG",
                 std::env::var("DETENTE_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env_remove("DETENTE_FAILPOINT")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -47,18 +47,13 @@ async fn a_batch_cut_by_a_crash_is_retried_once_with_the_crashing_node_on_postgr
     crash_and_retry("tasks", Some(url)).await;
 }
 
-/// Start `node`, with `failpoint` set for it alone. The variable is the process's: every
-/// start in this file takes the lock, so a node of the other test never inherits it.
+/// Start `node`, with `failpoint` set for it alone (never inherited by another node).
 fn start(node: &mut ProcNode, failpoint: Option<&str>) {
-    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
-    match failpoint {
-        Some(name) => std::env::set_var("DETENTE_FAILPOINT", name),
-        None => std::env::remove_var("DETENTE_FAILPOINT"),
-    }
-    let started = node.start();
-    std::env::remove_var("DETENTE_FAILPOINT");
-    started.ok().unwrap();
+    let vars: Vec<(&str, &str)> = failpoint
+        .map(|f| ("DETENTE_FAILPOINT", f))
+        .into_iter()
+        .collect();
+    node.start_with_env(&vars).ok().unwrap();
 }
 
 fn batch(from: usize) -> Value {

@@ -482,16 +482,9 @@ async fn killed_at_the_checkpoint_failpoint(alpha_database: Option<&str>) {
     // Restart alpha with a failpoint: it exits right after the checkpoint is durable and
     // before the signature is queued for bravo or the API answers.
     a.stop();
-    {
-        // The variable is the whole process's: the two runs of this test (SQLite and
-        // PostgreSQL) must not start a node while the other has it set.
-        static FAILPOINT_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _env = FAILPOINT_ENV.lock().unwrap_or_else(|e| e.into_inner());
-        std::env::set_var("DETENTE_FAILPOINT", "checkpoint-after-commit");
-        let started = a.start();
-        std::env::remove_var("DETENTE_FAILPOINT");
-        started.ok().unwrap();
-    }
+    a.start_with_env(&[("DETENTE_FAILPOINT", "checkpoint-after-commit")])
+        .ok()
+        .unwrap();
     let ac = a.wait_ready(WAIT).await.ok().unwrap();
     let answer = ac.post("/api/v1/peers/bravo/checkpoint", &json!({})).await;
     assert!(

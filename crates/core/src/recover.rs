@@ -160,6 +160,11 @@ impl Core {
                 },
             );
         }
+        // Every envelope of ours below the lowest one still to send was pruned (the peer's
+        // hwm reached it) or covered by a DELIVERED receipt: the peer holds that prefix, as
+        // it had confirmed before the restart (the witness rule may sign up to it at once).
+        let held_by_peer = p.outbox.keys().next().map_or(p.out.size(), |seq| seq - 1);
+        p.confirmed = held_by_peer.min(p.out.size());
         // Only what may be sent again stays in memory.
         let outbox = &p.outbox;
         p.out.bytes.retain(|seq, _| outbox.contains_key(seq));

@@ -59,7 +59,7 @@ const SESSION_FLUSH: Duration = Duration::from_secs(1);
 /// Frames handed to the driver in one input at most: what had already arrived after the
 /// first (the core checks the envelopes among them in one signature batch).
 pub const FRAMES_PER_INPUT_MAX: usize = 128;
-/// Bytes of frames taken into one input after its first frame, and of frames written to
+/// Bytes of frames in one input at most (one frame alone may be larger), and of frames written to
 /// the connection in one write (one TLS record holds up to 16 KiB: many small frames share
 /// one instead of a record and a write each).
 pub const FRAMES_BATCH_BYTES: usize = 64 * 1024;
@@ -586,12 +586,14 @@ async fn next_commit(slot: &mut Option<CommitFuture>) -> (BatchId, Result<(), St
 }
 
 /// Move the whole frames already in `reader`'s buffer to `frames`, without waiting for
-/// more, within [`FRAMES_PER_INPUT_MAX`] and [`FRAMES_BATCH_BYTES`]. A frame not whole in
+/// more, within [`FRAMES_PER_INPUT_MAX`] frames and [`FRAMES_BATCH_BYTES`] in all (so an
+/// input holds no more bytes than one frame of the largest size did before: the driver's
+/// queue stays bounded in bytes as in count). A frame not whole in
 /// the buffer, or a length prefix over the limit, is left for the next read, which waits
 /// for it or refuses it.
 fn take_buffered<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, frames: &mut Vec<Vec<u8>>) {
-    let mut taken = 0;
-    while frames.len() < FRAMES_PER_INPUT_MAX && taken < FRAMES_BATCH_BYTES {
+    let mut taken: usize = frames.iter().map(Vec::len).sum();
+    while frames.len() < FRAMES_PER_INPUT_MAX {
         let buffer = reader.buffer();
         let Some(prefix) = buffer.get(..4) else {
             return;
@@ -600,6 +602,9 @@ fn take_buffered<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, frames: &mut V
         let Ok(len) = Frame::check_len(prefix) else {
             return;
         };
+        if taken + len > FRAMES_BATCH_BYTES {
+            return;
+        }
         let Some(bytes) = buffer.get(4..4 + len) else {
             return;
         };
@@ -707,5 +712,54 @@ pub async fn run_session<R, W>(
     let _ = driver.input(DriverInput::SessionClosed { session }).await;
     if reader_ended {
         let _ = tokio::time::timeout(SESSION_FLUSH, write).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(lens: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+            out.extend(std::iter::repeat_n(i as u8, len));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn only_whole_frames_within_the_bounds_are_taken_from_the_buffer() {
+        // Three whole frames and the first half of a fourth.
+        let mut bytes = framed(&[10, 20, 30, 40]);
+        bytes.truncate(bytes.len() - 20);
+        let mut reader = BufReader::with_capacity(SESSION_READ_BUFFER, &bytes[..]);
+        reader.fill_buf().await.expect("fill");
+        let mut frames = Vec::new();
+        take_buffered(&mut reader, &mut frames);
+        let lens: Vec<usize> = frames.iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![10, 20, 30]);
+        assert_eq!(frames[2], vec![2u8; 30]);
+        assert_eq!(reader.buffer().len(), 4 + 20, "the partial frame is left");
+
+        // The byte bound counts the frame already read: nothing more joins a large one.
+        let bytes = framed(&[FRAMES_BATCH_BYTES / 2, 8]);
+        let mut reader = BufReader::with_capacity(2 * FRAMES_BATCH_BYTES, &bytes[..]);
+        reader.fill_buf().await.expect("fill");
+        let mut frames = vec![vec![0u8; FRAMES_BATCH_BYTES / 2]];
+        take_buffered(&mut reader, &mut frames);
+        assert_eq!(frames.len(), 2, "half the bound and one more frame fit");
+        let mut frames = vec![vec![0u8; FRAMES_BATCH_BYTES]];
+        take_buffered(&mut reader, &mut frames);
+        assert_eq!(frames.len(), 1, "a full input takes nothing more");
+
+        // A length prefix over the limit is left for the next read to refuse.
+        let bytes = (u32::MAX).to_be_bytes().to_vec();
+        let mut reader = BufReader::new(&bytes[..]);
+        reader.fill_buf().await.expect("fill");
+        let mut frames = Vec::new();
+        take_buffered(&mut reader, &mut frames);
+        assert!(frames.is_empty());
+        assert_eq!(reader.buffer().len(), 4);
     }
 }

@@ -411,6 +411,23 @@ impl Writer {
         }
         let out_tree = self.load_tree(channel, &me, out.hwm()).await?;
         let in_tree = self.load_tree(channel, &key, inbound.hwm()).await?;
+        // Every envelope of ours below the lowest one still to send was pruned (the peer's
+        // hwm reached it) or covered by a DELIVERED receipt: the peer holds that prefix, as
+        // it had confirmed before the restart (the witness rule may sign up to it at once).
+        let mut lowest_pending: Option<u64> = None;
+        for precedence in Precedence::ALL {
+            let first = self
+                .store
+                .outbox_pending(name, precedence as u8, 0, 1)
+                .await
+                .map_err(store_err)?;
+            if let Some(&(seq, _)) = first.first() {
+                lowest_pending = Some(lowest_pending.map_or(seq, |l| l.min(seq)));
+            }
+        }
+        let confirmed = lowest_pending
+            .map_or(out.hwm(), |seq| seq.saturating_sub(1))
+            .min(out.hwm());
         self.peers.insert(
             name.to_string(),
             PeerStreams {
@@ -422,7 +439,7 @@ impl Writer {
                 out_tree,
                 in_tree,
                 unsigned: 0,
-                confirmed: 0,
+                confirmed,
                 proposer: me.as_bytes() < key.as_bytes(),
             },
         );

@@ -213,8 +213,18 @@ async fn a_proof_get_never_signs_and_record_actions_are_audited() {
     let tmp = tempfile::tempdir().unwrap();
     let node = start_node(&tmp.path().join("node")).await;
     let id = send_one(&node).await;
-    // As if the peer's Ack said it holds seq 1 (a checkpoint names our stream only so far).
-    node.shared.engine.writer().prune("fake", 1).await;
+    // As if the peer's Ack had said it holds seq 1 (a checkpoint names our stream only so
+    // far): the prune its Ack makes, committed to the store, and the node restarted, which
+    // knows from its outbox what the peer holds (either engine).
+    let prune = detente_store::WriteBatch {
+        prune: vec![("fake".into(), 1)],
+        ..Default::default()
+    };
+    node.shared.store.commit(prune).await.expect("prune");
+    node.stop().await;
+    let node = Node::start(detente_node::config::NodeDir::new(tmp.path().join("node")))
+        .await
+        .expect("restart");
     let channel = detente_proto::ChannelId::for_pair(
         &node.shared.secret.public(),
         &PartySecret::from_seed([0x22; 32]).public(),

@@ -165,14 +165,7 @@ impl Core {
         };
         let now = self.now;
         self.peers[index].link.on_heard(now);
-        match Frame::decode(bytes) {
-            Ok(Frame::Envelope(bytes)) => {
-                let key = self.peers[index].key;
-                let verified = VerifiedEnvelope::decode(&bytes, Some(&key));
-                self.on_envelope(index, session, verified);
-            }
-            frame => self.on_decoded(index, session, frame),
-        }
+        self.on_decoded(index, session, Frame::decode(bytes));
     }
 
     /// Frames read from `session` together: each decided as [`Self::on_frame`] would, in

@@ -318,6 +318,39 @@ fn a_peer_pinned_at_run_time_can_be_written_to() {
 
 /// A notification as the peer might write it: the built-in "text" format whose one field
 /// is `body`, here under `key`.
+/// An envelope of the pair's peer (beijing) to washington, signed by its key.
+fn beijing_envelope(
+    seq: u64,
+    prev: detente_proto::MessageId,
+    body: Body,
+) -> detente_proto::VerifiedEnvelope {
+    let secret = PartySecret::from_seed([2; 32]);
+    let channel = detente_proto::ChannelId::for_pair(
+        &PartySecret::from_seed([1; 32]).public(),
+        &secret.public(),
+    );
+    let envelope = detente_proto::Envelope {
+        channel,
+        sender: secret.public(),
+        seq,
+        prev,
+        created_at_ms: 1_800_000_000_000,
+        precedence: Precedence::Routine,
+        topic: "general".into(),
+        author: "Duty Officer".into(),
+        in_reply_to: None,
+        body,
+    };
+    detente_proto::VerifiedEnvelope::sign(envelope, &secret).expect("signs")
+}
+
+/// An envelope frame as a session reads it (type byte and body, no length prefix).
+fn envelope_frame(envelope: Vec<u8>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    Frame::Envelope(envelope).encode(&mut bytes);
+    bytes.split_off(4)
+}
+
 fn text_notification(key: &str) -> Body {
     Body::Notification(detente_proto::NotificationBody {
         format: "text".into(),
@@ -361,36 +394,12 @@ fn a_notification_its_format_refuses_is_neither_sent_nor_stored() {
     pair.settle();
     assert_eq!(pair.sent[0].len(), before, "nothing was sent");
     // The peer's, signed by its key: refused like a bad signature, nothing stored.
-    let secret = PartySecret::from_seed([2; 32]);
-    let channel = detente_proto::ChannelId::for_pair(
-        &PartySecret::from_seed([1; 32]).public(),
-        &secret.public(),
-    );
     let (seq, prev) = pair.last[1].expect("the peer wrote its charter");
     let seq = seq + 1;
     for (key, stored) in [("no-such-field", false), ("body", true)] {
-        let envelope = detente_proto::Envelope {
-            channel,
-            sender: secret.public(),
-            seq,
-            prev,
-            created_at_ms: 1_800_000_000_000,
-            precedence: Precedence::Routine,
-            topic: "general".into(),
-            author: "Duty Officer".into(),
-            in_reply_to: None,
-            body: text_notification(key),
-        };
-        let signed = detente_proto::VerifiedEnvelope::sign(envelope, &secret).expect("signs");
-        let mut bytes = Vec::new();
-        Frame::Envelope(signed.bytes().to_vec()).encode(&mut bytes);
-        pair.input(
-            0,
-            Input::Frame {
-                session: 1,
-                bytes: bytes[4..].to_vec(),
-            },
-        );
+        let signed = beijing_envelope(seq, prev, text_notification(key));
+        let bytes = envelope_frame(signed.bytes().to_vec());
+        pair.input(0, Input::Frame { session: 1, bytes });
         let mut events = Vec::new();
         while let Some((batch, _)) = pair.cores[0].poll_commit() {
             pair.input(0, Input::Committed { batch });
@@ -560,40 +569,22 @@ fn a_charter_below_our_floors_is_not_signed_and_the_agreed_one_stays() {
 fn frames_read_together_are_decided_one_by_one_with_one_signature_batch() {
     let mut pair = Pair::new();
     pair.connect(1);
-    let secret = PartySecret::from_seed([2; 32]);
-    let channel = detente_proto::ChannelId::for_pair(
-        &PartySecret::from_seed([1; 32]).public(),
-        &secret.public(),
-    );
     let (last, mut prev) = pair.last[1].expect("the peer wrote its charter");
     let mut frames = Vec::new();
     for k in 1..=4u64 {
-        let envelope = detente_proto::Envelope {
-            channel,
-            sender: secret.public(),
-            seq: last + k,
-            prev,
-            created_at_ms: 1_800_000_000_000,
-            precedence: Precedence::Routine,
-            topic: "general".into(),
-            author: "Duty Officer".into(),
-            in_reply_to: None,
-            body: Body::Text(TextBody {
-                language: "en".into(),
-                text: format!("together {k}"),
-                translations: Vec::new(),
-            }),
-        };
-        let signed = detente_proto::VerifiedEnvelope::sign(envelope, &secret).expect("signs");
+        let body = Body::Text(TextBody {
+            language: "en".into(),
+            text: format!("together {k}"),
+            translations: Vec::new(),
+        });
+        let signed = beijing_envelope(last + k, prev, body);
         prev = signed.id();
         let mut bytes = signed.bytes().to_vec();
         if k == 3 {
             // One bit of the signature (the envelope's last bytes).
             *bytes.last_mut().expect("bytes") ^= 1;
         }
-        let mut frame = Vec::new();
-        Frame::Envelope(bytes).encode(&mut frame);
-        frames.push(frame[4..].to_vec());
+        frames.push(envelope_frame(bytes));
     }
     pair.input(0, Input::Frames { session: 1, frames });
     while let Some((batch, _)) = pair.cores[0].poll_commit() {

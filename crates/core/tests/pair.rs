@@ -316,8 +316,6 @@ fn a_peer_pinned_at_run_time_can_be_written_to() {
     assert_eq!(answers, vec![(1, true), (2, false), (3, false), (4, true)]);
 }
 
-/// A notification as the peer might write it: the built-in "text" format whose one field
-/// is `body`, here under `key`.
 /// An envelope of the pair's peer (beijing) to washington, signed by its key.
 fn beijing_envelope(
     seq: u64,
@@ -351,6 +349,8 @@ fn envelope_frame(envelope: Vec<u8>) -> Vec<u8> {
     bytes.split_off(4)
 }
 
+/// A notification as the peer might write it: the built-in "text" format whose one field
+/// is `body`, here under `key`.
 fn text_notification(key: &str) -> Body {
     Body::Notification(detente_proto::NotificationBody {
         format: "text".into(),

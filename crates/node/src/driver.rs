@@ -443,16 +443,8 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 Input::SessionClosed { session }
             }
             DriverInput::DialFailed { peer } => Input::DialFailed { peer },
-            DriverInput::Frames {
-                session,
-                mut frames,
-            } => match frames.len() {
-                1 => Input::Frame {
-                    session,
-                    bytes: frames.pop().unwrap_or_default(),
-                },
-                _ => Input::Frames { session, frames },
-            },
+            // One frame alone costs what Input::Frame does: a batch of one is checked alone.
+            DriverInput::Frames { session, frames } => Input::Frames { session, frames },
         };
         self.handle(input);
     }
@@ -595,11 +587,10 @@ fn take_buffered<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, frames: &mut V
     let mut taken: usize = frames.iter().map(Vec::len).sum();
     while frames.len() < FRAMES_PER_INPUT_MAX {
         let buffer = reader.buffer();
-        let Some(prefix) = buffer.get(..4) else {
+        let Some(prefix) = buffer.get(..4).and_then(|p| <[u8; 4]>::try_from(p).ok()) else {
             return;
         };
-        let prefix = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-        let Ok(len) = Frame::check_len(prefix) else {
+        let Ok(len) = Frame::check_len(u32::from_be_bytes(prefix)) else {
             return;
         };
         if taken + len > FRAMES_BATCH_BYTES {

@@ -47,7 +47,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use bugs::{PlantedBug, PLANTED_BUGS_COMPILED};
-pub use deadlines::Decision;
+pub use deadlines::{
+    DeadlineQuery, Decision, DEADLINES_WATCHED_DEFAULT, DEADLINE_LOOKUPS_MAX, DEADLINE_ROWS_MAX,
+};
 pub use detente_proto::Need;
 pub use glossary::{check as check_glossary_term, GLOSSARY_TERMS_MAX, GLOSSARY_TERM_BYTES_MAX};
 pub use linktest::LINK_TEST_TOPIC;
@@ -122,6 +124,9 @@ pub struct Config {
     /// coefficients of batch signature verification, which the peer must not be able to
     /// predict: the node draws it from the operating system's generator).
     pub random_seed: [u8; 32],
+    /// Messages whose deadlines are watched in memory at most (the nearest due; the rest
+    /// are read back from the store: [`DeadlineQuery`]).
+    pub deadlines_watched_max: usize,
     /// What this party says about itself in its charter terms.
     pub profile: Profile,
     /// A planted defect (only with the `planted-bugs` feature; ignored otherwise).
@@ -274,6 +279,12 @@ pub enum Input {
     },
     Committed {
         batch: BatchId,
+    },
+    /// The store's answer to the [`DeadlineQuery`] numbered `query` ([`Core::poll_query`]),
+    /// or its error (asked again later).
+    DeadlineRows {
+        query: u64,
+        rows: Result<Vec<detente_store_types::DeadlineCandidate>, String>,
     },
     CommitFailed {
         batch: BatchId,
@@ -459,7 +470,7 @@ impl Core {
             next_batch: 1,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
-            tracker: deadlines::Tracker::default(),
+            tracker: deadlines::Tracker::new(config.deadlines_watched_max, now, wall_ms),
             bug: bugs::active(config.bug),
             next_checkpoint: now + config.checkpoint_interval,
             now,
@@ -482,6 +493,7 @@ impl Core {
     pub fn handle(&mut self, now: Instant, wall_ms: i64, input: Input) {
         self.now = self.now.max(now);
         self.wall_ms = wall_ms;
+        self.tracker.observe(self.now, wall_ms);
         match input {
             Input::Operator { ticket, command } => self.on_command(ticket, command),
             Input::SessionOpened {
@@ -494,6 +506,7 @@ impl Core {
             Input::Frame { session, bytes } => self.on_frame(session, &bytes),
             Input::Frames { session, frames } => self.on_frames(session, frames),
             Input::Committed { batch } => self.on_committed(batch),
+            Input::DeadlineRows { query, rows } => self.on_deadline_rows(query, rows),
             Input::CommitFailed { batch, error } => self.on_commit_failed(batch, &error),
             Input::Tick => {}
         }
@@ -502,8 +515,12 @@ impl Core {
 
     /// The next batch to commit, if one is due. At most one is outstanding: answer it with
     /// `Committed` or `CommitFailed` before the next is handed out.
+    /// While a [`Core::poll_query`] is due or unanswered, nothing new is sealed.
     pub fn poll_commit(&mut self) -> Option<(BatchId, WriteBatch)> {
         if self.in_flight.is_none() {
+            if self.tracker.holds_seal(self.now) {
+                return None;
+            }
             self.seal();
         }
         let flight = self.in_flight.as_mut()?;
@@ -541,15 +558,25 @@ impl Core {
                 .iter()
                 .filter_map(|p| p.tests.as_ref().map(|t| t.cadence.next_wake())),
         );
-        at.extend(self.tracker.next_due());
+        at.extend(self.tracker.next_due(self.now));
         at.extend(self.in_flight.as_ref().and_then(|f| f.retry_at));
         at.push(self.next_checkpoint);
         at.into_iter().min()
     }
 
-    /// Deadline obligations not decided yet.
+    /// Deadline obligations watched in memory and not decided yet.
     pub fn open_deadlines(&self) -> usize {
         self.tracker.open()
+    }
+
+    /// Messages whose deadlines are watched in memory now, and at most since the start.
+    pub fn deadlines_watched(&self) -> (usize, usize) {
+        self.tracker.watched()
+    }
+
+    /// Deadline groups with messages waiting in the store.
+    pub fn deadline_groups_spilled(&self) -> usize {
+        self.tracker.spilled()
     }
 
     /// Envelopes staged and not yet handed out for commit.
@@ -779,6 +806,7 @@ impl Core {
         if self.staging.batch.is_empty() && self.staging.releases.is_empty() {
             return;
         }
+        self.tracker.sealed();
         let staging = std::mem::take(&mut self.staging);
         let id = self.next_batch;
         self.next_batch += 1;

@@ -15,8 +15,10 @@ use detente_store_types::{
     Direction, MessageRow, OutboxRow, Placement, ReceiptRow, StreamRow, TreeNodeRow, WriteBatch,
 };
 
+use crate::deadlines::Group;
 use crate::session::Session;
 use crate::{Answer, CommandError, Core, Event, Need, PeerConfig};
+use detente_proto::deadline::Side;
 
 /// One sender's stream as this node holds it (appended envelopes only).
 #[derive(Debug, Clone, Default)]
@@ -398,8 +400,10 @@ impl Core {
         p.out
             .append(batch, channel, &self.me, id, verified.bytes().to_vec());
         let deadlines = *p.deadlines(&self.deadlines);
+        let group = Group::new(&peer_name, Side::Sender, precedence);
+        let start_ms = verified.envelope().created_at_ms as i64;
         self.tracker
-            .start_sent(&peer_name, id, kind, precedence, &deadlines, self.now);
+            .start(group, id, kind, &deadlines, self.now, start_ms, &[]);
         self.release_event(Event::Stored {
             peer: peer_name,
             id,
@@ -442,7 +446,8 @@ impl Core {
         let sent = crate::Sent::system(precedence, &self.author, Some(of));
         let (id, seq) = self.stage_send(index, sent, body)?;
         if matches!(level, ReceiptLevel::Acknowledged | ReceiptLevel::Declined) {
-            let met = self.tracker.meet(of, Need::Answered, self.now);
+            let group = Group::new(peer, Side::Receiver, precedence);
+            let met = self.tracker.meet(&group, of, Need::Answered, self.now);
             self.decided(met, of);
         }
         Ok(Answer::Sent { id, seq })

@@ -11,10 +11,11 @@ use detente_store_types::{
     DeliveredRange, Direction, EvidenceRow, Placement, EVIDENCE_BROKEN_CHAIN, EVIDENCE_ENVELOPES,
 };
 
-use crate::deadlines::Decision;
+use crate::deadlines::{Decision, Group};
 use crate::notification::check_notification;
 use crate::peer::{receipt_row, row, Held};
 use crate::{bugs, Core, Event, Need, PlantedBug, Release, SessionId, STAGED_MESSAGES_MAX};
+use detente_proto::deadline::Side;
 
 impl Core {
     /// An envelope frame's payload, decoded and its signature checked against the peer's
@@ -130,8 +131,9 @@ impl Core {
             p.receipt_precedence = p.receipt_precedence.min(precedence);
         }
         let deadlines = *p.deadlines(&self.deadlines);
+        let group = Group::new(&peer, Side::Receiver, precedence);
         self.tracker
-            .start_received(&peer, id, kind, precedence, &deadlines, now);
+            .start(group, id, kind, &deadlines, now, wall, &[]);
         self.release_event(Event::Stored {
             peer,
             id,
@@ -296,8 +298,9 @@ impl Core {
                             met.push(*id);
                         }
                     }
+                    let group = Group::new(&peer, Side::Sender, Precedence::Flash);
                     for id in met {
-                        let met = self.tracker.meet(id, Need::Delivered, now);
+                        let met = self.tracker.meet(&group, id, Need::Delivered, now);
                         self.decided(met, id);
                     }
                     self.link_test_delivered(index, from, to);
@@ -306,8 +309,11 @@ impl Core {
             }
             ReceiptTarget::Message(of) if receipt.level != ReceiptLevel::Delivered => {
                 let p = &self.peers[index];
-                let ours = p.out_index.get(of).is_some_and(|&(_, kind, _)| kind != 1);
-                if !ours {
+                let Some(&(_, kind, precedence)) = p.out_index.get(of) else {
+                    return;
+                };
+                let group = Group::new(&p.name, Side::Sender, precedence);
+                if kind == 1 {
                     // Kept in the transcript (the peer signed it) but it answers nothing.
                     return;
                 }
@@ -319,7 +325,7 @@ impl Core {
                     receipt.level,
                     ReceiptLevel::Acknowledged | ReceiptLevel::Declined
                 ) {
-                    let met = self.tracker.meet(*of, Need::Answered, now);
+                    let met = self.tracker.meet(&group, *of, Need::Answered, now);
                     self.decided(met, *of);
                 }
                 self.release_event(Event::Receipt {

@@ -2,20 +2,20 @@
 //! [`Core::recover`] rebuilds every stream, tree, hold, outbox, witness and open deadline
 //! from it, checking that each stream is gap-free and hash-linked before trusting it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::deadline::Side;
 use detente_proto::envelope::parse_unverified_from;
-use detente_proto::{Body, Envelope, MessageId, Need, PartyKey, Precedence};
+use detente_proto::{Body, Envelope, MessageId, PartyKey, Precedence};
 use detente_store_types::{
-    CheckpointRow, DeliveredRange, GlossaryRow, MessageRow, MissRow, OutboxRow, Placement,
-    ReceiptLevel, ReceiptRow, WitnessRow, WriteBatch,
+    CheckpointRow, DeliveredRange, Direction, GlossaryRow, MessageRow, MissRow, OutboxRow,
+    Placement, ReceiptRow, WitnessRow, WriteBatch,
 };
 
 use crate::checkpoints::CHECKPOINTS_KEPT_MAX;
-use crate::deadlines::recovered_start;
+use crate::deadlines::Group;
 use crate::peer::{Held, OutEntry, Peer};
 use crate::{bugs, Config, Core, PlantedBug};
 
@@ -137,7 +137,7 @@ impl Core {
         self.recover_outbox(index, snapshot);
         self.recover_checkpoints(index, snapshot);
         self.recover_charter(index, &out, &inb);
-        self.recover_deadlines(index, snapshot, &out, &inb);
+        self.recover_deadlines(index, snapshot);
         Ok(())
     }
 
@@ -215,53 +215,28 @@ impl Core {
         }
     }
 
-    fn recover_deadlines(
-        &mut self,
-        index: usize,
-        snapshot: &Snapshot,
-        out: &[Parsed],
-        inb: &[Parsed],
-    ) {
+    /// Nothing is watched after a restart: every group with texts or notifications is read
+    /// back from the store, nearest due first (see the deadlines module).
+    fn recover_deadlines(&mut self, index: usize, snapshot: &Snapshot) {
         let p = &self.peers[index];
-        let delivered = delivered_set(snapshot, &p.name);
-        let mut decided: HashMap<[u8; 32], Vec<Need>> = HashMap::new();
-        for m in &snapshot.misses {
-            if let Some(need) = Need::from_code(m.level) {
-                decided.entry(m.id).or_default().push(need);
-            }
-        }
-        for r in &snapshot.receipts {
-            if matches!(r.level, ReceiptLevel::Acknowledged | ReceiptLevel::Declined) {
-                decided.entry(r.of).or_default().push(Need::Answered);
-            }
-        }
-        let deadlines = *p.deadlines(&self.deadlines);
-        let held: Vec<&Held> = p.held.values().collect();
-        let held_rows: Vec<&MessageRow> = snapshot
+        let mut groups = BTreeSet::new();
+        for m in snapshot
             .messages
             .iter()
-            .filter(|m| held.iter().any(|h| h.id.0 == m.id))
-            .collect();
-        let mut todo = Vec::new();
-        for (list, side) in [(out, Side::Sender), (inb, Side::Receiver)] {
-            for m in list {
-                todo.push((m.row, m.kind(), m.precedence(), side));
+            .filter(|m| m.channel == p.channel.0)
+        {
+            if !detente_proto::deadline::bears_deadline(m.kind) {
+                continue;
             }
+            let side = match m.direction {
+                Direction::Out => Side::Sender,
+                Direction::In => Side::Receiver,
+            };
+            let precedence = Precedence::from_u8(m.precedence).unwrap_or(Precedence::Routine);
+            groups.insert(Group::new(&p.name, side, precedence));
         }
-        for row in held_rows {
-            let precedence = Precedence::from_u8(row.precedence).unwrap_or(Precedence::Routine);
-            todo.push((row, row.kind, precedence, Side::Receiver));
-        }
-        let name = p.name.clone();
-        for (row, kind, precedence, side) in todo {
-            let mut done = decided.get(&row.id).cloned().unwrap_or_default();
-            if side == Side::Sender && delivered.contains(&row.seq) {
-                done.push(Need::Delivered);
-            }
-            let start = recovered_start(row.stored_at_ms, self.wall_ms, self.now);
-            let id = MessageId(row.id);
-            self.tracker
-                .start(&name, id, kind, side, precedence, &deadlines, start, &done);
+        for group in groups {
+            self.tracker.spill_all(group, self.now);
         }
     }
 }

@@ -43,6 +43,7 @@ fn config(i: usize, seeds: [[u8; 32]; 2], names: [&str; 2]) -> Config {
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_every: 0,
         random_seed: [i as u8; 32],
+        deadlines_watched_max: detente_core::DEADLINES_WATCHED_DEFAULT,
         profile: detente_core::Profile::default(),
         bug: None,
     }

@@ -521,7 +521,15 @@ fn watched_max(shared: &Shared) -> usize {
         .config
         .read()
         .ok()
-        .and_then(|c| c.deadlines.watched_max)
+        .map_or(TRACKED_MAX, |c| watched_max_of(&c))
+}
+
+/// `deadlines.watched_max` of `config`, or [`TRACKED_MAX`], within 1..=[`WATCHED_MAX_CEILING`]
+/// (the core engine takes the same limit).
+pub fn watched_max_of(config: &crate::config::NodeConfig) -> usize {
+    config
+        .deadlines
+        .watched_max
         .map_or(TRACKED_MAX, |n| {
             usize::try_from(n).unwrap_or(WATCHED_MAX_CEILING)
         })

@@ -9,6 +9,9 @@
 //! - `poll_commit` → [`Store::commit`] on a future the loop polls; its result goes back as
 //!   `Committed` / `CommitFailed`. One batch is in flight at a time, and everything that
 //!   arrived meanwhile is staged in the core and forms the next batch (group commit).
+//! - `poll_query` → a deadline query ([`Store::deadline_due`], [`Store::deadline_state`])
+//!   in the same slot, before the next commit; its rows go back as `DeadlineRows` (the
+//!   core reads the deadlines beyond its memory from the store this way).
 //! - `poll_transmit` → the session's writer channel (bounded; a session whose peer stops
 //!   reading is closed rather than let it stall the core).
 //! - `poll_event` → the reply waiting for a ticket, a dial through the [`Dialer`], a session
@@ -35,7 +38,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use detente_core::{Answer, BatchId, Command, CommandError, Core, Event, Input, SessionId, Ticket};
+use detente_core::{
+    Answer, BatchId, Command, CommandError, Core, DeadlineQuery, Event, Input, SessionId, Ticket,
+};
 use detente_proto::frame::FRAME_BYTES_MAX;
 use detente_proto::Frame;
 use detente_store::{Store, StoreError};
@@ -156,7 +161,17 @@ fn wall_ms() -> i64 {
     crate::now_ms() as i64
 }
 
-type CommitFuture = Pin<Box<dyn Future<Output = (BatchId, Result<(), StoreError>)> + Send>>;
+/// What the store slot finished: a commit, or a deadline query (the core asks one only
+/// while no batch is in flight, and seals none until it is answered).
+enum Done {
+    Commit(BatchId, Result<(), StoreError>),
+    Query(
+        u64,
+        Result<Vec<detente_store::DeadlineCandidate>, StoreError>,
+    ),
+}
+
+type CommitFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 /// Builds a fresh core from what the store holds now (see the module documentation).
 pub type Reload =
@@ -279,12 +294,19 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 done = next_commit(&mut self.commit), if self.commit.is_some() => {
                     self.commit = None;
                     match done {
-                        (batch, Ok(())) => {
+                        Done::Commit(batch, Ok(())) => {
                             self.failures = 0;
                             self.last_failure = None;
                             self.handle(Input::Committed { batch });
                         }
-                        (batch, Err(e)) => self.on_commit_failed(batch, e).await,
+                        Done::Commit(batch, Err(e)) => self.on_commit_failed(batch, e).await,
+                        Done::Query(query, rows) => {
+                            if let Err(e) = &rows {
+                                tracing::warn!("deadline query failed: {e}");
+                            }
+                            let rows = rows.map_err(|e| e.to_string());
+                            self.handle(Input::DeadlineRows { query, rows });
+                        }
                     }
                 }
                 input = self.rx.recv() => {
@@ -313,8 +335,7 @@ impl<S: Store, D: Dialer> Driver<S, D> {
         }
         // Shutting down: a commit in flight is finished, so its answers are not lost.
         if let Some(f) = self.commit.take() {
-            let (batch, result) = f.await;
-            if result.is_ok() {
+            if let Done::Commit(batch, Ok(())) = f.await {
                 self.handle(Input::Committed { batch });
                 self.drain();
             }
@@ -454,6 +475,23 @@ impl<S: Store, D: Dialer> Driver<S, D> {
         loop {
             let mut moved = false;
             if self.commit.is_none() {
+                if let Some((query, asked)) = self.core.poll_query() {
+                    let store = self.store.clone();
+                    self.commit = Some(Box::pin(async move {
+                        let rows = match asked {
+                            DeadlineQuery::Due {
+                                group,
+                                after,
+                                limit,
+                            } => store.deadline_due(&group, after, limit).await,
+                            DeadlineQuery::State { ids } => store.deadline_state(ids).await,
+                        };
+                        Done::Query(query, rows)
+                    }));
+                    moved = true;
+                }
+            }
+            if self.commit.is_none() {
                 if let Some((batch, mut rows)) = self.core.poll_commit() {
                     let store = self.store.clone();
                     let checkpoints = !rows.checkpoints.is_empty();
@@ -478,7 +516,7 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                             match store.message_at(channel, sender, seq).await {
                                 Ok(Some(row)) => rows.evidence[i].first = row.bytes,
                                 Ok(None) => {}
-                                Err(e) => return (batch, Err(e)),
+                                Err(e) => return Done::Commit(batch, Err(e)),
                             }
                         }
                         let result = store.commit(rows).await;
@@ -490,7 +528,7 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                             // Durable, and nobody answered yet.
                             crate::writer::failpoint("send-batch-after-commit");
                         }
-                        (batch, result)
+                        Done::Commit(batch, result)
                     }));
                     moved = true;
                 }
@@ -570,7 +608,7 @@ async fn stopped(shutdown: &mut Option<tokio::sync::watch::Receiver<bool>>) {
 }
 
 /// The commit in flight, when it finishes.
-async fn next_commit(slot: &mut Option<CommitFuture>) -> (BatchId, Result<(), StoreError>) {
+async fn next_commit(slot: &mut Option<CommitFuture>) -> Done {
     match slot.as_mut() {
         Some(f) => f.await,
         None => std::future::pending().await,

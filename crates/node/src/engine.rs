@@ -301,6 +301,7 @@ pub fn core_config(
         checkpoint_interval,
         checkpoint_every: policy.every,
         random_seed: rand::random(),
+        deadlines_watched_max: crate::deadlines::watched_max_of(config),
         profile: detente_core::Profile {
             party: terms.member.party,
             addresses: terms.member.addresses,
@@ -330,6 +331,7 @@ pub async fn start_core(
     store: Arc<NodeStore>,
     secret: Arc<PartySecret>,
     table: Arc<PeerTable>,
+    metrics: Arc<crate::events::Metrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<CoreStarted, CoreStartError> {
     let (core, tampered) = recover(&config, &store, secret.public(), &table).await?;
@@ -350,7 +352,11 @@ pub async fn start_core(
         secret,
         table: table.clone(),
     };
-    let observer: driver::Observer = Box::new(move |core: &Core| publish_links(core, &table));
+    let observer: driver::Observer = Box::new(move |core: &Core| {
+        publish_links(core, &table);
+        let (watched, peak) = core.deadlines_watched();
+        metrics.set_deadlines_watched(watched, peak);
+    });
     let options = driver::DriverOptions {
         observer: Some(observer),
         shutdown: Some(shutdown),

@@ -264,6 +264,7 @@ impl Node {
                     store.clone(),
                     secret.clone(),
                     table.clone(),
+                    events.metrics().clone(),
                     shutdown_rx.clone(),
                 )
                 .await?;

@@ -3,8 +3,8 @@
 //!
 //! Both streams of every channel are read whole (the core holds them in memory), in pages;
 //! held envelopes, the undelivered outbox, checkpoints, witness state and glossary keys per
-//! channel; open deadlines from the store's deadline candidates (the newest
-//! [`DEADLINE_CANDIDATES_MAX`], as the deadline watch tracks them).
+//! channel. Open deadlines are not loaded: the core reads them back from the store itself,
+//! nearest due first, as many as it watches (`detente_core::DeadlineQuery`).
 //!
 //! **Nothing unverified is trusted**. The last envelope of every stream and every held
 //! envelope must verify under its sender's key. Below the head, a stream is checked by its
@@ -23,17 +23,12 @@
 use detente_core::{Snapshot, GLOSSARY_TERMS_MAX};
 use detente_proto::envelope::{message_id, parse_unverified_from};
 use detente_proto::{ChannelId, PartyKey, Precedence, VerifiedEnvelope};
-use detente_store::{
-    DeliveredRange, Direction, MessageRow, MissRow, OutboxRow, Placement, ReceiptLevel, ReceiptRow,
-    Store, StoreError,
-};
+use detente_store::{Direction, MessageRow, OutboxRow, Placement, Store, StoreError};
 
 /// Envelopes read per query when loading a stream.
 pub const STREAM_PAGE_ENVELOPES: u32 = 4096;
 /// Outbox rows read per query.
 pub const OUTBOX_PAGE_ROWS: u32 = 4096;
-/// Messages whose deadlines are recovered, at most (the newest; as the deadline watch).
-pub const DEADLINE_CANDIDATES_MAX: u32 = crate::deadlines::TRACKED_MAX as u32;
 
 /// What [`load`] read: the snapshot, and the stored rows that fail verification.
 #[derive(Debug)]
@@ -89,7 +84,6 @@ pub async fn load(
     for peer in peers {
         load_peer(store, me, peer, &mut loaded).await?;
     }
-    load_deadlines(store, peers, &mut loaded.snapshot).await?;
     Ok(loaded)
 }
 
@@ -292,59 +286,6 @@ async fn load_outbox(
             if !full {
                 break;
             }
-        }
-    }
-    Ok(())
-}
-
-/// Open deadlines: the store's candidates carry the times the deadlines count from and the
-/// levels already missed; a text or notification that is no candidate was answered
-/// (ACKNOWLEDGED or DECLINED), which is all the core needs to know of its receipts.
-async fn load_deadlines(
-    store: &impl Store,
-    peers: &[PeerKey],
-    snapshot: &mut Snapshot,
-) -> Result<(), LoadError> {
-    let candidates = store.deadline_candidates(DEADLINE_CANDIDATES_MAX).await?;
-    let mut open = std::collections::HashMap::new();
-    for c in candidates {
-        if peers.iter().any(|p| p.name == c.peer) {
-            open.insert(c.id, c);
-        }
-    }
-    for row in snapshot
-        .messages
-        .iter_mut()
-        .filter(|m| m.kind == 0 || m.kind == 4)
-    {
-        let Some(c) = open.get(&row.id) else {
-            snapshot.receipts.push(ReceiptRow {
-                of: row.id,
-                level: ReceiptLevel::Acknowledged,
-                at_ms: 0,
-                receipt_id: [0; 32],
-                note: None,
-            });
-            continue;
-        };
-        row.stored_at_ms = c.stored_at_ms;
-        for &level in &c.missed {
-            snapshot.misses.push(MissRow {
-                id: c.id,
-                level,
-                due_at_ms: 0,
-                missed_at_ms: 0,
-            });
-        }
-        if row.direction == Direction::Out
-            && store.receipt_times(row.id).await?.delivered_ms.is_some()
-        {
-            snapshot.delivered.push(DeliveredRange {
-                peer: row.peer.clone(),
-                from: row.seq,
-                to: row.seq,
-                at_ms: 0,
-            });
         }
     }
     Ok(())

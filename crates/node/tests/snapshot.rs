@@ -57,6 +57,10 @@ impl Pair {
     async fn drain(&mut self, side: usize) {
         for _ in 0..1_000 {
             let mut moved = false;
+            // As the driver does: deadline queries before the next commit.
+            let now = self.base + Duration::from_millis(self.now_ms);
+            let wall = WALL_MS + self.now_ms as i64;
+            moved |= answer_queries(&mut self.cores[side], &self.stores[side], now, wall).await;
             if let Some((batch, rows)) = self.cores[side].poll_commit() {
                 self.stores[side].commit(rows).await.expect("commit");
                 self.input(side, Input::Committed { batch });
@@ -149,10 +153,31 @@ async fn reload(pair: &Pair, side: usize) -> Result<Core, LoadError> {
         .await?
         .snapshot;
     let now = pair.base + Duration::from_millis(pair.now_ms);
-    Ok(
-        Core::recover(core_config(side), snap, now, WALL_MS + pair.now_ms as i64)
-            .expect("recovers"),
-    )
+    let wall = WALL_MS + pair.now_ms as i64;
+    let mut core = Core::recover(core_config(side), snap, now, wall).expect("recovers");
+    // Its open deadlines come from the store, as the driver reads them.
+    answer_queries(&mut core, &pair.stores[side], now, wall).await;
+    Ok(core)
+}
+
+/// Answer the core's deadline queries from `store`, as the driver does, until it asks no
+/// more; whether it asked any.
+async fn answer_queries(core: &mut Core, store: &SqliteStore, now: Instant, wall: i64) -> bool {
+    let mut asked_any = false;
+    while let Some((query, asked)) = core.poll_query() {
+        asked_any = true;
+        let rows = match asked {
+            detente_core::DeadlineQuery::Due {
+                group,
+                after,
+                limit,
+            } => store.deadline_due(&group, after, limit).await,
+            detente_core::DeadlineQuery::State { ids } => store.deadline_state(ids).await,
+        };
+        let rows = rows.map_err(|e| e.to_string());
+        core.handle(now, wall, Input::DeadlineRows { query, rows });
+    }
+    asked_any
 }
 
 /// The batch a core stages for one more text, as the live core and a reloaded one would.
@@ -397,6 +422,7 @@ async fn a_tampered_row_is_named_and_its_stream_goes_on() {
         let wall = WALL_MS + pair.now_ms as i64;
         let mut core = Core::recover(core_config(0), loaded.snapshot, now, wall)
             .expect("the stream goes on past the altered row");
+        answer_queries(&mut core, &pair.stores[0], now, wall).await;
         match checkpoint_now(&mut core, now) {
             Err(CommandError::Invalid(why)) => assert!(why.contains("damaged"), "{why}"),
             other => panic!("a checkpoint over a damaged record: {other:?}"),

@@ -1050,7 +1050,17 @@ fn check_deadlines_decided(w: &mut World, x: usize) {
                 .copied()
                 .unwrap_or(0);
             if n != 1 {
-                missing = Some((m.seq, need, n, m.peer.clone()));
+                missing = Some((
+                    m.seq,
+                    need,
+                    n,
+                    format!(
+                        "{} ({:?}, {})",
+                        m.peer,
+                        m.direction,
+                        crate::store::hex(&m.id)
+                    ),
+                ));
             }
         }
     }

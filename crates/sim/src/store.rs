@@ -5,11 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use detente_core::Snapshot;
+use detente_core::{DeadlineQuery, Snapshot};
 use detente_proto::merkle::{self, Hash, MemoryTree};
 use detente_store_types::{
-    CheckpointRow, DeliveredRange, Direction, EvidenceRow, GlossaryRow, MessageRow, MissRow,
-    OutboxRow, Placement, ReceiptRow, WitnessRow, WriteBatch,
+    CheckpointRow, DeadlineCandidate, DeliveredRange, Direction, EvidenceRow, GlossaryRow,
+    MessageRow, MissRow, OutboxRow, Placement, ReceiptRow, WitnessRow, WriteBatch,
 };
 
 pub type Stream = ([u8; 32], [u8; 32]);
@@ -196,6 +196,67 @@ impl StoreModel {
             .map(|(_, o)| o)
             .filter(|o| o.is_receipt || !self.delivered_set.contains(&(peer.to_string(), o.seq)))
             .collect()
+    }
+
+    /// What the node's store answers to a deadline query (`Store::deadline_due` and
+    /// `Store::deadline_state`): texts and notifications with no ACKNOWLEDGED or DECLINED
+    /// receipt, with the levels recorded missed and whether ours was delivered.
+    pub fn deadline_rows(&self, query: &DeadlineQuery) -> Vec<DeadlineCandidate> {
+        let pending = |m: &&MessageRow| {
+            (m.kind == 0 || m.kind == 4)
+                && !self.receipts.contains_key(&(m.id, 2))
+                && !self.receipts.contains_key(&(m.id, 3))
+        };
+        let start = |m: &MessageRow| match m.direction {
+            Direction::Out => m.created_at_ms,
+            Direction::In => m.stored_at_ms,
+        };
+        let candidate = |m: &MessageRow| DeadlineCandidate {
+            id: m.id,
+            peer: m.peer.clone(),
+            seq: m.seq,
+            direction: m.direction,
+            precedence: m.precedence,
+            kind: m.kind,
+            created_at_ms: m.created_at_ms,
+            stored_at_ms: m.stored_at_ms,
+            missed: [0u8, 2]
+                .into_iter()
+                .filter(|l| self.misses.contains_key(&(m.id, *l)))
+                .collect(),
+            delivered: m.direction == Direction::Out
+                && self.delivered_set.contains(&(m.peer.clone(), m.seq)),
+        };
+        match query {
+            DeadlineQuery::Due {
+                group,
+                after,
+                limit,
+            } => {
+                let mut rows: Vec<&MessageRow> = self
+                    .messages
+                    .values()
+                    .filter(pending)
+                    .filter(|m| {
+                        m.peer == group.peer
+                            && m.direction == group.direction
+                            && m.precedence == group.precedence
+                            && after.is_none_or(|a| (start(m), m.id) > a)
+                    })
+                    .collect();
+                rows.sort_by_key(|m| (start(m), m.id));
+                rows.into_iter()
+                    .take(*limit as usize)
+                    .map(candidate)
+                    .collect()
+            }
+            DeadlineQuery::State { ids } => ids
+                .iter()
+                .filter_map(|id| self.messages.get(id))
+                .filter(pending)
+                .map(candidate)
+                .collect(),
+        }
     }
 
     /// Messages of `direction` with a peer.

@@ -89,6 +89,13 @@ enum Ev {
         batch: u64,
         ok: bool,
     },
+    /// The store model's answer to a deadline query.
+    QueryDone {
+        node: usize,
+        generation: u64,
+        query: u64,
+        rows: Result<Vec<detente_store_types::DeadlineCandidate>, String>,
+    },
     Timer {
         node: usize,
         generation: u64,
@@ -210,6 +217,13 @@ impl World {
                         rng.gen_range(5..50)
                     },
                     random_seed: rng.gen(),
+                    // Half the nodes watch a few messages' deadlines in memory, so that
+                    // the rest are read back from the store.
+                    deadlines_watched_max: if rng.gen_bool(0.5) {
+                        rng.gen_range(1..8)
+                    } else {
+                        detente_core::DEADLINES_WATCHED_DEFAULT
+                    },
                     profile: Profile::default(),
                     bug,
                 };
@@ -406,6 +420,16 @@ impl World {
                 batch,
                 ok,
             } => self.commit_done(node, generation, batch, ok),
+            Ev::QueryDone {
+                node,
+                generation,
+                query,
+                rows,
+            } => {
+                if self.nodes[node].generation == generation {
+                    self.input(node, Input::DeadlineRows { query, rows });
+                }
+            }
             Ev::Timer {
                 node,
                 generation,
@@ -540,6 +564,12 @@ impl World {
             let Some(core) = self.nodes[node].core.as_mut() else {
                 return;
             };
+            // As the node's driver does: a deadline query goes before the next batch.
+            if let Some((query, asked)) = core.poll_query() {
+                self.query(node, query, asked);
+                continue;
+            }
+            let core = self.nodes[node].core.as_mut().expect("present");
             if let Some((batch, rows)) = core.poll_commit() {
                 self.submit(node, batch, rows);
                 continue;
@@ -610,6 +640,42 @@ impl World {
         );
     }
 
+    /// Answer a deadline query from the store model (which no commit changes meanwhile: the
+    /// core seals nothing until the answer came), after a delay; it may fail like a commit.
+    fn query(&mut self, node: usize, query: u64, asked: detente_core::DeadlineQuery) {
+        self.count("deadline_queries");
+        self.note(|| match &asked {
+            detente_core::DeadlineQuery::Due { group, after, limit } => format!(
+                "n{node} asks deadline query {query}: {} {:?} precedence {} after {:?} limit {limit}",
+                group.peer,
+                group.direction,
+                group.precedence,
+                after.map(|(ms, id)| (ms, crate::store::hex(&id)))
+            ),
+            detente_core::DeadlineQuery::State { ids } => {
+                format!("n{node} asks deadline query {query}: state of {} messages", ids.len())
+            }
+        });
+        let fail = self.faults.commit_fail && !self.healing && self.rng.gen_bool(0.05);
+        let rows = if fail {
+            self.count("deadline_query_failures");
+            Err("I/O error (simulated)".to_string())
+        } else {
+            Ok(self.nodes[node].store.deadline_rows(&asked))
+        };
+        let latency = self.rng.gen_range(1..10);
+        let generation = self.nodes[node].generation;
+        self.at(
+            latency,
+            Ev::QueryDone {
+                node,
+                generation,
+                query,
+                rows,
+            },
+        );
+    }
+
     fn commit_done(&mut self, node: usize, generation: u64, batch: u64, ok: bool) {
         let rows = self.checker.pending.remove(&(node, batch));
         if self.nodes[node].generation != generation {
@@ -661,6 +727,16 @@ impl World {
     }
 
     fn on_event(&mut self, node: usize, event: Event) {
+        if let Event::Deadline {
+            peer,
+            id,
+            need,
+            decision,
+        } = &event
+        {
+            let id = crate::store::hex(&id.0);
+            self.note(|| format!("n{node} decides {need:?} of {id} with {peer}: {decision:?}"));
+        }
         crate::check::on_event(self, node, &event);
         match event {
             Event::Dial { peer, address } => self.dial(node, &peer, address),
@@ -1150,6 +1226,21 @@ fn describe_input(input: &Input) -> String {
             format!("{} frames together: {}", frames.len(), each.join("; "))
         }
         Input::Operator { ticket, command } => format!("operator #{ticket} {}", short(command)),
+        Input::DeadlineRows { query, rows } => match rows {
+            Ok(rows) => {
+                let each: Vec<String> = rows
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{:?} {} seq {} missed {:?}",
+                            r.direction, r.peer, r.seq, r.missed
+                        )
+                    })
+                    .collect();
+                format!("deadline rows of query {query}: [{}]", each.join(", "))
+            }
+            Err(e) => format!("deadline query {query} failed: {e}"),
+        },
         other => format!("{other:?}"),
     }
 }

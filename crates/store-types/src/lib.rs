@@ -334,6 +334,9 @@ pub struct MissRow {
     pub missed_at_ms: i64,
 }
 
+/// Ids asked about in one `Store::deadline_state` call at most.
+pub const DEADLINE_STATE_IDS_MAX: usize = 512;
+
 /// A message that may still owe a receipt by a deadline: text or notification with no
 /// acknowledged or declined receipt (whether or not a deadline was already recorded missed:
 /// an overdue message stays watched until its answer comes).
@@ -349,6 +352,8 @@ pub struct DeadlineCandidate {
     pub stored_at_ms: i64,
     /// Deadline levels already recorded missed.
     pub missed: Vec<u8>,
+    /// For ours: the peer's DELIVERED receipt for it is stored.
+    pub delivered: bool,
 }
 
 /// One deadline group: the pending messages of one `peer`, `direction` and `precedence`

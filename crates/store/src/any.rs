@@ -293,6 +293,10 @@ impl Store for AnyStore {
         forward!(self, s => s.deadline_due(group, after, limit).await)
     }
 
+    async fn deadline_state(&self, ids: Vec<Hash32>) -> Result<Vec<DeadlineCandidate>> {
+        forward!(self, s => s.deadline_state(ids).await)
+    }
+
     async fn deadline_counts(&self) -> Result<Vec<DeadlineCounts>> {
         forward!(self, s => s.deadline_counts().await)
     }

@@ -289,6 +289,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<DeadlineCandidate>>> + Send;
 
+    /// Those of `ids` that are pending (as in [`Store::deadline_candidates`]), in no
+    /// particular order; an id not returned is answered, not a text or notification, or
+    /// not stored. At most [`DEADLINE_STATE_IDS_MAX`] ids per call.
+    fn deadline_state(
+        &self,
+        ids: Vec<Hash32>,
+    ) -> impl Future<Output = Result<Vec<DeadlineCandidate>>> + Send;
+
     /// Per peer, the deadline figures of `status` ([`DeadlineCounts`]), counted in one query
     /// (read on start: the watch keeps them in step with events after that).
     fn deadline_counts(&self) -> impl Future<Output = Result<Vec<DeadlineCounts>>> + Send;

@@ -32,7 +32,7 @@ use crate::{
     DeliveredRange, Direction, DueGroup, EvidenceRow, GlossaryRow, Hash32, IdempotencyRow,
     InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow,
     ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow, WitnessRow, WriteBatch,
-    IDEMPOTENCY_PRUNE_ROWS_MAX, TREE_LEVEL_STORED_MIN,
+    DEADLINE_STATE_IDS_MAX, IDEMPOTENCY_PRUNE_ROWS_MAX, TREE_LEVEL_STORED_MIN,
 };
 
 /// Read connections: as for SQLite, enough for concurrent API requests.
@@ -673,7 +673,7 @@ impl Store for PgStore {
     async fn deadline_candidates(&self, limit: u32) -> Result<Vec<DeadlineCandidate>> {
         let rows = sqlx::query(
             r#"SELECT m.id, m.peer, m.seq, m.direction, m.precedence, m.kind, m.created_at_ms,
-                      m.stored_at_ms,
+                      m.stored_at_ms, m.delivered_at_ms IS NOT NULL AS delivered,
                       (SELECT string_agg(d.level::text, ',' ORDER BY d.level)
                          FROM deadline_misses d WHERE d.id = m.id) AS missed
                FROM messages m
@@ -712,6 +712,31 @@ impl Store for PgStore {
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(decode_candidate).collect()
+    }
+
+    async fn deadline_state(&self, ids: Vec<Hash32>) -> Result<Vec<DeadlineCandidate>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(DEADLINE_STATE_IDS_MAX) {
+            let ids: Vec<&[u8]> = chunk.iter().map(|id| id.as_slice()).collect();
+            let rows = sqlx::query(
+                r#"SELECT m.id, m.peer, m.seq, m.direction, m.precedence, m.kind,
+                          m.created_at_ms, m.stored_at_ms,
+                          m.delivered_at_ms IS NOT NULL AS delivered,
+                          (SELECT string_agg(d.level::text, ',' ORDER BY d.level)
+                             FROM deadline_misses d WHERE d.id = m.id) AS missed
+                   FROM messages m
+                   WHERE m.id = ANY($1) AND m.kind IN (0, 4)
+                     AND NOT EXISTS (SELECT 1 FROM receipts r
+                                     WHERE r."of" = m.id AND r.level IN (2, 3))"#,
+            )
+            .bind(ids)
+            .fetch_all(&self.reader)
+            .await?;
+            for row in &rows {
+                out.push(decode_candidate(row)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn deadline_counts(&self) -> Result<Vec<DeadlineCounts>> {
@@ -982,7 +1007,7 @@ macro_rules! due_sql {
     ($direction:literal, $start:literal) => {
         concat!(
             "SELECT m.id, m.peer, m.seq, m.direction, m.precedence, m.kind, m.created_at_ms, \
-                    m.stored_at_ms, \
+                    m.stored_at_ms, m.delivered_at_ms IS NOT NULL AS delivered, \
                     (SELECT string_agg(d.level::text, ',' ORDER BY d.level) \
                        FROM deadline_misses d WHERE d.id = m.id) AS missed \
              FROM messages m \
@@ -1013,6 +1038,7 @@ fn decode_candidate(row: &PgRow) -> Result<DeadlineCandidate> {
         kind: small(row, T, "kind")?,
         created_at_ms: get(row, T, "created_at_ms")?,
         stored_at_ms: get(row, T, "stored_at_ms")?,
+        delivered: get(row, T, "delivered")?,
         missed: missed
             .unwrap_or_default()
             .split(',')

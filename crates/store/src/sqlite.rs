@@ -35,7 +35,7 @@ use crate::{
     DeliveredRange, Direction, DueGroup, EvidenceRow, GlossaryRow, Hash32, IdempotencyRow,
     InboxQuery, MessageRow, MissRow, OutboxCounts, OutboxRow, ReceiptLevel, ReceiptRow,
     ReceiptTimes, Result, Store, StoreError, StreamRow, TreeNodeRow, WitnessRow, WriteBatch,
-    IDEMPOTENCY_PRUNE_ROWS_MAX, TREE_LEVEL_STORED_MIN,
+    DEADLINE_STATE_IDS_MAX, IDEMPOTENCY_PRUNE_ROWS_MAX, TREE_LEVEL_STORED_MIN,
 };
 
 /// How long a connection waits for a lock held by another process (a backup tool, the
@@ -558,7 +558,7 @@ impl Store for SqliteStore {
     async fn deadline_candidates(&self, limit: u32) -> Result<Vec<DeadlineCandidate>> {
         let rows = sqlx::query(
             r#"SELECT m.id, m.peer, m.seq, m.direction, m.precedence, m.kind, m.created_at_ms,
-                      m.stored_at_ms,
+                      m.stored_at_ms, m.delivered_at_ms IS NOT NULL AS delivered,
                       (SELECT group_concat(d.level) FROM deadline_misses d WHERE d.id = m.id)
                           AS missed
                FROM messages m
@@ -597,6 +597,33 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(decode_candidate).collect()
+    }
+
+    async fn deadline_state(&self, ids: Vec<Hash32>) -> Result<Vec<DeadlineCandidate>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(DEADLINE_STATE_IDS_MAX) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                r#"SELECT m.id, m.peer, m.seq, m.direction, m.precedence, m.kind,
+                          m.created_at_ms, m.stored_at_ms,
+                          m.delivered_at_ms IS NOT NULL AS delivered,
+                          (SELECT group_concat(d.level) FROM deadline_misses d WHERE d.id = m.id)
+                              AS missed
+                   FROM messages m
+                   WHERE m.id IN ({marks}) AND m.kind IN (0, 4)
+                     AND NOT EXISTS (SELECT 1 FROM receipts r
+                                     WHERE r."of" = m.id AND r.level IN (2, 3))"#
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.as_slice());
+            }
+            let rows = query.fetch_all(&self.reader).await?;
+            for row in &rows {
+                out.push(decode_candidate(row)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn deadline_counts(&self) -> Result<Vec<DeadlineCounts>> {
@@ -1402,7 +1429,7 @@ macro_rules! due_sql {
     ($direction:literal, $start:literal) => {
         concat!(
             "SELECT m.id, m.peer, m.seq, m.direction, m.precedence, m.kind, m.created_at_ms, \
-                    m.stored_at_ms, \
+                    m.stored_at_ms, m.delivered_at_ms IS NOT NULL AS delivered, \
                     (SELECT group_concat(d.level) FROM deadline_misses d WHERE d.id = m.id) \
                         AS missed \
              FROM messages m \
@@ -1432,6 +1459,7 @@ fn decode_candidate(row: &SqliteRow) -> Result<DeadlineCandidate> {
         kind: u8::try_from(get::<_, i64>(row, "messages", "kind")?).unwrap_or(u8::MAX),
         created_at_ms: get(row, "messages", "created_at_ms")?,
         stored_at_ms: get(row, "messages", "stored_at_ms")?,
+        delivered: get(row, "messages", "delivered")?,
         missed: missed
             .unwrap_or_default()
             .split(',')

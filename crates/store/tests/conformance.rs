@@ -1525,6 +1525,28 @@ async fn deadline_groups_read_in_due_order_from_a_cursor(db: Db) {
     };
     assert_eq!(s.deadline_due(&flash, None, 100).await.unwrap().len(), 1);
 
+    // The state of given messages: the pending ones, with what was missed; not the
+    // answered one, nor an id never stored.
+    let asked = vec![ours[1].id, answered.id, other_peer.id, [0xee; 32]];
+    let mut state = s.deadline_state(asked).await.unwrap();
+    state.sort_by_key(|c| c.id);
+    let mut want_state = vec![ours[1].id, other_peer.id];
+    want_state.sort();
+    assert_eq!(state.iter().map(|c| c.id).collect::<Vec<_>>(), want_state);
+    let ours_1 = state.iter().find(|c| c.id == ours[1].id).unwrap();
+    assert_eq!(ours_1.missed, vec![2]);
+    assert!(!ours_1.delivered);
+    // More ids than one statement takes are asked in parts.
+    let many: Vec<Hash32> = (0..1_200u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id
+        })
+        .chain([ours[0].id])
+        .collect();
+    assert_eq!(s.deadline_state(many).await.unwrap().len(), 1);
+
     let counts = s.deadline_counts().await.unwrap();
     assert_eq!(
         counts,
@@ -1541,6 +1563,18 @@ async fn deadline_groups_read_in_due_order_from_a_cursor(db: Db) {
             },
         ]
     );
+    // Once the peer's DELIVERED receipt for it is stored, the candidate says so.
+    s.commit(WriteBatch {
+        delivered: vec![delivered("alice", ours[1].seq, ours[1].seq, 3_000)],
+        ..WriteBatch::default()
+    })
+    .await
+    .expect("commit");
+    let state = s.deadline_state(vec![ours[1].id]).await.unwrap();
+    assert!(state[0].delivered);
+    let due = s.deadline_due(&group, None, 1).await.unwrap();
+    assert_eq!(due[0].id, ours[1].id);
+    assert!(due[0].delivered);
 }
 
 async fn glossary_terms_are_kept_per_peer_and_replaced_per_term(db: Db) {

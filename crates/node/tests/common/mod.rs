@@ -78,6 +78,7 @@ pub fn core_config(i: usize) -> Config {
         checkpoint_interval: Duration::from_secs(3600),
         checkpoint_every: 0,
         random_seed: [i as u8; 32],
+        deadlines_watched_max: detente_core::DEADLINES_WATCHED_DEFAULT,
         profile: detente_core::Profile::default(),
         bug: None,
     }

@@ -152,6 +152,9 @@ pub(crate) struct Peer {
     pub confirmed: u64,
     pub out_index: Index,
     pub in_index: Index,
+    /// Our FLASH texts and notifications the peer has not yet said DELIVERED for, by seq
+    /// (what a DELIVERED range meets, found without a walk over every message).
+    pub flash_undelivered: BTreeMap<u64, MessageId>,
     /// The largest tree of each stream (by sender key) this node signed in a checkpoint.
     pub witness: BTreeMap<[u8; 32], (u64, Hash)>,
     pub checkpoints: Vec<SignedCheckpoint>,
@@ -200,6 +203,7 @@ impl Peer {
             confirmed: 0,
             out_index: BTreeMap::new(),
             in_index: BTreeMap::new(),
+            flash_undelivered: BTreeMap::new(),
             witness: BTreeMap::new(),
             checkpoints: Vec::new(),
             link: LinkSupervisor::new(link, config.addresses, now),
@@ -396,6 +400,9 @@ impl Core {
             },
         );
         p.out_index.insert(id, (seq, kind, precedence));
+        if precedence == Precedence::Flash && detente_proto::deadline::bears_deadline(kind) {
+            p.flash_undelivered.insert(seq, id);
+        }
         let (channel, peer_name) = (p.channel, p.name.clone());
         p.out
             .append(batch, channel, &self.me, id, verified.bytes().to_vec());

@@ -286,17 +286,20 @@ impl Core {
                         at_ms,
                     });
                     let seqs: Vec<u64> = p.outbox.range(from..=to).map(|(&s, _)| s).collect();
-                    let mut met = Vec::new();
+                    let mut met: Vec<MessageId> = Vec::new();
                     for seq in seqs {
                         if !p.outbox[&seq].is_receipt {
                             p.outbox.remove(&seq);
                             p.out.bytes.remove(&seq);
                         }
                     }
-                    for (id, &(seq, _, precedence)) in &p.out_index {
-                        if (from..=to).contains(&seq) && precedence == Precedence::Flash {
-                            met.push(*id);
-                        }
+                    let delivered: Vec<u64> = p
+                        .flash_undelivered
+                        .range(from..=to)
+                        .map(|(&s, _)| s)
+                        .collect();
+                    for seq in delivered {
+                        met.extend(p.flash_undelivered.remove(&seq));
                     }
                     let group = Group::new(&peer, Side::Sender, Precedence::Flash);
                     for id in met {

@@ -135,6 +135,21 @@ impl Core {
         p.out_durable = p.out.size();
         p.inb_durable = *p.inb.cursor;
         self.recover_outbox(index, snapshot);
+        // Every FLASH not known delivered (the outbox cannot tell: the peer's Ack prunes it
+        // before its DELIVERED may have come).
+        let p = &mut self.peers[index];
+        let delivered = delivered_set(snapshot, &p.name);
+        for m in &out {
+            let Some(e) = m.envelope.as_ref() else {
+                continue;
+            };
+            if !delivered.contains(&e.seq)
+                && e.precedence == Precedence::Flash
+                && detente_proto::deadline::bears_deadline(e.body.kind())
+            {
+                p.flash_undelivered.insert(e.seq, MessageId(m.row.id));
+            }
+        }
         self.recover_checkpoints(index, snapshot);
         self.recover_charter(index, &out, &inb);
         self.recover_deadlines(index, snapshot);

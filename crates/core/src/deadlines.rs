@@ -575,10 +575,7 @@ impl Core {
         let whole_page = rows.len() >= limit as usize;
         for row in rows.into_iter().take(limit as usize) {
             let id = MessageId(row.id);
-            let start_ms = match row.direction {
-                Direction::Out => row.created_at_ms,
-                Direction::In => row.stored_at_ms,
-            };
+            let start_ms = row.start_ms();
             let key = (start_ms, row.id);
             let ours = row.direction == Direction::Out;
             if row.peer != group.peer || ours != group.out || row.precedence != group.precedence {
@@ -681,10 +678,7 @@ impl Core {
             else {
                 continue;
             };
-            let start_ms = match row.direction {
-                Direction::Out => row.created_at_ms,
-                Direction::In => row.stored_at_ms,
-            };
+            let start_ms = row.start_ms();
             let start = self.tracker.start_of(start_ms, self.now);
             let decision = if at < start + after {
                 Decision::Met

@@ -478,15 +478,7 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 if let Some((query, asked)) = self.core.poll_query() {
                     let store = self.store.clone();
                     self.commit = Some(Box::pin(async move {
-                        let rows = match asked {
-                            DeadlineQuery::Due {
-                                group,
-                                after,
-                                limit,
-                            } => store.deadline_due(&group, after, limit).await,
-                            DeadlineQuery::State { ids } => store.deadline_state(ids).await,
-                        };
-                        Done::Query(query, rows)
+                        Done::Query(query, deadline_rows(&*store, asked).await)
                     }));
                     moved = true;
                 }
@@ -590,6 +582,21 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 let _ = self.events.send(other);
             }
         }
+    }
+}
+
+/// The store's answer to a core's deadline query.
+pub async fn deadline_rows<S: Store>(
+    store: &S,
+    asked: DeadlineQuery,
+) -> Result<Vec<detente_store::DeadlineCandidate>, StoreError> {
+    match asked {
+        DeadlineQuery::Due {
+            group,
+            after,
+            limit,
+        } => store.deadline_due(&group, after, limit).await,
+        DeadlineQuery::State { ids } => store.deadline_state(ids).await,
     }
 }
 

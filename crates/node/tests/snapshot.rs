@@ -166,15 +166,9 @@ async fn answer_queries(core: &mut Core, store: &SqliteStore, now: Instant, wall
     let mut asked_any = false;
     while let Some((query, asked)) = core.poll_query() {
         asked_any = true;
-        let rows = match asked {
-            detente_core::DeadlineQuery::Due {
-                group,
-                after,
-                limit,
-            } => store.deadline_due(&group, after, limit).await,
-            detente_core::DeadlineQuery::State { ids } => store.deadline_state(ids).await,
-        };
-        let rows = rows.map_err(|e| e.to_string());
+        let rows = detente_node::driver::deadline_rows(store, asked)
+            .await
+            .map_err(|e| e.to_string());
         core.handle(now, wall, Input::DeadlineRows { query, rows });
     }
     asked_any

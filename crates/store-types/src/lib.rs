@@ -356,6 +356,17 @@ pub struct DeadlineCandidate {
     pub delivered: bool,
 }
 
+impl DeadlineCandidate {
+    /// When its deadlines count from, as `Store::deadline_due` orders them: `created_at_ms`
+    /// for ours, `stored_at_ms` for received ones.
+    pub fn start_ms(&self) -> i64 {
+        match self.direction {
+            Direction::Out => self.created_at_ms,
+            Direction::In => self.stored_at_ms,
+        }
+    }
+}
+
 /// One deadline group: the pending messages of one `peer`, `direction` and `precedence`
 /// share one deadline per need, so they fall due in start order (`created_at_ms` for ours,
 /// `stored_at_ms` for received ones).

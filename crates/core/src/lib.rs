@@ -54,7 +54,7 @@ pub use detente_proto::Need;
 pub use glossary::{check as check_glossary_term, GLOSSARY_TERMS_MAX, GLOSSARY_TERM_BYTES_MAX};
 pub use linktest::LINK_TEST_TOPIC;
 pub use notification::{check_notification, NotificationError};
-pub use recover::{RecoverError, Snapshot};
+pub use recover::{RecoverError, Snapshot, StoredEnvelope, StoredStream, CHARTERS_KEPT};
 
 use peer::Peer;
 

@@ -72,6 +72,20 @@ impl Stream {
         bytes: Vec<u8>,
     ) {
         let leaf = merkle::leaf_hash(&bytes);
+        self.append_leaf(batch, channel, sender, id, leaf, Some(bytes));
+    }
+
+    /// Append an envelope known by its Merkle leaf (its bytes, when given, are kept as
+    /// `append` keeps them).
+    pub fn append_leaf(
+        &mut self,
+        batch: &mut WriteBatch,
+        channel: ChannelId,
+        sender: &PartyKey,
+        id: MessageId,
+        leaf: Hash,
+        bytes: Option<Vec<u8>>,
+    ) {
         self.tree.push(leaf);
         let mut created = Vec::with_capacity(2);
         self.frontier.0.push(leaf, &mut created);
@@ -85,7 +99,7 @@ impl Stream {
                 hash,
             }));
         self.cursor.0.advance(id);
-        if self.keeps_bytes {
+        if let Some(bytes) = bytes.filter(|_| self.keeps_bytes) {
             self.bytes.insert(self.tree.size(), bytes);
         }
     }

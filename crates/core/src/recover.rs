@@ -1,17 +1,23 @@
 //! Starting from the store alone: [`Snapshot`] is what the committed rows say, and
 //! [`Core::recover`] rebuilds every stream, tree, hold, outbox, witness and open deadline
 //! from it, checking that each stream is gap-free and hash-linked before trusting it.
+//!
+//! A stream arrives as [`StoredEnvelope`]s: each envelope's place, columns, Merkle leaf and
+//! signed `prev`, without its bytes except where the core keeps them (our envelopes still to
+//! send, the latest charters). So what recovery holds follows the index of the transcript
+//! (about 140 bytes an envelope), not its bytes, and no envelope is parsed twice.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
 use detente_proto::checkpoint::SignedCheckpoint;
 use detente_proto::deadline::Side;
-use detente_proto::envelope::parse_unverified_from;
-use detente_proto::{Body, Envelope, MessageId, PartyKey, Precedence};
+use detente_proto::envelope::{parse_unverified_from, KIND_CHARTER};
+use detente_proto::merkle::{self, Hash};
+use detente_proto::{Body, Charter, MessageId, PartyKey, Precedence};
 use detente_store_types::{
-    CheckpointRow, DeliveredRange, Direction, GlossaryRow, MessageRow, MissRow, OutboxRow,
-    Placement, ReceiptRow, WitnessRow, WriteBatch,
+    CheckpointRow, DeliveredRange, GlossaryRow, MessageRow, MissRow, OutboxRow, ReceiptRow,
+    WitnessRow, WriteBatch,
 };
 
 use crate::checkpoints::CHECKPOINTS_KEPT_MAX;
@@ -19,11 +25,17 @@ use crate::deadlines::Group;
 use crate::peer::{Held, OutEntry, Peer};
 use crate::{bugs, Config, Core, PlantedBug};
 
+/// How many of a stream's latest charters a loader keeps the bytes of
+/// ([`StoredEnvelope::bytes`]): the core takes the latest one it can vouch for.
+pub const CHARTERS_KEPT: usize = 8;
+
 /// The committed rows a core recovers from (a store's current content).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Every stored envelope, with its current placement.
-    pub messages: Vec<MessageRow>,
+    /// Every appended stream, one entry per `(channel, sender)`.
+    pub streams: Vec<StoredStream>,
+    /// Envelopes held ahead of a gap (bounded by the hold), whole.
+    pub held: Vec<MessageRow>,
     /// Outbox rows not yet pruned.
     pub outbox: Vec<OutboxRow>,
     pub delivered: Vec<DeliveredRange>,
@@ -34,11 +46,72 @@ pub struct Snapshot {
     pub witness: Vec<WitnessRow>,
     /// Glossary terms (only their keys matter: the count per channel is bounded).
     pub glossary: Vec<GlossaryRow>,
-    /// Ids of appended rows whose bytes the loader could not vouch for (they fail
-    /// verification; the node raises an alarm naming each). Their place in the stream is
-    /// kept, from the row's id and columns, so that the stream goes on; their bytes are not
-    /// read (no charter, no link check through them).
-    pub tampered: BTreeSet<[u8; 32]>,
+}
+
+impl Snapshot {
+    /// The number of appended envelopes, every stream.
+    pub fn envelopes(&self) -> usize {
+        self.streams.iter().map(|s| s.envelopes.len()).sum()
+    }
+
+    fn stream(&self, channel: [u8; 32], sender: &PartyKey) -> &[StoredEnvelope] {
+        self.streams
+            .iter()
+            .find(|s| s.channel == channel && &s.sender == sender.as_bytes())
+            .map_or(&[], |s| s.envelopes.as_slice())
+    }
+}
+
+/// One sender's appended stream in one channel, in `seq` order.
+#[derive(Debug, Clone, Default)]
+pub struct StoredStream {
+    pub channel: [u8; 32],
+    pub sender: [u8; 32],
+    pub envelopes: Vec<StoredEnvelope>,
+}
+
+/// One appended envelope as recovery needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// The message id: the hash of the genuine bytes (for an altered row, the id its
+    /// successor signs, or its stored id).
+    pub id: [u8; 32],
+    pub seq: u64,
+    pub kind: u8,
+    pub precedence: u8,
+    /// The Merkle leaf of the stored bytes ([`merkle::leaf_hash`]).
+    pub leaf: Hash,
+    /// The id this envelope signs as its `prev`; `None` for a row its loader could not vouch
+    /// for (it fails verification): its place is kept, its bytes are not read, and no
+    /// checkpoint is signed over the stream.
+    pub prev: Option<[u8; 32]>,
+    /// The stored bytes, kept only where the core needs them: our envelopes still in the
+    /// outbox, and a stream's latest [`CHARTERS_KEPT`] charters.
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl StoredEnvelope {
+    /// From a stored row, parsed without verification (a row that does not parse is not
+    /// vouched for); its bytes kept when `keep_bytes`.
+    pub fn from_row(row: &MessageRow, keep_bytes: bool) -> StoredEnvelope {
+        let sender = PartyKey::from_bytes(row.sender).ok();
+        let parsed = sender.and_then(|k| parse_unverified_from(&row.bytes, &k).ok());
+        StoredEnvelope {
+            id: row.id,
+            seq: parsed.as_ref().map_or(row.seq, |e| e.seq),
+            kind: parsed.as_ref().map_or(row.kind, |e| e.body.kind()),
+            precedence: parsed
+                .as_ref()
+                .map_or(row.precedence, |e| e.precedence as u8),
+            leaf: merkle::leaf_hash(&row.bytes),
+            prev: parsed.as_ref().map(|e| e.prev.0),
+            bytes: keep_bytes.then(|| row.bytes.clone()),
+        }
+    }
+
+    fn precedence(&self) -> Precedence {
+        Precedence::from_u8(self.precedence).unwrap_or(Precedence::Routine)
+    }
 }
 
 /// The store's rows do not make a consistent record. Remedy: restore the database from a
@@ -53,31 +126,6 @@ pub enum RecoverError {
         seq: u64,
         what: String,
     },
-}
-
-struct Parsed<'a> {
-    row: &'a MessageRow,
-    /// `None` for a row listed in [`Snapshot::tampered`].
-    envelope: Option<Envelope>,
-}
-
-impl Parsed<'_> {
-    fn seq(&self) -> u64 {
-        self.envelope.as_ref().map_or(self.row.seq, |e| e.seq)
-    }
-
-    fn kind(&self) -> u8 {
-        self.envelope
-            .as_ref()
-            .map_or(self.row.kind, |e| e.body.kind())
-    }
-
-    fn precedence(&self) -> Precedence {
-        match &self.envelope {
-            Some(e) => e.precedence,
-            None => Precedence::from_u8(self.row.precedence).unwrap_or(Precedence::Routine),
-        }
-    }
 }
 
 impl Core {
@@ -104,28 +152,24 @@ impl Core {
         let forget_held = bugs::is(self.bug, PlantedBug::ForgetHeldAtRestart);
         let me = self.me;
         let p = &mut self.peers[index];
-        let mine: Vec<&MessageRow> = snapshot
-            .messages
-            .iter()
-            .filter(|m| m.channel == p.channel.0)
-            .collect();
-        let tampered = &snapshot.tampered;
-        let mut out: Vec<Parsed> = parsed(&mine, &me, None, tampered);
-        let theirs = Some(Placement::Appended);
-        let mut inb: Vec<Parsed> = parsed(&mine, &p.key, theirs, tampered);
-        out.sort_by_key(Parsed::seq);
-        inb.sort_by_key(Parsed::seq);
+        let out = snapshot.stream(p.channel.0, &me);
+        let inb = snapshot.stream(p.channel.0, &p.key);
         let mut scratch = WriteBatch::default();
-        rebuild(p, &out, me, true, &mut scratch)?;
+        rebuild(p, out, me, true, &mut scratch)?;
         let key = p.key;
-        rebuild(p, &inb, key, false, &mut scratch)?;
+        rebuild(p, inb, key, false, &mut scratch)?;
         if !forget_held {
-            let held = parsed(&mine, &p.key, Some(Placement::Held), tampered);
-            for (m, e) in held.iter().filter_map(|m| Some((m, m.envelope.as_ref()?))) {
+            let held = snapshot
+                .held
+                .iter()
+                .filter(|m| m.channel == p.channel.0 && m.sender == *key.as_bytes());
+            for (m, e) in
+                held.filter_map(|m| Some((m, parse_unverified_from(&m.bytes, &key).ok()?)))
+            {
                 let held = Held {
-                    id: MessageId(m.row.id),
+                    id: MessageId(m.id),
                     prev: e.prev,
-                    bytes: m.row.bytes.clone(),
+                    bytes: m.bytes.clone(),
                 };
                 p.in_index
                     .insert(held.id, (e.seq, e.body.kind(), e.precedence));
@@ -139,19 +183,16 @@ impl Core {
         // before its DELIVERED may have come).
         let p = &mut self.peers[index];
         let delivered = delivered_set(snapshot, &p.name);
-        for m in &out {
-            let Some(e) = m.envelope.as_ref() else {
-                continue;
-            };
-            if !delivered.contains(&e.seq)
-                && e.precedence == Precedence::Flash
-                && detente_proto::deadline::bears_deadline(e.body.kind())
+        for m in out.iter().filter(|m| m.prev.is_some()) {
+            if !delivered.contains(&m.seq)
+                && m.precedence() == Precedence::Flash
+                && detente_proto::deadline::bears_deadline(m.kind)
             {
-                p.flash_undelivered.insert(e.seq, MessageId(m.row.id));
+                p.flash_undelivered.insert(m.seq, MessageId(m.id));
             }
         }
         self.recover_checkpoints(index, snapshot);
-        self.recover_charter(index, &out, &inb);
+        self.recover_charter(index, out, inb);
         self.recover_deadlines(index, snapshot);
         Ok(())
     }
@@ -211,18 +252,10 @@ impl Core {
         p.unsigned = (p.out.size() + p.inb.size()).saturating_sub(signed);
     }
 
-    fn recover_charter(&mut self, index: usize, out: &[Parsed], inb: &[Parsed]) {
-        let latest = |list: &[Parsed]| {
-            list.iter()
-                .rev()
-                .find_map(|m| match &m.envelope.as_ref()?.body {
-                    Body::Charter(c) => Some(c.clone()),
-                    _ => None,
-                })
-        };
-        let ours = latest(out);
-        let theirs = latest(inb);
+    fn recover_charter(&mut self, index: usize, out: &[StoredEnvelope], inb: &[StoredEnvelope]) {
         let p = &mut self.peers[index];
+        let ours = latest_charter(out, &self.me);
+        let theirs = latest_charter(inb, &p.key);
         p.our_charter = ours.as_ref().map(|c| c.digest());
         p.their_charter = theirs.as_ref().map(|c| c.digest());
         if p.our_charter.is_some() && p.our_charter == p.their_charter {
@@ -235,20 +268,22 @@ impl Core {
     fn recover_deadlines(&mut self, index: usize, snapshot: &Snapshot) {
         let p = &self.peers[index];
         let mut groups = BTreeSet::new();
-        for m in snapshot
-            .messages
-            .iter()
-            .filter(|m| m.channel == p.channel.0)
-        {
-            if !detente_proto::deadline::bears_deadline(m.kind) {
-                continue;
+        let sides = [
+            (snapshot.stream(p.channel.0, &self.me), Side::Sender),
+            (snapshot.stream(p.channel.0, &p.key), Side::Receiver),
+        ];
+        for (list, side) in sides {
+            for m in list {
+                if detente_proto::deadline::bears_deadline(m.kind) {
+                    groups.insert(Group::new(&p.name, side, m.precedence()));
+                }
             }
-            let side = match m.direction {
-                Direction::Out => Side::Sender,
-                Direction::In => Side::Receiver,
-            };
-            let precedence = Precedence::from_u8(m.precedence).unwrap_or(Precedence::Routine);
-            groups.insert(Group::new(&p.name, side, precedence));
+        }
+        for m in snapshot.held.iter().filter(|m| m.channel == p.channel.0) {
+            if detente_proto::deadline::bears_deadline(m.kind) {
+                let precedence = Precedence::from_u8(m.precedence).unwrap_or(Precedence::Routine);
+                groups.insert(Group::new(&p.name, Side::Receiver, precedence));
+            }
         }
         for group in groups {
             self.tracker.spill_all(group, self.now);
@@ -256,33 +291,24 @@ impl Core {
     }
 }
 
-/// The rows of `sender` in `placement`, parsed; a row that does not parse and is not listed
-/// as tampered is left out (and so found as a gap).
-fn parsed<'a>(
-    rows: &[&'a MessageRow],
-    sender: &PartyKey,
-    placement: Option<Placement>,
-    tampered: &BTreeSet<[u8; 32]>,
-) -> Vec<Parsed<'a>> {
-    rows.iter()
-        .filter(|m| &m.sender == sender.as_bytes() && placement.is_none_or(|p| p == m.placement))
-        .filter_map(|row| {
-            if tampered.contains(&row.id) {
-                return Some(Parsed {
-                    row,
-                    envelope: None,
-                });
+/// The latest charter of a stream that its loader vouched for and kept the bytes of.
+fn latest_charter(list: &[StoredEnvelope], sender: &PartyKey) -> Option<Charter> {
+    list.iter()
+        .rev()
+        .filter(|m| m.kind == KIND_CHARTER && m.prev.is_some())
+        .find_map(|m| {
+            let e = parse_unverified_from(m.bytes.as_deref()?, sender).ok()?;
+            match e.body {
+                Body::Charter(c) => Some(c),
+                _ => None,
             }
-            let envelope = Some(parse_unverified_from(&row.bytes, sender).ok()?);
-            Some(Parsed { row, envelope })
         })
-        .collect()
 }
 
 /// Re-append a stream in `seq` order, checking it is gap-free and hash-linked.
 fn rebuild(
     p: &mut Peer,
-    list: &[Parsed],
+    list: &[StoredEnvelope],
     sender: PartyKey,
     ours: bool,
     scratch: &mut WriteBatch,
@@ -291,7 +317,7 @@ fn rebuild(
     let direction = if ours { "ours" } else { "theirs" };
     for m in list {
         let stream = if ours { &mut p.out } else { &mut p.inb };
-        let seq = m.seq();
+        let seq = m.seq;
         let corrupt = |what: &str| RecoverError::Stream {
             peer: p.name.clone(),
             direction,
@@ -301,20 +327,18 @@ fn rebuild(
         if seq != stream.cursor.next_seq {
             return Err(corrupt("a gap or a duplicate"));
         }
-        if m.envelope
-            .as_ref()
-            .is_some_and(|e| e.prev != stream.cursor.last_id)
-        {
+        if m.prev.is_some_and(|prev| prev != stream.cursor.last_id.0) {
             return Err(corrupt("prev does not match"));
         }
-        let id = MessageId(m.row.id);
-        stream.append(scratch, channel, &sender, id, m.row.bytes.clone());
-        if m.envelope.is_none() && p.damaged.is_none() {
+        let id = MessageId(m.id);
+        let bytes = if ours { m.bytes.clone() } else { None };
+        stream.append_leaf(scratch, channel, &sender, id, m.leaf, bytes);
+        if m.prev.is_none() && p.damaged.is_none() {
             p.damaged = Some(format!(
                 "the stored envelope seq {seq} of the {direction} stream fails verification"
             ));
         }
-        let entry = (seq, m.kind(), m.precedence());
+        let entry = (seq, m.kind, m.precedence());
         if ours {
             p.out_index.insert(id, entry);
         } else {

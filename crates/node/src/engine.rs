@@ -395,13 +395,22 @@ async fn recover(
             key: e.key,
         })
         .collect();
+    let began = std::time::Instant::now();
     let loaded = crate::snapshot::load(store, &me, &peers).await?;
+    let read_ms = began.elapsed().as_millis();
+    let envelopes = loaded.snapshot.envelopes();
     let mut config = config.clone();
     config.peers = core_peers(table);
     config.random_seed = rand::random();
     let now = std::time::Instant::now();
     let core = Core::recover(config, loaded.snapshot, now, crate::now_ms() as i64)
         .map_err(|e| CoreStartError::Recover(e.to_string()))?;
+    tracing::info!(
+        envelopes,
+        read_ms,
+        recover_ms = now.elapsed().as_millis(),
+        "core recovered from the store"
+    );
     Ok((core, loaded.tampered))
 }
 

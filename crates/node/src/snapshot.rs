@@ -1,10 +1,13 @@
 //! What the core starts from: a [`Snapshot`] read from the node's store, through the
 //! `Store` trait's ordinary reads (so SQLite and PostgreSQL load alike).
 //!
-//! Both streams of every channel are read whole (the core holds them in memory), in pages;
-//! held envelopes, the undelivered outbox, checkpoints, witness state and glossary keys per
-//! channel. Open deadlines are not loaded: the core reads them back from the store itself,
-//! nearest due first, as many as it watches (`detente_core::DeadlineQuery`).
+//! Both streams of every channel are read in pages and kept as the core's index of them
+//! ([`StoredEnvelope`]: place, columns, Merkle leaf, signed `prev`), the bytes dropped as each
+//! page is read except for our envelopes still in the outbox and the latest charters; held
+//! envelopes, checkpoints, witness state and glossary keys per channel. So a start reads
+//! the transcript once and holds about 140 bytes per envelope, not the envelopes. Open
+//! deadlines are not loaded: the core reads them back from the store itself, nearest due
+//! first, as many as it watches (`detente_core::DeadlineQuery`).
 //!
 //! **Nothing unverified is trusted**. The last envelope of every stream and every held
 //! envelope must verify under its sender's key. Below the head, a stream is checked by its
@@ -15,13 +18,16 @@
 //! An altered row does not stop the node (a hotline must stay up): it is named in
 //! [`Loaded::tampered`] (the node raises an alarm for each), keeps its place in the stream
 //! under the id its successor signs (or its stored id, where nothing signs it), and the
-//! core is told not to read its bytes ([`Snapshot::tampered`]). Display and export verify
+//! core is told not to trust it (its [`StoredEnvelope::prev`] is `None`). Display and export verify
 //! every envelope they read, so its altered text is never shown as genuine. A held
 //! envelope that fails is left out (the peer sends it again). Only a row that cannot be
 //! placed at all is a [`LoadError::Tampered`].
 
-use detente_core::{Snapshot, GLOSSARY_TERMS_MAX};
-use detente_proto::envelope::{message_id, parse_unverified_from};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use detente_core::{Snapshot, StoredEnvelope, StoredStream, CHARTERS_KEPT, GLOSSARY_TERMS_MAX};
+use detente_proto::envelope::{message_id, parse_unverified_from, KIND_CHARTER, KIND_RECEIPT};
+use detente_proto::merkle::leaf_hash;
 use detente_proto::{ChannelId, PartyKey, Precedence, VerifiedEnvelope};
 use detente_store::{Direction, MessageRow, OutboxRow, Placement, Store, StoreError};
 
@@ -99,8 +105,12 @@ async fn load_peer(
         channel,
         peer,
     };
-    let ours = stream.load(me, Direction::Out, loaded).await?;
-    let theirs = stream.load(&peer.key, Direction::In, loaded).await?;
+    let outbox = outbox_pending(store, peer).await?;
+    let to_send: BTreeSet<u64> = outbox.iter().map(|&(seq, _)| seq).collect();
+    let ours = stream.load(me, Direction::Out, &to_send, loaded).await?;
+    let theirs = stream
+        .load(&peer.key, Direction::In, &BTreeSet::new(), loaded)
+        .await?;
     let snapshot = &mut loaded.snapshot;
     let held = store
         .held(
@@ -113,7 +123,7 @@ async fn load_peer(
         let at = row.stored_at_ms;
         let held = (Placement::Held, at);
         match checked(peer, (Direction::In, &peer.key), held, &row.bytes, true) {
-            Ok(row) => snapshot.messages.push(row),
+            Ok(row) => snapshot.held.push(row),
             Err(LoadError::Tampered {
                 peer,
                 direction,
@@ -128,9 +138,25 @@ async fn load_peer(
             Err(e) => return Err(e),
         }
     }
-    load_outbox(store, peer, &ours, snapshot).await?;
-    snapshot.messages.extend(ours);
-    snapshot.messages.extend(theirs);
+    for (seq, precedence) in outbox {
+        let is_receipt = seq
+            .checked_sub(1)
+            .and_then(|i| ours.get(usize::try_from(i).ok()?))
+            .is_some_and(|m| m.kind == KIND_RECEIPT);
+        snapshot.outbox.push(OutboxRow {
+            peer: peer.name.clone(),
+            seq,
+            precedence,
+            is_receipt,
+        });
+    }
+    for (sender, envelopes) in [(me, ours), (&peer.key, theirs)] {
+        snapshot.streams.push(StoredStream {
+            channel: channel.0,
+            sender: *sender.as_bytes(),
+            envelopes,
+        });
+    }
     snapshot
         .checkpoints
         .extend(store.checkpoints(channel.0).await?);
@@ -151,17 +177,24 @@ struct StreamOf<'a, S> {
 
 impl<S: Store> StreamOf<'_, S> {
     /// One sender's appended stream, in `seq` order, checked back from its verified head
-    /// (see the module documentation); the rows that fail are added to `loaded.tampered`
-    /// and to the snapshot's list.
+    /// (see the module documentation), the bytes kept for the seqs in `keep` and for
+    /// the latest [`CHARTERS_KEPT`] charters; the rows that fail are added to
+    /// `loaded.tampered`.
     async fn load(
         &self,
         sender: &PartyKey,
         direction: Direction,
+        keep: &BTreeSet<u64>,
         loaded: &mut Loaded,
-    ) -> Result<Vec<MessageRow>, LoadError> {
-        let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
+    ) -> Result<Vec<StoredEnvelope>, LoadError> {
+        let mut list: Vec<StoredEnvelope> = Vec::new();
+        // Why a row cannot be vouched for by itself (it does not parse, or names another
+        // seq or sender), by position: rare, so a map.
+        let mut problems: BTreeMap<usize, &'static str> = BTreeMap::new();
+        let mut charters: VecDeque<usize> = VecDeque::new();
+        let mut head: Option<Vec<u8>> = None;
         loop {
-            let after = rows.last().map_or(0, |r| r.0);
+            let after = list.last().map_or(0, |r| r.seq);
             let page = self
                 .store
                 .stream_envelopes(
@@ -172,55 +205,100 @@ impl<S: Store> StreamOf<'_, S> {
                 )
                 .await?;
             let full = page.len() == STREAM_PAGE_ENVELOPES as usize;
-            rows.extend(page);
+            for (seq, bytes) in page {
+                let parsed = parse_unverified_from(&bytes, sender);
+                let problem = match &parsed {
+                    Err(_) => Some("it does not parse"),
+                    Ok(e) if e.seq != seq => Some("its seq is not the row's"),
+                    Ok(e) if &e.sender != sender => Some("signed by another key"),
+                    Ok(_) => None,
+                };
+                if let Some(what) = problem {
+                    problems.insert(list.len(), what);
+                }
+                let envelope = parsed.ok();
+                let kind = envelope.as_ref().map_or(0, |e| e.body.kind());
+                if kind == KIND_CHARTER {
+                    charters.push_back(list.len());
+                    if charters.len() > CHARTERS_KEPT {
+                        let oldest = charters.pop_front().unwrap_or_default();
+                        if !keep.contains(&list[oldest].seq) {
+                            list[oldest].bytes = None;
+                        }
+                    }
+                }
+                let kept = keep.contains(&seq) || kind == KIND_CHARTER;
+                list.push(StoredEnvelope {
+                    id: message_id(&bytes).0,
+                    seq,
+                    kind,
+                    precedence: envelope.as_ref().map_or(0, |e| e.precedence as u8),
+                    leaf: leaf_hash(&bytes),
+                    prev: envelope.as_ref().map(|e| e.prev.0),
+                    bytes: kept.then(|| bytes.clone()),
+                });
+                head = Some(bytes);
+            }
             if !full {
                 break;
             }
         }
         // Rows come back in `seq` order; a store that breaks that is caught by the core's
         // gap check, never trusted.
-        let mut out = Vec::with_capacity(rows.len());
         // The id the later envelope signs as its `prev` (none: check the signature).
         let mut signed_id: Option<[u8; 32]> = None;
-        for (seq, bytes) in rows.into_iter().rev() {
-            let appended = (Placement::Appended, 0);
-            let genuine = checked(self.peer, (direction, sender), appended, &bytes, false)
-                .and_then(|row| {
-                    let problem = match signed_id {
-                        Some(id) if id == row.id => None,
-                        Some(_) => Some("its bytes are not those the next envelope signs"),
-                        None => verify(self.peer, direction, seq, &bytes, sender)
-                            .err()
-                            .map(|_| "its signature does not verify"),
+        for i in (0..list.len()).rev() {
+            let seq = list[i].seq;
+            let problem = match (problems.get(&i), signed_id) {
+                (Some(what), _) => Some(*what),
+                (None, Some(id)) if id == list[i].id => None,
+                (None, Some(_)) => Some("its bytes are not those the next envelope signs"),
+                (None, None) => {
+                    let bytes = match head.take().filter(|_| i + 1 == list.len()) {
+                        Some(bytes) => bytes,
+                        None => self.bytes_at(sender, direction, seq).await?,
                     };
-                    match problem {
-                        _ if row.seq != seq => Err(tampered(
-                            self.peer,
-                            direction,
-                            seq,
-                            "its seq is not the row's",
-                        )),
-                        Some(what) => Err(tampered(self.peer, direction, seq, what)),
-                        None => Ok(row),
-                    }
-                });
-            match genuine {
-                Ok(row) => {
-                    signed_id = parse_unverified_from(&row.bytes, sender)
-                        .ok()
-                        .map(|e| e.prev.0);
-                    out.push(row);
+                    verify(self.peer, direction, seq, &bytes, sender)
+                        .err()
+                        .map(|_| "its signature does not verify")
                 }
-                Err(LoadError::Tampered { what, .. }) => {
-                    let row = self.altered(sender, direction, seq, signed_id, what, loaded);
-                    out.push(row.await?);
+            };
+            match problem {
+                None => signed_id = list[i].prev,
+                Some(what) => {
+                    let row = self
+                        .altered(sender, direction, seq, signed_id, what, loaded)
+                        .await?;
+                    list[i] = StoredEnvelope {
+                        id: row.id,
+                        seq,
+                        kind: row.kind,
+                        precedence: row.precedence,
+                        leaf: list[i].leaf,
+                        prev: None,
+                        bytes: None,
+                    };
                     signed_id = None;
                 }
-                Err(e) => return Err(e),
             }
         }
-        out.reverse();
-        Ok(out)
+        Ok(list)
+    }
+
+    /// The stored bytes of one appended envelope (read again, to verify its signature where
+    /// the hash chain from the head breaks).
+    async fn bytes_at(
+        &self,
+        sender: &PartyKey,
+        direction: Direction,
+        seq: u64,
+    ) -> Result<Vec<u8>, LoadError> {
+        let row = self
+            .store
+            .message_at(self.channel.0, *sender.as_bytes(), seq)
+            .await?
+            .ok_or_else(|| tampered(self.peer, direction, seq, "its row is gone"))?;
+        Ok(row.bytes)
     }
 
     /// An altered row keeps its place: its stored columns, under the id the next envelope
@@ -231,38 +309,30 @@ impl<S: Store> StreamOf<'_, S> {
         direction: Direction,
         seq: u64,
         signed_id: Option<[u8; 32]>,
-        what: String,
+        what: &str,
         loaded: &mut Loaded,
     ) -> Result<MessageRow, LoadError> {
         let mut row = self
             .store
             .message_at(self.channel.0, *sender.as_bytes(), seq)
             .await?
-            .ok_or_else(|| tampered(self.peer, direction, seq, &what))?;
+            .ok_or_else(|| tampered(self.peer, direction, seq, what))?;
         if let Some(id) = signed_id {
             row.id = id;
         }
-        row.peer = self.peer.name.clone();
-        row.direction = direction;
-        row.placement = Placement::Appended;
-        loaded.snapshot.tampered.insert(row.id);
         loaded.tampered.push(TamperedRow {
             peer: self.peer.name.clone(),
             direction: side(direction),
             seq,
-            what,
+            what: what.to_string(),
         });
         Ok(row)
     }
 }
 
-/// The undelivered outbox of our stream to `peer`, every precedence.
-async fn load_outbox(
-    store: &impl Store,
-    peer: &PeerKey,
-    ours: &[MessageRow],
-    snapshot: &mut Snapshot,
-) -> Result<(), LoadError> {
+/// The undelivered outbox of our stream to `peer`, every precedence: `(seq, precedence)`.
+async fn outbox_pending(store: &impl Store, peer: &PeerKey) -> Result<Vec<(u64, u8)>, LoadError> {
+    let mut rows = Vec::new();
     for precedence in Precedence::ALL {
         let mut after = 0;
         loop {
@@ -272,23 +342,14 @@ async fn load_outbox(
             let full = page.len() == OUTBOX_PAGE_ROWS as usize;
             for (seq, _) in page {
                 after = seq;
-                let is_receipt = seq
-                    .checked_sub(1)
-                    .and_then(|i| ours.get(usize::try_from(i).ok()?))
-                    .is_some_and(|m| m.kind == 1);
-                snapshot.outbox.push(OutboxRow {
-                    peer: peer.name.clone(),
-                    seq,
-                    precedence: precedence as u8,
-                    is_receipt,
-                });
+                rows.push((seq, precedence as u8));
             }
             if !full {
                 break;
             }
         }
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// The row of stored `bytes` of a stream of `sender`'s, with the id recomputed from them;

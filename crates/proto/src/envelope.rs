@@ -278,6 +278,8 @@ pub enum Body {
     Charter(crate::charter::Charter),
 }
 
+/// Body kind number of a receipt.
+pub const KIND_RECEIPT: u8 = 1;
 /// Body kind number of a notification.
 pub const KIND_NOTIFICATION: u8 = 4;
 /// Body kind number of a charter (3 and 5 are reserved for checkpoints).

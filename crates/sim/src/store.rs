@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use detente_core::{DeadlineQuery, Snapshot};
+use detente_core::{DeadlineQuery, Snapshot, StoredEnvelope, StoredStream};
 use detente_proto::merkle::{self, Hash, MemoryTree};
 use detente_store_types::{
     CheckpointRow, DeadlineCandidate, DeliveredRange, Direction, EvidenceRow, GlossaryRow,
@@ -157,8 +157,31 @@ impl StoreModel {
 
     /// What the core recovers from.
     pub fn snapshot(&self) -> Snapshot {
+        let mut streams: BTreeMap<([u8; 32], [u8; 32]), Vec<StoredEnvelope>> = BTreeMap::new();
+        let mut held = Vec::new();
+        for row in self.messages.values() {
+            match row.placement {
+                Placement::Appended => streams
+                    .entry((row.channel, row.sender))
+                    .or_default()
+                    .push(StoredEnvelope::from_row(row, true)),
+                Placement::Held => held.push(row.clone()),
+            }
+        }
+        let streams = streams
+            .into_iter()
+            .map(|((channel, sender), mut envelopes)| {
+                envelopes.sort_by_key(|e| e.seq);
+                StoredStream {
+                    channel,
+                    sender,
+                    envelopes,
+                }
+            })
+            .collect();
         Snapshot {
-            messages: self.messages.values().cloned().collect(),
+            streams,
+            held,
             outbox: self.outbox.values().cloned().collect(),
             delivered: self.delivered.clone(),
             receipts: self.receipts.values().cloned().collect(),
@@ -166,7 +189,6 @@ impl StoreModel {
             checkpoints: self.checkpoints.clone(),
             witness: self.witness.values().copied().collect(),
             glossary: self.glossary.values().cloned().collect(),
-            tampered: Default::default(),
         }
     }
 

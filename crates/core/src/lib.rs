@@ -47,6 +47,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use bugs::{PlantedBug, PLANTED_BUGS_COMPILED};
+pub use checkpoints::CHECKPOINTS_KEPT_MAX;
 pub use deadlines::{
     DeadlineQuery, Decision, DEADLINES_WATCHED_DEFAULT, DEADLINE_LOOKUPS_MAX, DEADLINE_ROWS_MAX,
 };

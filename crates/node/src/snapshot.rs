@@ -25,11 +25,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use detente_core::{Snapshot, StoredEnvelope, StoredStream, CHARTERS_KEPT, GLOSSARY_TERMS_MAX};
+use detente_core::{
+    Snapshot, StoredEnvelope, StoredStream, CHARTERS_KEPT, CHECKPOINTS_KEPT_MAX, GLOSSARY_TERMS_MAX,
+};
 use detente_proto::envelope::{message_id, parse_unverified_from, KIND_CHARTER, KIND_RECEIPT};
 use detente_proto::merkle::leaf_hash;
 use detente_proto::{ChannelId, PartyKey, Precedence, VerifiedEnvelope};
-use detente_store::{Direction, MessageRow, OutboxRow, Placement, Store, StoreError};
+use detente_store::{
+    CheckpointPage, Direction, MessageRow, OutboxRow, Placement, Store, StoreError,
+};
 
 /// Envelopes read per query when loading a stream.
 pub const STREAM_PAGE_ENVELOPES: u32 = 4096;
@@ -157,9 +161,16 @@ async fn load_peer(
             envelopes,
         });
     }
-    snapshot
-        .checkpoints
-        .extend(store.checkpoints(channel.0).await?);
+    // The newest checkpoints only: what the core keeps; a start costs the same whatever
+    // the channel's age (issue 12, item 14).
+    let mut newest = store
+        .checkpoint_page(
+            channel.0,
+            CheckpointPage::newest(CHECKPOINTS_KEPT_MAX as u32),
+        )
+        .await?;
+    newest.reverse();
+    snapshot.checkpoints.extend(newest);
     snapshot.witness.extend(store.witness(channel.0).await?);
     let glossary = store
         .glossary(&peer.name, GLOSSARY_TERMS_MAX as u32)

@@ -468,3 +468,54 @@ async fn a_tampered_row_is_named_and_its_stream_goes_on() {
         assert!(load().await.expect("loads").tampered.is_empty());
     }
 }
+
+/// Issue 12, item 14, on the core: a start reads the newest checkpoints the core keeps,
+/// not the channel's whole list, and the loaded core holds the same ones as the live one.
+#[tokio::test]
+async fn a_start_reads_only_the_newest_checkpoints() {
+    let mut pair = Pair::new().await;
+    pair.connect();
+    let made = detente_core::CHECKPOINTS_KEPT_MAX + 6;
+    for n in 0..made {
+        pair.send(0, Precedence::Routine, &format!("routine {n}"));
+        pair.settle().await;
+        pair.operate(
+            0,
+            Command::Checkpoint {
+                peer: "beijing".into(),
+            },
+        );
+        pair.settle().await;
+    }
+    let me = PartySecret::from_seed(SEEDS[0]).public();
+    let channel =
+        detente_proto::ChannelId::for_pair(&me, &PartySecret::from_seed(SEEDS[1]).public());
+    let span = pair.stores[0]
+        .checkpoint_span(channel.0)
+        .await
+        .expect("span");
+    assert!(
+        span.count as usize >= made,
+        "{} checkpoints stored, {made} made",
+        span.count
+    );
+    let loaded = snapshot::load(&pair.stores[0], &me, &peer_keys(0))
+        .await
+        .expect("loads");
+    assert_eq!(
+        loaded.snapshot.checkpoints.len(),
+        detente_core::CHECKPOINTS_KEPT_MAX
+    );
+    let ids: Vec<i64> = loaded.snapshot.checkpoints.iter().map(|c| c.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    assert_eq!(
+        ids.last().copied(),
+        Some(span.last_id),
+        "the newest is read"
+    );
+    let reloaded = reload(&pair, 0).await.expect("loads");
+    assert_eq!(
+        reloaded.checkpoints("beijing"),
+        pair.cores[0].checkpoints("beijing")
+    );
+}

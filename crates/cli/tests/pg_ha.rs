@@ -144,16 +144,15 @@ async fn the_standby_takes_over_five_times_and_nothing_is_lost_or_committed_twic
         ac = alpha[standby].wait_ready(TAKE_OVER_MAX).await.ok().unwrap();
         take_overs.push(died.elapsed());
         // What the peer's duty officer sees: the link up again, a new session (with the
-        // other process: the stopped one serves nothing). After a SIGSTOP the peer's dial
-        // to the frozen process (whose kernel still accepts TCP) waits out the link's 10 s
-        // handshake timeout first, and the new active's dial is not taken meanwhile: that
-        // case is only bounded here, not held to 10 s.
+        // other process: the stopped one serves nothing). After a SIGSTOP the peer's own
+        // dial to the frozen process (whose kernel still accepts TCP) hangs until the
+        // handshake timeout; the new active's dial must be taken meanwhile (it used to
+        // wait out those 10 s), so this case too is held to 10 s.
         let back = link_back(&bc, sessions_before, died).await;
         if paused {
             paused_link_back = Some(back);
-        } else {
-            link_backs.push(back);
         }
+        link_backs.push(back);
         if paused {
             // Resumed, it finds the lease gone, stops serving and stands by again.
             signal(&alpha[active], "-CONT");
@@ -166,8 +165,8 @@ async fn the_standby_takes_over_five_times_and_nothing_is_lost_or_committed_twic
     }
     assert_eq!(take_overs.len(), 5);
     eprintln!(
-        "take-overs: {take_overs:?}; link back up at the peer: {link_backs:?} after SIGKILL, \
-         {paused_link_back:?} after SIGSTOP"
+        "take-overs: {take_overs:?}; link back up at the peer: {link_backs:?} (the SIGSTOP: \
+         {paused_link_back:?})"
     );
     for t in take_overs.iter().chain(&link_backs) {
         assert!(

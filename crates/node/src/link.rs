@@ -78,19 +78,26 @@ pub async fn run_peer(
             Some(c) => c,
             None => {
                 let wait_until = supervisor.next_attempt().unwrap_or_else(Instant::now);
+                let index = supervisor.address_index();
+                let wait_and_dial = async {
+                    tokio::time::sleep_until(wait_until.into()).await;
+                    dial(&shared, &entry, index).await
+                };
+                // A connection the peer opens is taken at once, also while our own dial
+                // waits for its answer: a frozen process (SIGSTOP) whose kernel still
+                // accepts TCP would otherwise hold the link down for the whole handshake
+                // timeout while the peer's new active has already dialed us (issue 13).
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wait_until.into()) => {
-                        match dial(&shared, &entry, supervisor.address_index()).await {
-                            Ok(c) => c,
-                            Err(reason) => {
-                                set_error(&entry, &reason);
-                                tracing::debug!(peer = %entry.name, %reason, "dial failed");
-                                supervisor.on_dial_failed(Instant::now(), rand::thread_rng().gen());
-                                publish(&entry, &supervisor, None);
-                                continue;
-                            }
+                    dialed = wait_and_dial => match dialed {
+                        Ok(c) => c,
+                        Err(reason) => {
+                            set_error(&entry, &reason);
+                            tracing::debug!(peer = %entry.name, %reason, "dial failed");
+                            supervisor.on_dial_failed(Instant::now(), rand::thread_rng().gen());
+                            publish(&entry, &supervisor, None);
+                            continue;
                         }
-                    }
+                    },
                     Some(c) = incoming.recv() => c,
                     _ = shutdown.changed() => return,
                 }

@@ -2279,6 +2279,50 @@ async fn crossing_dials_meet_on_one_connection_at_once() {
     crossing(seed(false)).await;
 }
 
+/// A frozen peer process (SIGSTOP) whose kernel still accepts TCP held the link down for
+/// the whole 10 s handshake timeout: the node's own dial there hung, and the connection the
+/// peer's other process opened meanwhile was not taken until it gave up (issue 13, the
+/// standby's take-over). Now a dial-in is answered at once, whatever our dial waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_that_hangs_does_not_hold_off_the_peer_dialing_in() {
+    // Accepts TCP and never says a word, as a stopped process's kernel does.
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h = Harness::start_with(FAKE_SEED, &frozen.local_addr().unwrap().to_string(), "1m").await;
+    let (held, _) = tokio::time::timeout(WAIT, frozen.accept())
+        .await
+        .expect("the node dials its peer at start")
+        .unwrap();
+    let fake = PartySecret::from_seed(FAKE_SEED);
+    let started = std::time::Instant::now();
+    let mut ours = tokio::time::timeout(WAIT, dial(&h, &fake))
+        .await
+        .expect("handshake within the timeout")
+        .expect("the pinned peer connects");
+    write_frame(
+        &mut ours,
+        &Frame::Hello {
+            version: LINK_VERSION,
+            hwm: 0,
+            wall_ms: detente_node::now_ms(),
+        },
+    )
+    .await;
+    let mut buf = Vec::new();
+    let hello = tokio::time::timeout(CROSSING_WAIT, read_one(&mut ours, &mut buf)).await;
+    assert!(
+        matches!(hello, Ok(Ok(Frame::Hello { .. }))),
+        "no Hello within {CROSSING_WAIT:?} while the node's own dial hangs: {hello:?}"
+    );
+    let nonce = 0x0f0e;
+    assert_eq!(ping_pong(&mut ours, &mut buf, nonce).await, nonce);
+    let status = api_get(&h, "/api/v1/status").await;
+    assert_eq!(status["peers"][0]["connected"], true, "{status}");
+    eprintln!("answered {:?} after the dial-in", started.elapsed());
+    drop(held);
+    drop(ours);
+    h.stop().await;
+}
+
 // ---- a peer that stops reading (issue 12, item 6) -----------------------------------------
 
 /// Envelopes queued for the peer that stops reading: with 15 KiB each, 19 MiB, more than

@@ -299,6 +299,18 @@ impl Session {
             .map(str::to_string))
     }
 
+    /// Set a permission for the current page's origin, as the person at the browser would
+    /// answer its prompt (the W3C Permissions extension, `POST /permissions`): e.g.
+    /// `("notifications", "granted")`.
+    pub async fn set_permission(&self, name: &str, state: &str) -> Result<(), Failure> {
+        self.post(
+            "/permissions",
+            json!({"descriptor": {"name": name}, "state": state}),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Run a script in the page and return its result.
     pub async fn execute(&self, script: &str, args: Vec<Value>) -> Result<Value, Failure> {
         self.post("/execute/sync", json!({"script": script, "args": args}))

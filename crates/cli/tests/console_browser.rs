@@ -362,6 +362,103 @@ async fn alarm_volume_sound_test_and_notification_permission() {
     drop((w, b));
 }
 
+/// A FLASH alarm shows as a desktop notification where the operator allowed them (issue 15,
+/// item 3): the permission granted as the person at the browser would grant it, the page's
+/// own `Notification` calls recorded (each still made for real), one notification per new
+/// alarm, naming the message; none once the permission is withdrawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_alarm_is_a_desktop_notification_where_allowed() {
+    if !browser_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let driver = Driver::start().await.unwrap();
+    let s = driver.session(&tmp.path().join("profile-n")).await.unwrap();
+    login(&s, &w, "chief", TEST_PASSWORD).await.unwrap();
+    s.wait_for("#logout", WAIT).await.unwrap();
+    let settings = format!("http://{}/console/settings", w.console_addr);
+    s.goto(&settings).await.unwrap();
+    s.set_permission("notifications", "granted").await.unwrap();
+    s.goto(&settings).await.unwrap();
+    s.wait_for("#notify-state[data-state='granted']", WAIT)
+        .await
+        .unwrap();
+    s.goto(&format!("http://{}/console", w.console_addr))
+        .await
+        .unwrap();
+    wait_live(&s).await;
+    // Record what the page asks the browser to show; the real constructor still runs.
+    s.execute(
+        "window.shownNotifications = []; \
+         const Real = window.Notification; \
+         window.Notification = class extends Real { \
+           constructor(title, options) { \
+             super(title, options); \
+             window.shownNotifications.push({title: title, body: options.body, \
+               tag: options.tag, sticky: options.requireInteraction}); } }; \
+         return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let peer = b.client().unwrap();
+    let flash = |text: &'static str| {
+        let peer = &peer;
+        async move {
+            peer.post(
+                "/api/v1/messages",
+                &json!({"to": "washington", "precedence": "flash", "text": text}),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    flash("Desktop, please").await;
+    s.wait_for("body[data-notified]", WAIT).await.unwrap();
+    let shown = s
+        .execute("return window.shownNotifications;", vec![])
+        .await
+        .unwrap();
+    let shown = shown.as_array().expect("a list");
+    assert_eq!(shown.len(), 1, "one notification for one alarm: {shown:?}");
+    let body = shown[0]["body"].as_str().unwrap_or_default();
+    assert!(
+        body.contains("Desktop, please"),
+        "it names the message: {shown:?}"
+    );
+    assert_eq!(shown[0]["sticky"], json!(true), "it stays until dismissed");
+    let tag = s.attribute_of("body", "data-notified").await.unwrap();
+    assert_eq!(shown[0]["tag"], json!(tag));
+    assert!(
+        s.find(&format!("#alarm [data-alarm-id='{tag}']"))
+            .await
+            .is_ok(),
+        "tagged with the alarm it is for: {tag}"
+    );
+
+    // Withdrawn: the next alarm sounds, and shows no notification.
+    s.set_permission("notifications", "denied").await.unwrap();
+    let sounded = |n: u64| format!("body[data-alarm-sounded='{n}']");
+    let before: u64 = s
+        .attribute_of("body", "data-alarm-sounded")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    flash("Quietly, please").await;
+    s.wait_for(&sounded(before + 1), WAIT).await.unwrap();
+    let shown = s
+        .execute("return window.shownNotifications.length;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(shown, json!(1), "no notification without the permission");
+    s.close().await;
+    drop(driver);
+    drop((w, b));
+}
+
 /// Set a date-time picker as the operator's picking would, and read the UTC echo beside it.
 async fn pick(s: &Session, id: &str, local: &str) -> String {
     s.execute(

@@ -103,6 +103,7 @@ pub async fn create(
         role: role.name().to_string(),
         password_hash: hash,
         lang,
+        tz: String::new(),
         created_at_ms: detente_node::now_ms() as i64,
     };
     let result = store.put_user(&row).await;

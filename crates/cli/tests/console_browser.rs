@@ -292,6 +292,24 @@ async fn console_in_a_real_browser() {
     drop((w, b));
 }
 
+/// Two nodes, a browser, and Washington's principal signed in there.
+async fn chief_at_washington() -> (
+    tempfile::TempDir,
+    detente::harness::ProcNode,
+    detente::harness::ProcNode,
+    Driver,
+    Session,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let driver = Driver::start().await.unwrap();
+    let s = driver.session(&tmp.path().join("profile-w")).await.unwrap();
+    login(&s, &w, "chief", TEST_PASSWORD).await.unwrap();
+    s.wait_for("#logout", WAIT).await.unwrap();
+    (tmp, w, b, driver, s)
+}
+
 /// The alarm settings: the volume chosen in this browser is what the sound test and a real
 /// FLASH alarm play at; the desktop-notification button reports the browser's answer in the
 /// operator's words.
@@ -300,13 +318,7 @@ async fn alarm_volume_sound_test_and_notification_permission() {
     if !browser_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
-    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
-    let driver = Driver::start().await.unwrap();
-    let s = driver.session(&tmp.path().join("profile-w")).await.unwrap();
-    login(&s, &w, "chief", TEST_PASSWORD).await.unwrap();
-    s.wait_for("#logout", WAIT).await.unwrap();
+    let (_tmp, w, b, driver, s) = chief_at_washington().await;
     s.goto(&format!("http://{}/console/settings", w.console_addr))
         .await
         .unwrap();
@@ -371,13 +383,7 @@ async fn a_flash_alarm_is_a_desktop_notification_where_allowed() {
     if !browser_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
-    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
-    let driver = Driver::start().await.unwrap();
-    let s = driver.session(&tmp.path().join("profile-n")).await.unwrap();
-    login(&s, &w, "chief", TEST_PASSWORD).await.unwrap();
-    s.wait_for("#logout", WAIT).await.unwrap();
+    let (_tmp, w, b, driver, s) = chief_at_washington().await;
     let settings = format!("http://{}/console/settings", w.console_addr);
     s.goto(&settings).await.unwrap();
     s.set_permission("notifications", "granted").await.unwrap();
@@ -483,13 +489,7 @@ async fn picked_local_times_are_echoed_in_utc_as_they_are_picked() {
     if !browser_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
-    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
-    let driver = Driver::start().await.unwrap();
-    let s = driver.session(&tmp.path().join("profile-w")).await.unwrap();
-    login(&s, &w, "chief", TEST_PASSWORD).await.unwrap();
-    s.wait_for("#logout", WAIT).await.unwrap();
+    let (tmp, w, b, driver, s) = chief_at_washington().await;
     s.goto(&format!(
         "http://{}/console/compose?to=beijing&format=cyber-incident",
         w.console_addr

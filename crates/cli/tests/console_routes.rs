@@ -128,6 +128,11 @@ impl Browser {
         r
     }
 
+    /// The page at `path`, as text.
+    async fn page(&self, path: &str) -> String {
+        self.get(path).await.text().await.unwrap()
+    }
+
     async fn form(&self, path: &str, fields: &[(&str, &str)], csrf: bool) -> reqwest::Response {
         let mut all: Vec<(&str, &str)> = fields.to_vec();
         if csrf {
@@ -186,6 +191,7 @@ const FORMS: &[&str] = &[
     "/console/messages/ID/receipt",
     "/console/compose",
     "/console/lang",
+    "/console/tz",
     "/console/alarm/silence",
     "/console/users",
 ];
@@ -1581,4 +1587,87 @@ async fn a_launch_shows_its_areas_on_the_offline_map_and_in_the_compose_preview(
         after.as_array().unwrap().len()
     );
     drop((w, b));
+}
+
+/// An operator reads and picks times in the zone they chose in the settings (issue 15,
+/// item 5), kept with their account; another operator of the same node still reads the
+/// node's; an unknown zone is refused; the choice is audited and can be undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_reads_times_in_the_zone_they_chose() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, b) = two_nodes(tmp.path(), Some(&exe)).await.unwrap();
+    let sent = b
+        .client()
+        .unwrap()
+        .post(
+            "/api/v1/messages",
+            &json!({"to": "washington", "precedence": "routine", "text": "What time is it?"}),
+        )
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap().to_string();
+    let bc = b.client().unwrap();
+    bc.get(&format!(
+        "/api/v1/messages/{id}/wait?level=delivered&timeout_ms=10000"
+    ))
+    .await
+    .unwrap();
+    let shanghai = detente_formats::zone_name("en", "Asia/Shanghai").expect("a name");
+    let new_york = detente_formats::zone_name("en", "America/New_York").expect("a name");
+    let chief = login(&w, "chief").await;
+    let duty = login(&w, "duty").await;
+    let settings = chief.page("/console/settings").await;
+    assert!(
+        settings.contains("<option value=\"\" selected>"),
+        "the node's zone until one is chosen"
+    );
+    let r = chief
+        .form("/console/tz", &[("tz", "Mars/Olympus_Mons")], true)
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = chief
+        .form("/console/tz", &[("tz", "Asia/Shanghai")], true)
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let settings = chief.page("/console/settings").await;
+    assert!(
+        settings.contains("<option value=\"Asia/Shanghai\" selected"),
+        "chosen"
+    );
+    let mine = message_page(&chief, &id).await;
+    assert!(
+        mine.contains(&shanghai) && !mine.contains(&new_york),
+        "chief reads Beijing time"
+    );
+    let theirs = message_page(&duty, &id).await;
+    assert!(
+        theirs.contains(&new_york) && !theirs.contains(&shanghai),
+        "duty still reads the node's time"
+    );
+    // Date-time pickers are in the chosen zone too (the server reads them in it).
+    let compose = chief
+        .page("/console/compose?to=beijing&format=launch")
+        .await;
+    assert!(
+        compose.contains("data-tz=\"Asia/Shanghai\""),
+        "pickers in Beijing time"
+    );
+    let compose = duty.page("/console/compose?to=beijing&format=launch").await;
+    assert!(compose.contains("data-tz=\"America/New_York\""));
+    // Undone: the node's zone again.
+    let r = chief.form("/console/tz", &[("tz", "")], true).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(message_page(&chief, &id).await.contains(&new_york));
+    let audit = login(&w, "audit").await;
+    let log = audit.page("/console/audit?action=time-zone").await;
+    assert!(
+        log.contains("Asia/Shanghai") && log.contains(">node<"),
+        "audited"
+    );
+    drop((w, b));
+}
+
+async fn message_page(who: &Browser, id: &str) -> String {
+    who.page(&format!("/console/messages/{id}")).await
 }

@@ -144,6 +144,9 @@ pub struct Operator {
     pub expires_at_ms: i64,
     /// Show messages compactly (one line of head, less spacing): a browser's choice.
     pub compact: bool,
+    /// The time zone this operator chose to read times in (an IANA name); empty: the
+    /// node's. A person's choice, kept with the account.
+    pub tz: String,
 }
 
 impl Operator {
@@ -174,6 +177,7 @@ pub async fn session_operator(shared: &Shared, headers: &HeaderMap) -> Option<Op
         token_hash: hash,
         expires_at_ms: session.expires_at_ms,
         compact: cookie(headers, DENSITY_COOKIE) == Some("compact"),
+        tz: user.tz,
     })
 }
 

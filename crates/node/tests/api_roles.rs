@@ -103,6 +103,7 @@ async fn session(node: &Node, role: Role) -> (String, String) {
             role: role.name().into(),
             password_hash: "unused".into(),
             lang: "en".into(),
+            tz: String::new(),
             created_at_ms: 0,
         })
         .await

@@ -1812,6 +1812,7 @@ fn op(lang: &str) -> detente_node::operators::Operator {
         token_hash: [0; 32],
         expires_at_ms: i64::MAX,
         compact: false,
+        tz: String::new(),
     }
 }
 

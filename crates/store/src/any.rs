@@ -162,6 +162,10 @@ impl AnyStore {
         forward!(self, s => s.set_user_lang(login, lang).await)
     }
 
+    pub async fn set_user_tz(&self, login: &str, tz: &str) -> Result<()> {
+        forward!(self, s => s.set_user_tz(login, tz).await)
+    }
+
     pub async fn create_session(&self, row: &SessionRow) -> Result<()> {
         forward!(self, s => s.create_session(row).await)
     }

@@ -85,6 +85,8 @@ pub struct UserRow {
     /// argon2id PHC string.
     pub password_hash: String,
     pub lang: String,
+    /// The time zone this operator reads times in (an IANA name); empty: the node's.
+    pub tz: String,
     pub created_at_ms: i64,
 }
 
@@ -120,6 +122,7 @@ where
         role: row.try_get("role")?,
         password_hash: row.try_get("password_hash")?,
         lang: row.try_get("lang")?,
+        tz: row.try_get("tz")?,
         created_at_ms: row.try_get("created_at_ms")?,
     })
 }
@@ -134,14 +137,15 @@ impl SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO users (login, role, password_hash, lang, created_at_ms) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (login) DO UPDATE SET \
+            "INSERT INTO users (login, role, password_hash, lang, tz, created_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (login) DO UPDATE SET \
              role = excluded.role, password_hash = excluded.password_hash",
         )
         .bind(&row.login)
         .bind(&row.role)
         .bind(&row.password_hash)
         .bind(&row.lang)
+        .bind(&row.tz)
         .bind(row.created_at_ms)
         .execute(&mut *tx)
         .await?;
@@ -171,6 +175,16 @@ impl SqliteStore {
     pub async fn set_user_lang(&self, login: &str, lang: &str) -> Result<()> {
         sqlx::query("UPDATE users SET lang = ? WHERE login = ?")
             .bind(lang)
+            .bind(login)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Set the time zone `login` reads times in (empty: the node's).
+    pub async fn set_user_tz(&self, login: &str, tz: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET tz = ? WHERE login = ?")
+            .bind(tz)
             .bind(login)
             .execute(&self.writer)
             .await?;
@@ -477,14 +491,15 @@ impl PgStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         sqlx::query(
-            "INSERT INTO users (login, role, password_hash, lang, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (login) DO UPDATE SET \
+            "INSERT INTO users (login, role, password_hash, lang, tz, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (login) DO UPDATE SET \
              role = excluded.role, password_hash = excluded.password_hash",
         )
         .bind(&row.login)
         .bind(&row.role)
         .bind(&row.password_hash)
         .bind(&row.lang)
+        .bind(&row.tz)
         .bind(row.created_at_ms)
         .execute(&mut *tx)
         .await?;
@@ -514,6 +529,16 @@ impl PgStore {
     pub async fn set_user_lang(&self, login: &str, lang: &str) -> Result<()> {
         sqlx::query("UPDATE users SET lang = $1 WHERE login = $2")
             .bind(lang)
+            .bind(login)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Set the time zone `login` reads times in (empty: the node's).
+    pub async fn set_user_tz(&self, login: &str, tz: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET tz = $1 WHERE login = $2")
+            .bind(tz)
             .bind(login)
             .execute(&self.writer)
             .await?;

@@ -1624,6 +1624,7 @@ fn account(login: &str, role: &str) -> detente_store::console::UserRow {
         role: role.into(),
         password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1${login}"),
         lang: "en".into(),
+        tz: String::new(),
         created_at_ms: 10,
     }
 }
@@ -1655,6 +1656,16 @@ async fn console_accounts_are_created_replaced_and_listed(db: Db) {
     assert!(s.session([1; 32], 150).await.unwrap().is_none());
     s.set_user_lang("zoe", "zh-CN").await.unwrap();
     assert_eq!(s.user("zoe").await.unwrap().unwrap().lang, "zh-CN");
+    // An operator's time zone: kept per account, in the session's account too, and kept
+    // when the account is replaced (as its language is).
+    s.set_user_tz("zoe", "Asia/Shanghai").await.unwrap();
+    assert_eq!(s.user("zoe").await.unwrap().unwrap().tz, "Asia/Shanghai");
+    assert!(s.put_user(&account("zoe", "watch")).await.is_ok());
+    assert_eq!(s.user("zoe").await.unwrap().unwrap().tz, "Asia/Shanghai");
+    s.create_session(&session("zoe", 3, 100)).await.unwrap();
+    let (_, user) = s.session([3; 32], 150).await.unwrap().expect("live");
+    assert_eq!(user.tz, "Asia/Shanghai");
+    assert_eq!(s.user("adam").await.unwrap().unwrap().tz, "", "the node's");
     let logins: Vec<String> = s
         .users()
         .await

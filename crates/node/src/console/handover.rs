@@ -137,7 +137,7 @@ fn summary_html(shared: &Shared, op: &Operator, s: &Summary) -> Markup {
                             td { (t(&format!("link-state-{}", l.state))) }
                             td {
                                 @match l.last_test_ms {
-                                    Some(ms) => (time_markup(shared, &op.lang, ms)),
+                                    Some(ms) => (time_markup(shared, op, ms)),
                                     None => (t("never")),
                                 }
                                 @if l.test_missed { " " strong { "⚠ " (t("alarm-test-missed")) } }
@@ -160,13 +160,13 @@ fn last_html(shared: &Shared, op: &Operator, last: Option<&LastHandover>) -> Mar
                 Some(h) => {
                     p #handover-by {
                         (tr_with(shared, op, "handover-by", &[("login", h.row.login.clone())])) " "
-                        (time_markup(shared, &op.lang, h.row.at_ms))
+                        (time_markup(shared, op, h.row.at_ms))
                     }
                     blockquote #handover-note { (h.row.detail) }
                     @match &h.acknowledged {
                         Some(a) => p #handover-acknowledged {
                             "✓ " (tr_with(shared, op, "handover-acknowledged-by", &[("login", a.login.clone())])) " "
-                            (time_markup(shared, &op.lang, a.at_ms))
+                            (time_markup(shared, op, a.at_ms))
                         },
                         None if on_watch(op) && h.row.login != op.login => {
                             form method="post" action="/console/handover" {

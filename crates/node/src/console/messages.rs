@@ -204,7 +204,7 @@ fn receipts(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
                     (Some(ms), Some(late_ms)) => li class={ "r-" (level) " done late" }
                         data-level=(level) data-late-ms=(late_ms) {
                         span.mark aria-hidden="true" { "✓" } " " (label) ": "
-                        (time_markup(shared, &op.lang, ms)) " "
+                        (time_markup(shared, op, ms)) " "
                         strong.late-mark {
                             (tr_with(shared, op, "receipt-late-by",
                                 &[("time", duration_words(shared, &op.lang, late_ms))]))
@@ -212,7 +212,7 @@ fn receipts(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
                     },
                     (Some(ms), None) => li class={ "r-" (level) " done" } data-level=(level) {
                         span.mark aria-hidden="true" { "✓" } " " (label) ": "
-                        (time_markup(shared, &op.lang, ms))
+                        (time_markup(shared, op, ms))
                     },
                     // Not declined says nothing; once answered, "read: not yet" says nothing
                     // either (an answer implies it was read).
@@ -250,7 +250,7 @@ fn countdown(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
     let pattern = |k: &str| tr_with(shared, op, k, &[("time", "{}".into())]);
     html! {
         p.deadline.overdue[passed] {
-            (tr(shared, op, key)) ": " (time_markup(shared, &op.lang, due)) " "
+            (tr(shared, op, key)) ": " (time_markup(shared, op, due)) " "
             span.countdown data-deadline=(due) data-passed=[passed.then_some("yes")]
                 data-due-in=(pattern("due-in")) data-overdue-by=(pattern("overdue-by")) {
                 (remaining)
@@ -308,10 +308,10 @@ pub fn item(shared: &Shared, op: &Operator, m: &MessageView) -> Markup {
             (text(shared, op, m, true))
             dl.times {
                 @if let Some(ms) = m.created_at_ms {
-                    dt { (tr(shared, op, "sent-at")) } dd { (time_markup(shared, &op.lang, ms)) }
+                    dt { (tr(shared, op, "sent-at")) } dd { (time_markup(shared, op, ms)) }
                 }
                 @if let Some(ms) = m.received_at_ms {
-                    dt { (tr(shared, op, "received-at")) } dd { (time_markup(shared, &op.lang, ms)) }
+                    dt { (tr(shared, op, "received-at")) } dd { (time_markup(shared, op, ms)) }
                 }
             }
             (receipts(shared, op, m))

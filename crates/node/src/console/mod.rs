@@ -129,6 +129,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/console/audit/export.csv", get(records::audit_csv))
         .route("/console/users", get(users::page).post(users::post))
         .route("/console/lang", post(pages::set_lang))
+        .route("/console/tz", post(pages::set_tz))
         .route("/console/density", post(pages::set_density))
         .route("/console/settings", get(pages::settings))
         .route(

@@ -883,6 +883,7 @@ async fn account(
         lang: existing
             .as_ref()
             .map_or_else(|| super::html::node_lang(shared), |u| u.lang.clone()),
+        tz: existing.as_ref().map_or_else(String::new, |u| u.tz.clone()),
         created_at_ms: existing.as_ref().map_or(now as i64, |u| u.created_at_ms),
     };
     shared

@@ -354,14 +354,11 @@ pub fn language_name(shared: &Shared, lang: &str, tag: &str) -> String {
     }
 }
 
-/// "2026-11-29 03:10:00 UTC · 2026-11-29 11:10:00 北京时间" in the node's time zone, named
-/// in the operator's language.
-pub(super) fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
-    let tz_name = shared
-        .config
-        .read()
-        .map(|c| c.tz.clone())
-        .unwrap_or_else(|_| "UTC".into());
+/// "2026-11-29 03:10:00 UTC · 2026-11-29 11:10:00 北京时间" in the operator's time zone
+/// (the node's unless they chose another), named in the operator's language.
+pub(super) fn both_times(shared: &Shared, op: &Operator, ms: i64) -> String {
+    let lang = op.lang.as_str();
+    let tz_name = operator_tz(shared, op);
     let Ok(ts) = jiff::Timestamp::from_millisecond(ms) else {
         return ms.to_string();
     };
@@ -379,8 +376,8 @@ pub(super) fn both_times(shared: &Shared, lang: &str, ms: i64) -> String {
 }
 
 /// A time as both clocks show it, in a `<time>` element that carries its ISO value.
-pub(super) fn time_markup(shared: &Shared, lang: &str, ms: i64) -> Markup {
-    html! { time datetime=(crate::time_text(ms)) { (both_times(shared, lang, ms)) } }
+pub(super) fn time_markup(shared: &Shared, op: &Operator, ms: i64) -> Markup {
+    html! { time datetime=(crate::time_text(ms)) { (both_times(shared, op, ms)) } }
 }
 
 /// "1h 02m 03s".
@@ -691,9 +688,9 @@ pub async fn silence(
     Redirect::to("/console").into_response()
 }
 
-/// A short time for the status light and the queue, in the node's time zone.
+/// A short time for the status light and the queue, in the operator's time zone.
 pub fn clock_text(shared: &Shared, op: &Operator, ms: i64) -> String {
-    both_times(shared, &op.lang, ms)
+    both_times(shared, op, ms)
 }
 
 // ---------------------------------------------------------------- one message
@@ -769,7 +766,7 @@ pub async fn message_print(State(shared): Shr, op: Operator, Path(id): Path<Stri
         "print-by",
         &[
             ("login", op.login.clone()),
-            ("time", both_times(&shared, &op.lang, now_ms() as i64)),
+            ("time", both_times(&shared, &op, now_ms() as i64)),
         ],
     );
     let title = tr(&shared, &op, "print-title");
@@ -819,8 +816,109 @@ pub async fn settings(State(shared): Shr, op: Operator) -> Response {
             }
         }
     };
+    let main = html! {
+        (main)
+        (time_zone_settings(&shared, &op))
+    };
     let title = t("nav-settings");
     html(StatusCode::OK, live_page(&shared, &op, &title, main).await)
+}
+
+/// The zones an operator may choose: the bundled database's regional names (no legacy
+/// aliases such as `US/Eastern` or `Etc/GMT+5`) and UTC, sorted.
+fn selectable_zones() -> Vec<String> {
+    const REGIONS: &[&str] = &[
+        "Africa/",
+        "America/",
+        "Antarctica/",
+        "Arctic/",
+        "Asia/",
+        "Atlantic/",
+        "Australia/",
+        "Europe/",
+        "Indian/",
+        "Pacific/",
+    ];
+    let mut zones: Vec<String> = jiff::tz::db()
+        .available()
+        .map(|name| name.as_str().to_string())
+        .filter(|name| REGIONS.iter().any(|r| name.starts_with(r)))
+        .collect();
+    zones.push("UTC".into());
+    zones.sort();
+    zones.dedup();
+    zones
+}
+
+/// The time zone this operator reads and picks times in: the node's, or one they choose
+/// (kept with their account, so it follows them to any browser).
+fn time_zone_settings(shared: &Shared, op: &Operator) -> Markup {
+    let t = |k: &str| tr(shared, op, k);
+    let node = node_tz(shared);
+    let node_zone = tz_label(&op.lang, &node, &node);
+    let chosen = operator_tz(shared, op);
+    let own = !op.tz.is_empty() && chosen == op.tz;
+    html! {
+        section.settings aria-labelledby="settings-time" {
+            h2 #settings-time { (t("settings-time")) }
+            p { (tr_with(shared, op, "settings-time-intro", &[("zone", tz_label(&op.lang, &chosen, &chosen))])) }
+            form method="post" action="/console/tz" {
+                (csrf_input(op))
+                label for="tz" { (t("settings-time-zone")) } " "
+                select #tz name="tz" {
+                    option value="" selected[!own] {
+                        (tr_with(shared, op, "settings-time-node", &[("zone", node_zone)]))
+                    }
+                    @for zone in selectable_zones() {
+                        @let label = tz_label(&op.lang, &zone, &zone);
+                        option value=(zone) selected[own && zone == chosen] translate="no" {
+                            @if label == zone { (zone) } @else { (zone) " · " (label) }
+                        }
+                    }
+                }
+                " "
+                button type="submit" #tz-save { (t("settings-time-save")) }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TzForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    tz: String,
+}
+
+/// Choose the time zone this operator reads times in (empty: the node's); audited.
+pub async fn set_tz(
+    State(shared): Shr,
+    op: Operator,
+    Source(source): Source,
+    Form(form): Form<TzForm>,
+) -> Response {
+    if !op.csrf_ok(&form.csrf) {
+        return bad_csrf(&shared, &op);
+    }
+    if !form.tz.is_empty() && detente_formats::check_zone(&form.tz).is_err() {
+        return refuse(&shared, &op, StatusCode::BAD_REQUEST, "time-zone-unknown");
+    }
+    if shared.store.set_user_tz(&op.login, &form.tz).await.is_err() {
+        return refuse(
+            &shared,
+            &op,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+        );
+    }
+    let detail = if form.tz.is_empty() {
+        "node"
+    } else {
+        form.tz.as_str()
+    };
+    audit(&shared, &op.login, "time-zone", detail, source).await;
+    Redirect::to("/console/settings").into_response()
 }
 
 #[derive(Deserialize)]
@@ -1098,8 +1196,8 @@ impl FieldState<'_> {
     }
 }
 
-/// The node's time zone (the one its officers read times in).
-fn node_tz(shared: &Shared) -> String {
+/// The node's time zone (the one its officers read times in unless they choose another).
+pub(super) fn node_tz(shared: &Shared) -> String {
     shared
         .config
         .read()
@@ -1107,12 +1205,22 @@ fn node_tz(shared: &Shared) -> String {
         .unwrap_or_else(|_| "UTC".into())
 }
 
-/// Pickers for a `datetime` or `window` field in the node's time zone, named in the
+/// The time zone `op` reads times in and picks them in: the one chosen in the settings,
+/// or the node's (also when a chosen name is no longer in the time-zone database).
+pub(super) fn operator_tz(shared: &Shared, op: &Operator) -> String {
+    if !op.tz.is_empty() && jiff::tz::TimeZone::get(&op.tz).is_ok() {
+        op.tz.clone()
+    } else {
+        node_tz(shared)
+    }
+}
+
+/// Pickers for a `datetime` or `window` field in the operator's time zone, named in the
 /// operator's language; the server turns what is picked into the UTC field. Beside each,
 /// an `output` the page's script fills with the picked time as UTC while it is picked
 /// (`data-tz` names the zone, which need not be the browser's).
 fn local_pickers(shared: &Shared, op: &Operator, key: &str, type_name: &str) -> Markup {
-    let tz = node_tz(shared);
+    let tz = operator_tz(shared, op);
     let zone = tz_label(&op.lang, &tz, &tz);
     let parts: &[(&str, &str)] = match type_name {
         "datetime" => &[("", "compose-local-time")],
@@ -1696,7 +1804,7 @@ pub async fn compose_send(
     Source(source): Source,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let form = ComposeForm::posted(pairs, &node_tz(&shared));
+    let form = ComposeForm::posted(pairs, &operator_tz(&shared, &op));
     if !op.csrf_ok(&form.csrf) {
         return bad_csrf(&shared, &op);
     }

@@ -105,7 +105,7 @@ async fn link_rows(shared: &Shared, op: &Operator) -> Vec<LinkRow> {
 fn link_table(shared: &Shared, op: &Operator, rows: &[LinkRow]) -> Markup {
     let t = |k: &str| tr(shared, op, k);
     let when = |ms: Option<i64>| match ms {
-        Some(ms) => time_markup(shared, &op.lang, ms),
+        Some(ms) => time_markup(shared, op, ms),
         None => html! { (t("never")) },
     };
     html! {
@@ -343,7 +343,7 @@ fn channel_section(shared: &Shared, op: &Operator, v: &ChannelView) -> Markup {
                 op,
                 "checkpoint-cosigned",
                 &[
-                    ("time", both_times(shared, &op.lang, *time_ms)),
+                    ("time", both_times(shared, op, *time_ms)),
                     ("sizes", sizes.join(", ")),
                 ],
             )
@@ -664,7 +664,7 @@ async fn audit_page(shared: &Shared, op: &Operator, f: &AuditFilter) -> Response
             tbody {
                 @for r in &rows {
                     tr {
-                        td { (time_markup(shared, &op.lang, r.at_ms)) }
+                        td { (time_markup(shared, op, r.at_ms)) }
                         td translate="no" { (r.login) }
                         td translate="no" { (r.action) }
                         td translate="no" { (r.detail) }

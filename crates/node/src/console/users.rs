@@ -172,7 +172,7 @@ fn list_html(shared: &Shared, op: &Operator, rows: &[UserRow]) -> Markup {
                         th scope="row" translate="no" { (u.login) }
                         td { (t(&format!("role-{}", u.role))) }
                         td { (language_name(shared, &op.lang, &u.lang)) }
-                        td { (time_markup(shared, &op.lang, u.created_at_ms)) }
+                        td { (time_markup(shared, op, u.created_at_ms)) }
                         td.user-state { (t(state_key(u))) }
                         td {
                             @if u.login != op.login && u.password_hash != DISABLED_PASSWORD_MARK {
@@ -405,6 +405,7 @@ async fn add(
         role: form.role.clone(),
         password_hash,
         lang: form.lang.clone(),
+        tz: String::new(),
         created_at_ms: now_ms() as i64,
     };
     store_and_audit(shared, op, source, &row, "user-add").await

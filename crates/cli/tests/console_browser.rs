@@ -292,6 +292,14 @@ async fn console_in_a_real_browser() {
     drop((w, b));
 }
 
+/// Open the console's main page and wait until its live regions listen.
+async fn open_console(s: &Session, w: &detente::harness::ProcNode) {
+    s.goto(&format!("http://{}/console", w.console_addr))
+        .await
+        .unwrap();
+    wait_live(s).await;
+}
+
 /// Two nodes, a browser, and Washington's principal signed in there.
 async fn chief_at_washington() -> (
     tempfile::TempDir,
@@ -348,10 +356,7 @@ async fn alarm_volume_sound_test_and_notification_permission() {
     s.wait_for("body[data-sound-tested='0.3']", WAIT)
         .await
         .unwrap();
-    s.goto(&format!("http://{}/console", w.console_addr))
-        .await
-        .unwrap();
-    wait_live(&s).await;
+    open_console(&s, &w).await;
     b.client()
         .unwrap()
         .post(
@@ -391,10 +396,7 @@ async fn a_flash_alarm_is_a_desktop_notification_where_allowed() {
     s.wait_for("#notify-state[data-state='granted']", WAIT)
         .await
         .unwrap();
-    s.goto(&format!("http://{}/console", w.console_addr))
-        .await
-        .unwrap();
-    wait_live(&s).await;
+    open_console(&s, &w).await;
     // Record what the page asks the browser to show; the real constructor still runs.
     s.execute(
         "window.shownNotifications = []; \

@@ -104,6 +104,7 @@ pub async fn peer_add(dir: &Path, name: String, key: String, addrs: Vec<String>)
         name: name.clone(),
         key: parsed.to_text(),
         addrs,
+        next_step: String::new(),
     })?;
     println!("pinned peer {name:?}: fingerprint {}", parsed.fingerprint());
     println!("check this fingerprint with the other party by telephone before relying on the link");

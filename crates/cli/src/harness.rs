@@ -122,6 +122,7 @@ impl ProcNode {
             name: other.name.clone(),
             key: key.to_text(),
             addrs,
+            next_step: String::new(),
         })?;
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use detente::harness::ProcNode;
-use detente::screenshots::{two_nodes, TEST_PASSWORD};
+use detente::screenshots::{two_nodes, two_nodes_with, TEST_PASSWORD};
 use detente_node::console::auth::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -1670,4 +1670,66 @@ async fn an_operator_reads_times_in_the_zone_they_chose() {
 
 async fn message_page(who: &Browser, id: &str) -> String {
     who.page(&format!("/console/messages/{id}")).await
+}
+
+/// The alarm banner says what to do next (issue 15, item 2): the link to Beijing down, the
+/// alarm carries the next step this node set for Beijing (`peers.beijing.next_step`), in
+/// the node's language, and the counterparts directory lists it; a peer without one is
+/// shown how to set it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_alarm_says_the_next_step() {
+    const STEP: &str = "Call the MND duty line, +86 10 6000 0000, and read the message aloud";
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_detente"));
+    let (w, mut b) = two_nodes_with(tmp.path(), Some(&exe), &[]).await.unwrap();
+    w.set("peers.beijing.next_step", STEP).unwrap();
+    let mut w = w;
+    w.stop();
+    w.start().unwrap();
+    let wc = w
+        .wait_ready(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let chief = login(&w, "chief").await;
+    let directory = chief.page("/console/counterparts").await;
+    assert!(
+        directory.contains(&format!("<td lang=\"en\">{STEP}</td>")),
+        "the directory lists the next step"
+    );
+    let zh = login(&b, "chief").await;
+    assert!(
+        zh.page("/console/counterparts")
+            .await
+            .contains("detente config set peers.washington.next_step TEXT"),
+        "how to set one where none is"
+    );
+    b.stop();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status: Value = wc.get("/api/v1/status").await.unwrap();
+        if status["peers"][0]["link_down_alarm"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no link-down alarm: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let banner = chief.page("/console/live/alarm").await;
+    let item = banner
+        .split("data-alarm-id=\"link-alarm-link-down-beijing\"")
+        .nth(1)
+        .expect("the link-down alarm");
+    let item = item.split("</li>").next().unwrap();
+    assert!(
+        item.contains("Next step:") && item.contains(&format!("<span lang=\"en\">{STEP}</span>")),
+        "{item}"
+    );
+    // A refused value leaves the setting as it was.
+    assert!(w
+        .set("peers.beijing.next_step", "line one\nline two")
+        .is_err());
+    assert!(w.set("peers.nobody.next_step", "x").is_err());
+    drop((w, b));
 }

@@ -120,6 +120,7 @@ async fn nothing_acknowledged_is_lost_when_the_primary_dies_and_the_standby_is_p
             key: PartySecret::from_seed([0x63; 32]).public().to_text(),
             // Nothing listens there; the messages wait in the outbox.
             addrs: vec!["127.0.0.1:9".into()],
+            next_step: String::new(),
         })
         .unwrap();
     node.set("database_url", &both).ok().unwrap();

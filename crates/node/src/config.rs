@@ -69,7 +69,16 @@ pub struct PeerConfig {
     pub key: String,
     /// Addresses tried in order: primary first, then backups.
     pub addrs: Vec<String>,
+    /// What this node's duty officer does when the link to this peer is down, a link test
+    /// is missed or a message to or from it is overdue ("Call the MND duty line, +86 …"):
+    /// shown with each such alarm and in the counterparts directory. A local procedure in
+    /// the node's language, at most [`NEXT_STEP_BYTES_MAX`] bytes; not part of the charter.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next_step: String,
 }
+
+/// Longest `peers.NAME.next_step`, in bytes.
+pub const NEXT_STEP_BYTES_MAX: usize = 500;
 
 impl PeerConfig {
     pub fn party_key(&self) -> Result<PartyKey> {
@@ -724,7 +733,15 @@ impl NodeConfig {
             "console.insecure_public_bind" => self.console.insecure_public_bind.to_string(),
             "engine" => self.engine().to_string(),
             oidc if oidc.starts_with("oidc.") => return self.oidc.get(oidc),
-            other => return Err(ConfigError::UnknownKey(other.to_string())),
+            other => match peer_key(other) {
+                Some((name, "next_step")) => self
+                    .peers
+                    .iter()
+                    .find(|p| p.name == name)
+                    .map(|p| p.next_step.clone())
+                    .ok_or_else(|| ConfigError::UnknownKey(other.to_string()))?,
+                _ => return Err(ConfigError::UnknownKey(other.to_string())),
+            },
         })
     }
 
@@ -747,6 +764,16 @@ impl NodeConfig {
     /// normalised (`120s` stays `120s`; `2m` stays `2m`) but must parse.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let value = value.trim().to_string();
+        if let Some((name, "next_step")) = peer_key(key) {
+            validate_next_step(name, &value)?;
+            let peer = self
+                .peers
+                .iter_mut()
+                .find(|p| p.name == name)
+                .ok_or_else(|| ConfigError::UnknownKey(key.to_string()))?;
+            peer.next_step = value;
+            return Ok(());
+        }
         let duration = |v: &str| {
             parse_duration(v)
                 .map(|_| v.to_string())
@@ -1034,6 +1061,21 @@ fn validate_peer(peer: &PeerConfig) -> Result<()> {
     for addr in &peer.addrs {
         validate_addr("addr", addr)?;
     }
+    validate_next_step(&peer.name, &peer.next_step)
+}
+
+/// `peers.NAME.FIELD` as (NAME, FIELD).
+fn peer_key(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix("peers.")?.rsplit_once('.')
+}
+
+fn validate_next_step(peer: &str, text: &str) -> Result<()> {
+    if text.len() > NEXT_STEP_BYTES_MAX || text.chars().any(char::is_control) {
+        return Err(bad(
+            &format!("peers.{peer}.next_step"),
+            "at most 500 bytes, on one line, no control characters",
+        ));
+    }
     Ok(())
 }
 
@@ -1115,6 +1157,33 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(node.secret().unwrap().seed(), [1; 32]);
+
+        // A peer's next step: set, read back, kept in the file; bad values refused.
+        let mut config = node.load().unwrap();
+        config.peers.push(PeerConfig {
+            name: "beijing".into(),
+            key: PartySecret::from_seed([3; 32]).public().to_text(),
+            addrs: vec!["127.0.0.1:7500".into()],
+            next_step: String::new(),
+        });
+        config
+            .set("peers.beijing.next_step", "Call the duty line")
+            .unwrap();
+        assert_eq!(
+            config.get("peers.beijing.next_step").unwrap(),
+            "Call the duty line"
+        );
+        assert!(config.set("peers.beijing.next_step", "a\u{7}b").is_err());
+        let long = "x".repeat(NEXT_STEP_BYTES_MAX + 1);
+        assert!(config.set("peers.beijing.next_step", &long).is_err());
+        assert!(matches!(
+            config.set("peers.nobody.next_step", "x"),
+            Err(ConfigError::UnknownKey(_))
+        ));
+        assert!(config.get("peers.beijing.address").is_err());
+        node.save(&config).unwrap();
+        let again = node.load().unwrap();
+        assert_eq!(again.peers[0].next_step, "Call the duty line");
     }
 }
 

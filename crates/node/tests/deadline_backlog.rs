@@ -63,6 +63,7 @@ fn init(tmp: &tempfile::TempDir, routine: &str) -> NodeDir {
         key: PartySecret::from_seed([0x22; 32]).public().to_text(),
         // Nothing listens there: nothing is ever delivered or answered.
         addrs: vec!["127.0.0.1:9".into()],
+        next_step: String::new(),
     })
     .expect("pin the fake peer");
     let mut config = dir.load().expect("load node.toml");

@@ -102,6 +102,7 @@ impl Harness {
             name: "fake".into(),
             key: fake.public().to_text(),
             addrs: vec![fake_addr.into()],
+            next_step: String::new(),
         })
         .expect("pin the fake peer");
         let mut config = dir.load().expect("load node.toml");

@@ -34,6 +34,7 @@ async fn start_node(tmp: &tempfile::TempDir, url: &str) -> Node {
         key: PartySecret::from_seed([0x63; 32]).public().to_text(),
         // Nothing listens there; the messages wait in the outbox.
         addrs: vec!["127.0.0.1:9".into()],
+        next_step: String::new(),
     })
     .expect("pin");
     let mut config = dir.load().expect("load");

@@ -239,6 +239,16 @@ struct Alarm {
     key: &'static str,
     id: String,
     what: Markup,
+    /// The peer it concerns, whose next step (if this node set one) goes with it.
+    peer: Option<String>,
+}
+
+/// What this node's officers do next about `peer` (`peers.NAME.next_step`), with the
+/// language it is written in (the node's); none when it is not set.
+fn next_step(shared: &Shared, peer: &str) -> Option<(String, String)> {
+    let c = shared.config.read().ok()?;
+    let step = &c.peers.iter().find(|p| p.name == peer)?.next_step;
+    (!step.is_empty()).then(|| (step.clone(), c.lang.clone()))
 }
 
 fn message_alarm(
@@ -279,6 +289,8 @@ fn message_alarm(
         key,
         id: m.id.clone(),
         what,
+        // A FLASH just received needs an answer, not a fallback.
+        peer: (kind == "missed").then(|| e.row.peer.clone()),
     })
 }
 
@@ -302,6 +314,7 @@ fn link_alarms(shared: &Shared, op: &Operator) -> Vec<Alarm> {
                     what: html! {
                         (peer) " " a href="/console/link" { (tr(shared, op, "alarm-link-view")) }
                     },
+                    peer: Some(entry.name.clone()),
                 });
             }
         }
@@ -386,6 +399,13 @@ fn banner_html(shared: &Shared, op: &Operator, q: &Queue) -> Markup {
                     li class={ "alarm-item alarm-" (a.kind) } data-alarm-id={ (a.kind) "-" (a.id) } {
                         span.alarm-sign aria-hidden="true" { "⚠" } " "
                         strong { (tr(shared, op, a.key)) } " " (a.what)
+                        @if let Some((step, lang)) = a.peer.as_deref().and_then(|p| next_step(shared, p)) {
+                            " "
+                            span.alarm-next {
+                                strong { (tr(shared, op, "alarm-next-step")) } " "
+                                span lang=(lang) { (step) }
+                            }
+                        }
                     }
                 }
                 @if more > 0 {

@@ -579,7 +579,35 @@ fn directory_tables(
                 @for p in positions { tr { td { (p.ours) } td { (p.theirs) } td { (p.peer) } } }
             }
         }
+        (next_steps_table(shared, op))
         p.hint { (t("counterparts-hint")) }
+    }
+}
+
+/// What this node's officers do when the link to each peer fails, a link test is missed or
+/// a message is overdue (`peers.NAME.next_step`; the alarm banner shows the same text).
+fn next_steps_table(shared: &Shared, op: &Operator) -> Markup {
+    let t = |k: &str| tr(shared, op, k);
+    let Ok(c) = shared.config.read().map(|c| c.clone()) else {
+        return html! {};
+    };
+    html! {
+        table #next-steps {
+            caption { (t("next-steps-caption")) }
+            (heads(&t, &["cp-node", "next-steps-step"]))
+            tbody {
+                @for peer in &c.peers {
+                    tr {
+                        th scope="row" translate="no" { (peer.name) }
+                        @if peer.next_step.is_empty() {
+                            td { (t("next-steps-none")) " " code { "detente config set peers." (peer.name) ".next_step TEXT" } }
+                        } @else {
+                            td lang=(c.lang) { (peer.next_step) }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

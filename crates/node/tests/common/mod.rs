@@ -36,6 +36,7 @@ pub fn init_target(dir: &Path, fake_peer: bool) -> NodeDir {
             name: "fake".into(),
             key: PartySecret::from_seed(FAKE_SEED).public().to_text(),
             addrs: vec!["127.0.0.1:9".into()],
+            next_step: String::new(),
         })
         .expect("pin the peer");
         let mut config = dir.load().expect("load node.toml");

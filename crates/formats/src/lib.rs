@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 pub use def::{DefinitionError, FieldDef, FieldType, FormatDef, Rule};
 pub use render::{
-    check_zone, describe, locale_for, zone_name, FieldDescription, FormatDescription,
+    check_zone, describe, locale_for, zone_name, zone_names, FieldDescription, FormatDescription,
     GlossaryEntry, Reader, Rendered, RenderedField, ZoneError, ZONE_NAME_BYTES_MAX,
 };
 pub use validate::{FieldError, Notification, Raw, Value};

@@ -77,6 +77,13 @@ pub fn zone_name(lang: &str, iana: &str) -> Option<String> {
     Localizer::new(lang).zone_name(iana)
 }
 
+/// [`zone_name`] for many zones at once, in order (one set of locale data for all: a list
+/// of every zone costs one lookup each, not one locale load each).
+pub fn zone_names<'a>(lang: &str, zones: impl IntoIterator<Item = &'a str>) -> Vec<Option<String>> {
+    let localizer = Localizer::new(lang);
+    zones.into_iter().map(|z| localizer.zone_name(z)).collect()
+}
+
 /// Bytes in a reader's time-zone name from outside (the longest IANA name,
 /// `America/Argentina/ComodRivadavia`, has 32).
 pub const ZONE_NAME_BYTES_MAX: usize = 64;

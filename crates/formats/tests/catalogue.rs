@@ -420,3 +420,20 @@ fn a_readers_zone_is_an_iana_name_the_database_holds_and_bounded() {
     // The longest name the database has fits.
     assert!(check_zone("America/Argentina/ComodRivadavia").is_ok());
 }
+
+/// Zone names in a reader's language, one at a time or many at once, agree; a zone the
+/// locales do not name has none.
+#[test]
+fn zone_names_one_at_a_time_and_at_once_agree() {
+    use detente_formats::{zone_name, zone_names};
+    let zones = ["Asia/Shanghai", "America/New_York", "Africa/Lusaka", "UTC"];
+    for lang in ["en", "zh-CN"] {
+        let each: Vec<Option<String>> = zones.iter().map(|z| zone_name(lang, z)).collect();
+        assert_eq!(zone_names(lang, zones), each, "{lang}");
+    }
+    assert_eq!(
+        zone_name("zh-CN", "Asia/Shanghai").as_deref(),
+        Some("北京时间")
+    );
+    assert_eq!(zone_names("en", ["Africa/Lusaka"]), vec![None]);
+}

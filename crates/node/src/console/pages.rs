@@ -858,6 +858,8 @@ fn time_zone_settings(shared: &Shared, op: &Operator) -> Markup {
     let node_zone = tz_label(&op.lang, &node, &node);
     let chosen = operator_tz(shared, op);
     let own = !op.tz.is_empty() && chosen == op.tz;
+    let zones = selectable_zones();
+    let labels = detente_formats::zone_names(&op.lang, zones.iter().map(String::as_str));
     html! {
         section.settings aria-labelledby="settings-time" {
             h2 #settings-time { (t("settings-time")) }
@@ -869,10 +871,9 @@ fn time_zone_settings(shared: &Shared, op: &Operator) -> Markup {
                     option value="" selected[!own] {
                         (tr_with(shared, op, "settings-time-node", &[("zone", node_zone)]))
                     }
-                    @for zone in selectable_zones() {
-                        @let label = tz_label(&op.lang, &zone, &zone);
-                        option value=(zone) selected[own && zone == chosen] translate="no" {
-                            @if label == zone { (zone) } @else { (zone) " · " (label) }
+                    @for (zone, label) in zones.iter().zip(&labels) {
+                        option value=(zone) selected[own && *zone == chosen] translate="no" {
+                            (zone) @if let Some(label) = label { " · " (label) }
                         }
                     }
                 }

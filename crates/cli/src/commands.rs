@@ -158,7 +158,16 @@ pub fn config_get(dir: &Path, key: Option<String>, json: bool) -> Outcome {
         }
         None => {
             let mut all = serde_json::Map::new();
-            for key in CONFIG_KEYS {
+            let peer_keys: Vec<String> = config
+                .peers
+                .iter()
+                .map(|p| format!("peers.{}.next_step", p.name))
+                .collect();
+            for key in CONFIG_KEYS
+                .iter()
+                .copied()
+                .chain(peer_keys.iter().map(String::as_str))
+            {
                 all.insert(key.to_string(), Value::String(config.get(key)?));
             }
             if json {

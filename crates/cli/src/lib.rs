@@ -81,7 +81,7 @@ impl From<detente_node::config::ConfigError> for Failure {
                 dir.display()
             )),
             ConfigError::UnknownKey(_) => Some(format!(
-                "known keys: {}",
+                "known keys: {}, peers.NAME.next_step",
                 detente_node::config::CONFIG_KEYS.join(", ")
             )),
             _ => None,

@@ -3,6 +3,9 @@
 //! detente, and a row damaged behind the store's back. Everything both stores do is in
 //! `conformance.rs`. Each test makes its own database (see `detente_store::pg_test`).
 
+mod common;
+use common::newest_migration;
+
 use detente_store::{
     Direction, Hash32, MessageRow, OutboxRow, PgStore, Placement, Store, StoreError, WriteBatch,
 };
@@ -245,19 +248,4 @@ async fn the_databases_of_ended_test_processes_are_dropped() {
             .await
             .unwrap();
     assert!(still, "this process's own database is kept");
-}
-
-/// The newest migration this build carries (the number its newest file starts with).
-fn newest_migration(store: &str) -> i64 {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(store);
-    std::fs::read_dir(dir)
-        .expect("the migrations directory")
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.split('_').next()?.parse::<i64>().ok()
-        })
-        .max()
-        .expect("at least one migration")
 }

@@ -2,6 +2,9 @@
 //! a file that is not a database, and reporting a row damaged behind its back. Everything
 //! both stores do is in `conformance.rs`.
 
+mod common;
+use common::newest_migration;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -163,19 +166,4 @@ async fn a_schema_from_a_newer_detente_is_refused_with_the_version_needed() {
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
     assert!(err.to_string().contains("migration 99"), "{err}");
-}
-
-/// The newest migration this build carries (the number its newest file starts with).
-fn newest_migration(store: &str) -> i64 {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(store);
-    std::fs::read_dir(dir)
-        .expect("the migrations directory")
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.split('_').next()?.parse::<i64>().ok()
-        })
-        .max()
-        .expect("at least one migration")
 }

@@ -8,8 +8,9 @@
 //!
 //! A restored store is marked (`store_marks.restored`), and the node refuses to start on it:
 //! envelopes it signed after the backup may be held by its peers, and signing new ones
-//! would reuse their sequence numbers. Getting them back from the peers needs the link
-//! protocol to carry them, which is not built yet.
+//! would reuse their sequence numbers. The link protocol carries them back (a peer answers
+//! `Fetch`, `detente_node::fetch`), but asking for them and appending them is not built
+//! yet.
 
 use std::path::{Path, PathBuf};
 

@@ -291,6 +291,11 @@ pub enum Input {
         batch: BatchId,
         error: String,
     },
+    /// The driver has sent its whole answer to the [`Event::Fetch`] of `session` (or the
+    /// session ended meanwhile): the session's next `Fetch` may be answered.
+    FetchAnswered {
+        session: SessionId,
+    },
     /// The timer asked for by [`Core::poll_timeout`] fired (or any time: it is idempotent).
     Tick,
 }
@@ -350,6 +355,19 @@ pub enum Event {
     Dial { peer: String, address: usize },
     /// Close this session (silent too long, protocol violation, replaced).
     CloseSession { session: SessionId },
+    /// Answer the peer's `Fetch` on `session`: send the appended envelopes of `sender`'s
+    /// stream in `channel` with `after < seq <= through`, read from the store, each in a
+    /// `Fetched` frame, lowest first, stopping after the one that crosses
+    /// [`detente_proto::FETCH_ANSWER_BYTES_MAX`]; then `FetchEnd { sender, upto, head }`
+    /// with the last `seq` sent; then [`Input::FetchAnswered`]. All of them are durable.
+    Fetch {
+        session: SessionId,
+        channel: [u8; 32],
+        sender: [u8; 32],
+        after: u64,
+        through: u64,
+        head: u64,
+    },
 }
 
 /// The envelope fields of a send besides its body, as the operator gave them.
@@ -509,6 +527,7 @@ impl Core {
             Input::Committed { batch } => self.on_committed(batch),
             Input::DeadlineRows { query, rows } => self.on_deadline_rows(query, rows),
             Input::CommitFailed { batch, error } => self.on_commit_failed(batch, &error),
+            Input::FetchAnswered { session } => self.on_fetch_answered(session),
             Input::Tick => {}
         }
         self.on_tick();

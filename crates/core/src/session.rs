@@ -3,7 +3,9 @@
 
 use detente_proto::frame::{FrameError, LINK_VERSION};
 use detente_proto::sched::Outgoing;
-use detente_proto::{Frame, Precedence, RefuseCode, Scheduler, VerifiedEnvelope};
+use detente_proto::{
+    Frame, Precedence, RefuseCode, Scheduler, VerifiedEnvelope, FETCHES_QUEUED_MAX,
+};
 
 use crate::{Core, Event, SessionId, SESSION_IN_FLIGHT_MAX};
 
@@ -25,6 +27,19 @@ pub(crate) struct Session {
     pub ack_due: bool,
     /// This node dialed it (else the peer did).
     pub dialed_by_us: bool,
+    /// A `Fetch` of the peer's is being answered by the driver ([`Event::Fetch`]).
+    pub fetching: bool,
+    /// `Fetch`es that arrived meanwhile, answered one after the other (at most
+    /// [`detente_proto::FETCHES_QUEUED_MAX`]).
+    pub fetches: std::collections::VecDeque<Fetch>,
+}
+
+/// A peer's `Fetch`, as asked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fetch {
+    pub sender: [u8; 32],
+    pub after: u64,
+    pub limit: u16,
 }
 
 impl Core {
@@ -77,6 +92,8 @@ impl Core {
             received: 0,
             ack_due: false,
             dialed_by_us,
+            fetching: false,
+            fetches: std::collections::VecDeque::new(),
         });
         let hello = Frame::Hello {
             version: LINK_VERSION,
@@ -235,6 +252,106 @@ impl Core {
             Frame::Refuse { seq, code, reason } => self.on_refuse(index, seq, code, &reason),
             Frame::Checkpoint(bytes) => self.on_peer_checkpoint(index, &bytes),
             Frame::Terms(bytes) => self.on_terms(index, &bytes),
+            Frame::Fetch {
+                sender,
+                after,
+                limit,
+            } => self.on_fetch(
+                index,
+                session,
+                Fetch {
+                    sender,
+                    after,
+                    limit,
+                },
+            ),
+            // We send no `Fetch` yet: an answer is nothing we asked for.
+            Frame::Fetched(_) | Frame::FetchEnd { .. } => {
+                self.protocol_error(index, session, "an answer to a Fetch this side never sent")
+            }
+        }
+    }
+
+    /// The peer asks for the appended envelopes of one stream of this channel (its own or
+    /// ours: what a node restored from an older backup gets back). Answered from the store
+    /// by the driver ([`Event::Fetch`]), one `Fetch` at a time, only as far as what is
+    /// durable here; a stream of any other sender is refused.
+    fn on_fetch(&mut self, index: usize, session: SessionId, fetch: Fetch) {
+        let p = &mut self.peers[index];
+        let Some(s) = p.session.as_mut() else { return };
+        if s.fetching {
+            if s.fetches.len() >= FETCHES_QUEUED_MAX {
+                let reason = format!(
+                    "fetch: {FETCHES_QUEUED_MAX} are already waiting; wait for each FetchEnd"
+                );
+                return self.frame(
+                    session,
+                    Frame::Refuse {
+                        seq: 0,
+                        code: RefuseCode::Busy,
+                        reason,
+                    },
+                );
+            }
+            s.fetches.push_back(fetch);
+            return;
+        }
+        let head = if fetch.sender == *self.me.as_bytes() {
+            p.out_durable
+        } else if fetch.sender == *p.key.as_bytes() {
+            p.inb_durable.hwm()
+        } else {
+            let peer = p.name.clone();
+            self.event(Event::Refused {
+                peer,
+                what: "fetch: a stream that is not of this channel".into(),
+            });
+            return self.frame(
+                session,
+                Frame::Refuse {
+                    seq: 0,
+                    code: RefuseCode::Invalid,
+                    reason: "fetch: the sender is not a member of this channel".into(),
+                },
+            );
+        };
+        let limit = u64::from(fetch.limit.min(detente_proto::FETCH_ENVELOPES_MAX));
+        let through = fetch.after.saturating_add(limit).min(head);
+        if through <= fetch.after {
+            // Nothing to read: the answer is its end alone.
+            return self.frame(
+                session,
+                Frame::FetchEnd {
+                    sender: fetch.sender,
+                    upto: fetch.after,
+                    head,
+                },
+            );
+        }
+        s.fetching = true;
+        let channel = p.channel.0;
+        self.event(Event::Fetch {
+            session,
+            channel,
+            sender: fetch.sender,
+            after: fetch.after,
+            through,
+            head,
+        });
+    }
+
+    /// The driver sent its answer to the session's `Fetch` ([`crate::Input::FetchAnswered`]): take
+    /// the next one waiting.
+    pub(crate) fn on_fetch_answered(&mut self, session: SessionId) {
+        let Some(index) = self.session_peer(session) else {
+            return;
+        };
+        let Some(s) = self.peers[index].session.as_mut() else {
+            return;
+        };
+        s.fetching = false;
+        if let Some(next) = s.fetches.pop_front() {
+            self.on_fetch(index, session, next);
         }
     }
 

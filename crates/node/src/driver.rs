@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::fetch::FetchAsked;
 use detente_core::{
     Answer, BatchId, Command, CommandError, Core, DeadlineQuery, Event, Input, SessionId, Ticket,
 };
@@ -107,6 +108,10 @@ pub enum DriverInput {
     Frames {
         session: SessionId,
         frames: Vec<Vec<u8>>,
+    },
+    /// The answer to the session's `Fetch` ([`Event::Fetch`]) was sent (or given up).
+    FetchAnswered {
+        session: SessionId,
     },
 }
 
@@ -432,7 +437,9 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 DriverInput::SessionClosed { session } => {
                     self.sessions.remove(&session);
                 }
-                DriverInput::DialFailed { .. } | DriverInput::Frames { .. } => {}
+                DriverInput::DialFailed { .. }
+                | DriverInput::Frames { .. }
+                | DriverInput::FetchAnswered { .. } => {}
             }
             return;
         }
@@ -466,6 +473,7 @@ impl<S: Store, D: Dialer> Driver<S, D> {
             DriverInput::DialFailed { peer } => Input::DialFailed { peer },
             // One frame alone costs what Input::Frame does: a batch of one is checked alone.
             DriverInput::Frames { session, frames } => Input::Frames { session, frames },
+            DriverInput::FetchAnswered { session } => Input::FetchAnswered { session },
         };
         self.handle(input);
     }
@@ -577,6 +585,38 @@ impl<S: Store, D: Dialer> Driver<S, D> {
             Event::CloseSession { session } => {
                 // Dropping the writer ends the session task's write half, and so the session.
                 self.sessions.remove(&session);
+            }
+            Event::Fetch {
+                session,
+                channel,
+                sender,
+                after,
+                through,
+                head,
+            } => {
+                let (Some(writer), Some(tx)) =
+                    (self.sessions.get(&session).cloned(), self.weak.upgrade())
+                else {
+                    return self.handle(Input::FetchAnswered { session });
+                };
+                let store = self.store.clone();
+                let asked = FetchAsked {
+                    channel,
+                    sender,
+                    after,
+                    through,
+                    head,
+                };
+                // Off the driver's task: a read of up to FETCH_ANSWER_BYTES_MAX, one at a
+                // time per session (the core waits for FetchAnswered).
+                tokio::spawn(async move {
+                    for frame in crate::fetch::answer(&*store, asked).await {
+                        if writer.send(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = tx.send(DriverInput::FetchAnswered { session }).await;
+                });
             }
             other => {
                 let _ = self.events.send(other);

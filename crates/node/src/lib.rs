@@ -16,6 +16,7 @@ pub mod deadlines;
 pub mod driver;
 pub mod engine;
 pub mod events;
+pub mod fetch;
 pub mod gate;
 pub mod hooks;
 pub mod http;

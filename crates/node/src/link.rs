@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use detente_proto::frame::LINK_VERSION;
 use detente_proto::{
-    ChannelId, Frame, LinkSupervisor, Outgoing, Precedence, RefuseCode, Scheduler, VerifiedEnvelope,
+    ChannelId, Frame, LinkSupervisor, Outgoing, Precedence, RefuseCode, Scheduler,
+    VerifiedEnvelope, FETCHES_QUEUED_MAX,
 };
 use detente_store::Store;
 use rand::Rng;
@@ -362,11 +363,20 @@ async fn session(
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Vec<u8>>>(RECEIVE_QUEUE_MAX);
     let (urgent_tx, urgent_rx) = mpsc::channel::<Vec<Vec<u8>>>(URGENT_QUEUE_MAX);
     let (checkpoint_tx, checkpoint_rx) = mpsc::channel::<Vec<u8>>(CHECKPOINT_QUEUE_MAX);
+    let (fetch_tx, fetch_rx) = mpsc::channel(FETCHES_QUEUED_MAX);
     let lanes = Lanes {
         normal: batch_tx,
         urgent: urgent_tx,
         checkpoints: checkpoint_tx,
+        fetches: fetch_tx,
     };
+    let fetch_task = tokio::spawn(fetch_answers(
+        shared.clone(),
+        entry.clone(),
+        channel,
+        fetch_rx,
+        control_tx.clone(),
+    ));
     let checkpoint_task = tokio::spawn(checkpoint_exchange(
         shared.clone(),
         entry.clone(),
@@ -507,6 +517,7 @@ async fn session(
     reader_task.abort();
     pipeline_task.abort();
     checkpoint_task.abort();
+    fetch_task.abort();
     let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
     end
 }
@@ -691,6 +702,9 @@ struct Lanes {
     urgent: mpsc::Sender<Vec<Vec<u8>>>,
     /// Signed checkpoints, handled one at a time by [`checkpoint_exchange`].
     checkpoints: mpsc::Sender<Vec<u8>>,
+    /// The peer's `Fetch`es (sender, after, limit), answered one at a time by
+    /// [`fetch_answers`]; at most [`FETCHES_QUEUED_MAX`] wait.
+    fetches: mpsc::Sender<([u8; 32], u64, u16)>,
 }
 
 /// Checkpoint frames queued per session, at most (the reader waits beyond this).
@@ -732,6 +746,54 @@ async fn checkpoint_exchange(
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(peer = %entry.name, error = %e, "did not sign the peer's checkpoint")
+            }
+        }
+    }
+}
+
+/// Answer the peer's `Fetch`es, one at a time (see [`crate::fetch`]): a stream of this
+/// channel only (ours or the peer's), as far as the store holds it.
+async fn fetch_answers(
+    shared: Arc<Shared>,
+    entry: Arc<PeerEntry>,
+    channel: ChannelId,
+    mut fetches: mpsc::Receiver<([u8; 32], u64, u16)>,
+    control: mpsc::Sender<Control>,
+) {
+    let ours = *shared.secret.public().as_bytes();
+    while let Some((sender, after, limit)) = fetches.recv().await {
+        let frames = if sender != ours && sender != *entry.key.as_bytes() {
+            tracing::warn!(peer = %entry.name, "refused a fetch of a stream not of this channel");
+            vec![Frame::Refuse {
+                seq: 0,
+                code: RefuseCode::Invalid,
+                reason: "fetch: the sender is not a member of this channel".into(),
+            }]
+        } else {
+            let key = if sender == ours {
+                shared.secret.public()
+            } else {
+                entry.key
+            };
+            match stream_hwm(&shared, channel, &key).await {
+                Ok(head) => {
+                    let asked =
+                        crate::fetch::FetchAsked::new(channel.0, sender, after, limit, head);
+                    crate::fetch::answer(&*shared.store, asked).await
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %entry.name, error = %e, "fetch: store not read");
+                    vec![Frame::Refuse {
+                        seq: 0,
+                        code: RefuseCode::Busy,
+                        reason: "fetch: the store could not be read; ask again".into(),
+                    }]
+                }
+            }
+        };
+        for frame in frames {
+            if control.send(Control::Send(frame)).await.is_err() {
+                return;
             }
         }
     }
@@ -784,6 +846,36 @@ async fn read_frames<R: AsyncRead + Unpin>(
                             continue;
                         }
                         Frame::Terms(bytes) => Control::Terms(bytes),
+                        Frame::Fetch {
+                            sender,
+                            after,
+                            limit,
+                        } => match lanes.fetches.try_send((sender, after, limit)) {
+                            Ok(()) => continue,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                Control::Send(Frame::Refuse {
+                                    seq: 0,
+                                    code: RefuseCode::Busy,
+                                    reason: format!(
+                                        "fetch: {FETCHES_QUEUED_MAX} are already waiting; \
+                                         wait for each FetchEnd"
+                                    ),
+                                })
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        },
+                        // We send no `Fetch` yet: an answer is nothing we asked for.
+                        Frame::Fetched(_) | Frame::FetchEnd { .. } => {
+                            let reason = "an answer to a Fetch this side never sent".to_string();
+                            let refuse = Frame::Refuse {
+                                seq: 0,
+                                code: RefuseCode::Protocol,
+                                reason: reason.clone(),
+                            };
+                            let _ = control.send(Control::Send(refuse)).await;
+                            let _ = control.send(Control::Closed(reason)).await;
+                            return;
+                        }
                     };
                     if control.send(message).await.is_err() {
                         return;

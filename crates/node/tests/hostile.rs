@@ -1094,8 +1094,8 @@ async fn unknown_frame_type_closes_the_session_and_a_new_one_works() {
     h.accepts(&mut peer, &chain[0], 1).await;
     let before = h.snapshot().await;
 
-    // A one-byte frame of type 9, which does not exist.
-    peer.write_raw(&[0, 0, 0, 1, 9]).await;
+    // A one-byte frame of type 10, which does not exist.
+    peer.write_raw(&[0, 0, 0, 1, 10]).await;
     match peer.next_control().await {
         Ok(Frame::Refuse { seq, code, reason }) => {
             assert_eq!(code, RefuseCode::Protocol, "{reason}");
@@ -2438,5 +2438,182 @@ async fn a_peer_that_stops_reading_cannot_hold_the_session() {
     .expect("the queue is sent on the new session");
     assert_eq!(first, 1, "the queue starts again from the beginning");
     drop(stalled);
+    h.stop().await;
+}
+
+/// Issue 12 item 1 and issue 13 item 5, the answering half: a peer whose store was restored
+/// from an older backup asks (`Fetch`) for what this node holds of either stream of the
+/// channel, its own among them, and gets exactly the stored, signed envelopes, in `seq`
+/// order, in bounded answers that say how far the node holds the stream. A stream of any
+/// other sender is refused, a flood of fetches is answered or refused busy (never
+/// dropped, never a stall), and the session stays up throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_is_answered_with_what_the_node_holds_of_either_stream() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let chain = h.chain(3);
+    for (i, v) in chain.iter().enumerate() {
+        h.accepts(&mut peer, v, i as u64 + 1).await;
+    }
+    h.node
+        .shared
+        .engine
+        .send(text_request(1))
+        .await
+        .expect("send");
+    let ours = *h.target.as_bytes();
+    let theirs = *h.fake.public().as_bytes();
+    let streams = h.node.shared.store.streams().await.expect("streams");
+    let head = streams
+        .iter()
+        .find(|s| s.channel == h.channel.0 && s.sender == ours)
+        .map(|s| s.next_seq - 1)
+        .expect("the node's stream");
+    assert!(head >= 4, "three DELIVERED receipts and a text: {head}");
+
+    // Reads the answer to one Fetch: the envelopes (verified under `key`), then the end.
+    async fn answer(peer: &mut FakePeer, key: &PartyKey) -> (Vec<VerifiedEnvelope>, Frame) {
+        let mut got = Vec::new();
+        loop {
+            match peer.next_control().await.expect("the session stays up") {
+                Frame::Fetched(bytes) => got.push(
+                    VerifiedEnvelope::decode(&bytes, Some(key))
+                        .expect("a fetched envelope verifies"),
+                ),
+                end @ Frame::FetchEnd { .. } => return (got, end),
+                other => panic!("unexpected while reading a fetch answer: {other:?}"),
+            }
+        }
+    }
+    let fetch = |sender, after, limit| Frame::Fetch {
+        sender,
+        after,
+        limit,
+    };
+
+    // Our stream, two at a time, then the rest with a limit above the maximum.
+    peer.send(&fetch(ours, 0, 2)).await;
+    let (got, end) = answer(&mut peer, &h.target).await;
+    let seqs: Vec<u64> = got.iter().map(|v| v.envelope().seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    assert_eq!(
+        end,
+        Frame::FetchEnd {
+            sender: ours,
+            upto: 2,
+            head
+        }
+    );
+    peer.send(&fetch(ours, 2, u16::MAX)).await;
+    let (got, end) = answer(&mut peer, &h.target).await;
+    let seqs: Vec<u64> = got.iter().map(|v| v.envelope().seq).collect();
+    assert_eq!(seqs, (3..=head).collect::<Vec<_>>());
+    assert_eq!(
+        end,
+        Frame::FetchEnd {
+            sender: ours,
+            upto: head,
+            head
+        }
+    );
+    for v in &got {
+        let row = h
+            .node
+            .shared
+            .store
+            .message(v.id().0)
+            .await
+            .expect("message")
+            .expect("what is fetched is what is stored");
+        assert_eq!(row.bytes, v.bytes());
+    }
+    let sent = got
+        .iter()
+        .find(|v| matches!(v.envelope().body, Body::Text(_)));
+    assert!(sent.is_some(), "the text sent is among them");
+
+    // The peer's own stream, from the middle; and past its end, the end alone.
+    peer.send(&fetch(theirs, 1, 10)).await;
+    let (got, end) = answer(&mut peer, &h.fake.public()).await;
+    let bytes: Vec<&[u8]> = got.iter().map(|v| v.bytes()).collect();
+    assert_eq!(bytes, [chain[1].bytes(), chain[2].bytes()]);
+    let expected = Frame::FetchEnd {
+        sender: theirs,
+        upto: 3,
+        head: 3,
+    };
+    assert_eq!(end, expected);
+    peer.send(&fetch(theirs, 3, 10)).await;
+    let (got, end) = answer(&mut peer, &h.fake.public()).await;
+    assert!(got.is_empty(), "nothing past the end");
+    assert_eq!(end, expected);
+
+    // A stranger's stream: refused, nothing read.
+    peer.send(&fetch([0x77; 32], 0, 10)).await;
+    match peer.next_control().await {
+        Ok(Frame::Refuse { code, reason, .. }) => {
+            assert_eq!(code, RefuseCode::Invalid);
+            assert!(reason.contains("not a member"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // Ten at once: each is answered whole, in order, or refused busy.
+    const FLOOD: usize = 10;
+    for _ in 0..FLOOD {
+        peer.send(&fetch(theirs, 0, 3)).await;
+    }
+    let (mut answered, mut busy) = (0, 0);
+    while answered + busy < FLOOD {
+        match peer.next_control().await.expect("the session stays up") {
+            Frame::Fetched(bytes) => {
+                assert_eq!(bytes, chain[0].bytes(), "an answer starts at seq 1");
+                for v in &chain[1..] {
+                    match peer.next_control().await {
+                        Ok(Frame::Fetched(bytes)) => assert_eq!(bytes, v.bytes()),
+                        other => panic!("an answer interrupted by {other:?}"),
+                    }
+                }
+                assert_eq!(peer.next_control().await, Ok(expected.clone()));
+                answered += 1;
+            }
+            Frame::Refuse { code, .. } => {
+                assert_eq!(code, RefuseCode::Busy);
+                busy += 1;
+            }
+            other => panic!("unexpected in a flood of fetches: {other:?}"),
+        }
+    }
+    assert!(
+        answered >= detente_proto::FETCHES_QUEUED_MAX,
+        "{answered} answered, {busy} busy"
+    );
+
+    // And the session still carries the peer's stream.
+    let next = h.sign(h.envelope(4, chain[2].id(), "after the fetches"));
+    h.accepts(&mut peer, &next, 4).await;
+    h.stop().await;
+}
+
+/// An answer to a `Fetch` that was never sent is a protocol error: the session ends with
+/// a refusal that says so, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_answer_nobody_asked_for_ends_the_session() {
+    let h = Harness::start().await;
+    let mut peer = FakePeer::connect(&h).await;
+    let before = h.snapshot().await;
+    let unasked = h.sign(h.envelope(1, MessageId::ZERO, "unasked"));
+    peer.send(&Frame::Fetched(unasked.bytes().to_vec())).await;
+    let mut refused = None;
+    while let Ok(frame) = peer.next_control().await {
+        if let Frame::Refuse { code, reason, .. } = frame {
+            refused = Some((code, reason));
+        }
+    }
+    let (code, reason) = refused.expect("a refusal before the session ends");
+    assert_eq!(code, RefuseCode::Protocol);
+    assert!(reason.contains("never sent"), "{reason}");
+    assert!(!h.is_stored(unasked.bytes()).await);
+    assert_eq!(h.snapshot().await, before);
     h.stop().await;
 }

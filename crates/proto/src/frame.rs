@@ -68,7 +68,41 @@ pub enum Frame {
     /// `Hello`. Unsigned: the terms bind nobody until each side signs the charter they make
     /// in a charter envelope of its own stream.
     Terms(Vec<u8>),
+    /// Ask for the appended envelopes of one stream of this channel (`sender`: either
+    /// member's key) with `seq > after`, at most `limit` of them: how a node whose store
+    /// was restored from an older backup gets back what the other side holds, its own
+    /// envelopes among them. The other side answers with [`Frame::Fetched`] frames in `seq`
+    /// order, then one [`Frame::FetchEnd`]. Read-only for the side that answers; the side
+    /// that asked verifies every envelope itself (it trusts nothing it is given).
+    Fetch {
+        sender: [u8; 32],
+        after: u64,
+        limit: u16,
+    },
+    /// One envelope answering a `Fetch`, exactly as stored (and as signed).
+    Fetched(Vec<u8>),
+    /// The end of the answer to a `Fetch` of `sender`'s stream: the envelopes up to `upto`
+    /// were sent (`upto` equals the `Fetch`'s `after` when none were), and this side holds
+    /// that stream appended up to `head`. Fewer than `limit` may have been sent, within
+    /// [`FETCH_ANSWER_BYTES_MAX`]; the asking side fetches again after `upto` until it
+    /// reaches `head`.
+    FetchEnd {
+        sender: [u8; 32],
+        upto: u64,
+        head: u64,
+    },
 }
+
+/// Envelopes one `Fetch` asks for at most (a larger `limit` is answered as this).
+pub const FETCH_ENVELOPES_MAX: u16 = 256;
+
+/// `Fetch`es of one session a side keeps waiting while it answers another (answered one
+/// after the other, in order); a `Fetch` beyond them is refused busy.
+pub const FETCHES_QUEUED_MAX: usize = 4;
+
+/// Envelope bytes one answer to a `Fetch` carries at most (the envelope that crosses the
+/// bound is the last one sent).
+pub const FETCH_ANSWER_BYTES_MAX: usize = 1024 * 1024;
 
 /// Why a side refused, as a number the other side can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +164,9 @@ const PONG: u8 = 4;
 const REFUSE: u8 = 5;
 /// Types 6 to 15 are left for frames of the transcript work.
 const CHECKPOINT: u8 = 6;
+const FETCH: u8 = 7;
+const FETCHED: u8 = 8;
+const FETCH_END: u8 = 9;
 const TERMS: u8 = 16;
 
 impl Frame {
@@ -184,6 +221,26 @@ impl Frame {
             Frame::Terms(bytes) => {
                 out.push(TERMS);
                 out.extend_from_slice(bytes);
+            }
+            Frame::Fetch {
+                sender,
+                after,
+                limit,
+            } => {
+                out.push(FETCH);
+                out.extend_from_slice(sender);
+                out.extend_from_slice(&after.to_be_bytes());
+                out.extend_from_slice(&limit.to_be_bytes());
+            }
+            Frame::Fetched(bytes) => {
+                out.push(FETCHED);
+                out.extend_from_slice(bytes);
+            }
+            Frame::FetchEnd { sender, upto, head } => {
+                out.push(FETCH_END);
+                out.extend_from_slice(sender);
+                out.extend_from_slice(&upto.to_be_bytes());
+                out.extend_from_slice(&head.to_be_bytes());
             }
         }
         let len = out.len() - start - 4;
@@ -291,6 +348,33 @@ impl Frame {
                 }
                 Ok(Frame::Terms(body.to_vec()))
             }
+            FETCH => fixed(42).map(|()| {
+                let mut sender = [0u8; 32];
+                sender.copy_from_slice(&body[..32]);
+                Frame::Fetch {
+                    sender,
+                    after: u64_at(32),
+                    limit: u16::from_be_bytes([body[40], body[41]]),
+                }
+            }),
+            FETCHED => {
+                if body.is_empty() || body.len() > ENVELOPE_BYTES_MAX {
+                    return Err(FrameError::BadLength {
+                        kind,
+                        len: body.len(),
+                    });
+                }
+                Ok(Frame::Fetched(body.to_vec()))
+            }
+            FETCH_END => fixed(48).map(|()| {
+                let mut sender = [0u8; 32];
+                sender.copy_from_slice(&body[..32]);
+                Frame::FetchEnd {
+                    sender,
+                    upto: u64_at(32),
+                    head: u64_at(40),
+                }
+            }),
             other => Err(FrameError::UnknownType(other)),
         }
     }
@@ -335,6 +419,17 @@ mod tests {
             reason: "full".into(),
         });
         round_trip(Frame::Terms(vec![0x80]));
+        round_trip(Frame::Fetch {
+            sender: [7; 32],
+            after: u64::MAX - 1,
+            limit: FETCH_ENVELOPES_MAX,
+        });
+        round_trip(Frame::Fetched(vec![0xa1, 0x00]));
+        round_trip(Frame::FetchEnd {
+            sender: [9; 32],
+            upto: 3,
+            head: 12,
+        });
     }
 
     #[test]
@@ -374,7 +469,22 @@ mod tests {
             Frame::check_len(u32::MAX),
             Err(FrameError::TooLarge { .. })
         ));
-        assert_eq!(Frame::decode(&[9]), Err(FrameError::UnknownType(9)));
+        assert_eq!(Frame::decode(&[10]), Err(FrameError::UnknownType(10)));
+        assert!(matches!(
+            Frame::decode(&[FETCH, 0, 0]),
+            Err(FrameError::BadLength {
+                kind: FETCH,
+                len: 2
+            })
+        ));
+        assert!(matches!(
+            Frame::decode(&[FETCHED]),
+            Err(FrameError::BadLength { .. })
+        ));
+        assert!(matches!(
+            Frame::decode(&[FETCH_END; 48]),
+            Err(FrameError::BadLength { len: 47, .. })
+        ));
         assert!(matches!(
             Frame::decode(&[ACK, 1, 2]),
             Err(FrameError::BadLength { .. })

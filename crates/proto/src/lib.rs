@@ -31,7 +31,9 @@ pub use envelope::{
     Receipt, ReceiptLevel, ReceiptTarget, TextBody, VerifiedEnvelope,
 };
 pub use error::KeyError;
-pub use frame::{Frame, FrameError, RefuseCode};
+pub use frame::{
+    Frame, FrameError, RefuseCode, FETCHES_QUEUED_MAX, FETCH_ANSWER_BYTES_MAX, FETCH_ENVELOPES_MAX,
+};
 pub use identity::{fingerprint, PartyKey, PartySecret};
 pub use link::{ClockOffset, LinkConfig, LinkState, LinkSupervisor};
 pub use sched::{Outgoing, Refill, Scheduler};

@@ -409,6 +409,33 @@ pub(crate) fn on_transmit(w: &mut World, node: usize, session: u64, frame: &Fram
             *max = (*max).max(*hwm);
         }
         Frame::Envelope(bytes) => check_envelope_sent(w, node, peer, session, bytes),
+        Frame::Fetched(bytes) => {
+            // Only an appended, durable envelope of one of the channel's two streams.
+            let Some(e) = World::parse(bytes) else {
+                return w.fail(format!(
+                    "n{node} answered a fetch with bytes that do not parse"
+                ));
+            };
+            let stream = (e.channel.0, *e.sender.as_bytes());
+            let member = stream == theirs || stream.1 == *key_of(w, node).as_bytes();
+            let stored = w.nodes[node].store.at(stream, e.seq);
+            if !member || e.channel.0 != theirs.0 || stored.is_none_or(|m| m.bytes != *bytes) {
+                w.fail(format!(
+                    "n{node} answered n{peer}'s fetch with seq {} that is not what it holds",
+                    e.seq
+                ));
+            }
+        }
+        Frame::FetchEnd { sender, head, .. } => {
+            let stream = (theirs.0, *sender);
+            let member = *sender == theirs.1 || *sender == *key_of(w, node).as_bytes();
+            let held = w.nodes[node].store.size(stream);
+            if !member || *head > held {
+                w.fail(format!(
+                    "n{node} told n{peer} it holds a fetched stream up to {head}; {held} are durable"
+                ));
+            }
+        }
         _ => {}
     }
 }
@@ -746,6 +773,25 @@ pub(crate) fn hostile_frame(
             Some((
                 "hostile_absurd_terms",
                 World::frame_bytes(&Frame::Terms(terms.encode())),
+            ))
+        }
+        12 => {
+            // It asks for a stream: the target's, its own, or a stranger's (refused). An
+            // honest member answers with what it holds durably, nothing else.
+            let sender = match w.rng.gen_range(0..3) {
+                0 => *key_of(w, target).as_bytes(),
+                1 => *key_of(w, h).as_bytes(),
+                _ => w.rng.gen(),
+            };
+            let after = w.rng.gen_range(0..8);
+            let limit = w.rng.gen_range(0..=300);
+            Some((
+                "hostile_fetches",
+                World::frame_bytes(&Frame::Fetch {
+                    sender,
+                    after,
+                    limit,
+                }),
             ))
         }
         11 => {

@@ -741,8 +741,50 @@ impl World {
         match event {
             Event::Dial { peer, address } => self.dial(node, &peer, address),
             Event::CloseSession { session } => self.close_session(session, Some(node)),
+            Event::Fetch {
+                session,
+                channel,
+                sender,
+                after,
+                through,
+                head,
+            } => self.answer_fetch(node, session, (channel, sender), (after, through), head),
             _ => {}
         }
+    }
+
+    /// As the node's driver does (`detente_node::fetch`): the peer's `Fetch` answered from
+    /// the store model, within the same bounds, then `FetchAnswered`.
+    fn answer_fetch(
+        &mut self,
+        node: usize,
+        session: SessionId,
+        stream: crate::store::Stream,
+        (after, through): (u64, u64),
+        head: u64,
+    ) {
+        self.count("fetches_answered");
+        let mut frames = Vec::new();
+        let mut upto = after;
+        let mut bytes = 0;
+        let last = through.min(after + u64::from(detente_proto::FETCH_ENVELOPES_MAX));
+        while upto < last && bytes < detente_proto::FETCH_ANSWER_BYTES_MAX {
+            let Some(m) = self.nodes[node].store.at(stream, upto + 1) else {
+                break;
+            };
+            bytes += m.bytes.len();
+            frames.push(Frame::Fetched(m.bytes.clone()));
+            upto += 1;
+        }
+        frames.push(Frame::FetchEnd {
+            sender: stream.1,
+            upto,
+            head,
+        });
+        for frame in frames {
+            self.transmit(node, session, frame);
+        }
+        self.input(node, Input::FetchAnswered { session });
     }
 
     fn dial(&mut self, node: usize, peer: &str, address: usize) {
@@ -1030,7 +1072,7 @@ impl World {
         let Some(session) = self.session_between(h, target) else {
             return;
         };
-        let kind = self.rng.gen_range(0..12);
+        let kind = self.rng.gen_range(0..13);
         if kind == 8 {
             // It reads slowly: everything sent to it arrives late, until it reads again.
             if !self.stalled.remove(&h) {

@@ -194,6 +194,8 @@ pub(crate) struct Peer {
     pub unsigned: u64,
     /// Why nothing more is sent to this peer (it claimed more of our stream than we hold).
     pub sending_stopped: Option<String>,
+    /// The peer's claim to hold more of our stream than we wrote was checked (once per run).
+    pub claim_judged: bool,
     /// Link tests (built on the first tick, rebuilt when the channel's terms change).
     pub tests: Option<crate::linktest::Tests>,
 }
@@ -234,6 +236,7 @@ impl Peer {
             refused: Vec::new(),
             unsigned: 0,
             sending_stopped: None,
+            claim_judged: false,
             tests: None,
         }
     }

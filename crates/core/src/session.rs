@@ -1,6 +1,7 @@
 //! Sessions: Hello/Terms on open, link supervision (heartbeats, silence, redial), the
 //! frames a peer sends, and the precedence-scheduled pump of our durable outbox.
 
+use detente_proto::claim::{Answer, Claim, ClaimCheck};
 use detente_proto::frame::{FrameError, LINK_VERSION};
 use detente_proto::sched::Outgoing;
 use detente_proto::{
@@ -32,6 +33,9 @@ pub(crate) struct Session {
     /// `Fetch`es that arrived meanwhile, answered one after the other (at most
     /// [`detente_proto::FETCHES_QUEUED_MAX`]).
     pub fetches: std::collections::VecDeque<Fetch>,
+    /// Our `Fetch` checking the peer's claim to hold more of our stream than we wrote,
+    /// waiting for its answer.
+    pub claim: Option<ClaimCheck>,
 }
 
 /// A peer's `Fetch`, as asked.
@@ -94,6 +98,7 @@ impl Core {
             dialed_by_us,
             fetching: false,
             fetches: std::collections::VecDeque::new(),
+            claim: None,
         });
         let hello = Frame::Hello {
             version: LINK_VERSION,
@@ -265,9 +270,9 @@ impl Core {
                     limit,
                 },
             ),
-            // We send no `Fetch` yet: an answer is nothing we asked for.
-            Frame::Fetched(_) | Frame::FetchEnd { .. } => {
-                self.protocol_error(index, session, "an answer to a Fetch this side never sent")
+            Frame::Fetched(bytes) => self.on_fetched(index, session, Answer::Fetched(&bytes)),
+            Frame::FetchEnd { sender, .. } => {
+                self.on_fetched(index, session, Answer::End { sender })
             }
         }
     }
@@ -411,6 +416,29 @@ impl Core {
         self.prune(index, hwm);
     }
 
+    /// An answer to the `Fetch` that checks the peer's claim ([`Core::stream_ahead`]): the
+    /// verdict is an alarm and the reason sending stays stopped.
+    fn on_fetched(&mut self, index: usize, session: SessionId, answer: Answer<'_>) {
+        let (me, p) = (self.me, &mut self.peers[index]);
+        let channel = p.channel;
+        let Some(check) = p.session.as_mut().and_then(|s| s.claim.as_mut()) else {
+            return self.protocol_error(index, session, detente_proto::claim::UNASKED);
+        };
+        let verdict = match check.on_answer(answer, &me, channel) {
+            Ok(None) => return,
+            Ok(Some(verdict)) => verdict,
+            Err(why) => return self.protocol_error(index, session, why),
+        };
+        let claim = check.claim;
+        let s = p.session.as_mut().expect("the check is the session's");
+        s.claim = None;
+        p.claim_judged = true;
+        let peer = p.name.clone();
+        let detail = verdict.detail(&peer, &claim);
+        p.sending_stopped = Some(detail.clone());
+        self.event(Event::Alarm { peer, detail });
+    }
+
     fn on_ack(&mut self, index: usize, hwm: u64, received: u64) {
         let p = &mut self.peers[index];
         if let Some(s) = p.session.as_mut() {
@@ -428,16 +456,42 @@ impl Core {
     /// `hwm` were never sent); nothing more is sent to it (new envelopes would reuse its
     /// seqs); one alarm. It lasts until restart, when the operator has put the right
     /// database back.
+    ///
+    /// To tell a store that is behind from a peer that lies, the peer is asked once for our
+    /// envelope `written + 1` ([`detente_proto::claim`]); its answer is a second alarm.
     fn stream_ahead(&mut self, index: usize, hwm: u64) {
+        let me = self.me;
+        let p = &mut self.peers[index];
+        let (peer, written) = (p.name.clone(), p.out_durable);
+        let ask = !p.claim_judged && p.session.as_ref().is_some_and(|s| s.claim.is_none());
+        if ask {
+            // The id of our envelope `written`: the cursor's when nothing newer is staged.
+            let prev = if written == 0 {
+                Some(detente_proto::MessageId::ZERO)
+            } else if p.out.cursor.next_seq == written + 1 {
+                Some(p.out.cursor.last_id)
+            } else {
+                p.out_index
+                    .iter()
+                    .find(|(_, &(seq, _, _))| seq == written)
+                    .map(|(id, _)| *id)
+            };
+            let claim = Claim { hwm, written, prev };
+            let s = p.session.as_mut().expect("checked above");
+            s.claim = Some(ClaimCheck::new(claim));
+            let session = s.id;
+            self.frame(session, claim.fetch(&me));
+        }
         let p = &mut self.peers[index];
         if p.sending_stopped.is_some() {
             return;
         }
-        let (peer, written) = (p.name.clone(), p.out_durable);
         let detail = format!(
             "peer {peer} holds our stream up to seq {hwm} but our store has only {written}: \
              this store is not the one the channel ran on (moved, restored from an old backup, \
-             or new). Nothing more is sent to {peer}; put the right database back and restart"
+             or new), or the peer's claim is false; it was asked to show our envelope seq {}. \
+             Nothing more is sent to {peer}; put the right database back and restart",
+            written + 1
         );
         p.sending_stopped = Some(detail.clone());
         self.event(Event::Alarm { peer, detail });

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use detente_proto::claim::{Answer, Claim, ClaimCheck};
 use detente_proto::frame::LINK_VERSION;
 use detente_proto::{
     ChannelId, Frame, LinkSupervisor, Outgoing, Precedence, RefuseCode, Scheduler,
@@ -263,6 +264,9 @@ enum Control {
     Closed(String),
     /// The peer's charter terms.
     Terms(Vec<u8>),
+    /// An answer to our `Fetch` (a claim check): an envelope, or the end with its sender.
+    Fetched(Vec<u8>),
+    FetchEnd([u8; 32]),
 }
 
 async fn session(
@@ -333,14 +337,36 @@ async fn session(
     tracing::info!(peer = %entry.name, %address, dialed_by_us, our_hwm, peer_hwm, "session up");
     // A peer holding more of our stream than we wrote is an alarm, never a prune (the
     // writer refuses such a prune too; checked here so that nothing is sent meanwhile).
-    match stream_hwm(shared, channel, &shared.secret.public()).await {
-        Ok(written) if peer_hwm > written => crate::writer::stream_ahead(
-            &shared.table,
-            &shared.events,
-            &entry.name,
-            peer_hwm,
-            written,
-        ),
+    // Once per run, the peer is asked to back the claim with our envelope `written + 1`
+    // (detente_proto::claim); its answer is judged in the session loop.
+    let me = shared.secret.public();
+    let mut claim: Option<ClaimCheck> = None;
+    match stream_cursor(shared, channel, &me).await {
+        Ok((written, last_id)) if peer_hwm > written => {
+            crate::writer::stream_ahead(
+                &shared.table,
+                &shared.events,
+                &entry.name,
+                peer_hwm,
+                written,
+            );
+            if !entry
+                .claim_checked
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let asked = Claim {
+                    hwm: peer_hwm,
+                    written,
+                    prev: Some(last_id),
+                };
+                out.clear();
+                asked.fetch(&me).encode(&mut out);
+                if let Err(e) = write_bounded(&mut writer, &out, write_timeout).await {
+                    return End::Closed(e.to_string());
+                }
+                claim = Some(ClaimCheck::new(asked));
+            }
+        }
         Ok(_) => shared.engine.writer().prune(&entry.name, peer_hwm).await,
         Err(e) => return End::Closed(e),
     }
@@ -460,6 +486,18 @@ async fn session(
                         }
                     }
                     Control::Closed(reason) => break End::Closed(reason),
+                    Control::Fetched(bytes) => {
+                        let answer = Answer::Fetched(&bytes);
+                        if let Err(why) = judge_claim(shared, entry, &mut claim, channel, answer) {
+                            break refuse_and_close(&mut writer, &mut out, write_timeout, why).await;
+                        }
+                    }
+                    Control::FetchEnd(sender) => {
+                        let answer = Answer::End { sender };
+                        if let Err(why) = judge_claim(shared, entry, &mut claim, channel, answer) {
+                            break refuse_and_close(&mut writer, &mut out, write_timeout, why).await;
+                        }
+                    }
                     Control::Terms(bytes) => {
                         supervisor.on_heard(now);
                         // Once per session: more would only queue negotiations.
@@ -537,11 +575,69 @@ async fn stream_hwm(
     channel: ChannelId,
     sender: &detente_proto::PartyKey,
 ) -> Result<u64, String> {
+    Ok(stream_cursor(shared, channel, sender).await?.0)
+}
+
+/// How far the store holds `sender`'s stream, and the id of its last envelope (zeros for
+/// none).
+async fn stream_cursor(
+    shared: &Shared,
+    channel: ChannelId,
+    sender: &detente_proto::PartyKey,
+) -> Result<(u64, detente_proto::MessageId), String> {
     let streams = shared.store.streams().await.map_err(|e| e.to_string())?;
     Ok(streams
         .iter()
         .find(|s| s.channel == channel.0 && &s.sender == sender.as_bytes())
-        .map_or(0, |s| s.next_seq - 1))
+        .map_or((0, detente_proto::MessageId::ZERO), |s| {
+            (s.next_seq - 1, detente_proto::MessageId(s.last_id))
+        }))
+}
+
+/// One answer frame to the `Fetch` that checks the peer's claim: the verdict is an alarm
+/// and the reason sending stays stopped. `Err` when the peer broke the protocol (an answer
+/// nobody asked for, more than was asked).
+fn judge_claim(
+    shared: &Shared,
+    entry: &PeerEntry,
+    claim: &mut Option<ClaimCheck>,
+    channel: ChannelId,
+    answer: Answer<'_>,
+) -> Result<(), String> {
+    let check = claim
+        .as_mut()
+        .ok_or_else(|| detente_proto::claim::UNASKED.to_string())?;
+    let verdict = check
+        .on_answer(answer, &shared.secret.public(), channel)
+        .map_err(str::to_string)?;
+    if let Some(verdict) = verdict {
+        let detail = verdict.detail(&entry.name, &check.claim);
+        *claim = None;
+        entry
+            .claim_checked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        crate::writer::claim_verdict(&shared.events, entry, detail);
+    }
+    Ok(())
+}
+
+/// Say why the session ends (a protocol error of the peer's), then end it.
+async fn refuse_and_close<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &mut Vec<u8>,
+    write_timeout: Duration,
+    reason: String,
+) -> End {
+    tracing::warn!(%reason, "closing the session: the peer broke the protocol");
+    out.clear();
+    Frame::Refuse {
+        seq: 0,
+        code: RefuseCode::Protocol,
+        reason: reason.clone(),
+    }
+    .encode(out);
+    let _ = write_bounded(writer, out, write_timeout).await;
+    End::Closed(reason)
 }
 
 /// Refill the scheduler from the outbox and write envelopes while the window allows.
@@ -864,18 +960,9 @@ async fn read_frames<R: AsyncRead + Unpin>(
                             }
                             Err(mpsc::error::TrySendError::Closed(_)) => return,
                         },
-                        // We send no `Fetch` yet: an answer is nothing we asked for.
-                        Frame::Fetched(_) | Frame::FetchEnd { .. } => {
-                            let reason = "an answer to a Fetch this side never sent".to_string();
-                            let refuse = Frame::Refuse {
-                                seq: 0,
-                                code: RefuseCode::Protocol,
-                                reason: reason.clone(),
-                            };
-                            let _ = control.send(Control::Send(refuse)).await;
-                            let _ = control.send(Control::Closed(reason)).await;
-                            return;
-                        }
+                        // Judged by the session loop, which knows whether it asked.
+                        Frame::Fetched(bytes) => Control::Fetched(bytes),
+                        Frame::FetchEnd { sender, .. } => Control::FetchEnd(sender),
                     };
                     if control.send(message).await.is_err() {
                         return;

@@ -2,7 +2,7 @@
 //! who they are, and what their links look like right now.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -125,6 +125,9 @@ pub struct PeerEntry {
     /// A signed checkpoint waiting to go to the peer (the latest wins; checkpoints are
     /// cumulative, so an older one not yet sent is superseded).
     checkpoint_out: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The peer's claim to hold more of our stream than we wrote was checked (once per
+    /// run; [`detente_proto::claim`]).
+    pub claim_checked: AtomicBool,
 }
 
 impl PeerEntry {
@@ -136,6 +139,13 @@ impl PeerEntry {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Sending stays stopped, now for this reason: what the check of the peer's claim found.
+    pub fn stopped_because(&self, reason: String) {
+        if let Ok(mut status) = self.status.write() {
+            status.sending_stopped = Some(reason);
         }
     }
 
@@ -185,6 +195,7 @@ impl PeerTable {
             written: AtomicU8::new(0),
             wake: Notify::new(),
             checkpoint_out: std::sync::Mutex::new(None),
+            claim_checked: AtomicBool::new(false),
         });
         self.peers
             .write()

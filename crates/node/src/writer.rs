@@ -1674,6 +1674,17 @@ pub fn stream_ahead(table: &PeerTable, events: &Events, peer: &str, hwm: u64, wr
     }
 }
 
+/// What the check of a peer's claim to hold more of our stream found
+/// ([`detente_proto::claim`]): a second alarm, and the reason sending stays stopped.
+pub fn claim_verdict(events: &Events, entry: &crate::peers::PeerEntry, detail: String) {
+    tracing::error!(peer = %entry.name, "STREAM CLAIM CHECKED: {detail}");
+    entry.stopped_because(detail.clone());
+    events.publish(Event::Alarm {
+        peer: entry.name.clone(),
+        detail,
+    });
+}
+
 /// The error for a command naming a peer the writer does not hold.
 fn missing(unloaded: &HashMap<String, PartyKey>, peer: &str) -> WriteError {
     if unloaded.contains_key(peer) {

@@ -1733,6 +1733,23 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
     };
     assert_eq!(pending(shared.clone()).await, 3);
     let mut peer = FakePeer::connect_with_hwm(&h, 7).await;
+    // The node asks for the envelope that would back the claim: its own seq 4.
+    let ours = *h.target.as_bytes();
+    match peer.next_control().await {
+        Ok(Frame::Fetch {
+            sender,
+            after: 3,
+            limit: 1,
+        }) if sender == ours => {}
+        other => panic!("expected a Fetch of the node's seq 4, got {other:?}"),
+    }
+    // This peer has nothing to show.
+    peer.send(&Frame::FetchEnd {
+        sender: ours,
+        upto: 3,
+        head: 3,
+    })
+    .await;
     // A round trip through the session loop: it has run its send step by then.
     peer.send(&Frame::Ping {
         nonce: 1,
@@ -1762,10 +1779,25 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
     shared.engine.send(text_request(4)).await.expect("send");
     assert_eq!(pending(shared.clone()).await, 4, "nothing was pruned");
     assert!(peer.from_node.is_empty(), "nothing was sent to the peer");
+    let alarm = next_alarm(&mut events).await;
+    assert!(alarm.contains("holds our stream up to seq 7"), "{alarm}");
+    let verdict = next_alarm(&mut events).await;
+    assert!(verdict.contains("its claim is false"), "{verdict}");
+    assert!(verdict.contains("showed none"), "{verdict}");
     let status = api_get(&h, "/api/v1/status").await;
     let stopped = status["peers"][0]["sending_stopped"].as_str().unwrap_or("");
-    assert!(stopped.contains("up to seq 7"), "status says why: {status}");
-    let alarm = tokio::time::timeout(WAIT, async {
+    assert!(
+        stopped.contains("its claim is false"),
+        "status says what the check found: {status}"
+    );
+    h.stop().await;
+}
+
+/// The next alarm the node publishes.
+async fn next_alarm(
+    events: &mut tokio::sync::broadcast::Receiver<detente_node::events::Event>,
+) -> String {
+    tokio::time::timeout(WAIT, async {
         loop {
             match events.recv().await {
                 Ok(detente_node::events::Event::Alarm { detail, .. }) => return detail,
@@ -1775,8 +1807,79 @@ async fn a_peer_hwm_beyond_our_stream_stops_sending_and_never_prunes() {
         }
     })
     .await
-    .expect("an alarm");
-    assert!(alarm.contains("holds our stream"), "{alarm}");
+    .expect("an alarm")
+}
+
+/// A node restored from an old backup: the peer holds more of its stream, and proves it by
+/// showing the node's next envelope, signed with the node's own key and chained to its last.
+/// The node says its store is behind, keeps sending stopped, and stores nothing it was shown.
+#[tokio::test]
+async fn a_peer_that_shows_our_later_envelope_proves_our_store_is_behind() {
+    let h = Harness::start().await;
+    let shared = h.node.shared.clone();
+    let mut events = shared.events.subscribe();
+    for n in 1..=2 {
+        shared.engine.send(text_request(n)).await.expect("send");
+    }
+    let ours = *h.target.as_bytes();
+    let last = shared
+        .store
+        .streams()
+        .await
+        .expect("streams")
+        .into_iter()
+        .find(|s| s.channel == h.channel.0 && s.sender == ours)
+        .map(|s| MessageId(s.last_id))
+        .expect("the node's stream");
+    // What the node signed before its store was rolled back: its seq 3.
+    let node_secret = PartySecret::from_seed(TARGET_SEED);
+    let mut lost = h.envelope(3, last, "sent before the backup was restored");
+    lost.sender = h.target;
+    let lost = VerifiedEnvelope::sign(lost, &node_secret).expect("sign");
+    let before = h.snapshot().await;
+
+    let mut peer = FakePeer::connect_with_hwm(&h, 5).await;
+    match peer.next_control().await {
+        Ok(Frame::Fetch {
+            sender,
+            after: 2,
+            limit: 1,
+        }) if sender == ours => {}
+        other => panic!("expected a Fetch of the node's seq 3, got {other:?}"),
+    }
+    peer.send(&Frame::Fetched(lost.bytes().to_vec())).await;
+    peer.send(&Frame::FetchEnd {
+        sender: ours,
+        upto: 3,
+        head: 5,
+    })
+    .await;
+    let alarm = next_alarm(&mut events).await;
+    assert!(alarm.contains("holds our stream up to seq 5"), "{alarm}");
+    let verdict = next_alarm(&mut events).await;
+    assert!(verdict.contains("this store is behind"), "{verdict}");
+    assert!(verdict.contains("seq 3"), "{verdict}");
+    let status = api_get(&h, "/api/v1/status").await;
+    let stopped = status["peers"][0]["sending_stopped"].as_str().unwrap_or("");
+    assert!(stopped.contains("this store is behind"), "{status}");
+    assert!(
+        !h.is_stored(lost.bytes()).await,
+        "a shown envelope is not stored"
+    );
+    assert_eq!(h.snapshot().await, before);
+    assert!(peer.from_node.is_empty(), "nothing was sent to the peer");
+
+    // The check is over: another answer is one nobody asked for, and ends the session.
+    peer.send(&Frame::Fetched(lost.bytes().to_vec())).await;
+    let mut refused = None;
+    while let Ok(frame) = peer.next_control().await {
+        if let Frame::Refuse { code, reason, .. } = frame {
+            refused = Some((code, reason));
+        }
+    }
+    let (code, reason) = refused.expect("a refusal before the session ends");
+    assert_eq!(code, RefuseCode::Protocol);
+    assert!(reason.contains("never sent"), "{reason}");
     h.stop().await;
 }
 

@@ -13,6 +13,7 @@ pub mod bundle_writer;
 mod cbor;
 pub mod charter;
 pub mod checkpoint;
+pub mod claim;
 pub mod deadline;
 pub mod envelope;
 pub mod error;

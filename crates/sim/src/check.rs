@@ -605,6 +605,14 @@ pub(crate) fn on_event(w: &mut World, node: usize, event: &Event) {
                     "n{node} raised an alarm about honest {peer}: {detail}"
                 ));
             }
+            // Only our own key signs our stream and only durable envelopes are sent, so an
+            // honest store is never behind what a peer can show of it.
+            if detail.contains("this store is behind") {
+                return w.fail(format!("n{node} found its own store behind: {detail}"));
+            }
+            if detail.contains("its claim is false") {
+                w.count("claims_found_false");
+            }
             w.count("alarms");
             w.checker.alarms.insert((node, peer.clone()));
             if detail.contains("holds our stream") {

@@ -1703,6 +1703,11 @@ async fn a_link_alarm_says_the_next_step() {
             .contains("detente config set peers.washington.next_step TEXT"),
         "how to set one where none is"
     );
+    // The link is up again after the restart before it is cut: the alarm is for a link
+    // that went down.
+    detente::harness::wait_link_up(&wc, "beijing", std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     b.stop();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

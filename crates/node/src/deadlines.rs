@@ -704,6 +704,9 @@ fn advance_cursors(state: &mut Deadline, pages: &[Page], rows_max: u32) -> bool 
 
 struct LinkWatch {
     was_up: bool,
+    /// Sessions the link had at the last poll: one opened since means it was up, even if
+    /// it went down again between two polls.
+    sessions: u64,
     down_alarm: bool,
     test: Option<LinkTest>,
     interval: Duration,
@@ -1018,6 +1021,7 @@ async fn poll_links(shared: &Shared, links: &mut HashMap<String, LinkWatch>, now
             .entry(entry.name.clone())
             .or_insert_with(|| LinkWatch {
                 was_up: false,
+                sessions: 0,
                 down_alarm: false,
                 test: Some(LinkTest::new(interval, bound, now.into_std())),
                 interval,
@@ -1026,10 +1030,13 @@ async fn poll_links(shared: &Shared, links: &mut HashMap<String, LinkWatch>, now
             w.test = Some(LinkTest::new(interval, bound, now.into_std()));
             w.interval = interval;
         }
-        let state = entry
-            .status
-            .read()
-            .map_or(LinkState::Down, |s| s.current_state(now.into_std()));
+        let (state, sessions) = entry.status.read().map_or((LinkState::Down, 0), |s| {
+            (s.current_state(now.into_std()), s.sessions)
+        });
+        if sessions > w.sessions {
+            w.sessions = sessions;
+            w.was_up = true;
+        }
         match state {
             LinkState::Up => {
                 w.was_up = true;

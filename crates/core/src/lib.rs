@@ -916,3 +916,103 @@ impl Core {
             .map_or(&[], |i| self.peers[i].checkpoints.as_slice())
     }
 }
+
+/// Whether a frame (type byte and body) is an `Envelope` frame.
+pub fn is_envelope_frame(frame: &[u8]) -> bool {
+    frame.first() == Some(&detente_proto::frame::ENVELOPE)
+}
+
+/// Of frames read together from one session, the FLASH and IMMEDIATE envelope frames a
+/// driver may hand to the core ahead of the others (those before the first frame that is
+/// not an envelope; none if `blocked`, when an earlier frame of the session is held back),
+/// and the rest in order. Acceptance does not depend on the order envelopes arrive in (one
+/// ahead of a gap is held, then promoted); other frames are never overtaken.
+pub fn split_urgent(frames: Vec<Vec<u8>>, mut blocked: bool) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut urgent = Vec::new();
+    let mut rest = Vec::new();
+    for frame in frames {
+        blocked |= !is_envelope_frame(&frame);
+        let is_urgent = !blocked
+            && detente_proto::envelope::peek_precedence(&frame[1..])
+                .is_some_and(|p| p <= detente_proto::Precedence::Immediate);
+        if is_urgent {
+            urgent.push(frame);
+        } else {
+            rest.push(frame);
+        }
+    }
+    (urgent, rest)
+}
+
+#[cfg(test)]
+mod urgent_tests {
+    fn envelope_frame(precedence: detente_proto::Precedence, seq: u64) -> Vec<u8> {
+        let secret = detente_proto::PartySecret::from_seed([5; 32]);
+        let other = detente_proto::PartySecret::from_seed([6; 32]).public();
+        let envelope = detente_proto::Envelope {
+            channel: detente_proto::ChannelId::for_pair(&secret.public(), &other),
+            sender: secret.public(),
+            seq,
+            prev: if seq == 1 {
+                detente_proto::MessageId::ZERO
+            } else {
+                detente_proto::MessageId([seq as u8; 32])
+            },
+            created_at_ms: 1,
+            precedence,
+            topic: "t".into(),
+            author: "a".into(),
+            in_reply_to: None,
+            body: detente_proto::Body::Text(detente_proto::TextBody {
+                language: "en".into(),
+                text: "x".into(),
+                translations: Vec::new(),
+            }),
+        };
+        let v = detente_proto::VerifiedEnvelope::sign(envelope, &secret).unwrap();
+        let mut out = Vec::new();
+        detente_proto::Frame::Envelope(v.bytes().to_vec()).encode(&mut out);
+        out[4..].to_vec()
+    }
+
+    #[test]
+    fn urgent_envelopes_overtake_envelopes_only() {
+        use detente_proto::Precedence::{Flash, Immediate, Priority, Routine};
+        let ack = {
+            let mut out = Vec::new();
+            detente_proto::Frame::Ack {
+                hwm: 1,
+                received: 1,
+            }
+            .encode(&mut out);
+            out[4..].to_vec()
+        };
+        let (r1, f2, i3, p4, f5) = (
+            envelope_frame(Routine, 1),
+            envelope_frame(Flash, 2),
+            envelope_frame(Immediate, 3),
+            envelope_frame(Priority, 4),
+            envelope_frame(Flash, 5),
+        );
+        let frames = vec![
+            r1.clone(),
+            f2.clone(),
+            i3.clone(),
+            p4.clone(),
+            ack.clone(),
+            f5.clone(),
+        ];
+        let (urgent, rest) = super::split_urgent(frames.clone(), false);
+        assert_eq!(urgent, vec![f2.clone(), i3.clone()]);
+        // The FLASH after the Ack keeps its place behind it.
+        assert_eq!(rest, vec![r1.clone(), p4, ack, f5]);
+        // A session with a held-back control frame: nothing overtakes it.
+        let (urgent, rest) = super::split_urgent(frames.clone(), true);
+        assert!(urgent.is_empty());
+        assert_eq!(rest, frames);
+        // Bytes that only look like an envelope frame are not urgent.
+        let (urgent, _) =
+            super::split_urgent(vec![vec![detente_proto::frame::ENVELOPE, 0xff]], false);
+        assert!(urgent.is_empty());
+    }
+}

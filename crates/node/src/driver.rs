@@ -78,6 +78,9 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 pub const COMMIT_FAILURES_BEFORE_RELOAD: u32 = 3;
 /// How often a rebuild from a store that cannot be read is tried again.
 pub const RELOAD_RETRY: Duration = Duration::from_secs(1);
+/// Inputs of frames held back at most while the batch holding an urgent envelope is open
+/// (see [`Driver::on_frames`]); beyond, the driver reads no more inputs until it is sealed.
+pub const DEFERRED_INPUTS_MAX: usize = 64;
 /// A command while the store is failing tries it at once, at most this often.
 const RELOAD_EAGER_SPACING: Duration = Duration::from_millis(10);
 
@@ -213,6 +216,16 @@ pub struct Driver<S: Store, D: Dialer> {
     down: Option<Instant>,
     /// When a command last made the driver try the failing store at once.
     last_eager: Option<Instant>,
+    /// A FLASH or IMMEDIATE envelope is staged in the open batch: frames that arrive now
+    /// wait in `deferred` until that batch is sealed, so that it stays small and commits
+    /// fast (the tasks engine's urgent lane does the same with a separate transaction).
+    urgent_open: bool,
+    /// Inputs of frames held back meanwhile, in the order they came (at most
+    /// [`DEFERRED_INPUTS_MAX`]).
+    deferred: std::collections::VecDeque<(SessionId, Vec<Vec<u8>>)>,
+    /// Sessions with a held-back frame other than an envelope: no later frame of theirs
+    /// is taken ahead of it.
+    held_control: std::collections::HashSet<SessionId>,
 }
 
 /// Start the driver task over `core` (recovered from `store`, see [`crate::snapshot`]).
@@ -274,6 +287,9 @@ pub fn start_with<S: Store, D: Dialer>(
         last_failure: None,
         down: None,
         last_eager: None,
+        urgent_open: false,
+        deferred: std::collections::VecDeque::new(),
+        held_control: std::collections::HashSet::new(),
     };
     let task = tokio::spawn(driver.run());
     (DriverHandle { tx, sessions }, events, task)
@@ -314,7 +330,7 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                         }
                     }
                 }
-                input = self.rx.recv() => {
+                input = self.rx.recv(), if self.deferred.len() < DEFERRED_INPUTS_MAX => {
                     let Some(input) = input else { break };
                     if self.down.is_some() && matches!(input, DriverInput::Command { .. }) {
                         self.rebuild_eagerly().await;
@@ -322,6 +338,9 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                     self.on_input(input);
                     // Everything already queued joins this wake-up (and so the next batch).
                     for _ in 1..DRIVER_INPUTS_PER_WAKE_MAX {
+                        if self.deferred.len() >= DEFERRED_INPUTS_MAX {
+                            break;
+                        }
                         match self.rx.try_recv() {
                             Ok(input) => self.on_input(input),
                             Err(_) => break,
@@ -367,6 +386,10 @@ impl<S: Store, D: Dialer> Driver<S, D> {
         for (_, reply) in self.replies.drain() {
             let _ = reply.send(Err(DriverError::Store(error.clone())));
         }
+        // Frames held back for the urgent batch go with the sessions they came on.
+        self.urgent_open = false;
+        self.deferred.clear();
+        self.held_control.clear();
         let sessions: Vec<SessionId> = self.sessions.drain().map(|(s, _)| s).collect();
         for session in sessions {
             // So that the old core's link view (status pages) shows the link down.
@@ -471,17 +494,62 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                 Input::SessionClosed { session }
             }
             DriverInput::DialFailed { peer } => Input::DialFailed { peer },
-            // One frame alone costs what Input::Frame does: a batch of one is checked alone.
-            DriverInput::Frames { session, frames } => Input::Frames { session, frames },
+            DriverInput::Frames { session, frames } => return self.on_frames(session, frames),
             DriverInput::FetchAnswered { session } => Input::FetchAnswered { session },
         };
         self.handle(input);
+    }
+
+    /// Frames read from a session. FLASH and IMMEDIATE envelopes go to the core ahead of
+    /// the envelopes that arrived with or after them, and what comes while the batch holding
+    /// them is open waits until it is sealed: an urgent envelope is committed (and its
+    /// DELIVERED receipt sent) after one small batch, not behind a window of ROUTINE ones.
+    /// Only envelopes are overtaken, never another frame of the session (a Hello, an Ack,
+    /// terms): stream acceptance does not depend on the order envelopes arrive in (one ahead
+    /// of a gap is held, then promoted), and the sender sends urgent ones first anyway.
+    fn on_frames(&mut self, session: SessionId, frames: Vec<Vec<u8>>) {
+        let (urgent, rest) =
+            detente_core::split_urgent(frames, self.held_control.contains(&session));
+        if !urgent.is_empty() {
+            // One frame alone costs what Input::Frame does: a batch of one is checked alone.
+            self.handle(Input::Frames {
+                session,
+                frames: urgent,
+            });
+            self.urgent_open = true;
+        }
+        if rest.is_empty() {
+            return;
+        }
+        if self.urgent_open {
+            if rest.iter().any(|f| !detente_core::is_envelope_frame(f)) {
+                self.held_control.insert(session);
+            }
+            self.deferred.push_back((session, rest));
+        } else {
+            self.handle(Input::Frames {
+                session,
+                frames: rest,
+            });
+        }
+    }
+
+    /// The batch holding the urgent envelopes was sealed: what waited goes to the core, in
+    /// the order it came (and may open another urgent batch).
+    fn release_deferred(&mut self) {
+        self.urgent_open = false;
+        self.held_control.clear();
+        let waiting = std::mem::take(&mut self.deferred);
+        for (session, frames) in waiting {
+            self.on_frames(session, frames);
+        }
     }
 
     /// Take everything the core has to say, and act on it.
     fn drain(&mut self) {
         loop {
             let mut moved = false;
+            let mut sealed = false;
             if self.commit.is_none() {
                 if let Some((query, asked)) = self.core.poll_query() {
                     let store = self.store.clone();
@@ -531,7 +599,14 @@ impl<S: Store, D: Dialer> Driver<S, D> {
                         Done::Commit(batch, result)
                     }));
                     moved = true;
+                    sealed = true;
                 }
+            }
+            // The urgent batch is sealed, or there is nothing to wait for (what was urgent
+            // staged nothing, or nothing is committing and the core holds its seal).
+            if self.urgent_open && (sealed || self.commit.is_none()) {
+                self.release_deferred();
+                moved = true;
             }
             while let Some((session, frame)) = self.core.poll_transmit() {
                 moved = true;

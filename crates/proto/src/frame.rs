@@ -157,7 +157,8 @@ pub enum FrameError {
 }
 
 const HELLO: u8 = 0;
-const ENVELOPE: u8 = 1;
+/// The type byte of an `Envelope` frame (a driver may sort frames by it before decoding).
+pub const ENVELOPE: u8 = 1;
 const ACK: u8 = 2;
 const PING: u8 = 3;
 const PONG: u8 = 4;

@@ -394,10 +394,25 @@ impl World {
                         .iter()
                         .filter_map(|b| crate::check::stream_claim(self, to, session, b))
                         .collect();
+                    // As the node's driver does: FLASH and IMMEDIATE envelopes read together
+                    // with others go to the core first (detente_core::split_urgent).
+                    let (urgent, frames) = detente_core::split_urgent(frames, false);
+                    if !urgent.is_empty() {
+                        if !frames.is_empty() {
+                            self.count("urgent_envelopes_taken_first");
+                        }
+                        self.input(
+                            to,
+                            Input::Frames {
+                                session,
+                                frames: urgent,
+                            },
+                        );
+                    }
                     if frames.len() == 1 {
                         let bytes = frames.into_iter().next().unwrap_or_default();
                         self.input(to, Input::Frame { session, bytes });
-                    } else {
+                    } else if !frames.is_empty() {
                         self.count("frames_read_together");
                         self.input(to, Input::Frames { session, frames });
                     }

@@ -414,6 +414,20 @@ impl FakePeer {
         }
     }
 
+    /// Read until the node ends the session; it must have refused with a protocol error
+    /// whose reason says `why`.
+    async fn until_protocol_refusal(&mut self, why: &str) {
+        let mut refused = None;
+        while let Ok(frame) = self.next_control().await {
+            if let Frame::Refuse { code, reason, .. } = frame {
+                refused = Some((code, reason));
+            }
+        }
+        let (code, reason) = refused.expect("a refusal before the session ends");
+        assert_eq!(code, RefuseCode::Protocol);
+        assert!(reason.contains(why), "{reason}");
+    }
+
     /// Read one length-prefixed frame.
     async fn read_frame(&mut self) -> Result<Frame, String> {
         loop {
@@ -1871,15 +1885,7 @@ async fn a_peer_that_shows_our_later_envelope_proves_our_store_is_behind() {
 
     // The check is over: another answer is one nobody asked for, and ends the session.
     peer.send(&Frame::Fetched(lost.bytes().to_vec())).await;
-    let mut refused = None;
-    while let Ok(frame) = peer.next_control().await {
-        if let Frame::Refuse { code, reason, .. } = frame {
-            refused = Some((code, reason));
-        }
-    }
-    let (code, reason) = refused.expect("a refusal before the session ends");
-    assert_eq!(code, RefuseCode::Protocol);
-    assert!(reason.contains("never sent"), "{reason}");
+    peer.until_protocol_refusal("never sent").await;
     h.stop().await;
 }
 
@@ -2707,15 +2713,7 @@ async fn a_fetch_answer_nobody_asked_for_ends_the_session() {
     let before = h.snapshot().await;
     let unasked = h.sign(h.envelope(1, MessageId::ZERO, "unasked"));
     peer.send(&Frame::Fetched(unasked.bytes().to_vec())).await;
-    let mut refused = None;
-    while let Ok(frame) = peer.next_control().await {
-        if let Frame::Refuse { code, reason, .. } = frame {
-            refused = Some((code, reason));
-        }
-    }
-    let (code, reason) = refused.expect("a refusal before the session ends");
-    assert_eq!(code, RefuseCode::Protocol);
-    assert!(reason.contains("never sent"), "{reason}");
+    peer.until_protocol_refusal("never sent").await;
     assert!(!h.is_stored(unasked.bytes()).await);
     assert_eq!(h.snapshot().await, before);
     h.stop().await;

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod bench_append;
 pub mod bench_compare;
+pub mod bench_peers;
 pub mod bench_transcript;
 pub mod bench_verify;
 pub mod charter;

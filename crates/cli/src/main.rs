@@ -366,6 +366,11 @@ enum Command {
         /// up to 10000000, which takes a while: signing alone is ~20,000 a second).
         #[arg(long, value_name = "N", conflicts_with_all = ["verify", "append"])]
         transcript: Option<u64>,
+        /// Instead: one node with N peers, each a real node process over TLS on loopback;
+        /// --messages spread over them, and the node's CPU per message beside the same
+        /// figure with one peer (up to 256; each peer is a process).
+        #[arg(long, value_name = "N", conflicts_with_all = ["verify", "append", "transcript", "store"])]
+        peers: Option<usize>,
         /// Also measure, in the same run, this machine's raw fdatasync rate, SQLite's commit
         /// rate at 1 and 128 rows per commit, and one core's sign and batch-verify rates, and
         /// print the end-to-end figure as a ratio of each.
@@ -800,6 +805,14 @@ async fn run(command: Command) -> Outcome {
             transcript: Some(size),
             ..
         } => detente::bench_transcript::run(size, json).await,
+        Command::Bench {
+            json,
+            messages,
+            dir,
+            compare,
+            peers: Some(peers),
+            ..
+        } => detente::bench_peers::run(peers, messages, json, dir, compare).await,
         Command::Bench {
             json,
             messages,

@@ -466,6 +466,39 @@ fn bench_transcript_compares_a_long_channel_with_a_short_one() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
+/// `bench --peers N` starts one node with N peers (real processes, real TLS on loopback),
+/// sends its messages spread over them, and reports the node's CPU per message beside the
+/// one-peer figure; bad bounds are a usage error.
+#[test]
+fn bench_peers_measures_one_node_with_many_peers_against_one() {
+    let out = detente(&["bench", "--peers", "3", "--messages", "300", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["peers"], 3);
+    assert_eq!(v["messages"], 300);
+    for side in ["one_peer", "many_peers"] {
+        for key in ["throughput_msgs_per_s", "hub_peak_rss_mib"] {
+            assert!(
+                v[side][key].as_f64().is_some_and(|x| x > 0.0),
+                "{side}.{key}: {v}"
+            );
+        }
+        // CPU time comes in 10 ms ticks: a short run may see none.
+        let cpu = v[side]["hub_cpu_us_per_msg"].as_f64();
+        assert!(cpu.is_some_and(|x| x >= 0.0), "{side}: {v}");
+    }
+    assert!(
+        v["hub_cpu_ratio"].is_null() || v["hub_cpu_ratio"].as_f64().is_some_and(|r| r > 0.0),
+        "{v}"
+    );
+    for bad in [["--peers", "0"], ["--peers", "257"]] {
+        let out = detente(&["bench", bad[0], bad[1]]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+    }
+    let out = detente(&["bench", "--peers", "5", "--messages", "4"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
 /// Issue 12, item 19: `detente verify … | head -1` used to panic on the broken pipe. The
 /// reader is gone before the first line here; the command ends without a panic, with the
 /// verdict as its exit status.

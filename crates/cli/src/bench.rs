@@ -89,19 +89,7 @@ pub async fn run(o: Options) -> Outcome {
             "--messages and --backlog must be at most {MESSAGES_MAX}, --samples between 1 and {SAMPLES_MAX}"
         )));
     }
-    let mut temp = None;
-    let base = match &o.dir {
-        Some(d) => d.clone(),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("detente-bench-")
-                .tempdir()
-                .map_err(|e| Failure::new(format!("cannot make a temporary directory: {e}")))?;
-            let path = t.path().to_path_buf();
-            temp = Some(t);
-            path
-        }
-    };
+    let (base, temp) = crate::harness::scratch_dir(o.dir.clone(), "detente-bench-")?;
     let baselines = if o.compare {
         if !o.json {
             eprintln!("measuring this machine's baselines (disk, SQLite, signatures)…");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{send_bulk, wait_link_up, wait_outbox_empty, ProcNode};
+use crate::harness::{send_bulk, wait_link_up, ProcNode};
 use crate::{Failure, Outcome};
 
 /// Peers one run may start at most (as many as a node may pin: the core's `PEERS_MAX`).
@@ -36,19 +36,7 @@ pub async fn run(
              peers and {MESSAGES_MAX}"
         )));
     }
-    let mut temp = None;
-    let base = match dir {
-        Some(d) => d,
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("detente-bench-peers-")
-                .tempdir()
-                .map_err(|e| Failure::new(format!("cannot make a temporary directory: {e}")))?;
-            let path = t.path().to_path_buf();
-            temp = Some(t);
-            path
-        }
-    };
+    let (base, temp) = crate::harness::scratch_dir(dir, "detente-bench-peers-")?;
     let say = |text: &str| {
         if !json {
             eprintln!("{text}");
@@ -196,9 +184,7 @@ async fn star(
     for peer in &peers {
         send_bulk(&hc, &peer.name, 10, MESSAGE_BYTES, "warm-up").await?;
     }
-    for peer in &peers {
-        wait_outbox_empty(&hc, &peer.name, STEP_TIMEOUT).await?;
-    }
+    all_confirmed(&hc, n).await?;
 
     let cpu_before = hub
         .cpu_us()

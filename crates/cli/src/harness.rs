@@ -62,6 +62,24 @@ pub fn free_port() -> Result<u16, Failure> {
     )))
 }
 
+/// Where a run keeps its nodes: `dir` if given, else a new temporary directory named from
+/// `prefix` (removed when the returned guard is dropped).
+pub fn scratch_dir(
+    dir: Option<PathBuf>,
+    prefix: &str,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), Failure> {
+    match dir {
+        Some(d) => Ok((d, None)),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir()
+                .map_err(|e| Failure::new(format!("cannot make a temporary directory: {e}")))?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
+}
+
 pub struct ProcNode {
     pub name: String,
     pub dir: PathBuf,

@@ -927,21 +927,34 @@ pub fn is_envelope_frame(frame: &[u8]) -> bool {
 /// not an envelope; none if `blocked`, when an earlier frame of the session is held back),
 /// and the rest in order. Acceptance does not depend on the order envelopes arrive in (one
 /// ahead of a gap is held, then promoted); other frames are never overtaken.
-pub fn split_urgent(frames: Vec<Vec<u8>>, mut blocked: bool) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let mut urgent = Vec::new();
-    let mut rest = Vec::new();
-    for frame in frames {
-        blocked |= !is_envelope_frame(&frame);
-        let is_urgent = !blocked
-            && detente_proto::envelope::peek_precedence(&frame[1..])
-                .is_some_and(|p| p <= detente_proto::Precedence::Immediate);
-        if is_urgent {
-            urgent.push(frame);
+pub fn split_urgent(frames: Vec<Vec<u8>>, blocked: bool) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    // How many frames lead before the first that is not an envelope: only those may go.
+    let open = if blocked {
+        0
+    } else {
+        frames
+            .iter()
+            .position(|f| !is_envelope_frame(f))
+            .unwrap_or(frames.len())
+    };
+    let urgent = |f: &Vec<u8>| {
+        detente_proto::envelope::peek_precedence(&f[1..])
+            .is_some_and(|p| p <= detente_proto::Precedence::Immediate)
+    };
+    // The common case, nothing urgent: the frames as they came, nothing copied.
+    if !frames[..open].iter().any(urgent) {
+        return (Vec::new(), frames);
+    }
+    let mut first = Vec::new();
+    let mut rest = Vec::with_capacity(frames.len());
+    for (i, frame) in frames.into_iter().enumerate() {
+        if i < open && urgent(&frame) {
+            first.push(frame);
         } else {
             rest.push(frame);
         }
     }
-    (urgent, rest)
+    (first, rest)
 }
 
 #[cfg(test)]
